@@ -1,0 +1,199 @@
+// Package spec is the plain-data description of what one node's datapath
+// should hold. The agent's desired-state model produces a Desired; the
+// kernel-facing datapath (package bpf) turns it into live objects. This
+// package imports nothing that touches the kernel, so the model and its
+// tests run without root.
+package spec
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Mode is the datapath mode of a node, as named by ClusterConfig.backend.
+type Mode string
+
+// The modes. Overlay modes encapsulate in a flow-based device driven by the
+// eBPF tunnel map; native modes route pod CIDRs without encapsulation.
+const (
+	ModeVXLAN   Mode = "vxlan"
+	ModeGeneve  Mode = "geneve"
+	ModeNative  Mode = "native"
+	ModeHybrid  Mode = "hybrid"
+	ModeGateway Mode = "gateway"
+	ModeBGP     Mode = "bgp"
+)
+
+// Encapsulation overheads on an IPv4 underlay (outer IPv4 20 + UDP 8 +
+// header 8 + inner Ethernet 14). IPv6 underlays add 20 more.
+const (
+	VXLANOverhead  = 50
+	GeneveOverhead = 50
+	IPv6Extra      = 20
+)
+
+// Device names weft creates on a node.
+const (
+	VXLANDevice  = "weft_vxlan"
+	GeneveDevice = "weft_geneve"
+)
+
+// Overlay describes the flow-based tunnel device of a node.
+type Overlay struct {
+	// Kind is ModeVXLAN or ModeGeneve.
+	Kind Mode
+	// Port is the UDP destination port (default 8472).
+	Port uint16
+	// VNI is the default network identifier for tunnel entries.
+	VNI uint32
+	// MTU of the device: underlay MTU minus the encapsulation overhead.
+	MTU int
+}
+
+// DeviceName is the name of the overlay device for o.Kind.
+func (o Overlay) DeviceName() string {
+	if o.Kind == ModeGeneve {
+		return GeneveDevice
+	}
+	return VXLANDevice
+}
+
+// Tunnel flags carried in the tunnel map value.
+const (
+	// FlagIPv6Endpoint: the endpoint is an IPv6 underlay address.
+	FlagIPv6Endpoint uint32 = 1 << 0
+)
+
+// Tunnel is one entry of the eBPF tunnel map: traffic to Prefix is
+// encapsulated towards Endpoint with VNI; traffic decapsulated from Prefix
+// is accepted only when its outer source is Endpoint.
+type Tunnel struct {
+	Prefix   netip.Prefix
+	Endpoint netip.Addr
+	VNI      uint32
+	Flags    uint32
+}
+
+// RouteProto says who owns a route.
+type RouteProto int
+
+// Route owners. Direct routes are computed by the agent from the log; BGP
+// routes were learned from a BGP peer.
+const (
+	ProtoDirect RouteProto = iota
+	ProtoBGP
+)
+
+// Route is one unencapsulated route to a remote pod CIDR via a next hop.
+type Route struct {
+	Prefix netip.Prefix
+	Via    netip.Addr
+	Proto  RouteProto
+}
+
+// Masquerade describes source NAT for pod traffic leaving the pod network.
+type Masquerade struct {
+	// PodCIDRs are the node's own pod CIDRs (sources to masquerade).
+	PodCIDRs []netip.Prefix
+	// NativeCIDRs are destinations that keep the pod's source address.
+	NativeCIDRs []netip.Prefix
+}
+
+// Desired is everything weft should hold in one node's datapath. The
+// slices are sorted (see Normalize) so two equal Desired print and compare
+// equal.
+type Desired struct {
+	Mode Mode
+	// Overlay is nil when the mode uses no tunnel device (native, gateway,
+	// bgp, or hybrid with every peer adjacent still keeps the device).
+	Overlay *Overlay
+	// ClusterCIDRs get one route each towards the overlay device.
+	ClusterCIDRs []netip.Prefix
+	// LocalPodCIDRs are the node's own pod CIDRs.
+	LocalPodCIDRs []netip.Prefix
+	// Tunnels is the tunnel map content.
+	Tunnels []Tunnel
+	// Routes are direct (or BGP-learned) routes to remote pod CIDRs.
+	Routes []Route
+	// Masquerade is nil when masquerade is off.
+	Masquerade *Masquerade
+}
+
+// Normalize sorts every slice of d in place and returns d.
+func (d *Desired) Normalize() *Desired {
+	slices.SortFunc(d.ClusterCIDRs, comparePrefix)
+	slices.SortFunc(d.LocalPodCIDRs, comparePrefix)
+	slices.SortFunc(d.Tunnels, func(a, b Tunnel) int { return comparePrefix(a.Prefix, b.Prefix) })
+	slices.SortFunc(d.Routes, func(a, b Route) int { return comparePrefix(a.Prefix, b.Prefix) })
+	if d.Masquerade != nil {
+		slices.SortFunc(d.Masquerade.PodCIDRs, comparePrefix)
+		slices.SortFunc(d.Masquerade.NativeCIDRs, comparePrefix)
+	}
+	return d
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// String renders d for logs and test failures.
+func (d *Desired) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "mode=%s", d.Mode)
+	if d.Overlay != nil {
+		fmt.Fprintf(&b, " overlay=%s/port=%d/vni=%d/mtu=%d", d.Overlay.Kind, d.Overlay.Port, d.Overlay.VNI, d.Overlay.MTU)
+	}
+	fmt.Fprintf(&b, " cluster=%v local=%v tunnels=%d routes=%d masq=%v",
+		d.ClusterCIDRs, d.LocalPodCIDRs, len(d.Tunnels), len(d.Routes), d.Masquerade != nil)
+	return b.String()
+}
+
+// Underlay is what the datapath reports about the node's underlay, for the
+// model to decide adjacency and MTU.
+type Underlay struct {
+	// Interface is the underlay interface name.
+	Interface string
+	// IP is the node's underlay address.
+	IP netip.Addr
+	// MTU of the underlay interface.
+	MTU int
+	// Networks are the directly connected networks of the node.
+	Networks []netip.Prefix
+}
+
+// Adjacent reports whether addr is on one of u's directly connected networks.
+func (u Underlay) Adjacent(addr netip.Addr) bool {
+	for _, n := range u.Networks {
+		if n.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// Report says what a Sync or Reconcile changed.
+type Report struct {
+	Added, Updated, Removed int
+	// Repaired names each piece of drift Reconcile found and fixed, e.g.
+	// "route 10.244.0.0/16 dev weft_vxlan".
+	Repaired []string
+}
+
+// Changed reports whether anything was written to the kernel.
+func (r Report) Changed() bool {
+	return r.Added+r.Updated+r.Removed+len(r.Repaired) > 0
+}
+
+// Counters are the datapath statistics, summed over CPUs.
+type Counters struct {
+	TxPackets, TxBytes uint64
+	RxPackets, RxBytes uint64
+	DropNoTunnel       uint64
+	DropSpoofed        uint64
+	DropOther          uint64
+}
