@@ -1,0 +1,47 @@
+// Package source defines where the controller learns which nodes exist.
+// The registration source (agents' leased keys in etcd) and the Kubernetes
+// source (Node objects) both implement Source; the controller turns what
+// they report into NodeAdded, NodeUpdated and NodeRemoved events.
+package source
+
+import (
+	"context"
+
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// Kind is what happened to a node in a source.
+type Kind int
+
+const (
+	// Upsert: the node exists with Registration as its wanted state.
+	Upsert Kind = iota
+	// Gone: the node disappeared from the source. With Immediate false
+	// (an expired agent lease) the controller waits the configured grace
+	// period before NodeRemoved, and a node that comes back keeps its
+	// CIDR; with Immediate true (a deleted Kubernetes Node) it removes it
+	// at once.
+	Gone
+	// Invalid: the source holds an entry for Name it cannot use; Err says
+	// why. The controller records the reason and keeps everything else.
+	Invalid
+)
+
+// Change is one report from a source.
+type Change struct {
+	Kind         Kind
+	Name         string
+	Registration *weftv1.Registration
+	Immediate    bool
+	Err          error
+}
+
+// Source reports nodes. Run first calls sync with the complete current
+// set (every node the source knows, as Upserts and Invalids), then calls
+// changes for each later change, until ctx ends or the source fails. After
+// a failure or an internal re-list it calls sync again with a complete set;
+// the controller treats any known node missing from a sync as Gone.
+// Callbacks are never called concurrently.
+type Source interface {
+	Run(ctx context.Context, sync func([]Change), changes func(Change)) error
+}
