@@ -1,0 +1,235 @@
+// Package ipam is weft's pod-CIDR allocator: one subnet of node_mask_size
+// per node out of the IPv4 cluster CIDR and, when configured, one out of
+// the IPv6 cluster CIDR. It never hands the same subnet to two nodes, lets
+// an operator pin a node's subnet, and keeps a node's subnets through a
+// grace period after it leaves so a node that comes back gets them again.
+//
+// The allocator is plain in-memory state rebuilt from the projection
+// (Restore) whenever the controller becomes leader; the subnet guard keys
+// in etcd enforce uniqueness in the store itself. It is not safe for
+// concurrent use.
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+var (
+	// ErrExhausted: the cluster CIDR has no free subnet.
+	ErrExhausted = errors.New("ipam: cluster CIDR exhausted")
+	// ErrPin: a pinned subnet cannot be leased (outside the cluster CIDR,
+	// wrong size, or held by another node).
+	ErrPin = errors.New("ipam: pinned subnet unusable")
+)
+
+// Allocator leases pod CIDRs to nodes by name.
+type Allocator struct {
+	pools   []*pool // IPv4 first, then IPv6 when configured
+	holds   map[string][]netip.Prefix
+	leaving map[string]time.Time
+}
+
+// New returns an empty allocator for cfg (which has had defaults applied
+// and passed validation).
+func New(cfg *weftv1.ClusterConfig) (*Allocator, error) {
+	a := &Allocator{holds: map[string][]netip.Prefix{}, leaving: map[string]time.Time{}}
+	v4, err := netip.ParsePrefix(cfg.GetClusterCidr())
+	if err != nil {
+		return nil, fmt.Errorf("new allocator: cluster_cidr: %w", err)
+	}
+	p, err := newPool(v4, int(cfg.GetNodeMaskSize()))
+	if err != nil {
+		return nil, fmt.Errorf("new allocator: %w", err)
+	}
+	a.pools = append(a.pools, p)
+	if cfg.GetClusterCidrV6() != "" {
+		v6, err := netip.ParsePrefix(cfg.ClusterCidrV6)
+		if err != nil {
+			return nil, fmt.Errorf("new allocator: cluster_cidr_v6: %w", err)
+		}
+		p, err := newPool(v6, int(cfg.GetNodeMaskSizeV6()))
+		if err != nil {
+			return nil, fmt.Errorf("new allocator: %w", err)
+		}
+		a.pools = append(a.pools, p)
+	}
+	return a, nil
+}
+
+func (a *Allocator) poolFor(s netip.Prefix) *pool {
+	for _, p := range a.pools {
+		if p.cluster.Addr().Is4() == s.Addr().Is4() {
+			return p
+		}
+	}
+	return nil
+}
+
+// Restore records that name holds cidrs (from the projection). It fails
+// when a CIDR is not a subnet of the cluster CIDR or is held by another
+// node.
+func (a *Allocator) Restore(name string, cidrs []string) error {
+	var ps []netip.Prefix
+	for _, c := range cidrs {
+		s, err := netip.ParsePrefix(c)
+		if err != nil {
+			return fmt.Errorf("restore node %q: %w", name, err)
+		}
+		ps = append(ps, s)
+	}
+	if err := a.check(name, ps); err != nil {
+		return fmt.Errorf("restore node %q: %w", name, err)
+	}
+	a.Release(name)
+	a.hold(name, ps)
+	return nil
+}
+
+func (a *Allocator) check(name string, ps []netip.Prefix) error {
+	for _, s := range ps {
+		p := a.poolFor(s)
+		if p == nil {
+			return fmt.Errorf("%w: %s: no cluster CIDR of its family", ErrPin, s)
+		}
+		i, ok := p.index(s)
+		if !ok {
+			return fmt.Errorf("%w: %s is not a /%d inside %s", ErrPin, s, p.mask, p.cluster)
+		}
+		if o, ok := p.used[i]; ok && o != name {
+			return fmt.Errorf("%w: %s is held by node %q", ErrPin, s, o)
+		}
+	}
+	return nil
+}
+
+func (a *Allocator) hold(name string, ps []netip.Prefix) {
+	for _, s := range ps {
+		p := a.poolFor(s)
+		i, _ := p.index(s)
+		p.used[i] = name
+	}
+	a.holds[name] = ps
+}
+
+// Allocate returns name's subnets, one per configured family. A node that
+// already holds subnets (also one inside its grace period after Leave)
+// keeps them, and its pending removal is cancelled. pinned names subnets
+// the operator wants for a node that holds none yet: each must be a
+// subnet of node_mask_size inside the cluster CIDR of its family and free,
+// or Allocate fails with ErrPin; families without a pin are allocated.
+// When a family has no free subnet Allocate fails with ErrExhausted naming
+// the cluster CIDR, and name is left holding nothing.
+func (a *Allocator) Allocate(name string, pinned []netip.Prefix) ([]netip.Prefix, error) {
+	if h, ok := a.holds[name]; ok {
+		delete(a.leaving, name)
+		return slices.Clone(h), nil
+	}
+	if err := a.check(name, pinned); err != nil {
+		return nil, fmt.Errorf("allocate for node %q: %w", name, err)
+	}
+	var out []netip.Prefix
+	for _, p := range a.pools {
+		var pin netip.Prefix
+		for _, s := range pinned {
+			if s.Addr().Is4() == p.cluster.Addr().Is4() {
+				if pin.IsValid() {
+					return nil, fmt.Errorf("allocate for node %q: %w: two pins of one family (%s, %s)", name, ErrPin, pin, s)
+				}
+				pin = s
+			}
+		}
+		if pin.IsValid() {
+			out = append(out, pin)
+			continue
+		}
+		s, _, ok := p.take()
+		if !ok {
+			return nil, fmt.Errorf("allocate for node %q: %w: %s has no free /%d", name, ErrExhausted, p.cluster, p.mask)
+		}
+		out = append(out, s)
+	}
+	a.hold(name, out)
+	return slices.Clone(out), nil
+}
+
+// Holding returns the subnets name holds, or nil.
+func (a *Allocator) Holding(name string) []netip.Prefix { return slices.Clone(a.holds[name]) }
+
+// Owner returns the node holding s.
+func (a *Allocator) Owner(s netip.Prefix) (string, bool) {
+	p := a.poolFor(s)
+	if p == nil {
+		return "", false
+	}
+	i, ok := p.index(s)
+	if !ok {
+		return "", false
+	}
+	o, ok := p.used[i]
+	return o, ok
+}
+
+// Release frees name's subnets at once.
+func (a *Allocator) Release(name string) {
+	for _, s := range a.holds[name] {
+		p := a.poolFor(s)
+		if i, ok := p.index(s); ok && p.used[i] == name {
+			delete(p.used, i)
+		}
+	}
+	delete(a.holds, name)
+	delete(a.leaving, name)
+}
+
+// Leave starts name's grace period: it keeps its subnets until deadline,
+// and Allocate before then gives them back. Leave of a node that holds
+// nothing, or that is already leaving, changes nothing.
+func (a *Allocator) Leave(name string, deadline time.Time) {
+	if _, ok := a.holds[name]; !ok {
+		return
+	}
+	if _, ok := a.leaving[name]; ok {
+		return
+	}
+	a.leaving[name] = deadline
+}
+
+// Leaving reports whether name is in its grace period, and until when.
+func (a *Allocator) Leaving(name string) (time.Time, bool) {
+	d, ok := a.leaving[name]
+	return d, ok
+}
+
+// Expired returns the nodes whose grace period ended at or before now,
+// sorted. They still hold their subnets: the caller writes NodeRemoved and
+// then calls Release.
+func (a *Allocator) Expired(now time.Time) []string {
+	var out []string
+	for n, d := range a.leaving {
+		if !d.After(now) {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// NextDeadline returns the earliest grace deadline, if any node is leaving.
+func (a *Allocator) NextDeadline() (time.Time, bool) {
+	var min time.Time
+	for _, d := range a.leaving {
+		if min.IsZero() || d.Before(min) {
+			min = d
+		}
+	}
+	return min, !min.IsZero()
+}
+
+// Len returns how many nodes hold subnets.
+func (a *Allocator) Len() int { return len(a.holds) }

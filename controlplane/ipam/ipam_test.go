@@ -1,0 +1,232 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"pgregory.net/rapid"
+
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+func cfg(v4 string, m4 uint32, v6 string, m6 uint32) *weftv1.ClusterConfig {
+	return &weftv1.ClusterConfig{ClusterCidr: v4, NodeMaskSize: m4, ClusterCidrV6: v6, NodeMaskSizeV6: m6}
+}
+
+// TestAllocatorProperties runs random joins, leaves, re-joins and clock
+// steps and checks after every step: no subnet held twice, every subnet a
+// node_mask_size subnet inside its cluster CIDR, one per family, and a node
+// that re-joins within its grace period gets exactly its old subnets.
+func TestAllocatorProperties(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		m4 := rapid.Uint32Range(26, 29).Draw(t, "mask4") // 4..32 subnets of a /24
+		dual := rapid.Bool().Draw(t, "dual")
+		c := cfg("10.9.8.0/24", m4, "", 0)
+		if dual {
+			c = cfg("10.9.8.0/24", m4, "fd00:9:8::/60", 64)
+		}
+		a, err := New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v4 := netip.MustParsePrefix(c.ClusterCidr)
+		grace := 10 * time.Second
+		now := time.Unix(1000, 0)
+		held := map[string][]netip.Prefix{} // model: who holds what
+		leaving := map[string]time.Time{}   // model: grace deadlines
+		everyName := []string{"n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "n9", "n10", "n11", "n12", "n13", "n14", "n15", "n16", "n17", "n18", "n19"}
+		for step := range rapid.IntRange(1, 120).Draw(t, "steps") {
+			name := rapid.SampledFrom(everyName).Draw(t, fmt.Sprintf("name%d", step))
+			switch rapid.IntRange(0, 3).Draw(t, fmt.Sprintf("op%d", step)) {
+			case 0, 1: // join or re-join
+				got, err := a.Allocate(name, nil)
+				if errors.Is(err, ErrExhausted) {
+					if _, ok := held[name]; ok {
+						t.Fatalf("node %s holding subnets got ErrExhausted", name)
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if old, ok := held[name]; ok && !slices.Equal(old, got) {
+					t.Fatalf("node %s re-joined within grace with %v, held %v", name, got, old)
+				}
+				held[name] = got
+				delete(leaving, name)
+			case 2: // leave
+				if _, ok := held[name]; ok {
+					if _, ok := leaving[name]; !ok {
+						leaving[name] = now.Add(grace)
+					}
+					a.Leave(name, now.Add(grace))
+				}
+			case 3: // time passes; expired nodes are removed
+				now = now.Add(time.Duration(rapid.IntRange(1, 8).Draw(t, fmt.Sprintf("dt%d", step))) * time.Second)
+				var want []string
+				for n, d := range leaving {
+					if !d.After(now) {
+						want = append(want, n)
+					}
+				}
+				slices.Sort(want)
+				got := a.Expired(now)
+				if !slices.Equal(got, want) {
+					t.Fatalf("expired %v, want %v", got, want)
+				}
+				for _, n := range got {
+					a.Release(n)
+					delete(held, n)
+					delete(leaving, n)
+				}
+			}
+			seen := map[netip.Prefix]string{}
+			for n, ps := range held {
+				if !slices.Equal(a.Holding(n), ps) {
+					t.Fatalf("allocator says %s holds %v, model %v", n, a.Holding(n), ps)
+				}
+				if len(ps) != len(a.pools) {
+					t.Fatalf("node %s holds %v, want one per family", n, ps)
+				}
+				for _, p := range ps {
+					if o, ok := seen[p]; ok {
+						t.Fatalf("subnet %s held by %s and %s", p, o, n)
+					}
+					seen[p] = n
+					if p.Addr().Is4() && (!v4.Contains(p.Addr()) || p.Bits() != int(m4)) {
+						t.Fatalf("subnet %s is not a /%d of %s", p, m4, v4)
+					}
+					if p.Addr().Is6() && (!netip.MustParsePrefix("fd00:9:8::/60").Contains(p.Addr()) || p.Bits() != 64) {
+						t.Fatalf("subnet %s is not a /64 of the v6 cluster CIDR", p)
+					}
+					if o, _ := a.Owner(p); o != n {
+						t.Fatalf("owner of %s is %q, want %q", p, o, n)
+					}
+				}
+			}
+			if a.Len() != len(held) {
+				t.Fatalf("allocator holds %d nodes, model %d", a.Len(), len(held))
+			}
+		}
+	})
+}
+
+func TestExhaustionNamesCIDR(t *testing.T) {
+	a, err := New(cfg("10.1.0.0/29", 30, "", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b"} {
+		if _, err := a.Allocate(n, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = a.Allocate("c", nil)
+	if !errors.Is(err, ErrExhausted) {
+		t.Fatalf("third allocation: %v, want ErrExhausted", err)
+	}
+	if want := "10.1.0.0/29"; !contains(err.Error(), want) {
+		t.Fatalf("error %q does not name %s", err, want)
+	}
+	if a.Holding("c") != nil {
+		t.Fatal("failed node holds subnets")
+	}
+	a.Release("a")
+	got, err := a.Allocate("c", nil)
+	if err != nil || got[0] != netip.MustParsePrefix("10.1.0.0/30") {
+		t.Fatalf("after release got %v, %v; want the freed 10.1.0.0/30", got, err)
+	}
+}
+
+func TestDualStackAndPins(t *testing.T) {
+	a, err := New(cfg("10.2.0.0/16", 24, "fd00:2::/56", 64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin4 := netip.MustParsePrefix("10.2.77.0/24")
+	got, err := a.Allocate("pinned", []netip.Prefix{pin4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0] != pin4 || !got[1].Addr().Is6() || got[1].Bits() != 64 {
+		t.Fatalf("pinned node got %v", got)
+	}
+	for _, bad := range []string{"10.3.0.0/24", "10.2.77.0/24", "10.2.5.0/25", "10.2.5.1/24", "fd00:3::/64"} {
+		if _, err := a.Allocate("other-"+bad, []netip.Prefix{netip.MustParsePrefix(bad)}); !errors.Is(err, ErrPin) {
+			t.Errorf("pin %s: %v, want ErrPin", bad, err)
+		}
+	}
+	// 10.2.77.0/24 is never handed out by the scan.
+	for i := range 255 {
+		got, err := a.Allocate(fmt.Sprintf("n%d", i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[0] == pin4 {
+			t.Fatalf("pinned subnet handed to n%d", i)
+		}
+	}
+	if _, err := a.Allocate("one-too-many", nil); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("257th v4 subnet: %v", err)
+	}
+}
+
+func TestRestoreRejectsConflicts(t *testing.T) {
+	a, err := New(cfg("10.4.0.0/16", 24, "", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Restore("a", []string{"10.4.1.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Restore("b", []string{"10.4.1.0/24"}); err == nil {
+		t.Fatal("restore of a held subnet succeeded")
+	}
+	if err := a.Restore("c", []string{"10.5.1.0/24"}); err == nil {
+		t.Fatal("restore outside the cluster CIDR succeeded")
+	}
+	got, _ := a.Allocate("d", nil)
+	if got[0] == netip.MustParsePrefix("10.4.1.0/24") {
+		t.Fatal("restored subnet handed out again")
+	}
+}
+
+func TestHugeV6Pool(t *testing.T) {
+	a, err := New(cfg("10.0.0.0/8", 24, "fd00::/8", 120))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.Allocate("x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[1] != netip.MustParsePrefix("fd00::/120") {
+		t.Fatalf("first v6 subnet %v", got[1])
+	}
+	if o, ok := a.Owner(got[1]); !ok || o != "x" {
+		t.Fatalf("owner %q %v", o, ok)
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// BenchmarkAllocate5000 allocates 5,000 nodes' subnets out of a /16 of /28s.
+func BenchmarkAllocate5000(b *testing.B) {
+	names := make([]string, 5000)
+	for i := range names {
+		names[i] = fmt.Sprintf("node-%d", i)
+	}
+	for b.Loop() {
+		a, _ := New(cfg("10.0.0.0/12", 28, "fd00::/48", 64))
+		for _, n := range names {
+			if _, err := a.Allocate(n, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
