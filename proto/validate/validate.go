@@ -325,3 +325,28 @@ func Event(cfg *weftv1.ClusterConfig, e *weftv1.Event) error {
 		return fieldErr("kind", "event has no kind")
 	}
 }
+
+// ConfigAgainstNodes checks a config against the nodes that exist: the pod
+// networks must not overlap the underlay, or pod traffic would be routed
+// into the tunnel instead of to the node.
+func ConfigAgainstNodes(c *weftv1.ClusterConfig, nodes []*weftv1.Node) error {
+	v4, _ := netip.ParsePrefix(c.ClusterCidr)
+	var v6 netip.Prefix
+	if c.ClusterCidrV6 != "" {
+		v6, _ = netip.ParsePrefix(c.ClusterCidrV6)
+	}
+	for _, n := range nodes {
+		a, err := netip.ParseAddr(n.UnderlayIp)
+		if err != nil {
+			continue
+		}
+		a = a.Unmap()
+		if v4.IsValid() && v4.Contains(a) {
+			return fieldErr("cluster_cidr", "%s overlaps node %s's underlay address %s", v4, n.Name, a)
+		}
+		if v6.IsValid() && v6.Contains(a) {
+			return fieldErr("cluster_cidr_v6", "%s overlaps node %s's underlay address %s", v6, n.Name, a)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,163 @@
+package validate
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+func good() *weftv1.ClusterConfig {
+	return WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16"})
+}
+
+func TestDefaults(t *testing.T) {
+	c := good()
+	if c.Backend != "vxlan" || c.Vni != 1 || c.UdpPort != 8472 || c.NodeMaskSize != 24 ||
+		!c.Masquerade || c.NativeRoutingCidr != "10.244.0.0/16" || !c.DefaultsApplied {
+		t.Fatalf("defaults = %v", c)
+	}
+	if err := Config(c); err != nil {
+		t.Fatalf("default config refused: %v", err)
+	}
+	// A defaulted config with masquerade turned off stays off.
+	c.Masquerade = false
+	if WithDefaults(c).Masquerade {
+		t.Error("WithDefaults turned masquerade back on")
+	}
+}
+
+func TestConfigRejections(t *testing.T) {
+	cases := []struct {
+		field string
+		edit  func(c *weftv1.ClusterConfig)
+	}{
+		{"cluster_cidr", func(c *weftv1.ClusterConfig) { c.ClusterCidr = "" }},
+		{"cluster_cidr", func(c *weftv1.ClusterConfig) { c.ClusterCidr = "10.244.0.0/33" }},
+		{"cluster_cidr", func(c *weftv1.ClusterConfig) { c.ClusterCidr = "not-a-cidr" }},
+		{"cluster_cidr", func(c *weftv1.ClusterConfig) { c.ClusterCidr = "10.244.1.0/16" }},
+		{"cluster_cidr", func(c *weftv1.ClusterConfig) { c.ClusterCidr = "fd00::/48" }},
+		{"cluster_cidr_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "10.0.0.0/8"; c.NodeMaskSizeV6 = 64 }},
+		{"node_mask_size", func(c *weftv1.ClusterConfig) { c.NodeMaskSize = 16 }},
+		{"node_mask_size", func(c *weftv1.ClusterConfig) { c.NodeMaskSize = 8 }},
+		{"node_mask_size", func(c *weftv1.ClusterConfig) { c.NodeMaskSize = 31 }},
+		{"node_mask_size", func(c *weftv1.ClusterConfig) { c.NodeMaskSize = 40 }},
+		{"node_mask_size_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "fd00::/64"; c.NodeMaskSizeV6 = 64 }},
+		{"vni", func(c *weftv1.ClusterConfig) { c.Vni = 1 << 24 }},
+		{"udp_port", func(c *weftv1.ClusterConfig) { c.UdpPort = 70000 }},
+		{"backend", func(c *weftv1.ClusterConfig) { c.Backend = "ipip" }},
+		{"mtu", func(c *weftv1.ClusterConfig) { c.Mtu = 1279 }},
+		{"native_routing_cidr", func(c *weftv1.ClusterConfig) { c.NativeRoutingCidr = "10.245.0.0/16" }},
+		{"bgp", func(c *weftv1.ClusterConfig) { c.Backend = "bgp" }},
+		{"bgp.asn", func(c *weftv1.ClusterConfig) { c.Backend = "bgp"; c.Bgp = &weftv1.BGPConfig{FullMesh: true} }},
+		{"bgp.peers", func(c *weftv1.ClusterConfig) { c.Backend = "bgp"; c.Bgp = &weftv1.BGPConfig{Asn: 65000} }},
+		{"bgp.peers[0].address", func(c *weftv1.ClusterConfig) {
+			c.Backend = "bgp"
+			c.Bgp = &weftv1.BGPConfig{Asn: 65000, Peers: []*weftv1.BGPPeer{{Address: "x", Asn: 65001}}}
+		}},
+	}
+	for _, tc := range cases {
+		c := good()
+		tc.edit(c)
+		err := Config(c)
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Config(%v) = %v, want ErrInvalid", tc.field, c, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.field+":") {
+			t.Errorf("error %q does not name field %s", err, tc.field)
+		}
+	}
+	// Port 0 and VNI 0 are filled by the defaults, so they are only refused
+	// when a config that skips defaulting carries them (an event written by
+	// hand).
+	c := good()
+	c.UdpPort = 0
+	if err := Config(c); err == nil || !strings.Contains(err.Error(), "udp_port") {
+		t.Errorf("udp_port 0: %v", err)
+	}
+	c = good()
+	c.Vni = 0
+	if err := Config(c); err == nil || !strings.Contains(err.Error(), "vni") {
+		t.Errorf("vni 0: %v", err)
+	}
+}
+
+func TestDualStackAccepted(t *testing.T) {
+	c := WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16", ClusterCidrV6: "fd00:10:244::/56"})
+	if err := Config(c); err != nil {
+		t.Fatal(err)
+	}
+	if c.NodeMaskSizeV6 != 64 {
+		t.Errorf("v6 node mask default = %d", c.NodeMaskSizeV6)
+	}
+	got, err := PodCIDRs(c, []string{"10.244.3.0/24", "fd00:10:244:3::/64"})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("PodCIDRs = %v, %v", got, err)
+	}
+}
+
+func TestPodCIDRs(t *testing.T) {
+	c := good()
+	for _, bad := range [][]string{
+		{"10.245.0.0/24"},                  // outside
+		{"10.244.0.1/24"},                  // host bits
+		{"10.0.0.0/8"},                     // wider than the cluster
+		{"10.244.1.0/24", "10.244.2.0/24"}, // two of one family
+		{"fd00::/64"},                      // no v6 cluster
+		{"garbage"},
+	} {
+		if _, err := PodCIDRs(c, bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("PodCIDRs(%v) = %v, want ErrInvalid", bad, err)
+		}
+	}
+}
+
+func TestNodeAndRegistration(t *testing.T) {
+	c := good()
+	ok := &weftv1.Node{Name: "n1", UnderlayIp: "192.0.2.1", PodCidrs: []string{"10.244.1.0/24"}}
+	if err := Node(c, ok); err != nil {
+		t.Fatal(err)
+	}
+	for field, n := range map[string]*weftv1.Node{
+		"name":         {Name: "a/b", UnderlayIp: "192.0.2.1"},
+		"underlay_ip":  {Name: "n1", UnderlayIp: "0.0.0.0"},
+		"pod_cidrs[0]": {Name: "n1", UnderlayIp: "192.0.2.1", PodCidrs: []string{"1.2.3.0/24"}},
+	} {
+		if err := Node(c, n); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("Node(%v) = %v, want error naming %s", n, err, field)
+		}
+	}
+	if err := Registration(&weftv1.Registration{Name: "n1", UnderlayIp: "999.1.1.1"}); err == nil || !strings.Contains(err.Error(), "underlay_ip") {
+		t.Errorf("bad registration IP: %v", err)
+	}
+	if err := Registration(&weftv1.Registration{Name: "n1", UnderlayIp: "192.0.2.1", PinnedPodCidrs: []string{"x"}}); err == nil || !strings.Contains(err.Error(), "pinned_pod_cidrs[0]") {
+		t.Errorf("bad pin: %v", err)
+	}
+}
+
+func TestEvent(t *testing.T) {
+	c := good()
+	if err := Event(c, &weftv1.Event{Seq: 1}); err == nil || !strings.Contains(err.Error(), "kind") {
+		t.Errorf("event without kind: %v", err)
+	}
+	if err := Event(c, &weftv1.Event{Seq: 0, Kind: &weftv1.Event_NodeRemoved{NodeRemoved: &weftv1.NodeRemoved{Name: "n"}}}); err == nil {
+		t.Error("seq 0 accepted")
+	}
+	if err := Event(c, &weftv1.Event{Seq: 2, Kind: &weftv1.Event_ConfigChanged{ConfigChanged: &weftv1.ConfigChanged{Config: &weftv1.ClusterConfig{ClusterCidr: "10.0.0.0/8", Mtu: 100}}}}); err == nil || !strings.Contains(err.Error(), "mtu") {
+		t.Errorf("bad config event: %v", err)
+	}
+}
+
+func TestConfigAgainstNodes(t *testing.T) {
+	c := good()
+	nodes := []*weftv1.Node{{Name: "n1", UnderlayIp: "192.0.2.1"}, {Name: "n2", UnderlayIp: "10.244.7.9"}}
+	err := ConfigAgainstNodes(c, nodes)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "cluster_cidr") || !strings.Contains(err.Error(), "n2") {
+		t.Fatalf("overlap with n2's underlay: %v", err)
+	}
+	if err := ConfigAgainstNodes(c, nodes[:1]); err != nil {
+		t.Fatal(err)
+	}
+}
