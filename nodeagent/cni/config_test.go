@@ -1,0 +1,113 @@
+package cni
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+func TestParseConfigDefaults(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"cniVersion":"1.1.0","name":"weft","type":"weft-cni"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SubnetFile != DefaultSubnetFile || c.DataDir != DefaultDataDir {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+	// Runtime-injected keys are accepted.
+	_, err = ParseConfig([]byte(`{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","cni.dev/valid-attachments":[],"cni.dev/attachments":[],"runtimeConfig":{}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// BadConfigs are netconfs the plugin must refuse, with the field the error
+// must name; shared with the libcni test.
+var BadConfigs = []struct {
+	name, conf, field string
+	code              uint
+}{
+	{"unknown field", `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","subnetfile":"/x"}`, "subnetfile", types.ErrInvalidNetworkConfig},
+	{"subnetFile wrong type", `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","subnetFile":5}`, "subnetFile", types.ErrInvalidNetworkConfig},
+	{"subnetFile relative", `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","subnetFile":"run/subnet.env"}`, "subnetFile", types.ErrInvalidNetworkConfig},
+	{"subnetFile empty", `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","subnetFile":""}`, "subnetFile", types.ErrInvalidNetworkConfig},
+	{"dataDir relative", `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","dataDir":"var/lib"}`, "dataDir", types.ErrInvalidNetworkConfig},
+	{"dataDir wrong type", `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","dataDir":["/a"]}`, "dataDir", types.ErrInvalidNetworkConfig},
+	{"ipam section", `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","ipam":{"type":"host-local"}}`, "ipam", types.ErrInvalidNetworkConfig},
+	{"name wrong type", `{"cniVersion":"1.1.0","name":7,"type":"weft-cni"}`, "name", types.ErrInvalidNetworkConfig},
+}
+
+func TestParseConfigBad(t *testing.T) {
+	for _, tc := range append(BadConfigs[:len(BadConfigs):len(BadConfigs)],
+		struct {
+			name, conf, field string
+			code              uint
+		}{"missing name", `{"cniVersion":"1.1.0","type":"weft-cni"}`, "name", types.ErrInvalidNetworkConfig},
+		struct {
+			name, conf, field string
+			code              uint
+		}{"missing cniVersion", `{"name":"weft","type":"weft-cni"}`, "cniVersion", types.ErrInvalidNetworkConfig},
+		struct {
+			name, conf, field string
+			code              uint
+		}{"not json", `{"name":`, "decode", types.ErrDecodingFailure},
+	) {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.conf))
+			var te *types.Error
+			if !errors.As(err, &te) {
+				t.Fatalf("got %v, want a *types.Error", err)
+			}
+			if te.Code != tc.code || !strings.Contains(te.Msg, tc.field) {
+				t.Fatalf("got code %d %q, want code %d naming %q", te.Code, te.Msg, tc.code, tc.field)
+			}
+		})
+	}
+}
+
+func TestParseSubnet(t *testing.T) {
+	s, err := ParseSubnet([]byte("# weft\nFLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nWEFT_BACKEND=vxlan\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.V4 != netip.MustParsePrefix("10.244.1.0/24") || s.Gateway4 != netip.MustParseAddr("10.244.1.1") || s.MTU != 1450 {
+		t.Fatalf("v4 parsed wrong: %+v", s)
+	}
+	if s.V6 != netip.MustParsePrefix("fd00:10:244:1::/64") || s.Gateway6 != netip.MustParseAddr("fd00:10:244:1::1") {
+		t.Fatalf("v6 parsed wrong: %+v", s)
+	}
+	s, err = ParseSubnet([]byte("FLANNEL_SUBNET=10.244.2.0/24\nFLANNEL_MTU=1400\n"))
+	if err != nil || s.Gateway4 != netip.MustParseAddr("10.244.2.1") {
+		t.Fatalf("network address form: %+v %v", s, err)
+	}
+	for in, field := range map[string]string{
+		"FLANNEL_MTU=1450\n":                                       "FLANNEL_SUBNET",
+		"FLANNEL_SUBNET=10.244.1.1/24\n":                           "FLANNEL_MTU",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=x\n":            "FLANNEL_MTU",
+		"FLANNEL_SUBNET=fd00::1/64\nFLANNEL_MTU=1450\n":            "FLANNEL_SUBNET",
+		"FLANNEL_SUBNET=10.244.1.1\nFLANNEL_MTU=1450\n":            "FLANNEL_SUBNET",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\ngarbage\n": "garbage",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPV6_SUBNET=10.0.0.1/8\n": "FLANNEL_IPV6_SUBNET",
+	} {
+		if _, err := ParseSubnet([]byte(in)); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("ParseSubnet(%q) = %v, want an error naming %s", in, err, field)
+		}
+	}
+}
+
+func TestReadSubnetFileMissing(t *testing.T) {
+	_, err := ReadSubnetFile(t.TempDir() + "/subnet.env")
+	if !errors.Is(err, ErrNoSubnetFile) {
+		t.Fatalf("got %v, want ErrNoSubnetFile", err)
+	}
+}
+
+func TestHostVethName(t *testing.T) {
+	a, b := HostVethName("c1", "eth0"), HostVethName("c2", "eth0")
+	if a == b || len(a) > 15 || !strings.HasPrefix(a, "weft") || a != HostVethName("c1", "eth0") {
+		t.Fatalf("bad host veth names %q %q", a, b)
+	}
+}

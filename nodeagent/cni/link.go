@@ -1,0 +1,329 @@
+package cni
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+func ipNet(p netip.Prefix, a netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(p.Bits(), a.BitLen())}
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}
+
+// ensureBridge makes weft0 exist in the current netns as an up bridge
+// holding the gateway address(es) with the pod CIDR's mask. An existing
+// compatible bridge is kept as it is; a non-bridge named weft0 is an error.
+func ensureBridge(sub Subnet) error {
+	link, err := netlink.LinkByName(BridgeName)
+	if isNotFound(err) {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BridgeName, MTU: sub.MTU}}
+		err = netlink.LinkAdd(br)
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("create bridge: %w", err)
+		}
+		// Concurrent ADDs race to create it; whoever lost reads it back.
+		link, err = netlink.LinkByName(BridgeName)
+	}
+	if err != nil {
+		return fmt.Errorf("find bridge: %w", err)
+	}
+	if link.Type() != "bridge" {
+		return fmt.Errorf("%s exists but is a %s, not a bridge", BridgeName, link.Type())
+	}
+	if link.Attrs().MTU != sub.MTU {
+		if err := netlink.LinkSetMTU(link, sub.MTU); err != nil {
+			return fmt.Errorf("set bridge mtu: %w", err)
+		}
+	}
+	if sub.V6.IsValid() {
+		if _, err := sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/disable_ipv6", BridgeName), "0"); err != nil {
+			return fmt.Errorf("enable ipv6 on bridge: %w", err)
+		}
+	}
+	have, err := addrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list bridge addresses: %w", err)
+	}
+	for _, gw := range []struct {
+		p netip.Prefix
+		a netip.Addr
+	}{{sub.V4, sub.Gateway4}, {sub.V6, sub.Gateway6}} {
+		if !gw.p.IsValid() {
+			continue
+		}
+		want := ipNet(gw.p, gw.a)
+		if slices.ContainsFunc(have, func(a netlink.Addr) bool { return a.IPNet.String() == want.String() }) {
+			continue
+		}
+		addr := &netlink.Addr{IPNet: want}
+		if gw.a.Is6() {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrReplace(link, addr); err != nil {
+			return fmt.Errorf("add gateway %s: %w", want, err)
+		}
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(link); err != nil {
+			return fmt.Errorf("set bridge up: %w", err)
+		}
+	}
+	return nil
+}
+
+type attachment struct {
+	hostMAC, podMAC string
+}
+
+// attach creates the veth pair (pod side ifName in podNS, host side
+// hostName in the current netns, enslaved to weft0) and configures the pod
+// side. On failure it deletes the pair again.
+func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Addr) (att attachment, retErr error) {
+	hostNS, err := ns.GetCurrentNS()
+	if err != nil {
+		return att, fmt.Errorf("open node netns: %w", err)
+	}
+	defer hostNS.Close()
+	// A host veth of this very attachment left by a crashed ADD is stale.
+	if err := deleteHostVeth(hostName); err != nil {
+		return att, err
+	}
+	created := false
+	defer func() {
+		if retErr == nil || !created {
+			return
+		}
+		_ = podNS.Do(func(ns.NetNS) error {
+			if l, err := netlink.LinkByName(ifName); err == nil {
+				_ = netlink.LinkDel(l)
+			}
+			return nil
+		})
+		_ = deleteHostVeth(hostName)
+	}()
+	err = podNS.Do(func(ns.NetNS) error {
+		if _, err := netlink.LinkByName(ifName); err == nil {
+			return fmt.Errorf("interface %s already exists in pod netns %s", ifName, podNS.Path())
+		}
+		veth := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: ifName, MTU: sub.MTU},
+			PeerName:      hostName,
+			PeerNamespace: netlink.NsFd(int(hostNS.Fd())),
+		}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("create veth %s/%s: %w", ifName, hostName, err)
+		}
+		created = true
+		pod, err := netlink.LinkByName(ifName)
+		if err != nil {
+			return fmt.Errorf("find pod interface: %w", err)
+		}
+		att.podMAC = pod.Attrs().HardwareAddr.String()
+		return configurePod(ifName, sub, ips)
+	})
+	if err != nil {
+		return att, err
+	}
+	host, err := netlink.LinkByName(hostName)
+	if err != nil {
+		return att, fmt.Errorf("find host veth: %w", err)
+	}
+	br, err := netlink.LinkByName(BridgeName)
+	if err != nil {
+		return att, fmt.Errorf("find bridge: %w", err)
+	}
+	att.hostMAC = host.Attrs().HardwareAddr.String()
+	if err := netlink.LinkSetMaster(host, br); err != nil {
+		return att, fmt.Errorf("attach %s to %s: %w", hostName, BridgeName, err)
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return att, fmt.Errorf("set %s up: %w", hostName, err)
+	}
+	return att, nil
+}
+
+// configurePod runs inside the pod netns: addresses, link up, default
+// routes via the gateways.
+func configurePod(ifName string, sub Subnet, ips []netip.Addr) error {
+	link, err := netlink.LinkByName(ifName)
+	if err != nil {
+		return fmt.Errorf("find pod interface: %w", err)
+	}
+	for _, a := range ips {
+		if a.Is6() {
+			for _, dev := range []string{"lo", ifName} {
+				if _, err := sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/disable_ipv6", dev), "0"); err != nil {
+					return fmt.Errorf("enable ipv6 on %s: %w", dev, err)
+				}
+			}
+		}
+	}
+	for _, a := range ips {
+		p, _ := prefixFor(sub, a)
+		addr := &netlink.Addr{IPNet: ipNet(p, a)}
+		if a.Is6() {
+			// The address is ours alone (the store says so): skip DAD so
+			// the pod can talk at once.
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(link, addr); err != nil {
+			return fmt.Errorf("add address %s: %w", addr.IPNet, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up: %w", ifName, err)
+	}
+	for _, a := range ips {
+		_, gw := prefixFor(sub, a)
+		dst := defaultRoute(a)
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &dst, Gw: gw.AsSlice()}
+		if err := netlink.RouteAdd(r); err != nil {
+			return fmt.Errorf("add default route via %s: %w", gw, err)
+		}
+	}
+	return nil
+}
+
+func prefixFor(sub Subnet, a netip.Addr) (netip.Prefix, netip.Addr) {
+	if a.Is4() {
+		return sub.V4, sub.Gateway4
+	}
+	return sub.V6, sub.Gateway6
+}
+
+// detach deletes the pod interface (which takes its veth peer with it) and
+// the host veth if it is still there. A missing netns or link is fine.
+func detach(netnsPath, ifName, hostName string) error {
+	if netnsPath != "" {
+		podNS, err := ns.GetNS(netnsPath)
+		if err == nil {
+			err = podNS.Do(func(ns.NetNS) error {
+				l, err := netlink.LinkByName(ifName)
+				if isNotFound(err) {
+					return nil
+				}
+				if err != nil {
+					return fmt.Errorf("find pod interface: %w", err)
+				}
+				if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+					return fmt.Errorf("delete pod interface: %w", err)
+				}
+				return nil
+			})
+			podNS.Close()
+			if err != nil {
+				return err
+			}
+		}
+		// Any other error: the netns is gone, and with it the pod side.
+	}
+	return deleteHostVeth(hostName)
+}
+
+func deleteHostVeth(name string) error {
+	l, err := netlink.LinkByName(name)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("find host veth %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete host veth %s: %w", name, err)
+	}
+	return nil
+}
+
+// verify checks the attachment Add made (for CHECK).
+func verify(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.Prefix) error {
+	err := podNS.Do(func(ns.NetNS) error {
+		link, err := netlink.LinkByName(ifName)
+		if err != nil {
+			return fmt.Errorf("check: pod interface %s: %w", ifName, err)
+		}
+		if link.Type() != "veth" {
+			return fmt.Errorf("check: pod interface %s is a %s, want veth", ifName, link.Type())
+		}
+		if link.Attrs().MTU != sub.MTU {
+			return fmt.Errorf("check: pod interface %s has mtu %d, want %d", ifName, link.Attrs().MTU, sub.MTU)
+		}
+		if link.Attrs().Flags&net.FlagUp == 0 {
+			return fmt.Errorf("check: pod interface %s is down", ifName)
+		}
+		addrs, err := addrList(link, netlink.FAMILY_ALL)
+		if err != nil {
+			return fmt.Errorf("check: list addresses: %w", err)
+		}
+		for _, w := range want {
+			if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IPNet.String() == ipNet(w, w.Addr()).String() }) {
+				return fmt.Errorf("check: pod interface %s lacks address %s", ifName, w)
+			}
+			_, gw := prefixFor(sub, w.Addr())
+			fam := netlink.FAMILY_V4
+			if w.Addr().Is6() {
+				fam = netlink.FAMILY_V6
+			}
+			routes, err := routeList(link, fam)
+			if err != nil {
+				return fmt.Errorf("check: list routes: %w", err)
+			}
+			if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+				ones := 0
+				if r.Dst != nil {
+					ones, _ = r.Dst.Mask.Size()
+				}
+				return ones == 0 && r.Gw.Equal(gw.AsSlice())
+			}) {
+				return fmt.Errorf("check: pod interface %s has no default route via %s", ifName, gw)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	host, err := netlink.LinkByName(hostName)
+	if err != nil {
+		return fmt.Errorf("check: host veth %s: %w", hostName, err)
+	}
+	br, err := netlink.LinkByName(BridgeName)
+	if err != nil {
+		return fmt.Errorf("check: bridge %s: %w", BridgeName, err)
+	}
+	if host.Attrs().MasterIndex != br.Attrs().Index {
+		return fmt.Errorf("check: host veth %s is not attached to %s", hostName, BridgeName)
+	}
+	return nil
+}
+
+// addrList and routeList retry dumps the kernel interrupted because the
+// table changed meanwhile (likely with many concurrent ADDs on one node).
+func addrList(link netlink.Link, family int) ([]netlink.Addr, error) {
+	for i := 0; ; i++ {
+		as, err := netlink.AddrList(link, family)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 5 {
+			return as, err
+		}
+	}
+}
+
+func routeList(link netlink.Link, family int) ([]netlink.Route, error) {
+	for i := 0; ; i++ {
+		rs, err := netlink.RouteList(link, family)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 5 {
+			return rs, err
+		}
+	}
+}

@@ -1,0 +1,301 @@
+package cni
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/hashicorp/go-hclog"
+)
+
+// SupportedVersions are the CNI spec versions the plugin speaks.
+var SupportedVersions = version.PluginSupports("0.4.0", "1.0.0", "1.1.0")
+
+// Plugin implements the CNI commands. The zero value is usable.
+type Plugin struct {
+	Logger hclog.Logger
+}
+
+func (p *Plugin) log() hclog.Logger {
+	if p.Logger == nil {
+		return hclog.NewNullLogger()
+	}
+	return p.Logger
+}
+
+// Funcs returns the plugin's commands for skel.PluginMainFuncs.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status}
+}
+
+// Main runs the plugin as a process (the body of cmd/weft-cni).
+func Main(about string) {
+	p := &Plugin{}
+	skel.PluginMainFuncs(p.Funcs(), SupportedVersions, about)
+}
+
+// HostVethName is the node-side veth name of an attachment: "weft" plus a
+// hash of container ID and interface name, so DEL and GC find it even when
+// the pod's namespace is gone.
+func HostVethName(containerID, ifName string) string {
+	h := sha256.Sum256([]byte(containerID + "/" + ifName))
+	return "weft" + hex.EncodeToString(h[:])[:11]
+}
+
+func storeFor(conf *NetConf) (*Store, error) {
+	return OpenStore(filepath.Join(conf.DataDir, conf.Name))
+}
+
+func pools(sub Subnet) []Pool {
+	ps := []Pool{{Prefix: sub.V4, Gateway: sub.Gateway4}}
+	if sub.V6.IsValid() {
+		ps = append(ps, Pool{Prefix: sub.V6, Gateway: sub.Gateway6})
+	}
+	return ps
+}
+
+// subnetError turns a subnet file problem into a CNI error: a missing file
+// is code 11 (try again later: the agent writes it once the node has a pod
+// CIDR), a malformed one code 999.
+func subnetError(path string, err error) error {
+	if errors.Is(err, ErrNoSubnetFile) {
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("weft agent has not written the node's subnet file %s yet (is weft-agent running and has the node a pod CIDR?)", path), "")
+	}
+	return types.NewError(types.ErrInternal, fmt.Sprintf("bad weft subnet file: %v", err), "")
+}
+
+// Add attaches the pod: address from the store, veth into the pod netns,
+// host side on weft0, default route via the gateway. On any failure
+// everything this call made is removed again.
+func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	sub, err := ReadSubnetFile(conf.SubnetFile)
+	if err != nil {
+		return subnetError(conf.SubnetFile, err)
+	}
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open pod netns %q: %v", args.Netns, err), "")
+	}
+	defer podNS.Close()
+	store, err := storeFor(conf)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	ps := pools(sub)
+	ips, fresh, err := store.Reserve(args.ContainerID, args.IfName, ps)
+	if errors.Is(err, ErrExhausted) {
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("no free pod address on this node: %v", err), "")
+	}
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	log := p.log().With("container", args.ContainerID, "ifname", args.IfName)
+	defer func() {
+		// A repeated ADD keeps the lease the first one made.
+		if retErr != nil && fresh {
+			if _, err := store.Release(args.ContainerID, args.IfName); err != nil {
+				log.Warn("release address after failed add", "error", err)
+			}
+		}
+	}()
+	if err := ensureBridge(sub); err != nil {
+		return fmt.Errorf("ensure bridge %s: %w", BridgeName, err)
+	}
+	hostName := HostVethName(args.ContainerID, args.IfName)
+	att, err := attach(podNS, args.IfName, hostName, sub, ips)
+	if err != nil {
+		return err
+	}
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: hostName, Mac: att.hostMAC},
+			{Name: args.IfName, Mac: att.podMAC, Sandbox: args.Netns},
+		},
+	}
+	podIdx := 1
+	for i, ip := range ips {
+		pool := ps[i]
+		res.IPs = append(res.IPs, &current.IPConfig{
+			Interface: &podIdx,
+			Address:   net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(pool.Prefix.Bits(), ip.BitLen())},
+			Gateway:   pool.Gateway.AsSlice(),
+		})
+		res.Routes = append(res.Routes, &types.Route{Dst: defaultRoute(ip), GW: pool.Gateway.AsSlice()})
+	}
+	log.Info("attached pod", "ips", ips)
+	return types.PrintResult(res, conf.CNIVersion)
+}
+
+func defaultRoute(ip netip.Addr) net.IPNet {
+	if ip.Is4() {
+		return net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	}
+	return net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+}
+
+// Del detaches the pod and frees its address. It succeeds for an unknown
+// container, a repeated call and a netns that no longer exists; it needs
+// neither the subnet file nor the netns.
+func (p *Plugin) Del(args *skel.CmdArgs) error {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if err := detach(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName)); err != nil {
+		return err
+	}
+	store, err := storeFor(conf)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	// Free the address only after the interface holding it is gone, so it
+	// cannot be handed out while still configured.
+	if _, err := store.Release(args.ContainerID, args.IfName); err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	p.log().Info("detached pod", "container", args.ContainerID, "ifname", args.IfName)
+	return nil
+}
+
+// Check verifies what Add made against prevResult: the lease in the store,
+// the pod interface with its addresses, MTU and default routes, and the
+// host side on weft0.
+func (p *Plugin) Check(args *skel.CmdArgs) error {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if conf.RawPrevResult == nil {
+		return configError("prevResult", "missing (CHECK needs the result of ADD)")
+	}
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return configError("prevResult", "%v", err)
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return configError("prevResult", "%v", err)
+	}
+	sub, err := ReadSubnetFile(conf.SubnetFile)
+	if err != nil {
+		return subnetError(conf.SubnetFile, err)
+	}
+	store, err := storeFor(conf)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	alloc, ok, err := store.Get(args.ContainerID, args.IfName)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	if !ok {
+		return fmt.Errorf("check: no address lease for container %s %s in %s", args.ContainerID, args.IfName, conf.DataDir)
+	}
+	var want []netip.Prefix
+	for _, ipc := range prev.IPs {
+		a, _ := netip.AddrFromSlice(ipc.Address.IP)
+		ones, _ := ipc.Address.Mask.Size()
+		pfx := netip.PrefixFrom(a.Unmap(), ones)
+		if !containsAddr(alloc.IPs, pfx.Addr()) {
+			return fmt.Errorf("check: address %s of prevResult is not leased to the container (lease: %v)", pfx, alloc.IPs)
+		}
+		want = append(want, pfx)
+	}
+	if len(want) != len(alloc.IPs) {
+		return fmt.Errorf("check: prevResult has %d addresses, the lease %d", len(want), len(alloc.IPs))
+	}
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open pod netns %q: %v", args.Netns, err), "")
+	}
+	defer podNS.Close()
+	return verify(podNS, args.IfName, HostVethName(args.ContainerID, args.IfName), sub, want)
+}
+
+func containsAddr(ips []netip.Addr, a netip.Addr) bool {
+	for _, ip := range ips {
+		if ip == a {
+			return true
+		}
+	}
+	return false
+}
+
+// Status reports whether the plugin can attach pods now: not ready (code
+// 50) until the agent has written a valid subnet file.
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if _, err := ReadSubnetFile(conf.SubnetFile); err != nil {
+		msg := fmt.Sprintf("weft is not ready: %v", err)
+		if errors.Is(err, ErrNoSubnetFile) {
+			msg = fmt.Sprintf("weft is not ready: the agent has not written %s yet", conf.SubnetFile)
+		}
+		return types.NewError(types.ErrPluginNotAvailable, msg, "")
+	}
+	if _, err := storeFor(conf); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("weft is not ready: %v", err), "")
+	}
+	return nil
+}
+
+// GC frees the addresses (and removes leftover host veths) of every
+// attachment not listed in cni.dev/valid-attachments.
+func (p *Plugin) GC(args *skel.CmdArgs) error {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	valid := map[types.GCAttachment]bool{}
+	for _, a := range conf.ValidAttachments {
+		valid[a] = true
+	}
+	store, err := storeFor(conf)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	// Remove leftover host veths first, then free their addresses.
+	all, err := store.List()
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	var errs []error
+	gone := map[types.GCAttachment]bool{}
+	for _, a := range all {
+		key := types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}
+		if valid[key] {
+			continue
+		}
+		if err := deleteHostVeth(HostVethName(a.ContainerID, a.IfName)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		gone[key] = true
+	}
+	freed, err := store.Retain(func(id, ifName string) bool {
+		return !gone[types.GCAttachment{ContainerID: id, IfName: ifName}]
+	})
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, a := range freed {
+		p.log().Info("gc freed address", "container", a.ContainerID, "ifname", a.IfName, "ips", a.IPs)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,107 @@
+package cni
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// ErrNoSubnetFile means the agent has not written the node's subnet file
+// yet (it does once the node has a pod CIDR).
+var ErrNoSubnetFile = errors.New("cni: subnet file not written yet")
+
+// Subnet is what the agent's subnet file (flannel's field names) says about
+// the node.
+type Subnet struct {
+	// V4 is the node's IPv4 pod CIDR; Gateway4 the bridge address in it
+	// (FLANNEL_SUBNET's address, normally the first address).
+	V4       netip.Prefix
+	Gateway4 netip.Addr
+	// V6/Gateway6 come from FLANNEL_IPV6_SUBNET; invalid when absent.
+	V6       netip.Prefix
+	Gateway6 netip.Addr
+	MTU      int
+}
+
+// ReadSubnetFile reads and parses the agent's subnet file. A missing file
+// returns an error wrapping ErrNoSubnetFile.
+func ReadSubnetFile(path string) (Subnet, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Subnet{}, fmt.Errorf("read %s: %w", path, ErrNoSubnetFile)
+	}
+	if err != nil {
+		return Subnet{}, fmt.Errorf("read subnet file: %w", err)
+	}
+	s, err := ParseSubnet(data)
+	if err != nil {
+		return Subnet{}, fmt.Errorf("parse %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// ParseSubnet parses subnet.env content (KEY=VALUE lines, # comments).
+// FLANNEL_SUBNET and FLANNEL_MTU are required; errors name the field.
+func ParseSubnet(data []byte) (Subnet, error) {
+	env := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return Subnet{}, fmt.Errorf("line %q is not KEY=VALUE", line)
+		}
+		env[strings.TrimSpace(k)] = strings.Trim(strings.TrimSpace(v), `"`)
+	}
+	var s Subnet
+	var err error
+	s.V4, s.Gateway4, err = gatewayPrefix("FLANNEL_SUBNET", env["FLANNEL_SUBNET"], true)
+	if err != nil {
+		return Subnet{}, err
+	}
+	mtu, ok := env["FLANNEL_MTU"]
+	if !ok {
+		return Subnet{}, errors.New("FLANNEL_MTU: missing")
+	}
+	s.MTU, err = strconv.Atoi(mtu)
+	if err != nil || s.MTU < 576 || s.MTU > 65535 {
+		return Subnet{}, fmt.Errorf("FLANNEL_MTU: %q is not an MTU between 576 and 65535", mtu)
+	}
+	if v6 := env["FLANNEL_IPV6_SUBNET"]; v6 != "" {
+		s.V6, s.Gateway6, err = gatewayPrefix("FLANNEL_IPV6_SUBNET", v6, false)
+		if err != nil {
+			return Subnet{}, err
+		}
+	}
+	return s, nil
+}
+
+// gatewayPrefix parses "10.244.1.1/24" into (10.244.1.0/24, 10.244.1.1);
+// a bare network address means its first address is the gateway.
+func gatewayPrefix(field, s string, v4 bool) (netip.Prefix, netip.Addr, error) {
+	if s == "" {
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%s: missing", field)
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || p.Addr().Is4() != v4 || p.Addr().Is4In6() {
+		fam := "IPv6"
+		if v4 {
+			fam = "IPv4"
+		}
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%s: %q is not an %s CIDR", field, s, fam)
+	}
+	gw := p.Addr()
+	if gw == p.Masked().Addr() {
+		gw = gw.Next()
+	}
+	return p.Masked(), gw, nil
+}
