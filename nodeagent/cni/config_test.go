@@ -84,12 +84,12 @@ func TestParseSubnet(t *testing.T) {
 		t.Fatalf("network address form: %+v %v", s, err)
 	}
 	for in, field := range map[string]string{
-		"FLANNEL_MTU=1450\n":                                       "FLANNEL_SUBNET",
-		"FLANNEL_SUBNET=10.244.1.1/24\n":                           "FLANNEL_MTU",
-		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=x\n":            "FLANNEL_MTU",
-		"FLANNEL_SUBNET=fd00::1/64\nFLANNEL_MTU=1450\n":            "FLANNEL_SUBNET",
-		"FLANNEL_SUBNET=10.244.1.1\nFLANNEL_MTU=1450\n":            "FLANNEL_SUBNET",
-		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\ngarbage\n": "garbage",
+		"FLANNEL_MTU=1450\n":                                                               "FLANNEL_SUBNET",
+		"FLANNEL_SUBNET=10.244.1.1/24\n":                                                   "FLANNEL_MTU",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=x\n":                                    "FLANNEL_MTU",
+		"FLANNEL_SUBNET=fd00::1/64\nFLANNEL_MTU=1450\n":                                    "FLANNEL_SUBNET",
+		"FLANNEL_SUBNET=10.244.1.1\nFLANNEL_MTU=1450\n":                                    "FLANNEL_SUBNET",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\ngarbage\n":                        "garbage",
 		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPV6_SUBNET=10.0.0.1/8\n": "FLANNEL_IPV6_SUBNET",
 	} {
 		if _, err := ParseSubnet([]byte(in)); err == nil || !strings.Contains(err.Error(), field) {
