@@ -1,0 +1,164 @@
+package model
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/proto/validate"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// DefaultUnderlayMTU is assumed when neither the config nor the underlay
+// names an MTU.
+const DefaultUnderlayMTU = 1500
+
+// PeerProblem names a remote node the datapath does not serve in the
+// current mode, and why. It is never fatal.
+type PeerProblem struct {
+	Node   string
+	Reason string
+}
+
+// Plan is what one node's datapath should be, derived from a State.
+type Plan struct {
+	// Desired is nil while the config is unknown.
+	Desired *spec.Desired
+	// Problems lists peers not served, sorted by node name.
+	Problems []PeerProblem
+	// Self is this node's value, nil until its NodeAdded.
+	Self *weftv1.Node
+	// PodMTU is the MTU pods on this node should use (FLANNEL_MTU).
+	PodMTU int
+}
+
+// Options tune Desired.
+type Options struct {
+	// ExtraRoutes are routes learned elsewhere (BGP); they are merged into
+	// the spec in bgp mode and ignored in every other mode.
+	ExtraRoutes []spec.Route
+}
+
+// UnderlayMTU is the underlay MTU the config asks for, else the
+// interface's, else 1500.
+func UnderlayMTU(cfg *weftv1.ClusterConfig, u spec.Underlay) int {
+	switch {
+	case cfg != nil && cfg.Mtu != 0:
+		return int(cfg.Mtu)
+	case u.MTU > 0:
+		return u.MTU
+	}
+	return DefaultUnderlayMTU
+}
+
+// Desired computes the datapath spec of node self from s, given what the
+// node's underlay looks like. It is a pure function of its arguments:
+//
+//   - vxlan, geneve: the overlay device (MTU from config.mtu or the
+//     underlay MTU minus the overhead), one route per cluster CIDR to it,
+//     a tunnel entry for every pod CIDR of every other node;
+//   - native with auto_direct_node_routes: a direct route per remote pod
+//     CIDR via the node's underlay IP when that IP is on a directly
+//     connected network, else a PeerProblem; without
+//     auto_direct_node_routes the network routes pod CIDRs (like gateway);
+//   - hybrid: the overlay device, direct routes for adjacent peers and
+//     tunnel entries for the others;
+//   - gateway: no per-node routes or tunnels;
+//   - bgp: no static per-node routes; opts.ExtraRoutes are merged in.
+//
+// Masquerade follows config.masquerade: the node's pod CIDRs are
+// masqueraded unless the destination is in native_routing_cidr (or the
+// IPv6 cluster CIDR for IPv6 pods).
+func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
+	cfg := s.config
+	plan := Plan{Self: s.nodes[self]}
+	if cfg == nil {
+		return plan
+	}
+	mode := spec.Mode(cfg.Backend)
+	base := UnderlayMTU(cfg, u)
+	d := &spec.Desired{Mode: mode}
+	overlay := mode == spec.ModeVXLAN || mode == spec.ModeGeneve || mode == spec.ModeHybrid
+	plan.PodMTU = base
+	if overlay {
+		kind := spec.ModeVXLAN
+		overhead := spec.VXLANOverhead
+		if mode == spec.ModeGeneve {
+			kind, overhead = spec.ModeGeneve, spec.GeneveOverhead
+		}
+		if u.IP.Is6() && !u.IP.Is4In6() {
+			overhead += spec.IPv6Extra
+		}
+		d.Overlay = &spec.Overlay{Kind: kind, Port: uint16(cfg.UdpPort), VNI: cfg.Vni, MTU: base - overhead}
+		plan.PodMTU = d.Overlay.MTU
+		for _, c := range []string{cfg.ClusterCidr, cfg.ClusterCidrV6} {
+			if p, err := netip.ParsePrefix(c); err == nil {
+				d.ClusterCIDRs = append(d.ClusterCIDRs, p)
+			}
+		}
+	}
+
+	if plan.Self != nil {
+		local, err := validate.PodCIDRs(cfg, plan.Self.PodCidrs)
+		if err != nil {
+			plan.Problems = append(plan.Problems, PeerProblem{self, fmt.Sprintf("own pod CIDRs unusable: %v", err)})
+		}
+		d.LocalPodCIDRs = local
+	}
+
+	direct := mode == spec.ModeHybrid || (mode == spec.ModeNative && cfg.AutoDirectNodeRoutes)
+	for _, name := range s.Names() {
+		if name == self {
+			continue
+		}
+		n := s.nodes[name]
+		prefixes, err := validate.PodCIDRs(cfg, n.PodCidrs)
+		if err != nil {
+			plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("pod CIDRs unusable under the current config: %v", err)})
+			continue
+		}
+		ip, err := netip.ParseAddr(n.UnderlayIp)
+		if err != nil {
+			// Apply and Reset validated it; keep Desired total anyway.
+			plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("underlay IP %q unusable", n.UnderlayIp)})
+			continue
+		}
+		ip = ip.Unmap()
+		if ip == u.IP {
+			plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("underlay IP %s is this node's own", ip)})
+			continue
+		}
+		adjacent := u.Adjacent(ip)
+		for _, p := range prefixes {
+			switch {
+			case direct && adjacent && p.Addr().Is4() == ip.Is4():
+				d.Routes = append(d.Routes, spec.Route{Prefix: p, Via: ip, Proto: spec.ProtoDirect})
+			case overlay:
+				t := spec.Tunnel{Prefix: p, Endpoint: ip, VNI: cfg.Vni}
+				if ip.Is6() {
+					t.Flags |= spec.FlagIPv6Endpoint
+				}
+				d.Tunnels = append(d.Tunnels, t)
+			case direct && !adjacent:
+				plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("not on a directly connected network: %s via %s", p, ip)})
+			case direct:
+				plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("%s cannot be routed via %s (address families differ)", p, ip)})
+			}
+		}
+	}
+	if mode == spec.ModeBGP {
+		d.Routes = append(d.Routes, opts.ExtraRoutes...)
+	}
+
+	if cfg.Masquerade && len(d.LocalPodCIDRs) > 0 {
+		m := &spec.Masquerade{PodCIDRs: append([]netip.Prefix(nil), d.LocalPodCIDRs...)}
+		for _, c := range []string{cfg.NativeRoutingCidr, cfg.ClusterCidrV6} {
+			if p, err := netip.ParsePrefix(c); err == nil {
+				m.NativeCIDRs = append(m.NativeCIDRs, p)
+			}
+		}
+		d.Masquerade = m
+	}
+	plan.Desired = d.Normalize()
+	return plan
+}

@@ -1,0 +1,274 @@
+package model
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/proto/keys"
+	"github.com/weftnet/weft/proto/validate"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func cfgEvent(seq uint64, c *weftv1.ClusterConfig) []byte {
+	return keys.Encode(&weftv1.Event{Seq: seq, Kind: &weftv1.Event_ConfigChanged{ConfigChanged: &weftv1.ConfigChanged{Config: c}}})
+}
+
+func addEvent(seq uint64, name, ip string, cidrs ...string) []byte {
+	return keys.Encode(&weftv1.Event{Seq: seq, Kind: &weftv1.Event_NodeAdded{NodeAdded: &weftv1.NodeAdded{
+		Node: &weftv1.Node{Name: name, UnderlayIp: ip, PodCidrs: cidrs}}}})
+}
+
+func removeEvent(seq uint64, name string) []byte {
+	return keys.Encode(&weftv1.Event{Seq: seq, Kind: &weftv1.Event_NodeRemoved{NodeRemoved: &weftv1.NodeRemoved{Name: name}}})
+}
+
+func baseConfig() *weftv1.ClusterConfig {
+	return &weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16"}
+}
+
+func mustApply(t *testing.T, s *State, seq uint64, v []byte) {
+	t.Helper()
+	refused, err := s.Apply(seq, v)
+	if err != nil || refused != nil {
+		t.Fatalf("apply %d: refused=%v err=%v", seq, refused, err)
+	}
+}
+
+func TestApplyOrderDuplicatesAndGaps(t *testing.T) {
+	s := New()
+	mustApply(t, s, 1, cfgEvent(1, baseConfig()))
+	mustApply(t, s, 2, addEvent(2, "a", "192.168.1.1", "10.244.1.0/24"))
+	before := s.String()
+	// Duplicates and replays change nothing.
+	mustApply(t, s, 2, addEvent(2, "a", "192.168.1.99", "10.244.9.0/24"))
+	mustApply(t, s, 1, cfgEvent(1, &weftv1.ClusterConfig{ClusterCidr: "10.0.0.0/8"}))
+	if s.String() != before {
+		t.Fatalf("replay changed state:\n%s\n%s", before, s)
+	}
+	// A gap is refused with ErrGap and changes nothing.
+	if _, err := s.Apply(4, removeEvent(4, "a")); !errors.Is(err, ErrGap) {
+		t.Fatalf("gap: err = %v, want ErrGap", err)
+	}
+	if s.Applied() != 2 || s.Node("a") == nil {
+		t.Fatalf("gap changed state: %s", s)
+	}
+	mustApply(t, s, 3, removeEvent(3, "a"))
+	if s.Node("a") != nil || s.Applied() != 3 {
+		t.Fatalf("remove: %s", s)
+	}
+	if s.Config().Vni != validate.DefaultVNI || !s.Config().Masquerade {
+		t.Fatalf("config defaults not applied: %v", s.Config())
+	}
+}
+
+func TestApplyRefusesBadInputAndKeepsState(t *testing.T) {
+	s := New()
+	mustApply(t, s, 1, cfgEvent(1, baseConfig()))
+	mustApply(t, s, 2, addEvent(2, "self", "192.168.1.1", "10.244.1.0/24"))
+	mustApply(t, s, 3, addEvent(3, "b", "192.168.1.2", "10.244.2.0/24"))
+	cases := []struct {
+		value []byte
+		want  string
+	}{
+		{[]byte("{not json"), "decode event"},
+		{addEvent(4, "c", "192.168.1.3", "10.99.0.0/24"), "outside the cluster CIDR"},
+		{addEvent(4, "c", "not-an-ip", "10.244.3.0/24"), "underlay_ip"},
+		{addEvent(4, "c", "192.168.1.3", "10.244.1.0/24"), `overlaps node "self"`},
+		{addEvent(4, "b", "192.168.1.2", "10.244.1.128/25"), `overlaps node "self"`},
+		{addEvent(99, "c", "192.168.1.3", "10.244.3.0/24"), "does not match"},
+		{cfgEvent(4, &weftv1.ClusterConfig{ClusterCidr: "10.244.0.1/16"}), "cluster_cidr"},
+		{keys.Encode(&weftv1.Event{Seq: 4}), "no kind"},
+	}
+	seq := uint64(3)
+	for _, c := range cases {
+		seq++
+		// Re-number the case's event to the next seq (all but the
+		// mismatched-seq case, which tests the mismatch).
+		v := c.value
+		if !strings.Contains(c.want, "does not match") {
+			if e, err := keys.DecodeEvent(v); err == nil {
+				e.Seq = seq
+				v = keys.Encode(e)
+			}
+		}
+		refused, err := s.Apply(seq, v)
+		if err != nil {
+			t.Fatalf("seq %d: err = %v", seq, err)
+		}
+		if refused == nil || !strings.Contains(refused.Error(), c.want) {
+			t.Fatalf("seq %d: refused = %v, want %q", seq, refused, c.want)
+		}
+		if s.Applied() != seq || s.Len() != 2 || s.Node("b").PodCidrs[0] != "10.244.2.0/24" || s.Config().ClusterCidr != "10.244.0.0/16" {
+			t.Fatalf("seq %d: state changed: %s", seq, s)
+		}
+	}
+	if got := len(s.Refused()); got != len(cases) {
+		t.Fatalf("recorded %d refusals, want %d: %v", got, len(cases), s.Refused())
+	}
+}
+
+func TestResetRefusesBadNodesKeepsLastGood(t *testing.T) {
+	s := New()
+	good := keys.Encode(&weftv1.Node{Name: "b", UnderlayIp: "192.168.1.2", PodCidrs: []string{"10.244.2.0/24"}, Seq: 2})
+	s.Reset(Snapshot{Head: 2, Config: keys.Encode(validate.WithDefaults(baseConfig())), Nodes: map[string][]byte{
+		"b": good,
+		"x": []byte("garbage"),
+		"y": keys.Encode(&weftv1.Node{Name: "z", UnderlayIp: "192.168.1.3", PodCidrs: []string{"10.244.3.0/24"}}),
+	}})
+	if s.Len() != 1 || s.Node("b") == nil || s.Applied() != 2 {
+		t.Fatalf("after first reset: %s", s)
+	}
+	if len(s.Refused()) != 2 {
+		t.Fatalf("refused = %v", s.Refused())
+	}
+	// b turns into garbage, the config too: the last good values stay.
+	s.Reset(Snapshot{Head: 3, Config: []byte("{"), Nodes: map[string][]byte{
+		"b": []byte(`{"name": 7}`),
+		"c": keys.Encode(&weftv1.Node{Name: "c", UnderlayIp: "192.168.1.3", PodCidrs: []string{"10.244.2.0/25"}, Seq: 3}),
+	}})
+	if s.Node("b") == nil || s.Node("c") != nil || s.Config() == nil {
+		t.Fatalf("after bad reset: %s", s)
+	}
+	var whats []string
+	for _, r := range s.Refused() {
+		whats = append(whats, r.What)
+	}
+	got := strings.Join(whats, ",")
+	for _, w := range []string{"config", "node b", "node c", "node x", "node y"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("refusals %q lack %q", got, w)
+		}
+	}
+}
+
+func underlay() spec.Underlay {
+	return spec.Underlay{
+		Interface: "eth0",
+		IP:        netip.MustParseAddr("192.168.1.1"),
+		MTU:       1500,
+		Networks:  []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")},
+	}
+}
+
+func stateWith(t *testing.T, cfg *weftv1.ClusterConfig) *State {
+	s := New()
+	mustApply(t, s, 1, cfgEvent(1, cfg))
+	mustApply(t, s, 2, addEvent(2, "self", "192.168.1.1", "10.244.1.0/24"))
+	mustApply(t, s, 3, addEvent(3, "near", "192.168.1.2", "10.244.2.0/24"))
+	mustApply(t, s, 4, addEvent(4, "far", "192.168.7.2", "10.244.3.0/24"))
+	return s
+}
+
+func TestDesiredModes(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	ip := netip.MustParseAddr
+	t.Run("vxlan", func(t *testing.T) {
+		c := baseConfig()
+		c.Vni, c.UdpPort = 7, 4789
+		p := Desired(stateWith(t, c), "self", underlay(), Options{})
+		d := p.Desired
+		if d.Overlay == nil || d.Overlay.MTU != 1450 || d.Overlay.VNI != 7 || d.Overlay.Port != 4789 || d.Overlay.Kind != spec.ModeVXLAN {
+			t.Fatalf("overlay = %+v", d.Overlay)
+		}
+		if len(d.Tunnels) != 2 || d.Tunnels[0] != (spec.Tunnel{Prefix: pfx("10.244.2.0/24"), Endpoint: ip("192.168.1.2"), VNI: 7}) ||
+			d.Tunnels[1].Endpoint != ip("192.168.7.2") {
+			t.Fatalf("tunnels = %+v", d.Tunnels)
+		}
+		if len(d.ClusterCIDRs) != 1 || d.ClusterCIDRs[0] != pfx("10.244.0.0/16") || len(d.Routes) != 0 {
+			t.Fatalf("desired = %s", d)
+		}
+		if d.Masquerade == nil || d.Masquerade.PodCIDRs[0] != pfx("10.244.1.0/24") || d.Masquerade.NativeCIDRs[0] != pfx("10.244.0.0/16") {
+			t.Fatalf("masquerade = %+v", d.Masquerade)
+		}
+		if p.PodMTU != 1450 || len(p.Problems) != 0 {
+			t.Fatalf("plan = %+v", p)
+		}
+	})
+	t.Run("geneve-mtu-from-config", func(t *testing.T) {
+		c := baseConfig()
+		c.Backend, c.Mtu = "geneve", 9000
+		d := Desired(stateWith(t, c), "self", underlay(), Options{}).Desired
+		if d.Overlay.Kind != spec.ModeGeneve || d.Overlay.MTU != 9000-spec.GeneveOverhead || d.Overlay.DeviceName() != spec.GeneveDevice {
+			t.Fatalf("overlay = %+v", d.Overlay)
+		}
+	})
+	t.Run("native", func(t *testing.T) {
+		c := baseConfig()
+		c.Backend, c.AutoDirectNodeRoutes = "native", true
+		p := Desired(stateWith(t, c), "self", underlay(), Options{})
+		d := p.Desired
+		if d.Overlay != nil || len(d.Tunnels) != 0 || len(d.ClusterCIDRs) != 0 {
+			t.Fatalf("native has overlay state: %s", d)
+		}
+		if len(d.Routes) != 1 || d.Routes[0] != (spec.Route{Prefix: pfx("10.244.2.0/24"), Via: ip("192.168.1.2")}) {
+			t.Fatalf("routes = %+v", d.Routes)
+		}
+		if len(p.Problems) != 1 || p.Problems[0].Node != "far" || !strings.Contains(p.Problems[0].Reason, "not on a directly connected network") {
+			t.Fatalf("problems = %+v", p.Problems)
+		}
+		if p.PodMTU != 1500 {
+			t.Fatalf("pod MTU = %d", p.PodMTU)
+		}
+	})
+	t.Run("hybrid", func(t *testing.T) {
+		c := baseConfig()
+		c.Backend = "hybrid"
+		p := Desired(stateWith(t, c), "self", underlay(), Options{})
+		d := p.Desired
+		if d.Overlay == nil || len(d.Routes) != 1 || d.Routes[0].Via != ip("192.168.1.2") ||
+			len(d.Tunnels) != 1 || d.Tunnels[0].Endpoint != ip("192.168.7.2") || len(p.Problems) != 0 {
+			t.Fatalf("hybrid = %s %+v %+v %+v", d, d.Routes, d.Tunnels, p.Problems)
+		}
+	})
+	t.Run("gateway", func(t *testing.T) {
+		c := baseConfig()
+		c.Backend, c.Masquerade, c.DefaultsApplied = "gateway", false, true
+		d := Desired(stateWith(t, c), "self", underlay(), Options{}).Desired
+		if d.Overlay != nil || len(d.Routes)+len(d.Tunnels) != 0 || d.Masquerade != nil || len(d.LocalPodCIDRs) != 1 {
+			t.Fatalf("gateway = %s", d)
+		}
+	})
+	t.Run("bgp", func(t *testing.T) {
+		c := baseConfig()
+		c.Backend = "bgp"
+		c.Bgp = &weftv1.BGPConfig{Asn: 64512, FullMesh: true}
+		learned := spec.Route{Prefix: pfx("10.244.3.0/24"), Via: ip("192.168.1.254"), Proto: spec.ProtoBGP}
+		d := Desired(stateWith(t, c), "self", underlay(), Options{ExtraRoutes: []spec.Route{learned}}).Desired
+		if d.Overlay != nil || len(d.Tunnels) != 0 || len(d.Routes) != 1 || d.Routes[0] != learned {
+			t.Fatalf("bgp = %s %+v", d, d.Routes)
+		}
+		// Extra routes are ignored outside bgp mode.
+		d = Desired(stateWith(t, baseConfig()), "self", underlay(), Options{ExtraRoutes: []spec.Route{learned}}).Desired
+		if len(d.Routes) != 0 {
+			t.Fatalf("vxlan took BGP routes: %+v", d.Routes)
+		}
+	})
+	t.Run("no-config-no-self", func(t *testing.T) {
+		p := Desired(New(), "self", underlay(), Options{})
+		if p.Desired != nil || p.Self != nil {
+			t.Fatalf("plan = %+v", p)
+		}
+		s := stateWith(t, baseConfig())
+		p = Desired(s, "other", underlay(), Options{})
+		if p.Self != nil || p.Desired.Masquerade != nil || len(p.Desired.Tunnels) != 2 || len(p.Problems) != 1 || !strings.Contains(p.Problems[0].Reason, "own") {
+			t.Fatalf("unknown self: %+v %s", p, p.Desired)
+		}
+	})
+	t.Run("ipv6-underlay", func(t *testing.T) {
+		s := New()
+		mustApply(t, s, 1, cfgEvent(1, baseConfig()))
+		mustApply(t, s, 2, addEvent(2, "b", "fd00::2", "10.244.2.0/24"))
+		u := spec.Underlay{IP: ip("fd00::1"), MTU: 1500, Networks: []netip.Prefix{pfx("fd00::/64")}}
+		d := Desired(s, "self", u, Options{}).Desired
+		if d.Overlay.MTU != 1500-spec.VXLANOverhead-spec.IPv6Extra || d.Tunnels[0].Flags&spec.FlagIPv6Endpoint == 0 {
+			t.Fatalf("v6 underlay: %+v %+v", d.Overlay, d.Tunnels)
+		}
+	})
+}

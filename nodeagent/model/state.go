@@ -1,0 +1,319 @@
+// Package model is the agent's desired-state model: the fold of the event
+// log (cluster config, nodes, applied seq) and the function that turns it
+// into the plain-data datapath spec of one node. It touches no kernel and
+// no network, so everything here is tested without root.
+//
+// A State is not safe for concurrent use; the agent guards it with a mutex.
+package model
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/weftnet/weft/proto/keys"
+	"github.com/weftnet/weft/proto/validate"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// ErrGap is returned (wrapped) by Apply when an event arrives whose seq is
+// more than one past the applied seq. The caller must re-list.
+var ErrGap = errors.New("model: gap in the event log")
+
+// maxRefused bounds the refusals a State remembers for status reports.
+const maxRefused = 32
+
+// Snapshot is the projection read at one etcd revision: the config in
+// force, the head seq and every node value, undecoded.
+type Snapshot struct {
+	// Revision is the etcd revision the snapshot was read at.
+	Revision int64
+	// Head is the seq of the last event folded into the projection.
+	Head uint64
+	// Config is the value of /weft/config; nil when the key is absent.
+	Config []byte
+	// Nodes maps node name (the last element of its key) to its value.
+	Nodes map[string][]byte
+}
+
+// Refusal is an input the model did not accept, with the reason.
+type Refusal struct {
+	// What names the input: "event 7" or "node web-1".
+	What   string
+	Reason string
+}
+
+func (r Refusal) String() string { return r.What + ": " + r.Reason }
+
+// State is the fold of the event log as one agent sees it. The zero value
+// is not usable; call New.
+type State struct {
+	config  *weftv1.ClusterConfig // defaults applied and valid; nil until known
+	nodes   map[string]*weftv1.Node
+	claims  claims
+	applied uint64
+	refused []Refusal
+}
+
+// New returns the empty state (no config, no nodes, applied seq 0).
+func New() *State {
+	return &State{nodes: map[string]*weftv1.Node{}, claims: claims{}}
+}
+
+// Applied is the seq of the last event folded into the state.
+func (s *State) Applied() uint64 { return s.applied }
+
+// Config is the cluster config in force with defaults applied, or nil
+// before the first config. Callers must not modify it.
+func (s *State) Config() *weftv1.ClusterConfig { return s.config }
+
+// Node returns the node called name, or nil. Callers must not modify it.
+func (s *State) Node(name string) *weftv1.Node { return s.nodes[name] }
+
+// Len is the number of nodes.
+func (s *State) Len() int { return len(s.nodes) }
+
+// Names returns the node names, sorted.
+func (s *State) Names() []string {
+	return slices.Sorted(maps.Keys(s.nodes))
+}
+
+// Refused returns the most recent refusals, oldest first.
+func (s *State) Refused() []Refusal { return slices.Clone(s.refused) }
+
+// Equal reports whether s and o hold the same config, nodes and applied
+// seq. Refusals are history, not state, and are not compared.
+func (s *State) Equal(o *State) bool {
+	if s.applied != o.applied || !proto.Equal(s.config, o.config) || len(s.nodes) != len(o.nodes) {
+		return false
+	}
+	for name, n := range s.nodes {
+		if !proto.Equal(n, o.nodes[name]) {
+			return false
+		}
+	}
+	return true
+}
+
+// String summarises s for test failures.
+func (s *State) String() string {
+	return fmt.Sprintf("applied=%d config=%v nodes=%v", s.applied, s.config, s.nodes)
+}
+
+func (s *State) refuse(what string, err error) {
+	// Replace an older refusal of the same input so a value that stays bad
+	// across re-lists is listed once.
+	s.refused = slices.DeleteFunc(s.refused, func(r Refusal) bool { return r.What == what })
+	s.refused = append(s.refused, Refusal{What: what, Reason: err.Error()})
+	if len(s.refused) > maxRefused {
+		s.refused = slices.Delete(s.refused, 0, len(s.refused)-maxRefused)
+	}
+}
+
+func (s *State) forget(what string) {
+	s.refused = slices.DeleteFunc(s.refused, func(r Refusal) bool { return r.What == what })
+}
+
+// Apply folds the event with the given seq, stored as value, into s.
+//
+// An event whose seq is at or below the applied seq is a duplicate or a
+// replay and is ignored (nil). An event more than one past the applied
+// seq returns an error wrapping ErrGap and changes nothing; the caller
+// re-lists. An event that does not decode or fails validation is refused:
+// it is recorded (see Refused), the applied seq moves past it, the rest of
+// the state is kept, and the reason comes back as refused (err stays nil)
+// so the caller can log it.
+func (s *State) Apply(seq uint64, value []byte) (refused error, err error) {
+	switch {
+	case seq <= s.applied:
+		return nil, nil
+	case seq > s.applied+1:
+		return nil, fmt.Errorf("apply event %d after %d: %w", seq, s.applied, ErrGap)
+	}
+	s.applied = seq
+	what := fmt.Sprintf("event %d", seq)
+	e, derr := keys.DecodeEvent(value)
+	if derr == nil {
+		derr = s.applyEvent(seq, e)
+	}
+	if derr != nil {
+		s.refuse(what, derr)
+		return derr, nil
+	}
+	return nil, nil
+}
+
+func (s *State) applyEvent(seq uint64, e *weftv1.Event) error {
+	if e.Seq != seq {
+		return fmt.Errorf("%w: seq: %d does not match its key's seq %d", validate.ErrInvalid, e.Seq, seq)
+	}
+	if err := validate.Event(s.config, e); err != nil {
+		return err
+	}
+	switch k := e.Kind.(type) {
+	case *weftv1.Event_ConfigChanged:
+		s.config = validate.WithDefaults(k.ConfigChanged.Config)
+	case *weftv1.Event_NodeAdded:
+		return s.putNode(seq, k.NodeAdded.Node)
+	case *weftv1.Event_NodeUpdated:
+		return s.putNode(seq, k.NodeUpdated.Node)
+	case *weftv1.Event_NodeRemoved:
+		s.delNode(k.NodeRemoved.Name)
+	}
+	return nil
+}
+
+// putNode stores a validated node after checking that its pod CIDRs
+// overlap no other node's: the earlier claim wins.
+func (s *State) putNode(seq uint64, n *weftv1.Node) error {
+	n = proto.Clone(n).(*weftv1.Node)
+	n.Seq = seq
+	prefixes, err := parseCIDRs(n.PodCidrs)
+	if err != nil {
+		return err
+	}
+	for _, p := range prefixes {
+		if owner := s.claims.overlap(p, n.Name); owner != "" {
+			return fmt.Errorf("%w: pod_cidrs: %s overlaps node %q's pod CIDR", validate.ErrInvalid, p, owner)
+		}
+	}
+	s.delNode(n.Name)
+	s.nodes[n.Name] = n
+	for _, p := range prefixes {
+		s.claims.add(p, n.Name)
+	}
+	return nil
+}
+
+func (s *State) delNode(name string) {
+	old, ok := s.nodes[name]
+	if !ok {
+		return
+	}
+	prefixes, _ := parseCIDRs(old.PodCidrs)
+	for _, p := range prefixes {
+		s.claims.del(p, name)
+	}
+	delete(s.nodes, name)
+}
+
+// Reset replaces the state with a snapshot of the projection (a re-list).
+// Values that do not decode or fail validation are refused; for those the
+// last good value s held is kept (the config, or that node's previous
+// value when it still fits). Nodes are admitted in claim order (the seq of
+// their last change, then name), so of two overlapping claims the earlier
+// wins, as in Apply.
+func (s *State) Reset(snap Snapshot) {
+	if snap.Config != nil {
+		cfg, err := keys.DecodeConfig(snap.Config)
+		if err == nil {
+			cfg = validate.WithDefaults(cfg)
+			err = validate.Config(cfg)
+		}
+		if err != nil {
+			s.refuse("config", err)
+		} else {
+			s.config = cfg
+			s.forget("config")
+		}
+	}
+	old := s.nodes
+	s.nodes = make(map[string]*weftv1.Node, len(snap.Nodes))
+	s.claims = claims{}
+
+	type cand struct {
+		name string
+		n    *weftv1.Node
+	}
+	cands := make([]cand, 0, len(snap.Nodes))
+	for name, v := range snap.Nodes {
+		what := "node " + name
+		n, err := keys.DecodeNode(v)
+		if err == nil {
+			err = validate.Node(s.config, n)
+		}
+		if err == nil && n.Name != name {
+			err = fmt.Errorf("%w: name: %q does not match its key %q", validate.ErrInvalid, n.Name, name)
+		}
+		if err != nil {
+			s.refuse(what, err)
+			if prev, ok := old[name]; ok && validate.Node(s.config, prev) == nil {
+				cands = append(cands, cand{name, prev})
+			}
+			continue
+		}
+		s.forget(what)
+		cands = append(cands, cand{name, n})
+	}
+	slices.SortFunc(cands, func(a, b cand) int {
+		return cmp.Or(cmp.Compare(a.n.Seq, b.n.Seq), cmp.Compare(a.name, b.name))
+	})
+	for _, c := range cands {
+		if err := s.putNode(c.n.Seq, c.n); err != nil {
+			s.refuse("node "+c.name, err)
+		}
+	}
+	s.applied = snap.Head
+}
+
+func parseCIDRs(cidrs []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for i, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("%w: pod_cidrs[%d]: %q is not a CIDR", validate.ErrInvalid, i, c)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// claims indexes pod CIDRs by prefix length for overlap checks that stay
+// cheap with thousands of nodes (all nodes usually share one length).
+type claims map[int]map[netip.Prefix]string
+
+func (c claims) add(p netip.Prefix, owner string) {
+	m := c[p.Bits()]
+	if m == nil {
+		m = map[netip.Prefix]string{}
+		c[p.Bits()] = m
+	}
+	m[p] = owner
+}
+
+func (c claims) del(p netip.Prefix, owner string) {
+	if m := c[p.Bits()]; m != nil && m[p] == owner {
+		delete(m, p)
+		if len(m) == 0 {
+			delete(c, p.Bits())
+		}
+	}
+}
+
+// overlap returns the owner of a claimed prefix overlapping p, other than
+// except, or "".
+func (c claims) overlap(p netip.Prefix, except string) string {
+	for bits, m := range c {
+		if bits <= p.Bits() {
+			q, err := p.Addr().Prefix(bits)
+			if err != nil {
+				continue // other address family
+			}
+			if owner, ok := m[q]; ok && owner != except {
+				return owner
+			}
+			continue
+		}
+		for q, owner := range m {
+			if owner != except && p.Contains(q.Addr()) {
+				return owner
+			}
+		}
+	}
+	return ""
+}
