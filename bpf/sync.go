@@ -1,0 +1,429 @@
+package bpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/weftnet/weft/bpf/spec"
+)
+
+// kstate is weft's part of the kernel: read from the kernel by Reconcile and
+// after Open, remembered by Sync as what it last wrote.
+type kstate struct {
+	devs     map[string]*devState // weft overlay devices by name
+	attached bool                 // our programs run on the wanted device
+	tunnels  map[netip.Prefix]spec.Tunnel
+	routes   map[netip.Prefix]kroute
+	masq     []string // rule descriptions; nil: no table
+	masqOn   bool     // the table exists
+	forward  map[string]bool
+}
+
+func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
+	s := &kstate{devs: map[string]*devState{}, forward: map[string]bool{}}
+	for _, name := range []string{spec.VXLANDevice, spec.GeneveDevice} {
+		dev, err := readDevice(name)
+		if err != nil {
+			return nil, err
+		}
+		if dev != nil {
+			s.devs[name] = dev
+		}
+	}
+	if want.Overlay != nil {
+		if dev := s.devs[want.Overlay.DeviceName()]; dev != nil {
+			ok, err := d.attached(dev.Index)
+			if err != nil {
+				return nil, err
+			}
+			s.attached = ok
+		}
+	}
+	tunnels, err := d.readTunnels()
+	if err != nil {
+		return nil, err
+	}
+	s.tunnels = tunnels
+	if s.routes, err = listRoutes(); err != nil {
+		return nil, err
+	}
+	if s.masq, s.masqOn, err = readMasq(); err != nil {
+		return nil, err
+	}
+	for _, k := range forwardKeys {
+		b, err := os.ReadFile(k)
+		s.forward[k] = err == nil && strings.TrimSpace(string(b)) == "1"
+	}
+	return s, nil
+}
+
+func (d *Datapath) readTunnels() (map[netip.Prefix]spec.Tunnel, error) {
+	out := make(map[netip.Prefix]spec.Tunnel)
+	var k weftTunnelKey
+	var v weftTunnelValue
+	it := d.objs.WeftTunnels.Iterate()
+	for it.Next(&k, &v) {
+		p := decodeKey(k)
+		out[p] = decodeValue(p, v)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read tunnel map: %w", err)
+	}
+	return out, nil
+}
+
+var forwardKeys = []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"}
+
+// Sync makes the kernel equal want: the overlay device and its programs,
+// the tunnel map, weft's routes, the masquerade table and forwarding. It
+// diffs against what it last applied (the first call after Open reads the
+// kernel) and writes nothing when nothing changed.
+//
+// A Geneve overlay on a kernel without CONFIG_GENEVE fails with an error
+// wrapping ErrNoGeneve before anything is changed, so the node keeps its
+// previous mode.
+func (d *Datapath) Sync(ctx context.Context, want *spec.Desired) (spec.Report, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.checkNetns(); err != nil {
+		return spec.Report{}, err
+	}
+	return d.converge(ctx, want, false)
+}
+
+// Reconcile reads weft's state from the kernel, repairs any drift from want
+// (deleted route, map entry, detached program, changed device, missing
+// table) and names each repair in Report.Repaired.
+func (d *Datapath) Reconcile(ctx context.Context, want *spec.Desired) (spec.Report, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.checkNetns(); err != nil {
+		return spec.Report{}, err
+	}
+	d.applied = nil
+	return d.converge(ctx, want, true)
+}
+
+type recorder struct {
+	rep    spec.Report
+	repair bool
+}
+
+func (r *recorder) note(kind *int, what string) {
+	(*kind)++
+	if r.repair {
+		r.rep.Repaired = append(r.rep.Repaired, what)
+	}
+}
+
+func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) (spec.Report, error) {
+	if in == nil {
+		return spec.Report{}, errors.New("sync datapath: nil desired state")
+	}
+	want := *in
+	if want.Overlay == nil {
+		want.Tunnels = nil // no overlay: no tunnel entries
+	} else {
+		ov := *want.Overlay
+		if ov.Port == 0 {
+			ov.Port = 8472
+		}
+		want.Overlay = &ov
+	}
+	if d.applied == nil {
+		s, err := d.readKernel(&want)
+		if err != nil {
+			return spec.Report{}, fmt.Errorf("read kernel state: %w", err)
+		}
+		d.applied = s
+	}
+	have := d.applied
+	rec := &recorder{repair: repair}
+	if err := d.convergeDevice(&want, have, rec); err != nil {
+		// The device step leaves have consistent with the kernel, but be
+		// safe and re-read on the next call.
+		d.applied = nil
+		return rec.rep, err
+	}
+	if err := ctx.Err(); err != nil {
+		d.applied = nil
+		return rec.rep, err
+	}
+	if err := d.convergeTunnels(&want, have, rec); err != nil {
+		d.applied = nil
+		return rec.rep, err
+	}
+	devIndex := 0
+	if want.Overlay != nil {
+		devIndex = have.devs[want.Overlay.DeviceName()].Index
+	}
+	if err := convergeRoutes(&want, devIndex, have, rec); err != nil {
+		d.applied = nil
+		return rec.rep, err
+	}
+	if err := convergeMasq(&want, have, rec); err != nil {
+		d.applied = nil
+		return rec.rep, err
+	}
+	if err := convergeForward(&want, have, rec); err != nil {
+		d.applied = nil
+		return rec.rep, err
+	}
+	if rec.rep.Changed() {
+		d.log.Info("datapath converged", "mode", want.Mode, "added", rec.rep.Added,
+			"updated", rec.rep.Updated, "removed", rec.rep.Removed, "repaired", len(rec.rep.Repaired))
+		for _, r := range rec.rep.Repaired {
+			d.log.Warn("repaired drift", "what", r)
+		}
+	}
+	return rec.rep, nil
+}
+
+func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorder) error {
+	var wantName string
+	if ov := want.Overlay; ov != nil {
+		wantName = ov.DeviceName()
+		if ov.MTU == 0 {
+			u, err := readUnderlay(d.cfg.Underlay)
+			if err != nil {
+				return fmt.Errorf("compute overlay mtu: %w", err)
+			}
+			ov.MTU = overlayMTU(ov.Kind, u)
+		}
+		dev := have.devs[wantName]
+		if dev == nil || !dev.compatible(ov) {
+			what := "device " + wantName + " created"
+			if dev != nil {
+				what = fmt.Sprintf("device %s replaced (kind %s port %d)", wantName, dev.Kind, dev.Port)
+			}
+			nd, err := createDevice(ov, dev)
+			if err != nil {
+				if dev != nil {
+					delete(have.devs, wantName)
+				}
+				return err
+			}
+			have.devs[wantName] = nd
+			have.attached = false
+			rec.note(&rec.rep.Added, what)
+			// Routes to a deleted device vanished with it.
+			if err := refreshRoutes(have); err != nil {
+				return err
+			}
+		} else {
+			fixed, err := adjustDevice(dev, ov)
+			if err != nil {
+				return err
+			}
+			for _, f := range fixed {
+				rec.note(&rec.rep.Updated, f)
+			}
+		}
+		if !have.attached {
+			if err := d.attach(have.devs[wantName].Index); err != nil {
+				return err
+			}
+			have.attached = true
+			rec.note(&rec.rep.Updated, fmt.Sprintf("programs attached to %s (%s)", wantName, d.attachName()))
+		}
+	}
+	for name := range have.devs {
+		if name == wantName {
+			continue
+		}
+		if err := deleteDevice(name); err != nil {
+			return err
+		}
+		delete(have.devs, name)
+		rec.note(&rec.rep.Removed, "device "+name+" removed")
+		if err := refreshRoutes(have); err != nil {
+			return err
+		}
+	}
+	if wantName == "" {
+		// No overlay: drop the link pins (the links died with the device).
+		for _, dir := range []direction{dirEgress, dirIngress} {
+			_ = os.Remove(d.cfg.PinDir + "/" + dir.name)
+		}
+		have.attached = false
+	}
+	return nil
+}
+
+func refreshRoutes(have *kstate) error {
+	rs, err := listRoutes()
+	if err != nil {
+		return err
+	}
+	have.routes = rs
+	return nil
+}
+
+func (d *Datapath) convergeTunnels(want *spec.Desired, have *kstate, rec *recorder) error {
+	diff := diffTunnels(have.tunnels, want.Tunnels)
+	if diff.empty() {
+		return nil
+	}
+	upserts := append(slices.Clip(diff.Add), diff.Update...)
+	if err := d.putTunnels(upserts); err != nil {
+		return err
+	}
+	if err := d.deleteTunnels(diff.Delete); err != nil {
+		return err
+	}
+	for _, t := range diff.Add {
+		rec.note(&rec.rep.Added, fmt.Sprintf("tunnel %s -> %s vni %d", t.Prefix, t.Endpoint, t.VNI))
+	}
+	for _, t := range diff.Update {
+		rec.note(&rec.rep.Updated, fmt.Sprintf("tunnel %s -> %s vni %d", t.Prefix, t.Endpoint, t.VNI))
+	}
+	for _, p := range diff.Delete {
+		rec.note(&rec.rep.Removed, fmt.Sprintf("tunnel %s removed", p))
+	}
+	diff.apply(have.tunnels)
+	return nil
+}
+
+func (d *Datapath) putTunnels(ts []spec.Tunnel) error {
+	if len(ts) == 0 {
+		return nil
+	}
+	keys := make([]weftTunnelKey, len(ts))
+	vals := make([]weftTunnelValue, len(ts))
+	for i, t := range ts {
+		keys[i], vals[i] = encodeKey(t.Prefix), encodeValue(t)
+	}
+	if d.batch {
+		_, err := d.objs.WeftTunnels.BatchUpdate(keys, vals, nil)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("update tunnel map: %w", err)
+		}
+		d.batch = false
+		d.log.Debug("tunnel map has no batch operations, writing per entry")
+	}
+	for i := range keys {
+		if err := d.objs.WeftTunnels.Update(&keys[i], &vals[i], ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("update tunnel %s: %w", ts[i].Prefix, err)
+		}
+	}
+	return nil
+}
+
+func (d *Datapath) deleteTunnels(ps []netip.Prefix) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	keys := make([]weftTunnelKey, len(ps))
+	for i, p := range ps {
+		keys[i] = encodeKey(p)
+	}
+	if d.batch {
+		_, err := d.objs.WeftTunnels.BatchDelete(keys, nil)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("delete from tunnel map: %w", err)
+		}
+		d.batch = false
+	}
+	for i := range keys {
+		if err := d.objs.WeftTunnels.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete tunnel %s: %w", ps[i], err)
+		}
+	}
+	return nil
+}
+
+func convergeRoutes(want *spec.Desired, devIndex int, have *kstate, rec *recorder) error {
+	diff := diffRoutes(have.routes, desiredRoutes(want, devIndex))
+	for _, r := range diff.Delete {
+		if err := deleteRoute(r); err != nil {
+			return err
+		}
+		delete(have.routes, r.Prefix)
+		rec.note(&rec.rep.Removed, r.String()+" removed")
+	}
+	for _, r := range diff.Add {
+		if err := replaceRoute(r); err != nil {
+			return err
+		}
+		have.routes[r.Prefix] = r
+		rec.note(&rec.rep.Added, r.String())
+	}
+	for _, r := range diff.Update {
+		if err := replaceRoute(r); err != nil {
+			return err
+		}
+		have.routes[r.Prefix] = r
+		rec.note(&rec.rep.Updated, r.String())
+	}
+	return nil
+}
+
+func convergeMasq(want *spec.Desired, have *kstate, rec *recorder) error {
+	rules := masqRules(want.Masquerade)
+	sig := masqSignature(rules)
+	if want.Masquerade == nil {
+		if !have.masqOn {
+			return nil
+		}
+		if err := writeMasq(nil, true); err != nil {
+			return err
+		}
+		have.masq, have.masqOn = nil, false
+		rec.note(&rec.rep.Removed, "nftables table "+NFTable+" removed")
+		return nil
+	}
+	if have.masqOn && slices.Equal(have.masq, sig) {
+		return nil
+	}
+	if err := writeMasq(rules, have.masqOn); err != nil {
+		return err
+	}
+	what := fmt.Sprintf("nftables table %s masquerade %d rules", NFTable, len(rules))
+	if have.masqOn {
+		rec.note(&rec.rep.Updated, what)
+	} else {
+		rec.note(&rec.rep.Added, what)
+	}
+	have.masq, have.masqOn = sig, true
+	return nil
+}
+
+func convergeForward(want *spec.Desired, have *kstate, rec *recorder) error {
+	keys := forwardKeys[:1]
+	if hasV6(want) {
+		keys = forwardKeys
+	}
+	for _, k := range keys {
+		if have.forward[k] {
+			continue
+		}
+		if err := os.WriteFile(k, []byte("1\n"), 0o644); err != nil {
+			return fmt.Errorf("enable forwarding %s: %w", k, err)
+		}
+		have.forward[k] = true
+		rec.note(&rec.rep.Updated, k+" = 1")
+	}
+	return nil
+}
+
+func hasV6(want *spec.Desired) bool {
+	for _, p := range slices.Concat(want.ClusterCIDRs, want.LocalPodCIDRs) {
+		if p.Addr().Is6() {
+			return true
+		}
+	}
+	return false
+}

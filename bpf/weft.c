@@ -1,0 +1,225 @@
+//go:build ignore
+
+// weft's overlay datapath: two tc programs on the flow-based tunnel device.
+//
+// weft_egress runs on transmit: it looks the inner destination up in the
+// tunnel map (LPM trie) and sets the tunnel key (remote endpoint, VNI, TTL)
+// so the collect_md device knows where to send the frame. A miss is dropped.
+//
+// weft_ingress runs on receive (after decapsulation): it accepts a frame only
+// when the outer source address is the endpoint that owns the inner source's
+// prefix, then marks it PACKET_HOST so the stack routes it to the local pod
+// (the inner destination MAC is the sender's device MAC, not ours).
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+#define FLAG_IPV6_ENDPOINT (1U << 0)
+#define TUNNEL_TTL 64
+
+// Key of the tunnel map. Both families share one trie: an IPv4 prefix is
+// stored as an IPv4-mapped IPv6 prefix (::ffff:a.b.c.d, prefixlen 96+bits).
+struct tunnel_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+// Value of the tunnel map. endpoint is the underlay address in network
+// order; an IPv4 endpoint is IPv4-mapped (last four bytes) and flags lacks
+// FLAG_IPV6_ENDPOINT.
+struct tunnel_value {
+	__u8 endpoint[16];
+	__u32 vni;
+	__u32 flags;
+};
+
+// Per-CPU datapath statistics (one array slot).
+struct stats {
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u64 drop_no_tunnel;
+	__u64 drop_spoofed;
+	__u64 drop_other;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 131072);
+	__type(key, struct tunnel_key);
+	__type(value, struct tunnel_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_tunnels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_stats SEC(".maps");
+
+enum verdict_reason {
+	REASON_NO_TUNNEL,
+	REASON_SPOOFED,
+	REASON_OTHER,
+};
+
+static __always_inline struct stats *stats_slot(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&weft_stats, &zero);
+}
+
+static __always_inline int drop(enum verdict_reason reason)
+{
+	struct stats *s = stats_slot();
+	if (s) {
+		switch (reason) {
+		case REASON_NO_TUNNEL:
+			s->drop_no_tunnel++;
+			break;
+		case REASON_SPOOFED:
+			s->drop_spoofed++;
+			break;
+		default:
+			s->drop_other++;
+			break;
+		}
+	}
+	return TC_ACT_SHOT;
+}
+
+// load_addr fills key with the inner source (src != 0) or destination
+// address of the packet as a full-length prefix. It returns 0 on success,
+// -1 for frames that are not IP or are truncated, 1 for IPv6 multicast.
+static __always_inline int load_addr(struct __sk_buff *skb, struct tunnel_key *key, int src)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		__builtin_memset(key->addr, 0, 10);
+		key->addr[10] = 0xff;
+		key->addr[11] = 0xff;
+		__u32 a = src ? ip->saddr : ip->daddr;
+		__builtin_memcpy(&key->addr[12], &a, 4);
+		key->prefixlen = 128;
+		return 0;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		if (src)
+			__builtin_memcpy(key->addr, &ip6->saddr, 16);
+		else
+			__builtin_memcpy(key->addr, &ip6->daddr, 16);
+		key->prefixlen = 128;
+		if (!src && key->addr[0] == 0xff)
+			return 1;
+		return 0;
+	}
+	return -1;
+}
+
+SEC("tc")
+int weft_egress(struct __sk_buff *skb)
+{
+	struct tunnel_key key = {};
+	int r = load_addr(skb, &key, 0);
+	if (r != 0)
+		return drop(REASON_OTHER);
+
+	struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
+	if (!tv)
+		return drop(REASON_NO_TUNNEL);
+
+	struct bpf_tunnel_key tk = {};
+	__u64 flags = 0;
+	tk.tunnel_id = tv->vni;
+	tk.tunnel_ttl = TUNNEL_TTL;
+	if (tv->flags & FLAG_IPV6_ENDPOINT) {
+		__builtin_memcpy(tk.remote_ipv6, tv->endpoint, 16);
+		flags = BPF_F_TUNINFO_IPV6;
+	} else {
+		__u32 a;
+		__builtin_memcpy(&a, &tv->endpoint[12], 4);
+		tk.remote_ipv4 = bpf_ntohl(a);
+	}
+	if (bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), flags) < 0)
+		return drop(REASON_OTHER);
+
+	struct stats *s = stats_slot();
+	if (s) {
+		s->tx_packets++;
+		s->tx_bytes += skb->len;
+	}
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int weft_ingress(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key tk = {};
+	int v6 = 0;
+
+	if (bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), 0) < 0) {
+		if (bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), BPF_F_TUNINFO_IPV6) < 0)
+			return drop(REASON_OTHER);
+		v6 = 1;
+	}
+
+	struct tunnel_key key = {};
+	if (load_addr(skb, &key, 1) != 0)
+		return drop(REASON_OTHER);
+
+	struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
+	if (!tv)
+		return drop(REASON_SPOOFED);
+
+	if (v6) {
+		if (!(tv->flags & FLAG_IPV6_ENDPOINT))
+			return drop(REASON_SPOOFED);
+		__u32 ep[4];
+		__builtin_memcpy(ep, tv->endpoint, 16);
+		if (ep[0] != tk.remote_ipv6[0] || ep[1] != tk.remote_ipv6[1] ||
+		    ep[2] != tk.remote_ipv6[2] || ep[3] != tk.remote_ipv6[3])
+			return drop(REASON_SPOOFED);
+	} else {
+		__u32 a;
+		if (tv->flags & FLAG_IPV6_ENDPOINT)
+			return drop(REASON_SPOOFED);
+		__builtin_memcpy(&a, &tv->endpoint[12], 4);
+		if (bpf_ntohl(a) != tk.remote_ipv4)
+			return drop(REASON_SPOOFED);
+	}
+	if (tk.tunnel_id != tv->vni)
+		return drop(REASON_SPOOFED);
+
+	bpf_skb_change_type(skb, PACKET_HOST);
+
+	struct stats *s = stats_slot();
+	if (s) {
+		s->rx_packets++;
+		s->rx_bytes += skb->len;
+	}
+	return TC_ACT_OK;
+}
