@@ -1,0 +1,254 @@
+// Package follow follows weft's event log in etcd the way etcd's
+// mirror.Syncer does: read a base (config, head and every node) at one
+// revision R, hand it to a Sink, then watch the events from R+1 and hand
+// them over in seq order. A gap, a trimmed seq, ErrCompacted or a watch
+// that ends makes it list again; an unreachable etcd is retried with
+// backoff, never given up on.
+package follow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weftnet/weft/nodeagent/model"
+	"github.com/weftnet/weft/proto/keys"
+)
+
+// Sink receives the log. Calls are made from the follower's goroutine,
+// one at a time.
+type Sink interface {
+	// Reset replaces the sink's state with a base read at one revision.
+	Reset(snap model.Snapshot)
+	// Apply hands over one event. An error wrapping model.ErrGap makes the
+	// follower re-list; any other error is logged and the event skipped
+	// (the sink records refusals itself).
+	Apply(seq uint64, value []byte) error
+}
+
+// Re-list reasons, as passed to Options.OnRelist and used as metric labels.
+const (
+	ReasonStart      = "start"
+	ReasonGap        = "gap"
+	ReasonTrimmed    = "trimmed"
+	ReasonCompacted  = "compacted"
+	ReasonWatchEnded = "watch_ended"
+)
+
+// Options tune a Follower. Every field is optional.
+type Options struct {
+	Logger hclog.Logger
+	// OnRelist is called after each successful list with its reason.
+	OnRelist func(reason string)
+	// OnHealth is called with nil once a list succeeded and the watch is
+	// set up, and with the error each time etcd could not be read.
+	OnHealth func(err error)
+	// OnHead is called with each head seq the follower learns.
+	OnHead func(seq uint64)
+	// RequestTimeout bounds each read (default 5 s).
+	RequestTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the retry delay while etcd is
+	// unreachable (defaults 100 ms and 5 s).
+	MinBackoff, MaxBackoff time.Duration
+	// PageSize is the number of nodes read per request (default 1000).
+	PageSize int64
+}
+
+// Follower follows one cluster's log. Create it with New and call Run once.
+type Follower struct {
+	c    *clientv3.Client
+	k    keys.Layout
+	opts Options
+	log  hclog.Logger
+}
+
+// New returns a follower of the log under layout k.
+func New(c *clientv3.Client, k keys.Layout, opts Options) *Follower {
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 5 * time.Second
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = 100 * time.Millisecond
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 5 * time.Second
+	}
+	if opts.PageSize <= 0 {
+		opts.PageSize = 1000
+	}
+	if opts.OnRelist == nil {
+		opts.OnRelist = func(string) {}
+	}
+	if opts.OnHealth == nil {
+		opts.OnHealth = func(error) {}
+	}
+	if opts.OnHead == nil {
+		opts.OnHead = func(uint64) {}
+	}
+	return &Follower{c: c, k: k, opts: opts, log: opts.Logger}
+}
+
+// errRelist carries the reason a watch session ended.
+type errRelist struct{ reason string }
+
+func (e errRelist) Error() string { return "re-list: " + e.reason }
+
+// Run lists and follows until ctx ends, then returns ctx.Err(). It never
+// returns because etcd is unreachable.
+func (f *Follower) Run(ctx context.Context, sink Sink) error {
+	reason := ReasonStart
+	backoff := f.opts.MinBackoff
+	for {
+		snap, err := f.list(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			f.opts.OnHealth(err)
+			f.log.Warn("etcd unreachable, datapath left as it is; retrying", "error", err, "in", backoff)
+			if !sleep(ctx, backoff) {
+				return ctx.Err()
+			}
+			backoff = min(2*backoff, f.opts.MaxBackoff)
+			continue
+		}
+		backoff = f.opts.MinBackoff
+		sink.Reset(snap)
+		f.opts.OnHead(snap.Head)
+		f.opts.OnRelist(reason)
+		f.log.Debug("listed", "reason", reason, "revision", snap.Revision, "head", snap.Head, "nodes", len(snap.Nodes))
+		f.opts.OnHealth(nil)
+
+		err = f.watch(ctx, sink, snap)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var r errRelist
+		if errors.As(err, &r) {
+			reason = r.reason
+		} else {
+			reason = ReasonWatchEnded
+		}
+		f.log.Info("re-listing", "reason", reason, "error", err)
+	}
+}
+
+// list reads config, head and every node at one revision.
+func (f *Follower) list(ctx context.Context) (model.Snapshot, error) {
+	rctx, cancel := context.WithTimeout(ctx, f.opts.RequestTimeout)
+	defer cancel()
+	tr, err := f.c.Txn(rctx).Then(clientv3.OpGet(f.k.Head()), clientv3.OpGet(f.k.Config())).Commit()
+	if err != nil {
+		return model.Snapshot{}, fmt.Errorf("read head and config: %w", err)
+	}
+	snap := model.Snapshot{Revision: tr.Header.Revision, Nodes: map[string][]byte{}}
+	if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		if snap.Head, err = keys.ParseHead(kvs[0].Value); err != nil {
+			// A broken head is no reason to stop serving; the events
+			// themselves carry the seqs the model checks.
+			f.log.Error("ignoring unreadable head", "error", err)
+		}
+	}
+	if kvs := tr.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+		snap.Config = kvs[0].Value
+	}
+
+	prefix := f.k.Nodes()
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	from := prefix
+	for {
+		r, err := f.c.Get(rctx, from, clientv3.WithRange(end), clientv3.WithRev(snap.Revision),
+			clientv3.WithLimit(f.opts.PageSize), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+		if err != nil {
+			return model.Snapshot{}, fmt.Errorf("read nodes at revision %d: %w", snap.Revision, err)
+		}
+		for _, kv := range r.Kvs {
+			name, err := keys.NameOf(prefix, string(kv.Key))
+			if err != nil {
+				f.log.Warn("ignoring key under nodes", "error", err)
+				continue
+			}
+			snap.Nodes[name] = kv.Value
+		}
+		if !r.More || len(r.Kvs) == 0 {
+			return snap, nil
+		}
+		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// watch follows events from snap.Revision+1 until it must re-list.
+func (f *Follower) watch(ctx context.Context, sink Sink, snap model.Snapshot) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	applied := snap.Head
+	wch := f.c.Watch(wctx, f.k.Events(), clientv3.WithPrefix(), clientv3.WithRev(snap.Revision+1))
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case resp, ok = <-wch:
+		}
+		if !ok {
+			return errRelist{ReasonWatchEnded}
+		}
+		if err := resp.Err(); err != nil {
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				return errRelist{ReasonCompacted}
+			}
+			return fmt.Errorf("watch events: %w", err)
+		}
+		if resp.Canceled {
+			return errRelist{ReasonWatchEnded}
+		}
+		for _, ev := range resp.Events {
+			seq, err := f.k.EventSeq(string(ev.Kv.Key))
+			if err != nil {
+				f.log.Warn("ignoring key under events", "error", err)
+				continue
+			}
+			if ev.Type == clientv3.EventTypeDelete {
+				// Trimming removes old events; one we have not applied
+				// yet is lost to us, so the projection is the only truth.
+				if seq > applied {
+					return errRelist{ReasonTrimmed}
+				}
+				continue
+			}
+			f.opts.OnHead(seq)
+			err = sink.Apply(seq, ev.Kv.Value)
+			switch {
+			case errors.Is(err, model.ErrGap):
+				f.log.Warn("gap in the event log", "seq", seq, "applied", applied)
+				return errRelist{ReasonGap}
+			case err != nil:
+				f.log.Error("event not applied", "seq", seq, "error", err)
+			}
+			applied = max(applied, seq)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	// Jitter spreads a thousand agents' retries after an etcd outage.
+	d = d/2 + rand.N(d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
