@@ -1,0 +1,519 @@
+// Package bgp is the agent's embedded BGP speaker (GoBGP): it advertises
+// the node's pod CIDRs with the node's underlay IP as next hop, and reports
+// the best routes it learns for other nodes' pod CIDRs as spec.Routes with
+// Proto spec.ProtoBGP. It never touches the kernel routing table; the
+// datapath installs what Routes returns.
+//
+// A Speaker is safe for concurrent use.
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/weftnet/weft/bpf/spec"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// Defaults used when Config and Peer leave a timer at zero.
+const (
+	DefaultHoldTime    = 9
+	DefaultKeepalive   = 3
+	DefaultRestartTime = 120
+	// connectRetry is how often (5-10 s, GoBGP adds jitter) an unreachable
+	// peer is retried; GoBGP's own default of 120 s is too slow to notice
+	// a router coming back.
+	connectRetry = 5
+)
+
+// Config is the speaker's whole configuration. The agent derives it from
+// ClusterConfig.bgp and the node list.
+type Config struct {
+	// RouterID is the node's underlay IPv4 address.
+	RouterID netip.Addr
+	// ASN is this node's AS number.
+	ASN uint32
+	// ListenPort is the TCP port to accept sessions on: 179 in production,
+	// 0 means 179, -1 means do not listen (connect out only).
+	ListenPort int32
+	// LocalAddress is the source address of outgoing sessions and the
+	// address listened on; invalid means any.
+	LocalAddress netip.Addr
+	// Peers are the configured peers plus, in full mesh, every other node.
+	// A peer whose address is RouterID or LocalAddress is ignored, so the
+	// agent may pass the whole node list.
+	Peers []Peer
+	// GracefulRestart makes peers keep this node's routes for RestartTime
+	// seconds (0: DefaultRestartTime) when the agent goes away without
+	// withdrawing, and makes this speaker do the same for its peers.
+	GracefulRestart bool
+	RestartTime     uint32
+	// HoldTime and Keepalive are the session timers in seconds for peers
+	// that do not set their own (0: DefaultHoldTime, DefaultKeepalive).
+	HoldTime, Keepalive uint32
+}
+
+// Peer is one BGP neighbour.
+type Peer struct {
+	Address netip.Addr
+	ASN     uint32
+	// Password is the TCP MD5 (RFC 2385) key; empty means none. Never logged.
+	Password            string
+	HoldTime, Keepalive uint32
+	// MultihopTTL > 0 enables eBGP multihop with this TTL.
+	MultihopTTL uint32
+}
+
+// Speaker runs one GoBGP server. The zero value is not usable; call New.
+type Speaker struct {
+	log     hclog.Logger
+	changed chan struct{}
+	reasons *reasons
+
+	mu     sync.Mutex
+	srv    *server.BgpServer
+	global globalKey
+	cancel context.CancelFunc
+	peers  map[netip.Addr]peerKey
+	// bad holds peers GoBGP refused to add, with the error.
+	bad map[netip.Addr]string
+	adv map[netip.Prefix]advertised
+}
+
+type advertised struct {
+	nexthop netip.Addr
+	uuid    []byte
+}
+
+// globalKey is the part of Config that needs a new server when it changes.
+type globalKey struct {
+	routerID, local netip.Addr
+	asn             uint32
+	port            int32
+	gr              bool
+	restart         uint32
+}
+
+// New returns a stopped speaker; the first Apply starts it. logger may be
+// nil.
+func New(logger hclog.Logger) *Speaker {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	s := &Speaker{
+		log:     logger.Named("bgp"),
+		changed: make(chan struct{}, 1),
+	}
+	s.reasons = newReasons(s.notify)
+	return s
+}
+
+// ErrInvalidConfig wraps every error Apply returns for a config it cannot use.
+var ErrInvalidConfig = errors.New("bgp: invalid config")
+
+func (c *Config) check() error {
+	if !c.RouterID.Is4() {
+		return fmt.Errorf("%w: router id %v is not an IPv4 address", ErrInvalidConfig, c.RouterID)
+	}
+	if c.ASN == 0 {
+		return fmt.Errorf("%w: asn is 0", ErrInvalidConfig)
+	}
+	if c.ListenPort < -1 || c.ListenPort > 65535 {
+		return fmt.Errorf("%w: listen port %d", ErrInvalidConfig, c.ListenPort)
+	}
+	return nil
+}
+
+func (c *Config) key() globalKey {
+	k := globalKey{routerID: c.RouterID, local: c.LocalAddress, asn: c.ASN, port: c.ListenPort, gr: c.GracefulRestart}
+	if k.port == 0 {
+		k.port = 179
+	}
+	if c.GracefulRestart {
+		k.restart = cmp0(c.RestartTime, DefaultRestartTime)
+	}
+	return k
+}
+
+func cmp0(v, def uint32) uint32 {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// Apply makes the speaker match cfg and advertise exactly the prefixes in
+// advertise with next hop nexthop, withdrawing any others. It starts the
+// server on first use and restarts it (sessions reset) when RouterID, ASN,
+// ListenPort, LocalAddress or graceful-restart settings change; peers are
+// added, removed or (when their settings change) re-created to match.
+// Apply is idempotent: the same arguments again change nothing.
+//
+// Problems with a peer (unreachable, wrong ASN or password, garbage on the
+// wire, or a peer GoBGP refuses) never fail Apply; they show in Sessions.
+// Apply fails for an unusable cfg (ErrInvalidConfig), for IPv6 prefixes
+// without an IPv6 next hop (and vice versa), and when the listening socket
+// cannot be opened.
+func (s *Speaker) Apply(ctx context.Context, cfg Config, advertise []netip.Prefix, nexthop netip.Addr) error {
+	if err := cfg.check(); err != nil {
+		return err
+	}
+	for _, p := range advertise {
+		if !p.IsValid() || p.Addr().Is4() != nexthop.Is4() || !nexthop.IsValid() {
+			return fmt.Errorf("%w: prefix %v with next hop %v", ErrInvalidConfig, p, nexthop)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.notify()
+
+	if s.srv != nil && s.global != cfg.key() {
+		s.log.Info("restarting speaker for changed global settings", "router_id", cfg.RouterID, "asn", cfg.ASN)
+		if err := s.stopLocked(ctx, true); err != nil {
+			return err
+		}
+	}
+	if s.srv == nil {
+		if err := s.startLocked(ctx, &cfg); err != nil {
+			return err
+		}
+	}
+	s.syncPeers(ctx, &cfg)
+	return s.syncPaths(ctx, advertise, nexthop)
+}
+
+func (s *Speaker) startLocked(ctx context.Context, cfg *Config) error {
+	srv := server.NewBgpServer(server.LoggerOption(&logAdapter{log: s.log, reasons: s.reasons}))
+	go srv.Serve()
+	g := &api.Global{
+		Asn:        cfg.ASN,
+		RouterId:   cfg.RouterID.String(),
+		ListenPort: cfg.ListenPort,
+	}
+	if g.ListenPort == 0 {
+		g.ListenPort = 179
+	}
+	if cfg.LocalAddress.IsValid() {
+		g.ListenAddresses = []string{cfg.LocalAddress.String()}
+	}
+	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
+		srv.Stop()
+		return fmt.Errorf("start bgp on port %d: %w", g.ListenPort, err)
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	err := srv.WatchEvent(wctx, &api.WatchEventRequest{
+		Peer:  &api.WatchEventRequest_Peer{},
+		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST}}},
+	}, func(*api.WatchEventResponse) { s.notify() })
+	if err != nil {
+		cancel()
+		srv.Stop()
+		return fmt.Errorf("watch bgp events: %w", err)
+	}
+	s.srv, s.cancel, s.global = srv, cancel, cfg.key()
+	s.peers = map[netip.Addr]peerKey{}
+	s.bad = map[netip.Addr]string{}
+	s.adv = map[netip.Prefix]advertised{}
+	s.log.Info("speaker started", "router_id", cfg.RouterID, "asn", cfg.ASN, "port", g.ListenPort)
+	return nil
+}
+
+func (s *Speaker) syncPeers(ctx context.Context, cfg *Config) {
+	want := map[netip.Addr]peerKey{}
+	for _, p := range cfg.Peers {
+		if !p.Address.IsValid() || p.Address == cfg.RouterID || p.Address == cfg.LocalAddress {
+			continue
+		}
+		want[p.Address] = peerKeyOf(cfg, &p)
+	}
+	for addr, have := range s.peers {
+		if w, ok := want[addr]; ok && w == have {
+			continue
+		}
+		if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+			s.log.Warn("delete peer failed", "peer", addr, "error", err)
+		}
+		delete(s.peers, addr)
+		s.reasons.forget(addr.String())
+		s.log.Info("peer removed", "peer", addr)
+	}
+	for addr := range s.bad {
+		delete(s.bad, addr)
+	}
+	for addr, w := range want {
+		if _, ok := s.peers[addr]; ok {
+			continue
+		}
+		s.passwords(w.password)
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: w.apiPeer()}); err != nil {
+			s.bad[addr] = fmt.Sprintf("add peer: %v", err)
+			s.log.Warn("peer refused", "peer", addr, "error", err)
+			continue
+		}
+		s.peers[addr] = w
+		s.log.Info("peer added", "peer", addr, "asn", w.asn, "md5", w.password != "", "multihop_ttl", w.ttl)
+	}
+}
+
+// passwords tells the log adapter which strings to scrub.
+func (s *Speaker) passwords(pw string) {
+	if pw != "" {
+		s.reasons.secret(pw)
+	}
+}
+
+func (s *Speaker) syncPaths(ctx context.Context, advertise []netip.Prefix, nexthop netip.Addr) error {
+	want := map[netip.Prefix]bool{}
+	for _, p := range advertise {
+		want[p.Masked()] = true
+	}
+	var errs []error
+	for p, a := range s.adv {
+		if want[p] && a.nexthop == nexthop {
+			continue
+		}
+		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: family(p), Uuid: a.uuid}); err != nil {
+			errs = append(errs, fmt.Errorf("withdraw %v: %w", p, err))
+			continue
+		}
+		delete(s.adv, p)
+		s.log.Info("withdrawn", "prefix", p)
+	}
+	for p := range want {
+		if _, ok := s.adv[p]; ok {
+			continue
+		}
+		resp, err := s.srv.AddPath(ctx, &api.AddPathRequest{Path: newPath(p, nexthop)})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("advertise %v: %w", p, err))
+			continue
+		}
+		s.adv[p] = advertised{nexthop: nexthop, uuid: resp.Uuid}
+		s.log.Info("advertised", "prefix", p, "nexthop", nexthop)
+	}
+	return errors.Join(errs...)
+}
+
+func family(p netip.Prefix) *api.Family {
+	if p.Addr().Is4() {
+		return &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	}
+	return &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+}
+
+func newPath(p netip.Prefix, nexthop netip.Addr) *api.Path {
+	nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
+	origin, _ := anypb.New(&api.OriginAttribute{Origin: 0}) // IGP
+	var nh *anypb.Any
+	if p.Addr().Is4() {
+		nh, _ = anypb.New(&api.NextHopAttribute{NextHop: nexthop.String()})
+	} else {
+		nh, _ = anypb.New(&api.MpReachNLRIAttribute{Family: family(p), NextHops: []string{nexthop.String()}, Nlris: []*anypb.Any{nlri}})
+	}
+	return &api.Path{Family: family(p), Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}
+}
+
+// Routes returns the best learned path for every prefix some peer
+// advertises, excluding this speaker's own prefixes and paths whose next
+// hop is this node, sorted by prefix. Paths a restarting peer left behind
+// (graceful restart, marked stale in GoBGP) are included until they expire.
+// It returns nil when the speaker is stopped.
+func (s *Speaker) Routes() []spec.Route {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv == nil {
+		return nil
+	}
+	var out []spec.Route
+	for _, f := range []*api.Family{family(netip.MustParsePrefix("0.0.0.0/0")), family(netip.MustParsePrefix("::/0"))} {
+		err := s.srv.ListPath(context.Background(), &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: f}, func(d *api.Destination) {
+			for _, p := range d.Paths {
+				if !p.Best || p.IsWithdraw {
+					continue
+				}
+				if r, ok := s.learned(p); ok {
+					out = append(out, r)
+				}
+			}
+		})
+		if err != nil {
+			s.log.Warn("list paths failed", "error", err)
+		}
+	}
+	slices.SortFunc(out, func(a, b spec.Route) int {
+		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+			return c
+		}
+		return a.Prefix.Bits() - b.Prefix.Bits()
+	})
+	return out
+}
+
+func (s *Speaker) learned(p *api.Path) (spec.Route, bool) {
+	if _, err := netip.ParseAddr(p.NeighborIp); err != nil {
+		return spec.Route{}, false // local path (NeighborIp "<nil>")
+	}
+	var pfx api.IPAddressPrefix
+	if p.Nlri == nil || p.Nlri.UnmarshalTo(&pfx) != nil {
+		return spec.Route{}, false
+	}
+	addr, err := netip.ParseAddr(pfx.Prefix)
+	if err != nil {
+		return spec.Route{}, false
+	}
+	prefix := netip.PrefixFrom(addr, int(pfx.PrefixLen)).Masked()
+	if _, own := s.adv[prefix]; own {
+		return spec.Route{}, false
+	}
+	via := nextHop(p)
+	if !via.IsValid() || via == s.global.routerID || via == s.global.local {
+		return spec.Route{}, false
+	}
+	return spec.Route{Prefix: prefix, Via: via, Proto: spec.ProtoBGP}, true
+}
+
+func nextHop(p *api.Path) netip.Addr {
+	for _, a := range p.Pattrs {
+		var nh api.NextHopAttribute
+		if a.UnmarshalTo(&nh) == nil {
+			addr, _ := netip.ParseAddr(nh.NextHop)
+			return addr
+		}
+		var mp api.MpReachNLRIAttribute
+		if a.UnmarshalTo(&mp) == nil && len(mp.NextHops) > 0 {
+			// With a link-local second next hop GoBGP lists the global one first.
+			addr, _ := netip.ParseAddr(mp.NextHops[0])
+			return addr
+		}
+	}
+	return netip.Addr{}
+}
+
+// Changed is signalled (capacity 1, never closed) when Routes or Sessions
+// may have changed: a best path changed, a session changed state, a
+// session's down reason changed, or Apply/Stop ran.
+func (s *Speaker) Changed() <-chan struct{} { return s.changed }
+
+func (s *Speaker) notify() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Sessions returns one entry per configured peer, sorted by address: state
+// is GoBGP's session state ("established", "active", "connect", "idle",
+// "opensent", "openconfirm"), reason is empty while established and
+// otherwise the last error seen for that peer (a connect error, the
+// NOTIFICATION sent or received, hold timer expiry, a malformed message).
+// advertised and received count prefixes over all address families.
+func (s *Speaker) Sessions() []*weftv1.BGPSession {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv == nil {
+		return nil
+	}
+	var out []*weftv1.BGPSession
+	err := s.srv.ListPeer(context.Background(), &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
+		addr := p.GetConf().GetNeighborAddress()
+		st := p.GetState().GetSessionState()
+		sess := &weftv1.BGPSession{Peer: addr, State: stateName(st)}
+		for _, af := range p.AfiSafis {
+			sess.Advertised += uint32(af.GetState().GetAdvertised())
+			sess.Received += uint32(af.GetState().GetReceived())
+		}
+		if st != api.PeerState_ESTABLISHED {
+			sess.Reason = s.reasons.get(addr)
+			if p.GetState().GetAdminState() == api.PeerState_DOWN && sess.Reason == "" {
+				sess.Reason = "administratively down"
+			}
+		}
+		out = append(out, sess)
+	})
+	if err != nil {
+		s.log.Warn("list peers failed", "error", err)
+	}
+	for addr, why := range s.bad {
+		out = append(out, &weftv1.BGPSession{Peer: addr.String(), State: "invalid", Reason: why})
+	}
+	slices.SortFunc(out, func(a, b *weftv1.BGPSession) int {
+		x, _ := netip.ParseAddr(a.Peer)
+		y, _ := netip.ParseAddr(b.Peer)
+		return x.Compare(y)
+	})
+	return out
+}
+
+func stateName(st api.PeerState_SessionState) string {
+	switch st {
+	case api.PeerState_IDLE:
+		return "idle"
+	case api.PeerState_CONNECT:
+		return "connect"
+	case api.PeerState_ACTIVE:
+		return "active"
+	case api.PeerState_OPENSENT:
+		return "opensent"
+	case api.PeerState_OPENCONFIRM:
+		return "openconfirm"
+	case api.PeerState_ESTABLISHED:
+		return "established"
+	}
+	return "unknown"
+}
+
+// Stop ends every session and the server. With withdraw, the speaker first
+// withdraws its prefixes and closes sessions with a Cease NOTIFICATION, so
+// peers drop this node's routes at once (node leaving, or leaving bgp
+// mode). Without withdraw, the TCP connections are shut down without any
+// BGP message, as if the agent had crashed: peers that negotiated graceful
+// restart keep this node's routes (stale) for the restart time until the
+// next agent re-advertises them; peers without it drop them. A stopped
+// speaker can be started again by Apply. Stop on a stopped speaker is a
+// no-op.
+func (s *Speaker) Stop(ctx context.Context, withdraw bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.notify()
+	return s.stopLocked(ctx, withdraw)
+}
+
+func (s *Speaker) stopLocked(ctx context.Context, withdraw bool) error {
+	if s.srv == nil {
+		return nil
+	}
+	var errs []error
+	if withdraw {
+		if err := s.syncPaths(ctx, nil, netip.Addr{}); err != nil {
+			errs = append(errs, err)
+		}
+	} else {
+		peers := make([]netip.Addr, 0, len(s.peers))
+		for a := range s.peers {
+			peers = append(peers, a)
+		}
+		n, err := shutdownSessions(peers, s.global.port)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("shut down sessions: %w", err))
+		}
+		s.log.Info("sessions dropped without notification for graceful restart", "sockets", n)
+	}
+	// StopBgp deletes every peer (a Cease NOTIFICATION, which cannot be
+	// written on a socket shut down above) and closes the listeners.
+	s.srv.Stop()
+	s.cancel()
+	s.srv, s.cancel = nil, nil
+	s.peers, s.bad, s.adv = nil, nil, nil
+	s.reasons.reset()
+	s.log.Info("speaker stopped", "withdraw", withdraw)
+	return errors.Join(errs...)
+}
