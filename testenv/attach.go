@@ -1,0 +1,290 @@
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// BridgeName is the per-node Linux bridge pods hang off, holding the
+// gateway address (the agreed node wiring, like flannel's cni0).
+const BridgeName = "weft0"
+
+// PodAttacher connects a pod namespace to its node the way the CNI plugin
+// does. Implementations: NetlinkAttacher (testenv's own) and the libcni
+// one in cniattach.go.
+type PodAttacher interface {
+	// Attach wires podNS (an existing named netns) to nodeNS using the
+	// node's lease in subnetFile and returns the pod's IPv4 address.
+	Attach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) (netip.Addr, error)
+	// Detach undoes Attach; detaching what is not attached is not an error.
+	Detach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) error
+}
+
+// SubnetEnv is the agent's subnet file (flannel's field names).
+type SubnetEnv struct {
+	Network netip.Prefix // FLANNEL_NETWORK
+	Subnet  netip.Prefix // FLANNEL_SUBNET: gateway address with the pod CIDR's mask
+	MTU     int          // FLANNEL_MTU
+	IPMasq  bool         // FLANNEL_IPMASQ
+	Backend string       // WEFT_BACKEND
+	Raw     map[string]string
+}
+
+// ReadSubnetEnv parses a subnet file.
+func ReadSubnetEnv(path string) (SubnetEnv, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return SubnetEnv{}, fmt.Errorf("read subnet file: %w", err)
+	}
+	defer f.Close()
+	s := SubnetEnv{Raw: map[string]string{}}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		s.Raw[k] = strings.Trim(v, `"`)
+	}
+	if err := sc.Err(); err != nil {
+		return SubnetEnv{}, fmt.Errorf("read subnet file: %w", err)
+	}
+	if s.Network, err = netip.ParsePrefix(s.Raw["FLANNEL_NETWORK"]); err != nil {
+		return SubnetEnv{}, fmt.Errorf("parse FLANNEL_NETWORK in %s: %w", path, err)
+	}
+	if s.Subnet, err = netip.ParsePrefix(s.Raw["FLANNEL_SUBNET"]); err != nil {
+		return SubnetEnv{}, fmt.Errorf("parse FLANNEL_SUBNET in %s: %w", path, err)
+	}
+	if s.MTU, err = strconv.Atoi(s.Raw["FLANNEL_MTU"]); err != nil {
+		return SubnetEnv{}, fmt.Errorf("parse FLANNEL_MTU in %s: %w", path, err)
+	}
+	s.IPMasq = s.Raw["FLANNEL_IPMASQ"] == "true"
+	s.Backend = s.Raw["WEFT_BACKEND"]
+	return s, nil
+}
+
+// WriteSubnetEnv writes s atomically (used by the plain-routing backend,
+// where no agent writes it).
+func WriteSubnetEnv(path string, s SubnetEnv) error {
+	body := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n", s.Network, s.Subnet, s.MTU, s.IPMasq)
+	if s.Backend != "" {
+		body += "WEFT_BACKEND=" + s.Backend + "\n"
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("write subnet file: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+		return fmt.Errorf("write subnet file: %w", err)
+	}
+	return os.Rename(tmp, path)
+}
+
+// NetlinkAttacher attaches pods with netlink directly: bridge weft0 with the
+// gateway address in the node namespace, a veth whose peer is eth0 in the
+// pod, an address from the node's pod CIDR, a default route via the
+// gateway and FLANNEL_MTU on both ends. Addresses are handed out from
+// files in a "pods" directory beside the subnet file (like host-local IPAM).
+type NetlinkAttacher struct{}
+
+// hostVeth is the node-side name of a pod's veth: short and unique per
+// node (pod names carry the run prefix, so the node side can be compact).
+func hostVeth(podName string) string {
+	sum := uint32(2166136261)
+	for i := 0; i < len(podName); i++ {
+		sum = (sum ^ uint32(podName[i])) * 16777619
+	}
+	return fmt.Sprintf("wv%08x", sum)
+}
+
+func ipamDir(subnetFile string) string { return filepath.Join(filepath.Dir(subnetFile), "pods") }
+
+// allocate reserves the lowest free address of the pod CIDR for podName
+// (returning the one it already holds, if any).
+func allocate(subnetFile, podName string, s SubnetEnv) (netip.Addr, error) {
+	dir := ipamDir(subnetFile)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return netip.Addr{}, fmt.Errorf("allocate pod address: %w", err)
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if b, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil && string(b) == podName {
+			if a, err := netip.ParseAddr(e.Name()); err == nil && s.Subnet.Contains(a) {
+				return a, nil
+			}
+		}
+	}
+	gw := s.Subnet.Addr()
+	for a := s.Subnet.Masked().Addr().Next(); s.Subnet.Contains(a); a = a.Next() {
+		if a == gw || !s.Subnet.Contains(a.Next()) { // skip the gateway and broadcast
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(dir, a.String()), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("allocate pod address: %w", err)
+		}
+		_, err = f.WriteString(podName)
+		f.Close()
+		return a, err
+	}
+	return netip.Addr{}, fmt.Errorf("allocate pod address: %s is full", s.Subnet)
+}
+
+func release(subnetFile, podName string) {
+	dir := ipamDir(subnetFile)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if b, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil && string(b) == podName {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// ensureBridge makes weft0 exist and hold the gateway address.
+func ensureBridge(h *netlink.Handle, s SubnetEnv) (netlink.Link, error) {
+	br, err := h.LinkByName(BridgeName)
+	if err != nil {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = BridgeName
+		if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("add bridge %s: %w", BridgeName, err)
+		}
+		if br, err = h.LinkByName(BridgeName); err != nil {
+			return nil, fmt.Errorf("find bridge %s: %w", BridgeName, err)
+		}
+	}
+	gw := &netlink.Addr{IPNet: prefixNet(s.Subnet)}
+	if err := h.AddrReplace(br, gw); err != nil {
+		return nil, fmt.Errorf("set gateway %s on %s: %w", s.Subnet, BridgeName, err)
+	}
+	if err := h.LinkSetUp(br); err != nil {
+		return nil, fmt.Errorf("set %s up: %w", BridgeName, err)
+	}
+	return br, nil
+}
+
+// Attach implements PodAttacher.
+func (NetlinkAttacher) Attach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) (netip.Addr, error) {
+	s, err := ReadSubnetEnv(subnetFile)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("attach %s: %w", podName, err)
+	}
+	addr, err := allocate(subnetFile, podName, s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("attach %s: %w", podName, err)
+	}
+	pns, err := netns.GetFromName(podNS)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("attach %s: open netns %s: %w", podName, podNS, err)
+	}
+	defer pns.Close()
+	host := hostVeth(podName)
+	err = withHandle(nodeNS, func(h *netlink.Handle) error {
+		br, err := ensureBridge(h, s)
+		if err != nil {
+			return err
+		}
+		if old, err := h.LinkByName(host); err == nil {
+			h.LinkDel(old)
+		}
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = host
+		attrs.MTU = s.MTU
+		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(pns)}
+		if err := h.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth %s: %w", host, err)
+		}
+		l, err := h.LinkByName(host)
+		if err != nil {
+			return fmt.Errorf("find veth %s: %w", host, err)
+		}
+		if err := h.LinkSetMaster(l, br); err != nil {
+			return fmt.Errorf("attach %s to %s: %w", host, BridgeName, err)
+		}
+		return h.LinkSetUp(l)
+	})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("attach %s: %w", podName, err)
+	}
+	err = withHandle(podNS, func(h *netlink.Handle) error {
+		l, err := h.LinkByName("eth0")
+		if err != nil {
+			return fmt.Errorf("find eth0: %w", err)
+		}
+		if err := h.LinkSetMTU(l, s.MTU); err != nil {
+			return fmt.Errorf("set eth0 mtu: %w", err)
+		}
+		a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(addr, s.Subnet.Bits()))}
+		if err := h.AddrReplace(l, a); err != nil {
+			return fmt.Errorf("set eth0 address: %w", err)
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			return fmt.Errorf("set eth0 up: %w", err)
+		}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.IP(s.Subnet.Addr().AsSlice())}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("set default route: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("attach %s: %w", podName, err)
+	}
+	return addr, nil
+}
+
+// Detach implements PodAttacher.
+func (NetlinkAttacher) Detach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) error {
+	release(subnetFile, podName)
+	err := withHandle(nodeNS, func(h *netlink.Handle) error {
+		if l, err := h.LinkByName(hostVeth(podName)); err == nil {
+			return h.LinkDel(l)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("detach %s: %w", podName, err)
+	}
+	return nil
+}
+
+// SetMTU applies a new FLANNEL_MTU to a pod already attached (what a pod
+// restart would do after a live MTU change): eth0 and its node-side peer.
+func (NetlinkAttacher) SetMTU(nodeNS, podNS, podName string, mtu int) error {
+	set := func(ns, link string) error {
+		return withHandle(ns, func(h *netlink.Handle) error {
+			l, err := h.LinkByName(link)
+			if err != nil {
+				return fmt.Errorf("find %s: %w", link, err)
+			}
+			return h.LinkSetMTU(l, mtu)
+		})
+	}
+	if err := set(nodeNS, hostVeth(podName)); err != nil {
+		return err
+	}
+	return set(podNS, "eth0")
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	bits := 32
+	if p.Addr().Is6() {
+		bits = 128
+	}
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), bits)}
+}

@@ -1,0 +1,543 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// EchoPort is the TCP and UDP port of the echo server in every pod.
+const EchoPort = 7777
+
+// Echo is a TCP and UDP echo server listening inside a pod namespace. Its
+// sockets were created on a thread in that namespace, so the goroutines
+// serving them can run anywhere.
+type Echo struct {
+	tcp net.Listener
+	udp net.PacketConn
+	wg  sync.WaitGroup
+}
+
+// StartEcho starts an echo server on EchoPort inside the named namespace.
+func StartEcho(ns string) (*Echo, error) {
+	e := &Echo{}
+	err := InNS(ns, func() error {
+		var err error
+		if e.tcp, err = net.Listen("tcp4", fmt.Sprintf(":%d", EchoPort)); err != nil {
+			return fmt.Errorf("listen tcp in %s: %w", ns, err)
+		}
+		if e.udp, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", EchoPort)); err != nil {
+			e.tcp.Close()
+			return fmt.Errorf("listen udp in %s: %w", ns, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.wg.Add(2)
+	go func() {
+		defer e.wg.Done()
+		for {
+			c, err := e.tcp.Accept()
+			if err != nil {
+				return
+			}
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	go func() {
+		defer e.wg.Done()
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := e.udp.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			e.udp.WriteTo(buf[:n], from)
+		}
+	}()
+	return e, nil
+}
+
+// Close stops the server and waits for its goroutines.
+func (e *Echo) Close() {
+	e.tcp.Close()
+	e.udp.Close()
+	e.wg.Wait()
+}
+
+// dialIn dials from inside the named namespace.
+func dialIn(ctx context.Context, ns, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := InNS(ns, func() error {
+		var err error
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// CheckTCP connects from namespace ns to dst's echo server, sends a payload
+// and expects it back.
+func CheckTCP(ctx context.Context, ns string, dst netip.Addr) error {
+	c, err := dialIn(ctx, ns, "tcp4", netip.AddrPortFrom(dst, EchoPort).String())
+	if err != nil {
+		return fmt.Errorf("tcp %s→%s: %w", ns, dst, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	// Larger than one MSS, so a broken MTU shows up as a failure.
+	msg := bytes.Repeat([]byte("weft-tcp "), 400)
+	if _, err := c.Write(msg); err != nil {
+		return fmt.Errorf("tcp %s→%s: write: %w", ns, dst, err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("tcp %s→%s: read: %w", ns, dst, err)
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("tcp %s→%s: echo differs", ns, dst)
+	}
+	return nil
+}
+
+// CheckUDP sends a datagram from namespace ns to dst's echo server and
+// expects it back, retrying a few times (UDP may be dropped once while
+// neighbours resolve).
+func CheckUDP(ctx context.Context, ns string, dst netip.Addr) error {
+	c, err := dialIn(ctx, ns, "udp4", netip.AddrPortFrom(dst, EchoPort).String())
+	if err != nil {
+		return fmt.Errorf("udp %s→%s: %w", ns, dst, err)
+	}
+	defer c.Close()
+	msg := []byte(fmt.Sprintf("weft-udp %s %d", ns, time.Now().UnixNano()))
+	buf := make([]byte, 2048)
+	var last error
+	for try := 0; try < 5 && ctx.Err() == nil; try++ {
+		if _, err := c.Write(msg); err != nil {
+			last = err
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := c.Read(buf)
+		if err != nil {
+			last = err
+			continue
+		}
+		if bytes.Equal(buf[:n], msg) {
+			return nil
+		}
+		last = errors.New("echo differs")
+	}
+	if last == nil {
+		last = ctx.Err()
+	}
+	return fmt.Errorf("udp %s→%s: %w", ns, dst, last)
+}
+
+// Pinger sends ICMP echo requests from inside a namespace over a raw
+// socket and matches replies by identifier and sequence.
+type Pinger struct {
+	conn *net.IPConn
+	id   uint16
+	seq  atomic.Uint32
+}
+
+var pingID atomic.Uint32
+
+// NewPinger opens a raw ICMP socket inside the named namespace.
+func NewPinger(ns string) (*Pinger, error) {
+	var conn *net.IPConn
+	err := InNS(ns, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+		if err != nil {
+			return fmt.Errorf("open icmp socket in %s: %w", ns, err)
+		}
+		f := os.NewFile(uintptr(fd), "icmp")
+		defer f.Close()
+		pc, err := net.FilePacketConn(f)
+		if err != nil {
+			return fmt.Errorf("wrap icmp socket: %w", err)
+		}
+		ic, ok := pc.(*net.IPConn)
+		if !ok {
+			pc.Close()
+			return fmt.Errorf("wrap icmp socket: got %T", pc)
+		}
+		conn = ic
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Pinger{conn: conn, id: uint16(os.Getpid()) ^ uint16(pingID.Add(1)*7919)}, nil
+}
+
+// Close closes the socket.
+func (p *Pinger) Close() error { return p.conn.Close() }
+
+func icmpChecksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
+
+func (p *Pinger) send(dst netip.Addr, seq uint16) error {
+	pkt := make([]byte, 8+56)
+	pkt[0] = 8 // echo request
+	binary.BigEndian.PutUint16(pkt[4:], p.id)
+	binary.BigEndian.PutUint16(pkt[6:], seq)
+	copy(pkt[8:], "weft-testenv-ping")
+	binary.BigEndian.PutUint16(pkt[2:], icmpChecksum(pkt))
+	_, err := p.conn.WriteToIP(pkt, &net.IPAddr{IP: net.IP(dst.AsSlice())})
+	return err
+}
+
+// recv reads one echo reply of this pinger (any source in want, or any if
+// want is invalid) and returns its sequence; other ICMP is skipped.
+func (p *Pinger) recv(deadline time.Time) (uint16, netip.Addr, error) {
+	buf := make([]byte, 1500)
+	p.conn.SetReadDeadline(deadline)
+	for {
+		n, from, err := p.conn.ReadFromIP(buf)
+		if err != nil {
+			return 0, netip.Addr{}, err
+		}
+		b := buf[:n]
+		if len(b) < 20 {
+			continue
+		}
+		ihl := int(b[0]&0x0f) * 4 // raw IPv4 sockets deliver the IP header
+		if len(b) < ihl+8 {
+			continue
+		}
+		icmp := b[ihl:]
+		if icmp[0] != 0 || binary.BigEndian.Uint16(icmp[4:]) != p.id {
+			continue
+		}
+		src, _ := netip.AddrFromSlice(from.IP.To4())
+		return binary.BigEndian.Uint16(icmp[6:]), src, nil
+	}
+}
+
+// Ping sends one echo request to dst and waits up to timeout for its reply.
+func (p *Pinger) Ping(dst netip.Addr, timeout time.Duration) error {
+	seq := uint16(p.seq.Add(1))
+	if err := p.send(dst, seq); err != nil {
+		return fmt.Errorf("ping %s: %w", dst, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		got, src, err := p.recv(deadline)
+		if err != nil {
+			return fmt.Errorf("ping %s: %w", dst, err)
+		}
+		if got == seq && src == dst {
+			return nil
+		}
+	}
+}
+
+// CheckICMP pings dst from namespace ns, up to 3 tries.
+func CheckICMP(ctx context.Context, ns string, dst netip.Addr) error {
+	p, err := NewPinger(ns)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	var last error
+	for try := 0; try < 3 && ctx.Err() == nil; try++ {
+		if last = p.Ping(dst, time.Second); last == nil {
+			return nil
+		}
+	}
+	if last == nil {
+		last = ctx.Err()
+	}
+	return fmt.Errorf("icmp %s→%s: %w", ns, dst, last)
+}
+
+// Target is one end of a connectivity check.
+type Target struct {
+	Name string     // printable name (the pod name)
+	NS   string     // namespace the check runs from
+	Addr netip.Addr // address checked when this is the destination
+}
+
+// PairResult is the outcome of the checks from one pod to another; a nil
+// error means that protocol worked.
+type PairResult struct {
+	From, To  Target
+	ICMP, TCP error
+	UDP       error
+}
+
+// OK reports whether every protocol worked.
+func (r PairResult) OK() bool { return r.ICMP == nil && r.TCP == nil && r.UDP == nil }
+
+// Matrix is the result of an all-pairs check.
+type Matrix struct {
+	Targets []Target
+	Results []PairResult
+}
+
+// Failed returns the pairs where some protocol failed.
+func (m Matrix) Failed() []PairResult {
+	var out []PairResult
+	for _, r := range m.Results {
+		if !r.OK() {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// String renders the matrix as a table: rows are sources, columns
+// destinations, each cell "ITU" for the protocols that worked (ICMP, TCP,
+// UDP) and "-" in a failed protocol's place.
+func (m Matrix) String() string {
+	var b strings.Builder
+	w := 6
+	for _, t := range m.Targets {
+		w = max(w, len(t.Name))
+	}
+	fmt.Fprintf(&b, "%-*s", w+2, "from\\to")
+	for _, t := range m.Targets {
+		fmt.Fprintf(&b, " %-*s", w, t.Name)
+	}
+	b.WriteString("\n")
+	cell := map[[2]string]string{}
+	for _, r := range m.Results {
+		s := []byte("ITU")
+		if r.ICMP != nil {
+			s[0] = '-'
+		}
+		if r.TCP != nil {
+			s[1] = '-'
+		}
+		if r.UDP != nil {
+			s[2] = '-'
+		}
+		cell[[2]string{r.From.Name, r.To.Name}] = string(s)
+	}
+	for _, f := range m.Targets {
+		fmt.Fprintf(&b, "%-*s", w+2, f.Name)
+		for _, t := range m.Targets {
+			c, ok := cell[[2]string{f.Name, t.Name}]
+			if !ok {
+				c = "."
+			}
+			fmt.Fprintf(&b, " %-*s", w, c)
+		}
+		b.WriteString("\n")
+	}
+	for _, r := range m.Failed() {
+		for _, err := range []error{r.ICMP, r.TCP, r.UDP} {
+			if err != nil {
+				fmt.Fprintf(&b, "FAIL %v\n", err)
+			}
+		}
+	}
+	return b.String()
+}
+
+// CheckAll runs ICMP, TCP and UDP from every target to every other one
+// (skipping pairs for which skip returns true), a few pairs at a time.
+func CheckAll(ctx context.Context, targets []Target, skip func(from, to Target) bool) Matrix {
+	m := Matrix{Targets: targets}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for _, f := range targets {
+		for _, t := range targets {
+			if f.Name == t.Name || (skip != nil && skip(f, t)) {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				c, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				r := PairResult{From: f, To: t}
+				r.ICMP = CheckICMP(c, f.NS, t.Addr)
+				r.TCP = CheckTCP(c, f.NS, t.Addr)
+				r.UDP = CheckUDP(c, f.NS, t.Addr)
+				mu.Lock()
+				m.Results = append(m.Results, r)
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	return m
+}
+
+// Stream is a continuous ping from one namespace to a set of destinations,
+// counting requests sent and replies lost.
+type Stream struct {
+	p        *Pinger
+	dsts     []netip.Addr
+	interval time.Duration
+	mu       sync.Mutex
+	pending  map[uint16]time.Time
+	lost     []string
+	sent     int
+	received int
+	stop     chan struct{}
+	done     sync.WaitGroup // receiver
+	sending  sync.WaitGroup // sender
+	timeout  time.Duration
+}
+
+// StartStream pings every destination from namespace ns every interval
+// until Stop. A request without a reply within 2 s counts as lost.
+func StartStream(ns string, dsts []netip.Addr, interval time.Duration) (*Stream, error) {
+	p, err := NewPinger(ns)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stream{p: p, dsts: dsts, interval: interval, pending: map[uint16]time.Time{},
+		stop: make(chan struct{}), timeout: 2 * time.Second}
+	s.done.Add(1)
+	s.sending.Add(1)
+	go s.sender()
+	go s.receiver()
+	return s, nil
+}
+
+func (s *Stream) sender() {
+	defer s.sending.Done()
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		for _, d := range s.dsts {
+			seq := uint16(s.p.seq.Add(1))
+			s.mu.Lock()
+			s.sent++
+			s.pending[seq] = time.Now()
+			s.mu.Unlock()
+			if err := s.p.send(d, seq); err != nil {
+				// A failed send is a lost packet too; it stays pending.
+				continue
+			}
+		}
+		s.expire(false)
+	}
+}
+
+func (s *Stream) receiver() {
+	defer s.done.Done()
+	for {
+		seq, _, err := s.p.recv(time.Now().Add(200 * time.Millisecond))
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				select {
+				case <-s.stop:
+					// Stop waits for the last replies before closing.
+					s.mu.Lock()
+					n := len(s.pending)
+					s.mu.Unlock()
+					if n == 0 {
+						return
+					}
+				default:
+				}
+				continue
+			}
+			return
+		}
+		s.mu.Lock()
+		if _, ok := s.pending[seq]; ok {
+			delete(s.pending, seq)
+			s.received++
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *Stream) expire(all bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	for seq, at := range s.pending {
+		if all || now.Sub(at) > s.timeout {
+			delete(s.pending, seq)
+			s.lost = append(s.lost, fmt.Sprintf("seq %d sent %s", seq, at.Format("15:04:05.000")))
+		}
+	}
+}
+
+// Stats is what a stream counted.
+type Stats struct {
+	Sent, Received, Lost int
+	LostAt               []string // seq and send time of each lost request
+}
+
+// Stop ends the stream, waits up to the reply timeout for outstanding
+// replies, and returns the counts.
+func (s *Stream) Stop() Stats {
+	close(s.stop)
+	s.sending.Wait()
+	waitUntil := time.Now().Add(s.timeout)
+	for time.Now().Before(waitUntil) {
+		s.mu.Lock()
+		n := len(s.pending)
+		s.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.expire(true)
+	s.p.conn.SetReadDeadline(time.Now())
+	s.p.Close()
+	s.done.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{Sent: s.sent, Received: s.received, Lost: len(s.lost), LostAt: append([]string(nil), s.lost...)}
+}
+
+// Snapshot returns the counts so far without stopping.
+func (s *Stream) Snapshot() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{Sent: s.sent, Received: s.received, Lost: len(s.lost)}
+}

@@ -1,0 +1,867 @@
+// Package testenv builds real weft clusters on one Linux machine out of
+// network namespaces: an underlay (one L2 segment, or two joined by a
+// router), a control namespace running etcd and weft-controller, node
+// namespaces each running a real weft-agent process, and pod namespaces
+// behind every node. Everything it creates carries a per-run prefix and is
+// removed by Close; Down removes the leftovers of a crashed run.
+//
+// It needs root. Addresses exist only inside the namespaces it creates;
+// the root namespace gets no address and no link (the test process reaches
+// etcd over a unix socket in the run directory).
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Etcd modes.
+const (
+	EtcdEmbedded = "embedded" // etcd embedded in the (single) controller
+	EtcdExternal = "external" // N weft-testenv etcd-member processes
+)
+
+// BackendKernel is a testenv-only backend: no weft at all; testenv writes
+// each node's subnet file and plain kernel routes itself. It proves the
+// framework and is the baseline for benchmarks.
+const BackendKernel = "kernel"
+
+// Address plan (only inside the run's namespaces): underlay segment s is
+// 10.99.s.0/24, node i has 10.99.s.(i+1), the control namespace
+// 10.99.0.250 and the router 10.99.s.254. Pods get the cluster CIDR
+// (10.244.0.0/16 unless set).
+const (
+	ctlIP         = "10.99.0.250"
+	underlayBits  = 24
+	defaultPodNet = "10.244.0.0/16"
+	weftPrefix    = "/weft"
+)
+
+func segmentNet(s int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 99, byte(s), 0}), underlayBits)
+}
+
+func routerIP(s int) netip.Addr { return netip.AddrFrom4([4]byte{10, 99, byte(s), 254}) }
+
+// Options describe a cluster. Zero values take the documented defaults.
+type Options struct {
+	Prefix      string      // per-run prefix; default "wt" + 4 random hex digits (interface names are ≤ 15 chars)
+	Nodes       int         // default 3
+	PodsPerNode int         // default 2
+	Backend     string      // vxlan (default), geneve, native, hybrid, gateway, bgp, or BackendKernel
+	Segments    int         // 1 (default): one L2 underlay; 2: two segments joined by a router namespace
+	Etcd        string      // EtcdEmbedded (default) or EtcdExternal
+	EtcdMembers int         // members of the external etcd, default 3
+	Controllers int         // weft-controller processes, 1..3; more than 1 needs EtcdExternal
+	BinDir      string      // directory holding weft-controller, weft-agent, weftctl, weft-testenv
+	ClusterCIDR string      // default 10.244.0.0/16
+	NodeGrace   int         // node_grace_seconds in the cluster config; 0 = controller default
+	LeaseTTL    int         // agent --lease-ttl seconds; 0 = agent default
+	ElectionTTL int         // controller --election-ttl seconds; 0 = controller default
+	Reconcile   string      // agent --reconcile-interval; "" = agent default
+	Config      string      // extra ClusterConfig JSON fields merged into the controller's config file, e.g. `"mtu": 1400`
+	Attacher    PodAttacher // default NetlinkAttacher
+	LogLevel    string      // weft processes' --log-level, default debug
+	Logger      hclog.Logger
+}
+
+// Cluster is a running test cluster.
+type Cluster struct {
+	Opts   Options
+	Prefix string
+	RunDir string // holds logs, pidfiles, data dirs, subnet files, the etcd sockets
+
+	UnderlayNS string // bridges of the underlay segments
+	CtlNS      string // etcd and controllers
+	RouterNS   string // "" unless Segments == 2
+
+	Controllers []*Proc
+	Etcd        []*Proc // external members; empty in embedded mode
+
+	log hclog.Logger
+
+	mu    sync.Mutex
+	nodes []*Node // index = node number; removed nodes stay as nil
+}
+
+// Node is one node namespace with its agent and pods.
+type Node struct {
+	Index      int
+	Name       string // node name = namespace name, e.g. wt1a2b-n0
+	NS         string
+	Segment    int
+	UnderlayIP netip.Addr
+	Iface      string // underlay interface inside NS
+	BPFDir     string // --bpffs-dir
+	SubnetFile string // --subnet-file
+	Agent      *Proc  // nil with BackendKernel
+	Pods       []*Pod
+}
+
+// Pod is a pod namespace attached to a node.
+type Pod struct {
+	Name string // = namespace name, e.g. wt1a2b-n0-p1
+	NS   string
+	Node *Node
+	Addr netip.Addr
+	echo *Echo
+}
+
+// Target returns the pod as a connectivity-check endpoint.
+func (p *Pod) Target() Target { return Target{Name: p.Name, NS: p.NS, Addr: p.Addr} }
+
+// MetricsAddr is where every agent serves metrics and health, inside its
+// node namespace.
+const MetricsAddr = "127.0.0.1:9471"
+
+// NewPrefix returns a fresh run prefix "wt" + 4 hex digits.
+func NewPrefix() string {
+	b := make([]byte, 2)
+	rand.Read(b)
+	return "wt" + hex.EncodeToString(b)
+}
+
+func (o *Options) defaults() error {
+	if o.Prefix == "" {
+		o.Prefix = NewPrefix()
+	}
+	if len(o.Prefix) > 7 {
+		return fmt.Errorf("prefix %q is longer than 7 characters (interface names must stay within 15)", o.Prefix)
+	}
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.PodsPerNode == 0 {
+		o.PodsPerNode = 2
+	}
+	if o.Backend == "" {
+		o.Backend = "vxlan"
+	}
+	if o.Segments == 0 {
+		o.Segments = 1
+	}
+	if o.Segments > 2 {
+		return fmt.Errorf("segments %d: only 1 or 2 are supported", o.Segments)
+	}
+	if o.Etcd == "" {
+		o.Etcd = EtcdEmbedded
+	}
+	if o.Etcd != EtcdEmbedded && o.Etcd != EtcdExternal {
+		return fmt.Errorf("etcd mode %q: want %s or %s", o.Etcd, EtcdEmbedded, EtcdExternal)
+	}
+	if o.EtcdMembers == 0 {
+		o.EtcdMembers = 3
+	}
+	if o.Controllers == 0 {
+		o.Controllers = 1
+	}
+	if o.Controllers > 1 && o.Etcd == EtcdEmbedded {
+		return fmt.Errorf("%d controllers need an external etcd (the embedded one lives in a controller)", o.Controllers)
+	}
+	if o.ClusterCIDR == "" {
+		o.ClusterCIDR = defaultPodNet
+	}
+	if o.Attacher == nil {
+		o.Attacher = NetlinkAttacher{}
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "debug"
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	if o.Backend != BackendKernel {
+		for _, b := range []string{"weft-controller", "weft-agent", "weftctl"} {
+			if _, err := os.Stat(filepath.Join(o.BinDir, b)); err != nil {
+				return fmt.Errorf("find %s in BinDir %q: %w", b, o.BinDir, err)
+			}
+		}
+		if o.Etcd == EtcdExternal {
+			if _, err := os.Stat(filepath.Join(o.BinDir, "weft-testenv")); err != nil {
+				return fmt.Errorf("find weft-testenv in BinDir %q: %w", o.BinDir, err)
+			}
+		}
+	}
+	return nil
+}
+
+// RunDirOf is the run directory of a prefix.
+func RunDirOf(prefix string) string {
+	return filepath.Join(os.TempDir(), "weft-testenv-"+prefix)
+}
+
+// New builds and starts a cluster and returns once every node has its
+// lease (subnet file) and every pod is attached with its echo server
+// running. On error everything already made is removed.
+func New(ctx context.Context, o Options) (*Cluster, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("testenv needs root (network namespaces, bpffs, weft-agent)")
+	}
+	if err := o.defaults(); err != nil {
+		return nil, fmt.Errorf("testenv options: %w", err)
+	}
+	if err := EnsureBPFFS(); err != nil {
+		return nil, err
+	}
+	c := &Cluster{
+		Opts:       o,
+		Prefix:     o.Prefix,
+		RunDir:     RunDirOf(o.Prefix),
+		UnderlayNS: o.Prefix + "-ul",
+		CtlNS:      o.Prefix + "-ctl",
+		log:        o.Logger.Named("testenv"),
+	}
+	if err := os.Mkdir(c.RunDir, 0o755); err != nil {
+		return nil, fmt.Errorf("make run dir: %w", err)
+	}
+	for _, d := range []string{"pids", "logs"} {
+		if err := os.MkdirAll(filepath.Join(c.RunDir, d), 0o755); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("make run dir: %w", err)
+		}
+	}
+	if err := c.start(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) start(ctx context.Context) error {
+	if err := c.buildUnderlay(); err != nil {
+		return err
+	}
+	if c.Opts.Backend != BackendKernel {
+		if err := c.startControl(ctx); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < c.Opts.Nodes; i++ {
+		if _, err := c.addNode(ctx, false); err != nil {
+			return err
+		}
+	}
+	if c.Opts.Backend == BackendKernel {
+		if err := c.kernelRoutes(); err != nil {
+			return err
+		}
+	}
+	for _, n := range c.Nodes() {
+		if err := c.attachPods(ctx, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildUnderlay makes the underlay namespace with one bridge per segment,
+// the control namespace on segment 0 and, with two segments, the router.
+func (c *Cluster) buildUnderlay() error {
+	if err := createNS(c.UnderlayNS); err != nil {
+		return err
+	}
+	for s := 0; s < c.Opts.Segments; s++ {
+		err := withHandle(c.UnderlayNS, func(h *netlink.Handle) error {
+			attrs := netlink.NewLinkAttrs()
+			attrs.Name = c.bridgeName(s)
+			if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+				return fmt.Errorf("add underlay bridge: %w", err)
+			}
+			br, err := h.LinkByName(attrs.Name)
+			if err != nil {
+				return fmt.Errorf("find underlay bridge: %w", err)
+			}
+			return h.LinkSetUp(br)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if c.Opts.Backend != BackendKernel {
+		if err := createNS(c.CtlNS); err != nil {
+			return err
+		}
+		addr := netip.PrefixFrom(netip.MustParseAddr(ctlIP), underlayBits)
+		if err := c.plug(c.CtlNS, c.Prefix+"-c", "eth0", 0, addr); err != nil {
+			return err
+		}
+		if c.Opts.Segments == 2 {
+			if err := c.routeVia(c.CtlNS, "eth0", routerIP(0)); err != nil {
+				return err
+			}
+		}
+	}
+	if c.Opts.Segments == 2 {
+		c.RouterNS = c.Prefix + "-rt"
+		if err := createNS(c.RouterNS); err != nil {
+			return err
+		}
+		for s := 0; s < 2; s++ {
+			if err := c.plug(c.RouterNS, fmt.Sprintf("%s-r%d", c.Prefix, s), fmt.Sprintf("eth%d", s), s,
+				netip.PrefixFrom(routerIP(s), underlayBits)); err != nil {
+				return err
+			}
+		}
+		if err := sysctl(c.RouterNS, "net.ipv4.ip_forward", "1"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) bridgeName(s int) string { return fmt.Sprintf("%s-b%d", c.Prefix, s) }
+
+// plug connects namespace ns to underlay segment seg by a veth (ulName on
+// the bridge side, inName inside ns) and gives the inner end addr.
+func (c *Cluster) plug(ns, ulName, inName string, seg int, addr netip.Prefix) error {
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", ns, err)
+	}
+	defer target.Close()
+	err = withHandle(c.UnderlayNS, func(h *netlink.Handle) error {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = ulName
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: inName, PeerNamespace: netlink.NsFd(target)}); err != nil {
+			return fmt.Errorf("add veth %s: %w", ulName, err)
+		}
+		l, err := h.LinkByName(ulName)
+		if err != nil {
+			return fmt.Errorf("find veth %s: %w", ulName, err)
+		}
+		br, err := h.LinkByName(c.bridgeName(seg))
+		if err != nil {
+			return fmt.Errorf("find underlay bridge: %w", err)
+		}
+		if err := h.LinkSetMaster(l, br); err != nil {
+			return fmt.Errorf("attach %s to underlay: %w", ulName, err)
+		}
+		return h.LinkSetUp(l)
+	})
+	if err != nil {
+		return err
+	}
+	return withHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(inName)
+		if err != nil {
+			return fmt.Errorf("find %s in %s: %w", inName, ns, err)
+		}
+		if err := h.AddrAdd(l, &netlink.Addr{IPNet: prefixNet(addr)}); err != nil {
+			return fmt.Errorf("address %s in %s: %w", inName, ns, err)
+		}
+		return h.LinkSetUp(l)
+	})
+}
+
+// routeVia routes the whole underlay range (10.99.0.0/16) through the
+// router: with two segments, nodes reach the other segment that way and
+// nothing else (no default route, so nothing leaves the run's namespaces).
+func (c *Cluster) routeVia(ns, dev string, gw netip.Addr) error {
+	return withHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("find %s in %s: %w", dev, ns, err)
+		}
+		dst := netip.MustParsePrefix("10.99.0.0/16")
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(dst), Gw: net.IP(gw.AsSlice())}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("route underlay via %s in %s: %w", gw, ns, err)
+		}
+		return nil
+	})
+}
+
+// Nodes returns the live nodes in index order.
+func (c *Cluster) Nodes() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*Node
+	for _, n := range c.nodes {
+		if n != nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Node returns node i, or nil if it was removed or never existed.
+func (c *Cluster) Node(i int) *Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if i < 0 || i >= len(c.nodes) {
+		return nil
+	}
+	return c.nodes[i]
+}
+
+// Pods returns every pod of every live node.
+func (c *Cluster) Pods() []*Pod {
+	var out []*Pod
+	for _, n := range c.Nodes() {
+		out = append(out, n.Pods...)
+	}
+	return out
+}
+
+// Targets returns every pod as a check target.
+func (c *Cluster) Targets() []Target {
+	var out []Target
+	for _, p := range c.Pods() {
+		out = append(out, p.Target())
+	}
+	return out
+}
+
+// CrossNode is a skip function for CheckAll that keeps only pairs of pods
+// on different nodes.
+func (c *Cluster) CrossNode() func(from, to Target) bool {
+	node := map[string]string{}
+	for _, p := range c.Pods() {
+		node[p.NS] = p.Node.Name
+	}
+	return func(from, to Target) bool { return node[from.NS] == node[to.NS] }
+}
+
+// AddNode adds one node (namespace, agent, pods) to the running cluster and
+// returns once its pods are attached.
+func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
+	return c.addNode(ctx, true)
+}
+
+func (c *Cluster) addNode(ctx context.Context, withPods bool) (*Node, error) {
+	c.mu.Lock()
+	i := len(c.nodes)
+	c.nodes = append(c.nodes, nil)
+	c.mu.Unlock()
+	if i > 200 {
+		return nil, fmt.Errorf("add node %d: the underlay plan has room for 200 nodes", i)
+	}
+	seg := 0
+	if c.Opts.Segments == 2 {
+		seg = i % 2
+	}
+	name := fmt.Sprintf("%s-n%d", c.Prefix, i)
+	n := &Node{
+		Index:      i,
+		Name:       name,
+		NS:         name,
+		Segment:    seg,
+		UnderlayIP: netip.AddrFrom4([4]byte{10, 99, byte(seg), byte(i + 1)}),
+		Iface:      "eth0",
+		BPFDir:     filepath.Join("/sys/fs/bpf", name),
+		SubnetFile: filepath.Join(c.RunDir, fmt.Sprintf("n%d", i), "subnet.env"),
+	}
+	if err := os.MkdirAll(filepath.Dir(n.SubnetFile), 0o755); err != nil {
+		return nil, fmt.Errorf("add node %s: %w", name, err)
+	}
+	if err := createNS(n.NS); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.nodes[i] = n
+	c.mu.Unlock()
+	if err := c.plug(n.NS, name, n.Iface, seg, netip.PrefixFrom(n.UnderlayIP, underlayBits)); err != nil {
+		return nil, err
+	}
+	if c.Opts.Segments == 2 {
+		if err := c.routeVia(n.NS, n.Iface, routerIP(seg)); err != nil {
+			return nil, err
+		}
+	}
+	if c.Opts.Backend == BackendKernel {
+		pod := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 1}), 24)
+		err := WriteSubnetEnv(n.SubnetFile, SubnetEnv{Network: netip.MustParsePrefix(c.Opts.ClusterCIDR), Subnet: pod, MTU: 1500, Backend: BackendKernel})
+		if err != nil {
+			return nil, err
+		}
+		if err := sysctl(n.NS, "net.ipv4.ip_forward", "1"); err != nil {
+			return nil, err
+		}
+	} else {
+		n.Agent = c.newProc("agent-"+fmt.Sprint(i), n.NS, c.agentArgs(n))
+		if err := n.Agent.start(); err != nil {
+			return nil, err
+		}
+		c.log.Info("agent started", "node", name, "pid", n.Agent.PID())
+	}
+	if withPods {
+		if c.Opts.Backend == BackendKernel {
+			if err := c.kernelRoutes(); err != nil {
+				return nil, err
+			}
+		}
+		if err := c.attachPods(ctx, n); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+// attachPods waits for the node's subnet file and attaches its pods.
+func (c *Cluster) attachPods(ctx context.Context, n *Node) error {
+	if err := c.WaitSubnetFile(ctx, n, 90*time.Second); err != nil {
+		return err
+	}
+	for j := 0; j < c.Opts.PodsPerNode; j++ {
+		name := fmt.Sprintf("%s-p%d", n.Name, j)
+		if err := createNS(name); err != nil {
+			return err
+		}
+		p := &Pod{Name: name, NS: name, Node: n}
+		n.Pods = append(n.Pods, p)
+		addr, err := c.Opts.Attacher.Attach(ctx, n.NS, p.NS, p.Name, n.SubnetFile)
+		if err != nil {
+			return err
+		}
+		p.Addr = addr
+		if p.echo, err = StartEcho(p.NS); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WaitSubnetFile waits until the node's agent has written its subnet file.
+func (c *Cluster) WaitSubnetFile(ctx context.Context, n *Node, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		_, err := ReadSubnetEnv(n.SubnetFile)
+		if err == nil {
+			return nil
+		}
+		if n.Agent != nil && !n.Agent.Running() {
+			return fmt.Errorf("wait for subnet file of %s: agent exited (log %s)", n.Name, n.Agent.Log)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("wait for subnet file of %s: %w", n.Name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// kernelRoutes installs plain routes between nodes (BackendKernel): each
+// node routes every other node's pod CIDR via that node's underlay IP, and
+// with two segments via the router, which knows every pod CIDR.
+func (c *Cluster) kernelRoutes() error {
+	nodes := c.Nodes()
+	lease := map[*Node]netip.Prefix{}
+	for _, n := range nodes {
+		s, err := ReadSubnetEnv(n.SubnetFile)
+		if err != nil {
+			return err
+		}
+		lease[n] = s.Subnet.Masked()
+	}
+	route := func(ns, dev string, dst netip.Prefix, gw netip.Addr) error {
+		return withHandle(ns, func(h *netlink.Handle) error {
+			l, err := h.LinkByName(dev)
+			if err != nil {
+				return fmt.Errorf("find %s in %s: %w", dev, ns, err)
+			}
+			r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(dst), Gw: net.IP(gw.AsSlice())}
+			if err := h.RouteReplace(r); err != nil {
+				return fmt.Errorf("route %s via %s in %s: %w", dst, gw, ns, err)
+			}
+			return nil
+		})
+	}
+	for _, n := range nodes {
+		for _, m := range nodes {
+			if n == m {
+				continue
+			}
+			gw := m.UnderlayIP
+			if n.Segment != m.Segment {
+				gw = routerIP(n.Segment)
+			}
+			if err := route(n.NS, n.Iface, lease[m], gw); err != nil {
+				return err
+			}
+		}
+		if c.RouterNS != "" {
+			if err := route(c.RouterNS, fmt.Sprintf("eth%d", n.Segment), lease[n], n.UnderlayIP); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// RemoveNode takes node i out of the cluster the hard way, as a machine
+// that goes away: its agent is killed, its pods and namespace deleted and
+// its pins removed. The controller notices after the lease and grace.
+func (c *Cluster) RemoveNode(ctx context.Context, i int) error {
+	c.mu.Lock()
+	if i < 0 || i >= len(c.nodes) || c.nodes[i] == nil {
+		c.mu.Unlock()
+		return fmt.Errorf("remove node %d: no such node", i)
+	}
+	n := c.nodes[i]
+	c.nodes[i] = nil
+	c.mu.Unlock()
+	return c.destroyNode(ctx, n)
+}
+
+func (c *Cluster) destroyNode(ctx context.Context, n *Node) error {
+	var errs []error
+	if n.Agent != nil {
+		errs = append(errs, n.Agent.Kill())
+	}
+	for _, p := range n.Pods {
+		if p.echo != nil {
+			p.echo.Close()
+		}
+		if p.Addr.IsValid() {
+			errs = append(errs, c.Opts.Attacher.Detach(ctx, n.NS, p.NS, p.Name, n.SubnetFile))
+		}
+		errs = append(errs, deleteNS(p.NS))
+	}
+	errs = append(errs, deleteNS(n.NS))
+	if err := os.RemoveAll(n.BPFDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove pins of %s: %w", n.Name, err))
+	}
+	return errors.Join(errs...)
+}
+
+// Kill sends sig to node i's agent (e.g. SIGKILL) and, for SIGKILL and
+// SIGTERM, waits for it to end.
+func (c *Cluster) Kill(i int, sig syscall.Signal) error {
+	n := c.Node(i)
+	if n == nil || n.Agent == nil {
+		return fmt.Errorf("kill agent %d: no such agent", i)
+	}
+	if err := n.Agent.Signal(sig); err != nil {
+		return err
+	}
+	if sig == syscall.SIGKILL || sig == syscall.SIGTERM {
+		if !n.Agent.Wait(15 * time.Second) {
+			return fmt.Errorf("kill agent %d: still running after %v", i, sig)
+		}
+	}
+	return nil
+}
+
+// RestartAgent starts node i's agent again (stopping it first with SIGTERM
+// if it still runs).
+func (c *Cluster) RestartAgent(i int) error {
+	n := c.Node(i)
+	if n == nil || n.Agent == nil {
+		return fmt.Errorf("restart agent %d: no such agent", i)
+	}
+	if n.Agent.Running() {
+		if err := n.Agent.Stop(10 * time.Second); err != nil {
+			return err
+		}
+	}
+	return n.Agent.start()
+}
+
+func (c *Cluster) newProc(name, ns string, args []string) *Proc {
+	return &Proc{
+		Name:    name,
+		NS:      ns,
+		Args:    args,
+		Log:     filepath.Join(c.RunDir, "logs", name+".log"),
+		pidfile: filepath.Join(c.RunDir, "pids", name+".pid"),
+	}
+}
+
+// Close stops every process and removes every namespace, link, pin and the
+// run directory. It is safe to call more than once.
+func (c *Cluster) Close() error {
+	var errs []error
+	c.mu.Lock()
+	nodes := c.nodes
+	c.nodes = nil
+	c.mu.Unlock()
+	// Agents first (they must not see etcd vanish and report it), then the
+	// controllers, then etcd.
+	for _, n := range nodes {
+		if n != nil && n.Agent != nil {
+			errs = append(errs, n.Agent.Stop(5*time.Second))
+		}
+	}
+	for _, p := range c.Controllers {
+		errs = append(errs, p.Stop(5*time.Second))
+	}
+	for _, p := range c.Etcd {
+		errs = append(errs, p.Stop(5*time.Second))
+	}
+	for _, n := range nodes {
+		if n != nil {
+			errs = append(errs, c.destroyNode(context.Background(), n))
+		}
+	}
+	for _, ns := range []string{c.RouterNS, c.CtlNS, c.UnderlayNS} {
+		if ns != "" {
+			errs = append(errs, deleteNS(ns))
+		}
+	}
+	// Leftovers of nodes removed earlier, and anything else of this run.
+	errs = append(errs, Down(c.Prefix))
+	return errors.Join(errs...)
+}
+
+// Leftovers lists everything on the machine that carries prefix: named
+// namespaces, links in the root namespace, bpffs pins, live processes
+// recorded in the run's pidfiles and the run directory. Empty means clean.
+func Leftovers(prefix string) []string {
+	var out []string
+	if nss, err := listNS(prefix + "-"); err == nil {
+		for _, ns := range nss {
+			out = append(out, "netns "+ns)
+		}
+	} else {
+		out = append(out, err.Error())
+	}
+	if links, err := netlink.LinkList(); err == nil {
+		for _, l := range links {
+			if strings.HasPrefix(l.Attrs().Name, prefix) {
+				out = append(out, "link "+l.Attrs().Name)
+			}
+		}
+	}
+	if pins, _ := filepath.Glob(filepath.Join("/sys/fs/bpf", prefix+"-*")); len(pins) > 0 {
+		for _, p := range pins {
+			out = append(out, "bpffs "+p)
+		}
+	}
+	dir := RunDirOf(prefix)
+	for file, pid := range pidfilesIn(filepath.Join(dir, "pids")) {
+		if cl := cmdlineOf(pid); cl != "" && strings.Contains(cl, prefix) {
+			out = append(out, fmt.Sprintf("process %d (%s): %s", pid, file, cl))
+		}
+	}
+	if _, err := os.Stat(dir); err == nil {
+		out = append(out, "dir "+dir)
+	}
+	return out
+}
+
+// Down removes the leftovers of runs whose prefix starts with pattern
+// (e.g. "wt" for every run, "wt1a2b" for one): processes recorded in their
+// pidfiles (only if their command line still carries the prefix, so a
+// recycled PID is never touched), named namespaces, bpffs pins and run
+// directories. It never matches processes by name.
+func Down(pattern string) error {
+	var errs []error
+	prefixes := map[string]bool{}
+	dirs, _ := filepath.Glob(RunDirOf(pattern) + "*")
+	for _, d := range dirs {
+		prefixes[strings.TrimPrefix(filepath.Base(d), "weft-testenv-")] = true
+	}
+	nss, err := listNS(pattern)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, ns := range nss {
+		if p, ok := runPrefixOf(ns); ok {
+			prefixes[p] = true
+		}
+	}
+	pins, _ := filepath.Glob(filepath.Join("/sys/fs/bpf", pattern+"*"))
+	for _, pin := range pins {
+		if p, ok := runPrefixOf(filepath.Base(pin)); ok {
+			prefixes[p] = true
+		}
+	}
+	for prefix := range prefixes {
+		if !isRunPrefix(prefix) {
+			continue
+		}
+		dir := RunDirOf(prefix)
+		for _, pid := range pidfilesIn(filepath.Join(dir, "pids")) {
+			if cl := cmdlineOf(pid); cl != "" && strings.Contains(cl, prefix) {
+				if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+					waitGone(pid, 10*time.Second)
+				}
+			}
+		}
+		mine, _ := listNS(prefix + "-")
+		for _, ns := range mine {
+			if _, ok := runPrefixOf(ns); ok {
+				errs = append(errs, deleteNS(ns))
+			}
+		}
+		pins, _ := filepath.Glob(filepath.Join("/sys/fs/bpf", prefix+"-*"))
+		for _, p := range pins {
+			if err := os.RemoveAll(p); err != nil {
+				errs = append(errs, fmt.Errorf("remove %s: %w", p, err))
+			}
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// isRunPrefix reports whether p looks like a prefix testenv makes: at most
+// 7 characters of [a-z0-9], starting with a letter.
+func isRunPrefix(p string) bool {
+	if p == "" || len(p) > 7 || p[0] < 'a' || p[0] > 'z' {
+		return false
+	}
+	for _, r := range p {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// runPrefixOf extracts the run prefix of a name testenv gives namespaces
+// and pins: <prefix>-(ul|ctl|rt|n<i>|n<i>-p<j>).
+func runPrefixOf(name string) (string, bool) {
+	prefix, rest, ok := strings.Cut(name, "-")
+	if !ok || !isRunPrefix(prefix) {
+		return "", false
+	}
+	switch rest {
+	case "ul", "ctl", "rt":
+		return prefix, true
+	}
+	node, pod, hasPod := strings.Cut(rest, "-")
+	if !strings.HasPrefix(node, "n") || !isNum(node[1:]) {
+		return "", false
+	}
+	if hasPod && (!strings.HasPrefix(pod, "p") || !isNum(pod[1:])) {
+		return "", false
+	}
+	return prefix, true
+}
+
+func isNum(s string) bool {
+	_, err := strconv.Atoi(s)
+	return s != "" && err == nil
+}
+
+func waitGone(pid int, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,247 @@
+package testenv
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// Proc is one process testenv started: a weft binary or an etcd member,
+// running inside a network namespace, with its output in a log file of the
+// run directory and its PID in a pidfile there (so Down finds it after a
+// crash without matching process names).
+type Proc struct {
+	Name string   // unique within the run, e.g. "agent-n0"
+	NS   string   // network namespace it runs in
+	Args []string // argv, Args[0] is the binary
+	Env  []string // extra environment
+	Log  string   // path of the log file (appended to across restarts)
+
+	pidfile string
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	done    chan struct{}
+}
+
+// startProc runs argv in the named namespace. The fork happens on a thread
+// locked into that namespace, so the child starts there without `ip netns
+// exec` (which would remount /sys and hide the shared bpffs).
+func (p *Proc) start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil && !p.exited() {
+		return fmt.Errorf("start %s: already running as pid %d", p.Name, p.cmd.Process.Pid)
+	}
+	logf, err := os.OpenFile(p.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("open log of %s: %w", p.Name, err)
+	}
+	fmt.Fprintf(logf, "=== testenv: start %s at %s: %s\n", p.Name, time.Now().Format(time.RFC3339Nano), strings.Join(p.Args, " "))
+	cmd := exec.Command(p.Args[0], p.Args[1:]...)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.Env = append(os.Environ(), p.Env...)
+	// Own process group so a Ctrl-C on the terminal reaches testenv only;
+	// testenv then stops its children in order. SIGKILL on our death so a
+	// crashed test leaves no weft process behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := inNSStart(p.NS, cmd); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", p.Name, err)
+	}
+	logf.Close()
+	if err := os.WriteFile(p.pidfile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+		cmd.Process.Kill()
+		return fmt.Errorf("write pidfile of %s: %w", p.Name, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(done)
+	}()
+	p.cmd, p.done = cmd, done
+	return nil
+}
+
+// exited reports whether the current child has ended; p.mu must be held.
+func (p *Proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Running reports whether the process is alive.
+func (p *Proc) Running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd != nil && !p.exited()
+}
+
+// PID is the process id of the current child, 0 if none.
+func (p *Proc) PID() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.exited() {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// Signal sends sig to the process; an ended process is not an error.
+func (p *Proc) Signal(sig syscall.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.exited() {
+		return nil
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("signal %s: %w", p.Name, err)
+	}
+	return nil
+}
+
+// Wait waits up to d for the process to end and reports whether it did.
+func (p *Proc) Wait(d time.Duration) bool {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	if done == nil {
+		return true
+	}
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// Stop ends the process: SIGTERM, then SIGKILL after grace.
+func (p *Proc) Stop(grace time.Duration) error {
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	if p.Wait(grace) {
+		return nil
+	}
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		return err
+	}
+	if !p.Wait(10 * time.Second) {
+		return fmt.Errorf("stop %s: still running after SIGKILL", p.Name)
+	}
+	return nil
+}
+
+// Kill sends SIGKILL and waits for the process to end.
+func (p *Proc) Kill() error {
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		return err
+	}
+	if !p.Wait(10 * time.Second) {
+		return fmt.Errorf("kill %s: still running", p.Name)
+	}
+	return nil
+}
+
+func inNSStart(name string, cmd *exec.Cmd) error {
+	if name == "" {
+		return cmd.Start()
+	}
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", name, err)
+	}
+	defer ns.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", name, err)
+			return
+		}
+		serr := cmd.Start()
+		if err := netns.Set(orig); err != nil {
+			// The thread stays locked and exits with this goroutine; the
+			// child dies with it (Pdeathsig), which Start's caller sees.
+			errc <- errors.Join(serr, fmt.Errorf("leave netns %s: %w", name, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- serr
+	}()
+	return <-errc
+}
+
+// pidfilesIn lists the PIDs recorded in dir/*.pid.
+func pidfilesIn(dir string) map[string]int {
+	out := map[string]int{}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".pid") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 1 {
+			continue
+		}
+		out[filepath.Join(dir, e.Name())] = pid
+	}
+	return out
+}
+
+// cmdlineOf returns the NUL-joined command line of pid ("" if gone).
+func cmdlineOf(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	return strings.ReplaceAll(string(b), "\x00", " ")
+}
+
+// readFileTail returns at most the last max bytes of a file.
+func readFileTail(path string, max int64) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	off := st.Size() - max
+	if off < 0 {
+		off = 0
+	}
+	b := make([]byte, st.Size()-off)
+	_, err = f.ReadAt(b, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	return string(b), nil
+}

@@ -1,0 +1,215 @@
+package testenv
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// These tests prove the framework itself with plain kernel routing between
+// the node namespaces (BackendKernel): namespaces, underlay, pods, the
+// connectivity checks (that they pass and that they fail), processes,
+// cleanup and leftover detection. The weft clusters are tested in e2e/.
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("testenv needs root: network namespaces, veths, bpffs (run the tests with sudo)")
+	}
+}
+
+func kernelCluster(t *testing.T, o Options) *Cluster {
+	t.Helper()
+	needRoot(t)
+	o.Backend = BackendKernel
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := New(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if left := Leftovers(c.Prefix); len(left) > 0 {
+			t.Errorf("leftovers after close: %v", left)
+		}
+	})
+	return c
+}
+
+func TestKernelOneSegment(t *testing.T) {
+	c := kernelCluster(t, Options{Nodes: 3, PodsPerNode: 2})
+	ctx := context.Background()
+	if got := len(c.Pods()); got != 6 {
+		t.Fatalf("pods = %d, want 6", got)
+	}
+	m := CheckAll(ctx, c.Targets(), nil)
+	if len(m.Results) != 30 {
+		t.Fatalf("pairs checked = %d, want 30", len(m.Results))
+	}
+	if f := m.Failed(); len(f) > 0 {
+		t.Fatalf("failed pairs:\n%s", m)
+	}
+	t.Logf("matrix:\n%s", m)
+
+	// The checks fail where there is no path: a pod address that does not
+	// exist, and a node that is gone.
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	from := c.Pods()[0]
+	if err := CheckICMP(cctx, from.NS, netip.MustParseAddr("10.244.77.7")); err == nil {
+		t.Error("icmp to an address nobody holds succeeded")
+	}
+	if err := CheckTCP(cctx, from.NS, netip.MustParseAddr("10.244.77.7")); err == nil {
+		t.Error("tcp to an address nobody holds succeeded")
+	}
+	gone := c.Node(2).Pods[0].Target()
+	if err := c.RemoveNode(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	fctx, fcancel := context.WithTimeout(ctx, 4*time.Second)
+	defer fcancel()
+	m = CheckAll(fctx, []Target{from.Target(), gone}, func(f, _ Target) bool { return f.Name == gone.Name })
+	if len(m.Results) != 1 || m.Results[0].ICMP == nil || m.Results[0].TCP == nil || m.Results[0].UDP == nil {
+		t.Fatalf("checks to a removed node did not all fail:\n%s", m)
+	}
+	// The removed node's namespaces are gone while the rest stays.
+	left := Leftovers(c.Prefix)
+	if containsAny(left, "-n2") || !containsAny(left, "-n1") {
+		t.Errorf("leftovers after removing node 2: %v", left)
+	}
+}
+
+func containsAny(list []string, sub string) bool {
+	for _, s := range list {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestKernelTwoSegmentsAndAddNode(t *testing.T) {
+	c := kernelCluster(t, Options{Nodes: 2, PodsPerNode: 1, Segments: 2})
+	ctx := context.Background()
+	if c.Node(0).Segment == c.Node(1).Segment {
+		t.Fatal("nodes 0 and 1 should be on different segments")
+	}
+	n, err := c.AddNode(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Segment != 0 {
+		t.Fatalf("node 2 on segment %d, want 0", n.Segment)
+	}
+	m := CheckAll(ctx, c.Targets(), nil)
+	if len(m.Results) != 6 || len(m.Failed()) > 0 {
+		t.Fatalf("two-segment matrix:\n%s", m)
+	}
+	// The cross-segment path goes through the router.
+	rs, err := Routes(c.Node(0).NS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !containsAny(rs, "via 10.99.0.254") {
+		t.Fatalf("node 0 routes %v: no route via the router", rs)
+	}
+}
+
+func TestStreamCountsLoss(t *testing.T) {
+	c := kernelCluster(t, Options{Nodes: 2, PodsPerNode: 1})
+	a, b := c.Node(0).Pods[0], c.Node(1).Pods[0]
+	s, err := StartStream(a.NS, []netip.Addr{b.Addr}, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	st := s.Stop()
+	if st.Sent < 10 || st.Lost != 0 || st.Received != st.Sent {
+		t.Fatalf("healthy stream: %+v", st)
+	}
+	// Cut the path and the stream must count losses.
+	s, err = StartStream(a.NS, []netip.Addr{b.Addr}, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := c.RemoveNode(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	st = s.Stop()
+	if st.Lost == 0 || st.Received == 0 || st.Sent != st.Received+st.Lost {
+		t.Fatalf("cut stream: %+v, want some received, some lost", st)
+	}
+	t.Logf("cut stream: sent %d received %d lost %d", st.Sent, st.Received, st.Lost)
+}
+
+// TestDownRemovesCrashedRun leaves a run behind as a crash would (a
+// process recorded in a pidfile, namespaces, a pin directory) and checks
+// that Down removes all of it.
+func TestDownRemovesCrashedRun(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	c, err := New(ctx, Options{Backend: BackendKernel, Nodes: 1, PodsPerNode: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := c.Prefix
+	t.Cleanup(func() { Down(prefix) })
+	n := c.Node(0)
+	if err := os.MkdirAll(n.BPFDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A process started the way agents are, carrying the prefix in argv.
+	p := c.newProc("sleeper", n.NS, []string{"/bin/sh", "-c", "sleep 300 # " + prefix})
+	p.Env = nil
+	if err := p.start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := p.PID()
+	left := Leftovers(prefix)
+	for _, want := range []string{"netns " + prefix + "-ul", "netns " + n.NS, "netns " + n.Pods[0].NS, "bpffs " + n.BPFDir, "process", "dir "} {
+		if !containsAny(left, want) {
+			t.Errorf("leftovers %v miss %q", left, want)
+		}
+	}
+	// Down, not Close: the cluster object is abandoned like a crashed run.
+	if err := Down(prefix); err != nil {
+		t.Fatal(err)
+	}
+	if left := Leftovers(prefix); len(left) > 0 {
+		t.Fatalf("after down: %v", left)
+	}
+	if !p.Wait(5 * time.Second) {
+		t.Fatalf("process %d still running after down", pid)
+	}
+	// A second Down finds nothing and does not fail.
+	if err := Down(prefix); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunPrefixOf(t *testing.T) {
+	for name, want := range map[string]string{
+		"wt1a2b-ul": "wt1a2b", "wt1a2b-ctl": "wt1a2b", "wt1a2b-n3": "wt1a2b", "wt1a2b-n3-p10": "wt1a2b", "wt1a2b-rt": "wt1a2b",
+		"wt1a2b-x": "", "wt1a2b": "", "other-thing": "", "WT1a2b-ul": "", "wt1a2b-n3-q1": "", "toolongprefix-ul": "",
+	} {
+		got, ok := runPrefixOf(name)
+		if got != want || ok != (want != "") {
+			t.Errorf("runPrefixOf(%q) = %q, %v; want %q", name, got, ok, want)
+		}
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	m := ParseMetrics("# HELP x\nweft_a 3\nweft_b{dir=\"tx\"} 4.5\nweft_b{dir=\"rx\"} 1 1700000000\n")
+	if m["weft_a"] != 3 || SumMetric(m, "weft_b") != 5.5 {
+		t.Fatalf("parsed %v", m)
+	}
+}
