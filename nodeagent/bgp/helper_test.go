@@ -173,7 +173,10 @@ func garbageMain() {
 		}
 		go func() {
 			defer c.Close()
-			junk := []byte("GET / HTTP/1.1\r\nHost: not-bgp\r\n\r\n")
+			// A header whose length field (5) is shorter than a header,
+			// then text.
+			junk := append(make([]byte, 16), 0, 5, 1)
+			junk = append(junk, "GET / HTTP/1.1\r\nHost: not-bgp\r\n\r\n"...)
 			for range 20 {
 				if _, err := c.Write(junk); err != nil {
 					return

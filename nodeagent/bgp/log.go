@@ -100,6 +100,14 @@ func (r *reasons) observe(msg string, f gobgplog.Fields) {
 		"Session will be reset due to malformed BGP message",
 		"Session will be reset due to malformed BGP update message":
 		why = fmt.Sprintf("malformed message from peer: %v", f["Error"])
+	case "state changed":
+		// Only a read or write failure has no log line of its own.
+		switch r := fmt.Sprint(f["reason"]); r {
+		case "read-failed", "write-failed":
+			why = "session reset: " + r
+		default:
+			return
+		}
 	case "Peer Down":
 		why = fmt.Sprintf("session down: %v", f["Reason"])
 	default:
