@@ -2,11 +2,14 @@ package testenv
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // These tests prove the framework itself with plain kernel routing between
@@ -212,4 +215,68 @@ func TestParseMetrics(t *testing.T) {
 	if m["weft_a"] != 3 || SumMetric(m, "weft_b") != 5.5 {
 		t.Fatalf("parsed %v", m)
 	}
+}
+
+// TestEtcdMemberUnixSocket runs the etcd-member code in-process and checks
+// that a client reaches it over the unix socket the root namespace uses,
+// and that a member restarted on its data directory keeps the data.
+func TestEtcdMemberUnixSocket(t *testing.T) {
+	dir := t.TempDir()
+	sock := dir + "/e.sock"
+	m := MemberConfig{Name: "e0", DataDir: dir + "/data", ListenClient: "unix://" + sock + ",http://" + freeAddr(t), ListenPeer: "http://" + freeAddr(t)}
+	m.InitialCluster = "e0=" + m.ListenPeer
+	run := func() (context.CancelFunc, chan error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- RunEtcdMember(ctx, m) }()
+		return cancel, done
+	}
+	cancel, done := run()
+	cl := waitClient(t, sock)
+	ctx, cctx := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cctx()
+	if _, err := cl.Put(ctx, "/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	cancel, done = run()
+	defer func() { cancel(); <-done }()
+	cl = waitClient(t, sock)
+	defer cl.Close()
+	r, err := cl.Get(ctx, "/k")
+	if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "v" {
+		t.Fatalf("after restart: %v %v", r, err)
+	}
+}
+
+func waitClient(t *testing.T, sock string) *clientv3.Client {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("etcd socket never appeared")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cl, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + sock}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
