@@ -151,12 +151,12 @@ func TestMasqRules(t *testing.T) {
 	}
 	m := &spec.Masquerade{
 		PodCIDRs:    []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:1::/64")},
-		NativeCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/48")},
+		NativeCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/32")},
 	}
 	got := masqSignature(masqRules(m))
 	want := []string{
 		"weft: 10.244.1.0/24 -> 10.244.0.0/16 keep", "weft: 10.244.1.0/24 masquerade",
-		"weft: fd00:244:1::/64 -> fd00:244::/48 keep", "weft: fd00:244:1::/64 masquerade",
+		"weft: fd00:244:1::/64 -> fd00:244::/32 keep", "weft: fd00:244:1::/64 masquerade",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("rules %q", got)

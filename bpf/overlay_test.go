@@ -1,0 +1,325 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/bpf/spec"
+)
+
+const reachTimeout = 3 * time.Second
+
+// checkPath asserts ICMP (v4 and v6) and TCP work pod to pod both ways and
+// that the BPF counters of both nodes moved.
+func checkPath(t *testing.T, c *testCluster) {
+	t.Helper()
+	a, b := c.nodes[0], c.nodes[1]
+	ca0, cb0 := a.counters(), b.counters()
+	for _, pair := range [][2]*testNode{{a, b}, {b, a}} {
+		from, to := pair[0], pair[1]
+		for _, dst := range []netip.Addr{to.podIP, to.podIP6} {
+			if !reach(t, from.pod, dst, reachTimeout) {
+				t.Fatalf("pod %d cannot ping %s; counters %+v / %+v", from.idx, dst, from.counters(), to.counters())
+			}
+		}
+	}
+	tcpEcho(t, a.pod, b.pod, b.podIP, 256<<10)
+	tcpEcho(t, b.pod, a.pod, a.podIP6, 256<<10)
+	ca, cb := a.counters(), b.counters()
+	if ca.TxPackets <= ca0.TxPackets || ca.RxPackets <= ca0.RxPackets || cb.TxPackets <= cb0.TxPackets || cb.RxPackets <= cb0.RxPackets {
+		t.Fatalf("BPF counters did not move: a %+v -> %+v, b %+v -> %+v", ca0, ca, cb0, cb)
+	}
+	if ca.TxBytes-ca0.TxBytes < 256<<10 {
+		t.Fatalf("node 1 encapsulated only %d bytes for 256 KiB of TCP", ca.TxBytes-ca0.TxBytes)
+	}
+}
+
+// tcxCount is the number of tcx programs on the overlay device of n.
+func tcxCount(t *testing.T, n *testNode, at ebpf.AttachType) int {
+	t.Helper()
+	var cnt int
+	n.ns.MustDo(t, func() error {
+		l, err := netlink.LinkByName(spec.VXLANDevice)
+		if err != nil {
+			return err
+		}
+		r, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: at})
+		if err != nil {
+			return err
+		}
+		cnt = len(r.Programs)
+		return nil
+	})
+	return cnt
+}
+
+// forgeVXLAN sends a VXLAN-encapsulated ICMP echo for src->dst pod
+// addresses from outer source `from` (an address in n's namespace) to
+// the peer's underlay port 8472.
+func forgeVXLAN(t *testing.T, n *testNode, from, to, src, dst netip.Addr) {
+	t.Helper()
+	icmpMsg := []byte{8, 0, 0, 0, 0x12, 0x34, 0, 1}
+	cs := checksum(icmpMsg)
+	binary.BigEndian.PutUint16(icmpMsg[2:], cs)
+	ip := make([]byte, 20)
+	ip[0], ip[8], ip[9] = 0x45, 64, 1
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(icmpMsg)))
+	copy(ip[12:16], src.AsSlice())
+	copy(ip[16:20], dst.AsSlice())
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	eth := []byte{0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00}
+	vx := []byte{0x08, 0, 0, 0, 0, 0, 1, 0} // VNI 1
+	pkt := append(append(append(vx, eth...), ip...), icmpMsg...)
+	n.ns.MustDo(t, func() error {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: from.AsSlice()}, &net.UDPAddr{IP: to.AsSlice(), Port: 8472})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write(pkt)
+		return err
+	})
+}
+
+func checksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return ^uint16(s)
+}
+
+// waitCounter polls f until it returns true or a second passes.
+func waitCounter(f func() bool) bool {
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if f() {
+			return true
+		}
+	}
+	return f()
+}
+
+func TestOverlay(t *testing.T) {
+	c := newTestCluster(t, AttachAuto)
+	c.openAll(t)
+	a, b := c.nodes[0], c.nodes[1]
+	for _, n := range c.nodes {
+		rep := n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{}))
+		if !rep.Changed() || rep.Added < 5 {
+			t.Fatalf("first sync report %+v", rep)
+		}
+		if rep := n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{})); rep.Changed() {
+			t.Fatalf("second identical sync wrote: %+v", rep)
+		}
+	}
+
+	t.Run("traffic", func(t *testing.T) { checkPath(t, c) })
+
+	t.Run("removal and restore", func(t *testing.T) {
+		w := c.overlayWant(a, spec.ModeVXLAN, netip.Addr{})
+		w.Tunnels = w.Tunnels[1:] // drop the peer's IPv4 prefix
+		if rep := a.sync(w); rep.Removed != 1 {
+			t.Fatalf("report %+v", rep)
+		}
+		before := a.counters().DropNoTunnel
+		if reach(t, a.pod, b.podIP, 500*time.Millisecond) {
+			t.Fatal("ping works without a tunnel entry")
+		}
+		if got := a.counters().DropNoTunnel; got <= before {
+			t.Fatalf("no-tunnel drops %d -> %d", before, got)
+		}
+		a.sync(c.overlayWant(a, spec.ModeVXLAN, netip.Addr{}))
+		if !reach(t, a.pod, b.podIP, reachTimeout) {
+			t.Fatal("ping fails after the entry came back")
+		}
+	})
+
+	t.Run("endpoint update to IPv6 underlay", func(t *testing.T) {
+		// Point both nodes at each other's IPv6 underlay address: the
+		// programs must switch to IPv6 outer headers on live traffic.
+		// An IPv6 underlay costs 20 more bytes of overhead: MTU 1430.
+		for _, n := range c.nodes {
+			w := c.overlayWant(n, spec.ModeVXLAN, c.peer(n).under6)
+			w.Overlay.MTU = 1430
+			if rep := n.sync(w); rep.Updated != 3 {
+				t.Fatalf("report %+v", rep)
+			}
+		}
+		checkPath(t, c)
+		// Only one side updated: the receiver rejects the new outer source.
+		a.sync(c.overlayWant(a, spec.ModeVXLAN, netip.Addr{}))
+		sp := b.counters().DropSpoofed
+		if reach(t, a.pod, b.podIP, 500*time.Millisecond) {
+			t.Fatal("ping works with mismatched endpoints")
+		}
+		if got := b.counters().DropSpoofed; got <= sp {
+			t.Fatalf("spoofed drops on node 2: %d -> %d", sp, got)
+		}
+		b.sync(c.overlayWant(b, spec.ModeVXLAN, netip.Addr{}))
+		if !reach(t, a.pod, b.podIP, reachTimeout) {
+			t.Fatal("ping fails after restoring IPv4 endpoints")
+		}
+	})
+
+	t.Run("forged source is dropped", func(t *testing.T) {
+		forged := netip.MustParseAddr("192.168.50.3")
+		a.ns.MustDo(t, func() error {
+			ul, err := netlink.LinkByName("ul0")
+			if err != nil {
+				return err
+			}
+			return addr(ul, forged.String()+"/24")
+		})
+		c0 := b.counters()
+		forgeVXLAN(t, a, forged, b.under, a.podIP, b.podIP)
+		if !waitCounter(func() bool { return b.counters().DropSpoofed == c0.DropSpoofed+1 }) {
+			t.Fatalf("spoofed drops %d -> %d", c0.DropSpoofed, b.counters().DropSpoofed)
+		}
+		// Control: the same frame from the real endpoint is accepted.
+		c1 := b.counters()
+		forgeVXLAN(t, a, a.under, b.under, a.podIP, b.podIP)
+		if !waitCounter(func() bool { return b.counters().RxPackets > c1.RxPackets }) {
+			t.Fatalf("genuine frame not accepted: %+v -> %+v", c1, b.counters())
+		}
+		if got := b.counters().DropSpoofed; got != c1.DropSpoofed {
+			t.Fatalf("genuine frame counted as spoofed: %d -> %d", c1.DropSpoofed, got)
+		}
+	})
+
+	t.Run("attach twice", func(t *testing.T) {
+		a.ns.MustDo(t, func() error {
+			dev, err := readDevice(spec.VXLANDevice)
+			if err != nil {
+				return err
+			}
+			if err := a.dp.attach(dev.Index); err != nil {
+				return err
+			}
+			return a.dp.attach(dev.Index)
+		})
+		// A second Datapath on the same pins takes the links over.
+		a.ns.MustDo(t, func() error {
+			d2, err := Open(a.cfg)
+			if err != nil {
+				return err
+			}
+			return d2.Close()
+		})
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXEgress, ebpf.AttachTCXIngress} {
+			if n := tcxCount(t, a, at); n != 1 {
+				t.Fatalf("%s: %d programs attached", at, n)
+			}
+		}
+		// Take over again with a's own programs for the next subtests.
+		a.ns.MustDo(t, func() error {
+			dev, err := readDevice(spec.VXLANDevice)
+			if err != nil {
+				return err
+			}
+			return a.dp.attach(dev.Index)
+		})
+		if !reach(t, a.pod, b.podIP, reachTimeout) {
+			t.Fatal("ping fails after attaching twice")
+		}
+	})
+
+	t.Run("reconcile repairs drift", func(t *testing.T) {
+		want := c.overlayWant(a, spec.ModeVXLAN, netip.Addr{})
+		a.ns.MustDo(t, func() error {
+			// Break four things behind the datapath's back.
+			if err := netlink.RouteDel(&netlink.Route{Dst: ipNet(clusterCIDR), Protocol: RouteProtocol, Scope: netlink.SCOPE_LINK}); err != nil {
+				return err
+			}
+			k := encodeKey(b.podCIDR6)
+			if err := a.dp.objs.WeftTunnels.Delete(&k); err != nil {
+				return err
+			}
+			dev, err := netlink.LinkByName(spec.VXLANDevice)
+			if err != nil {
+				return err
+			}
+			if err := netlink.LinkSetMTU(dev, 1500); err != nil {
+				return err
+			}
+			l, err := link.LoadPinnedLink(a.cfg.PinDir+"/"+dirIngress.name, nil)
+			if err != nil {
+				return err
+			}
+			if err := l.Unpin(); err != nil {
+				return err
+			}
+			return l.Close() // last reference: the ingress program detaches
+		})
+		if n := tcxCount(t, a, ebpf.AttachTCXIngress); n != 0 {
+			t.Fatalf("ingress still has %d programs", n)
+		}
+		var rep spec.Report
+		a.ns.MustDo(t, func() error {
+			var err error
+			rep, err = a.dp.Reconcile(t.Context(), want)
+			return err
+		})
+		t.Logf("repairs: %q", rep.Repaired)
+		for _, sub := range []string{"route 10.244.0.0/16", "tunnel fd00:244:2::/64", "mtu 1500 -> 1450", "programs attached"} {
+			found := false
+			for _, r := range rep.Repaired {
+				found = found || contains(r, sub)
+			}
+			if !found {
+				t.Errorf("repair %q not reported in %q", sub, rep.Repaired)
+			}
+		}
+		a.ns.MustDo(t, func() error {
+			var err error
+			rep, err = a.dp.Reconcile(t.Context(), want)
+			return err
+		})
+		if rep.Changed() {
+			t.Fatalf("second reconcile changed %+v", rep)
+		}
+		checkPath(t, c)
+	})
+
+	t.Run("close and reopen without loss", func(t *testing.T) {
+		done := make(chan int)
+		go func() { done <- stream(t, a.pod, b.podIP, 200, 10*time.Millisecond) }()
+		time.Sleep(300 * time.Millisecond)
+		for _, n := range c.nodes {
+			must(t, n.dp.Close())
+			n.open()
+			// The maps kept their entries: nothing to write.
+			if rep := n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{})); rep.Changed() {
+				t.Errorf("sync after reopen wrote %+v", rep)
+			}
+		}
+		if lost := <-done; lost != 0 {
+			t.Fatalf("%d of 200 pings lost across close/reopen", lost)
+		}
+	})
+}
+
+func contains(s, sub string) bool {
+	return len(sub) <= len(s) && (s == sub || indexOf(s, sub) >= 0)
+}
+
+func indexOf(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
