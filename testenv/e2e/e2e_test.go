@@ -52,21 +52,30 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func needCluster(t *testing.T) {
+func needCluster(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("e2e tests need root: they create network namespaces, load eBPF programs and run weft-agent (run with sudo)")
-	}
+	needRoot(t)
 	if buildErr != nil {
 		t.Fatalf("build weft binaries: %v", buildErr)
 	}
 }
 
+func needRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("e2e tests need root: they create network namespaces, load eBPF programs and run weft-agent (run with sudo)")
+	}
+}
+
 // start brings a cluster up for t and closes it (checking for leftovers)
 // when t ends; on failure it prints the tails of the weft logs.
-func start(t *testing.T, o testenv.Options) *testenv.Cluster {
+func start(t testing.TB, o testenv.Options) *testenv.Cluster {
 	t.Helper()
-	needCluster(t)
+	if o.Backend == testenv.BackendKernel {
+		needRoot(t)
+	} else {
+		needCluster(t)
+	}
 	o.BinDir = binDir
 	if o.Prefix == "" {
 		o.Prefix = testenv.NewPrefix()
@@ -91,8 +100,10 @@ func start(t *testing.T, o testenv.Options) *testenv.Cluster {
 			t.Errorf("left behind by %s: %v", c.Prefix, left)
 		}
 	})
-	if err := c.WaitConverged(ctx, 60*time.Second); err != nil {
-		t.Fatalf("cluster did not converge: %v", err)
+	if o.Backend != testenv.BackendKernel {
+		if err := c.WaitConverged(ctx, 60*time.Second); err != nil {
+			t.Fatalf("cluster did not converge: %v", err)
+		}
 	}
 	return c
 }
