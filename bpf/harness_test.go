@@ -267,7 +267,7 @@ func (n *testNode) counters() spec.Counters {
 }
 
 // snapshot lists what a Teardown must restore: links, routes of every
-// table, nftables tables.
+// table (except those the kernel derives from addresses), nftables tables.
 func snapshot() string {
 	var out []string
 	links, _ := netlink.LinkList()
@@ -276,6 +276,9 @@ func snapshot() string {
 	}
 	rs, _ := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	for _, r := range rs {
+		if r.Protocol == unix.RTPROT_KERNEL {
+			continue // address and link-local routes the kernel derives itself
+		}
 		out = append(out, fmt.Sprintf("route %v gw %v dev %d proto %d table %d", r.Dst, r.Gw, r.LinkIndex, r.Protocol, r.Table))
 	}
 	if c, err := nftables.New(); err == nil {

@@ -1,0 +1,289 @@
+package bpf
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/bpf/spec"
+)
+
+// weftLeftovers lists what of the overlay mode is still in n's kernel.
+func weftLeftovers(t *testing.T, n *testNode) (devs []string, devRoutes int, entries int, linkPins int) {
+	t.Helper()
+	n.ns.MustDo(t, func() error {
+		for _, name := range []string{spec.VXLANDevice, spec.GeneveDevice} {
+			if _, err := netlink.LinkByName(name); err == nil {
+				devs = append(devs, name)
+			}
+		}
+		rs, err := listRoutes()
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			if r.Dev != 0 {
+				devRoutes++
+			}
+		}
+		ts, err := n.dp.readTunnels()
+		if err != nil {
+			return err
+		}
+		entries = len(ts)
+		for _, d := range []direction{dirEgress, dirIngress} {
+			if _, err := os.Stat(n.cfg.PinDir + "/" + d.name); err == nil {
+				linkPins++
+			}
+		}
+		return nil
+	})
+	return
+}
+
+func masqTable(t *testing.T, n *testNode) bool {
+	t.Helper()
+	var on bool
+	n.ns.MustDo(t, func() error {
+		_, exists, err := readMasq()
+		on = exists
+		return err
+	})
+	return on
+}
+
+func TestModes(t *testing.T) {
+	c := newTestCluster(t, AttachAuto)
+	c.openAll(t)
+	a, b := c.nodes[0], c.nodes[1]
+	for _, n := range c.nodes {
+		n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{}))
+	}
+	if !reach(t, a.pod, b.podIP, reachTimeout) {
+		t.Fatal("vxlan: no path")
+	}
+
+	t.Run("vxlan to native with masquerade", func(t *testing.T) {
+		for _, n := range c.nodes {
+			rep := n.sync(c.nativeWant(n, true))
+			t.Logf("node %d: %+v", n.idx, rep)
+			devs, devRoutes, entries, pins := weftLeftovers(t, n)
+			if len(devs)+devRoutes+entries+pins != 0 {
+				t.Fatalf("node %d keeps overlay state: devices %v, device routes %d, map entries %d, link pins %d", n.idx, devs, devRoutes, entries, pins)
+			}
+			if !masqTable(t, n) {
+				t.Fatalf("node %d: no nftables table %s", n.idx, NFTable)
+			}
+			var rs map[netip.Prefix]kroute
+			n.ns.MustDo(t, func() error {
+				var err error
+				rs, err = listRoutes()
+				return err
+			})
+			p := c.peer(n)
+			if r := rs[p.podCIDR]; r.Via != p.under || r.Proto != RouteProtocol {
+				t.Fatalf("node %d: direct route %v", n.idx, rs)
+			}
+		}
+		c0 := a.counters()
+		checkNative(t, c)
+		if c1 := a.counters(); c1.TxPackets != c0.TxPackets || c1.RxPackets != c0.RxPackets {
+			t.Fatalf("BPF counters moved in native mode: %+v -> %+v", c0, c1)
+		}
+		// Masquerade: a pod reaching a host on the underlay shows up with
+		// the node's address; a pod reaching a pod keeps its own.
+		if src := udpSource(t, a.pod, b.ns, b.under); src != a.under {
+			t.Fatalf("pod to underlay host seen from %s, want the node's %s", src, a.under)
+		}
+		if src := udpSource(t, a.pod, b.pod, b.podIP); src != a.podIP {
+			t.Fatalf("pod to pod seen from %s, want %s", src, a.podIP)
+		}
+		if src := udpSource(t, a.pod, b.ns, b.under6); src != a.under6 {
+			t.Fatalf("pod to IPv6 underlay host seen from %s, want %s", src, a.under6)
+		}
+	})
+
+	t.Run("masquerade off", func(t *testing.T) {
+		a.sync(c.nativeWant(a, false))
+		if masqTable(t, a) {
+			t.Fatal("nftables table still present")
+		}
+		// Without masquerade node 2 sees the pod address (and has a route back).
+		if src := udpSource(t, a.pod, b.ns, b.under); src != a.podIP {
+			t.Fatalf("seen from %s, want the pod's %s", src, a.podIP)
+		}
+	})
+
+	t.Run("native back to vxlan", func(t *testing.T) {
+		for _, n := range c.nodes {
+			n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{}))
+			var rs map[netip.Prefix]kroute
+			n.ns.MustDo(t, func() error {
+				var err error
+				rs, err = listRoutes()
+				return err
+			})
+			for _, r := range rs {
+				if r.Via.IsValid() {
+					t.Fatalf("node %d keeps direct route %s", n.idx, r)
+				}
+			}
+			if masqTable(t, n) {
+				t.Fatalf("node %d keeps the nftables table", n.idx)
+			}
+		}
+		checkPath(t, c)
+	})
+
+	t.Run("hybrid", func(t *testing.T) {
+		// Both nodes route IPv4 pods directly (adjacent) and tunnel IPv6.
+		for _, n := range c.nodes {
+			p := c.peer(n)
+			w := c.overlayWant(n, spec.ModeHybrid, netip.Addr{})
+			w.Overlay.Kind = spec.ModeVXLAN
+			w.Tunnels = []spec.Tunnel{{Prefix: p.podCIDR6, Endpoint: p.under, VNI: 1}}
+			w.Routes = []spec.Route{{Prefix: p.podCIDR, Via: p.under}}
+			n.sync(w)
+		}
+		c0 := a.counters()
+		if !reach(t, a.pod, b.podIP, reachTimeout) {
+			t.Fatal("hybrid: no direct IPv4 path")
+		}
+		c1 := a.counters()
+		if c1.TxPackets != c0.TxPackets {
+			t.Fatalf("IPv4 took the tunnel: %+v -> %+v", c0, c1)
+		}
+		if !reach(t, a.pod, b.podIP6, reachTimeout) {
+			t.Fatal("hybrid: no tunnelled IPv6 path")
+		}
+		if c2 := a.counters(); c2.TxPackets == c1.TxPackets {
+			t.Fatalf("IPv6 did not take the tunnel: %+v -> %+v", c1, c2)
+		}
+		for _, n := range c.nodes {
+			n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{}))
+		}
+	})
+
+	t.Run("vxlan to geneve fails cleanly", func(t *testing.T) {
+		var err error
+		a.ns.MustDo(t, func() error {
+			_, err = a.dp.Sync(t.Context(), c.overlayWant(a, spec.ModeGeneve, netip.Addr{}))
+			return nil
+		})
+		if err == nil {
+			t.Skip("kernel has CONFIG_GENEVE: the failure path cannot be exercised here")
+		}
+		if !errors.Is(err, ErrNoGeneve) {
+			t.Fatalf("error %v does not wrap ErrNoGeneve", err)
+		}
+		t.Logf("error: %v", err)
+		// The node keeps its VXLAN datapath intact.
+		devs, devRoutes, entries, pins := weftLeftovers(t, a)
+		if len(devs) != 1 || devs[0] != spec.VXLANDevice || devRoutes != 2 || entries != 2 || pins != 2 {
+			t.Fatalf("after failed switch: devices %v, device routes %d, entries %d, link pins %d", devs, devRoutes, entries, pins)
+		}
+		if !reach(t, a.pod, b.podIP, reachTimeout) {
+			t.Fatal("vxlan path broken by the failed switch")
+		}
+	})
+
+	t.Run("teardown leaves nothing", func(t *testing.T) {
+		a.sync(c.nativeWant(a, true)) // a table, direct routes
+		for _, n := range c.nodes {
+			n.ns.MustDo(t, func() error { return n.dp.Teardown() })
+			var after string
+			n.ns.MustDo(t, func() error { after = snapshot(); return nil })
+			if after != n.before {
+				t.Fatalf("node %d after teardown:\n%s\nbefore:\n%s", n.idx, after, n.before)
+			}
+			if _, err := os.Stat(n.cfg.PinDir); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("pin dir %s still there: %v", n.cfg.PinDir, err)
+			}
+			n.dp = nil
+		}
+	})
+}
+
+// checkNative asserts pod-to-pod ICMP both ways and TCP without the tunnel.
+func checkNative(t *testing.T, c *testCluster) {
+	t.Helper()
+	a, b := c.nodes[0], c.nodes[1]
+	for _, pair := range [][2]*testNode{{a, b}, {b, a}} {
+		for _, dst := range []netip.Addr{pair[1].podIP, pair[1].podIP6} {
+			if !reach(t, pair[0].pod, dst, reachTimeout) {
+				t.Fatalf("native: pod %d cannot reach %s", pair[0].idx, dst)
+			}
+		}
+	}
+	tcpEcho(t, a.pod, b.pod, b.podIP, 256<<10)
+	_ = time.Second
+}
+
+func TestGeneve(t *testing.T) {
+	c := newTestCluster(t, AttachAuto)
+	c.openAll(t)
+	var err error
+	a := c.nodes[0]
+	a.ns.MustDo(t, func() error {
+		_, err = a.dp.Sync(t.Context(), c.overlayWant(a, spec.ModeGeneve, netip.Addr{}))
+		return nil
+	})
+	if errors.Is(err, ErrNoGeneve) {
+		t.Skipf("kernel lacks CONFIG_GENEVE: %v", err)
+	}
+	must(t, err)
+	c.nodes[1].sync(c.overlayWant(c.nodes[1], spec.ModeGeneve, netip.Addr{}))
+	checkPath(t, c)
+}
+
+func TestAttachTCFallback(t *testing.T) {
+	c := newTestCluster(t, AttachTC)
+	c.openAll(t)
+	for _, n := range c.nodes {
+		n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{}))
+	}
+	checkPath(t, c)
+	a := c.nodes[0]
+	// Attach twice, and reopen: still one filter per direction.
+	a.ns.MustDo(t, func() error {
+		dev, err := readDevice(spec.VXLANDevice)
+		if err != nil {
+			return err
+		}
+		if err := a.dp.attach(dev.Index); err != nil {
+			return err
+		}
+		must(t, a.dp.Close())
+		d, err := Open(a.cfg)
+		if err != nil {
+			return err
+		}
+		a.dp = d
+		l, err := netlink.LinkByIndex(dev.Index)
+		if err != nil {
+			return err
+		}
+		for _, dir := range []direction{dirEgress, dirIngress} {
+			fs, err := netlink.FilterList(l, dir.parent)
+			if err != nil {
+				return err
+			}
+			if len(fs) != 1 {
+				t.Errorf("%s: %d filters", dir.name, len(fs))
+			}
+			if ok, err := a.dp.attached(dev.Index); err != nil || !ok {
+				t.Errorf("reopened programs not attached: %v", err)
+			}
+		}
+		// No tcx programs were used.
+		if _, err := os.Stat(a.cfg.PinDir + "/" + dirEgress.name); err == nil {
+			t.Error("tc mode pinned a tcx link")
+		}
+		return nil
+	})
+	checkPath(t, c)
+}
