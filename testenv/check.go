@@ -541,3 +541,51 @@ func (s *Stream) Snapshot() Stats {
 	defer s.mu.Unlock()
 	return Stats{Sent: s.sent, Received: s.received, Lost: len(s.lost)}
 }
+
+// WhoamiPort is the port of the "whoami" TCP server: it writes the source
+// address it sees and closes (to check masquerading).
+const WhoamiPort = 7778
+
+// StartWhoami starts a whoami server inside the named namespace; close the
+// listener to stop it.
+func StartWhoami(ns string) (net.Listener, error) {
+	var l net.Listener
+	err := InNS(ns, func() error {
+		var err error
+		l, err = net.Listen("tcp4", fmt.Sprintf(":%d", WhoamiPort))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start whoami in %s: %w", ns, err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+			c.Write([]byte(ap.Addr().Unmap().String()))
+			c.Close()
+		}
+	}()
+	return l, nil
+}
+
+// Whoami connects from namespace ns to dst's whoami server and returns the
+// source address dst saw.
+func Whoami(ctx context.Context, ns string, dst netip.Addr) (netip.Addr, error) {
+	c, err := dialIn(ctx, ns, "tcp4", netip.AddrPortFrom(dst, WhoamiPort).String())
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("whoami %s→%s: %w", ns, dst, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("whoami %s→%s: %w", ns, dst, err)
+	}
+	return netip.ParseAddr(string(b))
+}

@@ -865,3 +865,33 @@ func waitGone(pid int, d time.Duration) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// AddRoute adds (replaces) a route dst via gw in namespace ns, e.g. the
+// pod CIDRs on the router in gateway mode.
+func AddRoute(ns string, dst netip.Prefix, gw netip.Addr) error {
+	return withHandle(ns, func(h *netlink.Handle) error {
+		r := &netlink.Route{Dst: prefixNet(dst), Gw: net.IP(gw.AsSlice())}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("route %s via %s in %s: %w", dst, gw, ns, err)
+		}
+		return nil
+	})
+}
+
+// DelRoute removes the route to dst in namespace ns (missing is fine).
+func DelRoute(ns string, dst netip.Prefix) error {
+	return withHandle(ns, func(h *netlink.Handle) error {
+		err := h.RouteDel(&netlink.Route{Dst: prefixNet(dst)})
+		if err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("delete route %s in %s: %w", dst, ns, err)
+		}
+		return nil
+	})
+}
+
+// RouterIP is the router's address on segment s (two-segment underlays).
+func RouterIP(s int) netip.Addr { return routerIP(s) }
+
+// CtlIP is the control namespace's underlay address: a host on the
+// underlay that is not a node (for masquerade checks).
+func CtlIP() netip.Addr { return netip.MustParseAddr(ctlIP) }

@@ -481,3 +481,86 @@ func parseURLs(s string) ([]url.URL, error) {
 	}
 	return out, nil
 }
+
+// Config reads the cluster config in force.
+func (c *Cluster) Config(ctx context.Context) (*weftv1.ClusterConfig, error) {
+	cl, err := c.Client()
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	r, err := cl.Get(ctx, keys.New(weftPrefix).Config())
+	if err != nil {
+		return nil, fmt.Errorf("get config: %w", err)
+	}
+	if len(r.Kvs) == 0 {
+		return nil, errors.New("get config: none in force")
+	}
+	return keys.DecodeConfig(r.Kvs[0].Value)
+}
+
+// SetConfig changes the cluster config the way an operator does: it reads
+// the config in force, lets mutate change it, and hands the result to
+// `weftctl config set FILE`. It returns once the controller has put it in
+// force (or refused it: the error then carries the reason).
+func (c *Cluster) SetConfig(ctx context.Context, mutate func(*weftv1.ClusterConfig)) error {
+	cfg, err := c.Config(ctx)
+	if err != nil {
+		return err
+	}
+	mutate(cfg)
+	want := keys.Encode(cfg)
+	f, err := os.CreateTemp(c.RunDir, "config-*.json")
+	if err != nil {
+		return fmt.Errorf("set config: %w", err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(want); err != nil {
+		f.Close()
+		return fmt.Errorf("set config: %w", err)
+	}
+	f.Close()
+	if out, err := c.Weftctl(ctx, "config", "set", f.Name()); err != nil {
+		return fmt.Errorf("set config: %w (%s)", err, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := c.Config(ctx)
+		if err == nil && matches(cfg, got) {
+			return nil
+		}
+		if st, serr := c.desiredStatus(ctx); serr == nil && st != nil && !st.GetAccepted() && st.GetReason() != "" {
+			return fmt.Errorf("set config: refused: %s", st.GetReason())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("set config: not in force after 30s (in force: %s)", keys.EncodeString(got))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// matches reports whether every field set in want has that value in got
+// (the controller may fill defaults and bump bookkeeping fields).
+func matches(want, got *weftv1.ClusterConfig) bool {
+	if got == nil {
+		return false
+	}
+	return want.GetBackend() == got.GetBackend() && want.GetMtu() == got.GetMtu() &&
+		want.GetAutoDirectNodeRoutes() == got.GetAutoDirectNodeRoutes() &&
+		want.GetMasquerade() == got.GetMasquerade() &&
+		want.GetNativeRoutingCidr() == got.GetNativeRoutingCidr() &&
+		want.GetNodeGraceSeconds() == got.GetNodeGraceSeconds()
+}
+
+func (c *Cluster) desiredStatus(ctx context.Context) (*weftv1.ConfigStatus, error) {
+	cl, err := c.Client()
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	r, err := cl.Get(ctx, keys.New(weftPrefix).DesiredStatus())
+	if err != nil || len(r.Kvs) == 0 {
+		return nil, err
+	}
+	return keys.DecodeConfigStatus(r.Kvs[0].Value)
+}

@@ -1,0 +1,257 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/bpf/spec"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv"
+)
+
+// TestNativeRouting switches one cluster live between the modes (issue 6)
+// on a two-segment underlay: nodes 0 and 2 on segment 0, nodes 1 and 3 on
+// segment 1, one router between them.
+func TestNativeRouting(t *testing.T) {
+	c := start(t, testenv.Options{Nodes: 4, PodsPerNode: 1, Segments: 2, Backend: "vxlan", Reconcile: "2s"})
+	ctx := context.Background()
+	nodes := c.Nodes()
+	podCIDR := map[string]netip.Prefix{}
+	for _, n := range nodes {
+		s, err := testenv.ReadSubnetEnv(n.SubnetFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		podCIDR[n.Name] = s.Subnet.Masked()
+	}
+	adjacent := func(a, b *testenv.Node) bool { return a.Segment == b.Segment }
+	pod := func(n *testenv.Node) *testenv.Pod { return n.Pods[0] }
+	direct := func(n, peer *testenv.Node) string {
+		return fmt.Sprintf("%s via %s dev %s", podCIDR[peer.Name], peer.UnderlayIP, n.Iface)
+	}
+	switchTo := func(t *testing.T, mode string, mutate func(*weftv1.ClusterConfig)) {
+		t.Helper()
+		begin := time.Now()
+		err := c.SetConfig(ctx, func(cfg *weftv1.ClusterConfig) {
+			cfg.Backend = mode
+			if mutate != nil {
+				mutate(cfg)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "every node in mode "+mode, func() (bool, string) {
+			if ok, why, err := c.Converged(ctx); !ok {
+				return false, fmt.Sprint(why, err)
+			}
+			for _, n := range nodes {
+				st, err := c.Status(ctx, n.Name)
+				if err != nil || st == nil || st.GetMode() != mode {
+					return false, fmt.Sprintf("%s mode %q, err %v", n.Name, st.GetMode(), err)
+				}
+			}
+			return true, ""
+		})
+		t.Logf("switched to %s: every node converged %v after config set", mode, time.Since(begin))
+	}
+	vxlanTx := func(t *testing.T) map[string]float64 {
+		out := map[string]float64{}
+		for _, n := range nodes {
+			tx, _ := counters(t, ctx, c, n)
+			out[n.Name] = tx
+		}
+		return out
+	}
+	routes := func(t *testing.T, n *testenv.Node) []string {
+		rs, err := testenv.Routes(n.NS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	hasRoute := func(rs []string, r string) bool {
+		for _, x := range rs {
+			if x == r {
+				return true
+			}
+		}
+		return false
+	}
+	hasDevice := func(t *testing.T, n *testenv.Node, dev string) bool {
+		ls, err := testenv.Links(n.NS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range ls {
+			if l == dev {
+				return true
+			}
+		}
+		return false
+	}
+
+	t.Run("Native", func(t *testing.T) {
+		switchTo(t, "native", func(cfg *weftv1.ClusterConfig) { cfg.AutoDirectNodeRoutes = true })
+		before := vxlanTx(t)
+		var same []testenv.Target
+		for _, n := range nodes {
+			same = append(same, pod(n).Target())
+		}
+		seg := map[string]int{}
+		for _, n := range nodes {
+			seg[pod(n).NS] = n.Segment
+		}
+		m := testenv.CheckAll(ctx, same, func(f, to testenv.Target) bool { return seg[f.NS] != seg[to.NS] })
+		if len(m.Results) != 4 || len(m.Failed()) > 0 {
+			t.Fatalf("same-segment pairs in native mode:\n%s", m)
+		}
+		after := vxlanTx(t)
+		for _, n := range nodes {
+			if after[n.Name] != before[n.Name] {
+				t.Errorf("%s: overlay tx counter moved %v→%v in native mode", n.Name, before[n.Name], after[n.Name])
+			}
+			rs := routes(t, n)
+			for _, peer := range nodes {
+				if peer == n {
+					continue
+				}
+				if adjacent(n, peer) != hasRoute(rs, direct(n, peer)) {
+					t.Errorf("%s: direct route to %s (adjacent %v) wrong; routes %v", n.Name, peer.Name, adjacent(n, peer), rs)
+				}
+			}
+			if hasDevice(t, n, spec.VXLANDevice) {
+				t.Errorf("%s: %s left over in native mode", n.Name, spec.VXLANDevice)
+			}
+			// The peers on the other segment are reported, not routed.
+			st, err := c.Status(ctx, n.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reported := map[string]string{}
+			for _, p := range st.GetPeerProblems() {
+				reported[p.GetNode()] = p.GetReason()
+			}
+			for _, peer := range nodes {
+				if peer != n && !adjacent(n, peer) && reported[peer.Name] == "" {
+					t.Errorf("%s: non-adjacent %s not reported in status (peer problems %v)", n.Name, peer.Name, st.GetPeerProblems())
+				}
+			}
+		}
+	})
+
+	t.Run("Hybrid", func(t *testing.T) {
+		switchTo(t, "hybrid", nil)
+		m := requireAllPairs(t, ctx, c)
+		_ = m
+		for _, n := range nodes {
+			rs := routes(t, n)
+			for _, peer := range nodes {
+				if peer != n && adjacent(n, peer) != hasRoute(rs, direct(n, peer)) {
+					t.Errorf("%s: direct route to %s (adjacent %v) wrong; routes %v", n.Name, peer.Name, adjacent(n, peer), rs)
+				}
+			}
+			if !hasDevice(t, n, spec.VXLANDevice) {
+				t.Errorf("%s: no %s in hybrid mode (needed for the other segment)", n.Name, spec.VXLANDevice)
+			}
+		}
+		// Adjacent pairs go unencapsulated: the overlay counters do not move.
+		before := vxlanTx(t)
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := testenv.CheckTCP(cctx, pod(nodes[0]).NS, pod(nodes[2]).Addr); err != nil {
+			t.Fatal(err)
+		}
+		after := vxlanTx(t)
+		if after[nodes[0].Name] != before[nodes[0].Name] {
+			t.Errorf("adjacent pair n0→n2 was encapsulated in hybrid mode (tx %v→%v)", before[nodes[0].Name], after[nodes[0].Name])
+		}
+	})
+
+	t.Run("Masquerade", func(t *testing.T) {
+		// Still hybrid, masquerade on: a pod reaching a host on the underlay
+		// (the control namespace) is seen with its node's IP; a pod reaching
+		// another pod keeps its own address.
+		switchTo(t, "hybrid", func(cfg *weftv1.ClusterConfig) { cfg.Masquerade = true })
+		host, err := testenv.StartWhoami(c.CtlNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer host.Close()
+		peer, err := testenv.StartWhoami(pod(nodes[2]).NS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer peer.Close()
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		src := pod(nodes[0])
+		seen, err := testenv.Whoami(cctx, src.NS, testenv.CtlIP())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen != nodes[0].UnderlayIP {
+			t.Errorf("underlay host saw pod %s as %s, want the node's %s", src.Addr, seen, nodes[0].UnderlayIP)
+		}
+		seen, err = testenv.Whoami(cctx, src.NS, pod(nodes[2]).Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen != src.Addr {
+			t.Errorf("pod saw pod %s as %s, want its own address", src.Addr, seen)
+		}
+	})
+
+	t.Run("Gateway", func(t *testing.T) {
+		switchTo(t, "gateway", func(cfg *weftv1.ClusterConfig) { cfg.Masquerade = false })
+		// The network's router knows the pod CIDRs; the nodes send pod
+		// traffic to it (the role of their default gateway).
+		cluster := netip.MustParsePrefix(c.Opts.ClusterCIDR)
+		for _, n := range nodes {
+			if err := testenv.AddRoute(c.RouterNS, podCIDR[n.Name], n.UnderlayIP); err != nil {
+				t.Fatal(err)
+			}
+			if err := testenv.AddRoute(n.NS, cluster, testenv.RouterIP(n.Segment)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		defer func() {
+			for _, n := range nodes {
+				testenv.DelRoute(c.RouterNS, podCIDR[n.Name])
+				testenv.DelRoute(n.NS, cluster)
+			}
+		}()
+		for _, n := range nodes {
+			rs := routes(t, n)
+			for _, peer := range nodes {
+				if peer != n && hasRoute(rs, direct(n, peer)) {
+					t.Errorf("%s: weft route %s in gateway mode", n.Name, direct(n, peer))
+				}
+			}
+			if hasDevice(t, n, spec.VXLANDevice) {
+				t.Errorf("%s: %s left over in gateway mode", n.Name, spec.VXLANDevice)
+			}
+		}
+		requireAllPairs(t, ctx, c)
+	})
+
+	t.Run("BackToVXLAN", func(t *testing.T) {
+		switchTo(t, "vxlan", nil)
+		for _, n := range nodes {
+			rs := routes(t, n)
+			for _, r := range rs {
+				if strings.Contains(r, "via 10.99.") && !strings.HasPrefix(r, "10.99.0.0/16") {
+					t.Errorf("%s: route %q of a native mode left behind", n.Name, r)
+				}
+			}
+			if !hasDevice(t, n, spec.VXLANDevice) {
+				t.Errorf("%s: no %s after switching back", n.Name, spec.VXLANDevice)
+			}
+		}
+		requireAllPairs(t, ctx, c)
+	})
+}
