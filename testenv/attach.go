@@ -251,6 +251,9 @@ func (NetlinkAttacher) Attach(ctx context.Context, nodeNS, podNS, podName, subne
 // Detach implements PodAttacher.
 func (NetlinkAttacher) Detach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) error {
 	release(subnetFile, podName)
+	if _, err := os.Stat(nsPath(nodeNS)); errors.Is(err, os.ErrNotExist) {
+		return nil // the node is gone, and its links with it
+	}
 	err := withHandle(nodeNS, func(h *netlink.Handle) error {
 		if l, err := h.LinkByName(hostVeth(podName)); err == nil {
 			return h.LinkDel(l)

@@ -192,9 +192,13 @@ func TestDownRemovesCrashedRun(t *testing.T) {
 	if !p.Wait(5 * time.Second) {
 		t.Fatalf("process %d still running after down", pid)
 	}
-	// A second Down finds nothing and does not fail.
+	// A second Down finds nothing and does not fail, and neither does
+	// closing the abandoned cluster object (which stops its echo servers).
 	if err := Down(prefix); err != nil {
 		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("close after down: %v", err)
 	}
 }
 
