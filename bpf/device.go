@@ -108,6 +108,9 @@ func createDevice(o *spec.Overlay, old *devState) (*devState, error) {
 // names each change.
 func adjustDevice(d *devState, o *spec.Overlay) ([]string, error) {
 	var fixed []string
+	if d.MTU == o.MTU && d.NoARP && d.Up {
+		return nil, nil
+	}
 	l, err := netlink.LinkByIndex(d.Index)
 	if err != nil {
 		return nil, fmt.Errorf("read link %s: %w", d.Name, err)

@@ -2,11 +2,14 @@ package bpf
 
 import (
 	"encoding/binary"
+	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf/btf"
+	"pgregory.net/rapid"
 
 	"github.com/weftnet/weft/bpf/spec"
 )
@@ -91,12 +94,9 @@ func tun(p, ep string, vni uint32) spec.Tunnel {
 }
 
 func TestDiffTunnels(t *testing.T) {
-	have := map[netip.Prefix]spec.Tunnel{}
-	for _, x := range []spec.Tunnel{tun("10.244.1.0/24", "192.168.0.1", 1), tun("10.244.2.0/24", "192.168.0.2", 1), tun("10.244.3.0/24", "192.168.0.3", 1)} {
-		have[x.Prefix] = x
-	}
-	want := []spec.Tunnel{tun("10.244.1.0/24", "192.168.0.1", 1), tun("10.244.2.0/24", "192.168.0.9", 1), tun("10.244.4.0/24", "192.168.0.4", 1)}
-	d := diffTunnels(have, want)
+	have := []spec.Tunnel{tun("10.244.1.0/24", "192.168.0.1", 1), tun("10.244.2.0/24", "192.168.0.2", 1), tun("10.244.3.0/24", "192.168.0.3", 1)}
+	want := []spec.Tunnel{tun("10.244.4.0/24", "192.168.0.4", 1), tun("10.244.1.0/24", "192.168.0.1", 1), tun("10.244.2.0/24", "192.168.0.9", 1)}
+	d, next := diffTunnels(slices.Clone(have), want)
 	if len(d.Add) != 1 || d.Add[0].Prefix.String() != "10.244.4.0/24" {
 		t.Errorf("add %v", d.Add)
 	}
@@ -106,16 +106,81 @@ func TestDiffTunnels(t *testing.T) {
 	if len(d.Delete) != 1 || d.Delete[0].String() != "10.244.3.0/24" {
 		t.Errorf("delete %v", d.Delete)
 	}
-	d.apply(have)
-	if again := diffTunnels(have, want); !again.empty() {
+	if again, _ := diffTunnels(next, want); !again.empty() {
 		t.Errorf("diff after apply not empty: %+v", again)
 	}
+	// Fast path: same prefixes, one endpoint changed, updated in place.
+	w2 := slices.Clone(next)
+	w2[1].Endpoint = netip.MustParseAddr("192.168.0.77")
+	d, next2 := diffTunnels(next, w2)
+	if len(d.Update) != 1 || len(d.Add)+len(d.Delete) != 0 || !slices.Equal(next2, w2) {
+		t.Errorf("fast path %+v -> %v", d, next2)
+	}
+	// Duplicates in want: the last one wins.
+	dup := []spec.Tunnel{tun("10.244.1.0/24", "192.168.0.1", 1), tun("10.244.1.0/24", "192.168.0.5", 1)}
+	d, next = diffTunnels(nil, dup)
+	if len(d.Add) != 1 || d.Add[0].Endpoint.String() != "192.168.0.5" || len(next) != 1 {
+		t.Errorf("duplicates %+v %v", d, next)
+	}
+	// Removing everything.
+	if d, next := diffTunnels(have, nil); len(d.Delete) != 3 || len(next) != 0 {
+		t.Errorf("remove all %+v", d)
+	}
 	// Flags given by the caller for the endpoint family do not cause churn.
-	w2 := []spec.Tunnel{{Prefix: netip.MustParsePrefix("10.244.1.0/24"), Endpoint: netip.MustParseAddr("192.168.0.1"), VNI: 1, Flags: spec.FlagIPv6Endpoint}}
-	h2 := map[netip.Prefix]spec.Tunnel{w2[0].Prefix: tun("10.244.1.0/24", "192.168.0.1", 1)}
-	if d := diffTunnels(h2, w2); !d.empty() {
+	w3 := []spec.Tunnel{{Prefix: netip.MustParsePrefix("10.244.1.0/24"), Endpoint: netip.MustParseAddr("192.168.0.1"), VNI: 1, Flags: spec.FlagIPv6Endpoint}}
+	if d, _ := diffTunnels([]spec.Tunnel{tun("10.244.1.0/24", "192.168.0.1", 1)}, w3); !d.empty() {
 		t.Errorf("flag-only difference causes a write: %+v", d)
 	}
+}
+
+// TestDiffTunnelsModel checks diffTunnels against a map-based model on
+// random inputs.
+func TestDiffTunnelsModel(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		gen := rapid.SliceOf(rapid.Custom(func(rt *rapid.T) spec.Tunnel {
+			return tun(fmt.Sprintf("10.%d.0.0/16", rapid.IntRange(0, 20).Draw(rt, "p")),
+				fmt.Sprintf("192.168.0.%d", rapid.IntRange(1, 3).Draw(rt, "e")), uint32(rapid.IntRange(1, 2).Draw(rt, "v")))
+		}))
+		m := map[netip.Prefix]spec.Tunnel{}
+		for _, x := range gen.Draw(rt, "have") {
+			m[x.Prefix] = x
+		}
+		have := sortedTunnels(m)
+		want := gen.Draw(rt, "want")
+		if rapid.Bool().Draw(rt, "sameprefixes") {
+			want = slices.Clone(have)
+			for i := range want {
+				want[i].VNI = uint32(rapid.IntRange(1, 2).Draw(rt, "nv"))
+			}
+		}
+		wm := map[netip.Prefix]spec.Tunnel{}
+		for _, x := range want {
+			wm[x.Prefix] = x
+		}
+		before := maps.Clone(m)
+		d, next := diffTunnels(have, want)
+		for _, x := range d.Add {
+			if _, ok := before[x.Prefix]; ok {
+				rt.Fatalf("add of present %v", x)
+			}
+			m[x.Prefix] = x
+		}
+		for _, x := range d.Update {
+			if old, ok := before[x.Prefix]; !ok || old == x {
+				rt.Fatalf("bad update %v", x)
+			}
+			m[x.Prefix] = x
+		}
+		for _, p := range d.Delete {
+			delete(m, p)
+		}
+		if !maps.Equal(m, wm) {
+			rt.Fatalf("applied %v, want %v", m, wm)
+		}
+		if !slices.Equal(next, sortedTunnels(wm)) {
+			rt.Fatalf("next %v, want %v", next, sortedTunnels(wm))
+		}
+	})
 }
 
 func TestDesiredRoutesAndDiff(t *testing.T) {

@@ -19,7 +19,7 @@ import (
 type kstate struct {
 	devs     map[string]*devState // weft overlay devices by name
 	attached bool                 // our programs run on the wanted device
-	tunnels  map[netip.Prefix]spec.Tunnel
+	tunnels  []spec.Tunnel // sorted by prefix
 	routes   map[netip.Prefix]kroute
 	masq     []string // rule descriptions; nil: no table
 	masqOn   bool     // the table exists
@@ -50,7 +50,7 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.tunnels = tunnels
+	s.tunnels = sortedTunnels(tunnels)
 	if s.routes, err = listRoutes(); err != nil {
 		return nil, err
 	}
@@ -267,7 +267,7 @@ func refreshRoutes(have *kstate) error {
 }
 
 func (d *Datapath) convergeTunnels(want *spec.Desired, have *kstate, rec *recorder) error {
-	diff := diffTunnels(have.tunnels, want.Tunnels)
+	diff, next := diffTunnels(have.tunnels, want.Tunnels)
 	if diff.empty() {
 		return nil
 	}
@@ -287,7 +287,7 @@ func (d *Datapath) convergeTunnels(want *spec.Desired, have *kstate, rec *record
 	for _, p := range diff.Delete {
 		rec.note(&rec.rep.Removed, fmt.Sprintf("tunnel %s removed", p))
 	}
-	diff.apply(have.tunnels)
+	have.tunnels = next
 	return nil
 }
 

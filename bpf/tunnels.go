@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/weftnet/weft/bpf/spec"
 )
@@ -66,41 +67,93 @@ type tunnelDiff struct {
 
 func (d tunnelDiff) empty() bool { return len(d.Add)+len(d.Update)+len(d.Delete) == 0 }
 
-// diffTunnels compares the map content have with want. A later entry for
-// the same prefix in want wins.
-func diffTunnels(have map[netip.Prefix]spec.Tunnel, want []spec.Tunnel) tunnelDiff {
-	var d tunnelDiff
-	seen := make(map[netip.Prefix]spec.Tunnel, len(want))
-	for _, t := range want {
-		t = normTunnel(t)
-		seen[t.Prefix] = t
+func cmpPrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
 	}
-	for p, t := range seen {
-		old, ok := have[p]
-		switch {
-		case !ok:
-			d.Add = append(d.Add, t)
-		case old != t:
-			d.Update = append(d.Update, t)
-		}
-	}
-	for p := range have {
-		if _, ok := seen[p]; !ok {
-			d.Delete = append(d.Delete, p)
-		}
-	}
-	return d
+	return a.Bits() - b.Bits()
 }
 
-// apply updates have to reflect d having been written.
-func (d tunnelDiff) apply(have map[netip.Prefix]spec.Tunnel) {
-	for _, t := range d.Add {
-		have[t.Prefix] = t
+// sortedTunnels turns a map into the sorted slice diffTunnels works on.
+func sortedTunnels(m map[netip.Prefix]spec.Tunnel) []spec.Tunnel {
+	out := make([]spec.Tunnel, 0, len(m))
+	for _, t := range m {
+		out = append(out, t)
 	}
-	for _, t := range d.Update {
-		have[t.Prefix] = t
+	slices.SortFunc(out, func(a, b spec.Tunnel) int { return cmpPrefix(a.Prefix, b.Prefix) })
+	return out
+}
+
+// diffTunnels compares the map content have (sorted by prefix, unique)
+// with want and returns the writes plus the content after them. A later
+// entry for the same prefix in want wins.
+//
+// The common case of an agent's Sync (same prefixes, in Normalize order,
+// a few endpoints changed) is one pass without allocation and updates have
+// in place; anything else is a merge of two sorted slices. Neither hashes,
+// so a one-entry change in 50,000 costs a linear scan only.
+func diffTunnels(have, want []spec.Tunnel) (tunnelDiff, []spec.Tunnel) {
+	var d tunnelDiff
+	if len(want) == len(have) {
+		same := true
+		for i := range want {
+			if want[i] == have[i] {
+				continue // have is normalized, so want[i] is too
+			}
+			t := normTunnel(want[i])
+			if t.Prefix != have[i].Prefix {
+				same = false
+				break
+			}
+			if t != have[i] {
+				d.Update = append(d.Update, t)
+			}
+		}
+		if same {
+			if len(d.Update) > 0 {
+				// Apply to a copy only where needed: have is ours.
+				j := 0
+				for i := range have {
+					if j < len(d.Update) && have[i].Prefix == d.Update[j].Prefix {
+						have[i] = d.Update[j]
+						j++
+					}
+				}
+			}
+			return d, have
+		}
+		d.Update = nil
 	}
-	for _, p := range d.Delete {
-		delete(have, p)
+	w := make([]spec.Tunnel, len(want))
+	for i, t := range want {
+		w[i] = normTunnel(t)
 	}
+	slices.SortStableFunc(w, func(a, b spec.Tunnel) int { return cmpPrefix(a.Prefix, b.Prefix) })
+	// Deduplicate, keeping the last entry of each prefix.
+	out := w[:0]
+	for i := range w {
+		if i+1 < len(w) && w[i+1].Prefix == w[i].Prefix {
+			continue
+		}
+		out = append(out, w[i])
+	}
+	w = out
+	i, j := 0, 0
+	for i < len(have) || j < len(w) {
+		switch {
+		case j == len(w) || (i < len(have) && cmpPrefix(have[i].Prefix, w[j].Prefix) < 0):
+			d.Delete = append(d.Delete, have[i].Prefix)
+			i++
+		case i == len(have) || cmpPrefix(have[i].Prefix, w[j].Prefix) > 0:
+			d.Add = append(d.Add, w[j])
+			j++
+		default:
+			if have[i] != w[j] {
+				d.Update = append(d.Update, w[j])
+			}
+			i++
+			j++
+		}
+	}
+	return d, w
 }
