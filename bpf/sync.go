@@ -19,7 +19,7 @@ import (
 type kstate struct {
 	devs     map[string]*devState // weft overlay devices by name
 	attached bool                 // our programs run on the wanted device
-	tunnels  []spec.Tunnel // sorted by prefix
+	tunnels  []spec.Tunnel        // sorted by prefix
 	routes   map[netip.Prefix]kroute
 	masq     []string // rule descriptions; nil: no table
 	masqOn   bool     // the table exists
