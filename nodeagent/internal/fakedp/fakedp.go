@@ -1,0 +1,146 @@
+// Package fakedp is an in-memory datapath for the agent's logic tests and
+// benchmarks: it replaces the kernel at the Sync boundary. Privileged tests
+// use the real package bpf instead.
+package fakedp
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/weftnet/weft/bpf/spec"
+)
+
+// Datapath records what it was asked to hold. Kernel is what it "holds";
+// tests change it to simulate drift, and Reconcile repairs it.
+type Datapath struct {
+	mu       sync.Mutex
+	under    spec.Underlay
+	kernel   *spec.Desired
+	syncs    int
+	failNext error
+	// OnSync, when set, is called after each Sync with the spec synced.
+	OnSync func(*spec.Desired)
+}
+
+// New returns a datapath on underlay u.
+func New(u spec.Underlay) *Datapath { return &Datapath{under: u} }
+
+// Underlay returns the underlay given to New.
+func (d *Datapath) Underlay() (spec.Underlay, error) { return d.under, nil }
+
+// Sync stores want.
+func (d *Datapath) Sync(ctx context.Context, want *spec.Desired) (spec.Report, error) {
+	d.mu.Lock()
+	if err := d.failNext; err != nil {
+		d.failNext = nil
+		d.mu.Unlock()
+		return spec.Report{}, err
+	}
+	rep := diff(d.kernel, want)
+	d.kernel = clone(want)
+	d.syncs++
+	cb := d.OnSync
+	d.mu.Unlock()
+	if cb != nil {
+		cb(want)
+	}
+	return rep, nil
+}
+
+// Reconcile repairs what differs between the held state and want.
+func (d *Datapath) Reconcile(ctx context.Context, want *spec.Desired) (spec.Report, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var rep spec.Report
+	have := map[spec.Tunnel]bool{}
+	if d.kernel != nil {
+		for _, t := range d.kernel.Tunnels {
+			have[t] = true
+		}
+	}
+	for _, t := range want.Tunnels {
+		if !have[t] {
+			rep.Repaired = append(rep.Repaired, fmt.Sprintf("tunnel %s via %s", t.Prefix, t.Endpoint))
+		}
+	}
+	if d.kernel == nil || !slices.Equal(d.kernel.ClusterCIDRs, want.ClusterCIDRs) {
+		for _, c := range want.ClusterCIDRs {
+			rep.Repaired = append(rep.Repaired, fmt.Sprintf("route %s dev %s", c, want.Overlay.DeviceName()))
+		}
+	}
+	d.kernel = clone(want)
+	return rep, nil
+}
+
+// Counters returns fixed counters.
+func (d *Datapath) Counters() (spec.Counters, error) {
+	return spec.Counters{TxPackets: 7, DropSpoofed: 1}, nil
+}
+
+// Kernel returns a copy of what the datapath holds (nil before a Sync).
+func (d *Datapath) Kernel() *spec.Desired {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return clone(d.kernel)
+}
+
+// Mutate changes the held state in place, as drift would.
+func (d *Datapath) Mutate(fn func(*spec.Desired)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	fn(d.kernel)
+}
+
+// Syncs is the number of successful Sync calls.
+func (d *Datapath) Syncs() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.syncs
+}
+
+// FailNextSync makes the next Sync return err.
+func (d *Datapath) FailNextSync(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.failNext = err
+}
+
+func clone(d *spec.Desired) *spec.Desired {
+	if d == nil {
+		return nil
+	}
+	c := *d
+	c.ClusterCIDRs = slices.Clone(d.ClusterCIDRs)
+	c.LocalPodCIDRs = slices.Clone(d.LocalPodCIDRs)
+	c.Tunnels = slices.Clone(d.Tunnels)
+	c.Routes = slices.Clone(d.Routes)
+	if d.Overlay != nil {
+		o := *d.Overlay
+		c.Overlay = &o
+	}
+	if d.Masquerade != nil {
+		c.Masquerade = &spec.Masquerade{PodCIDRs: slices.Clone(d.Masquerade.PodCIDRs), NativeCIDRs: slices.Clone(d.Masquerade.NativeCIDRs)}
+	}
+	return &c
+}
+
+func diff(old, want *spec.Desired) spec.Report {
+	var rep spec.Report
+	have := map[spec.Tunnel]bool{}
+	if old != nil {
+		for _, t := range old.Tunnels {
+			have[t] = true
+		}
+	}
+	for _, t := range want.Tunnels {
+		if have[t] {
+			delete(have, t)
+		} else {
+			rep.Added++
+		}
+	}
+	rep.Removed = len(have)
+	return rep
+}

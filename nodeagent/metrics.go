@@ -1,0 +1,115 @@
+package nodeagent
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/weftnet/weft/bpf/spec"
+)
+
+// metrics are the agent's Prometheus metrics, in a registry of its own so
+// that many agents can live in one process (tests, benchmarks).
+type metrics struct {
+	reg           *prometheus.Registry
+	applied       prometheus.Gauge
+	head          prometheus.Gauge
+	eventsApplied prometheus.Counter
+	refused       prometheus.Counter
+	relists       *prometheus.CounterVec
+	syncDuration  *prometheus.HistogramVec
+	repairs       prometheus.Counter
+	degraded      prometheus.Gauge
+	peerProblems  prometheus.Gauge
+	tunnels       prometheus.Gauge
+	routes        prometheus.Gauge
+}
+
+func newMetrics(a *Agent) *metrics {
+	m := &metrics{
+		reg:           prometheus.NewRegistry(),
+		applied:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_applied_seq", Help: "Seq of the last event folded into the model."}),
+		head:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_head_seq", Help: "Highest head seq the agent has seen."}),
+		eventsApplied: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_agent_events_applied_total", Help: "Events applied from the watch."}),
+		refused:       prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_agent_refused_total", Help: "Events and projection values refused (undecodable or invalid)."}),
+		relists:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weft_agent_relists_total", Help: "Lists of the projection, by reason (start, gap, trimmed, compacted, watch_ended)."}, []string{"reason"}),
+		syncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "weft_agent_sync_duration_seconds",
+			Help:    "Duration of datapath Sync and Reconcile calls.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
+		}, []string{"op"}),
+		repairs:      prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_agent_repairs_total", Help: "Pieces of datapath drift repaired by Reconcile."}),
+		degraded:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_degraded", Help: "1 while etcd is unreachable or the datapath does not converge."}),
+		peerProblems: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_peer_problems", Help: "Remote nodes the datapath does not serve in the current mode."}),
+		tunnels:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_tunnel_entries", Help: "Tunnel map entries synced."}),
+		routes:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_route_entries", Help: "Routes synced (cluster routes and direct routes)."}),
+	}
+	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_agent_lag_events", Help: "Events between the head seen and the applied seq."}, func() float64 {
+		st := a.Status()
+		return float64(st.HeadSeq - st.AppliedSeq)
+	})
+	m.reg.MustRegister(m.applied, m.head, m.eventsApplied, m.refused, m.relists, m.syncDuration, m.repairs,
+		m.degraded, m.peerProblems, m.tunnels, m.routes, lag, counterCollector{a.dp})
+	return m
+}
+
+func (m *metrics) entries(d *spec.Desired) {
+	m.tunnels.Set(float64(len(d.Tunnels)))
+	m.routes.Set(float64(len(d.Routes) + len(d.ClusterCIDRs)))
+}
+
+// counterCollector exports the datapath's BPF counters at scrape time.
+type counterCollector struct{ dp Datapath }
+
+var counterDescs = map[string]*prometheus.Desc{
+	"tx_packets": prometheus.NewDesc("weft_datapath_tx_packets_total", "Packets encapsulated by the egress program.", nil, nil),
+	"tx_bytes":   prometheus.NewDesc("weft_datapath_tx_bytes_total", "Bytes encapsulated by the egress program.", nil, nil),
+	"rx_packets": prometheus.NewDesc("weft_datapath_rx_packets_total", "Packets accepted by the ingress program.", nil, nil),
+	"rx_bytes":   prometheus.NewDesc("weft_datapath_rx_bytes_total", "Bytes accepted by the ingress program.", nil, nil),
+	"drops":      prometheus.NewDesc("weft_datapath_drops_total", "Packets dropped by the programs, by reason.", []string{"reason"}, nil),
+}
+
+func (c counterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range counterDescs {
+		ch <- d
+	}
+}
+
+func (c counterCollector) Collect(ch chan<- prometheus.Metric) {
+	s, err := c.dp.Counters()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(counterDescs["tx_packets"], fmt.Errorf("read datapath counters: %w", err))
+		return
+	}
+	cm := func(name string, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(counterDescs[name], prometheus.CounterValue, float64(v), labels...)
+	}
+	cm("tx_packets", s.TxPackets)
+	cm("tx_bytes", s.TxBytes)
+	cm("rx_packets", s.RxPackets)
+	cm("rx_bytes", s.RxBytes)
+	cm("drops", s.DropNoTunnel, "no_tunnel")
+	cm("drops", s.DropSpoofed, "spoofed")
+	cm("drops", s.DropOther, "other")
+}
+
+// Handler serves /metrics (Prometheus) and /healthz: 200 "ok", or 503 with
+// the reasons while etcd is unreachable or the datapath does not converge.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		ok, reasons := a.Health()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "degraded: "+strings.Join(reasons, "; "))
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}

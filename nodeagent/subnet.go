@@ -1,0 +1,88 @@
+package nodeagent
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/weftnet/weft/nodeagent/model"
+)
+
+// subnetEnv renders the node's lease in flannel's subnet.env field names,
+// so tools that read flannel's file (and weft's CNI plugin) work
+// unchanged. FLANNEL_SUBNET is the gateway address (the first address of
+// the pod CIDR) with the pod CIDR's mask, as flannel writes it.
+func subnetEnv(plan model.Plan, backend, clusterV4, clusterV6 string, masq bool) string {
+	v4, v6 := localPrefixes(plan.Desired)
+	var b strings.Builder
+	if v4.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", clusterV4)
+		fmt.Fprintf(&b, "FLANNEL_SUBNET=%s/%d\n", v4.Addr().Next(), v4.Bits())
+	}
+	if v6.IsValid() && clusterV6 != "" {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", clusterV6)
+		fmt.Fprintf(&b, "FLANNEL_IPV6_SUBNET=%s/%d\n", v6.Addr().Next(), v6.Bits())
+	}
+	fmt.Fprintf(&b, "FLANNEL_MTU=%d\n", plan.PodMTU)
+	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%t\n", masq)
+	fmt.Fprintf(&b, "WEFT_BACKEND=%s\n", backend)
+	return b.String()
+}
+
+// writeSubnetEnv writes the subnet file when its content changed, through
+// a temporary file in the same directory and a rename, so a reader sees
+// the old file or the new one, never half of one.
+func (a *Agent) writeSubnetEnv(plan model.Plan) error {
+	if a.cfg.SubnetFile == "" {
+		return nil
+	}
+	a.mu.Lock()
+	cfg := a.state.Config()
+	content := subnetEnv(plan, cfg.Backend, cfg.ClusterCidr, cfg.ClusterCidrV6, cfg.Masquerade)
+	same := content == a.subnetEnv
+	a.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := writeAtomic(a.cfg.SubnetFile, []byte(content)); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.subnetEnv = content
+	a.mu.Unlock()
+	a.log.Info("wrote subnet file", "path", a.cfg.SubnetFile)
+	return nil
+}
+
+func writeAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("create temp file in %s: %w", dir, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	}
+	return nil
+}
