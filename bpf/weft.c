@@ -163,6 +163,9 @@ int weft_egress(struct __sk_buff *skb)
 		__u32 a;
 		__builtin_memcpy(&a, &tv->endpoint[12], 4);
 		tk.remote_ipv4 = bpf_ntohl(a);
+		// No outer UDP checksum on IPv4, as the kernel VXLAN driver does by
+		// default (the inner packet carries its own checksums).
+		flags = BPF_F_ZERO_CSUM_TX;
 	}
 	if (bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), flags) < 0)
 		return drop(REASON_OTHER);
