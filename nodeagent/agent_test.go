@@ -236,7 +236,9 @@ func TestAgentRegistersWaitsConvergesAndReports(t *testing.T) {
 	c3.Backend, c3.AutoDirectNodeRoutes = "native", true
 	h.append(logtest.Config(c3))
 	h.append(logtest.Added("n3", "192.168.9.3", "10.244.3.0/24"))
-	st = h.waitStatus("native", func(st *weftv1.AgentStatus) bool { return st.Mode == "native" && st.AppliedSeq == 6 && len(st.PeerProblems) == 1 })
+	st = h.waitStatus("native", func(st *weftv1.AgentStatus) bool {
+		return st.Mode == "native" && st.AppliedSeq == 6 && len(st.PeerProblems) == 1
+	})
 	k = h.dp.Kernel()
 	if k.Overlay != nil || len(k.Tunnels) != 0 || len(k.Routes) != 1 || k.Routes[0].Via != netip.MustParseAddr("192.168.1.2") {
 		t.Fatalf("native kernel = %s %+v", k, k.Routes)
