@@ -1,0 +1,43 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFlagsEnvAndValidate(t *testing.T) {
+	t.Setenv("WEFT_ETCD_ENDPOINTS", "http://10.0.0.1:2379,http://10.0.0.2:2379")
+	t.Setenv("WEFT_NODE_NAME", "from-env")
+	t.Setenv("WEFT_RECONCILE_INTERVAL", "3s")
+	o, _, err := parse([]string{"--node-name", "from-flag", "--underlay", "eth1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.nodeName != "from-flag" || len(o.endpoints()) != 2 || o.reconcileInterval != 3*time.Second || o.underlay != "eth1" {
+		t.Fatalf("options = %+v", o)
+	}
+	if err := o.check(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][]string{
+		{"--node-name", "a/b"},
+		{"--lease-ttl", "1"},
+		{"--etcd-endpoints", ","},
+		{"--log-level", "loud"},
+		{"--underlay", "not an interface"},
+		{"--etcd-certfile", "x"},
+	} {
+		o, _, err := parse(append([]string{"--node-name", "n1"}, bad...))
+		if err == nil {
+			err = o.check()
+		}
+		if err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(bad[0], "-")) {
+			t.Errorf("%v: err = %v", bad, err)
+		}
+	}
+	t.Setenv("WEFT_LEASE_TTL", "ten")
+	if _, _, err := parse(nil); err == nil || !strings.Contains(err.Error(), "WEFT_LEASE_TTL") {
+		t.Fatalf("bad env: %v", err)
+	}
+}
