@@ -209,6 +209,10 @@ func (s *Speaker) startLocked(ctx context.Context, cfg *Config) error {
 		srv.Stop()
 		return fmt.Errorf("start bgp on port %d: %w", g.ListenPort, err)
 	}
+	if err := exportOnlyLocal(ctx, srv); err != nil {
+		srv.Stop()
+		return err
+	}
 	wctx, cancel := context.WithCancel(context.Background())
 	err := srv.WatchEvent(wctx, &api.WatchEventRequest{
 		Peer:  &api.WatchEventRequest_Peer{},
@@ -415,7 +419,9 @@ func (s *Speaker) notify() {
 // "opensent", "openconfirm"), reason is empty while established and
 // otherwise the last error seen for that peer (a connect error, the
 // NOTIFICATION sent or received, hold timer expiry, a malformed message).
-// advertised and received count prefixes over all address families.
+// advertised counts this speaker's prefixes of the families negotiated with
+// an established peer (only its own are ever exported); received counts
+// the prefixes the peer sent, over all families.
 func (s *Speaker) Sessions() []*weftv1.BGPSession {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -428,8 +434,17 @@ func (s *Speaker) Sessions() []*weftv1.BGPSession {
 		st := p.GetState().GetSessionState()
 		sess := &weftv1.BGPSession{Peer: addr, State: stateName(st)}
 		for _, af := range p.AfiSafis {
-			sess.Advertised += uint32(af.GetState().GetAdvertised())
 			sess.Received += uint32(af.GetState().GetReceived())
+			// GoBGP's own advertised counter ignores the export policy, so
+			// count this speaker's prefixes of each negotiated family.
+			if st == api.PeerState_ESTABLISHED && af.GetState().GetEnabled() {
+				v4 := af.GetState().GetFamily().GetAfi() == api.Family_AFI_IP
+				for p := range s.adv {
+					if p.Addr().Is4() == v4 {
+						sess.Advertised++
+					}
+				}
+			}
 		}
 		if st != api.PeerState_ESTABLISHED {
 			sess.Reason = s.reasons.get(addr)
@@ -516,4 +531,26 @@ func (s *Speaker) stopLocked(ctx context.Context, withdraw bool) error {
 	s.reasons.reset()
 	s.log.Info("speaker stopped", "withdraw", withdraw)
 	return errors.Join(errs...)
+}
+
+// exportOnlyLocal installs the global export policy "weft-own-only": a
+// node advertises its own prefixes and never re-advertises what it learned,
+// so with two routers (or a router and a full mesh) a node is never a
+// transit path.
+func exportOnlyLocal(ctx context.Context, srv *server.BgpServer) error {
+	reject := &api.Actions{RouteAction: api.RouteAction_REJECT}
+	pol := &api.Policy{Name: "weft-own-only", Statements: []*api.Statement{
+		{Name: "weft-no-internal", Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_INTERNAL}, Actions: reject},
+		{Name: "weft-no-external", Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_EXTERNAL}, Actions: reject},
+	}}
+	if err := srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: pol}); err != nil {
+		return fmt.Errorf("add export policy: %w", err)
+	}
+	err := srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+		Name: "global", Direction: api.PolicyDirection_EXPORT, Policies: []*api.Policy{{Name: pol.Name}}, DefaultAction: api.RouteAction_ACCEPT,
+	}})
+	if err != nil {
+		return fmt.Errorf("assign export policy: %w", err)
+	}
+	return nil
 }
