@@ -1,0 +1,354 @@
+// Package kerneltest holds the agent's privileged tests: the agent driving
+// the real datapath (package bpf) in a test network namespace, against a
+// real etcd. They need root and skip without it.
+package kerneltest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/bpf"
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent"
+	"github.com/weftnet/weft/nodeagent/internal/logtest"
+	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv/etcdtest"
+)
+
+func requireRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)")
+	}
+}
+
+func sh(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// newNode makes a network namespace with an underlay device (a veth, with
+// 192.168.50.1/24) and returns its name and a pin directory; both are
+// removed when t ends.
+func newNode(t *testing.T) (ns, pinDir string) {
+	requireRoot(t)
+	prefix := fmt.Sprintf("wa%d", os.Getpid()%100000)
+	ns = prefix + "-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	if len(ns) > 40 {
+		ns = ns[:40]
+	}
+	pinDir = "/sys/fs/bpf/" + ns
+	sh(t, "ip", "netns", "add", ns)
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "del", ns).Run()
+		os.RemoveAll(pinDir)
+	})
+	sh(t, "ip", "-n", ns, "link", "set", "lo", "up")
+	sh(t, "ip", "-n", ns, "link", "add", "ul0", "type", "veth", "peer", "name", "ulpeer")
+	sh(t, "ip", "-n", ns, "link", "set", "ulpeer", "up")
+	sh(t, "ip", "-n", ns, "addr", "add", "192.168.50.1/24", "dev", "ul0")
+	sh(t, "ip", "-n", ns, "link", "set", "ul0", "up")
+	return ns, pinDir
+}
+
+// nsDatapath runs a real *bpf.Datapath on one OS thread inside a test
+// namespace: bpf.Datapath checks every call comes from the namespace it
+// was opened in, and the agent calls from whatever goroutine it likes.
+// The thread is never unlocked, so it dies with its goroutine instead of
+// going back to the pool in a foreign namespace.
+type nsDatapath struct {
+	reqs chan func()
+	dp   *bpf.Datapath
+	mu   sync.Mutex
+	reps []spec.Report
+}
+
+func openIn(t *testing.T, ns string, cfg bpf.Config) *nsDatapath {
+	w := &nsDatapath{reqs: make(chan func())}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		err = unix.Setns(fd, unix.CLONE_NEWNET)
+		unix.Close(fd)
+		if err != nil {
+			errc <- fmt.Errorf("enter %s: %w", ns, err)
+			return
+		}
+		w.dp, err = bpf.Open(cfg)
+		errc <- err
+		if err != nil {
+			return
+		}
+		for fn := range w.reqs {
+			fn()
+		}
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("open datapath in %s: %v", ns, err)
+	}
+	return w
+}
+
+func (w *nsDatapath) do(fn func()) {
+	done := make(chan struct{})
+	w.reqs <- func() { fn(); close(done) }
+	<-done
+}
+
+func (w *nsDatapath) Underlay() (u spec.Underlay, err error) {
+	w.do(func() { u, err = w.dp.Underlay() })
+	return
+}
+
+func (w *nsDatapath) Sync(ctx context.Context, want *spec.Desired) (r spec.Report, err error) {
+	w.do(func() { r, err = w.dp.Sync(ctx, want) })
+	w.mu.Lock()
+	w.reps = append(w.reps, r)
+	w.mu.Unlock()
+	return
+}
+
+func (w *nsDatapath) Reconcile(ctx context.Context, want *spec.Desired) (r spec.Report, err error) {
+	w.do(func() { r, err = w.dp.Reconcile(ctx, want) })
+	return
+}
+
+func (w *nsDatapath) Counters() (c spec.Counters, err error) {
+	w.do(func() { c, err = w.dp.Counters() })
+	return
+}
+
+func (w *nsDatapath) reports() []spec.Report {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]spec.Report(nil), w.reps...)
+}
+
+// Close closes the datapath without tearing anything down.
+func (w *nsDatapath) Close() error {
+	var err error
+	w.do(func() { err = w.dp.Close() })
+	close(w.reqs)
+	return err
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func runAgent(t *testing.T, c *clientv3.Client, dp nodeagent.Datapath, logs *syncBuf) (*nodeagent.Agent, func()) {
+	a, err := nodeagent.New(nodeagent.Config{
+		Client:            c,
+		NodeName:          "n1",
+		Datapath:          dp,
+		LeaseTTL:          3 * time.Second,
+		ReconcileInterval: 150 * time.Millisecond,
+		StatusMinInterval: 10 * time.Millisecond,
+		Logger:            hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+		}
+	}
+	t.Cleanup(stop)
+	return a, stop
+}
+
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var ok bool
+		if ok, last = cond(); ok {
+			return
+		}
+	}
+	t.Fatalf("%s: not reached; last: %s", what, last)
+}
+
+type tunnelKey struct {
+	Prefixlen uint32
+	Addr      [16]byte
+}
+
+func tunnelKeys(t *testing.T, pinDir string) []tunnelKey {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "weft_tunnels"), nil)
+	if err != nil {
+		t.Fatalf("open pinned tunnel map: %v", err)
+	}
+	defer m.Close()
+	var out []tunnelKey
+	var k tunnelKey
+	v := make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, k)
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func deleteTunnel(t *testing.T, pinDir string, k tunnelKey) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "weft_tunnels"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Delete(&k); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
+	ns, pinDir := newNode(t)
+	ctx := context.Background()
+	_, c := etcdtest.New(t)
+	l, err := logtest.New(ctx, c, "/weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []*weftv1.Event{
+		logtest.Config(&weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16"}),
+		logtest.Added("n1", "192.168.50.1", "10.244.1.0/24"),
+		logtest.Added("n2", "192.168.50.2", "10.244.2.0/24"),
+		logtest.Added("n3", "192.168.50.3", "10.244.3.0/24"),
+	} {
+		if _, err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dp := openIn(t, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
+	logs := &syncBuf{}
+	a, stop := runAgent(t, c, dp, logs)
+	eventually(t, "converged", func() (bool, string) {
+		st := a.Status()
+		return st.AppliedSeq == 4 && st.TunnelEntries == 2 && st.Mode == "vxlan" && !st.Degraded, st.String()
+	})
+	route := "10.244.0.0/16 dev weft_vxlan"
+	if out := sh(t, "ip", "-n", ns, "route", "show", "10.244.0.0/16"); !strings.Contains(out, route) {
+		t.Fatalf("no cluster route:\n%s", out)
+	}
+	if mtu := sh(t, "ip", "-n", ns, "-o", "link", "show", "weft_vxlan"); !strings.Contains(mtu, "mtu 1450") {
+		t.Fatalf("device: %s", mtu)
+	}
+	if n := len(tunnelKeys(t, pinDir)); n != 2 {
+		t.Fatalf("tunnel map holds %d entries", n)
+	}
+
+	// Drift 1: the cluster route is deleted behind the agent's back.
+	sh(t, "ip", "-n", ns, "route", "del", "10.244.0.0/16", "dev", "weft_vxlan")
+	eventually(t, "route repaired", func() (bool, string) {
+		out := sh(t, "ip", "-n", ns, "route", "show", "10.244.0.0/16")
+		return strings.Contains(out, route) && strings.Contains(logs.String(), "repaired: route 10.244.0.0/16"), out
+	})
+	// Drift 2: a tunnel map entry disappears.
+	deleteTunnel(t, pinDir, tunnelKeys(t, pinDir)[0])
+	eventually(t, "map entry repaired", func() (bool, string) {
+		return len(tunnelKeys(t, pinDir)) == 2 && strings.Count(logs.String(), "repaired:") >= 2, logs.String()
+	})
+	// Drift 3: the egress program is detached (its tcx link unpinned and
+	// released).
+	lk, err := link.LoadPinnedLink(filepath.Join(pinDir, "link_egress"), nil)
+	if err != nil {
+		t.Skipf("egress not attached through a pinned tcx link (tc fallback?): %v", err)
+	}
+	before := strings.Count(logs.String(), "repaired:")
+	lk.Unpin()
+	lk.Close()
+	eventually(t, "program re-attached", func() (bool, string) {
+		_, err := os.Stat(filepath.Join(pinDir, "link_egress"))
+		return err == nil && strings.Count(logs.String(), "repaired:") > before, logs.String()
+	})
+
+	// Restart without a flush: stop the agent, close the datapath (fds
+	// only), check the kernel kept everything, reopen and let a new agent
+	// converge: it must change nothing.
+	stop()
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(tunnelKeys(t, pinDir)); n != 2 {
+		t.Fatalf("after Close the tunnel map holds %d entries", n)
+	}
+	if out := sh(t, "ip", "-n", ns, "route", "show", "10.244.0.0/16"); !strings.Contains(out, route) {
+		t.Fatalf("route gone after Close:\n%s", out)
+	}
+	dp2 := openIn(t, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
+	defer dp2.Close()
+	if n := len(tunnelKeys(t, pinDir)); n != 2 {
+		t.Fatalf("after re-Open the tunnel map holds %d entries", n)
+	}
+	a2, _ := runAgent(t, c, dp2, logs)
+	eventually(t, "restarted agent converged", func() (bool, string) {
+		st := a2.Status()
+		return st.AppliedSeq == 4 && st.TunnelEntries == 2 && !st.Degraded, st.String()
+	})
+	reps := dp2.reports()
+	if len(reps) != 1 || reps[0].Changed() {
+		t.Fatalf("restart changed the kernel: %+v", reps)
+	}
+
+	// The status key in etcd says the same.
+	r, err := c.Get(ctx, keys.New("").Status("n1"))
+	if err != nil || len(r.Kvs) == 0 {
+		t.Fatal("no status", err)
+	}
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "repaired:") {
+			t.Log(line)
+		}
+	}
+	st, err := keys.DecodeStatus(r.Kvs[0].Value)
+	if err != nil || st.TunnelEntries != 2 || st.Mode != "vxlan" {
+		t.Fatalf("status in etcd = %v (%v)", st, err)
+	}
+}
