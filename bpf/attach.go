@@ -45,7 +45,28 @@ type direction struct {
 var (
 	dirEgress  = direction{"link_egress", ebpf.AttachTCXEgress, uint32(ebpf.AttachTCXEgress), netlink.HANDLE_MIN_EGRESS}
 	dirIngress = direction{"link_ingress", ebpf.AttachTCXIngress, uint32(ebpf.AttachTCXIngress), netlink.HANDLE_MIN_INGRESS}
+	// dirBridge is the fast path on ingress of the pod bridge.
+	dirBridge = direction{"link_bridge", ebpf.AttachTCXIngress, uint32(ebpf.AttachTCXIngress), netlink.HANDLE_MIN_INGRESS}
 )
+
+// detachTCX detaches and removes the link pinned at pinDir/d.name.
+func detachTCX(pinDir string, d direction) error {
+	path := filepath.Join(pinDir, d.name)
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err == nil {
+		// Detach now: dropping the pin alone detaches only after the
+		// bpffs inode is freed, an RCU grace period later.
+		_ = l.Detach()
+		l.Close()
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("unpin %s: %w", path, err)
+	}
+	return nil
+}
 
 // tcxSupported probes for tcx by querying the loopback device.
 func tcxSupported() bool {

@@ -40,7 +40,18 @@ type Config struct {
 	// Attach forces an attachment method (tests use AttachTC to exercise
 	// the fallback); the default picks tcx where the kernel has it.
 	Attach AttachMode
+	// Bridge is the pod bridge (default DefaultBridge). In overlay modes,
+	// with tcx, a program on its ingress sends pod traffic for remote pods
+	// straight to the overlay device (see docs/datapath.md).
+	Bridge string
+	// NoBridgeFastPath leaves pod traffic to the node's routing (the
+	// benchmarks compare both paths).
+	NoBridgeFastPath bool
 }
+
+// DefaultBridge is the agreed name of a node's pod bridge.
+const DefaultBridge = "weft0"
+
 
 // Datapath is one node's live datapath. Methods are safe for concurrent
 // use.
@@ -66,6 +77,9 @@ func Open(cfg Config) (*Datapath, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Bridge == "" {
+		cfg.Bridge = DefaultBridge
 	}
 	d := &Datapath{cfg: cfg, log: cfg.Logger.Named("datapath"), batch: true}
 	ino, err := netnsInode()
@@ -98,6 +112,16 @@ func Open(cfg Config) (*Datapath, error) {
 				return nil, err
 			}
 			d.log.Info("took over program attachments", "device", name, "attach", d.attachName())
+		}
+	}
+	if d.useTCX {
+		if br, err := readLinkIndex(cfg.Bridge); err == nil && br != 0 {
+			if ok, _ := tcxAttached(cfg.PinDir, br, dirBridge, nil); ok {
+				if err := attachTCX(cfg.PinDir, br, dirBridge, d.objs.WeftFromPods); err != nil {
+					d.objs.Close()
+					return nil, err
+				}
+			}
 		}
 	}
 	d.log.Debug("opened", "pin_dir", cfg.PinDir, "attach", d.attachName())
@@ -241,6 +265,10 @@ func (d *Datapath) Teardown() error {
 		errs = append(errs, err)
 	} else {
 		errs = append(errs, writeMasq(nil, exists))
+	}
+	// The bridge is not ours: detach its program explicitly.
+	for _, dir := range []direction{dirBridge, dirEgress, dirIngress} {
+		errs = append(errs, detachTCX(d.cfg.PinDir, dir))
 	}
 	errs = append(errs, d.objs.Close())
 	if err := os.RemoveAll(d.cfg.PinDir); err != nil {

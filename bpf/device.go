@@ -245,3 +245,16 @@ func defaultRouteLink() (netlink.Link, error) {
 	}
 	return nil, errors.New("find underlay: no default route")
 }
+
+// readLinkIndex returns the ifindex of name, 0 when it does not exist.
+func readLinkIndex(name string) (int, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("read link %s: %w", name, err)
+	}
+	return l.Attrs().Index, nil
+}

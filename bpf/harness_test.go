@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/icmp"
@@ -273,6 +275,11 @@ func snapshot() string {
 	links, _ := netlink.LinkList()
 	for _, l := range links {
 		out = append(out, "link "+l.Attrs().Name+" "+l.Type())
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			if r, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: at}); err == nil && len(r.Programs) > 0 {
+				out = append(out, fmt.Sprintf("link %s %s programs %d", l.Attrs().Name, at, len(r.Programs)))
+			}
+		}
 	}
 	rs, _ := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	for _, r := range rs {

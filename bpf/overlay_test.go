@@ -2,6 +2,10 @@ package bpf
 
 import (
 	"encoding/binary"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
 	"net"
 	"net/netip"
 	"testing"
@@ -14,7 +18,7 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 )
 
-const reachTimeout = 3 * time.Second
+const reachTimeout = 5 * time.Second
 
 // checkPath asserts ICMP (v4 and v6) and TCP work pod to pod both ways and
 // that the BPF counters of both nodes moved.
@@ -127,6 +131,18 @@ func TestOverlay(t *testing.T) {
 	}
 
 	t.Run("traffic", func(t *testing.T) { checkPath(t, c) })
+
+	t.Run("fast path bypasses the node's forwarding", func(t *testing.T) {
+		// Echo requests leave through the bridge program straight into the
+		// tunnel; only the replies are forwarded by node 1's IP stack.
+		f0 := forwarded(t, a)
+		if lost := stream(t, a.pod, b.podIP, 100, 2*time.Millisecond); lost != 0 {
+			t.Fatalf("%d of 100 pings lost", lost)
+		}
+		if df := forwarded(t, a) - f0; df < 100 || df >= 150 {
+			t.Fatalf("node 1 forwarded %d packets for 100 echo requests and 100 replies, want about 100", df)
+		}
+	})
 
 	t.Run("removal and restore", func(t *testing.T) {
 		w := c.overlayWant(a, spec.ModeVXLAN, netip.Addr{})
@@ -322,4 +338,31 @@ func indexOf(s, sub string) int {
 		}
 	}
 	return -1
+}
+
+// forwarded reads Ip ForwDatagrams of n's namespace.
+func forwarded(t *testing.T, n *testNode) int {
+	t.Helper()
+	var v int
+	n.ns.MustDo(t, func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		lines := strings.Split(string(b), "\n")
+		for i := 0; i+1 < len(lines); i++ {
+			if !strings.HasPrefix(lines[i], "Ip: ") || !strings.HasPrefix(lines[i+1], "Ip: ") {
+				continue
+			}
+			keys, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+			for j, k := range keys {
+				if k == "ForwDatagrams" {
+					v, err = strconv.Atoi(vals[j])
+					return err
+				}
+			}
+		}
+		return errors.New("no ForwDatagrams in snmp")
+	})
+	return v
 }

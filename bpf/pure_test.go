@@ -29,6 +29,7 @@ func TestStructSizes(t *testing.T) {
 		{"tunnel_key", binary.Size(weftTunnelKey{}), 20},
 		{"tunnel_value", binary.Size(weftTunnelValue{}), 24},
 		{"stats", binary.Size(weftStats{}), 56},
+		{"config", binary.Size(weftConfig{}), 8},
 	} {
 		var st *btf.Struct
 		if err := cs.Types.TypeByName(c.name, &st); err != nil {
@@ -45,6 +46,9 @@ func TestStructSizes(t *testing.T) {
 	tm := cs.Maps[weftMapWeftTunnels]
 	if int(tm.KeySize) != binary.Size(weftTunnelKey{}) || int(tm.ValueSize) != binary.Size(weftTunnelValue{}) {
 		t.Errorf("tunnel map key/value %d/%d bytes", tm.KeySize, tm.ValueSize)
+	}
+	if cm := cs.Maps[weftMapWeftConfig]; int(cm.ValueSize) != binary.Size(weftConfig{}) {
+		t.Errorf("config map value %d bytes", cm.ValueSize)
 	}
 	sm := cs.Maps[weftMapWeftStats]
 	if int(sm.ValueSize) != binary.Size(weftStats{}) {

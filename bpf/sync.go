@@ -19,6 +19,8 @@ import (
 type kstate struct {
 	devs     map[string]*devState // weft overlay devices by name
 	attached bool                 // our programs run on the wanted device
+	bridge   int                  // ifindex of the bridge our fast path runs on, 0: none
+	cfg      weftConfig           // content of the config map
 	tunnels  []spec.Tunnel        // sorted by prefix
 	routes   map[netip.Prefix]kroute
 	masq     []string // rule descriptions; nil: no table
@@ -45,6 +47,24 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 			}
 			s.attached = ok
 		}
+	}
+	if d.useTCX {
+		br, err := readLinkIndex(d.cfg.Bridge)
+		if err != nil {
+			return nil, err
+		}
+		if br != 0 {
+			ok, err := tcxAttached(d.cfg.PinDir, br, dirBridge, d.objs.WeftFromPods)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				s.bridge = br
+			}
+		}
+	}
+	if err := d.objs.WeftConfig.Lookup(uint32(0), &s.cfg); err != nil {
+		return nil, fmt.Errorf("read config map: %w", err)
 	}
 	tunnels, err := d.readTunnels()
 	if err != nil {
@@ -152,6 +172,10 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 		d.applied = nil
 		return rec.rep, err
 	}
+	if err := d.convergeFastPath(&want, have, rec); err != nil {
+		d.applied = nil
+		return rec.rep, err
+	}
 	if err := ctx.Err(); err != nil {
 		d.applied = nil
 		return rec.rep, err
@@ -250,10 +274,54 @@ func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorde
 	if wantName == "" {
 		// No overlay: drop the link pins (the links died with the device).
 		for _, dir := range []direction{dirEgress, dirIngress} {
-			_ = os.Remove(d.cfg.PinDir + "/" + dir.name)
+			if err := detachTCX(d.cfg.PinDir, dir); err != nil {
+				return err
+			}
 		}
 		have.attached = false
 	}
+	return nil
+}
+
+// convergeFastPath points the config map at the overlay device and keeps
+// the bridge program attached in overlay modes (tcx only), and removes both
+// otherwise.
+func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recorder) error {
+	var cfg weftConfig
+	if want.Overlay != nil {
+		cfg.TunnelIfindex = uint32(have.devs[want.Overlay.DeviceName()].Index)
+	}
+	if cfg != have.cfg {
+		if err := d.objs.WeftConfig.Put(uint32(0), &cfg); err != nil {
+			return fmt.Errorf("write config map: %w", err)
+		}
+		have.cfg = cfg
+		rec.note(&rec.rep.Updated, fmt.Sprintf("config tunnel device #%d", cfg.TunnelIfindex))
+	}
+	wantBridge := 0
+	if want.Overlay != nil && d.useTCX && !d.cfg.NoBridgeFastPath {
+		br, err := readLinkIndex(d.cfg.Bridge)
+		if err != nil {
+			return err
+		}
+		wantBridge = br
+	}
+	if wantBridge == have.bridge {
+		return nil
+	}
+	if wantBridge == 0 {
+		if err := detachTCX(d.cfg.PinDir, dirBridge); err != nil {
+			return err
+		}
+		have.bridge = 0
+		rec.note(&rec.rep.Removed, "fast path detached from "+d.cfg.Bridge)
+		return nil
+	}
+	if err := attachTCX(d.cfg.PinDir, wantBridge, dirBridge, d.objs.WeftFromPods); err != nil {
+		return err
+	}
+	have.bridge = wantBridge
+	rec.note(&rec.rep.Updated, "fast path attached to "+d.cfg.Bridge)
 	return nil
 }
 

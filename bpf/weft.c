@@ -69,6 +69,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_stats SEC(".maps");
 
+// Datapath configuration written by the loader (one array slot).
+struct config {
+	__u32 tunnel_ifindex; // overlay device; 0 disables the bridge fast path
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_config SEC(".maps");
+
 enum verdict_reason {
 	REASON_NO_TUNNEL,
 	REASON_SPOOFED,
@@ -225,4 +239,65 @@ int weft_ingress(struct __sk_buff *skb)
 		s->rx_bytes += skb->len;
 	}
 	return TC_ACT_OK;
+}
+
+// weft_from_pods runs on ingress of the pod bridge (weft0), where frames
+// from local pods to the gateway enter the node's stack. A packet whose
+// destination has a tunnel entry skips the node's routing, netfilter and
+// neighbour layers: the TTL is decremented as a router would, and the frame
+// is redirected straight to the overlay device, whose egress program sets
+// the tunnel key. Anything else (misses, TTL expiry, non-IP) goes on to the
+// stack unchanged.
+SEC("tc")
+int weft_from_pods(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&weft_config, &zero);
+	if (!cfg || !cfg->tunnel_ifindex)
+		return TC_ACT_OK;
+
+	struct tunnel_key key = {};
+	if (load_addr(skb, &key, 0) != 0)
+		return TC_ACT_OK;
+	if (!bpf_map_lookup_elem(&weft_tunnels, &key))
+		return TC_ACT_OK;
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	if (eth->h_dest[0] & 1)
+		return TC_ACT_OK; // broadcast/multicast frames are not routed here
+
+	// Too big for the overlay device: let the stack answer with
+	// "fragmentation needed" / "packet too big" (bpf_check_mtu handles GSO).
+	__u32 mtu_len = 0;
+	if (bpf_check_mtu(skb, cfg->tunnel_ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+		return TC_ACT_OK;
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return TC_ACT_OK;
+		if (ip->ttl <= 1)
+			return TC_ACT_OK; // the stack sends time exceeded
+		__u16 old = *(__u16 *)&ip->ttl;
+		ip->ttl--;
+		__u16 new = *(__u16 *)&ip->ttl;
+		bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old, new, 2);
+	} else {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return TC_ACT_OK;
+		if (ip6->hop_limit <= 1)
+			return TC_ACT_OK;
+		ip6->hop_limit--;
+	}
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type weftConfig struct {
+	_             structs.HostLayout
+	TunnelIfindex uint32
+	Flags         uint32
+}
+
 type weftStats struct {
 	_            structs.HostLayout
 	TxPackets    uint64
@@ -41,10 +47,12 @@ type weftTunnelValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	weftMapWeftStats    = "weft_stats"
-	weftMapWeftTunnels  = "weft_tunnels"
-	weftProgWeftEgress  = "weft_egress"
-	weftProgWeftIngress = "weft_ingress"
+	weftMapWeftConfig    = "weft_config"
+	weftMapWeftStats     = "weft_stats"
+	weftMapWeftTunnels   = "weft_tunnels"
+	weftProgWeftEgress   = "weft_egress"
+	weftProgWeftFromPods = "weft_from_pods"
+	weftProgWeftIngress  = "weft_ingress"
 )
 
 // loadWeft returns the embedded CollectionSpec for weft.
@@ -89,14 +97,16 @@ type weftSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type weftProgramSpecs struct {
-	WeftEgress  *ebpf.ProgramSpec `ebpf:"weft_egress"`
-	WeftIngress *ebpf.ProgramSpec `ebpf:"weft_ingress"`
+	WeftEgress   *ebpf.ProgramSpec `ebpf:"weft_egress"`
+	WeftFromPods *ebpf.ProgramSpec `ebpf:"weft_from_pods"`
+	WeftIngress  *ebpf.ProgramSpec `ebpf:"weft_ingress"`
 }
 
 // weftMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type weftMapSpecs struct {
+	WeftConfig  *ebpf.MapSpec `ebpf:"weft_config"`
 	WeftStats   *ebpf.MapSpec `ebpf:"weft_stats"`
 	WeftTunnels *ebpf.MapSpec `ebpf:"weft_tunnels"`
 }
@@ -127,12 +137,14 @@ func (o *weftObjects) Close() error {
 //
 // It can be passed to loadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type weftMaps struct {
+	WeftConfig  *ebpf.Map `ebpf:"weft_config"`
 	WeftStats   *ebpf.Map `ebpf:"weft_stats"`
 	WeftTunnels *ebpf.Map `ebpf:"weft_tunnels"`
 }
 
 func (m *weftMaps) Close() error {
 	return _WeftClose(
+		m.WeftConfig,
 		m.WeftStats,
 		m.WeftTunnels,
 	)
@@ -148,13 +160,15 @@ type weftVariables struct {
 //
 // It can be passed to loadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type weftPrograms struct {
-	WeftEgress  *ebpf.Program `ebpf:"weft_egress"`
-	WeftIngress *ebpf.Program `ebpf:"weft_ingress"`
+	WeftEgress   *ebpf.Program `ebpf:"weft_egress"`
+	WeftFromPods *ebpf.Program `ebpf:"weft_from_pods"`
+	WeftIngress  *ebpf.Program `ebpf:"weft_ingress"`
 }
 
 func (p *weftPrograms) Close() error {
 	return _WeftClose(
 		p.WeftEgress,
+		p.WeftFromPods,
 		p.WeftIngress,
 	)
 }
