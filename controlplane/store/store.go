@@ -1,0 +1,454 @@
+// Package store is weft's event store on etcd: the append-only log under
+// /weft/events/, the head, and the projection (config, nodes, subnet
+// guards) that the log folds to.
+//
+// Every append is one etcd transaction per batch of contiguous events that
+// compares the head with the seq before the batch and, when the store is
+// fenced, the create revision of the leader's election key; then it puts
+// the events, the new head and every projection key they change. So the
+// log has no gap and no duplicate, the projection always equals the fold
+// of the log, and a deposed leader writes nothing even if it does not know
+// it was deposed.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/weftnet/weft/controlplane/state"
+	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+var (
+	// ErrNotLeader: the fence (the leader's election key) no longer holds.
+	ErrNotLeader = errors.New("store: not leader")
+	// ErrConflict: the head or a subnet guard was not what the store
+	// expected (another writer, or a hand edit). The store has re-read
+	// its state; the caller decides again and retries.
+	ErrConflict = errors.New("store: conflict")
+)
+
+// Fence names the leader's election key and its create revision. Writes of
+// a fenced store succeed only while that key exists with that revision.
+type Fence struct {
+	Key string
+	Rev int64
+}
+
+// Options tune a Store; the zero value is usable.
+type Options struct {
+	Logger hclog.Logger
+	// Fence, when set, guards every write.
+	Fence *Fence
+	// MaxOps bounds the operations (and the compares) of one transaction;
+	// default 128, etcd's default --max-txn-ops.
+	MaxOps int
+	// MaxBytes bounds the keys and values of one transaction; default
+	// 1 MiB, under etcd's default 1.5 MiB request limit.
+	MaxBytes int
+	// Now stamps events; default time.Now.
+	Now func() time.Time
+	// Observe, when set, is called after each committed transaction with
+	// the number of events it held and how long it took.
+	Observe func(events int, took time.Duration)
+}
+
+// Store appends to one cluster's log. It keeps the folded state in memory
+// and is not safe for concurrent use.
+type Store struct {
+	c    *clientv3.Client
+	k    keys.Layout
+	opt  Options
+	log  hclog.Logger
+	st   *state.State
+	rev  int64
+	cmps []clientv3.Cmp
+}
+
+// Open loads the projection of the cluster under layout and returns a
+// store that appends to it.
+func Open(ctx context.Context, c *clientv3.Client, layout keys.Layout, opt Options) (*Store, error) {
+	if opt.Logger == nil {
+		opt.Logger = hclog.NewNullLogger()
+	}
+	if opt.MaxOps <= 0 {
+		opt.MaxOps = 128
+	}
+	if opt.MaxBytes <= 0 {
+		opt.MaxBytes = 1 << 20
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	s := &Store{c: c, k: layout, opt: opt, log: opt.Logger.Named("store")}
+	if f := opt.Fence; f != nil {
+		s.cmps = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(f.Key), "=", f.Rev)}
+	}
+	if err := s.Reload(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Load reads config, head and nodes of the cluster at one revision.
+// Undecodable values are errors: the projection is written only by the
+// controller.
+// Options such as clientv3.WithRev apply to every read.
+func Load(ctx context.Context, c clientv3.KV, k keys.Layout, opts ...clientv3.OpOption) (*state.State, int64, error) {
+	r, err := c.Txn(ctx).Then(
+		clientv3.OpGet(k.Config(), opts...),
+		clientv3.OpGet(k.Head(), opts...),
+		clientv3.OpGet(k.Nodes(), append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...),
+	).Commit()
+	if err != nil {
+		return nil, 0, fmt.Errorf("load projection: %w", err)
+	}
+	st := state.New()
+	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		if st.Config, err = keys.DecodeConfig(kvs[0].Value); err != nil {
+			return nil, 0, fmt.Errorf("load projection: %s: %w", k.Config(), err)
+		}
+	}
+	if kvs := r.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+		if st.Head, err = keys.ParseHead(kvs[0].Value); err != nil {
+			return nil, 0, fmt.Errorf("load projection: %s: %w", k.Head(), err)
+		}
+	}
+	for _, kv := range r.Responses[2].GetResponseRange().Kvs {
+		name, err := keys.NameOf(k.Nodes(), string(kv.Key))
+		if err != nil {
+			return nil, 0, fmt.Errorf("load projection: %w", err)
+		}
+		n, err := keys.DecodeNode(kv.Value)
+		if err != nil {
+			return nil, 0, fmt.Errorf("load projection: %s: %w", kv.Key, err)
+		}
+		if n.Name != name {
+			return nil, 0, fmt.Errorf("load projection: %s holds node %q", kv.Key, n.Name)
+		}
+		st.Nodes[name] = n
+	}
+	return st, r.Header.Revision, nil
+}
+
+// Reload re-reads the projection.
+func (s *Store) Reload(ctx context.Context) error {
+	st, rev, err := Load(ctx, s.c, s.k)
+	if err != nil {
+		return err
+	}
+	s.st, s.rev = st, rev
+	return nil
+}
+
+// State is the fold of the log as the store knows it. The caller must not
+// modify it; it changes with every Append.
+func (s *Store) State() *state.State { return s.st }
+
+// Head is the seq of the last event.
+func (s *Store) Head() uint64 { return s.st.Head }
+
+// txn is one planned transaction.
+type txn struct {
+	events []*weftv1.Event
+	cmps   []clientv3.Cmp
+	ops    []clientv3.Op
+	keys   map[string]bool
+	bytes  int
+}
+
+// Append writes events (their Seq is assigned, their Time stamped when
+// empty) after the head, in as few transactions as etcd's limits allow,
+// and folds them into State. It returns how many events it committed; on
+// an error the rest were not written. ErrNotLeader and ErrConflict come
+// back wrapped after the store re-read its state; other errors are etcd's
+// or an event that does not fit the state (nothing written).
+func (s *Store) Append(ctx context.Context, events ...*weftv1.Event) (int, error) {
+	txns, err := s.plan(events)
+	if err != nil {
+		return 0, err
+	}
+	done := 0
+	for _, t := range txns {
+		if err := s.commit(ctx, t); err != nil {
+			return done, err
+		}
+		done += len(t.events)
+	}
+	return done, nil
+}
+
+// plan assigns seqs and splits events into transactions. It checks every
+// event against the state without changing it.
+func (s *Store) plan(events []*weftv1.Event) ([]*txn, error) {
+	// pending: nodes as the events so far leave them (nil: removed).
+	pending := map[string]*weftv1.Node{}
+	node := func(name string) *weftv1.Node {
+		if n, ok := pending[name]; ok {
+			return n
+		}
+		return s.st.Nodes[name]
+	}
+	now := s.opt.Now().UTC().Format(time.RFC3339Nano)
+	var txns []*txn
+	var cur *txn
+	seq := s.st.Head
+	for _, e := range events {
+		seq++
+		e.Seq = seq
+		if e.Time == "" {
+			e.Time = now
+		}
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		put := func(k, v string) { ops = append(ops, clientv3.OpPut(k, v)) }
+		guard := func(name string, cidrs []string) error {
+			for _, c := range cidrs {
+				p, err := netip.ParsePrefix(c)
+				if err != nil {
+					return fmt.Errorf("append seq %d: node %q: %w", seq, name, err)
+				}
+				g := s.k.Subnet(p)
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(g), "=", 0))
+				put(g, name)
+			}
+			return nil
+		}
+		unguard := func(cidrs []string) {
+			for _, c := range cidrs {
+				if p, err := netip.ParsePrefix(c); err == nil {
+					ops = append(ops, clientv3.OpDelete(s.k.Subnet(p)))
+				}
+			}
+		}
+		switch k := e.Kind.(type) {
+		case *weftv1.Event_ConfigChanged:
+			if k.ConfigChanged.GetConfig() == nil {
+				return nil, fmt.Errorf("append seq %d: config_changed without config", seq)
+			}
+			put(s.k.Config(), keys.EncodeString(k.ConfigChanged.Config))
+		case *weftv1.Event_NodeAdded:
+			n := k.NodeAdded.GetNode()
+			if n == nil || n.Name == "" {
+				return nil, fmt.Errorf("append seq %d: node_added without node", seq)
+			}
+			if node(n.Name) != nil {
+				return nil, fmt.Errorf("append seq %d: node_added for existing node %q", seq, n.Name)
+			}
+			n.Seq = seq
+			put(s.k.Node(n.Name), keys.EncodeString(n))
+			if err := guard(n.Name, n.PodCidrs); err != nil {
+				return nil, err
+			}
+			pending[n.Name] = n
+		case *weftv1.Event_NodeUpdated:
+			n := k.NodeUpdated.GetNode()
+			if n == nil || n.Name == "" {
+				return nil, fmt.Errorf("append seq %d: node_updated without node", seq)
+			}
+			old := node(n.Name)
+			if old == nil {
+				return nil, fmt.Errorf("append seq %d: node_updated for unknown node %q", seq, n.Name)
+			}
+			n.Seq = seq
+			put(s.k.Node(n.Name), keys.EncodeString(n))
+			var gone, added []string
+			for _, c := range old.PodCidrs {
+				if !slices.Contains(n.PodCidrs, c) {
+					gone = append(gone, c)
+				}
+			}
+			for _, c := range n.PodCidrs {
+				if !slices.Contains(old.PodCidrs, c) {
+					added = append(added, c)
+				}
+			}
+			unguard(gone)
+			if err := guard(n.Name, added); err != nil {
+				return nil, err
+			}
+			pending[n.Name] = n
+		case *weftv1.Event_NodeRemoved:
+			name := k.NodeRemoved.GetName()
+			old := node(name)
+			if old == nil {
+				return nil, fmt.Errorf("append seq %d: node_removed for unknown node %q", seq, name)
+			}
+			ops = append(ops, clientv3.OpDelete(s.k.Node(name)))
+			unguard(old.PodCidrs)
+			pending[name] = nil
+		default:
+			return nil, fmt.Errorf("append seq %d: event has no kind", seq)
+		}
+		ops = append(ops, clientv3.OpPut(s.k.Event(seq), keys.EncodeString(e)))
+		size := 0
+		fits := cur != nil
+		for _, op := range ops {
+			size += len(op.KeyBytes()) + len(op.ValueBytes()) + 32
+			if cur != nil && cur.keys[string(op.KeyBytes())] {
+				fits = false // etcd refuses a key twice in one txn
+			}
+		}
+		// Reserve one op for the head, two compares for head and fence.
+		if fits && (len(cur.ops)+len(ops)+1 > s.opt.MaxOps ||
+			len(cur.cmps)+len(cmps)+2 > s.opt.MaxOps ||
+			cur.bytes+size > s.opt.MaxBytes) {
+			fits = false
+		}
+		if !fits {
+			cur = &txn{keys: map[string]bool{}}
+			txns = append(txns, cur)
+		}
+		cur.events = append(cur.events, e)
+		cur.cmps = append(cur.cmps, cmps...)
+		cur.ops = append(cur.ops, ops...)
+		cur.bytes += size
+		for _, op := range ops {
+			cur.keys[string(op.KeyBytes())] = true
+		}
+	}
+	return txns, nil
+}
+
+func (s *Store) commit(ctx context.Context, t *txn) error {
+	start := time.Now()
+	prev := s.st.Head
+	last := t.events[len(t.events)-1].Seq
+	cmps := append(slices.Clone(s.cmps), s.headCmp(prev))
+	cmps = append(cmps, t.cmps...)
+	ops := append(slices.Clone(t.ops), clientv3.OpPut(s.k.Head(), keys.FormatHead(last)))
+	r, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Else(s.diagnose()...).Commit()
+	if err != nil {
+		return fmt.Errorf("append seqs %d..%d: %w", prev+1, last, err)
+	}
+	if !r.Succeeded {
+		cause := s.cause(r, prev)
+		if err := s.Reload(ctx); err != nil {
+			return fmt.Errorf("append seqs %d..%d: %w (reload: %v)", prev+1, last, cause, err)
+		}
+		return fmt.Errorf("append seqs %d..%d: %w", prev+1, last, cause)
+	}
+	for _, e := range t.events {
+		if err := s.st.Apply(e); err != nil {
+			// plan checked every event against the state; this is a bug.
+			return fmt.Errorf("append seq %d: fold after commit: %w", e.Seq, err)
+		}
+	}
+	s.rev = r.Header.Revision
+	if s.opt.Observe != nil {
+		s.opt.Observe(len(t.events), time.Since(start))
+	}
+	return nil
+}
+
+func (s *Store) headCmp(prev uint64) clientv3.Cmp {
+	if prev == 0 {
+		return clientv3.Compare(clientv3.CreateRevision(s.k.Head()), "=", 0)
+	}
+	return clientv3.Compare(clientv3.Value(s.k.Head()), "=", keys.FormatHead(prev))
+}
+
+// diagnose reads, when a compare fails, what the store needs to tell
+// not-leader from a moved head.
+func (s *Store) diagnose() []clientv3.Op {
+	ops := []clientv3.Op{clientv3.OpGet(s.k.Head())}
+	if f := s.opt.Fence; f != nil {
+		ops = append(ops, clientv3.OpGet(f.Key))
+	}
+	return ops
+}
+
+func (s *Store) cause(r *clientv3.TxnResponse, prev uint64) error {
+	if f := s.opt.Fence; f != nil {
+		kvs := r.Responses[1].GetResponseRange().Kvs
+		if len(kvs) == 0 || kvs[0].CreateRevision != f.Rev {
+			return ErrNotLeader
+		}
+	}
+	var head uint64
+	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		head, _ = keys.ParseHead(kvs[0].Value)
+	}
+	if head != prev {
+		return fmt.Errorf("%w: head is %d, expected %d", ErrConflict, head, prev)
+	}
+	return fmt.Errorf("%w: a subnet guard is already taken", ErrConflict)
+}
+
+// Put writes a key outside the log (a problem, a config status) under the
+// fence.
+func (s *Store) Put(ctx context.Context, key, value string) error {
+	return s.fenced(ctx, "put "+key, clientv3.OpPut(key, value))
+}
+
+// Delete removes a key outside the log under the fence.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	return s.fenced(ctx, "delete "+key, clientv3.OpDelete(key))
+}
+
+func (s *Store) fenced(ctx context.Context, what string, ops ...clientv3.Op) error {
+	r, err := s.c.Txn(ctx).If(s.cmps...).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if !r.Succeeded {
+		return fmt.Errorf("%s: %w", what, ErrNotLeader)
+	}
+	return nil
+}
+
+// TrimBatch is how many events one trimming transaction deletes at most.
+const TrimBatch = 1000
+
+// Trim deletes the oldest events so that at most keep remain, in
+// transactions of at most TrimBatch events. The projection is the
+// snapshot, so nothing else changes. It returns how many it deleted.
+func (s *Store) Trim(ctx context.Context, keep uint64) (int, error) {
+	head := s.st.Head
+	if keep == 0 || head <= keep {
+		return 0, nil
+	}
+	cut := head - keep // the last seq to delete
+	r, err := s.c.Get(ctx, s.k.Events(), clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, fmt.Errorf("trim events: %w", err)
+	}
+	if len(r.Kvs) == 0 {
+		return 0, nil
+	}
+	first, err := s.k.EventSeq(string(r.Kvs[0].Key))
+	if err != nil {
+		return 0, fmt.Errorf("trim events: %w", err)
+	}
+	deleted := 0
+	for first <= cut {
+		to := min(cut, first+TrimBatch-1)
+		r, err := s.c.Txn(ctx).If(s.cmps...).Then(
+			clientv3.OpDelete(s.k.Event(first), clientv3.WithRange(s.k.Event(to+1))),
+		).Commit()
+		if err != nil {
+			return deleted, fmt.Errorf("trim events %d..%d: %w", first, to, err)
+		}
+		if !r.Succeeded {
+			return deleted, fmt.Errorf("trim events %d..%d: %w", first, to, ErrNotLeader)
+		}
+		deleted += int(r.Responses[0].GetResponseDeleteRange().Deleted)
+		first = to + 1
+	}
+	if deleted > 0 {
+		s.log.Debug("trimmed events", "deleted", deleted, "first", cut+1, "head", head)
+	}
+	return deleted, nil
+}
+
+// CloneNode is a helper for callers building events from projected nodes.
+func CloneNode(n *weftv1.Node) *weftv1.Node { return proto.Clone(n).(*weftv1.Node) }
