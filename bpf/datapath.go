@@ -52,7 +52,6 @@ type Config struct {
 // DefaultBridge is the agreed name of a node's pod bridge.
 const DefaultBridge = "weft0"
 
-
 // Datapath is one node's live datapath. Methods are safe for concurrent
 // use.
 type Datapath struct {

@@ -3,11 +3,11 @@ package bpf
 import (
 	"encoding/binary"
 	"errors"
+	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
-	"net"
-	"net/netip"
 	"testing"
 	"time"
 
