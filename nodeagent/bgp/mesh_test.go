@@ -16,7 +16,9 @@ import (
 // owner's underlay IP as next hop. Node 1 also has an unreachable peer and
 // a peer that answers with garbage: both show down with a reason and
 // nothing else is disturbed. A changed advertisement is withdrawn and
-// re-learned everywhere; a speaker that stops withdrawing leaves no route.
+// re-learned everywhere; a speaker that stops withdrawing leaves no route,
+// one that stops without withdrawing (graceful restart) leaves its route
+// in the others.
 func TestFullMesh(t *testing.T) {
 	l := newLab(t)
 	sw := l.ns("sw")
@@ -40,7 +42,7 @@ func TestFullMesh(t *testing.T) {
 	}
 
 	cfgOf := func(i int) Config {
-		cfg := Config{RouterID: addrs[i], ASN: 64512, ListenPort: 179, LocalAddress: addrs[i], HoldTime: 3, Keepalive: 1}
+		cfg := Config{RouterID: addrs[i], ASN: 64512, ListenPort: 179, LocalAddress: addrs[i], HoldTime: 3, Keepalive: 1, GracefulRestart: true, RestartTime: 30}
 		for j := range n {
 			// The whole node list, self included: the speaker skips itself.
 			cfg.Peers = append(cfg.Peers, Peer{Address: addrs[j]})
@@ -108,5 +110,19 @@ func TestFullMesh(t *testing.T) {
 	for _, p := range nodes[:2] {
 		p.wait(10*time.Second, request{Absent: []netip.Prefix{cidrs[2]}})
 	}
+
+	// Node 2's agent goes away without withdrawing (graceful restart): node
+	// 1 notices the session is gone but keeps node 2's route.
+	nodes[1].must(request{Op: "stop", Withdraw: false})
+	nodes[1].kill()
+	deadline = time.Now().Add(10 * time.Second)
+	for nodes[0].session(addrs[1].String()).State == "established" {
+		if time.Now().After(deadline) {
+			t.Fatal("node 1 never noticed node 2 leaving")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	nodes[0].wait(time.Second, request{Present: []spec.Route{{Prefix: cidrs[1], Via: addrs[1]}}})
 	junk.signal(syscall.SIGKILL)
 }
