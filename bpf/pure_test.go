@@ -30,6 +30,7 @@ func TestStructSizes(t *testing.T) {
 		{"tunnel_value", binary.Size(weftTunnelValue{}), 24},
 		{"stats", binary.Size(weftStats{}), 56},
 		{"config", binary.Size(weftConfig{}), 8},
+		{"local_value", binary.Size(weftLocalValue{}), 40},
 	} {
 		var st *btf.Struct
 		if err := cs.Types.TypeByName(c.name, &st); err != nil {
@@ -49,6 +50,9 @@ func TestStructSizes(t *testing.T) {
 	}
 	if cm := cs.Maps[weftMapWeftConfig]; int(cm.ValueSize) != binary.Size(weftConfig{}) {
 		t.Errorf("config map value %d bytes", cm.ValueSize)
+	}
+	if lm := cs.Maps[weftMapWeftLocal]; int(lm.KeySize) != binary.Size(weftTunnelKey{}) || int(lm.ValueSize) != binary.Size(weftLocalValue{}) {
+		t.Errorf("local map key/value %d/%d bytes", lm.KeySize, lm.ValueSize)
 	}
 	sm := cs.Maps[weftMapWeftStats]
 	if int(sm.ValueSize) != binary.Size(weftStats{}) {
@@ -240,5 +244,36 @@ func TestOverlayMTU(t *testing.T) {
 	u.IP = netip.MustParseAddr("2001:db8::1")
 	if m := overlayMTU(spec.ModeVXLAN, u); m != 1430 {
 		t.Errorf("v6 mtu %d", m)
+	}
+}
+
+func TestMasqSkipsTunnels(t *testing.T) {
+	w := &spec.Desired{Tunnels: []spec.Tunnel{tun("10.244.2.0/24", "192.168.0.2", 1)}}
+	if !masqSkipsTunnels(w) {
+		t.Error("no masquerade: fast path off")
+	}
+	w.Masquerade = &spec.Masquerade{NativeCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+	if !masqSkipsTunnels(w) {
+		t.Error("tunnel inside native CIDR: fast path off")
+	}
+	w.Masquerade.NativeCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24")}
+	if masqSkipsTunnels(w) {
+		t.Error("tunnel outside native CIDR: fast path on")
+	}
+}
+
+func TestLocalEntries(t *testing.T) {
+	w := &spec.Desired{LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:1::/64")}}
+	if len(localEntries(w, 0)) != 0 {
+		t.Error("entries without a bridge")
+	}
+	m := localEntries(w, 9)
+	v4 := m[netip.MustParsePrefix("10.244.1.0/24")]
+	if v4.BridgeIfindex != 9 || netip.AddrFrom16(v4.Gateway).Unmap().String() != "10.244.1.1" || netip.AddrFrom16(v4.Broadcast).Unmap().String() != "10.244.1.255" {
+		t.Errorf("v4 %+v", v4)
+	}
+	v6 := m[netip.MustParsePrefix("fd00:244:1::/64")]
+	if netip.AddrFrom16(v6.Gateway).String() != "fd00:244:1::1" || v6.Broadcast != [16]byte{} {
+		t.Errorf("v6 %+v", v6)
 	}
 }

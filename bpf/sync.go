@@ -21,6 +21,7 @@ type kstate struct {
 	attached bool                 // our programs run on the wanted device
 	bridge   int                  // ifindex of the bridge our fast path runs on, 0: none
 	cfg      weftConfig           // content of the config map
+	local    map[netip.Prefix]weftLocalValue
 	tunnels  []spec.Tunnel        // sorted by prefix
 	routes   map[netip.Prefix]kroute
 	masq     []string // rule descriptions; nil: no table
@@ -65,6 +66,16 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 	}
 	if err := d.objs.WeftConfig.Lookup(uint32(0), &s.cfg); err != nil {
 		return nil, fmt.Errorf("read config map: %w", err)
+	}
+	s.local = map[netip.Prefix]weftLocalValue{}
+	var lk weftTunnelKey
+	var lv weftLocalValue
+	it := d.objs.WeftLocal.Iterate()
+	for it.Next(&lk, &lv) {
+		s.local[decodeKey(lk)] = lv
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read local map: %w", err)
 	}
 	tunnels, err := d.readTunnels()
 	if err != nil {
@@ -288,7 +299,8 @@ func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorde
 // otherwise.
 func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recorder) error {
 	var cfg weftConfig
-	if want.Overlay != nil {
+	fast := want.Overlay != nil && masqSkipsTunnels(want)
+	if fast {
 		cfg.TunnelIfindex = uint32(have.devs[want.Overlay.DeviceName()].Index)
 	}
 	if cfg != have.cfg {
@@ -299,12 +311,15 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 		rec.note(&rec.rep.Updated, fmt.Sprintf("config tunnel device #%d", cfg.TunnelIfindex))
 	}
 	wantBridge := 0
-	if want.Overlay != nil && d.useTCX && !d.cfg.NoBridgeFastPath {
+	if fast && d.useTCX && !d.cfg.NoBridgeFastPath {
 		br, err := readLinkIndex(d.cfg.Bridge)
 		if err != nil {
 			return err
 		}
 		wantBridge = br
+	}
+	if err := d.convergeLocal(want, wantBridge, have, rec); err != nil {
+		return err
 	}
 	if wantBridge == have.bridge {
 		return nil
@@ -323,6 +338,78 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 	have.bridge = wantBridge
 	rec.note(&rec.rep.Updated, "fast path attached to "+d.cfg.Bridge)
 	return nil
+}
+
+// localEntries is the content of the local-pod map: the node's pod CIDRs
+// behind bridge (none when the fast path is off).
+func localEntries(want *spec.Desired, bridge int) map[netip.Prefix]weftLocalValue {
+	out := map[netip.Prefix]weftLocalValue{}
+	if bridge == 0 {
+		return out
+	}
+	for _, p := range want.LocalPodCIDRs {
+		p = p.Masked()
+		v := weftLocalValue{BridgeIfindex: uint32(bridge)}
+		v.Gateway = netip.AddrFrom16(p.Addr().Next().As16()).As16()
+		if p.Addr().Is4() {
+			a := p.Addr().As4()
+			host := uint32(1)<<(32-p.Bits()) - 1
+			n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+			n |= host
+			v.Broadcast = netip.AddrFrom16(netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}).As16()).As16()
+		}
+		out[p] = v
+	}
+	return out
+}
+
+func (d *Datapath) convergeLocal(want *spec.Desired, bridge int, have *kstate, rec *recorder) error {
+	wantLocal := localEntries(want, bridge)
+	for p := range have.local {
+		if _, ok := wantLocal[p]; ok {
+			continue
+		}
+		k := encodeKey(p)
+		if err := d.objs.WeftLocal.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete local pod cidr %s: %w", p, err)
+		}
+		delete(have.local, p)
+		rec.note(&rec.rep.Removed, fmt.Sprintf("local pod cidr %s removed", p))
+	}
+	for p, v := range wantLocal {
+		if old, ok := have.local[p]; ok && old == v {
+			continue
+		}
+		k := encodeKey(p)
+		if err := d.objs.WeftLocal.Update(&k, &v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write local pod cidr %s: %w", p, err)
+		}
+		have.local[p] = v
+		rec.note(&rec.rep.Updated, fmt.Sprintf("local pod cidr %s via %s", p, d.cfg.Bridge))
+	}
+	return nil
+}
+
+// masqSkipsTunnels reports whether no tunnelled prefix would be
+// masqueraded: the fast path bypasses netfilter, so it is only used when
+// every tunnel prefix lies inside a native (non-masqueraded) CIDR.
+func masqSkipsTunnels(want *spec.Desired) bool {
+	if want.Masquerade == nil {
+		return true
+	}
+	for _, t := range want.Tunnels {
+		inside := false
+		for _, n := range want.Masquerade.NativeCIDRs {
+			if n.Bits() <= t.Prefix.Bits() && n.Contains(t.Prefix.Addr()) {
+				inside = true
+				break
+			}
+		}
+		if !inside {
+			return false
+		}
+	}
+	return true
 }
 
 func refreshRoutes(have *kstate) error {

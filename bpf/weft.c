@@ -83,6 +83,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_config SEC(".maps");
 
+// A local pod CIDR behind the bridge (key as in weft_tunnels).
+struct local_value {
+	__u32 bridge_ifindex;
+	__u32 flags;
+	__u8 gateway[16]; // the bridge's address: traffic to it goes to the stack
+	__u8 broadcast[16]; // IPv4 directed broadcast: to the stack as well
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16);
+	__type(key, struct tunnel_key);
+	__type(value, struct local_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_local SEC(".maps");
+
 enum verdict_reason {
 	REASON_NO_TUNNEL,
 	REASON_SPOOFED,
@@ -152,6 +169,65 @@ static __always_inline int load_addr(struct __sk_buff *skb, struct tunnel_key *k
 		return 0;
 	}
 	return -1;
+}
+
+static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
+{
+	__u32 x[4], y[4];
+	__builtin_memcpy(x, a, 16);
+	__builtin_memcpy(y, b, 16);
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+// dec_ttl decrements the IPv4 TTL or IPv6 hop limit as a router does.
+// It returns -1 when the packet must go to the stack instead (expiry,
+// truncation).
+static __always_inline int dec_ttl(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		if (ip->ttl <= 1)
+			return -1; // the stack sends time exceeded
+		__u16 old = *(__u16 *)&ip->ttl;
+		ip->ttl--;
+		__u16 new = *(__u16 *)&ip->ttl;
+		bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old, new, 2);
+		return 0;
+	}
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	if ((void *)(ip6 + 1) > data_end)
+		return -1;
+	if (ip6->hop_limit <= 1)
+		return -1;
+	ip6->hop_limit--;
+	return 0;
+}
+
+// to_local_pod hands an accepted, decapsulated packet for a local pod
+// straight to the pod bridge (bpf_redirect_neigh resolves the pod's MAC),
+// skipping the node's routing and netfilter; anything else goes to the
+// stack.
+static __always_inline int to_local_pod(struct __sk_buff *skb)
+{
+	struct tunnel_key key = {};
+	if (load_addr(skb, &key, 0) != 0)
+		return TC_ACT_OK;
+	struct local_value *lv = bpf_map_lookup_elem(&weft_local, &key);
+	if (!lv || !lv->bridge_ifindex)
+		return TC_ACT_OK;
+	if (addr_eq(key.addr, lv->gateway) || addr_eq(key.addr, lv->broadcast))
+		return TC_ACT_OK;
+	__u32 ifindex = lv->bridge_ifindex;
+	if (dec_ttl(skb) != 0)
+		return TC_ACT_OK;
+	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
 }
 
 SEC("tc")
@@ -238,7 +314,7 @@ int weft_ingress(struct __sk_buff *skb)
 		s->rx_packets++;
 		s->rx_bytes += skb->len;
 	}
-	return TC_ACT_OK;
+	return to_local_pod(skb);
 }
 
 // weft_from_pods runs on ingress of the pod bridge (weft0), where frames
@@ -276,28 +352,7 @@ int weft_from_pods(struct __sk_buff *skb)
 	if (bpf_check_mtu(skb, cfg->tunnel_ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
 		return TC_ACT_OK;
 
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
+	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end)
-			return TC_ACT_OK;
-		if (ip->ttl <= 1)
-			return TC_ACT_OK; // the stack sends time exceeded
-		__u16 old = *(__u16 *)&ip->ttl;
-		ip->ttl--;
-		__u16 new = *(__u16 *)&ip->ttl;
-		bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old, new, 2);
-	} else {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		if ((void *)(ip6 + 1) > data_end)
-			return TC_ACT_OK;
-		if (ip6->hop_limit <= 1)
-			return TC_ACT_OK;
-		ip6->hop_limit--;
-	}
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }

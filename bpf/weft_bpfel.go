@@ -19,6 +19,14 @@ type weftConfig struct {
 	Flags         uint32
 }
 
+type weftLocalValue struct {
+	_             structs.HostLayout
+	BridgeIfindex uint32
+	Flags         uint32
+	Gateway       [16]uint8
+	Broadcast     [16]uint8
+}
+
 type weftStats struct {
 	_            structs.HostLayout
 	TxPackets    uint64
@@ -48,6 +56,7 @@ type weftTunnelValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	weftMapWeftConfig    = "weft_config"
+	weftMapWeftLocal     = "weft_local"
 	weftMapWeftStats     = "weft_stats"
 	weftMapWeftTunnels   = "weft_tunnels"
 	weftProgWeftEgress   = "weft_egress"
@@ -107,6 +116,7 @@ type weftProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type weftMapSpecs struct {
 	WeftConfig  *ebpf.MapSpec `ebpf:"weft_config"`
+	WeftLocal   *ebpf.MapSpec `ebpf:"weft_local"`
 	WeftStats   *ebpf.MapSpec `ebpf:"weft_stats"`
 	WeftTunnels *ebpf.MapSpec `ebpf:"weft_tunnels"`
 }
@@ -138,6 +148,7 @@ func (o *weftObjects) Close() error {
 // It can be passed to loadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type weftMaps struct {
 	WeftConfig  *ebpf.Map `ebpf:"weft_config"`
+	WeftLocal   *ebpf.Map `ebpf:"weft_local"`
 	WeftStats   *ebpf.Map `ebpf:"weft_stats"`
 	WeftTunnels *ebpf.Map `ebpf:"weft_tunnels"`
 }
@@ -145,6 +156,7 @@ type weftMaps struct {
 func (m *weftMaps) Close() error {
 	return _WeftClose(
 		m.WeftConfig,
+		m.WeftLocal,
 		m.WeftStats,
 		m.WeftTunnels,
 	)

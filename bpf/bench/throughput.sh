@@ -1,0 +1,10 @@
+#!/bin/sh
+# Pod-to-pod TCP throughput (iperf3) and request/response latency across two
+# node namespaces, measured side by side in one run for weft's eBPF VXLAN
+# (with and without the bridge fast path), flannel-style kernel VXLAN and
+# plain routing. Needs root and iperf3. Results: docs/bench/datapath.md.
+set -eu
+cd "$(dirname "$0")/../.."
+echo "# $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+echo "# load: $(cut -d' ' -f1-3 /proc/loadavg)"
+go test -count=1 -run '^$' -bench '^BenchmarkPodToPod$' -benchtime 1x -v ./bpf/ | grep -v '^=== RUN'
