@@ -22,7 +22,7 @@ type kstate struct {
 	bridge   int                  // ifindex of the bridge our fast path runs on, 0: none
 	cfg      weftConfig           // content of the config map
 	local    map[netip.Prefix]weftLocalValue
-	tunnels  []spec.Tunnel        // sorted by prefix
+	tunnels  []spec.Tunnel // sorted by prefix
 	routes   map[netip.Prefix]kroute
 	masq     []string // rule descriptions; nil: no table
 	masqOn   bool     // the table exists
