@@ -171,3 +171,51 @@ func LogTail(p *Proc, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// ControllerMetrics scrapes controller k (its metrics address is on the
+// control namespace's loopback).
+func (c *Cluster) ControllerMetrics(ctx context.Context, k int) (map[string]float64, error) {
+	url := fmt.Sprintf("http://127.0.0.1:%d/metrics", 9470+2*k)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := httpIn(c.CtlNS).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("metrics of controller %d: %w", k, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("metrics of controller %d: %w", k, err)
+	}
+	return ParseMetrics(string(b)), nil
+}
+
+// Leader returns the index of the controller that reports itself leader
+// (metric weft_controller_leader = 1), or -1 with the reason.
+func (c *Cluster) Leader(ctx context.Context) (int, string) {
+	var why []string
+	leader := -1
+	for k, p := range c.Controllers {
+		if !p.Running() {
+			why = append(why, fmt.Sprintf("controller %d not running", k))
+			continue
+		}
+		m, err := c.ControllerMetrics(ctx, k)
+		if err != nil {
+			why = append(why, err.Error())
+			continue
+		}
+		if m["weft_controller_leader"] == 1 {
+			if leader >= 0 {
+				return -1, fmt.Sprintf("controllers %d and %d both report leading", leader, k)
+			}
+			leader = k
+		}
+	}
+	if leader < 0 {
+		return -1, "no controller leads: " + strings.Join(why, "; ")
+	}
+	return leader, ""
+}

@@ -10,17 +10,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/weftnet/weft/bpf/spec"
-	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/testenv"
 )
 
@@ -462,35 +458,7 @@ func TestOverlay(t *testing.T) {
 	})
 }
 
-// leaderOf returns the index of the controller holding the election (the
-// live key with the lowest create revision under the election prefix,
-// whose lease belongs to a controller process), or -1.
-func leaderOf(ctx context.Context, c *testenv.Cluster) (int, string) {
-	cl, err := c.Client()
-	if err != nil {
-		return -1, err.Error()
-	}
-	defer cl.Close()
-	r, err := cl.Get(ctx, keys.New("/weft").Election(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
-	if err != nil {
-		return -1, err.Error()
-	}
-	if len(r.Kvs) == 0 {
-		return -1, "no election key"
-	}
-	v := string(r.Kvs[0].Value)
-	for k, p := range c.Controllers {
-		if p.Running() && strings.Contains(v, fmt.Sprintf("controller-%d", k)) {
-			return k, ""
-		}
-	}
-	var vals []string
-	for _, kv := range r.Kvs {
-		vals = append(vals, string(kv.Key)+"="+string(kv.Value))
-	}
-	sort.Strings(vals)
-	return -1, "leader key value names no live controller: " + strings.Join(vals, ", ")
-}
+func leaderOf(ctx context.Context, c *testenv.Cluster) (int, string) { return c.Leader(ctx) }
 
 func leaderIndex(t *testing.T, ctx context.Context, c *testenv.Cluster) int {
 	t.Helper()
