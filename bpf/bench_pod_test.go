@@ -124,7 +124,20 @@ func setupPlain(b *testing.B) *testCluster {
 }
 
 // iperf runs iperf3 for secs seconds from pod 1 to pod 2 and returns Gbit/s.
+// A run that reports nothing received (seen now and then on the loaded
+// shared machine, for every setup) is logged and repeated, up to twice.
 func iperf(b *testing.B, c *testCluster, secs int) float64 {
+	for try := range 3 {
+		g := iperfOnce(b, c, secs)
+		if g > 0 {
+			return g
+		}
+		b.Logf("iperf3 run %d received nothing; repeating", try+1)
+	}
+	return 0
+}
+
+func iperfOnce(b *testing.B, c *testCluster, secs int) float64 {
 	a, z := c.nodes[0], c.nodes[1]
 	port := "5201"
 	srv := exec.Command("ip", "netns", "exec", z.pod.Name, "iperf3", "-s", "-1", "-B", z.podIP.String(), "-p", port)
@@ -136,8 +149,9 @@ func iperf(b *testing.B, c *testCluster, secs int) float64 {
 	var err error
 	for range 20 {
 		time.Sleep(100 * time.Millisecond)
+		// -O 1: the first second (slow start, scheduling) is not counted.
 		out, err = exec.Command("ip", "netns", "exec", a.pod.Name, "iperf3", "-c", z.podIP.String(), "-p", port,
-			"-t", fmt.Sprint(secs), "-J").Output()
+			"-t", fmt.Sprint(secs), "-O", "1", "-J").Output()
 		if err == nil {
 			break
 		}
@@ -234,7 +248,7 @@ func BenchmarkPodToPod(b *testing.B) {
 			b.Fatalf("%s: no pod-to-pod path", s.name)
 		}
 	}
-	rounds, secs, rrs := 7, 1, 2000
+	rounds, secs, rrs := 7, 2, 2000
 	tput := map[string][]float64{}
 	lat := map[string][]float64{}
 	var c0 spec.Counters
