@@ -29,7 +29,10 @@ import (
 	"github.com/weftnet/weft/testenv/etcdtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	logtest.MaybeRunEtcdChild()
+	goleak.VerifyTestMain(m)
+}
 
 type syncBuf struct {
 	mu sync.Mutex

@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/proto/validate"
@@ -107,29 +108,38 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 	}
 
 	direct := mode == spec.ModeHybrid || (mode == spec.ModeNative && cfg.AutoDirectNodeRoutes)
-	for _, name := range s.Names() {
+	cl4, _ := netip.ParsePrefix(cfg.ClusterCidr)
+	cl6, _ := netip.ParsePrefix(cfg.ClusterCidrV6)
+	inCluster := func(p netip.Prefix) bool {
+		cl := cl4
+		if p.Addr().Is6() {
+			cl = cl6
+		}
+		return cl.IsValid() && p.Bits() >= cl.Bits() && cl.Contains(p.Addr())
+	}
+	d.Tunnels = make([]spec.Tunnel, 0, len(s.names))
+	for _, name := range s.names {
 		if name == self {
 			continue
 		}
-		n := s.nodes[name]
-		prefixes, err := validate.PodCIDRs(cfg, n.PodCidrs)
-		if err != nil {
+		pn := s.parsed[name]
+		// validate.PodCIDRs only when the cheap check fails: it names the
+		// field in its error, which costs an allocation per CIDR.
+		if slices.ContainsFunc(pn.prefixes, func(p netip.Prefix) bool { return !inCluster(p) }) {
+			_, err := validate.PodCIDRs(cfg, s.nodes[name].PodCidrs)
+			if err == nil {
+				err = fmt.Errorf("a pod CIDR of %v is outside the cluster CIDR", s.nodes[name].PodCidrs)
+			}
 			plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("pod CIDRs unusable under the current config: %v", err)})
 			continue
 		}
-		ip, err := netip.ParseAddr(n.UnderlayIp)
-		if err != nil {
-			// Apply and Reset validated it; keep Desired total anyway.
-			plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("underlay IP %q unusable", n.UnderlayIp)})
-			continue
-		}
-		ip = ip.Unmap()
+		ip := pn.ip
 		if ip == u.IP {
 			plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("underlay IP %s is this node's own", ip)})
 			continue
 		}
-		adjacent := u.Adjacent(ip)
-		for _, p := range prefixes {
+		adjacent := direct && u.Adjacent(ip)
+		for _, p := range pn.prefixes {
 			switch {
 			case direct && adjacent && p.Addr().Is4() == ip.Is4():
 				d.Routes = append(d.Routes, spec.Route{Prefix: p, Via: ip, Proto: spec.ProtoDirect})
@@ -145,6 +155,9 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 				plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("%s cannot be routed via %s (address families differ)", p, ip)})
 			}
 		}
+	}
+	if len(d.Tunnels) == 0 {
+		d.Tunnels = nil
 	}
 	if mode == spec.ModeBGP {
 		d.Routes = append(d.Routes, opts.ExtraRoutes...)

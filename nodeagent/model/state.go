@@ -10,7 +10,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 
@@ -55,6 +54,8 @@ func (r Refusal) String() string { return r.What + ": " + r.Reason }
 type State struct {
 	config  *weftv1.ClusterConfig // defaults applied and valid; nil until known
 	nodes   map[string]*weftv1.Node
+	parsed  map[string]parsedNode // nodes' addresses, parsed once
+	names   []string              // sorted keys of nodes
 	claims  claims
 	applied uint64
 	refused []Refusal
@@ -62,7 +63,7 @@ type State struct {
 
 // New returns the empty state (no config, no nodes, applied seq 0).
 func New() *State {
-	return &State{nodes: map[string]*weftv1.Node{}, claims: claims{}}
+	return &State{nodes: map[string]*weftv1.Node{}, parsed: map[string]parsedNode{}, claims: claims{}}
 }
 
 // Applied is the seq of the last event folded into the state.
@@ -79,8 +80,13 @@ func (s *State) Node(name string) *weftv1.Node { return s.nodes[name] }
 func (s *State) Len() int { return len(s.nodes) }
 
 // Names returns the node names, sorted.
-func (s *State) Names() []string {
-	return slices.Sorted(maps.Keys(s.nodes))
+func (s *State) Names() []string { return slices.Clone(s.names) }
+
+// parsedNode is a node's underlay IP and pod CIDRs, parsed when the node
+// was accepted, so Desired does not parse thousands of strings per event.
+type parsedNode struct {
+	ip       netip.Addr
+	prefixes []netip.Prefix
 }
 
 // Refused returns the most recent refusals, oldest first.
@@ -182,8 +188,16 @@ func (s *State) putNode(seq uint64, n *weftv1.Node) error {
 			return fmt.Errorf("%w: pod_cidrs: %s overlaps node %q's pod CIDR", validate.ErrInvalid, p, owner)
 		}
 	}
+	ip, err := netip.ParseAddr(n.UnderlayIp)
+	if err != nil {
+		return fmt.Errorf("%w: underlay_ip: %q is not an IP address", validate.ErrInvalid, n.UnderlayIp)
+	}
 	s.delNode(n.Name)
 	s.nodes[n.Name] = n
+	s.parsed[n.Name] = parsedNode{ip: ip.Unmap(), prefixes: prefixes}
+	if i, found := slices.BinarySearch(s.names, n.Name); !found {
+		s.names = slices.Insert(s.names, i, n.Name)
+	}
 	for _, p := range prefixes {
 		s.claims.add(p, n.Name)
 	}
@@ -191,15 +205,17 @@ func (s *State) putNode(seq uint64, n *weftv1.Node) error {
 }
 
 func (s *State) delNode(name string) {
-	old, ok := s.nodes[name]
-	if !ok {
+	if _, ok := s.nodes[name]; !ok {
 		return
 	}
-	prefixes, _ := parseCIDRs(old.PodCidrs)
-	for _, p := range prefixes {
+	for _, p := range s.parsed[name].prefixes {
 		s.claims.del(p, name)
 	}
 	delete(s.nodes, name)
+	delete(s.parsed, name)
+	if i, found := slices.BinarySearch(s.names, name); found {
+		s.names = slices.Delete(s.names, i, i+1)
+	}
 }
 
 // Reset replaces the state with a snapshot of the projection (a re-list).
@@ -224,6 +240,8 @@ func (s *State) Reset(snap Snapshot) {
 	}
 	old := s.nodes
 	s.nodes = make(map[string]*weftv1.Node, len(snap.Nodes))
+	s.parsed = make(map[string]parsedNode, len(snap.Nodes))
+	s.names = nil
 	s.claims = claims{}
 
 	type cand struct {

@@ -1,0 +1,285 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/follow"
+	"github.com/weftnet/weft/nodeagent/internal/fakedp"
+	"github.com/weftnet/weft/nodeagent/internal/logtest"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// nodeN is the n-th synthetic node: underlay addresses in 10.0.0.0/8, a
+// /26 pod CIDR in 172.16.0.0/12 (room for 16,384 nodes).
+func nodeN(n int) *weftv1.Node {
+	return &weftv1.Node{
+		Name:       fmt.Sprintf("node-%05d", n),
+		UnderlayIp: fmt.Sprintf("10.%d.%d.%d", n/62500, (n/250)%250, n%250+1),
+		PodCidrs:   []string{podCIDR(n)},
+	}
+}
+
+func podCIDR(n int) string {
+	// 172.16.0.0/12 holds 2^14 /26s.
+	base := 172<<24 | 16<<16 | n<<6
+	return fmt.Sprintf("%d.%d.%d.%d/26", base>>24&255, base>>16&255, base>>8&255, base&255)
+}
+
+func benchConfig() *weftv1.ClusterConfig {
+	return &weftv1.ClusterConfig{ClusterCidr: "172.16.0.0/12", NodeMaskSize: 26}
+}
+
+func benchUnderlay() spec.Underlay {
+	u := testUnderlay()
+	u.IP = mustAddr("10.0.0.1")
+	return u
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p)
+	return s[i]
+}
+
+func report(b *testing.B, d []time.Duration, unit string) {
+	b.ReportMetric(float64(percentile(d, 0.5).Microseconds())/1000, "p50-"+unit)
+	b.ReportMetric(float64(percentile(d, 0.99).Microseconds())/1000, "p99-"+unit)
+	b.ReportMetric(float64(percentile(d, 1).Microseconds())/1000, "max-"+unit)
+}
+
+func newBenchAgent(b *testing.B, c *clientv3.Client, name string, dp Datapath) *Agent {
+	a, err := New(Config{
+		Client: c, NodeName: name, Datapath: dp,
+		ReconcileInterval: -1,
+		StatusInterval:    30 * time.Second,
+		StatusMinInterval: time.Second,
+		LeaseTTL:          30 * time.Second,
+		Follow:            follow.Options{RequestTimeout: 30 * time.Second},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return a
+}
+
+func runBenchAgent(b *testing.B, a *Agent) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	return func() { cancel(); <-done }
+}
+
+// BenchmarkEventToProgrammed: a NodeAdded committed to etcd until the
+// agent has synced the tunnel entry into its (fake) datapath, with 1,000
+// nodes in the cluster. The time includes the etcd transaction.
+func BenchmarkEventToProgrammed(b *testing.B) {
+	ctx := context.Background()
+	c := logtest.StartEtcdProcess(b)
+	l, err := logtest.New(ctx, c, "/weft")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var nodes []*weftv1.Node
+	for i := range 1000 {
+		nodes = append(nodes, nodeN(i))
+	}
+	if err := l.Seed(ctx, 1, benchConfig(), nodes); err != nil {
+		b.Fatal(err)
+	}
+	dp := fakedp.New(benchUnderlay())
+	synced := make(chan int, 1024)
+	dp.OnSync = func(d *spec.Desired) { synced <- len(d.Tunnels) }
+	stop := runBenchAgent(b, newBenchAgent(b, c, "node-00000", dp))
+	defer stop()
+	for n := <-synced; n != 999; n = <-synced {
+	}
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		want := 1000 + i
+		start := time.Now()
+		if _, err := l.Append(ctx, logtest.Added(nodeN(want).Name, nodeN(want).UnderlayIp, podCIDR(want))); err != nil {
+			b.Fatal(err)
+		}
+		for n := <-synced; n != want; n = <-synced {
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	report(b, lat, "ms")
+}
+
+// BenchmarkColdStart5000: an agent starting against a projection of 5,000
+// nodes, until its first Sync (4,999 tunnel entries) returned, with the
+// fake datapath; then the agent's heap and the process RSS (etcd runs in
+// a child process).
+func BenchmarkColdStart5000(b *testing.B) {
+	ctx := context.Background()
+	c := logtest.StartEtcdProcess(b)
+	l, err := logtest.New(ctx, c, "/weft")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var nodes []*weftv1.Node
+	for i := range 5000 {
+		nodes = append(nodes, nodeN(i))
+	}
+	if err := l.Seed(ctx, 5000, benchConfig(), nodes); err != nil {
+		b.Fatal(err)
+	}
+	var lat []time.Duration
+	var heap, rss uint64
+	b.ResetTimer()
+	for range b.N {
+		runtime.GC()
+		var before runtime.MemStats
+		runtime.ReadMemStats(&before)
+		dp := fakedp.New(benchUnderlay())
+		done := make(chan struct{}, 1)
+		dp.OnSync = func(d *spec.Desired) {
+			if len(d.Tunnels) == 4999 {
+				done <- struct{}{}
+			}
+		}
+		start := time.Now()
+		stop := runBenchAgent(b, newBenchAgent(b, c, "node-00000", dp))
+		<-done
+		lat = append(lat, time.Since(start))
+		b.StopTimer()
+		runtime.GC()
+		var after runtime.MemStats
+		runtime.ReadMemStats(&after)
+		heap = max(heap, after.HeapInuse-min(after.HeapInuse, before.HeapInuse))
+		rss = max(rss, vmRSS())
+		stop()
+		b.StartTimer()
+	}
+	b.StopTimer()
+	report(b, lat, "ms")
+	b.ReportMetric(float64(heap)/(1<<20), "heap-MB")
+	b.ReportMetric(float64(rss)/(1<<20), "rss-MB")
+}
+
+// vmRSS is the resident set size of this process in bytes.
+func vmRSS() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// BenchmarkThousandFollowers: 1,000 complete agents (registration, lease,
+// status, follower, model, converge loop) in one process, with fake
+// datapaths, against one etcd (in a child process). Each iteration
+// appends one NodeAdded and waits until every agent has synced it; the
+// metrics are over all agents' latencies.
+func BenchmarkThousandFollowers(b *testing.B) {
+	const agents, perClient = 1000, 100
+	ctx := context.Background()
+	c := logtest.StartEtcdProcess(b)
+	l, err := logtest.New(ctx, c, "/weft")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var nodes []*weftv1.Node
+	for i := range agents {
+		nodes = append(nodes, nodeN(i))
+	}
+	if err := l.Seed(ctx, 1, benchConfig(), nodes); err != nil {
+		b.Fatal(err)
+	}
+	var clients []*clientv3.Client
+	for range agents / perClient {
+		cc, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: c.GetLogger()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cc.Close()
+		clients = append(clients, cc)
+	}
+
+	var mu sync.Mutex
+	var target atomic.Int64 // tunnel count that means "applied the new node"
+	var start atomic.Int64 // unix nanos of the current append
+	var lat []time.Duration
+	var pending sync.WaitGroup
+	var ready sync.WaitGroup
+	ready.Add(agents)
+	var stops []func()
+	for i := range agents {
+		dp := fakedp.New(spec.Underlay{IP: mustAddr(nodeN(i).UnderlayIp), MTU: 1500})
+		var seenReady, seen atomic.Int64
+		dp.OnSync = func(d *spec.Desired) {
+			n := int64(len(d.Tunnels))
+			if n == agents-1 && seenReady.CompareAndSwap(0, 1) {
+				ready.Done()
+			}
+			if t := target.Load(); n == t && seen.Swap(t) != t {
+				mu.Lock()
+				lat = append(lat, time.Duration(time.Now().UnixNano()-start.Load()))
+				mu.Unlock()
+				pending.Done()
+			}
+		}
+		stops = append(stops, runBenchAgent(b, newBenchAgent(b, clients[i/perClient], nodeN(i).Name, dp)))
+	}
+	defer func() {
+		var wg sync.WaitGroup
+		for _, s := range stops {
+			wg.Go(s)
+		}
+		wg.Wait()
+	}()
+	ready.Wait()
+
+	var all []time.Duration
+	var worst []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		n := agents + i
+		mu.Lock()
+		lat = lat[:0]
+		mu.Unlock()
+		pending.Add(agents)
+		target.Store(int64(n))
+		start.Store(time.Now().UnixNano())
+		if _, err := l.Append(ctx, logtest.Added(nodeN(n).Name, nodeN(n).UnderlayIp, podCIDR(n))); err != nil {
+			b.Fatal(err)
+		}
+		pending.Wait()
+		mu.Lock()
+		all = append(all, lat...)
+		worst = append(worst, percentile(lat, 1))
+		mu.Unlock()
+	}
+	b.StopTimer()
+	report(b, all, "ms")
+	b.ReportMetric(float64(percentile(worst, 0.99).Microseconds())/1000, "p99-all-applied-ms")
+}
