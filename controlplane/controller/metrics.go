@@ -1,0 +1,41 @@
+package controller
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the controller's Prometheus metrics.
+type Metrics struct {
+	EventsAppended prometheus.Counter
+	Head           prometheus.Gauge
+	Leader         prometheus.Gauge
+	AppendSeconds  prometheus.Histogram
+	Nodes          prometheus.Gauge
+	Problems       prometheus.Gauge
+	ConfigRefusals prometheus.Counter
+}
+
+// NewMetrics creates the metrics and registers them with reg (when not nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		EventsAppended: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_controller_events_appended_total", Help: "Events this controller appended to the log."}),
+		Head:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_controller_head_seq", Help: "Seq of the last event in the log, as this controller knows it."}),
+		Leader:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_controller_leader", Help: "1 while this controller is the leader."}),
+		AppendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "weft_controller_append_seconds", Help: "Latency of one append transaction.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		Nodes:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_controller_nodes", Help: "Nodes in the projection."}),
+		Problems:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_controller_problems", Help: "Nodes with a recorded problem (skipped registration, no CIDR)."}),
+		ConfigRefusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_controller_config_refusals_total", Help: "Desired configs refused."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.EventsAppended, m.Head, m.Leader, m.AppendSeconds, m.Nodes, m.Problems, m.ConfigRefusals)
+	}
+	return m
+}
+
+func (m *Metrics) observe(events int, took time.Duration) {
+	m.EventsAppended.Add(float64(events))
+	m.AppendSeconds.Observe(took.Seconds())
+}
