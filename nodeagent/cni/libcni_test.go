@@ -30,6 +30,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/nodeagent/cni"
+	"github.com/weftnet/weft/testenv"
 )
 
 var binDir string
@@ -720,5 +721,45 @@ func TestOlderSpecVersions(t *testing.T) {
 	b, _ := json.Marshal(info.SupportedVersions())
 	if string(b) != `["0.4.0","1.0.0","1.1.0"]` {
 		t.Fatalf("VERSION says %s", b)
+	}
+}
+
+// testenv's CNIAttacher (what the cluster tests attach pods with) drives
+// this same binary: attach two pods by netns name, reach them, detach.
+func TestTestenvCNIAttacher(t *testing.T) {
+	nodePath := newNS(t)
+	subnetFile := filepath.Join(t.TempDir(), "subnet.env")
+	if err := os.WriteFile(subnetFile, []byte(subnetV4), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	att := testenv.NewCNIAttacher(binDir)
+	ctx := context.Background()
+	node := filepath.Base(nodePath)
+	var ips []netip.Addr
+	var pods []string
+	for i := range 2 {
+		pod := filepath.Base(newNS(t))
+		pods = append(pods, pod)
+		ip, err := att.Attach(ctx, node, pod, fmt.Sprint("pod-", i), subnetFile)
+		if err != nil {
+			t.Fatalf("Attach: %v", err)
+		}
+		if err := reachable(nodePath, ip); err != nil {
+			t.Fatal(err)
+		}
+		ips = append(ips, ip)
+	}
+	if ips[0] == ips[1] {
+		t.Fatalf("both pods got %s", ips[0])
+	}
+	for i, pod := range pods {
+		for range 2 { // detaching twice is fine
+			if err := att.Detach(ctx, node, pod, fmt.Sprint("pod-", i), subnetFile); err != nil {
+				t.Fatalf("Detach: %v", err)
+			}
+		}
+		if names := podLinks(t, "/run/netns/"+pod); len(names) != 0 {
+			t.Fatalf("pod %d still has %v", i, names)
+		}
 	}
 }
