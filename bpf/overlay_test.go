@@ -132,6 +132,35 @@ func TestOverlay(t *testing.T) {
 
 	t.Run("traffic", func(t *testing.T) { checkPath(t, c) })
 
+	t.Run("underlay", func(t *testing.T) {
+		a.ns.MustDo(t, func() error {
+			u, err := a.dp.Underlay()
+			if err == nil && (u.Interface != "ul0" || u.IP != a.under) {
+				t.Errorf("Underlay() = %+v", u)
+			}
+			return err
+		})
+		if _, err := a.dp.Underlay(); err == nil {
+			t.Error("Underlay from the test's own namespace did not fail")
+		}
+		for _, name := range []string{"ul0", "192.168.50.1", "fd00:50::1"} {
+			var u spec.Underlay
+			a.ns.MustDo(t, func() error {
+				var err error
+				u, err = readUnderlay(name)
+				return err
+			})
+			wantIP := a.under
+			if name == "fd00:50::1" {
+				wantIP = a.under6
+			}
+			if u.Interface != "ul0" || u.IP != wantIP || u.MTU != 1500 ||
+				!u.Adjacent(b.under) || !u.Adjacent(b.under6) || u.Adjacent(netip.MustParseAddr("192.168.51.1")) {
+				t.Errorf("underlay %q: %+v", name, u)
+			}
+		}
+	})
+
 	t.Run("fast path bypasses the node's forwarding", func(t *testing.T) {
 		// Echo requests leave through the bridge program straight into the
 		// tunnel, replies go from the tunnel straight to the bridge: node
@@ -307,6 +336,29 @@ func TestOverlay(t *testing.T) {
 		})
 		if rep.Changed() {
 			t.Fatalf("second reconcile changed %+v", rep)
+		}
+		checkPath(t, c)
+	})
+
+	t.Run("port change replaces the device", func(t *testing.T) {
+		for _, n := range c.nodes {
+			w := c.overlayWant(n, spec.ModeVXLAN, netip.Addr{})
+			w.Overlay.Port = 4789
+			rep := n.sync(w)
+			n.ns.MustDo(t, func() error {
+				dev, err := readDevice(spec.VXLANDevice)
+				if err != nil {
+					return err
+				}
+				if dev.Port != 4789 {
+					t.Errorf("node %d: port %d after %+v", n.idx, dev.Port, rep)
+				}
+				return nil
+			})
+		}
+		checkPath(t, c)
+		for _, n := range c.nodes {
+			n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{}))
 		}
 		checkPath(t, c)
 	})
