@@ -1,0 +1,280 @@
+// Package daemon wires weft-controller together: flags and environment,
+// the initial cluster config, the embedded or external etcd, metrics and
+// health endpoints, and the controller. cmd/weft-controller only parses
+// and calls Run.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"sigs.k8s.io/yaml"
+
+	"github.com/weftnet/weft/controlplane/controller"
+	"github.com/weftnet/weft/proto/keys"
+	"github.com/weftnet/weft/proto/validate"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// Options are weft-controller's flags.
+type Options struct {
+	EtcdEndpoints    string
+	DataDir          string
+	EtcdListenClient string
+	EtcdListenPeer   string
+	Prefix           string
+	ClusterCIDR      string
+	ClusterCIDRv6    string
+	NodeMaskSize     uint
+	Backend          string
+	ConfigFile       string
+	MetricsAddr      string
+	ElectionTTL      int
+	LogLevel         string
+	Validate         bool
+
+	set map[string]bool // flags given on the command line or in the environment
+}
+
+// Parse parses args (without the program name) into Options. Every flag
+// can also come from WEFT_<FLAG> in the environment (WEFT_CLUSTER_CIDR
+// for --cluster-cidr); an explicit flag wins over the environment.
+func Parse(args []string, getenv func(string) string) (*Options, error) {
+	o := &Options{}
+	fs := flag.NewFlagSet("weft-controller", flag.ContinueOnError)
+	fs.StringVar(&o.EtcdEndpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty: run an embedded single-member etcd")
+	fs.StringVar(&o.DataDir, "data-dir", "/var/lib/weft", "data directory of the embedded etcd")
+	fs.StringVar(&o.EtcdListenClient, "etcd-listen-client", "http://127.0.0.1:2379", "comma-separated client URLs the embedded etcd listens on")
+	fs.StringVar(&o.EtcdListenPeer, "etcd-listen-peer", "http://127.0.0.1:2380", "peer URL of the embedded etcd")
+	fs.StringVar(&o.Prefix, "prefix", keys.DefaultPrefix, "etcd key prefix of the cluster")
+	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", "", "IPv4 pod network of the cluster (default 10.244.0.0/16 when neither flag nor file sets it)")
+	fs.StringVar(&o.ClusterCIDRv6, "cluster-cidr-v6", "", "IPv6 pod network of the cluster (dual-stack)")
+	fs.UintVar(&o.NodeMaskSize, "node-mask-size", 0, "prefix length of each node's IPv4 pod CIDR (default 24)")
+	fs.StringVar(&o.Backend, "backend", "", "datapath backend: vxlan, geneve, native, hybrid, gateway or bgp (default vxlan)")
+	fs.StringVar(&o.ConfigFile, "config", "", "ClusterConfig file (JSON or YAML, proto field names); flags override it")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:9470", "address of /metrics and /healthz (empty: off)")
+	fs.IntVar(&o.ElectionTTL, "election-ttl", 10, "leader election session TTL in seconds")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
+	fs.BoolVar(&o.Validate, "validate", false, "validate the config, print it with defaults and exit (dry run)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	o.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "WEFT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(env); v != "" && !o.set[f.Name] && err == nil {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", env, v, e)
+			}
+			o.set[f.Name] = true
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if o.ElectionTTL < 1 {
+		return nil, errors.New("--election-ttl must be at least 1")
+	}
+	return o, nil
+}
+
+// ClusterConfig is the initial config: the file (when given), overridden
+// by the flags that were set, with defaults applied and validated.
+func (o *Options) ClusterConfig() (*weftv1.ClusterConfig, error) {
+	cfg := &weftv1.ClusterConfig{}
+	if o.ConfigFile != "" {
+		b, err := os.ReadFile(o.ConfigFile)
+		if err != nil {
+			return nil, fmt.Errorf("read config: %w", err)
+		}
+		if cfg, err = DecodeConfigFile(b); err != nil {
+			return nil, fmt.Errorf("config %s: %w", o.ConfigFile, err)
+		}
+	}
+	if o.set["cluster-cidr"] {
+		cfg.ClusterCidr = o.ClusterCIDR
+	}
+	if o.set["cluster-cidr-v6"] {
+		cfg.ClusterCidrV6 = o.ClusterCIDRv6
+	}
+	if o.set["node-mask-size"] {
+		cfg.NodeMaskSize = uint32(o.NodeMaskSize)
+	}
+	if o.set["backend"] {
+		cfg.Backend = o.Backend
+	}
+	if cfg.ClusterCidr == "" {
+		cfg.ClusterCidr = "10.244.0.0/16"
+	}
+	cfg = validate.WithDefaults(cfg)
+	if err := validate.Config(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// DecodeConfigFile decodes a ClusterConfig written as protojson or as
+// YAML with the same field names.
+func DecodeConfigFile(b []byte) (*weftv1.ClusterConfig, error) {
+	j, err := yaml.YAMLToJSON(b)
+	if err != nil {
+		return nil, fmt.Errorf("decode config file: %w", err)
+	}
+	return keys.DecodeConfig(j)
+}
+
+// Logger returns the process logger at level.
+func Logger(level string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: "weft-controller", Level: hclog.LevelFromString(level)})
+}
+
+// Run runs the controller until ctx ends: it starts the embedded etcd (or
+// connects to EtcdEndpoints), serves metrics and health, and campaigns.
+// It resigns and closes etcd before it returns.
+func Run(ctx context.Context, o *Options, log hclog.Logger) error {
+	cfg, err := o.ClusterConfig()
+	if err != nil {
+		return err
+	}
+	endpoints := splitList(o.EtcdEndpoints)
+	if len(endpoints) == 0 {
+		e, err := StartEtcd(o.DataDir, o.EtcdListenClient, o.EtcdListenPeer)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			e.Close()
+			log.Info("embedded etcd stopped")
+		}()
+		for _, u := range e.Clients {
+			endpoints = append(endpoints, "http://"+u.Addr().String())
+		}
+		log.Info("embedded etcd serving", "clients", o.EtcdListenClient, "data_dir", o.DataDir)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return fmt.Errorf("connect etcd: %w", err)
+	}
+	defer cli.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ctl := controller.New(controller.Options{
+		Client: cli, Layout: keys.New(o.Prefix), Initial: cfg,
+		ElectionTTL: time.Duration(o.ElectionTTL) * time.Second,
+		Logger:      log, Metrics: controller.NewMetrics(reg),
+	})
+	if o.MetricsAddr != "" {
+		srv, err := serveMetrics(o.MetricsAddr, reg, cli, ctl, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+	}
+	err = ctl.Run(ctx)
+	log.Info("controller stopped")
+	return err
+}
+
+func serveMetrics(addr string, reg *prometheus.Registry, cli *clientv3.Client, ctl *controller.Controller, log hclog.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if _, err := cli.Get(ctx, "health", clientv3.WithCountOnly()); err != nil {
+			http.Error(w, "etcd unreachable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		role := "follower"
+		if ctl.IsLeader() {
+			role = "leader"
+		}
+		fmt.Fprintf(w, "ok %s\n", role)
+	})
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen metrics: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "error", err)
+		}
+	}()
+	return srv, nil
+}
+
+// StartEtcd starts a single-member embedded etcd with its data under
+// dataDir/etcd, listening for clients on every URL of the comma-separated
+// clientURLs (so agents in other namespaces or hosts can reach it).
+func StartEtcd(dataDir, clientURLs, peerURL string) (*embed.Etcd, error) {
+	cfg := embed.NewConfig()
+	cfg.Dir = dataDir + "/etcd"
+	cfg.Logger = "zap"
+	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	var clients []url.URL
+	for _, s := range splitList(clientURLs) {
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-listen-client %q: %w", s, err)
+		}
+		clients = append(clients, *u)
+	}
+	if len(clients) == 0 {
+		return nil, errors.New("--etcd-listen-client is empty")
+	}
+	peer, err := url.Parse(peerURL)
+	if err != nil {
+		return nil, fmt.Errorf("--etcd-listen-peer %q: %w", peerURL, err)
+	}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = clients, clients
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
+	cfg.InitialCluster = cfg.Name + "=" + peer.String()
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd: %w", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return e, nil
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, errors.New("start embedded etcd: not ready after 60s")
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,134 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+
+	"github.com/weftnet/weft/proto/keys"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+	)
+}
+
+func TestParseEnvAndFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "c.yaml")
+	os.WriteFile(file, []byte("cluster_cidr: 10.50.0.0/16\nnode_mask_size: 26\nbackend: native\nmtu: 1400\n"), 0o644)
+	env := map[string]string{"WEFT_BACKEND": "hybrid", "WEFT_NODE_MASK_SIZE": "25", "WEFT_CONFIG": file}
+	o, err := Parse([]string{"--node-mask-size=27"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := o.ClusterConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// file < environment < flag
+	if cfg.ClusterCidr != "10.50.0.0/16" || cfg.Backend != "hybrid" || cfg.NodeMaskSize != 27 || cfg.Mtu != 1400 || cfg.Vni != 1 {
+		t.Fatalf("config %v", cfg)
+	}
+	o, _ = Parse([]string{"--cluster-cidr=10.0.0.0/33"}, func(string) string { return "" })
+	if _, err := o.ClusterConfig(); err == nil || !strings.Contains(err.Error(), "cluster_cidr") {
+		t.Fatalf("bad cidr: %v", err)
+	}
+	if _, err := Parse([]string{"extra"}, func(string) string { return "" }); err == nil {
+		t.Fatal("extra argument accepted")
+	}
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestRunEmbedded starts the whole daemon with its embedded etcd on two
+// client URLs, sees it lead and write the initial config, serve health
+// and metrics, and stop cleanly when its context ends.
+func TestRunEmbedded(t *testing.T) {
+	c1, c2, peer, metrics := freePort(t), freePort(t), freePort(t), freePort(t)
+	o, err := Parse([]string{
+		"--data-dir", t.TempDir(), "--etcd-listen-client", "http://" + c1 + ",http://" + c2,
+		"--etcd-listen-peer", "http://" + peer, "--metrics-addr", metrics, "--election-ttl", "2",
+		"--cluster-cidr", "10.60.0.0/16",
+	}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, o, hclog.NewNullLogger()) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("daemon did not stop")
+		}
+	}()
+	var body string
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		r, err := http.Get("http://" + metrics + "/healthz")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		if body = string(b); strings.Contains(body, "leader") {
+			break
+		}
+	}
+	if !strings.Contains(body, "ok leader") {
+		t.Fatalf("healthz: %q", body)
+	}
+	// Both client URLs serve the same store.
+	for _, ep := range []string{c1, c2} {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r *clientv3.GetResponse
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			if r, err = cli.Get(ctx, keys.New("").Config()); err == nil && len(r.Kvs) == 1 {
+				break
+			}
+		}
+		cli.Close()
+		if r == nil || len(r.Kvs) != 1 || !strings.Contains(string(r.Kvs[0].Value), "10.60.0.0/16") {
+			t.Fatalf("config via %s: %v %v", ep, r, err)
+		}
+	}
+	r, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	for _, m := range []string{"weft_controller_leader 1", "weft_controller_head_seq 1", "weft_controller_events_appended_total 1"} {
+		if !strings.Contains(string(b), m) {
+			t.Errorf("metrics lack %q", m)
+		}
+	}
+}
