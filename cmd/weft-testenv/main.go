@@ -75,6 +75,7 @@ Needs root. Run demo and up from inside the weft source tree (they go build).
 // clusterFlags are the options up and demo share.
 type clusterFlags struct {
 	backend, etcd, binDir, prefix, logLevel string
+	attacher                                string
 	nodes, pods, segments, controllers      int
 	grace                                   int
 }
@@ -85,6 +86,7 @@ func (f *clusterFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.binDir, "bin-dir", envOr("BIN_DIR", ""), "use the weft binaries in this directory instead of building them")
 	fs.StringVar(&f.prefix, "prefix", envOr("PREFIX", ""), "run prefix (default: wt + 4 random hex digits)")
 	fs.StringVar(&f.logLevel, "log-level", envOr("LOG_LEVEL", "debug"), "log level of the weft processes (their logs are in the run directory)")
+	fs.StringVar(&f.attacher, "attacher", envOr("ATTACHER", "netlink"), "how pods are attached: netlink (testenv's own) or cni (the weft-cni plugin through libcni)")
 	fs.IntVar(&f.nodes, "nodes", 3, "number of nodes")
 	fs.IntVar(&f.pods, "pods-per-node", 2, "pods per node")
 	fs.IntVar(&f.segments, "segments", 1, "underlay segments: 1, or 2 joined by a router namespace")
@@ -109,7 +111,7 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 			cleanups[i]()
 		}
 	}
-	if binDir == "" && f.backend != testenv.BackendKernel {
+	if binDir == "" && (f.backend != testenv.BackendKernel || f.attacher == "cni") {
 		dir, err := os.MkdirTemp("", "weft-bin-")
 		if err != nil {
 			return nil, nil, err
@@ -122,6 +124,15 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 		}
 		binDir = dir
 	}
+	var att testenv.PodAttacher
+	switch f.attacher {
+	case "netlink":
+	case "cni":
+		att = testenv.NewCNIAttacher(binDir)
+	default:
+		cleanup()
+		return nil, nil, usageError{fmt.Errorf("--attacher %q: want netlink or cni", f.attacher)}
+	}
 	fmt.Printf("starting %d nodes x %d pods, backend %s, etcd %s ...\n", f.nodes, f.pods, f.backend, f.etcd)
 	c, err := testenv.New(ctx, testenv.Options{
 		Prefix:      f.prefix,
@@ -133,6 +144,7 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 		Controllers: f.controllers,
 		NodeGrace:   f.grace,
 		BinDir:      binDir,
+		Attacher:    att,
 		LogLevel:    f.logLevel,
 		Logger:      log,
 	})

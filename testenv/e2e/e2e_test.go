@@ -473,9 +473,12 @@ func leaderIndex(t *testing.T, ctx context.Context, c *testenv.Cluster) int {
 
 // TestEmbeddedTwoSegments runs the default etcd (embedded in the
 // controller) over a routed underlay: nodes alternate between two L2
-// segments joined by a router namespace, so VXLAN crosses a router.
+// segments joined by a router namespace, so VXLAN crosses a router. Pods
+// are attached by the weft-cni plugin through libcni, as a runtime would.
 func TestEmbeddedTwoSegments(t *testing.T) {
-	c := start(t, testenv.Options{Nodes: 3, PodsPerNode: 1, Segments: 2, Backend: "vxlan", Etcd: testenv.EtcdEmbedded})
+	needCluster(t)
+	c := start(t, testenv.Options{Nodes: 3, PodsPerNode: 1, Segments: 2, Backend: "vxlan", Etcd: testenv.EtcdEmbedded,
+		Attacher: testenv.NewCNIAttacher(binDir)})
 	ctx := context.Background()
 	if c.Node(0).Segment == c.Node(1).Segment {
 		t.Fatal("nodes 0 and 1 share a segment")
