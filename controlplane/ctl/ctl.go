@@ -1,0 +1,588 @@
+// Package ctl is weftctl: it reads and checks the store and asks the
+// controller for config changes. cmd/weftctl calls Main; tests call it too.
+//
+// Exit codes: 0 ok, 1 failure (etcd unreachable, config refused, check
+// failed), 2 usage.
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/weftnet/weft/controlplane/daemon"
+	"github.com/weftnet/weft/controlplane/store"
+	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// Exit codes.
+const (
+	ExitOK    = 0
+	ExitFail  = 1
+	ExitUsage = 2
+)
+
+var errUsage = errors.New("usage")
+
+const usage = `usage: weftctl [--etcd-endpoints URLS] [--prefix P] [-o table|json] VERB
+verbs:
+  nodes                      nodes in the projection
+  events [--since N] [--follow]
+                             the event log from seq N (default: all retained)
+  status                     each node's applied seq against the head; problems
+  config get                 the config in force and the answer to the last desired config
+  config set FILE|-          ask for a config (JSON or YAML ClusterConfig) ...
+  config set --mtu 1400 ...  ... or change fields of the config in force
+  check                      verify the store: log contiguous, fold == projection, subnets guarded
+`
+
+type cli struct {
+	c      *clientv3.Client
+	k      keys.Layout
+	json   bool
+	stdin  io.Reader
+	out    io.Writer
+	errOut io.Writer
+}
+
+// Main runs weftctl with args (without the program name) and returns the
+// exit code. ctx ends --follow.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := flag.NewFlagSet("weftctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	endpoints := fs.String("etcd-endpoints", "http://127.0.0.1:2379", "comma-separated etcd client URLs (env WEFT_ETCD_ENDPOINTS)")
+	prefix := fs.String("prefix", keys.DefaultPrefix, "etcd key prefix of the cluster (env WEFT_PREFIX)")
+	output := fs.String("o", "table", "output: table or json")
+	if err := fs.Parse(args); err != nil {
+		return ExitUsage
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if v := getenv("WEFT_ETCD_ENDPOINTS"); v != "" && !set["etcd-endpoints"] {
+		*endpoints = v
+	}
+	if v := getenv("WEFT_PREFIX"); v != "" && !set["prefix"] {
+		*prefix = v
+	}
+	if *output != "table" && *output != "json" {
+		fmt.Fprintf(stderr, "weftctl: -o %q: want table or json\n", *output)
+		return ExitUsage
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		fmt.Fprint(stderr, usage)
+		return ExitUsage
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(*endpoints, ","), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		fmt.Fprintln(stderr, "weftctl: connect etcd:", err)
+		return ExitFail
+	}
+	defer c.Close()
+	x := &cli{c: c, k: keys.New(*prefix), json: *output == "json", stdin: stdin, out: stdout, errOut: stderr}
+	err = x.run(ctx, rest)
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "weftctl: %v\n%s", err, usage)
+		return ExitUsage
+	case errors.Is(err, errSilent):
+		return ExitFail
+	default:
+		fmt.Fprintln(stderr, "weftctl:", err)
+		return ExitFail
+	}
+}
+
+// errSilent: the failure was already reported on stdout.
+var errSilent = errors.New("failed")
+
+func (x *cli) run(ctx context.Context, args []string) error {
+	verb, rest := args[0], args[1:]
+	switch verb {
+	case "nodes":
+		if len(rest) > 0 {
+			return fmt.Errorf("%w: nodes takes no arguments", errUsage)
+		}
+		return x.nodes(ctx)
+	case "events":
+		return x.events(ctx, rest)
+	case "status":
+		if len(rest) > 0 {
+			return fmt.Errorf("%w: status takes no arguments", errUsage)
+		}
+		return x.status(ctx)
+	case "config":
+		if len(rest) == 0 {
+			return fmt.Errorf("%w: config get|set", errUsage)
+		}
+		switch rest[0] {
+		case "get":
+			return x.configGet(ctx)
+		case "set":
+			return x.configSet(ctx, rest[1:])
+		}
+		return fmt.Errorf("%w: config %q", errUsage, rest[0])
+	case "check":
+		if len(rest) > 0 {
+			return fmt.Errorf("%w: check takes no arguments", errUsage)
+		}
+		return x.check(ctx)
+	}
+	return fmt.Errorf("%w: unknown verb %q", errUsage, verb)
+}
+
+func (x *cli) table() *tabwriter.Writer { return tabwriter.NewWriter(x.out, 0, 4, 2, ' ', 0) }
+
+// protoJSON renders messages as one JSON array.
+func protoJSON[T proto.Message](ms []T) json.RawMessage {
+	parts := make([]string, len(ms))
+	for i, m := range ms {
+		parts[i] = string(keys.Encode(m))
+	}
+	return json.RawMessage("[" + strings.Join(parts, ",") + "]")
+}
+
+func (x *cli) writeJSON(v any) error {
+	e := json.NewEncoder(x.out)
+	e.SetIndent("", "  ")
+	return e.Encode(v)
+}
+
+func (x *cli) nodes(ctx context.Context) error {
+	st, _, err := store.Load(ctx, x.c, x.k)
+	if err != nil {
+		return err
+	}
+	names := slices.Sorted(maps.Keys(st.Nodes))
+	if x.json {
+		ns := make([]*weftv1.Node, len(names))
+		for i, n := range names {
+			ns[i] = st.Nodes[n]
+		}
+		return x.writeJSON(protoJSON(ns))
+	}
+	w := x.table()
+	fmt.Fprintln(w, "NAME\tUNDERLAY\tPOD CIDRS\tSEQ")
+	for _, n := range names {
+		nd := st.Nodes[n]
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", nd.Name, nd.UnderlayIp, strings.Join(nd.PodCidrs, ","), nd.Seq)
+	}
+	return w.Flush()
+}
+
+// Summary is a one-line description of an event.
+func Summary(e *weftv1.Event) (kind, what string) {
+	switch k := e.Kind.(type) {
+	case *weftv1.Event_ConfigChanged:
+		c := k.ConfigChanged.GetConfig()
+		return "ConfigChanged", fmt.Sprintf("cluster_cidr=%s backend=%s vni=%d mtu=%d", c.GetClusterCidr(), c.GetBackend(), c.GetVni(), c.GetMtu())
+	case *weftv1.Event_NodeAdded:
+		n := k.NodeAdded.GetNode()
+		return "NodeAdded", fmt.Sprintf("%s %s %s", n.GetName(), n.GetUnderlayIp(), strings.Join(n.GetPodCidrs(), ","))
+	case *weftv1.Event_NodeUpdated:
+		n := k.NodeUpdated.GetNode()
+		return "NodeUpdated", fmt.Sprintf("%s %s %s", n.GetName(), n.GetUnderlayIp(), strings.Join(n.GetPodCidrs(), ","))
+	case *weftv1.Event_NodeRemoved:
+		return "NodeRemoved", fmt.Sprintf("%s (%s)", k.NodeRemoved.GetName(), k.NodeRemoved.GetReason())
+	}
+	return "?", ""
+}
+
+func (x *cli) events(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("events", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	since := fs.Uint64("since", 0, "first seq to show")
+	follow := fs.Bool("follow", false, "keep printing new events")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		return fmt.Errorf("%w: events [--since N] [--follow]", errUsage)
+	}
+	r, err := x.c.Get(ctx, x.k.Event(*since), clientv3.WithRange(clientv3.GetPrefixRangeEnd(x.k.Events())))
+	if err != nil {
+		return fmt.Errorf("read events: %w", err)
+	}
+	// Tables print as they go (for --follow); JSON is one event per line.
+	print := func(v []byte) error {
+		e, err := keys.DecodeEvent(v)
+		if err != nil {
+			return err
+		}
+		if x.json {
+			_, err := fmt.Fprintln(x.out, string(keys.Encode(e)))
+			return err
+		}
+		kind, what := Summary(e)
+		_, err = fmt.Fprintf(x.out, "%-8d %-30s %-14s %s\n", e.Seq, e.Time, kind, what)
+		return err
+	}
+	if !x.json {
+		fmt.Fprintf(x.out, "%-8s %-30s %-14s %s\n", "SEQ", "TIME", "KIND", "WHAT")
+	}
+	for _, kv := range r.Kvs {
+		if err := print(kv.Value); err != nil {
+			return err
+		}
+	}
+	if !*follow {
+		return nil
+	}
+	wc := x.c.Watch(clientv3.WithRequireLeader(ctx), x.k.Events(), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
+	for resp := range wc {
+		if err := resp.Err(); err != nil {
+			return fmt.Errorf("follow events: %w", err)
+		}
+		for _, ev := range resp.Events {
+			if ev.Type == mvccpb.PUT {
+				if err := print(ev.Kv.Value); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.New("follow events: watch ended")
+}
+
+// NodeStatus is one row of weftctl status.
+type NodeStatus struct {
+	Name       string `json:"name"`
+	AppliedSeq uint64 `json:"applied_seq"`
+	Behind     uint64 `json:"behind"`
+	Reporting  bool   `json:"reporting"`
+	Degraded   bool   `json:"degraded"`
+	LastError  string `json:"last_error,omitempty"`
+	Converged  bool   `json:"converged"`
+}
+
+// StatusReport is weftctl status as data.
+type StatusReport struct {
+	Head     uint64            `json:"head"`
+	Nodes    []NodeStatus      `json:"nodes"`
+	Problems map[string]string `json:"problems"`
+}
+
+// Status reads each projected node's applied seq against the head, and
+// the controller's recorded problems.
+func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusReport, error) {
+	st, rev, err := store.Load(ctx, c, k)
+	if err != nil {
+		return nil, err
+	}
+	r, err := c.Txn(ctx).Then(
+		clientv3.OpGet(k.Statuses(), clientv3.WithPrefix(), clientv3.WithRev(rev)),
+		clientv3.OpGet(k.Problems(), clientv3.WithPrefix(), clientv3.WithRev(rev)),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read status: %w", err)
+	}
+	statuses := map[string]*weftv1.AgentStatus{}
+	for _, kv := range r.Responses[0].GetResponseRange().Kvs {
+		name, err := keys.NameOf(k.Statuses(), string(kv.Key))
+		if err != nil {
+			continue
+		}
+		s, err := keys.DecodeStatus(kv.Value)
+		if err != nil {
+			s = &weftv1.AgentStatus{LastError: "undecodable status: " + err.Error(), Degraded: true}
+		}
+		statuses[name] = s
+	}
+	rep := &StatusReport{Head: st.Head, Problems: map[string]string{}}
+	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
+		name, _ := keys.NameOf(k.Problems(), string(kv.Key))
+		p, err := keys.DecodeProblem(kv.Value)
+		if err != nil {
+			rep.Problems[name] = "undecodable problem: " + err.Error()
+			continue
+		}
+		rep.Problems[name] = p.Reason
+	}
+	for _, name := range slices.Sorted(maps.Keys(st.Nodes)) {
+		ns := NodeStatus{Name: name}
+		if s, ok := statuses[name]; ok {
+			ns.Reporting = true
+			ns.AppliedSeq, ns.Degraded, ns.LastError = s.AppliedSeq, s.Degraded, s.LastError
+		}
+		if ns.AppliedSeq < st.Head {
+			ns.Behind = st.Head - ns.AppliedSeq
+		}
+		ns.Converged = ns.Reporting && ns.Behind == 0 && !ns.Degraded && ns.LastError == ""
+		rep.Nodes = append(rep.Nodes, ns)
+	}
+	return rep, nil
+}
+
+func (x *cli) status(ctx context.Context) error {
+	rep, err := Status(ctx, x.c, x.k)
+	if err != nil {
+		return err
+	}
+	if x.json {
+		return x.writeJSON(rep)
+	}
+	fmt.Fprintf(x.out, "head %d\n", rep.Head)
+	w := x.table()
+	fmt.Fprintln(w, "NODE\tAPPLIED\tBEHIND\tSTATE")
+	for _, n := range rep.Nodes {
+		state := "converged"
+		switch {
+		case !n.Reporting:
+			state = "no status"
+		case n.LastError != "":
+			state = "error: " + n.LastError
+		case n.Degraded:
+			state = "degraded"
+		case n.Behind > 0:
+			state = "behind"
+		}
+		applied := strconv.FormatUint(n.AppliedSeq, 10)
+		if !n.Reporting {
+			applied = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", n.Name, applied, n.Behind, state)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if len(rep.Problems) > 0 {
+		fmt.Fprintln(x.out, "\nproblems:")
+		for _, name := range slices.Sorted(maps.Keys(rep.Problems)) {
+			fmt.Fprintf(x.out, "  %s: %s\n", name, rep.Problems[name])
+		}
+	}
+	return nil
+}
+
+func (x *cli) configGet(ctx context.Context) error {
+	r, err := x.c.Txn(ctx).Then(clientv3.OpGet(x.k.Config()), clientv3.OpGet(x.k.DesiredStatus())).Commit()
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	kvs := r.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return errors.New("no config in force (has the controller started?)")
+	}
+	cfg, err := keys.DecodeConfig(kvs[0].Value)
+	if err != nil {
+		return err
+	}
+	var status *weftv1.ConfigStatus
+	if s := r.Responses[1].GetResponseRange().Kvs; len(s) > 0 {
+		status, _ = keys.DecodeConfigStatus(s[0].Value)
+	}
+	if x.json {
+		out := map[string]json.RawMessage{"config": keys.Encode(cfg)}
+		if status != nil {
+			out["desired_status"] = keys.Encode(status)
+		}
+		return x.writeJSON(out)
+	}
+	var pretty bytes.Buffer
+	_ = json.Indent(&pretty, keys.Encode(cfg), "", "  ")
+	fmt.Fprintln(x.out, pretty.String())
+	if status != nil {
+		fmt.Fprintf(x.out, "last desired config (revision %d): %s\n", status.DesiredRevision, verdict(status))
+	}
+	return nil
+}
+
+func verdict(s *weftv1.ConfigStatus) string {
+	if s.Accepted {
+		if s.Seq != 0 {
+			return fmt.Sprintf("accepted as seq %d", s.Seq)
+		}
+		return "accepted: " + s.Reason
+	}
+	return "refused: " + s.Reason
+}
+
+func (x *cli) configSet(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("config set", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the controller's answer")
+	str := map[string]*string{}
+	num := map[string]*uint64{}
+	boo := map[string]*bool{}
+	for _, f := range []string{"cluster-cidr", "cluster-cidr-v6", "backend", "native-routing-cidr"} {
+		str[f] = fs.String(f, "", "")
+	}
+	for _, f := range []string{"node-mask-size", "node-mask-size-v6", "vni", "udp-port", "mtu", "node-grace-seconds", "event-retention"} {
+		num[f] = fs.Uint64(f, 0, "")
+	}
+	for _, f := range []string{"masquerade", "auto-direct-node-routes"} {
+		boo[f] = fs.Bool(f, false, "")
+	}
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: config set: %v", errUsage, err)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	delete(set, "timeout")
+	var cfg *weftv1.ClusterConfig
+	switch {
+	case fs.NArg() == 1 && len(set) == 0:
+		var b []byte
+		var err error
+		if fs.Arg(0) == "-" {
+			b, err = io.ReadAll(x.stdin)
+		} else {
+			b, err = os.ReadFile(fs.Arg(0))
+		}
+		if err != nil {
+			return fmt.Errorf("read config: %w", err)
+		}
+		if cfg, err = daemon.DecodeConfigFile(b); err != nil {
+			return err
+		}
+	case fs.NArg() == 0 && len(set) > 0:
+		r, err := x.c.Get(ctx, x.k.Config())
+		if err != nil {
+			return fmt.Errorf("read config: %w", err)
+		}
+		if len(r.Kvs) == 0 {
+			return errors.New("no config in force to change; give a whole config file")
+		}
+		if cfg, err = keys.DecodeConfig(r.Kvs[0].Value); err != nil {
+			return err
+		}
+		for f := range set {
+			if err := setField(cfg, f, str, num, boo); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("%w: config set FILE|- or config set --field=value ...", errUsage)
+	}
+	put, err := x.c.Put(ctx, x.k.DesiredConfig(), keys.EncodeString(cfg))
+	if err != nil {
+		return fmt.Errorf("write desired config: %w", err)
+	}
+	rev := put.Header.Revision
+	status, err := x.waitStatus(ctx, rev, *timeout)
+	if err != nil {
+		return err
+	}
+	if x.json {
+		_ = x.writeJSON(json.RawMessage(keys.Encode(status)))
+	} else {
+		fmt.Fprintf(x.out, "desired config (revision %d) %s\n", rev, verdict(status))
+	}
+	if !status.Accepted {
+		return errSilent
+	}
+	return nil
+}
+
+func setField(cfg *weftv1.ClusterConfig, f string, str map[string]*string, num map[string]*uint64, boo map[string]*bool) error {
+	u32 := func() (uint32, error) {
+		v := *num[f]
+		if v > 1<<32-1 {
+			return 0, fmt.Errorf("--%s %d is out of range", f, v)
+		}
+		return uint32(v), nil
+	}
+	var err error
+	switch f {
+	case "cluster-cidr":
+		cfg.ClusterCidr = *str[f]
+	case "cluster-cidr-v6":
+		cfg.ClusterCidrV6 = *str[f]
+	case "backend":
+		cfg.Backend = *str[f]
+	case "native-routing-cidr":
+		cfg.NativeRoutingCidr = *str[f]
+	case "node-mask-size":
+		cfg.NodeMaskSize, err = u32()
+	case "node-mask-size-v6":
+		cfg.NodeMaskSizeV6, err = u32()
+	case "vni":
+		cfg.Vni, err = u32()
+	case "udp-port":
+		cfg.UdpPort, err = u32()
+	case "mtu":
+		cfg.Mtu, err = u32()
+	case "node-grace-seconds":
+		cfg.NodeGraceSeconds, err = u32()
+	case "event-retention":
+		cfg.EventRetention, err = u32()
+	case "masquerade":
+		cfg.Masquerade = *boo[f]
+	case "auto-direct-node-routes":
+		cfg.AutoDirectNodeRoutes = *boo[f]
+	}
+	return err
+}
+
+// waitStatus waits for the controller's answer to desired config
+// revision rev.
+func (x *cli) waitStatus(ctx context.Context, rev int64, timeout time.Duration) (*weftv1.ConfigStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		r, err := x.c.Get(ctx, x.k.DesiredStatus())
+		if err == nil && len(r.Kvs) > 0 {
+			if s, err := keys.DecodeConfigStatus(r.Kvs[0].Value); err == nil && s.DesiredRevision >= rev {
+				if s.DesiredRevision > rev {
+					return nil, fmt.Errorf("desired config revision %d was replaced by %d before the controller answered", rev, s.DesiredRevision)
+				}
+				return s, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no answer from the controller to desired config revision %d within %s (is it running?)", rev, timeout)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (x *cli) check(ctx context.Context) error {
+	rep, err := store.Check(ctx, x.c, x.k)
+	if err != nil {
+		return err
+	}
+	if x.json {
+		if rep.Problems == nil {
+			rep.Problems = []string{}
+		}
+		_ = x.writeJSON(rep)
+	} else {
+		trim := "untrimmed"
+		if rep.Trimmed {
+			trim = "trimmed"
+		}
+		fmt.Fprintf(x.out, "head %d, %d events retained from seq %d (%s), %d nodes, %d subnet guards\n",
+			rep.Head, rep.Events, rep.First, trim, rep.Nodes, rep.Subnets)
+		for _, p := range rep.Problems {
+			fmt.Fprintln(x.out, "FAIL:", p)
+		}
+		if rep.OK() {
+			fmt.Fprintln(x.out, "ok")
+		}
+	}
+	if !rep.OK() {
+		return errSilent
+	}
+	return nil
+}

@@ -1,0 +1,170 @@
+package ctl_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+
+	"github.com/weftnet/weft/controlplane/controller"
+	"github.com/weftnet/weft/controlplane/ctl"
+	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv/etcdtest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+	)
+}
+
+var k = keys.New("/weft")
+
+type env struct {
+	t  *testing.T
+	ep string
+	c  *clientv3.Client
+}
+
+func (e *env) run(stdin string, args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	code := ctl.Main(ctx, append([]string{"--etcd-endpoints", e.ep}, args...), strings.NewReader(stdin), &out, &errOut, func(string) string { return "" })
+	return code, out.String(), errOut.String()
+}
+
+func setup(t *testing.T) *env {
+	srv, c := etcdtest.New(t)
+	ctlr := controller.New(controller.Options{Client: c, Layout: k, ElectionTTL: time.Second,
+		Initial: &weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16"}, Batch: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ctlr.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for i := range 3 {
+		r := &weftv1.Registration{Name: fmt.Sprintf("node%d", i), UnderlayIp: fmt.Sprintf("192.168.1.%d", i+1)}
+		if _, err := c.Put(ctx, k.Registration(r.Name), keys.EncodeString(r)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Put(ctx, k.Registration("broken"), `{"name":"broken","underlay_ip":"nope"}`)
+	e := &env{t: t, ep: srv.Endpoints[0], c: c}
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, out, _ := e.run("", "nodes"); strings.Count(out, "node") == 3 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("nodes did not appear")
+		}
+	}
+	return e
+}
+
+func TestVerbs(t *testing.T) {
+	e := setup(t)
+	code, out, _ := e.run("", "nodes")
+	if code != 0 || !strings.Contains(out, "node1") || !strings.Contains(out, "192.168.1.2") || !strings.Contains(out, "10.244.") {
+		t.Fatalf("nodes: %d %q", code, out)
+	}
+	code, out, _ = e.run("", "-o", "json", "nodes")
+	var nodes []map[string]any
+	if err := json.Unmarshal([]byte(out), &nodes); code != 0 || err != nil || len(nodes) != 3 || nodes[0]["name"] != "node0" {
+		t.Fatalf("nodes json: %d %v %q", code, err, out)
+	}
+	code, out, _ = e.run("", "events", "--since", "2")
+	if code != 0 || strings.Contains(out, "ConfigChanged") || strings.Count(out, "NodeAdded") != 3 {
+		t.Fatalf("events --since 2: %d %q", code, out)
+	}
+	code, out, _ = e.run("", "-o", "json", "events")
+	if code != 0 || strings.Count(out, "\n") != 4 || !strings.Contains(out, `"config_changed"`) {
+		t.Fatalf("events json: %d %q", code, out)
+	}
+
+	// status: one node reports it applied the head, one lags, one is silent.
+	st := &weftv1.AgentStatus{Name: "node0", AppliedSeq: 4, HeadSeq: 4}
+	e.c.Put(context.Background(), k.Status("node0"), keys.EncodeString(st))
+	st = &weftv1.AgentStatus{Name: "node1", AppliedSeq: 2, HeadSeq: 4}
+	e.c.Put(context.Background(), k.Status("node1"), keys.EncodeString(st))
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		_, out, _ = e.run("", "status")
+		if strings.Contains(out, "broken") || time.Now().After(end) {
+			break
+		}
+	}
+	for _, want := range []string{"head 4", "node0  4        0       converged", "node1  2        2       behind", "node2  -        4       no status", "broken: registration skipped", "underlay_ip"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, _ = e.run("", "-o", "json", "status")
+	var rep ctl.StatusReport
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || rep.Head != 4 || !rep.Nodes[0].Converged || rep.Nodes[1].Behind != 2 {
+		t.Fatalf("status json: %v %+v", err, rep)
+	}
+
+	code, out, _ = e.run("", "config", "get")
+	if code != 0 || !strings.Contains(out, `"cluster_cidr": "10.244.0.0/16"`) {
+		t.Fatalf("config get: %d %q", code, out)
+	}
+	code, out, _ = e.run("", "config", "set", "--mtu", "1400")
+	if code != 0 || !strings.Contains(out, "accepted as seq 5") {
+		t.Fatalf("config set --mtu: %d %q", code, out)
+	}
+	code, out, _ = e.run("", "config", "set", "--vni", "16777216")
+	if code != 1 || !strings.Contains(out, "refused") || !strings.Contains(out, "vni") {
+		t.Fatalf("config set bad vni: %d %q", code, out)
+	}
+	code, out, _ = e.run("cluster_cidr: 10.244.0.0/16\nbackend: carrier-pigeon\n", "config", "set", "-")
+	if code != 1 || !strings.Contains(out, "backend") {
+		t.Fatalf("config set - bad backend: %d %q", code, out)
+	}
+	code, out, _ = e.run("", "-o", "json", "config", "get")
+	if code != 0 || !strings.Contains(out, `"mtu": 1400`) || strings.Contains(out, `"accepted"`) || !strings.Contains(out, `unknown backend`) {
+		t.Fatalf("config get json after refusal: %d %q", code, out)
+	}
+
+	code, out, _ = e.run("", "check")
+	if code != 0 || !strings.Contains(out, "ok") {
+		t.Fatalf("check: %d %q", code, out)
+	}
+	e.c.Delete(context.Background(), k.Subnets(), clientv3.WithPrefix())
+	code, out, _ = e.run("", "-o", "json", "check")
+	if code != 1 || !strings.Contains(out, "without a subnet guard") {
+		t.Fatalf("check of damaged store: %d %q", code, out)
+	}
+}
+
+func TestFollowAndUsage(t *testing.T) {
+	e := setup(t)
+	var out bytes.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int)
+	go func() {
+		done <- ctl.Main(ctx, []string{"--etcd-endpoints", e.ep, "events", "--follow", "--since", "4"}, nil, &syncWriter{b: &out}, &bytes.Buffer{}, func(string) string { return "" })
+	}()
+	r := &weftv1.Registration{Name: "late", UnderlayIp: "192.168.1.99"}
+	e.c.Put(ctx, k.Registration("late"), keys.EncodeString(r))
+	for end := time.Now().Add(10 * time.Second); !strings.Contains(syncString(&out), "late"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("follow did not print the new event: %q", syncString(&out))
+		}
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("follow exit %d", code)
+	}
+	for _, args := range [][]string{{}, {"frobnicate"}, {"config"}, {"config", "set"}, {"-o", "yaml", "nodes"}, {"events", "--bogus"}, {"nodes", "extra"}} {
+		if code, _, _ := e.run("", args...); code != 2 {
+			t.Errorf("weftctl %v: exit %d, want 2", args, code)
+		}
+	}
+}
