@@ -46,7 +46,7 @@ const (
 	DefaultLeaseTTL          = 10 * time.Second
 	DefaultReconcileInterval = 10 * time.Second
 	DefaultStatusInterval    = 5 * time.Second
-	DefaultStatusMinInterval = 100 * time.Millisecond
+	DefaultStatusMinInterval = time.Second
 )
 
 // Config configures an Agent.
@@ -69,7 +69,8 @@ type Config struct {
 	// StatusInterval is how often the status is rewritten even when
 	// nothing changed (it doubles as the etcd reachability probe).
 	StatusInterval time.Duration
-	// StatusMinInterval coalesces status writes after changes.
+	// StatusMinInterval is how long a change waits (plus up to half
+	// again as jitter) before the status is written, so bursts coalesce.
 	StatusMinInterval time.Duration
 	// Capabilities and VTEPMAC go into the registration.
 	Capabilities []string

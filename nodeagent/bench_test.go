@@ -17,9 +17,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weftnet/weft/bpf/spec"
-	"github.com/weftnet/weft/nodeagent/follow"
 	"github.com/weftnet/weft/nodeagent/internal/fakedp"
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
+	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
@@ -68,14 +68,8 @@ func report(b *testing.B, d []time.Duration, unit string) {
 }
 
 func newBenchAgent(b *testing.B, c *clientv3.Client, name string, dp Datapath) *Agent {
-	a, err := New(Config{
-		Client: c, NodeName: name, Datapath: dp,
-		ReconcileInterval: -1,
-		StatusInterval:    30 * time.Second,
-		StatusMinInterval: time.Second,
-		LeaseTTL:          30 * time.Second,
-		Follow:            follow.Options{RequestTimeout: 30 * time.Second},
-	})
+	// The defaults weft-agent runs with.
+	a, err := New(Config{Client: c, NodeName: name, Datapath: dp})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -227,7 +221,7 @@ func BenchmarkThousandFollowers(b *testing.B) {
 
 	var mu sync.Mutex
 	var target atomic.Int64 // tunnel count that means "applied the new node"
-	var start atomic.Int64 // unix nanos of the current append
+	var start atomic.Int64  // unix nanos of the current append
 	var lat []time.Duration
 	var pending sync.WaitGroup
 	var ready sync.WaitGroup
@@ -258,12 +252,29 @@ func BenchmarkThousandFollowers(b *testing.B) {
 		wg.Wait()
 	}()
 	ready.Wait()
+	// Steady state: every agent registered and reported once.
+	for {
+		r, err := c.Get(ctx, keys.New("").Statuses(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if r.Count == agents {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 
 	var all []time.Duration
 	var worst []time.Duration
 	b.ResetTimer()
 	for i := range b.N {
 		n := agents + i
+		// Let the previous event's status writes (debounced by
+		// DefaultStatusMinInterval plus jitter) finish: each event is
+		// measured arriving in a quiet cluster.
+		b.StopTimer()
+		time.Sleep(DefaultStatusMinInterval * 2)
+		b.StartTimer()
 		mu.Lock()
 		lat = lat[:0]
 		mu.Unlock()

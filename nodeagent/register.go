@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -190,8 +191,8 @@ func (a *Agent) Status() *weftv1.AgentStatus {
 	return st
 }
 
-// reportStatus writes /weft/status/<node> on the lease after changes (at
-// most every StatusMinInterval) and every StatusInterval; the periodic
+// reportStatus writes /weft/status/<node> on the lease StatusMinInterval
+// (plus jitter) after a change and every StatusInterval; the periodic
 // write also tells the agent whether etcd is reachable while the watch
 // quietly retries.
 func (a *Agent) reportStatus(ctx context.Context) {
@@ -199,22 +200,23 @@ func (a *Agent) reportStatus(ctx context.Context) {
 	defer t.Stop()
 	var last *weftv1.AgentStatus
 	var lastLease clientv3.LeaseID
-	lastWrite := time.Time{}
 	for {
 		periodic := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.statusKick:
-		case <-t.C:
-			periodic = true
-		}
-		if wait := a.cfg.StatusMinInterval - time.Since(lastWrite); wait > 0 {
+			// Debounce with jitter: a burst of changes becomes one write,
+			// and a thousand agents that all applied the same event do
+			// not all write in the same instant.
+			d := a.cfg.StatusMinInterval
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(wait):
+			case <-time.After(d + rand.N(d/2+1)):
 			}
+		case <-t.C:
+			periodic = true
 		}
 		lease := a.currentLease()
 		if lease == 0 {
@@ -229,7 +231,6 @@ func (a *Agent) reportStatus(ctx context.Context) {
 		rctx, cancel := context.WithTimeout(ctx, a.requestTimeout())
 		_, err := a.cfg.Client.Put(rctx, a.k.Status(a.cfg.NodeName), keys.EncodeString(out), clientv3.WithLease(lease))
 		cancel()
-		lastWrite = time.Now()
 		if err != nil {
 			if ctx.Err() != nil {
 				return

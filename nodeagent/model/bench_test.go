@@ -1,0 +1,47 @@
+package model
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+func benchState(b *testing.B, n int) *State {
+	s := New()
+	snap := Snapshot{Head: 1, Config: keys.Encode(&weftv1.ClusterConfig{ClusterCidr: "10.0.0.0/8", DefaultsApplied: true, Backend: "vxlan", Vni: 1, UdpPort: 8472, NodeMaskSize: 24}), Nodes: map[string][]byte{}}
+	for i := range n {
+		name := fmt.Sprintf("node-%05d", i)
+		snap.Nodes[name] = keys.Encode(&weftv1.Node{Name: name, UnderlayIp: fmt.Sprintf("192.168.%d.%d", i/250, i%250+1), PodCidrs: []string{fmt.Sprintf("10.%d.%d.0/24", i/256, i%256)}, Seq: 1})
+	}
+	s.Reset(snap)
+	if s.Len() != n {
+		b.Fatalf("%d nodes", s.Len())
+	}
+	return s
+}
+
+// BenchmarkDesired1000 is the per-event cost of recomputing one node's
+// spec in a 1,000-node cluster.
+func BenchmarkDesired1000(b *testing.B) {
+	s := benchState(b, 1000)
+	u := underlay()
+	b.ReportAllocs()
+	for b.Loop() {
+		Desired(s, "node-00000", u, Options{})
+	}
+}
+
+// BenchmarkReset5000 is the cost of folding a 5,000-node projection.
+func BenchmarkReset5000(b *testing.B) {
+	s := benchState(b, 5000)
+	snap := Snapshot{Head: 2, Nodes: map[string][]byte{}}
+	for _, name := range s.Names() {
+		snap.Nodes[name] = keys.Encode(s.Node(name))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		New().Reset(snap)
+	}
+}
