@@ -329,7 +329,9 @@ func flagValue(c *corev1.Container, flag, def string) string {
 	return def
 }
 
-func envName(flag string) string { return "WEFT_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")) }
+func envName(flag string) string {
+	return "WEFT_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
 
 // mountedAt reports whether the container's mountPath is a hostPath
 // volume of hostPath.
