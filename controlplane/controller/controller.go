@@ -489,7 +489,22 @@ func (l *leader) reconcile(ctx context.Context) error {
 			delete(l.goneNow, name)
 		}
 	}
-	return l.writeProblems(ctx, problems)
+	if err := l.writeProblems(ctx, problems); err != nil {
+		return err
+	}
+	if len(removed) > 0 {
+		// Freed subnets: try again the nodes that are waiting for one.
+		retry := false
+		for name := range l.problems {
+			if l.wanted[name] != nil {
+				l.dirty[name], retry = true, true
+			}
+		}
+		if retry {
+			return l.reconcile(ctx)
+		}
+	}
+	return nil
 }
 
 func (l *leader) logEvent(e *weftv1.Event) {
