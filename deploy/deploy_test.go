@@ -540,17 +540,14 @@ func checkFlags(t *testing.T, what, binary string, c corev1.Container) {
 		envs[envName(f)] = f
 	}
 	for _, e := range c.Env {
-		f, ok := envs[e.Name]
-		if !ok {
+		if _, ok := envs[e.Name]; !ok {
 			name := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(e.Name, "WEFT_"), "_", "-"))
 			if pending[name] {
 				t.Logf("%s: %s sets --%s, agreed but not yet in %s", what, e.Name, name, binary)
 				continue
 			}
 			t.Errorf("%s: env %s is not a flag of %s", what, e.Name, binary)
-			continue
 		}
-		_ = f
 	}
 }
 

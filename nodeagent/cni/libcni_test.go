@@ -93,7 +93,7 @@ func inNS(path string, fn func() error) error {
 }
 
 type env struct {
-	t          *testing.T
+	t          testing.TB
 	nodeNS     string
 	subnetFile string
 	dataDir    string
@@ -103,7 +103,7 @@ type env struct {
 
 const subnetV4 = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\nWEFT_BACKEND=vxlan\n"
 
-func newEnv(t *testing.T, subnet, version string) *env {
+func newEnv(t testing.TB, subnet, version string) *env {
 	e := &env{t: t, nodeNS: newNS(t)}
 	dir := t.TempDir()
 	e.subnetFile = filepath.Join(dir, "subnet.env")
