@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 
@@ -27,6 +28,8 @@ type devState struct {
 	Learning  bool
 	NoARP     bool
 	Up        bool
+	// Addrs are the device's non-link-local addresses.
+	Addrs map[netip.Prefix]bool
 }
 
 // compatible reports whether d can serve o without being recreated (MTU,
@@ -51,6 +54,17 @@ func readDevice(name string) (*devState, error) {
 		MTU:   a.MTU,
 		NoARP: a.RawFlags&unix.IFF_NOARP != 0,
 		Up:    a.Flags&net.FlagUp != 0,
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", name, err)
+	}
+	d.Addrs = map[netip.Prefix]bool{}
+	for _, ad := range addrs {
+		if a, ok := netip.AddrFromSlice(ad.IP); ok && !a.IsLinkLocalUnicast() {
+			ones, _ := ad.Mask.Size()
+			d.Addrs[netip.PrefixFrom(a.Unmap(), ones)] = true
+		}
 	}
 	switch v := l.(type) {
 	case *netlink.Vxlan:
@@ -257,4 +271,51 @@ func readLinkIndex(name string) (int, error) {
 		return 0, fmt.Errorf("read link %s: %w", name, err)
 	}
 	return l.Attrs().Index, nil
+}
+
+// deviceAddrs are the addresses weft puts on the overlay device: the
+// network address of each local pod CIDR as a host address (as flannel
+// does), so traffic the node itself sends into the overlay has a source
+// the remote nodes' tunnel maps know.
+func deviceAddrs(want *spec.Desired) map[netip.Prefix]bool {
+	out := map[netip.Prefix]bool{}
+	for _, p := range want.LocalPodCIDRs {
+		a := p.Masked().Addr()
+		out[netip.PrefixFrom(a, a.BitLen())] = true
+	}
+	return out
+}
+
+// syncDeviceAddrs makes d's addresses equal want and names each change.
+func syncDeviceAddrs(d *devState, want map[netip.Prefix]bool) ([]string, error) {
+	if maps.Equal(d.Addrs, want) {
+		return nil, nil
+	}
+	var changed []string
+	l, err := netlink.LinkByIndex(d.Index)
+	if err != nil {
+		return nil, fmt.Errorf("read link %s: %w", d.Name, err)
+	}
+	for p := range d.Addrs {
+		if want[p] {
+			continue
+		}
+		if err := netlink.AddrDel(l, &netlink.Addr{IPNet: ipNet(p)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return changed, fmt.Errorf("delete address %s from %s: %w", p, d.Name, err)
+		}
+		delete(d.Addrs, p)
+		changed = append(changed, fmt.Sprintf("address %s removed from %s", p, d.Name))
+	}
+	for p := range want {
+		if d.Addrs[p] {
+			continue
+		}
+		a := &netlink.Addr{IPNet: ipNet(p), Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrReplace(l, a); err != nil {
+			return changed, fmt.Errorf("add address %s to %s: %w", p, d.Name, err)
+		}
+		d.Addrs[p] = true
+		changed = append(changed, fmt.Sprintf("address %s on %s", p, d.Name))
+	}
+	return changed, nil
 }

@@ -132,6 +132,16 @@ func TestOverlay(t *testing.T) {
 
 	t.Run("traffic", func(t *testing.T) { checkPath(t, c) })
 
+	t.Run("node to remote pod", func(t *testing.T) {
+		// The node's own traffic leaves with its overlay address (the
+		// network address of its pod CIDR), which the peer's map accepts.
+		for _, dst := range []netip.Addr{b.podIP, b.podIP6} {
+			if !reach(t, a.ns, dst, reachTimeout) {
+				t.Fatalf("node 1 cannot reach %s: %+v / %+v", dst, a.counters(), b.counters())
+			}
+		}
+	})
+
 	t.Run("underlay", func(t *testing.T) {
 		a.ns.MustDo(t, func() error {
 			u, err := a.dp.Underlay()

@@ -30,7 +30,7 @@ func TestStructSizes(t *testing.T) {
 		{"tunnel_value", binary.Size(weftTunnelValue{}), 24},
 		{"stats", binary.Size(weftStats{}), 56},
 		{"config", binary.Size(weftConfig{}), 8},
-		{"local_value", binary.Size(weftLocalValue{}), 40},
+		{"local_value", binary.Size(weftLocalValue{}), 56},
 	} {
 		var st *btf.Struct
 		if err := cs.Types.TypeByName(c.name, &st); err != nil {

@@ -261,6 +261,13 @@ func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorde
 				rec.note(&rec.rep.Updated, f)
 			}
 		}
+		fixed, err := syncDeviceAddrs(have.devs[wantName], deviceAddrs(want))
+		for _, f := range fixed {
+			rec.note(&rec.rep.Updated, f)
+		}
+		if err != nil {
+			return err
+		}
 		if !have.attached {
 			if err := d.attach(have.devs[wantName].Index); err != nil {
 				return err
@@ -351,6 +358,7 @@ func localEntries(want *spec.Desired, bridge int) map[netip.Prefix]weftLocalValu
 		p = p.Masked()
 		v := weftLocalValue{BridgeIfindex: uint32(bridge)}
 		v.Gateway = netip.AddrFrom16(p.Addr().Next().As16()).As16()
+		v.Network = netip.AddrFrom16(p.Addr().As16()).As16()
 		if p.Addr().Is4() {
 			a := p.Addr().As4()
 			host := uint32(1)<<(32-p.Bits()) - 1

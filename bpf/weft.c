@@ -89,6 +89,7 @@ struct local_value {
 	__u32 flags;
 	__u8 gateway[16]; // the bridge's address: traffic to it goes to the stack
 	__u8 broadcast[16]; // IPv4 directed broadcast: to the stack as well
+	__u8 network[16]; // the overlay device's own address: to the stack
 };
 
 struct {
@@ -222,7 +223,8 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	struct local_value *lv = bpf_map_lookup_elem(&weft_local, &key);
 	if (!lv || !lv->bridge_ifindex)
 		return TC_ACT_OK;
-	if (addr_eq(key.addr, lv->gateway) || addr_eq(key.addr, lv->broadcast))
+	if (addr_eq(key.addr, lv->gateway) || addr_eq(key.addr, lv->broadcast) ||
+	    addr_eq(key.addr, lv->network))
 		return TC_ACT_OK;
 	__u32 ifindex = lv->bridge_ifindex;
 	if (dec_ttl(skb) != 0)

@@ -25,6 +25,7 @@ type weftLocalValue struct {
 	Flags         uint32
 	Gateway       [16]uint8
 	Broadcast     [16]uint8
+	Network       [16]uint8
 }
 
 type weftStats struct {
