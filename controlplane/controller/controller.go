@@ -280,7 +280,10 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case d := <-dc:
-			err = l.configRequest(ctx, d)
+			if err = l.configRequest(ctx, d); err == nil {
+				// A first or changed config may let waiting nodes in.
+				err = l.reconcile(ctx)
+			}
 		case <-in.wake:
 			// Let simultaneous registrations gather into one batch.
 			select {

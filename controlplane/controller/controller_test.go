@@ -82,7 +82,10 @@ func TestInvalidRegistrationSkipped(t *testing.T) {
 		}
 	}
 	register(t, c, 0, reg("good2", 2))
-	eventually(t, "problems recorded", 10*time.Second, func() bool {
+	eventually(t, "problems recorded and good nodes served", 10*time.Second, func() bool {
+		if _, nodes, _ := load(t, c); len(nodes) != 2 {
+			return false
+		}
 		for name := range bad {
 			if problem(t, c, name) == "" {
 				return false

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -43,11 +44,11 @@ func New(c *clientv3.Client, k keys.Layout, log hclog.Logger) *Source {
 // when the value is a valid registration for the node the key names, an
 // Invalid naming the reason otherwise (undecodable protojson, a name that
 // differs from the key's, an invalid IP or CIDR). A key that names no node
-// is Invalid with the key as Name.
+// is Invalid with its path below the prefix, "/" as "_", as Name.
 func Decode(k keys.Layout, key string, value []byte) source.Change {
 	name, err := keys.NameOf(k.Registrations(), key)
 	if err != nil {
-		return source.Change{Kind: source.Invalid, Name: key, Err: err}
+		return source.Change{Kind: source.Invalid, Name: keyName(k, key), Err: err}
 	}
 	r, err := keys.DecodeRegistration(value)
 	if err != nil {
@@ -106,13 +107,19 @@ func (s *Source) once(ctx context.Context, sync func([]source.Change), changes f
 			case mvccpb.DELETE:
 				name, err := keys.NameOf(s.k.Registrations(), key)
 				if err != nil {
-					name = key
+					name = keyName(s.k, key)
 				}
 				changes(source.Change{Kind: source.Gone, Name: name})
 			}
 		}
 	}
 	return errors.New("watch registrations: channel closed")
+}
+
+// keyName turns a key that names no node (a/b under the prefix) into a
+// name usable as a problem key.
+func keyName(k keys.Layout, key string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(key, k.Registrations()), "/", "_")
 }
 
 // Registration is a helper for tests and agents: the value to write.
