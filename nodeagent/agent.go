@@ -110,6 +110,7 @@ type Agent struct {
 	syncErr     error
 	followErr   error
 	storeErr    error
+	underErr    error
 	subnetEnv   string
 	waitLogged  bool
 	selfApplied bool
@@ -259,28 +260,52 @@ func (a *Agent) onHead(seq uint64) {
 	a.metrics.head.Set(float64(head))
 }
 
-// loadUnderlay asks the datapath for the underlay until it answers.
-func (a *Agent) loadUnderlay(ctx context.Context) (spec.Underlay, bool) {
+// refreshUnderlay asks the datapath for the underlay once. A new address
+// updates the registration; any change re-converges (adjacency, MTU).
+func (a *Agent) refreshUnderlay() error {
+	u, err := a.dp.Underlay()
+	if err == nil && !u.IP.IsValid() {
+		err = errors.New("underlay has no address")
+	}
+	a.mu.Lock()
+	wasErr := a.underErr
+	if err != nil {
+		a.underErr = fmt.Errorf("read underlay: %w", err)
+		a.mu.Unlock()
+		if wasErr == nil {
+			a.healthChanged()
+		}
+		return err
+	}
+	a.underErr = nil
+	newIP := !a.haveUnd || u.IP != a.underlay.IP
+	changed := !a.haveUnd || u.IP != a.underlay.IP || u.MTU != a.underlay.MTU || !slices.Equal(u.Networks, a.underlay.Networks)
+	a.underlay, a.haveUnd = u, true
+	a.mu.Unlock()
+	if wasErr != nil {
+		a.healthChanged()
+	}
+	if newIP {
+		poke(a.regKick)
+	}
+	if changed {
+		a.Kick()
+	}
+	return nil
+}
+
+// loadUnderlay retries refreshUnderlay until it succeeds or ctx ends.
+func (a *Agent) loadUnderlay(ctx context.Context) bool {
 	backoff := 100 * time.Millisecond
 	for {
-		u, err := a.dp.Underlay()
-		if err == nil && u.IP.IsValid() {
-			a.mu.Lock()
-			changed := !a.haveUnd || u.IP != a.underlay.IP
-			a.underlay, a.haveUnd = u, true
-			a.mu.Unlock()
-			if changed {
-				poke(a.regKick)
-			}
-			return u, true
-		}
+		err := a.refreshUnderlay()
 		if err == nil {
-			err = errors.New("underlay has no address")
+			return true
 		}
 		a.log.Error("read underlay", "error", err, "retry_in", backoff)
 		select {
 		case <-ctx.Done():
-			return spec.Underlay{}, false
+			return false
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
@@ -290,7 +315,7 @@ func (a *Agent) loadUnderlay(ctx context.Context) (spec.Underlay, bool) {
 // converge drives the datapath from the model: Sync on every change
 // (bursts coalesce in the one-slot kick channel), Reconcile on a timer.
 func (a *Agent) converge(ctx context.Context) {
-	if _, ok := a.loadUnderlay(ctx); !ok {
+	if !a.loadUnderlay(ctx) {
 		return
 	}
 	var reconcile <-chan time.Time
@@ -308,7 +333,9 @@ func (a *Agent) converge(ctx context.Context) {
 		case <-a.kick:
 		case <-retry:
 		case <-reconcile:
-			a.loadUnderlay(ctx)
+			if err := a.refreshUnderlay(); err != nil {
+				a.log.Error("read underlay; keeping the last one", "error", err)
+			}
 			a.reconcile(ctx)
 			continue
 		}
@@ -455,6 +482,9 @@ func (a *Agent) healthLocked() (bool, []string) {
 		r = append(r, "etcd unreachable: "+a.followErr.Error())
 	} else if a.storeErr != nil {
 		r = append(r, "etcd unreachable: "+a.storeErr.Error())
+	}
+	if a.underErr != nil {
+		r = append(r, a.underErr.Error())
 	}
 	if a.syncErr != nil {
 		r = append(r, "datapath not converged: "+a.syncErr.Error())

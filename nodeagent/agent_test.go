@@ -416,3 +416,35 @@ func TestAgentSyncFailureIsRetriedAndReported(t *testing.T) {
 	}
 	h.waitStatus("healthy", func(st *weftv1.AgentStatus) bool { return !st.Degraded && st.Mode == "vxlan" })
 }
+
+func TestAgentUnderlayErrorAndChange(t *testing.T) {
+	_, c := etcdtest.New(t)
+	h := newHarness(t, c, c)
+	h.append(logtest.Config(cfg()))
+	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+	h.append(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
+	h.dp.SetUnderlay(spec.Underlay{}, errors.New("link ul9 not found"))
+	h.start()
+	eventually(t, "degraded", func() (bool, string) {
+		code, body := h.healthz()
+		return code == 503 && strings.Contains(body, "read underlay: link ul9 not found"), body
+	})
+	if h.dp.Syncs() != 0 {
+		t.Fatal("synced without an underlay")
+	}
+	h.dp.SetUnderlay(testUnderlay(), nil)
+	h.waitStatus("converged", func(st *weftv1.AgentStatus) bool { return st.Mtu == 1450 && !st.Degraded })
+
+	// The underlay MTU and address change: re-registered, re-converged.
+	u := testUnderlay()
+	u.MTU, u.IP = 9000, netip.MustParseAddr("192.168.1.10")
+	h.dp.SetUnderlay(u, nil)
+	h.waitStatus("new MTU", func(st *weftv1.AgentStatus) bool { return st.Mtu == 8950 })
+	eventually(t, "registration updated", func() (bool, string) {
+		r, err := c.Get(context.Background(), keys.New("").Registration("n1"))
+		if err != nil || len(r.Kvs) == 0 {
+			return false, "absent"
+		}
+		return strings.Contains(string(r.Kvs[0].Value), "192.168.1.10"), string(r.Kvs[0].Value)
+	})
+}

@@ -17,6 +17,7 @@ import (
 type Datapath struct {
 	mu       sync.Mutex
 	under    spec.Underlay
+	underErr error
 	kernel   *spec.Desired
 	syncs    int
 	failNext error
@@ -27,8 +28,19 @@ type Datapath struct {
 // New returns a datapath on underlay u.
 func New(u spec.Underlay) *Datapath { return &Datapath{under: u} }
 
-// Underlay returns the underlay given to New.
-func (d *Datapath) Underlay() (spec.Underlay, error) { return d.under, nil }
+// Underlay returns the underlay given to New or SetUnderlay.
+func (d *Datapath) Underlay() (spec.Underlay, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.under, d.underErr
+}
+
+// SetUnderlay changes what Underlay returns.
+func (d *Datapath) SetUnderlay(u spec.Underlay, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.under, d.underErr = u, err
+}
 
 // Sync stores want.
 func (d *Datapath) Sync(ctx context.Context, want *spec.Desired) (spec.Report, error) {
