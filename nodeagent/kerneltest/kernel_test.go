@@ -31,13 +31,18 @@ import (
 	"github.com/weftnet/weft/testenv/etcdtest"
 )
 
-func requireRoot(t *testing.T) {
+func TestMain(m *testing.M) {
+	logtest.MaybeRunEtcdChild()
+	os.Exit(m.Run())
+}
+
+func requireRoot(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)")
 	}
 }
 
-func sh(t *testing.T, args ...string) string {
+func sh(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {
@@ -49,7 +54,7 @@ func sh(t *testing.T, args ...string) string {
 // newNode makes a network namespace with an underlay device (a veth, with
 // 192.168.50.1/24) and returns its name and a pin directory; both are
 // removed when t ends.
-func newNode(t *testing.T) (ns, pinDir string) {
+func newNode(t testing.TB) (ns, pinDir string) {
 	requireRoot(t)
 	prefix := fmt.Sprintf("wa%d", os.Getpid()%100000)
 	ns = prefix + "-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
@@ -80,9 +85,11 @@ type nsDatapath struct {
 	dp   *bpf.Datapath
 	mu   sync.Mutex
 	reps []spec.Report
+	// onSync, when set, is called after each successful Sync.
+	onSync func(*spec.Desired)
 }
 
-func openIn(t *testing.T, ns string, cfg bpf.Config) *nsDatapath {
+func openIn(t testing.TB, ns string, cfg bpf.Config) *nsDatapath {
 	w := &nsDatapath{reqs: make(chan func())}
 	errc := make(chan error, 1)
 	go func() {
@@ -128,7 +135,11 @@ func (w *nsDatapath) Sync(ctx context.Context, want *spec.Desired) (r spec.Repor
 	w.do(func() { r, err = w.dp.Sync(ctx, want) })
 	w.mu.Lock()
 	w.reps = append(w.reps, r)
+	cb := w.onSync
 	w.mu.Unlock()
+	if err == nil && cb != nil {
+		cb(want)
+	}
 	return
 }
 
@@ -173,7 +184,7 @@ func (s *syncBuf) String() string {
 	return s.b.String()
 }
 
-func runAgent(t *testing.T, c *clientv3.Client, dp nodeagent.Datapath, logs *syncBuf) (*nodeagent.Agent, func()) {
+func runAgent(t testing.TB, c *clientv3.Client, dp nodeagent.Datapath, logs *syncBuf) (*nodeagent.Agent, func()) {
 	a, err := nodeagent.New(nodeagent.Config{
 		Client:            c,
 		NodeName:          "n1",
@@ -218,7 +229,7 @@ type tunnelKey struct {
 	Addr      [16]byte
 }
 
-func tunnelKeys(t *testing.T, pinDir string) []tunnelKey {
+func tunnelKeys(t testing.TB, pinDir string) []tunnelKey {
 	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "weft_tunnels"), nil)
 	if err != nil {
 		t.Fatalf("open pinned tunnel map: %v", err)

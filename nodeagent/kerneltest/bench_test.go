@@ -1,0 +1,182 @@
+package kerneltest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/bpf"
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent"
+	"github.com/weftnet/weft/nodeagent/internal/logtest"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// Synthetic nodes as in the nodeagent benchmarks: underlay addresses in
+// 10.0.0.0/8, a /26 pod CIDR each in 172.16.0.0/12.
+func nodeN(n int) *weftv1.Node {
+	return &weftv1.Node{
+		Name:       fmt.Sprintf("node-%05d", n),
+		UnderlayIp: fmt.Sprintf("10.%d.%d.%d", n/62500, (n/250)%250, n%250+1),
+		PodCidrs:   []string{podCIDR(n)},
+	}
+}
+
+func podCIDR(n int) string {
+	base := 172<<24 | 16<<16 | n<<6
+	return fmt.Sprintf("%d.%d.%d.%d/26", base>>24&255, base>>16&255, base>>8&255, base&255)
+}
+
+func benchConfig() *weftv1.ClusterConfig {
+	return &weftv1.ClusterConfig{ClusterCidr: "172.16.0.0/12", NodeMaskSize: 26}
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[int(float64(len(s)-1)*p)]
+}
+
+func report(b *testing.B, d []time.Duration) {
+	b.ReportMetric(float64(percentile(d, 0.5).Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(percentile(d, 0.99).Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(percentile(d, 1).Microseconds())/1000, "max-ms")
+}
+
+func startAgent(b *testing.B, l *logtest.Log, dp nodeagent.Datapath) func() {
+	a, err := nodeagent.New(nodeagent.Config{Client: l.C, NodeName: "node-00000", Datapath: dp})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	return func() { cancel(); <-done }
+}
+
+// BenchmarkEventToProgrammedBPF: a NodeAdded committed to etcd until the
+// agent's Sync has written the entry into the real tunnel map, with 1,000
+// nodes in the cluster. Includes the etcd transaction.
+func BenchmarkEventToProgrammedBPF(b *testing.B) {
+	ns, pinDir := newNode(b)
+	ctx := context.Background()
+	l, err := logtest.New(ctx, logtest.StartEtcdProcess(b), "/weft")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var nodes []*weftv1.Node
+	for i := range 1000 {
+		nodes = append(nodes, nodeN(i))
+	}
+	if err := l.Seed(ctx, 1, benchConfig(), nodes); err != nil {
+		b.Fatal(err)
+	}
+	dp := openIn(b, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
+	defer dp.Close()
+	synced := make(chan int, 1024)
+	dp.onSync = func(d *spec.Desired) { synced <- len(d.Tunnels) }
+	stop := startAgent(b, l, dp)
+	defer stop()
+	for n := <-synced; n != 999; n = <-synced {
+	}
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		want := 1000 + i
+		start := time.Now()
+		if _, err := l.Append(ctx, logtest.Added(nodeN(want).Name, nodeN(want).UnderlayIp, podCIDR(want))); err != nil {
+			b.Fatal(err)
+		}
+		for n := <-synced; n != want; n = <-synced {
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	if got := len(tunnelKeys(b, pinDir)); got != 1000+b.N-1 {
+		b.Fatalf("tunnel map holds %d entries, want %d", got, 1000+b.N-1)
+	}
+	report(b, lat)
+}
+
+// BenchmarkColdStart5000BPF: an agent starting on a fresh node (no device,
+// no pins) against a projection of 5,000 nodes, until its first Sync has
+// created the device, the route, attached the programs and written 4,999
+// tunnel entries. Each iteration tears the datapath down first.
+func BenchmarkColdStart5000BPF(b *testing.B) {
+	ns, pinDir := newNode(b)
+	ctx := context.Background()
+	l, err := logtest.New(ctx, logtest.StartEtcdProcess(b), "/weft")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var nodes []*weftv1.Node
+	for i := range 5000 {
+		nodes = append(nodes, nodeN(i))
+	}
+	if err := l.Seed(ctx, 5000, benchConfig(), nodes); err != nil {
+		b.Fatal(err)
+	}
+	var lat []time.Duration
+	var heap, rss uint64
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		os.RemoveAll(pinDir)
+		dp := openIn(b, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
+		done := make(chan struct{}, 1)
+		dp.onSync = func(d *spec.Desired) {
+			if len(d.Tunnels) == 4999 {
+				done <- struct{}{}
+			}
+		}
+		b.StartTimer()
+		start := time.Now()
+		stop := startAgent(b, l, dp)
+		<-done
+		lat = append(lat, time.Since(start))
+		b.StopTimer()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		heap = max(heap, ms.HeapInuse)
+		rss = max(rss, vmRSS())
+		stop()
+		if got := len(tunnelKeys(b, pinDir)); got != 4999 {
+			b.Fatalf("tunnel map holds %d entries", got)
+		}
+		var terr error
+		dp.do(func() { terr = dp.dp.Teardown() })
+		close(dp.reqs)
+		if terr != nil {
+			b.Fatal(terr)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	report(b, lat)
+	// The whole benchmark process (etcd runs in a child): the agent with
+	// 5,000 nodes, its client, the datapath's fds and the test harness.
+	b.ReportMetric(float64(heap)/(1<<20), "heap-MB")
+	b.ReportMetric(float64(rss)/(1<<20), "rss-MB")
+}
+
+// vmRSS is the resident set size of this process in bytes.
+func vmRSS() uint64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
