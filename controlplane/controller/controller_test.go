@@ -228,7 +228,9 @@ func TestDesiredConfig(t *testing.T) {
 		{"overlaps underlay", strings.Replace(good, "10.244.0.0/16", "192.168.0.0/16", 1), "cluster_cidr"},
 		{"one subnet", strings.Replace(good, `"node_mask_size":24`, `"node_mask_size":16`, 1), "node_mask_size"},
 		{"vni too big", strings.Replace(good, `"vni":1`, `"vni":16777216`, 1), "vni"},
-		{"udp port 0", `{"cluster_cidr":"10.244.0.0/16","udp_port":0,"defaults_applied":true,"vni":1,"backend":"vxlan","node_mask_size":24,"udp_port":70000}`, "udp_port"},
+		{"udp port 0", strings.Replace(good, `"udp_port":8472`, `"udp_port":0`, 1), "udp_port"},
+		{"udp port too big", strings.Replace(good, `"udp_port":8472`, `"udp_port":70000`, 1), "udp_port"},
+		{"vni 0", strings.Replace(good, `"vni":1`, `"vni":0`, 1), "vni"},
 		{"unknown backend", strings.Replace(good, `"vxlan"`, `"wireguard"`, 1), "backend"},
 		{"small mtu", strings.Replace(good, `"backend"`, `"mtu":1279,"backend"`, 1), "mtu"},
 		{"cidr change with nodes", strings.Replace(good, "10.244.0.0/16", "10.245.0.0/16", 1), "cluster_cidr"},
@@ -245,8 +247,6 @@ func TestDesiredConfig(t *testing.T) {
 			}
 		})
 	}
-	// Port 0 itself: the zero value means "default", so udp_port 0 in a
-	// desired config gets 8472; the refusal above is of 70000.
 	s := askConfig(t, c, strings.Replace(good, `"backend"`, `"mtu":1400,"backend"`, 1))
 	if !s.Accepted || s.Seq != head+1 {
 		t.Fatalf("good config: %v", s)

@@ -26,7 +26,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/weftnet/weft/controlplane/daemon"
+	"github.com/weftnet/weft/controlplane/controller"
 	"github.com/weftnet/weft/controlplane/store"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
@@ -452,7 +452,7 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("read config: %w", err)
 		}
-		if cfg, err = daemon.DecodeConfigFile(b); err != nil {
+		if cfg, err = controller.DecodeConfigFile(b); err != nil {
 			return err
 		}
 	case fs.NArg() == 0 && len(set) > 0:
@@ -474,7 +474,24 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 	default:
 		return fmt.Errorf("%w: config set FILE|- or config set --field=value ...", errUsage)
 	}
-	put, err := x.c.Put(ctx, x.k.DesiredConfig(), keys.EncodeString(cfg))
+	value := keys.Encode(cfg)
+	// proto3 drops a field set to 0; spell out the zeros the operator
+	// asked for so the controller answers them instead of defaulting.
+	var zeros []string
+	for f, v := range num {
+		if set[f] && *v == 0 {
+			zeros = append(zeros, strings.ReplaceAll(f, "-", "_"))
+		}
+	}
+	if len(zeros) > 0 {
+		var m map[string]any
+		_ = json.Unmarshal(value, &m)
+		for _, z := range zeros {
+			m[z] = 0
+		}
+		value, _ = json.Marshal(m)
+	}
+	put, err := x.c.Put(ctx, x.k.DesiredConfig(), string(value))
 	if err != nil {
 		return fmt.Errorf("write desired config: %w", err)
 	}

@@ -23,7 +23,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-	"sigs.k8s.io/yaml"
 
 	"github.com/weftnet/weft/controlplane/controller"
 	"github.com/weftnet/weft/proto/keys"
@@ -107,7 +106,7 @@ func (o *Options) ClusterConfig() (*weftv1.ClusterConfig, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read config: %w", err)
 		}
-		if cfg, err = DecodeConfigFile(b); err != nil {
+		if cfg, err = controller.DecodeConfigFile(b); err != nil {
 			return nil, fmt.Errorf("config %s: %w", o.ConfigFile, err)
 		}
 	}
@@ -131,16 +130,6 @@ func (o *Options) ClusterConfig() (*weftv1.ClusterConfig, error) {
 		return nil, err
 	}
 	return cfg, nil
-}
-
-// DecodeConfigFile decodes a ClusterConfig written as protojson or as
-// YAML with the same field names.
-func DecodeConfigFile(b []byte) (*weftv1.ClusterConfig, error) {
-	j, err := yaml.YAMLToJSON(b)
-	if err != nil {
-		return nil, fmt.Errorf("decode config file: %w", err)
-	}
-	return keys.DecodeConfig(j)
 }
 
 // Logger returns the process logger at level.
