@@ -280,6 +280,20 @@ func TestOverlay(t *testing.T) {
 				t.Fatalf("%s: %d programs attached", at, n)
 			}
 		}
+		a.ns.MustDo(t, func() error {
+			br, err := netlink.LinkByName("weft0")
+			if err != nil {
+				return err
+			}
+			r, err := link.QueryPrograms(link.QueryOptions{Target: br.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+			if err != nil {
+				return err
+			}
+			if len(r.Programs) != 1 {
+				t.Errorf("bridge: %d programs attached", len(r.Programs))
+			}
+			return nil
+		})
 		// Take over again with a's own programs for the next subtests.
 		a.ns.MustDo(t, func() error {
 			dev, err := readDevice(spec.VXLANDevice)
