@@ -1,9 +1,12 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
+	"github.com/weftnet/weft/bpf/internal/netnstest"
 	"github.com/weftnet/weft/bpf/spec"
 )
 
@@ -83,9 +87,12 @@ func TestModes(t *testing.T) {
 		t.Fatal("vxlan: no path")
 	}
 
+	bgp := netip.MustParsePrefix("10.250.0.0/24")
 	t.Run("vxlan to native with masquerade", func(t *testing.T) {
 		for _, n := range c.nodes {
-			rep := n.sync(c.nativeWant(n, true))
+			w := c.nativeWant(n, true)
+			w.Routes = append(w.Routes, spec.Route{Prefix: bgp, Via: c.peer(n).under, Proto: spec.ProtoBGP})
+			rep := n.sync(w)
 			t.Logf("node %d: %+v", n.idx, rep)
 			devs, devRoutes, entries, pins := weftLeftovers(t, n, false)
 			if len(devs)+devRoutes+entries+pins != 0 {
@@ -103,6 +110,9 @@ func TestModes(t *testing.T) {
 			p := c.peer(n)
 			if r := rs[p.podCIDR]; r.Via != p.under || r.Proto != RouteProtocol {
 				t.Fatalf("node %d: direct route %v", n.idx, rs)
+			}
+			if r := rs[bgp]; r.Via != p.under || r.Proto != RouteProtocolBGP {
+				t.Fatalf("node %d: bgp route %v", n.idx, rs)
 			}
 		}
 		c0 := a.counters()
@@ -307,4 +317,34 @@ func TestAttachTCFallback(t *testing.T) {
 		return nil
 	})
 	checkPath(t, c)
+}
+
+func TestOpenReplacesIncompatibleMap(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, netnstest.Prefix()+"-inc")
+	pin := fmt.Sprintf("/sys/fs/bpf/%s-inc", ns.Name)
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	ns.MustDo(t, func() error {
+		if err := ensureBPFFS(pin); err != nil {
+			return err
+		}
+		// A map of an older layout under the tunnel map's name.
+		old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			return err
+		}
+		defer old.Close()
+		if err := old.Pin(filepath.Join(pin, weftMapWeftTunnels)); err != nil {
+			return err
+		}
+		d, err := Open(Config{PinDir: pin})
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		if d.objs.WeftTunnels.Type() != ebpf.LPMTrie || int(d.objs.WeftTunnels.ValueSize()) != binary.Size(weftTunnelValue{}) {
+			t.Errorf("tunnel map not replaced: %v", d.objs.WeftTunnels)
+		}
+		return nil
+	})
 }
