@@ -133,7 +133,7 @@ func (c *Controller) term(ctx context.Context) error {
 	}
 	defer sess.Close() // revokes the lease: the next leader need not wait the TTL
 	el := concurrency.NewElection(sess, c.opt.Layout.Election())
-	if err := el.Campaign(ctx, c.opt.ID); err != nil {
+	if err := el.Campaign(ctx, fmt.Sprintf(`{"controller":%q}`, c.opt.ID)); err != nil {
 		return fmt.Errorf("campaign: %w", err)
 	}
 	c.log.Info("leading", "id", c.opt.ID, "key", el.Key(), "rev", el.Rev())
@@ -588,26 +588,29 @@ func (l *leader) loadProblems(ctx context.Context) error {
 }
 
 // writeProblems records (reason != "") or clears (reason == "") the
-// problem of each named node, writing only what changed.
+// problem of each named node, writing only what changed, in few
+// transactions.
 func (l *leader) writeProblems(ctx context.Context, changes map[string]string) error {
 	k := l.opt.Layout
+	var ops []clientv3.Op
+	next := maps.Clone(l.problems)
 	for _, name := range slices.Sorted(maps.Keys(changes)) {
 		reason := changes[name]
 		old, had := l.problems[name]
 		switch {
 		case reason == "" && had:
-			if err := l.st.Delete(ctx, k.Problem(name)); err != nil {
-				return err
-			}
-			delete(l.problems, name)
+			ops = append(ops, clientv3.OpDelete(k.Problem(name)))
+			delete(next, name)
 		case reason != "" && reason != old:
 			p := &weftv1.Problem{Subject: name, Reason: reason, Time: time.Now().UTC().Format(time.RFC3339)}
-			if err := l.st.Put(ctx, k.Problem(name), keys.EncodeString(p)); err != nil {
-				return err
-			}
-			l.problems[name] = reason
+			ops = append(ops, clientv3.OpPut(k.Problem(name), keys.EncodeString(p)))
+			next[name] = reason
 			l.log.Warn("node problem", "node", name, "reason", reason)
 		}
 	}
+	if err := l.st.Write(ctx, ops); err != nil {
+		return err
+	}
+	l.problems = next
 	return nil
 }

@@ -395,6 +395,20 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return s.fenced(ctx, "delete "+key, clientv3.OpDelete(key))
 }
 
+// Write applies ops (puts and deletes of keys outside the log, each key
+// once) under the fence, in transactions of at most MaxOps-1 operations.
+func (s *Store) Write(ctx context.Context, ops []clientv3.Op) error {
+	step := max(1, s.opt.MaxOps-1)
+	for len(ops) > 0 {
+		n := min(step, len(ops))
+		if err := s.fenced(ctx, fmt.Sprintf("write %d keys", n), ops[:n]...); err != nil {
+			return err
+		}
+		ops = ops[n:]
+	}
+	return nil
+}
+
 func (s *Store) fenced(ctx context.Context, what string, ops ...clientv3.Op) error {
 	r, err := s.c.Txn(ctx).If(s.cmps...).Then(ops...).Commit()
 	if err != nil {
