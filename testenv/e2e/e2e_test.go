@@ -420,8 +420,11 @@ func TestOverlay(t *testing.T) {
 	})
 
 	t.Run("LiveMTUChange", func(t *testing.T) {
-		const mtu = 1400
-		if out, err := c.Weftctl(ctx, "config", "set", "--mtu", fmt.Sprint(mtu)); err != nil {
+		// The config's mtu is the underlay MTU to assume; the overlay device
+		// and the pods (FLANNEL_MTU) get it minus the VXLAN overhead.
+		const underlay = 1400
+		const mtu = underlay - spec.VXLANOverhead
+		if out, err := c.Weftctl(ctx, "config", "set", "--mtu", fmt.Sprint(underlay)); err != nil {
 			t.Fatalf("config set --mtu: %v\n%s", err, out)
 		}
 		took := eventually(t, 30*time.Second, "MTU reaches every node", func() (bool, string) {
@@ -434,10 +437,14 @@ func TestOverlay(t *testing.T) {
 				if err != nil || s.MTU != mtu {
 					return false, fmt.Sprintf("%s subnet file mtu %d, err %v", n.Name, s.MTU, err)
 				}
+				st, err := c.Status(ctx, n.Name)
+				if err != nil || st.GetMtu() != mtu {
+					return false, fmt.Sprintf("%s status mtu %d, err %v", n.Name, st.GetMtu(), err)
+				}
 			}
 			return true, ""
 		})
-		t.Logf("MTU %d on every node's device and subnet file %v after config set", mtu, took)
+		t.Logf("config mtu %d: device, subnet file and status at %d on every node %v after config set", underlay, mtu, took)
 		// Pods pick the MTU up when re-attached; then every pair works at it.
 		var att testenv.NetlinkAttacher
 		for _, p := range c.Pods() {
