@@ -16,13 +16,15 @@ import (
 	"github.com/weftnet/weft/testenv/etcdtest"
 )
 
-const childEnv = "WEFT_TEST_ETCD_CHILD_DIR"
+// ChildEnv names the directory a child etcd keeps its data in; set, it
+// makes MaybeRunEtcdChild serve etcd instead of running tests.
+const ChildEnv = "WEFT_TEST_ETCD_CHILD_DIR"
 
 // MaybeRunEtcdChild turns the test binary into an etcd member when it was
 // started by StartEtcdProcess; call it first in TestMain. It returns only
 // in an ordinary test run.
 func MaybeRunEtcdChild() {
-	dir := os.Getenv(childEnv)
+	dir := os.Getenv(ChildEnv)
 	if dir == "" {
 		return
 	}
@@ -44,7 +46,7 @@ func MaybeRunEtcdChild() {
 func StartEtcdProcess(tb testing.TB) *clientv3.Client {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+tb.TempDir())
+	cmd.Env = append(os.Environ(), ChildEnv+"="+tb.TempDir())
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
