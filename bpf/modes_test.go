@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,6 +131,21 @@ func TestModes(t *testing.T) {
 		}
 		if src := udpSource(t, a.pod, b.ns, b.under6); src != a.under6 {
 			t.Fatalf("pod to IPv6 underlay host seen from %s, want %s", src, a.under6)
+		}
+	})
+
+	t.Run("reconcile restores a deleted nftables table", func(t *testing.T) {
+		a.ns.MustDo(t, func() error { return writeMasq(nil, true) })
+		var rep spec.Report
+		a.ns.MustDo(t, func() error {
+			var err error
+			w := c.nativeWant(a, true)
+			w.Routes = append(w.Routes, spec.Route{Prefix: bgp, Via: b.under, Proto: spec.ProtoBGP})
+			rep, err = a.dp.Reconcile(t.Context(), w)
+			return err
+		})
+		if len(rep.Repaired) != 1 || !strings.Contains(rep.Repaired[0], "nftables table weft") || !masqTable(t, a) {
+			t.Fatalf("repairs %q, table present %v", rep.Repaired, masqTable(t, a))
 		}
 	})
 
