@@ -353,3 +353,48 @@ func TestKilledAtRandom(t *testing.T) {
 		t.Fatalf("head %d for %d nodes: a node was added twice or an event lost", rep.Head, next)
 	}
 }
+
+// TestDeposedBehindItsBack: while nodes register, the leader's election
+// lease is revoked again and again behind its back (as when it stalls past
+// its TTL). Leadership moves between two controllers; fenced writes of a
+// deposed leader fail, so the log ends with every node once, no gap, no
+// duplicate.
+func TestDeposedBehindItsBack(t *testing.T) {
+	srv, c := etcdtest.New(t)
+	c2, err := srv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	a := start(t, c, baseConfig(), "a")
+	b := start(t, c2, baseConfig(), "b")
+	ctx := context.Background()
+	revoked := 0
+	const n = 200
+	for i := range n {
+		register(t, c, 0, reg(fmt.Sprintf("n%d", i), i))
+		if i%25 == 10 {
+			// The leader holds the election key with the lowest create
+			// revision.
+			r, err := c.Get(ctx, k.Election()+"/", clientv3.WithFirstCreate()...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(r.Kvs) > 0 {
+				if _, err := c.Revoke(ctx, clientv3.LeaseID(r.Kvs[0].Lease)); err == nil {
+					revoked++
+				}
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	eventually(t, "every node", 30*time.Second, func() bool { _, nodes, _ := load(t, c); return len(nodes) == n })
+	rep := mustCheck(t, c)
+	if rep.Head != n+1 {
+		t.Fatalf("head %d for %d nodes", rep.Head, n)
+	}
+	if revoked < 4 {
+		t.Fatalf("only %d leaders deposed", revoked)
+	}
+	eventually(t, "a leader again", 10*time.Second, func() bool { return a.c.IsLeader() || b.c.IsLeader() })
+}
