@@ -17,7 +17,9 @@ import (
 
 func TestJoinLeaveRejoinWithinGrace(t *testing.T) {
 	_, c := etcdtest.New(t)
-	start(t, c, baseConfig(), "c1")
+	cfg := baseConfig()
+	cfg.NodeGraceSeconds = 100 // 1s: room for a loaded machine
+	start(t, c, cfg, "c1")
 	la, lb := grant(t, c), grant(t, c)
 	register(t, c, la, reg("a", 1))
 	register(t, c, lb, reg("b", 2))
@@ -25,13 +27,13 @@ func TestJoinLeaveRejoinWithinGrace(t *testing.T) {
 	eventually(t, "two nodes", 10*time.Second, func() bool { _, nodes, _ = load(t, c); return len(nodes) == 2 })
 	bCIDR := nodes["b"].PodCidrs
 	// b's lease expires; it comes back (new lease) within the grace of
-	// 30 units = 300ms and keeps its subnet, with no NodeRemoved.
+	// 100 units = 1s and keeps its subnet, with no NodeRemoved.
 	if _, err := c.Revoke(context.Background(), lb); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond)
 	register(t, c, grant(t, c), reg("b", 2))
-	time.Sleep(400 * time.Millisecond)
+	time.Sleep(1200 * time.Millisecond)
 	_, nodes, _ = load(t, c)
 	if nodes["b"] == nil || nodes["b"].PodCidrs[0] != bCIDR[0] {
 		t.Fatalf("b after re-join within grace: %v, had %v", nodes["b"], bCIDR)
