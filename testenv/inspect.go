@@ -3,12 +3,14 @@ package testenv
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -218,4 +220,27 @@ func (c *Cluster) Leader(ctx context.Context) (int, string) {
 		return -1, "no controller leads: " + strings.Join(why, "; ")
 	}
 	return leader, ""
+}
+
+// HasGeneve reports whether the kernel can create a Geneve device, by
+// trying in namespace ns (one of the run's own) and removing it again.
+func HasGeneve(ns string) (bool, error) {
+	var ok bool
+	err := withHandle(ns, func(h *netlink.Handle) error {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = "wtgeneveprobe"
+		err := h.LinkAdd(&netlink.Geneve{LinkAttrs: attrs, ID: 1, Remote: net.ParseIP("10.99.0.1")})
+		if err != nil {
+			if errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOTSUP) {
+				return nil
+			}
+			return fmt.Errorf("probe geneve: %w", err)
+		}
+		ok = true
+		if l, err := h.LinkByName(attrs.Name); err == nil {
+			h.LinkDel(l)
+		}
+		return nil
+	})
+	return ok, err
 }

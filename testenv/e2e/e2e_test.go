@@ -530,21 +530,3 @@ func TestDemoCommand(t *testing.T) {
 		t.Errorf("demo left behind: %v", left)
 	}
 }
-
-// TestZZNoLeftovers runs last (tests run in source order) and checks that
-// nothing any test of this package created is left on the machine:
-// namespaces, links, bpffs pins, processes, run directories.
-func TestZZNoLeftovers(t *testing.T) {
-	needCluster(t)
-	prefixesMu.Lock()
-	defer prefixesMu.Unlock()
-	if len(prefixes) == 0 {
-		t.Skip("no cluster ran")
-	}
-	for _, p := range prefixes {
-		if left := testenv.Leftovers(p); len(left) > 0 {
-			t.Errorf("run %s left behind: %v", p, left)
-		}
-	}
-	t.Logf("checked runs %v: nothing left", prefixes)
-}

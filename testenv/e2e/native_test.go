@@ -239,6 +239,43 @@ func TestNativeRouting(t *testing.T) {
 		requireAllPairs(t, ctx, c)
 	})
 
+	t.Run("Geneve", func(t *testing.T) {
+		has, err := testenv.HasGeneve(c.UnderlayNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has {
+			switchTo(t, "geneve", nil)
+			requireAllPairs(t, ctx, c)
+			return
+		}
+		// The kernel lacks CONFIG_GENEVE: the mode's requirement is not met,
+		// and every node says so in its status instead of failing silently.
+		if err := c.SetConfig(ctx, func(cfg *weftv1.ClusterConfig) { cfg.Backend = "geneve" }); err != nil {
+			// A controller may refuse it up front instead; then the refusal
+			// must say why.
+			if !strings.Contains(strings.ToLower(err.Error()), "geneve") {
+				t.Fatalf("config set geneve: %v", err)
+			}
+			t.Logf("controller refused geneve: %v", err)
+			return
+		}
+		eventually(t, 30*time.Second, "every node reports the missing geneve support", func() (bool, string) {
+			for _, n := range nodes {
+				st, err := c.Status(ctx, n.Name)
+				if err != nil || st == nil {
+					return false, fmt.Sprint(n.Name, err)
+				}
+				if !strings.Contains(strings.ToLower(st.GetLastError()), "geneve") {
+					return false, fmt.Sprintf("%s last_error %q (mode %q)", n.Name, st.GetLastError(), st.GetMode())
+				}
+			}
+			return true, ""
+		})
+		st, _ := c.Status(ctx, nodes[0].Name)
+		t.Logf("kernel lacks CONFIG_GENEVE; node status: degraded=%v last_error=%q", st.GetDegraded(), st.GetLastError())
+	})
+
 	t.Run("BackToVXLAN", func(t *testing.T) {
 		switchTo(t, "vxlan", nil)
 		for _, n := range nodes {
