@@ -23,10 +23,10 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weftnet/weft/controlplane/controller"
+	"github.com/weftnet/weft/controlplane/etcdconn"
 	"github.com/weftnet/weft/controlplane/store"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
@@ -41,7 +41,9 @@ const (
 
 var errUsage = errors.New("usage")
 
-const usage = `usage: weftctl [--etcd-endpoints URLS] [--prefix P] [-o table|json] VERB
+const usage = `usage: weftctl [--etcd-endpoints URLS] [--etcd-cafile F --etcd-certfile F --etcd-keyfile F]
+               [--prefix P] [-o table|json] VERB
+flags also come from WEFT_ETCD_ENDPOINTS, WEFT_PREFIX, ...
 verbs:
   nodes                      nodes in the projection
   events [--since N] [--follow]
@@ -71,17 +73,21 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	endpoints := fs.String("etcd-endpoints", "http://127.0.0.1:2379", "comma-separated etcd client URLs (env WEFT_ETCD_ENDPOINTS)")
 	prefix := fs.String("prefix", keys.DefaultPrefix, "etcd key prefix of the cluster (env WEFT_PREFIX)")
 	output := fs.String("o", "table", "output: table or json")
+	caFile := fs.String("etcd-cafile", "", "CA bundle to verify etcd's certificate (enables TLS)")
+	certFile := fs.String("etcd-certfile", "", "client certificate for etcd")
+	keyFile := fs.String("etcd-keyfile", "", "client key for etcd")
 	if err := fs.Parse(args); err != nil {
 		return ExitUsage
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if v := getenv("WEFT_ETCD_ENDPOINTS"); v != "" && !set["etcd-endpoints"] {
-		*endpoints = v
-	}
-	if v := getenv("WEFT_PREFIX"); v != "" && !set["prefix"] {
-		*prefix = v
-	}
+	// WEFT_ETCD_ENDPOINTS for --etcd-endpoints, and so on; flags win.
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "WEFT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(env); v != "" && !set[f.Name] && f.Name != "o" {
+			_ = fs.Set(f.Name, v)
+		}
+	})
 	if *output != "table" && *output != "json" {
 		fmt.Fprintf(stderr, "weftctl: -o %q: want table or json\n", *output)
 		return ExitUsage
@@ -91,9 +97,9 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		fmt.Fprint(stderr, usage)
 		return ExitUsage
 	}
-	c, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(*endpoints, ","), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	c, err := etcdconn.New(etcdconn.Config{Endpoints: etcdconn.Split(*endpoints), CAFile: *caFile, CertFile: *certFile, KeyFile: *keyFile})
 	if err != nil {
-		fmt.Fprintln(stderr, "weftctl: connect etcd:", err)
+		fmt.Fprintln(stderr, "weftctl:", err)
 		return ExitFail
 	}
 	defer c.Close()

@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/weftnet/weft/controlplane/controller"
+	"github.com/weftnet/weft/controlplane/etcdconn"
 	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/proto/validate"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
@@ -33,6 +34,9 @@ import (
 // Options are weft-controller's flags.
 type Options struct {
 	EtcdEndpoints    string
+	EtcdCAFile       string
+	EtcdCertFile     string
+	EtcdKeyFile      string
 	DataDir          string
 	EtcdListenClient string
 	EtcdListenPeer   string
@@ -57,6 +61,9 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	o := &Options{}
 	fs := flag.NewFlagSet("weft-controller", flag.ContinueOnError)
 	fs.StringVar(&o.EtcdEndpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty: run an embedded single-member etcd")
+	fs.StringVar(&o.EtcdCAFile, "etcd-cafile", "", "CA bundle to verify the external etcd's certificate (enables TLS)")
+	fs.StringVar(&o.EtcdCertFile, "etcd-certfile", "", "client certificate for the external etcd")
+	fs.StringVar(&o.EtcdKeyFile, "etcd-keyfile", "", "client key for the external etcd")
 	fs.StringVar(&o.DataDir, "data-dir", "/var/lib/weft", "data directory of the embedded etcd")
 	fs.StringVar(&o.EtcdListenClient, "etcd-listen-client", "http://127.0.0.1:2379", "comma-separated client URLs the embedded etcd listens on")
 	fs.StringVar(&o.EtcdListenPeer, "etcd-listen-peer", "http://127.0.0.1:2380", "peer URL of the embedded etcd")
@@ -145,7 +152,7 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 	if err != nil {
 		return err
 	}
-	endpoints := splitList(o.EtcdEndpoints)
+	endpoints := etcdconn.Split(o.EtcdEndpoints)
 	if len(endpoints) == 0 {
 		e, err := StartEtcd(o.DataDir, o.EtcdListenClient, o.EtcdListenPeer)
 		if err != nil {
@@ -160,9 +167,9 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		}
 		log.Info("embedded etcd serving", "clients", o.EtcdListenClient, "data_dir", o.DataDir)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := etcdconn.New(etcdconn.Config{Endpoints: endpoints, CAFile: o.EtcdCAFile, CertFile: o.EtcdCertFile, KeyFile: o.EtcdKeyFile})
 	if err != nil {
-		return fmt.Errorf("connect etcd: %w", err)
+		return err
 	}
 	defer cli.Close()
 
@@ -228,7 +235,7 @@ func StartEtcd(dataDir, clientURLs, peerURL string) (*embed.Etcd, error) {
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	var clients []url.URL
-	for _, s := range splitList(clientURLs) {
+	for _, s := range etcdconn.Split(clientURLs) {
 		u, err := url.Parse(s)
 		if err != nil {
 			return nil, fmt.Errorf("--etcd-listen-client %q: %w", s, err)
@@ -256,14 +263,4 @@ func StartEtcd(dataDir, clientURLs, peerURL string) (*embed.Etcd, error) {
 		e.Close()
 		return nil, errors.New("start embedded etcd: not ready after 60s")
 	}
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

@@ -1,0 +1,34 @@
+package etcdconn
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestSplit(t *testing.T) {
+	if got := Split(" http://a:1, ,http://b:2,"); !slices.Equal(got, []string{"http://a:1", "http://b:2"}) {
+		t.Fatalf("split %q", got)
+	}
+}
+
+func TestBadTLSMaterial(t *testing.T) {
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk.pem")
+	os.WriteFile(junk, []byte("not a certificate"), 0o600)
+	for _, tc := range []struct {
+		c    Config
+		want string
+	}{
+		{Config{}, "no endpoints"},
+		{Config{Endpoints: []string{"https://127.0.0.1:1"}, CAFile: filepath.Join(dir, "missing")}, "read etcd CA"},
+		{Config{Endpoints: []string{"https://127.0.0.1:1"}, CAFile: junk}, "no certificate"},
+		{Config{Endpoints: []string{"https://127.0.0.1:1"}, CertFile: junk, KeyFile: junk}, "client certificate"},
+	} {
+		if _, err := New(tc.c); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.c, err, tc.want)
+		}
+	}
+}
