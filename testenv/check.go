@@ -21,13 +21,18 @@ import (
 // EchoPort is the TCP and UDP port of the echo server in every pod.
 const EchoPort = 7777
 
+// DiscardPort is the TCP port of the discard server in every pod (reads
+// and drops everything: for throughput measurements).
+const DiscardPort = 7779
+
 // Echo is a TCP and UDP echo server listening inside a pod namespace. Its
 // sockets were created on a thread in that namespace, so the goroutines
 // serving them can run anywhere.
 type Echo struct {
-	tcp net.Listener
-	udp net.PacketConn
-	wg  sync.WaitGroup
+	tcp     net.Listener
+	discard net.Listener
+	udp     net.PacketConn
+	wg      sync.WaitGroup
 }
 
 // StartEcho starts an echo server on EchoPort inside the named namespace.
@@ -42,16 +47,21 @@ func StartEcho(ns string) (*Echo, error) {
 			e.tcp.Close()
 			return fmt.Errorf("listen udp in %s: %w", ns, err)
 		}
+		if e.discard, err = net.Listen("tcp4", fmt.Sprintf(":%d", DiscardPort)); err != nil {
+			e.tcp.Close()
+			e.udp.Close()
+			return fmt.Errorf("listen tcp in %s: %w", ns, err)
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	e.wg.Add(2)
-	go func() {
+	e.wg.Add(3)
+	serve := func(l net.Listener, handle func(net.Conn)) {
 		defer e.wg.Done()
 		for {
-			c, err := e.tcp.Accept()
+			c, err := l.Accept()
 			if err != nil {
 				return
 			}
@@ -59,11 +69,18 @@ func StartEcho(ns string) (*Echo, error) {
 			go func() {
 				defer e.wg.Done()
 				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				io.Copy(c, c)
+				handle(c)
 			}()
 		}
-	}()
+	}
+	go serve(e.tcp, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Minute))
+		io.Copy(c, c)
+	})
+	go serve(e.discard, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Minute))
+		io.Copy(io.Discard, c)
+	})
 	go func() {
 		defer e.wg.Done()
 		buf := make([]byte, 65536)
@@ -81,6 +98,7 @@ func StartEcho(ns string) (*Echo, error) {
 // Close stops the server and waits for its goroutines.
 func (e *Echo) Close() {
 	e.tcp.Close()
+	e.discard.Close()
 	e.udp.Close()
 	e.wg.Wait()
 }
