@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 )
 
@@ -18,7 +21,7 @@ func Build(ctx context.Context, dir string) error {
 	for _, b := range Binaries {
 		args = append(args, "github.com/weftnet/weft/cmd/"+b)
 	}
-	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd := exec.CommandContext(ctx, goTool(), args...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
@@ -26,4 +29,17 @@ func Build(ctx context.Context, dir string) error {
 		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out.String())
 	}
 	return nil
+}
+
+// goTool finds the go command: on PATH, or in the GOROOT this binary was
+// built with (sudo often resets PATH to one without Go).
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	if root := os.Getenv("GOROOT"); root != "" {
+		return filepath.Join(root, "bin", "go")
+	}
+	//lint:ignore SA1019 the build-time GOROOT is the best guess left
+	return filepath.Join(runtime.GOROOT(), "bin", "go")
 }
