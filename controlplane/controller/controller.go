@@ -219,6 +219,7 @@ type leader struct {
 	goneNow  map[string]bool                 // Gone with Immediate
 	problems map[string]string               // recorded at /weft/problems/
 	dirty    map[string]bool
+	retryAt  time.Time // reconcile again then (after a conflict)
 }
 
 func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
@@ -248,7 +249,7 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 		}
 		c.log.Info("wrote initial config", "seq", st.Head(), "cluster_cidr", cfg.ClusterCidr, "backend", cfg.Backend)
 	}
-	if err := l.rebuild(); err != nil {
+	if err := l.rebuild(ctx); err != nil {
 		return err
 	}
 	l.metrics()
@@ -306,9 +307,10 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 			// Someone else wrote (or a guard was hand-edited): the store
 			// re-read itself; decide everything again.
 			c.log.Warn("append conflict; re-reading", "error", err)
-			if err := l.rebuild(); err != nil {
+			if err := l.rebuild(ctx); err != nil {
 				return err
 			}
+			l.retryAt = time.Now().Add(50 * time.Millisecond)
 		default:
 			return err
 		}
@@ -324,7 +326,7 @@ func (l *leader) metrics() {
 
 // rebuild makes the allocator again from the projection and marks every
 // node for reconciling.
-func (l *leader) rebuild() error {
+func (l *leader) rebuild(ctx context.Context) error {
 	l.alloc = nil
 	st := l.st.State()
 	if st.Config == nil {
@@ -337,6 +339,30 @@ func (l *leader) rebuild() error {
 	for _, name := range slices.Sorted(maps.Keys(st.Nodes)) {
 		if err := a.Restore(name, st.Nodes[name].PodCidrs); err != nil {
 			l.log.Error("projection holds a subnet the allocator refuses", "node", name, "error", err)
+		}
+	}
+	// A guard no projected node explains (a hand edit) would make every
+	// append that allocates its subnet fail: keep that subnet out of use
+	// until an operator removes the guard (weftctl check names it).
+	k := l.opt.Layout
+	r, err := l.opt.Client.Get(ctx, k.Subnets(), clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("read subnet guards: %w", err)
+	}
+	for _, kv := range r.Kvs {
+		name, err := keys.NameOf(k.Subnets(), string(kv.Key))
+		if err != nil {
+			continue
+		}
+		p, err := keys.ParseSubnetName(name)
+		if err != nil {
+			continue
+		}
+		if o, ok := a.Owner(p); ok && o == string(kv.Value) {
+			continue
+		}
+		if a.Restore("stray-guard/"+p.String(), []string{p.String()}) == nil {
+			l.log.Warn("subnet guard without its node; subnet kept out of use", "subnet", p, "owner", string(kv.Value))
 		}
 	}
 	l.alloc = a
@@ -400,19 +426,22 @@ func (l *leader) grace() time.Duration {
 }
 
 func (l *leader) untilDeadline() time.Duration {
-	if l.alloc == nil {
-		return time.Hour
+	wait := time.Hour
+	if !l.retryAt.IsZero() {
+		wait = time.Until(l.retryAt)
 	}
-	d, ok := l.alloc.NextDeadline()
-	if !ok {
-		return time.Hour
+	if l.alloc != nil {
+		if d, ok := l.alloc.NextDeadline(); ok {
+			wait = min(wait, time.Until(d))
+		}
 	}
-	return max(time.Until(d), time.Millisecond)
+	return max(wait, time.Millisecond)
 }
 
 // reconcile compares the dirty nodes with the projection, appends the
 // events that make them agree, and removes nodes whose grace ended.
 func (l *leader) reconcile(ctx context.Context) error {
+	l.retryAt = time.Time{}
 	if l.alloc == nil || !l.synced {
 		return nil
 	}
@@ -478,7 +507,7 @@ func (l *leader) reconcile(ctx context.Context) error {
 			l.log.Warn("append failed", "committed", n, "of", len(events), "error", err)
 			// The allocator handed out subnets for events that were not
 			// written: rebuild it from the projection.
-			if rerr := l.rebuild(); rerr != nil {
+			if rerr := l.rebuild(ctx); rerr != nil {
 				return rerr
 			}
 			return err

@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weftnet/weft/controlplane/store"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
@@ -161,6 +163,28 @@ func TestRetention(t *testing.T) {
 	rep := mustCheck(t, c)
 	if !rep.Trimmed || rep.First != 32 || rep.Head != 41 || rep.Nodes != 40 {
 		t.Fatalf("report %+v", rep)
+	}
+}
+
+// TestStrayGuard: a hand-written subnet guard makes the first append that
+// allocates that subnet fail; the controller re-reads, keeps the subnet
+// out of use and serves the node with another.
+func TestStrayGuard(t *testing.T) {
+	_, c := etcdtest.New(t)
+	start(t, c, baseConfig(), "c1")
+	eventually(t, "config", 10*time.Second, func() bool { cfg, _, _ := load(t, c); return cfg != nil })
+	if _, err := c.Put(context.Background(), k.Subnet(netip.MustParsePrefix("10.244.0.0/24")), "ghost"); err != nil {
+		t.Fatal(err)
+	}
+	register(t, c, 0, reg("a", 1))
+	var nodes map[string]*weftv1.Node
+	eventually(t, "a served", 10*time.Second, func() bool { _, nodes, _ = load(t, c); return nodes["a"] != nil })
+	if nodes["a"].PodCidrs[0] == "10.244.0.0/24" {
+		t.Fatal("node got the guarded subnet")
+	}
+	rep, _ := store.Check(context.Background(), c, k)
+	if rep.OK() {
+		t.Fatal("check does not report the stray guard")
 	}
 }
 

@@ -92,7 +92,7 @@ func (l *leader) configRequest(ctx context.Context, d desired) error {
 		}
 		status.Accepted, status.Seq = true, l.st.Head()
 		l.log.Info("config changed", "seq", status.Seq, "revision", d.rev)
-		if err := l.rebuild(); err != nil {
+		if err := l.rebuild(ctx); err != nil {
 			return err
 		}
 	}
