@@ -15,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"go.uber.org/goleak"
+
 	"github.com/weftnet/weft/controlplane/kubesource"
 	"github.com/weftnet/weft/controlplane/source"
 	"github.com/weftnet/weft/proto/validate"
@@ -215,3 +217,5 @@ func TestLabelSelector(t *testing.T) {
 		t.Fatal("bad selector accepted")
 	}
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
