@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/testenv"
 )
@@ -43,7 +45,16 @@ func TestMain(m *testing.M) {
 			cancel()
 			binDir = dir
 		}
-		return m.Run()
+		code := m.Run()
+		// Everything the tests started in this process (echo servers,
+		// pingers, streams, etcd clients, namespace threads) has ended.
+		if code == 0 {
+			if err := goleak.Find(); err != nil {
+				fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
+				return 1
+			}
+		}
+		return code
 	}()
 	os.Exit(code)
 }
