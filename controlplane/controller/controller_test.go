@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weftnet/weft/controlplane/ctl"
 	"github.com/weftnet/weft/controlplane/store"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
@@ -374,6 +375,11 @@ func TestKilledAtRandom(t *testing.T) {
 	rep := mustCheck(t, c)
 	if rep.Head != uint64(next)+1 {
 		t.Fatalf("head %d for %d nodes: a node was added twice or an event lost", rep.Head, next)
+	}
+	// And literally: weftctl check exits 0.
+	var out, errOut strings.Builder
+	if code := ctl.Main(context.Background(), []string{"--etcd-endpoints", srv.Endpoints[0], "check"}, nil, &out, &errOut, func(string) string { return "" }); code != 0 {
+		t.Fatalf("weftctl check: exit %d: %s%s", code, out.String(), errOut.String())
 	}
 }
 
