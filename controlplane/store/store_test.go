@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -335,6 +336,45 @@ func TestCheckFindsDamage(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			mustCheck(t, c)
+		})
+	}
+}
+
+// TestSplitsToLimits: a batch larger than the op or byte limit goes in
+// several transactions, each within the limits, and the log is whole.
+func TestSplitsToLimits(t *testing.T) {
+	_, c := etcdtest.New(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		opt     store.Options
+		maxEvts int // per transaction
+	}{
+		// A join is 3 ops (event, node, guard); one op is the head.
+		{"ops", store.Options{MaxOps: 16}, 5},
+		// A join is well over 200 bytes of keys and values.
+		{"bytes", store.Options{MaxBytes: 4096}, 4096 / 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.Delete(ctx, k.Root(), clientv3.WithPrefix())
+			txns, most := 0, 0
+			tc.opt.Observe = func(n int, _ time.Duration) { txns, most = txns+1, max(most, n) }
+			s, err := store.Open(ctx, c, k, tc.opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			evs := []*weftv1.Event{cfgEvent()}
+			for i := range 100 {
+				evs = append(evs, added(fmt.Sprintf("n%d", i), i))
+			}
+			if n, err := s.Append(ctx, evs...); err != nil || n != 101 {
+				t.Fatalf("append %d: %v", n, err)
+			}
+			if most > tc.maxEvts || txns < 101/tc.maxEvts {
+				t.Fatalf("%d transactions of up to %d events, want at most %d each", txns, most, tc.maxEvts)
+			}
+			t.Logf("%d transactions of up to %d events", txns, most)
 			mustCheck(t, c)
 		})
 	}
