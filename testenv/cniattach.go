@@ -10,7 +10,9 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 )
 
 // CNIAttacher attaches pods by running the weft-cni plugin through libcni,
@@ -45,7 +47,12 @@ func (a *CNIAttacher) setup(subnetFile string) (*libcni.CNIConfig, *libcni.Netwo
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse conflist: %w", err)
 	}
-	return libcni.NewCNIConfigWithCacheDir([]string{a.binDir}, filepath.Join(dir, "cni-cache"), nil), list, nil
+	return libcni.NewCNIConfigWithCacheDir([]string{a.binDir}, filepath.Join(dir, "cni-cache"), &invoke.DefaultExec{
+		// explicit: libcni creates its default lazily, racing between
+		// concurrent calls on one CNIConfig
+		RawExec:       &invoke.RawExec{Stderr: os.Stderr},
+		PluginDecoder: version.PluginDecoder{},
+	}), list, nil
 }
 
 // cniNSPath accepts a netns name (under /run/netns) or a path.

@@ -24,8 +24,10 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -111,7 +113,7 @@ func newEnv(t testing.TB, subnet, version string) *env {
 	if subnet != "" {
 		e.writeSubnet(subnet)
 	}
-	e.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cache"), nil)
+	e.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cache"), newExec())
 	e.list = e.confList(version, "")
 	return e
 }
@@ -474,7 +476,7 @@ func TestGC(t *testing.T) {
 	}
 	// A runtime that lost its cache (fresh cache dir) still GCs through
 	// the plugin: only ctr-0 is valid.
-	fresh := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), nil)
+	fresh := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), newExec())
 	err := inNS(e.nodeNS, func() error {
 		return fresh.GCNetworkList(context.Background(), e.list, &libcni.GCArgs{
 			ValidAttachments: []types.GCAttachment{{ContainerID: "ctr-0", IfName: "eth0"}},
@@ -762,4 +764,11 @@ func TestTestenvCNIAttacher(t *testing.T) {
 			t.Fatalf("pod %d still has %v", i, names)
 		}
 	}
+}
+
+// newExec is libcni's default plugin executor, made up front: libcni
+// creates it lazily on first use, which races when one CNIConfig serves
+// concurrent calls (as in TestConcurrentAdds).
+func newExec() invoke.Exec {
+	return &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
 }
