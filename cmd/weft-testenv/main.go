@@ -207,6 +207,11 @@ func up(ctx context.Context, args []string) error {
 		return err
 	}
 	defer cleanup()
+	if f.backend != testenv.BackendKernel {
+		if err := c.WaitConverged(ctx, 60*time.Second); err != nil {
+			return err
+		}
+	}
 	printAccess(c)
 	<-ctx.Done()
 	return nil
