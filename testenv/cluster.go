@@ -236,6 +236,10 @@ func New(ctx context.Context, o Options) (*Cluster, error) {
 			return nil, fmt.Errorf("make run dir: %w", err)
 		}
 	}
+	if err := os.WriteFile(filepath.Join(c.RunDir, ownerFile), []byte(ownerRecord(os.Getpid())), 0o644); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("make run dir: %w", err)
+	}
 	if err := c.start(ctx); err != nil {
 		c.Close()
 		return nil, err
@@ -758,12 +762,39 @@ func Leftovers(prefix string) []string {
 	return out
 }
 
+// ownerFile in a run directory records the process that owns the run.
+const ownerFile = "owner"
+
+func ownerRecord(pid int) string { return fmt.Sprintf("%d %s", pid, cmdlineOf(pid)) }
+
+// ownerAlive reports whether the run in dir belongs to another process
+// that is still running (the same PID with the same command line).
+func ownerAlive(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+	if err != nil {
+		return false
+	}
+	pidStr, _, _ := strings.Cut(string(b), " ")
+	pid, err := strconv.Atoi(pidStr)
+	if err != nil || pid == os.Getpid() {
+		return false
+	}
+	return ownerRecord(pid) == string(b)
+}
+
 // Down removes the leftovers of runs whose prefix starts with pattern
 // (e.g. "wt" for every run, "wt1a2b" for one): processes recorded in their
 // pidfiles (only if their command line still carries the prefix, so a
 // recycled PID is never touched), named namespaces, bpffs pins and run
-// directories. It never matches processes by name.
-func Down(pattern string) error {
+// directories. It never matches processes by name, and it leaves alone
+// runs whose owning process is still alive (another test or `weft-testenv
+// up` using them); use DownForce for those.
+func Down(pattern string) error { return down(pattern, false) }
+
+// DownForce is Down including runs whose owner is still alive.
+func DownForce(pattern string) error { return down(pattern, true) }
+
+func down(pattern string, force bool) error {
 	var errs []error
 	prefixes := map[string]bool{}
 	dirs, _ := filepath.Glob(RunDirOf(pattern) + "*")
@@ -790,6 +821,9 @@ func Down(pattern string) error {
 			continue
 		}
 		dir := RunDirOf(prefix)
+		if !force && ownerAlive(dir) {
+			continue
+		}
 		for _, pid := range pidfilesIn(filepath.Join(dir, "pids")) {
 			if cl := cmdlineOf(pid); cl != "" && strings.Contains(cl, prefix) {
 				if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {

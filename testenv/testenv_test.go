@@ -182,7 +182,22 @@ func TestDownRemovesCrashedRun(t *testing.T) {
 			t.Errorf("leftovers %v miss %q", left, want)
 		}
 	}
-	// Down, not Close: the cluster object is abandoned like a crashed run.
+	// A run whose owner is alive is not a leftover: Down from another
+	// process leaves it alone (simulated by recording the sleeper as owner).
+	if err := os.WriteFile(RunDirOf(prefix)+"/"+ownerFile, []byte(ownerRecord(pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Down(prefix); err != nil {
+		t.Fatal(err)
+	}
+	if left := Leftovers(prefix); len(left) == 0 || !p.Running() {
+		t.Fatalf("down removed a run whose owner is alive (left %v)", left)
+	}
+	// Down, not Close: the cluster object is abandoned like a crashed run
+	// (owner gone: the record no longer matches a live process).
+	if err := os.WriteFile(RunDirOf(prefix)+"/"+ownerFile, []byte("1 not-the-owner"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if err := Down(prefix); err != nil {
 		t.Fatal(err)
 	}

@@ -261,10 +261,15 @@ func demo(ctx context.Context, args []string) error {
 func down(args []string) error {
 	fs := flag.NewFlagSet("down", flag.ContinueOnError)
 	prefix := fs.String("prefix", "wt", "remove runs whose prefix starts with this")
+	force := fs.Bool("force", false, "also remove runs whose owning process (a test, weft-testenv up) is still alive")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
-	if err := testenv.Down(*prefix); err != nil {
+	down := testenv.Down
+	if *force {
+		down = testenv.DownForce
+	}
+	if err := down(*prefix); err != nil {
 		return err
 	}
 	fmt.Println("removed leftovers of runs matching", *prefix)
