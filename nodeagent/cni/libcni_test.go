@@ -450,6 +450,12 @@ func TestExhaustionAndReuse(t *testing.T) {
 	if a := e.allocations(); len(a) != 5 {
 		t.Fatalf("store holds %d allocations, want 5", len(a))
 	}
+	// Talk to the pod first, so the node's neighbor table holds its MAC:
+	// the next pod with this address has another MAC, and must still be
+	// reachable at once.
+	if err := reachable(e.nodeNS, ips[2]); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.del("ctr-2", pods[2]); err != nil {
 		t.Fatal(err)
 	}

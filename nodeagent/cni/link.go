@@ -327,3 +327,29 @@ func routeList(link netlink.Link, family int) ([]netlink.Route, error) {
 		}
 	}
 }
+
+// forgetNeighbors deletes the bridge's neighbor entries for ips. An
+// address freed by one pod and given to the next keeps the old pod's MAC
+// in the node's neighbor table for up to a minute otherwise, and traffic
+// to the new pod (including the datapath's redirect to the bridge) goes
+// to a MAC nobody has.
+func forgetNeighbors(ips []netip.Addr) error {
+	br, err := netlink.LinkByName(BridgeName)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("find bridge: %w", err)
+	}
+	for _, ip := range ips {
+		fam := netlink.FAMILY_V4
+		if ip.Is6() {
+			fam = netlink.FAMILY_V6
+		}
+		n := &netlink.Neigh{LinkIndex: br.Attrs().Index, Family: fam, IP: ip.AsSlice()}
+		if err := netlink.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("forget neighbor %s: %w", ip, err)
+		}
+	}
+	return nil
+}

@@ -115,6 +115,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 	if err := ensureBridge(sub); err != nil {
 		return fmt.Errorf("ensure bridge %s: %w", BridgeName, err)
 	}
+	if err := forgetNeighbors(ips); err != nil {
+		return err
+	}
 	hostName := HostVethName(args.ContainerID, args.IfName)
 	att, err := attach(podNS, args.IfName, hostName, sub, ips)
 	if err != nil {
@@ -162,6 +165,11 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	store, err := storeFor(conf)
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	if alloc, ok, err := store.Get(args.ContainerID, args.IfName); err == nil && ok {
+		if err := forgetNeighbors(alloc.IPs); err != nil {
+			return err
+		}
 	}
 	// Free the address only after the interface holding it is gone, so it
 	// cannot be handed out while still configured.
@@ -285,6 +293,9 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		if err := deleteHostVeth(HostVethName(a.ContainerID, a.IfName)); err != nil {
 			errs = append(errs, err)
 			continue
+		}
+		if err := forgetNeighbors(a.IPs); err != nil {
+			errs = append(errs, err)
 		}
 		gone[key] = true
 	}
