@@ -112,6 +112,8 @@ type Agent struct {
 	storeErr    error
 	underErr    error
 	subnetEnv   string
+	// onApplied, when set (benchmarks), is called after each event folded.
+	onApplied func(seq uint64)
 	waitLogged  bool
 	selfApplied bool
 }
@@ -217,6 +219,9 @@ func (s *sink) Apply(seq uint64, value []byte) error {
 	}
 	a.metrics.applied.Set(float64(applied))
 	a.metrics.eventsApplied.Inc()
+	if a.onApplied != nil {
+		a.onApplied(seq)
+	}
 	if refused != nil {
 		a.metrics.refused.Inc()
 		a.log.Error("event refused; keeping the last good state", "seq", seq, "reason", refused)
@@ -375,13 +380,20 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 		a.mu.Lock()
 		logIt := !a.waitLogged
 		a.waitLogged = true
+		removed := a.selfApplied
 		a.mu.Unlock()
-		if logIt {
+		switch {
+		case logIt && removed:
+			a.log.Warn("this node is no longer in the log (NodeRemoved); datapath left as it is until it is added again", "node", a.cfg.NodeName)
+		case logIt:
 			a.log.Info("waiting for this node's NodeAdded; datapath left as it is", "node", a.cfg.NodeName, "config_known", plan.Desired != nil)
 		}
 		poke(a.statusKick)
 		return nil
 	}
+	a.mu.Lock()
+	a.waitLogged = false
+	a.mu.Unlock()
 	if synced != nil && lastErr == nil && equalDesired(synced, plan.Desired) {
 		return nil
 	}

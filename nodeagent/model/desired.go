@@ -117,12 +117,13 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 		}
 		return cl.IsValid() && p.Bits() >= cl.Bits() && cl.Contains(p.Addr())
 	}
-	d.Tunnels = make([]spec.Tunnel, 0, len(s.names))
-	for _, name := range s.names {
+	d.Tunnels = make([]spec.Tunnel, 0, len(s.sorted))
+	for i := range s.sorted {
+		pn := &s.sorted[i]
+		name := pn.name
 		if name == self {
 			continue
 		}
-		pn := s.parsed[name]
 		// validate.PodCIDRs only when the cheap check fails: it names the
 		// field in its error, which costs an allocation per CIDR.
 		if slices.ContainsFunc(pn.prefixes, func(p netip.Prefix) bool { return !inCluster(p) }) {

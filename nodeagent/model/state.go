@@ -54,8 +54,8 @@ func (r Refusal) String() string { return r.What + ": " + r.Reason }
 type State struct {
 	config  *weftv1.ClusterConfig // defaults applied and valid; nil until known
 	nodes   map[string]*weftv1.Node
-	parsed  map[string]parsedNode // nodes' addresses, parsed once
-	names   []string              // sorted keys of nodes
+	sorted  []parsedNode // nodes' addresses, parsed once, sorted by name
+	bulk    bool         // Reset appends to sorted and sorts once at the end
 	claims  claims
 	applied uint64
 	refused []Refusal
@@ -63,7 +63,7 @@ type State struct {
 
 // New returns the empty state (no config, no nodes, applied seq 0).
 func New() *State {
-	return &State{nodes: map[string]*weftv1.Node{}, parsed: map[string]parsedNode{}, claims: claims{}}
+	return &State{nodes: map[string]*weftv1.Node{}, claims: claims{}}
 }
 
 // Applied is the seq of the last event folded into the state.
@@ -80,11 +80,18 @@ func (s *State) Node(name string) *weftv1.Node { return s.nodes[name] }
 func (s *State) Len() int { return len(s.nodes) }
 
 // Names returns the node names, sorted.
-func (s *State) Names() []string { return slices.Clone(s.names) }
+func (s *State) Names() []string {
+	out := make([]string, len(s.sorted))
+	for i, p := range s.sorted {
+		out[i] = p.name
+	}
+	return out
+}
 
 // parsedNode is a node's underlay IP and pod CIDRs, parsed when the node
 // was accepted, so Desired does not parse thousands of strings per event.
 type parsedNode struct {
+	name     string
 	ip       netip.Addr
 	prefixes []netip.Prefix
 }
@@ -194,9 +201,13 @@ func (s *State) putNode(seq uint64, n *weftv1.Node) error {
 	}
 	s.delNode(n.Name)
 	s.nodes[n.Name] = n
-	s.parsed[n.Name] = parsedNode{ip: ip.Unmap(), prefixes: prefixes}
-	if i, found := slices.BinarySearch(s.names, n.Name); !found {
-		s.names = slices.Insert(s.names, i, n.Name)
+	pn := parsedNode{name: n.Name, ip: ip.Unmap(), prefixes: prefixes}
+	if s.bulk {
+		s.sorted = append(s.sorted, pn)
+	} else {
+		// delNode above removed any previous entry of this name.
+		i, _ := slices.BinarySearchFunc(s.sorted, n.Name, byName)
+		s.sorted = slices.Insert(s.sorted, i, pn)
 	}
 	for _, p := range prefixes {
 		s.claims.add(p, n.Name)
@@ -208,14 +219,15 @@ func (s *State) delNode(name string) {
 	if _, ok := s.nodes[name]; !ok {
 		return
 	}
-	for _, p := range s.parsed[name].prefixes {
+	delete(s.nodes, name)
+	i, found := slices.BinarySearchFunc(s.sorted, name, byName)
+	if !found {
+		return
+	}
+	for _, p := range s.sorted[i].prefixes {
 		s.claims.del(p, name)
 	}
-	delete(s.nodes, name)
-	delete(s.parsed, name)
-	if i, found := slices.BinarySearch(s.names, name); found {
-		s.names = slices.Delete(s.names, i, i+1)
-	}
+	s.sorted = slices.Delete(s.sorted, i, i+1)
 }
 
 // Reset replaces the state with a snapshot of the projection (a re-list).
@@ -240,8 +252,12 @@ func (s *State) Reset(snap Snapshot) {
 	}
 	old := s.nodes
 	s.nodes = make(map[string]*weftv1.Node, len(snap.Nodes))
-	s.parsed = make(map[string]parsedNode, len(snap.Nodes))
-	s.names = nil
+	s.sorted = make([]parsedNode, 0, len(snap.Nodes))
+	s.bulk = true
+	defer func() {
+		slices.SortFunc(s.sorted, func(a, b parsedNode) int { return cmp.Compare(a.name, b.name) })
+		s.bulk = false
+	}()
 	s.claims = claims{}
 
 	type cand struct {
@@ -278,6 +294,8 @@ func (s *State) Reset(snap Snapshot) {
 	}
 	s.applied = snap.Head
 }
+
+func byName(p parsedNode, name string) int { return cmp.Compare(p.name, name) }
 
 func parseCIDRs(cidrs []string) ([]netip.Prefix, error) {
 	out := make([]netip.Prefix, 0, len(cidrs))

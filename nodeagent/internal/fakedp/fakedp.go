@@ -69,6 +69,9 @@ func (d *Datapath) Reconcile(ctx context.Context, want *spec.Desired) (spec.Repo
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var rep spec.Report
+	if d.kernel != nil && slices.Equal(d.kernel.Tunnels, want.Tunnels) && slices.Equal(d.kernel.ClusterCIDRs, want.ClusterCIDRs) {
+		return rep, nil
+	}
 	have := map[spec.Tunnel]bool{}
 	if d.kernel != nil {
 		for _, t := range d.kernel.Tunnels {
@@ -85,7 +88,7 @@ func (d *Datapath) Reconcile(ctx context.Context, want *spec.Desired) (spec.Repo
 			rep.Repaired = append(rep.Repaired, fmt.Sprintf("route %s dev %s", c, want.Overlay.DeviceName()))
 		}
 	}
-	d.kernel = clone(want)
+	d.kernel = want
 	return rep, nil
 }
 
