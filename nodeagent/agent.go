@@ -105,15 +105,15 @@ type Agent struct {
 	underlay spec.Underlay
 	haveUnd  bool
 	// What the converger last achieved, for status and health.
-	synced      *spec.Desired
-	plan        model.Plan
-	syncErr     error
-	followErr   error
-	storeErr    error
-	underErr    error
-	subnetEnv   string
+	synced    *spec.Desired
+	plan      model.Plan
+	syncErr   error
+	followErr error
+	storeErr  error
+	underErr  error
+	subnetEnv string
 	// onApplied, when set (benchmarks), is called after each event folded.
-	onApplied func(seq uint64)
+	onApplied   func(seq uint64)
 	waitLogged  bool
 	selfApplied bool
 }

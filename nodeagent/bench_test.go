@@ -237,7 +237,7 @@ func BenchmarkThousandFollowers(b *testing.B) {
 	var targetSeq atomic.Uint64
 	var applied []time.Duration
 	var pendingApplied sync.WaitGroup
-	var start atomic.Int64  // unix nanos of the current append
+	var start atomic.Int64 // unix nanos of the current append
 	var lat []time.Duration
 	var pending sync.WaitGroup
 	var ready sync.WaitGroup
