@@ -355,9 +355,9 @@ func (c *Cluster) Head(ctx context.Context) (uint64, error) {
 	return keys.ParseHead(r.Kvs[0].Value)
 }
 
-// Converged reports whether every live node's agent status has applied the
-// current head and sees every other live node as a tunnel (overlay modes)
-// and is not degraded; the reason names the first node that is not.
+// Converged reports whether every node whose agent runs has a status that
+// has applied the current head and is not degraded; the reason names the
+// first node that is not.
 func (c *Cluster) Converged(ctx context.Context) (bool, string, error) {
 	head, err := c.Head(ctx)
 	if err != nil {
@@ -365,6 +365,9 @@ func (c *Cluster) Converged(ctx context.Context) (bool, string, error) {
 	}
 	nodes := c.Nodes()
 	for _, n := range nodes {
+		if n.Agent != nil && !n.Agent.Running() {
+			continue // a node whose agent is down is not expected to converge
+		}
 		st, err := c.Status(ctx, n.Name)
 		if err != nil {
 			return false, "", err
