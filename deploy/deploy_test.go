@@ -474,9 +474,7 @@ func (o *objects) secretKeys(name string) map[string]bool {
 // belongs to another part). The manifests set them through the
 // environment, which a binary without the flag ignores; once the flag
 // lands this list must shrink, and the test says so.
-var pendingFlags = map[string][]string{
-	"weft-controller": {"node-source", "etcd-cafile", "etcd-certfile", "etcd-keyfile"},
-}
+var pendingFlags = map[string][]string{}
 
 // binaryFlags extracts the flag names a binary defines from its source
 // (fs.StringVar(&x, "name", ...) and friends).
