@@ -31,6 +31,10 @@ func main() {
 			fmt.Fprintln(os.Stderr, "weft-controller: invalid config:", err)
 			os.Exit(1)
 		}
+		if err := o.ValidateSource(); err != nil {
+			fmt.Fprintln(os.Stderr, "weft-controller: invalid node source:", err)
+			os.Exit(1)
+		}
 		fmt.Println(string(keys.Encode(cfg)))
 		return
 	}

@@ -23,6 +23,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/controlplane/controller"
 	"github.com/weftnet/weft/controlplane/etcdconn"
@@ -50,6 +51,14 @@ type Options struct {
 	ElectionTTL      int
 	LogLevel         string
 	Validate         bool
+	// NodeSource is where nodes come from: "registrations" (agents'
+	// leased keys in etcd) or "kubernetes" (Node objects).
+	NodeSource   string
+	Kubeconfig   string // kubeconfig file; empty: in-cluster config
+	NodeSelector string // label selector on Nodes (kubernetes source)
+	// KubeClient, when set, is used by the kubernetes node source instead
+	// of a clientset built from Kubeconfig (tests inject a fake).
+	KubeClient kubernetes.Interface
 
 	set map[string]bool // flags given on the command line or in the environment
 }
@@ -77,6 +86,9 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	fs.IntVar(&o.ElectionTTL, "election-ttl", 10, "leader election session TTL in seconds")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.BoolVar(&o.Validate, "validate", false, "validate the config, print it with defaults and exit (dry run)")
+	fs.StringVar(&o.NodeSource, "node-source", SourceRegistrations, "where nodes come from: registrations (agents register in etcd) or kubernetes (Node objects)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig file of the kubernetes node source (empty: in-cluster config)")
+	fs.StringVar(&o.NodeSelector, "node-selector", "", "label selector of the Nodes the kubernetes node source takes (e.g. weft.io/enabled=true; empty: all)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -100,6 +112,9 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	}
 	if o.ElectionTTL < 1 {
 		return nil, errors.New("--election-ttl must be at least 1")
+	}
+	if err := o.checkSource(); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -152,6 +167,12 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Before etcd starts, so a missing in-cluster config fails at once.
+	src, err := o.Source(log)
+	if err != nil {
+		return err
+	}
+	log.Info("node source", "source", o.NodeSource, "kubeconfig", o.Kubeconfig, "node_selector", o.NodeSelector)
 	endpoints := etcdconn.Split(o.EtcdEndpoints)
 	if len(endpoints) == 0 {
 		e, err := StartEtcd(o.DataDir, o.EtcdListenClient, o.EtcdListenPeer)
@@ -176,7 +197,7 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctl := controller.New(controller.Options{
-		Client: cli, Layout: keys.New(o.Prefix), Initial: cfg,
+		Client: cli, Layout: keys.New(o.Prefix), Initial: cfg, Source: src,
 		ElectionTTL: time.Duration(o.ElectionTTL) * time.Second,
 		Logger:      log, Metrics: controller.NewMetrics(reg),
 	})
