@@ -363,3 +363,79 @@ func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
 		t.Fatalf("status in etcd = %v (%v)", st, err)
 	}
 }
+
+// TestAgentLiveConfigChanges drives the real datapath through config
+// changes from the log: MTU, port and VNI of the overlay, then a switch to
+// native routing and back, checking the kernel after each.
+func TestAgentLiveConfigChanges(t *testing.T) {
+	ns, pinDir := newNode(t)
+	ctx := context.Background()
+	_, c := etcdtest.New(t)
+	l, err := logtest.New(ctx, c, "/weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendAll := func(es ...*weftv1.Event) {
+		t.Helper()
+		for _, e := range es {
+			if _, err := l.Append(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	base := func() *weftv1.ClusterConfig { return &weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16"} }
+	appendAll(logtest.Config(base()),
+		logtest.Added("n1", "192.168.50.1", "10.244.1.0/24"),
+		logtest.Added("n2", "192.168.50.2", "10.244.2.0/24"),
+		logtest.Added("far", "172.31.0.9", "10.244.3.0/24"))
+	dp := openIn(t, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
+	defer dp.Close()
+	a, _ := runAgent(t, c, dp, &syncBuf{})
+	waitApplied := func(seq uint64, mode string) *weftv1.AgentStatus {
+		t.Helper()
+		var st *weftv1.AgentStatus
+		eventually(t, fmt.Sprintf("applied %d in %s mode", seq, mode), func() (bool, string) {
+			st = a.Status()
+			return st.AppliedSeq == seq && st.Mode == mode && st.LastError == "", st.String()
+		})
+		return st
+	}
+	waitApplied(4, "vxlan")
+	link := func() string { return sh(t, "ip", "-n", ns, "-d", "-o", "link", "show") }
+	if out := link(); !strings.Contains(out, "weft_vxlan") || !strings.Contains(out, "dstport 8472") {
+		t.Fatalf("no vxlan device with port 8472:\n%s", out)
+	}
+
+	c2 := base()
+	c2.Mtu, c2.UdpPort, c2.Vni = 1400, 4789, 7
+	appendAll(logtest.Config(c2))
+	waitApplied(5, "vxlan")
+	eventually(t, "new MTU and port", func() (bool, string) {
+		out := link()
+		return strings.Contains(out, "mtu 1350") && strings.Contains(out, "dstport 4789") && !strings.Contains(out, "dstport 8472"), out
+	})
+
+	c3 := base()
+	c3.Backend, c3.AutoDirectNodeRoutes = "native", true
+	appendAll(logtest.Config(c3))
+	st := waitApplied(6, "native")
+	if len(st.PeerProblems) != 1 || st.PeerProblems[0].Node != "far" {
+		t.Fatalf("peer problems = %v", st.PeerProblems)
+	}
+	eventually(t, "native routes, no overlay", func() (bool, string) {
+		routes := sh(t, "ip", "-n", ns, "route", "show")
+		return strings.Contains(routes, "10.244.2.0/24 via 192.168.50.2") && !strings.Contains(routes, "10.244.3.0/24") &&
+			!strings.Contains(routes, "weft_vxlan") && !strings.Contains(link(), "weft_vxlan"), routes
+	})
+
+	appendAll(logtest.Config(base()))
+	waitApplied(7, "vxlan")
+	eventually(t, "back to the overlay, no direct routes", func() (bool, string) {
+		routes := sh(t, "ip", "-n", ns, "route", "show")
+		return strings.Contains(routes, "10.244.0.0/16 dev weft_vxlan") && !strings.Contains(routes, "via 192.168.50.2") &&
+			strings.Contains(link(), "dstport 8472"), routes
+	})
+	if n := len(tunnelKeys(t, pinDir)); n != 2 {
+		t.Fatalf("tunnel map holds %d entries after switching back", n)
+	}
+}
