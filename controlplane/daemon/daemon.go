@@ -159,8 +159,9 @@ func Logger(level string) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "weft-controller", Level: hclog.LevelFromString(level)})
 }
 
-// Run runs the controller until ctx ends: it starts the embedded etcd (or
-// connects to EtcdEndpoints), serves metrics and health, and campaigns.
+// Run runs the controller until ctx ends: it builds the node source
+// (--node-source), starts the embedded etcd (or connects to
+// EtcdEndpoints), serves metrics and health, and campaigns.
 // It resigns and closes etcd before it returns.
 func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 	cfg, err := o.ClusterConfig()
