@@ -272,3 +272,15 @@ func TestDesiredModes(t *testing.T) {
 		}
 	})
 }
+
+func TestNodesBeforeConfigAreRefused(t *testing.T) {
+	s := New()
+	refused, err := s.Apply(1, addEvent(1, "a", "192.168.1.1", "10.99.0.0/24"))
+	if err != nil || refused == nil || !strings.Contains(refused.Error(), "no cluster config") || s.Len() != 0 {
+		t.Fatalf("refused=%v err=%v state %s", refused, err, s)
+	}
+	s.Reset(Snapshot{Head: 1, Nodes: map[string][]byte{"a": keys.Encode(&weftv1.Node{Name: "a", UnderlayIp: "192.168.1.1", PodCidrs: []string{"10.99.0.0/24"}})}})
+	if s.Len() != 0 || len(s.Refused()) != 2 {
+		t.Fatalf("reset without config: %s %v", s, s.Refused())
+	}
+}

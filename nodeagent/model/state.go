@@ -24,6 +24,8 @@ import (
 // more than one past the applied seq. The caller must re-list.
 var ErrGap = errors.New("model: gap in the event log")
 
+var errNoConfig = fmt.Errorf("%w: no cluster config in force yet", validate.ErrInvalid)
+
 // maxRefused bounds the refusals a State remembers for status reports.
 const maxRefused = 32
 
@@ -168,6 +170,11 @@ func (s *State) applyEvent(seq uint64, e *weftv1.Event) error {
 	if err := validate.Event(s.config, e); err != nil {
 		return err
 	}
+	if _, isConfig := e.Kind.(*weftv1.Event_ConfigChanged); !isConfig && s.config == nil {
+		// Without a cluster CIDR a node's pod CIDRs cannot be checked; the
+		// controller always writes the config first.
+		return errNoConfig
+	}
 	switch k := e.Kind.(type) {
 	case *weftv1.Event_ConfigChanged:
 		s.config = validate.WithDefaults(k.ConfigChanged.Config)
@@ -268,6 +275,9 @@ func (s *State) Reset(snap Snapshot) {
 	for name, v := range snap.Nodes {
 		what := "node " + name
 		n, err := keys.DecodeNode(v)
+		if err == nil && s.config == nil {
+			err = errNoConfig
+		}
 		if err == nil {
 			err = validate.Node(s.config, n)
 		}
