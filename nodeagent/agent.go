@@ -410,14 +410,23 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 		a.selfApplied = true
 	}
 	a.mu.Unlock()
+	if err != nil {
+		if lastErr == nil {
+			a.healthChanged()
+		}
+		poke(a.statusKick)
+		return fmt.Errorf("sync datapath: %w", err)
+	}
 	a.metrics.entries(plan.Desired)
-	if (err == nil) != (lastErr == nil) {
+	// subnet.env before the status: whoever sees this node converged in
+	// its status finds the file that matches.
+	if err := a.writeSubnetEnv(plan); err != nil {
+		a.log.Error("write subnet file", "error", err)
+	}
+	if lastErr != nil {
 		a.healthChanged()
 	}
 	poke(a.statusKick)
-	if err != nil {
-		return fmt.Errorf("sync datapath: %w", err)
-	}
 	if first {
 		a.log.Info("node converged", "pod_cidrs", plan.Self.PodCidrs, "desired", plan.Desired.String())
 	} else if rep.Changed() {
@@ -425,9 +434,6 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	}
 	for _, p := range plan.Problems {
 		a.log.Debug("peer not served", "node", p.Node, "reason", p.Reason)
-	}
-	if err := a.writeSubnetEnv(plan); err != nil {
-		a.log.Error("write subnet file", "error", err)
 	}
 	return nil
 }

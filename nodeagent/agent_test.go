@@ -202,14 +202,11 @@ func TestAgentRegistersWaitsConvergesAndReports(t *testing.T) {
 	if len(k.Tunnels) != 1 || k.Tunnels[0].Prefix != pfx("10.244.2.0/24") || k.Overlay.MTU != 1450 {
 		t.Fatalf("kernel = %s", k)
 	}
-	b, err := os.ReadFile(h.subnet)
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\nWEFT_BACKEND=vxlan\n"
-	if string(b) != want {
-		t.Fatalf("subnet.env =\n%s\nwant\n%s", b, want)
-	}
+	eventually(t, "subnet.env", func() (bool, string) {
+		b, err := os.ReadFile(h.subnet)
+		return err == nil && string(b) == want, string(b)
+	})
 	if code, body := h.healthz(); code != 200 || body != "ok\n" {
 		t.Fatalf("healthz = %d %q", code, body)
 	}
