@@ -113,4 +113,3 @@ func freeURL() (*url.URL, error) {
 	l.Close()
 	return url.Parse("http://" + addr)
 }
-
