@@ -348,20 +348,20 @@ func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
 		t.Fatalf("restart changed the kernel: %+v", reps)
 	}
 
-	// The status key in etcd says the same.
-	r, err := c.Get(ctx, keys.New("").Status("n1"))
-	if err != nil || len(r.Kvs) == 0 {
-		t.Fatal("no status", err)
-	}
 	for _, line := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(line, "repaired:") {
 			t.Log(line)
 		}
 	}
-	st, err := keys.DecodeStatus(r.Kvs[0].Value)
-	if err != nil || st.TunnelEntries != 2 || st.Mode != "vxlan" {
-		t.Fatalf("status in etcd = %v (%v)", st, err)
-	}
+	// The status key in etcd says the same (it is written shortly after).
+	eventually(t, "status in etcd", func() (bool, string) {
+		r, err := c.Get(ctx, keys.New("").Status("n1"))
+		if err != nil || len(r.Kvs) == 0 {
+			return false, fmt.Sprint("no status ", err)
+		}
+		st, err := keys.DecodeStatus(r.Kvs[0].Value)
+		return err == nil && st.TunnelEntries == 2 && st.Mode == "vxlan", st.String()
+	})
 }
 
 // TestAgentLiveConfigChanges drives the real datapath through config
