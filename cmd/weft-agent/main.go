@@ -187,6 +187,9 @@ func main() {
 }
 
 func run(o *options, log hclog.Logger) error {
+	// SIGTERM stops the agent; the datapath stays (see Close below).
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	dp, err := bpf.Open(bpf.Config{PinDir: o.bpffsDir, Underlay: o.underlay, Logger: log})
 	if err != nil {
 		return fmt.Errorf("open datapath: %w", err)
@@ -236,8 +239,6 @@ func run(o *options, log hclog.Logger) error {
 		return err
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	if o.metricsAddr != "" {
 		srv := &http.Server{Addr: o.metricsAddr, Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
 		ln, err := net.Listen("tcp", o.metricsAddr)
