@@ -20,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/bgp"
 	"github.com/weftnet/weft/nodeagent/follow"
 	"github.com/weftnet/weft/nodeagent/model"
 	"github.com/weftnet/weft/proto/keys"
@@ -79,6 +80,14 @@ type Config struct {
 	// BGP speaker) at each converge; they are used in bgp mode. Call
 	// Agent.Kick when they change.
 	ExtraRoutes func() []spec.Route
+	// BGP is the speaker run while the config in force has backend "bgp"
+	// (see bgpmode.go); nil means a bgp.New speaker. The speaker opens
+	// sockets from whatever thread runs it, so one agent per process (or
+	// per network namespace) uses it.
+	BGP Speaker
+	// ASN is this node's BGP AS number, sent in the registration; 0 means
+	// the cluster's bgp.asn.
+	ASN uint32
 	// Follow tunes the log follower (backoff, timeouts); its callbacks
 	// and logger are set by the agent.
 	Follow follow.Options
@@ -93,6 +102,7 @@ type Agent struct {
 	dp      Datapath
 	log     hclog.Logger
 	metrics *metrics
+	speaker Speaker
 
 	kick       chan struct{}
 	statusKick chan struct{}
@@ -116,6 +126,7 @@ type Agent struct {
 	onApplied   func(seq uint64)
 	waitLogged  bool
 	selfApplied bool
+	bgp         bgpState
 }
 
 // New checks cfg and returns an agent.
@@ -141,7 +152,11 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.StatusMinInterval <= 0 {
 		cfg.StatusMinInterval = DefaultStatusMinInterval
 	}
+	if cfg.BGP == nil {
+		cfg.BGP = bgp.New(cfg.Logger)
+	}
 	a := &Agent{
+		speaker:    cfg.BGP,
 		cfg:        cfg,
 		k:          keys.New(cfg.Prefix),
 		dp:         cfg.Datapath,
@@ -188,7 +203,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.converge)
 	run(a.register)
 	run(a.reportStatus)
+	run(a.watchBGP)
 	wg.Wait()
+	a.stopBGP()
 	a.log.Info("stopped; datapath left in place")
 	return nil
 }
@@ -349,6 +366,10 @@ func (a *Agent) converge(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			if errors.Is(err, errBGPHold) {
+				retry = time.After(250 * time.Millisecond)
+				continue
+			}
 			a.log.Error("converge failed; will retry", "error", err, "in", retryIn)
 			retry = time.After(retryIn)
 			retryIn = min(2*retryIn, 10*time.Second)
@@ -361,9 +382,9 @@ func (a *Agent) converge(ctx context.Context) {
 // syncOnce computes the plan and syncs it when it differs from what was
 // last synced.
 func (a *Agent) syncOnce(ctx context.Context) error {
-	var extra []spec.Route
+	extra := a.bgpStep(ctx)
 	if a.cfg.ExtraRoutes != nil {
-		extra = a.cfg.ExtraRoutes()
+		extra = append(extra, a.cfg.ExtraRoutes()...)
 	}
 	a.mu.Lock()
 	plan := model.Desired(a.state, a.cfg.NodeName, a.underlay, model.Options{ExtraRoutes: extra})
@@ -396,6 +417,16 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	a.mu.Unlock()
 	if synced != nil && lastErr == nil && equalDesired(synced, plan.Desired) {
 		return nil
+	}
+	if plan.Desired.Mode == spec.ModeBGP && a.bgpHold(a.speaker.Sessions()) {
+		a.mu.Lock()
+		logIt := !a.bgp.held
+		a.bgp.held = true
+		a.mu.Unlock()
+		if logIt {
+			a.log.Info("first sync in bgp mode waits for the sessions; the kernel's BGP routes stay meanwhile", "at_most", bgpHoldMax)
+		}
+		return errBGPHold
 	}
 	start := time.Now()
 	rep, err := a.dp.Sync(ctx, plan.Desired)

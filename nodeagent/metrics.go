@@ -52,7 +52,7 @@ func newMetrics(a *Agent) *metrics {
 		return float64(st.HeadSeq - st.AppliedSeq)
 	})
 	m.reg.MustRegister(m.applied, m.head, m.eventsApplied, m.refused, m.relists, m.syncDuration, m.repairs,
-		m.degraded, m.peerProblems, m.tunnels, m.routes, lag, counterCollector{a.dp})
+		m.degraded, m.peerProblems, m.tunnels, m.routes, lag, counterCollector{a.dp}, bgpCollector{a})
 	return m
 }
 

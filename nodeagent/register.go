@@ -50,6 +50,7 @@ func (a *Agent) registration() *weftv1.Registration {
 		UnderlayIp:   a.underlay.IP.String(),
 		VtepMac:      a.cfg.VTEPMAC,
 		Capabilities: a.cfg.Capabilities,
+		Asn:          a.cfg.ASN,
 	}
 }
 
@@ -159,6 +160,7 @@ func (a *Agent) putRegistration(ctx context.Context, id clientv3.LeaseID) error 
 
 // Status returns the agent's status as it would be reported now.
 func (a *Agent) Status() *weftv1.AgentStatus {
+	sessions := a.bgpSessions()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	ok, reasons := a.healthLocked()
@@ -168,10 +170,14 @@ func (a *Agent) Status() *weftv1.AgentStatus {
 		HeadSeq:    max(a.head, a.state.Applied()),
 		Degraded:   !ok,
 	}
-	if a.syncErr != nil {
+	st.BgpSessions = sessions
+	switch {
+	case a.syncErr != nil:
 		st.LastError = a.syncErr.Error()
-	} else if !ok {
+	case !ok:
 		st.LastError = reasons[0]
+	case a.bgp.err != nil:
+		st.LastError = a.bgp.err.Error()
 	}
 	for _, r := range a.state.Refused() {
 		st.Refused = append(st.Refused, r.String())

@@ -45,6 +45,7 @@ type options struct {
 	leaseTTL          int
 	reconcileInterval time.Duration
 	logLevel          string
+	asn               uint
 	validate          bool
 	teardown          bool
 }
@@ -66,6 +67,7 @@ func parse(args []string) (*options, *flag.FlagSet, error) {
 	fs.IntVar(&o.leaseTTL, "lease-ttl", 10, "TTL in seconds of the registration and status lease")
 	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", nodeagent.DefaultReconcileInterval, "how often to re-read the kernel and repair drift")
 	fs.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	fs.UintVar(&o.asn, "asn", 0, "this node's BGP AS number in bgp mode (0: the cluster's bgp.asn)")
 	fs.BoolVar(&o.validate, "validate", false, "check the flags and exit (dry run)")
 	fs.BoolVar(&o.teardown, "teardown", false, "remove everything weft made on this node (device, routes, pins, nftables table, subnet file) and exit")
 	if err := fs.Parse(args); err != nil {
@@ -121,6 +123,9 @@ func (o *options) check() error {
 	}
 	if (o.etcdCert == "") != (o.etcdKey == "") {
 		return errors.New("--etcd-certfile and --etcd-keyfile go together")
+	}
+	if o.asn > 1<<32-1 || o.asn == 23456 {
+		return fmt.Errorf("--asn: %d is not a usable AS number", o.asn)
 	}
 	if hclog.LevelFromString(o.logLevel) == hclog.NoLevel {
 		return fmt.Errorf("--log-level: unknown level %q", o.logLevel)
@@ -233,6 +238,7 @@ func run(o *options, log hclog.Logger) error {
 		SubnetFile:        o.subnetFile,
 		LeaseTTL:          time.Duration(o.leaseTTL) * time.Second,
 		ReconcileInterval: o.reconcileInterval,
+		ASN:               uint32(o.asn),
 		Logger:            log,
 	})
 	if err != nil {

@@ -279,6 +279,36 @@ type NodeStatus struct {
 	Degraded   bool   `json:"degraded"`
 	LastError  string `json:"last_error,omitempty"`
 	Converged  bool   `json:"converged"`
+	// BGPSessions are the node's BGP sessions (bgp mode only).
+	BGPSessions []BGPSession `json:"bgp_sessions,omitempty"`
+}
+
+// BGPSession is one BGP session of a node as its agent reported it.
+type BGPSession struct {
+	Peer       string `json:"peer"`
+	State      string `json:"state"`
+	Reason     string `json:"reason,omitempty"`
+	Advertised uint32 `json:"advertised"`
+	Received   uint32 `json:"received"`
+}
+
+// sessionsSummary is the SESSIONS cell: "established/configured up",
+// peers the agent skipped as unreachable not counted; "-" without any.
+func sessionsSummary(ss []BGPSession) string {
+	up, total := 0, 0
+	for _, s := range ss {
+		if s.State == "skipped" {
+			continue
+		}
+		total++
+		if s.State == "established" {
+			up++
+		}
+	}
+	if total == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d/%d up", up, total)
 }
 
 // StatusReport is weftctl status as data.
@@ -329,6 +359,10 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 		if s, ok := statuses[name]; ok {
 			ns.Reporting = true
 			ns.AppliedSeq, ns.Degraded, ns.LastError = s.AppliedSeq, s.Degraded, s.LastError
+			for _, b := range s.BgpSessions {
+				ns.BGPSessions = append(ns.BGPSessions, BGPSession{Peer: b.Peer, State: b.State, Reason: b.Reason,
+					Advertised: b.Advertised, Received: b.Received})
+			}
 		}
 		if ns.AppliedSeq < st.Head {
 			ns.Behind = st.Head - ns.AppliedSeq
@@ -349,7 +383,13 @@ func (x *cli) status(ctx context.Context) error {
 	}
 	fmt.Fprintf(x.out, "head %d\n", rep.Head)
 	w := x.table()
-	fmt.Fprintln(w, "NODE\tAPPLIED\tBEHIND\tSTATE")
+	// The SESSIONS column appears when some node reports BGP sessions.
+	bgp := slices.ContainsFunc(rep.Nodes, func(n NodeStatus) bool { return len(n.BGPSessions) > 0 })
+	if bgp {
+		fmt.Fprintln(w, "NODE\tAPPLIED\tBEHIND\tSESSIONS\tSTATE")
+	} else {
+		fmt.Fprintln(w, "NODE\tAPPLIED\tBEHIND\tSTATE")
+	}
 	for _, n := range rep.Nodes {
 		state := "converged"
 		switch {
@@ -366,7 +406,11 @@ func (x *cli) status(ctx context.Context) error {
 		if !n.Reporting {
 			applied = "-"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", n.Name, applied, n.Behind, state)
+		if bgp {
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", n.Name, applied, n.Behind, sessionsSummary(n.BGPSessions), state)
+		} else {
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", n.Name, applied, n.Behind, state)
+		}
 	}
 	if err := w.Flush(); err != nil {
 		return err

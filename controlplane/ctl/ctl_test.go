@@ -172,3 +172,41 @@ func TestFollowAndUsage(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusBGPSessions(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	_, out, _ := e.run("", "status")
+	if strings.Contains(out, "SESSIONS") {
+		t.Errorf("SESSIONS column without any BGP session:\n%s", out)
+	}
+	st := &weftv1.AgentStatus{Name: "node0", AppliedSeq: 4, HeadSeq: 4, BgpSessions: []*weftv1.BGPSession{
+		{Peer: "10.99.0.254", State: "established", Advertised: 1, Received: 3},
+		{Peer: "10.99.1.254", State: "skipped", Reason: "eBGP peer not on a directly connected network"},
+	}}
+	e.c.Put(ctx, k.Status("node0"), keys.EncodeString(st))
+	st = &weftv1.AgentStatus{Name: "node1", AppliedSeq: 4, HeadSeq: 4, BgpSessions: []*weftv1.BGPSession{
+		{Peer: "10.99.0.254", State: "established", Advertised: 1, Received: 3},
+		{Peer: "10.99.0.9", State: "active", Reason: "sent notification: as number mismatch"},
+	}}
+	e.c.Put(ctx, k.Status("node1"), keys.EncodeString(st))
+	code, out, _ := e.run("", "status")
+	for _, want := range []string{"SESSIONS", "node0  4        0       1/1 up    converged", "node1  4        0       1/2 up    converged", "node2  -        4       -         no status"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("status lacks %q (exit %d):\n%s", want, code, out)
+		}
+	}
+	code, out, _ = e.run("", "-o", "json", "status")
+	var rep ctl.StatusReport
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || len(rep.Nodes) != 3 {
+		t.Fatalf("status json: %d %v %q", code, err, out)
+	}
+	got := rep.Nodes[1].BGPSessions
+	if len(got) != 2 || got[1].Peer != "10.99.0.9" || got[1].State != "active" || got[1].Reason != "sent notification: as number mismatch" ||
+		got[0].Received != 3 || got[0].Advertised != 1 {
+		t.Errorf("node1 sessions in json: %+v", got)
+	}
+	if len(rep.Nodes[2].BGPSessions) != 0 || !strings.Contains(out, `"bgp_sessions"`) {
+		t.Errorf("json: node2 has sessions or none are shown: %s", out)
+	}
+}

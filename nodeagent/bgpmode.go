@@ -1,0 +1,275 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/bgp"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// Speaker is what the agent needs of its embedded BGP speaker;
+// *bgp.Speaker implements it (see package bgp for the semantics).
+type Speaker interface {
+	Apply(ctx context.Context, cfg bgp.Config, advertise []netip.Prefix, nexthop netip.Addr) error
+	Routes() []spec.Route
+	Changed() <-chan struct{}
+	Sessions() []*weftv1.BGPSession
+	Stop(ctx context.Context, withdraw bool) error
+}
+
+const (
+	// bgpSettle is how long every session must have been established
+	// before a restarted agent's first Sync: GoBGP drops a returning
+	// peer's stale routes and re-learns them a few milliseconds later.
+	bgpSettle = time.Second
+	// bgpHoldMax bounds how long the first Sync in bgp mode waits for the
+	// sessions (a peer may be down for good).
+	bgpHoldMax = 10 * time.Second
+	// stateSkipped marks a configured peer this node does not dial.
+	stateSkipped = "skipped"
+)
+
+// errBGPHold makes the converger retry soon without logging an error.
+var errBGPHold = errors.New("bgp: first sync held until sessions are up")
+
+// bgpState is the agent's view of its speaker. Guarded by Agent.mu except
+// where noted.
+type bgpState struct {
+	on      bool // the speaker has been applied and not stopped
+	since   time.Time
+	allUpAt time.Time // when every session was first seen established
+	args    *bgpArgs  // last successful Apply
+	err     error     // config error, shown as last_error
+	skipped []*weftv1.BGPSession
+	held    bool // a hold was logged
+}
+
+type bgpArgs struct {
+	cfg     bgp.Config
+	adv     []netip.Prefix
+	nexthop netip.Addr
+}
+
+func (x *bgpArgs) equal(y *bgpArgs) bool {
+	if x == nil || y == nil {
+		return x == y
+	}
+	c, d := x.cfg, y.cfg
+	return c.RouterID == d.RouterID && c.ASN == d.ASN && c.ListenPort == d.ListenPort && c.LocalAddress == d.LocalAddress &&
+		c.GracefulRestart == d.GracefulRestart && c.RestartTime == d.RestartTime && c.HoldTime == d.HoldTime &&
+		c.Keepalive == d.Keepalive && slices.Equal(c.Peers, d.Peers) &&
+		slices.Equal(x.adv, y.adv) && x.nexthop == y.nexthop
+}
+
+// bgpStep runs the speaker for the config in force and returns the routes
+// it learned: in bgp mode it (re)applies the speaker's config derived from
+// the cluster, outside it stops a running speaker with a withdraw. It
+// never fails: config errors are kept for the status.
+func (a *Agent) bgpStep(ctx context.Context) []spec.Route {
+	a.mu.Lock()
+	cfg := a.state.Config()
+	self := a.state.Node(a.cfg.NodeName)
+	under := a.underlay
+	var nodes []*weftv1.Node
+	if cfg != nil && cfg.Backend == string(spec.ModeBGP) && cfg.Bgp != nil && cfg.Bgp.FullMesh {
+		for _, n := range a.state.Names() {
+			nodes = append(nodes, a.state.Node(n))
+		}
+	}
+	on := a.bgp.on
+	a.mu.Unlock()
+
+	if cfg == nil {
+		return a.speaker.Routes()
+	}
+	if cfg.Backend != string(spec.ModeBGP) {
+		if on {
+			err := a.speaker.Stop(ctx, true)
+			a.mu.Lock()
+			a.bgp = bgpState{}
+			a.mu.Unlock()
+			a.log.Info("left bgp mode: speaker stopped, prefixes withdrawn", "error", err)
+			poke(a.statusKick)
+		}
+		return nil
+	}
+	if self == nil {
+		return a.speaker.Routes()
+	}
+	bc, adv, nh, err := bgp.FromCluster(cfg.Bgp, self, nodes)
+	var skipped []*weftv1.BGPSession
+	if err == nil {
+		bc.Peers, skipped = reachablePeers(bc, under)
+		args := &bgpArgs{cfg: bc, adv: adv, nexthop: nh}
+		a.mu.Lock()
+		same := args.equal(a.bgp.args) && a.bgp.err == nil
+		a.mu.Unlock()
+		if !same {
+			if err = a.speaker.Apply(ctx, bc, adv, nh); err == nil {
+				a.log.Info("bgp speaker applied", "asn", bc.ASN, "router_id", bc.RouterID, "peers", len(bc.Peers),
+					"skipped", len(skipped), "advertise", adv)
+			}
+		}
+		a.mu.Lock()
+		if err == nil {
+			a.bgp.args = args
+			if !a.bgp.on {
+				a.bgp.on, a.bgp.since = true, time.Now()
+			}
+		}
+		a.mu.Unlock()
+	}
+	a.mu.Lock()
+	wasErr := a.bgp.err
+	if err != nil {
+		err = fmt.Errorf("configure bgp speaker: %w", err)
+		a.bgp.args = nil
+	}
+	a.bgp.err, a.bgp.skipped = err, skipped
+	a.mu.Unlock()
+	if err != nil && (wasErr == nil || wasErr.Error() != err.Error()) {
+		a.log.Error("bgp speaker not configured; the rest of the datapath goes on", "error", err)
+	}
+	if (err == nil) != (wasErr == nil) {
+		poke(a.statusKick)
+	}
+	return a.speaker.Routes()
+}
+
+// reachablePeers drops configured eBGP peers without multihop_ttl that are
+// not on a directly connected network of the node: a single-hop eBGP
+// session needs its peer on the link (BIRD and every router check the
+// same). With one peer list for the whole cluster, each node so dials the
+// router address on its own segment. iBGP peers are always kept.
+func reachablePeers(c bgp.Config, u spec.Underlay) (keep []bgp.Peer, skipped []*weftv1.BGPSession) {
+	for _, p := range c.Peers {
+		ebgp := p.ASN != 0 && p.ASN != c.ASN
+		if ebgp && p.MultihopTTL == 0 && len(u.Networks) > 0 && !u.Adjacent(p.Address) {
+			skipped = append(skipped, &weftv1.BGPSession{Peer: p.Address.String(), State: stateSkipped,
+				Reason: "eBGP peer not on a directly connected network (set multihop_ttl to reach it)"})
+			continue
+		}
+		keep = append(keep, p)
+	}
+	return keep, skipped
+}
+
+// bgpHold tells whether the first Sync of this process must wait for the
+// speaker: the datapath removes route-protocol-0x58 routes that are not in
+// the spec, and a restarted agent does not know the routes its predecessor
+// installed until its sessions are back. So the first Sync in bgp mode
+// waits until every session has been established for bgpSettle, or
+// bgpHoldMax passed; the kernel keeps forwarding meanwhile.
+func (a *Agent) bgpHold(sessions []*weftv1.BGPSession) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.selfApplied || !a.bgp.on || time.Since(a.bgp.since) >= bgpHoldMax {
+		return false
+	}
+	up := 0
+	for _, s := range sessions {
+		if s.State == "established" {
+			up++
+		}
+	}
+	if up == 0 || up < len(sessions) {
+		a.bgp.allUpAt = time.Time{}
+		return true
+	}
+	if a.bgp.allUpAt.IsZero() {
+		a.bgp.allUpAt = time.Now()
+	}
+	return time.Since(a.bgp.allUpAt) < bgpSettle
+}
+
+// watchBGP turns the speaker's change signal into a converge and a status
+// write.
+func (a *Agent) watchBGP(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.speaker.Changed():
+			a.Kick()
+			poke(a.statusKick)
+		}
+	}
+}
+
+// stopBGP ends the speaker when the agent stops: without withdrawing, so
+// peers with graceful restart keep this node's routes (and the kernel
+// keeps theirs) until the next agent is back.
+func (a *Agent) stopBGP() {
+	a.mu.Lock()
+	on := a.bgp.on
+	a.mu.Unlock()
+	if !on {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.speaker.Stop(ctx, false); err != nil {
+		a.log.Warn("stop bgp speaker", "error", err)
+	} else {
+		a.log.Info("bgp speaker stopped without withdraw (graceful restart)")
+	}
+}
+
+// bgpSessions is the status' bgp_sessions: the speaker's sessions and the
+// peers skipped as unreachable. Empty outside bgp mode.
+func (a *Agent) bgpSessions() []*weftv1.BGPSession {
+	a.mu.Lock()
+	on, skipped := a.bgp.on, a.bgp.skipped
+	a.mu.Unlock()
+	if !on {
+		return nil
+	}
+	return append(a.speaker.Sessions(), skipped...)
+}
+
+// bgpCollector exports the speaker's sessions and prefixes at scrape time.
+type bgpCollector struct{ a *Agent }
+
+var bgpDescs = struct{ up, total, adv, recv *prometheus.Desc }{
+	prometheus.NewDesc("weft_agent_bgp_sessions_up", "BGP sessions established.", nil, nil),
+	prometheus.NewDesc("weft_agent_bgp_sessions", "BGP sessions configured (peers skipped as unreachable excluded).", nil, nil),
+	prometheus.NewDesc("weft_agent_bgp_prefixes_advertised", "Prefixes advertised, summed over established sessions.", nil, nil),
+	prometheus.NewDesc("weft_agent_bgp_prefixes_received", "Prefixes received, summed over sessions.", nil, nil),
+}
+
+func (c bgpCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- bgpDescs.up
+	ch <- bgpDescs.total
+	ch <- bgpDescs.adv
+	ch <- bgpDescs.recv
+}
+
+func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
+	var up, total, adv, recv float64
+	for _, s := range c.a.bgpSessions() {
+		if s.State == stateSkipped {
+			continue
+		}
+		total++
+		if s.State == "established" {
+			up++
+		}
+		adv += float64(s.Advertised)
+		recv += float64(s.Received)
+	}
+	g := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	}
+	g(bgpDescs.up, up)
+	g(bgpDescs.total, total)
+	g(bgpDescs.adv, adv)
+	g(bgpDescs.recv, recv)
+}
