@@ -267,21 +267,34 @@ func (NetlinkAttacher) Detach(ctx context.Context, nodeNS, podNS, podName, subne
 }
 
 // SetMTU applies a new FLANNEL_MTU to a pod already attached (what a pod
-// restart would do after a live MTU change): eth0 and its node-side peer.
-func (NetlinkAttacher) SetMTU(nodeNS, podNS, podName string, mtu int) error {
-	set := func(ns, link string) error {
-		return withHandle(ns, func(h *netlink.Handle) error {
-			l, err := h.LinkByName(link)
-			if err != nil {
-				return fmt.Errorf("find %s: %w", link, err)
-			}
-			return h.LinkSetMTU(l, mtu)
-		})
-	}
-	if err := set(nodeNS, hostVeth(podName)); err != nil {
+// restart would do after a live MTU change): eth0 and its node-side peer,
+// found through the veth's peer index so it works for pods attached by any
+// PodAttacher.
+func SetPodMTU(nodeNS, podNS string, mtu int) error {
+	var peerIndex int
+	err := withHandle(podNS, func(h *netlink.Handle) error {
+		l, err := h.LinkByName("eth0")
+		if err != nil {
+			return fmt.Errorf("find eth0: %w", err)
+		}
+		peerIndex = l.Attrs().ParentIndex
+		return h.LinkSetMTU(l, mtu)
+	})
+	if err != nil {
 		return err
 	}
-	return set(podNS, "eth0")
+	return withHandle(nodeNS, func(h *netlink.Handle) error {
+		l, err := h.LinkByIndex(peerIndex)
+		if err != nil {
+			return fmt.Errorf("find the node side of %s's eth0 (index %d): %w", podNS, peerIndex, err)
+		}
+		return h.LinkSetMTU(l, mtu)
+	})
+}
+
+// SetMTU is SetPodMTU; kept for callers holding a NetlinkAttacher.
+func (NetlinkAttacher) SetMTU(nodeNS, podNS, podName string, mtu int) error {
+	return SetPodMTU(nodeNS, podNS, mtu)
 }
 
 func prefixNet(p netip.Prefix) *net.IPNet {

@@ -76,7 +76,7 @@ type Options struct {
 	ElectionTTL int         // controller --election-ttl seconds; 0 = controller default
 	Reconcile   string      // agent --reconcile-interval; "" = agent default
 	Config      string      // extra ClusterConfig JSON fields merged into the controller's config file, e.g. `"mtu": 1400`
-	Attacher    PodAttacher // default NetlinkAttacher
+	Attacher    PodAttacher // default: CNIAttacher when BinDir has weft-cni, else NetlinkAttacher
 	LogLevel    string      // weft processes' --log-level, default debug
 	Logger      hclog.Logger
 }
@@ -178,7 +178,15 @@ func (o *Options) defaults() error {
 		o.ClusterCIDR = defaultPodNet
 	}
 	if o.Attacher == nil {
+		// Pods are attached the way a container runtime attaches them: by
+		// running weft-cni through libcni, so every cluster test exercises
+		// the plugin. Kernel-only clusters have no weft binaries.
 		o.Attacher = NetlinkAttacher{}
+		if o.Backend != BackendKernel {
+			if _, err := os.Stat(filepath.Join(o.BinDir, "weft-cni")); err == nil {
+				o.Attacher = NewCNIAttacher(o.BinDir)
+			}
+		}
 	}
 	if o.LogLevel == "" {
 		o.LogLevel = "debug"

@@ -86,7 +86,7 @@ func (f *clusterFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.binDir, "bin-dir", envOr("BIN_DIR", ""), "use the weft binaries in this directory instead of building them")
 	fs.StringVar(&f.prefix, "prefix", envOr("PREFIX", ""), "run prefix (default: wt + 4 random hex digits)")
 	fs.StringVar(&f.logLevel, "log-level", envOr("LOG_LEVEL", "debug"), "log level of the weft processes (their logs are in the run directory)")
-	fs.StringVar(&f.attacher, "attacher", envOr("ATTACHER", "netlink"), "how pods are attached: netlink (testenv's own) or cni (the weft-cni plugin through libcni)")
+	fs.StringVar(&f.attacher, "attacher", envOr("ATTACHER", "cni"), "how pods are attached: cni (the weft-cni plugin through libcni, as a container runtime does) or netlink (testenv's own)")
 	fs.IntVar(&f.nodes, "nodes", 3, "number of nodes")
 	fs.IntVar(&f.pods, "pods-per-node", 2, "pods per node")
 	fs.IntVar(&f.segments, "segments", 1, "underlay segments: 1, or 2 joined by a router namespace")
@@ -127,6 +127,7 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 	var att testenv.PodAttacher
 	switch f.attacher {
 	case "netlink":
+		att = testenv.NetlinkAttacher{}
 	case "cni":
 		att = testenv.NewCNIAttacher(binDir)
 	default:

@@ -474,9 +474,8 @@ func TestOverlay(t *testing.T) {
 		})
 		t.Logf("config mtu %d: device, subnet file and status at %d on every node %v after config set", underlay, mtu, took)
 		// Pods pick the MTU up when re-attached; then every pair works at it.
-		var att testenv.NetlinkAttacher
 		for _, p := range c.Pods() {
-			if err := att.SetMTU(p.Node.NS, p.NS, p.Name, mtu); err != nil {
+			if err := testenv.SetPodMTU(p.Node.NS, p.NS, mtu); err != nil {
 				t.Fatal(err)
 			}
 		}
