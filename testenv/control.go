@@ -151,7 +151,8 @@ func (c *Cluster) startControl(ctx context.Context) error {
 	for {
 		err := c.probe(wctx)
 		if err == nil {
-			return nil
+			// The router's BGP daemon before any agent dials it.
+			return c.startBIRD()
 		}
 		for _, p := range append(append([]*Proc{}, c.Controllers...), c.Etcd...) {
 			if !p.Running() {
@@ -202,6 +203,9 @@ func (c *Cluster) agentArgs(n *Node) []string {
 	if c.Opts.Reconcile != "" {
 		args = append(args, "--reconcile-interval", c.Opts.Reconcile)
 	}
+	if c.Opts.Segments == 2 {
+		args = append(args, "--asn", fmt.Sprint(NodeASN(n.Index)))
+	}
 	return args
 }
 
@@ -246,7 +250,8 @@ func (c *Cluster) StartEtcd(ctx context.Context) error {
 	for {
 		err := c.probe(wctx)
 		if err == nil {
-			return nil
+			// The router's BGP daemon before any agent dials it.
+			return c.startBIRD()
 		}
 		select {
 		case <-wctx.Done():

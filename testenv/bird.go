@@ -1,0 +1,253 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// BGP in testenv: with two segments every agent gets --asn NodeASN(i)
+// (eBGP to the router, one AS per node, as Calico and Cilium deployments
+// do), and a cluster whose backend is "bgp" runs BIRD 2 in the router
+// namespace as the network's router (AS RouterASN), started before the
+// agents. BIRD accepts a session from any address of each segment
+// (dynamic BGP, "neighbor range"), so nodes added later peer without a
+// reconfiguration, and it installs what it learns into the router's kernel
+// so pod traffic between the segments is forwarded.
+const (
+	RouterASN = 65000
+	// BIRDPath is where Debian's bird2 installs the daemon.
+	BIRDPath = "/usr/sbin/bird"
+)
+
+// NodeASN is node i's AS number on a two-segment cluster.
+func NodeASN(i int) uint32 { return 65001 + uint32(i) }
+
+// BIRD is the BIRD 2 daemon of a cluster's router namespace.
+type BIRD struct {
+	Proc *Proc
+	Conf string // path of bird.conf
+	Sock string // control socket for birdc
+	pidf string
+}
+
+var birds sync.Map // *Cluster -> *BIRD
+
+// BIRD returns the cluster's router daemon, nil when it runs none.
+func (c *Cluster) BIRD() *BIRD {
+	b, _ := birds.Load(c)
+	bb, _ := b.(*BIRD)
+	return bb
+}
+
+// birdConf is BIRD's configuration for the router of c: one dynamic BGP
+// protocol per segment (protocols are named s<segment>n<k> as they come),
+// hold 3 s / keepalive 1 s (the agents' timers win when smaller), a
+// session that failed is accepted again after 1-2 s (BIRD's default error
+// wait is 60-300 s), BIRD
+// keeps the routes of peers that negotiated graceful restart, and every
+// BGP route goes into the kernel.
+func (c *Cluster) birdConf(log string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "log %q all;\nrouter id %s;\nprotocol device { scan time 2; }\n", log, routerIP(0))
+	b.WriteString("protocol kernel { ipv4 { export where source = RTS_BGP; }; }\n")
+	for s := 0; s < c.Opts.Segments; s++ {
+		fmt.Fprintf(&b, `protocol bgp seg%d {
+	local %s as %d;
+	neighbor range %s external;
+	dynamic name "s%dn";
+	hold time 3;
+	keepalive time 1;
+	connect delay time 1;
+	connect retry time 2;
+	error wait time 1, 2;
+	graceful restart on;
+	ipv4 { import all; export all; };
+}
+`, s, routerIP(s), RouterASN, segmentNet(s), s)
+	}
+	return b.String()
+}
+
+// startBIRD runs BIRD in the router namespace when the cluster is a
+// two-segment bgp cluster; BIRD missing is an error there.
+func (c *Cluster) startBIRD() error {
+	if c.RouterNS == "" || c.Opts.Backend != "bgp" {
+		return nil
+	}
+	if _, err := os.Stat(BIRDPath); err != nil {
+		return fmt.Errorf("start bird: %w (install the Debian package bird2)", err)
+	}
+	dir := filepath.Join(c.RunDir, "bird")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("start bird: %w", err)
+	}
+	b := &BIRD{Conf: filepath.Join(dir, "bird.conf"), Sock: filepath.Join(dir, "bird.ctl"), pidf: filepath.Join(dir, "bird.pid")}
+	if err := os.WriteFile(b.Conf, []byte(c.birdConf(filepath.Join(dir, "bird.log"))), 0o600); err != nil {
+		return fmt.Errorf("write bird.conf: %w", err)
+	}
+	// -f keeps BIRD in the foreground, so it is a child like every other
+	// process: its PID (the one in its pidfile) is the only one signalled.
+	b.Proc = c.newProc("bird", c.RouterNS, []string{BIRDPath, "-f", "-c", b.Conf, "-s", b.Sock, "-P", b.pidf})
+	if err := b.Proc.start(); err != nil {
+		return err
+	}
+	birds.Store(c, b)
+	for range 100 {
+		if _, err := b.CLI(context.Background(), "show", "status"); err == nil {
+			return nil
+		}
+		if !b.Proc.Running() {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("start bird: no control socket (log %s)", b.Proc.Log)
+}
+
+// StopBIRD stops the cluster's BIRD (by the PID in its pidfile) if it
+// runs one. Tests register it with t.Cleanup after the cluster's Close.
+func (c *Cluster) StopBIRD() error {
+	b := c.BIRD()
+	if b == nil {
+		return nil
+	}
+	birds.Delete(c)
+	if raw, err := os.ReadFile(b.pidf); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(raw))); err == nil && pid > 0 && pid == b.Proc.PID() {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+		}
+	}
+	if b.Proc.Wait(5 * time.Second) {
+		return nil
+	}
+	return b.Proc.Kill()
+}
+
+// CLI runs birdc against the daemon.
+func (b *BIRD) CLI(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, "birdc", append([]string{"-s", b.Sock}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("birdc %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// Routes parses `birdc show route` into prefix → next hop of BIRD's best
+// route.
+func (b *BIRD) Routes(ctx context.Context) (map[netip.Prefix]netip.Addr, error) {
+	text, err := b.CLI(ctx, "show", "route")
+	if err != nil {
+		return nil, err
+	}
+	out := map[netip.Prefix]netip.Addr{}
+	var cur netip.Prefix
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f[0]); err == nil {
+			cur = p
+			continue
+		}
+		if f[0] == "via" && len(f) > 1 && cur.IsValid() {
+			if _, seen := out[cur]; !seen {
+				out[cur], _ = netip.ParseAddr(f[1])
+			}
+		}
+	}
+	return out, nil
+}
+
+// Established returns the neighbor addresses of the BGP sessions BIRD has
+// established.
+func (b *BIRD) Established(ctx context.Context) ([]netip.Addr, error) {
+	text, err := b.CLI(ctx, "show", "protocols", "all")
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	state := ""
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 2 && f[1] == "BGP":
+			state = ""
+			if strings.Contains(line, "Established") {
+				state = "Established"
+			}
+		case len(f) >= 2 && f[0] == "Neighbor" && f[1] == "address:" && state == "Established":
+			if len(f) > 2 {
+				if a, err := netip.ParseAddr(f[2]); err == nil {
+					out = append(out, a)
+				}
+			}
+		}
+	}
+	if len(out) == 0 && !strings.Contains(text, "BGP") {
+		return nil, errors.New("birdc show protocols: no BGP protocol")
+	}
+	return out, nil
+}
+
+// ProtoRoutes lists the IPv4 routes of the main table in ns that carry the
+// route protocol proto (e.g. 0x58 for weft's BGP routes), as prefix → next
+// hop.
+func ProtoRoutes(ns string, proto int) (map[netip.Prefix]netip.Addr, error) {
+	out := map[netip.Prefix]netip.Addr{}
+	err := withHandle(ns, func(h *netlink.Handle) error {
+		rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: netlink.RouteProtocol(proto), Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return fmt.Errorf("list routes in %s: %w", ns, err)
+		}
+		for _, r := range rs {
+			if r.Dst == nil {
+				continue
+			}
+			p, ok := netipx(r.Dst)
+			if !ok {
+				continue
+			}
+			gw, _ := netip.AddrFromSlice(r.Gw)
+			out[p] = gw.Unmap()
+		}
+		return nil
+	})
+	return out, err
+}
+
+func netipx(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	bits, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), bits), true
+}
+
+// CheckTCPPort connects from ns to dst:port and closes the connection; it
+// fails when nothing accepts there.
+func CheckTCPPort(ctx context.Context, ns string, dst netip.Addr, port uint16) error {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	conn, err := dialIn(cctx, ns, "tcp", netip.AddrPortFrom(dst, port).String())
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}

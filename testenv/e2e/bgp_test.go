@@ -1,0 +1,407 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/bpf/spec"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv"
+)
+
+// protoBGP is the route protocol of the routes weft's speaker learned.
+const protoBGP = 0x58
+
+func podCIDRs(t *testing.T, c *testenv.Cluster) map[string]netip.Prefix {
+	t.Helper()
+	out := map[string]netip.Prefix{}
+	for _, n := range c.Nodes() {
+		s, err := testenv.ReadSubnetEnv(n.SubnetFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[n.Name] = s.Subnet.Masked()
+	}
+	return out
+}
+
+func bgpRoutes(t *testing.T, n *testenv.Node) map[netip.Prefix]netip.Addr {
+	t.Helper()
+	rs, err := testenv.ProtoRoutes(n.NS, protoBGP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+func hasLink(t *testing.T, n *testenv.Node, name string) bool {
+	t.Helper()
+	ls, err := testenv.Links(n.NS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return slices.Contains(ls, name)
+}
+
+// TestBGPRouter: BGP mode against a router weft did not write. Four nodes
+// on two segments (n0, n2 on 10.99.0.0/24; n1, n3 on 10.99.1.0/24), each
+// its own AS, peering by eBGP with BIRD 2 in the router namespace. The
+// cluster-wide peer list names the router's address on both segments;
+// each node dials the one on its own segment and reports the other as
+// skipped. Asserted on BIRD's view (birdc) as well as on the nodes':
+//   - BIRD routes every pod CIDR via its node; each node holds a proto 0x58
+//     route to every other pod CIDR, directly to same-segment nodes and via
+//     the router to the others; no overlay device, all pairs reachable;
+//   - status, metrics and weftctl show one session up per node;
+//   - an agent stopped with SIGTERM and restarted keeps its kernel's BGP
+//     routes throughout (no flush at the new agent's first sync);
+//   - an agent SIGKILLed (graceful restart off) is withdrawn by BIRD at
+//     once (the kernel closes its session) and from every other node;
+//   - an agent frozen with SIGSTOP is withdrawn after BIRD's 3 s hold time
+//     ("Hold timer expired" in bird.log);
+//   - both come back when their agents are restarted.
+func TestBGPRouter(t *testing.T) {
+	if _, err := os.Stat(testenv.BIRDPath); err != nil {
+		t.Skipf("needs BIRD 2 (Debian package bird2) at %s: %v", testenv.BIRDPath, err)
+	}
+	peers := fmt.Sprintf(`"bgp": {"asn": 64512, "hold_time_seconds": 3, "keepalive_seconds": 1, "peers": [`+
+		`{"address": "%s", "asn": %d}, {"address": "%s", "asn": %d}]}`,
+		testenv.RouterIP(0), testenv.RouterASN, testenv.RouterIP(1), testenv.RouterASN)
+	c := start(t, testenv.Options{Nodes: 4, PodsPerNode: 1, Segments: 2, Backend: "bgp", Reconcile: "2s", Config: peers})
+	t.Cleanup(func() {
+		if err := c.StopBIRD(); err != nil {
+			t.Errorf("stop bird: %v", err)
+		}
+	})
+	ctx := context.Background()
+	bird := c.BIRD()
+	if bird == nil {
+		t.Fatal("no BIRD in the router namespace of a two-segment bgp cluster")
+	}
+	nodes := c.Nodes()
+	cidr := podCIDRs(t, c)
+	// want is the next hop node n should use for peer's pod CIDR.
+	want := func(n, peer *testenv.Node) netip.Addr {
+		if n.Segment == peer.Segment {
+			return peer.UnderlayIP
+		}
+		return testenv.RouterIP(n.Segment)
+	}
+	birdHas := func(skip *testenv.Node) (bool, string) {
+		got, err := bird.Routes(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, n := range nodes {
+			if n != skip && got[cidr[n.Name]] != n.UnderlayIP {
+				return false, fmt.Sprintf("BIRD routes %v", got)
+			}
+		}
+		return true, ""
+	}
+	nodesHave := func(skip *testenv.Node) (bool, string) {
+		for _, n := range nodes {
+			if n == skip {
+				continue
+			}
+			rs := bgpRoutes(t, n)
+			for _, peer := range nodes {
+				if peer == n || peer == skip {
+					continue
+				}
+				if rs[cidr[peer.Name]] != want(n, peer) {
+					return false, fmt.Sprintf("%s: proto 0x58 routes %v, want %s via %s", n.Name, rs, cidr[peer.Name], want(n, peer))
+				}
+			}
+		}
+		return true, ""
+	}
+
+	t.Run("Routes", func(t *testing.T) {
+		eventually(t, 20*time.Second, "BIRD routes every pod CIDR via its node", func() (bool, string) { return birdHas(nil) })
+		eventually(t, 20*time.Second, "every node has proto 0x58 routes to the others", func() (bool, string) { return nodesHave(nil) })
+		tx := map[string]float64{}
+		for _, n := range nodes {
+			tx[n.Name], _ = counters(t, ctx, c, n)
+			if hasLink(t, n, spec.VXLANDevice) {
+				t.Errorf("%s: %s exists in bgp mode", n.Name, spec.VXLANDevice)
+			}
+		}
+		requireAllPairs(t, ctx, c)
+		for _, n := range nodes {
+			if after, _ := counters(t, ctx, c, n); after != tx[n.Name] {
+				t.Errorf("%s: overlay tx counter moved %v→%v in bgp mode", n.Name, tx[n.Name], after)
+			}
+		}
+		t.Logf("BIRD:\n%s", must(bird.CLI(ctx, "show", "route")))
+	})
+
+	t.Run("Status", func(t *testing.T) {
+		for _, n := range nodes {
+			st, err := c.Status(ctx, n.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			byPeer := map[string]*weftv1.BGPSession{}
+			for _, s := range st.GetBgpSessions() {
+				byPeer[s.GetPeer()] = s
+			}
+			own, other := testenv.RouterIP(n.Segment).String(), testenv.RouterIP(1-n.Segment).String()
+			if s := byPeer[own]; s.GetState() != "established" || s.GetAdvertised() != 1 || s.GetReceived() != 3 {
+				t.Errorf("%s: session to %s = %v, want established, 1 advertised, 3 received", n.Name, own, s)
+			}
+			if s := byPeer[other]; s.GetState() != "skipped" || !strings.Contains(s.GetReason(), "directly connected") {
+				t.Errorf("%s: session to %s = %v, want skipped (not on this segment)", n.Name, other, s)
+			}
+			m, err := c.Metrics(ctx, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m["weft_agent_bgp_sessions_up"] != 1 || m["weft_agent_bgp_sessions"] != 1 || m["weft_agent_bgp_prefixes_received"] != 3 ||
+				m["weft_agent_bgp_prefixes_advertised"] != 1 {
+				t.Errorf("%s: bgp metrics %v %v %v %v", n.Name, m["weft_agent_bgp_sessions_up"], m["weft_agent_bgp_sessions"],
+					m["weft_agent_bgp_prefixes_received"], m["weft_agent_bgp_prefixes_advertised"])
+			}
+		}
+		up, err := bird.Established(ctx)
+		if err != nil || len(up) != len(nodes) {
+			t.Errorf("BIRD established sessions %v (%v), want %d", up, err, len(nodes))
+		}
+		out, err := c.Weftctl(ctx, "status")
+		if err != nil || !strings.Contains(out, "SESSIONS") || strings.Count(out, "1/1 up") != len(nodes) {
+			t.Errorf("weftctl status (%v):\n%s", err, out)
+		}
+	})
+
+	t.Run("RestartKeepsRoutes", func(t *testing.T) {
+		n := nodes[0]
+		before := bgpRoutes(t, n)
+		var lost atomic.Value
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				rs, err := testenv.ProtoRoutes(n.NS, protoBGP)
+				if err == nil && !maps.Equal(rs, before) && lost.Load() == nil {
+					lost.Store(fmt.Sprintf("routes became %v (were %v)", rs, before))
+				}
+			}
+		}()
+		if err := c.RestartAgent(n.Index); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "restarted agent converged with its session up", func() (bool, string) {
+			st, err := c.Status(ctx, n.Name)
+			if err != nil || st.GetLastError() != "" || st.GetMode() != "bgp" {
+				return false, fmt.Sprint(st, err)
+			}
+			for _, s := range st.GetBgpSessions() {
+				if s.GetPeer() == testenv.RouterIP(n.Segment).String() && s.GetState() == "established" {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprint(st.GetBgpSessions())
+		})
+		time.Sleep(time.Second)
+		close(stop)
+		<-done
+		if l := lost.Load(); l != nil {
+			t.Errorf("%s: kernel BGP routes changed across the agent restart: %v", n.Name, l)
+		}
+		eventually(t, 15*time.Second, "routes everywhere after the restart", func() (bool, string) { return nodesHave(nil) })
+	})
+
+	withdrawn := func(t *testing.T, victim *testenv.Node) time.Duration {
+		t.Helper()
+		took := eventually(t, 15*time.Second, "BIRD withdraws "+victim.Name+"'s CIDR", func() (bool, string) {
+			got, err := bird.Routes(ctx)
+			if err != nil {
+				return false, err.Error()
+			}
+			if _, ok := got[cidr[victim.Name]]; ok {
+				return false, fmt.Sprint(got)
+			}
+			return true, ""
+		})
+		eventually(t, 10*time.Second, "the other nodes drop the route", func() (bool, string) {
+			for _, n := range nodes {
+				if n == victim || !n.Agent.Running() {
+					continue // a dead agent's kernel routes stay as they were
+				}
+				if via, ok := bgpRoutes(t, n)[cidr[victim.Name]]; ok {
+					return false, fmt.Sprintf("%s still routes %s via %s", n.Name, cidr[victim.Name], via)
+				}
+			}
+			return true, ""
+		})
+		return took
+	}
+
+	t.Run("KilledAgentWithdrawn", func(t *testing.T) {
+		// SIGKILL: the kernel closes the agent's TCP session, so BIRD
+		// withdraws at once (graceful restart is off).
+		victim := nodes[1]
+		if err := c.Kill(victim.Index, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("BIRD withdrew %s %v after SIGKILL (session closed by the kernel)", cidr[victim.Name], withdrawn(t, victim))
+		if ok, why := birdHas(victim); !ok {
+			t.Errorf("BIRD lost other routes: %s", why)
+		}
+	})
+
+	t.Run("HungAgentWithdrawnAfterHold", func(t *testing.T) {
+		// SIGSTOP: the session stays open but silent; BIRD's hold timer
+		// (3 s) expires and it withdraws the node's routes everywhere.
+		victim := nodes[3]
+		if err := c.Kill(victim.Index, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		took := withdrawn(t, victim)
+		t.Logf("BIRD withdrew %s %v after SIGSTOP (hold time 3 s)", cidr[victim.Name], took)
+		if took < 1500*time.Millisecond {
+			t.Errorf("withdrawn after %v: sooner than a hold-time expiry could be", took)
+		}
+		log, _ := os.ReadFile(filepath.Join(c.RunDir, "bird", "bird.log"))
+		if !strings.Contains(string(log), "Hold timer expired") {
+			t.Errorf("bird.log has no hold timer expiry:\n%s", log)
+		}
+		if err := c.Kill(victim.Index, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("AgentsBack", func(t *testing.T) {
+		for _, i := range []int{1, 3} {
+			if err := c.RestartAgent(i); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, 30*time.Second, "BIRD learns them again", func() (bool, string) { return birdHas(nil) })
+		eventually(t, 20*time.Second, "every node routes them again", func() (bool, string) { return nodesHave(nil) })
+		requireAllPairs(t, ctx, c)
+	})
+}
+
+func must(s string, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return s
+}
+
+// TestBGPFullMesh: a small cluster (3 nodes on one segment) switched live
+// vxlan → bgp (iBGP full mesh, no router) → vxlan. In bgp mode every node
+// peers with the two others, holds a proto 0x58 route to each other pod
+// CIDR via its node, has no overlay device, and all pairs reach each other;
+// a configured peer nobody answers stays down with a reason while the rest
+// works. Back in vxlan nothing of bgp mode is left: no proto 0x58 route,
+// no session in the status, the speaker's port closed.
+func TestBGPFullMesh(t *testing.T) {
+	c := start(t, testenv.Options{Nodes: 3, PodsPerNode: 1, Backend: "vxlan", Reconcile: "2s"})
+	ctx := context.Background()
+	nodes := c.Nodes()
+	cidr := podCIDRs(t, c)
+	ghost := "10.99.0.77" // on the segment, nobody there
+	switchTo := func(t *testing.T, mutate func(*weftv1.ClusterConfig)) {
+		t.Helper()
+		if err := c.SetConfig(ctx, mutate); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("IntoBGP", func(t *testing.T) {
+		begin := time.Now()
+		switchTo(t, func(cfg *weftv1.ClusterConfig) {
+			cfg.Backend = "bgp"
+			cfg.Bgp = &weftv1.BGPConfig{Asn: 64512, FullMesh: true, HoldTimeSeconds: 3, KeepaliveSeconds: 1,
+				Peers: []*weftv1.BGPPeer{{Address: ghost, Asn: 65077}}}
+		})
+		eventually(t, 30*time.Second, "every node routes the others' pod CIDRs by BGP", func() (bool, string) {
+			for _, n := range nodes {
+				rs := bgpRoutes(t, n)
+				for _, peer := range nodes {
+					if peer != n && rs[cidr[peer.Name]] != peer.UnderlayIP {
+						return false, fmt.Sprintf("%s: %v", n.Name, rs)
+					}
+				}
+				if hasLink(t, n, spec.VXLANDevice) {
+					return false, n.Name + " still has " + spec.VXLANDevice
+				}
+			}
+			return true, ""
+		})
+		t.Logf("vxlan → bgp full mesh: routes everywhere %v after config set", time.Since(begin))
+		requireAllPairs(t, ctx, c)
+		eventually(t, 15*time.Second, "sessions in status: 2 up, the ghost down with a reason", func() (bool, string) {
+			for _, n := range nodes {
+				st, err := c.Status(ctx, n.Name)
+				if err != nil {
+					return false, err.Error()
+				}
+				up := 0
+				for _, s := range st.GetBgpSessions() {
+					switch {
+					case s.GetPeer() == ghost && (s.GetState() == "established" || s.GetReason() == ""):
+						return false, fmt.Sprintf("%s: ghost session %v", n.Name, s)
+					case s.GetState() == "established":
+						up++
+					}
+				}
+				if up != 2 || len(st.GetBgpSessions()) != 3 || st.GetLastError() != "" || st.GetDegraded() {
+					return false, fmt.Sprintf("%s: %v", n.Name, st)
+				}
+			}
+			return true, ""
+		})
+		out, err := c.Weftctl(ctx, "status")
+		if err != nil || strings.Count(out, "2/3 up") != len(nodes) {
+			t.Errorf("weftctl status (%v):\n%s", err, out)
+		}
+		st, _ := c.Status(ctx, nodes[0].Name)
+		t.Logf("n0 sessions: %v", st.GetBgpSessions())
+	})
+
+	t.Run("BackToVXLAN", func(t *testing.T) {
+		switchTo(t, func(cfg *weftv1.ClusterConfig) { cfg.Backend = "vxlan" })
+		eventually(t, 30*time.Second, "nothing of bgp mode left", func() (bool, string) {
+			for _, n := range nodes {
+				if rs := bgpRoutes(t, n); len(rs) > 0 {
+					return false, fmt.Sprintf("%s: proto 0x58 routes %v", n.Name, rs)
+				}
+				st, err := c.Status(ctx, n.Name)
+				if err != nil || st.GetMode() != "vxlan" || len(st.GetBgpSessions()) > 0 {
+					return false, fmt.Sprintf("%s: %v %v", n.Name, st, err)
+				}
+				m, err := c.Metrics(ctx, n)
+				if err != nil || m["weft_agent_bgp_sessions"] != 0 {
+					return false, fmt.Sprintf("%s: bgp sessions metric %v %v", n.Name, m["weft_agent_bgp_sessions"], err)
+				}
+			}
+			return true, ""
+		})
+		for _, n := range nodes {
+			// The speaker is stopped: nobody listens on the BGP port.
+			if err := testenv.CheckTCPPort(ctx, nodes[(n.Index+1)%len(nodes)].NS, n.UnderlayIP, 179); err == nil {
+				t.Errorf("%s: something still accepts on port 179", n.Name)
+			}
+		}
+		requireAllPairs(t, ctx, c)
+	})
+}
