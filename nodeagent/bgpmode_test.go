@@ -1,0 +1,236 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/bgp"
+	"github.com/weftnet/weft/nodeagent/internal/logtest"
+	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv/etcdtest"
+)
+
+// fakeSpeaker stands in for GoBGP at the Speaker boundary; the real
+// speaker against BIRD and in a full mesh is covered by nodeagent/bgp and
+// testenv/e2e (TestBGPRouter, TestBGPFullMesh).
+type fakeSpeaker struct {
+	mu       sync.Mutex
+	changed  chan struct{}
+	applies  []bgpArgs
+	applyErr error
+	routes   []spec.Route
+	sessions []*weftv1.BGPSession
+	stops    []bool // withdraw flag of each Stop
+	running  bool
+}
+
+func newFakeSpeaker() *fakeSpeaker { return &fakeSpeaker{changed: make(chan struct{}, 1)} }
+
+func (f *fakeSpeaker) Apply(_ context.Context, cfg bgp.Config, adv []netip.Prefix, nh netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.applies = append(f.applies, bgpArgs{cfg: cfg, adv: adv, nexthop: nh})
+	if f.applyErr != nil {
+		return f.applyErr
+	}
+	f.running = true
+	return nil
+}
+
+func (f *fakeSpeaker) Routes() []spec.Route {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.running {
+		return nil
+	}
+	return slices.Clone(f.routes)
+}
+
+func (f *fakeSpeaker) Changed() <-chan struct{} { return f.changed }
+
+func (f *fakeSpeaker) Sessions() []*weftv1.BGPSession {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.running {
+		return nil
+	}
+	return slices.Clone(f.sessions)
+}
+
+func (f *fakeSpeaker) Stop(_ context.Context, withdraw bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stops = append(f.stops, withdraw)
+	f.running = false
+	return nil
+}
+
+func (f *fakeSpeaker) set(fn func(f *fakeSpeaker)) {
+	f.mu.Lock()
+	fn(f)
+	f.mu.Unlock()
+	select {
+	case f.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (f *fakeSpeaker) last() (bgpArgs, int, []bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.applies) == 0 {
+		return bgpArgs{}, 0, slices.Clone(f.stops)
+	}
+	return f.applies[len(f.applies)-1], len(f.applies), slices.Clone(f.stops)
+}
+
+func bgpCfg() *weftv1.ClusterConfig {
+	c := cfg()
+	c.Backend = "bgp"
+	c.Bgp = &weftv1.BGPConfig{Asn: 64512, Peers: []*weftv1.BGPPeer{
+		{Address: "192.168.1.254", Asn: 65000},            // eBGP on the node's segment
+		{Address: "10.9.9.9", Asn: 65000},                 // eBGP elsewhere, no multihop: skipped
+		{Address: "10.8.8.8", Asn: 65000, MultihopTtl: 4}, // eBGP multihop elsewhere: kept
+	}}
+	return c
+}
+
+func hasProtoBGP(d *spec.Desired) bool {
+	return d != nil && slices.ContainsFunc(d.Routes, func(r spec.Route) bool { return r.Proto == spec.ProtoBGP })
+}
+
+// TestAgentBGPMode drives the agent's BGP wiring: the speaker's config from
+// the cluster (own ASN from the registration, unreachable eBGP peers
+// skipped), the first sync held until the sessions are up, learned routes
+// into the datapath as ProtoBGP, sessions in status and metrics, a speaker
+// error kept in last_error while the rest goes on, leaving bgp mode
+// withdrawing, and shutdown stopping without a withdraw.
+func TestAgentBGPMode(t *testing.T) {
+	_, c := etcdtest.New(t)
+	h := newHarness(t, c, c)
+	sp := newFakeSpeaker()
+	h.a.speaker, h.a.cfg.BGP, h.a.cfg.ASN = sp, sp, 65101
+	sp.sessions = []*weftv1.BGPSession{{Peer: "10.8.8.8", State: "active", Reason: "connect: i/o timeout"}, {Peer: "192.168.1.254", State: "connect"}}
+	learned := spec.Route{Prefix: pfx("10.244.2.0/24"), Via: netip.MustParseAddr("192.168.1.2"), Proto: spec.ProtoBGP}
+	sp.routes = []spec.Route{learned}
+	h.append(logtest.Config(bgpCfg()))
+	self := logtest.Added("n1", "192.168.1.1", "10.244.1.0/24")
+	self.GetNodeAdded().Node.Asn = 65101 // what the controller copies from the registration
+	h.append(self)
+	h.append(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
+	h.start()
+
+	eventually(t, "registration carries the ASN", func() (bool, string) {
+		r, err := c.Get(context.Background(), keys.New("").Registration("n1"))
+		if err != nil || len(r.Kvs) == 0 {
+			return false, "absent"
+		}
+		reg, _ := keys.DecodeRegistration(r.Kvs[0].Value)
+		return reg.GetAsn() == 65101, reg.String()
+	})
+	eventually(t, "speaker applied", func() (bool, string) {
+		_, n, _ := sp.last()
+		return n > 0, ""
+	})
+	a, _, _ := sp.last()
+	var peers []string
+	for _, p := range a.cfg.Peers {
+		peers = append(peers, p.Address.String())
+	}
+	if a.cfg.ASN != 65101 || a.nexthop != netip.MustParseAddr("192.168.1.1") || !slices.Equal(a.adv, []netip.Prefix{pfx("10.244.1.0/24")}) ||
+		!slices.Equal(peers, []string{"192.168.1.254", "10.8.8.8"}) {
+		t.Fatalf("apply: asn %d nexthop %v advertise %v peers %v", a.cfg.ASN, a.nexthop, a.adv, peers)
+	}
+
+	// Sessions not up: the first sync waits (the kernel's BGP routes of a
+	// previous agent stay).
+	time.Sleep(400 * time.Millisecond)
+	if n := h.dp.Syncs(); n != 0 {
+		t.Fatalf("synced %d times before the sessions were up", n)
+	}
+	sp.set(func(f *fakeSpeaker) {
+		for _, s := range f.sessions {
+			s.State, s.Reason = "established", ""
+		}
+	})
+	began := time.Now()
+	eventually(t, "first sync with the learned route", func() (bool, string) {
+		k := h.dp.Kernel()
+		return k != nil && slices.Contains(k.Routes, learned), fmt.Sprint(k)
+	})
+	if d := time.Since(began); d < bgpSettle/2 {
+		t.Errorf("first sync %v after the sessions came up, want about %v", d, bgpSettle)
+	}
+	st := h.waitStatus("sessions in status", func(st *weftv1.AgentStatus) bool { return st.Mode == "bgp" && len(st.BgpSessions) == 3 })
+	if st.BgpSessions[2].Peer != "10.9.9.9" || st.BgpSessions[2].State != "skipped" || st.LastError != "" {
+		t.Fatalf("status = %v", st)
+	}
+	rec := httptest.NewRecorder()
+	h.a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, m := range []string{"weft_agent_bgp_sessions_up 2", "weft_agent_bgp_sessions 2"} {
+		if !strings.Contains(rec.Body.String(), m) {
+			t.Errorf("metrics lack %q", m)
+		}
+	}
+
+	// A route learned later reaches the datapath through Changed.
+	other := spec.Route{Prefix: pfx("10.244.3.0/24"), Via: netip.MustParseAddr("192.168.1.3"), Proto: spec.ProtoBGP}
+	sp.set(func(f *fakeSpeaker) { f.routes = append(f.routes, other) })
+	eventually(t, "new learned route", func() (bool, string) {
+		k := h.dp.Kernel()
+		return slices.Contains(k.Routes, other), k.String()
+	})
+
+	// A speaker error (config it cannot use) shows as last_error; the
+	// datapath keeps converging (a masquerade change goes through).
+	sp.set(func(f *fakeSpeaker) { f.applyErr = fmt.Errorf("%w: asn is 0", bgp.ErrInvalidConfig) })
+	c2 := bgpCfg()
+	c2.Bgp.HoldTimeSeconds, c2.Masquerade = 12, true
+	h.append(logtest.Config(c2))
+	h.waitStatus("speaker error in last_error", func(st *weftv1.AgentStatus) bool {
+		return strings.Contains(st.LastError, "configure bgp speaker") && st.AppliedSeq == 4
+	})
+	eventually(t, "datapath still converges", func() (bool, string) {
+		k := h.dp.Kernel()
+		return k.Masquerade != nil, k.String()
+	})
+	sp.set(func(f *fakeSpeaker) { f.applyErr = nil })
+	h.append(logtest.Config(bgpCfg()))
+	h.waitStatus("error cleared", func(st *weftv1.AgentStatus) bool { return st.LastError == "" && st.AppliedSeq == 5 })
+
+	// Leaving bgp mode withdraws and leaves no BGP route or session.
+	h.append(logtest.Config(cfg()))
+	eventually(t, "vxlan without BGP routes", func() (bool, string) {
+		k := h.dp.Kernel()
+		return k.Mode == spec.ModeVXLAN && !hasProtoBGP(k), k.String()
+	})
+	h.waitStatus("no sessions", func(st *weftv1.AgentStatus) bool { return st.Mode == "vxlan" && len(st.BgpSessions) == 0 })
+	if _, _, stops := sp.last(); !slices.Equal(stops, []bool{true}) {
+		t.Fatalf("stops (withdraw flags) = %v, want [true]", stops)
+	}
+
+	// Back to bgp, then the agent stops: no withdraw (graceful restart),
+	// and the datapath keeps the routes.
+	h.append(logtest.Config(bgpCfg()))
+	eventually(t, "bgp again", func() (bool, string) {
+		k := h.dp.Kernel()
+		return k.Mode == spec.ModeBGP && hasProtoBGP(k), k.String()
+	})
+	h.stop()
+	h.stop = func() {}
+	if _, _, stops := sp.last(); !slices.Equal(stops, []bool{true, false}) {
+		t.Fatalf("stops (withdraw flags) = %v, want [true false]", stops)
+	}
+	if !hasProtoBGP(h.dp.Kernel()) {
+		t.Fatal("agent shutdown removed the BGP routes")
+	}
+}
