@@ -11,7 +11,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -167,6 +169,10 @@ func New(cfg Config) (*Agent, error) {
 		state:      model.New(),
 	}
 	a.metrics = newMetrics(a)
+	if cfg.SubnetFile != "" {
+		_, err := os.Stat(cfg.SubnetFile)
+		a.bgp.fresh = errors.Is(err, fs.ErrNotExist)
+	}
 	return a, nil
 }
 

@@ -50,6 +50,10 @@ type bgpState struct {
 	err     error     // config error, shown as last_error
 	skipped []*weftv1.BGPSession
 	held    bool // a hold was logged
+	// fresh: no subnet file when the agent started, so no earlier agent
+	// converged this node since boot (/run is a tmpfs) and there are no
+	// kernel routes of a predecessor to keep.
+	fresh bool
 }
 
 type bgpArgs struct {
@@ -167,11 +171,12 @@ func reachablePeers(c bgp.Config, u spec.Underlay) (keep []bgp.Peer, skipped []*
 // the spec, and a restarted agent does not know the routes its predecessor
 // installed until its sessions are back. So the first Sync in bgp mode
 // waits until every session has been established for bgpSettle, or
-// bgpHoldMax passed; the kernel keeps forwarding meanwhile.
+// bgpHoldMax passed; the kernel keeps forwarding meanwhile. A fresh agent
+// (no subnet file at start) does not wait.
 func (a *Agent) bgpHold(sessions []*weftv1.BGPSession) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.selfApplied || !a.bgp.on || time.Since(a.bgp.since) >= bgpHoldMax {
+	if a.selfApplied || a.bgp.fresh || !a.bgp.on || time.Since(a.bgp.since) >= bgpHoldMax {
 		return false
 	}
 	up := 0

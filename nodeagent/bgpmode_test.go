@@ -117,6 +117,12 @@ func hasProtoBGP(d *spec.Desired) bool {
 func TestAgentBGPMode(t *testing.T) {
 	_, c := etcdtest.New(t)
 	h := newHarness(t, c, c)
+	// A subnet file from an earlier agent: this one is a restart, whose
+	// first sync must keep the kernel's BGP routes until sessions are up.
+	if err := writeAtomic(h.subnet, []byte("FLANNEL_SUBNET=10.244.1.1/24\n")); err != nil {
+		t.Fatal(err)
+	}
+	h.a = h.newAgent(c)
 	sp := newFakeSpeaker()
 	h.a.speaker, h.a.cfg.BGP, h.a.cfg.ASN = sp, sp, 65101
 	sp.sessions = []*weftv1.BGPSession{{Peer: "10.8.8.8", State: "active", Reason: "connect: i/o timeout"}, {Peer: "192.168.1.254", State: "connect"}}
@@ -232,5 +238,25 @@ func TestAgentBGPMode(t *testing.T) {
 	}
 	if !hasProtoBGP(h.dp.Kernel()) {
 		t.Fatal("agent shutdown removed the BGP routes")
+	}
+}
+
+// TestAgentBGPFreshStartDoesNotWait: without a subnet file at start (first
+// agent since boot) there are no kernel routes to keep, so the first sync
+// does not wait for the sessions.
+func TestAgentBGPFreshStartDoesNotWait(t *testing.T) {
+	_, c := etcdtest.New(t)
+	h := newHarness(t, c, c)
+	sp := newFakeSpeaker()
+	h.a.speaker, h.a.cfg.BGP = sp, sp
+	sp.sessions = []*weftv1.BGPSession{{Peer: "192.168.1.254", State: "connect"}}
+	h.append(logtest.Config(bgpCfg()))
+	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+	h.start()
+	h.waitStatus("converged while the session is down", func(st *weftv1.AgentStatus) bool {
+		return st.Mode == "bgp" && st.AppliedSeq == 2 && len(st.BgpSessions) == 2
+	})
+	if h.dp.Syncs() == 0 {
+		t.Fatal("no sync")
 	}
 }
