@@ -147,32 +147,36 @@ func TestBGPRouter(t *testing.T) {
 	})
 
 	t.Run("Status", func(t *testing.T) {
-		for _, n := range nodes {
-			st, err := c.Status(ctx, n.Name)
-			if err != nil {
-				t.Fatal(err)
+		// The status is written a moment after a change (debounced).
+		eventually(t, 10*time.Second, "one session up and one skipped in every node's status and metrics", func() (bool, string) {
+			for _, n := range nodes {
+				st, err := c.Status(ctx, n.Name)
+				if err != nil {
+					return false, err.Error()
+				}
+				byPeer := map[string]*weftv1.BGPSession{}
+				for _, s := range st.GetBgpSessions() {
+					byPeer[s.GetPeer()] = s
+				}
+				own, other := testenv.RouterIP(n.Segment).String(), testenv.RouterIP(1-n.Segment).String()
+				if s := byPeer[own]; s.GetState() != "established" || s.GetAdvertised() != 1 || s.GetReceived() != 3 {
+					return false, fmt.Sprintf("%s: session to %s = %v, want established, 1 advertised, 3 received", n.Name, own, s)
+				}
+				if s := byPeer[other]; s.GetState() != "skipped" || !strings.Contains(s.GetReason(), "directly connected") {
+					return false, fmt.Sprintf("%s: session to %s = %v, want skipped (not on this segment)", n.Name, other, s)
+				}
+				m, err := c.Metrics(ctx, n)
+				if err != nil {
+					return false, err.Error()
+				}
+				if m["weft_agent_bgp_sessions_up"] != 1 || m["weft_agent_bgp_sessions"] != 1 || m["weft_agent_bgp_prefixes_received"] != 3 ||
+					m["weft_agent_bgp_prefixes_advertised"] != 1 {
+					return false, fmt.Sprintf("%s: bgp metrics %v %v %v %v", n.Name, m["weft_agent_bgp_sessions_up"], m["weft_agent_bgp_sessions"],
+						m["weft_agent_bgp_prefixes_received"], m["weft_agent_bgp_prefixes_advertised"])
+				}
 			}
-			byPeer := map[string]*weftv1.BGPSession{}
-			for _, s := range st.GetBgpSessions() {
-				byPeer[s.GetPeer()] = s
-			}
-			own, other := testenv.RouterIP(n.Segment).String(), testenv.RouterIP(1-n.Segment).String()
-			if s := byPeer[own]; s.GetState() != "established" || s.GetAdvertised() != 1 || s.GetReceived() != 3 {
-				t.Errorf("%s: session to %s = %v, want established, 1 advertised, 3 received", n.Name, own, s)
-			}
-			if s := byPeer[other]; s.GetState() != "skipped" || !strings.Contains(s.GetReason(), "directly connected") {
-				t.Errorf("%s: session to %s = %v, want skipped (not on this segment)", n.Name, other, s)
-			}
-			m, err := c.Metrics(ctx, n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if m["weft_agent_bgp_sessions_up"] != 1 || m["weft_agent_bgp_sessions"] != 1 || m["weft_agent_bgp_prefixes_received"] != 3 ||
-				m["weft_agent_bgp_prefixes_advertised"] != 1 {
-				t.Errorf("%s: bgp metrics %v %v %v %v", n.Name, m["weft_agent_bgp_sessions_up"], m["weft_agent_bgp_sessions"],
-					m["weft_agent_bgp_prefixes_received"], m["weft_agent_bgp_prefixes_advertised"])
-			}
-		}
+			return true, ""
+		})
 		up, err := bird.Established(ctx)
 		if err != nil || len(up) != len(nodes) {
 			t.Errorf("BIRD established sessions %v (%v), want %d", up, err, len(nodes))
