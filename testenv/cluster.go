@@ -713,6 +713,9 @@ func (c *Cluster) Close() error {
 			errs = append(errs, n.Agent.Stop(5*time.Second))
 		}
 	}
+	// The router's BGP daemon after the agents (their sessions end with
+	// them), before the namespaces go.
+	errs = append(errs, c.StopBIRD())
 	for _, p := range c.Controllers {
 		errs = append(errs, p.Stop(5*time.Second))
 	}
