@@ -33,6 +33,23 @@ const (
 	BIRDPath = "/usr/sbin/bird"
 )
 
+// defaultBGP is the bgp section of a bgp cluster whose Options.Config has
+// none: with two segments the router's address on each (every node dials
+// the one on its segment), with one an iBGP full mesh (AS 64512); hold
+// 3 s, keepalive 1 s.
+func (c *Cluster) defaultBGP() map[string]any {
+	b := map[string]any{"asn": 64512, "hold_time_seconds": 3, "keepalive_seconds": 1}
+	if c.Opts.Segments == 2 {
+		b["peers"] = []map[string]any{
+			{"address": routerIP(0).String(), "asn": RouterASN},
+			{"address": routerIP(1).String(), "asn": RouterASN},
+		}
+	} else {
+		b["full_mesh"] = true
+	}
+	return b
+}
+
 // NodeASN is node i's AS number on a two-segment cluster.
 func NodeASN(i int) uint32 { return 65001 + uint32(i) }
 

@@ -86,6 +86,9 @@ func (c *Cluster) configFile() (string, error) {
 			cfg[k] = v
 		}
 	}
+	if _, ok := cfg["bgp"]; !ok && c.Opts.Backend == "bgp" {
+		cfg["bgp"] = c.defaultBGP()
+	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return "", err

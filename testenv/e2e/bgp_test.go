@@ -77,10 +77,12 @@ func TestBGPRouter(t *testing.T) {
 	if _, err := os.Stat(testenv.BIRDPath); err != nil {
 		t.Skipf("needs BIRD 2 (Debian package bird2) at %s: %v", testenv.BIRDPath, err)
 	}
-	peers := fmt.Sprintf(`"bgp": {"asn": 64512, "hold_time_seconds": 3, "keepalive_seconds": 1, "peers": [`+
-		`{"address": "%s", "asn": %d}, {"address": "%s", "asn": %d}]}`,
-		testenv.RouterIP(0), testenv.RouterASN, testenv.RouterIP(1), testenv.RouterASN)
-	c := start(t, testenv.Options{Nodes: 4, PodsPerNode: 1, Segments: 2, Backend: "bgp", Reconcile: "2s", Config: peers})
+	// No bgp section: testenv's default lists the router's address on
+	// each segment (AS 65000), hold 3 s, keepalive 1 s.
+	c := start(t, testenv.Options{Nodes: 4, PodsPerNode: 1, Segments: 2, Backend: "bgp", Reconcile: "2s"})
+	if cfg, err := c.Config(context.Background()); err != nil || len(cfg.GetBgp().GetPeers()) != 2 || cfg.GetBgp().GetHoldTimeSeconds() != 3 {
+		t.Fatalf("bgp config in force: %v %v", cfg.GetBgp(), err)
+	}
 	ctx := context.Background()
 	bird := c.BIRD()
 	if bird == nil {
