@@ -94,19 +94,19 @@ func (a *Agent) bgpStep(ctx context.Context) []spec.Route {
 	if cfg == nil {
 		return a.speaker.Routes()
 	}
-	if cfg.Backend != string(spec.ModeBGP) {
+	// Outside bgp mode, or this node removed from the log (its CIDR may go
+	// to another node): withdraw and stop.
+	if cfg.Backend != string(spec.ModeBGP) || self == nil {
 		if on {
 			err := a.speaker.Stop(ctx, true)
 			a.mu.Lock()
-			a.bgp = bgpState{}
+			fresh := a.bgp.fresh
+			a.bgp = bgpState{fresh: fresh}
 			a.mu.Unlock()
-			a.log.Info("left bgp mode: speaker stopped, prefixes withdrawn", "error", err)
+			a.log.Info("speaker stopped, prefixes withdrawn", "backend", cfg.Backend, "node_in_log", self != nil, "error", err)
 			poke(a.statusKick)
 		}
 		return nil
-	}
-	if self == nil {
-		return a.speaker.Routes()
 	}
 	bc, adv, nh, err := bgp.FromCluster(cfg.Bgp, self, nodes)
 	var skipped []*weftv1.BGPSession

@@ -224,6 +224,19 @@ func TestAgentBGPMode(t *testing.T) {
 		t.Fatalf("stops (withdraw flags) = %v, want [true]", stops)
 	}
 
+	// Removed from the log while in bgp mode: withdraw too.
+	h.append(logtest.Config(bgpCfg()))
+	eventually(t, "bgp again", func() (bool, string) {
+		k := h.dp.Kernel()
+		return k.Mode == spec.ModeBGP && hasProtoBGP(k), k.String()
+	})
+	h.append(logtest.Removed("n1"))
+	eventually(t, "withdrawn on NodeRemoved", func() (bool, string) {
+		_, _, stops := sp.last()
+		return slices.Equal(stops, []bool{true, true}), fmt.Sprint(stops)
+	})
+	h.append(self)
+
 	// Back to bgp, then the agent stops: no withdraw (graceful restart),
 	// and the datapath keeps the routes.
 	h.append(logtest.Config(bgpCfg()))
@@ -233,8 +246,8 @@ func TestAgentBGPMode(t *testing.T) {
 	})
 	h.stop()
 	h.stop = func() {}
-	if _, _, stops := sp.last(); !slices.Equal(stops, []bool{true, false}) {
-		t.Fatalf("stops (withdraw flags) = %v, want [true false]", stops)
+	if _, _, stops := sp.last(); !slices.Equal(stops, []bool{true, true, false}) {
+		t.Fatalf("stops (withdraw flags) = %v, want [true true false]", stops)
 	}
 	if !hasProtoBGP(h.dp.Kernel()) {
 		t.Fatal("agent shutdown removed the BGP routes")
