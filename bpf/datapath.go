@@ -63,6 +63,9 @@ type Datapath struct {
 	objs    weftObjects
 	applied *kstate // what the last Sync wrote; nil means read the kernel
 	batch   bool    // the tunnel map takes batch operations
+
+	capsMu sync.Mutex
+	caps   []string // probed once by Capabilities
 }
 
 // Open loads the programs and creates or reopens the pinned maps under

@@ -1,0 +1,151 @@
+package bpf
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/bpf/internal/netnstest"
+	"github.com/weftnet/weft/bpf/spec"
+)
+
+// linkNames lists the calling thread's namespace's links as "name type".
+func linkNames() (string, error) {
+	ls, err := netlink.LinkList()
+	if err != nil {
+		return "", err
+	}
+	var out []string
+	for _, l := range ls {
+		out = append(out, l.Attrs().Name+" "+l.Type())
+	}
+	slices.Sort(out)
+	return strings.Join(out, ", "), nil
+}
+
+// kernelAtLeast compares the running kernel's release with major.minor.
+func kernelAtLeast(t *testing.T, major, minor int) bool {
+	var u unix.Utsname
+	must(t, unix.Uname(&u))
+	var ma, mi int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
+		t.Fatalf("parse kernel release %q: %v", u.Release, err)
+	}
+	return ma > major || (ma == major && mi >= minor)
+}
+
+func TestCapabilitiesAndVTEPMAC(t *testing.T) {
+	netnstest.RequireRoot(t)
+	prefix := netnstest.Prefix()
+	ns := netnstest.New(t, prefix+"-caps")
+	pinDir := "/sys/fs/bpf/" + prefix + "-caps"
+	t.Cleanup(func() { os.RemoveAll(pinDir) })
+
+	var d *Datapath
+	var caps []string
+	var before, after string
+	var geneveErr error
+	ns.MustDo(t, func() error {
+		var err error
+		if d, err = Open(Config{PinDir: pinDir}); err != nil {
+			return err
+		}
+		if before, err = linkNames(); err != nil {
+			return err
+		}
+		caps = d.Capabilities()
+		if after, err = linkNames(); err != nil {
+			return err
+		}
+		// What the kernel says to a direct request, independent of the
+		// probe's code.
+		g := &netlink.Geneve{LinkAttrs: netlink.LinkAttrs{Name: prefix + "g"}, FlowBased: true, Dport: 6081}
+		if geneveErr = netlink.LinkAdd(g); geneveErr == nil {
+			return netlink.LinkDel(g)
+		}
+		return nil
+	})
+	t.Cleanup(func() { ns.Do(func() error { return d.Teardown() }) })
+	t.Logf("capabilities %v; direct geneve LinkAdd: %v", caps, geneveErr)
+
+	if before != after {
+		t.Fatalf("probe left links behind:\nbefore: %s\nafter:  %s", before, after)
+	}
+	if !slices.Contains(caps, CapVXLAN) {
+		t.Errorf("capabilities %v lack %q", caps, CapVXLAN)
+	}
+	if want := kernelAtLeast(t, 6, 6); slices.Contains(caps, CapTCX) != want {
+		t.Errorf("capabilities %v: tcx = %v, want %v (tcx links came with 6.6)", caps, !want, want)
+	}
+	if want := geneveErr == nil; slices.Contains(caps, CapGeneve) != want {
+		t.Errorf("capabilities %v: geneve = %v, but a direct geneve LinkAdd says %v", caps, !want, geneveErr)
+	}
+	if geneveErr != nil && !errors.Is(geneveErr, unix.EOPNOTSUPP) {
+		t.Errorf("direct geneve LinkAdd failed for another reason than a missing kind: %v", geneveErr)
+	}
+	_, statErr := os.Stat("/proc/sys/net/ipv6")
+	if want := statErr == nil; slices.Contains(caps, CapIPv6) != want {
+		t.Errorf("capabilities %v: ipv6 = %v, want %v in a fresh namespace", caps, !want, want)
+	}
+
+	if statErr == nil {
+		t.Run("ipv6 disabled", func(t *testing.T) {
+			ns.MustDo(t, func() error {
+				if err := os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0); err != nil {
+					return err
+				}
+				defer os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("0"), 0)
+				d.capsMu.Lock()
+				d.caps = nil // probe afresh
+				d.capsMu.Unlock()
+				caps = d.Capabilities()
+				return nil
+			})
+			if slices.Contains(caps, CapIPv6) || !slices.Contains(caps, CapVXLAN) {
+				t.Fatalf("capabilities with disable_ipv6=1: %v", caps)
+			}
+		})
+	}
+
+	t.Run("vtep mac", func(t *testing.T) {
+		var mac0, mac1 []byte
+		var dev netlink.Link
+		ns.MustDo(t, func() error {
+			var err error
+			if mac0, err = d.VTEPMAC(); err != nil {
+				return err
+			}
+			want := (&spec.Desired{
+				Mode:          spec.ModeVXLAN,
+				Overlay:       &spec.Overlay{Kind: spec.ModeVXLAN, Port: 8472, VNI: 1, MTU: 1450},
+				ClusterCIDRs:  []netip.Prefix{clusterCIDR},
+				LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")},
+			}).Normalize()
+			if _, err := d.Sync(t.Context(), want); err != nil {
+				return err
+			}
+			if mac1, err = d.VTEPMAC(); err != nil {
+				return err
+			}
+			dev, err = netlink.LinkByName(spec.VXLANDevice)
+			return err
+		})
+		if mac0 != nil {
+			t.Fatalf("VTEPMAC before any device = %v, want none", mac0)
+		}
+		if len(mac1) != 6 || !bytes.Equal(mac1, dev.Attrs().HardwareAddr) {
+			t.Fatalf("VTEPMAC = %v, device %s has %v", mac1, spec.VXLANDevice, dev.Attrs().HardwareAddr)
+		}
+		if _, err := d.VTEPMAC(); err == nil {
+			t.Fatal("VTEPMAC from another network namespace succeeded")
+		}
+	})
+}
