@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -42,6 +43,21 @@ type Datapath interface {
 	Reconcile(ctx context.Context, want *spec.Desired) (spec.Report, error)
 	// Counters returns the datapath statistics.
 	Counters() (spec.Counters, error)
+}
+
+// NodeInfo is implemented by a Datapath that can say what the node
+// supports and which MAC its overlay device has (*bpf.Datapath does); the
+// agent puts both into the registration. The agent asks for Capabilities
+// once at start and for VTEPMAC at start and after each Sync or Reconcile
+// that changed the kernel, so the registration (and through the
+// controller's NodeUpdated, the node in the log) follows a recreated
+// device.
+type NodeInfo interface {
+	// Capabilities names what the node supports, e.g. "tcx", "vxlan",
+	// "geneve", "ipv6".
+	Capabilities() []string
+	// VTEPMAC is the overlay device's MAC, nil when there is none.
+	VTEPMAC() (net.HardwareAddr, error)
 }
 
 // Defaults of Config fields left zero.
@@ -75,7 +91,8 @@ type Config struct {
 	// StatusMinInterval is how long a change waits (plus up to half
 	// again as jitter) before the status is written, so bursts coalesce.
 	StatusMinInterval time.Duration
-	// Capabilities and VTEPMAC go into the registration.
+	// Capabilities and VTEPMAC go into the registration; when unset they
+	// come from the Datapath if it implements NodeInfo.
 	Capabilities []string
 	VTEPMAC      string
 	// ExtraRoutes, when set, is asked for routes learned elsewhere (the
@@ -116,6 +133,8 @@ type Agent struct {
 	lease    clientv3.LeaseID
 	underlay spec.Underlay
 	haveUnd  bool
+	caps     []string // from NodeInfo
+	vtepMAC  string   // from NodeInfo
 	// What the converger last achieved, for status and health.
 	synced    *spec.Desired
 	plan      model.Plan
@@ -343,6 +362,9 @@ func (a *Agent) loadUnderlay(ctx context.Context) bool {
 // converge drives the datapath from the model: Sync on every change
 // (bursts coalesce in the one-slot kick channel), Reconcile on a timer.
 func (a *Agent) converge(ctx context.Context) {
+	// Before the underlay: register waits for it, so the first
+	// registration already carries these.
+	a.loadNodeInfo()
 	if !a.loadUnderlay(ctx) {
 		return
 	}
@@ -464,6 +486,9 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 		a.healthChanged()
 	}
 	poke(a.statusKick)
+	if first || rep.Changed() {
+		a.refreshVTEPMAC()
+	}
 	if first {
 		a.log.Info("node converged", "pod_cidrs", plan.Self.PodCidrs, "desired", plan.Desired.String())
 	} else if rep.Changed() {
@@ -489,6 +514,9 @@ func (a *Agent) reconcile(ctx context.Context) {
 	for _, r := range rep.Repaired {
 		a.log.Warn("repaired: " + r)
 		a.metrics.repairs.Inc()
+	}
+	if len(rep.Repaired) > 0 {
+		a.refreshVTEPMAC() // a recreated device has a new MAC
 	}
 	a.mu.Lock()
 	lastErr := a.syncErr

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -45,12 +46,62 @@ func (a *Agent) currentLease() clientv3.LeaseID {
 func (a *Agent) registration() *weftv1.Registration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return &weftv1.Registration{
+	r := &weftv1.Registration{
 		Name:         a.cfg.NodeName,
 		UnderlayIp:   a.underlay.IP.String(),
 		VtepMac:      a.cfg.VTEPMAC,
 		Capabilities: a.cfg.Capabilities,
 		Asn:          a.cfg.ASN,
+	}
+	if r.VtepMac == "" {
+		r.VtepMac = a.vtepMAC
+	}
+	if r.Capabilities == nil {
+		r.Capabilities = slices.Clone(a.caps)
+	}
+	return r
+}
+
+// loadNodeInfo asks a NodeInfo datapath for the node's capabilities (once)
+// and its overlay device's MAC (which exists already after a restart).
+func (a *Agent) loadNodeInfo() {
+	ni, ok := a.dp.(NodeInfo)
+	if !ok {
+		return
+	}
+	if a.cfg.Capabilities == nil {
+		caps := ni.Capabilities()
+		a.mu.Lock()
+		a.caps = caps
+		a.mu.Unlock()
+		a.log.Info("node capabilities", "capabilities", caps)
+	}
+	a.refreshVTEPMAC()
+}
+
+// refreshVTEPMAC reads the overlay device's MAC from a NodeInfo datapath
+// and, when it changed, updates the registration.
+func (a *Agent) refreshVTEPMAC() {
+	ni, ok := a.dp.(NodeInfo)
+	if !ok || a.cfg.VTEPMAC != "" {
+		return
+	}
+	mac, err := ni.VTEPMAC()
+	if err != nil {
+		a.log.Warn("read overlay device MAC; keeping the last one", "error", err)
+		return
+	}
+	s := ""
+	if mac != nil {
+		s = mac.String()
+	}
+	a.mu.Lock()
+	changed := s != a.vtepMAC
+	a.vtepMAC = s
+	a.mu.Unlock()
+	if changed {
+		a.log.Info("overlay device MAC changed; updating the registration", "vtep_mac", s)
+		poke(a.regKick)
 	}
 }
 
@@ -110,6 +161,7 @@ func (a *Agent) register(ctx context.Context) {
 			a.log.Warn("keep lease alive", "error", err)
 			continue
 		}
+		var retry <-chan time.Time
 	alive:
 		for {
 			select {
@@ -120,10 +172,16 @@ func (a *Agent) register(ctx context.Context) {
 				if !ok {
 					break alive
 				}
+				continue
 			case <-a.regKick:
-				if err := a.putRegistration(ctx, id); err != nil {
-					a.log.Warn("update registration", "error", err)
-				}
+			case <-retry:
+			}
+			// A changed underlay IP or overlay MAC: rewrite the
+			// registration until it is in.
+			retry = nil
+			if err := a.putRegistration(ctx, id); err != nil {
+				a.log.Warn("update registration", "error", err, "retry_in", time.Second)
+				retry = time.After(time.Second)
 			}
 		}
 		cancel()

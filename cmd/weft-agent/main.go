@@ -29,7 +29,12 @@ import (
 	"github.com/weftnet/weft/proto/keys"
 )
 
-var _ nodeagent.Datapath = (*bpf.Datapath)(nil)
+var (
+	_ nodeagent.Datapath = (*bpf.Datapath)(nil)
+	// The registration carries what the node supports and the overlay
+	// device's MAC, both read from the datapath.
+	_ nodeagent.NodeInfo = (*bpf.Datapath)(nil)
+)
 
 type options struct {
 	etcdEndpoints     string

@@ -1,0 +1,123 @@
+package nodeagent
+
+import (
+	"context"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/follow"
+	"github.com/weftnet/weft/nodeagent/internal/fakedp"
+	"github.com/weftnet/weft/nodeagent/internal/logtest"
+	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv/etcdtest"
+)
+
+// infoDP is the fake datapath with NodeInfo: its "device" has mac once a
+// Sync put an overlay into the kernel.
+type infoDP struct {
+	*fakedp.Datapath
+	mu  sync.Mutex
+	mac net.HardwareAddr
+}
+
+func (d *infoDP) Capabilities() []string { return []string{"tcx", "vxlan", "ipv6"} }
+
+func (d *infoDP) VTEPMAC() (net.HardwareAddr, error) {
+	if k := d.Kernel(); k == nil || k.Overlay == nil {
+		return nil, nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.mac, nil
+}
+
+func (d *infoDP) setMAC(s string) {
+	mac, _ := net.ParseMAC(s)
+	d.mu.Lock()
+	d.mac = mac
+	d.mu.Unlock()
+}
+
+var _ NodeInfo = (*infoDP)(nil)
+
+func TestRegistrationCarriesCapabilitiesAndVTEPMAC(t *testing.T) {
+	_, c := etcdtest.New(t)
+	ctx := context.Background()
+	l, err := logtest.New(ctx, c, "/weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp := &infoDP{Datapath: fakedp.New(testUnderlay())}
+	dp.setMAC("02:00:00:00:00:01")
+	a, err := New(Config{
+		Client:            c,
+		NodeName:          "n1",
+		Datapath:          dp,
+		LeaseTTL:          2 * time.Second,
+		ReconcileInterval: 50 * time.Millisecond,
+		StatusMinInterval: 10 * time.Millisecond,
+		Follow:            follow.Options{RequestTimeout: 300 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
+		Logger:            hclog.NewNullLogger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendEv := func(e *weftv1.Event) {
+		t.Helper()
+		if _, err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendEv(logtest.Config(cfg()))
+	appendEv(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { a.Run(rctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	var lease int64
+	waitReg := func(what string, cond func(*weftv1.Registration) bool) *weftv1.Registration {
+		t.Helper()
+		var reg *weftv1.Registration
+		eventually(t, what, func() (bool, string) {
+			r, err := c.Get(ctx, keys.New("").Registration("n1"))
+			if err != nil || len(r.Kvs) == 0 {
+				return false, "absent"
+			}
+			if lease != 0 && r.Kvs[0].Lease != lease {
+				return false, "on another lease"
+			}
+			lease = r.Kvs[0].Lease
+			reg, err = keys.DecodeRegistration(r.Kvs[0].Value)
+			return err == nil && cond(reg), string(r.Kvs[0].Value)
+		})
+		return reg
+	}
+
+	// Before this node's NodeAdded nothing is synced: capabilities, no MAC.
+	reg := waitReg("registration", func(*weftv1.Registration) bool { return true })
+	if !slices.Equal(reg.Capabilities, []string{"tcx", "vxlan", "ipv6"}) || reg.VtepMac != "" || reg.UnderlayIp != "192.168.1.1" {
+		t.Fatalf("first registration = %v", reg)
+	}
+
+	// The first Sync creates the device: the registration gets its MAC,
+	// on the same lease.
+	appendEv(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+	reg = waitReg("MAC after the first sync", func(r *weftv1.Registration) bool { return r.VtepMac != "" })
+	if reg.VtepMac != "02:00:00:00:00:01" || !slices.Equal(reg.Capabilities, []string{"tcx", "vxlan", "ipv6"}) {
+		t.Fatalf("registration after sync = %v", reg)
+	}
+
+	// A device recreated by drift repair has a new MAC; the registration
+	// follows it.
+	dp.setMAC("02:00:00:00:00:02")
+	dp.Mutate(func(d *spec.Desired) { d.Tunnels = nil })
+	waitReg("MAC after a repair", func(r *weftv1.Registration) bool { return r.VtepMac == "02:00:00:00:00:02" })
+}
