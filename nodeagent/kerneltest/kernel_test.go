@@ -7,10 +7,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -153,6 +155,18 @@ func (w *nsDatapath) Counters() (c spec.Counters, err error) {
 	return
 }
 
+func (w *nsDatapath) Capabilities() (caps []string) {
+	w.do(func() { caps = w.dp.Capabilities() })
+	return
+}
+
+func (w *nsDatapath) VTEPMAC() (mac net.HardwareAddr, err error) {
+	w.do(func() { mac, err = w.dp.VTEPMAC() })
+	return
+}
+
+var _ nodeagent.NodeInfo = (*nsDatapath)(nil)
+
 func (w *nsDatapath) reports() []spec.Report {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -294,6 +308,10 @@ func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
 	if n := len(tunnelKeys(t, pinDir)); n != 2 {
 		t.Fatalf("tunnel map holds %d entries", n)
 	}
+	// The registration carries the node's capabilities and, once the
+	// first Sync made the device, the device's MAC.
+	mac := strings.Fields(sh(t, "ip", "-n", ns, "-br", "link", "show", "weft_vxlan"))[2]
+	checkRegistration(t, c, mac)
 
 	// Drift 1: the cluster route is deleted behind the agent's back.
 	sh(t, "ip", "-n", ns, "route", "del", "10.244.0.0/16", "dev", "weft_vxlan")
@@ -347,6 +365,8 @@ func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
 	if len(reps) != 1 || reps[0].Changed() {
 		t.Fatalf("restart changed the kernel: %+v", reps)
 	}
+	// The restarted agent registers the device it found, MAC and all.
+	checkRegistration(t, c, mac)
 
 	for _, line := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(line, "repaired:") {
@@ -361,6 +381,20 @@ func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
 		}
 		st, err := keys.DecodeStatus(r.Kvs[0].Value)
 		return err == nil && st.TunnelEntries == 2 && st.Mode == "vxlan", st.String()
+	})
+}
+
+// checkRegistration waits for n1's registration in etcd to carry mac and
+// the capabilities (at least vxlan, which every supported kernel has).
+func checkRegistration(t *testing.T, c *clientv3.Client, mac string) {
+	t.Helper()
+	eventually(t, "registration with capabilities and MAC", func() (bool, string) {
+		r, err := c.Get(context.Background(), keys.New("").Registration("n1"))
+		if err != nil || len(r.Kvs) == 0 {
+			return false, fmt.Sprint("no registration ", err)
+		}
+		reg, err := keys.DecodeRegistration(r.Kvs[0].Value)
+		return err == nil && reg.VtepMac == mac && slices.Contains(reg.Capabilities, "vxlan"), string(r.Kvs[0].Value)
 	})
 }
 
