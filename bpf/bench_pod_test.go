@@ -1,14 +1,16 @@
 package bpf
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -19,8 +21,8 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 )
 
-// The pod-to-pod comparison builds three two-node clusters side by side
-// and measures them in rotation, so machine noise hits all three alike:
+// The pod-to-pod comparison builds four two-node clusters side by side
+// and measures them in rotation, so machine noise hits all four alike:
 //
 //	weft:   weft's flow-based VXLAN device driven by the eBPF tunnel map,
 //	        with the bridge fast path
@@ -30,7 +32,10 @@ import (
 //	        neighbour and FDB entry per remote node)
 //	plain:  routing pod CIDRs via the peer's underlay IP, no encapsulation
 //
-// Run it with -benchtime=1x (see bpf/bench/throughput.sh); b.N is ignored.
+// Every setup gets identical treatment: same pod MTU rule (1450 with
+// encapsulation, 1500 without), same CPU pinning, same tools, same number
+// of rounds. Run it with -benchtime=1x (see bpf/bench/throughput.sh); b.N
+// is ignored.
 
 type podSetup struct {
 	name string
@@ -123,9 +128,30 @@ func setupPlain(b *testing.B) *testCluster {
 	return c
 }
 
-// iperf runs iperf3 for secs seconds from pod 1 to pod 2 and returns Gbit/s.
-// A run that reports nothing received (seen now and then on the loaded
-// shared machine, for every setup) is logged and repeated, up to twice.
+// Pinning, the same for all four setups (this VM: Firecracker, 2 vCPUs, no
+// cpuidle driver, so a halted vCPU takes the hypervisor tens of µs to wake):
+//
+//   - iperf3 client and server both on iperfCPU. Throughput is then that
+//     one CPU's bytes per second through sender, both nodes' datapaths
+//     (veth and VXLAN receive run in softirq on the sending CPU) and
+//     receiver: the datapath's cost per byte. Client and server on
+//     different CPUs gave 6 or 11 Gbit/s by chance, for every setup.
+//   - request/response client on rrClientCPU, server on rrServerCPU, both
+//     busy-polling their socket (non-blocking reads in a loop), so no
+//     scheduler wakeup and no vCPU halt is in the round trip: only the
+//     datapath twice and two syscalls each side. Blocking reads on one
+//     CPU were bimodal per connection (28 or 45–50 µs, for every setup:
+//     which process preempts which), across CPUs 70–180 µs (vCPU wakeup).
+const (
+	iperfCPU    = 0
+	rrClientCPU = 0
+	rrServerCPU = 1
+)
+
+// iperf runs iperf3 for secs seconds (after one omitted second) from pod 1
+// to pod 2, client and server pinned with -A, and returns Gbit/s. A run that
+// reports nothing received (seen now and then on the loaded shared machine,
+// for every setup) is logged and repeated, up to twice.
 func iperf(b *testing.B, c *testCluster, secs int) float64 {
 	for try := range 3 {
 		g := iperfOnce(b, c, secs)
@@ -139,8 +165,10 @@ func iperf(b *testing.B, c *testCluster, secs int) float64 {
 
 func iperfOnce(b *testing.B, c *testCluster, secs int) float64 {
 	a, z := c.nodes[0], c.nodes[1]
+	cpu := strconv.Itoa(iperfCPU)
 	port := "5201"
-	srv := exec.Command("ip", "netns", "exec", z.pod.Name, "iperf3", "-s", "-1", "-B", z.podIP.String(), "-p", port)
+	srv := exec.Command("ip", "netns", "exec", z.pod.Name, "iperf3", "-s", "-1", "-B", z.podIP.String(), "-p", port,
+		"-A", cpu)
 	if err := srv.Start(); err != nil {
 		b.Fatal(err)
 	}
@@ -149,9 +177,9 @@ func iperfOnce(b *testing.B, c *testCluster, secs int) float64 {
 	var err error
 	for range 20 {
 		time.Sleep(100 * time.Millisecond)
-		// -O 1: the first second (slow start, scheduling) is not counted.
+		// -O 1: the first second (slow start) is not counted.
 		out, err = exec.Command("ip", "netns", "exec", a.pod.Name, "iperf3", "-c", z.podIP.String(), "-p", port,
-			"-t", fmt.Sprint(secs), "-O", "1", "-J").Output()
+			"-A", cpu, "-t", strconv.Itoa(secs), "-O", "1", "-J").Output()
 		if err == nil {
 			break
 		}
@@ -172,56 +200,156 @@ func iperfOnce(b *testing.B, c *testCluster, secs int) float64 {
 	return r.End.SumReceived.BitsPerSecond / 1e9
 }
 
-// rr measures TCP request/response times (1-byte ping-pong) from pod 1 to
-// pod 2 and returns the median in microseconds (the median, not the mean:
-// on a shared machine the mean is dominated by scheduling stalls).
+// The request/response loop runs in two child processes (this test binary
+// re-executed, see init) started with `ip netns exec <pod> taskset -c <cpu>`,
+// so client and server are pinned like iperf3 and nothing else of the test
+// process (goroutines, GC, the Go scheduler's other threads) shares their
+// CPUs' time slices. The children use plain socket syscalls (no netpoller)
+// and busy-poll, so one round trip is write → the datapath twice → read.
+const (
+	rrEnvMode  = "WEFT_BENCH_RR"       // "server" or "client"
+	rrEnvAddr  = "WEFT_BENCH_RR_ADDR"  // server address ip:port
+	rrEnvCount = "WEFT_BENCH_RR_COUNT" // client: measured round trips
+	rrPort     = 5202
+	rrWarmup   = 500
+)
+
+func init() {
+	if mode := os.Getenv(rrEnvMode); mode != "" {
+		if err := rrChild(mode); err != nil {
+			fmt.Fprintln(os.Stderr, "rr", mode+":", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+}
+
+func rrChild(mode string) error {
+	ap, err := netip.ParseAddrPort(os.Getenv(rrEnvAddr))
+	if err != nil {
+		return err
+	}
+	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	buf := []byte{1}
+	// rd busy-polls: a non-blocking read in a loop, so the process never
+	// sleeps (no wakeup, no vCPU halt in the round trip).
+	rd := func(fd int, p []byte) (int, error) {
+		for {
+			n, _, err := unix.Recvfrom(fd, p, unix.MSG_DONTWAIT)
+			if err == unix.EAGAIN {
+				continue
+			}
+			return n, err
+		}
+	}
+	// rw does one byte each way with plain syscalls, no netpoller.
+	rw := func(fd int, first func(int, []byte) (int, error), second func(int, []byte) (int, error)) error {
+		if n, err := first(fd, buf); err != nil || n != 1 {
+			return fmt.Errorf("io: %d %v", n, err)
+		}
+		if n, err := second(fd, buf); err != nil || n != 1 {
+			return fmt.Errorf("io: %d %v", n, err)
+		}
+		return nil
+	}
+	switch mode {
+	case "server":
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			return fmt.Errorf("bind: %w", err)
+		}
+		if err := unix.Listen(fd, 1); err != nil {
+			return err
+		}
+		fmt.Println("ready")
+		cfd, _, err := unix.Accept(fd)
+		if err != nil {
+			return fmt.Errorf("accept: %w", err)
+		}
+		if err := unix.SetsockoptInt(cfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+			return err
+		}
+		for {
+			n, err := rd(cfd, buf)
+			if n == 0 && err == nil {
+				return nil // client done
+			}
+			if err != nil {
+				return err
+			}
+			if _, err := unix.Write(cfd, buf); err != nil {
+				return err
+			}
+		}
+	case "client":
+		count, err := strconv.Atoi(os.Getenv(rrEnvCount))
+		if err != nil {
+			return err
+		}
+		if err := unix.Connect(fd, sa); err != nil {
+			return fmt.Errorf("connect: %w", err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+			return err
+		}
+		for range rrWarmup {
+			if err := rw(fd, unix.Write, rd); err != nil {
+				return err
+			}
+		}
+		samples := make([]float64, count)
+		for i := range samples {
+			start := time.Now()
+			if err := rw(fd, unix.Write, rd); err != nil {
+				return err
+			}
+			samples[i] = float64(time.Since(start).Nanoseconds()) / 1000
+		}
+		return json.NewEncoder(os.Stdout).Encode(samples)
+	}
+	return fmt.Errorf("unknown mode %q", mode)
+}
+
+// rr measures count TCP request/response round trips (1 byte each way) from
+// pod 1 to pod 2 and returns the median in microseconds (the median, not
+// the mean: on a shared machine the mean is dominated by scheduling stalls).
 func rr(b *testing.B, c *testCluster, count int) float64 {
 	a, z := c.nodes[0], c.nodes[1]
-	var ln net.Listener
-	z.pod.MustDo(b, func() error {
-		var err error
-		ln, err = net.Listen("tcp", net.JoinHostPort(z.podIP.String(), "0"))
-		return err
-	})
-	defer ln.Close()
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		buf := make([]byte, 1)
-		for {
-			if _, err := io.ReadFull(conn, buf); err != nil {
-				return
-			}
-			if _, err := conn.Write(buf); err != nil {
-				return
-			}
-		}
-	}()
-	var conn net.Conn
-	a.pod.MustDo(b, func() error {
-		var err error
-		conn, err = net.Dial("tcp", ln.Addr().String())
-		return err
-	})
-	defer conn.Close()
-	buf := []byte{1}
-	for range 200 { // warm up
-		_, _ = conn.Write(buf)
-		_, _ = io.ReadFull(conn, buf)
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
 	}
-	samples := make([]float64, count)
-	for i := range count {
-		start := time.Now()
-		if _, err := conn.Write(buf); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := io.ReadFull(conn, buf); err != nil {
-			b.Fatal(err)
-		}
-		samples[i] = float64(time.Since(start).Nanoseconds()) / 1000
+	env := append(os.Environ(), rrEnvAddr+"="+netip.AddrPortFrom(z.podIP, rrPort).String(), rrEnvCount+"="+strconv.Itoa(count))
+	srv := exec.Command("ip", "netns", "exec", z.pod.Name, "taskset", "-c", strconv.Itoa(rrServerCPU), exe)
+	srv.Env = append(env, rrEnvMode+"=server")
+	srv.Stderr = os.Stderr
+	out, err := srv.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+		b.Fatalf("rr server: %q %v", line, err)
+	}
+	cli := exec.Command("ip", "netns", "exec", a.pod.Name, "taskset", "-c", strconv.Itoa(rrClientCPU), exe)
+	cli.Env = append(env, rrEnvMode+"=client")
+	cli.Stderr = os.Stderr
+	res, err := cli.Output()
+	if err != nil {
+		b.Fatalf("rr client: %v", err)
+	}
+	var samples []float64
+	if err := json.Unmarshal(res, &samples); err != nil || len(samples) != count {
+		b.Fatalf("rr client output (%d samples): %v", len(samples), err)
 	}
 	return median(samples)
 }
@@ -229,13 +357,35 @@ func rr(b *testing.B, c *testCluster, count int) float64 {
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
 	return s[len(s)/2]
+}
+
+// spread formats the median and the min–max of xs.
+func spread(xs []float64, prec int) string {
+	return fmt.Sprintf("%.*f (%.*f–%.*f)", prec, median(xs), prec, slices.Min(xs), prec, slices.Max(xs))
+}
+
+// ratios returns num[i]/den[i] for every round i.
+func ratios(num, den []float64) []float64 {
+	r := make([]float64, len(num))
+	for i := range num {
+		r[i] = num[i] / den[i]
+	}
+	return r
 }
 
 func BenchmarkPodToPod(b *testing.B) {
 	netnstest.RequireRoot(b)
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Skip("iperf3 not installed")
+	if runtime.NumCPU() < 2 {
+		b.Skip("needs 2 CPUs: the busy-polling RR client and server each take one")
+	}
+	for _, tool := range []string{"iperf3", "taskset"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			b.Skip(tool + " not installed")
+		}
 	}
 	setups := []podSetup{
 		{"weft", setupWeft(b, true)},
@@ -248,14 +398,21 @@ func BenchmarkPodToPod(b *testing.B) {
 			b.Fatalf("%s: no pod-to-pod path", s.name)
 		}
 	}
-	rounds, secs, rrs := 7, 2, 2000
+	rounds, secs, rrs := 11, 1, 5000
+	if v := os.Getenv("WEFT_BENCH_ROUNDS"); v != "" { // for quick trials
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("WEFT_BENCH_ROUNDS=%q", v)
+		}
+		rounds = n
+	}
 	tput := map[string][]float64{}
 	lat := map[string][]float64{}
-	var c0 spec.Counters
 	weft := setups[0].c.nodes[0]
-	c0 = weft.counters()
+	c0 := weft.counters()
 	for round := range rounds {
-		// Rotate the order each round.
+		// Strict rotation: each round starts one setup later, so every
+		// setup runs in every position about equally often.
 		for i := range setups {
 			s := setups[(i+round)%len(setups)]
 			tput[s.name] = append(tput[s.name], iperf(b, s.c, secs))
@@ -265,13 +422,30 @@ func BenchmarkPodToPod(b *testing.B) {
 	if c1 := weft.counters(); c1.TxBytes-c0.TxBytes < 1<<20 {
 		b.Fatalf("weft counters did not carry the traffic: %+v -> %+v", c0, c1)
 	}
+	b.Logf("%d rounds; iperf3 on CPU %d, RR client CPU %d, server CPU %d; median (min–max) over rounds",
+		rounds, iperfCPU, rrClientCPU, rrServerCPU)
 	for _, s := range setups {
-		b.Logf("%-7s Gbit/s %.2f (rounds %.2f)  RR µs %.1f (rounds %.1f)", s.name, median(tput[s.name]), tput[s.name], median(lat[s.name]), lat[s.name])
+		b.Logf("%-11s Gbit/s %s  RR µs %s", s.name, spread(tput[s.name], 2), spread(lat[s.name], 1))
+		b.Logf("%-11s rounds Gbit/s %.2f", s.name, tput[s.name])
+		b.Logf("%-11s rounds RR µs  %.1f", s.name, lat[s.name])
 		b.ReportMetric(median(tput[s.name]), s.name+"_Gbit/s")
 		b.ReportMetric(median(lat[s.name]), s.name+"_rr_us")
 	}
-	b.ReportMetric(median(tput["weft"])/median(tput["kvxlan"]), "weft/kvxlan_tput")
-	b.ReportMetric(median(tput["weft"])/median(tput["plain"]), "weft/plain_tput")
-	b.ReportMetric(median(lat["weft"])/median(lat["kvxlan"]), "weft/kvxlan_rr")
-	b.ReportMetric(median(tput["weft-nofast"])/median(tput["kvxlan"]), "nofast/kvxlan_tput")
+	// Ratios are taken per round (both setups measured minutes apart at
+	// most, under the same load) and then their median is reported.
+	for _, r := range []struct {
+		name     string
+		num, den []float64
+	}{
+		{"weft/kvxlan_tput", tput["weft"], tput["kvxlan"]},
+		{"weft/plain_tput", tput["weft"], tput["plain"]},
+		{"weft/kvxlan_rr", lat["weft"], lat["kvxlan"]},
+		{"nofast/kvxlan_tput", tput["weft-nofast"], tput["kvxlan"]},
+		{"nofast/kvxlan_rr", lat["weft-nofast"], lat["kvxlan"]},
+		{"weft/nofast_rr", lat["weft"], lat["weft-nofast"]},
+	} {
+		rs := ratios(r.num, r.den)
+		b.Logf("%-18s per-round ratio %s", r.name, spread(rs, 3))
+		b.ReportMetric(median(rs), r.name)
+	}
 }
