@@ -2,7 +2,10 @@
 # Pod-to-pod TCP throughput (iperf3) and request/response latency across two
 # node namespaces, measured side by side in one run for weft's eBPF VXLAN
 # (with and without the bridge fast path), flannel-style kernel VXLAN and
-# plain routing. Needs root and iperf3. Results: docs/bench/datapath.md.
+# plain routing. iperf3 client and server are pinned to CPU 0, the
+# request/response client and server (busy-polling) to CPUs 0 and 1, the
+# same for every setup; 11 rounds in rotation, ~110 s. Needs root, iperf3,
+# taskset and 2 CPUs. Results: docs/bench/datapath.md.
 set -eu
 cd "$(dirname "$0")/../.."
 echo "# $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
