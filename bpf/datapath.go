@@ -17,6 +17,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/bpf/spec"
@@ -61,8 +63,14 @@ type Datapath struct {
 	useTCX  bool
 	mu      sync.Mutex
 	objs    weftObjects
-	applied *kstate // what the last Sync wrote; nil means read the kernel
-	batch   bool    // the tunnel map takes batch operations
+	applied *kstate         // what the last Sync wrote; nil means read the kernel
+	batch   bool            // the tunnel map takes batch operations
+	nl      *netlink.Handle // bound to the datapath's namespace
+	nsh     netns.NsHandle
+	eps     endpointState // what the endpoint map is learned for
+
+	watchStop func() // ends the endpoint watch (nil: none)
+	watchOnce sync.Once
 
 	capsMu sync.Mutex
 	caps   []string // probed once by Capabilities
@@ -92,6 +100,9 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := ensureBPFFS(cfg.PinDir); err != nil {
 		return nil, err
 	}
+	if err := d.openNetlink(); err != nil {
+		return nil, err
+	}
 	switch cfg.Attach {
 	case AttachTCX:
 		d.useTCX = true
@@ -100,6 +111,7 @@ func Open(cfg Config) (*Datapath, error) {
 		d.useTCX = tcxSupported()
 	}
 	if err := d.load(); err != nil {
+		d.closeNetlink()
 		return nil, err
 	}
 	// Take over live attachments with the freshly loaded programs.
@@ -111,6 +123,7 @@ func Open(cfg Config) (*Datapath, error) {
 		if ok, _ := d.anyAttached(dev.Index); ok {
 			if err := d.attach(dev.Index); err != nil {
 				d.objs.Close()
+				d.closeNetlink()
 				return nil, err
 			}
 			d.log.Info("took over program attachments", "device", name, "attach", d.attachName())
@@ -121,10 +134,14 @@ func Open(cfg Config) (*Datapath, error) {
 			if ok, _ := tcxAttached(cfg.PinDir, br, dirBridge, nil); ok {
 				if err := attachTCX(cfg.PinDir, br, dirBridge, d.objs.WeftFromPods); err != nil {
 					d.objs.Close()
+					d.closeNetlink()
 					return nil, err
 				}
 			}
 		}
+	}
+	if d.useTCX {
+		d.startWatch()
 	}
 	d.log.Debug("opened", "pin_dir", cfg.PinDir, "attach", d.attachName())
 	return d, nil
@@ -144,7 +161,7 @@ func (d *Datapath) load() error {
 		// A map layout changed between versions: start the map afresh (the
 		// next Sync refills it) rather than refusing to start.
 		d.log.Warn("pinned map incompatible with this version, recreating", "error", err)
-		for _, m := range []string{weftMapWeftTunnels, weftMapWeftStats} {
+		for _, m := range []string{weftMapWeftTunnels, weftMapWeftStats, weftMapWeftEndpoints} {
 			_ = os.Remove(filepath.Join(d.cfg.PinDir, m))
 		}
 		err = loadWeftObjects(&d.objs, opts)
@@ -229,6 +246,7 @@ func (d *Datapath) Counters() (spec.Counters, error) {
 		c.DropNoTunnel += s.DropNoTunnel
 		c.DropSpoofed += s.DropSpoofed
 		c.DropOther += s.DropOther
+		c.RxDirect += s.RxDirect
 	}
 	return c, nil
 }
@@ -237,8 +255,10 @@ func (d *Datapath) Counters() (spec.Counters, error) {
 // table, pinned maps and pinned links stay, so forwarding continues while
 // the agent is away.
 func (d *Datapath) Close() error {
+	d.stopWatch()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.closeNetlink()
 	return d.objs.Close()
 }
 
@@ -247,6 +267,7 @@ func (d *Datapath) Close() error {
 // the pin directory. net.ipv4.ip_forward is left on. The Datapath is
 // closed afterwards.
 func (d *Datapath) Teardown() error {
+	d.stopWatch()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.checkNetns(); err != nil {
@@ -273,6 +294,7 @@ func (d *Datapath) Teardown() error {
 		errs = append(errs, detachTCX(d.cfg.PinDir, dir))
 	}
 	errs = append(errs, d.objs.Close())
+	d.closeNetlink()
 	if err := os.RemoveAll(d.cfg.PinDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove pins %s: %w", d.cfg.PinDir, err))
 	}

@@ -28,9 +28,11 @@ func TestStructSizes(t *testing.T) {
 	}{
 		{"tunnel_key", binary.Size(weftTunnelKey{}), 20},
 		{"tunnel_value", binary.Size(weftTunnelValue{}), 24},
-		{"stats", binary.Size(weftStats{}), 56},
+		{"stats", binary.Size(weftStats{}), 64},
 		{"config", binary.Size(weftConfig{}), 8},
 		{"local_value", binary.Size(weftLocalValue{}), 56},
+		{"endpoint_key", binary.Size(weftEndpointKey{}), 16},
+		{"endpoint_value", binary.Size(weftEndpointValue{}), 16},
 	} {
 		var st *btf.Struct
 		if err := cs.Types.TypeByName(c.name, &st); err != nil {
@@ -53,6 +55,9 @@ func TestStructSizes(t *testing.T) {
 	}
 	if lm := cs.Maps[weftMapWeftLocal]; int(lm.KeySize) != binary.Size(weftTunnelKey{}) || int(lm.ValueSize) != binary.Size(weftLocalValue{}) {
 		t.Errorf("local map key/value %d/%d bytes", lm.KeySize, lm.ValueSize)
+	}
+	if em := cs.Maps[weftMapWeftEndpoints]; int(em.KeySize) != binary.Size(weftEndpointKey{}) || int(em.ValueSize) != binary.Size(weftEndpointValue{}) {
+		t.Errorf("endpoint map key/value %d/%d bytes", em.KeySize, em.ValueSize)
 	}
 	sm := cs.Maps[weftMapWeftStats]
 	if int(sm.ValueSize) != binary.Size(weftStats{}) {

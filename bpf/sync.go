@@ -328,6 +328,10 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 	if err := d.convergeLocal(want, wantBridge, have, rec); err != nil {
 		return err
 	}
+	d.eps = endpointState{bridge: wantBridge, local: slices.Clone(want.LocalPodCIDRs)}
+	if err := d.refreshEndpoints(); err != nil {
+		return err
+	}
 	if wantBridge == have.bridge {
 		return nil
 	}

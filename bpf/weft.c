@@ -9,7 +9,10 @@
 // weft_ingress runs on receive (after decapsulation): it accepts a frame only
 // when the outer source address is the endpoint that owns the inner source's
 // prefix, then marks it PACKET_HOST so the stack routes it to the local pod
-// (the inner destination MAC is the sender's device MAC, not ours).
+// (the inner destination MAC is the sender's device MAC, not ours). A packet
+// for a local pod skips the stack: with a learned endpoint it enters the
+// pod's namespace directly (bpf_redirect_peer), else the bridge
+// (bpf_redirect_neigh).
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -50,6 +53,7 @@ struct stats {
 	__u64 drop_no_tunnel;
 	__u64 drop_spoofed;
 	__u64 drop_other;
+	__u64 rx_direct; // delivered straight into a local pod (redirect_peer)
 };
 
 struct {
@@ -100,6 +104,27 @@ struct {
 	__type(value, struct local_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_local SEC(".maps");
+
+// A local pod endpoint learned by the loader from the kernel (the bridge's
+// neighbour table and FDB): the host side of the pod's veth and the MACs to
+// write, so a received packet enters the pod's namespace directly.
+struct endpoint_key {
+	__u8 addr[16]; // as in tunnel_key (IPv4-mapped for IPv4)
+};
+
+struct endpoint_value {
+	__u32 ifindex; // host-side veth, a port of the bridge
+	__u8 pod_mac[6]; // the pod's eth0
+	__u8 gw_mac[6]; // the bridge (the pod's gateway)
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_endpoints SEC(".maps");
 
 enum verdict_reason {
 	REASON_NO_TUNNEL,
@@ -227,9 +252,28 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	    addr_eq(key.addr, lv->network))
 		return TC_ACT_OK;
 	__u32 ifindex = lv->bridge_ifindex;
+	struct endpoint_key ek;
+	__builtin_memcpy(ek.addr, key.addr, 16);
+	struct endpoint_value *ep = bpf_map_lookup_elem(&weft_endpoints, &ek);
 	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;
-	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+	if (!ep || !ep->ifindex)
+		return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+
+	// A known endpoint: write the Ethernet header the bridge would have
+	// delivered and enter the pod's namespace through the peer of its
+	// host-side veth, skipping the bridge and the veth backlog.
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ep->gw_mac, ETH_ALEN);
+	struct stats *s = stats_slot();
+	if (s)
+		s->rx_direct++;
+	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
 SEC("tc")

@@ -19,6 +19,18 @@ type weftConfig struct {
 	Flags         uint32
 }
 
+type weftEndpointKey struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
+type weftEndpointValue struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	PodMac  [6]uint8
+	GwMac   [6]uint8
+}
+
 type weftLocalValue struct {
 	_             structs.HostLayout
 	BridgeIfindex uint32
@@ -37,6 +49,7 @@ type weftStats struct {
 	DropNoTunnel uint64
 	DropSpoofed  uint64
 	DropOther    uint64
+	RxDirect     uint64
 }
 
 type weftTunnelKey struct {
@@ -57,6 +70,7 @@ type weftTunnelValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	weftMapWeftConfig    = "weft_config"
+	weftMapWeftEndpoints = "weft_endpoints"
 	weftMapWeftLocal     = "weft_local"
 	weftMapWeftStats     = "weft_stats"
 	weftMapWeftTunnels   = "weft_tunnels"
@@ -116,10 +130,11 @@ type weftProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type weftMapSpecs struct {
-	WeftConfig  *ebpf.MapSpec `ebpf:"weft_config"`
-	WeftLocal   *ebpf.MapSpec `ebpf:"weft_local"`
-	WeftStats   *ebpf.MapSpec `ebpf:"weft_stats"`
-	WeftTunnels *ebpf.MapSpec `ebpf:"weft_tunnels"`
+	WeftConfig    *ebpf.MapSpec `ebpf:"weft_config"`
+	WeftEndpoints *ebpf.MapSpec `ebpf:"weft_endpoints"`
+	WeftLocal     *ebpf.MapSpec `ebpf:"weft_local"`
+	WeftStats     *ebpf.MapSpec `ebpf:"weft_stats"`
+	WeftTunnels   *ebpf.MapSpec `ebpf:"weft_tunnels"`
 }
 
 // weftVariableSpecs contains global variables before they are loaded into the kernel.
@@ -148,15 +163,17 @@ func (o *weftObjects) Close() error {
 //
 // It can be passed to loadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type weftMaps struct {
-	WeftConfig  *ebpf.Map `ebpf:"weft_config"`
-	WeftLocal   *ebpf.Map `ebpf:"weft_local"`
-	WeftStats   *ebpf.Map `ebpf:"weft_stats"`
-	WeftTunnels *ebpf.Map `ebpf:"weft_tunnels"`
+	WeftConfig    *ebpf.Map `ebpf:"weft_config"`
+	WeftEndpoints *ebpf.Map `ebpf:"weft_endpoints"`
+	WeftLocal     *ebpf.Map `ebpf:"weft_local"`
+	WeftStats     *ebpf.Map `ebpf:"weft_stats"`
+	WeftTunnels   *ebpf.Map `ebpf:"weft_tunnels"`
 }
 
 func (m *weftMaps) Close() error {
 	return _WeftClose(
 		m.WeftConfig,
+		m.WeftEndpoints,
 		m.WeftLocal,
 		m.WeftStats,
 		m.WeftTunnels,

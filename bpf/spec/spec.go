@@ -196,4 +196,7 @@ type Counters struct {
 	DropNoTunnel       uint64
 	DropSpoofed        uint64
 	DropOther          uint64
+	// RxDirect counts received packets delivered straight into a local
+	// pod's namespace (the endpoint fast path); they are in RxPackets too.
+	RxDirect uint64
 }
