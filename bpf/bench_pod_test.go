@@ -408,8 +408,8 @@ func BenchmarkPodToPod(b *testing.B) {
 	}
 	tput := map[string][]float64{}
 	lat := map[string][]float64{}
-	weft := setups[0].c.nodes[0]
-	c0 := weft.counters()
+	weft, weft2 := setups[0].c.nodes[0], setups[0].c.nodes[1]
+	c0, c20 := weft.counters(), weft2.counters()
 	for round := range rounds {
 		// Strict rotation: each round starts one setup later, so every
 		// setup runs in every position about equally often.
@@ -421,6 +421,19 @@ func BenchmarkPodToPod(b *testing.B) {
 	}
 	if c1 := weft.counters(); c1.TxBytes-c0.TxBytes < 1<<20 {
 		b.Fatalf("weft counters did not carry the traffic: %+v -> %+v", c0, c1)
+	}
+	// The receive fast path: packets for the local pod enter its namespace
+	// directly (bpf_redirect_peer) once the endpoint is learned.
+	for _, n := range []struct {
+		node   *testNode
+		before spec.Counters
+	}{{weft, c0}, {weft2, c20}} {
+		c1 := n.node.counters()
+		rx, direct := c1.RxPackets-n.before.RxPackets, c1.RxDirect-n.before.RxDirect
+		if direct == 0 || direct*10 < rx*9 {
+			b.Fatalf("weft node %d: %d of %d received packets delivered directly", n.node.idx, direct, rx)
+		}
+		b.Logf("weft node %d: %d of %d received packets delivered directly to the pod", n.node.idx, direct, rx)
 	}
 	b.Logf("%d rounds; iperf3 on CPU %d, RR client CPU %d, server CPU %d; median (min–max) over rounds",
 		rounds, iperfCPU, rrClientCPU, rrServerCPU)
