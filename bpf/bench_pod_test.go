@@ -433,7 +433,12 @@ func BenchmarkPodToPod(b *testing.B) {
 		if direct == 0 || direct*10 < rx*9 {
 			b.Fatalf("weft node %d: %d of %d received packets delivered directly", n.node.idx, direct, rx)
 		}
-		b.Logf("weft node %d: %d of %d received packets delivered directly to the pod", n.node.idx, direct, rx)
+		tx, txDirect := c1.TxPackets-n.before.TxPackets, c1.TxDirect-n.before.TxDirect
+		if txDirect*10 < tx*9 {
+			b.Fatalf("weft node %d: %d of %d sent packets skipped the bridge", n.node.idx, txDirect, tx)
+		}
+		b.Logf("weft node %d: %d of %d received packets delivered directly to the pod, %d of %d sent from the pod's veth",
+			n.node.idx, direct, rx, txDirect, tx)
 	}
 	b.Logf("%d rounds; iperf3 on CPU %d, RR client CPU %d, server CPU %d; median (min–max) over rounds",
 		rounds, iperfCPU, rrClientCPU, rrServerCPU)

@@ -68,6 +68,7 @@ type Datapath struct {
 	nl      *netlink.Handle // bound to the datapath's namespace
 	nsh     netns.NsHandle
 	eps     endpointState // what the endpoint map is learned for
+	ports   map[int]bool  // pod veths this Datapath attached weft_from_port to
 
 	watchStop func() // ends the endpoint watch (nil: none)
 	watchOnce sync.Once
@@ -247,6 +248,7 @@ func (d *Datapath) Counters() (spec.Counters, error) {
 		c.DropSpoofed += s.DropSpoofed
 		c.DropOther += s.DropOther
 		c.RxDirect += s.RxDirect
+		c.TxDirect += s.TxDirect
 	}
 	return c, nil
 }
@@ -293,6 +295,7 @@ func (d *Datapath) Teardown() error {
 	for _, dir := range []direction{dirBridge, dirEgress, dirIngress} {
 		errs = append(errs, detachTCX(d.cfg.PinDir, dir))
 	}
+	errs = append(errs, d.detachPorts(nil))
 	errs = append(errs, d.objs.Close())
 	d.closeNetlink()
 	if err := os.RemoveAll(d.cfg.PinDir); err != nil {

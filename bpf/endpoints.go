@@ -7,6 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -183,7 +187,64 @@ func (d *Datapath) refreshEndpoints() error {
 		}
 		d.log.Debug("endpoint forgotten", "ip", netip.AddrFrom16(k.Addr).Unmap())
 	}
-	return nil
+	return d.convergePorts(want)
+}
+
+// portDir is the transmit fast path on ingress of a pod's host-side veth.
+func portDir(ifindex int) direction {
+	return direction{fmt.Sprintf("%s%d", portPinPrefix, ifindex), ebpf.AttachTCXIngress, uint32(ebpf.AttachTCXIngress), netlink.HANDLE_MIN_INGRESS}
+}
+
+const portPinPrefix = "link_port_"
+
+// convergePorts attaches weft_from_port to the port of every endpoint and
+// detaches it from ports no longer learned. A failed attachment only costs
+// the transmit shortcut (the bridge path stays), so it is logged.
+func (d *Datapath) convergePorts(want map[netip.Addr]weftEndpointValue) error {
+	keep := map[int]bool{}
+	for _, v := range want {
+		keep[int(v.Ifindex)] = true
+	}
+	if d.ports == nil {
+		d.ports = map[int]bool{}
+	}
+	for p := range keep {
+		if d.ports[p] {
+			continue
+		}
+		err := d.inNetns(func() error { return attachTCX(d.cfg.PinDir, p, portDir(p), d.objs.WeftFromPort) })
+		if err != nil {
+			d.log.Warn("attach transmit fast path to pod port", "ifindex", p, "error", err)
+			continue
+		}
+		d.ports[p] = true
+	}
+	return d.detachPorts(keep)
+}
+
+// detachPorts detaches weft_from_port from every pinned port not in keep.
+func (d *Datapath) detachPorts(keep map[int]bool) error {
+	ents, err := os.ReadDir(d.cfg.PinDir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("read pin dir: %w", err)
+	}
+	var errs []error
+	for _, e := range ents {
+		n, ok := strings.CutPrefix(e.Name(), portPinPrefix)
+		if !ok {
+			continue
+		}
+		p, err := strconv.Atoi(n)
+		if err != nil || keep[p] {
+			continue
+		}
+		errs = append(errs, detachTCX(d.cfg.PinDir, portDir(p)))
+		delete(d.ports, p)
+	}
+	return errors.Join(errs...)
 }
 
 // RefreshEndpoints re-learns the local pod endpoints of the receive fast
@@ -322,4 +383,37 @@ func (d *Datapath) closeNetlink() {
 		d.nsh.Close()
 		d.nsh = netns.None()
 	}
+}
+
+// inNetns runs fn on a thread in the datapath's namespace (ifindexes given
+// to the kernel are resolved there); the watch runs on arbitrary threads.
+func (d *Datapath) inNetns(fn func() error) error {
+	if ino, err := netnsInode(); err == nil && ino == d.netns {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(d.nsh); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter datapath netns: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			// Stay locked: the thread exits with this goroutine.
+			errc <- fmt.Errorf("leave datapath netns: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
 }

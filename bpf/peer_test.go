@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -93,6 +95,15 @@ func TestPeerFastPath(t *testing.T) {
 			t.Fatalf("direct deliveries: node 1 %d, node 2 %d (want ≥ 20 each)",
 				ca.RxDirect-ca0.RxDirect, cb.RxDirect-cb0.RxDirect)
 		}
+		if ca.TxDirect-ca0.TxDirect < 20 || cb.TxDirect-cb0.TxDirect < 20 {
+			t.Fatalf("direct sends: node 1 %d, node 2 %d (want ≥ 20 each)",
+				ca.TxDirect-ca0.TxDirect, cb.TxDirect-cb0.TxDirect)
+		}
+		for _, n := range c.nodes {
+			if port, _ := n.podPort(t, "vpod", n.pod); !n.dp.ports[port] {
+				t.Fatalf("node %d: transmit fast path not attached to vpod #%d", n.idx, port)
+			}
+		}
 	})
 
 	// The rest runs without the watch, so the map changes only when the
@@ -115,6 +126,10 @@ func TestPeerFastPath(t *testing.T) {
 		if c1.RxDirect != c0.RxDirect || c1.RxPackets-c0.RxPackets < 5 {
 			t.Fatalf("without an entry: direct %d -> %d, rx %d -> %d", c0.RxDirect, c1.RxDirect, c0.RxPackets, c1.RxPackets)
 		}
+		// The pod's replies take the bridge too: its source is unknown.
+		if c1.TxDirect != c0.TxDirect || c1.TxPackets-c0.TxPackets < 5 {
+			t.Fatalf("without an entry: direct sends %d -> %d, tx %d -> %d", c0.TxDirect, c1.TxDirect, c0.TxPackets, c1.TxPackets)
+		}
 		// Sync learns it again.
 		b.sync(wants[b])
 		if _, ok := b.endpoint(b.podIP); !ok {
@@ -125,6 +140,7 @@ func TestPeerFastPath(t *testing.T) {
 	// A second pod on node 2.
 	pod2IP := netip.MustParseAddr("10.244.2.3")
 	pod2 := c.addPod(t, b, "vpod2", pod2IP)
+	var p2port int
 
 	t.Run("stale entry is replaced, never trusted", func(t *testing.T) {
 		if !reach(t, a.pod, pod2IP, reachTimeout) {
@@ -134,6 +150,10 @@ func TestPeerFastPath(t *testing.T) {
 		p2, ok := b.endpoint(pod2IP)
 		if !ok {
 			t.Fatal("second pod's endpoint not learned")
+		}
+		p2port = int(p2.Ifindex)
+		if _, err := os.Stat(filepath.Join(b.cfg.PinDir, portDir(p2port).name)); err != nil {
+			t.Fatalf("second pod's port link not pinned: %v", err)
 		}
 		right, _ := b.endpoint(b.podIP)
 		// Point the first pod's address at the second pod (what an ifindex
@@ -178,6 +198,9 @@ func TestPeerFastPath(t *testing.T) {
 		if _, ok := b.endpoint(pod2IP); ok {
 			t.Fatal("removed pod's endpoint kept")
 		}
+		if _, err := os.Stat(filepath.Join(b.cfg.PinDir, portDir(p2port).name)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("removed pod's port link still pinned: %v", err)
+		}
 		// Losing a port may change the bridge's MAC, which flushes its
 		// neighbours: the first pod is learned again from new traffic,
 		// with the bridge's current MAC.
@@ -210,6 +233,9 @@ func TestPeerFastPath(t *testing.T) {
 		}
 		if !reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("no reach with the fast path off")
+		}
+		if len(b.dp.ports) != 0 {
+			t.Fatalf("transmit fast path still on ports %v", b.dp.ports)
 		}
 	})
 }

@@ -28,7 +28,7 @@ func TestStructSizes(t *testing.T) {
 	}{
 		{"tunnel_key", binary.Size(weftTunnelKey{}), 20},
 		{"tunnel_value", binary.Size(weftTunnelValue{}), 24},
-		{"stats", binary.Size(weftStats{}), 64},
+		{"stats", binary.Size(weftStats{}), 72},
 		{"config", binary.Size(weftConfig{}), 8},
 		{"local_value", binary.Size(weftLocalValue{}), 56},
 		{"endpoint_key", binary.Size(weftEndpointKey{}), 16},

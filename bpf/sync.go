@@ -139,6 +139,7 @@ func (d *Datapath) Reconcile(ctx context.Context, want *spec.Desired) (spec.Repo
 		return spec.Report{}, err
 	}
 	d.applied = nil
+	d.ports = nil // re-attach the transmit fast path to every learned port
 	return d.converge(ctx, want, true)
 }
 

@@ -54,6 +54,7 @@ struct stats {
 	__u64 drop_spoofed;
 	__u64 drop_other;
 	__u64 rx_direct; // delivered straight into a local pod (redirect_peer)
+	__u64 tx_direct; // sent from a pod's veth straight into the tunnel
 };
 
 struct {
@@ -400,5 +401,59 @@ int weft_from_pods(struct __sk_buff *skb)
 
 	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
+// weft_from_port runs on tcx ingress of a learned endpoint's host-side veth
+// (see weft_endpoints): a frame from that pod (source IP, port and MAC all
+// as learned) to the gateway MAC whose destination has a tunnel entry skips
+// the bridge as well as the node's routing: MTU check and TTL decrement as
+// in weft_from_pods, then straight to the overlay device. Anything else
+// goes on to the bridge unchanged.
+SEC("tc")
+int weft_from_port(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&weft_config, &zero);
+	if (!cfg || !cfg->tunnel_ifindex)
+		return TC_ACT_OK;
+
+	struct tunnel_key key = {};
+	if (load_addr(skb, &key, 1) != 0)
+		return TC_ACT_OK;
+	struct endpoint_key ek;
+	__builtin_memcpy(ek.addr, key.addr, 16);
+	struct endpoint_value *ep = bpf_map_lookup_elem(&weft_endpoints, &ek);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return TC_ACT_OK;
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	__u8 want[12], got[12];
+	__builtin_memcpy(want, ep->gw_mac, 6);
+	__builtin_memcpy(want + 6, ep->pod_mac, 6);
+	__builtin_memcpy(got, eth->h_dest, 12);
+	__u32 w[3], g[3];
+	__builtin_memcpy(w, want, 12);
+	__builtin_memcpy(g, got, 12);
+	if (w[0] != g[0] || w[1] != g[1] || w[2] != g[2])
+		return TC_ACT_OK;
+
+	if (load_addr(skb, &key, 0) != 0)
+		return TC_ACT_OK;
+	if (!bpf_map_lookup_elem(&weft_tunnels, &key))
+		return TC_ACT_OK;
+
+	__u32 mtu_len = 0;
+	if (bpf_check_mtu(skb, cfg->tunnel_ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+		return TC_ACT_OK;
+	if (dec_ttl(skb) != 0)
+		return TC_ACT_OK;
+	struct stats *s = stats_slot();
+	if (s)
+		s->tx_direct++;
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }

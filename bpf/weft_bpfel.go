@@ -50,6 +50,7 @@ type weftStats struct {
 	DropSpoofed  uint64
 	DropOther    uint64
 	RxDirect     uint64
+	TxDirect     uint64
 }
 
 type weftTunnelKey struct {
@@ -76,6 +77,7 @@ const (
 	weftMapWeftTunnels   = "weft_tunnels"
 	weftProgWeftEgress   = "weft_egress"
 	weftProgWeftFromPods = "weft_from_pods"
+	weftProgWeftFromPort = "weft_from_port"
 	weftProgWeftIngress  = "weft_ingress"
 )
 
@@ -123,6 +125,7 @@ type weftSpecs struct {
 type weftProgramSpecs struct {
 	WeftEgress   *ebpf.ProgramSpec `ebpf:"weft_egress"`
 	WeftFromPods *ebpf.ProgramSpec `ebpf:"weft_from_pods"`
+	WeftFromPort *ebpf.ProgramSpec `ebpf:"weft_from_port"`
 	WeftIngress  *ebpf.ProgramSpec `ebpf:"weft_ingress"`
 }
 
@@ -192,6 +195,7 @@ type weftVariables struct {
 type weftPrograms struct {
 	WeftEgress   *ebpf.Program `ebpf:"weft_egress"`
 	WeftFromPods *ebpf.Program `ebpf:"weft_from_pods"`
+	WeftFromPort *ebpf.Program `ebpf:"weft_from_port"`
 	WeftIngress  *ebpf.Program `ebpf:"weft_ingress"`
 }
 
@@ -199,6 +203,7 @@ func (p *weftPrograms) Close() error {
 	return _WeftClose(
 		p.WeftEgress,
 		p.WeftFromPods,
+		p.WeftFromPort,
 		p.WeftIngress,
 	)
 }

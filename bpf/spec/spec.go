@@ -199,4 +199,7 @@ type Counters struct {
 	// RxDirect counts received packets delivered straight into a local
 	// pod's namespace (the endpoint fast path); they are in RxPackets too.
 	RxDirect uint64
+	// TxDirect counts packets sent from a pod's veth straight into the
+	// tunnel, skipping the bridge; they are in TxPackets too.
+	TxDirect uint64
 }
