@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/bpf/internal/nsexec"
 )
 
 // The endpoint map lets weft_ingress deliver a packet for a local pod
@@ -391,29 +392,5 @@ func (d *Datapath) inNetns(fn func() error) error {
 	if ino, err := netnsInode(); err == nil && ino == d.netns {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(d.nsh); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter datapath netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Stay locked: the thread exits with this goroutine.
-			errc <- fmt.Errorf("leave datapath netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return nsexec.Do(d.nsh, "datapath netns", fn)
 }

@@ -7,14 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/vishvananda/netns"
 )
 
 // Proc is one process testenv started: a weft binary or an etcd member,
@@ -162,35 +159,9 @@ func inNSStart(name string, cmd *exec.Cmd) error {
 	if name == "" {
 		return cmd.Start()
 	}
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", name, err)
-	}
-	defer ns.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", name, err)
-			return
-		}
-		serr := cmd.Start()
-		if err := netns.Set(orig); err != nil {
-			// The thread stays locked and exits with this goroutine; the
-			// child dies with it (Pdeathsig), which Start's caller sees.
-			errc <- errors.Join(serr, fmt.Errorf("leave netns %s: %w", name, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- serr
-	}()
-	return <-errc
+	// If the thread cannot leave the namespace it exits, and the child
+	// dies with it (Pdeathsig), which Start's caller sees.
+	return InNS(name, cmd.Start)
 }
 
 // pidfilesIn lists the PIDs recorded in dir/*.pid.

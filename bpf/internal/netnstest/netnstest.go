@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/bpf/internal/nsexec"
 )
 
 // NS is a named network namespace (/run/netns/Name) owned by a test.
@@ -100,31 +102,7 @@ func (n *NS) Handle() netns.NsHandle { return n.handle }
 // Do runs fn on a fresh OS thread switched into the namespace. The thread
 // returns to the original namespace afterwards, or dies if it cannot.
 func (n *NS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.handle); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", n.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked so it exits with this goroutine.
-			errc <- fmt.Errorf("leave netns %s: %w", n.Name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return nsexec.Do(n.handle, "netns "+n.Name, fn)
 }
 
 // MustDo is Do that fails t on error.
