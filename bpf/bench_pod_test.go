@@ -17,8 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/bpf/internal/netnstest"
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 // The pod-to-pod comparison builds four two-node clusters side by side
@@ -74,7 +74,7 @@ func setupKernelVXLAN(b *testing.B) *testCluster {
 				return err
 			}
 			macs[n.idx] = l.Attrs().HardwareAddr
-			if err := addr(l, fmt.Sprintf("10.244.%d.0/32", n.idx)); err != nil {
+			if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: netnstest.IPNet(netip.PrefixFrom(n.podCIDR.Addr(), 32)), Flags: unix.IFA_F_NODAD}); err != nil {
 				return err
 			}
 			if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
@@ -91,7 +91,7 @@ func setupKernelVXLAN(b *testing.B) *testCluster {
 				return err
 			}
 			gw := net.IPv4(10, 244, byte(p.idx), 0)
-			if err := netlink.RouteAdd(&netlink.Route{Dst: ipNet(p.podCIDR), Gw: gw, LinkIndex: l.Attrs().Index, Flags: int(netlink.FLAG_ONLINK)}); err != nil {
+			if err := netlink.RouteAdd(&netlink.Route{Dst: netnstest.IPNet(p.podCIDR), Gw: gw, LinkIndex: l.Attrs().Index, Flags: int(netlink.FLAG_ONLINK)}); err != nil {
 				return fmt.Errorf("route: %w", err)
 			}
 			if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: macs[p.idx]}); err != nil {
@@ -114,7 +114,7 @@ func setupPlain(b *testing.B) *testCluster {
 			if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 				return err
 			}
-			return netlink.RouteAdd(&netlink.Route{Dst: ipNet(p.podCIDR), Gw: p.under.AsSlice()})
+			return netlink.RouteAdd(&netlink.Route{Dst: netnstest.IPNet(p.podCIDR), Gw: p.under.AsSlice()})
 		})
 		// No encapsulation: pods get the full underlay MTU.
 		n.pod.MustDo(b, func() error {
@@ -394,7 +394,7 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"plain", setupPlain(b)},
 	}
 	for _, s := range setups {
-		if !reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {
+		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {
 			b.Fatalf("%s: no pod-to-pod path", s.name)
 		}
 	}

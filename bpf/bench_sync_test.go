@@ -3,36 +3,11 @@ package bpf
 import (
 	"fmt"
 	"net/netip"
-	"runtime"
 	"testing"
 
-	"github.com/vishvananda/netns"
-
-	"github.com/weftnet/weft/bpf/internal/netnstest"
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
-
-// enterNS moves the benchmark goroutine's thread into a fresh namespace for
-// the rest of b, so Sync runs without a per-call namespace switch.
-func enterNS(b *testing.B) *netnstest.NS {
-	netnstest.RequireRoot(b)
-	ns := netnstest.New(b, netnstest.Prefix()+"-bench")
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := netns.Set(ns.Handle()); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		orig.Close()
-	})
-	return ns
-}
 
 func benchWant(n int) *spec.Desired {
 	w := &spec.Desired{
@@ -53,9 +28,10 @@ func benchWant(n int) *spec.Desired {
 }
 
 func openBench(b *testing.B) *Datapath {
-	enterNS(b)
-	pin := fmt.Sprintf("/sys/fs/bpf/%s-bench", netnstest.Prefix())
-	d, err := Open(Config{PinDir: pin})
+	netnstest.RequireRoot(b)
+	prefix := netnstest.Prefix()
+	ns := netnstest.New(b, prefix+"-bench")
+	d, err := Open(Config{NetNS: ns.Path(), PinDir: fmt.Sprintf("/sys/fs/bpf/%s-bench", prefix)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,26 +1,29 @@
-// Package bpf is weft's datapath: the eBPF programs and maps, the
-// flow-based overlay device, weft's routes and its nftables table. It is
-// the only weft package that imports cilium/ebpf, netlink and nftables.
+// Package bpf is weft's datapath: it turns a spec.Desired into kernel
+// objects on one node (the eBPF programs and maps, the flow-based overlay
+// device, weft's routes and its nftables table) and reads back what the
+// kernel holds. With its internal packages it is the only part of weft
+// that talks to the kernel's networking; see docs/datapath.md.
 //
-// A Datapath works in the network namespace of the thread that opened it
-// (a node agent's process namespace); every method checks that it is
-// called from that namespace.
+// A Datapath is bound to one network namespace, chosen when it is opened:
+// its methods act there whichever goroutine or OS thread calls them.
 package bpf
 
 import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/hashicorp/go-hclog"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/bpf/internal/device"
+	"github.com/weftnet/weft/bpf/internal/netns"
+	"github.com/weftnet/weft/bpf/internal/nft"
+	"github.com/weftnet/weft/bpf/internal/object"
+	"github.com/weftnet/weft/bpf/internal/route"
+	"github.com/weftnet/weft/bpf/internal/tc"
 	"github.com/weftnet/weft/bpf/spec"
 )
 
@@ -29,10 +32,63 @@ const DefaultPinDir = "/sys/fs/bpf/weft"
 
 const bpffsRoot = "/sys/fs/bpf"
 
+// DefaultBridge is the agreed name of a node's pod bridge.
+const DefaultBridge = "weft0"
+
+// Route protocol numbers that mark weft's routes, so Sync, mode switches and
+// Teardown touch only those. Neither number is assigned in iproute2's
+// rt_protos; 186 (RTPROT_BGP) is avoided on purpose because other BGP
+// daemons on the node (FRR, bird) use it.
+const (
+	// RouteProtocol marks cluster-CIDR routes to the overlay device and
+	// direct routes to adjacent nodes.
+	RouteProtocol = route.Protocol
+	// RouteProtocolBGP marks routes learned by weft's BGP speaker.
+	RouteProtocolBGP = route.ProtocolBGP
+)
+
+// NFTable is the nftables table (family inet) weft owns for masquerade.
+const NFTable = nft.Table
+
+// ErrNoGeneve is returned (wrapped) when the kernel cannot create a Geneve
+// device.
+var ErrNoGeneve = device.ErrNoGeneve
+
+// errClosed is returned by calls after Close or Teardown.
+var errClosed = errors.New("datapath: closed")
+
+// AttachMode selects how programs are attached to the overlay device.
+type AttachMode int
+
+const (
+	// AttachAuto uses tcx where the kernel has it (6.6+), else tc.
+	AttachAuto AttachMode = iota
+	// AttachTCX forces tcx links (pinned under PinDir).
+	AttachTCX
+	// AttachTC forces a clsact qdisc with direct-action cls_bpf filters.
+	AttachTC
+)
+
+func (m AttachMode) String() string {
+	switch m {
+	case AttachTCX:
+		return "tcx"
+	case AttachTC:
+		return "tc"
+	}
+	return "auto"
+}
+
 // Config configures a Datapath.
 type Config struct {
+	// NetNS is the network namespace to work in, as a path
+	// (/run/netns/NAME, /proc/PID/ns/net); "" means the namespace of the
+	// thread that calls Open (the agent's own).
+	NetNS string
 	// PinDir is the bpffs directory for this node's pins (default
-	// DefaultPinDir). bpffs is mounted at /sys/fs/bpf if missing.
+	// DefaultPinDir). bpffs is mounted at /sys/fs/bpf if missing. bpffs
+	// is not per network namespace: nodes sharing a machine need their
+	// own directories.
 	PinDir string
 	// Underlay is the underlay interface name or IP; "" means the
 	// interface of the default route.
@@ -51,22 +107,17 @@ type Config struct {
 	NoBridgeFastPath bool
 }
 
-// DefaultBridge is the agreed name of a node's pod bridge.
-const DefaultBridge = "weft0"
-
 // Datapath is one node's live datapath. Methods are safe for concurrent
-// use.
+// use from any goroutine.
 type Datapath struct {
 	cfg     Config
 	log     hclog.Logger
-	netns   uint64
 	useTCX  bool
 	mu      sync.Mutex
-	objs    weftObjects
-	applied *kstate         // what the last Sync wrote; nil means read the kernel
-	batch   bool            // the tunnel map takes batch operations
-	nl      *netlink.Handle // bound to the datapath's namespace
-	nsh     netns.NsHandle
+	ns      *netns.NS // nil once closed
+	objs    *object.WeftObjects
+	applied *kstate       // what the last Sync wrote; nil means read the kernel
+	batch   bool          // the tunnel map takes batch operations
 	eps     endpointState // what the endpoint map is learned for
 	ports   map[int]bool  // pod veths this Datapath attached weft_from_port to
 
@@ -77,11 +128,12 @@ type Datapath struct {
 	caps   []string // probed once by Capabilities
 }
 
-// Open loads the programs and creates or reopens the pinned maps under
-// cfg.PinDir, keeping their entries. If the overlay device exists and
-// programs are attached to it, the attachments are switched atomically to
-// the programs just loaded, so an upgraded binary takes over without a
-// gap.
+// Open binds a Datapath to cfg.NetNS, loads the programs and creates or
+// reopens the pinned maps under cfg.PinDir, keeping their entries (a map
+// whose layout changed between versions starts empty, see object.Load).
+// If the overlay device exists and programs are attached to it, the
+// attachments are switched atomically to the programs just loaded, so an
+// upgraded binary takes over without a gap.
 func Open(cfg Config) (*Datapath, error) {
 	if cfg.PinDir == "" {
 		cfg.PinDir = DefaultPinDir
@@ -93,15 +145,11 @@ func Open(cfg Config) (*Datapath, error) {
 		cfg.Bridge = DefaultBridge
 	}
 	d := &Datapath{cfg: cfg, log: cfg.Logger.Named("datapath"), batch: true}
-	ino, err := netnsInode()
-	if err != nil {
-		return nil, err
-	}
-	d.netns = ino
 	if err := ensureBPFFS(cfg.PinDir); err != nil {
 		return nil, err
 	}
-	if err := d.openNetlink(); err != nil {
+	ns, err := netns.Open(cfg.NetNS)
+	if err != nil {
 		return nil, err
 	}
 	switch cfg.Attach {
@@ -109,43 +157,57 @@ func Open(cfg Config) (*Datapath, error) {
 		d.useTCX = true
 	case AttachTC:
 	default:
-		d.useTCX = tcxSupported()
+		d.useTCX = tc.TCXSupported()
 	}
-	if err := d.load(); err != nil {
-		d.closeNetlink()
+	objs, replaced, err := object.Load(cfg.PinDir)
+	if err != nil {
+		ns.Close()
 		return nil, err
 	}
-	// Take over live attachments with the freshly loaded programs.
+	for _, m := range replaced {
+		// A map layout changed between versions: the map starts afresh
+		// (the next Sync refills it) rather than refusing to start.
+		d.log.Warn("pinned map incompatible with this version, recreated", "map", m)
+	}
+	d.ns, d.objs = ns, objs
+	if err := d.takeOver(); err != nil {
+		d.objs.Close()
+		d.ns.Close()
+		return nil, err
+	}
+	if d.useTCX {
+		d.startWatch()
+	}
+	d.log.Debug("opened", "netns", ns.Path(), "pin_dir", cfg.PinDir, "attach", d.attachName())
+	return d, nil
+}
+
+// takeOver switches live attachments to the programs just loaded.
+func (d *Datapath) takeOver() error {
+	nl := d.ns.NL
 	for _, name := range []string{spec.VXLANDevice, spec.GeneveDevice} {
-		dev, err := readDevice(name)
+		dev, err := device.Read(nl, name)
 		if err != nil || dev == nil {
 			continue
 		}
 		if ok, _ := d.anyAttached(dev.Index); ok {
 			if err := d.attach(dev.Index); err != nil {
-				d.objs.Close()
-				d.closeNetlink()
-				return nil, err
+				return err
 			}
 			d.log.Info("took over program attachments", "device", name, "attach", d.attachName())
 		}
 	}
-	if d.useTCX {
-		if br, err := readLinkIndex(cfg.Bridge); err == nil && br != 0 {
-			if ok, _ := tcxAttached(cfg.PinDir, br, dirBridge, nil); ok {
-				if err := attachTCX(cfg.PinDir, br, dirBridge, d.objs.WeftFromPods); err != nil {
-					d.objs.Close()
-					d.closeNetlink()
-					return nil, err
-				}
-			}
-		}
+	if !d.useTCX {
+		return nil
 	}
-	if d.useTCX {
-		d.startWatch()
+	br, err := device.Index(nl, d.cfg.Bridge)
+	if err != nil || br == 0 {
+		return nil
 	}
-	d.log.Debug("opened", "pin_dir", cfg.PinDir, "attach", d.attachName())
-	return d, nil
+	if ok, _ := tc.TCXAttached(d.cfg.PinDir, br, tc.Bridge, nil); ok {
+		return tc.AttachTCX(d.ns, d.cfg.PinDir, br, tc.Bridge, d.objs.WeftFromPods)
+	}
+	return nil
 }
 
 func (d *Datapath) attachName() string {
@@ -153,48 +215,6 @@ func (d *Datapath) attachName() string {
 		return "tcx"
 	}
 	return "tc"
-}
-
-func (d *Datapath) load() error {
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.cfg.PinDir}}
-	err := loadWeftObjects(&d.objs, opts)
-	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		// A map layout changed between versions: start the map afresh (the
-		// next Sync refills it) rather than refusing to start.
-		d.log.Warn("pinned map incompatible with this version, recreating", "error", err)
-		for _, m := range []string{weftMapWeftTunnels, weftMapWeftStats, weftMapWeftEndpoints} {
-			_ = os.Remove(filepath.Join(d.cfg.PinDir, m))
-		}
-		err = loadWeftObjects(&d.objs, opts)
-	}
-	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return fmt.Errorf("load programs: %+v", ve)
-		}
-		return fmt.Errorf("load programs: %w", err)
-	}
-	return nil
-}
-
-// checkNetns refuses calls from a thread in another network namespace.
-func (d *Datapath) checkNetns() error {
-	ino, err := netnsInode()
-	if err != nil {
-		return err
-	}
-	if ino != d.netns {
-		return errors.New("datapath: called from another network namespace than Open")
-	}
-	return nil
-}
-
-func netnsInode() (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
-		return 0, fmt.Errorf("stat netns: %w", err)
-	}
-	return st.Ino, nil
 }
 
 // ensureBPFFS mounts bpffs at /sys/fs/bpf if needed and creates dir,
@@ -224,33 +244,12 @@ func ensureBPFFS(dir string) error {
 // Underlay reports the node's underlay interface, address, MTU and
 // directly connected networks.
 func (d *Datapath) Underlay() (spec.Underlay, error) {
-	if err := d.checkNetns(); err != nil {
-		return spec.Underlay{}, err
-	}
-	return readUnderlay(d.cfg.Underlay)
-}
-
-// Counters sums the per-CPU statistics.
-func (d *Datapath) Counters() (spec.Counters, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var per []weftStats
-	if err := d.objs.WeftStats.Lookup(uint32(0), &per); err != nil {
-		return spec.Counters{}, fmt.Errorf("read statistics: %w", err)
+	if d.ns == nil {
+		return spec.Underlay{}, errClosed
 	}
-	var c spec.Counters
-	for _, s := range per {
-		c.TxPackets += s.TxPackets
-		c.TxBytes += s.TxBytes
-		c.RxPackets += s.RxPackets
-		c.RxBytes += s.RxBytes
-		c.DropNoTunnel += s.DropNoTunnel
-		c.DropSpoofed += s.DropSpoofed
-		c.DropOther += s.DropOther
-		c.RxDirect += s.RxDirect
-		c.TxDirect += s.TxDirect
-	}
-	return c, nil
+	return device.Underlay(d.ns.NL, d.cfg.Underlay)
 }
 
 // Close releases file descriptors only: the device, routes, nftables
@@ -260,8 +259,12 @@ func (d *Datapath) Close() error {
 	d.stopWatch()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.closeNetlink()
-	return d.objs.Close()
+	if d.ns == nil {
+		return nil
+	}
+	err := errors.Join(d.objs.Close(), d.ns.Close())
+	d.ns = nil
+	return err
 }
 
 // Teardown removes everything weft made on this node: the overlay devices
@@ -272,32 +275,33 @@ func (d *Datapath) Teardown() error {
 	d.stopWatch()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.checkNetns(); err != nil {
-		return err
+	if d.ns == nil {
+		return errClosed
 	}
+	nl := d.ns.NL
 	var errs []error
 	for _, name := range []string{spec.VXLANDevice, spec.GeneveDevice} {
-		errs = append(errs, deleteDevice(name))
+		errs = append(errs, device.Delete(nl, name))
 	}
-	if routes, err := listRoutes(); err != nil {
+	if routes, err := route.List(nl); err != nil {
 		errs = append(errs, err)
 	} else {
 		for _, r := range routes {
-			errs = append(errs, deleteRoute(r))
+			errs = append(errs, route.Delete(nl, r))
 		}
 	}
-	if _, exists, err := readMasq(); err != nil {
+	if _, exists, err := d.readMasq(); err != nil {
 		errs = append(errs, err)
 	} else {
-		errs = append(errs, writeMasq(nil, exists))
+		errs = append(errs, d.writeMasq(nil, exists))
 	}
 	// The bridge is not ours: detach its program explicitly.
-	for _, dir := range []direction{dirBridge, dirEgress, dirIngress} {
-		errs = append(errs, detachTCX(d.cfg.PinDir, dir))
+	for _, h := range []tc.Hook{tc.Bridge, tc.Egress, tc.Ingress} {
+		errs = append(errs, tc.DetachTCX(d.cfg.PinDir, h))
 	}
 	errs = append(errs, d.detachPorts(nil))
-	errs = append(errs, d.objs.Close())
-	d.closeNetlink()
+	errs = append(errs, d.objs.Close(), d.ns.Close())
+	d.ns = nil
 	if err := os.RemoveAll(d.cfg.PinDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove pins %s: %w", d.cfg.PinDir, err))
 	}
@@ -306,14 +310,14 @@ func (d *Datapath) Teardown() error {
 	return errors.Join(errs...)
 }
 
+// attach attaches both overlay programs to ifindex.
 func (d *Datapath) attach(ifindex int) error {
-	progs := map[direction]*ebpf.Program{dirEgress: d.objs.WeftEgress, dirIngress: d.objs.WeftIngress}
-	for _, dir := range []direction{dirEgress, dirIngress} {
+	for _, h := range []tc.Hook{tc.Egress, tc.Ingress} {
 		var err error
 		if d.useTCX {
-			err = attachTCX(d.cfg.PinDir, ifindex, dir, progs[dir])
+			err = tc.AttachTCX(d.ns, d.cfg.PinDir, ifindex, h, d.overlayProg(h))
 		} else {
-			err = attachTC(ifindex, dir, progs[dir])
+			err = tc.AttachTC(d.ns.NL, ifindex, h, d.overlayProg(h))
 		}
 		if err != nil {
 			return err
@@ -322,16 +326,16 @@ func (d *Datapath) attach(ifindex int) error {
 	return nil
 }
 
-// attached reports whether both of this Datapath's programs run on ifindex.
+// attached reports whether both of this Datapath's overlay programs run on
+// ifindex.
 func (d *Datapath) attached(ifindex int) (bool, error) {
-	progs := map[direction]*ebpf.Program{dirEgress: d.objs.WeftEgress, dirIngress: d.objs.WeftIngress}
-	for _, dir := range []direction{dirEgress, dirIngress} {
+	for _, h := range []tc.Hook{tc.Egress, tc.Ingress} {
 		var ok bool
 		var err error
 		if d.useTCX {
-			ok, err = tcxAttached(d.cfg.PinDir, ifindex, dir, progs[dir])
+			ok, err = tc.TCXAttached(d.cfg.PinDir, ifindex, h, d.overlayProg(h))
 		} else {
-			ok, err = tcAttached(ifindex, dir, progs[dir])
+			ok, err = tc.TCAttached(d.ns.NL, ifindex, h, d.overlayProg(h))
 		}
 		if err != nil || !ok {
 			return false, err
@@ -340,24 +344,36 @@ func (d *Datapath) attached(ifindex int) (bool, error) {
 	return true, nil
 }
 
+func (d *Datapath) overlayProg(h tc.Hook) *ebpf.Program {
+	if h == tc.Egress {
+		return d.objs.WeftEgress
+	}
+	return d.objs.WeftIngress
+}
+
 // anyAttached reports whether some weft program (any version) is attached
 // to ifindex by this node's pins or filters.
 func (d *Datapath) anyAttached(ifindex int) (bool, error) {
 	if d.useTCX {
-		return tcxAttached(d.cfg.PinDir, ifindex, dirEgress, nil)
+		return tc.TCXAttached(d.cfg.PinDir, ifindex, tc.Egress, nil)
 	}
-	l, err := netlinkLinkByIndex(ifindex)
+	return tc.AnyTCAttached(d.ns.NL, ifindex, tc.Egress)
+}
+
+// readMasq and writeMasq run nft's operations on a connection to the
+// datapath's namespace.
+func (d *Datapath) readMasq() ([]string, bool, error) {
+	c, err := d.ns.NFT()
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
-	fs, err := netlinkFilterList(l, dirEgress.parent)
+	return nft.Read(c)
+}
+
+func (d *Datapath) writeMasq(rules []nft.Rule, exists bool) error {
+	c, err := d.ns.NFT()
 	if err != nil {
-		return false, nil
+		return err
 	}
-	for _, f := range fs {
-		if strings.HasPrefix(filterName(f), "weft_") {
-			return true, nil
-		}
-	}
-	return false, nil
+	return nft.Write(c, rules, exists)
 }

@@ -14,10 +14,10 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/bpf/internal/nsexec"
+	"github.com/weftnet/weft/bpf/internal/object"
+	"github.com/weftnet/weft/bpf/internal/tc"
 )
 
 // The endpoint map lets weft_ingress deliver a packet for a local pod
@@ -39,8 +39,8 @@ const usableNeigh = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELA
 	netlink.NUD_PROBE | netlink.NUD_PERMANENT
 
 // wantEndpoints reads the kernel and returns the endpoint map's content.
-func wantEndpoints(h *netlink.Handle, st endpointState) (map[netip.Addr]weftEndpointValue, error) {
-	out := map[netip.Addr]weftEndpointValue{}
+func wantEndpoints(h *netlink.Handle, st endpointState) (map[netip.Addr]object.WeftEndpointValue, error) {
+	out := map[netip.Addr]object.WeftEndpointValue{}
 	if st.bridge == 0 || len(st.local) == 0 {
 		return out, nil
 	}
@@ -111,7 +111,7 @@ func wantEndpoints(h *netlink.Handle, st endpointState) (map[netip.Addr]weftEndp
 		if port <= 0 {
 			continue
 		}
-		v := weftEndpointValue{Ifindex: uint32(port)}
+		v := object.WeftEndpointValue{Ifindex: uint32(port)}
 		copy(v.PodMac[:], n.HardwareAddr)
 		copy(v.GwMac[:], gw)
 		out[ip] = v
@@ -143,23 +143,19 @@ func podAddr(local []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-func endpointKey(ip netip.Addr) weftEndpointKey {
-	return weftEndpointKey{Addr: netip.AddrFrom16(ip.As16()).As16()}
-}
-
 // refreshEndpoints makes the endpoint map match the kernel. Callers hold
 // d.mu. Entries are learned state: changes are logged, not reported.
 func (d *Datapath) refreshEndpoints() error {
-	if d.nl == nil {
+	if d.ns == nil {
 		return nil // closed
 	}
-	want, err := wantEndpoints(d.nl, d.eps)
+	want, err := wantEndpoints(d.ns.NL, d.eps)
 	if err != nil {
 		return err
 	}
-	var k weftEndpointKey
-	var v weftEndpointValue
-	have := map[weftEndpointKey]weftEndpointValue{}
+	var k object.WeftEndpointKey
+	var v object.WeftEndpointValue
+	have := map[object.WeftEndpointKey]object.WeftEndpointValue{}
 	it := d.objs.WeftEndpoints.Iterate()
 	for it.Next(&k, &v) {
 		have[k] = v
@@ -167,9 +163,9 @@ func (d *Datapath) refreshEndpoints() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read endpoint map: %w", err)
 	}
-	wantKeys := map[weftEndpointKey]bool{}
+	wantKeys := map[object.WeftEndpointKey]bool{}
 	for ip, v := range want {
-		k := endpointKey(ip)
+		k := object.EndpointKey(ip)
 		wantKeys[k] = true
 		if old, ok := have[k]; ok && old == v {
 			continue
@@ -186,22 +182,15 @@ func (d *Datapath) refreshEndpoints() error {
 		if err := d.objs.WeftEndpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete endpoint: %w", err)
 		}
-		d.log.Debug("endpoint forgotten", "ip", netip.AddrFrom16(k.Addr).Unmap())
+		d.log.Debug("endpoint forgotten", "ip", object.EndpointAddr(k))
 	}
 	return d.convergePorts(want)
 }
 
-// portDir is the transmit fast path on ingress of a pod's host-side veth.
-func portDir(ifindex int) direction {
-	return direction{fmt.Sprintf("%s%d", portPinPrefix, ifindex), ebpf.AttachTCXIngress, uint32(ebpf.AttachTCXIngress), netlink.HANDLE_MIN_INGRESS}
-}
-
-const portPinPrefix = "link_port_"
-
 // convergePorts attaches weft_from_port to the port of every endpoint and
 // detaches it from ports no longer learned. A failed attachment only costs
 // the transmit shortcut (the bridge path stays), so it is logged.
-func (d *Datapath) convergePorts(want map[netip.Addr]weftEndpointValue) error {
+func (d *Datapath) convergePorts(want map[netip.Addr]object.WeftEndpointValue) error {
 	keep := map[int]bool{}
 	for _, v := range want {
 		keep[int(v.Ifindex)] = true
@@ -213,8 +202,7 @@ func (d *Datapath) convergePorts(want map[netip.Addr]weftEndpointValue) error {
 		if d.ports[p] {
 			continue
 		}
-		err := d.inNetns(func() error { return attachTCX(d.cfg.PinDir, p, portDir(p), d.objs.WeftFromPort) })
-		if err != nil {
+		if err := tc.AttachTCX(d.ns, d.cfg.PinDir, p, tc.Port(p), d.objs.WeftFromPort); err != nil {
 			d.log.Warn("attach transmit fast path to pod port", "ifindex", p, "error", err)
 			continue
 		}
@@ -234,7 +222,7 @@ func (d *Datapath) detachPorts(keep map[int]bool) error {
 	}
 	var errs []error
 	for _, e := range ents {
-		n, ok := strings.CutPrefix(e.Name(), portPinPrefix)
+		n, ok := strings.CutPrefix(e.Name(), tc.PortPinPrefix)
 		if !ok {
 			continue
 		}
@@ -242,7 +230,7 @@ func (d *Datapath) detachPorts(keep map[int]bool) error {
 		if err != nil || keep[p] {
 			continue
 		}
-		errs = append(errs, detachTCX(d.cfg.PinDir, portDir(p)))
+		errs = append(errs, tc.DetachTCX(d.cfg.PinDir, tc.Port(p)))
 		delete(d.ports, p)
 	}
 	return errors.Join(errs...)
@@ -285,7 +273,7 @@ func (d *Datapath) watchEndpoints(ctx context.Context) error {
 		default:
 		}
 	}
-	ns := d.nsh
+	ns := d.ns.Handle()
 	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{Namespace: &ns, ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to neighbour updates: %w", err)
 	}
@@ -358,39 +346,4 @@ func (d *Datapath) stopWatch() {
 			d.watchStop()
 		}
 	})
-}
-
-// openNetlink binds a netlink handle to the calling thread's namespace.
-func (d *Datapath) openNetlink() error {
-	ns, err := netns.Get()
-	if err != nil {
-		return fmt.Errorf("open netns: %w", err)
-	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		ns.Close()
-		return fmt.Errorf("open netlink handle: %w", err)
-	}
-	d.nsh, d.nl = ns, h
-	return nil
-}
-
-func (d *Datapath) closeNetlink() {
-	if d.nl != nil {
-		d.nl.Close()
-		d.nl = nil
-	}
-	if d.nsh.IsOpen() {
-		d.nsh.Close()
-		d.nsh = netns.None()
-	}
-}
-
-// inNetns runs fn on a thread in the datapath's namespace (ifindexes given
-// to the kernel are resolved there); the watch runs on arbitrary threads.
-func (d *Datapath) inNetns(fn func() error) error {
-	if ino, err := netnsInode(); err == nil && ino == d.netns {
-		return fn()
-	}
-	return nsexec.Do(d.nsh, "datapath netns", fn)
 }

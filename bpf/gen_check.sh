@@ -2,7 +2,7 @@
 # Regenerates the bpf2go output and fails if it differs from what is
 # committed (the .o and .go must be reproducible with Debian's clang).
 set -eu
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/internal/object"
 go generate ./
 git diff --exit-code -- weft_bpfel.go weft_bpfel.o
 if git ls-files --others --exclude-standard -- . | grep -q 'weft_bpf'; then

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,13 +18,10 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/net/icmp"
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/bpf/internal/netnstest"
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 // testNode is one node namespace with a pod namespace behind it, wired the
@@ -62,14 +57,7 @@ func must(t testing.TB, err error) {
 	}
 }
 
-func addr(l netlink.Link, p string) error {
-	a, err := netlink.ParseAddr(p)
-	if err != nil {
-		return err
-	}
-	a.Flags = unix.IFA_F_NODAD
-	return netlink.AddrAdd(l, a)
-}
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 // newTestCluster builds two nodes joined by a veth underlay (192.168.50.0/24
 // and fd00:50::/64) and one pod behind each. Nothing is opened yet.
@@ -83,126 +71,44 @@ func newTestCluster(t testing.TB, attach AttachMode) *testCluster {
 		n.pod = netnstest.New(t, fmt.Sprintf("%s-p%d", prefix, i+1))
 		n.under = netip.MustParseAddr(fmt.Sprintf("192.168.50.%d", i+1))
 		n.under6 = netip.MustParseAddr(fmt.Sprintf("fd00:50::%d", i+1))
-		n.podCIDR = netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i+1))
-		n.podCIDR6 = netip.MustParsePrefix(fmt.Sprintf("fd00:244:%d::/64", i+1))
+		n.podCIDR = pfx(fmt.Sprintf("10.244.%d.0/24", i+1))
+		n.podCIDR6 = pfx(fmt.Sprintf("fd00:244:%d::/64", i+1))
 		n.podIP = netip.MustParseAddr(fmt.Sprintf("10.244.%d.2", i+1))
 		n.podIP6 = netip.MustParseAddr(fmt.Sprintf("fd00:244:%d::2", i+1))
-		n.cfg = Config{PinDir: fmt.Sprintf("/sys/fs/bpf/%s-n%d", prefix, i+1), Underlay: "ul0", Attach: attach}
+		n.cfg = Config{NetNS: n.ns.Path(), PinDir: fmt.Sprintf("/sys/fs/bpf/%s-n%d", prefix, i+1), Underlay: "ul0", Attach: attach}
 		pinDir := n.cfg.PinDir
 		t.Cleanup(func() { os.RemoveAll(pinDir) })
 		c.nodes[i] = n
 	}
-	a, b := c.nodes[0], c.nodes[1]
-	a.ns.MustDo(t, func() error {
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul0"}, PeerName: "ulpeer"}
-		if err := netlink.LinkAdd(v); err != nil {
-			return err
-		}
-		p, err := netlink.LinkByName("ulpeer")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetNsFd(p, int(b.ns.Handle()))
-	})
-	b.ns.MustDo(t, func() error {
-		p, err := netlink.LinkByName("ulpeer")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetName(p, "ul0")
-	})
+	must(t, c.nodes[0].ns.Veth("ul0", c.nodes[1].ns, "ul0"))
 	for _, n := range c.nodes {
-		n.ns.MustDo(t, func() error {
-			ul, err := netlink.LinkByName("ul0")
-			if err != nil {
-				return err
-			}
-			if err := addr(ul, n.under.String()+"/24"); err != nil {
-				return err
-			}
-			if err := addr(ul, n.under6.String()+"/64"); err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(ul); err != nil {
-				return err
-			}
-			br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "weft0"}}
-			if err := netlink.LinkAdd(br); err != nil {
-				return err
-			}
-			if err := addr(br, fmt.Sprintf("10.244.%d.1/24", n.idx)); err != nil {
-				return err
-			}
-			if err := addr(br, fmt.Sprintf("fd00:244:%d::1/64", n.idx)); err != nil {
-				return err
-			}
-			v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "vpod", MasterIndex: br.Index}, PeerName: "eth0"}
-			if err := netlink.LinkAdd(v); err != nil {
-				return err
-			}
-			pe, err := netlink.LinkByName("eth0")
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetNsFd(pe, int(n.pod.Handle())); err != nil {
-				return err
-			}
-			for _, l := range []netlink.Link{br, v} {
-				if err := netlink.LinkSetUp(l); err != nil {
-					return err
-				}
-			}
-			n.before = snapshot()
-			return nil
-		})
-		n.pod.MustDo(t, func() error {
-			e, err := netlink.LinkByName("eth0")
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetMTU(e, 1450); err != nil {
-				return err
-			}
-			if err := addr(e, n.podIP.String()+"/24"); err != nil {
-				return err
-			}
-			if err := addr(e, n.podIP6.String()+"/64"); err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(e); err != nil {
-				return err
-			}
-			for _, gw := range []string{fmt.Sprintf("10.244.%d.1", n.idx), fmt.Sprintf("fd00:244:%d::1", n.idx)} {
-				if err := netlink.RouteAdd(&netlink.Route{LinkIndex: e.Attrs().Index, Gw: net.ParseIP(gw)}); err != nil {
-					return fmt.Errorf("default via %s: %w", gw, err)
-				}
-			}
-			return nil
-		})
+		gw, gw6 := n.podCIDR.Addr().Next(), n.podCIDR6.Addr().Next()
+		must(t, n.ns.Addr("ul0", netip.PrefixFrom(n.under, 24), netip.PrefixFrom(n.under6, 64)))
+		must(t, n.ns.Up("ul0"))
+		must(t, n.ns.Bridge("weft0", netip.PrefixFrom(gw, 24), netip.PrefixFrom(gw6, 64)))
+		_, err := n.ns.Plug("weft0", "vpod", n.pod, "eth0", 1450,
+			[]netip.Prefix{netip.PrefixFrom(n.podIP, 24), netip.PrefixFrom(n.podIP6, 64)}, gw, gw6)
+		must(t, err)
+		n.ns.MustDo(t, func() error { n.before = snapshot(); return nil })
 	}
 	return c
 }
 
-// open opens n's datapath inside its namespace; the test tears it down.
+// open opens n's datapath (bound to its namespace); the test tears it down.
 func (n *testNode) open() {
 	n.t.Helper()
-	n.ns.MustDo(n.t, func() error {
-		d, err := Open(n.cfg)
-		n.dp = d
-		return err
-	})
+	d, err := Open(n.cfg)
+	must(n.t, err)
+	n.dp = d
 }
 
 func (c *testCluster) openAll(t testing.TB) {
 	for _, n := range c.nodes {
 		n.open()
 		t.Cleanup(func() {
-			_ = n.ns.Do(func() error {
-				if n.dp != nil {
-					return n.dp.Teardown()
-				}
-				return nil
-			})
+			if n.dp != nil {
+				_ = n.dp.Teardown()
+			}
 		})
 	}
 }
@@ -252,12 +158,8 @@ func (c *testCluster) nativeWant(n *testNode, masq bool) *spec.Desired {
 
 func (n *testNode) sync(want *spec.Desired) spec.Report {
 	n.t.Helper()
-	var rep spec.Report
-	n.ns.MustDo(n.t, func() error {
-		var err error
-		rep, err = n.dp.Sync(context.Background(), want)
-		return err
-	})
+	rep, err := n.dp.Sync(context.Background(), want)
+	must(n.t, err)
 	return rep
 }
 
@@ -296,113 +198,6 @@ func snapshot() string {
 	}
 	sort.Strings(out)
 	return strings.Join(out, "\n")
-}
-
-// pinger sends ICMP echo requests from a pod namespace.
-type pinger struct {
-	conn *icmp.PacketConn
-	v6   bool
-	id   int
-	mu   sync.Mutex
-	got  map[int]bool
-	done chan struct{}
-}
-
-func newPinger(t testing.TB, ns *netnstest.NS, v6 bool) *pinger {
-	t.Helper()
-	p := &pinger{v6: v6, id: rand.IntN(0xffff), got: map[int]bool{}, done: make(chan struct{})}
-	ns.MustDo(t, func() error {
-		var err error
-		if v6 {
-			p.conn, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
-		} else {
-			p.conn, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
-		}
-		return err
-	})
-	t.Cleanup(func() { p.conn.Close() })
-	go p.read()
-	return p
-}
-
-func (p *pinger) read() {
-	defer close(p.done)
-	buf := make([]byte, 1500)
-	proto := 1
-	if p.v6 {
-		proto = 58
-	}
-	for {
-		n, _, err := p.conn.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		m, err := icmp.ParseMessage(proto, buf[:n])
-		if err != nil {
-			continue
-		}
-		if e, ok := m.Body.(*icmp.Echo); ok && (m.Type == ipv4.ICMPTypeEchoReply || m.Type == ipv6.ICMPTypeEchoReply) && e.ID == p.id {
-			p.mu.Lock()
-			p.got[e.Seq] = true
-			p.mu.Unlock()
-		}
-	}
-}
-
-func (p *pinger) send(dst netip.Addr, seq int) error {
-	var typ icmp.Type = ipv4.ICMPTypeEcho
-	if p.v6 {
-		typ = ipv6.ICMPTypeEchoRequest
-	}
-	b, err := (&icmp.Message{Type: typ, Body: &icmp.Echo{ID: p.id, Seq: seq, Data: []byte("weft-datapath-test")}}).Marshal(nil)
-	if err != nil {
-		return err
-	}
-	_, err = p.conn.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()})
-	return err
-}
-
-func (p *pinger) has(seq int) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.got[seq]
-}
-
-// reach pings dst from ns until a reply arrives or timeout passes.
-func reach(t testing.TB, ns *netnstest.NS, dst netip.Addr, timeout time.Duration) bool {
-	t.Helper()
-	p := newPinger(t, ns, dst.Is6())
-	deadline := time.Now().Add(timeout)
-	for seq := 1; time.Now().Before(deadline); seq++ {
-		_ = p.send(dst, seq)
-		for end := time.Now().Add(100 * time.Millisecond); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
-			for s := 1; s <= seq; s++ {
-				if p.has(s) {
-					return true
-				}
-			}
-		}
-	}
-	return false
-}
-
-// stream sends count echo requests every interval and reports how many got
-// no reply within grace after the last one.
-func stream(t testing.TB, ns *netnstest.NS, dst netip.Addr, count int, interval time.Duration) (lost int) {
-	p := newPinger(t, ns, dst.Is6())
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for seq := 1; seq <= count; seq++ {
-		<-tick.C
-		_ = p.send(dst, seq)
-	}
-	time.Sleep(300 * time.Millisecond)
-	for seq := 1; seq <= count; seq++ {
-		if !p.has(seq) {
-			lost++
-		}
-	}
-	return lost
 }
 
 // tcpEcho sends size bytes from ns `from` to a TCP echo server in `to` and

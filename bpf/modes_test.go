@@ -15,8 +15,12 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
-	"github.com/weftnet/weft/bpf/internal/netnstest"
+	"github.com/weftnet/weft/bpf/internal/device"
+	"github.com/weftnet/weft/bpf/internal/object"
+	"github.com/weftnet/weft/bpf/internal/route"
+	"github.com/weftnet/weft/bpf/internal/tc"
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 // weftLeftovers lists what of the overlay mode is still in n's kernel.
@@ -28,7 +32,7 @@ func weftLeftovers(t *testing.T, n *testNode, wantBridge bool) (devs []string, d
 				devs = append(devs, name)
 			}
 		}
-		rs, err := listRoutes()
+		rs, err := route.List(n.dp.ns.NL)
 		if err != nil {
 			return err
 		}
@@ -42,13 +46,13 @@ func weftLeftovers(t *testing.T, n *testNode, wantBridge bool) (devs []string, d
 			return err
 		}
 		entries = len(ts)
-		for _, d := range []direction{dirEgress, dirIngress} {
-			if _, err := os.Stat(n.cfg.PinDir + "/" + d.name); err == nil {
+		for _, h := range []tc.Hook{tc.Egress, tc.Ingress} {
+			if _, err := os.Stat(n.cfg.PinDir + "/" + h.Name); err == nil {
 				linkPins++
 			}
 		}
 		if !wantBridge {
-			if _, err := os.Stat(n.cfg.PinDir + "/" + dirBridge.name); err == nil {
+			if _, err := os.Stat(n.cfg.PinDir + "/" + tc.Bridge.Name); err == nil {
 				linkPins++
 			}
 			br, err := netlink.LinkByName("weft0")
@@ -68,12 +72,8 @@ func weftLeftovers(t *testing.T, n *testNode, wantBridge bool) (devs []string, d
 
 func masqTable(t *testing.T, n *testNode) bool {
 	t.Helper()
-	var on bool
-	n.ns.MustDo(t, func() error {
-		_, exists, err := readMasq()
-		on = exists
-		return err
-	})
+	_, on, err := n.dp.readMasq()
+	must(t, err)
 	return on
 }
 
@@ -84,7 +84,7 @@ func TestModes(t *testing.T) {
 	for _, n := range c.nodes {
 		n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{}))
 	}
-	if !reach(t, a.pod, b.podIP, reachTimeout) {
+	if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 		t.Fatal("vxlan: no path")
 	}
 
@@ -102,12 +102,8 @@ func TestModes(t *testing.T) {
 			if !masqTable(t, n) {
 				t.Fatalf("node %d: no nftables table %s", n.idx, NFTable)
 			}
-			var rs map[netip.Prefix]kroute
-			n.ns.MustDo(t, func() error {
-				var err error
-				rs, err = listRoutes()
-				return err
-			})
+			rs, err := route.List(n.dp.ns.NL)
+			must(t, err)
 			p := c.peer(n)
 			if r := rs[p.podCIDR]; r.Via != p.under || r.Proto != RouteProtocol {
 				t.Fatalf("node %d: direct route %v", n.idx, rs)
@@ -135,15 +131,11 @@ func TestModes(t *testing.T) {
 	})
 
 	t.Run("reconcile restores a deleted nftables table", func(t *testing.T) {
-		a.ns.MustDo(t, func() error { return writeMasq(nil, true) })
-		var rep spec.Report
-		a.ns.MustDo(t, func() error {
-			var err error
-			w := c.nativeWant(a, true)
-			w.Routes = append(w.Routes, spec.Route{Prefix: bgp, Via: b.under, Proto: spec.ProtoBGP})
-			rep, err = a.dp.Reconcile(t.Context(), w)
-			return err
-		})
+		must(t, a.dp.writeMasq(nil, true))
+		w := c.nativeWant(a, true)
+		w.Routes = append(w.Routes, spec.Route{Prefix: bgp, Via: b.under, Proto: spec.ProtoBGP})
+		rep, err := a.dp.Reconcile(t.Context(), w)
+		must(t, err)
 		if len(rep.Repaired) != 1 || !strings.Contains(rep.Repaired[0], "nftables table weft") || !masqTable(t, a) {
 			t.Fatalf("repairs %q, table present %v", rep.Repaired, masqTable(t, a))
 		}
@@ -163,12 +155,8 @@ func TestModes(t *testing.T) {
 	t.Run("native back to vxlan", func(t *testing.T) {
 		for _, n := range c.nodes {
 			n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{}))
-			var rs map[netip.Prefix]kroute
-			n.ns.MustDo(t, func() error {
-				var err error
-				rs, err = listRoutes()
-				return err
-			})
+			rs, err := route.List(n.dp.ns.NL)
+			must(t, err)
 			for _, r := range rs {
 				if r.Via.IsValid() {
 					t.Fatalf("node %d keeps direct route %s", n.idx, r)
@@ -191,20 +179,20 @@ func TestModes(t *testing.T) {
 			w.Routes = []spec.Route{{Prefix: p.podCIDR, Via: p.under}}
 			n.sync(w)
 		}
-		if !reach(t, a.pod, b.podIP, reachTimeout) {
+		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("hybrid: no direct IPv4 path")
 		}
 		// 50 IPv4 pings may meet a stray packet of an earlier connection in
 		// the tunnel, not 50.
 		c0 := a.counters()
-		if lost := stream(t, a.pod, b.podIP, 50, 2*time.Millisecond); lost != 0 {
+		if lost := netnstest.Lost(t, a.pod, b.podIP, 50, 2*time.Millisecond); lost != 0 {
 			t.Fatalf("hybrid: %d of 50 direct pings lost", lost)
 		}
 		c1 := a.counters()
 		if c1.TxPackets-c0.TxPackets >= 10 {
 			t.Fatalf("IPv4 took the tunnel: %+v -> %+v", c0, c1)
 		}
-		if !reach(t, a.pod, b.podIP6, reachTimeout) {
+		if !netnstest.Reach(t, a.pod, b.podIP6, reachTimeout) {
 			t.Fatal("hybrid: no tunnelled IPv6 path")
 		}
 		if c2 := a.counters(); c2.TxPackets == c1.TxPackets {
@@ -216,11 +204,7 @@ func TestModes(t *testing.T) {
 	})
 
 	t.Run("vxlan to geneve fails cleanly", func(t *testing.T) {
-		var err error
-		a.ns.MustDo(t, func() error {
-			_, err = a.dp.Sync(t.Context(), c.overlayWant(a, spec.ModeGeneve, netip.Addr{}))
-			return nil
-		})
+		_, err := a.dp.Sync(t.Context(), c.overlayWant(a, spec.ModeGeneve, netip.Addr{}))
 		if err == nil {
 			t.Skip("kernel has CONFIG_GENEVE: the failure path cannot be exercised here")
 		}
@@ -233,7 +217,7 @@ func TestModes(t *testing.T) {
 		if len(devs) != 1 || devs[0] != spec.VXLANDevice || devRoutes != 2 || entries != 2 || pins != 2 {
 			t.Fatalf("after failed switch: devices %v, device routes %d, entries %d, link pins %d", devs, devRoutes, entries, pins)
 		}
-		if !reach(t, a.pod, b.podIP, reachTimeout) {
+		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("vxlan path broken by the failed switch")
 		}
 	})
@@ -241,7 +225,7 @@ func TestModes(t *testing.T) {
 	t.Run("teardown leaves nothing", func(t *testing.T) {
 		a.sync(c.nativeWant(a, true)) // a table, direct routes
 		for _, n := range c.nodes {
-			n.ns.MustDo(t, func() error { return n.dp.Teardown() })
+			must(t, n.dp.Teardown())
 			var after string
 			n.ns.MustDo(t, func() error { after = snapshot(); return nil })
 			if after != n.before {
@@ -261,7 +245,7 @@ func checkNative(t *testing.T, c *testCluster) {
 	a, b := c.nodes[0], c.nodes[1]
 	for _, pair := range [][2]*testNode{{a, b}, {b, a}} {
 		for _, dst := range []netip.Addr{pair[1].podIP, pair[1].podIP6} {
-			if !reach(t, pair[0].pod, dst, reachTimeout) {
+			if !netnstest.Reach(t, pair[0].pod, dst, reachTimeout) {
 				t.Fatalf("native: pod %d cannot reach %s", pair[0].idx, dst)
 			}
 		}
@@ -273,12 +257,8 @@ func checkNative(t *testing.T, c *testCluster) {
 func TestGeneve(t *testing.T) {
 	c := newTestCluster(t, AttachAuto)
 	c.openAll(t)
-	var err error
 	a := c.nodes[0]
-	a.ns.MustDo(t, func() error {
-		_, err = a.dp.Sync(t.Context(), c.overlayWant(a, spec.ModeGeneve, netip.Addr{}))
-		return nil
-	})
+	_, err := a.dp.Sync(t.Context(), c.overlayWant(a, spec.ModeGeneve, netip.Addr{}))
 	if errors.Is(err, ErrNoGeneve) {
 		t.Skipf("kernel lacks CONFIG_GENEVE: %v", err)
 	}
@@ -296,42 +276,34 @@ func TestAttachTCFallback(t *testing.T) {
 	checkPath(t, c)
 	a := c.nodes[0]
 	// Attach twice, and reopen: still one filter per direction.
+	dev, err := device.Read(a.dp.ns.NL, spec.VXLANDevice)
+	must(t, err)
+	must(t, a.dp.attach(dev.Index))
+	must(t, a.dp.Close())
+	a.open()
 	a.ns.MustDo(t, func() error {
-		dev, err := readDevice(spec.VXLANDevice)
-		if err != nil {
-			return err
-		}
-		if err := a.dp.attach(dev.Index); err != nil {
-			return err
-		}
-		must(t, a.dp.Close())
-		d, err := Open(a.cfg)
-		if err != nil {
-			return err
-		}
-		a.dp = d
 		l, err := netlink.LinkByIndex(dev.Index)
 		if err != nil {
 			return err
 		}
-		for _, dir := range []direction{dirEgress, dirIngress} {
-			fs, err := netlink.FilterList(l, dir.parent)
+		for _, h := range []tc.Hook{tc.Egress, tc.Ingress} {
+			fs, err := netlink.FilterList(l, h.Parent)
 			if err != nil {
 				return err
 			}
 			if len(fs) != 1 {
-				t.Errorf("%s: %d filters", dir.name, len(fs))
+				t.Errorf("%s: %d filters", h.Name, len(fs))
 			}
 			if ok, err := a.dp.attached(dev.Index); err != nil || !ok {
 				t.Errorf("reopened programs not attached: %v", err)
 			}
 		}
-		// No tcx programs were used.
-		if _, err := os.Stat(a.cfg.PinDir + "/" + dirEgress.name); err == nil {
-			t.Error("tc mode pinned a tcx link")
-		}
 		return nil
 	})
+	// No tcx programs were used.
+	if _, err := os.Stat(a.cfg.PinDir + "/" + tc.Egress.Name); err == nil {
+		t.Error("tc mode pinned a tcx link")
+	}
 	checkPath(t, c)
 }
 
@@ -340,27 +312,16 @@ func TestOpenReplacesIncompatibleMap(t *testing.T) {
 	ns := netnstest.New(t, netnstest.Prefix()+"-inc")
 	pin := fmt.Sprintf("/sys/fs/bpf/%s-inc", ns.Name)
 	t.Cleanup(func() { os.RemoveAll(pin) })
-	ns.MustDo(t, func() error {
-		if err := ensureBPFFS(pin); err != nil {
-			return err
-		}
-		// A map of an older layout under the tunnel map's name.
-		old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1})
-		if err != nil {
-			return err
-		}
-		defer old.Close()
-		if err := old.Pin(filepath.Join(pin, weftMapWeftTunnels)); err != nil {
-			return err
-		}
-		d, err := Open(Config{PinDir: pin})
-		if err != nil {
-			return err
-		}
-		defer d.Close()
-		if d.objs.WeftTunnels.Type() != ebpf.LPMTrie || int(d.objs.WeftTunnels.ValueSize()) != binary.Size(weftTunnelValue{}) {
-			t.Errorf("tunnel map not replaced: %v", d.objs.WeftTunnels)
-		}
-		return nil
-	})
+	must(t, ensureBPFFS(pin))
+	// A map of an older layout under the tunnel map's name.
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	must(t, err)
+	defer old.Close()
+	must(t, old.Pin(filepath.Join(pin, object.WeftMapWeftTunnels)))
+	d, err := Open(Config{NetNS: ns.Path(), PinDir: pin})
+	must(t, err)
+	defer d.Close()
+	if d.objs.WeftTunnels.Type() != ebpf.LPMTrie || int(d.objs.WeftTunnels.ValueSize()) != binary.Size(object.WeftTunnelValue{}) {
+		t.Errorf("tunnel map not replaced: %v", d.objs.WeftTunnels)
+	}
 }

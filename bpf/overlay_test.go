@@ -14,8 +14,14 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 
+	"github.com/weftnet/weft/bpf/internal/device"
+	"github.com/weftnet/weft/bpf/internal/object"
+	"github.com/weftnet/weft/bpf/internal/tc"
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 const reachTimeout = 5 * time.Second
@@ -29,7 +35,7 @@ func checkPath(t *testing.T, c *testCluster) {
 	for _, pair := range [][2]*testNode{{a, b}, {b, a}} {
 		from, to := pair[0], pair[1]
 		for _, dst := range []netip.Addr{to.podIP, to.podIP6} {
-			if !reach(t, from.pod, dst, reachTimeout) {
+			if !netnstest.Reach(t, from.pod, dst, reachTimeout) {
 				t.Fatalf("pod %d cannot ping %s; counters %+v / %+v", from.idx, dst, from.counters(), to.counters())
 			}
 		}
@@ -66,20 +72,24 @@ func tcxCount(t *testing.T, n *testNode, at ebpf.AttachType) int {
 
 // forgeVXLAN sends a VXLAN-encapsulated ICMP echo for src->dst pod
 // addresses from outer source `from` (an address in n's namespace) to
-// the peer's underlay port 8472.
+// the peer's underlay port 8472 with VNI 1.
 func forgeVXLAN(t *testing.T, n *testNode, from, to, src, dst netip.Addr) {
+	forgeVNI(t, n, from, to, src, dst, 1)
+}
+
+// forgeVNI is forgeVXLAN with another VNI.
+func forgeVNI(t *testing.T, n *testNode, from, to, src, dst netip.Addr, vni uint32) {
 	t.Helper()
-	icmpMsg := []byte{8, 0, 0, 0, 0x12, 0x34, 0, 1}
-	cs := checksum(icmpMsg)
-	binary.BigEndian.PutUint16(icmpMsg[2:], cs)
+	icmpMsg, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: 0x1234, Seq: 1}}).Marshal(nil)
+	must(t, err)
 	ip := make([]byte, 20)
 	ip[0], ip[8], ip[9] = 0x45, 64, 1
 	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(icmpMsg)))
 	copy(ip[12:16], src.AsSlice())
 	copy(ip[16:20], dst.AsSlice())
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], headerChecksum(ip))
 	eth := []byte{0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00}
-	vx := []byte{0x08, 0, 0, 0, 0, 0, 1, 0} // VNI 1
+	vx := []byte{0x08, 0, 0, 0, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}
 	pkt := append(append(append(vx, eth...), ip...), icmpMsg...)
 	n.ns.MustDo(t, func() error {
 		c, err := net.DialUDP("udp", &net.UDPAddr{IP: from.AsSlice()}, &net.UDPAddr{IP: to.AsSlice(), Port: 8472})
@@ -92,13 +102,12 @@ func forgeVXLAN(t *testing.T, n *testNode, from, to, src, dst netip.Addr) {
 	})
 }
 
-func checksum(b []byte) uint16 {
+// headerChecksum is the IPv4 header checksum of h (20 bytes, checksum
+// field zero).
+func headerChecksum(h []byte) uint16 {
 	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
+	for i := 0; i+1 < len(h); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(h[i:]))
 	}
 	for s > 0xffff {
 		s = s>>16 + s&0xffff
@@ -136,30 +145,22 @@ func TestOverlay(t *testing.T) {
 		// The node's own traffic leaves with its overlay address (the
 		// network address of its pod CIDR), which the peer's map accepts.
 		for _, dst := range []netip.Addr{b.podIP, b.podIP6} {
-			if !reach(t, a.ns, dst, reachTimeout) {
+			if !netnstest.Reach(t, a.ns, dst, reachTimeout) {
 				t.Fatalf("node 1 cannot reach %s: %+v / %+v", dst, a.counters(), b.counters())
 			}
 		}
 	})
 
 	t.Run("underlay", func(t *testing.T) {
-		a.ns.MustDo(t, func() error {
-			u, err := a.dp.Underlay()
-			if err == nil && (u.Interface != "ul0" || u.IP != a.under) {
-				t.Errorf("Underlay() = %+v", u)
-			}
-			return err
-		})
-		if _, err := a.dp.Underlay(); err == nil {
-			t.Error("Underlay from the test's own namespace did not fail")
+		// Called from the test's own namespace (which has no ul0), the
+		// datapath answers for the namespace it was opened in.
+		u, err := a.dp.Underlay()
+		if err != nil || u.Interface != "ul0" || u.IP != a.under {
+			t.Errorf("Underlay() = %+v, %v", u, err)
 		}
 		for _, name := range []string{"ul0", "192.168.50.1", "fd00:50::1"} {
-			var u spec.Underlay
-			a.ns.MustDo(t, func() error {
-				var err error
-				u, err = readUnderlay(name)
-				return err
-			})
+			u, err := device.Underlay(a.dp.ns.NL, name)
+			must(t, err)
 			wantIP := a.under
 			if name == "fd00:50::1" {
 				wantIP = a.under6
@@ -177,7 +178,7 @@ func TestOverlay(t *testing.T) {
 		// 1's IP stack forwards neither (it forwards 200 without the fast
 		// path).
 		f0 := forwarded(t, a)
-		if lost := stream(t, a.pod, b.podIP, 100, 2*time.Millisecond); lost != 0 {
+		if lost := netnstest.Lost(t, a.pod, b.podIP, 100, 2*time.Millisecond); lost != 0 {
 			t.Fatalf("%d of 100 pings lost", lost)
 		}
 		if df := forwarded(t, a) - f0; df >= 20 {
@@ -192,14 +193,17 @@ func TestOverlay(t *testing.T) {
 			t.Fatalf("report %+v", rep)
 		}
 		before := a.counters().DropNoTunnel
-		if reach(t, a.pod, b.podIP, 500*time.Millisecond) {
+		if netnstest.Reach(t, a.pod, b.podIP, 500*time.Millisecond) {
 			t.Fatal("ping works without a tunnel entry")
 		}
 		if got := a.counters().DropNoTunnel; got <= before {
 			t.Fatalf("no-tunnel drops %d -> %d", before, got)
 		}
+		if c := a.counters(); c.Drops["no_tunnel"] != c.DropNoTunnel {
+			t.Fatalf("no_tunnel drops %d, DropNoTunnel %d", c.Drops["no_tunnel"], c.DropNoTunnel)
+		}
 		a.sync(c.overlayWant(a, spec.ModeVXLAN, netip.Addr{}))
-		if !reach(t, a.pod, b.podIP, reachTimeout) {
+		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("ping fails after the entry came back")
 		}
 	})
@@ -219,31 +223,28 @@ func TestOverlay(t *testing.T) {
 		// Only one side updated: the receiver rejects the new outer source.
 		a.sync(c.overlayWant(a, spec.ModeVXLAN, netip.Addr{}))
 		sp := b.counters().DropSpoofed
-		if reach(t, a.pod, b.podIP, 500*time.Millisecond) {
+		if netnstest.Reach(t, a.pod, b.podIP, 500*time.Millisecond) {
 			t.Fatal("ping works with mismatched endpoints")
 		}
 		if got := b.counters().DropSpoofed; got <= sp {
 			t.Fatalf("spoofed drops on node 2: %d -> %d", sp, got)
 		}
 		b.sync(c.overlayWant(b, spec.ModeVXLAN, netip.Addr{}))
-		if !reach(t, a.pod, b.podIP, reachTimeout) {
+		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("ping fails after restoring IPv4 endpoints")
 		}
 	})
 
 	t.Run("forged source is dropped", func(t *testing.T) {
 		forged := netip.MustParseAddr("192.168.50.3")
-		a.ns.MustDo(t, func() error {
-			ul, err := netlink.LinkByName("ul0")
-			if err != nil {
-				return err
-			}
-			return addr(ul, forged.String()+"/24")
-		})
+		must(t, a.ns.Addr("ul0", netip.PrefixFrom(forged, 24)))
 		c0 := b.counters()
 		forgeVXLAN(t, a, forged, b.under, a.podIP, b.podIP)
 		if !waitCounter(func() bool { return b.counters().DropSpoofed == c0.DropSpoofed+1 }) {
 			t.Fatalf("spoofed drops %d -> %d", c0.DropSpoofed, b.counters().DropSpoofed)
+		}
+		if got := b.counters().Drops["wrong_endpoint"]; got != c0.Drops["wrong_endpoint"]+1 {
+			t.Fatalf("wrong_endpoint drops %d -> %d", c0.Drops["wrong_endpoint"], got)
 		}
 		// Control: the same frame from the real endpoint is accepted.
 		c1 := b.counters()
@@ -256,25 +257,51 @@ func TestOverlay(t *testing.T) {
 		}
 	})
 
+	t.Run("drops are counted by reason", func(t *testing.T) {
+		// Each forged frame is dropped for one reason, counted once under
+		// it and once in its class.
+		for _, c := range []struct {
+			reason   string
+			src      netip.Addr
+			vni      uint32
+			spoofing bool
+		}{
+			{"wrong_vni", a.podIP, 2, true},
+			{"unknown_source", netip.MustParseAddr("10.250.0.1"), 1, true},
+		} {
+			c0 := b.counters()
+			forgeVNI(t, a, a.under, b.under, c.src, b.podIP, c.vni)
+			if !waitCounter(func() bool { return b.counters().Drops[c.reason] == c0.Drops[c.reason]+1 }) {
+				t.Fatalf("%s drops %d -> %d", c.reason, c0.Drops[c.reason], b.counters().Drops[c.reason])
+			}
+			c1 := b.counters()
+			if c.spoofing && c1.DropSpoofed != c0.DropSpoofed+1 {
+				t.Errorf("%s: spoofed drops %d -> %d", c.reason, c0.DropSpoofed, c1.DropSpoofed)
+			}
+		}
+		cs := b.counters()
+		if cs.DropSpoofed != cs.Drops["unknown_source"]+cs.Drops["wrong_endpoint"]+cs.Drops["wrong_vni"] ||
+			cs.DropNoTunnel != cs.Drops["no_tunnel"] {
+			t.Errorf("classes do not add up: %+v", cs)
+		}
+		var sum uint64
+		for _, n := range cs.Drops {
+			sum += n
+		}
+		if sum != cs.DropSpoofed+cs.DropNoTunnel+cs.DropOther {
+			t.Errorf("reasons sum to %d, classes to %d: %+v", sum, cs.DropSpoofed+cs.DropNoTunnel+cs.DropOther, cs)
+		}
+	})
+
 	t.Run("attach twice", func(t *testing.T) {
-		a.ns.MustDo(t, func() error {
-			dev, err := readDevice(spec.VXLANDevice)
-			if err != nil {
-				return err
-			}
-			if err := a.dp.attach(dev.Index); err != nil {
-				return err
-			}
-			return a.dp.attach(dev.Index)
-		})
+		dev, err := device.Read(a.dp.ns.NL, spec.VXLANDevice)
+		must(t, err)
+		must(t, a.dp.attach(dev.Index))
+		must(t, a.dp.attach(dev.Index))
 		// A second Datapath on the same pins takes the links over.
-		a.ns.MustDo(t, func() error {
-			d2, err := Open(a.cfg)
-			if err != nil {
-				return err
-			}
-			return d2.Close()
-		})
+		d2, err := Open(a.cfg)
+		must(t, err)
+		must(t, d2.Close())
 		for _, at := range []ebpf.AttachType{ebpf.AttachTCXEgress, ebpf.AttachTCXIngress} {
 			if n := tcxCount(t, a, at); n != 1 {
 				t.Fatalf("%s: %d programs attached", at, n)
@@ -295,14 +322,8 @@ func TestOverlay(t *testing.T) {
 			return nil
 		})
 		// Take over again with a's own programs for the next subtests.
-		a.ns.MustDo(t, func() error {
-			dev, err := readDevice(spec.VXLANDevice)
-			if err != nil {
-				return err
-			}
-			return a.dp.attach(dev.Index)
-		})
-		if !reach(t, a.pod, b.podIP, reachTimeout) {
+		must(t, a.dp.attach(dev.Index))
+		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("ping fails after attaching twice")
 		}
 	})
@@ -311,10 +332,10 @@ func TestOverlay(t *testing.T) {
 		want := c.overlayWant(a, spec.ModeVXLAN, netip.Addr{})
 		a.ns.MustDo(t, func() error {
 			// Break four things behind the datapath's back.
-			if err := netlink.RouteDel(&netlink.Route{Dst: ipNet(clusterCIDR), Protocol: RouteProtocol, Scope: netlink.SCOPE_LINK}); err != nil {
+			if err := netlink.RouteDel(&netlink.Route{Dst: device.IPNet(clusterCIDR), Protocol: RouteProtocol, Scope: netlink.SCOPE_LINK}); err != nil {
 				return err
 			}
-			k := encodeKey(b.podCIDR6)
+			k := object.TunnelKey(b.podCIDR6)
 			if err := a.dp.objs.WeftTunnels.Delete(&k); err != nil {
 				return err
 			}
@@ -325,7 +346,7 @@ func TestOverlay(t *testing.T) {
 			if err := netlink.LinkSetMTU(dev, 1500); err != nil {
 				return err
 			}
-			l, err := link.LoadPinnedLink(a.cfg.PinDir+"/"+dirIngress.name, nil)
+			l, err := link.LoadPinnedLink(a.cfg.PinDir+"/"+tc.Ingress.Name, nil)
 			if err != nil {
 				return err
 			}
@@ -337,12 +358,8 @@ func TestOverlay(t *testing.T) {
 		if n := tcxCount(t, a, ebpf.AttachTCXIngress); n != 0 {
 			t.Fatalf("ingress still has %d programs", n)
 		}
-		var rep spec.Report
-		a.ns.MustDo(t, func() error {
-			var err error
-			rep, err = a.dp.Reconcile(t.Context(), want)
-			return err
-		})
+		rep, err := a.dp.Reconcile(t.Context(), want)
+		must(t, err)
 		t.Logf("repairs: %q", rep.Repaired)
 		for _, sub := range []string{"route 10.244.0.0/16", "tunnel fd00:244:2::/64", "mtu 1500 -> 1450", "programs attached"} {
 			found := false
@@ -353,11 +370,8 @@ func TestOverlay(t *testing.T) {
 				t.Errorf("repair %q not reported in %q", sub, rep.Repaired)
 			}
 		}
-		a.ns.MustDo(t, func() error {
-			var err error
-			rep, err = a.dp.Reconcile(t.Context(), want)
-			return err
-		})
+		rep, err = a.dp.Reconcile(t.Context(), want)
+		must(t, err)
 		if rep.Changed() {
 			t.Fatalf("second reconcile changed %+v", rep)
 		}
@@ -369,16 +383,11 @@ func TestOverlay(t *testing.T) {
 			w := c.overlayWant(n, spec.ModeVXLAN, netip.Addr{})
 			w.Overlay.Port = 4789
 			rep := n.sync(w)
-			n.ns.MustDo(t, func() error {
-				dev, err := readDevice(spec.VXLANDevice)
-				if err != nil {
-					return err
-				}
-				if dev.Port != 4789 {
-					t.Errorf("node %d: port %d after %+v", n.idx, dev.Port, rep)
-				}
-				return nil
-			})
+			dev, err := device.Read(n.dp.ns.NL, spec.VXLANDevice)
+			must(t, err)
+			if dev.Port != 4789 {
+				t.Errorf("node %d: port %d after %+v", n.idx, dev.Port, rep)
+			}
 		}
 		checkPath(t, c)
 		for _, n := range c.nodes {
@@ -389,7 +398,7 @@ func TestOverlay(t *testing.T) {
 
 	t.Run("close and reopen without loss", func(t *testing.T) {
 		done := make(chan int)
-		go func() { done <- stream(t, a.pod, b.podIP, 200, 10*time.Millisecond) }()
+		go func() { done <- netnstest.Lost(t, a.pod, b.podIP, 200, 10*time.Millisecond) }()
 		time.Sleep(300 * time.Millisecond)
 		for _, n := range c.nodes {
 			must(t, n.dp.Close())

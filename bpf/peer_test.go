@@ -13,14 +13,16 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
-	"github.com/weftnet/weft/bpf/internal/netnstest"
+	"github.com/weftnet/weft/bpf/internal/object"
+	"github.com/weftnet/weft/bpf/internal/tc"
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 // endpoint reads n's endpoint map entry for ip.
-func (n *testNode) endpoint(ip netip.Addr) (weftEndpointValue, bool) {
-	var v weftEndpointValue
-	k := endpointKey(ip)
+func (n *testNode) endpoint(ip netip.Addr) (object.WeftEndpointValue, bool) {
+	var v object.WeftEndpointValue
+	k := object.EndpointKey(ip)
 	err := n.dp.objs.WeftEndpoints.Lookup(&k, &v)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return v, false
@@ -31,24 +33,10 @@ func (n *testNode) endpoint(ip netip.Addr) (weftEndpointValue, bool) {
 
 // podPort is the ifindex of the host side of a pod veth and the pod's MAC.
 func (n *testNode) podPort(t testing.TB, host string, pod *netnstest.NS) (int, net.HardwareAddr) {
-	var idx int
-	var mac net.HardwareAddr
-	n.ns.MustDo(t, func() error {
-		l, err := netlink.LinkByName(host)
-		if err != nil {
-			return err
-		}
-		idx = l.Attrs().Index
-		return nil
-	})
-	pod.MustDo(t, func() error {
-		l, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		mac = l.Attrs().HardwareAddr
-		return nil
-	})
+	idx, err := n.ns.Index(host)
+	must(t, err)
+	mac, err := pod.MAC("eth0")
+	must(t, err)
 	return idx, mac
 }
 
@@ -114,11 +102,11 @@ func TestPeerFastPath(t *testing.T) {
 
 	t.Run("missing entry falls back to the bridge", func(t *testing.T) {
 		for _, ip := range []netip.Addr{b.podIP, b.podIP6} {
-			k := endpointKey(ip)
+			k := object.EndpointKey(ip)
 			must(t, b.dp.objs.WeftEndpoints.Delete(&k))
 		}
 		c0 := b.counters()
-		if !reach(t, a.pod, b.podIP, reachTimeout) {
+		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("no reach without an endpoint entry")
 		}
 		tcpEcho(t, a.pod, b.pod, b.podIP, 64<<10)
@@ -143,7 +131,7 @@ func TestPeerFastPath(t *testing.T) {
 	var p2port int
 
 	t.Run("stale entry is replaced, never trusted", func(t *testing.T) {
-		if !reach(t, a.pod, pod2IP, reachTimeout) {
+		if !netnstest.Reach(t, a.pod, pod2IP, reachTimeout) {
 			t.Fatal("second pod unreachable")
 		}
 		must(t, b.dp.RefreshEndpoints())
@@ -152,13 +140,13 @@ func TestPeerFastPath(t *testing.T) {
 			t.Fatal("second pod's endpoint not learned")
 		}
 		p2port = int(p2.Ifindex)
-		if _, err := os.Stat(filepath.Join(b.cfg.PinDir, portDir(p2port).name)); err != nil {
+		if _, err := os.Stat(filepath.Join(b.cfg.PinDir, tc.Port(p2port).Name)); err != nil {
 			t.Fatalf("second pod's port link not pinned: %v", err)
 		}
 		right, _ := b.endpoint(b.podIP)
 		// Point the first pod's address at the second pod (what an ifindex
 		// or address reuse could leave behind): a refresh corrects it.
-		k := endpointKey(b.podIP)
+		k := object.EndpointKey(b.podIP)
 		must(t, b.dp.objs.WeftEndpoints.Put(&k, &p2))
 		must(t, b.dp.RefreshEndpoints())
 		if got, _ := b.endpoint(b.podIP); got != right {
@@ -167,17 +155,11 @@ func TestPeerFastPath(t *testing.T) {
 		tcpEcho(t, a.pod, b.pod, b.podIP, 64<<10)
 		// A port that is not a veth of the bridge is never learned: an
 		// entry pointing elsewhere is removed.
-		var ul int
-		b.ns.MustDo(t, func() error {
-			l, err := netlink.LinkByName("ul0")
-			if err == nil {
-				ul = l.Attrs().Index
-			}
-			return err
-		})
+		ul, err := b.ns.Index("ul0")
+		must(t, err)
 		bogus := right
 		bogus.Ifindex = uint32(ul)
-		k = endpointKey(netip.MustParseAddr("10.244.2.77"))
+		k = object.EndpointKey(netip.MustParseAddr("10.244.2.77"))
 		must(t, b.dp.objs.WeftEndpoints.Put(&k, &bogus))
 		must(t, b.dp.RefreshEndpoints())
 		if _, ok := b.endpoint(netip.MustParseAddr("10.244.2.77")); ok {
@@ -193,18 +175,18 @@ func TestPeerFastPath(t *testing.T) {
 			}
 			return netlink.LinkDel(l)
 		})
-		pod2.Delete()
+		must(t, pod2.Delete())
 		must(t, b.dp.RefreshEndpoints())
 		if _, ok := b.endpoint(pod2IP); ok {
 			t.Fatal("removed pod's endpoint kept")
 		}
-		if _, err := os.Stat(filepath.Join(b.cfg.PinDir, portDir(p2port).name)); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(b.cfg.PinDir, tc.Port(p2port).Name)); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("removed pod's port link still pinned: %v", err)
 		}
 		// Losing a port may change the bridge's MAC, which flushes its
 		// neighbours: the first pod is learned again from new traffic,
 		// with the bridge's current MAC.
-		if !reach(t, a.pod, b.podIP, reachTimeout) {
+		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("first pod unreachable after the second left")
 		}
 		must(t, b.dp.RefreshEndpoints())
@@ -212,15 +194,9 @@ func TestPeerFastPath(t *testing.T) {
 		if !ok {
 			t.Fatalf("first pod's endpoint not learned again: %s", kernelTables(t, b))
 		}
-		var brMAC string
-		b.ns.MustDo(t, func() error {
-			l, err := netlink.LinkByName("weft0")
-			if err == nil {
-				brMAC = l.Attrs().HardwareAddr.String()
-			}
-			return err
-		})
-		if got := net.HardwareAddr(v.GwMac[:]).String(); got != brMAC {
+		brMAC, err := b.ns.MAC("weft0")
+		must(t, err)
+		if got := net.HardwareAddr(v.GwMac[:]).String(); got != brMAC.String() {
 			t.Fatalf("endpoint source MAC %s, bridge has %s", got, brMAC)
 		}
 	})
@@ -231,7 +207,7 @@ func TestPeerFastPath(t *testing.T) {
 		if _, ok := b.endpoint(b.podIP); ok {
 			t.Fatal("endpoint kept with the fast path off")
 		}
-		if !reach(t, a.pod, b.podIP, reachTimeout) {
+		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("no reach with the fast path off")
 		}
 		if len(b.dp.ports) != 0 {
@@ -244,40 +220,8 @@ func TestPeerFastPath(t *testing.T) {
 // named host).
 func (c *testCluster) addPod(t *testing.T, n *testNode, host string, ip netip.Addr) *netnstest.NS {
 	pod := netnstest.New(t, fmt.Sprintf("%s-x%d", c.nodes[0].ns.Name, n.idx))
-	n.ns.MustDo(t, func() error {
-		br, err := netlink.LinkByName("weft0")
-		if err != nil {
-			return err
-		}
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MasterIndex: br.Attrs().Index}, PeerName: "eth0"}
-		if err := netlink.LinkAdd(v); err != nil {
-			return err
-		}
-		pe, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetNsFd(pe, int(pod.Handle())); err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(v)
-	})
-	pod.MustDo(t, func() error {
-		e, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetMTU(e, 1450); err != nil {
-			return err
-		}
-		if err := addr(e, ip.String()+"/24"); err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(e); err != nil {
-			return err
-		}
-		return netlink.RouteAdd(&netlink.Route{LinkIndex: e.Attrs().Index, Gw: net.ParseIP(fmt.Sprintf("10.244.%d.1", n.idx))})
-	})
+	_, err := n.ns.Plug("weft0", host, pod, "eth0", 1450, []netip.Prefix{netip.PrefixFrom(ip, 24)}, n.podCIDR.Addr().Next())
+	must(t, err)
 	return pod
 }
 

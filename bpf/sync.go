@@ -5,34 +5,38 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
-	"strings"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/weftnet/weft/bpf/internal/device"
+	"github.com/weftnet/weft/bpf/internal/nft"
+	"github.com/weftnet/weft/bpf/internal/object"
+	"github.com/weftnet/weft/bpf/internal/route"
+	"github.com/weftnet/weft/bpf/internal/tc"
 	"github.com/weftnet/weft/bpf/spec"
 )
 
 // kstate is weft's part of the kernel: read from the kernel by Reconcile and
 // after Open, remembered by Sync as what it last wrote.
 type kstate struct {
-	devs     map[string]*devState // weft overlay devices by name
-	attached bool                 // our programs run on the wanted device
-	bridge   int                  // ifindex of the bridge our fast path runs on, 0: none
-	cfg      weftConfig           // content of the config map
-	local    map[netip.Prefix]weftLocalValue
+	devs     map[string]*device.State // weft overlay devices by name
+	attached bool                     // our programs run on the wanted device
+	bridge   int                      // ifindex of the bridge our fast path runs on, 0: none
+	cfg      object.WeftConfig        // content of the config map
+	local    map[netip.Prefix]object.WeftLocalValue
 	tunnels  []spec.Tunnel // sorted by prefix
-	routes   map[netip.Prefix]kroute
+	routes   map[netip.Prefix]route.Route
 	masq     []string // rule descriptions; nil: no table
 	masqOn   bool     // the table exists
 	forward  map[string]bool
 }
 
 func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
-	s := &kstate{devs: map[string]*devState{}, forward: map[string]bool{}}
+	nl := d.ns.NL
+	s := &kstate{devs: map[string]*device.State{}, forward: map[string]bool{}}
 	for _, name := range []string{spec.VXLANDevice, spec.GeneveDevice} {
-		dev, err := readDevice(name)
+		dev, err := device.Read(nl, name)
 		if err != nil {
 			return nil, err
 		}
@@ -50,12 +54,12 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 		}
 	}
 	if d.useTCX {
-		br, err := readLinkIndex(d.cfg.Bridge)
+		br, err := device.Index(nl, d.cfg.Bridge)
 		if err != nil {
 			return nil, err
 		}
 		if br != 0 {
-			ok, err := tcxAttached(d.cfg.PinDir, br, dirBridge, d.objs.WeftFromPods)
+			ok, err := tc.TCXAttached(d.cfg.PinDir, br, tc.Bridge, d.objs.WeftFromPods)
 			if err != nil {
 				return nil, err
 			}
@@ -67,12 +71,12 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 	if err := d.objs.WeftConfig.Lookup(uint32(0), &s.cfg); err != nil {
 		return nil, fmt.Errorf("read config map: %w", err)
 	}
-	s.local = map[netip.Prefix]weftLocalValue{}
-	var lk weftTunnelKey
-	var lv weftLocalValue
+	s.local = map[netip.Prefix]object.WeftLocalValue{}
+	var lk object.WeftTunnelKey
+	var lv object.WeftLocalValue
 	it := d.objs.WeftLocal.Iterate()
 	for it.Next(&lk, &lv) {
-		s.local[decodeKey(lk)] = lv
+		s.local[object.Prefix(lk)] = lv
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read local map: %w", err)
@@ -82,27 +86,27 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 		return nil, err
 	}
 	s.tunnels = sortedTunnels(tunnels)
-	if s.routes, err = listRoutes(); err != nil {
+	if s.routes, err = route.List(nl); err != nil {
 		return nil, err
 	}
-	if s.masq, s.masqOn, err = readMasq(); err != nil {
+	if s.masq, s.masqOn, err = d.readMasq(); err != nil {
 		return nil, err
 	}
 	for _, k := range forwardKeys {
-		b, err := os.ReadFile(k)
-		s.forward[k] = err == nil && strings.TrimSpace(string(b)) == "1"
+		v, err := d.ns.Sysctl(k)
+		s.forward[k] = err == nil && v == "1"
 	}
 	return s, nil
 }
 
 func (d *Datapath) readTunnels() (map[netip.Prefix]spec.Tunnel, error) {
 	out := make(map[netip.Prefix]spec.Tunnel)
-	var k weftTunnelKey
-	var v weftTunnelValue
+	var k object.WeftTunnelKey
+	var v object.WeftTunnelValue
 	it := d.objs.WeftTunnels.Iterate()
 	for it.Next(&k, &v) {
-		p := decodeKey(k)
-		out[p] = decodeValue(p, v)
+		p := object.Prefix(k)
+		out[p] = object.Tunnel(p, v)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read tunnel map: %w", err)
@@ -110,7 +114,9 @@ func (d *Datapath) readTunnels() (map[netip.Prefix]spec.Tunnel, error) {
 	return out, nil
 }
 
-var forwardKeys = []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"}
+// forwardKeys are the sysctls weft turns on: IPv4 forwarding always, IPv6
+// forwarding when the node has IPv6 CIDRs.
+var forwardKeys = []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"}
 
 // Sync makes the kernel equal want: the overlay device and its programs,
 // the tunnel map, weft's routes, the masquerade table and forwarding. It
@@ -123,8 +129,8 @@ var forwardKeys = []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/
 func (d *Datapath) Sync(ctx context.Context, want *spec.Desired) (spec.Report, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.checkNetns(); err != nil {
-		return spec.Report{}, err
+	if d.ns == nil {
+		return spec.Report{}, errClosed
 	}
 	return d.converge(ctx, want, false)
 }
@@ -135,8 +141,8 @@ func (d *Datapath) Sync(ctx context.Context, want *spec.Desired) (spec.Report, e
 func (d *Datapath) Reconcile(ctx context.Context, want *spec.Desired) (spec.Report, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.checkNetns(); err != nil {
-		return spec.Report{}, err
+	if d.ns == nil {
+		return spec.Report{}, errClosed
 	}
 	d.applied = nil
 	d.ports = nil // re-attach the transmit fast path to every learned port
@@ -200,15 +206,15 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 	if want.Overlay != nil {
 		devIndex = have.devs[want.Overlay.DeviceName()].Index
 	}
-	if err := convergeRoutes(&want, devIndex, have, rec); err != nil {
+	if err := d.convergeRoutes(&want, devIndex, have, rec); err != nil {
 		d.applied = nil
 		return rec.rep, err
 	}
-	if err := convergeMasq(&want, have, rec); err != nil {
+	if err := d.convergeMasq(&want, have, rec); err != nil {
 		d.applied = nil
 		return rec.rep, err
 	}
-	if err := convergeForward(&want, have, rec); err != nil {
+	if err := d.convergeForward(&want, have, rec); err != nil {
 		d.applied = nil
 		return rec.rep, err
 	}
@@ -223,23 +229,24 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 }
 
 func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorder) error {
+	nl := d.ns.NL
 	var wantName string
 	if ov := want.Overlay; ov != nil {
 		wantName = ov.DeviceName()
 		if ov.MTU == 0 {
-			u, err := readUnderlay(d.cfg.Underlay)
+			u, err := device.Underlay(nl, d.cfg.Underlay)
 			if err != nil {
 				return fmt.Errorf("compute overlay mtu: %w", err)
 			}
-			ov.MTU = overlayMTU(ov.Kind, u)
+			ov.MTU = device.OverlayMTU(ov.Kind, u)
 		}
 		dev := have.devs[wantName]
-		if dev == nil || !dev.compatible(ov) {
+		if dev == nil || !dev.Compatible(ov) {
 			what := "device " + wantName + " created"
 			if dev != nil {
 				what = fmt.Sprintf("device %s replaced (kind %s port %d)", wantName, dev.Kind, dev.Port)
 			}
-			nd, err := createDevice(ov, dev)
+			nd, err := device.Create(nl, ov, dev)
 			if err != nil {
 				if dev != nil {
 					delete(have.devs, wantName)
@@ -250,11 +257,11 @@ func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorde
 			have.attached = false
 			rec.note(&rec.rep.Added, what)
 			// Routes to a deleted device vanished with it.
-			if err := refreshRoutes(have); err != nil {
+			if err := d.refreshRoutes(have); err != nil {
 				return err
 			}
 		} else {
-			fixed, err := adjustDevice(dev, ov)
+			fixed, err := device.Adjust(nl, dev, ov)
 			if err != nil {
 				return err
 			}
@@ -262,7 +269,7 @@ func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorde
 				rec.note(&rec.rep.Updated, f)
 			}
 		}
-		fixed, err := syncDeviceAddrs(have.devs[wantName], deviceAddrs(want))
+		fixed, err := device.SyncAddrs(nl, have.devs[wantName], device.Addrs(want))
 		for _, f := range fixed {
 			rec.note(&rec.rep.Updated, f)
 		}
@@ -281,19 +288,19 @@ func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorde
 		if name == wantName {
 			continue
 		}
-		if err := deleteDevice(name); err != nil {
+		if err := device.Delete(nl, name); err != nil {
 			return err
 		}
 		delete(have.devs, name)
 		rec.note(&rec.rep.Removed, "device "+name+" removed")
-		if err := refreshRoutes(have); err != nil {
+		if err := d.refreshRoutes(have); err != nil {
 			return err
 		}
 	}
 	if wantName == "" {
 		// No overlay: drop the link pins (the links died with the device).
-		for _, dir := range []direction{dirEgress, dirIngress} {
-			if err := detachTCX(d.cfg.PinDir, dir); err != nil {
+		for _, h := range []tc.Hook{tc.Egress, tc.Ingress} {
+			if err := tc.DetachTCX(d.cfg.PinDir, h); err != nil {
 				return err
 			}
 		}
@@ -306,7 +313,7 @@ func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorde
 // the bridge program attached in overlay modes (tcx only), and removes both
 // otherwise.
 func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recorder) error {
-	var cfg weftConfig
+	var cfg object.WeftConfig
 	fast := want.Overlay != nil && masqSkipsTunnels(want)
 	if fast {
 		cfg.TunnelIfindex = uint32(have.devs[want.Overlay.DeviceName()].Index)
@@ -320,7 +327,7 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 	}
 	wantBridge := 0
 	if fast && d.useTCX && !d.cfg.NoBridgeFastPath {
-		br, err := readLinkIndex(d.cfg.Bridge)
+		br, err := device.Index(d.ns.NL, d.cfg.Bridge)
 		if err != nil {
 			return err
 		}
@@ -337,14 +344,14 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 		return nil
 	}
 	if wantBridge == 0 {
-		if err := detachTCX(d.cfg.PinDir, dirBridge); err != nil {
+		if err := tc.DetachTCX(d.cfg.PinDir, tc.Bridge); err != nil {
 			return err
 		}
 		have.bridge = 0
 		rec.note(&rec.rep.Removed, "fast path detached from "+d.cfg.Bridge)
 		return nil
 	}
-	if err := attachTCX(d.cfg.PinDir, wantBridge, dirBridge, d.objs.WeftFromPods); err != nil {
+	if err := tc.AttachTCX(d.ns, d.cfg.PinDir, wantBridge, tc.Bridge, d.objs.WeftFromPods); err != nil {
 		return err
 	}
 	have.bridge = wantBridge
@@ -354,24 +361,13 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 
 // localEntries is the content of the local-pod map: the node's pod CIDRs
 // behind bridge (none when the fast path is off).
-func localEntries(want *spec.Desired, bridge int) map[netip.Prefix]weftLocalValue {
-	out := map[netip.Prefix]weftLocalValue{}
+func localEntries(want *spec.Desired, bridge int) map[netip.Prefix]object.WeftLocalValue {
+	out := map[netip.Prefix]object.WeftLocalValue{}
 	if bridge == 0 {
 		return out
 	}
 	for _, p := range want.LocalPodCIDRs {
-		p = p.Masked()
-		v := weftLocalValue{BridgeIfindex: uint32(bridge)}
-		v.Gateway = netip.AddrFrom16(p.Addr().Next().As16()).As16()
-		v.Network = netip.AddrFrom16(p.Addr().As16()).As16()
-		if p.Addr().Is4() {
-			a := p.Addr().As4()
-			host := uint32(1)<<(32-p.Bits()) - 1
-			n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-			n |= host
-			v.Broadcast = netip.AddrFrom16(netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}).As16()).As16()
-		}
-		out[p] = v
+		out[p.Masked()] = object.LocalValue(p, bridge)
 	}
 	return out
 }
@@ -382,7 +378,7 @@ func (d *Datapath) convergeLocal(want *spec.Desired, bridge int, have *kstate, r
 		if _, ok := wantLocal[p]; ok {
 			continue
 		}
-		k := encodeKey(p)
+		k := object.TunnelKey(p)
 		if err := d.objs.WeftLocal.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete local pod cidr %s: %w", p, err)
 		}
@@ -393,7 +389,7 @@ func (d *Datapath) convergeLocal(want *spec.Desired, bridge int, have *kstate, r
 		if old, ok := have.local[p]; ok && old == v {
 			continue
 		}
-		k := encodeKey(p)
+		k := object.TunnelKey(p)
 		if err := d.objs.WeftLocal.Update(&k, &v, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("write local pod cidr %s: %w", p, err)
 		}
@@ -425,8 +421,8 @@ func masqSkipsTunnels(want *spec.Desired) bool {
 	return true
 }
 
-func refreshRoutes(have *kstate) error {
-	rs, err := listRoutes()
+func (d *Datapath) refreshRoutes(have *kstate) error {
+	rs, err := route.List(d.ns.NL)
 	if err != nil {
 		return err
 	}
@@ -463,10 +459,10 @@ func (d *Datapath) putTunnels(ts []spec.Tunnel) error {
 	if len(ts) == 0 {
 		return nil
 	}
-	keys := make([]weftTunnelKey, len(ts))
-	vals := make([]weftTunnelValue, len(ts))
+	keys := make([]object.WeftTunnelKey, len(ts))
+	vals := make([]object.WeftTunnelValue, len(ts))
 	for i, t := range ts {
-		keys[i], vals[i] = encodeKey(t.Prefix), encodeValue(t)
+		keys[i], vals[i] = object.TunnelKey(t.Prefix), object.TunnelValue(t)
 	}
 	if d.batch {
 		_, err := d.objs.WeftTunnels.BatchUpdate(keys, vals, nil)
@@ -491,9 +487,9 @@ func (d *Datapath) deleteTunnels(ps []netip.Prefix) error {
 	if len(ps) == 0 {
 		return nil
 	}
-	keys := make([]weftTunnelKey, len(ps))
+	keys := make([]object.WeftTunnelKey, len(ps))
 	for i, p := range ps {
-		keys[i] = encodeKey(p)
+		keys[i] = object.TunnelKey(p)
 	}
 	if d.batch {
 		_, err := d.objs.WeftTunnels.BatchDelete(keys, nil)
@@ -513,24 +509,25 @@ func (d *Datapath) deleteTunnels(ps []netip.Prefix) error {
 	return nil
 }
 
-func convergeRoutes(want *spec.Desired, devIndex int, have *kstate, rec *recorder) error {
-	diff := diffRoutes(have.routes, desiredRoutes(want, devIndex))
+func (d *Datapath) convergeRoutes(want *spec.Desired, devIndex int, have *kstate, rec *recorder) error {
+	nl := d.ns.NL
+	diff := route.Compare(have.routes, route.Desired(want, devIndex))
 	for _, r := range diff.Delete {
-		if err := deleteRoute(r); err != nil {
+		if err := route.Delete(nl, r); err != nil {
 			return err
 		}
 		delete(have.routes, r.Prefix)
 		rec.note(&rec.rep.Removed, r.String()+" removed")
 	}
 	for _, r := range diff.Add {
-		if err := replaceRoute(r); err != nil {
+		if err := route.Replace(nl, r); err != nil {
 			return err
 		}
 		have.routes[r.Prefix] = r
 		rec.note(&rec.rep.Added, r.String())
 	}
 	for _, r := range diff.Update {
-		if err := replaceRoute(r); err != nil {
+		if err := route.Replace(nl, r); err != nil {
 			return err
 		}
 		have.routes[r.Prefix] = r
@@ -539,14 +536,14 @@ func convergeRoutes(want *spec.Desired, devIndex int, have *kstate, rec *recorde
 	return nil
 }
 
-func convergeMasq(want *spec.Desired, have *kstate, rec *recorder) error {
-	rules := masqRules(want.Masquerade)
-	sig := masqSignature(rules)
+func (d *Datapath) convergeMasq(want *spec.Desired, have *kstate, rec *recorder) error {
+	rules := nft.Rules(want.Masquerade)
+	sig := nft.Signature(rules)
 	if want.Masquerade == nil {
 		if !have.masqOn {
 			return nil
 		}
-		if err := writeMasq(nil, true); err != nil {
+		if err := d.writeMasq(nil, true); err != nil {
 			return err
 		}
 		have.masq, have.masqOn = nil, false
@@ -556,7 +553,7 @@ func convergeMasq(want *spec.Desired, have *kstate, rec *recorder) error {
 	if have.masqOn && slices.Equal(have.masq, sig) {
 		return nil
 	}
-	if err := writeMasq(rules, have.masqOn); err != nil {
+	if err := d.writeMasq(rules, have.masqOn); err != nil {
 		return err
 	}
 	what := fmt.Sprintf("nftables table %s masquerade %d rules", NFTable, len(rules))
@@ -569,7 +566,7 @@ func convergeMasq(want *spec.Desired, have *kstate, rec *recorder) error {
 	return nil
 }
 
-func convergeForward(want *spec.Desired, have *kstate, rec *recorder) error {
+func (d *Datapath) convergeForward(want *spec.Desired, have *kstate, rec *recorder) error {
 	keys := forwardKeys[:1]
 	if hasV6(want) {
 		keys = forwardKeys
@@ -578,8 +575,8 @@ func convergeForward(want *spec.Desired, have *kstate, rec *recorder) error {
 		if have.forward[k] {
 			continue
 		}
-		if err := os.WriteFile(k, []byte("1\n"), 0o644); err != nil {
-			return fmt.Errorf("enable forwarding %s: %w", k, err)
+		if err := d.ns.SetSysctl(k, "1"); err != nil {
+			return fmt.Errorf("enable forwarding: %w", err)
 		}
 		have.forward[k] = true
 		rec.note(&rec.rep.Updated, k+" = 1")

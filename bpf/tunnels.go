@@ -4,60 +4,9 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/weftnet/weft/bpf/internal/object"
 	"github.com/weftnet/weft/bpf/spec"
 )
-
-// Both address families share one LPM trie: an IPv4 prefix a.b.c.d/n is
-// stored as the IPv4-mapped IPv6 prefix ::ffff:a.b.c.d/(96+n), which is
-// exactly what the C programs build from an IPv4 header.
-const mappedBits = 96
-
-// encodeKey turns a pod prefix into a tunnel map key.
-func encodeKey(p netip.Prefix) weftTunnelKey {
-	p = p.Masked()
-	a := p.Addr()
-	bits := p.Bits()
-	if a.Is4() {
-		bits += mappedBits
-	}
-	return weftTunnelKey{Prefixlen: uint32(bits), Addr: netip.AddrFrom16(a.As16()).As16()}
-}
-
-// decodeKey is the inverse of encodeKey.
-func decodeKey(k weftTunnelKey) netip.Prefix {
-	a := netip.AddrFrom16(k.Addr)
-	bits := int(k.Prefixlen)
-	if a.Is4In6() && bits >= mappedBits {
-		return netip.PrefixFrom(a.Unmap(), bits-mappedBits)
-	}
-	return netip.PrefixFrom(a, bits)
-}
-
-// encodeValue turns a tunnel into a map value. The IPv6-endpoint flag is
-// derived from the endpoint itself, whatever t.Flags says.
-func encodeValue(t spec.Tunnel) weftTunnelValue {
-	ep := t.Endpoint.Unmap()
-	flags := t.Flags &^ spec.FlagIPv6Endpoint
-	if ep.Is6() {
-		flags |= spec.FlagIPv6Endpoint
-	}
-	return weftTunnelValue{Endpoint: netip.AddrFrom16(ep.As16()).As16(), Vni: t.VNI, Flags: flags}
-}
-
-// decodeValue is the inverse of encodeValue.
-func decodeValue(p netip.Prefix, v weftTunnelValue) spec.Tunnel {
-	ep := netip.AddrFrom16(v.Endpoint)
-	if v.Flags&spec.FlagIPv6Endpoint == 0 {
-		ep = ep.Unmap()
-	}
-	return spec.Tunnel{Prefix: p, Endpoint: ep, VNI: v.Vni, Flags: v.Flags}
-}
-
-// normTunnel is t as it reads back from the map.
-func normTunnel(t spec.Tunnel) spec.Tunnel {
-	p := t.Prefix.Masked()
-	return decodeValue(p, encodeValue(t))
-}
 
 // tunnelDiff is what a sync writes to the tunnel map.
 type tunnelDiff struct {
@@ -100,7 +49,7 @@ func diffTunnels(have, want []spec.Tunnel) (tunnelDiff, []spec.Tunnel) {
 			if want[i] == have[i] {
 				continue // have is normalized, so want[i] is too
 			}
-			t := normTunnel(want[i])
+			t := object.NormTunnel(want[i])
 			if t.Prefix != have[i].Prefix {
 				same = false
 				break
@@ -126,7 +75,7 @@ func diffTunnels(have, want []spec.Tunnel) (tunnelDiff, []spec.Tunnel) {
 	}
 	w := make([]spec.Tunnel, len(want))
 	for i, t := range want {
-		w[i] = normTunnel(t)
+		w[i] = object.NormTunnel(t)
 	}
 	slices.SortStableFunc(w, func(a, b spec.Tunnel) int { return cmpPrefix(a.Prefix, b.Prefix) })
 	// Deduplicate, keeping the last entry of each prefix.

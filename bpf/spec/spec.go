@@ -193,9 +193,17 @@ func (r Report) Changed() bool {
 type Counters struct {
 	TxPackets, TxBytes uint64
 	RxPackets, RxBytes uint64
-	DropNoTunnel       uint64
-	DropSpoofed        uint64
-	DropOther          uint64
+	// DropNoTunnel counts packets for a destination without a tunnel
+	// entry (Drops["no_tunnel"]).
+	DropNoTunnel uint64
+	// DropSpoofed counts received packets whose outer source, VNI or
+	// inner source does not match the tunnel entry of the inner source
+	// (Drops["unknown_source"], ["wrong_endpoint"], ["wrong_vni"]).
+	DropSpoofed uint64
+	// DropOther counts every other drop.
+	DropOther uint64
+	// Drops counts every drop by reason (names in docs/datapath.md).
+	Drops map[string]uint64
 	// RxDirect counts received packets delivered straight into a local
 	// pod's namespace (the endpoint fast path); they are in RxPackets too.
 	RxDirect uint64

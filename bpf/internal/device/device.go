@@ -1,4 +1,6 @@
-package bpf
+// Package device manages weft's flow-based overlay device (weft_vxlan or
+// weft_geneve) and reads the node's underlay.
+package device
 
 import (
 	"errors"
@@ -17,8 +19,8 @@ import (
 // device.
 var ErrNoGeneve = errors.New("bpf: kernel lacks CONFIG_GENEVE (geneve devices unsupported)")
 
-// devState is a weft overlay device as the kernel holds it.
-type devState struct {
+// State is a weft overlay device as the kernel holds it.
+type State struct {
 	Name      string
 	Kind      spec.Mode
 	Index     int
@@ -32,14 +34,15 @@ type devState struct {
 	Addrs map[netip.Prefix]bool
 }
 
-// compatible reports whether d can serve o without being recreated (MTU,
+// Compatible reports whether d can serve o without being recreated (MTU,
 // ARP and link state are adjusted in place).
-func (d *devState) compatible(o *spec.Overlay) bool {
+func (d *State) Compatible(o *spec.Overlay) bool {
 	return d.Kind == o.Kind && d.Port == o.Port && d.FlowBased && !d.Learning
 }
 
-func readDevice(name string) (*devState, error) {
-	l, err := netlink.LinkByName(name)
+// Read returns the device called name, nil when there is none.
+func Read(nl *netlink.Handle, name string) (*State, error) {
+	l, err := nl.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
@@ -48,14 +51,14 @@ func readDevice(name string) (*devState, error) {
 		return nil, fmt.Errorf("read link %s: %w", name, err)
 	}
 	a := l.Attrs()
-	d := &devState{
+	d := &State{
 		Name:  name,
 		Index: a.Index,
 		MTU:   a.MTU,
 		NoARP: a.RawFlags&unix.IFF_NOARP != 0,
 		Up:    a.Flags&net.FlagUp != 0,
 	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	addrs, err := nl.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s: %w", name, err)
 	}
@@ -77,9 +80,9 @@ func readDevice(name string) (*devState, error) {
 	return d, nil
 }
 
-// createDevice creates the flow-based device for o (deleting a stale one of
-// the same name first) and returns its state.
-func createDevice(o *spec.Overlay, old *devState) (*devState, error) {
+// Create creates the flow-based device for o (deleting old, a stale one
+// of the same name, first) and returns its state.
+func Create(nl *netlink.Handle, o *spec.Overlay, old *State) (*State, error) {
 	name := o.DeviceName()
 	attrs := netlink.LinkAttrs{Name: name, MTU: o.MTU}
 	var l netlink.Link
@@ -92,59 +95,59 @@ func createDevice(o *spec.Overlay, old *devState) (*devState, error) {
 		return nil, fmt.Errorf("create device: overlay kind %q is not vxlan or geneve", o.Kind)
 	}
 	if old != nil {
-		if err := deleteDevice(old.Name); err != nil {
+		if err := Delete(nl, old.Name); err != nil {
 			return nil, err
 		}
 	}
-	if err := netlink.LinkAdd(l); err != nil {
+	if err := nl.LinkAdd(l); err != nil {
 		if o.Kind == spec.ModeGeneve && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP)) {
 			return nil, fmt.Errorf("create device %s: %w: %w", name, ErrNoGeneve, err)
 		}
 		return nil, fmt.Errorf("create device %s: %w", name, err)
 	}
-	l, err := netlink.LinkByName(name)
+	l, err := nl.LinkByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("read created device %s: %w", name, err)
 	}
-	if err := netlink.LinkSetARPOff(l); err != nil {
+	if err := nl.LinkSetARPOff(l); err != nil {
 		return nil, fmt.Errorf("set %s noarp: %w", name, err)
 	}
 	// No IPv6 link-local address: nothing should send router solicitations
 	// or MLD reports into the tunnel (they would be dropped as misses).
-	_ = netlink.LinkSetIP6AddrGenMode(l, 1 /* IN6_ADDR_GEN_MODE_NONE */)
-	if err := netlink.LinkSetUp(l); err != nil {
+	_ = nl.LinkSetIP6AddrGenMode(l, 1 /* IN6_ADDR_GEN_MODE_NONE */)
+	if err := nl.LinkSetUp(l); err != nil {
 		return nil, fmt.Errorf("set %s up: %w", name, err)
 	}
-	return readDevice(name)
+	return Read(nl, name)
 }
 
-// adjustDevice fixes MTU, ARP and link state of a compatible device and
-// names each change.
-func adjustDevice(d *devState, o *spec.Overlay) ([]string, error) {
+// Adjust fixes MTU, ARP and link state of a compatible device and names
+// each change.
+func Adjust(nl *netlink.Handle, d *State, o *spec.Overlay) ([]string, error) {
 	var fixed []string
 	if d.MTU == o.MTU && d.NoARP && d.Up {
 		return nil, nil
 	}
-	l, err := netlink.LinkByIndex(d.Index)
+	l, err := nl.LinkByIndex(d.Index)
 	if err != nil {
 		return nil, fmt.Errorf("read link %s: %w", d.Name, err)
 	}
 	if d.MTU != o.MTU {
-		if err := netlink.LinkSetMTU(l, o.MTU); err != nil {
+		if err := nl.LinkSetMTU(l, o.MTU); err != nil {
 			return nil, fmt.Errorf("set %s mtu %d: %w", d.Name, o.MTU, err)
 		}
 		fixed = append(fixed, fmt.Sprintf("device %s mtu %d -> %d", d.Name, d.MTU, o.MTU))
 		d.MTU = o.MTU
 	}
 	if !d.NoARP {
-		if err := netlink.LinkSetARPOff(l); err != nil {
+		if err := nl.LinkSetARPOff(l); err != nil {
 			return nil, fmt.Errorf("set %s noarp: %w", d.Name, err)
 		}
 		fixed = append(fixed, fmt.Sprintf("device %s arp off", d.Name))
 		d.NoARP = true
 	}
 	if !d.Up {
-		if err := netlink.LinkSetUp(l); err != nil {
+		if err := nl.LinkSetUp(l); err != nil {
 			return nil, fmt.Errorf("set %s up: %w", d.Name, err)
 		}
 		fixed = append(fixed, fmt.Sprintf("device %s up", d.Name))
@@ -153,8 +156,9 @@ func adjustDevice(d *devState, o *spec.Overlay) ([]string, error) {
 	return fixed, nil
 }
 
-func deleteDevice(name string) error {
-	l, err := netlink.LinkByName(name)
+// Delete deletes the device called name; a missing one is not an error.
+func Delete(nl *netlink.Handle, name string) error {
+	l, err := nl.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
@@ -162,14 +166,14 @@ func deleteDevice(name string) error {
 		}
 		return fmt.Errorf("read link %s: %w", name, err)
 	}
-	if err := netlink.LinkDel(l); err != nil {
+	if err := nl.LinkDel(l); err != nil {
 		return fmt.Errorf("delete device %s: %w", name, err)
 	}
 	return nil
 }
 
-// overlayMTU is the device MTU for an underlay of mtu bytes.
-func overlayMTU(kind spec.Mode, u spec.Underlay) int {
+// OverlayMTU is the device MTU of an overlay of kind on underlay u.
+func OverlayMTU(kind spec.Mode, u spec.Underlay) int {
 	over := spec.VXLANOverhead
 	if kind == spec.ModeGeneve {
 		over = spec.GeneveOverhead
@@ -180,89 +184,9 @@ func overlayMTU(kind spec.Mode, u spec.Underlay) int {
 	return u.MTU - over
 }
 
-// readUnderlay resolves the underlay named by iface-or-IP ("" = the
-// interface of the default route).
-func readUnderlay(name string) (spec.Underlay, error) {
-	var link netlink.Link
-	var ip netip.Addr
-	switch {
-	case name == "":
-		l, err := defaultRouteLink()
-		if err != nil {
-			return spec.Underlay{}, err
-		}
-		link = l
-	default:
-		if a, err := netip.ParseAddr(name); err == nil {
-			ip = a.Unmap()
-			addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
-			if err != nil {
-				return spec.Underlay{}, fmt.Errorf("list addresses: %w", err)
-			}
-			for _, ad := range addrs {
-				if x, ok := netip.AddrFromSlice(ad.IP); ok && x.Unmap() == ip {
-					link, _ = netlink.LinkByIndex(ad.LinkIndex)
-				}
-			}
-			if link == nil {
-				return spec.Underlay{}, fmt.Errorf("find underlay: no interface holds %s", ip)
-			}
-		} else {
-			l, err := netlink.LinkByName(name)
-			if err != nil {
-				return spec.Underlay{}, fmt.Errorf("find underlay %s: %w", name, err)
-			}
-			link = l
-		}
-	}
-	fixedIP := ip.IsValid()
-	u := spec.Underlay{Interface: link.Attrs().Name, MTU: link.Attrs().MTU, IP: ip}
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
-	if err != nil {
-		return spec.Underlay{}, fmt.Errorf("list addresses of %s: %w", u.Interface, err)
-	}
-	for _, ad := range addrs {
-		a, ok := netip.AddrFromSlice(ad.IP)
-		if !ok || a.IsLinkLocalUnicast() {
-			continue
-		}
-		a = a.Unmap()
-		ones, _ := ad.Mask.Size()
-		u.Networks = append(u.Networks, netip.PrefixFrom(a, ones).Masked())
-		// Prefer the first IPv4 address, else the first global IPv6 one.
-		if !fixedIP && (!u.IP.IsValid() || (u.IP.Is6() && a.Is4())) {
-			u.IP = a
-		}
-	}
-	if !u.IP.IsValid() {
-		return spec.Underlay{}, fmt.Errorf("find underlay %s: no address", u.Interface)
-	}
-	return u, nil
-}
-
-func defaultRouteLink() (netlink.Link, error) {
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rs, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if err != nil {
-			return nil, fmt.Errorf("list routes: %w", err)
-		}
-		for _, r := range rs {
-			if r.Dst != nil {
-				if ones, _ := r.Dst.Mask.Size(); ones != 0 {
-					continue
-				}
-			}
-			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-				return l, nil
-			}
-		}
-	}
-	return nil, errors.New("find underlay: no default route")
-}
-
-// readLinkIndex returns the ifindex of name, 0 when it does not exist.
-func readLinkIndex(name string) (int, error) {
-	l, err := netlink.LinkByName(name)
+// Index returns the ifindex of the link called name, 0 when there is none.
+func Index(nl *netlink.Handle, name string) (int, error) {
+	l, err := nl.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
@@ -273,11 +197,11 @@ func readLinkIndex(name string) (int, error) {
 	return l.Attrs().Index, nil
 }
 
-// deviceAddrs are the addresses weft puts on the overlay device: the
-// network address of each local pod CIDR as a host address (as flannel
-// does), so traffic the node itself sends into the overlay has a source
-// the remote nodes' tunnel maps know.
-func deviceAddrs(want *spec.Desired) map[netip.Prefix]bool {
+// Addrs are the addresses weft puts on the overlay device: the network
+// address of each local pod CIDR as a host address (as flannel does), so
+// traffic the node itself sends into the overlay has a source the remote
+// nodes' tunnel maps know.
+func Addrs(want *spec.Desired) map[netip.Prefix]bool {
 	out := map[netip.Prefix]bool{}
 	for _, p := range want.LocalPodCIDRs {
 		a := p.Masked().Addr()
@@ -286,13 +210,13 @@ func deviceAddrs(want *spec.Desired) map[netip.Prefix]bool {
 	return out
 }
 
-// syncDeviceAddrs makes d's addresses equal want and names each change.
-func syncDeviceAddrs(d *devState, want map[netip.Prefix]bool) ([]string, error) {
+// SyncAddrs makes d's addresses equal want and names each change.
+func SyncAddrs(nl *netlink.Handle, d *State, want map[netip.Prefix]bool) ([]string, error) {
 	if maps.Equal(d.Addrs, want) {
 		return nil, nil
 	}
 	var changed []string
-	l, err := netlink.LinkByIndex(d.Index)
+	l, err := nl.LinkByIndex(d.Index)
 	if err != nil {
 		return nil, fmt.Errorf("read link %s: %w", d.Name, err)
 	}
@@ -300,7 +224,7 @@ func syncDeviceAddrs(d *devState, want map[netip.Prefix]bool) ([]string, error) 
 		if want[p] {
 			continue
 		}
-		if err := netlink.AddrDel(l, &netlink.Addr{IPNet: ipNet(p)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		if err := nl.AddrDel(l, &netlink.Addr{IPNet: IPNet(p)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			return changed, fmt.Errorf("delete address %s from %s: %w", p, d.Name, err)
 		}
 		delete(d.Addrs, p)
@@ -310,12 +234,17 @@ func syncDeviceAddrs(d *devState, want map[netip.Prefix]bool) ([]string, error) 
 		if d.Addrs[p] {
 			continue
 		}
-		a := &netlink.Addr{IPNet: ipNet(p), Flags: unix.IFA_F_NODAD}
-		if err := netlink.AddrReplace(l, a); err != nil {
+		a := &netlink.Addr{IPNet: IPNet(p), Flags: unix.IFA_F_NODAD}
+		if err := nl.AddrReplace(l, a); err != nil {
 			return changed, fmt.Errorf("add address %s to %s: %w", p, d.Name, err)
 		}
 		d.Addrs[p] = true
 		changed = append(changed, fmt.Sprintf("address %s on %s", p, d.Name))
 	}
 	return changed, nil
+}
+
+// IPNet converts p for netlink.
+func IPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

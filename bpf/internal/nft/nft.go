@@ -1,4 +1,6 @@
-package bpf
+// Package nft manages weft's nftables table (family inet) that masquerades
+// pod traffic leaving the pod network.
+package nft
 
 import (
 	"bytes"
@@ -13,46 +15,47 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 )
 
-// NFTable is the nftables table (family inet) weft owns for masquerade.
-const NFTable = "weft"
+// Table is the nftables table (family inet) weft owns.
+const Table = "weft"
 
-const nftChain = "postrouting"
+const chain = "postrouting"
 
-// masqRule is one rule of the postrouting chain: traffic from Src to Dst
-// returns (keeps the pod address) when Dst is valid, else it is masqueraded.
-type masqRule struct {
+// Rule is one rule of the postrouting chain: traffic from Src to Dst
+// returns (keeps the pod address) when Dst is valid, else it is
+// masqueraded.
+type Rule struct {
 	Src, Dst netip.Prefix
 }
 
-func (r masqRule) String() string {
+func (r Rule) String() string {
 	if r.Dst.IsValid() {
 		return fmt.Sprintf("weft: %s -> %s keep", r.Src, r.Dst)
 	}
 	return fmt.Sprintf("weft: %s masquerade", r.Src)
 }
 
-// masqRules lists the chain's rules for m in order: for each local pod
-// CIDR, a return rule per native CIDR of the same family, then masquerade.
-func masqRules(m *spec.Masquerade) []masqRule {
+// Rules lists the chain's rules for m in order: for each local pod CIDR, a
+// return rule per native CIDR of the same family, then masquerade.
+func Rules(m *spec.Masquerade) []Rule {
 	if m == nil {
 		return nil
 	}
-	var out []masqRule
+	var out []Rule
 	for _, src := range m.PodCIDRs {
 		src = src.Masked()
 		for _, dst := range m.NativeCIDRs {
 			dst = dst.Masked()
 			if dst.Addr().Is4() == src.Addr().Is4() {
-				out = append(out, masqRule{Src: src, Dst: dst})
+				out = append(out, Rule{Src: src, Dst: dst})
 			}
 		}
-		out = append(out, masqRule{Src: src})
+		out = append(out, Rule{Src: src})
 	}
 	return out
 }
 
-// masqSignature names the rule set; "" means no table.
-func masqSignature(rules []masqRule) []string {
+// Signature names the rule set as Read reports it.
+func Signature(rules []Rule) []string {
 	out := make([]string, len(rules))
 	for i, r := range rules {
 		out[i] = r.String()
@@ -85,7 +88,7 @@ func matchPrefix(p netip.Prefix, dst bool) []expr.Any {
 	}
 }
 
-func (r masqRule) exprs() []expr.Any {
+func (r Rule) exprs() []expr.Any {
 	e := matchPrefix(r.Src, false)
 	if r.Dst.IsValid() {
 		e = append(e, matchPrefix(r.Dst, true)...)
@@ -94,30 +97,25 @@ func (r masqRule) exprs() []expr.Any {
 	return append(e, &expr.Masq{})
 }
 
-var weftTable = &nftables.Table{Name: NFTable, Family: nftables.TableFamilyINet}
+var table = &nftables.Table{Name: Table, Family: nftables.TableFamilyINet}
 
-// readMasq returns the user data of the rules in weft's chain, or nil
-// without the table.
-func readMasq() ([]string, bool, error) {
-	c, err := nftables.New()
-	if err != nil {
-		return nil, false, fmt.Errorf("open nftables: %w", err)
-	}
-	defer c.CloseLasting()
+// Read returns the descriptions of the rules in weft's chain and whether
+// the table exists.
+func Read(c *nftables.Conn) ([]string, bool, error) {
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, false, fmt.Errorf("list nftables tables: %w", err)
 	}
 	found := false
 	for _, t := range tables {
-		if t.Name == NFTable {
+		if t.Name == Table {
 			found = true
 		}
 	}
 	if !found {
 		return nil, false, nil
 	}
-	rules, err := c.GetRules(weftTable, &nftables.Chain{Name: nftChain, Table: weftTable})
+	rules, err := c.GetRules(table, &nftables.Chain{Name: chain, Table: table})
 	if err != nil {
 		// The table exists without our chain: report it as present and empty.
 		return []string{}, true, nil
@@ -129,30 +127,25 @@ func readMasq() ([]string, bool, error) {
 	return out, true, nil
 }
 
-// writeMasq replaces weft's table with rules in one transaction, or deletes
-// it when rules is nil.
-func writeMasq(rules []masqRule, exists bool) error {
-	c, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("open nftables: %w", err)
-	}
-	defer c.CloseLasting()
+// Write replaces weft's table with rules in one transaction, or deletes it
+// when rules is nil (exists says whether there is one to delete).
+func Write(c *nftables.Conn, rules []Rule, exists bool) error {
 	if rules == nil {
 		if !exists {
 			return nil
 		}
-		c.DelTable(weftTable)
+		c.DelTable(table)
 		if err := c.Flush(); err != nil {
-			return fmt.Errorf("delete nftables table %s: %w", NFTable, err)
+			return fmt.Errorf("delete nftables table %s: %w", Table, err)
 		}
 		return nil
 	}
 	if exists {
-		c.DelTable(weftTable)
+		c.DelTable(table)
 	}
-	t := c.AddTable(weftTable)
+	t := c.AddTable(table)
 	ch := c.AddChain(&nftables.Chain{
-		Name:     nftChain,
+		Name:     chain,
 		Table:    t,
 		Type:     nftables.ChainTypeNAT,
 		Hooknum:  nftables.ChainHookPostrouting,
@@ -162,7 +155,7 @@ func writeMasq(rules []masqRule, exists bool) error {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.exprs(), UserData: []byte(r.String())})
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("write nftables table %s: %w", NFTable, err)
+		return fmt.Errorf("write nftables table %s: %w", Table, err)
 	}
 	return nil
 }

@@ -1,0 +1,141 @@
+package object
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/weftnet/weft/bpf/spec"
+)
+
+// TestStructSizes checks that every struct shared with the C programs has
+// the same size in Go and in the compiled object's BTF.
+func TestStructSizes(t *testing.T) {
+	cs, err := LoadWeft()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		goSz int
+		want int
+	}{
+		{"tunnel_key", binary.Size(WeftTunnelKey{}), 20},
+		{"tunnel_value", binary.Size(WeftTunnelValue{}), 24},
+		{"stats", binary.Size(WeftStats{}), 48},
+		{"config", binary.Size(WeftConfig{}), 8},
+		{"local_value", binary.Size(WeftLocalValue{}), 56},
+		{"endpoint_key", binary.Size(WeftEndpointKey{}), 16},
+		{"endpoint_value", binary.Size(WeftEndpointValue{}), 16},
+	} {
+		var st *btf.Struct
+		if err := cs.Types.TypeByName(c.name, &st); err != nil {
+			t.Fatalf("btf %s: %v", c.name, err)
+		}
+		cSz, err := btf.Sizeof(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.goSz != cSz || cSz != c.want {
+			t.Errorf("%s: go %d bytes, C %d bytes, want %d", c.name, c.goSz, cSz, c.want)
+		}
+	}
+	tm := cs.Maps[WeftMapWeftTunnels]
+	if int(tm.KeySize) != binary.Size(WeftTunnelKey{}) || int(tm.ValueSize) != binary.Size(WeftTunnelValue{}) {
+		t.Errorf("tunnel map key/value %d/%d bytes", tm.KeySize, tm.ValueSize)
+	}
+	if cm := cs.Maps[WeftMapWeftConfig]; int(cm.ValueSize) != binary.Size(WeftConfig{}) {
+		t.Errorf("config map value %d bytes", cm.ValueSize)
+	}
+	if lm := cs.Maps[WeftMapWeftLocal]; int(lm.KeySize) != binary.Size(WeftTunnelKey{}) || int(lm.ValueSize) != binary.Size(WeftLocalValue{}) {
+		t.Errorf("local map key/value %d/%d bytes", lm.KeySize, lm.ValueSize)
+	}
+	if em := cs.Maps[WeftMapWeftEndpoints]; int(em.KeySize) != binary.Size(WeftEndpointKey{}) || int(em.ValueSize) != binary.Size(WeftEndpointValue{}) {
+		t.Errorf("endpoint map key/value %d/%d bytes", em.KeySize, em.ValueSize)
+	}
+	sm := cs.Maps[WeftMapWeftStats]
+	if int(sm.ValueSize) != binary.Size(WeftStats{}) {
+		t.Errorf("stats map value %d bytes", sm.ValueSize)
+	}
+	if dm := cs.Maps[WeftMapWeftDrops]; dm.KeySize != 4 || dm.ValueSize != 8 {
+		t.Errorf("drop map key/value %d/%d bytes, want 4/8 (u32 reason, u64 count)", dm.KeySize, dm.ValueSize)
+	}
+}
+
+func TestKeyEncoding(t *testing.T) {
+	for _, s := range []string{"10.244.1.0/24", "0.0.0.0/0", "10.244.1.7/32", "fd00:244:1::/64", "::/0"} {
+		p := netip.MustParsePrefix(s)
+		k := TunnelKey(p)
+		if got := Prefix(k); got != p.Masked() {
+			t.Errorf("%s: round trip %s", s, got)
+		}
+	}
+	k := TunnelKey(netip.MustParsePrefix("10.244.1.0/24"))
+	if k.Prefixlen != 120 || k.Addr[10] != 0xff || k.Addr[11] != 0xff || k.Addr[12] != 10 || k.Addr[13] != 244 {
+		t.Errorf("ipv4 key not ipv4-mapped: %+v", k)
+	}
+	// Host bits are masked.
+	if Prefix(TunnelKey(netip.MustParsePrefix("10.244.1.9/24"))) != netip.MustParsePrefix("10.244.1.0/24") {
+		t.Error("host bits kept")
+	}
+}
+
+func TestValueEncoding(t *testing.T) {
+	v4 := spec.Tunnel{Prefix: netip.MustParsePrefix("10.244.1.0/24"), Endpoint: netip.MustParseAddr("192.168.1.2"), VNI: 7, Flags: spec.FlagIPv6Endpoint}
+	v := TunnelValue(v4)
+	if v.Flags&spec.FlagIPv6Endpoint != 0 || v.Vni != 7 || v.Endpoint[15] != 2 || v.Endpoint[10] != 0xff {
+		t.Errorf("v4 endpoint value %+v", v)
+	}
+	if got := Tunnel(v4.Prefix, v); got.Endpoint != v4.Endpoint || got.Flags != 0 {
+		t.Errorf("v4 decode %+v", got)
+	}
+	v6 := spec.Tunnel{Prefix: netip.MustParsePrefix("fd00::/64"), Endpoint: netip.MustParseAddr("2001:db8::1"), VNI: 1}
+	v = TunnelValue(v6)
+	if v.Flags&spec.FlagIPv6Endpoint == 0 {
+		t.Errorf("v6 endpoint lacks flag: %+v", v)
+	}
+	if got := Tunnel(v6.Prefix, v); got.Endpoint != v6.Endpoint || got.Flags != spec.FlagIPv6Endpoint {
+		t.Errorf("v6 decode %+v", got)
+	}
+}
+
+// TestDropReasonNames checks that every reason of the C enum drop_reason
+// has exactly one name in DropReasons, that the names are unique, and that
+// every reason fits in the drop map.
+func TestDropReasonNames(t *testing.T) {
+	cs, err := LoadWeft()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var enum *btf.Enum
+	if err := cs.Types.TypeByName("drop_reason", &enum); err != nil {
+		t.Fatalf("btf drop_reason: %v", err)
+	}
+	slots := cs.Maps[WeftMapWeftDrops].MaxEntries
+	byKey := map[WeftDropReason]string{}
+	names := map[string]bool{}
+	for _, r := range DropReasons {
+		if _, dup := byKey[r.Key]; dup {
+			t.Errorf("reason %d named twice", r.Key)
+		}
+		if names[r.Name] || r.Name == "" || strings.ToLower(r.Name) != r.Name {
+			t.Errorf("reason %d: name %q empty, not lower case or used twice", r.Key, r.Name)
+		}
+		byKey[r.Key], names[r.Name] = r.Name, true
+	}
+	for _, v := range enum.Values {
+		if v.Value == 0 || v.Value >= uint64(slots) {
+			t.Errorf("%s = %d: outside 1..%d (the drop map's slots)", v.Name, v.Value, slots-1)
+		}
+		if _, ok := byKey[WeftDropReason(v.Value)]; !ok {
+			t.Errorf("%s = %d has no name in DropReasons", v.Name, v.Value)
+		}
+		delete(byKey, WeftDropReason(v.Value))
+	}
+	for k, n := range byKey {
+		t.Errorf("DropReasons names %q for %d, which the C enum does not have", n, k)
+	}
+}

@@ -1,0 +1,205 @@
+package netnstest
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// Pinger sends ICMP echo requests from inside a namespace over a raw
+// socket (IPv4 or IPv6) and records the replies to its own identifier by
+// sequence number.
+type Pinger struct {
+	conn *icmp.PacketConn
+	v6   bool
+	id   int
+	done chan struct{}
+
+	mu      sync.Mutex
+	replies map[int]Reply
+	notify  chan struct{} // closed and replaced on every reply
+}
+
+// Reply is a received echo reply.
+type Reply struct {
+	From netip.Addr
+	At   time.Time
+}
+
+// NewPinger opens an ICMP (v6: ICMPv6) socket in n. Close it.
+func NewPinger(n *NS, v6 bool) (*Pinger, error) {
+	p := &Pinger{v6: v6, id: rand.IntN(0xffff), done: make(chan struct{}),
+		replies: map[int]Reply{}, notify: make(chan struct{})}
+	err := n.Do(func() error {
+		var err error
+		if v6 {
+			p.conn, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
+		} else {
+			p.conn, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open icmp socket in %s: %w", n.Name, err)
+	}
+	go p.read()
+	return p, nil
+}
+
+func (p *Pinger) read() {
+	defer close(p.done)
+	buf := make([]byte, 1500)
+	proto := 1
+	if p.v6 {
+		proto = 58
+	}
+	for {
+		n, from, err := p.conn.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil {
+			continue
+		}
+		e, ok := m.Body.(*icmp.Echo)
+		if !ok || (m.Type != ipv4.ICMPTypeEchoReply && m.Type != ipv6.ICMPTypeEchoReply) || e.ID != p.id {
+			continue
+		}
+		src := netip.Addr{}
+		if ia, ok := from.(*net.IPAddr); ok {
+			src, _ = netip.AddrFromSlice(ia.IP)
+			src = src.Unmap()
+		}
+		p.mu.Lock()
+		if _, seen := p.replies[e.Seq]; !seen {
+			p.replies[e.Seq] = Reply{From: src, At: time.Now()}
+		}
+		close(p.notify)
+		p.notify = make(chan struct{})
+		p.mu.Unlock()
+	}
+}
+
+// Send sends echo request seq (0–65535) to dst.
+func (p *Pinger) Send(dst netip.Addr, seq int) error {
+	var typ icmp.Type = ipv4.ICMPTypeEcho
+	if p.v6 {
+		typ = ipv6.ICMPTypeEchoRequest
+	}
+	b, err := (&icmp.Message{Type: typ, Body: &icmp.Echo{ID: p.id, Seq: seq & 0xffff, Data: []byte("weft-ping")}}).Marshal(nil)
+	if err != nil {
+		return err
+	}
+	_, err = p.conn.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()})
+	return err
+}
+
+// Reply returns the reply to seq, if one came.
+func (p *Pinger) Reply(seq int) (Reply, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r, ok := p.replies[seq&0xffff]
+	return r, ok
+}
+
+// Wait waits until the reply to seq has come from `from` (any source when
+// invalid) or the deadline passes.
+func (p *Pinger) Wait(seq int, from netip.Addr, deadline time.Time) error {
+	for {
+		p.mu.Lock()
+		r, ok := p.replies[seq&0xffff]
+		notify := p.notify
+		p.mu.Unlock()
+		if ok && (!from.IsValid() || r.From == from) {
+			return nil
+		}
+		select {
+		case <-notify:
+		case <-p.done:
+			return fmt.Errorf("no reply to echo %d: socket closed", seq)
+		case <-time.After(time.Until(deadline)):
+			return fmt.Errorf("no reply to echo %d: %w", seq, errTimeout)
+		}
+	}
+}
+
+var errTimeout = errors.New("timed out")
+
+// Ping sends one echo request to dst and waits up to timeout for its reply
+// from dst.
+func (p *Pinger) Ping(dst netip.Addr, seq int, timeout time.Duration) error {
+	if err := p.Send(dst, seq); err != nil {
+		return fmt.Errorf("ping %s: %w", dst, err)
+	}
+	if err := p.Wait(seq, dst, time.Now().Add(timeout)); err != nil {
+		return fmt.Errorf("ping %s: %w", dst, err)
+	}
+	return nil
+}
+
+// Close closes the socket and waits for the reader.
+func (p *Pinger) Close() error {
+	err := p.conn.Close()
+	<-p.done
+	return err
+}
+
+// Reach pings dst from n every 100 ms until a reply arrives (true) or
+// timeout passes (false).
+func Reach(t testing.TB, n *NS, dst netip.Addr, timeout time.Duration) bool {
+	t.Helper()
+	p, err := NewPinger(n, dst.Is6())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	deadline := time.Now().Add(timeout)
+	for seq := 1; time.Now().Before(deadline); seq++ {
+		_ = p.Send(dst, seq)
+		wait := time.Now().Add(100 * time.Millisecond)
+		for s := 1; s <= seq; s++ {
+			if _, ok := p.Reply(s); ok {
+				return true
+			}
+		}
+		if p.Wait(seq, netip.Addr{}, wait) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// Lost sends count echo requests from n to dst every interval and returns
+// how many got no reply within 300 ms after the last one.
+func Lost(t testing.TB, n *NS, dst netip.Addr, count int, interval time.Duration) int {
+	t.Helper()
+	p, err := NewPinger(n, dst.Is6())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for seq := 1; seq <= count; seq++ {
+		<-tick.C
+		_ = p.Send(dst, seq)
+	}
+	time.Sleep(300 * time.Millisecond)
+	lost := 0
+	for seq := 1; seq <= count; seq++ {
+		if _, ok := p.Reply(seq); !ok {
+			lost++
+		}
+	}
+	return lost
+}
