@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,7 +12,8 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 // BridgeName is the per-node Linux bridge pods hang off, holding the
@@ -168,7 +168,7 @@ func ensureBridge(h *netlink.Handle, s SubnetEnv) (netlink.Link, error) {
 			return nil, fmt.Errorf("find bridge %s: %w", BridgeName, err)
 		}
 	}
-	gw := &netlink.Addr{IPNet: prefixNet(s.Subnet)}
+	gw := &netlink.Addr{IPNet: netnstest.IPNet(s.Subnet)}
 	if err := h.AddrReplace(br, gw); err != nil {
 		return nil, fmt.Errorf("set gateway %s on %s: %w", s.Subnet, BridgeName, err)
 	}
@@ -188,59 +188,25 @@ func (NetlinkAttacher) Attach(ctx context.Context, nodeNS, podNS, podName, subne
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("attach %s: %w", podName, err)
 	}
-	pns, err := netns.GetFromName(podNS)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("attach %s: open netns %s: %w", podName, podNS, err)
-	}
-	defer pns.Close()
 	host := hostVeth(podName)
-	err = withHandle(nodeNS, func(h *netlink.Handle) error {
-		br, err := ensureBridge(h, s)
+	err = withNS(nodeNS, func(node *netnstest.NS) error {
+		h, err := node.NL()
 		if err != nil {
+			return err
+		}
+		if _, err := ensureBridge(h, s); err != nil {
 			return err
 		}
 		if old, err := h.LinkByName(host); err == nil {
 			h.LinkDel(old)
 		}
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name = host
-		attrs.MTU = s.MTU
-		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(pns)}
-		if err := h.LinkAdd(veth); err != nil {
-			return fmt.Errorf("add veth %s: %w", host, err)
-		}
-		l, err := h.LinkByName(host)
-		if err != nil {
-			return fmt.Errorf("find veth %s: %w", host, err)
-		}
-		if err := h.LinkSetMaster(l, br); err != nil {
-			return fmt.Errorf("attach %s to %s: %w", host, BridgeName, err)
-		}
-		return h.LinkSetUp(l)
-	})
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("attach %s: %w", podName, err)
-	}
-	err = withHandle(podNS, func(h *netlink.Handle) error {
-		l, err := h.LinkByName("eth0")
-		if err != nil {
-			return fmt.Errorf("find eth0: %w", err)
-		}
-		if err := h.LinkSetMTU(l, s.MTU); err != nil {
-			return fmt.Errorf("set eth0 mtu: %w", err)
-		}
-		a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(addr, s.Subnet.Bits()))}
-		if err := h.AddrReplace(l, a); err != nil {
-			return fmt.Errorf("set eth0 address: %w", err)
-		}
-		if err := h.LinkSetUp(l); err != nil {
-			return fmt.Errorf("set eth0 up: %w", err)
-		}
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.IP(s.Subnet.Addr().AsSlice())}
-		if err := h.RouteReplace(r); err != nil {
-			return fmt.Errorf("set default route: %w", err)
-		}
-		return nil
+		return withNS(podNS, func(pod *netnstest.NS) error {
+			_, err := node.Plug(BridgeName, host, pod, "eth0", s.MTU, []netip.Prefix{netip.PrefixFrom(addr, s.Subnet.Bits())}, s.Subnet.Addr())
+			if err != nil {
+				return err
+			}
+			return node.MTU(host, s.MTU)
+		})
 	})
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("attach %s: %w", podName, err)
@@ -295,12 +261,4 @@ func SetPodMTU(nodeNS, podNS string, mtu int) error {
 // SetMTU is SetPodMTU; kept for callers holding a NetlinkAttacher.
 func (NetlinkAttacher) SetMTU(nodeNS, podNS, podName string, mtu int) error {
 	return SetPodMTU(nodeNS, podNS, mtu)
-}
-
-func prefixNet(p netip.Prefix) *net.IPNet {
-	bits := 32
-	if p.Addr().Is6() {
-		bits = 128
-	}
-	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), bits)}
 }

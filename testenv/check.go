@@ -3,19 +3,16 @@ package testenv
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 // EchoPort is the TCP and UDP port of the echo server in every pod.
@@ -176,127 +173,27 @@ func CheckUDP(ctx context.Context, ns string, dst netip.Addr) error {
 	return fmt.Errorf("udp %s→%s: %w", ns, dst, last)
 }
 
-// Pinger sends ICMP echo requests from inside a namespace over a raw
-// socket and matches replies by identifier and sequence.
-type Pinger struct {
-	conn *net.IPConn
-	id   uint16
-	seq  atomic.Uint32
-}
-
-var pingID atomic.Uint32
-
-// NewPinger opens a raw ICMP socket inside the named namespace.
-func NewPinger(ns string) (*Pinger, error) {
-	var conn *net.IPConn
-	err := InNS(ns, func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
-		if err != nil {
-			return fmt.Errorf("open icmp socket in %s: %w", ns, err)
-		}
-		f := os.NewFile(uintptr(fd), "icmp")
-		defer f.Close()
-		pc, err := net.FilePacketConn(f)
-		if err != nil {
-			return fmt.Errorf("wrap icmp socket: %w", err)
-		}
-		ic, ok := pc.(*net.IPConn)
-		if !ok {
-			pc.Close()
-			return fmt.Errorf("wrap icmp socket: got %T", pc)
-		}
-		conn = ic
-		return nil
+// newPinger opens an ICMP socket in the named namespace for dst's family.
+func newPinger(ns string, dst netip.Addr) (*netnstest.Pinger, error) {
+	var p *netnstest.Pinger
+	err := withNS(ns, func(n *netnstest.NS) error {
+		var err error
+		p, err = netnstest.NewPinger(n, dst.Is6())
+		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return &Pinger{conn: conn, id: uint16(os.Getpid()) ^ uint16(pingID.Add(1)*7919)}, nil
-}
-
-// Close closes the socket.
-func (p *Pinger) Close() error { return p.conn.Close() }
-
-func icmpChecksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
-}
-
-func (p *Pinger) send(dst netip.Addr, seq uint16) error {
-	pkt := make([]byte, 8+56)
-	pkt[0] = 8 // echo request
-	binary.BigEndian.PutUint16(pkt[4:], p.id)
-	binary.BigEndian.PutUint16(pkt[6:], seq)
-	copy(pkt[8:], "weft-testenv-ping")
-	binary.BigEndian.PutUint16(pkt[2:], icmpChecksum(pkt))
-	_, err := p.conn.WriteToIP(pkt, &net.IPAddr{IP: net.IP(dst.AsSlice())})
-	return err
-}
-
-// recv reads one echo reply of this pinger (any source in want, or any if
-// want is invalid) and returns its sequence; other ICMP is skipped.
-func (p *Pinger) recv(deadline time.Time) (uint16, netip.Addr, error) {
-	buf := make([]byte, 1500)
-	p.conn.SetReadDeadline(deadline)
-	for {
-		n, from, err := p.conn.ReadFromIP(buf)
-		if err != nil {
-			return 0, netip.Addr{}, err
-		}
-		b := buf[:n]
-		if len(b) < 20 {
-			continue
-		}
-		ihl := int(b[0]&0x0f) * 4 // raw IPv4 sockets deliver the IP header
-		if len(b) < ihl+8 {
-			continue
-		}
-		icmp := b[ihl:]
-		if icmp[0] != 0 || binary.BigEndian.Uint16(icmp[4:]) != p.id {
-			continue
-		}
-		src, _ := netip.AddrFromSlice(from.IP.To4())
-		return binary.BigEndian.Uint16(icmp[6:]), src, nil
-	}
-}
-
-// Ping sends one echo request to dst and waits up to timeout for its reply.
-func (p *Pinger) Ping(dst netip.Addr, timeout time.Duration) error {
-	seq := uint16(p.seq.Add(1))
-	if err := p.send(dst, seq); err != nil {
-		return fmt.Errorf("ping %s: %w", dst, err)
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		got, src, err := p.recv(deadline)
-		if err != nil {
-			return fmt.Errorf("ping %s: %w", dst, err)
-		}
-		if got == seq && src == dst {
-			return nil
-		}
-	}
+	return p, err
 }
 
 // CheckICMP pings dst from namespace ns, up to 3 tries.
 func CheckICMP(ctx context.Context, ns string, dst netip.Addr) error {
-	p, err := NewPinger(ns)
+	p, err := newPinger(ns, dst)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
 	var last error
 	for try := 0; try < 3 && ctx.Err() == nil; try++ {
-		if last = p.Ping(dst, time.Second); last == nil {
+		if last = p.Ping(dst, try+1, time.Second); last == nil {
 			return nil
 		}
 	}
@@ -423,36 +320,38 @@ func CheckAll(ctx context.Context, targets []Target, skip func(from, to Target) 
 	return m
 }
 
-// Stream is a continuous ping from one namespace to a set of destinations,
-// counting requests sent and replies lost.
+// Stream is a continuous ping from one namespace to a set of destinations
+// (of one address family), counting requests sent and replies lost.
 type Stream struct {
-	p        *Pinger
+	p        *netnstest.Pinger
 	dsts     []netip.Addr
 	interval time.Duration
+	timeout  time.Duration
+	stop     chan struct{}
+	sending  sync.WaitGroup
+
 	mu       sync.Mutex
-	pending  map[uint16]time.Time
+	seq      int
+	pending  map[int]time.Time // seq → sent
 	lost     []string
 	sent     int
 	received int
-	stop     chan struct{}
-	done     sync.WaitGroup // receiver
-	sending  sync.WaitGroup // sender
-	timeout  time.Duration
 }
 
 // StartStream pings every destination from namespace ns every interval
 // until Stop. A request without a reply within 2 s counts as lost.
 func StartStream(ns string, dsts []netip.Addr, interval time.Duration) (*Stream, error) {
-	p, err := NewPinger(ns)
+	if len(dsts) == 0 {
+		return nil, errors.New("start stream: no destinations")
+	}
+	p, err := newPinger(ns, dsts[0])
 	if err != nil {
 		return nil, err
 	}
-	s := &Stream{p: p, dsts: dsts, interval: interval, pending: map[uint16]time.Time{},
+	s := &Stream{p: p, dsts: dsts, interval: interval, pending: map[int]time.Time{},
 		stop: make(chan struct{}), timeout: 2 * time.Second}
-	s.done.Add(1)
 	s.sending.Add(1)
 	go s.sender()
-	go s.receiver()
 	return s, nil
 }
 
@@ -467,59 +366,39 @@ func (s *Stream) sender() {
 		case <-t.C:
 		}
 		for _, d := range s.dsts {
-			seq := uint16(s.p.seq.Add(1))
 			s.mu.Lock()
+			// ICMP sequence numbers are 16 bits; 0 is left out.
+			s.seq = s.seq%0xffff + 1
+			seq := s.seq
 			s.sent++
 			s.pending[seq] = time.Now()
 			s.mu.Unlock()
-			if err := s.p.send(d, seq); err != nil {
-				// A failed send is a lost packet too; it stays pending.
-				continue
-			}
+			// A failed send is a lost packet too; it stays pending.
+			_ = s.p.Send(d, seq)
 		}
-		s.expire(false)
+		s.settle(false)
 	}
 }
 
-func (s *Stream) receiver() {
-	defer s.done.Done()
-	for {
-		seq, _, err := s.p.recv(time.Now().Add(200 * time.Millisecond))
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				select {
-				case <-s.stop:
-					// Stop waits for the last replies before closing.
-					s.mu.Lock()
-					n := len(s.pending)
-					s.mu.Unlock()
-					if n == 0 {
-						return
-					}
-				default:
-				}
-				continue
-			}
-			return
-		}
-		s.mu.Lock()
-		if _, ok := s.pending[seq]; ok {
-			delete(s.pending, seq)
-			s.received++
-		}
-		s.mu.Unlock()
-	}
-}
-
-func (s *Stream) expire(all bool) {
+// settle counts each pending request whose reply came within the timeout
+// as received, and one without as lost once the timeout has passed (or at
+// once when all).
+func (s *Stream) settle(all bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
 	for seq, at := range s.pending {
-		if all || now.Sub(at) > s.timeout {
-			delete(s.pending, seq)
+		r, ok := s.p.Reply(seq)
+		switch {
+		case ok && r.At.Sub(at) <= s.timeout:
+			s.received++
+		case all || now.Sub(at) > s.timeout:
 			s.lost = append(s.lost, fmt.Sprintf("seq %d sent %s", seq, at.Format("15:04:05.000")))
+		default:
+			continue
 		}
+		delete(s.pending, seq)
+		s.p.Forget(seq)
 	}
 }
 
@@ -534,20 +413,17 @@ type Stats struct {
 func (s *Stream) Stop() Stats {
 	close(s.stop)
 	s.sending.Wait()
-	waitUntil := time.Now().Add(s.timeout)
-	for time.Now().Before(waitUntil) {
+	for waitUntil := time.Now().Add(s.timeout); time.Now().Before(waitUntil); time.Sleep(50 * time.Millisecond) {
+		s.settle(false)
 		s.mu.Lock()
 		n := len(s.pending)
 		s.mu.Unlock()
 		if n == 0 {
 			break
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	s.expire(true)
-	s.p.conn.SetReadDeadline(time.Now())
+	s.settle(true)
 	s.p.Close()
-	s.done.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Stats{Sent: s.sent, Received: s.received, Lost: len(s.lost), LostAt: append([]string(nil), s.lost...)}
@@ -555,6 +431,7 @@ func (s *Stream) Stop() Stats {
 
 // Snapshot returns the counts so far without stopping.
 func (s *Stream) Snapshot() Stats {
+	s.settle(false)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Stats{Sent: s.sent, Received: s.received, Lost: len(s.lost)}

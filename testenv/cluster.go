@@ -28,7 +28,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 // Etcd modes.
@@ -289,19 +290,7 @@ func (c *Cluster) buildUnderlay() error {
 		return err
 	}
 	for s := 0; s < c.Opts.Segments; s++ {
-		err := withHandle(c.UnderlayNS, func(h *netlink.Handle) error {
-			attrs := netlink.NewLinkAttrs()
-			attrs.Name = c.bridgeName(s)
-			if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
-				return fmt.Errorf("add underlay bridge: %w", err)
-			}
-			br, err := h.LinkByName(attrs.Name)
-			if err != nil {
-				return fmt.Errorf("find underlay bridge: %w", err)
-			}
-			return h.LinkSetUp(br)
-		})
-		if err != nil {
+		if err := withNS(c.UnderlayNS, func(n *netnstest.NS) error { return n.Bridge(c.bridgeName(s)) }); err != nil {
 			return err
 		}
 	}
@@ -342,42 +331,22 @@ func (c *Cluster) bridgeName(s int) string { return fmt.Sprintf("%s-b%d", c.Pref
 // plug connects namespace ns to underlay segment seg by a veth (ulName on
 // the bridge side, inName inside ns) and gives the inner end addr.
 func (c *Cluster) plug(ns, ulName, inName string, seg int, addr netip.Prefix) error {
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", ns, err)
-	}
-	defer target.Close()
-	err = withHandle(c.UnderlayNS, func(h *netlink.Handle) error {
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name = ulName
-		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: inName, PeerNamespace: netlink.NsFd(target)}); err != nil {
-			return fmt.Errorf("add veth %s: %w", ulName, err)
-		}
-		l, err := h.LinkByName(ulName)
-		if err != nil {
-			return fmt.Errorf("find veth %s: %w", ulName, err)
-		}
-		br, err := h.LinkByName(c.bridgeName(seg))
-		if err != nil {
-			return fmt.Errorf("find underlay bridge: %w", err)
-		}
-		if err := h.LinkSetMaster(l, br); err != nil {
-			return fmt.Errorf("attach %s to underlay: %w", ulName, err)
-		}
-		return h.LinkSetUp(l)
-	})
-	if err != nil {
-		return err
-	}
-	return withHandle(ns, func(h *netlink.Handle) error {
-		l, err := h.LinkByName(inName)
-		if err != nil {
-			return fmt.Errorf("find %s in %s: %w", inName, ns, err)
-		}
-		if err := h.AddrAdd(l, &netlink.Addr{IPNet: prefixNet(addr)}); err != nil {
-			return fmt.Errorf("address %s in %s: %w", inName, ns, err)
-		}
-		return h.LinkSetUp(l)
+	return withNS(c.UnderlayNS, func(ul *netnstest.NS) error {
+		return withNS(ns, func(n *netnstest.NS) error {
+			if err := ul.Veth(ulName, n, inName); err != nil {
+				return err
+			}
+			if err := ul.Master(ulName, c.bridgeName(seg)); err != nil {
+				return err
+			}
+			if err := ul.Up(ulName); err != nil {
+				return err
+			}
+			if err := n.Addr(inName, addr); err != nil {
+				return err
+			}
+			return n.Up(inName)
+		})
 	})
 }
 
@@ -385,18 +354,12 @@ func (c *Cluster) plug(ns, ulName, inName string, seg int, addr netip.Prefix) er
 // router: with two segments, nodes reach the other segment that way and
 // nothing else (no default route, so nothing leaves the run's namespaces).
 func (c *Cluster) routeVia(ns, dev string, gw netip.Addr) error {
-	return withHandle(ns, func(h *netlink.Handle) error {
-		l, err := h.LinkByName(dev)
-		if err != nil {
-			return fmt.Errorf("find %s in %s: %w", dev, ns, err)
-		}
-		dst := netip.MustParsePrefix("10.99.0.0/16")
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(dst), Gw: net.IP(gw.AsSlice())}
-		if err := h.RouteReplace(r); err != nil {
-			return fmt.Errorf("route underlay via %s in %s: %w", gw, ns, err)
-		}
-		return nil
-	})
+	return route(ns, dev, netip.MustParsePrefix("10.99.0.0/16"), gw)
+}
+
+// route routes dst via gw out of dev in the named namespace.
+func route(ns, dev string, dst netip.Prefix, gw netip.Addr) error {
+	return withNS(ns, func(n *netnstest.NS) error { return n.Route(dev, dst, gw) })
 }
 
 // Nodes returns the live nodes in index order.
@@ -583,19 +546,6 @@ func (c *Cluster) kernelRoutes() error {
 			return err
 		}
 		lease[n] = s.Subnet.Masked()
-	}
-	route := func(ns, dev string, dst netip.Prefix, gw netip.Addr) error {
-		return withHandle(ns, func(h *netlink.Handle) error {
-			l, err := h.LinkByName(dev)
-			if err != nil {
-				return fmt.Errorf("find %s in %s: %w", dev, ns, err)
-			}
-			r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(dst), Gw: net.IP(gw.AsSlice())}
-			if err := h.RouteReplace(r); err != nil {
-				return fmt.Errorf("route %s via %s in %s: %w", dst, gw, ns, err)
-			}
-			return nil
-		})
 	}
 	for _, n := range nodes {
 		for _, m := range nodes {
@@ -915,7 +865,7 @@ func waitGone(pid int, d time.Duration) {
 // pod CIDRs on the router in gateway mode.
 func AddRoute(ns string, dst netip.Prefix, gw netip.Addr) error {
 	return withHandle(ns, func(h *netlink.Handle) error {
-		r := &netlink.Route{Dst: prefixNet(dst), Gw: net.IP(gw.AsSlice())}
+		r := &netlink.Route{Dst: netnstest.IPNet(dst), Gw: net.IP(gw.AsSlice())}
 		if err := h.RouteReplace(r); err != nil {
 			return fmt.Errorf("route %s via %s in %s: %w", dst, gw, ns, err)
 		}
@@ -926,7 +876,7 @@ func AddRoute(ns string, dst netip.Prefix, gw netip.Addr) error {
 // DelRoute removes the route to dst in namespace ns (missing is fine).
 func DelRoute(ns string, dst netip.Prefix) error {
 	return withHandle(ns, func(h *netlink.Handle) error {
-		err := h.RouteDel(&netlink.Route{Dst: prefixNet(dst)})
+		err := h.RouteDel(&netlink.Route{Dst: netnstest.IPNet(dst)})
 		if err != nil && !errors.Is(err, syscall.ESRCH) {
 			return fmt.Errorf("delete route %s in %s: %w", dst, ns, err)
 		}

@@ -112,6 +112,14 @@ func (p *Pinger) Reply(seq int) (Reply, bool) {
 	return r, ok
 }
 
+// Forget drops what is known about seq, so the sequence number can be
+// used again.
+func (p *Pinger) Forget(seq int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.replies, seq&0xffff)
+}
+
 // Wait waits until the reply to seq has come from `from` (any source when
 // invalid) or the deadline passes.
 func (p *Pinger) Wait(seq int, from netip.Addr, deadline time.Time) error {
