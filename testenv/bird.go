@@ -2,12 +2,10 @@ package testenv
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/testenv/birdtest"
 )
 
 // BGP in testenv: with two segments every agent gets --asn NodeASN(i)
@@ -30,7 +30,7 @@ import (
 const (
 	RouterASN = 65000
 	// BIRDPath is where Debian's bird2 installs the daemon.
-	BIRDPath = "/usr/sbin/bird"
+	BIRDPath = birdtest.Path
 )
 
 // defaultBGP is the bgp section of a bgp cluster whose Options.Config has
@@ -71,32 +71,16 @@ func (c *Cluster) BIRD() *BIRD {
 }
 
 // birdConf is BIRD's configuration for the router of c: one dynamic BGP
-// protocol per segment (protocols are named s<segment>n<k> as they come),
-// hold 3 s / keepalive 1 s (the agents' timers win when smaller), a
-// session that failed is accepted again after 1-2 s (BIRD's default error
-// wait is 60-300 s), BIRD
-// keeps the routes of peers that negotiated graceful restart, and every
-// BGP route goes into the kernel.
+// protocol per segment (sessions are named s<segment>n<k> as they come),
+// the timers and graceful restart of birdtest.Config, and every BGP route into
+// the router's kernel.
 func (c *Cluster) birdConf(log string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "log %q all;\nrouter id %s;\nprotocol device { scan time 2; }\n", log, routerIP(0))
-	b.WriteString("protocol kernel { ipv4 { export where source = RTS_BGP; }; }\n")
+	conf := birdtest.Config{Log: log, RouterID: routerIP(0), ASN: RouterASN, Kernel: true}
 	for s := 0; s < c.Opts.Segments; s++ {
-		fmt.Fprintf(&b, `protocol bgp seg%d {
-	local %s as %d;
-	neighbor range %s external;
-	dynamic name "s%dn";
-	hold time 3;
-	keepalive time 1;
-	connect delay time 1;
-	connect retry time 2;
-	error wait time 1, 2;
-	graceful restart on;
-	ipv4 { import all; export all; };
-}
-`, s, routerIP(s), RouterASN, segmentNet(s), s)
+		conf.Peers = append(conf.Peers, birdtest.Peer{Name: fmt.Sprintf("seg%d", s), Local: routerIP(s),
+			Range: segmentNet(s), DynamicName: fmt.Sprintf("s%dn", s)})
 	}
-	return b.String()
+	return conf.String()
 }
 
 // startBIRD runs BIRD in the router namespace when the cluster is a
@@ -105,7 +89,7 @@ func (c *Cluster) startBIRD() error {
 	if c.RouterNS == "" || c.Opts.Backend != "bgp" {
 		return nil
 	}
-	if _, err := os.Stat(BIRDPath); err != nil {
+	if _, err := os.Stat(birdtest.Path); err != nil {
 		return fmt.Errorf("start bird: %w (install the Debian package bird2)", err)
 	}
 	dir := filepath.Join(c.RunDir, "bird")
@@ -156,11 +140,7 @@ func (c *Cluster) StopBIRD() error {
 
 // CLI runs birdc against the daemon.
 func (b *BIRD) CLI(ctx context.Context, args ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, "birdc", append([]string{"-s", b.Sock}, args...)...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("birdc %s: %w: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
+	return birdtest.CLI(ctx, b.Sock, args...)
 }
 
 // Routes parses `birdc show route` into prefix → next hop of BIRD's best
@@ -170,24 +150,7 @@ func (b *BIRD) Routes(ctx context.Context) (map[netip.Prefix]netip.Addr, error) 
 	if err != nil {
 		return nil, err
 	}
-	out := map[netip.Prefix]netip.Addr{}
-	var cur netip.Prefix
-	for _, line := range strings.Split(text, "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 {
-			continue
-		}
-		if p, err := netip.ParsePrefix(f[0]); err == nil {
-			cur = p
-			continue
-		}
-		if f[0] == "via" && len(f) > 1 && cur.IsValid() {
-			if _, seen := out[cur]; !seen {
-				out[cur], _ = netip.ParseAddr(f[1])
-			}
-		}
-	}
-	return out, nil
+	return birdtest.Routes(text), nil
 }
 
 // Established returns the neighbor addresses of the BGP sessions BIRD has
@@ -197,28 +160,7 @@ func (b *BIRD) Established(ctx context.Context) ([]netip.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []netip.Addr
-	state := ""
-	for _, line := range strings.Split(text, "\n") {
-		f := strings.Fields(line)
-		switch {
-		case len(f) >= 2 && f[1] == "BGP":
-			state = ""
-			if strings.Contains(line, "Established") {
-				state = "Established"
-			}
-		case len(f) >= 2 && f[0] == "Neighbor" && f[1] == "address:" && state == "Established":
-			if len(f) > 2 {
-				if a, err := netip.ParseAddr(f[2]); err == nil {
-					out = append(out, a)
-				}
-			}
-		}
-	}
-	if len(out) == 0 && !strings.Contains(text, "BGP") {
-		return nil, errors.New("birdc show protocols: no BGP protocol")
-	}
-	return out, nil
+	return birdtest.EstablishedNeighbors(text)
 }
 
 // ProtoRoutes lists the IPv4 routes of the main table in ns that carry the

@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/testenv/birdtest"
 )
 
 const benchNodes = 10
@@ -32,13 +32,7 @@ func benchConvergence(b *testing.B, viaBIRD bool) {
 		routerAddr = pfx("10.79.0.254/24")
 	}
 	l.bridge(hub, "br0", routerAddr)
-	var conf strings.Builder
-	if viaBIRD {
-		conf.WriteString(`router id 10.79.0.254;
-protocol device {}
-template bgp nodes { local as 65000; hold time 9; keepalive time 3; connect delay time 1; connect retry time 2; ipv4 { import all; export all; }; }
-`)
-	}
+	conf := birdtest.Config{RouterID: routerAddr.Addr(), ASN: 65000}
 	nodes := make([]*proc, benchNodes)
 	addrs := make([]netip.Addr, benchNodes)
 	cfgs := make([]Config, benchNodes)
@@ -49,12 +43,10 @@ template bgp nodes { local as 65000; hold time 9; keepalive time 3; connect dela
 		cidrs[i] = pfx(fmt.Sprintf("10.244.%d.0/24", i+1))
 		l.attach(ns, netip.PrefixFrom(addrs[i], 24), hub, "br0", fmt.Sprintf("p%d", i))
 		nodes[i] = l.speaker(ns, fmt.Sprintf("n%d", i), "warn")
-		if viaBIRD {
-			fmt.Fprintf(&conf, "protocol bgp n%d from nodes { neighbor %v as %d; }\n", i, addrs[i], 65101+i)
-		}
+		conf.Peers = append(conf.Peers, birdtest.Peer{Name: fmt.Sprintf("n%d", i), Neighbor: addrs[i], NeighborASN: uint32(65101 + i)})
 	}
 	if viaBIRD {
-		startBIRD(l, hub, conf.String())
+		startBIRD(l, hub, conf)
 	}
 	for i := range benchNodes {
 		cfgs[i] = Config{RouterID: addrs[i], ASN: 64512, ListenPort: 179, LocalAddress: addrs[i]}

@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/testenv/birdtest"
 )
 
 // birdRouter is a BIRD 2 daemon in a namespace of the lab.
@@ -23,7 +25,7 @@ type birdRouter struct {
 	pid  int
 }
 
-func startBIRD(l *lab, ns, conf string) *birdRouter {
+func startBIRD(l *lab, ns string, conf birdtest.Config) *birdRouter {
 	l.t.Helper()
 	bin, err := exec.LookPath("bird")
 	if err != nil {
@@ -39,11 +41,21 @@ func startBIRD(l *lab, ns, conf string) *birdRouter {
 	b.sock = filepath.Join(b.dir, "bird.ctl")
 	confPath := filepath.Join(b.dir, "bird.conf")
 	pidPath := filepath.Join(b.dir, "bird.pid")
-	conf = strings.ReplaceAll(conf, "@LOG@", filepath.Join(b.dir, "bird.log"))
-	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+	conf.Log = filepath.Join(b.dir, "bird.log")
+	if err := os.WriteFile(confPath, []byte(conf.String()), 0o600); err != nil {
 		l.t.Fatal(err)
 	}
-	l.run("ip", "netns", "exec", ns, bin, "-c", confPath, "-s", b.sock, "-P", pidPath)
+	// bird daemonizes: the command returns once it runs.
+	cmd := exec.Command(bin, "-c", confPath, "-s", b.sock, "-P", pidPath)
+	if err := l.nss[ns].Do(func() error {
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: %w: %s", bin, err, out)
+		}
+		return nil
+	}); err != nil {
+		l.t.Fatal(err)
+	}
 	// bird daemonizes; its PID comes from the pidfile and only that PID is
 	// ever signalled.
 	l.t.Cleanup(func() {
@@ -76,34 +88,17 @@ func startBIRD(l *lab, ns, conf string) *birdRouter {
 
 func (b *birdRouter) cli(args ...string) string {
 	b.t.Helper()
-	out, err := exec.Command("birdc", append([]string{"-s", b.sock}, args...)...).CombinedOutput()
+	out, err := birdtest.CLI(context.Background(), b.sock, args...)
 	if err != nil {
-		b.t.Fatalf("birdc %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// routes parses `show route` into prefix -> next hop of the best route.
-func (b *birdRouter) routes() map[netip.Prefix]netip.Addr {
-	b.t.Helper()
-	out := map[netip.Prefix]netip.Addr{}
-	var cur netip.Prefix
-	for _, line := range strings.Split(b.cli("show", "route"), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 {
-			continue
-		}
-		if p, err := netip.ParsePrefix(f[0]); err == nil {
-			cur = p
-			continue
-		}
-		if f[0] == "via" && len(f) > 1 && cur.IsValid() {
-			if _, seen := out[cur]; !seen {
-				out[cur], _ = netip.ParseAddr(f[1])
-			}
-		}
+		b.t.Fatal(err)
 	}
 	return out
+}
+
+// routes is BIRD's best route of each prefix: prefix → next hop.
+func (b *birdRouter) routes() map[netip.Prefix]netip.Addr {
+	b.t.Helper()
+	return birdtest.Routes(b.cli("show", "route"))
 }
 
 // protocol returns the `show protocols all NAME` text.
@@ -114,12 +109,7 @@ func (b *birdRouter) protocol(name string) string {
 
 func (b *birdRouter) established(name string) bool {
 	b.t.Helper()
-	for _, line := range strings.Split(b.cli("show", "protocols", name), "\n") {
-		if f := strings.Fields(line); len(f) > 0 && f[0] == name {
-			return strings.Contains(line, "Established")
-		}
-	}
-	return false
+	return birdtest.Established(b.cli("show", "protocols", name), name)
 }
 
 // eventually polls cond every 100 ms for up to d.
@@ -138,26 +128,15 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() (bool, s
 	}
 }
 
-const birdConf = `
-log "@LOG@" all;
-router id 10.78.1.254;
-protocol device { scan time 2; }
-template bgp nodes {
-	local as 65000;
-	hold time 3;
-	keepalive time 1;
-	connect delay time 1;
-	connect retry time 2;
-	error wait time 1, 2;
-	graceful restart on;
-	ipv4 { import all; export all; };
-}
-protocol bgp n1 from nodes { neighbor 10.78.1.1 as 65001; password "weft-md5-secret"; }
-protocol bgp n2 from nodes { neighbor 10.78.1.2 as 65002; }
-protocol bgp n3 from nodes { neighbor 10.78.2.3 as 65003; }
-protocol bgp n4 from nodes { neighbor 10.78.2.4 as 65004; password "right-one"; }
-protocol bgp n5 from nodes { neighbor 10.78.1.5 as 65005; }
-`
+// birdConf is the router of TestBIRD: AS 65000, one session per node
+// (n1 and n4 with MD5 passwords).
+var birdConf = birdtest.Config{RouterID: ip("10.78.1.254"), ASN: 65000, Peers: []birdtest.Peer{
+	{Name: "n1", Neighbor: ip("10.78.1.1"), NeighborASN: 65001, Password: "weft-md5-secret"},
+	{Name: "n2", Neighbor: ip("10.78.1.2"), NeighborASN: 65002},
+	{Name: "n3", Neighbor: ip("10.78.2.3"), NeighborASN: 65003},
+	{Name: "n4", Neighbor: ip("10.78.2.4"), NeighborASN: 65004, Password: "right-one"},
+	{Name: "n5", Neighbor: ip("10.78.1.5"), NeighborASN: 65005},
+}}
 
 // TestBIRD runs BIRD 2 as the router of two segments, A (10.78.1.0/24:
 // n1, n2, n5) and B (10.78.2.0/24: n3, n4), every node peering over eBGP
@@ -291,7 +270,7 @@ func TestBIRD(t *testing.T) {
 	t.Logf("BIRD during restart:\n%s", bird.cli("show", "route", "for", n3.cidr.String(), "all"))
 	n1.p.wait(time.Second, request{Present: []spec.Route{{Prefix: n3.cidr, Via: rA}}})
 	// The agent comes back: a new process re-advertises, BIRD is fresh.
-	n3.p = l.start(n3.ns, "n3-restarted", "n3", "")
+	n3.p = l.child(n3.ns, "n3-restarted", "n3", "")
 	n3.p.apply(cfgOf(n3), n3.addr, n3.cidr)
 	n3.p.wait(15*time.Second, request{Established: []string{rB.String()}, Present: []spec.Route{{Prefix: n1.cidr, Via: rB}}})
 	eventually(t, 10*time.Second, "BIRD takes n3 back", func() (bool, string) {

@@ -1,14 +1,14 @@
 package bgp
 
-// Test harness: network namespaces built with ip(8), and one speaker per
-// namespace in a child process.
+// Test harness: network namespaces built with testenv/netnstest, and one
+// speaker per namespace in a child process.
 //
 // Why child processes: a socket lives in the network namespace of the
 // thread that creates it. GoBGP creates its listener on the goroutine that
 // runs Serve, but dials every peer from a per-peer goroutine on whatever
 // thread the scheduler picks (pkg/server/fsm.go connectLoop), so speakers
 // in one process would all dial from the root namespace. Each speaker
-// therefore runs in this test binary re-executed with `ip netns exec`
+// therefore runs in this test binary re-executed inside its namespace
 // (TestMain diverts it to helperMain), driven over stdin/stdout with one
 // JSON request and one JSON reply per line. That is also how the agent
 // runs: one process per node namespace.
@@ -35,6 +35,7 @@ import (
 
 	"github.com/weftnet/weft/bpf/spec"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 const helperEnv = "WEFT_BGP_TEST_HELPER"
@@ -194,67 +195,57 @@ type lab struct {
 	t      testing.TB
 	prefix string
 	dir    string
+	nss    map[string]*netnstest.NS // by full name
 }
 
 func newLab(t testing.TB) *lab {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) for network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip(8) from iproute2")
-	}
-	l := &lab{t: t, prefix: fmt.Sprintf("wbgp%d-%d", os.Getpid()%100000, labSeq.Add(1)), dir: t.TempDir()}
-	t.Cleanup(l.cleanup)
-	return l
+	netnstest.RequireRoot(t)
+	return &lab{t: t, prefix: fmt.Sprintf("wbgp%d-%d", os.Getpid()%100000, labSeq.Add(1)), dir: t.TempDir(),
+		nss: map[string]*netnstest.NS{}}
 }
 
-func (l *lab) cleanup() {
-	out, _ := exec.Command("ip", "netns", "list").Output()
-	for _, line := range strings.Split(string(out), "\n") {
-		name, _, _ := strings.Cut(line, " ")
-		if strings.HasPrefix(name, l.prefix+"-") {
-			_ = exec.Command("ip", "netns", "del", name).Run()
-		}
-	}
-}
-
-func (l *lab) run(args ...string) {
+func (l *lab) must(err error) {
 	l.t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		l.t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	if err != nil {
+		l.t.Fatal(err)
 	}
 }
 
 // ns creates namespace <prefix>-name with lo up and returns its full name.
 func (l *lab) ns(name string) string {
 	l.t.Helper()
-	full := l.prefix + "-" + name
-	l.run("ip", "netns", "add", full)
-	l.run("ip", "-n", full, "link", "set", "lo", "up")
-	return full
+	n := netnstest.New(l.t, l.prefix+"-"+name)
+	l.nss[n.Name] = n
+	return n.Name
 }
 
 // bridge creates bridge br in ns, with addr (a prefix like 10.0.0.254/24)
 // when valid.
 func (l *lab) bridge(ns, br string, addr netip.Prefix) {
 	l.t.Helper()
-	l.run("ip", "-n", ns, "link", "add", br, "type", "bridge")
-	l.run("ip", "-n", ns, "link", "set", br, "up")
+	var addrs []netip.Prefix
 	if addr.IsValid() {
-		l.run("ip", "-n", ns, "addr", "add", addr.String(), "dev", br)
+		addrs = append(addrs, addr)
 	}
+	l.must(l.nss[ns].Bridge(br, addrs...))
 }
 
 // attach gives node ns an eth0 with addr, plugged into bridge br of brNS
 // through port.
 func (l *lab) attach(node string, addr netip.Prefix, brNS, br, port string) {
 	l.t.Helper()
-	l.run("ip", "link", "add", "eth0", "netns", node, "type", "veth", "peer", "name", port, "netns", brNS)
-	l.run("ip", "-n", node, "addr", "add", addr.String(), "dev", "eth0")
-	l.run("ip", "-n", node, "link", "set", "eth0", "up")
-	l.run("ip", "-n", brNS, "link", "set", port, "master", br)
-	l.run("ip", "-n", brNS, "link", "set", port, "up")
+	n, b := l.nss[node], l.nss[brNS]
+	l.must(b.Veth(port, n, "eth0"))
+	l.must(n.Addr("eth0", addr))
+	l.must(n.Up("eth0"))
+	l.must(b.Master(port, br))
+	l.must(b.Up(port))
+}
+
+// start starts cmd inside ns (the fork happens on a thread in ns).
+func (l *lab) start(ns string, cmd *exec.Cmd) error {
+	return l.nss[ns].Do(cmd.Start)
 }
 
 // proc is a speaker running in a child process inside a namespace.
@@ -270,10 +261,11 @@ type proc struct {
 // speaker starts a child speaker in ns. logLevel "" means info.
 func (l *lab) speaker(ns, name, logLevel string) *proc {
 	l.t.Helper()
-	return l.start(ns, name, name, logLevel)
+	return l.child(ns, name, name, logLevel)
 }
 
-func (l *lab) start(ns, name, mode, logLevel string) *proc {
+// child starts this test binary as helper mode in ns.
+func (l *lab) child(ns, name, mode, logLevel string) *proc {
 	l.t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -284,7 +276,7 @@ func (l *lab) start(ns, name, mode, logLevel string) *proc {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	p.cmd = exec.Command("ip", "netns", "exec", ns, exe)
+	p.cmd = exec.Command(exe)
 	p.cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperEnv+"_LOG="+logLevel)
 	p.cmd.Stderr = logf
 	stdin, err := p.cmd.StdinPipe()
@@ -295,7 +287,7 @@ func (l *lab) start(ns, name, mode, logLevel string) *proc {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	if err := p.cmd.Start(); err != nil {
+	if err := l.start(ns, p.cmd); err != nil {
 		l.t.Fatalf("start %s: %v", name, err)
 	}
 	_ = logf.Close()
@@ -320,8 +312,7 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// kill ends the child by its PID (ip netns exec execs in place, so the
-// PID is the test binary's).
+// kill ends the child by its PID.
 func (p *proc) kill() {
 	if p.cmd.ProcessState != nil {
 		return

@@ -36,7 +36,7 @@ func TestFullMesh(t *testing.T) {
 	}
 	junkNS := l.ns("junk")
 	l.attach(junkNS, pfx("10.77.0.9/24"), sw, "br0", "pj")
-	junk := l.start(junkNS, "junk", "garbage", "")
+	junk := l.child(junkNS, "junk", "garbage", "")
 	if !junk.out.Scan() || junk.out.Text() != "ready" {
 		t.Fatalf("garbage peer did not start")
 	}

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,10 +28,10 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/nodeagent/cni"
 	"github.com/weftnet/weft/testenv"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 var binDir string
@@ -60,39 +59,13 @@ var nsSeq atomic.Int64
 // when the test ends. It returns the netns path.
 func newNS(t testing.TB) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	name := fmt.Sprintf("weftcni-%d-%d", os.Getpid(), nsSeq.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v %s", name, err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	return "/run/netns/" + name
+	netnstest.RequireRoot(t)
+	return netnstest.New(t, fmt.Sprintf("weftcni-%d-%d", os.Getpid(), nsSeq.Add(1))).Path()
 }
 
 // inNS runs fn on a thread switched into the netns at path. Plugins exec'd
-// from fn inherit that netns (fork happens on the calling, locked
-// thread). The thread is never unlocked, so it dies with the goroutine
-// instead of returning to the pool inside a foreign netns.
-func inNS(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		h, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// from fn start in that netns (the fork happens on that thread).
+func inNS(path string, fn func() error) error { return netnstest.RunAt(path, fn) }
 
 type env struct {
 	t          testing.TB

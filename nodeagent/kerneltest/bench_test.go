@@ -153,11 +153,8 @@ func BenchmarkColdStart5000BPF(b *testing.B) {
 		if got := len(tunnelKeys(b, pinDir)); got != 4999 {
 			b.Fatalf("tunnel map holds %d entries", got)
 		}
-		var terr error
-		dp.do(func() { terr = dp.dp.Teardown() })
-		close(dp.reqs)
-		if terr != nil {
-			b.Fatal(terr)
+		if err := dp.Teardown(); err != nil {
+			b.Fatal(err)
 		}
 		b.StartTimer()
 	}

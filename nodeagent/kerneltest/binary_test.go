@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,12 +16,12 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 // nsDialer dials TCP from inside network namespace ns: the socket is
@@ -30,30 +29,14 @@ import (
 // client reaches an etcd listening on the namespace's own loopback.
 func nsDialer(ns string) func(ctx context.Context, addr string) (net.Conn, error) {
 	return func(ctx context.Context, addr string) (net.Conn, error) {
-		type res struct {
-			c   net.Conn
-			err error
-		}
-		ch := make(chan res, 1)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread dies in ns
-			fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				ch <- res{nil, err}
-				return
-			}
-			err = unix.Setns(fd, unix.CLONE_NEWNET)
-			unix.Close(fd)
-			if err != nil {
-				ch <- res{nil, err}
-				return
-			}
+		var c net.Conn
+		err := netnstest.Run(ns, func() error {
 			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", strings.TrimPrefix(strings.TrimPrefix(addr, "http://"), "unix://"))
-			ch <- res{c, err}
-		}()
-		r := <-ch
-		return r.c, r.err
+			var err error
+			c, err = d.DialContext(ctx, "tcp", strings.TrimPrefix(strings.TrimPrefix(addr, "http://"), "unix://"))
+			return err
+		})
+		return c, err
 	}
 }
 

@@ -7,22 +7,18 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/bpf"
 	"github.com/weftnet/weft/bpf/spec"
@@ -30,7 +26,9 @@ import (
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv/bpfpin"
 	"github.com/weftnet/weft/testenv/etcdtest"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 func TestMain(m *testing.M) {
@@ -64,77 +62,42 @@ func newNode(t testing.TB) (ns, pinDir string) {
 		ns = ns[:40]
 	}
 	pinDir = "/sys/fs/bpf/" + ns
-	sh(t, "ip", "netns", "add", ns)
-	t.Cleanup(func() {
-		exec.Command("ip", "netns", "del", ns).Run()
-		os.RemoveAll(pinDir)
-	})
-	sh(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	sh(t, "ip", "-n", ns, "link", "add", "ul0", "type", "veth", "peer", "name", "ulpeer")
-	sh(t, "ip", "-n", ns, "link", "set", "ulpeer", "up")
-	sh(t, "ip", "-n", ns, "addr", "add", "192.168.50.1/24", "dev", "ul0")
-	sh(t, "ip", "-n", ns, "link", "set", "ul0", "up")
+	n := netnstest.New(t, ns)
+	t.Cleanup(func() { os.RemoveAll(pinDir) })
+	for _, err := range []error{
+		n.Veth("ul0", n, "ulpeer"),
+		n.Up("ulpeer"),
+		n.Addr("ul0", netip.MustParsePrefix("192.168.50.1/24")),
+		n.Up("ul0"),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	return ns, pinDir
 }
 
-// nsDatapath runs a real *bpf.Datapath on one OS thread inside a test
-// namespace: bpf.Datapath checks every call comes from the namespace it
-// was opened in, and the agent calls from whatever goroutine it likes.
-// The thread is never unlocked, so it dies with its goroutine instead of
-// going back to the pool in a foreign namespace.
-type nsDatapath struct {
-	reqs chan func()
-	dp   *bpf.Datapath
+// recDatapath is a real *bpf.Datapath bound to a test namespace that
+// records the report of every Sync the agent makes.
+type recDatapath struct {
+	*bpf.Datapath
 	mu   sync.Mutex
 	reps []spec.Report
 	// onSync, when set, is called after each successful Sync.
 	onSync func(*spec.Desired)
 }
 
-func openIn(t testing.TB, ns string, cfg bpf.Config) *nsDatapath {
-	w := &nsDatapath{reqs: make(chan func())}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		unix.Close(fd)
-		if err != nil {
-			errc <- fmt.Errorf("enter %s: %w", ns, err)
-			return
-		}
-		w.dp, err = bpf.Open(cfg)
-		errc <- err
-		if err != nil {
-			return
-		}
-		for fn := range w.reqs {
-			fn()
-		}
-	}()
-	if err := <-errc; err != nil {
+func openIn(t testing.TB, ns string, cfg bpf.Config) *recDatapath {
+	cfg.NetNS = netnstest.PathOf(ns)
+	dp, err := bpf.Open(cfg)
+	if err != nil {
 		t.Fatalf("open datapath in %s: %v", ns, err)
 	}
-	return w
+	return &recDatapath{Datapath: dp}
 }
 
-func (w *nsDatapath) do(fn func()) {
-	done := make(chan struct{})
-	w.reqs <- func() { fn(); close(done) }
-	<-done
-}
-
-func (w *nsDatapath) Underlay() (u spec.Underlay, err error) {
-	w.do(func() { u, err = w.dp.Underlay() })
-	return
-}
-
-func (w *nsDatapath) Sync(ctx context.Context, want *spec.Desired) (r spec.Report, err error) {
-	w.do(func() { r, err = w.dp.Sync(ctx, want) })
+func (w *recDatapath) Sync(ctx context.Context, want *spec.Desired) (spec.Report, error) {
+	r, err := w.Datapath.Sync(ctx, want)
 	w.mu.Lock()
 	w.reps = append(w.reps, r)
 	cb := w.onSync
@@ -142,43 +105,15 @@ func (w *nsDatapath) Sync(ctx context.Context, want *spec.Desired) (r spec.Repor
 	if err == nil && cb != nil {
 		cb(want)
 	}
-	return
+	return r, err
 }
 
-func (w *nsDatapath) Reconcile(ctx context.Context, want *spec.Desired) (r spec.Report, err error) {
-	w.do(func() { r, err = w.dp.Reconcile(ctx, want) })
-	return
-}
+var _ nodeagent.NodeInfo = (*recDatapath)(nil)
 
-func (w *nsDatapath) Counters() (c spec.Counters, err error) {
-	w.do(func() { c, err = w.dp.Counters() })
-	return
-}
-
-func (w *nsDatapath) Capabilities() (caps []string) {
-	w.do(func() { caps = w.dp.Capabilities() })
-	return
-}
-
-func (w *nsDatapath) VTEPMAC() (mac net.HardwareAddr, err error) {
-	w.do(func() { mac, err = w.dp.VTEPMAC() })
-	return
-}
-
-var _ nodeagent.NodeInfo = (*nsDatapath)(nil)
-
-func (w *nsDatapath) reports() []spec.Report {
+func (w *recDatapath) reports() []spec.Report {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]spec.Report(nil), w.reps...)
-}
-
-// Close closes the datapath without tearing anything down.
-func (w *nsDatapath) Close() error {
-	var err error
-	w.do(func() { err = w.dp.Close() })
-	close(w.reqs)
-	return err
 }
 
 type syncBuf struct {
@@ -238,39 +173,15 @@ func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Fatalf("%s: not reached; last: %s", what, last)
 }
 
-type tunnelKey struct {
-	Prefixlen uint32
-	Addr      [16]byte
-}
-
-func tunnelKeys(t testing.TB, pinDir string) []tunnelKey {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "weft_tunnels"), nil)
-	if err != nil {
-		t.Fatalf("open pinned tunnel map: %v", err)
-	}
-	defer m.Close()
-	var out []tunnelKey
-	var k tunnelKey
-	v := make([]byte, m.ValueSize())
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, k)
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func deleteTunnel(t *testing.T, pinDir string, k tunnelKey) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "weft_tunnels"), nil)
+// tunnelKeys reads the keys of the node's pinned tunnel map, independent
+// of the datapath under test.
+func tunnelKeys(t testing.TB, pinDir string) [][]byte {
+	t.Helper()
+	keys, err := bpfpin.Keys(pinDir, "weft_tunnels")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
-	if err := m.Delete(&k); err != nil {
-		t.Fatal(err)
-	}
+	return keys
 }
 
 func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
@@ -320,19 +231,18 @@ func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
 		return strings.Contains(out, route) && strings.Contains(logs.String(), "repaired: route 10.244.0.0/16"), out
 	})
 	// Drift 2: a tunnel map entry disappears.
-	deleteTunnel(t, pinDir, tunnelKeys(t, pinDir)[0])
+	if err := bpfpin.Delete(pinDir, "weft_tunnels", tunnelKeys(t, pinDir)[0]); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, "map entry repaired", func() (bool, string) {
 		return len(tunnelKeys(t, pinDir)) == 2 && strings.Count(logs.String(), "repaired:") >= 2, logs.String()
 	})
 	// Drift 3: the egress program is detached (its tcx link unpinned and
 	// released).
-	lk, err := link.LoadPinnedLink(filepath.Join(pinDir, "link_egress"), nil)
-	if err != nil {
+	before := strings.Count(logs.String(), "repaired:")
+	if err := bpfpin.DropLink(pinDir, "link_egress"); err != nil {
 		t.Skipf("egress not attached through a pinned tcx link (tc fallback?): %v", err)
 	}
-	before := strings.Count(logs.String(), "repaired:")
-	lk.Unpin()
-	lk.Close()
 	eventually(t, "program re-attached", func() (bool, string) {
 		_, err := os.Stat(filepath.Join(pinDir, "link_egress"))
 		return err == nil && strings.Count(logs.String(), "repaired:") > before, logs.String()

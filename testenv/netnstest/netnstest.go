@@ -197,8 +197,11 @@ func (n *NS) MustDo(t testing.TB, fn func() error) {
 }
 
 // Run runs fn on an OS thread inside the named namespace name.
-func Run(name string, fn func() error) error {
-	return cnins.WithNetNSPath(PathOf(name), func(cnins.NetNS) error { return fn() })
+func Run(name string, fn func() error) error { return RunAt(PathOf(name), fn) }
+
+// RunAt runs fn on an OS thread inside the namespace at path.
+func RunAt(path string, fn func() error) error {
+	return cnins.WithNetNSPath(path, func(cnins.NetNS) error { return fn() })
 }
 
 // Sysctl sets key (as in sysctl(8), "net.ipv4.ip_forward") to value in

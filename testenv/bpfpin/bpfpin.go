@@ -1,0 +1,60 @@
+// Package bpfpin reads and breaks a node's pinned eBPF objects from
+// outside the datapath, the way an operator with bpftool would: tests use
+// it to see what the kernel holds and to make drift the agent must repair.
+package bpfpin
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Keys returns the keys of the map pinned at pinDir/name, as raw bytes.
+func Keys(pinDir, name string) ([][]byte, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+	}
+	defer m.Close()
+	var out [][]byte
+	k := make([]byte, m.KeySize())
+	v := make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, append([]byte(nil), k...))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read pinned map %s: %w", name, err)
+	}
+	return out, nil
+}
+
+// Delete deletes key from the map pinned at pinDir/name.
+func Delete(pinDir, name string, key []byte) error {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
+	if err != nil {
+		return fmt.Errorf("open pinned map %s: %w", name, err)
+	}
+	defer m.Close()
+	if err := m.Delete(key); err != nil {
+		return fmt.Errorf("delete from pinned map %s: %w", name, err)
+	}
+	return nil
+}
+
+// DropLink unpins the link pinned at pinDir/name and releases it; with no
+// other reference left the kernel detaches its program. An error wrapping
+// os.ErrNotExist means no link is pinned there.
+func DropLink(pinDir, name string) error {
+	l, err := link.LoadPinnedLink(filepath.Join(pinDir, name), nil)
+	if err != nil {
+		return fmt.Errorf("open pinned link %s: %w", name, err)
+	}
+	defer l.Close()
+	if err := l.Unpin(); err != nil {
+		return fmt.Errorf("unpin link %s: %w", name, err)
+	}
+	return nil
+}
