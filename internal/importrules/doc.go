@@ -1,0 +1,15 @@
+// Package importrules holds the repository's import rules as a test, so
+// `go test ./...` (and with it CI) fails when a package breaks one:
+//
+//   - Only the kernel-facing parts import the kernel's networking
+//     libraries (github.com/vishvananda/netlink and netns,
+//     github.com/cilium/ebpf, github.com/google/nftables): bpf/... (the
+//     datapath), nodeagent/cni/... (the CNI plugin, a binary of its own)
+//     and testenv/... (test namespaces). Everything else reaches the
+//     kernel through package bpf, so the agent's logic tests without
+//     root.
+//   - bpf/spec, the plain-data desired state the agent's model builds,
+//     imports none of them either.
+//
+// The rule covers a package's tests as well.
+package importrules
