@@ -27,7 +27,7 @@ var (
 	buildErr error
 
 	prefixesMu sync.Mutex
-	prefixes   []string // every run prefix this package used, for TestZZNoLeftovers
+	prefixes   []string // every run prefix this package used, for noLeftovers
 )
 
 // TestMain builds the weft binaries once for every test.
@@ -46,6 +46,12 @@ func TestMain(m *testing.M) {
 			binDir = dir
 		}
 		code := m.Run()
+		// After every test, whatever order they ran in: nothing any of
+		// them created is left on the machine.
+		if err := noLeftovers(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		// Everything the tests started in this process (echo servers,
 		// pingers, streams, etcd clients, namespace threads) has ended.
 		if code == 0 {
@@ -57,6 +63,23 @@ func TestMain(m *testing.M) {
 		return code
 	}()
 	os.Exit(code)
+}
+
+// noLeftovers checks that no run of this package left anything behind:
+// namespaces, links, bpffs pins, processes, run directories.
+func noLeftovers() error {
+	prefixesMu.Lock()
+	defer prefixesMu.Unlock()
+	var left []string
+	for _, p := range prefixes {
+		if l := testenv.Leftovers(p); len(l) > 0 {
+			left = append(left, fmt.Sprintf("run %s left behind: %v", p, l))
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("leftovers:\n%s", strings.Join(left, "\n"))
+	}
+	return nil
 }
 
 func needCluster(t testing.TB) {

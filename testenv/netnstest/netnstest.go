@@ -45,9 +45,11 @@ type NS struct {
 var seq atomic.Uint32
 
 // Prefix returns a short name prefix unique to this process and call, for
-// namespaces, pin directories and devices a test creates.
+// namespaces, pin directories and devices a test creates. It starts with
+// "wn", never testenv's "wt": `weft-testenv down` reaps names that look
+// like a cluster run's.
 func Prefix() string {
-	return fmt.Sprintf("wt%d%d", os.Getpid()%100000, seq.Add(1))
+	return fmt.Sprintf("wn%d%d", os.Getpid()%100000, seq.Add(1))
 }
 
 // RequireRoot skips t unless the test runs as root.
