@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -22,8 +23,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/weftnet/weft/nodeagent/cni"
 	"github.com/weftnet/weft/proto/validate"
@@ -35,7 +39,7 @@ const (
 	image     = "ghcr.io/weftnet/weft:v0.1.0"
 )
 
-// objects is every manifest document, decoded strictly.
+// objects is every manifest document, decoded strictly, by kind and name.
 type objects struct {
 	namespaces  map[string]*corev1.Namespace
 	sas         map[string]*corev1.ServiceAccount
@@ -47,68 +51,65 @@ type objects struct {
 	deployments map[string]*appsv1.Deployment
 }
 
-// decode reads one document strictly (unknown or duplicate fields fail)
-// into the typed object its kind names.
-func (o *objects) decode(doc []byte) (string, error) {
-	var tm metav1.TypeMeta
-	if err := yaml.Unmarshal(doc, &tm); err != nil {
-		return "", fmt.Errorf("read kind: %w", err)
-	}
-	var err error
-	var name string
-	strict := func(obj any, meta *metav1.ObjectMeta) {
-		err = yaml.UnmarshalStrict(doc, obj)
-		name = meta.Name
-	}
-	switch tm.APIVersion + "/" + tm.Kind {
-	case "v1/Namespace":
-		x := &corev1.Namespace{}
-		strict(x, &x.ObjectMeta)
-		o.namespaces[x.Name] = x
-	case "v1/ServiceAccount":
-		x := &corev1.ServiceAccount{}
-		strict(x, &x.ObjectMeta)
-		o.sas[x.Name] = x
-	case "v1/ConfigMap":
-		x := &corev1.ConfigMap{}
-		strict(x, &x.ObjectMeta)
-		o.configMaps[x.Name] = x
-	case "v1/Secret":
-		x := &corev1.Secret{}
-		strict(x, &x.ObjectMeta)
-		o.secrets[x.Name] = x
-	case "rbac.authorization.k8s.io/v1/ClusterRole":
-		x := &rbacv1.ClusterRole{}
-		strict(x, &x.ObjectMeta)
-		o.roles[x.Name] = x
-	case "rbac.authorization.k8s.io/v1/ClusterRoleBinding":
-		x := &rbacv1.ClusterRoleBinding{}
-		strict(x, &x.ObjectMeta)
-		o.bindings[x.Name] = x
-	case "apps/v1/DaemonSet":
-		x := &appsv1.DaemonSet{}
-		strict(x, &x.ObjectMeta)
-		o.daemonSets[x.Name] = x
-	case "apps/v1/Deployment":
-		x := &appsv1.Deployment{}
-		strict(x, &x.ObjectMeta)
-		o.deployments[x.Name] = x
-	default:
-		return "", fmt.Errorf("unexpected kind %s/%s", tm.APIVersion, tm.Kind)
-	}
-	if err == nil && name == "" {
-		err = fmt.Errorf("%s without metadata.name", tm.Kind)
-	}
-	return tm.Kind + "/" + name, err
+// kinds are the kinds a manifest may have: one for each map of objects.
+var kinds = map[reflect.Type]bool{
+	reflect.TypeFor[*corev1.Namespace](): true, reflect.TypeFor[*corev1.ServiceAccount](): true,
+	reflect.TypeFor[*corev1.ConfigMap](): true, reflect.TypeFor[*corev1.Secret](): true,
+	reflect.TypeFor[*rbacv1.ClusterRole](): true, reflect.TypeFor[*rbacv1.ClusterRoleBinding](): true,
+	reflect.TypeFor[*appsv1.DaemonSet](): true, reflect.TypeFor[*appsv1.Deployment](): true,
 }
 
-func newObjects() *objects {
+func newObjects(all []runtime.Object) *objects {
 	return &objects{
-		namespaces: map[string]*corev1.Namespace{}, sas: map[string]*corev1.ServiceAccount{},
-		configMaps: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{},
-		roles: map[string]*rbacv1.ClusterRole{}, bindings: map[string]*rbacv1.ClusterRoleBinding{},
-		daemonSets: map[string]*appsv1.DaemonSet{}, deployments: map[string]*appsv1.Deployment{},
+		namespaces: of[*corev1.Namespace](all), sas: of[*corev1.ServiceAccount](all),
+		configMaps: of[*corev1.ConfigMap](all), secrets: of[*corev1.Secret](all),
+		roles: of[*rbacv1.ClusterRole](all), bindings: of[*rbacv1.ClusterRoleBinding](all),
+		daemonSets: of[*appsv1.DaemonSet](all), deployments: of[*appsv1.Deployment](all),
 	}
+}
+
+// of returns the objects of type T in all by name.
+func of[T interface {
+	runtime.Object
+	GetName() string
+}](all []runtime.Object) map[string]T {
+	out := map[string]T{}
+	for _, obj := range all {
+		if x, ok := obj.(T); ok {
+			out[x.GetName()] = x
+		}
+	}
+	return out
+}
+
+// strict decodes every built-in kind (client-go's scheme) from YAML or
+// JSON and refuses unknown and duplicate fields.
+var strict = serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+
+// decode reads one document strictly into the typed object its apiVersion
+// and kind name, which must be one objects files, and returns it with
+// "Kind/name".
+func decode(doc []byte) (runtime.Object, string, error) {
+	obj, gvk, err := strict.Decode(doc, nil, nil)
+	if err != nil {
+		id := ""
+		if gvk != nil {
+			id = gvk.Kind
+		}
+		return nil, id, err
+	}
+	m, err := apimeta.Accessor(obj)
+	if err != nil {
+		return nil, gvk.Kind, err
+	}
+	id := gvk.Kind + "/" + m.GetName()
+	if !kinds[reflect.TypeOf(obj)] {
+		return nil, id, fmt.Errorf("unexpected kind %s", gvk)
+	}
+	if m.GetName() == "" {
+		return nil, id, fmt.Errorf("%s without metadata.name", gvk.Kind)
+	}
+	return obj, id, nil
 }
 
 var docSep = regexp.MustCompile(`(?m)^---\s*$`)
@@ -119,7 +120,7 @@ func load(t *testing.T) *objects {
 	if len(files) == 0 {
 		t.Fatal("no manifests in kubernetes/")
 	}
-	o := newObjects()
+	var all []runtime.Object
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
@@ -129,13 +130,15 @@ func load(t *testing.T) *objects {
 			if strings.TrimSpace(stripComments(doc)) == "" {
 				continue
 			}
-			id, err := o.decode([]byte(doc))
+			obj, id, err := decode([]byte(doc))
 			if err != nil {
 				t.Errorf("%s document %d (%s): %v", f, i, id, err)
+				continue
 			}
+			all = append(all, obj)
 		}
 	}
-	return o
+	return newObjects(all)
 }
 
 func stripComments(doc string) string {
@@ -150,13 +153,12 @@ func stripComments(doc string) string {
 
 func TestStrictDecoderRefusesUnknownFields(t *testing.T) {
 	// The check below is only worth something if the decoder is strict.
-	o := newObjects()
 	for _, bad := range []string{
 		"apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: x\n  namespce: weft-system\n",
 		"apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: x\nspec:\n  template:\n    spec:\n      hostNetwork: true\n      hostNetwork: false\n",
 		"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: 1\n  b: [1]\n",
 	} {
-		if _, err := o.decode([]byte(bad)); err == nil {
+		if _, _, err := decode([]byte(bad)); err == nil {
 			t.Errorf("strict decoding accepted:\n%s", bad)
 		}
 	}
