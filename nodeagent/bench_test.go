@@ -2,11 +2,9 @@ package nodeagent
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,26 +22,6 @@ import (
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
-// nodeN is the n-th synthetic node: underlay addresses in 10.0.0.0/8, a
-// /26 pod CIDR in 172.16.0.0/12 (room for 16,384 nodes).
-func nodeN(n int) *weftv1.Node {
-	return &weftv1.Node{
-		Name:       fmt.Sprintf("node-%05d", n),
-		UnderlayIp: fmt.Sprintf("10.%d.%d.%d", n/62500, (n/250)%250, n%250+1),
-		PodCidrs:   []string{podCIDR(n)},
-	}
-}
-
-func podCIDR(n int) string {
-	// 172.16.0.0/12 holds 2^14 /26s.
-	base := 172<<24 | 16<<16 | n<<6
-	return fmt.Sprintf("%d.%d.%d.%d/26", base>>24&255, base>>16&255, base>>8&255, base&255)
-}
-
-func benchConfig() *weftv1.ClusterConfig {
-	return &weftv1.ClusterConfig{ClusterCidr: "172.16.0.0/12", NodeMaskSize: 26}
-}
-
 func benchUnderlay() spec.Underlay {
 	u := testUnderlay()
 	u.IP = mustAddr("10.0.0.1")
@@ -51,22 +29,6 @@ func benchUnderlay() spec.Underlay {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
-
-func percentile(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	i := int(float64(len(s)-1) * p)
-	return s[i]
-}
-
-func report(b *testing.B, d []time.Duration, unit string) {
-	b.ReportMetric(float64(percentile(d, 0.5).Microseconds())/1000, "p50-"+unit)
-	b.ReportMetric(float64(percentile(d, 0.99).Microseconds())/1000, "p99-"+unit)
-	b.ReportMetric(float64(percentile(d, 1).Microseconds())/1000, "max-"+unit)
-}
 
 func newBenchAgent(b *testing.B, c *clientv3.Client, name string, dp Datapath) *Agent {
 	// The defaults weft-agent runs with.
@@ -96,9 +58,9 @@ func BenchmarkEventToProgrammed(b *testing.B) {
 	}
 	var nodes []*weftv1.Node
 	for i := range 1000 {
-		nodes = append(nodes, nodeN(i))
+		nodes = append(nodes, logtest.SyntheticNode(i))
 	}
-	if err := l.Seed(ctx, 1, benchConfig(), nodes); err != nil {
+	if err := l.Seed(ctx, 1, logtest.SyntheticConfig(), nodes); err != nil {
 		b.Fatal(err)
 	}
 	dp := fakedp.New(benchUnderlay())
@@ -113,7 +75,7 @@ func BenchmarkEventToProgrammed(b *testing.B) {
 	for i := range b.N {
 		want := 1000 + i
 		start := time.Now()
-		if _, err := l.Append(ctx, logtest.Added(nodeN(want).Name, nodeN(want).UnderlayIp, podCIDR(want))); err != nil {
+		if _, err := l.Append(ctx, logtest.Added(logtest.SyntheticNode(want).Name, logtest.SyntheticNode(want).UnderlayIp, logtest.SyntheticPodCIDR(want))); err != nil {
 			b.Fatal(err)
 		}
 		commit = append(commit, time.Since(start))
@@ -122,9 +84,9 @@ func BenchmarkEventToProgrammed(b *testing.B) {
 		lat = append(lat, time.Since(start))
 	}
 	b.StopTimer()
-	report(b, lat, "ms")
+	logtest.ReportLatency(b, lat, "ms")
 	// The etcd transaction alone (with its fsync), part of every latency.
-	b.ReportMetric(float64(percentile(commit, 0.99).Microseconds())/1000, "p99-commit-ms")
+	b.ReportMetric(float64(logtest.Percentile(commit, 0.99).Microseconds())/1000, "p99-commit-ms")
 }
 
 // BenchmarkColdStart5000: an agent starting against a projection of 5,000
@@ -140,9 +102,9 @@ func BenchmarkColdStart5000(b *testing.B) {
 	}
 	var nodes []*weftv1.Node
 	for i := range 5000 {
-		nodes = append(nodes, nodeN(i))
+		nodes = append(nodes, logtest.SyntheticNode(i))
 	}
-	if err := l.Seed(ctx, 5000, benchConfig(), nodes); err != nil {
+	if err := l.Seed(ctx, 5000, logtest.SyntheticConfig(), nodes); err != nil {
 		b.Fatal(err)
 	}
 	var lat []time.Duration
@@ -173,7 +135,7 @@ func BenchmarkColdStart5000(b *testing.B) {
 		b.StartTimer()
 	}
 	b.StopTimer()
-	report(b, lat, "ms")
+	logtest.ReportLatency(b, lat, "ms")
 	b.ReportMetric(float64(heap)/(1<<20), "heap-MB")
 	b.ReportMetric(float64(rss)/(1<<20), "rss-MB")
 }
@@ -217,9 +179,9 @@ func BenchmarkThousandFollowers(b *testing.B) {
 	}
 	var nodes []*weftv1.Node
 	for i := range agents {
-		nodes = append(nodes, nodeN(i))
+		nodes = append(nodes, logtest.SyntheticNode(i))
 	}
-	if err := l.Seed(ctx, 1, benchConfig(), nodes); err != nil {
+	if err := l.Seed(ctx, 1, logtest.SyntheticConfig(), nodes); err != nil {
 		b.Fatal(err)
 	}
 	var clients []*clientv3.Client
@@ -244,7 +206,7 @@ func BenchmarkThousandFollowers(b *testing.B) {
 	ready.Add(agents)
 	var stops []func()
 	for i := range agents {
-		dp := fakedp.New(spec.Underlay{IP: mustAddr(nodeN(i).UnderlayIp), MTU: 1500})
+		dp := fakedp.New(spec.Underlay{IP: mustAddr(logtest.SyntheticNode(i).UnderlayIp), MTU: 1500})
 		var seenReady, seen atomic.Int64
 		dp.OnSync = func(d *spec.Desired) {
 			n := int64(len(d.Tunnels))
@@ -258,7 +220,7 @@ func BenchmarkThousandFollowers(b *testing.B) {
 				pending.Done()
 			}
 		}
-		a := newBenchAgent(b, clients[i/perClient], nodeN(i).Name, dp)
+		a := newBenchAgent(b, clients[i/perClient], logtest.SyntheticNode(i).Name, dp)
 		a.onApplied = func(seq uint64) {
 			if seq == targetSeq.Load() {
 				mu.Lock()
@@ -310,7 +272,7 @@ func BenchmarkThousandFollowers(b *testing.B) {
 		targetSeq.Store(l.Head() + 1)
 		cpu0 := cpuTime()
 		start.Store(time.Now().UnixNano())
-		if _, err := l.Append(ctx, logtest.Added(nodeN(n).Name, nodeN(n).UnderlayIp, podCIDR(n))); err != nil {
+		if _, err := l.Append(ctx, logtest.Added(logtest.SyntheticNode(n).Name, logtest.SyntheticNode(n).UnderlayIp, logtest.SyntheticPodCIDR(n))); err != nil {
 			b.Fatal(err)
 		}
 		pending.Wait()
@@ -318,19 +280,19 @@ func BenchmarkThousandFollowers(b *testing.B) {
 		cpu += cpuTime() - cpu0
 		mu.Lock()
 		all = append(all, lat...)
-		worst = append(worst, percentile(lat, 1))
+		worst = append(worst, logtest.Percentile(lat, 1))
 		allApplied = append(allApplied, applied...)
-		worstApplied = append(worstApplied, percentile(applied, 1))
+		worstApplied = append(worstApplied, logtest.Percentile(applied, 1))
 		mu.Unlock()
 	}
 	b.StopTimer()
 	// Per agent: event committed → folded into the model (applied), and →
 	// synced into its datapath. Per event: the slowest of the 1,000.
-	report(b, all, "synced-ms")
-	b.ReportMetric(float64(percentile(allApplied, 0.5).Microseconds())/1000, "p50-applied-ms")
-	b.ReportMetric(float64(percentile(allApplied, 0.99).Microseconds())/1000, "p99-applied-ms")
-	b.ReportMetric(float64(percentile(worstApplied, 0.99).Microseconds())/1000, "p99-event-all-applied-ms")
-	b.ReportMetric(float64(percentile(worst, 0.99).Microseconds())/1000, "p99-event-all-synced-ms")
+	logtest.ReportLatency(b, all, "synced-ms")
+	b.ReportMetric(float64(logtest.Percentile(allApplied, 0.5).Microseconds())/1000, "p50-applied-ms")
+	b.ReportMetric(float64(logtest.Percentile(allApplied, 0.99).Microseconds())/1000, "p99-applied-ms")
+	b.ReportMetric(float64(logtest.Percentile(worstApplied, 0.99).Microseconds())/1000, "p99-event-all-applied-ms")
+	b.ReportMetric(float64(logtest.Percentile(worst, 0.99).Microseconds())/1000, "p99-event-all-synced-ms")
 	// CPU this process (1,000 agents) spent per event, independent of how
 	// busy the machine is; etcd's own CPU is in its child process.
 	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/event")

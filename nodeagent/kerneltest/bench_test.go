@@ -2,10 +2,8 @@ package kerneltest
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,37 +15,6 @@ import (
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
-
-// Synthetic nodes as in the nodeagent benchmarks: underlay addresses in
-// 10.0.0.0/8, a /26 pod CIDR each in 172.16.0.0/12.
-func nodeN(n int) *weftv1.Node {
-	return &weftv1.Node{
-		Name:       fmt.Sprintf("node-%05d", n),
-		UnderlayIp: fmt.Sprintf("10.%d.%d.%d", n/62500, (n/250)%250, n%250+1),
-		PodCidrs:   []string{podCIDR(n)},
-	}
-}
-
-func podCIDR(n int) string {
-	base := 172<<24 | 16<<16 | n<<6
-	return fmt.Sprintf("%d.%d.%d.%d/26", base>>24&255, base>>16&255, base>>8&255, base&255)
-}
-
-func benchConfig() *weftv1.ClusterConfig {
-	return &weftv1.ClusterConfig{ClusterCidr: "172.16.0.0/12", NodeMaskSize: 26}
-}
-
-func percentile(d []time.Duration, p float64) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[int(float64(len(s)-1)*p)]
-}
-
-func report(b *testing.B, d []time.Duration) {
-	b.ReportMetric(float64(percentile(d, 0.5).Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(percentile(d, 0.99).Microseconds())/1000, "p99-ms")
-	b.ReportMetric(float64(percentile(d, 1).Microseconds())/1000, "max-ms")
-}
 
 func startAgent(b *testing.B, l *logtest.Log, dp nodeagent.Datapath) func() {
 	a, err := nodeagent.New(nodeagent.Config{Client: l.C, NodeName: "node-00000", Datapath: dp})
@@ -72,9 +39,9 @@ func BenchmarkEventToProgrammedBPF(b *testing.B) {
 	}
 	var nodes []*weftv1.Node
 	for i := range 1000 {
-		nodes = append(nodes, nodeN(i))
+		nodes = append(nodes, logtest.SyntheticNode(i))
 	}
-	if err := l.Seed(ctx, 1, benchConfig(), nodes); err != nil {
+	if err := l.Seed(ctx, 1, logtest.SyntheticConfig(), nodes); err != nil {
 		b.Fatal(err)
 	}
 	dp := openIn(b, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
@@ -90,7 +57,7 @@ func BenchmarkEventToProgrammedBPF(b *testing.B) {
 	for i := range b.N {
 		want := 1000 + i
 		start := time.Now()
-		if _, err := l.Append(ctx, logtest.Added(nodeN(want).Name, nodeN(want).UnderlayIp, podCIDR(want))); err != nil {
+		if _, err := l.Append(ctx, logtest.Added(logtest.SyntheticNode(want).Name, logtest.SyntheticNode(want).UnderlayIp, logtest.SyntheticPodCIDR(want))); err != nil {
 			b.Fatal(err)
 		}
 		commit = append(commit, time.Since(start))
@@ -102,9 +69,9 @@ func BenchmarkEventToProgrammedBPF(b *testing.B) {
 	if got := len(tunnelKeys(b, pinDir)); got != 1000+b.N-1 {
 		b.Fatalf("tunnel map holds %d entries, want %d", got, 1000+b.N-1)
 	}
-	report(b, lat)
+	logtest.ReportLatency(b, lat, "ms")
 	// The etcd transaction alone (with its fsync), part of every latency.
-	b.ReportMetric(float64(percentile(commit, 0.99).Microseconds())/1000, "p99-commit-ms")
+	b.ReportMetric(float64(logtest.Percentile(commit, 0.99).Microseconds())/1000, "p99-commit-ms")
 }
 
 // BenchmarkColdStart5000BPF: an agent starting on a fresh node (no device,
@@ -120,9 +87,9 @@ func BenchmarkColdStart5000BPF(b *testing.B) {
 	}
 	var nodes []*weftv1.Node
 	for i := range 5000 {
-		nodes = append(nodes, nodeN(i))
+		nodes = append(nodes, logtest.SyntheticNode(i))
 	}
-	if err := l.Seed(ctx, 5000, benchConfig(), nodes); err != nil {
+	if err := l.Seed(ctx, 5000, logtest.SyntheticConfig(), nodes); err != nil {
 		b.Fatal(err)
 	}
 	var lat []time.Duration
@@ -159,7 +126,7 @@ func BenchmarkColdStart5000BPF(b *testing.B) {
 		b.StartTimer()
 	}
 	b.StopTimer()
-	report(b, lat)
+	logtest.ReportLatency(b, lat, "ms")
 	// The whole benchmark process (etcd runs in a child): the agent with
 	// 5,000 nodes, its client, the datapath's fds and the test harness.
 	b.ReportMetric(float64(heap)/(1<<20), "heap-MB")

@@ -82,9 +82,9 @@ func BenchmarkAgentBinaryRSS5000(b *testing.B) {
 	}
 	var nodes []*weftv1.Node
 	for i := range 5000 {
-		nodes = append(nodes, nodeN(i))
+		nodes = append(nodes, logtest.SyntheticNode(i))
 	}
-	if err := l.Seed(ctx, 5000, benchConfig(), nodes); err != nil {
+	if err := l.Seed(ctx, 5000, logtest.SyntheticConfig(), nodes); err != nil {
 		b.Fatal(err)
 	}
 

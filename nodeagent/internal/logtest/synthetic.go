@@ -1,0 +1,51 @@
+package logtest
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// SyntheticNode is the n-th node of the agent's benchmarks: underlay
+// addresses in 10.0.0.0/8, a /26 pod CIDR in 172.16.0.0/12 (room for
+// 16,384 nodes; see SyntheticConfig).
+func SyntheticNode(n int) *weftv1.Node {
+	return &weftv1.Node{
+		Name:       fmt.Sprintf("node-%05d", n),
+		UnderlayIp: fmt.Sprintf("10.%d.%d.%d", n/62500, (n/250)%250, n%250+1),
+		PodCidrs:   []string{SyntheticPodCIDR(n)},
+	}
+}
+
+// SyntheticPodCIDR is SyntheticNode(n)'s pod CIDR.
+func SyntheticPodCIDR(n int) string {
+	// 172.16.0.0/12 holds 2^14 /26s.
+	base := 172<<24 | 16<<16 | n<<6
+	return fmt.Sprintf("%d.%d.%d.%d/26", base>>24&255, base>>16&255, base>>8&255, base&255)
+}
+
+// SyntheticConfig is the cluster config of the synthetic nodes.
+func SyntheticConfig() *weftv1.ClusterConfig {
+	return &weftv1.ClusterConfig{ClusterCidr: "172.16.0.0/12", NodeMaskSize: 26}
+}
+
+// Percentile is the p-th (0..1) smallest of d, 0 when d is empty.
+func Percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[int(float64(len(s)-1)*p)]
+}
+
+// ReportLatency reports the median, p99 and maximum of d in
+// milliseconds as p50-<unit>, p99-<unit> and max-<unit>.
+func ReportLatency(b *testing.B, d []time.Duration, unit string) {
+	b.ReportMetric(float64(Percentile(d, 0.5).Microseconds())/1000, "p50-"+unit)
+	b.ReportMetric(float64(Percentile(d, 0.99).Microseconds())/1000, "p99-"+unit)
+	b.ReportMetric(float64(Percentile(d, 1).Microseconds())/1000, "max-"+unit)
+}
