@@ -10,6 +10,9 @@
 //     root.
 //   - bpf/spec, the plain-data desired state the agent's model builds,
 //     imports none of them either.
+//   - nodeagent/cni is the weft-cni plugin binary's code: only its main
+//     (cmd/weft-cni), the test helpers that run the plugin (testenv) and
+//     the manifest tests (deploy) import it; the agent never does.
 //
 // The rule covers a package's tests as well.
 package importrules

@@ -3,9 +3,12 @@ package importrules
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -26,6 +29,12 @@ var kernelFacing = []string{module + "/bpf", module + "/nodeagent/cni", module +
 // plainData are packages below kernelFacing that must not import them.
 var plainData = []string{module + "/bpf/spec"}
 
+// plugin is the CNI plugin binary's code; pluginUsers may import it.
+var (
+	plugin      = module + "/nodeagent/cni"
+	pluginUsers = []string{plugin, module + "/cmd/weft-cni", module + "/testenv", module + "/deploy"}
+)
+
 func under(path string, roots []string) bool {
 	for _, r := range roots {
 		if path == r || strings.HasPrefix(path, r+"/") {
@@ -42,15 +51,27 @@ type pkg struct {
 	XTestImports []string
 }
 
-// packages lists every package of the module with its imports.
+// packages lists every package of the module with its imports (go list
+// runs once per test binary).
 func packages(t *testing.T) []pkg {
 	t.Helper()
+	listed, listErr := list()
+	if listErr != nil {
+		t.Fatal(listErr)
+	}
+	if len(listed) < 10 {
+		t.Fatalf("go list found %d packages of %s: is the test run inside the module?", len(listed), module)
+	}
+	return listed
+}
+
+var list = sync.OnceValues(func() ([]pkg, error) {
 	cmd := exec.Command("go", "list", "-json=ImportPath,Imports,TestImports,XTestImports", module+"/...")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, stderr.String())
+		return nil, fmt.Errorf("go list: %w\n%s", err, stderr.String())
 	}
 	var pkgs []pkg
 	dec := json.NewDecoder(bytes.NewReader(out))
@@ -59,12 +80,12 @@ func packages(t *testing.T) []pkg {
 		if err := dec.Decode(&p); err == io.EOF {
 			break
 		} else if err != nil {
-			t.Fatalf("decode go list: %v", err)
+			return nil, fmt.Errorf("decode go list: %w", err)
 		}
 		pkgs = append(pkgs, p)
 	}
-	return pkgs
-}
+	return pkgs, nil
+})
 
 // violations returns "package imports library" for every import that
 // breaks the rule.
@@ -86,12 +107,40 @@ func violations(pkgs []pkg) []string {
 	return out
 }
 
-func TestKernelLibrariesOnlyInKernelFacingPackages(t *testing.T) {
-	pkgs := packages(t)
-	if len(pkgs) < 10 {
-		t.Fatalf("go list found %d packages of %s: is the test run inside the module?", len(pkgs), module)
+// pluginViolations returns "package imports plugin" for every package
+// outside pluginUsers that imports the CNI plugin's code.
+func pluginViolations(pkgs []pkg) []string {
+	var out []string
+	for _, p := range pkgs {
+		if under(p.ImportPath, pluginUsers) {
+			continue
+		}
+		for _, imp := range append(append(append([]string{}, p.Imports...), p.TestImports...), p.XTestImports...) {
+			if under(imp, []string{plugin}) {
+				out = append(out, p.ImportPath+" imports "+imp)
+				break
+			}
+		}
 	}
-	for _, v := range violations(pkgs) {
+	return out
+}
+
+func TestPluginIsItsOwnBinary(t *testing.T) {
+	for _, v := range pluginViolations(packages(t)) {
+		t.Errorf("%s: nodeagent/cni is the weft-cni binary's code; only cmd/weft-cni, testenv and deploy import it", v)
+	}
+	got := pluginViolations([]pkg{
+		{ImportPath: module + "/nodeagent", Imports: []string{plugin}},
+		{ImportPath: module + "/cmd/weft-cni", Imports: []string{plugin}},
+		{ImportPath: module + "/cmd/weft-agent", TestImports: []string{plugin + "/sub"}},
+	})
+	if want := []string{module + "/nodeagent imports " + plugin, module + "/cmd/weft-agent imports " + plugin + "/sub"}; !slices.Equal(got, want) {
+		t.Errorf("made-up violations %q, want %q", got, want)
+	}
+}
+
+func TestKernelLibrariesOnlyInKernelFacingPackages(t *testing.T) {
+	for _, v := range violations(packages(t)) {
 		t.Errorf("%s: only bpf/..., nodeagent/cni/... and testenv/... may (and not bpf/spec); see internal/importrules", v)
 	}
 }

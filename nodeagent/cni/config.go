@@ -1,12 +1,3 @@
-// Package cni is the weft CNI plugin: it attaches a pod's network namespace
-// to the node's bridge weft0 with an address from the node's pod CIDR (read
-// from the agent's subnet file) and keeps the address leases in an on-disk
-// store guarded by flock, because the plugin is a new process per call.
-//
-// The plugin is a separate binary (cmd/weft-cni) run by the container
-// runtime; it touches the kernel (netlink, sysctl) only for the pod's veth,
-// its addresses and routes, and the bridge. The eBPF datapath never touches
-// the bridge, and this package never touches the datapath.
 package cni
 
 import (
