@@ -56,11 +56,7 @@ func BenchmarkEventToProgrammed(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var nodes []*weftv1.Node
-	for i := range 1000 {
-		nodes = append(nodes, logtest.SyntheticNode(i))
-	}
-	if err := l.Seed(ctx, 1, logtest.SyntheticConfig(), nodes); err != nil {
+	if err := l.SeedSynthetic(ctx, 1, 1000); err != nil {
 		b.Fatal(err)
 	}
 	dp := fakedp.New(benchUnderlay())
@@ -68,25 +64,7 @@ func BenchmarkEventToProgrammed(b *testing.B) {
 	dp.OnSync = func(d *spec.Desired) { synced <- len(d.Tunnels) }
 	stop := runBenchAgent(b, newBenchAgent(b, c, "node-00000", dp))
 	defer stop()
-	for n := <-synced; n != 999; n = <-synced {
-	}
-	var lat, commit []time.Duration
-	b.ResetTimer()
-	for i := range b.N {
-		want := 1000 + i
-		start := time.Now()
-		if _, err := l.Append(ctx, logtest.Added(logtest.SyntheticNode(want).Name, logtest.SyntheticNode(want).UnderlayIp, logtest.SyntheticPodCIDR(want))); err != nil {
-			b.Fatal(err)
-		}
-		commit = append(commit, time.Since(start))
-		for n := <-synced; n != want; n = <-synced {
-		}
-		lat = append(lat, time.Since(start))
-	}
-	b.StopTimer()
-	logtest.ReportLatency(b, lat, "ms")
-	// The etcd transaction alone (with its fsync), part of every latency.
-	b.ReportMetric(float64(logtest.Percentile(commit, 0.99).Microseconds())/1000, "p99-commit-ms")
+	logtest.BenchEventToSync(b, l, synced, 1000)
 }
 
 // BenchmarkColdStart5000: an agent starting against a projection of 5,000
@@ -100,11 +78,7 @@ func BenchmarkColdStart5000(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var nodes []*weftv1.Node
-	for i := range 5000 {
-		nodes = append(nodes, logtest.SyntheticNode(i))
-	}
-	if err := l.Seed(ctx, 5000, logtest.SyntheticConfig(), nodes); err != nil {
+	if err := l.SeedSynthetic(ctx, 5000, 5000); err != nil {
 		b.Fatal(err)
 	}
 	var lat []time.Duration

@@ -13,7 +13,6 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/nodeagent"
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
-	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
 func startAgent(b *testing.B, l *logtest.Log, dp nodeagent.Datapath) func() {
@@ -37,11 +36,7 @@ func BenchmarkEventToProgrammedBPF(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var nodes []*weftv1.Node
-	for i := range 1000 {
-		nodes = append(nodes, logtest.SyntheticNode(i))
-	}
-	if err := l.Seed(ctx, 1, logtest.SyntheticConfig(), nodes); err != nil {
+	if err := l.SeedSynthetic(ctx, 1, 1000); err != nil {
 		b.Fatal(err)
 	}
 	dp := openIn(b, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
@@ -50,28 +45,10 @@ func BenchmarkEventToProgrammedBPF(b *testing.B) {
 	dp.onSync = func(d *spec.Desired) { synced <- len(d.Tunnels) }
 	stop := startAgent(b, l, dp)
 	defer stop()
-	for n := <-synced; n != 999; n = <-synced {
-	}
-	var lat, commit []time.Duration
-	b.ResetTimer()
-	for i := range b.N {
-		want := 1000 + i
-		start := time.Now()
-		if _, err := l.Append(ctx, logtest.Added(logtest.SyntheticNode(want).Name, logtest.SyntheticNode(want).UnderlayIp, logtest.SyntheticPodCIDR(want))); err != nil {
-			b.Fatal(err)
-		}
-		commit = append(commit, time.Since(start))
-		for n := <-synced; n != want; n = <-synced {
-		}
-		lat = append(lat, time.Since(start))
-	}
-	b.StopTimer()
+	logtest.BenchEventToSync(b, l, synced, 1000)
 	if got := len(tunnelKeys(b, pinDir)); got != 1000+b.N-1 {
 		b.Fatalf("tunnel map holds %d entries, want %d", got, 1000+b.N-1)
 	}
-	logtest.ReportLatency(b, lat, "ms")
-	// The etcd transaction alone (with its fsync), part of every latency.
-	b.ReportMetric(float64(logtest.Percentile(commit, 0.99).Microseconds())/1000, "p99-commit-ms")
 }
 
 // BenchmarkColdStart5000BPF: an agent starting on a fresh node (no device,
@@ -85,11 +62,7 @@ func BenchmarkColdStart5000BPF(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var nodes []*weftv1.Node
-	for i := range 5000 {
-		nodes = append(nodes, logtest.SyntheticNode(i))
-	}
-	if err := l.Seed(ctx, 5000, logtest.SyntheticConfig(), nodes); err != nil {
+	if err := l.SeedSynthetic(ctx, 5000, 5000); err != nil {
 		b.Fatal(err)
 	}
 	var lat []time.Duration

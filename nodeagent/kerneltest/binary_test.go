@@ -80,11 +80,7 @@ func BenchmarkAgentBinaryRSS5000(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var nodes []*weftv1.Node
-	for i := range 5000 {
-		nodes = append(nodes, logtest.SyntheticNode(i))
-	}
-	if err := l.Seed(ctx, 5000, logtest.SyntheticConfig(), nodes); err != nil {
+	if err := l.SeedSynthetic(ctx, 5000, 5000); err != nil {
 		b.Fatal(err)
 	}
 

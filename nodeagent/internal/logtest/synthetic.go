@@ -1,6 +1,7 @@
 package logtest
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
@@ -48,4 +49,45 @@ func ReportLatency(b *testing.B, d []time.Duration, unit string) {
 	b.ReportMetric(float64(Percentile(d, 0.5).Microseconds())/1000, "p50-"+unit)
 	b.ReportMetric(float64(Percentile(d, 0.99).Microseconds())/1000, "p99-"+unit)
 	b.ReportMetric(float64(Percentile(d, 1).Microseconds())/1000, "max-"+unit)
+}
+
+// SeedSynthetic seeds l with SyntheticConfig and SyntheticNode(0..n-1),
+// head at head.
+func (l *Log) SeedSynthetic(ctx context.Context, head uint64, n int) error {
+	nodes := make([]*weftv1.Node, n)
+	for i := range nodes {
+		nodes[i] = SyntheticNode(i)
+	}
+	return l.Seed(ctx, head, SyntheticConfig(), nodes)
+}
+
+// BenchEventToSync is the body of the event-to-programmed benchmarks: with
+// an agent following l, whose datapath sends the tunnel count of every
+// Sync to synced, and nodes synthetic nodes in the log, it waits for the
+// first full Sync (nodes-1 tunnels), then b.N times appends the NodeAdded
+// of the next synthetic node and waits for the Sync that holds it, and
+// reports the latency from the append (the etcd transaction included) and
+// the p99 of the transaction alone.
+func BenchEventToSync(b *testing.B, l *Log, synced <-chan int, nodes int) {
+	ctx := context.Background()
+	for n := <-synced; n != nodes-1; n = <-synced {
+	}
+	var lat, commit []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		want := nodes + i
+		n := SyntheticNode(want)
+		start := time.Now()
+		if _, err := l.Append(ctx, Added(n.Name, n.UnderlayIp, n.PodCidrs...)); err != nil {
+			b.Fatal(err)
+		}
+		commit = append(commit, time.Since(start))
+		for got := <-synced; got != want; got = <-synced {
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	ReportLatency(b, lat, "ms")
+	// The etcd transaction alone (with its fsync), part of every latency.
+	b.ReportMetric(float64(Percentile(commit, 0.99).Microseconds())/1000, "p99-commit-ms")
 }
