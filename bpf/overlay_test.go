@@ -115,16 +115,6 @@ func headerChecksum(h []byte) uint16 {
 	return ^uint16(s)
 }
 
-// waitCounter polls f until it returns true or a second passes.
-func waitCounter(f func() bool) bool {
-	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		if f() {
-			return true
-		}
-	}
-	return f()
-}
-
 func TestOverlay(t *testing.T) {
 	c := newTestCluster(t, AttachAuto)
 	c.openAll(t)
@@ -240,7 +230,7 @@ func TestOverlay(t *testing.T) {
 		must(t, a.ns.Addr("ul0", netip.PrefixFrom(forged, 24)))
 		c0 := b.counters()
 		forgeVXLAN(t, a, forged, b.under, a.podIP, b.podIP)
-		if !waitCounter(func() bool { return b.counters().DropSpoofed == c0.DropSpoofed+1 }) {
+		if !waitFor(time.Second, func() bool { return b.counters().DropSpoofed == c0.DropSpoofed+1 }) {
 			t.Fatalf("spoofed drops %d -> %d", c0.DropSpoofed, b.counters().DropSpoofed)
 		}
 		if got := b.counters().Drops["wrong_endpoint"]; got != c0.Drops["wrong_endpoint"]+1 {
@@ -249,7 +239,7 @@ func TestOverlay(t *testing.T) {
 		// Control: the same frame from the real endpoint is accepted.
 		c1 := b.counters()
 		forgeVXLAN(t, a, a.under, b.under, a.podIP, b.podIP)
-		if !waitCounter(func() bool { return b.counters().RxPackets > c1.RxPackets }) {
+		if !waitFor(time.Second, func() bool { return b.counters().RxPackets > c1.RxPackets }) {
 			t.Fatalf("genuine frame not accepted: %+v -> %+v", c1, b.counters())
 		}
 		if got := b.counters().DropSpoofed; got != c1.DropSpoofed {
@@ -271,7 +261,7 @@ func TestOverlay(t *testing.T) {
 		} {
 			c0 := b.counters()
 			forgeVNI(t, a, a.under, b.under, c.src, b.podIP, c.vni)
-			if !waitCounter(func() bool { return b.counters().Drops[c.reason] == c0.Drops[c.reason]+1 }) {
+			if !waitFor(time.Second, func() bool { return b.counters().Drops[c.reason] == c0.Drops[c.reason]+1 }) {
 				t.Fatalf("%s drops %d -> %d", c.reason, c0.Drops[c.reason], b.counters().Drops[c.reason])
 			}
 			c1 := b.counters()

@@ -3,10 +3,7 @@ package nodeagent
 import (
 	"context"
 	"net/netip"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -104,7 +101,7 @@ func BenchmarkColdStart5000(b *testing.B) {
 		var after runtime.MemStats
 		runtime.ReadMemStats(&after)
 		heap = max(heap, after.HeapInuse-min(after.HeapInuse, before.HeapInuse))
-		rss = max(rss, vmRSS())
+		rss = max(rss, logtest.VmRSS())
 		stop()
 		b.StartTimer()
 	}
@@ -121,21 +118,6 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// vmRSS is the resident set size of this process in bytes.
-func vmRSS() uint64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // BenchmarkThousandFollowers: 1,000 complete agents (registration, lease,

@@ -4,8 +4,6 @@ import (
 	"context"
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -88,7 +86,7 @@ func BenchmarkColdStart5000BPF(b *testing.B) {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		heap = max(heap, ms.HeapInuse)
-		rss = max(rss, vmRSS())
+		rss = max(rss, logtest.VmRSS())
 		stop()
 		if got := len(tunnelKeys(b, pinDir)); got != 4999 {
 			b.Fatalf("tunnel map holds %d entries", got)
@@ -104,19 +102,4 @@ func BenchmarkColdStart5000BPF(b *testing.B) {
 	// 5,000 nodes, its client, the datapath's fds and the test harness.
 	b.ReportMetric(float64(heap)/(1<<20), "heap-MB")
 	b.ReportMetric(float64(rss)/(1<<20), "rss-MB")
-}
-
-// vmRSS is the resident set size of this process in bytes.
-func vmRSS() uint64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }

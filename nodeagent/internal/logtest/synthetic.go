@@ -3,7 +3,10 @@ package logtest
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -90,4 +93,20 @@ func BenchEventToSync(b *testing.B, l *Log, synced <-chan int, nodes int) {
 	ReportLatency(b, lat, "ms")
 	// The etcd transaction alone (with its fsync), part of every latency.
 	b.ReportMetric(float64(Percentile(commit, 0.99).Microseconds())/1000, "p99-commit-ms")
+}
+
+// VmRSS is the resident set size of this process in bytes (0 when
+// /proc/self/status cannot be read).
+func VmRSS() uint64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
