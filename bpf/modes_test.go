@@ -325,3 +325,39 @@ func TestOpenReplacesIncompatibleMap(t *testing.T) {
 		t.Errorf("tunnel map not replaced: %v", d.objs.WeftTunnels)
 	}
 }
+
+// TestOpenReplacesOnlyIncompatibleMaps: a pinned map whose layout changed
+// (here the statistics) starts afresh alone; the tunnel map keeps its
+// entries, so forwarding goes on until the next Sync.
+func TestOpenReplacesOnlyIncompatibleMaps(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, netnstest.Prefix()+"-inc2")
+	pin := fmt.Sprintf("/sys/fs/bpf/%s", ns.Name)
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	d, err := Open(Config{NetNS: ns.Path(), PinDir: pin})
+	must(t, err)
+	k := object.TunnelKey(netip.MustParsePrefix("10.244.9.0/24"))
+	v := object.TunnelValue(spec.Tunnel{Endpoint: netip.MustParseAddr("192.168.50.9"), VNI: 1})
+	must(t, d.objs.WeftTunnels.Put(&k, &v))
+	must(t, d.Close())
+
+	// Statistics of an older layout (a value size this version does not
+	// have) under weft_stats.
+	statsPin := filepath.Join(pin, object.WeftMapWeftStats)
+	must(t, os.Remove(statsPin))
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 72, MaxEntries: 1})
+	must(t, err)
+	defer old.Close()
+	must(t, old.Pin(statsPin))
+
+	d, err = Open(Config{NetNS: ns.Path(), PinDir: pin})
+	must(t, err)
+	defer d.Close()
+	if got := int(d.objs.WeftStats.ValueSize()); got != binary.Size(object.WeftStats{}) {
+		t.Errorf("statistics map value %d bytes, want it replaced (%d)", got, binary.Size(object.WeftStats{}))
+	}
+	var got object.WeftTunnelValue
+	if err := d.objs.WeftTunnels.Lookup(&k, &got); err != nil || got != v {
+		t.Errorf("tunnel entry after reopening: %+v, %v; want %+v kept", got, err, v)
+	}
+}
