@@ -35,8 +35,8 @@ func (d *Datapath) Capabilities() []string {
 	if d.caps != nil {
 		return append([]string(nil), d.caps...)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.nsMu.RLock()
+	defer d.nsMu.RUnlock()
 	if d.ns == nil {
 		d.log.Warn("probe capabilities", "error", errClosed)
 		return nil
@@ -70,8 +70,8 @@ func (d *Datapath) Capabilities() []string {
 // overlay mode, or in native modes). The kernel picks the address when
 // Sync creates the device, so it changes when the device is recreated.
 func (d *Datapath) VTEPMAC() (net.HardwareAddr, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.nsMu.RLock()
+	defer d.nsMu.RUnlock()
 	if d.ns == nil {
 		return nil, errClosed
 	}

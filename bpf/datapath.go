@@ -110,10 +110,14 @@ type Config struct {
 // Datapath is one node's live datapath. Methods are safe for concurrent
 // use from any goroutine.
 type Datapath struct {
-	cfg     Config
-	log     hclog.Logger
-	useTCX  bool
-	mu      sync.Mutex
+	cfg    Config
+	log    hclog.Logger
+	useTCX bool
+	mu     sync.Mutex // serialises converging and map writes
+	// nsMu guards ns's lifetime: Close and Teardown hold it (and mu) to
+	// close it; calls that only read the kernel (Underlay, VTEPMAC,
+	// Capabilities) hold it shared, so they need not wait for a Sync.
+	nsMu    sync.RWMutex
 	ns      *netns.NS // nil once closed
 	objs    *object.WeftObjects
 	applied *kstate       // what the last Sync wrote; nil means read the kernel
@@ -205,7 +209,7 @@ func (d *Datapath) takeOver() error {
 		return nil
 	}
 	if ok, _ := tc.TCXAttached(d.cfg.PinDir, br, tc.Bridge, nil); ok {
-		return tc.AttachTCX(d.ns, d.cfg.PinDir, br, tc.Bridge, d.objs.WeftFromPods)
+		return tc.AttachTCX(d.ns, d.cfg.PinDir, br, tc.Attachment{Hook: tc.Bridge, Prog: d.objs.WeftFromPods})
 	}
 	return nil
 }
@@ -244,8 +248,8 @@ func ensureBPFFS(dir string) error {
 // Underlay reports the node's underlay interface, address, MTU and
 // directly connected networks.
 func (d *Datapath) Underlay() (spec.Underlay, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.nsMu.RLock()
+	defer d.nsMu.RUnlock()
 	if d.ns == nil {
 		return spec.Underlay{}, errClosed
 	}
@@ -259,6 +263,8 @@ func (d *Datapath) Close() error {
 	d.stopWatch()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.nsMu.Lock()
+	defer d.nsMu.Unlock()
 	if d.ns == nil {
 		return nil
 	}
@@ -275,6 +281,8 @@ func (d *Datapath) Teardown() error {
 	d.stopWatch()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.nsMu.Lock()
+	defer d.nsMu.Unlock()
 	if d.ns == nil {
 		return errClosed
 	}
@@ -312,14 +320,12 @@ func (d *Datapath) Teardown() error {
 
 // attach attaches both overlay programs to ifindex.
 func (d *Datapath) attach(ifindex int) error {
+	if d.useTCX {
+		return tc.AttachTCX(d.ns, d.cfg.PinDir, ifindex,
+			tc.Attachment{Hook: tc.Egress, Prog: d.objs.WeftEgress}, tc.Attachment{Hook: tc.Ingress, Prog: d.objs.WeftIngress})
+	}
 	for _, h := range []tc.Hook{tc.Egress, tc.Ingress} {
-		var err error
-		if d.useTCX {
-			err = tc.AttachTCX(d.ns, d.cfg.PinDir, ifindex, h, d.overlayProg(h))
-		} else {
-			err = tc.AttachTC(d.ns.NL, ifindex, h, d.overlayProg(h))
-		}
-		if err != nil {
+		if err := tc.AttachTC(d.ns.NL, ifindex, h, d.overlayProg(h)); err != nil {
 			return err
 		}
 	}

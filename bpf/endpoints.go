@@ -202,7 +202,7 @@ func (d *Datapath) convergePorts(want map[netip.Addr]object.WeftEndpointValue) e
 		if d.ports[p] {
 			continue
 		}
-		if err := tc.AttachTCX(d.ns, d.cfg.PinDir, p, tc.Port(p), d.objs.WeftFromPort); err != nil {
+		if err := tc.AttachTCX(d.ns, d.cfg.PinDir, p, tc.Attachment{Hook: tc.Port(p), Prog: d.objs.WeftFromPort}); err != nil {
 			d.log.Warn("attach transmit fast path to pod port", "ifindex", p, "error", err)
 			continue
 		}

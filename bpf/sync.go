@@ -92,9 +92,10 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 	if s.masq, s.masqOn, err = d.readMasq(); err != nil {
 		return nil, err
 	}
-	for _, k := range forwardKeys {
-		v, err := d.ns.Sysctl(k)
-		s.forward[k] = err == nil && v == "1"
+	// A key that cannot be read counts as off (and is written).
+	vals, _ := d.ns.Sysctls(forwardKeys...)
+	for i, k := range forwardKeys {
+		s.forward[k] = vals[i] == "1"
 	}
 	return s, nil
 }
@@ -351,7 +352,7 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 		rec.note(&rec.rep.Removed, "fast path detached from "+d.cfg.Bridge)
 		return nil
 	}
-	if err := tc.AttachTCX(d.ns, d.cfg.PinDir, wantBridge, tc.Bridge, d.objs.WeftFromPods); err != nil {
+	if err := tc.AttachTCX(d.ns, d.cfg.PinDir, wantBridge, tc.Attachment{Hook: tc.Bridge, Prog: d.objs.WeftFromPods}); err != nil {
 		return err
 	}
 	have.bridge = wantBridge
@@ -571,13 +572,19 @@ func (d *Datapath) convergeForward(want *spec.Desired, have *kstate, rec *record
 	if hasV6(want) {
 		keys = forwardKeys
 	}
+	var off []string
 	for _, k := range keys {
-		if have.forward[k] {
-			continue
+		if !have.forward[k] {
+			off = append(off, k)
 		}
-		if err := d.ns.SetSysctl(k, "1"); err != nil {
-			return fmt.Errorf("enable forwarding: %w", err)
-		}
+	}
+	if len(off) == 0 {
+		return nil
+	}
+	if err := d.ns.SetSysctls("1", off...); err != nil {
+		return fmt.Errorf("enable forwarding: %w", err)
+	}
+	for _, k := range off {
 		have.forward[k] = true
 		rec.note(&rec.rep.Updated, k+" = 1")
 	}

@@ -6,20 +6,24 @@
 package netns
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	cnins "github.com/containernetworking/plugins/pkg/ns"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // NS is an open network namespace. Close releases it.
 type NS struct {
-	ns cnins.NetNS
+	ns  cnins.NetNS
+	ino uint64 // inode of the namespace, to tell a thread already in it
 	// NL is a netlink handle whose socket lives in the namespace.
 	NL *netlink.Handle
 }
@@ -38,12 +42,17 @@ func Open(path string) (*NS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netns %q: %w", path, err)
 	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("stat netns %s: %w", h.Path(), err)
+	}
 	nl, err := netlink.NewHandleAt(netns.NsHandle(h.Fd()))
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("open netlink handle in %s: %w", h.Path(), err)
 	}
-	return &NS{ns: h, NL: nl}, nil
+	return &NS{ns: h, ino: st.Ino, NL: nl}, nil
 }
 
 // NFT returns an nftables connection to the namespace. Each call gives a
@@ -62,35 +71,58 @@ func (n *NS) Handle() netns.NsHandle { return netns.NsHandle(n.ns.Fd()) }
 // Path is the path the namespace was opened by.
 func (n *NS) Path() string { return n.ns.Path() }
 
-// Do runs fn on an OS thread switched into the namespace (the thread goes
-// back to its own namespace afterwards or, if it cannot, exits). Use it
-// only for what the kernel resolves in the calling thread's namespace.
+// Do runs fn on an OS thread in the namespace: the calling one when it is
+// there already (the agent's datapath lives in the agent's namespace),
+// else a thread switched into it that goes back to its own namespace
+// afterwards or, if it cannot, exits. Use it only for what the kernel
+// resolves in the calling thread's namespace.
 func (n *NS) Do(fn func() error) error {
+	runtime.LockOSThread()
+	var st unix.Stat_t
+	if unix.Stat("/proc/thread-self/ns/net", &st) == nil && st.Ino == n.ino {
+		defer runtime.UnlockOSThread()
+		return fn()
+	}
+	runtime.UnlockOSThread()
 	return n.ns.Do(func(cnins.NetNS) error { return fn() })
 }
 
-// Sysctl reads a value under /proc/sys/net, key as in sysctl(8)
-// ("net.ipv4.ip_forward"), in the namespace.
-func (n *NS) Sysctl(key string) (string, error) {
-	var v string
+// Sysctls reads values under /proc/sys/net in the namespace, keys as in
+// sysctl(8) ("net.ipv4.ip_forward"); a key that cannot be read gets "" and
+// its error (joined into the result's).
+func (n *NS) Sysctls(keys ...string) ([]string, error) {
+	vals := make([]string, len(keys))
+	var errs []error
 	err := n.Do(func() error {
-		b, err := os.ReadFile(sysctlPath(key))
-		v = strings.TrimSpace(string(b))
-		return err
+		for i, k := range keys {
+			b, err := os.ReadFile(sysctlPath(k))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("read %s: %w", k, err))
+				continue
+			}
+			vals[i] = strings.TrimSpace(string(b))
+		}
+		return nil
 	})
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", key, err)
-	}
-	return v, nil
+	return vals, errors.Join(append(errs, err)...)
 }
 
-// SetSysctl writes a value under /proc/sys/net in the namespace.
-func (n *NS) SetSysctl(key, value string) error {
-	err := n.Do(func() error { return os.WriteFile(sysctlPath(key), []byte(value+"\n"), 0o644) })
-	if err != nil {
-		return fmt.Errorf("set %s = %s: %w", key, value, err)
-	}
-	return nil
+// Sysctl reads one value (see Sysctls).
+func (n *NS) Sysctl(key string) (string, error) {
+	v, err := n.Sysctls(key)
+	return v[0], err
+}
+
+// SetSysctls sets every key to value in the namespace.
+func (n *NS) SetSysctls(value string, keys ...string) error {
+	return n.Do(func() error {
+		for _, k := range keys {
+			if err := os.WriteFile(sysctlPath(k), []byte(value+"\n"), 0o644); err != nil {
+				return fmt.Errorf("set %s = %s: %w", k, value, err)
+			}
+		}
+		return nil
+	})
 }
 
 // /proc/sys/net shows the namespace of the thread that opens it.

@@ -52,40 +52,66 @@ func TCXSupported() bool {
 	return err == nil
 }
 
-// AttachTCX attaches prog to ifindex (in ns) at h through the link pinned
-// at pinDir/h.Name. An existing link on the same device gets its program
-// replaced atomically (no gap, no second program); a link left over from a
-// deleted device is unpinned first.
-func AttachTCX(ns *netns.NS, pinDir string, ifindex int, h Hook, prog *ebpf.Program) error {
-	path := filepath.Join(pinDir, h.Name)
-	if l, err := link.LoadPinnedLink(path, nil); err == nil {
-		ok, err := linkOn(l, ifindex, h, nil)
-		if err == nil && ok {
-			err = l.Update(prog)
-			l.Close()
-			if err != nil {
-				return fmt.Errorf("update %s program: %w", h.Name, err)
+// Attachment is a program for a hook.
+type Attachment struct {
+	Hook Hook
+	Prog *ebpf.Program
+}
+
+// AttachTCX attaches each program to ifindex (in ns) at its hook through
+// the link pinned at pinDir/<hook name>. An existing link on the same
+// device gets its program replaced atomically (no gap, no second
+// program); a link left over from a deleted device is unpinned first. New
+// links are made in one pass on a thread in ns (the kernel resolves the
+// ifindex in the calling thread's namespace).
+func AttachTCX(ns *netns.NS, pinDir string, ifindex int, as ...Attachment) error {
+	var fresh []Attachment
+	for _, a := range as {
+		path := filepath.Join(pinDir, a.Hook.Name)
+		if l, err := link.LoadPinnedLink(path, nil); err == nil {
+			ok, err := linkOn(l, ifindex, a.Hook, nil)
+			if err == nil && ok {
+				err = l.Update(a.Prog)
+				l.Close()
+				if err != nil {
+					return fmt.Errorf("update %s program: %w", a.Hook.Name, err)
+				}
+				continue
 			}
-			return nil
+			_ = l.Unpin()
+			l.Close()
+		} else if !errors.Is(err, os.ErrNotExist) {
+			_ = os.Remove(path)
 		}
-		_ = l.Unpin()
-		l.Close()
-	} else if !errors.Is(err, os.ErrNotExist) {
-		_ = os.Remove(path)
+		fresh = append(fresh, a)
 	}
-	// The kernel resolves the ifindex in the calling thread's namespace.
-	var l link.Link
+	if len(fresh) == 0 {
+		return nil
+	}
+	links := make([]link.Link, 0, len(fresh))
+	defer func() {
+		for _, l := range links {
+			l.Close() // pinned links stay attached
+		}
+	}()
 	err := ns.Do(func() error {
-		var err error
-		l, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: h.tcx})
-		return err
+		for _, a := range fresh {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.Prog, Attach: a.Hook.tcx})
+			if err != nil {
+				return fmt.Errorf("attach %s with tcx: %w", a.Hook.Name, err)
+			}
+			links = append(links, l)
+		}
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("attach %s with tcx: %w", h.Name, err)
+		return err
 	}
-	defer l.Close()
-	if err := l.Pin(path); err != nil {
-		return fmt.Errorf("pin link to %s: %w", path, err)
+	for i, l := range links {
+		path := filepath.Join(pinDir, fresh[i].Hook.Name)
+		if err := l.Pin(path); err != nil {
+			return fmt.Errorf("pin link to %s: %w", path, err)
+		}
 	}
 	return nil
 }
