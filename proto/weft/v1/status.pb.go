@@ -46,10 +46,17 @@ type AgentStatus struct {
 	// BGP sessions, in bgp mode.
 	BgpSessions []*BGPSession `protobuf:"bytes,12,rep,name=bgp_sessions,json=bgpSessions,proto3" json:"bgp_sessions,omitempty"`
 	// The node's own pod CIDRs as applied.
-	PodCidrs      []string `protobuf:"bytes,13,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
-	Mtu           uint32   `protobuf:"varint,14,opt,name=mtu,proto3" json:"mtu,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PodCidrs []string `protobuf:"bytes,13,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
+	Mtu      uint32   `protobuf:"varint,14,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// Peers this node cannot reach through its datapath: probes from the
+	// node to the peer's pod gateway address went unanswered after the
+	// peer's grace. Any entry makes the agent degraded. Reporting only: the
+	// datapath is not changed for them.
+	UnreachablePeers []*UnreachablePeer `protobuf:"bytes,15,rep,name=unreachable_peers,json=unreachablePeers,proto3" json:"unreachable_peers,omitempty"`
+	// Peers whose last probe was answered.
+	ReachablePeers uint32 `protobuf:"varint,16,opt,name=reachable_peers,json=reachablePeers,proto3" json:"reachable_peers,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AgentStatus) Reset() {
@@ -180,6 +187,94 @@ func (x *AgentStatus) GetMtu() uint32 {
 	return 0
 }
 
+func (x *AgentStatus) GetUnreachablePeers() []*UnreachablePeer {
+	if x != nil {
+		return x.UnreachablePeers
+	}
+	return nil
+}
+
+func (x *AgentStatus) GetReachablePeers() uint32 {
+	if x != nil {
+		return x.ReachablePeers
+	}
+	return 0
+}
+
+// UnreachablePeer is a remote node whose pod gateway does not answer
+// probes sent through this node's datapath.
+type UnreachablePeer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// The address probed: the first address of the peer's pod CIDR.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// Why, naming what the mode lacks when the agent can tell (direct
+	// routes off, a non-adjacent peer, no gateway route, no BGP route).
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When the peer became unreachable (RFC 3339).
+	Since         string `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnreachablePeer) Reset() {
+	*x = UnreachablePeer{}
+	mi := &file_weft_v1_status_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnreachablePeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnreachablePeer) ProtoMessage() {}
+
+func (x *UnreachablePeer) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_v1_status_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnreachablePeer.ProtoReflect.Descriptor instead.
+func (*UnreachablePeer) Descriptor() ([]byte, []int) {
+	return file_weft_v1_status_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UnreachablePeer) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *UnreachablePeer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *UnreachablePeer) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *UnreachablePeer) GetSince() string {
+	if x != nil {
+		return x.Since
+	}
+	return ""
+}
+
 // PeerProblem names a remote node the datapath does not route and why.
 type PeerProblem struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -191,7 +286,7 @@ type PeerProblem struct {
 
 func (x *PeerProblem) Reset() {
 	*x = PeerProblem{}
-	mi := &file_weft_v1_status_proto_msgTypes[1]
+	mi := &file_weft_v1_status_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -203,7 +298,7 @@ func (x *PeerProblem) String() string {
 func (*PeerProblem) ProtoMessage() {}
 
 func (x *PeerProblem) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_v1_status_proto_msgTypes[1]
+	mi := &file_weft_v1_status_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -216,7 +311,7 @@ func (x *PeerProblem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerProblem.ProtoReflect.Descriptor instead.
 func (*PeerProblem) Descriptor() ([]byte, []int) {
-	return file_weft_v1_status_proto_rawDescGZIP(), []int{1}
+	return file_weft_v1_status_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PeerProblem) GetNode() string {
@@ -247,7 +342,7 @@ type BGPSession struct {
 
 func (x *BGPSession) Reset() {
 	*x = BGPSession{}
-	mi := &file_weft_v1_status_proto_msgTypes[2]
+	mi := &file_weft_v1_status_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -259,7 +354,7 @@ func (x *BGPSession) String() string {
 func (*BGPSession) ProtoMessage() {}
 
 func (x *BGPSession) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_v1_status_proto_msgTypes[2]
+	mi := &file_weft_v1_status_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -272,7 +367,7 @@ func (x *BGPSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPSession.ProtoReflect.Descriptor instead.
 func (*BGPSession) Descriptor() ([]byte, []int) {
-	return file_weft_v1_status_proto_rawDescGZIP(), []int{2}
+	return file_weft_v1_status_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BGPSession) GetPeer() string {
@@ -314,7 +409,7 @@ var File_weft_v1_status_proto protoreflect.FileDescriptor
 
 const file_weft_v1_status_proto_rawDesc = "" +
 	"\n" +
-	"\x14weft/v1/status.proto\x12\aweft.v1\"\xc8\x03\n" +
+	"\x14weft/v1/status.proto\x12\aweft.v1\"\xb8\x04\n" +
 	"\vAgentStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vapplied_seq\x18\x02 \x01(\x04R\n" +
@@ -332,7 +427,14 @@ const file_weft_v1_status_proto_rawDesc = "" +
 	"\rpeer_problems\x18\v \x03(\v2\x14.weft.v1.PeerProblemR\fpeerProblems\x126\n" +
 	"\fbgp_sessions\x18\f \x03(\v2\x13.weft.v1.BGPSessionR\vbgpSessions\x12\x1b\n" +
 	"\tpod_cidrs\x18\r \x03(\tR\bpodCidrs\x12\x10\n" +
-	"\x03mtu\x18\x0e \x01(\rR\x03mtu\"9\n" +
+	"\x03mtu\x18\x0e \x01(\rR\x03mtu\x12E\n" +
+	"\x11unreachable_peers\x18\x0f \x03(\v2\x18.weft.v1.UnreachablePeerR\x10unreachablePeers\x12'\n" +
+	"\x0freachable_peers\x18\x10 \x01(\rR\x0ereachablePeers\"m\n" +
+	"\x0fUnreachablePeer\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05since\x18\x04 \x01(\tR\x05since\"9\n" +
 	"\vPeerProblem\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x8a\x01\n" +
@@ -358,20 +460,22 @@ func file_weft_v1_status_proto_rawDescGZIP() []byte {
 	return file_weft_v1_status_proto_rawDescData
 }
 
-var file_weft_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_weft_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_weft_v1_status_proto_goTypes = []any{
-	(*AgentStatus)(nil), // 0: weft.v1.AgentStatus
-	(*PeerProblem)(nil), // 1: weft.v1.PeerProblem
-	(*BGPSession)(nil),  // 2: weft.v1.BGPSession
+	(*AgentStatus)(nil),     // 0: weft.v1.AgentStatus
+	(*UnreachablePeer)(nil), // 1: weft.v1.UnreachablePeer
+	(*PeerProblem)(nil),     // 2: weft.v1.PeerProblem
+	(*BGPSession)(nil),      // 3: weft.v1.BGPSession
 }
 var file_weft_v1_status_proto_depIdxs = []int32{
-	1, // 0: weft.v1.AgentStatus.peer_problems:type_name -> weft.v1.PeerProblem
-	2, // 1: weft.v1.AgentStatus.bgp_sessions:type_name -> weft.v1.BGPSession
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 0: weft.v1.AgentStatus.peer_problems:type_name -> weft.v1.PeerProblem
+	3, // 1: weft.v1.AgentStatus.bgp_sessions:type_name -> weft.v1.BGPSession
+	1, // 2: weft.v1.AgentStatus.unreachable_peers:type_name -> weft.v1.UnreachablePeer
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_weft_v1_status_proto_init() }
@@ -385,7 +489,7 @@ func file_weft_v1_status_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_weft_v1_status_proto_rawDesc), len(file_weft_v1_status_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
