@@ -26,6 +26,7 @@ import (
 	"github.com/weftnet/weft/nodeagent/bgp"
 	"github.com/weftnet/weft/nodeagent/follow"
 	"github.com/weftnet/weft/nodeagent/model"
+	"github.com/weftnet/weft/nodeagent/reach"
 	"github.com/weftnet/weft/proto/keys"
 )
 
@@ -107,6 +108,17 @@ type Config struct {
 	// ASN is this node's BGP AS number, sent in the registration; 0 means
 	// the cluster's bgp.asn.
 	ASN uint32
+	// Probe, when set, turns on the reachability prober (package reach):
+	// every peer's pod gateway is probed through the datapath, and
+	// unreachable peers make the agent degraded. Its OnChange and Logger
+	// are set by the agent. Its Open must open sockets in the datapath's
+	// network namespace.
+	Probe *reach.Config
+	// PodGateway, when set, is called with the node's pod CIDRs and pod
+	// MTU before the first Sync with them and at each reconcile: it makes
+	// the pod gateway (the first address of each CIDR) exist on the node,
+	// so peers reach it before any pod is attached.
+	PodGateway func(podCIDRs []netip.Prefix, mtu int) error
 	// Follow tunes the log follower (backoff, timeouts); its callbacks
 	// and logger are set by the agent.
 	Follow follow.Options
@@ -148,6 +160,9 @@ type Agent struct {
 	waitLogged  bool
 	selfApplied bool
 	bgp         bgpState
+	prober      *reach.Prober  // nil without Config.Probe
+	unreachable int            // peers the prober last called unreachable
+	gateway     []netip.Prefix // pod CIDRs whose gateway PodGateway made
 }
 
 // New checks cfg and returns an agent.
@@ -188,6 +203,7 @@ func New(cfg Config) (*Agent, error) {
 		state:      model.New(),
 	}
 	a.metrics = newMetrics(a)
+	a.newProber()
 	if cfg.SubnetFile != "" {
 		_, err := os.Stat(cfg.SubnetFile)
 		a.bgp.fresh = errors.Is(err, fs.ErrNotExist)
@@ -229,6 +245,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.register)
 	run(a.reportStatus)
 	run(a.watchBGP)
+	if a.prober != nil {
+		run(a.prober.Run)
+	}
 	wg.Wait()
 	a.stopBGP()
 	a.log.Info("stopped; datapath left in place")
@@ -444,6 +463,7 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	a.waitLogged = false
 	a.mu.Unlock()
 	if synced != nil && lastErr == nil && equalDesired(synced, plan.Desired) {
+		a.setTargets()
 		return nil
 	}
 	if plan.Desired.Mode == spec.ModeBGP && a.bgpHold(a.speaker.Sessions()) {
@@ -456,6 +476,7 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 		}
 		return errBGPHold
 	}
+	a.ensurePodGateway(plan, false)
 	start := time.Now()
 	rep, err := a.dp.Sync(ctx, plan.Desired)
 	a.metrics.syncDuration.WithLabelValues("sync").Observe(time.Since(start).Seconds())
@@ -477,6 +498,7 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 		return fmt.Errorf("sync datapath: %w", err)
 	}
 	a.metrics.entries(plan.Desired)
+	a.setTargets()
 	// subnet.env before the status: whoever sees this node converged in
 	// its status finds the file that matches.
 	if err := a.writeSubnetEnv(plan); err != nil {
@@ -503,11 +525,12 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 // reconcile re-reads the kernel and repairs drift from what was synced.
 func (a *Agent) reconcile(ctx context.Context) {
 	a.mu.Lock()
-	want := a.synced
+	want, plan := a.synced, a.plan
 	a.mu.Unlock()
 	if want == nil {
 		return
 	}
+	a.ensurePodGateway(plan, true)
 	start := time.Now()
 	rep, err := a.dp.Reconcile(ctx, want)
 	a.metrics.syncDuration.WithLabelValues("reconcile").Observe(time.Since(start).Seconds())
@@ -552,7 +575,8 @@ func equalDesired(a, b *spec.Desired) bool {
 }
 
 // Health reports whether the agent is degraded and why: etcd unreachable,
-// or the datapath failing to converge.
+// the datapath failing to converge, or peers unreachable through the
+// datapath.
 func (a *Agent) Health() (ok bool, reasons []string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -560,6 +584,16 @@ func (a *Agent) Health() (ok bool, reasons []string) {
 }
 
 func (a *Agent) healthLocked() (bool, []string) {
+	r, peers := a.healthPartsLocked()
+	if peers != "" {
+		r = append(r, peers)
+	}
+	return len(r) == 0, r
+}
+
+// healthPartsLocked returns the agent's own reasons to be degraded and,
+// apart, the one about unreachable peers ("" when none).
+func (a *Agent) healthPartsLocked() (own []string, peers string) {
 	var r []string
 	if a.followErr != nil {
 		r = append(r, "etcd unreachable: "+a.followErr.Error())
@@ -572,7 +606,10 @@ func (a *Agent) healthLocked() (bool, []string) {
 	if a.syncErr != nil {
 		r = append(r, "datapath not converged: "+a.syncErr.Error())
 	}
-	return len(r) == 0, r
+	if a.prober != nil {
+		peers = reachReason(a.prober.Report())
+	}
+	return r, peers
 }
 
 func (a *Agent) healthChanged() {

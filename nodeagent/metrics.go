@@ -26,6 +26,8 @@ type metrics struct {
 	peerProblems  prometheus.Gauge
 	tunnels       prometheus.Gauge
 	routes        prometheus.Gauge
+	// peersUnreachable is set by the prober's OnChange (0 without one).
+	peersUnreachable prometheus.Gauge
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -42,18 +44,45 @@ func newMetrics(a *Agent) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}, []string{"op"}),
 		repairs:      prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_agent_repairs_total", Help: "Pieces of datapath drift repaired by Reconcile."}),
-		degraded:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_degraded", Help: "1 while etcd is unreachable or the datapath does not converge."}),
+		degraded:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_degraded", Help: "1 while etcd is unreachable, the datapath does not converge or a peer is unreachable."}),
 		peerProblems: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_peer_problems", Help: "Remote nodes the datapath does not serve in the current mode."}),
 		tunnels:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_tunnel_entries", Help: "Tunnel map entries synced."}),
 		routes:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_route_entries", Help: "Routes synced (cluster routes and direct routes)."}),
+		peersUnreachable: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_peers_unreachable",
+			Help: "Peers whose pod gateway does not answer probes through the datapath (past their grace)."}),
 	}
 	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_agent_lag_events", Help: "Events between the head seen and the applied seq."}, func() float64 {
 		st := a.Status()
 		return float64(st.HeadSeq - st.AppliedSeq)
 	})
 	m.reg.MustRegister(m.applied, m.head, m.eventsApplied, m.refused, m.relists, m.syncDuration, m.repairs,
-		m.degraded, m.peerProblems, m.tunnels, m.routes, lag, counterCollector{a.dp}, bgpCollector{a})
+		m.degraded, m.peerProblems, m.tunnels, m.routes, lag, counterCollector{a.dp}, bgpCollector{a},
+		m.peersUnreachable, reachCollector{a})
 	return m
+}
+
+// reachCollector exports the prober's counts at scrape time (nothing
+// without a prober).
+type reachCollector struct{ a *Agent }
+
+var reachDescs = struct{ reachable, probes *prometheus.Desc }{
+	prometheus.NewDesc("weft_agent_peers_reachable", "Peers whose pod gateway answered the last probe.", nil, nil),
+	prometheus.NewDesc("weft_agent_probes_total", "Reachability probes sent, by result (answered, failed).", []string{"result"}, nil),
+}
+
+func (c reachCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- reachDescs.reachable
+	ch <- reachDescs.probes
+}
+
+func (c reachCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.a.prober == nil {
+		return
+	}
+	r := c.a.prober.Report()
+	ch <- prometheus.MustNewConstMetric(reachDescs.reachable, prometheus.GaugeValue, float64(r.Reachable))
+	ch <- prometheus.MustNewConstMetric(reachDescs.probes, prometheus.CounterValue, float64(r.Answered), "answered")
+	ch <- prometheus.MustNewConstMetric(reachDescs.probes, prometheus.CounterValue, float64(r.Failed), "failed")
 }
 
 func (m *metrics) entries(d *spec.Desired) {
@@ -97,7 +126,8 @@ func (c counterCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // Handler serves /metrics (Prometheus) and /healthz: 200 "ok", or 503 with
-// the reasons while etcd is unreachable or the datapath does not converge.
+// the reasons while etcd is unreachable, the datapath does not converge or
+// peers are unreachable.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))

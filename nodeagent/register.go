@@ -221,18 +221,23 @@ func (a *Agent) Status() *weftv1.AgentStatus {
 	sessions := a.bgpSessions()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ok, reasons := a.healthLocked()
+	reasons, _ := a.healthPartsLocked()
 	st := &weftv1.AgentStatus{
 		Name:       a.cfg.NodeName,
 		AppliedSeq: a.state.Applied(),
 		HeadSeq:    max(a.head, a.state.Applied()),
-		Degraded:   !ok,
 	}
+	if a.prober != nil {
+		reachStatus(st, a.prober.Report())
+	}
+	st.Degraded = len(reasons) > 0 || len(st.UnreachablePeers) > 0
 	st.BgpSessions = sessions
+	// Unreachable peers have their own field; last_error stays for
+	// errors of the agent itself.
 	switch {
 	case a.syncErr != nil:
 		st.LastError = a.syncErr.Error()
-	case !ok:
+	case len(reasons) > 0:
 		st.LastError = reasons[0]
 	case a.bgp.err != nil:
 		st.LastError = a.bgp.err.Error()

@@ -26,6 +26,8 @@ import (
 
 	"github.com/weftnet/weft/bpf"
 	"github.com/weftnet/weft/nodeagent"
+	"github.com/weftnet/weft/nodeagent/cni"
+	"github.com/weftnet/weft/nodeagent/reach"
 	"github.com/weftnet/weft/proto/keys"
 )
 
@@ -51,6 +53,8 @@ type options struct {
 	reconcileInterval time.Duration
 	logLevel          string
 	asn               uint
+	probe             bool
+	probeGrace        time.Duration
 	validate          bool
 	teardown          bool
 }
@@ -73,6 +77,8 @@ func parse(args []string) (*options, *flag.FlagSet, error) {
 	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", nodeagent.DefaultReconcileInterval, "how often to re-read the kernel and repair drift")
 	fs.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.UintVar(&o.asn, "asn", 0, "this node's BGP AS number in bgp mode (0: the cluster's bgp.asn)")
+	fs.BoolVar(&o.probe, "probe", true, "probe every peer's pod gateway through the datapath and report unreachable peers (degraded)")
+	fs.DurationVar(&o.probeGrace, "probe-grace", reach.DefaultGrace, "how long a new (or changed) peer may fail probes before it counts as unreachable")
 	fs.BoolVar(&o.validate, "validate", false, "check the flags and exit (dry run)")
 	fs.BoolVar(&o.teardown, "teardown", false, "remove everything weft made on this node (device, routes, pins, nftables table, subnet file) and exit")
 	if err := fs.Parse(args); err != nil {
@@ -131,6 +137,9 @@ func (o *options) check() error {
 	}
 	if o.asn > 1<<32-1 || o.asn == 23456 {
 		return fmt.Errorf("--asn: %d is not a usable AS number", o.asn)
+	}
+	if o.probeGrace <= 0 {
+		return fmt.Errorf("--probe-grace: %s is not positive", o.probeGrace)
 	}
 	if hclog.LevelFromString(o.logLevel) == hclog.NoLevel {
 		return fmt.Errorf("--log-level: unknown level %q", o.logLevel)
@@ -235,7 +244,7 @@ func run(o *options, log hclog.Logger) error {
 	}
 	defer client.Close()
 
-	a, err := nodeagent.New(nodeagent.Config{
+	cfg := nodeagent.Config{
 		Client:            client,
 		Prefix:            o.prefix,
 		NodeName:          o.nodeName,
@@ -245,7 +254,15 @@ func run(o *options, log hclog.Logger) error {
 		ReconcileInterval: o.reconcileInterval,
 		ASN:               uint32(o.asn),
 		Logger:            log,
-	})
+		// Peers reach this node at its pod gateway before any pod is
+		// attached: the agent makes weft0 as the CNI plugin would.
+		PodGateway: cni.EnsurePodGateway,
+	}
+	if o.probe {
+		// The agent runs in the node's namespace, so the probe sockets do.
+		cfg.Probe = &reach.Config{Open: reach.ListenICMP, Grace: o.probeGrace}
+	}
+	a, err := nodeagent.New(cfg)
 	if err != nil {
 		return err
 	}

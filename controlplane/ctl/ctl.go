@@ -48,7 +48,8 @@ verbs:
   nodes                      nodes in the projection
   events [--since N] [--follow]
                              the event log from seq N (default: all retained)
-  status                     each node's applied seq against the head; problems
+  status                     each node's applied seq against the head, peers it
+                             cannot reach and why; problems
   config get                 the config in force and the answer to the last desired config
   config set FILE|-          ask for a config (JSON or YAML ClusterConfig) ...
   config set --mtu 1400 ...  ... or change fields of the config in force
@@ -281,6 +282,18 @@ type NodeStatus struct {
 	Converged  bool   `json:"converged"`
 	// BGPSessions are the node's BGP sessions (bgp mode only).
 	BGPSessions []BGPSession `json:"bgp_sessions,omitempty"`
+	// ReachablePeers answered the node's last probe; UnreachablePeers do
+	// not answer probes through its datapath (they make it degraded).
+	ReachablePeers   uint32            `json:"reachable_peers"`
+	UnreachablePeers []UnreachablePeer `json:"unreachable_peers,omitempty"`
+}
+
+// UnreachablePeer is a peer a node cannot reach, as its agent reported it.
+type UnreachablePeer struct {
+	Node    string `json:"node"`
+	Address string `json:"address"`
+	Reason  string `json:"reason"`
+	Since   string `json:"since"`
 }
 
 // BGPSession is one BGP session of a node as its agent reported it.
@@ -359,6 +372,10 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 		if s, ok := statuses[name]; ok {
 			ns.Reporting = true
 			ns.AppliedSeq, ns.Degraded, ns.LastError = s.AppliedSeq, s.Degraded, s.LastError
+			ns.ReachablePeers = s.ReachablePeers
+			for _, u := range s.UnreachablePeers {
+				ns.UnreachablePeers = append(ns.UnreachablePeers, UnreachablePeer{Node: u.Node, Address: u.Address, Reason: u.Reason, Since: u.Since})
+			}
 			for _, b := range s.BgpSessions {
 				ns.BGPSessions = append(ns.BGPSessions, BGPSession{Peer: b.Peer, State: b.State, Reason: b.Reason,
 					Advertised: b.Advertised, Received: b.Received})
@@ -397,6 +414,8 @@ func (x *cli) status(ctx context.Context) error {
 			state = "no status"
 		case n.LastError != "":
 			state = "error: " + n.LastError
+		case len(n.UnreachablePeers) > 0:
+			state = fmt.Sprintf("degraded: %d of %d peers unreachable", len(n.UnreachablePeers), len(n.UnreachablePeers)+int(n.ReachablePeers))
 		case n.Degraded:
 			state = "degraded"
 		case n.Behind > 0:
@@ -414,6 +433,16 @@ func (x *cli) status(ctx context.Context) error {
 	}
 	if err := w.Flush(); err != nil {
 		return err
+	}
+	// What each node cannot reach and why (the agent names the mode's
+	// missing piece when it can tell).
+	if slices.ContainsFunc(rep.Nodes, func(n NodeStatus) bool { return len(n.UnreachablePeers) > 0 }) {
+		fmt.Fprintln(x.out, "\nunreachable peers:")
+		for _, n := range rep.Nodes {
+			for _, u := range n.UnreachablePeers {
+				fmt.Fprintf(x.out, "  %s -> %s (%s) since %s: %s\n", n.Name, u.Node, u.Address, u.Since, u.Reason)
+			}
+		}
 	}
 	if len(rep.Problems) > 0 {
 		fmt.Fprintln(x.out, "\nproblems:")

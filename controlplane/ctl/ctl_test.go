@@ -210,3 +210,30 @@ func TestStatusBGPSessions(t *testing.T) {
 		t.Errorf("json: node2 has sessions or none are shown: %s", out)
 	}
 }
+
+func TestStatusUnreachablePeers(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	e.c.Put(ctx, k.Status("node0"), keys.EncodeString(&weftv1.AgentStatus{Name: "node0", AppliedSeq: 4, HeadSeq: 4, ReachablePeers: 2}))
+	e.c.Put(ctx, k.Status("node1"), keys.EncodeString(&weftv1.AgentStatus{Name: "node1", AppliedSeq: 4, HeadSeq: 4, Degraded: true,
+		ReachablePeers: 1, UnreachablePeers: []*weftv1.UnreachablePeer{{Node: "node2", Address: "10.244.2.1", Since: "2026-01-02T03:04:05Z",
+			Reason: "no reply from 10.244.2.1 within 1s: direct routes are off (auto_direct_node_routes=false), so the network must route 10.244.2.0/24"}}}))
+	code, out, _ := e.run("", "status")
+	for _, want := range []string{
+		"node0  4        0       converged",
+		"node1  4        0       degraded: 1 of 2 peers unreachable",
+		"unreachable peers:\n  node1 -> node2 (10.244.2.1) since 2026-01-02T03:04:05Z: no reply from 10.244.2.1 within 1s: direct routes are off",
+	} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("status lacks %q (exit %d):\n%s", want, code, out)
+		}
+	}
+	code, out, _ = e.run("", "-o", "json", "status")
+	var rep ctl.StatusReport
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || len(rep.Nodes) != 3 {
+		t.Fatalf("status json: %d %v %q", code, err, out)
+	}
+	if n := rep.Nodes[1]; n.Converged || n.ReachablePeers != 1 || len(n.UnreachablePeers) != 1 || n.UnreachablePeers[0].Node != "node2" {
+		t.Errorf("node1 in json: %+v", n)
+	}
+}

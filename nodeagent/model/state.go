@@ -90,6 +90,14 @@ func (s *State) Names() []string {
 	return out
 }
 
+// EachNode calls fn for every node in name order with its parsed underlay
+// IP and pod CIDRs. fn must not keep or modify podCIDRs.
+func (s *State) EachNode(fn func(name string, underlay netip.Addr, podCIDRs []netip.Prefix)) {
+	for _, p := range s.sorted {
+		fn(p.name, p.ip, p.prefixes)
+	}
+}
+
 // parsedNode is a node's underlay IP and pod CIDRs, parsed when the node
 // was accepted, so Desired does not parse thousands of strings per event.
 type parsedNode struct {

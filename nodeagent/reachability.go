@@ -1,0 +1,122 @@
+package nodeagent
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/weftnet/weft/nodeagent/model"
+	"github.com/weftnet/weft/nodeagent/reach"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// The agent's side of package reach: after each converge it hands the
+// prober one target per peer (derived from the spec it synced), and the
+// prober's verdicts flow into status, health and metrics. An unreachable
+// peer makes the agent degraded; nothing in the datapath changes for it.
+
+// newProber makes the prober when the config asks for one.
+func (a *Agent) newProber() {
+	if a.cfg.Probe == nil {
+		return
+	}
+	pc := *a.cfg.Probe
+	pc.OnChange = a.reachChanged
+	pc.Logger = a.log.Named("reach")
+	a.prober = reach.New(pc)
+}
+
+// setTargets gives the prober the peers of the spec last synced. It runs
+// after every converge, also when the spec did not change: in modes where
+// weft routes nothing per peer (gateway, native without direct routes) a
+// joining peer changes no spec but is a new target.
+func (a *Agent) setTargets() {
+	if a.prober == nil {
+		return
+	}
+	a.mu.Lock()
+	d, cfg, u := a.synced, a.state.Config(), a.underlay
+	if d == nil || cfg == nil {
+		a.mu.Unlock()
+		return
+	}
+	peers := make([]reach.Peer, 0, a.state.Len())
+	a.state.EachNode(func(name string, ip netip.Addr, cidrs []netip.Prefix) {
+		if name != a.cfg.NodeName {
+			peers = append(peers, reach.Peer{Node: name, Underlay: ip, PodCIDRs: cidrs})
+		}
+	})
+	a.mu.Unlock()
+	a.prober.Set(reach.Targets(d, cfg.AutoDirectNodeRoutes, u, peers))
+}
+
+// reachChanged is the prober's OnChange: health flips when the set of
+// unreachable peers changes; the status follows every change of counts.
+func (a *Agent) reachChanged() {
+	n := len(a.prober.Report().Unreachable)
+	a.mu.Lock()
+	flipped := (n == 0) != (a.unreachable == 0)
+	changed := n != a.unreachable
+	a.unreachable = n
+	a.mu.Unlock()
+	a.metrics.peersUnreachable.Set(float64(n))
+	if flipped || changed {
+		a.healthChanged()
+		return
+	}
+	poke(a.statusKick)
+}
+
+// reachStatus fills the status's reachability fields.
+func reachStatus(st *weftv1.AgentStatus, r reach.Report) {
+	st.ReachablePeers = uint32(r.Reachable)
+	for _, u := range r.Unreachable {
+		st.UnreachablePeers = append(st.UnreachablePeers, &weftv1.UnreachablePeer{
+			Node: u.Node, Address: u.Addr.String(), Reason: u.Reason,
+			Since: u.Since.UTC().Format("2006-01-02T15:04:05Z07:00"),
+		})
+	}
+}
+
+// reachReason is the health reason for unreachable peers: how many, and
+// the first few with their reasons.
+func reachReason(r reach.Report) string {
+	if len(r.Unreachable) == 0 {
+		return ""
+	}
+	const show = 3
+	var parts []string
+	for _, u := range r.Unreachable[:min(show, len(r.Unreachable))] {
+		parts = append(parts, u.Node+": "+u.Reason)
+	}
+	s := fmt.Sprintf("%d of %d peers unreachable: %s", len(r.Unreachable), r.Peers, strings.Join(parts, "; "))
+	if more := len(r.Unreachable) - show; more > 0 {
+		s += fmt.Sprintf("; and %d more", more)
+	}
+	return s
+}
+
+// ensurePodGateway makes the node's pod gateway exist (Config.PodGateway)
+// when the node's pod CIDRs are new to it, or when force (reconcile)
+// says to check again. Peers probe that address, so a node answers for
+// its pod network before any pod is attached.
+func (a *Agent) ensurePodGateway(plan model.Plan, force bool) {
+	if a.cfg.PodGateway == nil || plan.Desired == nil || plan.Self == nil || len(plan.Desired.LocalPodCIDRs) == 0 {
+		return
+	}
+	cidrs := plan.Desired.LocalPodCIDRs
+	a.mu.Lock()
+	done := slices.Equal(a.gateway, cidrs)
+	a.mu.Unlock()
+	if done && !force {
+		return
+	}
+	if err := a.cfg.PodGateway(cidrs, plan.PodMTU); err != nil {
+		a.log.Error("make the pod gateway", "pod_cidrs", cidrs, "error", err)
+		return
+	}
+	a.mu.Lock()
+	a.gateway = slices.Clone(cidrs)
+	a.mu.Unlock()
+}
