@@ -62,23 +62,24 @@ func routerIP(s int) netip.Addr { return netip.AddrFrom4([4]byte{10, 99, byte(s)
 
 // Options describe a cluster. Zero values take the documented defaults.
 type Options struct {
-	Prefix      string      // per-run prefix; default "wt" + 4 random hex digits (interface names are ≤ 15 chars)
-	Nodes       int         // default 3
-	PodsPerNode int         // default 2
-	Backend     string      // vxlan (default), geneve, native, hybrid, gateway, bgp, or BackendKernel
-	Segments    int         // 1 (default): one L2 underlay; 2: two segments joined by a router namespace
-	Etcd        string      // EtcdEmbedded (default) or EtcdExternal
-	EtcdMembers int         // members of the external etcd, default 3
-	Controllers int         // weft-controller processes, 1..3; more than 1 needs EtcdExternal
-	BinDir      string      // directory holding weft-controller, weft-agent, weftctl, weft-testenv
-	ClusterCIDR string      // default 10.244.0.0/16
-	NodeGrace   int         // node_grace_seconds in the cluster config; 0 = controller default
-	LeaseTTL    int         // agent --lease-ttl seconds; 0 = agent default
-	ElectionTTL int         // controller --election-ttl seconds; 0 = controller default
-	Reconcile   string      // agent --reconcile-interval; "" = agent default
-	Config      string      // extra ClusterConfig JSON fields merged into the controller's config file, e.g. `"mtu": 1400`
-	Attacher    PodAttacher // default: CNIAttacher when BinDir has weft-cni, else NetlinkAttacher
-	LogLevel    string      // weft processes' --log-level, default debug
+	Prefix      string        // per-run prefix; default "wt" + 4 random hex digits (interface names are ≤ 15 chars)
+	Nodes       int           // default 3
+	PodsPerNode int           // default 2
+	Backend     string        // vxlan (default), geneve, native, hybrid, gateway, bgp, or BackendKernel
+	Segments    int           // 1 (default): one L2 underlay; 2: two segments joined by a router namespace
+	Etcd        string        // EtcdEmbedded (default) or EtcdExternal
+	EtcdMembers int           // members of the external etcd, default 3
+	Controllers int           // weft-controller processes, 1..3; more than 1 needs EtcdExternal
+	BinDir      string        // directory holding weft-controller, weft-agent, weftctl, weft-testenv
+	ClusterCIDR string        // default 10.244.0.0/16
+	NodeGrace   int           // node_grace_seconds in the cluster config; 0 = controller default
+	LeaseTTL    int           // agent --lease-ttl seconds; 0 = agent default
+	ElectionTTL int           // controller --election-ttl seconds; 0 = controller default
+	Reconcile   string        // agent --reconcile-interval; "" = agent default
+	ProbeGrace  time.Duration // agent --probe-grace; 0 = agent default
+	Config      string        // extra ClusterConfig JSON fields merged into the controller's config file, e.g. `"mtu": 1400`
+	Attacher    PodAttacher   // default: CNIAttacher when BinDir has weft-cni, else NetlinkAttacher
+	LogLevel    string        // weft processes' --log-level, default debug
 	Logger      hclog.Logger
 }
 
@@ -113,6 +114,7 @@ type Node struct {
 	SubnetFile string // --subnet-file
 	Agent      *Proc  // nil with BackendKernel
 	Pods       []*Pod
+	podCIDR    netip.Prefix // routed by the router when the network routes pod CIDRs
 }
 
 // Pod is a pod namespace attached to a node.
@@ -225,6 +227,9 @@ func New(ctx context.Context, o Options) (*Cluster, error) {
 	if err := o.defaults(); err != nil {
 		return nil, fmt.Errorf("testenv options: %w", err)
 	}
+	if err := CheckBackend(o.Backend); err != nil {
+		return nil, err
+	}
 	if err := EnsureBPFFS(); err != nil {
 		return nil, err
 	}
@@ -308,12 +313,12 @@ func (c *Cluster) buildUnderlay() error {
 			}
 		}
 	}
-	if c.Opts.Segments == 2 {
+	if c.needsRouter() {
 		c.RouterNS = c.Prefix + "-rt"
 		if err := createNS(c.RouterNS); err != nil {
 			return err
 		}
-		for s := 0; s < 2; s++ {
+		for s := 0; s < c.Opts.Segments; s++ {
 			if err := c.plug(c.RouterNS, fmt.Sprintf("%s-r%d", c.Prefix, s), fmt.Sprintf("eth%d", s), s,
 				netip.PrefixFrom(routerIP(s), underlayBits)); err != nil {
 				return err
@@ -459,6 +464,9 @@ func (c *Cluster) addNode(ctx context.Context, withPods bool) (*Node, error) {
 			return nil, err
 		}
 	}
+	if err := c.pointAtRouter(n); err != nil {
+		return nil, err
+	}
 	if c.Opts.Backend == BackendKernel {
 		pod := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 1}), 24)
 		err := WriteSubnetEnv(n.SubnetFile, SubnetEnv{Network: netip.MustParsePrefix(c.Opts.ClusterCIDR), Subnet: pod, MTU: 1500, Backend: BackendKernel})
@@ -491,6 +499,9 @@ func (c *Cluster) addNode(ctx context.Context, withPods bool) (*Node, error) {
 // attachPods waits for the node's subnet file and attaches its pods.
 func (c *Cluster) attachPods(ctx context.Context, n *Node) error {
 	if err := c.WaitSubnetFile(ctx, n, 90*time.Second); err != nil {
+		return err
+	}
+	if err := c.routeOnRouter(n); err != nil {
 		return err
 	}
 	for j := 0; j < c.Opts.PodsPerNode; j++ {
@@ -589,6 +600,7 @@ func (c *Cluster) destroyNode(ctx context.Context, n *Node) error {
 	if n.Agent != nil {
 		errs = append(errs, n.Agent.Kill())
 	}
+	errs = append(errs, c.unrouteOnRouter(n))
 	for _, p := range n.Pods {
 		if p.echo != nil {
 			p.echo.Close()

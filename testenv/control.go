@@ -86,6 +86,7 @@ func (c *Cluster) configFile() (string, error) {
 			cfg[k] = v
 		}
 	}
+	c.nativeDefaults(cfg)
 	if _, ok := cfg["bgp"]; !ok && c.Opts.Backend == "bgp" {
 		cfg["bgp"] = c.defaultBGP()
 	}
@@ -205,6 +206,9 @@ func (c *Cluster) agentArgs(n *Node) []string {
 	}
 	if c.Opts.Reconcile != "" {
 		args = append(args, "--reconcile-interval", c.Opts.Reconcile)
+	}
+	if c.Opts.ProbeGrace > 0 {
+		args = append(args, "--probe-grace", c.Opts.ProbeGrace.String())
 	}
 	if c.Opts.Segments == 2 {
 		args = append(args, "--asn", fmt.Sprint(NodeASN(n.Index)))
@@ -385,6 +389,9 @@ func (c *Cluster) Converged(ctx context.Context) (bool, string, error) {
 			return false, n.Name + " has no status", nil
 		case st.GetAppliedSeq() < head:
 			return false, fmt.Sprintf("%s applied %d of head %d", n.Name, st.GetAppliedSeq(), head), nil
+		case st.GetDegraded() && len(st.GetUnreachablePeers()) > 0:
+			u := st.GetUnreachablePeers()[0]
+			return false, fmt.Sprintf("%s degraded: %d peers unreachable, e.g. %s: %s", n.Name, len(st.GetUnreachablePeers()), u.GetNode(), u.GetReason()), nil
 		case st.GetDegraded():
 			return false, fmt.Sprintf("%s degraded: %s", n.Name, st.GetLastError()), nil
 		}

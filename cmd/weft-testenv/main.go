@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/weftnet/weft/nodeagent/reach"
 	"github.com/weftnet/weft/testenv"
 )
 
@@ -104,6 +105,10 @@ func envOr(name, def string) string {
 // bring builds the binaries if needed and starts a cluster. The returned
 // cleanup closes the cluster and removes the built binaries.
 func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Cluster, func(), error) {
+	// Refuse a backend this machine cannot run before building anything.
+	if err := testenv.CheckBackend(f.backend); err != nil {
+		return nil, nil, err
+	}
 	binDir := f.binDir
 	var cleanups []func()
 	cleanup := func() {
@@ -153,6 +158,7 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 		cleanup()
 		return nil, nil, err
 	}
+	fmt.Println("between nodes:", c.Carrier())
 	cleanups = append(cleanups, func() {
 		fmt.Println("tearing down", c.Prefix, "...")
 		if err := c.Close(); err != nil {
@@ -212,6 +218,9 @@ func up(ctx context.Context, args []string) error {
 		if err := c.WaitConverged(ctx, 60*time.Second); err != nil {
 			return err
 		}
+		if err := c.WaitReachable(ctx, reachWait); err != nil {
+			fmt.Println("warning:", err)
+		}
 	}
 	printAccess(c)
 	<-ctx.Done()
@@ -231,10 +240,16 @@ func demo(ctx context.Context, args []string) error {
 		return err
 	}
 	defer cleanup()
+	var unreachable error
 	if f.backend != testenv.BackendKernel {
-		fmt.Println("waiting for every agent to converge ...")
+		fmt.Println("waiting for every agent to converge and to reach its peers ...")
 		if err := c.WaitConverged(ctx, 60*time.Second); err != nil {
 			return err
+		}
+		// Converged is not connected: wait for each agent's verdict on
+		// every peer, and show what is unreachable rather than stop.
+		if unreachable = c.WaitReachable(ctx, reachWait); unreachable != nil {
+			fmt.Println(unreachable)
 		}
 		for _, verb := range [][]string{{"nodes"}, {"events"}, {"status"}} {
 			out, err := c.Weftctl(ctx, verb...)
@@ -256,8 +271,13 @@ func demo(ctx context.Context, args []string) error {
 	if failed > 0 {
 		return fmt.Errorf("%d of %d pairs failed", failed, len(m.Results))
 	}
-	return nil
+	return unreachable
 }
+
+// reachWait bounds the wait for the agents' verdicts on their peers: a
+// peer that does not answer counts as unreachable only after the agent's
+// probe grace.
+const reachWait = reach.DefaultGrace + 30*time.Second
 
 func down(args []string) error {
 	fs := flag.NewFlagSet("down", flag.ContinueOnError)

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -101,6 +100,20 @@ func needRoot(t testing.TB) {
 // when t ends; on failure it prints the tails of the weft logs.
 func start(t testing.TB, o testenv.Options) *testenv.Cluster {
 	t.Helper()
+	c := launch(t, o)
+	if o.Backend != testenv.BackendKernel {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := c.WaitConverged(ctx, 60*time.Second); err != nil {
+			t.Fatalf("cluster did not converge: %v", err)
+		}
+	}
+	return c
+}
+
+// launch is start without waiting for convergence.
+func launch(t testing.TB, o testenv.Options) *testenv.Cluster {
+	t.Helper()
 	if o.Backend == testenv.BackendKernel {
 		needRoot(t)
 	} else {
@@ -130,11 +143,6 @@ func start(t testing.TB, o testenv.Options) *testenv.Cluster {
 			t.Errorf("left behind by %s: %v", c.Prefix, left)
 		}
 	})
-	if o.Backend != testenv.BackendKernel {
-		if err := c.WaitConverged(ctx, 60*time.Second); err != nil {
-			t.Fatalf("cluster did not converge: %v", err)
-		}
-	}
 	return c
 }
 
@@ -553,30 +561,5 @@ func TestEmbeddedTwoSegments(t *testing.T) {
 	}
 	if out, err := c.Weftctl(ctx, "check"); err != nil {
 		t.Fatalf("weftctl check: %v\n%s", err, out)
-	}
-}
-
-// TestDemoCommand runs `weft-testenv demo` as a user would (with the
-// binaries already built) and checks it succeeds and prints its parts.
-func TestDemoCommand(t *testing.T) {
-	needCluster(t)
-	prefix := testenv.NewPrefix()
-	prefixesMu.Lock()
-	prefixes = append(prefixes, prefix)
-	prefixesMu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binDir+"/weft-testenv", "demo", "--bin-dir", binDir, "--prefix", prefix, "--nodes", "2", "--pods-per-node", "2")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("demo: %v\n%s", err, out)
-	}
-	for _, want := range []string{"$ weftctl nodes", "$ weftctl events", "$ weftctl status", "12 pairs, 0 failed", "tearing down"} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("demo output lacks %q:\n%s", want, out)
-		}
-	}
-	if left := testenv.Leftovers(prefix); len(left) > 0 {
-		t.Errorf("demo left behind: %v", left)
 	}
 }

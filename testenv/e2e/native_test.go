@@ -17,7 +17,7 @@ import (
 // on a two-segment underlay: nodes 0 and 2 on segment 0, nodes 1 and 3 on
 // segment 1, one router between them.
 func TestNativeRouting(t *testing.T) {
-	c := start(t, testenv.Options{Nodes: 4, PodsPerNode: 1, Segments: 2, Backend: "vxlan", Reconcile: "2s"})
+	c := start(t, testenv.Options{Nodes: 4, PodsPerNode: 1, Segments: 2, Backend: "vxlan", Reconcile: "2s", ProbeGrace: 5 * time.Second})
 	ctx := context.Background()
 	nodes := c.Nodes()
 	podCIDR := map[string]netip.Prefix{}
@@ -45,14 +45,17 @@ func TestNativeRouting(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Applied and synced; peers the mode cannot reach on this
+		// underlay may be reported (and make a node degraded) meanwhile.
+		head, err := c.Head(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
 		eventually(t, 30*time.Second, "every node in mode "+mode, func() (bool, string) {
-			if ok, why, err := c.Converged(ctx); !ok {
-				return false, fmt.Sprint(why, err)
-			}
 			for _, n := range nodes {
 				st, err := c.Status(ctx, n.Name)
-				if err != nil || st == nil || st.GetMode() != mode {
-					return false, fmt.Sprintf("%s mode %q, err %v", n.Name, st.GetMode(), err)
+				if err != nil || st == nil || st.GetMode() != mode || st.GetAppliedSeq() < head || st.GetLastError() != "" {
+					return false, fmt.Sprintf("%s: %v, err %v", n.Name, st, err)
 				}
 			}
 			return true, ""
@@ -142,6 +145,37 @@ func TestNativeRouting(t *testing.T) {
 				}
 			}
 		}
+		// Nothing routes pod CIDRs between the segments here: after the
+		// grace every node says it cannot reach its non-adjacent peers,
+		// and why, and reaches the adjacent one.
+		eventually(t, 60*time.Second, "non-adjacent peers reported unreachable", func() (bool, string) {
+			for _, n := range nodes {
+				st, err := c.Status(ctx, n.Name)
+				if err != nil || st == nil {
+					return false, fmt.Sprint(n.Name, err)
+				}
+				got := map[string]string{}
+				for _, u := range st.GetUnreachablePeers() {
+					got[u.GetNode()] = u.GetReason()
+				}
+				for _, peer := range nodes {
+					if peer == n {
+						continue
+					}
+					want := ""
+					if !adjacent(n, peer) {
+						want = fmt.Sprintf("is not on a directly connected network, so the network must route %s", podCIDR[peer.Name])
+					}
+					if (want == "") != (got[peer.Name] == "") || !strings.Contains(got[peer.Name], want) {
+						return false, fmt.Sprintf("%s: unreachable %v (reachable %d)", n.Name, got, st.GetReachablePeers())
+					}
+				}
+				if !st.GetDegraded() || st.GetReachablePeers() != 1 {
+					return false, fmt.Sprintf("%s: degraded %v, reachable %d", n.Name, st.GetDegraded(), st.GetReachablePeers())
+				}
+			}
+			return true, ""
+		})
 	})
 
 	t.Run("Hybrid", func(t *testing.T) {
