@@ -162,6 +162,7 @@ type Agent struct {
 	bgp         bgpState
 	prober      *reach.Prober  // nil without Config.Probe
 	unreachable int            // peers the prober last called unreachable
+	probeErr    string         // why the prober cannot probe, "" when it can
 	gateway     []netip.Prefix // pod CIDRs whose gateway PodGateway made
 }
 
@@ -607,7 +608,11 @@ func (a *Agent) healthPartsLocked() (own []string, peers string) {
 		r = append(r, "datapath not converged: "+a.syncErr.Error())
 	}
 	if a.prober != nil {
-		peers = reachReason(a.prober.Report())
+		rep := a.prober.Report()
+		if rep.Err != "" {
+			r = append(r, rep.Err)
+		}
+		peers = reachReason(rep)
 	}
 	return r, peers
 }

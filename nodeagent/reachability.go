@@ -51,17 +51,18 @@ func (a *Agent) setTargets() {
 	a.prober.Set(reach.Targets(d, cfg.AutoDirectNodeRoutes, u, peers))
 }
 
-// reachChanged is the prober's OnChange: health flips when the set of
-// unreachable peers changes; the status follows every change of counts.
+// reachChanged is the prober's OnChange: health is re-evaluated (and
+// logged) when the number of unreachable peers or the prober's own error
+// changes; the status follows every change of counts.
 func (a *Agent) reachChanged() {
-	n := len(a.prober.Report().Unreachable)
+	r := a.prober.Report()
+	n := len(r.Unreachable)
 	a.mu.Lock()
-	flipped := (n == 0) != (a.unreachable == 0)
-	changed := n != a.unreachable
-	a.unreachable = n
+	changed := n != a.unreachable || r.Err != a.probeErr
+	a.unreachable, a.probeErr = n, r.Err
 	a.mu.Unlock()
 	a.metrics.peersUnreachable.Set(float64(n))
-	if flipped || changed {
+	if changed {
 		a.healthChanged()
 		return
 	}

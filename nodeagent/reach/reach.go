@@ -172,6 +172,9 @@ type Report struct {
 	Unreachable []Unreachable
 	// Sent, Answered and Failed count probes since start.
 	Sent, Answered, Failed uint64
+	// Err says why this node cannot probe at all (its socket does not
+	// open, e.g. without CAP_NET_RAW); empty when it can.
+	Err string
 }
 
 // Pending is the number of peers without a verdict yet (not probed yet,
@@ -313,6 +316,11 @@ func (p *Prober) Report() Report {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r := Report{Peers: len(p.peers), Sent: p.sent, Answered: p.answered, Failed: p.failed}
+	for _, err := range p.connErr {
+		if err != nil {
+			r.Err = "cannot probe peers: " + err.Error()
+		}
+	}
 	for _, pr := range p.peers {
 		switch pr.state {
 		case reachable:
@@ -455,11 +463,15 @@ func (p *Prober) conn(v6 bool) (Conn, error) {
 	if err != nil {
 		if p.connErr[i] == nil || p.connErr[i].Error() != err.Error() {
 			p.log.Error("cannot probe peers", "error", err)
+			p.changed = true
 		}
 		p.connErr[i] = err
 		return nil, err
 	}
-	p.connErr[i] = nil
+	if p.connErr[i] != nil {
+		p.connErr[i] = nil
+		p.changed = true
+	}
 	p.conns[i] = c
 	p.readers.Add(1)
 	go p.read(c)

@@ -359,3 +359,33 @@ func BenchmarkRound5000(b *testing.B) {
 	}
 	b.ReportMetric(float64(sent)/float64(b.N), "probes/round")
 }
+
+// TestCannotProbe: a socket that does not open (no CAP_NET_RAW, say) gives
+// no verdict on anyone and says why; once it opens, probing starts.
+func TestCannotProbe(t *testing.T) {
+	clk, conn, changes := newClock(), newFakeConn(), 0
+	fail := true
+	p := New(Config{
+		Open: func(bool) (Conn, error) {
+			if fail {
+				return nil, errors.New("open probe socket ip4:icmp: operation not permitted")
+			}
+			return conn, nil
+		},
+		OnChange: func() { changes++ },
+		now:      clk.now,
+	})
+	t.Cleanup(p.close)
+	p.Set([]Target{target("n1", "10.244.1.1", "vxlan")})
+	run(p, clk, conn, DefaultGrace+3*DefaultInterval, func(netip.Addr) bool { return false })
+	r := p.Report()
+	if r.Err != "cannot probe peers: open probe socket ip4:icmp: operation not permitted" || len(r.Unreachable) != 0 || r.Sent != 0 {
+		t.Fatalf("%+v: want the error, no probe and no verdict", r)
+	}
+	before := changes
+	fail = false
+	run(p, clk, conn, 2*DefaultInterval, func(netip.Addr) bool { return true })
+	if r := p.Report(); r.Err != "" || r.Reachable != 1 || changes == before {
+		t.Fatalf("%+v (changes %d→%d): want probing to start once the socket opens", r, before, changes)
+	}
+}
