@@ -333,7 +333,9 @@ func TestAgentLiveConfigChanges(t *testing.T) {
 		logtest.Added("n2", "192.168.50.2", "10.244.2.0/24"),
 		logtest.Added("far", "172.31.0.9", "10.244.3.0/24"))
 	dp := openIn(t, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
-	defer dp.Close()
+	// Closed after the agent stops (cleanups run last-registered first): a
+	// reconcile of a still-running agent must not find it closed.
+	t.Cleanup(func() { dp.Close() })
 	a, _ := runAgent(t, c, dp, &syncBuf{})
 	waitApplied := func(seq uint64, mode string) *weftv1.AgentStatus {
 		t.Helper()
