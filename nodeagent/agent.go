@@ -61,6 +61,15 @@ type NodeInfo interface {
 	VTEPMAC() (net.HardwareAddr, error)
 }
 
+// PodGateway is implemented by a Datapath that can make the node's pod
+// gateway (the first address of each pod CIDR, on the pod bridge) exist
+// before any pod is attached (*bpf.Datapath does). The agent calls it
+// before the first Sync with the node's pod CIDRs and at each reconcile,
+// so peers' reachability probes find the node's pod gateway.
+type PodGateway interface {
+	EnsurePodGateway(podCIDRs []netip.Prefix, mtu int) error
+}
+
 // Defaults of Config fields left zero.
 const (
 	DefaultLeaseTTL          = 10 * time.Second
@@ -114,11 +123,6 @@ type Config struct {
 	// are set by the agent. Its Open must open sockets in the datapath's
 	// network namespace.
 	Probe *reach.Config
-	// PodGateway, when set, is called with the node's pod CIDRs and pod
-	// MTU before the first Sync with them and at each reconcile: it makes
-	// the pod gateway (the first address of each CIDR) exist on the node,
-	// so peers reach it before any pod is attached.
-	PodGateway func(podCIDRs []netip.Prefix, mtu int) error
 	// Follow tunes the log follower (backoff, timeouts); its callbacks
 	// and logger are set by the agent.
 	Follow follow.Options
@@ -163,7 +167,7 @@ type Agent struct {
 	prober      *reach.Prober  // nil without Config.Probe
 	unreachable int            // peers the prober last called unreachable
 	probeErr    string         // why the prober cannot probe, "" when it can
-	gateway     []netip.Prefix // pod CIDRs whose gateway PodGateway made
+	gateway     []netip.Prefix // pod CIDRs whose gateway EnsurePodGateway made
 }
 
 // New checks cfg and returns an agent.

@@ -98,12 +98,13 @@ func reachReason(r reach.Report) string {
 	return s
 }
 
-// ensurePodGateway makes the node's pod gateway exist (Config.PodGateway)
-// when the node's pod CIDRs are new to it, or when force (reconcile)
-// says to check again. Peers probe that address, so a node answers for
-// its pod network before any pod is attached.
+// ensurePodGateway makes the node's pod gateway exist (a PodGateway
+// datapath) when the node's pod CIDRs are new to it, or when force
+// (reconcile) says to check again. Peers probe that address, so a node
+// answers for its pod network before any pod is attached.
 func (a *Agent) ensurePodGateway(plan model.Plan, force bool) {
-	if a.cfg.PodGateway == nil || plan.Desired == nil || plan.Self == nil || len(plan.Desired.LocalPodCIDRs) == 0 {
+	gw, ok := a.dp.(PodGateway)
+	if !ok || plan.Desired == nil || plan.Self == nil || len(plan.Desired.LocalPodCIDRs) == 0 {
 		return
 	}
 	cidrs := plan.Desired.LocalPodCIDRs
@@ -113,7 +114,7 @@ func (a *Agent) ensurePodGateway(plan model.Plan, force bool) {
 	if done && !force {
 		return
 	}
-	if err := a.cfg.PodGateway(cidrs, plan.PodMTU); err != nil {
+	if err := gw.EnsurePodGateway(cidrs, plan.PodMTU); err != nil {
 		a.log.Error("make the pod gateway", "pod_cidrs", cidrs, "error", err)
 		return
 	}

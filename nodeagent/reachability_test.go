@@ -10,11 +10,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/nodeagent/internal/fakedp"
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
 	"github.com/weftnet/weft/nodeagent/reach"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
 )
+
+// gatewayDP is the fake datapath with a PodGateway that records calls.
+type gatewayDP struct {
+	*fakedp.Datapath
+	ensure func([]netip.Prefix, int) error
+}
+
+func (d gatewayDP) EnsurePodGateway(p []netip.Prefix, mtu int) error { return d.ensure(p, mtu) }
 
 // fakeNet stands in for the network at the prober's socket: an echo to an
 // address that is "routed" is answered, anything else is lost. (The real
@@ -80,7 +89,7 @@ func TestUnreachablePeersMakeTheAgentDegraded(t *testing.T) {
 	var gwMu sync.Mutex
 	var gateways [][]netip.Prefix
 	syncsAtFirst := -1
-	h.a.cfg.PodGateway = func(p []netip.Prefix, mtu int) error {
+	h.a.dp = gatewayDP{h.dp, func(p []netip.Prefix, mtu int) error {
 		gwMu.Lock()
 		if syncsAtFirst < 0 {
 			syncsAtFirst = h.dp.Syncs()
@@ -88,7 +97,7 @@ func TestUnreachablePeersMakeTheAgentDegraded(t *testing.T) {
 		gateways = append(gateways, slices.Clone(p))
 		gwMu.Unlock()
 		return nil
-	}
+	}}
 	h.a.cfg.Probe = &reach.Config{Open: net.open, Interval: 100 * time.Millisecond, Timeout: 50 * time.Millisecond,
 		Retry: 20 * time.Millisecond, Grace: 500 * time.Millisecond}
 	h.a.newProber()

@@ -5,14 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	cnins "github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -65,46 +64,29 @@ func CheckBackend(backend string) error {
 
 // geneveInScratchNS tries to create a Geneve device in a new, unnamed
 // network namespace that vanishes with the probe (nothing is left to
-// clean up, and the root namespace is never touched).
+// clean up, the root namespace is never touched, no thread changes
+// namespace).
 func geneveInScratchNS() (bool, error) {
-	type result struct {
-		ok  bool
-		err error
+	scratch, err := cnins.TempNetNS()
+	if err != nil {
+		return false, fmt.Errorf("probe geneve: %w", err)
 	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- result{err: fmt.Errorf("probe geneve: %w", err)}
-			return
-		}
-		defer orig.Close()
-		scratch, err := netns.New()
-		if err != nil {
-			if netns.Set(orig) == nil {
-				runtime.UnlockOSThread()
-			}
-			ch <- result{err: fmt.Errorf("probe geneve: new netns: %w", err)}
-			return
-		}
-		defer scratch.Close()
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name = "geneveprobe"
-		err = netlink.LinkAdd(&netlink.Geneve{LinkAttrs: attrs, FlowBased: true})
-		r := result{ok: err == nil}
-		if err != nil && !errors.Is(err, syscall.EOPNOTSUPP) && !errors.Is(err, syscall.ENOTSUP) {
-			r.err = fmt.Errorf("probe geneve: %w", err)
-		}
-		if err := netns.Set(orig); err != nil {
-			ch <- result{err: fmt.Errorf("probe geneve: return to netns: %w", err)}
-			return // the thread dies with this goroutine
-		}
-		runtime.UnlockOSThread()
-		ch <- r
-	}()
-	r := <-ch
-	return r.ok, r.err
+	defer scratch.Close()
+	h, err := netlink.NewHandleAt(netns.NsHandle(scratch.Fd()))
+	if err != nil {
+		return false, fmt.Errorf("probe geneve: %w", err)
+	}
+	defer h.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = "geneveprobe"
+	err = h.LinkAdd(&netlink.Geneve{LinkAttrs: attrs, FlowBased: true})
+	if errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOTSUP) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("probe geneve: %w", err)
+	}
+	return true, nil
 }
 
 // needsRouter reports whether the cluster has a router namespace: with
@@ -126,18 +108,7 @@ func (c *Cluster) pointAtRouter(n *Node) error {
 	if !c.networkRoutes() {
 		return nil
 	}
-	return withHandle(n.NS, func(h *netlink.Handle) error {
-		l, err := h.LinkByName(n.Iface)
-		if err != nil {
-			return fmt.Errorf("find %s in %s: %w", n.Iface, n.NS, err)
-		}
-		dst := netip.MustParsePrefix(c.Opts.ClusterCIDR)
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(dst), Gw: net.IP(routerIP(n.Segment).AsSlice())}
-		if err := h.RouteReplace(r); err != nil {
-			return fmt.Errorf("route %s via the router in %s: %w", dst, n.NS, err)
-		}
-		return nil
-	})
+	return route(n.NS, n.Iface, netip.MustParsePrefix(c.Opts.ClusterCIDR), routerIP(n.Segment))
 }
 
 // routeOnRouter gives the router a route to node n's pod CIDR (read from

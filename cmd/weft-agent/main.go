@@ -26,7 +26,6 @@ import (
 
 	"github.com/weftnet/weft/bpf"
 	"github.com/weftnet/weft/nodeagent"
-	"github.com/weftnet/weft/nodeagent/cni"
 	"github.com/weftnet/weft/nodeagent/reach"
 	"github.com/weftnet/weft/proto/keys"
 )
@@ -36,6 +35,9 @@ var (
 	// The registration carries what the node supports and the overlay
 	// device's MAC, both read from the datapath.
 	_ nodeagent.NodeInfo = (*bpf.Datapath)(nil)
+	// Peers reach this node at its pod gateway before any pod is
+	// attached: the datapath makes weft0 as the CNI plugin would.
+	_ nodeagent.PodGateway = (*bpf.Datapath)(nil)
 )
 
 type options struct {
@@ -254,9 +256,6 @@ func run(o *options, log hclog.Logger) error {
 		ReconcileInterval: o.reconcileInterval,
 		ASN:               uint32(o.asn),
 		Logger:            log,
-		// Peers reach this node at its pod gateway before any pod is
-		// attached: the agent makes weft0 as the CNI plugin would.
-		PodGateway: cni.EnsurePodGateway,
 	}
 	if o.probe {
 		// The agent runs in the node's namespace, so the probe sockets do.

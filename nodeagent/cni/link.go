@@ -22,33 +22,10 @@ func isNotFound(err error) bool {
 	return errors.As(err, &nf)
 }
 
-// EnsurePodGateway makes weft0 exist in the current netns as an up bridge
-// holding the gateway (first address) of each pod CIDR with the CIDR's
-// mask, as the plugin's first ADD would make it (new bridge: MTU mtu). An
-// existing bridge keeps its MTU and whatever else it holds; a non-bridge
-// named weft0 is an error. The agent calls it so that a node answers at
-// its pod gateway before any pod is attached.
-func EnsurePodGateway(podCIDRs []netip.Prefix, mtu int) error {
-	sub := Subnet{MTU: mtu}
-	for _, p := range podCIDRs {
-		p = p.Masked()
-		switch {
-		case p.Addr().Is4() && !sub.V4.IsValid():
-			sub.V4, sub.Gateway4 = p, p.Addr().Next()
-		case p.Addr().Is6() && !sub.V6.IsValid():
-			sub.V6, sub.Gateway6 = p, p.Addr().Next()
-		}
-	}
-	return ensureBridgeMTU(sub, false)
-}
-
 // ensureBridge makes weft0 exist in the current netns as an up bridge
 // holding the gateway address(es) with the pod CIDR's mask. An existing
-// compatible bridge is kept as it is (its MTU set to the subnet's); a
-// non-bridge named weft0 is an error.
-func ensureBridge(sub Subnet) error { return ensureBridgeMTU(sub, false) }
-
-func ensureBridgeMTU(sub Subnet, setMTU bool) error {
+// compatible bridge is kept as it is; a non-bridge named weft0 is an error.
+func ensureBridge(sub Subnet) error {
 	link, err := netlink.LinkByName(BridgeName)
 	if isNotFound(err) {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BridgeName, MTU: sub.MTU}}
@@ -65,7 +42,7 @@ func ensureBridgeMTU(sub Subnet, setMTU bool) error {
 	if link.Type() != "bridge" {
 		return fmt.Errorf("%s exists but is a %s, not a bridge", BridgeName, link.Type())
 	}
-	if setMTU && link.Attrs().MTU != sub.MTU {
+	if link.Attrs().MTU != sub.MTU {
 		if err := netlink.LinkSetMTU(link, sub.MTU); err != nil {
 			return fmt.Errorf("set bridge mtu: %w", err)
 		}

@@ -4,54 +4,41 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/weftnet/weft/testenv"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
-
-func sh(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
 
 // TestListenICMP runs the real raw sockets between two namespaces: node A
 // (10.98.0.1, fd00:98::1) and node B (10.98.0.2, fd00:98::2) on a veth,
-// B holding the pod gateways 10.244.2.1 and fd00:244:2::1 on a portless bridge
-// device, A routing 10.244.2.0/24 and 10.244.3.0/24 (and the IPv6 twins)
+// B holding the pod gateways 10.244.2.1 and fd00:244:2::1 on a portless
+// bridge, A routing 10.244.2.0/24 and 10.244.3.0/24 (and the IPv6 twins)
 // via B, B forwarding with no route for 10.244.3.0/24.
 func TestListenICMP(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, raw sockets)")
+	netnstest.RequireRoot(t)
+	p := netnstest.Prefix()
+	a, b := netnstest.New(t, p+"-a"), netnstest.New(t, p+"-b")
+	pfx := netip.MustParsePrefix
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
-	p := fmt.Sprintf("wr%d", os.Getpid()%100000)
-	a, b := p+"-a", p+"-b"
-	for _, ns := range []string{a, b} {
-		sh(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		sh(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
-	sh(t, "ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b)
-	for i, ns := range []string{a, b} {
-		sh(t, "ip", "-n", ns, "addr", "add", fmt.Sprintf("10.98.0.%d/24", i+1), "dev", "eth0")
-		sh(t, "ip", "-n", ns, "addr", "add", fmt.Sprintf("fd00:98::%d/64", i+1), "dev", "eth0", "nodad")
-		sh(t, "ip", "-n", ns, "link", "set", "eth0", "up")
-	}
-	sh(t, "ip", "-n", b, "link", "add", "weft0", "type", "bridge")
-	sh(t, "ip", "-n", b, "addr", "add", "10.244.2.1/24", "dev", "weft0")
-	sh(t, "ip", "-n", b, "addr", "add", "fd00:244:2::1/64", "dev", "weft0", "nodad")
-	sh(t, "ip", "-n", b, "link", "set", "weft0", "up")
-	sh(t, "ip", "netns", "exec", b, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	must(a.Veth("eth0", b, "eth0"))
+	must(a.Addr("eth0", pfx("10.98.0.1/24"), pfx("fd00:98::1/64")))
+	must(b.Addr("eth0", pfx("10.98.0.2/24"), pfx("fd00:98::2/64")))
+	must(a.Up("eth0"))
+	must(b.Up("eth0"))
+	must(b.Bridge("weft0", pfx("10.244.2.1/24"), pfx("fd00:244:2::1/64")))
+	must(b.Sysctl("net.ipv4.ip_forward", "1"))
+	must(b.Sysctl("net.ipv6.conf.all.forwarding", "1"))
 	for _, dst := range []string{"10.244.2.0/24", "10.244.3.0/24"} {
-		sh(t, "ip", "-n", a, "route", "add", dst, "via", "10.98.0.2")
+		must(a.Route("eth0", pfx(dst), netip.MustParseAddr("10.98.0.2")))
 	}
 	for _, dst := range []string{"fd00:244:2::/64", "fd00:244:3::/64"} {
-		sh(t, "ip", "-n", a, "-6", "route", "add", dst, "via", "fd00:98::2")
+		must(a.Route("eth0", pfx(dst), netip.MustParseAddr("fd00:98::2")))
 	}
 
 	for _, fam := range []struct {
@@ -64,7 +51,7 @@ func TestListenICMP(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("v6=%v", fam.v6), func(t *testing.T) {
 			var c Conn
-			if err := testenv.InNS(a, func() (err error) { c, err = ListenICMP(fam.v6); return err }); err != nil {
+			if err := a.Do(func() (err error) { c, err = ListenICMP(fam.v6); return err }); err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
