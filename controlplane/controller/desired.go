@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -11,8 +10,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
-	"sigs.k8s.io/yaml"
 
+	"github.com/weftnet/weft/proto/configfile"
 	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/proto/validate"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
@@ -106,7 +105,7 @@ func (l *leader) judge(value []byte) (*weftv1.ClusterConfig, string) {
 	if err != nil {
 		return nil, err.Error()
 	}
-	if err := ExplicitZero(value); err != nil {
+	if err := configfile.ExplicitZero(value); err != nil {
 		return nil, err.Error()
 	}
 	cfg = validate.WithDefaults(cfg)
@@ -153,40 +152,4 @@ func sortedNames(m map[string]*weftv1.Node) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// ExplicitZero refuses a JSON config that spells out 0 for a field where
-// 0 is never valid (vni, udp_port, node_mask_size). proto3 cannot tell an
-// omitted field from 0, and an omitted field gets its default; a written
-// 0 is a mistake the operator should hear about, not a silent default.
-func ExplicitZero(j []byte) error {
-	var m map[string]json.RawMessage
-	if json.Unmarshal(j, &m) != nil {
-		return nil // not an object: the decoder reports it
-	}
-	for _, f := range []struct{ proto, camel, why string }{
-		{"vni", "vni", fmt.Sprintf("0 is outside 1..%d", validate.MaxVNI)},
-		{"udp_port", "udpPort", "0 is not a UDP port (1..65535)"},
-		{"node_mask_size", "nodeMaskSize", "/0 gives fewer than two subnets of the cluster CIDR"},
-	} {
-		for _, name := range []string{f.proto, f.camel} {
-			if v, ok := m[name]; ok && (string(v) == "0" || string(v) == `"0"`) {
-				return fmt.Errorf("%w: %s: %s", validate.ErrInvalid, f.proto, f.why)
-			}
-		}
-	}
-	return nil
-}
-
-// DecodeConfigFile decodes a ClusterConfig written as protojson or as
-// YAML with the same field names, refusing explicit zeros (ExplicitZero).
-func DecodeConfigFile(b []byte) (*weftv1.ClusterConfig, error) {
-	j, err := yaml.YAMLToJSON(b)
-	if err != nil {
-		return nil, fmt.Errorf("decode config file: %w", err)
-	}
-	if err := ExplicitZero(j); err != nil {
-		return nil, err
-	}
-	return keys.DecodeConfig(j)
 }

@@ -25,9 +25,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/weftnet/weft/controlplane/controller"
-	"github.com/weftnet/weft/controlplane/etcdconn"
 	"github.com/weftnet/weft/controlplane/store"
+	"github.com/weftnet/weft/internal/envflags"
+	"github.com/weftnet/weft/internal/etcdconn"
+	"github.com/weftnet/weft/proto/configfile"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
@@ -80,15 +81,11 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	if err := fs.Parse(args); err != nil {
 		return ExitUsage
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	// WEFT_ETCD_ENDPOINTS for --etcd-endpoints, and so on; flags win.
-	fs.VisitAll(func(f *flag.Flag) {
-		env := "WEFT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v := getenv(env); v != "" && !set[f.Name] && f.Name != "o" {
-			_ = fs.Set(f.Name, v)
-		}
-	})
+	if _, err := envflags.Apply(fs, getenv, "o"); err != nil {
+		fmt.Fprintln(stderr, "weftctl:", err)
+		return ExitUsage
+	}
 	if *output != "table" && *output != "json" {
 		fmt.Fprintf(stderr, "weftctl: -o %q: want table or json\n", *output)
 		return ExitUsage
@@ -98,7 +95,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		fmt.Fprint(stderr, usage)
 		return ExitUsage
 	}
-	c, err := etcdconn.New(etcdconn.Config{Endpoints: etcdconn.Split(*endpoints), CAFile: *caFile, CertFile: *certFile, KeyFile: *keyFile})
+	c, err := etcdconn.New(etcdconn.Config{Endpoints: etcdconn.Split(*endpoints), CA: *caFile, Cert: *certFile, Key: *keyFile})
 	if err != nil {
 		fmt.Fprintln(stderr, "weftctl:", err)
 		return ExitFail
@@ -531,7 +528,7 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("read config: %w", err)
 		}
-		if cfg, err = controller.DecodeConfigFile(b); err != nil {
+		if cfg, err = configfile.Decode(b); err != nil {
 			return err
 		}
 	case fs.NArg() == 0 && len(set) > 0:

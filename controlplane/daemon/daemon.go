@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -26,7 +25,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/controlplane/controller"
-	"github.com/weftnet/weft/controlplane/etcdconn"
+	"github.com/weftnet/weft/internal/envflags"
+	"github.com/weftnet/weft/internal/etcdconn"
+	"github.com/weftnet/weft/proto/configfile"
 	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/proto/validate"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
@@ -95,21 +96,11 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	o.set = map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		env := "WEFT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v := getenv(env); v != "" && !o.set[f.Name] && err == nil {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", env, v, e)
-			}
-			o.set[f.Name] = true
-		}
-	})
+	set, err := envflags.Apply(fs, getenv)
 	if err != nil {
 		return nil, err
 	}
+	o.set = set
 	if o.ElectionTTL < 1 {
 		return nil, errors.New("--election-ttl must be at least 1")
 	}
@@ -128,7 +119,7 @@ func (o *Options) ClusterConfig() (*weftv1.ClusterConfig, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read config: %w", err)
 		}
-		if cfg, err = controller.DecodeConfigFile(b); err != nil {
+		if cfg, err = configfile.Decode(b); err != nil {
 			return nil, fmt.Errorf("config %s: %w", o.ConfigFile, err)
 		}
 	}
@@ -189,7 +180,7 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		}
 		log.Info("embedded etcd serving", "clients", o.EtcdListenClient, "data_dir", o.DataDir)
 	}
-	cli, err := etcdconn.New(etcdconn.Config{Endpoints: endpoints, CAFile: o.EtcdCAFile, CertFile: o.EtcdCertFile, KeyFile: o.EtcdKeyFile})
+	cli, err := etcdconn.New(etcdconn.Config{Endpoints: endpoints, CA: o.EtcdCAFile, Cert: o.EtcdCertFile, Key: o.EtcdKeyFile})
 	if err != nil {
 		return err
 	}

@@ -1,9 +1,9 @@
-package controller_test
+package configfile_test
 
 import (
 	"testing"
 
-	"github.com/weftnet/weft/controlplane/controller"
+	"github.com/weftnet/weft/proto/configfile"
 	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/proto/validate"
 )
@@ -18,12 +18,12 @@ func FuzzDecodeConfigFile(f *testing.F) {
 	f.Add([]byte("- a\n- b\n"))
 	f.Add([]byte(`{"bgp":{"asn":65000,"peers":[{"address":"10.0.0.1","asn":65001}]},"backend":"bgp"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		cfg, err := controller.DecodeConfigFile(b)
+		cfg, err := configfile.Decode(b)
 		if err != nil {
 			return
 		}
 		_ = validate.Config(validate.WithDefaults(cfg))
-		if err := controller.ExplicitZero(keys.Encode(cfg)); err != nil {
+		if err := configfile.ExplicitZero(keys.Encode(cfg)); err != nil {
 			t.Fatalf("protojson of a decoded config spells a zero: %v", err)
 		}
 	})
