@@ -8,7 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/weftnet/weft/controlplane/state"
+	"github.com/weftnet/weft/proto/fold"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
@@ -93,15 +93,15 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 	rep.Trimmed = rep.First > 1
 
 	if rep.OK() && !rep.Trimmed {
-		fold := state.New()
+		all := fold.New()
 		for _, e := range events {
-			if err := fold.Apply(e); err != nil {
-				rep.add("fold: %v", err)
+			if err := all.Apply(e); err != nil {
+				rep.add("%v", err)
 				break
 			}
 		}
 		if rep.OK() {
-			for _, d := range state.Diff(fold, proj) {
+			for _, d := range fold.Diff(all, proj) {
 				rep.add("fold of the log != projection: %s", d)
 			}
 		}
@@ -145,7 +145,7 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 
 // checkSuffix checks a trimmed log: the retained events say what the
 // nodes and config they touch must be now.
-func checkSuffix(rep *Report, events []*weftv1.Event, proj *state.State) {
+func checkSuffix(rep *Report, events []*weftv1.Event, proj *fold.State) {
 	lastNode := map[string]*weftv1.Event{}
 	var lastConfig *weftv1.Event
 	for _, e := range events {
@@ -205,6 +205,6 @@ func nodeWithSeq(n *weftv1.Node, seq uint64) *weftv1.Node {
 }
 
 // loadAt is Load at a given revision.
-func loadAt(ctx context.Context, c *clientv3.Client, k keys.Layout, rev int64) (*state.State, int64, error) {
+func loadAt(ctx context.Context, c *clientv3.Client, k keys.Layout, rev int64) (*fold.State, int64, error) {
 	return Load(ctx, c.KV, k, clientv3.WithRev(rev))
 }

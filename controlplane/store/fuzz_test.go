@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/controlplane/ipam"
-	"github.com/weftnet/weft/controlplane/state"
+	"github.com/weftnet/weft/proto/fold"
 	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/proto/validate"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
@@ -29,7 +29,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		}
 		cfg := validate.WithDefaults(cfgEvent().GetConfigChanged().Config)
 		_ = validate.Event(cfg, e)
-		st := state.New()
+		st := fold.New()
 		st.Head = e.GetSeq() - 1
 		before := st.Head
 		if err := st.Apply(e); err != nil && st.Head != before {
@@ -85,7 +85,7 @@ func FuzzDecodeNode(f *testing.F) {
 		}
 		cfg := validate.WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16", ClusterCidrV6: "fd00::/56"})
 		_ = validate.Node(cfg, n)
-		st := state.New()
+		st := fold.New()
 		st.Nodes[n.Name] = n
 		_, _ = st.Subnets()
 	})

@@ -23,7 +23,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/weftnet/weft/controlplane/state"
+	"github.com/weftnet/weft/proto/fold"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
@@ -69,7 +69,7 @@ type Store struct {
 	k    keys.Layout
 	opt  Options
 	log  hclog.Logger
-	st   *state.State
+	st   *fold.State
 	rev  int64
 	cmps []clientv3.Cmp
 }
@@ -103,7 +103,7 @@ func Open(ctx context.Context, c *clientv3.Client, layout keys.Layout, opt Optio
 // Undecodable values are errors: the projection is written only by the
 // controller.
 // Options such as clientv3.WithRev apply to every read.
-func Load(ctx context.Context, c clientv3.KV, k keys.Layout, opts ...clientv3.OpOption) (*state.State, int64, error) {
+func Load(ctx context.Context, c clientv3.KV, k keys.Layout, opts ...clientv3.OpOption) (*fold.State, int64, error) {
 	r, err := c.Txn(ctx).Then(
 		clientv3.OpGet(k.Config(), opts...),
 		clientv3.OpGet(k.Head(), opts...),
@@ -112,7 +112,7 @@ func Load(ctx context.Context, c clientv3.KV, k keys.Layout, opts ...clientv3.Op
 	if err != nil {
 		return nil, 0, fmt.Errorf("load projection: %w", err)
 	}
-	st := state.New()
+	st := fold.New()
 	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 		if st.Config, err = keys.DecodeConfig(kvs[0].Value); err != nil {
 			return nil, 0, fmt.Errorf("load projection: %s: %w", k.Config(), err)
@@ -152,7 +152,7 @@ func (s *Store) Reload(ctx context.Context) error {
 
 // State is the fold of the log as the store knows it. The caller must not
 // modify it; it changes with every Append.
-func (s *Store) State() *state.State { return s.st }
+func (s *Store) State() *fold.State { return s.st }
 
 // Head is the seq of the last event.
 func (s *Store) Head() uint64 { return s.st.Head }
@@ -230,64 +230,38 @@ func (s *Store) plan(events []*weftv1.Event) ([]*txn, error) {
 				}
 			}
 		}
-		switch k := e.Kind.(type) {
-		case *weftv1.Event_ConfigChanged:
-			if k.ConfigChanged.GetConfig() == nil {
-				return nil, fmt.Errorf("append seq %d: config_changed without config", seq)
-			}
-			put(s.k.Config(), keys.EncodeString(k.ConfigChanged.Config))
-		case *weftv1.Event_NodeAdded:
-			n := k.NodeAdded.GetNode()
-			if n == nil || n.Name == "" {
-				return nil, fmt.Errorf("append seq %d: node_added without node", seq)
-			}
-			if node(n.Name) != nil {
-				return nil, fmt.Errorf("append seq %d: node_added for existing node %q", seq, n.Name)
-			}
-			n.Seq = seq
-			put(s.k.Node(n.Name), keys.EncodeString(n))
-			if err := guard(n.Name, n.PodCidrs); err != nil {
-				return nil, err
-			}
-			pending[n.Name] = n
-		case *weftv1.Event_NodeUpdated:
-			n := k.NodeUpdated.GetNode()
-			if n == nil || n.Name == "" {
-				return nil, fmt.Errorf("append seq %d: node_updated without node", seq)
-			}
-			old := node(n.Name)
-			if old == nil {
-				return nil, fmt.Errorf("append seq %d: node_updated for unknown node %q", seq, n.Name)
-			}
-			n.Seq = seq
-			put(s.k.Node(n.Name), keys.EncodeString(n))
+		// The shared transition decides whether the event fits; the
+		// store turns the change into projection keys and subnet guards.
+		c, err := fold.Next(seq-1, node, e)
+		if err != nil {
+			return nil, fmt.Errorf("append: %w", err)
+		}
+		switch {
+		case c.Config != nil:
+			put(s.k.Config(), keys.EncodeString(c.Config))
+		case c.Node != nil:
+			setNodeSeq(e, seq) // the event's node names its event, as the projection's does
+			put(s.k.Node(c.Name), keys.EncodeString(c.Node))
 			var gone, added []string
-			for _, c := range old.PodCidrs {
-				if !slices.Contains(n.PodCidrs, c) {
-					gone = append(gone, c)
+			for _, p := range c.Old.GetPodCidrs() {
+				if !slices.Contains(c.Node.PodCidrs, p) {
+					gone = append(gone, p)
 				}
 			}
-			for _, c := range n.PodCidrs {
-				if !slices.Contains(old.PodCidrs, c) {
-					added = append(added, c)
+			for _, p := range c.Node.PodCidrs {
+				if !slices.Contains(c.Old.GetPodCidrs(), p) {
+					added = append(added, p)
 				}
 			}
 			unguard(gone)
-			if err := guard(n.Name, added); err != nil {
+			if err := guard(c.Name, added); err != nil {
 				return nil, err
 			}
-			pending[n.Name] = n
-		case *weftv1.Event_NodeRemoved:
-			name := k.NodeRemoved.GetName()
-			old := node(name)
-			if old == nil {
-				return nil, fmt.Errorf("append seq %d: node_removed for unknown node %q", seq, name)
-			}
-			ops = append(ops, clientv3.OpDelete(s.k.Node(name)))
-			unguard(old.PodCidrs)
-			pending[name] = nil
+			pending[c.Name] = c.Node
 		default:
-			return nil, fmt.Errorf("append seq %d: event has no kind", seq)
+			ops = append(ops, clientv3.OpDelete(s.k.Node(c.Name)))
+			unguard(c.Old.PodCidrs)
+			pending[c.Name] = nil
 		}
 		ops = append(ops, clientv3.OpPut(s.k.Event(seq), keys.EncodeString(e)))
 		size := 0
@@ -466,3 +440,14 @@ func (s *Store) Trim(ctx context.Context, keep uint64) (int, error) {
 
 // CloneNode is a helper for callers building events from projected nodes.
 func CloneNode(n *weftv1.Node) *weftv1.Node { return proto.Clone(n).(*weftv1.Node) }
+
+// setNodeSeq sets the seq of a NodeAdded's or NodeUpdated's node to the
+// event's.
+func setNodeSeq(e *weftv1.Event, seq uint64) {
+	switch k := e.Kind.(type) {
+	case *weftv1.Event_NodeAdded:
+		k.NodeAdded.Node.Seq = seq
+	case *weftv1.Event_NodeUpdated:
+		k.NodeUpdated.Node.Seq = seq
+	}
+}

@@ -72,7 +72,7 @@ func UnderlayMTU(cfg *weftv1.ClusterConfig, u spec.Underlay) int {
 // IPv6 cluster CIDR for IPv6 pods).
 func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 	cfg := s.config
-	plan := Plan{Self: s.nodes[self]}
+	plan := Plan{Self: s.log.Nodes[self]}
 	if cfg == nil {
 		return plan
 	}
@@ -127,9 +127,9 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 		// validate.PodCIDRs only when the cheap check fails: it names the
 		// field in its error, which costs an allocation per CIDR.
 		if slices.ContainsFunc(pn.prefixes, func(p netip.Prefix) bool { return !inCluster(p) }) {
-			_, err := validate.PodCIDRs(cfg, s.nodes[name].PodCidrs)
+			_, err := validate.PodCIDRs(cfg, s.log.Nodes[name].PodCidrs)
 			if err == nil {
-				err = fmt.Errorf("a pod CIDR of %v is outside the cluster CIDR", s.nodes[name].PodCidrs)
+				err = fmt.Errorf("a pod CIDR of %v is outside the cluster CIDR", s.log.Nodes[name].PodCidrs)
 			}
 			plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("pod CIDRs unusable under the current config: %v", err)})
 			continue

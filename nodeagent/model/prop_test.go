@@ -3,7 +3,9 @@ package model
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -73,11 +75,12 @@ func (l *controllerLog) cidrOf(n *weftv1.Node) int {
 }
 
 // appendGarbage appends an event a broken writer could leave: it does not
-// decode, or fails validation. The projection does not change.
+// decode, fails validation, or does not fit the log's state (the shared
+// transition refuses it). The projection does not change.
 func (l *controllerLog) appendGarbage(t *rapid.T) {
 	seq := l.head() + 1
 	var v []byte
-	switch rapid.IntRange(0, 3).Draw(t, "garbage") {
+	switch rapid.IntRange(0, 6).Draw(t, "garbage") {
 	case 0:
 		v = []byte("{not an event")
 	case 1: // outside the cluster CIDR
@@ -86,9 +89,21 @@ func (l *controllerLog) appendGarbage(t *rapid.T) {
 	case 2: // another node's subnet
 		v = keys.Encode(&weftv1.Event{Seq: seq, Kind: &weftv1.Event_NodeAdded{NodeAdded: &weftv1.NodeAdded{
 			Node: &weftv1.Node{Name: "thief", UnderlayIp: "192.168.1.1", PodCidrs: []string{"10.244.0.0/20"}}}}})
-	default: // an invalid config
+	case 3: // an invalid config
 		v = keys.Encode(&weftv1.Event{Seq: seq, Kind: &weftv1.Event_ConfigChanged{ConfigChanged: &weftv1.ConfigChanged{
 			Config: &weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16", Backend: "carrier-pigeon"}}}})
+	case 4: // a removal of a node nobody holds
+		v = keys.Encode(&weftv1.Event{Seq: seq, Kind: &weftv1.Event_NodeRemoved{NodeRemoved: &weftv1.NodeRemoved{Name: "ghost"}}})
+	case 5: // an update of a node nobody holds
+		v = keys.Encode(&weftv1.Event{Seq: seq, Kind: &weftv1.Event_NodeUpdated{NodeUpdated: &weftv1.NodeUpdated{
+			Node: &weftv1.Node{Name: "ghost", UnderlayIp: "192.168.1.1", PodCidrs: []string{"10.244.200.0/24"}}}}})
+	default: // a second NodeAdded of a node that exists, keeping its subnet
+		v = []byte("{}")
+		if names := slices.Sorted(maps.Keys(l.nodes)); len(names) > 0 {
+			n := l.nodes[rapid.SampledFrom(names).Draw(t, "again")]
+			v = keys.Encode(&weftv1.Event{Seq: seq, Kind: &weftv1.Event_NodeAdded{NodeAdded: &weftv1.NodeAdded{
+				Node: &weftv1.Node{Name: n.Name, UnderlayIp: "192.168.2.99", PodCidrs: n.PodCidrs}}}})
+		}
 	}
 	// A thief only steals when there is something to steal; otherwise it
 	// would be a valid claim, which this generator does not make.
@@ -139,9 +154,12 @@ func (l *controllerLog) step(t *rapid.T) {
 			l.append(&weftv1.Event{Kind: &weftv1.Event_NodeAdded{NodeAdded: &weftv1.NodeAdded{Node: n}}})
 		}
 	default:
-		if old, ok := l.nodes[name]; ok {
-			l.free = append(l.free, l.cidrOf(old))
+		// The controller removes only nodes it holds (proto/fold).
+		old, ok := l.nodes[name]
+		if !ok {
+			return
 		}
+		l.free = append(l.free, l.cidrOf(old))
 		l.append(&weftv1.Event{Kind: &weftv1.Event_NodeRemoved{NodeRemoved: &weftv1.NodeRemoved{Name: name, Reason: "left"}}})
 	}
 }

@@ -3,7 +3,13 @@
 // into the plain-data datapath spec of one node. It touches no kernel and
 // no network, so everything here is tested without root.
 //
-// A State is not safe for concurrent use; the agent guards it with a mutex.
+// The fold is the shared transition of package proto/fold, the same one
+// the controller appends with and weftctl check recomputes; the model adds
+// the agent's refusal policy (decode, validate, no overlapping pod CIDRs,
+// keep the last good state) and an index for Desired.
+//
+// A State is not safe for concurrent use; the agent's converge loop owns
+// it.
 package model
 
 import (
@@ -15,6 +21,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/weftnet/weft/proto/fold"
 	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/proto/validate"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
@@ -54,32 +61,39 @@ func (r Refusal) String() string { return r.What + ": " + r.Reason }
 // State is the fold of the event log as one agent sees it. The zero value
 // is not usable; call New.
 type State struct {
-	config  *weftv1.ClusterConfig // defaults applied and valid; nil until known
-	nodes   map[string]*weftv1.Node
-	sorted  []parsedNode // nodes' addresses, parsed once, sorted by name
-	bulk    bool         // Reset appends to sorted and sorts once at the end
+	// log is the shared fold of what the agent accepted: config as the
+	// log says it, nodes, and as head the applied seq (a refused event
+	// moves it on without changing anything else).
+	log     *fold.State
+	config  *weftv1.ClusterConfig // log.Config with defaults applied; nil until known
+	sorted  []parsedNode          // nodes' addresses, parsed once, sorted by name
+	bulk    bool                  // Reset appends to sorted and sorts once at the end
 	claims  claims
-	applied uint64
 	refused []Refusal
 }
 
 // New returns the empty state (no config, no nodes, applied seq 0).
 func New() *State {
-	return &State{nodes: map[string]*weftv1.Node{}, claims: claims{}}
+	return &State{log: fold.New(), claims: claims{}}
 }
 
 // Applied is the seq of the last event folded into the state.
-func (s *State) Applied() uint64 { return s.applied }
+func (s *State) Applied() uint64 { return s.log.Head }
 
 // Config is the cluster config in force with defaults applied, or nil
 // before the first config. Callers must not modify it.
 func (s *State) Config() *weftv1.ClusterConfig { return s.config }
 
 // Node returns the node called name, or nil. Callers must not modify it.
-func (s *State) Node(name string) *weftv1.Node { return s.nodes[name] }
+func (s *State) Node(name string) *weftv1.Node { return s.log.Nodes[name] }
 
 // Len is the number of nodes.
-func (s *State) Len() int { return len(s.nodes) }
+func (s *State) Len() int { return len(s.log.Nodes) }
+
+// Fold returns the state as the shared fold (proto/fold) holds it: the
+// config as the log wrote it (no defaults), the nodes, and the applied
+// seq as head. Callers must not modify it.
+func (s *State) Fold() *fold.State { return s.log }
 
 // Names returns the node names, sorted.
 func (s *State) Names() []string {
@@ -112,11 +126,11 @@ func (s *State) Refused() []Refusal { return slices.Clone(s.refused) }
 // Equal reports whether s and o hold the same config, nodes and applied
 // seq. Refusals are history, not state, and are not compared.
 func (s *State) Equal(o *State) bool {
-	if s.applied != o.applied || !proto.Equal(s.config, o.config) || len(s.nodes) != len(o.nodes) {
+	if s.Applied() != o.Applied() || !proto.Equal(s.config, o.config) || len(s.log.Nodes) != len(o.log.Nodes) {
 		return false
 	}
-	for name, n := range s.nodes {
-		if !proto.Equal(n, o.nodes[name]) {
+	for name, n := range s.log.Nodes {
+		if !proto.Equal(n, o.log.Nodes[name]) {
 			return false
 		}
 	}
@@ -125,7 +139,7 @@ func (s *State) Equal(o *State) bool {
 
 // String summarises s for test failures.
 func (s *State) String() string {
-	return fmt.Sprintf("applied=%d config=%v nodes=%v", s.applied, s.config, s.nodes)
+	return fmt.Sprintf("applied=%d config=%v nodes=%v", s.Applied(), s.config, s.log.Nodes)
 }
 
 func (s *State) refuse(what string, err error) {
@@ -147,25 +161,28 @@ func (s *State) forget(what string) {
 // An event whose seq is at or below the applied seq is a duplicate or a
 // replay and is ignored (nil). An event more than one past the applied
 // seq returns an error wrapping ErrGap and changes nothing; the caller
-// re-lists. An event that does not decode or fails validation is refused:
-// it is recorded (see Refused), the applied seq moves past it, the rest of
-// the state is kept, and the reason comes back as refused (err stays nil)
-// so the caller can log it.
+// re-lists. An event that is refused is recorded (see Refused), the
+// applied seq moves past it, the rest of the state is kept, and the
+// reason comes back as refused (err stays nil) so the caller can log it.
+// The reasons, checked in this order: it does not decode, fails
+// validation, comes before any config, claims a pod CIDR that overlaps
+// another node's (the earlier claim wins), or does not fit the state
+// under the shared transition (fold.ErrFold: a second NodeAdded, an
+// update or removal of a node the agent does not hold).
 func (s *State) Apply(seq uint64, value []byte) (refused error, err error) {
-	switch {
-	case seq <= s.applied:
+	switch applied := s.Applied(); {
+	case seq <= applied:
 		return nil, nil
-	case seq > s.applied+1:
-		return nil, fmt.Errorf("apply event %d after %d: %w", seq, s.applied, ErrGap)
+	case seq > applied+1:
+		return nil, fmt.Errorf("apply event %d after %d: %w", seq, applied, ErrGap)
 	}
-	s.applied = seq
-	what := fmt.Sprintf("event %d", seq)
 	e, derr := keys.DecodeEvent(value)
 	if derr == nil {
 		derr = s.applyEvent(seq, e)
 	}
 	if derr != nil {
-		s.refuse(what, derr)
+		s.log.Head = seq // consumed, not retried forever
+		s.refuse(fmt.Sprintf("event %d", seq), derr)
 		return derr, nil
 	}
 	return nil, nil
@@ -183,58 +200,83 @@ func (s *State) applyEvent(seq uint64, e *weftv1.Event) error {
 		// controller always writes the config first.
 		return errNoConfig
 	}
+	var pn parsedNode
+	if n := eventNode(e); n != nil {
+		var err error
+		if pn, err = s.admit(n); err != nil {
+			return err
+		}
+	}
+	c, err := fold.Next(s.log.Head, s.log.Node, e)
+	if err != nil {
+		return err
+	}
+	s.commit(c, pn)
+	return nil
+}
+
+// eventNode is the node a NodeAdded or NodeUpdated carries, else nil.
+func eventNode(e *weftv1.Event) *weftv1.Node {
 	switch k := e.Kind.(type) {
-	case *weftv1.Event_ConfigChanged:
-		s.config = validate.WithDefaults(k.ConfigChanged.Config)
 	case *weftv1.Event_NodeAdded:
-		return s.putNode(seq, k.NodeAdded.Node)
+		return k.NodeAdded.Node
 	case *weftv1.Event_NodeUpdated:
-		return s.putNode(seq, k.NodeUpdated.Node)
-	case *weftv1.Event_NodeRemoved:
-		s.delNode(k.NodeRemoved.Name)
+		return k.NodeUpdated.Node
 	}
 	return nil
 }
 
-// putNode stores a validated node after checking that its pod CIDRs
-// overlap no other node's: the earlier claim wins.
-func (s *State) putNode(seq uint64, n *weftv1.Node) error {
-	n = proto.Clone(n).(*weftv1.Node)
-	n.Seq = seq
+// admit is the agent's policy for a node value it is about to hold: its
+// pod CIDRs overlap no other node's (the earlier claim wins) and its
+// underlay IP parses. It returns the parsed addresses for the index.
+func (s *State) admit(n *weftv1.Node) (parsedNode, error) {
 	prefixes, err := parseCIDRs(n.PodCidrs)
 	if err != nil {
-		return err
+		return parsedNode{}, err
 	}
 	for _, p := range prefixes {
 		if owner := s.claims.overlap(p, n.Name); owner != "" {
-			return fmt.Errorf("%w: pod_cidrs: %s overlaps node %q's pod CIDR", validate.ErrInvalid, p, owner)
+			return parsedNode{}, fmt.Errorf("%w: pod_cidrs: %s overlaps node %q's pod CIDR", validate.ErrInvalid, p, owner)
 		}
 	}
 	ip, err := netip.ParseAddr(n.UnderlayIp)
 	if err != nil {
-		return fmt.Errorf("%w: underlay_ip: %q is not an IP address", validate.ErrInvalid, n.UnderlayIp)
+		return parsedNode{}, fmt.Errorf("%w: underlay_ip: %q is not an IP address", validate.ErrInvalid, n.UnderlayIp)
 	}
-	s.delNode(n.Name)
-	s.nodes[n.Name] = n
-	pn := parsedNode{name: n.Name, ip: ip.Unmap(), prefixes: prefixes}
+	return parsedNode{name: n.Name, ip: ip.Unmap(), prefixes: prefixes}, nil
+}
+
+// commit makes a change of the shared fold in s and keeps the index (pn,
+// from admit, for a node put) in step.
+func (s *State) commit(c fold.Change, pn parsedNode) {
+	switch {
+	case c.Config != nil:
+		s.config = validate.WithDefaults(c.Config)
+	case c.Node != nil:
+		s.delNode(c.Name)
+		s.index(pn)
+	case c.Name != "":
+		s.delNode(c.Name)
+	}
+	s.log.Commit(c)
+}
+
+// index adds an admitted node's addresses to sorted and claims.
+func (s *State) index(pn parsedNode) {
 	if s.bulk {
 		s.sorted = append(s.sorted, pn)
 	} else {
-		// delNode above removed any previous entry of this name.
-		i, _ := slices.BinarySearchFunc(s.sorted, n.Name, byName)
+		// The caller removed any previous entry of this name.
+		i, _ := slices.BinarySearchFunc(s.sorted, pn.name, byName)
 		s.sorted = slices.Insert(s.sorted, i, pn)
 	}
-	for _, p := range prefixes {
-		s.claims.add(p, n.Name)
+	for _, p := range pn.prefixes {
+		s.claims.add(p, pn.name)
 	}
-	return nil
 }
 
+// delNode removes name from the index (sorted and claims).
 func (s *State) delNode(name string) {
-	if _, ok := s.nodes[name]; !ok {
-		return
-	}
-	delete(s.nodes, name)
 	i, found := slices.BinarySearchFunc(s.sorted, name, byName)
 	if !found {
 		return
@@ -253,20 +295,21 @@ func (s *State) delNode(name string) {
 // wins, as in Apply.
 func (s *State) Reset(snap Snapshot) {
 	if snap.Config != nil {
-		cfg, err := keys.DecodeConfig(snap.Config)
+		raw, err := keys.DecodeConfig(snap.Config)
+		var cfg *weftv1.ClusterConfig
 		if err == nil {
-			cfg = validate.WithDefaults(cfg)
+			cfg = validate.WithDefaults(raw)
 			err = validate.Config(cfg)
 		}
 		if err != nil {
 			s.refuse("config", err)
 		} else {
-			s.config = cfg
+			s.log.Config, s.config = raw, cfg
 			s.forget("config")
 		}
 	}
-	old := s.nodes
-	s.nodes = make(map[string]*weftv1.Node, len(snap.Nodes))
+	old := s.log.Nodes
+	s.log.Nodes = make(map[string]*weftv1.Node, len(snap.Nodes))
 	s.sorted = make([]parsedNode, 0, len(snap.Nodes))
 	s.bulk = true
 	defer func() {
@@ -306,11 +349,15 @@ func (s *State) Reset(snap Snapshot) {
 		return cmp.Or(cmp.Compare(a.n.Seq, b.n.Seq), cmp.Compare(a.name, b.name))
 	})
 	for _, c := range cands {
-		if err := s.putNode(c.n.Seq, c.n); err != nil {
+		pn, err := s.admit(c.n)
+		if err != nil {
 			s.refuse("node "+c.name, err)
+			continue
 		}
+		s.log.Nodes[c.name] = c.n
+		s.index(pn)
 	}
-	s.applied = snap.Head
+	s.log.Head = snap.Head
 }
 
 func byName(p parsedNode, name string) int { return cmp.Compare(p.name, name) }
