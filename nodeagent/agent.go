@@ -5,6 +5,13 @@
 //
 // The agent talks to the kernel only through the Datapath interface, which
 // *bpf.Datapath satisfies; tests replace it at the Sync boundary.
+//
+// Concurrency: one goroutine, the converge loop (converge.go), owns the
+// model and everything derived from it. The follower hands it the log by
+// messages; the lease keeper (lease.go), the BGP watcher and the prober
+// poke it; after
+// every change it publishes an immutable view that status, health,
+// metrics and the registration read. Nothing else is shared.
 package nodeagent
 
 import (
@@ -17,6 +24,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -31,7 +39,9 @@ import (
 )
 
 // Datapath is what the agent needs of a node's datapath. *bpf.Datapath
-// implements it; methods may be called from any goroutine, one at a time.
+// implements it. The converge loop calls Underlay, Sync and Reconcile,
+// one at a time; Counters is called at metric scrapes, from another
+// goroutine.
 type Datapath interface {
 	// Underlay reports the node's underlay interface, address, MTU and
 	// directly connected networks.
@@ -106,8 +116,8 @@ type Config struct {
 	Capabilities []string
 	VTEPMAC      string
 	// ExtraRoutes, when set, is asked for routes learned elsewhere (the
-	// BGP speaker) at each converge; they are used in bgp mode. Call
-	// Agent.Kick when they change.
+	// BGP speaker) at each converge, on the converge loop; they are used
+	// in bgp mode. Call Agent.Kick when they change.
 	ExtraRoutes func() []spec.Route
 	// BGP is the speaker run while the config in force has backend "bgp"
 	// (see bgpmode.go); nil means a bgp.New speaker. The speaker opens
@@ -130,7 +140,9 @@ type Config struct {
 	Logger hclog.Logger
 }
 
-// Agent is one node's agent. Create it with New and call Run once.
+// Agent is one node's agent. Create it with New and call Run once. Its
+// methods are safe to call from any goroutine, before, during and after
+// Run.
 type Agent struct {
 	cfg     Config
 	k       keys.Layout
@@ -138,36 +150,34 @@ type Agent struct {
 	log     hclog.Logger
 	metrics *metrics
 	speaker Speaker
+	// prober probes the peers (nil without Config.Probe); it has its own
+	// goroutine and lock, and the converge loop gives it its targets.
+	prober *reach.Prober
+	// fresh: no subnet file when the agent started, so no earlier agent
+	// converged this node since boot (/run is a tmpfs) and there are no
+	// kernel routes of a predecessor to keep (see bgpHold).
+	fresh bool
 
-	kick       chan struct{}
+	// inbox carries the log and health reports to the converge loop.
+	inbox chan message
+	// kick asks the converge loop for a converge soon.
+	kick chan struct{}
+	// statusKick and regKick ask the lease keeper to write the status
+	// (debounced) and the registration.
 	statusKick chan struct{}
 	regKick    chan struct{}
+	// reachKick tells the converge loop that the prober's verdicts
+	// changed.
+	reachKick chan struct{}
+	// etcdUp tells the lease keeper that the follower just reached etcd
+	// after failing: a registration waiting out a backoff tries at once.
+	etcdUp chan struct{}
+	// view is what the converge loop last published.
+	view atomic.Pointer[view]
 
-	mu       sync.Mutex
-	state    *model.State
-	head     uint64
-	lease    clientv3.LeaseID
-	underlay spec.Underlay
-	haveUnd  bool
-	caps     []string // from NodeInfo
-	vtepMAC  string   // from NodeInfo
-	// What the converger last achieved, for status and health.
-	synced    *spec.Desired
-	plan      model.Plan
-	syncErr   error
-	followErr error
-	storeErr  error
-	underErr  error
-	subnetEnv string
-	// onApplied, when set (benchmarks), is called after each event folded.
-	onApplied   func(seq uint64)
-	waitLogged  bool
-	selfApplied bool
-	bgp         bgpState
-	prober      *reach.Prober  // nil without Config.Probe
-	unreachable int            // peers the prober last called unreachable
-	probeErr    string         // why the prober cannot probe, "" when it can
-	gateway     []netip.Prefix // pod CIDRs whose gateway EnsurePodGateway made
+	// onApplied, when set (benchmarks), is called on the converge loop
+	// after each event folded.
+	onApplied func(seq uint64)
 }
 
 // New checks cfg and returns an agent.
@@ -202,16 +212,19 @@ func New(cfg Config) (*Agent, error) {
 		k:          keys.New(cfg.Prefix),
 		dp:         cfg.Datapath,
 		log:        cfg.Logger,
+		inbox:      make(chan message, 256),
 		kick:       make(chan struct{}, 1),
 		statusKick: make(chan struct{}, 1),
 		regKick:    make(chan struct{}, 1),
-		state:      model.New(),
+		etcdUp:     make(chan struct{}, 1),
+		reachKick:  make(chan struct{}, 1),
 	}
+	a.view.Store(&view{})
 	a.metrics = newMetrics(a)
 	a.newProber()
 	if cfg.SubnetFile != "" {
 		_, err := os.Stat(cfg.SubnetFile)
-		a.bgp.fresh = errors.Is(err, fs.ErrNotExist)
+		a.fresh = errors.Is(err, fs.ErrNotExist)
 	}
 	return a, nil
 }
@@ -236,74 +249,66 @@ func (a *Agent) Run(ctx context.Context) error {
 	fo := a.cfg.Follow
 	fo.Logger = a.log.Named("follow")
 	fo.OnRelist = a.onRelist
-	fo.OnHealth = a.onFollowHealth
-	fo.OnHead = a.onHead
+	fo.OnHealth = func(err error) { a.send(ctx, followHealth{err}) }
+	// The head the agent reports is the highest seq of the lists and
+	// events the loop received; the follower's OnHead adds nothing.
 	f := follow.New(a.cfg.Client, a.k, fo)
 
+	l := newLoop(a)
 	var wg sync.WaitGroup
-	run := func(fn func(context.Context)) {
-		wg.Add(1)
-		go func() { defer wg.Done(); fn(ctx) }()
-	}
-	run(func(ctx context.Context) { f.Run(ctx, (*sink)(a)) })
-	run(a.converge)
-	run(a.register)
-	run(a.reportStatus)
-	run(a.watchBGP)
+	wg.Go(func() { f.Run(ctx, sink{a, ctx}) })
+	wg.Go(func() { l.run(ctx) })
+	wg.Go(func() { a.keepLease(ctx) })
+	wg.Go(func() { a.watchBGP(ctx) })
 	if a.prober != nil {
-		run(a.prober.Run)
+		wg.Go(func() { a.prober.Run(ctx) })
 	}
 	wg.Wait()
-	a.stopBGP()
+	// Every goroutine has ended: the loop's state is this goroutine's now.
+	l.stopBGP()
 	a.log.Info("stopped; datapath left in place")
 	return nil
 }
 
-// sink is the Agent as the follower's Sink.
-type sink Agent
+// message is what the converge loop receives in its inbox: listed,
+// event, followHealth or storeHealth.
+type message interface{}
 
-func (s *sink) Reset(snap model.Snapshot) {
-	a := (*Agent)(s)
-	a.mu.Lock()
-	before := len(a.state.Refused())
-	a.state.Reset(snap)
-	a.noteRefusals(before)
-	a.metrics.applied.Set(float64(a.state.Applied()))
-	a.mu.Unlock()
-	a.Kick()
-	poke(a.statusKick)
+type (
+	// listed is a base the follower read at one revision.
+	listed struct{ snap model.Snapshot }
+	// event is one event of the log, in seq order after the last listed.
+	event struct {
+		seq   uint64
+		value []byte
+	}
+	// followHealth: the follower could (nil) or could not read etcd.
+	followHealth struct{ err error }
+	// storeHealth: the lease keeper could (nil) or could not write.
+	storeHealth struct{ err error }
+)
+
+// send hands m to the converge loop; it blocks while the inbox is full
+// (the loop is syncing), which slows the follower down rather than
+// letting it run ahead without bound.
+func (a *Agent) send(ctx context.Context, m message) {
+	select {
+	case a.inbox <- m:
+	case <-ctx.Done():
+	}
 }
 
-func (s *sink) Apply(seq uint64, value []byte) error {
-	a := (*Agent)(s)
-	a.mu.Lock()
-	refused, err := a.state.Apply(seq, value)
-	applied := a.state.Applied()
-	a.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	a.metrics.applied.Set(float64(applied))
-	a.metrics.eventsApplied.Inc()
-	if a.onApplied != nil {
-		a.onApplied(seq)
-	}
-	if refused != nil {
-		a.metrics.refused.Inc()
-		a.log.Error("event refused; keeping the last good state", "seq", seq, "reason", refused)
-	}
-	a.Kick()
-	poke(a.statusKick)
+// sink is the follower's Sink: it passes the log to the converge loop.
+type sink struct {
+	a   *Agent
+	ctx context.Context
+}
+
+func (s sink) Reset(snap model.Snapshot) { s.a.send(s.ctx, listed{snap}) }
+
+func (s sink) Apply(seq uint64, value []byte) error {
+	s.a.send(s.ctx, event{seq, value})
 	return nil
-}
-
-// noteRefusals logs refusals a Reset added. Callers hold a.mu.
-func (a *Agent) noteRefusals(before int) {
-	r := a.state.Refused()
-	for _, x := range r[min(before, len(r)):] {
-		a.metrics.refused.Inc()
-		a.log.Error("projection value refused; keeping the last good state", "what", x.What, "reason", x.Reason)
-	}
 }
 
 func (a *Agent) onRelist(reason string) {
@@ -313,332 +318,33 @@ func (a *Agent) onRelist(reason string) {
 	}
 }
 
-func (a *Agent) onFollowHealth(err error) {
-	a.mu.Lock()
-	changed := (err == nil) != (a.followErr == nil)
-	a.followErr = err
-	a.mu.Unlock()
-	if changed {
-		a.healthChanged()
-	}
-}
-
-func (a *Agent) onHead(seq uint64) {
-	a.mu.Lock()
-	a.head = max(a.head, seq)
-	head := a.head
-	a.mu.Unlock()
-	a.metrics.head.Set(float64(head))
-}
-
-// refreshUnderlay asks the datapath for the underlay once. A new address
-// updates the registration; any change re-converges (adjacency, MTU).
-func (a *Agent) refreshUnderlay() error {
-	u, err := a.dp.Underlay()
-	if err == nil && !u.IP.IsValid() {
-		err = errors.New("underlay has no address")
-	}
-	a.mu.Lock()
-	wasErr := a.underErr
-	if err != nil {
-		a.underErr = fmt.Errorf("read underlay: %w", err)
-		a.mu.Unlock()
-		if wasErr == nil {
-			a.healthChanged()
-		}
-		return err
-	}
-	a.underErr = nil
-	newIP := !a.haveUnd || u.IP != a.underlay.IP
-	changed := !a.haveUnd || u.IP != a.underlay.IP || u.MTU != a.underlay.MTU || !slices.Equal(u.Networks, a.underlay.Networks)
-	a.underlay, a.haveUnd = u, true
-	a.mu.Unlock()
-	if wasErr != nil {
-		a.healthChanged()
-	}
-	if newIP {
-		poke(a.regKick)
-	}
-	if changed {
-		a.Kick()
-	}
-	return nil
-}
-
-// loadUnderlay retries refreshUnderlay until it succeeds or ctx ends.
-func (a *Agent) loadUnderlay(ctx context.Context) bool {
-	backoff := 100 * time.Millisecond
-	for {
-		err := a.refreshUnderlay()
-		if err == nil {
-			return true
-		}
-		a.log.Error("read underlay", "error", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
-}
-
-// converge drives the datapath from the model: Sync on every change
-// (bursts coalesce in the one-slot kick channel), Reconcile on a timer.
-func (a *Agent) converge(ctx context.Context) {
-	// Before the underlay: register waits for it, so the first
-	// registration already carries these.
-	a.loadNodeInfo()
-	if !a.loadUnderlay(ctx) {
-		return
-	}
-	var reconcile <-chan time.Time
-	if a.cfg.ReconcileInterval > 0 {
-		t := time.NewTicker(a.cfg.ReconcileInterval)
-		defer t.Stop()
-		reconcile = t.C
-	}
-	var retry <-chan time.Time
-	retryIn := 200 * time.Millisecond
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-a.kick:
-		case <-retry:
-		case <-reconcile:
-			if err := a.refreshUnderlay(); err != nil {
-				a.log.Error("read underlay; keeping the last one", "error", err)
-			}
-			a.reconcile(ctx)
-			continue
-		}
-		retry = nil
-		if err := a.syncOnce(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			if errors.Is(err, errBGPHold) {
-				retry = time.After(250 * time.Millisecond)
-				continue
-			}
-			a.log.Error("converge failed; will retry", "error", err, "in", retryIn)
-			retry = time.After(retryIn)
-			retryIn = min(2*retryIn, 10*time.Second)
-			continue
-		}
-		retryIn = 200 * time.Millisecond
-	}
-}
-
-// syncOnce computes the plan and syncs it when it differs from what was
-// last synced.
-func (a *Agent) syncOnce(ctx context.Context) error {
-	extra := a.bgpStep(ctx)
-	if a.cfg.ExtraRoutes != nil {
-		extra = append(extra, a.cfg.ExtraRoutes()...)
-	}
-	a.mu.Lock()
-	plan := model.Desired(a.state, a.cfg.NodeName, a.underlay, model.Options{ExtraRoutes: extra})
-	synced, lastErr := a.synced, a.syncErr
-	a.plan = plan
-	a.mu.Unlock()
-	a.metrics.peerProblems.Set(float64(len(plan.Problems)))
-
-	if plan.Desired == nil || plan.Self == nil {
-		// Until the controller's NodeAdded gives this node its pod CIDRs
-		// (or after a NodeRemoved of this node) the datapath is left as
-		// it is: a restarted agent must not touch pinned state before it
-		// knows what it should be.
-		a.mu.Lock()
-		logIt := !a.waitLogged
-		a.waitLogged = true
-		removed := a.selfApplied
-		a.mu.Unlock()
-		switch {
-		case logIt && removed:
-			a.log.Warn("this node is no longer in the log (NodeRemoved); datapath left as it is until it is added again", "node", a.cfg.NodeName)
-		case logIt:
-			a.log.Info("waiting for this node's NodeAdded; datapath left as it is", "node", a.cfg.NodeName, "config_known", plan.Desired != nil)
-		}
-		poke(a.statusKick)
-		return nil
-	}
-	a.mu.Lock()
-	a.waitLogged = false
-	a.mu.Unlock()
-	if synced != nil && lastErr == nil && equalDesired(synced, plan.Desired) {
-		a.setTargets()
-		return nil
-	}
-	if plan.Desired.Mode == spec.ModeBGP && a.bgpHold(a.speaker.Sessions()) {
-		a.mu.Lock()
-		logIt := !a.bgp.held
-		a.bgp.held = true
-		a.mu.Unlock()
-		if logIt {
-			a.log.Info("first sync in bgp mode waits for the sessions; the kernel's BGP routes stay meanwhile", "at_most", bgpHoldMax)
-		}
-		return errBGPHold
-	}
-	a.ensurePodGateway(plan, false)
-	start := time.Now()
-	rep, err := a.dp.Sync(ctx, plan.Desired)
-	a.metrics.syncDuration.WithLabelValues("sync").Observe(time.Since(start).Seconds())
-	a.mu.Lock()
-	a.syncErr = err
-	if err == nil {
-		a.synced = plan.Desired
-	}
-	first := !a.selfApplied && err == nil
-	if first {
-		a.selfApplied = true
-	}
-	a.mu.Unlock()
-	if err != nil {
-		if lastErr == nil {
-			a.healthChanged()
-		}
-		poke(a.statusKick)
-		return fmt.Errorf("sync datapath: %w", err)
-	}
-	a.metrics.entries(plan.Desired)
-	a.setTargets()
-	// subnet.env before the status: whoever sees this node converged in
-	// its status finds the file that matches.
-	if err := a.writeSubnetEnv(plan); err != nil {
-		a.log.Error("write subnet file", "error", err)
-	}
-	if lastErr != nil {
-		a.healthChanged()
-	}
-	poke(a.statusKick)
-	if first || rep.Changed() {
-		a.refreshVTEPMAC()
-	}
-	if first {
-		a.log.Info("node converged", "pod_cidrs", plan.Self.PodCidrs, "desired", plan.Desired.String())
-	} else if rep.Changed() {
-		a.log.Debug("synced", "added", rep.Added, "updated", rep.Updated, "removed", rep.Removed, "desired", plan.Desired.String())
-	}
-	for _, p := range plan.Problems {
-		a.log.Debug("peer not served", "node", p.Node, "reason", p.Reason)
-	}
-	return nil
-}
-
-// reconcile re-reads the kernel and repairs drift from what was synced.
-func (a *Agent) reconcile(ctx context.Context) {
-	a.mu.Lock()
-	want, plan := a.synced, a.plan
-	a.mu.Unlock()
-	if want == nil {
-		return
-	}
-	a.ensurePodGateway(plan, true)
-	start := time.Now()
-	rep, err := a.dp.Reconcile(ctx, want)
-	a.metrics.syncDuration.WithLabelValues("reconcile").Observe(time.Since(start).Seconds())
-	for _, r := range rep.Repaired {
-		a.log.Warn("repaired: " + r)
-		a.metrics.repairs.Inc()
-	}
-	if len(rep.Repaired) > 0 {
-		a.refreshVTEPMAC() // a recreated device has a new MAC
-	}
-	a.mu.Lock()
-	lastErr := a.syncErr
-	a.syncErr = err
-	a.mu.Unlock()
-	if err != nil {
-		a.log.Error("reconcile datapath", "error", err)
-	}
-	if (err == nil) != (lastErr == nil) {
-		a.healthChanged()
-		poke(a.statusKick)
-		if err == nil {
-			a.Kick()
-		}
-	}
-}
-
-// equalDesired compares two normalized specs without reflection (it runs
-// on every event with thousands of tunnels).
-func equalDesired(a, b *spec.Desired) bool {
-	if a.Mode != b.Mode || (a.Overlay == nil) != (b.Overlay == nil) || (a.Masquerade == nil) != (b.Masquerade == nil) {
-		return false
-	}
-	if a.Overlay != nil && *a.Overlay != *b.Overlay {
-		return false
-	}
-	if a.Masquerade != nil && (!slices.Equal(a.Masquerade.PodCIDRs, b.Masquerade.PodCIDRs) ||
-		!slices.Equal(a.Masquerade.NativeCIDRs, b.Masquerade.NativeCIDRs)) {
-		return false
-	}
-	return slices.Equal(a.ClusterCIDRs, b.ClusterCIDRs) && slices.Equal(a.LocalPodCIDRs, b.LocalPodCIDRs) &&
-		slices.Equal(a.Tunnels, b.Tunnels) && slices.Equal(a.Routes, b.Routes)
-}
-
 // Health reports whether the agent is degraded and why: etcd unreachable,
-// the datapath failing to converge, or peers unreachable through the
-// datapath.
+// no usable underlay, the datapath failing to converge, or peers
+// unreachable through the datapath.
 func (a *Agent) Health() (ok bool, reasons []string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.healthLocked()
-}
-
-func (a *Agent) healthLocked() (bool, []string) {
-	r, peers := a.healthPartsLocked()
+	own, peers := a.healthParts(a.view.Load())
 	if peers != "" {
-		r = append(r, peers)
+		own = append(own, peers)
 	}
-	return len(r) == 0, r
+	return len(own) == 0, own
 }
 
-// healthPartsLocked returns the agent's own reasons to be degraded and,
-// apart, the one about unreachable peers ("" when none).
-func (a *Agent) healthPartsLocked() (own []string, peers string) {
-	var r []string
-	if a.followErr != nil {
-		r = append(r, "etcd unreachable: "+a.followErr.Error())
-	} else if a.storeErr != nil {
-		r = append(r, "etcd unreachable: "+a.storeErr.Error())
-	}
-	if a.underErr != nil {
-		r = append(r, a.underErr.Error())
-	}
-	if a.syncErr != nil {
-		r = append(r, "datapath not converged: "+a.syncErr.Error())
-	}
+// healthParts returns the agent's own reasons to be degraded (v's and the
+// prober's) and, apart, the one about unreachable peers ("" when none).
+func (a *Agent) healthParts(v *view) (own []string, peers string) {
+	own = slices.Clone(v.health)
 	if a.prober != nil {
 		rep := a.prober.Report()
 		if rep.Err != "" {
-			r = append(r, rep.Err)
+			own = append(own, rep.Err)
 		}
 		peers = reachReason(rep)
 	}
-	return r, peers
-}
-
-func (a *Agent) healthChanged() {
-	ok, reasons := a.Health()
-	if ok {
-		a.metrics.degraded.Set(0)
-		a.log.Info("healthy")
-	} else {
-		a.metrics.degraded.Set(1)
-		a.log.Warn("degraded", "reasons", reasons)
-	}
-	poke(a.statusKick)
+	return own, peers
 }
 
 // Applied returns the seq of the last event folded into the model.
-func (a *Agent) Applied() uint64 {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.state.Applied()
-}
+func (a *Agent) Applied() uint64 { return a.view.Load().applied }
 
 // localPrefixes returns the node's IPv4 and IPv6 pod CIDRs of d.
 func localPrefixes(d *spec.Desired) (v4, v6 netip.Prefix) {

@@ -40,8 +40,7 @@ const (
 // errBGPHold makes the converger retry soon without logging an error.
 var errBGPHold = errors.New("bgp: first sync held until sessions are up")
 
-// bgpState is the agent's view of its speaker. Guarded by Agent.mu except
-// where noted.
+// bgpState is the converge loop's view of its speaker.
 type bgpState struct {
 	on      bool // the speaker has been applied and not stopped
 	since   time.Time
@@ -50,9 +49,7 @@ type bgpState struct {
 	err     error     // config error, shown as last_error
 	skipped []*weftv1.BGPSession
 	held    bool // a hold was logged
-	// fresh: no subnet file when the agent started, so no earlier agent
-	// converged this node since boot (/run is a tmpfs) and there are no
-	// kernel routes of a predecessor to keep.
+	// fresh: no subnet file when the agent started (Agent.fresh).
 	fresh bool
 }
 
@@ -77,73 +74,55 @@ func (x *bgpArgs) equal(y *bgpArgs) bool {
 // it learned: in bgp mode it (re)applies the speaker's config derived from
 // the cluster, outside it stops a running speaker with a withdraw. It
 // never fails: config errors are kept for the status.
-func (a *Agent) bgpStep(ctx context.Context) []spec.Route {
-	a.mu.Lock()
-	cfg := a.state.Config()
-	self := a.state.Node(a.cfg.NodeName)
-	under := a.underlay
-	var nodes []*weftv1.Node
-	if cfg != nil && cfg.Backend == string(spec.ModeBGP) && cfg.Bgp != nil && cfg.Bgp.FullMesh {
-		for _, n := range a.state.Names() {
-			nodes = append(nodes, a.state.Node(n))
-		}
-	}
-	on := a.bgp.on
-	a.mu.Unlock()
-
+func (l *loop) bgpStep(ctx context.Context) []spec.Route {
+	a := l.a
+	cfg := l.state.Config()
+	self := l.state.Node(a.cfg.NodeName)
 	if cfg == nil {
 		return a.speaker.Routes()
 	}
 	// Outside bgp mode, or this node removed from the log (its CIDR may go
 	// to another node): withdraw and stop.
 	if cfg.Backend != string(spec.ModeBGP) || self == nil {
-		if on {
+		if l.bgp.on {
 			err := a.speaker.Stop(ctx, true)
-			a.mu.Lock()
-			fresh := a.bgp.fresh
-			a.bgp = bgpState{fresh: fresh}
-			a.mu.Unlock()
+			l.bgp = bgpState{fresh: l.bgp.fresh}
 			a.log.Info("speaker stopped, prefixes withdrawn", "backend", cfg.Backend, "node_in_log", self != nil, "error", err)
-			poke(a.statusKick)
 		}
 		return nil
+	}
+	var nodes []*weftv1.Node
+	if cfg.Bgp != nil && cfg.Bgp.FullMesh {
+		for _, n := range l.state.Names() {
+			nodes = append(nodes, l.state.Node(n))
+		}
 	}
 	bc, adv, nh, err := bgp.FromCluster(cfg.Bgp, self, nodes)
 	var skipped []*weftv1.BGPSession
 	if err == nil {
-		bc.Peers, skipped = reachablePeers(bc, under)
+		bc.Peers, skipped = reachablePeers(bc, l.underlay)
 		args := &bgpArgs{cfg: bc, adv: adv, nexthop: nh}
-		a.mu.Lock()
-		same := args.equal(a.bgp.args) && a.bgp.err == nil
-		a.mu.Unlock()
-		if !same {
+		if !args.equal(l.bgp.args) || l.bgp.err != nil {
 			if err = a.speaker.Apply(ctx, bc, adv, nh); err == nil {
 				a.log.Info("bgp speaker applied", "asn", bc.ASN, "router_id", bc.RouterID, "peers", len(bc.Peers),
 					"skipped", len(skipped), "advertise", adv)
 			}
 		}
-		a.mu.Lock()
 		if err == nil {
-			a.bgp.args = args
-			if !a.bgp.on {
-				a.bgp.on, a.bgp.since = true, time.Now()
+			l.bgp.args = args
+			if !l.bgp.on {
+				l.bgp.on, l.bgp.since = true, time.Now()
 			}
 		}
-		a.mu.Unlock()
 	}
-	a.mu.Lock()
-	wasErr := a.bgp.err
+	wasErr := l.bgp.err
 	if err != nil {
 		err = fmt.Errorf("configure bgp speaker: %w", err)
-		a.bgp.args = nil
+		l.bgp.args = nil
 	}
-	a.bgp.err, a.bgp.skipped = err, skipped
-	a.mu.Unlock()
+	l.bgp.err, l.bgp.skipped = err, skipped
 	if err != nil && (wasErr == nil || wasErr.Error() != err.Error()) {
 		a.log.Error("bgp speaker not configured; the rest of the datapath goes on", "error", err)
-	}
-	if (err == nil) != (wasErr == nil) {
-		poke(a.statusKick)
 	}
 	return a.speaker.Routes()
 }
@@ -173,10 +152,8 @@ func reachablePeers(c bgp.Config, u spec.Underlay) (keep []bgp.Peer, skipped []*
 // waits until every session has been established for bgpSettle, or
 // bgpHoldMax passed; the kernel keeps forwarding meanwhile. A fresh agent
 // (no subnet file at start) does not wait.
-func (a *Agent) bgpHold(sessions []*weftv1.BGPSession) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.selfApplied || a.bgp.fresh || !a.bgp.on || time.Since(a.bgp.since) >= bgpHoldMax {
+func (l *loop) bgpHold(sessions []*weftv1.BGPSession) bool {
+	if l.selfApplied || l.bgp.fresh || !l.bgp.on || time.Since(l.bgp.since) >= bgpHoldMax {
 		return false
 	}
 	up := 0
@@ -186,13 +163,13 @@ func (a *Agent) bgpHold(sessions []*weftv1.BGPSession) bool {
 		}
 	}
 	if up == 0 || up < len(sessions) {
-		a.bgp.allUpAt = time.Time{}
+		l.bgp.allUpAt = time.Time{}
 		return true
 	}
-	if a.bgp.allUpAt.IsZero() {
-		a.bgp.allUpAt = time.Now()
+	if l.bgp.allUpAt.IsZero() {
+		l.bgp.allUpAt = time.Now()
 	}
-	return time.Since(a.bgp.allUpAt) < bgpSettle
+	return time.Since(l.bgp.allUpAt) < bgpSettle
 }
 
 // watchBGP turns the speaker's change signal into a converge and a status
@@ -211,33 +188,28 @@ func (a *Agent) watchBGP(ctx context.Context) {
 
 // stopBGP ends the speaker when the agent stops: without withdrawing, so
 // peers with graceful restart keep this node's routes (and the kernel
-// keeps theirs) until the next agent is back.
-func (a *Agent) stopBGP() {
-	a.mu.Lock()
-	on := a.bgp.on
-	a.mu.Unlock()
-	if !on {
+// keeps theirs) until the next agent is back. Run calls it after the loop
+// ended.
+func (l *loop) stopBGP() {
+	if !l.bgp.on {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := a.speaker.Stop(ctx, false); err != nil {
-		a.log.Warn("stop bgp speaker", "error", err)
+	if err := l.a.speaker.Stop(ctx, false); err != nil {
+		l.a.log.Warn("stop bgp speaker", "error", err)
 	} else {
-		a.log.Info("bgp speaker stopped without withdraw (graceful restart)")
+		l.a.log.Info("bgp speaker stopped without withdraw (graceful restart)")
 	}
 }
 
 // bgpSessions is the status' bgp_sessions: the speaker's sessions and the
 // peers skipped as unreachable. Empty outside bgp mode.
-func (a *Agent) bgpSessions() []*weftv1.BGPSession {
-	a.mu.Lock()
-	on, skipped := a.bgp.on, a.bgp.skipped
-	a.mu.Unlock()
-	if !on {
+func (a *Agent) bgpSessions(v *view) []*weftv1.BGPSession {
+	if !v.bgpOn {
 		return nil
 	}
-	return append(a.speaker.Sessions(), skipped...)
+	return append(a.speaker.Sessions(), v.bgpSkipped...)
 }
 
 // bgpCollector exports the speaker's sessions and prefixes at scrape time.
@@ -259,7 +231,7 @@ func (c bgpCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
 	var up, total, adv, recv float64
-	for _, s := range c.a.bgpSessions() {
+	for _, s := range c.a.bgpSessions(c.a.view.Load()) {
 		if s.State == stateSkipped {
 			continue
 		}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/nodeagent/bgp"
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
@@ -63,7 +65,12 @@ func (f *fakeSpeaker) Sessions() []*weftv1.BGPSession {
 	if !f.running {
 		return nil
 	}
-	return slices.Clone(f.sessions)
+	// Copies, as the real speaker returns: set changes the fake's own.
+	out := make([]*weftv1.BGPSession, len(f.sessions))
+	for i, s := range f.sessions {
+		out[i] = proto.Clone(s).(*weftv1.BGPSession)
+	}
+	return out
 }
 
 func (f *fakeSpeaker) Stop(_ context.Context, withdraw bool) error {

@@ -22,7 +22,7 @@ func (a *Agent) newProber() {
 		return
 	}
 	pc := *a.cfg.Probe
-	pc.OnChange = a.reachChanged
+	pc.OnChange = func() { poke(a.reachKick) }
 	pc.Logger = a.log.Named("reach")
 	a.prober = reach.New(pc)
 }
@@ -31,42 +31,33 @@ func (a *Agent) newProber() {
 // after every converge, also when the spec did not change: in modes where
 // weft routes nothing per peer (gateway, native without direct routes) a
 // joining peer changes no spec but is a new target.
-func (a *Agent) setTargets() {
-	if a.prober == nil {
+func (l *loop) setTargets() {
+	a := l.a
+	d, cfg := l.synced, l.state.Config()
+	if a.prober == nil || d == nil || cfg == nil {
 		return
 	}
-	a.mu.Lock()
-	d, cfg, u := a.synced, a.state.Config(), a.underlay
-	if d == nil || cfg == nil {
-		a.mu.Unlock()
-		return
-	}
-	peers := make([]reach.Peer, 0, a.state.Len())
-	a.state.EachNode(func(name string, ip netip.Addr, cidrs []netip.Prefix) {
+	peers := make([]reach.Peer, 0, l.state.Len())
+	l.state.EachNode(func(name string, ip netip.Addr, cidrs []netip.Prefix) {
 		if name != a.cfg.NodeName {
 			peers = append(peers, reach.Peer{Node: name, Underlay: ip, PodCIDRs: cidrs})
 		}
 	})
-	a.mu.Unlock()
-	a.prober.Set(reach.Targets(d, cfg.AutoDirectNodeRoutes, u, peers))
+	a.prober.Set(reach.Targets(d, cfg.AutoDirectNodeRoutes, l.underlay, peers))
 }
 
-// reachChanged is the prober's OnChange: health is re-evaluated (and
-// logged) when the number of unreachable peers or the prober's own error
-// changes; the status follows every change of counts.
-func (a *Agent) reachChanged() {
-	r := a.prober.Report()
+// reachChanged runs on the converge loop when the prober's verdicts
+// changed: health is logged again when the number of unreachable peers or
+// the prober's own error changed; the status follows every change (the
+// publish after it asks for a write).
+func (l *loop) reachChanged() {
+	r := l.a.prober.Report()
 	n := len(r.Unreachable)
-	a.mu.Lock()
-	changed := n != a.unreachable || r.Err != a.probeErr
-	a.unreachable, a.probeErr = n, r.Err
-	a.mu.Unlock()
-	a.metrics.peersUnreachable.Set(float64(n))
-	if changed {
-		a.healthChanged()
-		return
+	l.a.metrics.peersUnreachable.Set(float64(n))
+	if n != l.unreachable || r.Err != l.probeErr {
+		l.unreachable, l.probeErr = n, r.Err
+		l.healthDirty = true
 	}
-	poke(a.statusKick)
 }
 
 // reachStatus fills the status's reachability fields.
@@ -102,23 +93,18 @@ func reachReason(r reach.Report) string {
 // datapath) when the node's pod CIDRs are new to it, or when force
 // (reconcile) says to check again. Peers probe that address, so a node
 // answers for its pod network before any pod is attached.
-func (a *Agent) ensurePodGateway(plan model.Plan, force bool) {
-	gw, ok := a.dp.(PodGateway)
+func (l *loop) ensurePodGateway(plan model.Plan, force bool) {
+	gw, ok := l.a.dp.(PodGateway)
 	if !ok || plan.Desired == nil || plan.Self == nil || len(plan.Desired.LocalPodCIDRs) == 0 {
 		return
 	}
 	cidrs := plan.Desired.LocalPodCIDRs
-	a.mu.Lock()
-	done := slices.Equal(a.gateway, cidrs)
-	a.mu.Unlock()
-	if done && !force {
+	if slices.Equal(l.gateway, cidrs) && !force {
 		return
 	}
 	if err := gw.EnsurePodGateway(cidrs, plan.PodMTU); err != nil {
-		a.log.Error("make the pod gateway", "pod_cidrs", cidrs, "error", err)
+		l.a.log.Error("make the pod gateway", "pod_cidrs", cidrs, "error", err)
 		return
 	}
-	a.mu.Lock()
-	a.gateway = slices.Clone(cidrs)
-	a.mu.Unlock()
+	l.gateway = slices.Clone(cidrs)
 }

@@ -33,25 +33,20 @@ func subnetEnv(plan model.Plan, backend, clusterV4, clusterV6 string, masq bool)
 // writeSubnetEnv writes the subnet file when its content changed, through
 // a temporary file in the same directory and a rename, so a reader sees
 // the old file or the new one, never half of one.
-func (a *Agent) writeSubnetEnv(plan model.Plan) error {
-	if a.cfg.SubnetFile == "" {
+func (l *loop) writeSubnetEnv(plan model.Plan) error {
+	if l.a.cfg.SubnetFile == "" {
 		return nil
 	}
-	a.mu.Lock()
-	cfg := a.state.Config()
+	cfg := l.state.Config()
 	content := subnetEnv(plan, cfg.Backend, cfg.ClusterCidr, cfg.ClusterCidrV6, cfg.Masquerade)
-	same := content == a.subnetEnv
-	a.mu.Unlock()
-	if same {
+	if content == l.subnetEnv {
 		return nil
 	}
-	if err := writeAtomic(a.cfg.SubnetFile, []byte(content)); err != nil {
+	if err := writeAtomic(l.a.cfg.SubnetFile, []byte(content)); err != nil {
 		return err
 	}
-	a.mu.Lock()
-	a.subnetEnv = content
-	a.mu.Unlock()
-	a.log.Info("wrote subnet file", "path", a.cfg.SubnetFile)
+	l.subnetEnv = content
+	l.a.log.Info("wrote subnet file", "path", l.a.cfg.SubnetFile)
 	return nil
 }
 

@@ -10,19 +10,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weftnet/weft/internal/backoff"
 	"github.com/weftnet/weft/nodeagent/model"
 	"github.com/weftnet/weft/proto/keys"
 )
 
 // Sink receives the log. Calls are made from the follower's goroutine,
-// one at a time.
+// one at a time, in order: a Reset, then the events after its head, each
+// seq exactly once and one past the previous (the follower skips
+// duplicates and re-lists on a gap itself), so a sink may pass them on to
+// another goroutine and return at once.
 type Sink interface {
 	// Reset replaces the sink's state with a base read at one revision.
 	Reset(snap model.Snapshot)
@@ -49,7 +52,8 @@ type Options struct {
 	// OnHealth is called with nil once a list succeeded and the watch is
 	// set up, and with the error each time etcd could not be read.
 	OnHealth func(err error)
-	// OnHead is called with each head seq the follower learns.
+	// OnHead is called with each head seq the follower learns: the head
+	// of each list and the seq of each watched event.
 	OnHead func(seq uint64)
 	// RequestTimeout bounds each read (default 5 s).
 	RequestTimeout time.Duration
@@ -106,7 +110,7 @@ func (e errRelist) Error() string { return "re-list: " + e.reason }
 // returns because etcd is unreachable.
 func (f *Follower) Run(ctx context.Context, sink Sink) error {
 	reason := ReasonStart
-	backoff := f.opts.MinBackoff
+	bo := backoff.New(f.opts.MinBackoff, f.opts.MaxBackoff)
 	for {
 		snap, err := f.list(ctx)
 		if err != nil {
@@ -114,14 +118,14 @@ func (f *Follower) Run(ctx context.Context, sink Sink) error {
 				return ctx.Err()
 			}
 			f.opts.OnHealth(err)
-			f.log.Warn("etcd unreachable, datapath left as it is; retrying", "error", err, "in", backoff)
-			if !sleep(ctx, backoff) {
+			d := bo.Next()
+			f.log.Warn("etcd unreachable, datapath left as it is; retrying", "error", err, "in", d)
+			if !backoff.Sleep(ctx, d) {
 				return ctx.Err()
 			}
-			backoff = min(2*backoff, f.opts.MaxBackoff)
 			continue
 		}
-		backoff = f.opts.MinBackoff
+		bo.Reset()
 		sink.Reset(snap)
 		f.opts.OnHead(snap.Head)
 		f.opts.OnRelist(reason)
@@ -227,7 +231,15 @@ func (f *Follower) watch(ctx context.Context, sink Sink, snap model.Snapshot) er
 				continue
 			}
 			f.opts.OnHead(seq)
-			err = sink.Apply(seq, ev.Kv.Value)
+			if seq <= applied {
+				continue // a duplicate or a replay of an old key
+			}
+			err = nil
+			if seq == applied+1 {
+				err = sink.Apply(seq, ev.Kv.Value)
+			} else {
+				err = model.ErrGap
+			}
 			switch {
 			case errors.Is(err, model.ErrGap):
 				f.log.Warn("gap in the event log", "seq", seq, "applied", applied)
@@ -235,20 +247,7 @@ func (f *Follower) watch(ctx context.Context, sink Sink, snap model.Snapshot) er
 			case err != nil:
 				f.log.Error("event not applied", "seq", seq, "error", err)
 			}
-			applied = max(applied, seq)
+			applied = seq
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	// Jitter spreads a thousand agents' retries after an etcd outage.
-	d = d/2 + rand.N(d/2+1)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -1,0 +1,295 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/weftnet/weft/internal/backoff"
+	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+// Backoff of the lease keeper while etcd refuses a grant or a write.
+const (
+	leaseRetryMin, leaseRetryMax = 100 * time.Millisecond, 5 * time.Second
+	// regRetry is how soon a changed registration that could not be
+	// written is tried again on the same lease.
+	regRetry = time.Second
+)
+
+func (a *Agent) requestTimeout() time.Duration {
+	if a.cfg.Follow.RequestTimeout > 0 {
+		return a.cfg.Follow.RequestTimeout
+	}
+	return 5 * time.Second
+}
+
+// registration is what /weft/registrations/<node> holds, from v.
+func (a *Agent) registration(v *view) *weftv1.Registration {
+	r := &weftv1.Registration{
+		Name:         a.cfg.NodeName,
+		UnderlayIp:   v.underlayIP.String(),
+		VtepMac:      a.cfg.VTEPMAC,
+		Capabilities: a.cfg.Capabilities,
+		Asn:          a.cfg.ASN,
+	}
+	if r.VtepMac == "" {
+		r.VtepMac = v.vtepMAC
+	}
+	if r.Capabilities == nil {
+		r.Capabilities = slices.Clone(v.caps)
+	}
+	return r
+}
+
+// keepLease keeps the registration and the status on one lease (a
+// concurrency.Session) until ctx ends. A lost lease (expired while etcd
+// was unreachable, or revoked by someone) is replaced by a new session and
+// the registration written again; concurrency.Session alone ends there.
+// On shutdown the session is orphaned, not closed: the lease is not
+// revoked but runs out on its own, so a quick restart keeps the node's
+// registration (and the controller never starts its removal grace).
+func (a *Agent) keepLease(ctx context.Context) {
+	// The registration carries the underlay IP, which the converge loop
+	// reads first.
+	for !a.view.Load().underlayIP.IsValid() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.regKick:
+		}
+	}
+	w := &statusWriter{a: a}
+	defer w.stop()
+	bo := backoff.New(leaseRetryMin, leaseRetryMax)
+	for ctx.Err() == nil {
+		s, err := a.register(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			w.storeHealth(ctx, err)
+			d := bo.Next()
+			a.log.Warn("register", "error", err, "retry_in", d)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d):
+			case <-a.etcdUp:
+				bo.Reset()
+			}
+			continue
+		}
+		bo.Reset()
+		select {
+		case <-a.etcdUp: // news of etcd being back is old now
+		default:
+		}
+		w.storeHealth(ctx, nil)
+		a.log.Info("registered", "lease", fmt.Sprintf("%x", int64(s.Lease())), "ttl", a.cfg.LeaseTTL)
+		a.serve(ctx, s, w)
+		s.Orphan() // never revoke: see above
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("lease lost; registering again")
+	}
+}
+
+// register grants a lease, keeps it alive in a session and puts the
+// registration on it. On an error nothing is left running; a granted
+// lease that never carried the registration just expires.
+func (a *Agent) register(ctx context.Context) (*concurrency.Session, error) {
+	rctx, cancel := context.WithTimeout(ctx, a.requestTimeout())
+	defer cancel()
+	// Granting here, with a timeout, rather than in NewSession, which
+	// would wait for etcd as long as ctx lives.
+	g, err := a.cfg.Client.Grant(rctx, int64(a.cfg.LeaseTTL/time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("grant lease: %w", err)
+	}
+	s, err := concurrency.NewSession(a.cfg.Client, concurrency.WithLease(g.ID), concurrency.WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("keep lease alive: %w", err)
+	}
+	if err := a.putRegistration(ctx, s.Lease()); err != nil {
+		s.Orphan()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (a *Agent) putRegistration(ctx context.Context, id clientv3.LeaseID) error {
+	rctx, cancel := context.WithTimeout(ctx, a.requestTimeout())
+	defer cancel()
+	r := a.registration(a.view.Load())
+	if _, err := a.cfg.Client.Put(rctx, a.k.Registration(r.Name), keys.EncodeString(r), clientv3.WithLease(id)); err != nil {
+		return fmt.Errorf("put registration: %w", err)
+	}
+	return nil
+}
+
+// serve keeps the registration current and writes the status on the
+// session's lease until the session ends or ctx does.
+func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWriter) {
+	w.lease = s.Lease()
+	w.kick() // a new lease carries no status yet
+	defer func() { w.lease = 0 }()
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.Done():
+			return
+		case <-w.due:
+			w.write(ctx, false)
+			continue
+		case <-w.tick.C:
+			w.write(ctx, true)
+			continue
+		case <-a.statusKick:
+			w.kick()
+			continue
+		case <-a.regKick:
+		case <-retry:
+		}
+		// A changed underlay IP or overlay MAC: rewrite the registration
+		// until it is in.
+		retry = nil
+		if err := a.putRegistration(ctx, s.Lease()); err != nil {
+			a.log.Warn("update registration", "error", err, "retry_in", regRetry)
+			retry = time.After(regRetry)
+		}
+	}
+}
+
+// statusWriter writes /weft/status/<node> on the lease StatusMinInterval
+// (plus jitter) after a change and every StatusInterval; the periodic
+// write also tells the agent whether etcd is reachable while the watch
+// quietly retries. It belongs to the lease keeper's goroutine.
+type statusWriter struct {
+	a     *Agent
+	lease clientv3.LeaseID // 0 while there is none
+	due   <-chan time.Time // a debounced write is pending
+	tick  *time.Ticker
+	last  *weftv1.AgentStatus
+	// lastLease is the lease last written on; lastErr what was last
+	// reported to the converge loop.
+	lastLease clientv3.LeaseID
+	lastErr   error
+	reported  bool
+}
+
+// kick schedules a write after the debounce, unless one is pending:
+// a burst of changes becomes one write, and a thousand agents that all
+// applied the same event do not all write in the same instant.
+func (w *statusWriter) kick() {
+	if w.tick == nil {
+		w.tick = time.NewTicker(w.a.cfg.StatusInterval)
+	}
+	if w.due == nil {
+		d := w.a.cfg.StatusMinInterval
+		w.due = time.After(d + rand.N(d/2+1))
+	}
+}
+
+func (w *statusWriter) stop() {
+	if w.tick != nil {
+		w.tick.Stop()
+	}
+}
+
+func (w *statusWriter) write(ctx context.Context, periodic bool) {
+	if !periodic {
+		w.due = nil
+	}
+	if w.lease == 0 {
+		return
+	}
+	a := w.a
+	st := a.Status()
+	if !periodic && w.lease == w.lastLease && proto.Equal(st, w.last) {
+		return
+	}
+	out := proto.Clone(st).(*weftv1.AgentStatus)
+	out.Time = time.Now().UTC().Format(time.RFC3339Nano)
+	rctx, cancel := context.WithTimeout(ctx, a.requestTimeout())
+	_, err := a.cfg.Client.Put(rctx, a.k.Status(a.cfg.NodeName), keys.EncodeString(out), clientv3.WithLease(w.lease))
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		w.storeHealth(ctx, fmt.Errorf("write status: %w", err))
+		return
+	}
+	w.last, w.lastLease = st, w.lease
+	w.storeHealth(ctx, nil)
+}
+
+// storeHealth tells the converge loop whether etcd takes the lease
+// keeper's writes, when that changed.
+func (w *statusWriter) storeHealth(ctx context.Context, err error) {
+	if w.reported && errText(err) == errText(w.lastErr) {
+		return
+	}
+	w.reported, w.lastErr = true, err
+	w.a.send(ctx, storeHealth{err})
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// Status returns the agent's status as it would be reported now.
+func (a *Agent) Status() *weftv1.AgentStatus {
+	v := a.view.Load()
+	own, _ := a.healthParts(v)
+	st := &weftv1.AgentStatus{
+		Name:        a.cfg.NodeName,
+		AppliedSeq:  v.applied,
+		HeadSeq:     max(v.head, v.applied),
+		BgpSessions: a.bgpSessions(v),
+	}
+	if a.prober != nil {
+		reachStatus(st, a.prober.Report())
+	}
+	st.Degraded = len(own) > 0 || len(st.UnreachablePeers) > 0
+	// Unreachable peers have their own field; last_error stays for
+	// errors of the agent itself.
+	switch {
+	case v.syncErr != nil:
+		st.LastError = v.syncErr.Error()
+	case len(own) > 0:
+		st.LastError = own[0]
+	case v.bgpErr != nil:
+		st.LastError = v.bgpErr.Error()
+	}
+	for _, r := range v.refused {
+		st.Refused = append(st.Refused, r.String())
+	}
+	for _, p := range v.plan.Problems {
+		st.PeerProblems = append(st.PeerProblems, &weftv1.PeerProblem{Node: p.Node, Reason: p.Reason})
+	}
+	if d := v.synced; d != nil {
+		st.Mode = string(d.Mode)
+		st.TunnelEntries = uint32(len(d.Tunnels))
+		st.RouteEntries = uint32(len(d.Routes) + len(d.ClusterCIDRs))
+		for _, p := range d.LocalPodCIDRs {
+			st.PodCidrs = append(st.PodCidrs, p.String())
+		}
+		st.Mtu = uint32(v.plan.PodMTU)
+	}
+	return st
+}
