@@ -484,7 +484,7 @@ func binaryFlags(t *testing.T, binary string) map[string]bool {
 	t.Helper()
 	files := map[string][]string{
 		"weft-controller": {"../controlplane/daemon/daemon.go"},
-		"weft-agent":      {"../cmd/weft-agent/main.go"},
+		"weft-agent":      {"../nodeagent/daemon/daemon.go"},
 	}[binary]
 	if files == nil {
 		t.Fatalf("no flag source known for %s", binary)

@@ -1,6 +1,7 @@
-package main
+package daemon
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,14 +15,14 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 	t.Setenv("WEFT_ETCD_ENDPOINTS", "http://10.0.0.1:2379,http://10.0.0.2:2379")
 	t.Setenv("WEFT_NODE_NAME", "from-env")
 	t.Setenv("WEFT_RECONCILE_INTERVAL", "3s")
-	o, _, err := parse([]string{"--node-name", "from-flag", "--underlay", "eth1"})
+	o, err := Parse([]string{"--node-name", "from-flag", "--underlay", "eth1"}, os.Getenv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.nodeName != "from-flag" || len(o.endpoints()) != 2 || o.reconcileInterval != 3*time.Second || o.underlay != "eth1" {
+	if o.NodeName != "from-flag" || len(o.Endpoints()) != 2 || o.ReconcileInterval != 3*time.Second || o.Underlay != "eth1" {
 		t.Fatalf("options = %+v", o)
 	}
-	if err := o.check(); err != nil {
+	if err := o.Check(); err != nil {
 		t.Fatal(err)
 	}
 	for _, bad := range [][]string{
@@ -32,16 +33,16 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		{"--underlay", "not an interface"},
 		{"--etcd-certfile", "x"},
 	} {
-		o, _, err := parse(append([]string{"--node-name", "n1"}, bad...))
+		o, err := Parse(append([]string{"--node-name", "n1"}, bad...), os.Getenv)
 		if err == nil {
-			err = o.check()
+			err = o.Check()
 		}
 		if err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(bad[0], "-")) {
 			t.Errorf("%v: err = %v", bad, err)
 		}
 	}
 	t.Setenv("WEFT_LEASE_TTL", "ten")
-	if _, _, err := parse(nil); err == nil || !strings.Contains(err.Error(), "WEFT_LEASE_TTL") {
+	if _, err := Parse(nil, os.Getenv); err == nil || !strings.Contains(err.Error(), "WEFT_LEASE_TTL") {
 		t.Fatalf("bad env: %v", err)
 	}
 }

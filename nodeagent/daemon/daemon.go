@@ -1,0 +1,212 @@
+// Package daemon wires weft-agent together: flags and environment, the
+// datapath, the etcd client, the agent, and /metrics and /healthz.
+// cmd/weft-agent only parses, handles signals and calls Run.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/weftnet/weft/bpf"
+	"github.com/weftnet/weft/internal/envflags"
+	"github.com/weftnet/weft/internal/etcdconn"
+	"github.com/weftnet/weft/nodeagent"
+	"github.com/weftnet/weft/nodeagent/reach"
+	"github.com/weftnet/weft/proto/keys"
+)
+
+var (
+	_ nodeagent.Datapath = (*bpf.Datapath)(nil)
+	// The registration carries what the node supports and the overlay
+	// device's MAC, both read from the datapath.
+	_ nodeagent.NodeInfo = (*bpf.Datapath)(nil)
+	// Peers reach this node at its pod gateway before any pod is
+	// attached: the datapath makes weft0 as the CNI plugin would.
+	_ nodeagent.PodGateway = (*bpf.Datapath)(nil)
+)
+
+// Options are weft-agent's flags.
+type Options struct {
+	EtcdEndpoints     string
+	EtcdCAFile        string
+	EtcdCertFile      string
+	EtcdKeyFile       string
+	Prefix            string
+	NodeName          string
+	Underlay          string
+	BPFFSDir          string
+	SubnetFile        string
+	MetricsAddr       string
+	LeaseTTL          int
+	ReconcileInterval time.Duration
+	LogLevel          string
+	ASN               uint
+	Probe             bool
+	ProbeGrace        time.Duration
+	Validate          bool
+	Teardown          bool
+}
+
+// Parse parses args (without the program name) into Options. Every flag
+// can also come from WEFT_<FLAG> in the environment (WEFT_ETCD_ENDPOINTS
+// for --etcd-endpoints); an explicit flag wins over the environment.
+// Check validates the result.
+func Parse(args []string, getenv func(string) string) (*Options, error) {
+	host, _ := os.Hostname()
+	o := &Options{}
+	fs := flag.NewFlagSet("weft-agent", flag.ContinueOnError)
+	fs.StringVar(&o.EtcdEndpoints, "etcd-endpoints", "http://127.0.0.1:2379", "comma-separated etcd client URLs")
+	fs.StringVar(&o.EtcdCAFile, "etcd-cafile", "", "CA bundle to verify etcd's certificate (enables TLS)")
+	fs.StringVar(&o.EtcdCertFile, "etcd-certfile", "", "client certificate for etcd")
+	fs.StringVar(&o.EtcdKeyFile, "etcd-keyfile", "", "client key for etcd")
+	fs.StringVar(&o.Prefix, "prefix", keys.DefaultPrefix, "etcd key prefix of the cluster")
+	fs.StringVar(&o.NodeName, "node-name", host, "this node's name")
+	fs.StringVar(&o.Underlay, "underlay", "", "underlay interface name or IP (default: the default route's interface)")
+	fs.StringVar(&o.BPFFSDir, "bpffs-dir", bpf.DefaultPinDir, "bpffs directory for this node's pinned maps and links")
+	fs.StringVar(&o.SubnetFile, "subnet-file", "/run/weft/subnet.env", "where to write the node's lease in flannel's subnet.env format")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:9471", "address of /metrics and /healthz (empty: off)")
+	fs.IntVar(&o.LeaseTTL, "lease-ttl", 10, "TTL in seconds of the registration and status lease")
+	fs.DurationVar(&o.ReconcileInterval, "reconcile-interval", nodeagent.DefaultReconcileInterval, "how often to re-read the kernel and repair drift")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
+	fs.UintVar(&o.ASN, "asn", 0, "this node's BGP AS number in bgp mode (0: the cluster's bgp.asn)")
+	fs.BoolVar(&o.Probe, "probe", true, "probe every peer's pod gateway through the datapath and report unreachable peers (degraded)")
+	fs.DurationVar(&o.ProbeGrace, "probe-grace", reach.DefaultGrace, "how long a new (or changed) peer may fail probes before it counts as unreachable")
+	fs.BoolVar(&o.Validate, "validate", false, "check the flags and exit (dry run)")
+	fs.BoolVar(&o.Teardown, "teardown", false, "remove everything weft made on this node (device, routes, pins, nftables table, subnet file) and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if _, err := envflags.Apply(fs, getenv); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// Check validates the options without touching etcd or the kernel; the
+// error names the flag at fault.
+func (o *Options) Check() error {
+	if err := keys.ValidName(o.NodeName); err != nil {
+		return fmt.Errorf("--node-name: %w", err)
+	}
+	for _, e := range o.Endpoints() {
+		if u, err := url.Parse(e); err != nil || u.Host == "" {
+			return fmt.Errorf("--etcd-endpoints: %q is not a URL", e)
+		}
+	}
+	if len(o.Endpoints()) == 0 {
+		return errors.New("--etcd-endpoints: empty")
+	}
+	if o.LeaseTTL < 2 {
+		return fmt.Errorf("--lease-ttl: %d is below 2 seconds", o.LeaseTTL)
+	}
+	if o.ReconcileInterval < 0 {
+		return fmt.Errorf("--reconcile-interval: %s is negative", o.ReconcileInterval)
+	}
+	if o.Underlay != "" {
+		if _, err := netip.ParseAddr(o.Underlay); err != nil && (len(o.Underlay) > 15 || strings.ContainsAny(o.Underlay, "/ ")) {
+			return fmt.Errorf("--underlay: %q is neither an IP nor an interface name", o.Underlay)
+		}
+	}
+	if o.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(o.MetricsAddr); err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+	}
+	if (o.EtcdCertFile == "") != (o.EtcdKeyFile == "") {
+		return errors.New("--etcd-certfile and --etcd-keyfile go together")
+	}
+	if o.ASN > 1<<32-1 || o.ASN == 23456 {
+		return fmt.Errorf("--asn: %d is not a usable AS number", o.ASN)
+	}
+	if o.ProbeGrace <= 0 {
+		return fmt.Errorf("--probe-grace: %s is not positive", o.ProbeGrace)
+	}
+	if hclog.LevelFromString(o.LogLevel) == hclog.NoLevel {
+		return fmt.Errorf("--log-level: unknown level %q", o.LogLevel)
+	}
+	return nil
+}
+
+// Endpoints is --etcd-endpoints split at commas.
+func (o *Options) Endpoints() []string { return etcdconn.Split(o.EtcdEndpoints) }
+
+// Logger returns the process logger at the level of --log-level.
+func Logger(level string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: "weft-agent", Level: hclog.LevelFromString(level)})
+}
+
+// Run opens the datapath and, with --teardown, removes it and returns;
+// otherwise it runs the agent until ctx ends. The datapath is closed
+// without teardown when Run returns (file descriptors only: the device,
+// routes and pinned maps stay, so the node keeps forwarding while the
+// agent is away), and the agent's lease is not revoked.
+func Run(ctx context.Context, o *Options, log hclog.Logger) error {
+	dp, err := bpf.Open(bpf.Config{PinDir: o.BPFFSDir, Underlay: o.Underlay, Logger: log})
+	if err != nil {
+		return fmt.Errorf("open datapath: %w", err)
+	}
+	if o.Teardown {
+		err := dp.Teardown()
+		if rerr := os.Remove(o.SubnetFile); rerr != nil && !os.IsNotExist(rerr) {
+			err = errors.Join(err, rerr)
+		}
+		if err == nil {
+			log.Info("torn down")
+		}
+		return err
+	}
+	defer dp.Close()
+
+	// The client does not dial yet: an unreachable etcd is retried by the
+	// agent, never fatal.
+	client, err := etcdconn.New(etcdconn.Config{Endpoints: o.Endpoints(), CA: o.EtcdCAFile, Cert: o.EtcdCertFile, Key: o.EtcdKeyFile})
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	cfg := nodeagent.Config{
+		Client:            client,
+		Prefix:            o.Prefix,
+		NodeName:          o.NodeName,
+		Datapath:          dp,
+		SubnetFile:        o.SubnetFile,
+		LeaseTTL:          time.Duration(o.LeaseTTL) * time.Second,
+		ReconcileInterval: o.ReconcileInterval,
+		ASN:               uint32(o.ASN),
+		Logger:            log,
+	}
+	if o.Probe {
+		// The agent runs in the node's namespace, so the probe sockets do.
+		cfg.Probe = &reach.Config{Open: reach.ListenICMP, Grace: o.ProbeGrace}
+	}
+	a, err := nodeagent.New(cfg)
+	if err != nil {
+		return err
+	}
+	if o.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", o.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", o.MetricsAddr, err)
+		}
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		log.Info("serving metrics", "addr", ln.Addr().String())
+	}
+	return a.Run(ctx)
+}
