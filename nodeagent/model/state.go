@@ -354,7 +354,10 @@ func (s *State) Reset(snap Snapshot) {
 			s.refuse("node "+c.name, err)
 			continue
 		}
-		s.log.Nodes[c.name] = c.n
+		// A copy, allocated together with the other nodes: the decoded
+		// value lies among the decoder's garbage and would keep those
+		// heap spans in use for as long as the node lives.
+		s.log.Nodes[c.name] = proto.Clone(c.n).(*weftv1.Node)
 		s.index(pn)
 	}
 	s.log.Head = snap.Head
