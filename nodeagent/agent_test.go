@@ -214,7 +214,9 @@ func TestAgentRegistersWaitsConvergesAndReports(t *testing.T) {
 	h.a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	for _, m := range []string{"weft_agent_applied_seq 3", "weft_agent_lag_events 0", `weft_agent_relists_total{reason="start"} 1`,
 		"weft_agent_sync_duration_seconds_count{op=\"sync\"}", "weft_datapath_tx_packets_total 7", `weft_datapath_drops_total{reason="spoofed"} 1`,
-		"weft_agent_tunnel_entries 1", "weft_agent_degraded 0"} {
+		"weft_agent_tunnel_entries 1", "weft_agent_degraded 0",
+		// The standard collectors: the agent's RSS must be watchable.
+		"process_resident_memory_bytes ", "go_goroutines ", "go_memstats_heap_alloc_bytes "} {
 		if !strings.Contains(rec.Body.String(), m) {
 			t.Errorf("metrics lack %q", m)
 		}

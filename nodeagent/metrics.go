@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/weftnet/weft/bpf/spec"
@@ -55,6 +56,9 @@ func newMetrics(a *Agent) *metrics {
 		st := a.Status()
 		return float64(st.HeadSeq - st.AppliedSeq)
 	})
+	// The standard Go runtime and process collectors: RSS, open fds, GC
+	// and goroutines of the agent must be watchable like any daemon's.
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(m.applied, m.head, m.eventsApplied, m.refused, m.relists, m.syncDuration, m.repairs,
 		m.degraded, m.peerProblems, m.tunnels, m.routes, lag, counterCollector{a.dp}, bgpCollector{a},
 		m.peersUnreachable, reachCollector{a})
