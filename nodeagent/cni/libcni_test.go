@@ -275,6 +275,10 @@ func TestAddCheckDel(t *testing.T) {
 		if h.Attrs().MasterIndex != br.Attrs().Index {
 			return fmt.Errorf("host veth not on %s", cni.BridgeName)
 		}
+		// Hairpin on the bridge port, as flannel's bridge delegate sets it.
+		if hp, err := cni.Hairpin(h.Attrs().Name); err != nil || !hp {
+			return fmt.Errorf("host veth hairpin %v (%v), want on", hp, err)
+		}
 		return nil
 	})
 	if err != nil {
@@ -289,6 +293,21 @@ func TestAddCheckDel(t *testing.T) {
 	if err := e.check("ctr-1", pod); err != nil {
 		t.Fatalf("CHECK after ADD: %v", err)
 	}
+	// Hairpin off: CHECK must notice.
+	setHairpin := func(on bool) {
+		inNS(e.nodeNS, func() error {
+			l, err := netlink.LinkByName(cni.HostVethName("ctr-1", "eth0"))
+			if err != nil {
+				return err
+			}
+			return netlink.LinkSetHairpin(l, on)
+		})
+	}
+	setHairpin(false)
+	if err := e.check("ctr-1", pod); err == nil || !strings.Contains(err.Error(), "hairpin") {
+		t.Fatalf("CHECK with hairpin off: %v, want a hairpin error", err)
+	}
+	setHairpin(true)
 	// Break the MTU: CHECK must notice.
 	inNS(pod, func() error {
 		l, _ := netlink.LinkByName("eth0")
@@ -342,6 +361,78 @@ func TestDelAfterNetnsGone(t *testing.T) {
 	}
 	if a := e.allocations(); len(a) != 0 {
 		t.Fatalf("store holds %v", a)
+	}
+}
+
+// failingPlugin writes a CNI plugin that fails ADD and DEL (as Debian's
+// portmap 1.1.1 does with a cniVersion it does not speak) and returns its
+// directory.
+func failingPlugin(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	script := `#!/bin/sh
+cat >/dev/null
+if [ "$CNI_COMMAND" = VERSION ]; then
+	echo '{"cniVersion":"1.0.0","supportedVersions":["1.0.0"]}'
+	exit 0
+fi
+echo '{"cniVersion":"1.0.0","code":999,"msg":"chained plugin refuses"}'
+exit 1
+`
+	if err := os.WriteFile(filepath.Join(dir, "weft-test-fail"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// A chain whose second plugin fails ADD and DEL (libcni stops DEL at the
+// first failure, so weft-cni's DEL never runs) leaks no address: once the
+// runtime has removed the pod's netns, the next ADD frees the lease.
+func TestFailedChainLeaksNothing(t *testing.T) {
+	e := newEnv(t, subnetV4, "1.0.0")
+	e.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir, failingPlugin(t)}, filepath.Join(t.TempDir(), "cache"), newExec())
+	chain, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(
+		`{"cniVersion":"1.0.0","name":"weft","plugins":[{"type":"weft-cni","subnetFile":%q,"dataDir":%q},{"type":"weft-test-fail"}]}`,
+		e.subnetFile, e.dataDir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		id := fmt.Sprintf("ctr-fail-%d", i)
+		pod := newNS(t)
+		if _, err := e.add(chain, id, pod); err == nil {
+			t.Fatal("ADD through the failing chain succeeded")
+		}
+		err := inNS(e.nodeNS, func() error { return e.cni.DelNetworkList(context.Background(), chain, rt(id, pod)) })
+		if err == nil {
+			t.Fatal("DEL through the failing chain succeeded")
+		}
+		if n := len(e.allocations()); n == 0 || n > 1 {
+			t.Fatalf("attempt %d: store holds %d leases, want the current attempt's only: %v", i, n, e.allocations())
+		}
+		// The runtime removes the sandbox's netns after a failed setup;
+		// the host veth goes with it.
+		exec.Command("ip", "netns", "del", filepath.Base(pod)).Run()
+		host := cni.HostVethName(id, "eth0")
+		deadline := time.Now().Add(10 * time.Second)
+		for linkExists(t, e.nodeNS, host) {
+			if time.Now().After(deadline) {
+				t.Fatalf("host veth %s outlived its netns", host)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	pod := newNS(t)
+	res, err := e.add(e.list, "ctr-ok", pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := e.allocations()
+	if len(all) != 1 || all[0].ContainerID != "ctr-ok" || all[0].Netns != pod {
+		t.Fatalf("store holds %v, want only ctr-ok's lease (with its netns)", all)
+	}
+	if err := reachable(e.nodeNS, podIP(t, res, true)); err != nil {
+		t.Fatal(err)
 	}
 }
 

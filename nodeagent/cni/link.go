@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -20,6 +21,21 @@ func ipNet(p netip.Prefix, a netip.Addr) *net.IPNet {
 func isNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf)
+}
+
+// podGone reports whether a lease's pod no longer exists: its network
+// namespace path is gone (the runtime removes it when it tears the sandbox
+// down, even when DEL failed) and so is its host veth (which dies with
+// the namespace). Leases without a recorded namespace are never judged.
+func podGone(a Allocation) bool {
+	if a.Netns == "" {
+		return false
+	}
+	if _, err := os.Stat(a.Netns); !errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	_, err := netlink.LinkByName(HostVethName(a.ContainerID, a.IfName))
+	return isNotFound(err)
 }
 
 // ensureBridge makes weft0 exist in the current netns as an up bridge
@@ -147,6 +163,12 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 	att.hostMAC = host.Attrs().HardwareAddr.String()
 	if err := netlink.LinkSetMaster(host, br); err != nil {
 		return att, fmt.Errorf("attach %s to %s: %w", hostName, BridgeName, err)
+	}
+	// Hairpin, as flannel's bridge delegate sets it: a pod that reaches
+	// its own hostPort or service address is DNATed back to itself, and
+	// the bridge must send the frame out of the port it came in on.
+	if err := netlink.LinkSetHairpin(host, true); err != nil {
+		return att, fmt.Errorf("set hairpin on %s: %w", hostName, err)
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return att, fmt.Errorf("set %s up: %w", hostName, err)
@@ -305,7 +327,26 @@ func verify(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.Pr
 	if host.Attrs().MasterIndex != br.Attrs().Index {
 		return fmt.Errorf("check: host veth %s is not attached to %s", hostName, BridgeName)
 	}
+	if hairpin, err := Hairpin(hostName); err != nil {
+		return fmt.Errorf("check: %w", err)
+	} else if !hairpin {
+		return fmt.Errorf("check: host veth %s has hairpin mode off", hostName)
+	}
 	return nil
+}
+
+// Hairpin reports whether bridge port name (in the current netns) sends
+// frames back out of the port they arrived on.
+func Hairpin(name string) (bool, error) {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return false, fmt.Errorf("find %s: %w", name, err)
+	}
+	info, err := netlink.LinkGetProtinfo(link)
+	if err != nil {
+		return false, fmt.Errorf("read bridge port flags of %s: %w", name, err)
+	}
+	return info.Hairpin, nil
 }
 
 // addrList and routeList retry dumps the kernel interrupted because the

@@ -96,7 +96,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
 	ps := pools(sub)
-	ips, fresh, err := store.Reserve(args.ContainerID, args.IfName, ps)
+	ips, fresh, freed, err := store.ReserveIn(args.ContainerID, args.IfName, args.Netns, ps, podGone)
 	if errors.Is(err, ErrExhausted) {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("no free pod address on this node: %v", err), "")
 	}
@@ -104,6 +104,12 @@ func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
 	log := p.log().With("container", args.ContainerID, "ifname", args.IfName)
+	for _, a := range freed {
+		log.Info("freed the lease of a pod that is gone (its DEL never reached weft-cni)", "stale_container", a.ContainerID, "ips", a.IPs, "netns", a.Netns)
+		if err := forgetNeighbors(a.IPs); err != nil {
+			return err
+		}
+	}
 	defer func() {
 		// A repeated ADD keeps the lease the first one made.
 		if retErr != nil && fresh {

@@ -29,6 +29,10 @@ type Allocation struct {
 	ContainerID string       `json:"container_id"`
 	IfName      string       `json:"ifname"`
 	IPs         []netip.Addr `json:"ips"`
+	// Netns is the pod network namespace path the runtime gave ADD ("" in
+	// stores written before it was recorded): a lease whose namespace and
+	// host veth are both gone is stale (see ReserveIn).
+	Netns string `json:"netns,omitempty"`
 }
 
 type storeState struct {
@@ -134,12 +138,36 @@ func find(st *storeState, id, ifName string) int {
 // ADD). An exhausted pool returns an error wrapping ErrExhausted and
 // allocates nothing.
 func (s *Store) Reserve(id, ifName string, pools []Pool) (ips []netip.Addr, fresh bool, err error) {
+	ips, fresh, _, err = s.ReserveIn(id, ifName, "", pools, nil)
+	return ips, fresh, err
+}
+
+// ReserveIn is Reserve for an attachment in network namespace netns
+// (recorded with the lease) that first frees every other lease for which
+// stale returns true, and returns those. The plugin calls it with a test
+// for leases whose pod is gone without a DEL reaching weft-cni: a chained
+// plugin that fails ADD and then DEL (libcni runs DEL in reverse order and
+// stops at the first failure) would otherwise leak one address per retry.
+func (s *Store) ReserveIn(id, ifName, netns string, pools []Pool, stale func(Allocation) bool) (ips []netip.Addr, fresh bool, freed []Allocation, err error) {
 	err = s.locked(func(st *storeState) (bool, error) {
+		write := false
+		if stale != nil {
+			kept := st.Allocations[:0]
+			for _, a := range st.Allocations {
+				if !(a.ContainerID == id && a.IfName == ifName) && stale(a) {
+					freed = append(freed, a)
+					continue
+				}
+				kept = append(kept, a)
+			}
+			st.Allocations = kept
+			write = len(freed) > 0
+		}
 		if i := find(st, id, ifName); i >= 0 {
 			old := st.Allocations[i].IPs
 			if matches(old, pools) {
 				ips = slices.Clone(old)
-				return false, nil
+				return write, nil
 			}
 			// The node's pod CIDR changed under an existing attachment:
 			// drop the stale lease and allocate anew.
@@ -158,6 +186,7 @@ func (s *Store) Reserve(id, ifName string, pools []Pool) (ips []netip.Addr, fres
 		for _, p := range pools {
 			ip, err := next(p, st.Last[p.Prefix.String()], used)
 			if err != nil {
+				freed = nil // nothing is written
 				return false, err
 			}
 			got = append(got, ip)
@@ -165,11 +194,11 @@ func (s *Store) Reserve(id, ifName string, pools []Pool) (ips []netip.Addr, fres
 		for i, p := range pools {
 			st.Last[p.Prefix.String()] = got[i]
 		}
-		st.Allocations = append(st.Allocations, Allocation{ContainerID: id, IfName: ifName, IPs: got})
+		st.Allocations = append(st.Allocations, Allocation{ContainerID: id, IfName: ifName, IPs: got, Netns: netns})
 		ips, fresh = got, true
 		return true, nil
 	})
-	return ips, fresh, err
+	return ips, fresh, freed, err
 }
 
 func matches(ips []netip.Addr, pools []Pool) bool {
