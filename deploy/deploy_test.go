@@ -578,8 +578,8 @@ func weftConf(t *testing.T) *cni.NetConf {
 
 func TestConflist(t *testing.T) {
 	l := conflist(t)
-	if l.CNIVersion != "1.1.0" || l.Name != "weft" || len(l.Plugins) != 2 {
-		t.Fatalf("conflist %s v%s with %d plugins, want weft v1.1.0 with weft-cni and portmap", l.Name, l.CNIVersion, len(l.Plugins))
+	if l.Name != "weft" || len(l.Plugins) != 2 {
+		t.Fatalf("conflist %s with %d plugins, want weft with weft-cni and portmap", l.Name, len(l.Plugins))
 	}
 	if l.Plugins[0].Network.Type != "weft-cni" || l.Plugins[1].Network.Type != "portmap" {
 		t.Fatalf("plugins %s, %s; want weft-cni then portmap", l.Plugins[0].Network.Type, l.Plugins[1].Network.Type)
@@ -590,6 +590,40 @@ func TestConflist(t *testing.T) {
 	c := weftConf(t)
 	if c.SubnetFile != cni.DefaultSubnetFile || c.DataDir != cni.DefaultDataDir {
 		t.Errorf("conflist paths %s %s differ from the plugin defaults", c.SubnetFile, c.DataDir)
+	}
+}
+
+// DistroPortmap is where Debian's containernetworking-plugins installs
+// portmap, the one a user of the conflist has.
+const DistroPortmap = "/usr/lib/cni/portmap"
+
+// TestConflistVersionSpokenByPortmap: the conflist's cniVersion must be one
+// the portmap plugin users have speaks (Debian 12's is 1.1.1, which refuses
+// 1.1.0: ADD then leased an address and failed, and DEL failed before
+// reaching weft-cni), and one weft-cni speaks.
+func TestConflistVersionSpokenByPortmap(t *testing.T) {
+	l := conflist(t)
+	if !slices.Contains(cni.SupportedVersions.SupportedVersions(), l.CNIVersion) {
+		t.Errorf("weft-cni does not speak the conflist's cniVersion %s", l.CNIVersion)
+	}
+	if _, err := os.Stat(DistroPortmap); err != nil {
+		t.Skipf("%s missing (apt-get install containernetworking-plugins): %v", DistroPortmap, err)
+	}
+	cmd := exec.Command(DistroPortmap)
+	cmd.Env = []string{"CNI_COMMAND=VERSION"}
+	cmd.Stdin = strings.NewReader(`{"cniVersion":"` + l.CNIVersion + `"}`)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s VERSION: %v", DistroPortmap, err)
+	}
+	var v struct {
+		Supported []string `json:"supportedVersions"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatalf("%s VERSION: %v: %s", DistroPortmap, err, out)
+	}
+	if !slices.Contains(v.Supported, l.CNIVersion) {
+		t.Errorf("conflist cniVersion %s, which %s does not speak (it speaks %v)", l.CNIVersion, DistroPortmap, v.Supported)
 	}
 }
 
