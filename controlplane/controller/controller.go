@@ -217,6 +217,7 @@ type leader struct {
 	wanted   map[string]*weftv1.Registration // valid registrations
 	invalid  map[string]string               // why a present entry is unusable
 	goneNow  map[string]bool                 // Gone with Immediate
+	goneWhy  map[string]string               // Gone with a reason (Err): recorded as the node's problem
 	problems map[string]string               // recorded at /weft/problems/
 	dirty    map[string]bool
 	retryAt  time.Time // reconcile again then (after a conflict)
@@ -233,7 +234,7 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 	l := &leader{
 		Controller: c, st: st,
 		present: map[string]bool{}, wanted: map[string]*weftv1.Registration{},
-		invalid: map[string]string{}, goneNow: map[string]bool{},
+		invalid: map[string]string{}, goneNow: map[string]bool{}, goneWhy: map[string]string{},
 		problems: map[string]string{}, dirty: map[string]bool{},
 	}
 	if err := l.loadProblems(ctx); err != nil {
@@ -385,6 +386,7 @@ func (l *leader) take(in *inbox) {
 		l.present = map[string]bool{}
 		l.wanted = map[string]*weftv1.Registration{}
 		l.invalid = map[string]string{}
+		l.goneWhy = map[string]string{}
 		for _, ch := range full {
 			l.apply(ch)
 		}
@@ -406,17 +408,23 @@ func (l *leader) apply(ch source.Change) {
 		l.wanted[ch.Name] = ch.Registration
 		delete(l.invalid, ch.Name)
 		delete(l.goneNow, ch.Name)
+		delete(l.goneWhy, ch.Name)
 	case source.Invalid:
 		l.present[ch.Name] = true
 		delete(l.wanted, ch.Name)
 		l.invalid[ch.Name] = fmt.Sprintf("registration skipped: %v", ch.Err)
 		delete(l.goneNow, ch.Name)
+		delete(l.goneWhy, ch.Name)
 	case source.Gone:
 		delete(l.present, ch.Name)
 		delete(l.wanted, ch.Name)
 		delete(l.invalid, ch.Name)
 		if ch.Immediate {
 			l.goneNow[ch.Name] = true
+		}
+		delete(l.goneWhy, ch.Name)
+		if ch.Err != nil {
+			l.goneWhy[ch.Name] = fmt.Sprintf("not in the network: %v", ch.Err)
 		}
 	}
 }
@@ -459,11 +467,17 @@ func (l *leader) reconcile(ctx context.Context) error {
 		}
 		reg, ok := l.wanted[name]
 		if !ok {
+			// A source that says why a node is gone (outside the
+			// Kubernetes node selector) has the reason recorded.
+			problems[name] = l.goneWhy[name]
 			switch {
 			case proj == nil:
-				problems[name] = ""
 			case l.goneNow[name]:
-				events = append(events, removedEvent(name, "deleted from the node source"))
+				reason := "deleted from the node source"
+				if why := l.goneWhy[name]; why != "" {
+					reason = why
+				}
+				events = append(events, removedEvent(name, reason))
 				removed = append(removed, name)
 			default:
 				l.alloc.Leave(name, now.Add(l.grace()))

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/controlplane/controller"
+	"github.com/weftnet/weft/controlplane/source"
 	"github.com/weftnet/weft/internal/envflags"
 	"github.com/weftnet/weft/internal/etcdconn"
 	"github.com/weftnet/weft/proto/configfile"
@@ -194,7 +195,7 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		Logger:      log, Metrics: controller.NewMetrics(reg),
 	})
 	if o.MetricsAddr != "" {
-		srv, err := serveMetrics(o.MetricsAddr, reg, cli, ctl, log)
+		srv, err := serveMetrics(o.MetricsAddr, reg, cli, ctl, src, log)
 		if err != nil {
 			return err
 		}
@@ -209,7 +210,16 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 	return err
 }
 
-func serveMetrics(addr string, reg *prometheus.Registry, cli *clientv3.Client, ctl *controller.Controller, log hclog.Logger) (*http.Server, error) {
+// sourceHealth is implemented by node sources that can be out of touch
+// with what they follow (kubesource: the Kubernetes API).
+type sourceHealth interface{ Health() error }
+
+// serveMetrics serves /metrics and /healthz: 503 when etcd does not
+// answer; else 200 "ok <role>", or 200 "degraded <role>: node source: ..."
+// when the node source cannot reach what it follows. That stays 200 so a
+// liveness probe does not restart a controller whose API server is away:
+// a restart cannot bring it back, and the log is kept as it is meanwhile.
+func serveMetrics(addr string, reg *prometheus.Registry, cli *clientv3.Client, ctl *controller.Controller, src source.Source, log hclog.Logger) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -222,6 +232,12 @@ func serveMetrics(addr string, reg *prometheus.Registry, cli *clientv3.Client, c
 		role := "follower"
 		if ctl.IsLeader() {
 			role = "leader"
+		}
+		if h, ok := src.(sourceHealth); ok {
+			if err := h.Health(); err != nil {
+				fmt.Fprintf(w, "degraded %s: node source: %v\n", role, err)
+				return
+			}
 		}
 		fmt.Fprintf(w, "ok %s\n", role)
 	})

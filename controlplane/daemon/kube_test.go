@@ -10,6 +10,8 @@ package daemon
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -23,6 +25,7 @@ import (
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
 
@@ -276,4 +279,151 @@ func waitNode(t *testing.T, cli *clientv3.Client, l keys.Layout, name string, ok
 	}
 	t.Fatalf("node %s: last value %v (error %v)", name, n, err)
 	return nil
+}
+
+// Nodes the controller cannot use are skipped with a reason recorded in
+// /weft/problems/ (what `weftctl status` prints) while the others work: a
+// Node without an InternalIP, one with a malformed underlay annotation,
+// one outside --node-selector; a Node leaving the selector is removed
+// with that reason.
+func TestRunKubernetesSourceSkipsWithReasons(t *testing.T) {
+	dir := t.TempDir()
+	on := map[string]string{"weft.io/enabled": "true"}
+	labeled := func(n *corev1.Node) *corev1.Node { n.Labels = on; return n }
+	noIP := labeled(kubeNode("no-ip", ""))
+	noIP.Status.Addresses = noIP.Status.Addresses[:1]
+	badAnn := labeled(kubeNode("bad-annotation", "192.168.0.3"))
+	badAnn.Annotations = map[string]string{"weft.io/underlay-ip": "not-an-ip"}
+	client := fake.NewClientset(labeled(kubeNode("good", "192.168.0.1")), labeled(kubeNode("leaving", "192.168.0.2")),
+		kubeNode("unlabeled", "192.168.0.4"), noIP, badAnn)
+	c1, peer := freePort(t), freePort(t)
+	o, err := Parse([]string{
+		"--data-dir", dir, "--etcd-listen-client", "http://" + c1, "--etcd-listen-peer", "http://" + peer,
+		"--metrics-addr=", "--election-ttl", "2", "--cluster-cidr", "10.61.0.0/16",
+		"--node-source", "kubernetes", "--node-selector", "weft.io/enabled=true",
+	}, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.KubeClient = client
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, o, hclog.NewNullLogger()) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("daemon did not stop")
+		}
+	}()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + c1}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	l := keys.New("")
+	waitNode(t, cli, l, "good", func(n *weftv1.Node) bool { return n != nil })
+	waitNode(t, cli, l, "leaving", func(n *weftv1.Node) bool { return n != nil })
+	for name, want := range map[string]string{
+		"no-ip":          "no InternalIP",
+		"bad-annotation": `annotation weft.io/underlay-ip: "not-an-ip"`,
+		"unlabeled":      `outside the node selector "weft.io/enabled=true"`,
+	} {
+		waitProblem(t, cli, l, name, want)
+		if n := waitNode(t, cli, l, name, func(*weftv1.Node) bool { return true }); n != nil {
+			t.Errorf("%s joined: %v", name, n)
+		}
+	}
+	// Leaving the selector removes the node at once, with that reason.
+	if _, err := client.CoreV1().Nodes().Update(ctx, kubeNode("leaving", "192.168.0.2"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitNode(t, cli, l, "leaving", func(n *weftv1.Node) bool { return n == nil })
+	waitProblem(t, cli, l, "leaving", "outside the node selector")
+	// Fixing a node clears its problem and it joins; the good node stayed.
+	fixed := labeled(kubeNode("bad-annotation", "192.168.0.3"))
+	if _, err := client.CoreV1().Nodes().Update(ctx, fixed, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitNode(t, cli, l, "bad-annotation", func(n *weftv1.Node) bool { return n != nil && n.UnderlayIp == "192.168.0.3" })
+	waitProblem(t, cli, l, "bad-annotation", "")
+	waitNode(t, cli, l, "good", func(n *weftv1.Node) bool { return n != nil })
+}
+
+// waitProblem polls /weft/problems/<name> until its reason contains want
+// (want "" waits for the problem to be cleared).
+func waitProblem(t *testing.T, cli *clientv3.Client, l keys.Layout, name, want string) {
+	t.Helper()
+	var reason string
+	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		r, err := cli.Get(context.Background(), l.Problem(name))
+		if err != nil {
+			continue
+		}
+		reason = ""
+		if len(r.Kvs) == 1 {
+			p, err := keys.DecodeProblem(r.Kvs[0].Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reason = p.Reason
+		}
+		if want == "" && reason == "" || want != "" && strings.Contains(reason, want) {
+			return
+		}
+	}
+	t.Fatalf("problem of %s = %q, want %q", name, reason, want)
+}
+
+// With the Kubernetes API unreachable from the start, the controller
+// leads, writes nothing about nodes, and its /healthz says why (200: a
+// liveness probe must not restart it for that). A real client-go clientset
+// against a closed port.
+func TestRunKubernetesAPIDown(t *testing.T) {
+	c1, peer, metrics, closed := freePort(t), freePort(t), freePort(t), freePort(t)
+	o, err := Parse([]string{
+		"--data-dir", t.TempDir(), "--etcd-listen-client", "http://" + c1, "--etcd-listen-peer", "http://" + peer,
+		"--metrics-addr", metrics, "--election-ttl", "2", "--cluster-cidr", "10.62.0.0/16",
+		"--node-source", "kubernetes",
+	}, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.KubeClient, err = kubernetes.NewForConfig(&rest.Config{Host: "http://" + closed, Timeout: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, o, hclog.NewNullLogger()) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("daemon did not stop")
+		}
+	}()
+	var code int
+	var body string
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		r, err := http.Get("http://" + metrics + "/healthz")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		if code, body = r.StatusCode, string(b); strings.Contains(body, "kubernetes API unreachable") {
+			break
+		}
+	}
+	if code != http.StatusOK || !strings.Contains(body, "degraded leader: node source: kubernetes API unreachable") {
+		t.Fatalf("healthz with the API down: %d %q", code, body)
+	}
 }

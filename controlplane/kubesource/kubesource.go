@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sort"
 	"sync"
@@ -18,7 +19,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -33,6 +33,17 @@ import (
 // InternalIP address.
 var ErrNoInternalIP = errors.New("kubesource: node has no InternalIP address")
 
+// ErrOutsideSelector is wrapped by the Gone change of a Node whose labels
+// do not match the source's label selector: it is not part of the weft
+// network, and the controller records why.
+var ErrOutsideSelector = errors.New("kubesource: node is outside the node selector")
+
+// UnderlayAnnotation on a Node overrides its InternalIP as weft's underlay
+// address (like flannel's public-ip-overwrite): for nodes whose tunnel
+// endpoint is not the address Kubernetes reports. A value that is not an
+// IP address makes the Node Invalid, naming the annotation.
+const UnderlayAnnotation = "weft.io/underlay-ip"
+
 // Source reports Kubernetes Nodes. Create it with New.
 type Source struct {
 	client   kubernetes.Interface
@@ -40,6 +51,12 @@ type Source struct {
 	rawSel   string
 	resync   time.Duration
 	log      hclog.Logger
+
+	healthEvery time.Duration
+
+	mu     sync.Mutex
+	synced bool
+	apiErr error // the last API probe's failure
 }
 
 var _ source.Source = (*Source)(nil)
@@ -66,6 +83,18 @@ func WithResync(d time.Duration) Option {
 	return func(s *Source) error { s.resync = d; return nil }
 }
 
+// WithHealthInterval sets how often Run asks the API server whether it
+// answers (default 5 seconds), for Health and the logs.
+func WithHealthInterval(d time.Duration) Option {
+	return func(s *Source) error {
+		if d <= 0 {
+			return fmt.Errorf("health interval %v: must be positive", d)
+		}
+		s.healthEvery = d
+		return nil
+	}
+}
+
 // WithLogger sets the logger (default: none).
 func WithLogger(l hclog.Logger) Option {
 	return func(s *Source) error { s.log = l.Named("kubesource"); return nil }
@@ -74,7 +103,7 @@ func WithLogger(l hclog.Logger) Option {
 // New returns a Node source reading through client. It fails only on a bad
 // option (an unparsable label selector).
 func New(client kubernetes.Interface, opts ...Option) (*Source, error) {
-	s := &Source{client: client, selector: labels.Everything(), resync: 10 * time.Minute, log: hclog.NewNullLogger()}
+	s := &Source{client: client, selector: labels.Everything(), resync: 10 * time.Minute, healthEvery: 5 * time.Second, log: hclog.NewNullLogger()}
 	for _, o := range opts {
 		if err := o(s); err != nil {
 			return nil, err
@@ -93,6 +122,14 @@ func Change(n *corev1.Node) source.Change {
 			ip = a.Address
 			break
 		}
+	}
+	if v, ok := n.Annotations[UnderlayAnnotation]; ok {
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return source.Change{Kind: source.Invalid, Name: n.Name,
+				Err: fmt.Errorf("node %s: annotation %s: %q is not an IP address", n.Name, UnderlayAnnotation, v)}
+		}
+		ip = a.String()
 	}
 	if ip == "" {
 		return source.Change{Kind: source.Invalid, Name: n.Name, Err: fmt.Errorf("node %s: %w", n.Name, ErrNoInternalIP)}
@@ -134,8 +171,10 @@ func same(a, b source.Change) bool {
 func (s *Source) Run(ctx context.Context, sync func([]source.Change), changes func(source.Change)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = s.rawSel }))
+	// Every Node is watched, not only the selected ones: a Node outside
+	// the selector is reported Gone with the reason, so an operator sees
+	// why it is not in the network.
+	factory := informers.NewSharedInformerFactory(s.client, 0)
 	defer factory.Shutdown()
 	inf := factory.Core().V1().Nodes()
 	q := newQueue()
@@ -148,16 +187,27 @@ func (s *Source) Run(ctx context.Context, sync func([]source.Change), changes fu
 		return fmt.Errorf("watch nodes: %w", err)
 	}
 	factory.Start(ctx.Done())
+	// The informer retries a failing list or watch on its own, quietly
+	// and with its cache kept; whether the API answers is asked here.
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		s.probe(ctx)
+	}()
+	defer func() { cancel(); <-probeDone }()
 	if !cache.WaitForCacheSync(ctx.Done(), reg.HasSynced) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		return errors.New("kubesource: node cache did not sync")
 	}
+	s.mu.Lock()
+	s.synced = true
+	s.mu.Unlock()
 	lister := inf.Lister()
 	known := map[string]source.Change{}
 	fullSync := func() error {
-		nodes, err := lister.List(s.selector)
+		nodes, err := lister.List(labels.Everything())
 		if err != nil {
 			return fmt.Errorf("list nodes: %w", err)
 		}
@@ -165,7 +215,7 @@ func (s *Source) Run(ctx context.Context, sync func([]source.Change), changes fu
 		set := make([]source.Change, 0, len(nodes))
 		clear(known)
 		for _, n := range nodes {
-			c := Change(n)
+			c := s.change(n)
 			known[n.Name] = c
 			set = append(set, c)
 		}
@@ -211,9 +261,7 @@ func (s *Source) handle(ev event, known map[string]source.Change) (source.Change
 	if !ok {
 		return source.Change{}, false
 	}
-	if ev.deleted || !s.selector.Matches(labels.Set(n.Labels)) {
-		// A Node whose labels stop matching leaves the source like a
-		// deleted one.
+	if ev.deleted {
 		if _, ok := known[n.Name]; !ok {
 			return source.Change{}, false
 		}
@@ -221,17 +269,91 @@ func (s *Source) handle(ev event, known map[string]source.Change) (source.Change
 		s.log.Info("node gone", "node", n.Name)
 		return source.Change{Kind: source.Gone, Name: n.Name, Immediate: true}, true
 	}
-	c := Change(n)
+	c := s.change(n)
 	if old, ok := known[n.Name]; ok && same(old, c) {
 		return source.Change{}, false
 	}
 	known[n.Name] = c
-	if c.Kind == source.Invalid {
+	switch c.Kind {
+	case source.Invalid:
 		s.log.Warn("node unusable", "node", n.Name, "error", c.Err)
-	} else {
+	case source.Gone:
+		s.log.Info("node outside the selector", "node", n.Name, "selector", s.rawSel)
+	default:
 		s.log.Info("node", "node", n.Name, "underlay_ip", c.Registration.UnderlayIp, "pod_cidrs", c.Registration.PinnedPodCidrs)
 	}
 	return c, true
+}
+
+// change is Change for a Node the source sees: a Node whose labels do
+// not match the selector leaves the network like a deleted one (Gone,
+// Immediate), with ErrOutsideSelector as the reason.
+func (s *Source) change(n *corev1.Node) source.Change {
+	if !s.selector.Matches(labels.Set(n.Labels)) {
+		return source.Change{Kind: source.Gone, Name: n.Name, Immediate: true,
+			Err: fmt.Errorf("node %s: %w %q", n.Name, ErrOutsideSelector, s.rawSel)}
+	}
+	return Change(n)
+}
+
+// probe asks the API server every health interval whether it answers,
+// until ctx ends, and logs when that changes.
+func (s *Source) probe(ctx context.Context) {
+	t := time.NewTicker(s.healthEvery)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, s.healthEvery)
+		err := s.ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		s.mu.Lock()
+		was := s.apiErr
+		s.apiErr = err
+		s.mu.Unlock()
+		switch {
+		case err != nil && was == nil:
+			s.log.Warn("kubernetes API unreachable; nodes are kept as they are until it answers", "error", err)
+		case err == nil && was != nil:
+			s.log.Info("kubernetes API reachable again")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Health reports why the source cannot be trusted to be current: the API
+// server did not answer the last probe (nodes are then kept as they are:
+// nothing is reported gone because the API is unreachable), or the Node
+// cache has not synced yet. nil means the source follows the API. Safe
+// for concurrent use with Run.
+func (s *Source) Health() error {
+	s.mu.Lock()
+	synced, apiErr := s.synced, s.apiErr
+	s.mu.Unlock()
+	switch {
+	case apiErr != nil:
+		return fmt.Errorf("kubernetes API unreachable, nodes kept as they are: %w", apiErr)
+	case !synced:
+		return errors.New("kubernetes node cache not synced yet")
+	}
+	return nil
+}
+
+// ping asks the API server for its version (allowed to every
+// authenticated identity by the default system:public-info-viewer role).
+func (s *Source) ping(ctx context.Context) error {
+	d := s.client.Discovery()
+	if rc := d.RESTClient(); rc != nil && !reflect.ValueOf(rc).IsNil() {
+		_, err := rc.Get().AbsPath("/version").Do(ctx).Raw()
+		return err
+	}
+	_, err := d.ServerVersion()
+	return err
 }
 
 type event struct {

@@ -7,13 +7,17 @@ package kubesource_test
 import (
 	"context"
 	"errors"
+	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
 
 	"go.uber.org/goleak"
 
@@ -200,8 +204,10 @@ func TestLabelSelector(t *testing.T) {
 	}
 	r := run(t, s)
 	set := r.sync(t)
-	if len(set) != 1 || set[0].Name != "a" {
-		t.Fatalf("sync with selector: %+v, want only a", set)
+	// b is outside the selector: Gone, with the reason.
+	if len(set) != 2 || set[0].Name != "a" || set[0].Kind != source.Upsert ||
+		set[1].Name != "b" || set[1].Kind != source.Gone || !set[1].Immediate || !errors.Is(set[1].Err, kubesource.ErrOutsideSelector) {
+		t.Fatalf("sync with selector: %+v, want a Upsert and b Gone outside the selector", set)
 	}
 	if _, err := client.CoreV1().Nodes().Update(ctx, node("b", "192.168.0.2", nil, on), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
@@ -210,11 +216,76 @@ func TestLabelSelector(t *testing.T) {
 	if _, err := client.CoreV1().Nodes().Update(ctx, node("a", "192.168.0.1", nil, nil), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if c := r.change(t); c.Kind != source.Gone || c.Name != "a" {
-		t.Fatalf("node leaving the selector: %+v, want Gone", c)
+	if c := r.change(t); c.Kind != source.Gone || c.Name != "a" || !c.Immediate || !errors.Is(c.Err, kubesource.ErrOutsideSelector) {
+		t.Fatalf("node leaving the selector: %+v, want Gone outside the selector", c)
+	}
+	// Further updates of a node outside the selector report nothing new.
+	n := node("a", "192.168.0.1", nil, map[string]string{"other": "x"})
+	if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-r.changes:
+		t.Fatalf("update outside the selector reported %+v", c)
+	case <-time.After(300 * time.Millisecond):
 	}
 	if _, err := kubesource.New(client, kubesource.WithLabelSelector("a in (")); err == nil {
 		t.Fatal("bad selector accepted")
+	}
+}
+
+// The underlay annotation overrides the InternalIP; a malformed one makes
+// the node Invalid naming the annotation.
+func TestUnderlayAnnotation(t *testing.T) {
+	n := node("a", "192.168.0.1", nil, nil)
+	n.Annotations = map[string]string{kubesource.UnderlayAnnotation: "10.1.2.3"}
+	upsert(t, kubesource.Change(n), "a", "10.1.2.3")
+	n.Annotations[kubesource.UnderlayAnnotation] = "10.1.2"
+	c := kubesource.Change(n)
+	if c.Kind != source.Invalid || !strings.Contains(c.Err.Error(), kubesource.UnderlayAnnotation) {
+		t.Fatalf("malformed annotation: %+v, want Invalid naming %s", c, kubesource.UnderlayAnnotation)
+	}
+}
+
+// An API server that cannot be reached: the source never syncs (so the
+// controller removes nothing), and Health says why. A real client-go
+// clientset against a closed port, not the fake.
+func TestHealthAPIUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	client, err := kubernetes.NewForConfig(&rest.Config{Host: "http://" + addr, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := kubesource.New(client, kubesource.WithHealthInterval(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Health(); err == nil || !strings.Contains(err.Error(), "not synced") {
+		t.Fatalf("health before Run: %v, want not synced", err)
+	}
+	r := run(t, s)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := s.Health()
+		if err != nil && strings.Contains(err.Error(), "kubernetes API unreachable") && strings.Contains(err.Error(), "connection refused") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health with the API down: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case set := <-r.syncs:
+		t.Fatalf("sync without an API: %+v", set)
+	case c := <-r.changes:
+		t.Fatalf("change without an API: %+v", c)
+	default:
 	}
 }
 

@@ -20,7 +20,9 @@ const (
 	// (an expired agent lease) the controller waits the configured grace
 	// period before NodeRemoved, and a node that comes back keeps its
 	// CIDR; with Immediate true (a deleted Kubernetes Node) it removes it
-	// at once.
+	// at once. A Gone with Err (a Node outside the Kubernetes node
+	// selector) has Err recorded as the node's problem and used as the
+	// removal reason.
 	Gone
 	// Invalid: the source holds an entry for Name it cannot use; Err says
 	// why. The controller records the reason and keeps everything else.
