@@ -81,6 +81,20 @@ type Options struct {
 	Attacher    PodAttacher   // default: CNIAttacher when BinDir has weft-cni, else NetlinkAttacher
 	LogLevel    string        // weft processes' --log-level, default debug
 	Logger      hclog.Logger
+
+	// Bare builds the underlay, the control namespace with the external
+	// etcd, and the node namespaces only: no controller, no agents, no
+	// pods. testenv/kube runs weft on top of it through Kubernetes.
+	Bare bool
+	// EtcdTLS, when set, makes the external etcd serve its TCP client URL
+	// over TLS with client certificates (NodeEndpoints are then https).
+	EtcdTLS *EtcdTLS
+}
+
+// EtcdTLS is the server side of the external etcd's TLS.
+type EtcdTLS struct {
+	CertFile, KeyFile string // the members' serving certificate
+	CAFile            string // CA of the client certificates
 }
 
 // Cluster is a running test cluster.
@@ -197,7 +211,14 @@ func (o *Options) defaults() error {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
-	if o.Backend != BackendKernel {
+	if o.Bare && o.Etcd != EtcdExternal {
+		return errors.New("a bare cluster runs only an external etcd (Etcd: EtcdExternal)")
+	}
+	if o.Bare {
+		if _, err := os.Stat(filepath.Join(o.BinDir, "weft-testenv")); err != nil {
+			return fmt.Errorf("find weft-testenv in BinDir %q: %w", o.BinDir, err)
+		}
+	} else if o.Backend != BackendKernel {
 		for _, b := range []string{"weft-controller", "weft-agent", "weftctl"} {
 			if _, err := os.Stat(filepath.Join(o.BinDir, b)); err != nil {
 				return fmt.Errorf("find %s in BinDir %q: %w", b, o.BinDir, err)
@@ -274,6 +295,9 @@ func (c *Cluster) start(ctx context.Context) error {
 		if _, err := c.addNode(ctx, false); err != nil {
 			return err
 		}
+	}
+	if c.Opts.Bare {
+		return nil
 	}
 	if c.Opts.Backend == BackendKernel {
 		if err := c.kernelRoutes(); err != nil {
@@ -467,6 +491,9 @@ func (c *Cluster) addNode(ctx context.Context, withPods bool) (*Node, error) {
 	if err := c.pointAtRouter(n); err != nil {
 		return nil, err
 	}
+	if c.Opts.Bare {
+		return n, nil
+	}
 	if c.Opts.Backend == BackendKernel {
 		pod := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 1}), 24)
 		err := WriteSubnetEnv(n.SubnetFile, SubnetEnv{Network: netip.MustParsePrefix(c.Opts.ClusterCIDR), Subnet: pod, MTU: 1500, Backend: BackendKernel})
@@ -649,6 +676,11 @@ func (c *Cluster) RestartAgent(i int) error {
 	}
 	return n.Agent.start()
 }
+
+// NewProc describes a process that runs in namespace ns with its log and
+// pidfile in the run directory (so Down finds it by PID after a crash);
+// Start starts it. The caller stops it.
+func (c *Cluster) NewProc(name, ns string, args []string) *Proc { return c.newProc(name, ns, args) }
 
 func (c *Cluster) newProc(name, ns string, args []string) *Proc {
 	return &Proc{

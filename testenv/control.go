@@ -54,9 +54,13 @@ func (c *Cluster) NodeEndpoints() []string {
 	if c.Opts.Etcd == EtcdExternal {
 		n = c.Opts.EtcdMembers
 	}
+	scheme := "http"
+	if c.Opts.EtcdTLS != nil {
+		scheme = "https"
+	}
 	var out []string
 	for m := 0; m < n; m++ {
-		out = append(out, fmt.Sprintf("http://%s:%d", ctlIP, memberClientPort(m)))
+		out = append(out, fmt.Sprintf("%s://%s:%d", scheme, ctlIP, memberClientPort(m)))
 	}
 	return out
 }
@@ -103,25 +107,15 @@ func (c *Cluster) configFile() (string, error) {
 }
 
 func (c *Cluster) startControl(ctx context.Context) error {
+	if c.Opts.Bare {
+		return c.startEtcd()
+	}
 	cfgPath, err := c.configFile()
 	if err != nil {
 		return err
 	}
-	if c.Opts.Etcd == EtcdExternal {
-		for m := 0; m < c.Opts.EtcdMembers; m++ {
-			args := []string{c.bin("weft-testenv"), "etcd-member",
-				"--name", fmt.Sprintf("e%d", m),
-				"--data-dir", filepath.Join(c.RunDir, fmt.Sprintf("etcd%d", m)),
-				"--listen-client", fmt.Sprintf("unix://%s,http://%s:%d", c.EtcdSocket(m), ctlIP, memberClientPort(m)),
-				"--listen-peer", fmt.Sprintf("http://127.0.0.1:%d", memberPeerPort(m)),
-				"--initial-cluster", c.initialCluster(),
-			}
-			p := c.newProc(fmt.Sprintf("etcd-%d", m), c.CtlNS, args)
-			c.Etcd = append(c.Etcd, p)
-			if err := p.start(); err != nil {
-				return err
-			}
-		}
+	if err := c.startEtcd(); err != nil {
+		return err
 	}
 	for k := 0; k < c.Opts.Controllers; k++ {
 		args := []string{c.bin("weft-controller"),
@@ -169,6 +163,33 @@ func (c *Cluster) startControl(ctx context.Context) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// startEtcd starts the external etcd members (nothing in embedded mode:
+// that etcd lives in the controller).
+func (c *Cluster) startEtcd() error {
+	if c.Opts.Etcd != EtcdExternal {
+		return nil
+	}
+	tcp := c.NodeEndpoints()
+	for m := 0; m < c.Opts.EtcdMembers; m++ {
+		args := []string{c.bin("weft-testenv"), "etcd-member",
+			"--name", fmt.Sprintf("e%d", m),
+			"--data-dir", filepath.Join(c.RunDir, fmt.Sprintf("etcd%d", m)),
+			"--listen-client", fmt.Sprintf("unix://%s,%s", c.EtcdSocket(m), tcp[m]),
+			"--listen-peer", fmt.Sprintf("http://127.0.0.1:%d", memberPeerPort(m)),
+			"--initial-cluster", c.initialCluster(),
+		}
+		if t := c.Opts.EtcdTLS; t != nil {
+			args = append(args, "--cert-file", t.CertFile, "--key-file", t.KeyFile, "--trusted-ca-file", t.CAFile)
+		}
+		p := c.newProc(fmt.Sprintf("etcd-%d", m), c.CtlNS, args)
+		c.Etcd = append(c.Etcd, p)
+		if err := p.start(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // probe succeeds once etcd answers and /weft/config exists.
@@ -432,6 +453,12 @@ type MemberConfig struct {
 	ListenClient   string // comma-separated URLs (unix:// and http://)
 	ListenPeer     string
 	InitialCluster string
+	// With CertFile and KeyFile the https:// client URLs serve TLS; with
+	// TrustedCAFile they also require a client certificate signed by it.
+	// unix:// URLs stay plain (only root on this machine reaches them).
+	CertFile      string
+	KeyFile       string
+	TrustedCAFile string
 }
 
 // RunEtcdMember runs an embedded etcd member until ctx ends. A member
@@ -455,6 +482,15 @@ func RunEtcdMember(ctx context.Context, m MemberConfig) error {
 	}
 	if len(cfg.AdvertiseClientUrls) == 0 {
 		cfg.AdvertiseClientUrls = cfg.ListenClientUrls
+	}
+	if m.CertFile != "" {
+		cfg.ClientTLSInfo.CertFile = m.CertFile
+		cfg.ClientTLSInfo.KeyFile = m.KeyFile
+		if m.TrustedCAFile != "" {
+			cfg.ClientTLSInfo.TrustedCAFile = m.TrustedCAFile
+			cfg.ClientTLSInfo.ClientCertAuth = true
+			cfg.ClientAutoTLS = false
+		}
 	}
 	if cfg.ListenPeerUrls, err = parseURLs(m.ListenPeer); err != nil {
 		return err

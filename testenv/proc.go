@@ -31,7 +31,10 @@ type Proc struct {
 	done    chan struct{}
 }
 
-// startProc runs argv in the named namespace. The fork happens on a thread
+// Start runs the process (again, if it ended): see start.
+func (p *Proc) Start() error { return p.start() }
+
+// start runs argv in the named namespace. The fork happens on a thread
 // locked into that namespace, so the child starts there without `ip netns
 // exec` (which would remount /sys and hide the shared bpffs).
 func (p *Proc) start() error {
