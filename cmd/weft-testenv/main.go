@@ -67,6 +67,9 @@ func usage() {
                convergence and an all-pairs connectivity matrix, tear down;
                exit 1 if any pair failed (--keep leaves it up)
   up           bring a cluster up, print how to reach it, keep it until Ctrl-C
+               (demo and up with --kubernetes: real Kubernetes components,
+               weft deployed from deploy/kubernetes/, pods created through
+               the API)
   down         remove namespaces, pins, processes and run dirs of crashed runs
   etcd-member  run one embedded etcd member (testenv starts these itself)
 Needs root. Run demo and up from inside the weft source tree (they go build).
@@ -79,6 +82,8 @@ type clusterFlags struct {
 	attacher                                string
 	nodes, pods, segments, controllers      int
 	grace                                   int
+	kubernetes                              bool
+	agentArgs                               string
 }
 
 func (f *clusterFlags) register(fs *flag.FlagSet) {
@@ -93,6 +98,8 @@ func (f *clusterFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.segments, "segments", 1, "underlay segments: 1, or 2 joined by a router namespace")
 	fs.IntVar(&f.controllers, "controllers", 1, "controllers (more than 1 needs --etcd=external)")
 	fs.IntVar(&f.grace, "node-grace", 0, "node_grace_seconds in the cluster config (0: controller default)")
+	fs.BoolVar(&f.kubernetes, "kubernetes", false, "real Kubernetes (kube-apiserver, controller-manager, scheduler, a kubelet and containerd per node) with weft deployed from deploy/kubernetes/; see docs/testenv.md")
+	fs.StringVar(&f.agentArgs, "agent-args", envOr("AGENT_ARGS", ""), "with --kubernetes: extra weft-agent arguments, comma-separated, added to the agent DaemonSet")
 }
 
 func envOr(name, def string) string {
@@ -209,6 +216,9 @@ func up(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
+	if f.kubernetes {
+		return kubeUp(ctx, f)
+	}
 	c, cleanup, err := bring(ctx, f, stderrLogger())
 	if err != nil {
 		return err
@@ -234,6 +244,9 @@ func demo(ctx context.Context, args []string) error {
 	keep := fs.Bool("keep", false, "leave the cluster up after the demo (until Ctrl-C) and print how to reach it")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
+	}
+	if f.kubernetes {
+		return kubeDemo(ctx, f, *keep)
 	}
 	c, cleanup, err := bring(ctx, f, stderrLogger())
 	if err != nil {
@@ -305,6 +318,9 @@ func etcdMember(ctx context.Context, args []string) error {
 	fs.StringVar(&m.ListenClient, "listen-client", "http://127.0.0.1:2379", "client URLs, comma-separated (unix:///path allowed)")
 	fs.StringVar(&m.ListenPeer, "listen-peer", "http://127.0.0.1:2380", "peer URL")
 	fs.StringVar(&m.InitialCluster, "initial-cluster", "", "name=peerURL,... of every member")
+	fs.StringVar(&m.CertFile, "cert-file", "", "TLS certificate for the https:// client URLs")
+	fs.StringVar(&m.KeyFile, "key-file", "", "TLS key for the https:// client URLs")
+	fs.StringVar(&m.TrustedCAFile, "trusted-ca-file", "", "CA that client certificates must be signed by (turns on client certificate auth)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}

@@ -1,0 +1,516 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/weftnet/weft/nodeagent/cni"
+	"github.com/weftnet/weft/testenv"
+	"github.com/weftnet/weft/testenv/kube"
+)
+
+// kubeBinDir and kubeImageDir are built once for the Kubernetes tests.
+var kubeBin struct {
+	dir, imageDir string
+	err           error
+}
+
+// startKube builds (or finds cached) the Kubernetes binaries and the
+// static weft binaries for the image, then brings up a cluster of real
+// Kubernetes components with weft deployed from deploy/kubernetes/. A
+// component that cannot start fails the test naming it; nothing falls back
+// to a fake.
+func startKube(t testing.TB, o kube.Options) *kube.Cluster {
+	t.Helper()
+	needCluster(t)
+	repo, err := kube.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kubeBin.dir == "" && kubeBin.err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+		kubeBin.dir, kubeBin.err = kube.EnsureBinaries(ctx, repo)
+		if kubeBin.err == nil {
+			kubeBin.imageDir, kubeBin.err = os.MkdirTemp("", "weft-e2e-image-")
+		}
+		if kubeBin.err == nil {
+			kubeBin.err = kube.BuildStatic(ctx, kubeBin.imageDir)
+		}
+		cancel()
+	}
+	if kubeBin.err != nil {
+		t.Fatal(kubeBin.err)
+	}
+	o.BinDir, o.KubeBinDir, o.ImageBinDir = binDir, kubeBin.dir, kubeBin.imageDir
+	o.DeployDir = filepath.Join(repo, "deploy")
+	if o.Prefix == "" {
+		o.Prefix = testenv.NewPrefix()
+	}
+	prefixesMu.Lock()
+	prefixes = append(prefixes, o.Prefix)
+	prefixesMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	c, err := kube.New(ctx, o)
+	if err != nil {
+		t.Fatalf("start Kubernetes cluster: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs of %s:\n%s", c.Prefix, kubeLogs(c))
+		}
+		if err := c.Close(); err != nil {
+			t.Errorf("close cluster: %v", err)
+		}
+		if left := testenv.Leftovers(c.Prefix); len(left) > 0 {
+			t.Errorf("left behind by %s: %v", c.Prefix, left)
+		}
+	})
+	return c
+}
+
+func kubeLogs(c *kube.Cluster) string {
+	var b strings.Builder
+	b.WriteString(logTails(c.Prefix))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, args := range [][]string{{"get", "pods", "-A", "-o", "wide"}, {"get", "nodes", "-o", "wide"}, {"-n", kube.Namespace, "logs", "-l", "app.kubernetes.io/name=weft-controller", "--tail=40"}, {"-n", kube.Namespace, "logs", "-l", "app.kubernetes.io/name=weft-agent", "--tail=40"}} {
+		out, err := c.Kubectl(ctx, args...)
+		fmt.Fprintf(&b, "--- kubectl %s\n%s%v\n", strings.Join(args, " "), out, err)
+	}
+	return b.String()
+}
+
+// TestKubernetes runs weft as deploy/kubernetes/ says on real Kubernetes
+// components (kube-apiserver, controller-manager, scheduler, a kubelet and
+// containerd per node): 2 nodes × 2 pods, checked in order.
+func TestKubernetes(t *testing.T) {
+	c := startKube(t, kube.Options{Nodes: 2, PodsPerNode: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	cs, err := c.Clientset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := c.KubeNodes()
+
+	t.Run("manifests accepted and deployed", func(t *testing.T) {
+		// Every object of every manifest went through a server-side dry run.
+		for _, obj := range []string{`namespace/weft-system`, `serviceaccount/weft-controller`, `serviceaccount/weft-agent`,
+			`clusterrole.rbac.authorization.k8s.io/weft-controller`, `clusterrolebinding.rbac.authorization.k8s.io/weft-controller`,
+			`configmap/weft-config`, `secret/weft-etcd`, `daemonset.apps/weft-agent`, `deployment.apps/weft-controller`} {
+			if !strings.Contains(c.ManifestDryRun(), obj) {
+				t.Errorf("server dry run did not report %s:\n%s", obj, c.ManifestDryRun())
+			}
+		}
+		// The agent runs from the DaemonSet on every kubelet.
+		pods, err := cs.CoreV1().Pods(kube.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=weft-agent"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var on []string
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning {
+				on = append(on, p.Spec.NodeName)
+			}
+		}
+		sort.Strings(on)
+		if want := nodeNames(nodes); !slices.Equal(on, want) {
+			t.Errorf("agent pods run on %v, want one on each of %v", on, want)
+		}
+		// Two controller replicas on different nodes, one leader.
+		eventually(t, 2*time.Minute, "two controller replicas, one leader", func() (bool, string) {
+			running, leaders, _ := c.ControllerLeaders(ctx)
+			return len(running) == 2 && leaders == 1, fmt.Sprintf("running on %v, %d leaders", running, leaders)
+		})
+		// The controller's identity is its ServiceAccount, with the shipped
+		// RBAC: it may read Nodes and nothing else.
+		sa := "system:serviceaccount:" + kube.Namespace + ":weft-controller"
+		for _, q := range []struct {
+			verb, res string
+			want      string
+		}{{"list", "nodes", "yes"}, {"watch", "nodes", "yes"}, {"list", "pods", "no"}, {"get", "secrets", "no"}, {"update", "nodes", "no"}} {
+			out, _ := c.Kubectl(ctx, "auth", "can-i", q.verb, q.res, "--as="+sa)
+			if strings.TrimSpace(out) != q.want {
+				t.Errorf("can %s %s %s: %q, want %s", sa, q.verb, q.res, strings.TrimSpace(out), q.want)
+			}
+		}
+		dep, err := cs.AppsV1().Deployments(kube.Namespace).Get(ctx, "weft-controller", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sa := dep.Spec.Template.Spec.ServiceAccountName; sa != "weft-controller" {
+			t.Errorf("controller runs as %q", sa)
+		}
+		// weft's nodes are the Node objects the kubelets registered.
+		store, err := c.StoreNodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			if s, ok := store[n.Name]; !ok || s.GetUnderlayIp() != n.UnderlayIP.String() {
+				t.Errorf("weft node %s = %v, want underlay %s", n.Name, s, n.UnderlayIP)
+			}
+		}
+	})
+
+	t.Run("pods reach each other", func(t *testing.T) {
+		for _, p := range c.Pods() {
+			got, err := cs.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sub, err := testenv.ReadSubnetEnv(p.Node.SubnetFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Spec.NodeName != p.Node.Name || !sub.Subnet.Masked().Contains(p.IP) {
+				t.Errorf("pod %s on %s with %s, want on %s inside %s", p.Name, got.Spec.NodeName, p.IP, p.Node.Name, sub.Subnet.Masked())
+			}
+		}
+		m := testenv.CheckAll(ctx, c.Targets(), nil)
+		if len(m.Failed()) > 0 || len(m.Results) != 12 {
+			t.Fatalf("connectivity (%d pairs):\n%s", len(m.Results), m)
+		}
+	})
+
+	t.Run("agent metrics", func(t *testing.T) {
+		code, body, err := c.AgentGet(ctx, nodes[0], "/metrics")
+		if err != nil || code != 200 {
+			t.Fatalf("agent metrics: %d %v", code, err)
+		}
+		m := testenv.ParseMetrics(body)
+		if m["process_resident_memory_bytes"] <= 0 || m["go_goroutines"] <= 0 {
+			t.Errorf("agent metrics lack the process/go collectors: rss %v goroutines %v", m["process_resident_memory_bytes"], m["go_goroutines"])
+		}
+	})
+
+	t.Run("hostPort and hairpin", func(t *testing.T) {
+		n0 := nodes[0]
+		p, err := c.CreatePod(ctx, n0, n0.Name+"-p90", func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 7777, HostPort: 18080, Protocol: corev1.ProtocolTCP}}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitPod(ctx, p, 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		// From a pod on the other node to node 0's address and hostPort.
+		other := podOn(c, nodes[1])
+		if err := testenv.CheckTCPPort(ctx, other.NS, n0.UnderlayIP, 18080); err != nil {
+			t.Fatalf("hostPort from %s: %v", other.Name, err)
+		}
+		// The pod to its own hostPort: DNATed back to itself through its
+		// bridge port, which must hairpin.
+		if err := testenv.CheckTCPPort(ctx, p.NS, n0.UnderlayIP, 18080); err != nil {
+			t.Fatalf("hairpin to its own hostPort: %v", err)
+		}
+		veth := hostVeth(t, ctx, n0, p)
+		setHairpin(t, n0.NS, veth, false)
+		if err := testenv.CheckTCPPort(ctx, p.NS, n0.UnderlayIP, 18080); err == nil {
+			t.Error("own hostPort reachable with hairpin off: the check proves nothing")
+		}
+		setHairpin(t, n0.NS, veth, true)
+		if err := testenv.CheckTCPPort(ctx, p.NS, n0.UnderlayIP, 18080); err != nil {
+			t.Fatalf("hairpin back on: %v", err)
+		}
+		if err := c.DeletePod(ctx, p, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("delete frees the address, recreate works", func(t *testing.T) {
+		n1 := nodes[1]
+		p := podOn(c, n1)
+		ip := p.IP
+		before, err := n1.Leases()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !leased(before, ip) {
+			t.Fatalf("%s's address %s not in the node's leases %v", p.Name, ip, before)
+		}
+		if err := c.DeletePod(ctx, p, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, time.Minute, "address freed", func() (bool, string) {
+			l, err := n1.Leases()
+			return err == nil && !leased(l, ip), fmt.Sprint(l, err)
+		})
+		p2, err := c.CreatePod(ctx, n1, p.Name, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitPod(ctx, p2, 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		m := testenv.CheckAll(ctx, c.Targets(), nil)
+		if len(m.Failed()) > 0 {
+			t.Fatalf("after recreating %s:\n%s", p.Name, m)
+		}
+	})
+
+	t.Run("kubelet restart leaves pods alone", func(t *testing.T) {
+		n0 := nodes[0]
+		var dsts []netip.Addr
+		for _, p := range c.Pods() {
+			if p.Node == n0 {
+				dsts = append(dsts, p.IP)
+			}
+		}
+		from := podOn(c, nodes[1])
+		s, err := testenv.StartStream(from.NS, dsts, 20*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uids := podUIDs(t, ctx, c)
+		if err := n0.RestartKubelet(); err != nil {
+			s.Stop()
+			t.Fatal(err)
+		}
+		eventually(t, 2*time.Minute, "node Ready again after the kubelet restart", func() (bool, string) {
+			return nodeReady(ctx, c, n0.Name)
+		})
+		time.Sleep(3 * time.Second)
+		st := s.Stop()
+		if st.Lost > 0 || st.Received == 0 {
+			t.Errorf("pings to %s's pods across the kubelet restart: %+v", n0.Name, st)
+		}
+		if after := podUIDs(t, ctx, c); !maps2Equal(uids, after) {
+			t.Errorf("pods changed across the kubelet restart: %v → %v", uids, after)
+		}
+	})
+
+	t.Run("failed chain leaks no lease", func(t *testing.T) {
+		// The old conflist (cniVersion 1.1.0, which the distribution's
+		// portmap refuses) on node 1: the pod cannot start, and however
+		// often the kubelet retries, no address stays leased for it.
+		n1 := nodes[1]
+		conf := n1.HostPath("/etc/cni/net.d/10-weft.conflist")
+		good, err := os.ReadFile(conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := strings.Replace(string(good), `"cniVersion": "1.0.0"`, `"cniVersion": "1.1.0"`, 1)
+		if bad == string(good) {
+			t.Fatalf("conflist %s has no cniVersion 1.0.0 to replace:\n%s", conf, good)
+		}
+		if err := os.WriteFile(conf, []byte(bad), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := n1.Leases()
+		p, err := c.CreatePod(ctx, n1, n1.Name+"-p91", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 2*time.Minute, "three failed sandbox attempts", func() (bool, string) {
+			ev := c.PodEvents(ctx, p.Name)
+			return strings.Count(ev, "FailedCreatePodSandBox") >= 1 && strings.Contains(ev, "portmap"), ev
+		})
+		time.Sleep(20 * time.Second) // several kubelet retries
+		after, err := n1.Leases()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(after) > len(before)+1 {
+			t.Errorf("leases grew from %d to %d while the chain failed: %v", len(before), len(after), after)
+		}
+		if err := os.WriteFile(conf, good, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitPod(ctx, p, 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		final, _ := n1.Leases()
+		if len(final) != len(before)+1 {
+			t.Errorf("after the conflist is fixed: %d leases, want %d (the old ones and the new pod's): %v", len(final), len(before)+1, final)
+		}
+		if err := c.DeletePod(ctx, p, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("API server away", func(t *testing.T) {
+		health := func() (string, string) {
+			for _, n := range nodes {
+				_, body, err := c.ControllerGet(ctx, n, "/healthz")
+				if err == nil && strings.Contains(body, "leader") && !strings.Contains(body, "follower") {
+					return n.Name, strings.TrimSpace(body)
+				}
+			}
+			return "", "no leader answered"
+		}
+		before, err := c.StoreNodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.APIServer().Stop(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, time.Minute, "leader's /healthz names the unreachable API", func() (bool, string) {
+			_, body := health()
+			return strings.Contains(body, "kubernetes API unreachable"), body
+		})
+		time.Sleep(5 * time.Second)
+		after, err := c.StoreNodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(after) != len(before) {
+			t.Errorf("weft nodes changed while the API was away: %d → %d", len(before), len(after))
+		}
+		if err := c.APIServer().Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitAPI(ctx, 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, time.Minute, "leader healthy again", func() (bool, string) {
+			_, body := health()
+			return strings.HasPrefix(body, "ok leader"), body
+		})
+	})
+
+	t.Run("Node deleted from the API", func(t *testing.T) {
+		n1 := nodes[1]
+		sub, err := testenv.ReadSubnetEnv(n1.SubnetFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cidr := sub.Subnet.Masked().String()
+		if err := cs.CoreV1().Nodes().Delete(ctx, n1.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, time.Minute, "NodeRemoved in the log", func() (bool, string) {
+			out, err := c.Weftctl(ctx, "events")
+			return err == nil && strings.Contains(out, "NodeRemoved") && strings.Contains(out, n1.Name), out
+		})
+		eventually(t, time.Minute, "peer routes and tunnel entries gone", func() (bool, string) {
+			st, err := c.Status(ctx, nodes[0].Name)
+			if err != nil || st == nil {
+				return false, fmt.Sprint(err)
+			}
+			s := fmt.Sprint(st)
+			return !strings.Contains(s, cidr) && !strings.Contains(s, n1.Name), s
+		})
+	})
+}
+
+func nodeNames(nodes []*kube.Node) []string {
+	var out []string
+	for _, n := range nodes {
+		out = append(out, n.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func podOn(c *kube.Cluster, n *kube.Node) *kube.Pod {
+	for _, p := range c.Pods() {
+		if p.Node == n && p.NS != "" {
+			return p
+		}
+	}
+	return nil
+}
+
+func leased(l map[string][]netip.Addr, ip netip.Addr) bool {
+	for _, ips := range l {
+		if slices.Contains(ips, ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// hostVeth finds the node side of the pod's veth: the bridge port whose
+// name weft-cni derives from the sandbox's container ID.
+func hostVeth(t *testing.T, ctx context.Context, n *kube.Node, p *kube.Pod) string {
+	t.Helper()
+	ids, err := n.Ctr(ctx, "containers", "list", "-q", fmt.Sprintf(`labels."io.kubernetes.pod.uid"==%s,labels."io.cri-containerd.kind"==sandbox`, p.UID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(ids)
+	if len(f) != 1 {
+		t.Fatalf("sandboxes of %s: %v", p.Name, f)
+	}
+	return cni.HostVethName(f[0], "eth0")
+}
+
+func setHairpin(t *testing.T, ns, link string, on bool) {
+	t.Helper()
+	err := testenv.InNS(ns, func() error {
+		l, err := netlink.LinkByName(link)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetHairpin(l, on)
+	})
+	if err != nil {
+		t.Fatalf("set hairpin %v on %s: %v", on, link, err)
+	}
+}
+
+func podUIDs(t *testing.T, ctx context.Context, c *kube.Cluster) map[string]string {
+	t.Helper()
+	cs, err := c.Clientset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, p := range l.Items {
+		restarts := int32(0)
+		for _, s := range p.Status.ContainerStatuses {
+			restarts += s.RestartCount
+		}
+		out[p.Namespace+"/"+p.Name] = fmt.Sprintf("%s restarts=%d", p.UID, restarts)
+	}
+	return out
+}
+
+func maps2Equal(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func nodeReady(ctx context.Context, c *kube.Cluster, name string) (bool, string) {
+	cs, err := c.Clientset()
+	if err != nil {
+		return false, err.Error()
+	}
+	n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return false, err.Error()
+	}
+	for _, cond := range n.Status.Conditions {
+		if cond.Type == corev1.NodeReady {
+			return cond.Status == corev1.ConditionTrue, cond.Message
+		}
+	}
+	return false, "no Ready condition"
+}
