@@ -89,6 +89,9 @@ type Options struct {
 	// EtcdTLS, when set, makes the external etcd serve its TCP client URL
 	// over TLS with client certificates (NodeEndpoints are then https).
 	EtcdTLS *EtcdTLS
+	// Prepare, when set, runs once the run directory exists and before
+	// anything starts (e.g. to write EtcdTLS's files into it).
+	Prepare func(runDir string) error
 }
 
 // EtcdTLS is the server side of the external etcd's TLS.
@@ -274,6 +277,12 @@ func New(ctx context.Context, o Options) (*Cluster, error) {
 	if err := os.WriteFile(filepath.Join(c.RunDir, ownerFile), []byte(ownerRecord(os.Getpid())), 0o644); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("make run dir: %w", err)
+	}
+	if o.Prepare != nil {
+		if err := o.Prepare(c.RunDir); err != nil {
+			c.Close()
+			return nil, err
+		}
 	}
 	if err := c.start(ctx); err != nil {
 		c.Close()

@@ -148,21 +148,20 @@ func (c *Cluster) start(ctx context.Context) error {
 	if prefix == "" {
 		prefix = testenv.NewPrefix()
 	}
-	// The PKI lives in the run directory, which testenv makes: create the
-	// bare cluster first with etcd's TLS files at known paths, written
-	// before etcd starts by the hook below.
-	runDir := testenv.RunDirOf(prefix)
-	pkiDir := filepath.Join(runDir + "-pki")
-	p, err := newPKI(pkiDir)
-	if err != nil {
-		return err
-	}
-	c.pki = p
-	etcdSrv, err := p.issue("etcd-server", "etcd", nil, APIServerIP, "127.0.0.1", "localhost")
-	if err != nil {
-		return err
-	}
-	if c.etcdClient, err = p.issue("etcd-client", "weft", nil); err != nil {
+	// The PKI lives in the run directory (removed with it), written once
+	// testenv has made it and before etcd starts.
+	pkiDir := filepath.Join(testenv.RunDirOf(prefix), "pki")
+	etcdSrv := pair{Cert: filepath.Join(pkiDir, "etcd-server.crt"), Key: filepath.Join(pkiDir, "etcd-server.key")}
+	prepare := func(string) error {
+		p, err := newPKI(pkiDir)
+		if err != nil {
+			return err
+		}
+		c.pki = p
+		if _, err := p.issue("etcd-server", "etcd", nil, APIServerIP, "127.0.0.1", "localhost"); err != nil {
+			return err
+		}
+		c.etcdClient, err = p.issue("etcd-client", "weft", nil)
 		return err
 	}
 	tc, err := testenv.New(ctx, testenv.Options{
@@ -172,20 +171,15 @@ func (c *Cluster) start(ctx context.Context) error {
 		EtcdMembers: 1,
 		BinDir:      c.Opts.BinDir,
 		Bare:        true,
-		EtcdTLS:     &testenv.EtcdTLS{CertFile: etcdSrv.Cert, KeyFile: etcdSrv.Key, CAFile: p.CAFile()},
+		EtcdTLS:     &testenv.EtcdTLS{CertFile: etcdSrv.Cert, KeyFile: etcdSrv.Key, CAFile: filepath.Join(pkiDir, "ca.crt")},
+		Prepare:     prepare,
 		Backend:     c.Opts.Backend,
 		Logger:      c.Opts.Logger,
 	})
 	if err != nil {
-		os.RemoveAll(pkiDir)
 		return err
 	}
 	c.Cluster = tc
-	// Move the PKI into the run directory so Close and Down remove it.
-	if err := os.Rename(pkiDir, filepath.Join(tc.RunDir, "pki")); err != nil {
-		return fmt.Errorf("move pki: %w", err)
-	}
-	c.pki.dir = filepath.Join(tc.RunDir, "pki")
 	if err := c.waitEtcd(ctx); err != nil {
 		return err
 	}
