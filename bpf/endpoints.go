@@ -274,11 +274,11 @@ func (d *Datapath) watchEndpoints(ctx context.Context) error {
 		}
 	}
 	ns := d.ns.Handle()
-	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{Namespace: &ns, ErrorCallback: onErr}); err != nil {
+	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to neighbour updates: %w", err)
 	}
 	subscribed++
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: &ns, ErrorCallback: onErr}); err != nil {
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to link updates: %w", err)
 	}
 	subscribed++

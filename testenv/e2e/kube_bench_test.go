@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weftnet/weft/testenv"
 	"github.com/weftnet/weft/testenv/kube"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 // BenchmarkKubePodLifecycle measures, on real Kubernetes components with
@@ -24,12 +24,17 @@ func BenchmarkKubePodLifecycle(b *testing.B) {
 	c := startKube(b, kube.Options{Nodes: 2, PodsPerNode: 1})
 	ctx := context.Background()
 	nodes := c.KubeNodes()
-	from := podOn(c, nodes[1])
-	pinger, err := testenv.NewPinger(from.NS)
+	from, err := netnstest.Open(podOn(c, nodes[1]).NS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer from.Close()
+	pinger, err := netnstest.NewPinger(from, false)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer pinger.Close()
+	seq := 0
 	const pods = 20
 	var ready, free []time.Duration
 	for i := 0; i < b.N; i++ {
@@ -44,7 +49,7 @@ func BenchmarkKubePodLifecycle(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			for pinger.Ping(ip, 50*time.Millisecond) != nil {
+			for seq++; pinger.Ping(ip, seq, 20*time.Millisecond) != nil; seq++ {
 				if time.Since(start) > 2*time.Minute {
 					b.Fatalf("pod %s (%s) never answered", name, ip)
 				}

@@ -24,6 +24,11 @@ import (
 type NS struct {
 	ns  cnins.NetNS
 	ino uint64 // inode of the namespace, to tell a thread already in it
+	// own: the namespace is the process's own. Every unlocked goroutine
+	// runs on a thread in it, so sockets are opened without setns(2),
+	// which needs CAP_SYS_ADMIN: the agent runs with CAP_NET_ADMIN, BPF
+	// and PERFMON only (deploy/kubernetes/agent-daemonset.yaml).
+	own bool
 	// NL is a netlink handle whose socket lives in the namespace.
 	NL *netlink.Handle
 }
@@ -47,26 +52,45 @@ func Open(path string) (*NS, error) {
 		h.Close()
 		return nil, fmt.Errorf("stat netns %s: %w", h.Path(), err)
 	}
-	nl, err := netlink.NewHandleAt(netns.NsHandle(h.Fd()))
+	var self unix.Stat_t
+	own := unix.Stat("/proc/self/ns/net", &self) == nil && self.Ino == st.Ino && self.Dev == st.Dev
+	var nl *netlink.Handle
+	if own {
+		nl, err = netlink.NewHandle()
+	} else {
+		nl, err = netlink.NewHandleAt(netns.NsHandle(h.Fd()))
+	}
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("open netlink handle in %s: %w", h.Path(), err)
 	}
-	return &NS{ns: h, ino: st.Ino, NL: nl}, nil
+	return &NS{ns: h, ino: st.Ino, own: own, NL: nl}, nil
 }
 
 // NFT returns an nftables connection to the namespace. Each call gives a
 // fresh one: a Conn keeps the first encoding error of its batch for good.
 func (n *NS) NFT() (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.WithNetNSFd(int(n.ns.Fd())))
+	var opts []nftables.ConnOption
+	if !n.own {
+		opts = append(opts, nftables.WithNetNSFd(int(n.ns.Fd())))
+	}
+	c, err := nftables.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("open nftables in %s: %w", n.ns.Path(), err)
 	}
 	return c, nil
 }
 
-// Handle is the namespace for netlink subscriptions; valid until Close.
-func (n *NS) Handle() netns.NsHandle { return netns.NsHandle(n.ns.Fd()) }
+// Handle is the namespace for netlink subscriptions (their Namespace
+// option); valid until Close. nil for the process's own namespace, where
+// a subscription needs no setns(2) (and so no CAP_SYS_ADMIN).
+func (n *NS) Handle() *netns.NsHandle {
+	if n.own {
+		return nil
+	}
+	h := netns.NsHandle(n.ns.Fd())
+	return &h
+}
 
 // Path is the path the namespace was opened by.
 func (n *NS) Path() string { return n.ns.Path() }
