@@ -125,6 +125,11 @@ func (n *Node) serviceDNAT(ctx context.Context) error {
 	if _, err := runIn(ctx, n.NS, "nft", "-f", f); err != nil {
 		return fmt.Errorf("node %s: service rule: %w", n.Name, err)
 	}
+	// A route for the Service range, or the connect fails (no route)
+	// before the nat hook runs; the DNAT then reroutes to the API server.
+	if _, err := runIn(ctx, n.NS, "ip", "route", "replace", ServiceCIDR, "dev", n.Iface); err != nil {
+		return fmt.Errorf("node %s: service route: %w", n.Name, err)
+	}
 	return nil
 }
 
@@ -337,13 +342,8 @@ func (n *Node) removeContainers(ctx context.Context) error {
 		return err
 	}
 	for _, id := range strings.Fields(out) {
-		n.Ctr(ctx, "tasks", "kill", "--all", "--signal", "SIGKILL", id)
-	}
-	for _, id := range strings.Fields(out) {
-		if err := waitFor(ctx, 10*time.Second, "task "+id, func() (bool, error) {
-			_, err := n.Ctr(ctx, "tasks", "delete", id)
-			return err == nil, nil
-		}); err != nil {
+		// --force kills a running task before deleting it.
+		if _, err := n.Ctr(ctx, "tasks", "delete", "--force", id); err != nil {
 			errs = append(errs, err)
 		}
 	}
