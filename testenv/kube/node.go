@@ -342,8 +342,9 @@ func (n *Node) removeContainers(ctx context.Context) error {
 		return err
 	}
 	for _, id := range strings.Fields(out) {
-		// --force kills a running task before deleting it.
-		if _, err := n.Ctr(ctx, "tasks", "delete", "--force", id); err != nil {
+		// --force kills a running task before deleting it; one whose
+		// process is gone already (an ended init container) is "not found".
+		if _, err := n.Ctr(ctx, "tasks", "delete", "--force", id); err != nil && !strings.Contains(err.Error(), "not found") {
 			errs = append(errs, err)
 		}
 	}
