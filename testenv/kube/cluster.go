@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/testenv"
 )
@@ -59,6 +61,11 @@ type Cluster struct {
 	etcdClient pair // client certificate for etcd (the weft-etcd Secret's)
 	images     []string
 	dryRun     string
+
+	csOnce     sync.Once
+	cs         *kubernetes.Clientset
+	csErr      error
+	httpClient *http.Client
 	log        hclog.Logger
 
 	mu    sync.Mutex
@@ -277,6 +284,9 @@ func (c *Cluster) Close() error {
 		if p != nil {
 			errs = append(errs, p.Stop(10*time.Second))
 		}
+	}
+	if c.httpClient != nil {
+		c.httpClient.CloseIdleConnections()
 	}
 	if c.Cluster != nil {
 		errs = append(errs, c.Cluster.Close())

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/weftnet/weft/testenv"
@@ -135,24 +137,38 @@ func (c *Cluster) dialInCtl(ctx context.Context, network, addr string) (net.Conn
 	return conn, err
 }
 
-// Clientset returns an admin client of the API server (connections made
-// from inside the control namespace).
+// Clientset returns the admin client of the API server (connections made
+// from inside the control namespace). It is made once per cluster, with
+// the certificates in memory (file-based ones start a rotation goroutine
+// per client that never ends), and its connections are closed by Close.
 func (c *Cluster) Clientset() (*kubernetes.Clientset, error) {
-	return c.clientsetFor(c.adminKC)
-}
-
-func (c *Cluster) clientsetFor(kubeconfig string) (*kubernetes.Clientset, error) {
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
-	}
-	rc.Dial = c.dialInCtl
-	rc.Timeout = 30 * time.Second
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return cs, nil
+	c.csOnce.Do(func() {
+		rc, err := clientcmd.BuildConfigFromFlags("", c.adminKC)
+		if err != nil {
+			c.csErr = fmt.Errorf("load kubeconfig %s: %w", c.adminKC, err)
+			return
+		}
+		for _, f := range []struct {
+			path string
+			dst  *[]byte
+		}{{rc.CAFile, &rc.CAData}, {rc.CertFile, &rc.CertData}, {rc.KeyFile, &rc.KeyData}} {
+			if *f.dst, err = os.ReadFile(f.path); err != nil {
+				c.csErr = fmt.Errorf("read %s: %w", f.path, err)
+				return
+			}
+		}
+		rc.CAFile, rc.CertFile, rc.KeyFile = "", "", ""
+		rc.Dial = c.dialInCtl
+		rc.Timeout = 30 * time.Second
+		hc, err := rest.HTTPClientFor(rc)
+		if err != nil {
+			c.csErr = fmt.Errorf("kubernetes http client: %w", err)
+			return
+		}
+		c.httpClient = hc
+		c.cs, c.csErr = kubernetes.NewForConfigAndClient(rc, hc)
+	})
+	return c.cs, c.csErr
 }
 
 // WaitAPI waits until the API server answers /readyz.
