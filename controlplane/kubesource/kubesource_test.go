@@ -1,8 +1,10 @@
 package kubesource_test
 
-// No API server can run in this test environment, so these tests use
-// client-go's fake clientset, which serves List and Watch from an in-memory
-// object tracker through the same informer machinery a real cluster uses.
+// These tests use client-go's fake clientset, which serves List and Watch
+// from an in-memory object tracker through the same informer machinery a
+// real cluster uses, and a real clientset against a closed port for the
+// unreachable API. The source against a real kube-apiserver and kubelets
+// is TestKubernetes in testenv/e2e.
 
 import (
 	"context"
