@@ -399,7 +399,8 @@ func TestFailedChainLeaksNothing(t *testing.T) {
 	}
 	for i := 0; i < 5; i++ {
 		id := fmt.Sprintf("ctr-fail-%d", i)
-		pod := newNS(t)
+		podNS := netnstest.New(t, fmt.Sprintf("weftcni-%d-%d", os.Getpid(), nsSeq.Add(1)))
+		pod := podNS.Path()
 		if _, err := e.add(chain, id, pod); err == nil {
 			t.Fatal("ADD through the failing chain succeeded")
 		}
@@ -411,8 +412,10 @@ func TestFailedChainLeaksNothing(t *testing.T) {
 			t.Fatalf("attempt %d: store holds %d leases, want the current attempt's only: %v", i, n, e.allocations())
 		}
 		// The runtime removes the sandbox's netns after a failed setup;
-		// the host veth goes with it.
-		exec.Command("ip", "netns", "del", filepath.Base(pod)).Run()
+		// the host veth goes with it (once no handle holds the netns).
+		if err := podNS.Delete(); err != nil {
+			t.Fatal(err)
+		}
 		host := cni.HostVethName(id, "eth0")
 		deadline := time.Now().Add(10 * time.Second)
 		for linkExists(t, e.nodeNS, host) {
