@@ -253,8 +253,8 @@ func TestManifests(t *testing.T) {
 		added = append(added, string(cp))
 	}
 	sort.Strings(added)
-	if !slices.Equal(added, []string{"BPF", "NET_ADMIN", "PERFMON"}) || !slices.Contains(sc.Capabilities.Drop, "ALL") {
-		t.Errorf("agent capabilities add %v drop %v, want add BPF NET_ADMIN PERFMON, drop ALL", added, sc.Capabilities.Drop)
+	if !slices.Equal(added, []string{"BPF", "NET_ADMIN", "NET_RAW", "PERFMON"}) || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+		t.Errorf("agent capabilities add %v drop %v, want add BPF NET_ADMIN NET_RAW PERFMON, drop ALL", added, sc.Capabilities.Drop)
 	}
 	// Host paths the agent and its installer need.
 	paths := map[string]bool{}

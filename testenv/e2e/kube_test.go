@@ -157,6 +157,17 @@ func TestKubernetes(t *testing.T) {
 		if sa := dep.Spec.Template.Spec.ServiceAccountName; sa != "weft-controller" {
 			t.Errorf("controller runs as %q", sa)
 		}
+		// Every agent converged with the DaemonSet's capabilities: no error
+		// in its status (a missing capability shows there).
+		eventually(t, time.Minute, "every agent's status without error", func() (bool, string) {
+			for _, n := range nodes {
+				st, err := c.Status(ctx, n.Name)
+				if err != nil || st == nil || st.GetDegraded() || st.GetLastError() != "" {
+					return false, fmt.Sprintf("%s: %v %v", n.Name, st, err)
+				}
+			}
+			return true, ""
+		})
 		// weft's nodes are the Node objects the kubelets registered.
 		store, err := c.StoreNodes(ctx)
 		if err != nil {
