@@ -26,7 +26,20 @@ type Server struct {
 
 // Start starts a single-member etcd on free loopback ports with its data in
 // dir, and returns once it serves. Stop it with Close.
-func Start(dir string) (*Server, error) {
+func Start(dir string) (*Server, error) { return start(dir, nil) }
+
+// TLS is the server side of a member's client TLS: its serving
+// certificate and the CA whose certificates it requires of clients (the
+// CN of a client's certificate is its etcd user once auth is on).
+type TLS struct {
+	CertFile, KeyFile, ClientCAFile string
+}
+
+// StartTLS is Start with TLS and client certificates required on the
+// client URL (https://).
+func StartTLS(dir string, t TLS) (*Server, error) { return start(dir, &t) }
+
+func start(dir string, tlsInfo *TLS) (*Server, error) {
 	cfg := embed.NewConfig()
 	cfg.Dir = filepath.Join(dir, "etcd")
 	cfg.Logger = "zap"
@@ -39,6 +52,13 @@ func Start(dir string) (*Server, error) {
 	peer, err := freeURL()
 	if err != nil {
 		return nil, err
+	}
+	if tlsInfo != nil {
+		client.Scheme = "https"
+		cfg.ClientTLSInfo.CertFile = tlsInfo.CertFile
+		cfg.ClientTLSInfo.KeyFile = tlsInfo.KeyFile
+		cfg.ClientTLSInfo.TrustedCAFile = tlsInfo.ClientCAFile
+		cfg.ClientTLSInfo.ClientCertAuth = true
 	}
 	cfg.ListenClientUrls = []url.URL{*client}
 	cfg.AdvertiseClientUrls = []url.URL{*client}
