@@ -43,7 +43,7 @@ const (
 var errUsage = errors.New("usage")
 
 const usage = `usage: weftctl [--etcd-endpoints URLS] [--etcd-cafile F --etcd-certfile F --etcd-keyfile F]
-               [--prefix P] [-o table|json] VERB
+               [--prefix P] [--timeout D] [-o table|json] VERB
 flags also come from WEFT_ETCD_ENDPOINTS, WEFT_PREFIX, ...
 verbs:
   nodes                      nodes in the projection
@@ -55,16 +55,35 @@ verbs:
   config set FILE|-          ask for a config (JSON or YAML ClusterConfig) ...
   config set --mtu 1400 ...  ... or change fields of the config in force
   check                      verify the store: log contiguous, fold == projection, subnets guarded
+  auth setup                 etcd users and roles of the cluster (controller, operator,
+                             reader, one per node in the store) and root; turns etcd
+                             auth on. Idempotent; once auth is on, only root may run it
+  auth add-node NAME         node NAME's etcd user and role (run before its agent starts)
+  auth remove-node NAME      delete them: the node's certificate opens nothing any more
+  certs ca [--dir D] [--days N]
+                             make a CA for etcd's certificates (D/ca.crt, D/ca.key)
+  certs issue [--dir D] [--days N] [--force] controller|operator|reader|root
+  certs issue [--dir D] [--days N] [--force] node NAME
+                             a client certificate whose CN is that etcd user
+  certs issue [--dir D] [--days N] [--force] --hosts H,... server NAME
+                             etcd's serving certificate for the names H
+Every verb gives up after --timeout (default 10s; events --follow: its first
+read) and says why: a TLS failure names the endpoint and what failed.
 `
 
 type cli struct {
-	c      *clientv3.Client
-	k      keys.Layout
-	json   bool
-	stdin  io.Reader
-	out    io.Writer
-	errOut io.Writer
+	c       *clientv3.Client
+	conn    etcdconn.Config
+	k       keys.Layout
+	json    bool
+	timeout time.Duration
+	stdin   io.Reader
+	out     io.Writer
+	errOut  io.Writer
 }
+
+// DefaultTimeout bounds each verb (--timeout).
+const DefaultTimeout = 10 * time.Second
 
 // Main runs weftctl with args (without the program name) and returns the
 // exit code. ctx ends --follow.
@@ -76,8 +95,9 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	prefix := fs.String("prefix", keys.DefaultPrefix, "etcd key prefix of the cluster (env WEFT_PREFIX)")
 	output := fs.String("o", "table", "output: table or json")
 	caFile := fs.String("etcd-cafile", "", "CA bundle to verify etcd's certificate (enables TLS)")
-	certFile := fs.String("etcd-certfile", "", "client certificate for etcd")
+	certFile := fs.String("etcd-certfile", "", "client certificate for etcd (its CN is the etcd user)")
 	keyFile := fs.String("etcd-keyfile", "", "client key for etcd")
+	timeout := fs.Duration("timeout", DefaultTimeout, "give up on a verb after this long")
 	if err := fs.Parse(args); err != nil {
 		return ExitUsage
 	}
@@ -90,19 +110,24 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		fmt.Fprintf(stderr, "weftctl: -o %q: want table or json\n", *output)
 		return ExitUsage
 	}
+	if *timeout <= 0 {
+		fmt.Fprintf(stderr, "weftctl: --timeout %s: want a positive duration\n", *timeout)
+		return ExitUsage
+	}
 	rest := fs.Args()
 	if len(rest) == 0 {
 		fmt.Fprint(stderr, usage)
 		return ExitUsage
 	}
-	c, err := etcdconn.New(etcdconn.Config{Endpoints: etcdconn.Split(*endpoints), CA: *caFile, Cert: *certFile, Key: *keyFile})
-	if err != nil {
-		fmt.Fprintln(stderr, "weftctl:", err)
-		return ExitFail
+	x := &cli{k: keys.New(*prefix), json: *output == "json", timeout: *timeout, stdin: stdin, out: stdout, errOut: stderr,
+		conn: etcdconn.Config{Endpoints: etcdconn.Split(*endpoints), CA: *caFile, Cert: *certFile, Key: *keyFile}}
+	var err error
+	if rest[0] == "certs" {
+		// Files only: no etcd.
+		err = x.certs(rest[1:])
+	} else {
+		err = x.connected(ctx, rest)
 	}
-	defer c.Close()
-	x := &cli{c: c, k: keys.New(*prefix), json: *output == "json", stdin: stdin, out: stdout, errOut: stderr}
-	err = x.run(ctx, rest)
 	switch {
 	case err == nil:
 		return ExitOK
@@ -117,11 +142,34 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 }
 
+// connected runs a verb that talks to etcd, and explains a failure to get
+// through (TLS, nothing listening) or a refusal (which etcd user).
+func (x *cli) connected(ctx context.Context, args []string) error {
+	c, err := etcdconn.New(x.conn)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	x.c = c
+	return x.conn.Explain(ctx, x.run(ctx, args))
+}
+
 // errSilent: the failure was already reported on stdout.
 var errSilent = errors.New("failed")
 
+// bounded is ctx limited to --timeout, for a verb's requests.
+func (x *cli) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, x.timeout)
+}
+
 func (x *cli) run(ctx context.Context, args []string) error {
 	verb, rest := args[0], args[1:]
+	// events --follow and config set bound their own waits.
+	if verb != "events" && verb != "config" {
+		var cancel context.CancelFunc
+		ctx, cancel = x.bounded(ctx)
+		defer cancel()
+	}
 	switch verb {
 	case "nodes":
 		if len(rest) > 0 {
@@ -141,6 +189,8 @@ func (x *cli) run(ctx context.Context, args []string) error {
 		}
 		switch rest[0] {
 		case "get":
+			ctx, cancel := x.bounded(ctx)
+			defer cancel()
 			return x.configGet(ctx)
 		case "set":
 			return x.configSet(ctx, rest[1:])
@@ -151,6 +201,8 @@ func (x *cli) run(ctx context.Context, args []string) error {
 			return fmt.Errorf("%w: check takes no arguments", errUsage)
 		}
 		return x.check(ctx)
+	case "auth":
+		return x.auth(ctx, rest)
 	}
 	return fmt.Errorf("%w: unknown verb %q", errUsage, verb)
 }
@@ -220,7 +272,9 @@ func (x *cli) events(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
 		return fmt.Errorf("%w: events [--since N] [--follow]", errUsage)
 	}
-	r, err := x.c.Get(ctx, x.k.Event(*since), clientv3.WithRange(clientv3.GetPrefixRangeEnd(x.k.Events())))
+	rctx, cancel := x.bounded(ctx)
+	defer cancel()
+	r, err := x.c.Get(rctx, x.k.Event(*since), clientv3.WithRange(clientv3.GetPrefixRangeEnd(x.k.Events())))
 	if err != nil {
 		return fmt.Errorf("read events: %w", err)
 	}
@@ -532,7 +586,9 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 			return err
 		}
 	case fs.NArg() == 0 && len(set) > 0:
-		r, err := x.c.Get(ctx, x.k.Config())
+		rctx, cancel := x.bounded(ctx)
+		r, err := x.c.Get(rctx, x.k.Config())
+		cancel()
 		if err != nil {
 			return fmt.Errorf("read config: %w", err)
 		}
@@ -567,7 +623,9 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 		}
 		value, _ = json.Marshal(m)
 	}
-	put, err := x.c.Put(ctx, x.k.DesiredConfig(), string(value))
+	pctx, cancel := x.bounded(ctx)
+	put, err := x.c.Put(pctx, x.k.DesiredConfig(), string(value))
+	cancel()
 	if err != nil {
 		return fmt.Errorf("write desired config: %w", err)
 	}

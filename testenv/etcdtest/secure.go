@@ -17,7 +17,8 @@ type Secure struct {
 	*Server
 	CA     *pki.CA
 	CAFile string
-	dir    string
+	// Dir holds ca.crt and ca.key (the layout of `weftctl certs`).
+	Dir string
 }
 
 // NewSecure starts a secure member for t (closed when t ends). Auth is
@@ -46,7 +47,7 @@ func NewSecure(t testing.TB) *Secure {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	return &Secure{Server: s, CA: ca, CAFile: caFiles.Cert, dir: dir}
+	return &Secure{Server: s, CA: ca, CAFile: caFiles.Cert, Dir: dir}
 }
 
 // Identity issues a client certificate whose CN is user and returns the

@@ -1,0 +1,139 @@
+package ctl_test
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/controlplane/ctl"
+	"github.com/weftnet/weft/internal/pki"
+	"github.com/weftnet/weft/testenv/etcdtest"
+)
+
+func weftctl(args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code := ctl.Main(ctx, args, strings.NewReader(""), &out, &errOut, func(string) string { return "" })
+	return code, out.String(), errOut.String()
+}
+
+func TestCertsIssue(t *testing.T) {
+	dir := t.TempDir()
+	if code, out, errOut := weftctl("certs", "ca", "--dir", dir); code != 0 || !strings.Contains(out, "ca.crt") {
+		t.Fatalf("certs ca: %d %q %q", code, out, errOut)
+	}
+	if code, _, errOut := weftctl("certs", "ca", "--dir", dir); code != ctl.ExitFail || !strings.Contains(errOut, "file exists") {
+		t.Errorf("second certs ca: %d %q", code, errOut)
+	}
+	for _, tc := range []struct {
+		args   []string
+		file   string
+		cn     string
+		prefix string
+	}{
+		{[]string{"node", "n1"}, "weft-node-n1", "weft-node-n1", "/weft"},
+		{[]string{"controller"}, "weft-controller", "weft-controller", "/weft"},
+		{[]string{"operator"}, "weft-operator", "weft-operator", "/weft"},
+		{[]string{"root"}, "root", "root", "/weft"},
+		{[]string{"node", "n1"}, "prod_net-node-n1", "prod/net-node-n1", "/prod/net"},
+	} {
+		args := append([]string{"--prefix", tc.prefix, "certs", "issue"}, tc.args...)
+		args = append(args, "--dir", dir) // flags after the name work too
+		code, out, errOut := weftctl(args...)
+		if code != 0 || !strings.Contains(out, "etcd user "+tc.cn) {
+			t.Errorf("%v: %d %q %q", tc.args, code, out, errOut)
+			continue
+		}
+		if cn, err := pki.ReadCommonName(filepath.Join(dir, tc.file+".crt")); err != nil || cn != tc.cn {
+			t.Errorf("%v: CN %q, %v; want %q", tc.args, cn, err, tc.cn)
+		}
+	}
+	if code, _, errOut := weftctl("certs", "issue", "--dir", dir, "node", "n1"); code != ctl.ExitFail || !strings.Contains(errOut, "--force") {
+		t.Errorf("reissue without --force: %d %q", code, errOut)
+	}
+	if code, _, _ := weftctl("certs", "issue", "--dir", dir, "--force", "node", "n1"); code != 0 {
+		t.Errorf("reissue with --force: %d", code)
+	}
+	for _, bad := range [][]string{
+		{"certs", "issue", "--dir", dir, "node"},
+		{"certs", "issue", "--dir", dir, "node", "a/b"},
+		{"certs", "issue", "--dir", dir, "server", "etcd"},
+		{"certs", "issue", "--dir", dir, "king"},
+		{"certs", "issue", "--dir", t.TempDir(), "root"},
+	} {
+		if code, _, errOut := weftctl(bad...); code == 0 || errOut == "" {
+			t.Errorf("%v: exit %d %q", bad, code, errOut)
+		}
+	}
+	code, out, errOut := weftctl("certs", "issue", "--dir", dir, "--hosts", "10.0.0.10,etcd-0", "server", "etcd-0")
+	if code != 0 || !strings.Contains(out, "serving certificate for 10.0.0.10, etcd-0") {
+		t.Errorf("server: %d %q %q", code, out, errOut)
+	}
+}
+
+// TestAuthVerbs: weftctl sets auth up on a TLS etcd with certificates it
+// issued itself, twice, and refuses and explains what it should.
+func TestAuthVerbs(t *testing.T) {
+	s := etcdtest.NewSecure(t)
+	dir := s.Dir // its CA: weftctl issues from it
+	for _, who := range [][]string{{"root"}, {"operator"}, {"node", "n1"}} {
+		if code, _, errOut := weftctl(append([]string{"certs", "issue", "--dir", dir}, who...)...); code != 0 {
+			t.Fatalf("issue %v: %s", who, errOut)
+		}
+	}
+	as := func(user string, args ...string) (int, string, string) {
+		f := pki.FilesIn(dir, user)
+		return weftctl(append([]string{"--etcd-endpoints", s.Endpoints[0], "--etcd-cafile", s.CAFile,
+			"--etcd-certfile", f.Cert, "--etcd-keyfile", f.Key, "--timeout", "5s"}, args...)...)
+	}
+	code, out, errOut := as("root", "auth", "setup")
+	if code != 0 || !strings.Contains(out, "auth: enabled\n") || !strings.Contains(out, "user weft-operator: created") {
+		t.Fatalf("setup: %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = as("root", "auth", "setup")
+	if code != 0 || !strings.Contains(out, "nothing changed") || strings.Contains(out, "created") {
+		t.Fatalf("second setup: %d\n%s%s", code, out, errOut)
+	}
+	code, _, errOut = as("weft-operator", "auth", "setup")
+	if code != ctl.ExitFail || !strings.Contains(errOut, `etcd user "weft-operator"`) || !strings.Contains(errOut, "CN root") {
+		t.Errorf("setup as the operator: %d %q", code, errOut)
+	}
+	// n1 was not in the store at setup: its user comes with add-node.
+	code, _, errOut = as("weft-node-n1", "nodes")
+	if code != ctl.ExitFail || !strings.Contains(errOut, "permission denied") {
+		t.Errorf("n1 before add-node: %d %q", code, errOut)
+	}
+	if code, out, errOut := as("root", "auth", "add-node", "n1"); code != 0 || !strings.Contains(out, "role weft-node-n1: created") {
+		t.Fatalf("add-node: %d %q %q", code, out, errOut)
+	}
+	if code, out, errOut := as("weft-node-n1", "nodes"); code != 0 {
+		t.Errorf("n1 lists nodes: %d %q %q", code, out, errOut)
+	}
+	// A node reads no statuses: weftctl status is for operators.
+	if code, _, errOut := as("weft-node-n1", "status"); code != ctl.ExitFail || !strings.Contains(errOut, `etcd user "weft-node-n1"`) {
+		t.Errorf("n1 status: %d %q", code, errOut)
+	}
+	if code, out, _ := as("root", "auth", "remove-node", "n1"); code != 0 || !strings.Contains(out, "user weft-node-n1: deleted") {
+		t.Errorf("remove-node: %d %q", code, out)
+	}
+	if code, out, _ := as("root", "auth", "remove-node", "n1"); code != 0 || !strings.Contains(out, "nothing changed") {
+		t.Errorf("second remove-node: %d %q", code, out)
+	}
+
+	// No certificate: weftctl gives up within --timeout and says TLS.
+	start := time.Now()
+	code, _, errOut = weftctl("--etcd-endpoints", s.Endpoints[0], "--etcd-cafile", s.CAFile, "--timeout", "2s", "nodes")
+	took := time.Since(start)
+	if code != ctl.ExitFail || !strings.Contains(errOut, "TLS: etcd requires a client certificate") || !strings.Contains(errOut, s.Endpoints[0]) {
+		t.Errorf("without a certificate: %d %q", code, errOut)
+	}
+	// Not a speed target: without --timeout it ran until the caller's
+	// 30 s context ended it (it waited for etcd forever on its own).
+	if took > 20*time.Second {
+		t.Errorf("without a certificate weftctl took %v with --timeout 2s", took)
+	}
+}
