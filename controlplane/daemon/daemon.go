@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -43,16 +44,22 @@ type Options struct {
 	DataDir          string
 	EtcdListenClient string
 	EtcdListenPeer   string
-	Prefix           string
-	ClusterCIDR      string
-	ClusterCIDRv6    string
-	NodeMaskSize     uint
-	Backend          string
-	ConfigFile       string
-	MetricsAddr      string
-	ElectionTTL      int
-	LogLevel         string
-	Validate         bool
+	// EtcdServerCert and EtcdServerKey make the embedded etcd serve TLS on
+	// its client URLs; EtcdClientCA makes it require client certificates
+	// signed by that CA (their CN is the etcd user once auth is on).
+	EtcdServerCert string
+	EtcdServerKey  string
+	EtcdClientCA   string
+	Prefix         string
+	ClusterCIDR    string
+	ClusterCIDRv6  string
+	NodeMaskSize   uint
+	Backend        string
+	ConfigFile     string
+	MetricsAddr    string
+	ElectionTTL    int
+	LogLevel       string
+	Validate       bool
 	// NodeSource is where nodes come from: "registrations" (agents'
 	// leased keys in etcd) or "kubernetes" (Node objects).
 	NodeSource   string
@@ -78,6 +85,9 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	fs.StringVar(&o.DataDir, "data-dir", "/var/lib/weft", "data directory of the embedded etcd")
 	fs.StringVar(&o.EtcdListenClient, "etcd-listen-client", "http://127.0.0.1:2379", "comma-separated client URLs the embedded etcd listens on")
 	fs.StringVar(&o.EtcdListenPeer, "etcd-listen-peer", "http://127.0.0.1:2380", "peer URL of the embedded etcd")
+	fs.StringVar(&o.EtcdServerCert, "etcd-server-cert", "", "serving certificate of the embedded etcd (TLS on its https:// and unixs:// client URLs)")
+	fs.StringVar(&o.EtcdServerKey, "etcd-server-key", "", "key of --etcd-server-cert")
+	fs.StringVar(&o.EtcdClientCA, "etcd-client-ca", "", "CA whose client certificates the embedded etcd requires (their CN is the etcd user; see weftctl auth setup)")
 	fs.StringVar(&o.Prefix, "prefix", keys.DefaultPrefix, "etcd key prefix of the cluster")
 	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", "", "IPv4 pod network of the cluster (default 10.244.0.0/16 when neither flag nor file sets it)")
 	fs.StringVar(&o.ClusterCIDRv6, "cluster-cidr-v6", "", "IPv6 pod network of the cluster (dual-stack)")
@@ -108,7 +118,42 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	if err := o.checkSource(); err != nil {
 		return nil, err
 	}
+	if err := o.checkEtcdTLS(); err != nil {
+		return nil, err
+	}
 	return o, nil
+}
+
+// checkEtcdTLS checks the embedded etcd's TLS flags against its client
+// URLs and the controller's own client certificate.
+func (o *Options) checkEtcdTLS() error {
+	server := o.EtcdServerCert != "" || o.EtcdServerKey != "" || o.EtcdClientCA != ""
+	if !server {
+		for _, s := range etcdconn.Split(o.EtcdListenClient) {
+			if strings.HasPrefix(s, "https://") || strings.HasPrefix(s, "unixs://") {
+				return fmt.Errorf("--etcd-listen-client %s: TLS needs --etcd-server-cert and --etcd-server-key", s)
+			}
+		}
+		return nil
+	}
+	if o.EtcdEndpoints != "" {
+		return errors.New("--etcd-server-cert, --etcd-server-key and --etcd-client-ca are for the embedded etcd; an external etcd (--etcd-endpoints) has its own")
+	}
+	if o.EtcdServerCert == "" || o.EtcdServerKey == "" {
+		return errors.New("--etcd-server-cert and --etcd-server-key go together (and --etcd-client-ca needs them)")
+	}
+	for _, s := range etcdconn.Split(o.EtcdListenClient) {
+		if !strings.HasPrefix(s, "https://") && !strings.HasPrefix(s, "unixs://") {
+			return fmt.Errorf("--etcd-listen-client %s: with --etcd-server-cert every client URL is https:// or unixs://", s)
+		}
+	}
+	if o.EtcdCAFile == "" {
+		return errors.New("--etcd-cafile: the controller verifies its embedded etcd's certificate with it (the CA of --etcd-server-cert)")
+	}
+	if o.EtcdClientCA != "" && (o.EtcdCertFile == "" || o.EtcdKeyFile == "") {
+		return errors.New("--etcd-certfile and --etcd-keyfile: the embedded etcd requires client certificates (--etcd-client-ca), the controller's too")
+	}
+	return nil
 }
 
 // ClusterConfig is the initial config: the file (when given), overridden
@@ -168,7 +213,8 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 	log.Info("node source", "source", o.NodeSource, "kubeconfig", o.Kubeconfig, "node_selector", o.NodeSelector)
 	endpoints := etcdconn.Split(o.EtcdEndpoints)
 	if len(endpoints) == 0 {
-		e, err := StartEtcd(o.DataDir, o.EtcdListenClient, o.EtcdListenPeer)
+		e, err := StartEtcd(o.DataDir, o.EtcdListenClient, o.EtcdListenPeer,
+			EtcdTLS{CertFile: o.EtcdServerCert, KeyFile: o.EtcdServerKey, ClientCAFile: o.EtcdClientCA})
 		if err != nil {
 			return err
 		}
@@ -176,16 +222,17 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 			e.Close()
 			log.Info("embedded etcd stopped")
 		}()
-		for _, u := range e.Clients {
-			endpoints = append(endpoints, "http://"+u.Addr().String())
-		}
-		log.Info("embedded etcd serving", "clients", o.EtcdListenClient, "data_dir", o.DataDir)
+		endpoints = EmbeddedEndpoints(e)
+		log.Info("embedded etcd serving", "clients", o.EtcdListenClient, "data_dir", o.DataDir,
+			"tls", o.EtcdServerCert != "", "client_certificates", o.EtcdClientCA != "")
 	}
-	cli, err := etcdconn.New(etcdconn.Config{Endpoints: endpoints, CA: o.EtcdCAFile, Cert: o.EtcdCertFile, Key: o.EtcdKeyFile})
+	conn := etcdconn.Config{Endpoints: endpoints, CA: o.EtcdCAFile, Cert: o.EtcdCertFile, Key: o.EtcdKeyFile}
+	cli, err := etcdconn.New(conn)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
+	go diagnose(ctx, conn, log)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -195,7 +242,7 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		Logger:      log, Metrics: controller.NewMetrics(reg),
 	})
 	if o.MetricsAddr != "" {
-		srv, err := serveMetrics(o.MetricsAddr, reg, cli, ctl, src, log)
+		srv, err := serveMetrics(o.MetricsAddr, reg, cli, keys.New(o.Prefix), ctl, src, log)
 		if err != nil {
 			return err
 		}
@@ -219,13 +266,15 @@ type sourceHealth interface{ Health() error }
 // when the node source cannot reach what it follows. That stays 200 so a
 // liveness probe does not restart a controller whose API server is away:
 // a restart cannot bring it back, and the log is kept as it is meanwhile.
-func serveMetrics(addr string, reg *prometheus.Registry, cli *clientv3.Client, ctl *controller.Controller, src source.Source, log hclog.Logger) (*http.Server, error) {
+func serveMetrics(addr string, reg *prometheus.Registry, cli *clientv3.Client, layout keys.Layout, ctl *controller.Controller, src source.Source, log hclog.Logger) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		if _, err := cli.Get(ctx, "health", clientv3.WithCountOnly()); err != nil {
+		// A key of the cluster: with etcd auth on, the controller's role
+		// covers its prefix and nothing else.
+		if _, err := cli.Get(ctx, layout.Head(), clientv3.WithCountOnly()); err != nil {
 			http.Error(w, "etcd unreachable: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
@@ -254,10 +303,18 @@ func serveMetrics(addr string, reg *prometheus.Registry, cli *clientv3.Client, c
 	return srv, nil
 }
 
+// EtcdTLS is the client side TLS of the embedded etcd: its serving
+// certificate and key, and the CA of the client certificates it requires
+// (empty: none required).
+type EtcdTLS struct {
+	CertFile, KeyFile, ClientCAFile string
+}
+
 // StartEtcd starts a single-member embedded etcd with its data under
 // dataDir/etcd, listening for clients on every URL of the comma-separated
-// clientURLs (so agents in other namespaces or hosts can reach it).
-func StartEtcd(dataDir, clientURLs, peerURL string) (*embed.Etcd, error) {
+// clientURLs (so agents in other namespaces or hosts can reach it); with
+// t's certificate its https:// and unixs:// URLs serve TLS.
+func StartEtcd(dataDir, clientURLs, peerURL string, t EtcdTLS) (*embed.Etcd, error) {
 	cfg := embed.NewConfig()
 	cfg.Dir = dataDir + "/etcd"
 	cfg.Logger = "zap"
@@ -281,6 +338,14 @@ func StartEtcd(dataDir, clientURLs, peerURL string) (*embed.Etcd, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = clients, clients
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.InitialCluster = cfg.Name + "=" + peer.String()
+	if t.CertFile != "" {
+		cfg.ClientTLSInfo.CertFile = t.CertFile
+		cfg.ClientTLSInfo.KeyFile = t.KeyFile
+		if t.ClientCAFile != "" {
+			cfg.ClientTLSInfo.TrustedCAFile = t.ClientCAFile
+			cfg.ClientTLSInfo.ClientCertAuth = true
+		}
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd: %w", err)
@@ -291,5 +356,31 @@ func StartEtcd(dataDir, clientURLs, peerURL string) (*embed.Etcd, error) {
 	case <-time.After(60 * time.Second):
 		e.Close()
 		return nil, errors.New("start embedded etcd: not ready after 60s")
+	}
+}
+
+// EmbeddedEndpoints are the client URLs e listens on, as the etcd client
+// spells them: http(s)://addr, or unix(s):///path for a socket.
+func EmbeddedEndpoints(e *embed.Etcd) []string {
+	secure := !e.Config().ClientTLSInfo.Empty()
+	var out []string
+	for _, l := range e.Clients {
+		scheme := "http"
+		if l.Addr().Network() == "unix" {
+			scheme = "unix"
+		}
+		if secure {
+			scheme += "s"
+		}
+		out = append(out, scheme+"://"+l.Addr().String())
+	}
+	return out
+}
+
+// diagnose logs, once at start, why etcd does not answer when it does
+// not: gRPC's own error is "context deadline exceeded" whatever the cause.
+func diagnose(ctx context.Context, c etcdconn.Config, log hclog.Logger) {
+	if err := c.Diagnose(ctx); err != nil && ctx.Err() == nil {
+		log.Error("etcd does not answer", "error", err)
 	}
 }

@@ -16,6 +16,9 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	"github.com/weftnet/weft/internal/etcdauth"
+	"github.com/weftnet/weft/internal/etcdconn"
+	"github.com/weftnet/weft/internal/pki"
 	"github.com/weftnet/weft/proto/keys"
 )
 
@@ -130,5 +133,135 @@ func TestRunEmbedded(t *testing.T) {
 		if !strings.Contains(string(b), m) {
 			t.Errorf("metrics lack %q", m)
 		}
+	}
+}
+
+func TestEtcdTLSFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--etcd-listen-client", "https://127.0.0.1:2379"}, "TLS needs --etcd-server-cert"},
+		{[]string{"--etcd-server-cert", "s.crt"}, "go together"},
+		{[]string{"--etcd-server-cert", "s.crt", "--etcd-server-key", "s.key"}, "every client URL is https:// or unixs://"},
+		{[]string{"--etcd-server-cert", "s.crt", "--etcd-server-key", "s.key", "--etcd-listen-client", "https://127.0.0.1:2379"}, "--etcd-cafile"},
+		{[]string{"--etcd-server-cert", "s.crt", "--etcd-server-key", "s.key", "--etcd-listen-client", "https://127.0.0.1:2379",
+			"--etcd-cafile", "ca.crt", "--etcd-client-ca", "ca.crt"}, "--etcd-certfile and --etcd-keyfile"},
+		{[]string{"--etcd-endpoints", "https://e:2379", "--etcd-client-ca", "ca.crt"}, "are for the embedded etcd"},
+	} {
+		_, err := Parse(tc.args, func(string) string { return "" })
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// TestRunEmbeddedSecure runs the embedded etcd with TLS and client
+// certificates, turns etcd auth on under the running controller, and
+// sees it lead and answer health with only its role's rights.
+func TestRunEmbeddedSecure(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caf := pki.FilesIn(dir, "ca")
+	if err := ca.Write(caf, false); err != nil {
+		t.Fatal(err)
+	}
+	issue := func(cn string, hosts ...string) pki.Files {
+		p, err := ca.Issue(pki.Request{CommonName: cn, Hosts: hosts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := pki.FilesIn(dir, cn)
+		if err := p.Write(f, false); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	l := keys.New("/weft")
+	srv, ctlCert, root := issue("etcd", "127.0.0.1"), issue(etcdauth.NamesFor(l).Controller()), issue(etcdauth.Root)
+	c1, peer, metrics := freePort(t), freePort(t), freePort(t)
+	o, err := Parse([]string{
+		"--data-dir", dir, "--etcd-listen-client", "https://" + c1, "--etcd-listen-peer", "http://" + peer,
+		"--etcd-server-cert", srv.Cert, "--etcd-server-key", srv.Key, "--etcd-client-ca", caf.Cert,
+		"--etcd-cafile", caf.Cert, "--etcd-certfile", ctlCert.Cert, "--etcd-keyfile", ctlCert.Key,
+		"--metrics-addr", metrics, "--election-ttl", "2",
+	}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, o, hclog.NewNullLogger()) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("daemon did not stop")
+		}
+	}()
+	healthy := func() string {
+		var body string
+		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			r, err := http.Get("http://" + metrics + "/healthz")
+			if err != nil {
+				continue
+			}
+			b, _ := io.ReadAll(r.Body)
+			r.Body.Close()
+			if body = string(b); r.StatusCode == 200 && strings.Contains(body, "leader") {
+				break
+			}
+		}
+		return body
+	}
+	if body := healthy(); !strings.Contains(body, "ok leader") {
+		t.Fatalf("healthz before auth: %q", body)
+	}
+	rootConn := etcdconn.Config{Endpoints: []string{"https://" + c1}, CA: caf.Cert, Cert: root.Cert, Key: root.Key}
+	rc, err := etcdconn.New(rootConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
+	defer scancel()
+	if _, err := etcdauth.Setup(sctx, rc, l, nil); err != nil {
+		t.Fatal(err)
+	}
+	if body := healthy(); !strings.Contains(body, "ok leader") {
+		t.Fatalf("healthz with auth on: %q", body)
+	}
+	// The controller still writes: a desired config (written by root here)
+	// is answered under auth.
+	put, err := rc.Put(sctx, l.DesiredConfig(), `{"cluster_cidr":"10.244.0.0/16","mtu":1400}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		r, err := rc.Get(sctx, l.DesiredStatus())
+		if err == nil && len(r.Kvs) == 1 && r.Kvs[0].ModRevision > put.Header.Revision {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("no answer to the desired config under auth: %v %v", r, err)
+		}
+	}
+	// Without a client certificate, nothing.
+	nc, err := etcdconn.New(etcdconn.Config{Endpoints: []string{"https://" + c1}, CA: caf.Cert, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer gcancel()
+	if _, err := nc.Get(gctx, l.Config()); err == nil {
+		t.Error("a client without a certificate read the config")
 	}
 }

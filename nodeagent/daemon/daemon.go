@@ -20,7 +20,9 @@ import (
 
 	"github.com/weftnet/weft/bpf"
 	"github.com/weftnet/weft/internal/envflags"
+	"github.com/weftnet/weft/internal/etcdauth"
 	"github.com/weftnet/weft/internal/etcdconn"
+	"github.com/weftnet/weft/internal/pki"
 	"github.com/weftnet/weft/nodeagent"
 	"github.com/weftnet/weft/nodeagent/reach"
 	"github.com/weftnet/weft/proto/keys"
@@ -173,11 +175,19 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 
 	// The client does not dial yet: an unreachable etcd is retried by the
 	// agent, never fatal.
-	client, err := etcdconn.New(etcdconn.Config{Endpoints: o.Endpoints(), CA: o.EtcdCAFile, Cert: o.EtcdCertFile, Key: o.EtcdKeyFile})
+	conn := etcdconn.Config{Endpoints: o.Endpoints(), CA: o.EtcdCAFile, Cert: o.EtcdCertFile, Key: o.EtcdKeyFile}
+	client, err := etcdconn.New(conn)
 	if err != nil {
 		return err
 	}
 	defer client.Close()
+	checkIdentity(o, log)
+	go func() {
+		// gRPC says only "context deadline exceeded" when TLS fails.
+		if err := conn.Diagnose(ctx); err != nil && ctx.Err() == nil {
+			log.Error("etcd does not answer", "error", err)
+		}
+	}()
 
 	cfg := nodeagent.Config{
 		Client:            client,
@@ -209,4 +219,24 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		log.Info("serving metrics", "addr", ln.Addr().String())
 	}
 	return a.Run(ctx)
+}
+
+// checkIdentity warns when the client certificate is not this node's
+// etcd user: with etcd auth on, etcd then refuses the agent's
+// registration and status (docs/controlplane.md, "Secure cluster").
+func checkIdentity(o *Options, log hclog.Logger) {
+	if o.EtcdCertFile == "" {
+		return
+	}
+	want := etcdauth.NamesFor(keys.New(o.Prefix)).Node(o.NodeName)
+	cn, err := pki.ReadCommonName(o.EtcdCertFile)
+	switch {
+	case err != nil:
+		log.Warn("cannot read the etcd client certificate's name", "error", err)
+	case cn != want:
+		log.Warn("the etcd client certificate is not this node's: with etcd auth on, etcd refuses its registration and status",
+			"cn", cn, "want_cn", want, "fix", "weftctl certs issue node "+o.NodeName+"; weftctl auth add-node "+o.NodeName)
+	default:
+		log.Info("etcd identity", "user", cn)
+	}
 }

@@ -1,12 +1,16 @@
 package daemon
 
 import (
+	"bytes"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"go.uber.org/goleak"
+
+	"github.com/weftnet/weft/internal/pki"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -44,5 +48,35 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 	t.Setenv("WEFT_LEASE_TTL", "ten")
 	if _, err := Parse(nil, os.Getenv); err == nil || !strings.Contains(err.Error(), "WEFT_LEASE_TTL") {
 		t.Fatalf("bad env: %v", err)
+	}
+}
+
+// TestCheckIdentity: an agent started with another node's certificate
+// says so, naming both users and the fix.
+func TestCheckIdentity(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cn := range []string{"weft-node-n1", "weft-node-n2"} {
+		p, err := ca.Issue(pki.Request{CommonName: cn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Write(pki.FilesIn(dir, cn), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct{ cert, want string }{
+		{"weft-node-n2", `want_cn=weft-node-n1 fix="weftctl certs issue node n1; weftctl auth add-node n1"`},
+		{"weft-node-n1", "etcd identity: user=weft-node-n1"},
+	} {
+		var out bytes.Buffer
+		log := hclog.New(&hclog.LoggerOptions{Output: &out})
+		checkIdentity(&Options{NodeName: "n1", Prefix: "/weft", EtcdCertFile: pki.FilesIn(dir, tc.cert).Cert}, log)
+		if !strings.Contains(out.String(), tc.want) {
+			t.Errorf("certificate %s: logged %q, want %q", tc.cert, out.String(), tc.want)
+		}
 	}
 }
