@@ -749,6 +749,20 @@ func TestSystemdUnits(t *testing.T) {
 		if !slices.Contains(u["Service"]["EnvironmentFile"], "/etc/weft/weft.env") {
 			t.Errorf("%s does not read /etc/weft/weft.env", name)
 		}
+		// Environment= defaults are flags of the binary, and the etcd
+		// identity is the unit's own file (one certificate per etcd user).
+		env := map[string]string{}
+		for _, e := range u["Service"]["Environment"] {
+			k, v, _ := strings.Cut(e, "=")
+			env[k] = v
+			if !have[strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(k, "WEFT_"), "_", "-"))] {
+				t.Errorf("%s: Environment=%s sets no flag of %s", name, e, b)
+			}
+		}
+		own := map[string]string{"weft-agent": "/etc/weft/etcd/agent", "weft-controller": "/etc/weft/etcd/controller"}[b]
+		if env["WEFT_ETCD_CERTFILE"] != own+".crt" || env["WEFT_ETCD_KEYFILE"] != own+".key" || env["WEFT_ETCD_CAFILE"] == "" {
+			t.Errorf("%s: etcd identity %v, want %s.crt and .key and a CA", name, env, own)
+		}
 		data, _ := os.ReadFile(filepath.Join("systemd", name))
 		data = bytes.ReplaceAll(data, []byte("/usr/local/bin/"), []byte(binDir+"/"))
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
@@ -761,5 +775,58 @@ func TestSystemdUnits(t *testing.T) {
 	out, err := exec.Command(sa, "verify", "--man=no", filepath.Join(dir, "weft-controller.service"), filepath.Join(dir, "weft-agent.service")).CombinedOutput()
 	if err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// volumeOf returns the volume the file at path (inside container c) lives
+// on and the path relative to its mount.
+func volumeOf(c *corev1.Container, vols []corev1.Volume, path string) (*corev1.Volume, string) {
+	for _, m := range c.VolumeMounts {
+		rel, ok := strings.CutPrefix(path, strings.TrimSuffix(m.MountPath, "/")+"/")
+		if !ok {
+			continue
+		}
+		for i := range vols {
+			if vols[i].Name == m.Name {
+				return &vols[i], rel
+			}
+		}
+	}
+	return nil, ""
+}
+
+// TestEtcdIdentities: every agent presents its own node's etcd
+// certificate from the node's disk (the files the systemd unit uses
+// too), never the shared Secret; the controller presents the Secret's.
+func TestEtcdIdentities(t *testing.T) {
+	o := load(t)
+	ds := o.daemonSets["weft-agent"]
+	dep := o.deployments["weft-controller"]
+	if ds == nil || dep == nil {
+		t.Fatal("no weft-agent DaemonSet or weft-controller Deployment")
+	}
+	agent := ds.Spec.Template.Spec.Containers[0]
+	for flag, want := range map[string]string{"etcd-certfile": "/etc/weft/etcd/agent.crt", "etcd-keyfile": "/etc/weft/etcd/agent.key", "etcd-cafile": "/etc/weft/etcd/ca.crt"} {
+		path := flagValue(&agent, flag, "")
+		v, rel := volumeOf(&agent, ds.Spec.Template.Spec.Volumes, path)
+		switch {
+		case v == nil:
+			t.Errorf("agent --%s %q is on no volume", flag, path)
+		case v.HostPath == nil:
+			t.Errorf("agent --%s %q is on volume %s, not the node's disk: every node would share one etcd identity", flag, path, v.Name)
+		case v.HostPath.Path+"/"+rel != want:
+			t.Errorf("agent --%s is the node's %s/%s, want %s (where weft-agent.service reads it)", flag, v.HostPath.Path, rel, want)
+		case v.HostPath.Type == nil || *v.HostPath.Type != corev1.HostPathDirectory:
+			t.Errorf("agent etcd volume %s: type %v, want Directory (a node without its certificate must not start an agent)", v.Name, v.HostPath.Type)
+		}
+	}
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "weft-etcd" {
+			t.Errorf("agent mounts Secret weft-etcd (volume %s): the controller's identity", v.Name)
+		}
+	}
+	ctl := dep.Spec.Template.Spec.Containers[0]
+	if v, rel := volumeOf(&ctl, dep.Spec.Template.Spec.Volumes, flagValue(&ctl, "etcd-certfile", "")); v == nil || v.Secret == nil || v.Secret.SecretName != "weft-etcd" || rel != "tls.crt" {
+		t.Errorf("controller certificate on %+v %q, want Secret weft-etcd tls.crt", v, rel)
 	}
 }

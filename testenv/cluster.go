@@ -29,6 +29,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/vishvananda/netlink"
 
+	"github.com/weftnet/weft/internal/etcdauth"
 	"github.com/weftnet/weft/testenv/netnstest"
 )
 
@@ -92,6 +93,12 @@ type Options struct {
 	// Prepare, when set, runs once the run directory exists and before
 	// anything starts (e.g. to write EtcdTLS's files into it).
 	Prepare func(runDir string) error
+	// Secure runs etcd (embedded or external) with TLS on every client
+	// URL, client certificates required and etcd auth on, and gives every
+	// process its own certificate: the agent of each node its node's etcd
+	// user, the controller the controller's, Weftctl the operator's,
+	// Client root's (see secure.go and docs/testenv.md).
+	Secure bool
 }
 
 // EtcdTLS is the server side of the external etcd's TLS.
@@ -114,6 +121,7 @@ type Cluster struct {
 	Etcd        []*Proc // external members; empty in embedded mode
 
 	log hclog.Logger
+	pki *securePKI // nil unless Opts.Secure
 
 	mu    sync.Mutex
 	nodes []*Node // index = node number; removed nodes stay as nil
@@ -214,6 +222,9 @@ func (o *Options) defaults() error {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
+	if o.Secure && (o.EtcdTLS != nil || o.Backend == BackendKernel) {
+		return errors.New("Secure makes its own etcd TLS and needs weft (not EtcdTLS, not the kernel backend)")
+	}
 	if o.Bare && o.Etcd != EtcdExternal {
 		return errors.New("a bare cluster runs only an external etcd (Etcd: EtcdExternal)")
 	}
@@ -283,6 +294,13 @@ func New(ctx context.Context, o Options) (*Cluster, error) {
 			c.Close()
 			return nil, err
 		}
+	}
+	if o.Secure {
+		if err := c.makePKI(); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("make certificates: %w", err)
+		}
+		c.Opts.EtcdTLS = &EtcdTLS{CertFile: c.pki.server.Cert, KeyFile: c.pki.server.Key, CAFile: c.pki.CAFile}
 	}
 	if err := c.start(ctx); err != nil {
 		c.Close()
@@ -513,6 +531,11 @@ func (c *Cluster) addNode(ctx context.Context, withPods bool) (*Node, error) {
 			return nil, err
 		}
 	} else {
+		if c.pki != nil {
+			if err := c.addNodeIdentity(ctx, n); err != nil {
+				return nil, err
+			}
+		}
 		n.Agent = c.newProc("agent-"+fmt.Sprint(i), n.NS, c.agentArgs(n))
 		if err := n.Agent.start(); err != nil {
 			return nil, err
@@ -628,7 +651,14 @@ func (c *Cluster) RemoveNode(ctx context.Context, i int) error {
 	n := c.nodes[i]
 	c.nodes[i] = nil
 	c.mu.Unlock()
-	return c.destroyNode(ctx, n)
+	err := c.destroyNode(ctx, n)
+	if c.pki != nil && n.Agent != nil {
+		// Decommissioned: its certificate opens nothing any more.
+		if _, aerr := c.WeftctlAs(ctx, etcdauth.Root, "auth", "remove-node", n.Name); aerr != nil {
+			err = errors.Join(err, aerr)
+		}
+	}
+	return err
 }
 
 func (c *Cluster) destroyNode(ctx context.Context, n *Node) error {

@@ -15,8 +15,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
+	"github.com/weftnet/weft/internal/etcdauth"
+	"github.com/weftnet/weft/internal/etcdconn"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
@@ -40,9 +41,13 @@ func (c *Cluster) ClientEndpoints() []string {
 	if c.Opts.Etcd == EtcdExternal {
 		n = c.Opts.EtcdMembers
 	}
+	scheme := "unix"
+	if c.Opts.Secure {
+		scheme = "unixs"
+	}
 	var out []string
 	for m := 0; m < n; m++ {
-		out = append(out, "unix://"+c.EtcdSocket(m))
+		out = append(out, scheme+"://"+c.EtcdSocket(m))
 	}
 	return out
 }
@@ -55,7 +60,7 @@ func (c *Cluster) NodeEndpoints() []string {
 		n = c.Opts.EtcdMembers
 	}
 	scheme := "http"
-	if c.Opts.EtcdTLS != nil {
+	if c.Opts.EtcdTLS != nil || c.Opts.Secure {
 		scheme = "https"
 	}
 	var out []string
@@ -134,8 +139,13 @@ func (c *Cluster) startControl(ctx context.Context) error {
 		} else {
 			args = append(args,
 				"--data-dir", filepath.Join(c.RunDir, "ctl"),
-				"--etcd-listen-client", fmt.Sprintf("unix://%s,http://%s:%d", c.EtcdSocket(0), ctlIP, memberClientPort(0)))
+				"--etcd-listen-client", c.ClientEndpoints()[0]+","+c.NodeEndpoints()[0])
+			if c.pki != nil {
+				args = append(args, "--etcd-server-cert", c.pki.server.Cert, "--etcd-server-key", c.pki.server.Key,
+					"--etcd-client-ca", c.pki.CAFile)
+			}
 		}
+		args = append(args, c.tlsFlags(c.Names().Controller())...)
 		p := c.newProc(fmt.Sprintf("controller-%d", k), c.CtlNS, args)
 		c.Controllers = append(c.Controllers, p)
 		if err := p.start(); err != nil {
@@ -149,6 +159,12 @@ func (c *Cluster) startControl(ctx context.Context) error {
 	for {
 		err := c.probe(wctx)
 		if err == nil {
+			if c.pki != nil {
+				// Before any agent: every node's user comes with it.
+				if err := c.setupAuth(ctx); err != nil {
+					return err
+				}
+			}
 			// The router's BGP daemon before any agent dials it.
 			return c.startBIRD()
 		}
@@ -172,11 +188,12 @@ func (c *Cluster) startEtcd() error {
 		return nil
 	}
 	tcp := c.NodeEndpoints()
+	local := c.ClientEndpoints()
 	for m := 0; m < c.Opts.EtcdMembers; m++ {
 		args := []string{c.bin("weft-testenv"), "etcd-member",
 			"--name", fmt.Sprintf("e%d", m),
 			"--data-dir", filepath.Join(c.RunDir, fmt.Sprintf("etcd%d", m)),
-			"--listen-client", fmt.Sprintf("unix://%s,%s", c.EtcdSocket(m), tcp[m]),
+			"--listen-client", local[m] + "," + tcp[m],
 			"--listen-peer", fmt.Sprintf("http://127.0.0.1:%d", memberPeerPort(m)),
 			"--initial-cluster", c.initialCluster(),
 		}
@@ -222,6 +239,7 @@ func (c *Cluster) agentArgs(n *Node) []string {
 		"--metrics-addr", MetricsAddr,
 		"--log-level", c.Opts.LogLevel,
 	}
+	args = append(args, c.tlsFlags(c.Names().Node(n.Name))...)
 	if c.Opts.LeaseTTL > 0 {
 		args = append(args, "--lease-ttl", fmt.Sprint(c.Opts.LeaseTTL))
 	}
@@ -238,13 +256,16 @@ func (c *Cluster) agentArgs(n *Node) []string {
 }
 
 // Client returns an etcd client reaching the cluster's store from the root
-// namespace; the caller closes it.
-func (c *Cluster) Client() (*clientv3.Client, error) {
-	cl, err := clientv3.New(clientv3.Config{
-		Endpoints:   c.ClientEndpoints(),
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
+// namespace (as etcd's root user in a secure cluster); the caller closes
+// it.
+func (c *Cluster) Client() (*clientv3.Client, error) { return c.ClientAs(etcdauth.Root) }
+
+// ClientAs is Client authenticated as etcd user (secure clusters; others
+// have no users).
+func (c *Cluster) ClientAs(user string) (*clientv3.Client, error) {
+	cfg := c.EtcdConfig(user)
+	cfg.DialTimeout = 5 * time.Second
+	cl, err := etcdconn.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
@@ -305,10 +326,16 @@ func (c *Cluster) StartController(k int) error {
 	return c.Controllers[k].start()
 }
 
-// Weftctl runs weftctl against the cluster from the root namespace and
-// returns its combined output.
+// Weftctl runs weftctl against the cluster from the root namespace (as
+// the operator in a secure cluster) and returns its combined output.
 func (c *Cluster) Weftctl(ctx context.Context, args ...string) (string, error) {
-	full := append([]string{"--etcd-endpoints", strings.Join(c.ClientEndpoints(), ","), "--prefix", weftPrefix}, args...)
+	return c.WeftctlAs(ctx, c.Names().Operator(), args...)
+}
+
+// WeftctlAs is Weftctl as etcd user (secure clusters).
+func (c *Cluster) WeftctlAs(ctx context.Context, user string, args ...string) (string, error) {
+	full := append([]string{"--etcd-endpoints", strings.Join(c.ClientEndpoints(), ","), "--prefix", weftPrefix}, c.tlsFlags(user)...)
+	full = append(full, args...)
 	cmd := exec.CommandContext(ctx, c.bin("weftctl"), full...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -323,12 +350,23 @@ func (c *Cluster) Weftctl(ctx context.Context, args ...string) (string, error) {
 // WeftctlLine is the weftctl command line an operator types to inspect the
 // cluster.
 func (c *Cluster) WeftctlLine() string {
-	return fmt.Sprintf("%s --etcd-endpoints %s --prefix %s", c.bin("weftctl"), strings.Join(c.ClientEndpoints(), ","), weftPrefix)
+	return strings.Join(append([]string{c.bin("weftctl"), "--etcd-endpoints", strings.Join(c.ClientEndpoints(), ","), "--prefix", weftPrefix},
+		c.tlsFlags(c.Names().Operator())...), " ")
 }
 
-// EtcdctlLine is the etcdctl command line for the cluster's store.
-func (c *Cluster) EtcdctlLine() string {
-	return fmt.Sprintf("etcdctl --endpoints %s", strings.Join(c.ClientEndpoints(), ","))
+// EtcdctlLine is the etcdctl command line for the cluster's store (as the
+// operator in a secure cluster).
+func (c *Cluster) EtcdctlLine() string { return strings.Join(c.EtcdctlArgs(c.Names().Operator()), " ") }
+
+// EtcdctlArgs is the etcdctl command (Debian's etcd-client) that reaches
+// the store from the root namespace as etcd user.
+func (c *Cluster) EtcdctlArgs(user string) []string {
+	args := []string{"etcdctl", "--endpoints", strings.Join(c.ClientEndpoints(), ",")}
+	if c.pki != nil {
+		f := c.Identity(user)
+		args = append(args, "--cacert", c.pki.CAFile, "--cert", f.Cert, "--key", f.Key)
+	}
+	return args
 }
 
 // Status reads node's AgentStatus from etcd (nil if the agent has none).

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -84,6 +85,7 @@ type clusterFlags struct {
 	grace                                   int
 	kubernetes                              bool
 	agentArgs                               string
+	secure                                  bool
 }
 
 func (f *clusterFlags) register(fs *flag.FlagSet) {
@@ -100,6 +102,7 @@ func (f *clusterFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.grace, "node-grace", 0, "node_grace_seconds in the cluster config (0: controller default)")
 	fs.BoolVar(&f.kubernetes, "kubernetes", false, "real Kubernetes (kube-apiserver, controller-manager, scheduler, a kubelet and containerd per node) with weft deployed from deploy/kubernetes/; see docs/testenv.md")
 	fs.StringVar(&f.agentArgs, "agent-args", envOr("AGENT_ARGS", ""), "with --kubernetes: extra weft-agent arguments, comma-separated, added to the agent DaemonSet")
+	fs.BoolVar(&f.secure, "secure", envOr("SECURE", "true") == "true", "etcd with TLS, client certificates and auth on, one certificate per node (--secure=false: plain etcd, anyone who reaches it writes)")
 }
 
 func envOr(name, def string) string {
@@ -146,7 +149,12 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 		cleanup()
 		return nil, nil, usageError{fmt.Errorf("--attacher %q: want netlink or cni", f.attacher)}
 	}
-	fmt.Printf("starting %d nodes x %d pods, backend %s, etcd %s ...\n", f.nodes, f.pods, f.backend, f.etcd)
+	secure := f.secure && f.backend != testenv.BackendKernel
+	how := "plain (--secure=false)"
+	if secure {
+		how = "TLS, client certificates, auth on"
+	}
+	fmt.Printf("starting %d nodes x %d pods, backend %s, etcd %s (%s) ...\n", f.nodes, f.pods, f.backend, f.etcd, how)
 	c, err := testenv.New(ctx, testenv.Options{
 		Prefix:      f.prefix,
 		Nodes:       f.nodes,
@@ -160,6 +168,7 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 		Attacher:    att,
 		LogLevel:    f.logLevel,
 		Logger:      log,
+		Secure:      secure,
 	})
 	if err != nil {
 		cleanup()
@@ -180,6 +189,9 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 
 func printAccess(c *testenv.Cluster) {
 	fmt.Printf("\ncluster %s is up; run directory (logs, subnet files) %s\n", c.Prefix, c.RunDir)
+	if c.CAFile() != "" {
+		fmt.Printf("etcd: TLS and auth on; certificates (one per node, CN = etcd user) in %s\n", filepath.Dir(c.CAFile()))
+	}
 	if c.Opts.Backend != testenv.BackendKernel {
 		fmt.Println("inspect it:")
 		fmt.Printf("  %s nodes | events | status | check | config get\n", c.WeftctlLine())

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"strings"
 	"time"
@@ -175,7 +176,12 @@ func (c Config) explainDial(err error, secure bool, serverName string) error {
 func (c Config) explainAlert(alert string) error {
 	switch alert {
 	case "certificate required":
-		return errors.New("TLS: etcd requires a client certificate and this client gave none: set --etcd-certfile and --etcd-keyfile")
+		if c.Cert == "" {
+			return errors.New("TLS: etcd requires a client certificate and this client gave none: set --etcd-certfile and --etcd-keyfile")
+		}
+		// Go sends no certificate that the server's list of CAs does not
+		// cover, so etcd saw none.
+		return fmt.Errorf("TLS: etcd refused the client certificate %s: it is not signed by a CA etcd trusts (etcd's --trusted-ca-file), so none was sent", c.certDesc())
 	case "bad certificate", "unknown certificate authority":
 		return fmt.Errorf("TLS: etcd refused the client certificate %s (bad certificate: %s): it is not signed by a CA etcd trusts (etcd's --trusted-ca-file)", c.certDesc(), alert)
 	case "expired certificate":
@@ -190,10 +196,15 @@ func (c Config) certDesc() string {
 	if c.Cert == "" {
 		return "(none)"
 	}
-	if cn, err := pki.ReadCommonName(c.Cert); err == nil {
-		return fmt.Sprintf("%s (CN %s)", c.Cert, cn)
+	b, err := os.ReadFile(c.Cert)
+	if err != nil {
+		return c.Cert
 	}
-	return c.Cert
+	cert, err := pki.ParseCertificate(b)
+	if err != nil {
+		return c.Cert
+	}
+	return fmt.Sprintf("%s (CN %s, issued by %q)", c.Cert, cert.Subject.CommonName, cert.Issuer.CommonName)
 }
 
 func certNames(c *x509.Certificate) string {

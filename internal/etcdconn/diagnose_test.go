@@ -49,7 +49,7 @@ func TestDiagnoseNamesTLSFailures(t *testing.T) {
 		{"no client certificate", etcdconn.Config{Endpoints: s.Endpoints, CA: s.CAFile},
 			"etcd requires a client certificate and this client gave none"},
 		{"client certificate of another CA", etcdconn.Config{Endpoints: s.Endpoints, CA: s.CAFile, Cert: otherID.Cert, Key: otherID.Key},
-			"refused the client certificate " + otherID.Cert + " (CN weft-node-n1) (bad certificate"},
+			"refused the client certificate " + otherID.Cert + " (CN weft-node-n1, issued by \"etcdtest-ca\")"},
 		{"wrong name", etcdconn.Config{Endpoints: []string{"https://" + wrongName}, CA: s.CAFile},
 			`is for etcd.example, not "127.0.0.1" (wrong name)`},
 		{"plain HTTP to TLS", etcdconn.Config{Endpoints: []string{strings.Replace(s.Endpoints[0], "https", "http", 1)}, CA: s.CAFile, Cert: good.Cert, Key: good.Key},

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/testenv"
 )
 
@@ -205,8 +206,10 @@ func healthz(ctx context.Context, c *testenv.Cluster, n *testenv.Node) (int, str
 }
 
 // TestOverlay is the main scenario on one cluster: 3 nodes × 2 pods over
-// VXLAN, a 3-member external etcd and two controllers. The subtests run in
-// order and each leaves the cluster converged for the next.
+// VXLAN, a 3-member external etcd and two controllers, secure (etcd with
+// TLS, client certificates and auth on; one certificate per node). The
+// subtests run in order and each leaves the cluster converged for the
+// next.
 func TestOverlay(t *testing.T) {
 	const (
 		leaseTTL    = 3
@@ -217,6 +220,7 @@ func TestOverlay(t *testing.T) {
 		Nodes: 3, PodsPerNode: 2, Backend: "vxlan",
 		Etcd: testenv.EtcdExternal, EtcdMembers: 3, Controllers: 2,
 		LeaseTTL: leaseTTL, NodeGrace: grace, ElectionTTL: electionTTL, Reconcile: "2s",
+		Secure: true,
 	})
 	ctx := context.Background()
 
@@ -245,6 +249,10 @@ func TestOverlay(t *testing.T) {
 		// Same-node pairs work too (through the bridge, not the overlay).
 		requireAllPairs(t, ctx, c)
 	})
+
+	// Each way the trust issue found to hijack a node's traffic through
+	// etcd, refused.
+	t.Run("Attacks", func(t *testing.T) { attacks(t, ctx, c) })
 
 	t.Run("AgentSIGKILLNoLoss", func(t *testing.T) {
 		victim := c.Node(0)
@@ -478,6 +486,13 @@ func TestOverlay(t *testing.T) {
 		}
 	})
 
+	t.Run("RemovedNodeLockedOut", func(t *testing.T) {
+		if joined == nil {
+			t.Skip("NodeJoins failed")
+		}
+		removedNodeLockedOut(t, ctx, c, joined.Name)
+	})
+
 	t.Run("LiveMTUChange", func(t *testing.T) {
 		// The config's mtu is the underlay MTU to assume; the overlay device
 		// and the pods (FLANNEL_MTU) get it minus the VXLAN overhead.
@@ -537,20 +552,27 @@ func leaderIndex(t *testing.T, ctx context.Context, c *testenv.Cluster) int {
 }
 
 // TestEmbeddedTwoSegments runs the default etcd (embedded in the
-// controller) over a routed underlay: nodes alternate between two L2
-// segments joined by a router namespace, so VXLAN crosses a router. Pods
-// are attached by the weft-cni plugin through libcni, as a runtime would.
+// controller, with TLS and auth: Secure) over a routed underlay: nodes
+// alternate between two L2 segments joined by a router namespace, so VXLAN
+// crosses a router. Pods are attached by the weft-cni plugin through
+// libcni, as a runtime would.
 func TestEmbeddedTwoSegments(t *testing.T) {
 	needCluster(t)
 	c := start(t, testenv.Options{Nodes: 3, PodsPerNode: 1, Segments: 2, Backend: "vxlan", Etcd: testenv.EtcdEmbedded,
-		Attacher: testenv.NewCNIAttacher(binDir)})
+		Attacher: testenv.NewCNIAttacher(binDir), Secure: true})
 	ctx := context.Background()
+	// The embedded etcd refuses the issue's hijack too.
+	l := keys.New("/weft")
+	out, err := etcdctlAs(ctx, t, c, c.Names().Node(c.Node(0).Name), "put", l.Registration(c.Node(1).Name), hijack(c.Node(1), c.Node(0).UnderlayIP.String()))
+	if err == nil || !strings.Contains(out, "permission denied") {
+		t.Fatalf("node 0 rewrote node 1's registration on the embedded etcd: %v %q", err, out)
+	}
 	if c.Node(0).Segment == c.Node(1).Segment {
 		t.Fatal("nodes 0 and 1 share a segment")
 	}
 	m := requireAllPairs(t, ctx, c)
 	t.Logf("two-segment matrix:\n%s", m)
-	out, err := c.Weftctl(ctx, "nodes")
+	out, err = c.Weftctl(ctx, "nodes")
 	if err != nil {
 		t.Fatal(err)
 	}
