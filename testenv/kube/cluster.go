@@ -29,6 +29,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/weftnet/weft/internal/etcdauth"
+	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/testenv"
 )
 
@@ -58,9 +60,11 @@ type Cluster struct {
 	apiserver  *testenv.Proc
 	kcm        *testenv.Proc
 	scheduler  *testenv.Proc
-	etcdClient pair // client certificate for etcd (the weft-etcd Secret's)
-	images     []string
-	dryRun     string
+	etcdClient pair // the controller's etcd client certificate (the weft-etcd Secret's)
+	// apiserverEtcd is the API server's etcd client certificate.
+	apiserverEtcd pair
+	images        []string
+	dryRun        string
 
 	csOnce     sync.Once
 	cs         *kubernetes.Clientset
@@ -168,7 +172,12 @@ func (c *Cluster) start(ctx context.Context) error {
 		if _, err := p.issue("etcd-server", "etcd", nil, APIServerIP, "127.0.0.1", "localhost"); err != nil {
 			return err
 		}
-		c.etcdClient, err = p.issue("etcd-client", "weft", nil)
+		// The API server's own etcd identity, and the controller's (the
+		// weft-etcd Secret's); each agent has its node's (startNode).
+		if c.apiserverEtcd, err = p.issue("apiserver-etcd-client", "kube-apiserver", nil); err != nil {
+			return err
+		}
+		c.etcdClient, err = p.issue("etcd-client", etcdauth.NamesFor(keys.New(keys.DefaultPrefix)).Controller(), nil)
 		return err
 	}
 	tc, err := testenv.New(ctx, testenv.Options{

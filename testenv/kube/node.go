@@ -13,6 +13,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/weftnet/weft/internal/etcdauth"
+	weftpki "github.com/weftnet/weft/internal/pki"
+	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/testenv"
 )
 
@@ -37,9 +40,10 @@ type Node struct {
 // nodeMounts are the host paths the manifests and the runtime use that a
 // node must have for itself: the CNI config and plugin directories (the
 // DaemonSet's install-cni writes them), the CNI state (weft-cni's address
-// store, containerd's result cache) and /run/weft (the agent's subnet
-// file, which weft-cni reads).
-var nodeMounts = []string{"etc/cni/net.d", "opt/cni/bin", "var/lib/cni", "run/weft"}
+// store, containerd's result cache), /run/weft (the agent's subnet file,
+// which weft-cni reads) and /etc/weft/etcd (the node's own etcd
+// certificate, which the agent DaemonSet mounts).
+var nodeMounts = []string{"etc/cni/net.d", "opt/cni/bin", "var/lib/cni", "run/weft", "etc/weft/etcd"}
 
 // UserCNIPlugins are the standard plugins a node gets from the
 // distribution (Debian's containernetworking-plugins in /usr/lib/cni):
@@ -72,6 +76,9 @@ func (c *Cluster) startNode(ctx context.Context, tn *testenv.Node) (*Node, error
 	}
 	if err := os.MkdirAll(n.BPFDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node %s: pin dir: %w", n.Name, err)
+	}
+	if err := c.provisionEtcdIdentity(n); err != nil {
+		return nil, err
 	}
 	for _, p := range UserCNIPlugins {
 		if err := copyFile(filepath.Join("/usr/lib/cni", p), filepath.Join(n.Root, "opt/cni/bin", p), 0o755); err != nil {
@@ -436,4 +443,20 @@ func waitFor(ctx context.Context, d time.Duration, what string, cond func() (boo
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// provisionEtcdIdentity puts the node's own etcd certificate where the
+// agent DaemonSet mounts it from (/etc/weft/etcd: ca.crt, agent.crt,
+// agent.key; CN weft-node-<node>), as an operator provisions a node with
+// weftctl certs issue node NAME (docs/kubernetes.md, "etcd certificates").
+func (c *Cluster) provisionEtcdIdentity(n *Node) error {
+	dir := n.HostPath("/etc/weft/etcd")
+	if err := copyFile(c.pki.CAFile(), filepath.Join(dir, "ca.crt"), 0o644); err != nil {
+		return fmt.Errorf("node %s: etcd CA: %w", n.Name, err)
+	}
+	cn := etcdauth.NamesFor(keys.New(keys.DefaultPrefix)).Node(n.Name)
+	if _, err := c.pki.issueTo(weftpki.FilesIn(dir, "agent"), cn, nil); err != nil {
+		return fmt.Errorf("node %s: etcd certificate: %w", n.Name, err)
+	}
+	return nil
 }

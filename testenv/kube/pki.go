@@ -5,54 +5,32 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	weftpki "github.com/weftnet/weft/internal/pki"
 )
 
-// pki is the run's certificate authority: one CA signs the API server's
-// and etcd's serving certificates and every client certificate (etcd
-// clients, kubelets, the admin, controller-manager and scheduler). Files
+// pki is the run's certificate authority (internal/pki, the helper
+// behind weftctl certs): one CA signs the API server's and etcd's serving
+// certificates and every client certificate (etcd clients, kubelets, the
+// admin, controller-manager and scheduler, each node's weft agent). Files
 // live in dir.
 type pki struct {
-	dir  string
-	ca   *x509.Certificate
-	key  *ecdsa.PrivateKey
-	next int64
+	dir string
+	ca  *weftpki.CA
 }
 
 func newPKI(dir string) (*pki, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("make pki dir: %w", err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := weftpki.NewCA("weft-testenv-ca", 24*time.Hour)
 	if err != nil {
-		return nil, fmt.Errorf("generate ca key: %w", err)
+		return nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "weft-testenv-ca"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, fmt.Errorf("sign ca: %w", err)
-	}
-	ca, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parse ca: %w", err)
-	}
-	p := &pki{dir: dir, ca: ca, key: key, next: 2}
-	if err := writePEM(p.CAFile(), "CERTIFICATE", der); err != nil {
+	p := &pki{dir: dir, ca: ca}
+	if err := ca.Write(weftpki.FilesIn(dir, "ca"), true); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -68,45 +46,19 @@ type pair struct{ Cert, Key string }
 // certificate with common name cn and organizations orgs, and a serving
 // certificate too when hosts (IPs or DNS names) are given.
 func (p *pki) issue(name, cn string, orgs []string, hosts ...string) (pair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	return p.issueTo(weftpki.FilesIn(p.dir, name), cn, orgs, hosts...)
+}
+
+// issueTo is issue into the files f.
+func (p *pki) issueTo(f weftpki.Files, cn string, orgs []string, hosts ...string) (pair, error) {
+	c, err := p.ca.Issue(weftpki.Request{CommonName: cn, Organization: orgs, Hosts: hosts, Validity: 24 * time.Hour})
 	if err != nil {
-		return pair{}, fmt.Errorf("generate key for %s: %w", name, err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(p.next),
-		Subject:      pkix.Name{CommonName: cn, Organization: orgs},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	p.next++
-	if len(hosts) > 0 {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
-		for _, h := range hosts {
-			if ip := net.ParseIP(h); ip != nil {
-				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-			} else {
-				tmpl.DNSNames = append(tmpl.DNSNames, h)
-			}
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.key)
-	if err != nil {
-		return pair{}, fmt.Errorf("sign %s: %w", name, err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return pair{}, fmt.Errorf("encode key of %s: %w", name, err)
-	}
-	out := pair{Cert: filepath.Join(p.dir, name+".crt"), Key: filepath.Join(p.dir, name+".key")}
-	if err := writePEM(out.Cert, "CERTIFICATE", der); err != nil {
 		return pair{}, err
 	}
-	if err := writePEM(out.Key, "EC PRIVATE KEY", kb); err != nil {
+	if err := c.Write(f, true); err != nil {
 		return pair{}, err
 	}
-	return out, nil
+	return pair{Cert: f.Cert, Key: f.Key}, nil
 }
 
 // serviceAccountKey writes the key pair the API server signs and checks
