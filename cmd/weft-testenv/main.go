@@ -22,6 +22,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/weftnet/weft/nodeagent/reach"
+	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv"
 )
 
@@ -283,6 +285,11 @@ func demo(ctx context.Context, args []string) error {
 				return err
 			}
 		}
+		if c.CAFile() != "" {
+			if err := showRefusal(ctx, c); err != nil {
+				return err
+			}
+		}
 	}
 	fmt.Println("\nall-pairs connectivity (I = ICMP echo, T = TCP echo, U = UDP echo; - = failed):")
 	m := testenv.CheckAll(ctx, c.Targets(), nil)
@@ -297,6 +304,34 @@ func demo(ctx context.Context, args []string) error {
 		return fmt.Errorf("%d of %d pairs failed", failed, len(m.Results))
 	}
 	return unreachable
+}
+
+// showRefusal shows what etcd auth is for: one node's certificate tries
+// to point another node's registration at itself, and etcd refuses. A
+// write that goes through fails the demo.
+func showRefusal(ctx context.Context, c *testenv.Cluster) error {
+	nodes := c.Nodes()
+	if len(nodes) < 2 {
+		return nil
+	}
+	a, b := nodes[0], nodes[1]
+	user := c.Names().Node(a.Name)
+	cl, err := c.ClientAs(user)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	key := keys.New(keys.DefaultPrefix).Registration(b.Name)
+	val := keys.EncodeString(&weftv1.Registration{Name: b.Name, UnderlayIp: a.UnderlayIP.String()})
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = cl.Put(rctx, key, val)
+	fmt.Printf("\n$ (as %s, %s's certificate) put %s %s\n", user, a.Name, key, val)
+	if err == nil {
+		return fmt.Errorf("etcd let %s write %s", user, key)
+	}
+	fmt.Printf("refused: %v\n", err)
+	return nil
 }
 
 // reachWait bounds the wait for the agents' verdicts on their peers: a

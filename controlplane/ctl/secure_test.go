@@ -8,8 +8,13 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weftnet/weft/controlplane/controller"
 	"github.com/weftnet/weft/controlplane/ctl"
+	"github.com/weftnet/weft/internal/etcdconn"
 	"github.com/weftnet/weft/internal/pki"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
 )
 
@@ -80,7 +85,7 @@ func TestCertsIssue(t *testing.T) {
 func TestAuthVerbs(t *testing.T) {
 	s := etcdtest.NewSecure(t)
 	dir := s.Dir // its CA: weftctl issues from it
-	for _, who := range [][]string{{"root"}, {"operator"}, {"node", "n1"}} {
+	for _, who := range [][]string{{"root"}, {"operator"}, {"reader"}, {"controller"}, {"node", "n1"}} {
 		if code, _, errOut := weftctl(append([]string{"certs", "issue", "--dir", dir}, who...)...); code != 0 {
 			t.Fatalf("issue %v: %s", who, errOut)
 		}
@@ -97,6 +102,35 @@ func TestAuthVerbs(t *testing.T) {
 	code, out, errOut = as("root", "auth", "setup")
 	if code != 0 || !strings.Contains(out, "nothing changed") || strings.Contains(out, "created") {
 		t.Fatalf("second setup: %d\n%s%s", code, out, errOut)
+	}
+	// A controller with only its role writes the log; the read-only role
+	// is enough for every inspecting verb.
+	cc, err := etcdconnFor(s, dir, "weft-controller")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctlr := controller.New(controller.Options{Client: cc, Layout: k, ElectionTTL: time.Second,
+		Initial: &weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16"}, Batch: time.Millisecond})
+	cctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ctlr.Run(cctx) }()
+	defer func() { cancel(); <-done }()
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if code, out, _ := as("weft-reader", "events"); code == 0 && strings.Contains(out, "ConfigChanged") {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the controller wrote no config under auth")
+		}
+	}
+	for _, verb := range [][]string{{"nodes"}, {"events"}, {"status"}, {"check"}, {"config", "get"}} {
+		if code, out, errOut := as("weft-reader", verb...); code != 0 {
+			t.Errorf("%v as the reader: %d %q %q", verb, code, out, errOut)
+		}
+	}
+	if code, _, errOut := as("weft-reader", "config", "set", "--mtu", "1400"); code != ctl.ExitFail || !strings.Contains(errOut, `etcd user "weft-reader"`) {
+		t.Errorf("config set as the reader: %d %q", code, errOut)
 	}
 	code, _, errOut = as("weft-operator", "auth", "setup")
 	if code != ctl.ExitFail || !strings.Contains(errOut, `etcd user "weft-operator"`) || !strings.Contains(errOut, "CN root") {
@@ -136,4 +170,9 @@ func TestAuthVerbs(t *testing.T) {
 	if took > 20*time.Second {
 		t.Errorf("without a certificate weftctl took %v with --timeout 2s", took)
 	}
+}
+
+func etcdconnFor(s *etcdtest.Secure, dir, user string) (*clientv3.Client, error) {
+	f := pki.FilesIn(dir, user)
+	return etcdconn.New(etcdconn.Config{Endpoints: s.Endpoints, CA: s.CAFile, Cert: f.Cert, Key: f.Key})
 }

@@ -56,7 +56,8 @@ func TestDemoEveryBackend(t *testing.T) {
 			}
 			wants := []string{"between nodes: ", "30 pairs, 0 failed", "tearing down"}
 			if backend != testenv.BackendKernel {
-				wants = append(wants, "$ weftctl nodes", "$ weftctl events", "$ weftctl status")
+				// Secure by default: a node's certificate cannot hijack another's registration.
+				wants = append(wants, "$ weftctl nodes", "$ weftctl events", "$ weftctl status", "refused: etcdserver: permission denied")
 			}
 			for _, want := range wants {
 				if !strings.Contains(string(out), want) {
