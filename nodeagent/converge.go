@@ -243,9 +243,9 @@ func (l *loop) publish() {
 	failing := [4]bool{l.followErr != nil, l.storeErr != nil, l.underErr != nil, l.syncErr != nil}
 	switch {
 	case l.followErr != nil:
-		v.health = append(v.health, "etcd unreachable: "+l.followErr.Error())
+		v.health = append(v.health, etcdReason(l.followErr, l.a.cfg.NodeName))
 	case l.storeErr != nil:
-		v.health = append(v.health, "etcd unreachable: "+l.storeErr.Error())
+		v.health = append(v.health, etcdReason(l.storeErr, l.a.cfg.NodeName))
 	}
 	if l.underErr != nil {
 		v.health = append(v.health, l.underErr.Error())
