@@ -7,6 +7,7 @@ package validate
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -35,8 +36,52 @@ const (
 	MaxVNI                = 1<<24 - 1
 )
 
+// Size limits. A value or field over one is refused (and, by the
+// controller, quarantined) before it can reach a transaction: etcd refuses
+// a request over 1.5 MiB, and the controller's append carries an event and
+// the projection key it changes, so one oversized registration would
+// otherwise fail every append of its batch. The field limits bound what a
+// valid value can encode to; readers that hold a stored value check its
+// length with Size, since unknown fields vanish in decoding.
+// docs/DESIGN.md names them.
+const (
+	// MaxRegistrationBytes bounds a Registration value.
+	MaxRegistrationBytes = 4 << 10
+	// MaxNodeBytes bounds a Node value (projection or in an event).
+	MaxNodeBytes = 4 << 10
+	// MaxConfigBytes bounds a ClusterConfig value (config in force,
+	// desired config) and an event carrying one.
+	MaxConfigBytes = 64 << 10
+	// MaxEventBytes bounds an Event value.
+	MaxEventBytes = MaxConfigBytes + 1<<10
+	// MaxProblemBytes bounds a Problem value.
+	MaxProblemBytes = 16 << 10
+	// MaxStatusBytes bounds an AgentStatus value (every peer may be
+	// listed in it).
+	MaxStatusBytes = 1 << 20
+	// MaxCapabilities and MaxCapabilityLen bound a node's capabilities.
+	MaxCapabilities  = 32
+	MaxCapabilityLen = 64
+	// MaxPinnedCIDRs bounds pinned_pod_cidrs (one per family).
+	MaxPinnedCIDRs = 2
+	// MaxReasonLen bounds a NodeRemoved reason.
+	MaxReasonLen = 1024
+	// MaxBGPPeers bounds bgp.peers; MaxPasswordLen is TCP MD5's limit.
+	MaxBGPPeers    = 256
+	MaxPasswordLen = 80
+)
+
 // ErrInvalid is wrapped by every validation error.
 var ErrInvalid = errors.New("invalid")
+
+// Size checks that a value of n bytes fits the limit of its kind (what,
+// e.g. "registration"); the error names the field "value".
+func Size(what string, n, limit int) error {
+	if n > limit {
+		return fieldErr("value", "%d bytes is over the %d-byte limit of a %s", n, limit, what)
+	}
+	return nil
+}
 
 func fieldErr(field, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrInvalid, field, fmt.Sprintf(format, args...))
@@ -194,8 +239,14 @@ func BGP(b *weftv1.BGPConfig) error {
 	if b.HoldTimeSeconds != 0 && b.HoldTimeSeconds < 3 {
 		return fieldErr("bgp.hold_time_seconds", "%d is below 3", b.HoldTimeSeconds)
 	}
+	if len(b.Peers) > MaxBGPPeers {
+		return fieldErr("bgp.peers", "%d peers, more than %d", len(b.Peers), MaxBGPPeers)
+	}
 	for i, p := range b.Peers {
 		f := fmt.Sprintf("bgp.peers[%d]", i)
+		if len(p.Password) > MaxPasswordLen {
+			return fieldErr(f+".password", "longer than %d characters", MaxPasswordLen)
+		}
 		if _, err := netip.ParseAddr(p.Address); err != nil {
 			return fieldErr(f+".address", "%q is not an IP address", p.Address)
 		}
@@ -225,7 +276,10 @@ func UnderlayIP(field, s string) (netip.Addr, error) {
 	return a, nil
 }
 
-// Registration checks an agent's registration.
+// Registration checks an agent's registration. Its fields are bounded, so
+// a registration that passes encodes within MaxRegistrationBytes; the
+// stored value's own size is the reader's to check (Size), since unknown
+// fields are dropped when it decodes.
 func Registration(r *weftv1.Registration) error {
 	if err := keys.ValidName(r.Name); err != nil {
 		return fieldErr("name", "%v", err)
@@ -233,9 +287,40 @@ func Registration(r *weftv1.Registration) error {
 	if _, err := UnderlayIP("underlay_ip", r.UnderlayIp); err != nil {
 		return err
 	}
+	if len(r.PinnedPodCidrs) > MaxPinnedCIDRs {
+		return fieldErr("pinned_pod_cidrs", "%d pins, more than one per family", len(r.PinnedPodCidrs))
+	}
 	for i, s := range r.PinnedPodCidrs {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			return fieldErr(fmt.Sprintf("pinned_pod_cidrs[%d]", i), "%q is not a CIDR", s)
+		}
+	}
+	return attributes(r.VtepMac, r.Capabilities)
+}
+
+// attributes checks the fields a node and its registration share besides
+// name and addresses: the overlay device's MAC and the capabilities.
+func attributes(mac string, caps []string) error {
+	if mac != "" {
+		if len(mac) > 64 {
+			return fieldErr("vtep_mac", "%d characters is not a MAC address", len(mac))
+		}
+		if _, err := net.ParseMAC(mac); err != nil {
+			return fieldErr("vtep_mac", "%q is not a MAC address", mac)
+		}
+	}
+	if len(caps) > MaxCapabilities {
+		return fieldErr("capabilities", "%d entries, more than %d", len(caps), MaxCapabilities)
+	}
+	for i, c := range caps {
+		f := fmt.Sprintf("capabilities[%d]", i)
+		if len(c) == 0 || len(c) > MaxCapabilityLen {
+			return fieldErr(f, "%d characters, want 1..%d", len(c), MaxCapabilityLen)
+		}
+		for _, r := range c {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+				return fieldErr(f, "%q contains %q", c, r)
+			}
 		}
 	}
 	return nil
@@ -281,7 +366,8 @@ func PodCIDRs(c *weftv1.ClusterConfig, cidrs []string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// Node checks a node value against the config in force.
+// Node checks a node value against the config in force. Its fields are
+// bounded, so a node that passes encodes within MaxNodeBytes.
 func Node(c *weftv1.ClusterConfig, n *weftv1.Node) error {
 	if n == nil {
 		return fieldErr("node", "missing")
@@ -292,20 +378,28 @@ func Node(c *weftv1.ClusterConfig, n *weftv1.Node) error {
 	if _, err := UnderlayIP("underlay_ip", n.UnderlayIp); err != nil {
 		return err
 	}
+	if len(n.PodCidrs) > 2 {
+		return fieldErr("pod_cidrs", "%d CIDRs, more than one per family", len(n.PodCidrs))
+	}
 	if c != nil {
 		if _, err := PodCIDRs(c, n.PodCidrs); err != nil {
 			return err
 		}
 	}
-	return nil
+	return attributes(n.VtepMac, n.Capabilities)
 }
 
 // Event checks the shape of an event: exactly one kind, and the payload the
-// kind needs. Nodes are checked against cfg when it is non-nil.
+// kind needs. Nodes are checked against cfg when it
+// is non-nil.
 func Event(cfg *weftv1.ClusterConfig, e *weftv1.Event) error {
 	if e.Seq == 0 {
 		return fieldErr("seq", "0 is not a seq")
 	}
+	return eventKind(cfg, e)
+}
+
+func eventKind(cfg *weftv1.ClusterConfig, e *weftv1.Event) error {
 	switch k := e.Kind.(type) {
 	case *weftv1.Event_ConfigChanged:
 		if k.ConfigChanged.GetConfig() == nil {
@@ -319,6 +413,9 @@ func Event(cfg *weftv1.ClusterConfig, e *weftv1.Event) error {
 	case *weftv1.Event_NodeRemoved:
 		if err := keys.ValidName(k.NodeRemoved.Name); err != nil {
 			return fieldErr("node_removed.name", "%v", err)
+		}
+		if len(k.NodeRemoved.Reason) > MaxReasonLen {
+			return fieldErr("node_removed.reason", "longer than %d characters", MaxReasonLen)
 		}
 		return nil
 	default:

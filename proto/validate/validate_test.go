@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
@@ -159,5 +160,93 @@ func TestConfigAgainstNodes(t *testing.T) {
 	}
 	if err := ConfigAgainstNodes(c, nodes[:1]); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFieldLimits: every bounded field of a registration (and so of the
+// node the controller makes of it) is refused past its bound, naming the
+// field.
+func TestFieldLimits(t *testing.T) {
+	long := strings.Repeat("a", MaxCapabilityLen+1)
+	many := make([]string, MaxCapabilities+1)
+	for i := range many {
+		many[i] = "c"
+	}
+	for field, r := range map[string]*weftv1.Registration{
+		"capabilities[0]":  {Capabilities: []string{long}},
+		"capabilities":     {Capabilities: many},
+		"capabilities[1]":  {Capabilities: []string{"tcx", "Bad Cap"}},
+		"vtep_mac":         {VtepMac: "not a mac"},
+		"pinned_pod_cidrs": {PinnedPodCidrs: []string{"10.0.0.0/24", "10.0.1.0/24", "fd00::/64"}},
+	} {
+		r.Name, r.UnderlayIp = "n1", "192.0.2.1"
+		if err := Registration(r); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), field+":") {
+			t.Errorf("%s: %v", field, err)
+		}
+		n := &weftv1.Node{Name: "n1", UnderlayIp: "192.0.2.1", Capabilities: r.Capabilities, VtepMac: r.VtepMac}
+		if field != "pinned_pod_cidrs" {
+			if err := Node(nil, n); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), field+":") {
+				t.Errorf("node %s: %v", field, err)
+			}
+		}
+	}
+	ok := &weftv1.Registration{Name: "n1", UnderlayIp: "192.0.2.1", VtepMac: "02:00:00:00:00:01", Capabilities: many[:MaxCapabilities]}
+	if err := Registration(ok); err != nil {
+		t.Errorf("registration at the limits refused: %v", err)
+	}
+	if err := Size("registration", MaxRegistrationBytes+1, MaxRegistrationBytes); err == nil || !strings.Contains(err.Error(), "value:") {
+		t.Errorf("size: %v", err)
+	}
+}
+
+// TestStored: every key kind of the layout, one good and one bad value
+// each; the bad one's error names the key's kind and the field.
+func TestStored(t *testing.T) {
+	k := keys.New("/weft")
+	cfg := good()
+	huge := strings.Repeat("x", 1<<20)
+	for _, tc := range []struct {
+		key, value string
+		lease      int64
+		kind, want string // want: "" for a good value
+	}{
+		{k.Config(), keys.EncodeString(cfg), 0, KindConfig, ""},
+		{k.Config(), `{"cluster_cidr": 10}`, 0, KindConfig, "clusterCidr"},
+		{k.Config(), `{"cluster_cidr":"10.244.0.0/16","backend":"` + huge + `"}`, 0, KindConfig, "value:"},
+		{k.DesiredConfig(), `{"vni": 99999999, "cluster_cidr":"10.244.0.0/16"}`, 0, KindDesiredConfig, ""},
+		{k.DesiredConfig(), `not json`, 0, KindDesiredConfig, "decode cluster config"},
+		{k.DesiredStatus(), `{"accepted": true}`, 0, KindDesiredStatus, ""},
+		{k.Head(), "12", 0, KindHead, ""},
+		{k.Head(), "-1", 0, KindHead, "decode head"},
+		{k.Event(3), `{"seq":"3","node_removed":{"name":"n1"}}`, 0, KindEvent, ""},
+		{k.Event(3), `{"seq":"4","node_removed":{"name":"n1"}}`, 0, KindEvent, "seq:"},
+		{k.Events() + "x", `{}`, 0, KindEvent, "not an event key"},
+		{k.Node("n1"), `{"name":"n1","underlay_ip":"192.0.2.1","pod_cidrs":["10.244.1.0/24"]}`, 0, KindNode, ""},
+		{k.Node("n1"), `{"name":"n1","underlay_ip":"192.0.2.1","pod_cidrs":["192.0.2.0/24"]}`, 0, KindNode, "pod_cidrs[0]"},
+		{k.Node("n1"), `{"name":"n2","underlay_ip":"192.0.2.1"}`, 0, KindNode, "name:"},
+		{k.Subnets() + "10.244.1.0-24", "n1", 0, KindSubnet, ""},
+		{k.Subnets() + "10.244.1.0-24", `{"owner": 5}`, 0, KindSubnet, "value:"},
+		{k.Subnets() + "nope", "n1", 0, KindSubnet, "subnet name"},
+		{k.Registration("n1"), `{"underlay_ip":"192.0.2.1"}`, 7, KindRegistration, ""},
+		{k.Registration("n1"), `{"underlay_ip":"192.0.2.1"}`, 0, KindRegistration, "lease:"},
+		{k.Registration("n1"), `{"underlay_ip":"192.0.2.1","capabilities":["` + huge + `"]}`, 7, KindRegistration, "value:"},
+		{k.Status("n1"), `{"applied_seq":"3"}`, 7, KindStatus, ""},
+		{k.Status("n1"), `{"applied_seq":"all"}`, 7, KindStatus, "appliedSeq"},
+		{k.Problem("n1"), `{"reason":"x"}`, 0, KindProblem, ""},
+		{k.Problem("n1"), `{"reason":5}`, 0, KindProblem, "reason"},
+		{k.Election() + "/694d", `{"controller":"host/1"}`, 7, KindElection, ""},
+		{k.Election() + "/garbage", `{"controller":"host/1"}`, 0, KindElection, "lease:"},
+		{k.Election() + "/694d", `not json`, 7, KindElection, "value:"},
+		{k.Root() + "stray", `x`, 0, KindUnknown, "key:"},
+	} {
+		kind, err := Stored(k, tc.key, []byte(tc.value), tc.lease, cfg)
+		switch {
+		case kind != tc.kind:
+			t.Errorf("%s: kind %q, want %q", tc.key, kind, tc.kind)
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: good value refused: %v", tc.key, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.key)):
+			t.Errorf("%s %.60s: %v, want an error naming the key and %q", tc.key, tc.value, err, tc.want)
+		}
 	}
 }
