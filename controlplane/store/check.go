@@ -10,6 +10,7 @@ import (
 
 	"github.com/weftnet/weft/proto/fold"
 	"github.com/weftnet/weft/proto/keys"
+	"github.com/weftnet/weft/proto/validate"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
@@ -33,6 +34,8 @@ func (r *Report) add(format string, args ...any) {
 }
 
 // Check verifies the store of one cluster at one revision:
+//   - every key under the prefix decodes and validates as its kind
+//     (validate.Stored): each bad one is named with the field at fault;
 //   - event keys and seqs agree, and seqs are contiguous up to the head;
 //   - when the log is untrimmed (it starts at seq 1) the fold of every
 //     event equals the projection (config, nodes, head) exactly;
@@ -48,17 +51,35 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 	r, err := c.Txn(ctx).Then(
 		clientv3.OpGet(k.Events(), clientv3.WithPrefix()),
 		clientv3.OpGet(k.Subnets(), clientv3.WithPrefix()),
+		clientv3.OpGet(k.Root(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("check store: %w", err)
 	}
 	rep := &Report{Revision: r.Header.Revision}
-	proj, _, err := loadAt(ctx, c, k, r.Header.Revision)
+	proj, err := Read(ctx, c, k, clientv3.WithRev(r.Header.Revision))
 	if err != nil {
-		rep.add("projection: %v", err)
+		return nil, fmt.Errorf("check store: %w", err)
+	}
+	bad := map[string]bool{}
+	for _, kv := range r.Responses[2].GetResponseRange().Kvs {
+		if _, err := validate.Stored(k, string(kv.Key), kv.Value, kv.Lease, proj.State.Config); err != nil {
+			rep.add("%.400s", err.Error())
+			bad[string(kv.Key)] = true
+		}
+	}
+	for _, f := range proj.Bad {
+		if !bad[f.Key] {
+			rep.add("%s: %.400s", f.Key, f.Problem)
+		}
+	}
+	if len(rep.Problems) > 0 {
+		// The projection is not what the log says, or cannot be read:
+		// the comparisons below would only repeat it.
 		return rep, nil
 	}
-	rep.Head, rep.Nodes = proj.Head, len(proj.Nodes)
+	rep.Head, rep.Nodes = proj.State.Head, len(proj.State.Nodes)
+	st := proj.State
 
 	var events []*weftv1.Event
 	for _, kv := range r.Responses[0].GetResponseRange().Kvs {
@@ -69,8 +90,7 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 		}
 		e, err := keys.DecodeEvent(kv.Value)
 		if err != nil {
-			rep.add("event %d: %v", seq, err)
-			continue
+			continue // named above
 		}
 		if e.Seq != seq {
 			rep.add("event key %d holds seq %d", seq, e.Seq)
@@ -84,11 +104,11 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 	rep.Events = len(events)
 	if len(events) > 0 {
 		rep.First = events[0].Seq
-		if last := events[len(events)-1].Seq; last != proj.Head {
-			rep.add("last event is seq %d but head is %d", last, proj.Head)
+		if last := events[len(events)-1].Seq; last != st.Head {
+			rep.add("last event is seq %d but head is %d", last, st.Head)
 		}
-	} else if proj.Head != 0 {
-		rep.add("head is %d but the log is empty", proj.Head)
+	} else if st.Head != 0 {
+		rep.add("head is %d but the log is empty", st.Head)
 	}
 	rep.Trimmed = rep.First > 1
 
@@ -101,16 +121,16 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 			}
 		}
 		if rep.OK() {
-			for _, d := range fold.Diff(all, proj) {
+			for _, d := range fold.Diff(all, st) {
 				rep.add("fold of the log != projection: %s", d)
 			}
 		}
 	} else if rep.OK() {
-		checkSuffix(rep, events, proj)
+		checkSuffix(rep, events, st)
 	}
 
 	// Subnet guards against the projection.
-	owners, dups := proj.Subnets()
+	owners, dups := st.Subnets()
 	for _, d := range dups {
 		rep.add("%s", d)
 	}
@@ -130,9 +150,9 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 		guarded[p] = true
 		switch o, ok := owners[p]; {
 		case !ok:
-			rep.add("subnet guard %s (owner %q) belongs to no projected node", p, kv.Value)
+			rep.add("subnet guard %s %s (owner %.64q) belongs to no projected node", kv.Key, p, kv.Value)
 		case o != string(kv.Value):
-			rep.add("subnet guard %s names %q but node %q holds it", p, kv.Value, o)
+			rep.add("subnet guard %s %s names %.64q but node %q holds it", kv.Key, p, kv.Value, o)
 		}
 	}
 	for p, o := range owners {
@@ -202,9 +222,4 @@ func nodeWithSeq(n *weftv1.Node, seq uint64) *weftv1.Node {
 	c := proto.Clone(n).(*weftv1.Node)
 	c.Seq = seq
 	return c
-}
-
-// loadAt is Load at a given revision.
-func loadAt(ctx context.Context, c *clientv3.Client, k keys.Layout, rev int64) (*fold.State, int64, error) {
-	return Load(ctx, c.KV, k, clientv3.WithRev(rev))
 }

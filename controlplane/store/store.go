@@ -15,11 +15,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -60,6 +63,14 @@ type Options struct {
 	// Observe, when set, is called after each committed transaction with
 	// the number of events it held and how long it took.
 	Observe func(events int, took time.Duration)
+	// Repaired, when set, is called for each key a fenced store repaired
+	// (Reload, Verify), after the repair committed.
+	Repaired func(Finding)
+	// Absent, when set, names keys that must not exist for an event to be
+	// appended: they go into its transaction as compares, and a key that
+	// exists fails the append with ErrConflict. The controller requires a
+	// removed node's registration to be absent.
+	Absent func(*weftv1.Event) []string
 }
 
 // Store appends to one cluster's log. It keeps the folded state in memory
@@ -72,10 +83,15 @@ type Store struct {
 	st   *fold.State
 	rev  int64
 	cmps []clientv3.Cmp
+	// findings are what the last Reload or Verify found wrong;
+	// quarantined the nodes left out of st, with their key's mod
+	// revision then.
+	findings    []Finding
+	quarantined map[string]int64
 }
 
-// Open loads the projection of the cluster under layout and returns a
-// store that appends to it.
+// Open loads the state of the cluster under layout from its log and
+// projection (see Reload) and returns a store that appends to it.
 func Open(ctx context.Context, c *clientv3.Client, layout keys.Layout, opt Options) (*Store, error) {
 	if opt.Logger == nil {
 		opt.Logger = hclog.NewNullLogger()
@@ -99,54 +115,182 @@ func Open(ctx context.Context, c *clientv3.Client, layout keys.Layout, opt Optio
 	return s, nil
 }
 
-// Load reads config, head and nodes of the cluster at one revision.
-// Undecodable values are errors: the projection is written only by the
-// controller.
-// Options such as clientv3.WithRev apply to every read.
-func Load(ctx context.Context, c clientv3.KV, k keys.Layout, opts ...clientv3.OpOption) (*fold.State, int64, error) {
+// Projection is the projection read at one revision, decoded as far as
+// each value allows.
+type Projection struct {
+	// State holds the config, head and nodes whose values decode and
+	// validate.
+	State    *fold.State
+	Revision int64
+	// Bad names every projection key whose value does not, with why.
+	Bad []Finding
+}
+
+// Read reads config, head and nodes of the cluster at one revision and
+// returns what decodes; it fails only when etcd does. Options such as
+// clientv3.WithRev apply to every read.
+func Read(ctx context.Context, c clientv3.KV, k keys.Layout, opts ...clientv3.OpOption) (*Projection, error) {
 	r, err := c.Txn(ctx).Then(
 		clientv3.OpGet(k.Config(), opts...),
 		clientv3.OpGet(k.Head(), opts...),
 		clientv3.OpGet(k.Nodes(), append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...),
 	).Commit()
 	if err != nil {
-		return nil, 0, fmt.Errorf("load projection: %w", err)
+		return nil, fmt.Errorf("load projection: %w", err)
 	}
-	st := fold.New()
+	snap := &Snapshot{Revision: r.Header.Revision, Nodes: r.Responses[2].GetResponseRange().Kvs}
 	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-		if st.Config, err = keys.DecodeConfig(kvs[0].Value); err != nil {
-			return nil, 0, fmt.Errorf("load projection: %s: %w", k.Config(), err)
-		}
+		snap.Config = kvs[0]
 	}
 	if kvs := r.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
-		if st.Head, err = keys.ParseHead(kvs[0].Value); err != nil {
-			return nil, 0, fmt.Errorf("load projection: %s: %w", k.Head(), err)
-		}
+		snap.Head = kvs[0]
 	}
-	for _, kv := range r.Responses[2].GetResponseRange().Kvs {
-		name, err := keys.NameOf(k.Nodes(), string(kv.Key))
-		if err != nil {
-			return nil, 0, fmt.Errorf("load projection: %w", err)
-		}
-		n, err := keys.DecodeNode(kv.Value)
-		if err != nil {
-			return nil, 0, fmt.Errorf("load projection: %s: %w", kv.Key, err)
-		}
-		if n.Name != name {
-			return nil, 0, fmt.Errorf("load projection: %s holds node %q", kv.Key, n.Name)
-		}
-		st.Nodes[name] = n
+	p := decodeProjection(k, snap)
+	out := &Projection{State: fold.New(), Revision: snap.Revision}
+	out.State.Config, out.State.Head = p.config, p.head
+	if p.configErr != nil {
+		out.Bad = append(out.Bad, Finding{Key: k.Config(), Problem: p.configErr.Error()})
 	}
-	return st, r.Header.Revision, nil
+	if p.headErr != nil {
+		out.Bad = append(out.Bad, Finding{Key: k.Head(), Problem: p.headErr.Error()})
+	}
+	for _, key := range p.badKeys {
+		out.Bad = append(out.Bad, Finding{Key: key, Problem: "names no node"})
+	}
+	for _, name := range slices.Sorted(maps.Keys(p.nodeKeys)) {
+		if err := p.nodeErr[name]; err != nil {
+			out.Bad = append(out.Bad, Finding{Key: k.Node(name), Problem: err.Error()})
+			continue
+		}
+		out.State.Nodes[name] = p.nodes[name]
+	}
+	return out, nil
 }
 
-// Reload re-reads the projection.
+// Load reads config, head and nodes of the cluster at one revision.
+// Unlike Read it is strict: a value that does not decode or validate is
+// an error naming its key.
+func Load(ctx context.Context, c clientv3.KV, k keys.Layout, opts ...clientv3.OpOption) (*fold.State, int64, error) {
+	p, err := Read(ctx, c, k, opts...)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(p.Bad) > 0 {
+		return nil, 0, fmt.Errorf("load projection: %s: %s", p.Bad[0].Key, p.Bad[0].Problem)
+	}
+	return p.State, p.Revision, nil
+}
+
+// Reload decides the state again from the whole retained log and the
+// projection (Recover): a bad or wrong projection key, head or guard is
+// repaired from the log, a bad value nothing explains is quarantined. A
+// fenced store (the leader's) writes the repairs, in fenced transactions
+// that also compare each key's mod revision, so a key changed meanwhile
+// is left for the next try (ErrConflict); an unfenced one only computes
+// its state. Findings returns what it found.
 func (s *Store) Reload(ctx context.Context) error {
-	st, rev, err := Load(ctx, s.c, s.k)
+	snap, err := readSnapshot(ctx, s.c, s.k, s.k.Events())
 	if err != nil {
 		return err
 	}
-	s.st, s.rev = st, rev
+	rep := Recover(s.k, snap)
+	if err := s.repair(ctx, snap, rep); err != nil {
+		return err
+	}
+	s.st, s.rev = rep.State, snap.Revision
+	s.findings = rep.Findings
+	s.quarantined = map[string]int64{}
+	for _, kv := range snap.Nodes {
+		if name, err := keys.NameOf(s.k.Nodes(), string(kv.Key)); err == nil && rep.Quarantined[name] {
+			s.quarantined[name] = kv.ModRevision
+		}
+	}
+	return nil
+}
+
+// Verify compares the projection, the subnet guards and the keys past the
+// head with the store's state (the log's fold as the store appended it)
+// and, for a fenced store, repairs what differs, like Reload but without
+// reading the log. A quarantined key that changed makes it Reload. It
+// returns what it found wrong (also in Findings); ErrConflict when a key
+// changed between reading and repairing.
+func (s *Store) Verify(ctx context.Context) ([]Finding, error) {
+	snap, err := readSnapshot(ctx, s.c, s.k, s.k.Event(s.st.Head+1))
+	if err != nil {
+		return nil, err
+	}
+	rep, changed := verify(s.k, snap, s.st, s.quarantined)
+	if changed {
+		if err := s.Reload(ctx); err != nil {
+			return nil, err
+		}
+		return s.findings, nil
+	}
+	// Damaged events found by the last Reload are still damaged: Verify
+	// does not read the log below the head.
+	for _, f := range s.findings {
+		if strings.HasPrefix(f.Key, s.k.Events()) && !f.Repaired {
+			rep.Findings = append(rep.Findings, f)
+		}
+	}
+	if err := s.repair(ctx, snap, rep); err != nil {
+		return nil, err
+	}
+	s.findings = rep.Findings
+	return rep.Findings, nil
+}
+
+// Findings returns what the last Reload or Verify found wrong.
+func (s *Store) Findings() []Finding { return slices.Clone(s.findings) }
+
+// repair writes rep's puts and deletes when the store is fenced, each
+// transaction comparing the fence and the mod revision every key had in
+// snap.
+func (s *Store) repair(ctx context.Context, snap *Snapshot, rep *Repair) error {
+	if s.opt.Fence == nil || len(rep.Puts)+len(rep.Deletes) == 0 {
+		return nil
+	}
+	modRev := map[string]int64{}
+	for _, kvs := range [][]*mvccpb.KeyValue{snap.Nodes, snap.Events, snap.Guards, {snap.Config, snap.Head}} {
+		for _, kv := range kvs {
+			if kv != nil {
+				modRev[string(kv.Key)] = kv.ModRevision
+			}
+		}
+	}
+	var ops []clientv3.Op
+	var cmps []clientv3.Cmp
+	for _, key := range slices.Sorted(maps.Keys(rep.Puts)) {
+		ops = append(ops, clientv3.OpPut(key, rep.Puts[key]))
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", modRev[key]))
+	}
+	for _, key := range rep.Deletes {
+		ops = append(ops, clientv3.OpDelete(key))
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", modRev[key]))
+	}
+	step := max(1, s.opt.MaxOps-1)
+	for len(ops) > 0 {
+		n := min(step, len(ops))
+		r, err := s.c.Txn(ctx).If(append(slices.Clone(s.cmps), cmps[:n]...)...).Then(ops[:n]...).Else(s.diagnose()...).Commit()
+		if err != nil {
+			return fmt.Errorf("repair projection: %w", err)
+		}
+		if !r.Succeeded {
+			if cause := s.cause(r, 0); errors.Is(cause, ErrNotLeader) {
+				return fmt.Errorf("repair projection: %w", ErrNotLeader)
+			}
+			return fmt.Errorf("repair projection: %w: a key changed while it was repaired", ErrConflict)
+		}
+		ops, cmps = ops[n:], cmps[n:]
+	}
+	for _, f := range rep.Findings {
+		if f.Repaired {
+			s.log.Warn("repaired from the log", "key", f.Key, "problem", f.Problem)
+			if s.opt.Repaired != nil {
+				s.opt.Repaired(f)
+			}
+		}
+	}
 	return nil
 }
 
@@ -235,6 +379,11 @@ func (s *Store) plan(events []*weftv1.Event) ([]*txn, error) {
 		c, err := fold.Next(seq-1, node, e)
 		if err != nil {
 			return nil, fmt.Errorf("append: %w", err)
+		}
+		if s.opt.Absent != nil {
+			for _, key := range s.opt.Absent(e) {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+			}
 		}
 		switch {
 		case c.Config != nil:
@@ -355,7 +504,7 @@ func (s *Store) cause(r *clientv3.TxnResponse, prev uint64) error {
 	if head != prev {
 		return fmt.Errorf("%w: head is %d, expected %d", ErrConflict, head, prev)
 	}
-	return fmt.Errorf("%w: a subnet guard is already taken", ErrConflict)
+	return fmt.Errorf("%w: a subnet guard is already taken, or a key that must be absent exists", ErrConflict)
 }
 
 // Put writes a key outside the log (a problem, a config status) under the

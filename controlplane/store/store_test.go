@@ -31,7 +31,7 @@ var k = keys.New("/weft")
 
 func cfgEvent() *weftv1.Event {
 	return &weftv1.Event{Kind: &weftv1.Event_ConfigChanged{ConfigChanged: &weftv1.ConfigChanged{Config: &weftv1.ClusterConfig{
-		ClusterCidr: "10.244.0.0/16", NodeMaskSize: 24, Backend: "vxlan", Vni: 1, UdpPort: 8472, DefaultsApplied: true,
+		ClusterCidr: "10.0.0.0/8", NodeMaskSize: 24, Backend: "vxlan", Vni: 1, UdpPort: 8472, DefaultsApplied: true,
 	}}}}
 }
 
@@ -146,7 +146,7 @@ func TestFencedRace(t *testing.T) {
 			t.Fatal(err)
 		}
 		e := concurrency.NewElection(sess, k.Election())
-		if err := e.Campaign(ctx, "x"); err != nil {
+		if err := e.Campaign(ctx, `{"controller":"x"}`); err != nil {
 			t.Fatal(err)
 		}
 		return sess, &store.Fence{Key: e.Key(), Rev: e.Rev()}
