@@ -169,8 +169,9 @@ type Agent struct {
 	// reachKick tells the converge loop that the prober's verdicts
 	// changed.
 	reachKick chan struct{}
-	// etcdUp tells the lease keeper that the follower just reached etcd
-	// after failing: a registration waiting out a backoff tries at once.
+	// etcdUp tells the lease keeper that etcd answers again (the follower
+	// reached it after failing, or the client's connection became ready):
+	// a registration waiting out a backoff tries at once.
 	etcdUp chan struct{}
 	// view is what the converge loop last published.
 	view atomic.Pointer[view]
@@ -250,6 +251,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	fo.Logger = a.log.Named("follow")
 	fo.OnRelist = a.onRelist
 	fo.OnHealth = func(err error) { a.send(ctx, followHealth{err}) }
+	fo.Quarantined = func() []string { return a.view.Load().quarantined }
 	// The head the agent reports is the highest seq of the lists and
 	// events the loop received; the follower's OnHead adds nothing.
 	f := follow.New(a.cfg.Client, a.k, fo)
@@ -259,6 +261,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { f.Run(ctx, sink{a, ctx}) })
 	wg.Go(func() { l.run(ctx) })
 	wg.Go(func() { a.keepLease(ctx) })
+	wg.Go(func() { a.watchConn(ctx) })
 	wg.Go(func() { a.watchBGP(ctx) })
 	if a.prober != nil {
 		wg.Go(func() { a.prober.Run(ctx) })
@@ -319,8 +322,9 @@ func (a *Agent) onRelist(reason string) {
 }
 
 // Health reports whether the agent is degraded and why: etcd unreachable,
-// no usable underlay, the datapath failing to converge, or peers
-// unreachable through the datapath.
+// no usable underlay, the datapath failing to converge, a projection
+// value it cannot use (named by key, with what it holds instead), or
+// peers unreachable through the datapath.
 func (a *Agent) Health() (ok bool, reasons []string) {
 	own, peers := a.healthParts(a.view.Load())
 	if peers != "" {

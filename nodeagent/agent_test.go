@@ -61,7 +61,7 @@ func testUnderlay() spec.Underlay {
 }
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	c      *clientv3.Client // direct client, for the test's own writes
 	log    *logtest.Log
 	dp     *fakedp.Datapath
@@ -71,7 +71,7 @@ type harness struct {
 	stop   func()
 }
 
-func newHarness(t *testing.T, agentClient *clientv3.Client, c *clientv3.Client) *harness {
+func newHarness(t testing.TB, agentClient *clientv3.Client, c *clientv3.Client) *harness {
 	ctx := context.Background()
 	l, err := logtest.New(ctx, c, "/weft")
 	if err != nil {
@@ -120,7 +120,7 @@ func (h *harness) append(e *weftv1.Event) uint64 {
 	return seq
 }
 
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
+func eventually(t testing.TB, what string, cond func() (bool, string)) {
 	t.Helper()
 	var last string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
@@ -283,7 +283,9 @@ func TestAgentRefusesBadInputAndKeepsServing(t *testing.T) {
 	}
 
 	// A garbage node value in the projection, seen at a re-list (forced by
-	// a gap): refused, the node's last good value kept.
+	// a gap): refused, the node's last good value kept, and the agent
+	// degraded naming the key (as for the refused nodes the projection
+	// holds: n3, n4 and evil).
 	if err := h.log.AppendRaw(ctx, 10, keys.Encode(&weftv1.Event{Seq: 10, Kind: logtest.Removed("nobody").Kind}),
 		clientv3.OpPut(keys.New("").Node("n2"), "{broken")); err != nil {
 		t.Fatal(err)
@@ -291,8 +293,15 @@ func TestAgentRefusesBadInputAndKeepsServing(t *testing.T) {
 	st = h.waitStatus("garbage node", func(st *weftv1.AgentStatus) bool {
 		return st.AppliedSeq == 10 && strings.Contains(strings.Join(st.Refused, "\n"), "node n2: decode node")
 	})
-	if st.TunnelEntries != 2 || st.Degraded {
+	if st.TunnelEntries != 2 || !st.Degraded {
 		t.Fatalf("status = %v", st)
+	}
+	_, reasons := h.a.Health()
+	if r := strings.Join(reasons, "\n"); !strings.Contains(r, "bad value at /weft/nodes/n2: decode node") || !strings.Contains(r, "holding its last good value") {
+		t.Fatalf("health does not name /weft/nodes/n2 and what is held: %s", r)
+	}
+	if k := h.dp.Kernel(); len(k.Tunnels) != 2 || k.Tunnels[0].Endpoint != netip.MustParseAddr("192.168.1.2") {
+		t.Fatalf("kernel after the garbage list = %+v", k.Tunnels)
 	}
 	if !strings.Contains(h.logs.String(), "event refused; keeping the last good state") {
 		t.Fatalf("no refusal log line")
@@ -302,7 +311,7 @@ func TestAgentRefusesBadInputAndKeepsServing(t *testing.T) {
 func TestAgentHeadlessAndUnreachableAtStart(t *testing.T) {
 	srv, c := etcdtest.New(t)
 	u, _ := url.Parse(srv.Endpoints[0])
-	p, err := logtest.NewProxy(u.Host, true) // etcd unreachable from the start
+	p, err := etcdtest.NewProxy(u.Host, true) // etcd unreachable from the start
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,10 +27,13 @@ type view struct {
 	vtepMAC    string
 	// What the converger last achieved.
 	refused []model.Refusal
-	plan    model.Plan    // Problems and PodMTU of the last plan
-	synced  *spec.Desired // the spec last synced, nil before
-	syncErr error
-	health  []string // degraded reasons, empty when healthy
+	// quarantined are the keys of the projection values the model cannot
+	// use (the follower re-reads them).
+	quarantined []string
+	plan        model.Plan    // Problems and PodMTU of the last plan
+	synced      *spec.Desired // the spec last synced, nil before
+	syncErr     error
+	health      []string // degraded reasons, empty when healthy
 	// BGP.
 	bgpOn      bool
 	bgpSkipped []*weftv1.BGPSession
@@ -57,8 +60,11 @@ type loop struct {
 	underErr  error
 	// failing is which of the above made the agent degraded at the last
 	// publish, so a change of health is logged once.
-	failing   [4]bool
-	subnetEnv string
+	failing [4]bool
+	// quarantine is the model's quarantine as last published, so a change
+	// is logged once.
+	quarantine []model.Quarantine
+	subnetEnv  string
 	// regChanged: the registration's inputs changed since the last
 	// publish; the lease keeper is asked to rewrite it after the view
 	// that holds them is out.
@@ -252,6 +258,21 @@ func (l *loop) publish() {
 	}
 	if l.syncErr != nil {
 		v.health = append(v.health, "datapath not converged: "+l.syncErr.Error())
+	}
+	// A projection value the model cannot use: the agent holds what it
+	// kept and says so, naming the key.
+	q := l.state.Quarantined()
+	for _, x := range q {
+		key := l.a.k.Config()
+		if x.Node != "" {
+			key = l.a.k.Node(x.Node)
+		}
+		v.quarantined = append(v.quarantined, key)
+		v.health = append(v.health, fmt.Sprintf("bad value at %s: %.300s; holding %s", key, x.Reason, x.Kept))
+	}
+	if !slices.Equal(q, l.quarantine) {
+		l.quarantine, l.healthDirty = q, true
+		l.a.metrics.quarantined.Set(float64(len(q)))
 	}
 	l.a.view.Store(v)
 	if l.regChanged {

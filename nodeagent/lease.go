@@ -2,13 +2,16 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weftnet/weft/internal/backoff"
@@ -50,9 +53,13 @@ func (a *Agent) registration(v *view) *weftv1.Registration {
 }
 
 // keepLease keeps the registration and the status on one lease (a
-// concurrency.Session) until ctx ends. A lost lease (expired while etcd
-// was unreachable, or revoked by someone) is replaced by a new session and
-// the registration written again; concurrency.Session alone ends there.
+// concurrency.Session) until ctx ends. A lost session (its keepalives
+// went unanswered for a TTL while etcd was away, or the lease was
+// revoked) is replaced: first by keeping the same lease alive again when
+// etcd still holds it (etcd extends every lease when it comes back after
+// an outage, so the registration never disappears), else by a new lease;
+// the registration is written again either way. concurrency.Session
+// alone ends there.
 // On shutdown the session is orphaned, not closed: the lease is not
 // revoked but runs out on its own, so a quick restart keeps the node's
 // registration (and the controller never starts its removal grace).
@@ -69,11 +76,19 @@ func (a *Agent) keepLease(ctx context.Context) {
 	w := &statusWriter{a: a}
 	defer w.stop()
 	bo := backoff.New(leaseRetryMin, leaseRetryMax)
+	var last clientv3.LeaseID
+	// etcdBack is when the follower last reported etcd answering again
+	// while the keeper was failing: the gap from there to the new
+	// registration is logged (it must not be a backoff step).
+	var etcdBack, failingSince time.Time
 	for ctx.Err() == nil {
-		s, err := a.register(ctx)
+		s, resumed, err := a.register(ctx, last)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
+			}
+			if failingSince.IsZero() {
+				failingSince = time.Now()
 			}
 			w.storeHealth(ctx, err)
 			d := bo.Next()
@@ -83,6 +98,7 @@ func (a *Agent) keepLease(ctx context.Context) {
 				return
 			case <-time.After(d):
 			case <-a.etcdUp:
+				etcdBack = time.Now()
 				bo.Reset()
 			}
 			continue
@@ -93,37 +109,81 @@ func (a *Agent) keepLease(ctx context.Context) {
 		default:
 		}
 		w.storeHealth(ctx, nil)
-		a.log.Info("registered", "lease", fmt.Sprintf("%x", int64(s.Lease())), "ttl", a.cfg.LeaseTTL)
+		last = s.Lease()
+		args := []any{"lease", fmt.Sprintf("%x", int64(last)), "ttl", a.cfg.LeaseTTL, "resumed", resumed}
+		if !failingSince.IsZero() {
+			args = append(args, "failing_for", time.Since(failingSince).Round(time.Millisecond))
+			if !etcdBack.IsZero() {
+				gap := time.Since(etcdBack)
+				args = append(args, "after_etcd_answered", gap.Round(time.Microsecond))
+			}
+		}
+		etcdBack, failingSince = time.Time{}, time.Time{}
+		a.log.Info("registered", args...)
 		a.serve(ctx, s, w)
 		s.Orphan() // never revoke: see above
 		if ctx.Err() != nil {
 			return
 		}
-		a.log.Warn("lease lost; registering again")
+		failingSince = time.Now()
+		a.log.Warn("lease session ended; registering again")
 	}
 }
 
-// register grants a lease, keeps it alive in a session and puts the
-// registration on it. On an error nothing is left running; a granted
-// lease that never carried the registration just expires.
-func (a *Agent) register(ctx context.Context) (*concurrency.Session, error) {
+// watchConn pokes the lease keeper (etcdUp) each time the client's
+// connection to etcd becomes ready after it was not: the first moment
+// etcd can answer again, which the follower may not see (its watch
+// reconnects quietly). A registration waiting out a backoff then tries
+// at once.
+func (a *Agent) watchConn(ctx context.Context) {
+	conn := a.cfg.Client.ActiveConnection()
+	if conn == nil {
+		return
+	}
+	state := conn.GetState()
+	for conn.WaitForStateChange(ctx, state) {
+		next := conn.GetState()
+		if next == connectivity.Ready && state != connectivity.Ready {
+			poke(a.etcdUp)
+		}
+		state = next
+	}
+}
+
+// register keeps the lease last alive again when etcd still holds it
+// (resumed), else grants a new one, keeps it alive in a session and puts
+// the registration on it. On an error nothing is left running; a
+// granted lease that never carried the registration just expires.
+func (a *Agent) register(ctx context.Context, last clientv3.LeaseID) (s *concurrency.Session, resumed bool, err error) {
 	rctx, cancel := context.WithTimeout(ctx, a.requestTimeout())
 	defer cancel()
-	// Granting here, with a timeout, rather than in NewSession, which
-	// would wait for etcd as long as ctx lives.
-	g, err := a.cfg.Client.Grant(rctx, int64(a.cfg.LeaseTTL/time.Second))
-	if err != nil {
-		return nil, fmt.Errorf("grant lease: %w", err)
+	id := clientv3.NoLease
+	if last != clientv3.NoLease {
+		switch _, err := a.cfg.Client.KeepAliveOnce(rctx, last); {
+		case err == nil:
+			id, resumed = last, true
+		case !errors.Is(err, rpctypes.ErrLeaseNotFound):
+			return nil, false, fmt.Errorf("renew lease %x: %w", int64(last), err)
+		}
 	}
-	s, err := concurrency.NewSession(a.cfg.Client, concurrency.WithLease(g.ID), concurrency.WithContext(ctx))
+	if id == clientv3.NoLease {
+		// Granting here, with a timeout, rather than in NewSession,
+		// which would wait for etcd as long as ctx lives.
+		g, err := a.cfg.Client.Grant(rctx, int64(a.cfg.LeaseTTL/time.Second))
+		if err != nil {
+			return nil, false, fmt.Errorf("grant lease: %w", err)
+		}
+		id = g.ID
+	}
+	s, err = concurrency.NewSession(a.cfg.Client, concurrency.WithLease(id), concurrency.WithContext(ctx))
 	if err != nil {
-		return nil, fmt.Errorf("keep lease alive: %w", err)
+		return nil, false, fmt.Errorf("keep lease alive: %w", err)
 	}
 	if err := a.putRegistration(ctx, s.Lease()); err != nil {
 		s.Orphan()
-		return nil, err
+		return nil, false, err
 	}
-	return s, nil
+	return s, resumed, nil
 }
 
 func (a *Agent) putRegistration(ctx context.Context, id clientv3.LeaseID) error {

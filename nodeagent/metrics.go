@@ -29,6 +29,8 @@ type metrics struct {
 	routes        prometheus.Gauge
 	// peersUnreachable is set by the prober's OnChange (0 without one).
 	peersUnreachable prometheus.Gauge
+	// quarantined counts the projection values the agent cannot use.
+	quarantined prometheus.Gauge
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -38,19 +40,21 @@ func newMetrics(a *Agent) *metrics {
 		head:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_head_seq", Help: "Highest head seq the agent has seen."}),
 		eventsApplied: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_agent_events_applied_total", Help: "Events applied from the watch."}),
 		refused:       prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_agent_refused_total", Help: "Events and projection values refused (undecodable or invalid)."}),
-		relists:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weft_agent_relists_total", Help: "Lists of the projection, by reason (start, gap, trimmed, compacted, watch_ended)."}, []string{"reason"}),
+		relists:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weft_agent_relists_total", Help: "Lists of the projection, by reason (start, gap, trimmed, compacted, watch_ended, rewritten, changed)."}, []string{"reason"}),
 		syncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "weft_agent_sync_duration_seconds",
 			Help:    "Duration of datapath Sync and Reconcile calls.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}, []string{"op"}),
 		repairs:      prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_agent_repairs_total", Help: "Pieces of datapath drift repaired by Reconcile."}),
-		degraded:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_degraded", Help: "1 while etcd is unreachable, the datapath does not converge or a peer is unreachable."}),
+		degraded:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_degraded", Help: "1 while etcd is unreachable, the datapath does not converge, a peer is unreachable or a projection value is unusable."}),
 		peerProblems: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_peer_problems", Help: "Remote nodes the datapath does not serve in the current mode."}),
 		tunnels:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_tunnel_entries", Help: "Tunnel map entries synced."}),
 		routes:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_route_entries", Help: "Routes synced (cluster routes and direct routes)."}),
 		peersUnreachable: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_peers_unreachable",
 			Help: "Peers whose pod gateway does not answer probes through the datapath (past their grace)."}),
+		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_quarantined_keys",
+			Help: "Projection values (/weft/config, /weft/nodes/<name>) the agent cannot use; it holds their last good value and is degraded."}),
 	}
 	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_agent_lag_events", Help: "Events between the head seen and the applied seq."}, func() float64 {
 		st := a.Status()
@@ -61,7 +65,7 @@ func newMetrics(a *Agent) *metrics {
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(m.applied, m.head, m.eventsApplied, m.refused, m.relists, m.syncDuration, m.repairs,
 		m.degraded, m.peerProblems, m.tunnels, m.routes, lag, counterCollector{a.dp}, bgpCollector{a},
-		m.peersUnreachable, reachCollector{a})
+		m.peersUnreachable, reachCollector{a}, m.quarantined)
 	return m
 }
 

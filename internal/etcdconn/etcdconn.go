@@ -15,11 +15,31 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 )
 
 // DefaultDialTimeout bounds the first connection when Config.DialTimeout
 // is zero.
 const DefaultDialTimeout = 5 * time.Second
+
+// ReconnectParams bound how long a client waits between attempts to
+// reconnect to an etcd member it lost. gRPC's default backoff grows to
+// two minutes, so after an outage of half a minute a client could wait
+// another quarter of a minute before it even tried, long after etcd and
+// the controller were back: an agent that cannot renew its registration
+// for that long can lose its node. With these, every client tries each
+// member at least every 2 s (jittered); docs/DESIGN.md's removal rule
+// counts on it.
+var ReconnectParams = grpc.ConnectParams{
+	Backoff: grpcbackoff.Config{
+		BaseDelay:  100 * time.Millisecond,
+		Multiplier: 1.6,
+		Jitter:     0.2,
+		MaxDelay:   2 * time.Second,
+	},
+	MinConnectTimeout: 5 * time.Second,
+}
 
 // Config names the etcd cluster and the TLS material to reach it.
 type Config struct {
@@ -88,7 +108,8 @@ func New(c Config) (*clientv3.Client, error) {
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = DefaultDialTimeout
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints, DialTimeout: c.DialTimeout, TLS: t, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints, DialTimeout: c.DialTimeout, TLS: t, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(ReconnectParams)}})
 	if err != nil {
 		return nil, fmt.Errorf("connect etcd: %w", err)
 	}

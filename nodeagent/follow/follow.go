@@ -19,6 +19,7 @@ import (
 	"github.com/weftnet/weft/internal/backoff"
 	"github.com/weftnet/weft/nodeagent/model"
 	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
 // Sink receives the log. Calls are made from the follower's goroutine,
@@ -42,6 +43,13 @@ const (
 	ReasonTrimmed    = "trimmed"
 	ReasonCompacted  = "compacted"
 	ReasonWatchEnded = "watch_ended"
+	// ReasonRewritten: an event the follower had already handed over was
+	// written again (by hand, or by the controller over a value it did not
+	// write); the log below the head changed, so the projection is read.
+	ReasonRewritten = "rewritten"
+	// ReasonChanged: a projection value the sink could not use changed
+	// (Options.Quarantined), e.g. the controller repaired it.
+	ReasonChanged = "changed"
 )
 
 // Options tune a Follower. Every field is optional.
@@ -62,6 +70,12 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// PageSize is the number of nodes read per request (default 1000).
 	PageSize int64
+	// Quarantined, when set, names the projection keys the sink could not
+	// use at the last list. The follower reads them every RecheckInterval
+	// (default 2 s) while there are any, and lists again as soon as one
+	// changed, so a repaired value is used within seconds.
+	Quarantined     func() []string
+	RecheckInterval time.Duration
 }
 
 // Follower follows one cluster's log. Create it with New and call Run once.
@@ -97,6 +111,12 @@ func New(c *clientv3.Client, k keys.Layout, opts Options) *Follower {
 	}
 	if opts.OnHead == nil {
 		opts.OnHead = func(uint64) {}
+	}
+	if opts.Quarantined == nil {
+		opts.Quarantined = func() []string { return nil }
+	}
+	if opts.RecheckInterval <= 0 {
+		opts.RecheckInterval = 2 * time.Second
 	}
 	return &Follower{c: c, k: k, opts: opts, log: opts.Logger}
 }
@@ -184,10 +204,94 @@ func (f *Follower) list(ctx context.Context) (model.Snapshot, error) {
 			snap.Nodes[name] = kv.Value
 		}
 		if !r.More || len(r.Kvs) == 0 {
-			return snap, nil
+			break
 		}
 		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
 	}
+	if config, names := model.Suspects(snap); config || len(names) > 0 {
+		if err := f.fromLog(rctx, &snap, config, names); err != nil {
+			return model.Snapshot{}, err
+		}
+	}
+	return snap, nil
+}
+
+// fromLog reads the retained log at the snapshot's revision and records
+// what it says about the suspect config and nodes: the value of the last
+// event touching each (snap.FromLog, snap.LogConfig). Events that do not
+// decode are skipped; the model validates what it takes.
+func (f *Follower) fromLog(ctx context.Context, snap *model.Snapshot, config bool, names []string) error {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	snap.FromLog = map[string]model.LogValue{}
+	prefix := f.k.Events()
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	from := prefix
+	for {
+		r, err := f.c.Get(ctx, from, clientv3.WithRange(end), clientv3.WithRev(snap.Revision),
+			clientv3.WithLimit(f.opts.PageSize), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+		if err != nil {
+			return fmt.Errorf("read events at revision %d: %w", snap.Revision, err)
+		}
+		for _, kv := range r.Kvs {
+			seq, err := f.k.EventSeq(string(kv.Key))
+			if err != nil || seq > snap.Head {
+				continue
+			}
+			e, err := keys.DecodeEvent(kv.Value)
+			if err != nil || e.Seq != seq {
+				continue
+			}
+			switch k := e.Kind.(type) {
+			case *weftv1.Event_ConfigChanged:
+				if config && k.ConfigChanged.GetConfig() != nil {
+					snap.LogConfig = keys.Encode(k.ConfigChanged.Config)
+				}
+			case *weftv1.Event_NodeAdded:
+				if n := k.NodeAdded.GetNode(); want[n.GetName()] {
+					snap.FromLog[n.Name] = model.LogValue{Node: keys.Encode(n), Seq: seq}
+				}
+			case *weftv1.Event_NodeUpdated:
+				if n := k.NodeUpdated.GetNode(); want[n.GetName()] {
+					snap.FromLog[n.Name] = model.LogValue{Node: keys.Encode(n), Seq: seq}
+				}
+			case *weftv1.Event_NodeRemoved:
+				if want[k.NodeRemoved.GetName()] {
+					snap.FromLog[k.NodeRemoved.Name] = model.LogValue{Seq: seq}
+				}
+			}
+		}
+		if !r.More || len(r.Kvs) == 0 {
+			break
+		}
+		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
+	}
+	f.log.Warn("projection values the agent cannot use; read the log for them", "config", config, "nodes", names, "found", len(snap.FromLog))
+	return nil
+}
+
+// changed reports whether any of keys was written (or deleted) after
+// revision rev.
+func (f *Follower) changed(ctx context.Context, keys []string, rev int64) (bool, error) {
+	rctx, cancel := context.WithTimeout(ctx, f.opts.RequestTimeout)
+	defer cancel()
+	ops := make([]clientv3.Op, 0, len(keys))
+	for _, k := range keys {
+		ops = append(ops, clientv3.OpGet(k, clientv3.WithKeysOnly()))
+	}
+	r, err := f.c.Txn(rctx).Then(ops...).Commit()
+	if err != nil {
+		return false, err
+	}
+	for _, resp := range r.Responses {
+		kvs := resp.GetResponseRange().Kvs
+		if len(kvs) == 0 || kvs[0].ModRevision > rev {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // watch follows events from snap.Revision+1 until it must re-list.
@@ -196,12 +300,21 @@ func (f *Follower) watch(ctx context.Context, sink Sink, snap model.Snapshot) er
 	defer cancel()
 	applied := snap.Head
 	wch := f.c.Watch(wctx, f.k.Events(), clientv3.WithPrefix(), clientv3.WithRev(snap.Revision+1))
+	recheck := time.NewTicker(f.opts.RecheckInterval)
+	defer recheck.Stop()
 	for {
 		var resp clientv3.WatchResponse
 		var ok bool
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-recheck.C:
+			if ks := f.opts.Quarantined(); len(ks) > 0 {
+				if changed, err := f.changed(ctx, ks, snap.Revision); err == nil && changed {
+					return errRelist{ReasonChanged}
+				}
+			}
+			continue
 		case resp, ok = <-wch:
 		}
 		if !ok {
@@ -232,7 +345,10 @@ func (f *Follower) watch(ctx context.Context, sink Sink, snap model.Snapshot) er
 			}
 			f.opts.OnHead(seq)
 			if seq <= applied {
-				continue // a duplicate or a replay of an old key
+				// The watch starts after the list's revision, so this is
+				// no replay: an event below the head was written again.
+				f.log.Warn("an event already applied was written again", "seq", seq, "applied", applied)
+				return errRelist{ReasonRewritten}
 			}
 			err = nil
 			if seq == applied+1 {

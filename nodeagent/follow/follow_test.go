@@ -146,16 +146,17 @@ func TestListThenWatchGapAndDuplicates(t *testing.T) {
 	mustAppend(t, ctx, l, logtest.Updated("b", "192.168.1.99", "10.244.2.0/24"))
 	converged(t, ctx, c, k, 8)
 
-	// A replayed event (an old key rewritten, as a confused writer or a
-	// restore would) is ignored.
+	// An old event key rewritten (as a confused writer or a restore
+	// would) is not applied again; the log below the head changed, so
+	// the follower lists once and holds the projection.
 	old, _ := c.Get(ctx, l.K.Event(3))
 	if _, err := c.Put(ctx, l.K.Event(3), string(old.Kvs[0].Value)); err != nil {
 		t.Fatal(err)
 	}
 	mustAppend(t, ctx, l, logtest.Added("f", "192.168.1.20", "10.244.20.0/24"))
 	converged(t, ctx, c, k, 9)
-	if n := k.count(ReasonGap); n != 0 {
-		t.Fatalf("duplicate caused %d re-lists", n)
+	if n, g := k.count(ReasonRewritten), k.count(ReasonGap); n != 1 || g != 0 {
+		t.Fatalf("rewritten event: %d rewritten and %d gap re-lists, want 1 and 0", n, g)
 	}
 
 	// A gap: event 11 without 10. The follower re-lists and the state is
@@ -181,7 +182,7 @@ func TestTrimAndCompactionForceRelist(t *testing.T) {
 	mustAppend(t, ctx, l, logtest.Added("a", "192.168.1.1", "10.244.1.0/24"))
 
 	u, _ := url.Parse(srv.Endpoints[0])
-	p, err := logtest.NewProxy(u.Host, false)
+	p, err := etcdtest.NewProxy(u.Host, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +221,7 @@ func TestUnreachableAtStartIsRetried(t *testing.T) {
 	mustAppend(t, ctx, l, logtest.Config(cfg()))
 	mustAppend(t, ctx, l, logtest.Added("a", "192.168.1.1", "10.244.1.0/24"))
 	u, _ := url.Parse(srv.Endpoints[0])
-	p, err := logtest.NewProxy(u.Host, true) // etcd unreachable from the start
+	p, err := etcdtest.NewProxy(u.Host, true) // etcd unreachable from the start
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +253,7 @@ func TestUnreachableAtStartIsRetried(t *testing.T) {
 	}
 }
 
-func proxyClient(t *testing.T, p *logtest.Proxy) *clientv3.Client {
+func proxyClient(t *testing.T, p *etcdtest.Proxy) *clientv3.Client {
 	pc, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{p.Endpoint()},
 		DialTimeout: time.Second,
@@ -263,4 +264,66 @@ func proxyClient(t *testing.T, p *logtest.Proxy) *clientv3.Client {
 	}
 	t.Cleanup(func() { pc.Close() })
 	return pc
+}
+
+// TestBadProjectionValue: a list that finds a node value the model cannot
+// use reads the retained log for it, so a fresh sink holds the node as
+// the log says; when the value changes (repaired), the follower lists
+// again within its recheck interval.
+func TestBadProjectionValue(t *testing.T) {
+	ctx := context.Background()
+	_, c := etcdtest.New(t)
+	l, err := logtest.New(ctx, c, "/weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, ctx, l, logtest.Config(cfg()))
+	mustAppend(t, ctx, l, logtest.Added("a", "192.168.1.1", "10.244.1.0/24"))
+	mustAppend(t, ctx, l, logtest.Added("b", "192.168.1.2", "10.244.2.0/24"))
+	good, _ := c.Get(ctx, l.K.Node("a"))
+	if _, err := c.Put(ctx, l.K.Node("a"), "not json {"); err != nil {
+		t.Fatal(err)
+	}
+	k := &stateSink{s: model.New()}
+	opts := k.opts()
+	opts.RecheckInterval = 50 * time.Millisecond
+	opts.Quarantined = func() []string {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		var out []string
+		for _, q := range k.s.Quarantined() {
+			out = append(out, l.K.Node(q.Node))
+		}
+		return out
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- New(c, l.K, opts).Run(rctx, k) }()
+	defer func() { cancel(); <-done }()
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			k.mu.Lock()
+			ok := cond()
+			k.mu.Unlock()
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s: %s", what, k.s)
+			}
+		}
+	}
+	wait("a from the log", func() bool {
+		a := k.s.Node("a")
+		return a != nil && a.UnderlayIp == "192.168.1.1" && a.Seq == 2 && len(k.s.Quarantined()) == 1
+	})
+	// Repaired: listed again, quarantine over.
+	if _, err := c.Put(ctx, l.K.Node("a"), string(good.Kvs[0].Value)); err != nil {
+		t.Fatal(err)
+	}
+	wait("repaired value listed", func() bool { return len(k.s.Quarantined()) == 0 })
+	if k.count(ReasonChanged) != 1 {
+		t.Fatalf("relists %v", k.relists)
+	}
 }

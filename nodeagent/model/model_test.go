@@ -284,3 +284,55 @@ func TestNodesBeforeConfigAreRefused(t *testing.T) {
 		t.Fatalf("reset without config: %s %v", s, s.Refused())
 	}
 }
+
+// TestResetQuarantinesAndTakesTheLog: a fresh model (an agent that just
+// started) refuses a bad node value, holds what the retained log says
+// instead, and reports the quarantine; an event for that node ends it.
+func TestResetQuarantinesAndTakesTheLog(t *testing.T) {
+	cfg := keys.Encode(validate.WithDefaults(baseConfig()))
+	a := keys.Encode(&weftv1.Node{Name: "a", UnderlayIp: "192.168.1.1", PodCidrs: []string{"10.244.1.0/24"}, Seq: 2})
+	bLog := keys.Encode(&weftv1.Node{Name: "b", UnderlayIp: "192.168.1.2", PodCidrs: []string{"10.244.2.0/24"}})
+	snap := Snapshot{Head: 4, Config: cfg, Nodes: map[string][]byte{
+		"a": a,
+		"b": []byte("not json {"),
+		"c": []byte(`{"name":"c","underlay_ip":"nope"}`),
+		"d": []byte("{"),
+	}}
+	cfgBad, suspects := Suspects(snap)
+	if cfgBad || strings.Join(suspects, ",") != "b,c,d" {
+		t.Fatalf("suspects %v %v", cfgBad, suspects)
+	}
+	snap.FromLog = map[string]LogValue{"b": {Node: bLog, Seq: 3}, "d": {Seq: 4}}
+	s := New()
+	s.Reset(snap)
+	if s.Node("b") == nil || s.Node("b").Seq != 3 || s.Node("c") != nil || s.Node("d") != nil || s.Len() != 2 {
+		t.Fatalf("state %s", s)
+	}
+	q := s.Quarantined()
+	if len(q) != 3 || q[0].Node != "b" || q[0].Kept != "the log's event 3" || !strings.Contains(q[0].Reason, "decode node") ||
+		q[1].Node != "c" || q[1].Kept != "nothing" || !strings.Contains(q[1].Reason, "underlay_ip") ||
+		q[2].Node != "d" || !strings.Contains(q[2].Kept, "removed it") {
+		t.Fatalf("quarantine %+v", q)
+	}
+	// An event for b says what b is now: its quarantine ends.
+	e := keys.Encode(&weftv1.Event{Seq: 5, Kind: &weftv1.Event_NodeUpdated{NodeUpdated: &weftv1.NodeUpdated{Node: &weftv1.Node{
+		Name: "b", UnderlayIp: "192.168.1.22", PodCidrs: []string{"10.244.2.0/24"}}}}})
+	if refused, err := s.Apply(5, e); refused != nil || err != nil {
+		t.Fatalf("apply: %v %v", refused, err)
+	}
+	if q := s.Quarantined(); len(q) != 2 || q[0].Node != "c" {
+		t.Fatalf("quarantine after b's event %+v", q)
+	}
+	// A later list with good values ends the rest; the previous good
+	// value is what a bad config keeps.
+	s.Reset(Snapshot{Head: 5, Config: []byte("{"), Nodes: map[string][]byte{"a": a}})
+	if q := s.Quarantined(); len(q) != 1 || q[0].Node != "" || q[0].Kept != "its last good value" || s.Config() == nil {
+		t.Fatalf("quarantine %+v, config %v", q, s.Config())
+	}
+	// A fresh model with a bad config takes the log's.
+	f := New()
+	f.Reset(Snapshot{Head: 5, Config: []byte("{"), LogConfig: cfg, Nodes: map[string][]byte{"a": a}})
+	if f.Config() == nil || f.Node("a") == nil || f.Quarantined()[0].Kept != "the log's last config" {
+		t.Fatalf("fresh model with a bad config: %s %+v", f, f.Quarantined())
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -47,6 +48,33 @@ type Snapshot struct {
 	Config []byte
 	// Nodes maps node name (the last element of its key) to its value.
 	Nodes map[string][]byte
+	// FromLog holds, for projection values the model cannot use
+	// (Suspects), what the retained log says instead: the node of the
+	// last event touching each such node (a nil value: that event
+	// removed it), read at the same revision. LogConfig is the config of
+	// the last ConfigChanged retained, when the config value is suspect.
+	// Empty when the follower found nothing suspect.
+	FromLog   map[string]LogValue
+	LogConfig []byte
+}
+
+// LogValue is a node as the last retained event touching it says: Node
+// is its encoded value (nil when that event removed it), Seq the event's.
+type LogValue struct {
+	Node []byte
+	Seq  uint64
+}
+
+// Quarantine is a projection value the model cannot use, and what it
+// holds instead.
+type Quarantine struct {
+	// Node is the node whose value is bad; "" for the config.
+	Node string
+	// Reason says what is wrong, naming the field.
+	Reason string
+	// Kept says what the model holds instead: "its last good value",
+	// "the log's event N", "nothing".
+	Kept string
 }
 
 // Refusal is an input the model did not accept, with the reason.
@@ -70,11 +98,14 @@ type State struct {
 	bulk    bool                  // Reset appends to sorted and sorts once at the end
 	claims  claims
 	refused []Refusal
+	// quarantined are the projection values the last Reset refused and no
+	// event has replaced since, by node name ("" for the config).
+	quarantined map[string]Quarantine
 }
 
 // New returns the empty state (no config, no nodes, applied seq 0).
 func New() *State {
-	return &State{log: fold.New(), claims: claims{}}
+	return &State{log: fold.New(), claims: claims{}, quarantined: map[string]Quarantine{}}
 }
 
 // Applied is the seq of the last event folded into the state.
@@ -118,6 +149,17 @@ type parsedNode struct {
 	name     string
 	ip       netip.Addr
 	prefixes []netip.Prefix
+}
+
+// Quarantined returns the projection values the model refused at its
+// last list and that no event has replaced since, config first, then by
+// node name. While any is listed the agent is degraded.
+func (s *State) Quarantined() []Quarantine {
+	out := make([]Quarantine, 0, len(s.quarantined))
+	for _, name := range slices.Sorted(maps.Keys(s.quarantined)) {
+		out = append(out, s.quarantined[name])
+	}
+	return out
 }
 
 // Refused returns the most recent refusals, oldest first.
@@ -176,7 +218,11 @@ func (s *State) Apply(seq uint64, value []byte) (refused error, err error) {
 	case seq > applied+1:
 		return nil, fmt.Errorf("apply event %d after %d: %w", seq, applied, ErrGap)
 	}
-	e, derr := keys.DecodeEvent(value)
+	derr := validate.Size("event", len(value), validate.MaxEventBytes)
+	var e *weftv1.Event
+	if derr == nil {
+		e, derr = keys.DecodeEvent(value)
+	}
 	if derr == nil {
 		derr = s.applyEvent(seq, e)
 	}
@@ -249,6 +295,14 @@ func (s *State) admit(n *weftv1.Node) (parsedNode, error) {
 // commit makes a change of the shared fold in s and keeps the index (pn,
 // from admit, for a node put) in step.
 func (s *State) commit(c fold.Change, pn parsedNode) {
+	// An event says what the value is now: a quarantined projection
+	// value it touches is superseded.
+	switch {
+	case c.Config != nil:
+		delete(s.quarantined, "")
+	case c.Name != "":
+		delete(s.quarantined, c.Name)
+	}
 	switch {
 	case c.Config != nil:
 		s.config = validate.WithDefaults(c.Config)
@@ -288,23 +342,30 @@ func (s *State) delNode(name string) {
 }
 
 // Reset replaces the state with a snapshot of the projection (a re-list).
-// Values that do not decode or fail validation are refused; for those the
-// last good value s held is kept (the config, or that node's previous
-// value when it still fits). Nodes are admitted in claim order (the seq of
-// their last change, then name), so of two overlapping claims the earlier
-// wins, as in Apply.
+// Values that do not decode or fail validation are refused and
+// quarantined (Quarantined); for those the model keeps, in this order,
+// the last good value it held (the config, or that node's previous value
+// when it still fits), else what the retained log says
+// (Snapshot.FromLog, Snapshot.LogConfig), else nothing. Nodes are
+// admitted in claim order (the seq of their last change, then name), so
+// of two overlapping claims the earlier wins, as in Apply.
 func (s *State) Reset(snap Snapshot) {
+	s.quarantined = map[string]Quarantine{}
 	if snap.Config != nil {
-		raw, err := keys.DecodeConfig(snap.Config)
-		var cfg *weftv1.ClusterConfig
-		if err == nil {
-			cfg = validate.WithDefaults(raw)
-			err = validate.Config(cfg)
-		}
-		if err != nil {
+		if _, err := configValue(snap.Config); err != nil {
 			s.refuse("config", err)
+			q := Quarantine{Reason: err.Error(), Kept: "nothing"}
+			switch raw, lerr := configValue(snap.LogConfig); {
+			case s.config != nil:
+				q.Kept = "its last good value"
+			case snap.LogConfig != nil && lerr == nil:
+				s.log.Config, s.config = raw, validate.WithDefaults(raw)
+				q.Kept = "the log's last config"
+			}
+			s.quarantined[""] = q
 		} else {
-			s.log.Config, s.config = raw, cfg
+			raw, _ := configValue(snap.Config)
+			s.log.Config, s.config = raw, validate.WithDefaults(raw)
 			s.forget("config")
 		}
 	}
@@ -325,21 +386,23 @@ func (s *State) Reset(snap Snapshot) {
 	cands := make([]cand, 0, len(snap.Nodes))
 	for name, v := range snap.Nodes {
 		what := "node " + name
-		n, err := keys.DecodeNode(v)
-		if err == nil && s.config == nil {
-			err = errNoConfig
-		}
-		if err == nil {
-			err = validate.Node(s.config, n)
-		}
-		if err == nil && n.Name != name {
-			err = fmt.Errorf("%w: name: %q does not match its key %q", validate.ErrInvalid, n.Name, name)
-		}
+		n, err := s.nodeValue(name, v)
 		if err != nil {
 			s.refuse(what, err)
+			q := Quarantine{Node: name, Reason: err.Error(), Kept: "nothing"}
 			if prev, ok := old[name]; ok && validate.Node(s.config, prev) == nil {
 				cands = append(cands, cand{name, prev})
+				q.Kept = fmt.Sprintf("its last good value (seq %d)", prev.Seq)
+			} else if lv, ok := snap.FromLog[name]; ok {
+				if lv.Node == nil {
+					q.Kept = fmt.Sprintf("nothing: the log's event %d removed it", lv.Seq)
+				} else if ln, lerr := s.nodeValue(name, lv.Node); lerr == nil {
+					ln.Seq = lv.Seq
+					cands = append(cands, cand{name, ln})
+					q.Kept = fmt.Sprintf("the log's event %d", lv.Seq)
+				}
 			}
+			s.quarantined[name] = q
 			continue
 		}
 		s.forget(what)
@@ -352,6 +415,9 @@ func (s *State) Reset(snap Snapshot) {
 		pn, err := s.admit(c.n)
 		if err != nil {
 			s.refuse("node "+c.name, err)
+			if _, ok := s.quarantined[c.name]; !ok {
+				s.quarantined[c.name] = Quarantine{Node: c.name, Reason: err.Error(), Kept: "nothing"}
+			}
 			continue
 		}
 		// A copy, allocated together with the other nodes: the decoded
@@ -361,6 +427,66 @@ func (s *State) Reset(snap Snapshot) {
 		s.index(pn)
 	}
 	s.log.Head = snap.Head
+}
+
+// configValue decodes and checks a stored config value.
+func configValue(v []byte) (*weftv1.ClusterConfig, error) {
+	if v == nil {
+		return nil, fmt.Errorf("%w: config: missing", validate.ErrInvalid)
+	}
+	if err := validate.Size("cluster config", len(v), validate.MaxConfigBytes); err != nil {
+		return nil, err
+	}
+	raw, err := keys.DecodeConfig(v)
+	if err != nil {
+		return nil, err
+	}
+	if err := validate.Config(validate.WithDefaults(raw)); err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
+// nodeValue decodes and checks the stored value of node name against
+// the config in force.
+func (s *State) nodeValue(name string, v []byte) (*weftv1.Node, error) {
+	if err := validate.Size("node", len(v), validate.MaxNodeBytes); err != nil {
+		return nil, err
+	}
+	n, err := keys.DecodeNode(v)
+	if err == nil && s.config == nil {
+		err = errNoConfig
+	}
+	if err == nil {
+		err = validate.Node(s.config, n)
+	}
+	if err == nil && n.Name != name {
+		err = fmt.Errorf("%w: name: %q does not match its key %q", validate.ErrInvalid, n.Name, name)
+	}
+	return n, err
+}
+
+// Suspects names what of snap a fresh model could not use by itself: the
+// config (when its value is bad) and the nodes whose values do not
+// decode or validate against the snapshot's config. The follower reads
+// the retained log for them (Snapshot.FromLog), so an agent that starts
+// while a value is bad still holds what the log says.
+func Suspects(snap Snapshot) (config bool, nodes []string) {
+	probe := New()
+	cfg, err := configValue(snap.Config)
+	if snap.Config != nil && err != nil {
+		config = true
+	}
+	if err == nil {
+		probe.config = validate.WithDefaults(cfg)
+	}
+	for name, v := range snap.Nodes {
+		if _, err := probe.nodeValue(name, v); err != nil && !errors.Is(err, errNoConfig) {
+			nodes = append(nodes, name)
+		}
+	}
+	slices.Sort(nodes)
+	return config, nodes
 }
 
 func byName(p parsedNode, name string) int { return cmp.Compare(p.name, name) }
