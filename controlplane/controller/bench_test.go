@@ -39,13 +39,17 @@ func BenchmarkRegister5000(b *testing.B) {
 		for !ctl.IsLeader() {
 			time.Sleep(5 * time.Millisecond)
 		}
+		lease, err := c.Grant(ctx, 600)
+		if err != nil {
+			b.Fatal(err)
+		}
 		regs := make([][]clientv3.Op, 0, n/100)
 		for i := 0; i < n; i += 100 {
 			var ops []clientv3.Op
 			for j := i; j < i+100; j++ {
 				r := &weftv1.Registration{Name: fmt.Sprintf("node-%05d", j), UnderlayIp: fmt.Sprintf("172.16.%d.%d", j/250, j%250+1),
 					VtepMac: "02:00:00:00:00:01", Capabilities: []string{"tcx"}}
-				ops = append(ops, clientv3.OpPut(k.Registration(r.Name), keys.EncodeString(r)))
+				ops = append(ops, clientv3.OpPut(k.Registration(r.Name), keys.EncodeString(r), clientv3.WithLease(lease.ID)))
 			}
 			regs = append(regs, ops)
 		}

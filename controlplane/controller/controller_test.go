@@ -81,8 +81,9 @@ func TestInvalidRegistrationSkipped(t *testing.T) {
 		"mismatch": `{"name":"other","underlay_ip":"192.168.7.7"}`,
 		"bad-pin":  `{"name":"bad-pin","underlay_ip":"192.168.7.8","pinned_pod_cidrs":["10.99.0.0/24"]}`,
 	}
+	lease := grant(t, c)
 	for name, v := range bad {
-		if _, err := c.Put(ctx, k.Registration(name), v); err != nil {
+		if _, err := c.Put(ctx, k.Registration(name), v, clientv3.WithLease(lease)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -113,6 +114,20 @@ func TestInvalidRegistrationSkipped(t *testing.T) {
 		_, nodes, _ = load(t, c)
 		return nodes["bad-ip"] != nil && problem(t, c, "bad-ip") == ""
 	})
+	// weftctl check names the registrations that do not decode or
+	// validate; without them the store checks out.
+	rep, err := store.Check(ctx, c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{k.Registration("garbage"), k.Registration("mismatch")} {
+		if !strings.Contains(strings.Join(rep.Problems, "\n"), key) {
+			t.Errorf("check does not name %s: %v", key, rep.Problems)
+		}
+	}
+	for name := range bad {
+		c.Delete(ctx, k.Registration(name))
+	}
 	mustCheck(t, c)
 }
 
@@ -329,6 +344,7 @@ func TestKilledAtRandom(t *testing.T) {
 	srv, c := etcdtest.New(t)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	big := &weftv1.ClusterConfig{ClusterCidr: "10.0.0.0/12", NodeMaskSize: 26, NodeGraceSeconds: 30}
+	lease := grant(t, c)
 	next := 0
 	for round := range 5 {
 		cc, err := srv.Client()
@@ -353,7 +369,7 @@ func TestKilledAtRandom(t *testing.T) {
 			ops := []clientv3.Op{}
 			for range 1 + rng.IntN(20) {
 				rr := reg(fmt.Sprintf("n%d", next), next)
-				ops = append(ops, clientv3.OpPut(k.Registration(rr.Name), keys.EncodeString(rr)))
+				ops = append(ops, clientv3.OpPut(k.Registration(rr.Name), keys.EncodeString(rr), clientv3.WithLease(lease)))
 				next++
 			}
 			if _, err := c.Txn(context.Background()).Then(ops...).Commit(); err != nil {

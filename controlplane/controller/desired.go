@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -74,6 +75,9 @@ func sleep(ctx context.Context, d time.Duration) {
 // configRequest answers one desired config: it validates it, appends
 // ConfigChanged when it differs from the config in force, and writes the
 // answer to /weft/desired/status. A refused config changes nothing else.
+// On an error (a conflict, etcd away) the caller keeps the request and
+// asks again after reading the store again, so every desired config is
+// answered.
 func (l *leader) configRequest(ctx context.Context, d desired) error {
 	status := &weftv1.ConfigStatus{DesiredRevision: d.rev, Time: time.Now().UTC().Format(time.RFC3339)}
 	cfg, reason := l.judge(d.value)
@@ -130,6 +134,16 @@ func (l *leader) judge(value []byte) (*weftv1.ClusterConfig, string) {
 				return nil, fmt.Sprintf("%v: %s: cannot change from %v to %v while %d nodes hold subnets (remove them first)", validate.ErrInvalid, f.name, f.old, f.new, len(nodes))
 			}
 		}
+	}
+	var lacking []string
+	for _, name := range sortedNames(nodes) {
+		if missing := lacks(cfg.Backend, nodes[name].Capabilities); missing != "" {
+			lacking = append(lacking, name)
+		}
+	}
+	if len(lacking) > 0 {
+		return nil, fmt.Sprintf("%v: backend: %s needs the node capability %q, which %d of %d nodes lack: %s",
+			validate.ErrInvalid, cfg.Backend, backendNeeds[cfg.Backend], len(lacking), len(nodes), strings.Join(lacking, ", "))
 	}
 	for _, f := range []struct{ name, cidr string }{{"cluster_cidr", cfg.ClusterCidr}, {"cluster_cidr_v6", cfg.ClusterCidrV6}} {
 		p, err := netip.ParsePrefix(f.cidr)

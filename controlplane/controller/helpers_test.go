@@ -69,13 +69,14 @@ func start(t testing.TB, c *clientv3.Client, initial *weftv1.ClusterConfig, id s
 	return r
 }
 
+// register puts r on lease, or on a new lease when lease is 0: the
+// controller refuses a registration without one.
 func register(t testing.TB, c *clientv3.Client, lease clientv3.LeaseID, r *weftv1.Registration) {
 	t.Helper()
-	var opts []clientv3.OpOption
-	if lease != 0 {
-		opts = append(opts, clientv3.WithLease(lease))
+	if lease == 0 {
+		lease = grant(t, c)
 	}
-	if _, err := c.Put(context.Background(), k.Registration(r.Name), keys.EncodeString(r), opts...); err != nil {
+	if _, err := c.Put(context.Background(), k.Registration(r.Name), keys.EncodeString(r), clientv3.WithLease(lease)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -15,6 +15,12 @@ type Metrics struct {
 	Nodes          prometheus.Gauge
 	Problems       prometheus.Gauge
 	ConfigRefusals prometheus.Counter
+	// Trust: what the controller found wrong in the store and did.
+	Repairs         *prometheus.CounterVec
+	Quarantined     prometheus.Gauge
+	Refused         prometheus.Counter
+	StepDowns       prometheus.Counter
+	ElectionGarbage prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (when not nil).
@@ -28,9 +34,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Nodes:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_controller_nodes", Help: "Nodes in the projection."}),
 		Problems:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_controller_problems", Help: "Nodes with a recorded problem (skipped registration, no CIDR)."}),
 		ConfigRefusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_controller_config_refusals_total", Help: "Desired configs refused."}),
+		Repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weft_controller_projection_repairs_total",
+			Help: "Stored keys rewritten or deleted because they disagreed with the log's fold, by kind (config, head, node, event, subnet)."}, []string{"kind"}),
+		Quarantined: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_controller_quarantined_keys",
+			Help: "Stored keys with a bad value the controller cannot repair from the log; each has a /weft/problems/key:... entry."}),
+		Refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_controller_events_refused_total",
+			Help: "Events etcd refused (too large, too many operations); their nodes were skipped."}),
+		StepDowns: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_controller_terms_ended_total",
+			Help: "Leadership terms that ended (each is followed by a backoff before campaigning again)."}),
+		ElectionGarbage: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_controller_election_garbage_removed_total",
+			Help: "Keys under the election prefix that were no controller's candidacy, deleted."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.EventsAppended, m.Head, m.Leader, m.AppendSeconds, m.Nodes, m.Problems, m.ConfigRefusals)
+		reg.MustRegister(m.EventsAppended, m.Head, m.Leader, m.AppendSeconds, m.Nodes, m.Problems, m.ConfigRefusals,
+			m.Repairs, m.Quarantined, m.Refused, m.StepDowns, m.ElectionGarbage)
 	}
 	return m
 }

@@ -225,25 +225,57 @@ func (x *cli) writeJSON(v any) error {
 }
 
 func (x *cli) nodes(ctx context.Context) error {
-	st, _, err := store.Load(ctx, x.c, x.k)
+	p, err := store.Read(ctx, x.c, x.k)
 	if err != nil {
 		return err
 	}
+	st := p.State
+	// A node whose projected value is bad is listed as such, not
+	// skipped: weftctl shows what etcd holds.
+	bad := badNodes(x.k, p.Bad)
 	names := slices.Sorted(maps.Keys(st.Nodes))
 	if x.json {
-		ns := make([]*weftv1.Node, len(names))
-		for i, n := range names {
-			ns[i] = st.Nodes[n]
+		out := make([]json.RawMessage, 0, len(names)+len(bad))
+		for _, n := range slices.Sorted(maps.Keys(bad)) {
+			b, _ := json.Marshal(map[string]string{"name": n, "bad_value": bad[n]})
+			out = append(out, b)
 		}
-		return x.writeJSON(protoJSON(ns))
+		for _, n := range names {
+			out = append(out, keys.Encode(st.Nodes[n]))
+		}
+		return x.writeJSON(out)
 	}
 	w := x.table()
 	fmt.Fprintln(w, "NAME\tUNDERLAY\tPOD CIDRS\tSEQ")
-	for _, n := range names {
+	for _, n := range slices.Sorted(slices.Values(append(names, slices.Collect(maps.Keys(bad))...))) {
+		if why, ok := bad[n]; ok {
+			fmt.Fprintf(w, "%s\t<bad value: %.200s>\t\t\n", n, why)
+			continue
+		}
 		nd := st.Nodes[n]
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", nd.Name, nd.UnderlayIp, strings.Join(nd.PodCidrs, ","), nd.Seq)
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	for _, f := range p.Bad {
+		if !strings.HasPrefix(f.Key, x.k.Nodes()) {
+			fmt.Fprintf(x.out, "%s: <bad value: %.200s>\n", f.Key, f.Problem)
+		}
+	}
+	return nil
+}
+
+// badNodes picks the node keys out of a projection's bad keys: node name
+// → what is wrong.
+func badNodes(k keys.Layout, bad []store.Finding) map[string]string {
+	out := map[string]string{}
+	for _, f := range bad {
+		if name, err := keys.NameOf(k.Nodes(), f.Key); err == nil {
+			out[name] = f.Problem
+		}
+	}
+	return out
 }
 
 // Summary is a one-line description of an event.
@@ -279,9 +311,16 @@ func (x *cli) events(ctx context.Context, args []string) error {
 		return fmt.Errorf("read events: %w", err)
 	}
 	// Tables print as they go (for --follow); JSON is one event per line.
-	print := func(v []byte) error {
+	print := func(key string, v []byte) error {
 		e, err := keys.DecodeEvent(v)
 		if err != nil {
+			// Shown as what etcd holds, not a reason to stop.
+			if x.json {
+				b, _ := json.Marshal(map[string]string{"key": key, "bad_value": err.Error()})
+				_, err := fmt.Fprintln(x.out, string(b))
+				return err
+			}
+			_, err = fmt.Fprintf(x.out, "%-8s %-30s %-14s <bad value: %.200s>\n", strings.TrimPrefix(key, x.k.Events()), "", "?", err)
 			return err
 		}
 		if x.json {
@@ -296,7 +335,7 @@ func (x *cli) events(ctx context.Context, args []string) error {
 		fmt.Fprintf(x.out, "%-8s %-30s %-14s %s\n", "SEQ", "TIME", "KIND", "WHAT")
 	}
 	for _, kv := range r.Kvs {
-		if err := print(kv.Value); err != nil {
+		if err := print(string(kv.Key), kv.Value); err != nil {
 			return err
 		}
 	}
@@ -310,7 +349,7 @@ func (x *cli) events(ctx context.Context, args []string) error {
 		}
 		for _, ev := range resp.Events {
 			if ev.Type == mvccpb.PUT {
-				if err := print(ev.Kv.Value); err != nil {
+				if err := print(string(ev.Kv.Key), ev.Kv.Value); err != nil {
 					return err
 				}
 			}
@@ -331,6 +370,9 @@ type NodeStatus struct {
 	Degraded   bool   `json:"degraded"`
 	LastError  string `json:"last_error,omitempty"`
 	Converged  bool   `json:"converged"`
+	// BadValue says what is wrong with the node's projected value
+	// (/weft/nodes/<name>) when it does not decode or validate.
+	BadValue string `json:"bad_value,omitempty"`
 	// BGPSessions are the node's BGP sessions (bgp mode only).
 	BGPSessions []BGPSession `json:"bgp_sessions,omitempty"`
 	// ReachablePeers answered the node's last probe; UnreachablePeers do
@@ -380,15 +422,20 @@ type StatusReport struct {
 	Head     uint64            `json:"head"`
 	Nodes    []NodeStatus      `json:"nodes"`
 	Problems map[string]string `json:"problems"`
+	// BadValues names the projection keys (config, head, nodes) whose
+	// value does not decode or validate, with why.
+	BadValues map[string]string `json:"bad_values,omitempty"`
 }
 
 // Status reads each projected node's applied seq against the head, and
 // the controller's recorded problems.
 func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusReport, error) {
-	st, rev, err := store.Load(ctx, c, k)
+	p, err := store.Read(ctx, c, k)
 	if err != nil {
 		return nil, err
 	}
+	st, rev := p.State, p.Revision
+	bad := badNodes(k, p.Bad)
 	r, err := c.Txn(ctx).Then(
 		clientv3.OpGet(k.Statuses(), clientv3.WithPrefix(), clientv3.WithRev(rev)),
 		clientv3.OpGet(k.Problems(), clientv3.WithPrefix(), clientv3.WithRev(rev)),
@@ -409,6 +456,12 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 		statuses[name] = s
 	}
 	rep := &StatusReport{Head: st.Head, Problems: map[string]string{}}
+	for _, f := range p.Bad {
+		if rep.BadValues == nil {
+			rep.BadValues = map[string]string{}
+		}
+		rep.BadValues[f.Key] = f.Problem
+	}
 	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
 		name, _ := keys.NameOf(k.Problems(), string(kv.Key))
 		p, err := keys.DecodeProblem(kv.Value)
@@ -418,8 +471,13 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 		}
 		rep.Problems[name] = p.Reason
 	}
-	for _, name := range slices.Sorted(maps.Keys(st.Nodes)) {
-		ns := NodeStatus{Name: name}
+	names := slices.Collect(maps.Keys(st.Nodes))
+	for name := range bad {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		ns := NodeStatus{Name: name, BadValue: bad[name]}
 		if s, ok := statuses[name]; ok {
 			ns.Reporting = true
 			ns.AppliedSeq, ns.Degraded, ns.LastError = s.AppliedSeq, s.Degraded, s.LastError
@@ -435,7 +493,7 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 		if ns.AppliedSeq < st.Head {
 			ns.Behind = st.Head - ns.AppliedSeq
 		}
-		ns.Converged = ns.Reporting && ns.Behind == 0 && !ns.Degraded && ns.LastError == ""
+		ns.Converged = ns.Reporting && ns.Behind == 0 && !ns.Degraded && ns.LastError == "" && ns.BadValue == ""
 		rep.Nodes = append(rep.Nodes, ns)
 	}
 	return rep, nil
@@ -461,6 +519,8 @@ func (x *cli) status(ctx context.Context) error {
 	for _, n := range rep.Nodes {
 		state := "converged"
 		switch {
+		case n.BadValue != "":
+			state = fmt.Sprintf("<bad value: %.200s>", n.BadValue)
 		case !n.Reporting:
 			state = "no status"
 		case n.LastError != "":
@@ -493,6 +553,12 @@ func (x *cli) status(ctx context.Context) error {
 			for _, u := range n.UnreachablePeers {
 				fmt.Fprintf(x.out, "  %s -> %s (%s) since %s: %s\n", n.Name, u.Node, u.Address, u.Since, u.Reason)
 			}
+		}
+	}
+	if len(rep.BadValues) > 0 {
+		fmt.Fprintln(x.out, "\nbad values:")
+		for _, key := range slices.Sorted(maps.Keys(rep.BadValues)) {
+			fmt.Fprintf(x.out, "  %s: %.300s\n", key, rep.BadValues[key])
 		}
 	}
 	if len(rep.Problems) > 0 {

@@ -29,9 +29,10 @@ func TestMain(m *testing.M) {
 var k = keys.New("/weft")
 
 type env struct {
-	t  *testing.T
-	ep string
-	c  *clientv3.Client
+	t     *testing.T
+	ep    string
+	c     *clientv3.Client
+	lease clientv3.LeaseID // the registrations' lease
 }
 
 func (e *env) run(stdin string, args ...string) (int, string, string) {
@@ -50,14 +51,18 @@ func setup(t *testing.T) *env {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = ctlr.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+	g, err := c.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := range 3 {
 		r := &weftv1.Registration{Name: fmt.Sprintf("node%d", i), UnderlayIp: fmt.Sprintf("192.168.1.%d", i+1)}
-		if _, err := c.Put(ctx, k.Registration(r.Name), keys.EncodeString(r)); err != nil {
+		if _, err := c.Put(ctx, k.Registration(r.Name), keys.EncodeString(r), clientv3.WithLease(g.ID)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	c.Put(ctx, k.Registration("broken"), `{"name":"broken","underlay_ip":"nope"}`)
-	e := &env{t: t, ep: srv.Endpoints[0], c: c}
+	c.Put(ctx, k.Registration("broken"), `{"name":"broken","underlay_ip":"nope"}`, clientv3.WithLease(g.ID))
+	e := &env{t: t, ep: srv.Endpoints[0], c: c, lease: g.ID}
 	for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if _, out, _ := e.run("", "nodes"); strings.Count(out, "node") == 3 {
 			break
@@ -136,6 +141,13 @@ func TestVerbs(t *testing.T) {
 		t.Fatalf("config get json after refusal: %d %q", code, out)
 	}
 
+	// check names the registration that does not validate; without it
+	// the store checks out.
+	code, out, _ = e.run("", "check")
+	if code != 1 || !strings.Contains(out, k.Registration("broken")) || !strings.Contains(out, "underlay_ip") {
+		t.Fatalf("check with a broken registration: %d %q", code, out)
+	}
+	e.c.Delete(context.Background(), k.Registration("broken"))
 	code, out, _ = e.run("", "check")
 	if code != 0 || !strings.Contains(out, "ok") {
 		t.Fatalf("check: %d %q", code, out)
@@ -156,7 +168,7 @@ func TestFollowAndUsage(t *testing.T) {
 		done <- ctl.Main(ctx, []string{"--etcd-endpoints", e.ep, "events", "--follow", "--since", "4"}, nil, &syncWriter{b: &out}, &bytes.Buffer{}, func(string) string { return "" })
 	}()
 	r := &weftv1.Registration{Name: "late", UnderlayIp: "192.168.1.99"}
-	e.c.Put(ctx, k.Registration("late"), keys.EncodeString(r))
+	e.c.Put(ctx, k.Registration("late"), keys.EncodeString(r), clientv3.WithLease(e.lease))
 	for end := time.Now().Add(10 * time.Second); !strings.Contains(syncString(&out), "late"); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(end) {
 			t.Fatalf("follow did not print the new event: %q", syncString(&out))

@@ -1,8 +1,9 @@
 // Package ipam is weft's pod-CIDR allocator: one subnet of node_mask_size
 // per node out of the IPv4 cluster CIDR and, when configured, one out of
 // the IPv6 cluster CIDR. It never hands the same subnet to two nodes, lets
-// an operator pin a node's subnet, and keeps a node's subnets through a
-// grace period after it leaves so a node that comes back gets them again.
+// an operator pin a node's subnet, and keeps a node's subnets until the
+// controller releases them, so a node that comes back within its grace
+// period gets them again.
 //
 // The allocator is plain in-memory state rebuilt from the projection
 // (Restore) whenever the controller becomes leader; the subnet guard keys
@@ -15,7 +16,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"time"
 
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
@@ -30,15 +30,14 @@ var (
 
 // Allocator leases pod CIDRs to nodes by name.
 type Allocator struct {
-	pools   []*pool // IPv4 first, then IPv6 when configured
-	holds   map[string][]netip.Prefix
-	leaving map[string]time.Time
+	pools []*pool // IPv4 first, then IPv6 when configured
+	holds map[string][]netip.Prefix
 }
 
 // New returns an empty allocator for cfg (which has had defaults applied
 // and passed validation).
 func New(cfg *weftv1.ClusterConfig) (*Allocator, error) {
-	a := &Allocator{holds: map[string][]netip.Prefix{}, leaving: map[string]time.Time{}}
+	a := &Allocator{holds: map[string][]netip.Prefix{}}
 	v4, err := netip.ParsePrefix(cfg.GetClusterCidr())
 	if err != nil {
 		return nil, fmt.Errorf("new allocator: cluster_cidr: %w", err)
@@ -118,8 +117,8 @@ func (a *Allocator) hold(name string, ps []netip.Prefix) {
 }
 
 // Allocate returns name's subnets, one per configured family. A node that
-// already holds subnets (also one inside its grace period after Leave)
-// keeps them, and its pending removal is cancelled. pinned names subnets
+// already holds subnets keeps them (the controller releases a departed
+// node's subnets only when it removes the node, after its grace period). pinned names subnets
 // the operator wants for a node that holds none yet: each must be a
 // subnet of node_mask_size inside the cluster CIDR of its family and free,
 // or Allocate fails with ErrPin; families without a pin are allocated.
@@ -127,7 +126,6 @@ func (a *Allocator) hold(name string, ps []netip.Prefix) {
 // the cluster CIDR, and name is left holding nothing.
 func (a *Allocator) Allocate(name string, pinned []netip.Prefix) ([]netip.Prefix, error) {
 	if h, ok := a.holds[name]; ok {
-		delete(a.leaving, name)
 		return slices.Clone(h), nil
 	}
 	if err := a.check(name, pinned); err != nil {
@@ -184,51 +182,6 @@ func (a *Allocator) Release(name string) {
 		}
 	}
 	delete(a.holds, name)
-	delete(a.leaving, name)
-}
-
-// Leave starts name's grace period: it keeps its subnets until deadline,
-// and Allocate before then gives them back. Leave of a node that holds
-// nothing, or that is already leaving, changes nothing.
-func (a *Allocator) Leave(name string, deadline time.Time) {
-	if _, ok := a.holds[name]; !ok {
-		return
-	}
-	if _, ok := a.leaving[name]; ok {
-		return
-	}
-	a.leaving[name] = deadline
-}
-
-// Leaving reports whether name is in its grace period, and until when.
-func (a *Allocator) Leaving(name string) (time.Time, bool) {
-	d, ok := a.leaving[name]
-	return d, ok
-}
-
-// Expired returns the nodes whose grace period ended at or before now,
-// sorted. They still hold their subnets: the caller writes NodeRemoved and
-// then calls Release.
-func (a *Allocator) Expired(now time.Time) []string {
-	var out []string
-	for n, d := range a.leaving {
-		if !d.After(now) {
-			out = append(out, n)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-// NextDeadline returns the earliest grace deadline, if any node is leaving.
-func (a *Allocator) NextDeadline() (time.Time, bool) {
-	var min time.Time
-	for _, d := range a.leaving {
-		if min.IsZero() || d.Before(min) {
-			min = d
-		}
-	}
-	return min, !min.IsZero()
 }
 
 // Len returns how many nodes hold subnets.

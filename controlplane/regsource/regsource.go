@@ -40,28 +40,25 @@ func New(c *clientv3.Client, k keys.Layout, log hclog.Logger) *Source {
 	return &Source{c: c, k: k, log: log.Named("registrations"), Backoff: 500 * time.Millisecond}
 }
 
-// Decode turns one registration key and value into a Change: an Upsert
-// when the value is a valid registration for the node the key names, an
-// Invalid naming the reason otherwise (undecodable protojson, a name that
-// differs from the key's, an invalid IP or CIDR). A key that names no node
-// is Invalid with its path below the prefix, "/" as "_", as Name.
-func Decode(k keys.Layout, key string, value []byte) source.Change {
+// Decode turns one registration key, its value and its lease into a
+// Change: an Upsert when the value is a valid registration for the node
+// the key names and is on a lease, an Invalid naming the field otherwise
+// (a value over validate.MaxRegistrationBytes, undecodable protojson, a
+// name that differs from the key's, an invalid field, no lease: a
+// registration without one would outlive its agent and never leave). A
+// key that names no node is Invalid with its path below the prefix, "/"
+// as "_", as Name.
+func Decode(k keys.Layout, key string, value []byte, lease int64) source.Change {
 	name, err := keys.NameOf(k.Registrations(), key)
 	if err != nil {
 		return source.Change{Kind: source.Invalid, Name: keyName(k, key), Err: err}
 	}
-	r, err := keys.DecodeRegistration(value)
-	if err != nil {
+	if err := validate.StoredRegistration(name, value, lease); err != nil {
 		return source.Change{Kind: source.Invalid, Name: name, Err: err}
 	}
+	r, _ := keys.DecodeRegistration(value) // StoredRegistration decoded it
 	if r.Name == "" {
 		r.Name = name
-	}
-	if r.Name != name {
-		return source.Change{Kind: source.Invalid, Name: name, Err: fmt.Errorf("%w: name: %q registered under key of %q", validate.ErrInvalid, r.Name, name)}
-	}
-	if err := validate.Registration(r); err != nil {
-		return source.Change{Kind: source.Invalid, Name: name, Err: err}
 	}
 	return source.Change{Kind: source.Upsert, Name: name, Registration: r}
 }
@@ -89,7 +86,7 @@ func (s *Source) once(ctx context.Context, sync func([]source.Change), changes f
 	}
 	all := make([]source.Change, 0, len(r.Kvs))
 	for _, kv := range r.Kvs {
-		all = append(all, Decode(s.k, string(kv.Key), kv.Value))
+		all = append(all, Decode(s.k, string(kv.Key), kv.Value, kv.Lease))
 	}
 	sync(all)
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -103,7 +100,7 @@ func (s *Source) once(ctx context.Context, sync func([]source.Change), changes f
 			key := string(ev.Kv.Key)
 			switch ev.Type {
 			case mvccpb.PUT:
-				changes(Decode(s.k, key, ev.Kv.Value))
+				changes(Decode(s.k, key, ev.Kv.Value, ev.Kv.Lease))
 			case mvccpb.DELETE:
 				name, err := keys.NameOf(s.k.Registrations(), key)
 				if err != nil {

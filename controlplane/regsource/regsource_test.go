@@ -2,10 +2,12 @@ package regsource_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
 	"github.com/weftnet/weft/controlplane/regsource"
@@ -29,8 +31,13 @@ func TestListThenWatch(t *testing.T) {
 	_, c := etcdtest.New(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c.Put(ctx, k.Registration("a"), regsource.Registration(&weftv1.Registration{Name: "a", UnderlayIp: "192.168.0.1"}))
-	c.Put(ctx, k.Registration("bad"), `{"name":"bad","underlay_ip":"x"}`)
+	g, err := c.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := clientv3.WithLease(g.ID)
+	c.Put(ctx, k.Registration("a"), regsource.Registration(&weftv1.Registration{Name: "a", UnderlayIp: "192.168.0.1"}), lease)
+	c.Put(ctx, k.Registration("bad"), `{"name":"bad","underlay_ip":"x"}`, lease)
 	var mu sync.Mutex
 	var syncs [][]source.Change
 	var changes []source.Change
@@ -65,10 +72,12 @@ func TestListThenWatch(t *testing.T) {
 	if got := syncs[0]; len(got) != 2 || got[0].Kind != source.Upsert || got[0].Name != "a" || got[1].Kind != source.Invalid {
 		t.Fatalf("sync %+v", got)
 	}
-	c.Put(ctx, k.Registration("b"), regsource.Registration(&weftv1.Registration{UnderlayIp: "192.168.0.2"}))
+	c.Put(ctx, k.Registration("b"), regsource.Registration(&weftv1.Registration{UnderlayIp: "192.168.0.2"}), lease)
 	c.Delete(ctx, k.Registration("a"))
 	c.Put(ctx, k.Registration("x/y"), `{}`)
-	wait("three changes", func() bool { return len(changes) == 3 })
+	// Valid, but on no lease: it would outlive its agent.
+	c.Put(ctx, k.Registration("unleased"), regsource.Registration(&weftv1.Registration{UnderlayIp: "192.168.0.3"}))
+	wait("four changes", func() bool { return len(changes) == 4 })
 	if ch := changes[0]; ch.Kind != source.Upsert || ch.Name != "b" || ch.Registration.Name != "b" {
 		t.Fatalf("put b: %+v", ch)
 	}
@@ -77,6 +86,9 @@ func TestListThenWatch(t *testing.T) {
 	}
 	if ch := changes[2]; ch.Kind != source.Invalid || ch.Name != "x_y" {
 		t.Fatalf("put x/y: %+v", ch)
+	}
+	if ch := changes[3]; ch.Kind != source.Invalid || ch.Name != "unleased" || !strings.Contains(ch.Err.Error(), "lease") {
+		t.Fatalf("put unleased: %+v", ch)
 	}
 	cancel()
 	if err := <-done; err != context.Canceled {
@@ -91,7 +103,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add("/weft/registrations/", []byte(`{"name":""}`))
 	f.Add("/weft/registrations/a", []byte(`{"name":"b","underlay_ip":"192.168.0.1"}`))
 	f.Fuzz(func(t *testing.T, key string, value []byte) {
-		ch := regsource.Decode(k, key, value)
+		ch := regsource.Decode(k, key, value, 1)
 		switch ch.Kind {
 		case source.Upsert:
 			if ch.Registration == nil || ch.Registration.Name != ch.Name || k.Registration(ch.Name) != key {

@@ -64,7 +64,9 @@ func TestReloadRepairsFromTheLog(t *testing.T) {
 		{"head not a seq", func(c *clientv3.Client) { c.Put(ctx, k.Head(), "not a seq") }, k.Head(), "decode head", true, true},
 		{"head moved", func(c *clientv3.Client) { c.Put(ctx, k.Head(), "2") }, k.Head(), "the log's head is 5", true, true},
 		{"node not json", func(c *clientv3.Client) { c.Put(ctx, k.Node("n1"), "{") }, k.Node("n1"), "decode node", true, true},
-		{"node huge", func(c *clientv3.Client) { c.Put(ctx, k.Node("n1"), `{"name":"n1","vtep_mac":"`+strings.Repeat("x", 1<<20)+`"}`) },
+		{"node huge", func(c *clientv3.Client) {
+			c.Put(ctx, k.Node("n1"), `{"name":"n1","vtep_mac":"`+strings.Repeat("x", 1<<20)+`"}`)
+		},
 			k.Node("n1"), "value: 1048", true, true},
 		{"node changed", func(c *clientv3.Client) {
 			c.Put(ctx, k.Node("n1"), keys.EncodeString(&weftv1.Node{Name: "n1", UnderlayIp: "192.168.0.99", PodCidrs: []string{"10.244.1.0/24"}, Seq: 3}))
@@ -208,4 +210,3 @@ func TestVerifyRepairsFromState(t *testing.T) {
 		t.Fatal("unfenced store wrote a repair")
 	}
 }
-

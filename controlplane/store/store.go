@@ -240,6 +240,14 @@ func (s *Store) Verify(ctx context.Context) ([]Finding, error) {
 	return rep.Findings, nil
 }
 
+// Quarantined reports whether node name's projection value is
+// quarantined: bad, and explained by nothing retained, so it is not in
+// State and its key and guards are left as they are.
+func (s *Store) Quarantined(name string) bool {
+	_, ok := s.quarantined[name]
+	return ok
+}
+
 // Findings returns what the last Reload or Verify found wrong.
 func (s *Store) Findings() []Finding { return slices.Clone(s.findings) }
 
