@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
@@ -93,11 +95,15 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 			continue // named above
 		}
 		if e.Seq != seq {
-			rep.add("event key %d holds seq %d", seq, e.Seq)
+			rep.add("%s: holds seq %d", kv.Key, e.Seq)
+			continue
+		}
+		if seq > st.Head {
+			rep.add("%s: seq %d is past the head %d: no leader appended it", kv.Key, seq, st.Head)
 			continue
 		}
 		if n := len(events); n > 0 && events[n-1].Seq+1 != seq {
-			rep.add("gap: seq %d follows %d", seq, events[n-1].Seq)
+			rep.add("%s: gap: seq %d follows %d", kv.Key, seq, events[n-1].Seq)
 		}
 		events = append(events, e)
 	}
@@ -105,10 +111,10 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 	if len(events) > 0 {
 		rep.First = events[0].Seq
 		if last := events[len(events)-1].Seq; last != st.Head {
-			rep.add("last event is seq %d but head is %d", last, st.Head)
+			rep.add("%s: the head is %d but the last event is seq %d", k.Head(), st.Head, last)
 		}
 	} else if st.Head != 0 {
-		rep.add("head is %d but the log is empty", st.Head)
+		rep.add("%s: the head is %d but the log is empty", k.Head(), st.Head)
 	}
 	rep.Trimmed = rep.First > 1
 
@@ -121,18 +127,18 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 			}
 		}
 		if rep.OK() {
-			for _, d := range fold.Diff(all, st) {
+			for _, d := range diffKeys(k, all, st) {
 				rep.add("fold of the log != projection: %s", d)
 			}
 		}
 	} else if rep.OK() {
-		checkSuffix(rep, events, st)
+		checkSuffix(rep, k, events, st)
 	}
 
 	// Subnet guards against the projection.
 	owners, dups := st.Subnets()
 	for _, d := range dups {
-		rep.add("%s", d)
+		rep.add("%s: %s", k.Nodes(), d)
 	}
 	guarded := map[netip.Prefix]bool{}
 	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
@@ -157,7 +163,7 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 	}
 	for p, o := range owners {
 		if !guarded[p] {
-			rep.add("node %q holds %s without a subnet guard", o, p)
+			rep.add("%s: node %q holds %s without a subnet guard", k.Subnet(p), o, p)
 		}
 	}
 	return rep, nil
@@ -165,7 +171,7 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 
 // checkSuffix checks a trimmed log: the retained events say what the
 // nodes and config they touch must be now.
-func checkSuffix(rep *Report, events []*weftv1.Event, proj *fold.State) {
+func checkSuffix(rep *Report, k keys.Layout, events []*weftv1.Event, proj *fold.State) {
 	lastNode := map[string]*weftv1.Event{}
 	var lastConfig *weftv1.Event
 	for _, e := range events {
@@ -183,7 +189,7 @@ func checkSuffix(rep *Report, events []*weftv1.Event, proj *fold.State) {
 		}
 	}
 	if lastConfig != nil && !proto.Equal(lastConfig.GetConfigChanged().GetConfig(), proj.Config) {
-		rep.add("config differs from event %d", lastConfig.Seq)
+		rep.add("%s: differs from event %d", k.Config(), lastConfig.Seq)
 	}
 	if proj.Config == nil {
 		rep.add("trimmed log but no config in force")
@@ -199,21 +205,21 @@ func checkSuffix(rep *Report, events []*weftv1.Event, proj *fold.State) {
 		}
 		switch {
 		case want == nil && got != nil:
-			rep.add("node %q is projected but event %d removed it", name, e.Seq)
+			rep.add("%s: projected but event %d removed it", k.Node(name), e.Seq)
 		case want != nil && got == nil:
-			rep.add("node %q is missing; event %d says it exists", name, e.Seq)
+			rep.add("%s: missing; event %d says it exists", k.Node(name), e.Seq)
 		case want != nil && !proto.Equal(nodeWithSeq(want, e.Seq), got):
-			rep.add("node %q differs from event %d", name, e.Seq)
+			rep.add("%s: differs from event %d", k.Node(name), e.Seq)
 		}
 	}
 	first := events[0].Seq
 	for name, n := range proj.Nodes {
 		if n.Seq > proj.Head {
-			rep.add("node %q has seq %d after head %d", name, n.Seq, proj.Head)
+			rep.add("%s: seq %d after head %d", k.Node(name), n.Seq, proj.Head)
 		} else if n.Seq >= first && lastNode[name] == nil {
-			rep.add("node %q has seq %d but no retained event touches it", name, n.Seq)
+			rep.add("%s: seq %d but no retained event touches it", k.Node(name), n.Seq)
 		} else if n.Seq == 0 {
-			rep.add("node %q has no seq", name)
+			rep.add("%s: no seq", k.Node(name))
 		}
 	}
 }
@@ -222,4 +228,31 @@ func nodeWithSeq(n *weftv1.Node, seq uint64) *weftv1.Node {
 	c := proto.Clone(n).(*weftv1.Node)
 	c.Seq = seq
 	return c
+}
+
+// diffKeys is fold.Diff naming keys: every difference between the fold
+// of the log (want) and the projection (got).
+func diffKeys(k keys.Layout, want, got *fold.State) []string {
+	var d []string
+	if want.Head != got.Head {
+		d = append(d, fmt.Sprintf("%s: %d, the log's is %d", k.Head(), got.Head, want.Head))
+	}
+	if !proto.Equal(want.Config, got.Config) {
+		d = append(d, k.Config()+": differs")
+	}
+	for _, n := range slices.Sorted(maps.Keys(want.Nodes)) {
+		g, ok := got.Nodes[n]
+		switch {
+		case !ok:
+			d = append(d, k.Node(n)+": missing")
+		case !proto.Equal(want.Nodes[n], g):
+			d = append(d, k.Node(n)+": differs")
+		}
+	}
+	for _, n := range slices.Sorted(maps.Keys(got.Nodes)) {
+		if _, ok := want.Nodes[n]; !ok {
+			d = append(d, k.Node(n)+": no event added this node")
+		}
+	}
+	return d
 }

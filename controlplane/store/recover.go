@@ -169,11 +169,12 @@ func decodeNode(name string, value []byte) (*weftv1.Node, error) {
 // read in snap (the whole retained log), and what must be rewritten so
 // the stored keys agree with it. The log is the truth as far as it is
 // readable:
-//   - the head is the highest seq a leader appended: a leader writes its
-//     last event and the head in one transaction, so an event written
-//     after the head key last changed and past its value was appended by
-//     no leader and is deleted, while one older than the head key's last
-//     write counts whatever the head says (a head moved by hand);
+//   - the head is the highest seq a leader appended: a leader appends
+//     contiguously and writes its last event and the head in one
+//     transaction, so the run of events right after the head's value
+//     that are older than the head key's last write counts (a head moved
+//     back by hand), and every event past it was appended by no leader
+//     and is deleted;
 //   - an untrimmed, contiguous, fully readable log that folds is the
 //     state (proto/fold);
 //   - otherwise the config and each node is what the last readable event
@@ -218,22 +219,36 @@ func Recover(k keys.Layout, snap *Snapshot) *Repair {
 		}
 		good = append(good, entry{seq, e, kv})
 	}
-	// The head. A leader writes its last event and the head in one
-	// transaction, so an event written after the head key last changed,
-	// past the head's value, was appended by no leader; an event older
-	// than the head key's last write was, whatever the head says now
-	// (someone moved the head by hand).
-	var head uint64
+	// The head. A leader appends contiguously and writes its last event
+	// and the head in one transaction. So the events right after the
+	// head's value that are older than the head key's last write were
+	// appended by a leader (someone moved the head back by hand), and
+	// any event past that run was appended by none.
+	bySeq := map[uint64]entry{}
 	for _, en := range good {
-		legit := snap.Head == nil || en.kv.ModRevision <= snap.Head.ModRevision || p.headErr == nil && en.seq <= p.head
-		if legit {
-			head = max(head, en.seq)
-		}
+		bySeq[en.seq] = en
 	}
-	if len(good) == 0 && p.headErr == nil {
+	var head uint64
+	switch {
+	case snap.Head != nil && p.headErr == nil:
 		head = p.head
-	}
-	if len(good) == 0 && p.headErr != nil {
+		for {
+			en, ok := bySeq[head+1]
+			if !ok || en.kv.ModRevision > snap.Head.ModRevision {
+				break
+			}
+			head++
+		}
+	case len(good) > 0:
+		// No head to go by: the contiguous run from the first event.
+		head = good[0].seq - 1
+		for {
+			if _, ok := bySeq[head+1]; !ok {
+				break
+			}
+			head++
+		}
+	default:
 		for _, n := range p.nodes {
 			head = max(head, n.Seq)
 		}

@@ -76,6 +76,12 @@ func TestReloadRepairsFromTheLog(t *testing.T) {
 			c.Put(ctx, k.Node("ghost"), keys.EncodeString(&weftv1.Node{Name: "ghost", UnderlayIp: "192.168.0.50", PodCidrs: []string{"10.244.50.0/24"}, Seq: 2}))
 		}, k.Node("ghost"), "no event added this node", true, true},
 		{"event past the head", func(c *clientv3.Client) { c.Put(ctx, k.Event(9), "not json {") }, k.Event(9), "past the head", true, true},
+		// A stray written before the head's last write (a later append)
+		// is still past the run a leader appended.
+		{"event past the head, head written since", func(c *clientv3.Client) {
+			c.Put(ctx, k.Event(8), keys.EncodeString(&weftv1.Event{Seq: 8, Kind: removed("n1").Kind}))
+			c.Put(ctx, k.Head(), "5")
+		}, k.Event(8), "past the head", true, true},
 		{"guard deleted", func(c *clientv3.Client) { c.Delete(ctx, k.Subnet(mustPrefix("10.244.1.0/24"))) },
 			k.Subnet(mustPrefix("10.244.1.0/24")), "missing", true, true},
 		{"guard names another", func(c *clientv3.Client) { c.Put(ctx, k.Subnet(mustPrefix("10.244.1.0/24")), "n2") },
