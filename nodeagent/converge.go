@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/weftnet/weft/bpf/spec"
@@ -187,7 +188,7 @@ func (l *loop) handle(m message) bool {
 		l.state.Reset(m.snap)
 		for _, x := range l.state.Refused()[min(before, len(l.state.Refused())):] {
 			a.metrics.refused.Inc()
-			a.log.Error("projection value refused; keeping the last good state", "what", x.What, "reason", x.Reason)
+			a.log.Error("projection value refused; keeping the last good state", "key", l.refusedKey(x.What), "reason", x.Reason)
 		}
 		l.seen(m.snap.Head)
 		return true
@@ -206,7 +207,7 @@ func (l *loop) handle(m message) bool {
 		}
 		if refused != nil {
 			a.metrics.refused.Inc()
-			a.log.Error("event refused; keeping the last good state", "seq", m.seq, "reason", refused)
+			a.log.Error("event refused; keeping the last good state", "key", a.k.Event(m.seq), "reason", refused)
 		}
 		return true
 	case followHealth:
@@ -218,6 +219,15 @@ func (l *loop) handle(m message) bool {
 		l.storeErr = m.err
 	}
 	return false
+}
+
+// refusedKey is the key of a refused projection value ("config", "node
+// <name>").
+func (l *loop) refusedKey(what string) string {
+	if name, ok := strings.CutPrefix(what, "node "); ok {
+		return l.a.k.Node(name)
+	}
+	return l.a.k.Config()
 }
 
 // seen records the applied seq and the highest head seen.

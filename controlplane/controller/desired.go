@@ -85,7 +85,7 @@ func (l *leader) configRequest(ctx context.Context, d desired) error {
 	case reason != "":
 		status.Reason = reason
 		l.m.ConfigRefusals.Inc()
-		l.log.Warn("desired config refused", "revision", d.rev, "reason", reason)
+		l.log.Warn("desired config refused", "key", l.opt.Layout.DesiredConfig(), "revision", d.rev, "reason", reason)
 	case proto.Equal(cfg, l.st.State().Config):
 		status.Accepted = true
 		status.Reason = "unchanged: equal to the config in force"

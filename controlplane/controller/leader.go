@@ -339,7 +339,7 @@ func (l *leader) rebuild(ctx context.Context) error {
 			continue
 		}
 		if a.Restore("stray-guard/"+p.String(), []string{p.String()}) == nil {
-			l.log.Warn("subnet guard without its node; subnet kept out of use", "subnet", p, "owner", fmt.Sprintf("%.64q", kv.Value))
+			l.log.Warn("subnet guard without its node; subnet kept out of use", "key", string(kv.Key), "owner", fmt.Sprintf("%.64q", kv.Value))
 		}
 	}
 	l.alloc = a
@@ -449,6 +449,7 @@ func (l *leader) sweepProblems(ctx context.Context) error {
 		if _, ok := l.keyProblems[name]; ok {
 			continue
 		}
+		l.log.Info("clearing a problem nobody explains", "key", l.opt.Layout.Problem(name))
 		changes[name] = ""
 	}
 	return l.writeProblems(ctx, changes)
@@ -480,7 +481,7 @@ func (l *leader) writeProblems(ctx context.Context, changes map[string]string) e
 			ops = append(ops, clientv3.OpPut(k.Problem(name), keys.EncodeString(p)))
 			next[name] = reason
 			if !strings.HasPrefix(name, "key:") {
-				l.log.Warn("node problem", "node", name, "reason", reason)
+				l.log.Warn("node problem", "key", k.Registration(name), "reason", reason)
 			}
 		}
 	}
