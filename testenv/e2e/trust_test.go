@@ -1,0 +1,321 @@
+package e2e
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv"
+	"github.com/weftnet/weft/testenv/garbage"
+)
+
+// TestTrust writes bad values into a running cluster's store by hand, as
+// a careless operator or an attacker with write access would (issue 11),
+// and requires that every other node keeps joining and forwarding without
+// losing a ping, that the bad value is named, and that an agent restarted
+// while a node's value is bad keeps that node's tunnel and says it is
+// degraded. Each subtest logs what it measured.
+func TestTrust(t *testing.T) {
+	c := start(t, testenv.Options{
+		Nodes: 3, PodsPerNode: 1, Backend: "vxlan",
+		Etcd: testenv.EtcdExternal, EtcdMembers: 1, Controllers: 1,
+		LeaseTTL: 3, NodeGrace: 4, ElectionTTL: 3, Reconcile: "2s",
+	})
+	ctx := context.Background()
+	cli, err := c.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	k := keys.New("/weft")
+
+	// allPairs streams pings between the pods of every pair of nodes.
+	allPairs := func(t *testing.T) func() {
+		t.Helper()
+		var ss []*testenv.Stream
+		var nodes []*testenv.Node
+		for _, n := range c.Nodes() {
+			if len(n.Pods) > 0 {
+				nodes = append(nodes, n)
+			}
+		}
+		for _, from := range nodes {
+			var dsts []netip.Addr
+			for _, to := range nodes {
+				if to != from {
+					dsts = append(dsts, to.Pods[0].Addr)
+				}
+			}
+			s, err := testenv.StartStream(from.Pods[0].NS, dsts, 50*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ss = append(ss, s)
+		}
+		return func() {
+			t.Helper()
+			for i, s := range ss {
+				st := s.Stop()
+				t.Logf("stream from %s: sent %d received %d lost %d", nodes[i].Name, st.Sent, st.Received, st.Lost)
+				if st.Lost != 0 || st.Received != st.Sent {
+					t.Errorf("stream from %s lost %d of %d pings", nodes[i].Name, st.Lost, st.Sent)
+				}
+			}
+		}
+	}
+	leads := func() int {
+		b, _ := os.ReadFile(c.Controllers[0].Log)
+		return strings.Count(string(b), "controller: leading")
+	}
+	// joins registers a node without an agent and waits up to 30 s for
+	// the controller's NodeAdded; it returns how long that took.
+	joins := func(t *testing.T, name, ip string) (time.Duration, bool) {
+		t.Helper()
+		g, err := cli.Grant(ctx, 60)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cli.Revoke(context.Background(), g.ID) })
+		reg := keys.EncodeString(&weftv1.Registration{Name: name, UnderlayIp: ip})
+		if _, err := cli.Put(ctx, k.Registration(name), reg, clientv3.WithLease(g.ID)); err != nil {
+			t.Fatal(err)
+		}
+		begin := time.Now()
+		for time.Since(begin) < 30*time.Second {
+			if r, err := cli.Get(ctx, k.Node(name)); err == nil && len(r.Kvs) > 0 {
+				return time.Since(begin), true
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return time.Since(begin), false
+	}
+	problem := func(t *testing.T, subject string) (string, bool) {
+		t.Helper()
+		for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+			r, err := cli.Get(ctx, k.Problem(subject))
+			if err != nil || len(r.Kvs) == 0 {
+				continue
+			}
+			p, err := keys.DecodeProblem(r.Kvs[0].Value)
+			if err != nil {
+				return err.Error(), false
+			}
+			return p.Reason, true
+		}
+		return "", false
+	}
+	// repaired waits up to 30 s for weftctl check to pass again.
+	repaired := func(t *testing.T) (time.Duration, bool) {
+		t.Helper()
+		begin := time.Now()
+		for time.Since(begin) < 30*time.Second {
+			if _, err := c.Weftctl(ctx, "check"); err == nil {
+				return time.Since(begin), true
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		return time.Since(begin), false
+	}
+	// restartController kills the controller and starts it again, so a
+	// new leader starts with the bad value in the store.
+	restartController := func(t *testing.T) {
+		t.Helper()
+		if err := c.KillController(0); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.StartController(0); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("HugeRegistration", func(t *testing.T) {
+		stop := allPairs(t)
+		defer stop()
+		before := leads()
+		in, err := c.InjectGarbage(ctx, garbage.Case{Kind: garbage.Registrations, Variant: garbage.Huge}, garbage.Target{Name: "mallory", LeaseTTL: 600})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.UndoGarbage(ctx, in)
+		begin := time.Now()
+		n, err := c.AddNode(ctx)
+		if err != nil {
+			t.Fatalf("a node joining after a %d-byte registration: %v (leadership taken %d times since)", in.Size, err, leads()-before)
+		}
+		eventually(t, 60*time.Second, n.Name+" reachable from every other node's pod", func() (bool, string) {
+			for _, from := range c.Nodes() {
+				if from == n {
+					continue
+				}
+				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				err := testenv.CheckICMP(cctx, from.Pods[0].NS, n.Pods[0].Addr)
+				cancel()
+				if err != nil {
+					return false, err.Error()
+				}
+			}
+			return true, ""
+		})
+		joined := time.Since(begin)
+		reason, ok := problem(t, "mallory")
+		t.Logf("%d-byte registration: %s joined and reachable %v later; leadership taken %d times; problem: %.200s",
+			in.Size, n.Name, joined, leads()-before, reason)
+		if !ok || !strings.Contains(reason, "value: ") {
+			t.Errorf("no problem of mallory naming the field: %.200q", reason)
+		}
+		if l := leads() - before; l != 0 {
+			t.Errorf("leadership taken %d times: the controller stepped down because of data", l)
+		}
+	})
+
+	// A bad projection value, with the controller restarted on it (each
+	// new leader starts from the store): every other node keeps joining
+	// and forwarding, the value is repaired from the log.
+	for _, tc := range []struct {
+		name string
+		g    garbage.Case
+		node int // the node whose value is bad, or -1
+		ip   string
+	}{
+		{"MalformedConfig", garbage.Case{Kind: garbage.Config, Variant: garbage.NotJSON}, -1, "10.99.0.201"},
+		{"MalformedNodeValue", garbage.Case{Kind: garbage.Nodes, Variant: garbage.NotJSON}, 1, "10.99.0.202"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stop := allPairs(t)
+			defer stop()
+			before := leads()
+			var target garbage.Target
+			if tc.node >= 0 {
+				target.Node = c.Node(tc.node).Name
+			}
+			in, err := c.InjectGarbage(ctx, tc.g, target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.UndoGarbage(ctx, in)
+			restartController(t)
+			out, err := c.Weftctl(ctx, "nodes")
+			if err != nil {
+				t.Errorf("weftctl nodes fails with a bad %s: %v", in.Key, err)
+			}
+			took, joined := joins(t, "probe-"+strings.ToLower(tc.name), tc.ip)
+			fixed, ok := repaired(t)
+			m, err := c.ControllerMetrics(ctx, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("bad %s, controller restarted: a registration got NodeAdded: %v after %v; store consistent again: %v after %v; leadership taken %d times; repairs counted %v; weftctl nodes:\n%s",
+				in.Key, joined, took, ok, fixed, leads()-before, testenv.SumMetric(m, "weft_controller_projection_repairs_total"), out)
+			if !joined {
+				t.Error("the controller appended nothing for a new registration")
+			}
+			if !ok {
+				t.Errorf("%s not repaired from the log", in.Key)
+			}
+			if l := leads() - before; l != 1 {
+				t.Errorf("leadership taken %d times after one restart: the controller stepped down because of data", l)
+			}
+			if testenv.SumMetric(m, "weft_controller_projection_repairs_total") < 1 {
+				t.Error("the repair was not counted (weft_controller_projection_repairs_total)")
+			}
+		})
+	}
+
+	t.Run("BadNodeValueAgentRestart", func(t *testing.T) {
+		// No controller to repair the value: the agent is on its own.
+		if err := c.KillController(0); err != nil {
+			t.Fatal(err)
+		}
+		victim, restarted := c.Node(1), c.Node(2)
+		in, err := c.InjectGarbage(ctx, garbage.Case{Kind: garbage.Nodes, Variant: garbage.NotJSON}, garbage.Target{Node: victim.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.UndoGarbage(ctx, in)
+		for _, verb := range []string{"nodes", "status"} {
+			out, err := c.Weftctl(ctx, verb)
+			t.Logf("weftctl %s with a bad %s:\n%s", verb, in.Key, out)
+			if err != nil {
+				t.Errorf("weftctl %s fails on a bad node value: %v", verb, err)
+			} else if !strings.Contains(out, "bad value") {
+				t.Errorf("weftctl %s does not show the bad value of %s", verb, victim.Name)
+			}
+		}
+		to, err := testenv.StartStream(restarted.Pods[0].NS, []netip.Addr{victim.Pods[0].Addr}, 50*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		from, err := testenv.StartStream(victim.Pods[0].NS, []netip.Addr{restarted.Pods[0].Addr}, 50*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.RestartAgent(restarted.Index); err != nil {
+			t.Fatal(err)
+		}
+		// Measure first, judge after: the pings say what the restart did.
+		var code int
+		var body string
+		for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+			if code, body = healthz(ctx, c, restarted); code == 503 && strings.Contains(body, in.Key) {
+				break
+			}
+		}
+		time.Sleep(3 * time.Second) // the restarted agent has synced; keep streaming
+		if code != 503 || !strings.Contains(body, in.Key) {
+			t.Errorf("%s does not report degraded naming %s: healthz %d %q", restarted.Name, in.Key, code, body)
+		}
+		m, err := c.Metrics(ctx, restarted)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m["weft_agent_degraded"] != 1 {
+			t.Errorf("weft_agent_degraded = %v, want 1", m["weft_agent_degraded"])
+		}
+		out, err := c.Weftctl(ctx, "status")
+		row := ""
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, restarted.Name+" ") {
+				row = line
+			}
+		}
+		if err != nil || !strings.Contains(row, in.Key) {
+			t.Errorf("weftctl status does not name %s in the row of %s: %v\n%s", in.Key, restarted.Name, err, out)
+		}
+		st1, st2 := to.Stop(), from.Stop()
+		t.Logf("restart of %s with %s bad: healthz %d %q; pings to %s lost %d of %d, back lost %d of %d",
+			restarted.Name, in.Key, code, body, victim.Name, st1.Lost, st1.Sent, st2.Lost, st2.Sent)
+		for _, st := range []testenv.Stats{st1, st2} {
+			if st.Lost != 0 || st.Received != st.Sent {
+				t.Errorf("pings lost across the restart with a bad node value: lost %d of %d", st.Lost, st.Sent)
+			}
+		}
+
+		// The controller comes back, repairs the value from the log, and
+		// the agent notices.
+		if err := c.StartController(0); err != nil {
+			t.Fatal(err)
+		}
+		back := time.Now()
+		eventually(t, 40*time.Second, restarted.Name+" healthy after the repair", func() (bool, string) {
+			code, body := healthz(ctx, c, restarted)
+			return code == 200, body
+		})
+		t.Logf("controller restarted: %s repaired and %s healthy %v later", in.Key, restarted.Name, time.Since(back))
+		if err := c.WaitConverged(ctx, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("LogConsistent", func(t *testing.T) {
+		if out, err := c.Weftctl(ctx, "check"); err != nil {
+			t.Fatalf("weftctl check: %v\n%s", err, out)
+		}
+	})
+}
