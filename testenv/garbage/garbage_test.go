@@ -108,12 +108,12 @@ func eventually(t *testing.T, what string, cond func() (bool, string)) {
 
 // cluster is a controller and two agents on one embedded etcd.
 type cluster struct {
-	t      *testing.T
-	c      *clientv3.Client
-	logs   *syncBuf
-	ctl    func() // stops the controller
-	dps    map[string]*datapath
-	ips    map[string]string // underlay address by node name
+	t    *testing.T
+	c    *clientv3.Client
+	logs *syncBuf
+	ctl  func() // stops the controller
+	dps  map[string]*datapath
+	ips  map[string]string // underlay address by node name
 }
 
 func (cl *cluster) startController(id string) {
