@@ -443,7 +443,9 @@ func (l *leader) loadProblems(ctx context.Context) error {
 func (l *leader) sweepProblems(ctx context.Context) error {
 	changes := map[string]string{}
 	for name := range l.problems {
-		if l.present[name] || l.st.State().Nodes[name] != nil {
+		if l.present[name] || l.st.State().Nodes[name] != nil || l.goneWhy[name] != "" {
+			// A source that says why a node is gone (outside the
+			// Kubernetes node selector) explains its entry.
 			continue
 		}
 		if _, ok := l.keyProblems[name]; ok {

@@ -228,9 +228,13 @@ func Recover(k keys.Layout, snap *Snapshot) *Repair {
 	for _, en := range good {
 		bySeq[en.seq] = en
 	}
+	// A head past the last retained event was written by no leader
+	// either: trimming keeps the newest events, so the event the head
+	// names is always retained. The log's head is then its contiguous run.
+	headPastLog := len(good) > 0 && p.headErr == nil && p.head > good[len(good)-1].seq
 	var head uint64
 	switch {
-	case snap.Head != nil && p.headErr == nil:
+	case snap.Head != nil && p.headErr == nil && !headPastLog:
 		head = p.head
 		for {
 			en, ok := bySeq[head+1]
