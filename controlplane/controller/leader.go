@@ -106,11 +106,17 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 	st, err := store.Open(ctx, c.opt.Client, k, store.Options{
 		Logger: c.opt.Logger, Fence: fence, MaxOps: c.opt.MaxOps, Observe: c.m.observe,
 		Repaired: func(f store.Finding) { c.m.Repairs.WithLabelValues(keyKind(k, f.Key)).Inc() },
-		// A node is removed only while its registration is absent: one
-		// that came back while the removal was decided fails it.
+		// A node is removed only while its entry in the source is
+		// absent: one that came back while the removal was decided
+		// fails it. Only a source kept in etcd (the registrations) can
+		// be compared; with Kubernetes Nodes the registration an agent
+		// keeps says nothing about the Node, and requiring its absence
+		// would put off a deleted Node's removal for as long as its
+		// agent runs.
 		Absent: func(e *weftv1.Event) []string {
-			if r := e.GetNodeRemoved(); r != nil {
-				return []string{k.Registration(r.Name)}
+			ks, ok := c.opt.Source.(source.Keyed)
+			if r := e.GetNodeRemoved(); r != nil && ok {
+				return []string{ks.Key(r.Name)}
 			}
 			return nil
 		},

@@ -19,10 +19,12 @@ import (
 // regained contact with etcd (the term's start, a failed request that
 // succeeds again, the node source listing again after its watch broke),
 // and only while contact holds. So after an outage, or a failover, every
-// agent has a whole grace period of working etcd to renew. The removal's
-// transaction also requires the registration to be absent, so an agent
-// that renewed while the removal was decided wins. A config change
-// touches none of this: the clock is not restarted.
+// agent has a whole grace period of working etcd to renew. With the
+// registrations as the source, the removal's transaction also requires
+// the registration to be absent, so an agent that renewed while the
+// removal was decided wins (Kubernetes Nodes are not in etcd: a deleted
+// Node is removed whatever registration its agent still keeps). A config
+// change touches none of this: the clock is not restarted.
 
 // contact tracks whether the leader reaches etcd. A goroutine checks it
 // every interval with a read that must answer within that interval.

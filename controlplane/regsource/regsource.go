@@ -30,7 +30,7 @@ type Source struct {
 	Backoff time.Duration
 }
 
-var _ source.Source = (*Source)(nil)
+var _ source.Keyed = (*Source)(nil)
 
 // New returns the registration source of the cluster under k.
 func New(c *clientv3.Client, k keys.Layout, log hclog.Logger) *Source {
@@ -62,6 +62,10 @@ func Decode(k keys.Layout, key string, value []byte, lease int64) source.Change 
 	}
 	return source.Change{Kind: source.Upsert, Name: name, Registration: r}
 }
+
+// Key is the registration key of node name: its presence is the node's
+// entry in this source.
+func (s *Source) Key(name string) string { return s.k.Registration(name) }
 
 // Run lists and watches until ctx ends, then returns ctx's error.
 func (s *Source) Run(ctx context.Context, sync func([]source.Change), changes func(source.Change)) error {

@@ -47,3 +47,15 @@ type Change struct {
 type Source interface {
 	Run(ctx context.Context, sync func([]Change), changes func(Change)) error
 }
+
+// Keyed is a Source whose entries are etcd keys (the registrations). Key
+// names the key that holds name's entry: the controller removes a node
+// only in a transaction that requires that key to be absent, so an entry
+// that came back while the removal was decided wins. A source whose
+// entries live elsewhere (Kubernetes Nodes) is not Keyed: its word that a
+// node is gone is the evidence, whatever else etcd holds for the node (an
+// agent keeps its registration there on every cluster).
+type Keyed interface {
+	Source
+	Key(name string) string
+}
