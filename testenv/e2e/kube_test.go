@@ -90,6 +90,17 @@ func kubeLogs(c *kube.Cluster) string {
 		out, err := c.Kubectl(ctx, args...)
 		fmt.Fprintf(&b, "--- kubectl %s\n%s%v\n", strings.Join(args, " "), out, err)
 	}
+	// The controllers' whole container logs (a restarted pod's and one on
+	// a deleted Node too): the removal and leadership decisions are in
+	// them, not in the last lines.
+	files, err := c.ContainerLogs(ctx, kube.Namespace, "weft-controller-")
+	if err != nil {
+		fmt.Fprintf(&b, "--- controller logs: %v\n", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		fmt.Fprintf(&b, "--- %s\n%s%v\n", f, data, err)
+	}
 	return b.String()
 }
 

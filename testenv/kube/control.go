@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -208,4 +209,30 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
 // cluster from the root namespace.
 func (c *Cluster) KubectlLine() string {
 	return fmt.Sprintf("nsenter --net=/run/netns/%s %s --kubeconfig %s", c.CtlNS, c.kbin("kubectl"), c.adminKC)
+}
+
+// ContainerLogs returns the log files of the containers of the pods in
+// namespace whose names begin with prefix, by pod UID (the kubelets of
+// every test cluster write under /var/log/pods, named without the
+// cluster). A pod on a deleted Node is among them while the API still
+// holds it: its log, which the API server no longer serves, is the one
+// that tells why.
+func (c *Cluster) ContainerLogs(ctx context.Context, namespace, prefix string) ([]string, error) {
+	cs, err := c.Clientset()
+	if err != nil {
+		return nil, err
+	}
+	pods, err := cs.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	var files []string
+	for _, p := range pods.Items {
+		if !strings.HasPrefix(p.Name, prefix) {
+			continue
+		}
+		f, _ := filepath.Glob(filepath.Join("/var/log/pods", fmt.Sprintf("%s_%s_%s", namespace, p.Name, p.UID), "*", "*.log"))
+		files = append(files, f...)
+	}
+	return files, nil
 }
