@@ -11,7 +11,7 @@ import (
 	"github.com/weftnet/weft/internal/backoff"
 )
 
-// The removal rule (docs/DESIGN.md, "When a node is gone"): a node is
+// The removal rule (docs/DESIGN.md, "When a node is gone (the removal rule)"): a node is
 // removed only on evidence that it is gone, never because the controller
 // or etcd was away. The evidence is its registration's absence, noticed
 // at lost; the node is removed once it stayed absent for the grace
