@@ -22,6 +22,7 @@ import (
 	"github.com/weftnet/weft/bpf/internal/netns"
 	"github.com/weftnet/weft/bpf/internal/nft"
 	"github.com/weftnet/weft/bpf/internal/object"
+	"github.com/weftnet/weft/bpf/internal/pods"
 	"github.com/weftnet/weft/bpf/internal/route"
 	"github.com/weftnet/weft/bpf/internal/tc"
 	"github.com/weftnet/weft/bpf/spec"
@@ -117,13 +118,13 @@ type Datapath struct {
 	// nsMu guards ns's lifetime: Close and Teardown hold it (and mu) to
 	// close it; calls that only read the kernel (Underlay, VTEPMAC,
 	// Capabilities) hold it shared, so they need not wait for a Sync.
-	nsMu    sync.RWMutex
-	ns      *netns.NS // nil once closed
-	objs    *object.WeftObjects
-	applied *kstate       // what the last Sync wrote; nil means read the kernel
-	batch   bool          // the tunnel map takes batch operations
-	eps     endpointState // what the endpoint map is learned for
-	ports   map[int]bool  // pod veths this Datapath attached weft_from_port to
+	nsMu      sync.RWMutex
+	ns        *netns.NS // nil once closed
+	objs      *object.WeftObjects
+	applied   *kstate       // what the last Sync wrote; nil means read the kernel
+	batch     bool          // the tunnel map takes batch operations
+	eps       endpointState // what the endpoint map is derived for
+	unguarded map[int]bool  // pod ports without the pod check, warned about
 
 	watchStop func() // ends the endpoint watch (nil: none)
 	watchOnce sync.Once
@@ -174,6 +175,12 @@ func Open(cfg Config) (*Datapath, error) {
 		d.log.Warn("pinned map incompatible with this version, recreated", "map", m)
 	}
 	d.ns, d.objs = ns, objs
+	// weft-cni links this program to every new pod's veth.
+	if err := pods.PinProgram(cfg.PinDir, objs.WeftFromPort); err != nil {
+		d.objs.Close()
+		d.ns.Close()
+		return nil, err
+	}
 	if err := d.takeOver(); err != nil {
 		d.objs.Close()
 		d.ns.Close()
@@ -186,9 +193,40 @@ func Open(cfg Config) (*Datapath, error) {
 	return d, nil
 }
 
-// takeOver switches live attachments to the programs just loaded.
+// takeOver switches live attachments to the programs just loaded: the
+// overlay device's, the underlay check's, the bridge's and every pod
+// port's. Ports of the transmit fast path an older agent attached itself
+// (before weft-cni attached the pod check) are detached.
 func (d *Datapath) takeOver() error {
 	nl := d.ns.NL
+	ports, err := tc.PinnedIndexes(d.cfg.PinDir, tc.PodPinPrefix)
+	if err != nil {
+		return err
+	}
+	for _, p := range ports {
+		if _, err := tc.UpdateTCX(d.cfg.PinDir, tc.Pod(p), d.objs.WeftFromPort); err != nil {
+			return err
+		}
+	}
+	legacy, err := tc.PinnedIndexes(d.cfg.PinDir, tc.LegacyPortPinPrefix)
+	if err != nil {
+		return err
+	}
+	for _, p := range legacy {
+		if err := tc.DetachTCX(d.cfg.PinDir, tc.Legacy(p)); err != nil {
+			return err
+		}
+	}
+	if len(ports)+len(legacy) > 0 {
+		d.log.Info("took over pod ports", "ports", len(ports), "legacy_detached", len(legacy))
+	}
+	if under, err := d.underlayIndex(); err == nil && under != 0 {
+		if ok, _ := d.underlayAttached(under, nil); ok {
+			if err := d.attachUnderlay(under); err != nil {
+				return err
+			}
+		}
+	}
 	for _, name := range []string{spec.VXLANDevice, spec.GeneveDevice} {
 		dev, err := device.Read(nl, name)
 		if err != nil || dev == nil {
@@ -245,6 +283,10 @@ func ensureBPFFS(dir string) error {
 	return nil
 }
 
+// PinDir is the bpffs directory of this node's pins; weft-cni finds the
+// pod check there (package podguard).
+func (d *Datapath) PinDir() string { return d.cfg.PinDir }
+
 // Underlay reports the node's underlay interface, address, MTU and
 // directly connected networks.
 func (d *Datapath) Underlay() (spec.Underlay, error) {
@@ -274,8 +316,9 @@ func (d *Datapath) Close() error {
 }
 
 // Teardown removes everything weft made on this node: the overlay devices
-// (and with them every attachment), weft's routes, the nftables table and
-// the pin directory. net.ipv4.ip_forward is left on. The Datapath is
+// (and with them every attachment), the underlay check, the pod checks
+// weft-cni linked (pods keep running, unchecked), weft's routes, the
+// nftables table and the pin directory. net.ipv4.ip_forward is left on. The Datapath is
 // closed afterwards.
 func (d *Datapath) Teardown() error {
 	d.stopWatch()
@@ -303,11 +346,32 @@ func (d *Datapath) Teardown() error {
 	} else {
 		errs = append(errs, d.writeMasq(nil, exists))
 	}
-	// The bridge is not ours: detach its program explicitly.
-	for _, h := range []tc.Hook{tc.Bridge, tc.Egress, tc.Ingress} {
+	// The bridge, the underlay and the pod ports are not ours: detach
+	// their programs explicitly.
+	for _, h := range []tc.Hook{tc.Bridge, tc.Egress, tc.Ingress, tc.Underlay} {
 		errs = append(errs, tc.DetachTCX(d.cfg.PinDir, h))
 	}
-	errs = append(errs, d.detachPorts(nil))
+	if under, err := d.underlayIndex(); err == nil && under != 0 {
+		if !d.useTCX {
+			errs = append(errs, tc.DetachTC(nl, under, tc.Underlay))
+		}
+		managed, _, err := route.Neighbours(nl, under)
+		errs = append(errs, err)
+		for h := range managed {
+			errs = append(errs, route.DeleteNeigh(nl, under, h))
+		}
+	}
+	for _, pre := range []string{tc.PodPinPrefix, tc.LegacyPortPinPrefix} {
+		ps, err := tc.PinnedIndexes(d.cfg.PinDir, pre)
+		errs = append(errs, err)
+		for _, p := range ps {
+			h := tc.Pod(p)
+			if pre == tc.LegacyPortPinPrefix {
+				h = tc.Legacy(p)
+			}
+			errs = append(errs, tc.DetachTCX(d.cfg.PinDir, h))
+		}
+	}
 	errs = append(errs, d.objs.Close(), d.ns.Close())
 	d.ns = nil
 	if err := os.RemoveAll(d.cfg.PinDir); err != nil {
@@ -355,6 +419,43 @@ func (d *Datapath) overlayProg(h tc.Hook) *ebpf.Program {
 		return d.objs.WeftEgress
 	}
 	return d.objs.WeftIngress
+}
+
+// underlayIndex is the ifindex of the underlay interface (0: none found).
+func (d *Datapath) underlayIndex() (int, error) {
+	u, err := device.Underlay(d.ns.NL, d.cfg.Underlay)
+	if err != nil {
+		return 0, err
+	}
+	return device.Index(d.ns.NL, u.Interface)
+}
+
+// attachUnderlay attaches the underlay check to ifindex.
+func (d *Datapath) attachUnderlay(ifindex int) error {
+	if d.useTCX {
+		return tc.AttachTCX(d.ns, d.cfg.PinDir, ifindex, tc.Attachment{Hook: tc.Underlay, Prog: d.objs.WeftFromUnderlay})
+	}
+	return tc.AttachTC(d.ns.NL, ifindex, tc.Underlay, d.objs.WeftFromUnderlay)
+}
+
+// detachUnderlay detaches the underlay check from ifindex.
+func (d *Datapath) detachUnderlay(ifindex int) error {
+	if d.useTCX {
+		return tc.DetachTCX(d.cfg.PinDir, tc.Underlay)
+	}
+	return tc.DetachTC(d.ns.NL, ifindex, tc.Underlay)
+}
+
+// underlayAttached reports whether the underlay check (prog; nil: any
+// version) runs on ifindex.
+func (d *Datapath) underlayAttached(ifindex int, prog *ebpf.Program) (bool, error) {
+	if d.useTCX {
+		return tc.TCXAttached(d.cfg.PinDir, ifindex, tc.Underlay, prog)
+	}
+	if prog == nil {
+		return tc.AnyTCAttached(d.ns.NL, ifindex, tc.Underlay)
+	}
+	return tc.TCAttached(d.ns.NL, ifindex, tc.Underlay, prog)
 }
 
 // anyAttached reports whether some weft program (any version) is attached

@@ -1,122 +1,85 @@
 package bpf
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/bpf/internal/device"
 	"github.com/weftnet/weft/bpf/internal/object"
-	"github.com/weftnet/weft/bpf/internal/tc"
+	"github.com/weftnet/weft/bpf/internal/pods"
 )
 
 // The endpoint map lets weft_ingress deliver a packet for a local pod
 // straight into the pod's namespace (bpf_redirect_peer on the host side of
-// its veth). Endpoints are learned from the kernel, not from the CNI: the
-// bridge's neighbour table gives pod IP → MAC, the bridge FDB gives MAC →
-// port. An entry is written only when the port is a veth of the bridge
-// whose peer is in another namespace and the MAC is learned on that port
-// alone; anything else is left to the bridge path.
+// its veth). Its content is derived from the pods weft-cni recorded at ADD
+// (weft_pods: host veth → the pod's MAC and addresses), never from the
+// kernel's neighbour table, which a pod could poison with a gratuitous ARP
+// for a neighbour's address. An entry is written only for a port that is a
+// veth of the bridge whose peer is in another namespace; anything else is
+// left to the bridge path.
 
 // endpointState is what refreshEndpoints needs from the last converge.
 type endpointState struct {
+	known  bool           // set by a converge; before it the maps are left as they are
 	bridge int            // bridge ifindex; 0: fast path off, map empty
 	local  []netip.Prefix // local pod CIDRs
+	tunnel uint32         // overlay device of the transmit fast path; 0: off
+	port   bool           // pods' ports send straight into the tunnel
 }
 
-// usableNeigh are the neighbour states whose MAC is trusted.
-const usableNeigh = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY |
-	netlink.NUD_PROBE | netlink.NUD_PERMANENT
-
-// wantEndpoints reads the kernel and returns the endpoint map's content.
-func wantEndpoints(h *netlink.Handle, st endpointState) (map[netip.Addr]object.WeftEndpointValue, error) {
+// wantEndpoints returns the endpoint map's content for the recorded pods
+// and the bridge MAC (nil when the fast path is off or the bridge gone).
+func wantEndpoints(h *netlink.Handle, st endpointState, recorded map[int]object.WeftPodValue) (map[netip.Addr]object.WeftEndpointValue, net.HardwareAddr, error) {
 	out := map[netip.Addr]object.WeftEndpointValue{}
 	if st.bridge == 0 || len(st.local) == 0 {
-		return out, nil
+		return out, nil, nil
 	}
 	br, err := h.LinkByIndex(st.bridge)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return out, nil
+			return out, nil, nil
 		}
-		return nil, fmt.Errorf("read bridge #%d: %w", st.bridge, err)
+		return nil, nil, fmt.Errorf("read bridge #%d: %w", st.bridge, err)
 	}
 	gw := br.Attrs().HardwareAddr
 	if len(gw) != 6 {
-		return out, nil
+		return out, nil, nil
 	}
-	links, err := h.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	// Ports that can take redirect_peer: veths on the bridge, peer elsewhere.
-	ports := map[int]net.HardwareAddr{}
-	for _, l := range links {
+	for port, pod := range recorded {
+		l, err := h.LinkByIndex(port)
+		if err != nil {
+			continue // gone; the sweep forgets it
+		}
+		// redirect_peer needs a veth whose peer is in another namespace.
 		a := l.Attrs()
 		if a.MasterIndex != st.bridge || l.Type() != "veth" || a.NetNsID < 0 {
 			continue
 		}
-		ports[a.Index] = a.HardwareAddr
+		var ips []netip.Addr
+		if pod.Flags&object.PodIPv4 != 0 {
+			ips = append(ips, netip.AddrFrom4(pod.Ipv4))
+		}
+		if pod.Flags&object.PodIPv6 != 0 {
+			ips = append(ips, netip.AddrFrom16(pod.Ipv6))
+		}
+		for _, ip := range ips {
+			if !podAddr(st.local, ip) {
+				continue
+			}
+			v := object.WeftEndpointValue{Ifindex: uint32(port), PodMac: pod.Mac}
+			copy(v.GwMac[:], gw)
+			out[ip] = v
+		}
 	}
-	fdb, err := h.NeighList(0, unix.AF_BRIDGE)
-	if err != nil {
-		return nil, fmt.Errorf("list bridge fdb: %w", err)
-	}
-	portOf := map[string]int{} // learned MAC → port; -1: on several ports
-	for _, f := range fdb {
-		own, ok := ports[f.LinkIndex]
-		if !ok || f.MasterIndex != st.bridge || len(f.HardwareAddr) != 6 ||
-			bytes.Equal(f.HardwareAddr, own) || f.Vlan > 1 {
-			continue
-		}
-		k := string(f.HardwareAddr)
-		if p, seen := portOf[k]; seen && p != f.LinkIndex {
-			portOf[k] = -1
-			continue
-		}
-		portOf[k] = f.LinkIndex
-	}
-	var neighs []netlink.Neigh
-	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
-		ns, err := h.NeighList(st.bridge, fam)
-		if err != nil {
-			return nil, fmt.Errorf("list neighbours of bridge: %w", err)
-		}
-		neighs = append(neighs, ns...)
-	}
-	for _, n := range neighs {
-		if n.State&usableNeigh == 0 || len(n.HardwareAddr) != 6 {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(n.IP)
-		if !ok {
-			continue
-		}
-		ip = ip.Unmap()
-		if !podAddr(st.local, ip) {
-			continue
-		}
-		port := portOf[string(n.HardwareAddr)]
-		if port <= 0 {
-			continue
-		}
-		v := object.WeftEndpointValue{Ifindex: uint32(port)}
-		copy(v.PodMac[:], n.HardwareAddr)
-		copy(v.GwMac[:], gw)
-		out[ip] = v
-	}
-	return out, nil
+	return out, gw, nil
 }
 
 // podAddr reports whether ip is a pod address of one of the local CIDRs
@@ -143,14 +106,36 @@ func podAddr(local []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-// refreshEndpoints makes the endpoint map match the kernel. Callers hold
-// d.mu. Entries are learned state: changes are logged, not reported.
+// refreshEndpoints makes the endpoint map and the port fast path's
+// configuration match the recorded pods and the bridge, after forgetting
+// the pods whose veth is gone. Callers hold d.mu. Entries are derived
+// state: changes are logged, not reported.
 func (d *Datapath) refreshEndpoints() error {
 	if d.ns == nil {
 		return nil // closed
 	}
-	want, err := wantEndpoints(d.ns.NL, d.eps)
+	gone, err := pods.Sweep(d.ns.NL, d.cfg.PinDir, d.objs.WeftPods)
+	for _, p := range gone {
+		d.log.Debug("pod port gone, its check removed", "ifindex", p)
+	}
 	if err != nil {
+		return err
+	}
+	recorded, err := pods.Entries(d.objs.WeftPods)
+	if err != nil {
+		return err
+	}
+	d.warnUnguarded(recorded)
+	if !d.eps.known {
+		// Opened, not converged yet: what the last agent wrote keeps
+		// forwarding until the first Sync says what is wanted.
+		return nil
+	}
+	want, gw, err := wantEndpoints(d.ns.NL, d.eps, recorded)
+	if err != nil {
+		return err
+	}
+	if err := d.writeConfig(gw); err != nil {
 		return err
 	}
 	var k object.WeftEndpointKey
@@ -184,60 +169,64 @@ func (d *Datapath) refreshEndpoints() error {
 		}
 		d.log.Debug("endpoint forgotten", "ip", object.EndpointAddr(k))
 	}
-	return d.convergePorts(want)
+	return nil
 }
 
-// convergePorts attaches weft_from_port to the port of every endpoint and
-// detaches it from ports no longer learned. A failed attachment only costs
-// the transmit shortcut (the bridge path stays), so it is logged.
-func (d *Datapath) convergePorts(want map[netip.Addr]object.WeftEndpointValue) error {
-	keep := map[int]bool{}
-	for _, v := range want {
-		keep[int(v.Ifindex)] = true
+// writeConfig writes the config slot for the current endpoint state and
+// bridge MAC gw (nil: the port fast path is off) when it differs.
+func (d *Datapath) writeConfig(gw net.HardwareAddr) error {
+	cfg := object.WeftConfig{TunnelIfindex: d.eps.tunnel}
+	if d.eps.port && d.eps.tunnel != 0 && len(gw) == 6 {
+		cfg.Flags |= object.ConfigPortFast
+		copy(cfg.GwMac[:], gw)
 	}
-	if d.ports == nil {
-		d.ports = map[int]bool{}
+	var have object.WeftConfig
+	if err := d.objs.WeftConfig.Lookup(uint32(0), &have); err != nil {
+		return fmt.Errorf("read config map: %w", err)
 	}
-	for p := range keep {
-		if d.ports[p] {
-			continue
-		}
-		if err := tc.AttachTCX(d.ns, d.cfg.PinDir, p, tc.Attachment{Hook: tc.Port(p), Prog: d.objs.WeftFromPort}); err != nil {
-			d.log.Warn("attach transmit fast path to pod port", "ifindex", p, "error", err)
-			continue
-		}
-		d.ports[p] = true
+	if have == cfg {
+		return nil
 	}
-	return d.detachPorts(keep)
+	if err := d.objs.WeftConfig.Put(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("write config map: %w", err)
+	}
+	d.log.Debug("config written", "tunnel", cfg.TunnelIfindex, "port_fast", cfg.Flags&object.ConfigPortFast != 0,
+		"gateway_mac", net.HardwareAddr(cfg.GwMac[:]))
+	return nil
 }
 
-// detachPorts detaches weft_from_port from every pinned port not in keep.
-func (d *Datapath) detachPorts(keep map[int]bool) error {
-	ents, err := os.ReadDir(d.cfg.PinDir)
+// warnUnguarded logs, once per port, a veth on the bridge without the pod
+// check: a pod attached by something else than weft-cni, or before the
+// check existed. It can send with any address.
+func (d *Datapath) warnUnguarded(recorded map[int]object.WeftPodValue) {
+	br, err := device.Index(d.ns.NL, d.cfg.Bridge)
+	if err != nil || br == 0 {
+		return
+	}
+	links, err := d.ns.NL.LinkList()
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("read pin dir: %w", err)
+		return
 	}
-	var errs []error
-	for _, e := range ents {
-		n, ok := strings.CutPrefix(e.Name(), tc.PortPinPrefix)
-		if !ok {
+	if d.unguarded == nil {
+		d.unguarded = map[int]bool{}
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		if a.MasterIndex != br || l.Type() != "veth" {
 			continue
 		}
-		p, err := strconv.Atoi(n)
-		if err != nil || keep[p] {
+		if _, ok := recorded[a.Index]; ok || d.unguarded[a.Index] {
 			continue
 		}
-		errs = append(errs, tc.DetachTCX(d.cfg.PinDir, tc.Port(p)))
-		delete(d.ports, p)
+		d.unguarded[a.Index] = true
+		d.log.Warn("pod port without the pod check (not attached by weft-cni, or before it had one): the pod can send with any address",
+			"port", a.Name, "ifindex", a.Index)
 	}
-	return errors.Join(errs...)
 }
 
-// RefreshEndpoints re-learns the local pod endpoints of the receive fast
-// path from the kernel now (Sync and Reconcile do it too).
+// RefreshEndpoints derives the local pod endpoints of the receive fast
+// path from the recorded pods now, after forgetting pods whose veth is
+// gone (Sync and Reconcile do it too).
 func (d *Datapath) RefreshEndpoints() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -245,28 +234,23 @@ func (d *Datapath) RefreshEndpoints() error {
 }
 
 // watchEndpoints keeps the endpoint map current until ctx ends: every
-// neighbour or link change in the datapath's namespace triggers a refresh,
-// so a new pod gets the direct path after its first packet and a removed
-// pod's entry goes with its veth.
+// link change in the datapath's namespace triggers a refresh, so a new pod
+// gets the direct path once weft-cni has put its veth on the bridge and a
+// removed pod's entry goes with its veth.
 func (d *Datapath) watchEndpoints(ctx context.Context) error {
 	done := make(chan struct{})
-	neighs := make(chan netlink.NeighUpdate, 256)
 	links := make(chan netlink.LinkUpdate, 64)
-	subscribed := 0
+	subscribed := false
 	defer func() {
-		// Closing done closes the sockets; the readers then close their
-		// channels, which are drained so no reader stays blocked.
+		// Closing done closes the socket; the reader then closes its
+		// channel, which is drained so the reader never stays blocked.
 		close(done)
-		if subscribed > 0 {
-			for range neighs {
-			}
-		}
-		if subscribed > 1 {
+		if subscribed {
 			for range links {
 			}
 		}
 	}()
-	errc := make(chan error, 2)
+	errc := make(chan error, 1)
 	onErr := func(err error) {
 		select {
 		case errc <- err:
@@ -274,14 +258,10 @@ func (d *Datapath) watchEndpoints(ctx context.Context) error {
 		}
 	}
 	ns := d.ns.Handle()
-	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
-		return fmt.Errorf("subscribe to neighbour updates: %w", err)
-	}
-	subscribed++
 	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to link updates: %w", err)
 	}
-	subscribed++
+	subscribed = true
 	if err := d.RefreshEndpoints(); err != nil {
 		d.log.Warn("refresh endpoints", "error", err)
 	}
@@ -291,10 +271,6 @@ func (d *Datapath) watchEndpoints(ctx context.Context) error {
 			return nil
 		case err := <-errc:
 			return fmt.Errorf("watch endpoints: %w", err)
-		case _, ok := <-neighs:
-			if !ok {
-				return errors.New("watch endpoints: neighbour subscription closed")
-			}
 		case _, ok := <-links:
 			if !ok {
 				return errors.New("watch endpoints: link subscription closed")
@@ -303,7 +279,6 @@ func (d *Datapath) watchEndpoints(ctx context.Context) error {
 		// Coalesce a burst of updates into one refresh.
 		for drained := false; !drained; {
 			select {
-			case <-neighs:
 			case <-links:
 			default:
 				drained = true

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/bpf/podguard"
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/testenv/netnstest"
 )
@@ -36,6 +37,7 @@ type testNode struct {
 	under6   netip.Addr // underlay IPv6
 	podIP    netip.Addr
 	podIP6   netip.Addr
+	podMAC   net.HardwareAddr
 	podCIDR  netip.Prefix
 	podCIDR6 netip.Prefix
 	before   string // kernel snapshot before the datapath touched it
@@ -86,9 +88,10 @@ func newTestCluster(t testing.TB, attach AttachMode) *testCluster {
 		must(t, n.ns.Addr("ul0", netip.PrefixFrom(n.under, 24), netip.PrefixFrom(n.under6, 64)))
 		must(t, n.ns.Up("ul0"))
 		must(t, n.ns.Bridge("weft0", netip.PrefixFrom(gw, 24), netip.PrefixFrom(gw6, 64)))
-		_, err := n.ns.Plug("weft0", "vpod", n.pod, "eth0", 1450,
+		mac, err := n.ns.Plug("weft0", "vpod", n.pod, "eth0", 1450,
 			[]netip.Prefix{netip.PrefixFrom(n.podIP, 24), netip.PrefixFrom(n.podIP6, 64)}, gw, gw6)
 		must(t, err)
+		n.podMAC = mac
 		n.ns.MustDo(t, func() error { n.before = snapshot(); return nil })
 	}
 	return c
@@ -102,6 +105,8 @@ func (n *testNode) open() {
 	n.dp = d
 }
 
+// openAll opens every node's datapath and, as weft-cni does at ADD, puts
+// the pod check on each pod's port.
 func (c *testCluster) openAll(t testing.TB) {
 	for _, n := range c.nodes {
 		n.open()
@@ -110,7 +115,20 @@ func (c *testCluster) openAll(t testing.TB) {
 				_ = n.dp.Teardown()
 			}
 		})
+		n.guardPort(t, "vpod", podguard.Pod{MAC: n.podMAC, IPv4: n.podIP, IPv6: n.podIP6})
 	}
+}
+
+// guardPort records pod for n's port host and links the pod check to it,
+// the way weft-cni does at ADD.
+func (n *testNode) guardPort(t testing.TB, host string, pod podguard.Pod) {
+	t.Helper()
+	g, err := podguard.Open(n.ns.Path(), n.cfg.PinDir)
+	must(t, err)
+	defer g.Close()
+	idx, err := n.ns.Index(host)
+	must(t, err)
+	must(t, g.Attach(idx, pod))
 }
 
 func (c *testCluster) peer(n *testNode) *testNode {
@@ -132,6 +150,7 @@ func (c *testCluster) overlayWant(n *testNode, kind spec.Mode, ep netip.Addr) *s
 		Overlay:       &spec.Overlay{Kind: kind, Port: 8472, VNI: 1, MTU: 1450},
 		ClusterCIDRs:  []netip.Prefix{clusterCIDR, clusterCIDR6},
 		LocalPodCIDRs: []netip.Prefix{n.podCIDR, n.podCIDR6},
+		PodNetworks:   []netip.Prefix{clusterCIDR, clusterCIDR6},
 		Tunnels: []spec.Tunnel{
 			{Prefix: p.podCIDR, Endpoint: ep, VNI: 1},
 			{Prefix: p.podCIDR6, Endpoint: ep, VNI: 1},
@@ -145,6 +164,7 @@ func (c *testCluster) nativeWant(n *testNode, masq bool) *spec.Desired {
 		Mode:          spec.ModeNative,
 		ClusterCIDRs:  []netip.Prefix{clusterCIDR, clusterCIDR6},
 		LocalPodCIDRs: []netip.Prefix{n.podCIDR, n.podCIDR6},
+		PodNetworks:   []netip.Prefix{clusterCIDR, clusterCIDR6},
 		Routes: []spec.Route{
 			{Prefix: p.podCIDR, Via: p.under},
 			{Prefix: p.podCIDR6, Via: p.under6},

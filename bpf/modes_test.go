@@ -246,7 +246,7 @@ func checkNative(t *testing.T, c *testCluster) {
 	for _, pair := range [][2]*testNode{{a, b}, {b, a}} {
 		for _, dst := range []netip.Addr{pair[1].podIP, pair[1].podIP6} {
 			if !netnstest.Reach(t, pair[0].pod, dst, reachTimeout) {
-				t.Fatalf("native: pod %d cannot reach %s", pair[0].idx, dst)
+				t.Fatalf("native: pod %d cannot reach %s; drops %v / %v", pair[0].idx, dst, a.counters().Drops, b.counters().Drops)
 			}
 		}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/weftnet/weft/bpf/internal/object"
 	"github.com/weftnet/weft/bpf/internal/tc"
+	"github.com/weftnet/weft/bpf/podguard"
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/testenv/netnstest"
 )
@@ -59,23 +60,24 @@ func TestPeerFastPath(t *testing.T) {
 		n.sync(wants[n])
 	}
 
-	t.Run("learned and used", func(t *testing.T) {
-		ca0, cb0 := a.counters(), b.counters()
-		checkPath(t, c)
+	t.Run("derived from the recorded pods and used", func(t *testing.T) {
+		// No traffic yet: the entries come from what weft-cni recorded,
+		// not from the kernel's neighbour table.
 		for _, n := range c.nodes {
 			port, mac := n.podPort(t, "vpod", n.pod)
 			for _, ip := range []netip.Addr{n.podIP, n.podIP6} {
-				if !waitFor(2*time.Second, func() bool { _, ok := n.endpoint(ip); return ok }) {
-					t.Fatalf("node %d did not learn endpoint %s", n.idx, ip)
+				v, ok := n.endpoint(ip)
+				if !ok {
+					t.Fatalf("node %d: no endpoint for %s after Sync", n.idx, ip)
 				}
-				v, _ := n.endpoint(ip)
 				if int(v.Ifindex) != port || net.HardwareAddr(v.PodMac[:]).String() != mac.String() {
 					t.Fatalf("node %d endpoint %s = port %d mac %s, want port %d mac %s",
 						n.idx, ip, v.Ifindex, net.HardwareAddr(v.PodMac[:]), port, mac)
 				}
 			}
 		}
-		// Both families, both directions, ICMP and TCP, with endpoints known.
+		ca0, cb0 := a.counters(), b.counters()
+		// Both families, both directions, ICMP and TCP.
 		checkPath(t, c)
 		ca, cb := a.counters(), b.counters()
 		// 256 KiB of TCP each way: at least a few dozen GRO packets.
@@ -88,9 +90,28 @@ func TestPeerFastPath(t *testing.T) {
 				ca.TxDirect-ca0.TxDirect, cb.TxDirect-cb0.TxDirect)
 		}
 		for _, n := range c.nodes {
-			if port, _ := n.podPort(t, "vpod", n.pod); !n.dp.ports[port] {
-				t.Fatalf("node %d: transmit fast path not attached to vpod #%d", n.idx, port)
+			port, _ := n.podPort(t, "vpod", n.pod)
+			if ok, err := tc.TCXAttached(n.cfg.PinDir, port, tc.Pod(port), n.dp.objs.WeftFromPort); err != nil || !ok {
+				t.Fatalf("node %d: pod check not on vpod #%d: %v", n.idx, port, err)
 			}
+		}
+	})
+
+	t.Run("the neighbour table is not an authority", func(t *testing.T) {
+		// A neighbour entry and FDB entry for an address no pod was given
+		// (what a gratuitous ARP leaves): no endpoint.
+		fake := netip.MustParseAddr("10.244.2.77")
+		b.ns.MustDo(t, func() error {
+			br, err := netlink.LinkByName("weft0")
+			if err != nil {
+				return err
+			}
+			return netlink.NeighSet(&netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4,
+				State: netlink.NUD_REACHABLE, IP: fake.AsSlice(), HardwareAddr: b.podMAC})
+		})
+		must(t, b.dp.RefreshEndpoints())
+		if v, ok := b.endpoint(fake); ok {
+			t.Fatalf("endpoint for %s from the neighbour table: %+v", fake, v)
 		}
 	})
 
@@ -114,34 +135,28 @@ func TestPeerFastPath(t *testing.T) {
 		if c1.RxDirect != c0.RxDirect || c1.RxPackets-c0.RxPackets < 5 {
 			t.Fatalf("without an entry: direct %d -> %d, rx %d -> %d", c0.RxDirect, c1.RxDirect, c0.RxPackets, c1.RxPackets)
 		}
-		// The pod's replies take the bridge too: its source is unknown.
-		if c1.TxDirect != c0.TxDirect || c1.TxPackets-c0.TxPackets < 5 {
-			t.Fatalf("without an entry: direct sends %d -> %d, tx %d -> %d", c0.TxDirect, c1.TxDirect, c0.TxPackets, c1.TxPackets)
-		}
-		// Sync learns it again.
+		// Sync derives them again.
 		b.sync(wants[b])
 		if _, ok := b.endpoint(b.podIP); !ok {
-			t.Fatal("Sync did not learn the endpoint again")
+			t.Fatal("Sync did not derive the endpoint again")
 		}
 	})
 
-	// A second pod on node 2.
+	// A second pod on node 2, attached as weft-cni does.
 	pod2IP := netip.MustParseAddr("10.244.2.3")
-	pod2 := c.addPod(t, b, "vpod2", pod2IP)
+	pod2, pod2MAC := c.addPod(t, b, "vpod2", pod2IP)
+	b.guardPort(t, "vpod2", podguard.Pod{MAC: pod2MAC, IPv4: pod2IP})
 	var p2port int
 
 	t.Run("stale entry is replaced, never trusted", func(t *testing.T) {
-		if !netnstest.Reach(t, a.pod, pod2IP, reachTimeout) {
-			t.Fatal("second pod unreachable")
-		}
 		must(t, b.dp.RefreshEndpoints())
 		p2, ok := b.endpoint(pod2IP)
 		if !ok {
-			t.Fatal("second pod's endpoint not learned")
+			t.Fatal("second pod's endpoint not derived")
 		}
 		p2port = int(p2.Ifindex)
-		if _, err := os.Stat(filepath.Join(b.cfg.PinDir, tc.Port(p2port).Name)); err != nil {
-			t.Fatalf("second pod's port link not pinned: %v", err)
+		if !netnstest.Reach(t, a.pod, pod2IP, reachTimeout) {
+			t.Fatal("second pod unreachable")
 		}
 		right, _ := b.endpoint(b.podIP)
 		// Point the first pod's address at the second pod (what an ifindex
@@ -153,16 +168,15 @@ func TestPeerFastPath(t *testing.T) {
 			t.Fatalf("stale entry kept: %+v, want %+v", got, right)
 		}
 		tcpEcho(t, a.pod, b.pod, b.podIP, 64<<10)
-		// A port that is not a veth of the bridge is never learned: an
-		// entry pointing elsewhere is removed.
+		// An entry pointing at a port that is no pod's is removed.
 		ul, err := b.ns.Index("ul0")
 		must(t, err)
 		bogus := right
 		bogus.Ifindex = uint32(ul)
-		k = object.EndpointKey(netip.MustParseAddr("10.244.2.77"))
+		k = object.EndpointKey(netip.MustParseAddr("10.244.2.78"))
 		must(t, b.dp.objs.WeftEndpoints.Put(&k, &bogus))
 		must(t, b.dp.RefreshEndpoints())
-		if _, ok := b.endpoint(netip.MustParseAddr("10.244.2.77")); ok {
+		if _, ok := b.endpoint(netip.MustParseAddr("10.244.2.78")); ok {
 			t.Fatal("unknown endpoint kept")
 		}
 	})
@@ -180,24 +194,29 @@ func TestPeerFastPath(t *testing.T) {
 		if _, ok := b.endpoint(pod2IP); ok {
 			t.Fatal("removed pod's endpoint kept")
 		}
-		if _, err := os.Stat(filepath.Join(b.cfg.PinDir, tc.Port(p2port).Name)); !errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("removed pod's port link still pinned: %v", err)
+		if _, err := os.Stat(filepath.Join(b.cfg.PinDir, tc.Pod(p2port).Name)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("removed pod's check still pinned: %v", err)
 		}
-		// Losing a port may change the bridge's MAC, which flushes its
-		// neighbours: the first pod is learned again from new traffic,
-		// with the bridge's current MAC.
+		var v object.WeftPodValue
+		if err := b.dp.objs.WeftPods.Lookup(uint32(p2port), &v); !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Fatalf("removed pod still recorded: %+v, %v", v, err)
+		}
+		// Losing a port may change the bridge's MAC: the first pod's
+		// entry and the port fast path follow it.
 		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("first pod unreachable after the second left")
 		}
-		must(t, b.dp.RefreshEndpoints())
-		v, ok := b.endpoint(b.podIP)
+		ep, ok := b.endpoint(b.podIP)
 		if !ok {
-			t.Fatalf("first pod's endpoint not learned again: %s", kernelTables(t, b))
+			t.Fatal("first pod's endpoint lost")
 		}
 		brMAC, err := b.ns.MAC("weft0")
 		must(t, err)
-		if got := net.HardwareAddr(v.GwMac[:]).String(); got != brMAC.String() {
-			t.Fatalf("endpoint source MAC %s, bridge has %s", got, brMAC)
+		var cfg object.WeftConfig
+		must(t, b.dp.objs.WeftConfig.Lookup(uint32(0), &cfg))
+		if got := net.HardwareAddr(ep.GwMac[:]).String(); got != brMAC.String() ||
+			net.HardwareAddr(cfg.GwMac[:]).String() != brMAC.String() || cfg.Flags&object.ConfigPortFast == 0 {
+			t.Fatalf("endpoint source MAC %s, config %+v, bridge has %s", got, cfg, brMAC)
 		}
 	})
 
@@ -207,38 +226,31 @@ func TestPeerFastPath(t *testing.T) {
 		if _, ok := b.endpoint(b.podIP); ok {
 			t.Fatal("endpoint kept with the fast path off")
 		}
-		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
+		var cfg object.WeftConfig
+		must(t, b.dp.objs.WeftConfig.Lookup(uint32(0), &cfg))
+		if cfg.Flags&object.ConfigPortFast != 0 {
+			t.Fatalf("port fast path still on: %+v", cfg)
+		}
+		c0 := b.counters()
+		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) || !netnstest.Reach(t, b.pod, a.podIP, reachTimeout) {
 			t.Fatal("no reach with the fast path off")
 		}
-		if len(b.dp.ports) != 0 {
-			t.Fatalf("transmit fast path still on ports %v", b.dp.ports)
+		if c1 := b.counters(); c1.TxDirect != c0.TxDirect || c1.RxDirect != c0.RxDirect {
+			t.Fatalf("direct paths used with the fast path off: %+v -> %+v", c0, c1)
+		}
+		// The pod check stays: it is not part of the fast path.
+		port, _ := b.podPort(t, "vpod", b.pod)
+		if ok, err := tc.TCXAttached(b.cfg.PinDir, port, tc.Pod(port), nil); err != nil || !ok {
+			t.Fatalf("pod check gone with the fast path: %v", err)
 		}
 	})
 }
 
 // addPod adds a pod namespace with eth0 at ip on n's bridge (host side
-// named host).
-func (c *testCluster) addPod(t *testing.T, n *testNode, host string, ip netip.Addr) *netnstest.NS {
+// named host) and returns it with its MAC.
+func (c *testCluster) addPod(t *testing.T, n *testNode, host string, ip netip.Addr) (*netnstest.NS, net.HardwareAddr) {
 	pod := netnstest.New(t, fmt.Sprintf("%s-x%d", c.nodes[0].ns.Name, n.idx))
-	_, err := n.ns.Plug("weft0", host, pod, "eth0", 1450, []netip.Prefix{netip.PrefixFrom(ip, 24)}, n.podCIDR.Addr().Next())
+	mac, err := n.ns.Plug("weft0", host, pod, "eth0", 1450, []netip.Prefix{netip.PrefixFrom(ip, 24)}, n.podCIDR.Addr().Next())
 	must(t, err)
-	return pod
-}
-
-// kernelTables describes n's bridge neighbours and FDB (for failures).
-func kernelTables(t testing.TB, n *testNode) string {
-	var out string
-	n.ns.MustDo(t, func() error {
-		for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6, 7} {
-			ns, err := netlink.NeighList(0, fam)
-			if err != nil {
-				return err
-			}
-			for _, e := range ns {
-				out += fmt.Sprintf("\n  fam %d dev #%d master #%d %s %s state %#x flags %#x", fam, e.LinkIndex, e.MasterIndex, e.IP, e.HardwareAddr, e.State, e.Flags)
-			}
-		}
-		return nil
-	})
-	return out
+	return pod, mac
 }

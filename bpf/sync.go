@@ -24,6 +24,9 @@ type kstate struct {
 	attached bool                     // our programs run on the wanted device
 	bridge   int                      // ifindex of the bridge our fast path runs on, 0: none
 	cfg      object.WeftConfig        // content of the config map
+	guard    object.WeftGuard         // content of the underlay check's map
+	underlay int                      // ifindex the underlay check runs on, 0: none
+	hops     map[netip.Addr]bool      // managed neighbour entries on the underlay
 	local    map[netip.Prefix]object.WeftLocalValue
 	tunnels  []spec.Tunnel // sorted by prefix
 	routes   map[netip.Prefix]route.Route
@@ -70,6 +73,22 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 	}
 	if err := d.objs.WeftConfig.Lookup(uint32(0), &s.cfg); err != nil {
 		return nil, fmt.Errorf("read config map: %w", err)
+	}
+	if err := d.objs.WeftGuard.Lookup(uint32(0), &s.guard); err != nil {
+		return nil, fmt.Errorf("read guard map: %w", err)
+	}
+	s.hops = map[netip.Addr]bool{}
+	if under, err := d.underlayIndex(); err == nil && under != 0 {
+		ok, err := d.underlayAttached(under, d.objs.WeftFromUnderlay)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			s.underlay = under
+		}
+		if s.hops, _, err = route.Neighbours(nl, under); err != nil {
+			return nil, err
+		}
 	}
 	s.local = map[netip.Prefix]object.WeftLocalValue{}
 	var lk object.WeftTunnelKey
@@ -146,7 +165,6 @@ func (d *Datapath) Reconcile(ctx context.Context, want *spec.Desired) (spec.Repo
 		return spec.Report{}, errClosed
 	}
 	d.applied = nil
-	d.ports = nil // re-attach the transmit fast path to every learned port
 	return d.converge(ctx, want, true)
 }
 
@@ -167,6 +185,10 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 		return spec.Report{}, errors.New("sync datapath: nil desired state")
 	}
 	want := *in
+	guard, err := object.GuardValue(want.PodNetworks, want.Overlay != nil)
+	if err != nil {
+		return spec.Report{}, fmt.Errorf("sync datapath: PodNetworks: %w", err)
+	}
 	if want.Overlay == nil {
 		want.Tunnels = nil // no overlay: no tunnel entries
 	} else {
@@ -195,6 +217,10 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 		d.applied = nil
 		return rec.rep, err
 	}
+	if err := d.convergeGuard(guard, have, rec); err != nil {
+		d.applied = nil
+		return rec.rep, err
+	}
 	if err := ctx.Err(); err != nil {
 		d.applied = nil
 		return rec.rep, err
@@ -208,6 +234,10 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 		devIndex = have.devs[want.Overlay.DeviceName()].Index
 	}
 	if err := d.convergeRoutes(&want, devIndex, have, rec); err != nil {
+		d.applied = nil
+		return rec.rep, err
+	}
+	if err := d.convergeHops(&want, have, rec); err != nil {
 		d.applied = nil
 		return rec.rep, err
 	}
@@ -312,19 +342,13 @@ func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorde
 
 // convergeFastPath points the config map at the overlay device and keeps
 // the bridge program attached in overlay modes (tcx only), and removes both
-// otherwise.
+// otherwise. The config map's port fields follow the bridge's MAC, so the
+// endpoint refresh writes the map.
 func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recorder) error {
-	var cfg object.WeftConfig
+	var tunnel uint32
 	fast := want.Overlay != nil && masqSkipsTunnels(want)
 	if fast {
-		cfg.TunnelIfindex = uint32(have.devs[want.Overlay.DeviceName()].Index)
-	}
-	if cfg != have.cfg {
-		if err := d.objs.WeftConfig.Put(uint32(0), &cfg); err != nil {
-			return fmt.Errorf("write config map: %w", err)
-		}
-		have.cfg = cfg
-		rec.note(&rec.rep.Updated, fmt.Sprintf("config tunnel device #%d", cfg.TunnelIfindex))
+		tunnel = uint32(have.devs[want.Overlay.DeviceName()].Index)
 	}
 	wantBridge := 0
 	if fast && d.useTCX && !d.cfg.NoBridgeFastPath {
@@ -337,9 +361,13 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 	if err := d.convergeLocal(want, wantBridge, have, rec); err != nil {
 		return err
 	}
-	d.eps = endpointState{bridge: wantBridge, local: slices.Clone(want.LocalPodCIDRs)}
+	d.eps = endpointState{known: true, bridge: wantBridge, local: slices.Clone(want.LocalPodCIDRs), tunnel: tunnel, port: wantBridge != 0}
 	if err := d.refreshEndpoints(); err != nil {
 		return err
+	}
+	if tunnel != have.cfg.TunnelIfindex {
+		have.cfg.TunnelIfindex = tunnel
+		rec.note(&rec.rep.Updated, fmt.Sprintf("config tunnel device #%d", tunnel))
 	}
 	if wantBridge == have.bridge {
 		return nil
@@ -357,6 +385,47 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 	}
 	have.bridge = wantBridge
 	rec.note(&rec.rep.Updated, "fast path attached to "+d.cfg.Bridge)
+	return nil
+}
+
+// convergeGuard writes the underlay check's configuration and keeps its
+// program on the underlay interface while there are pod networks to
+// protect (every mode), and off otherwise.
+func (d *Datapath) convergeGuard(guard object.WeftGuard, have *kstate, rec *recorder) error {
+	if guard != have.guard {
+		if err := d.objs.WeftGuard.Put(uint32(0), &guard); err != nil {
+			return fmt.Errorf("write guard map: %w", err)
+		}
+		have.guard = guard
+		rec.note(&rec.rep.Updated, fmt.Sprintf("underlay check: %d pod networks, tunnel only %t",
+			guard.Nets, guard.Flags&object.GuardTunnelOnly != 0))
+	}
+	want := 0
+	if guard.Flags&object.GuardOn != 0 {
+		under, err := d.underlayIndex()
+		if err != nil {
+			return fmt.Errorf("find underlay for its check: %w", err)
+		}
+		want = under
+	}
+	if want == have.underlay {
+		return nil
+	}
+	if have.underlay != 0 {
+		if err := d.detachUnderlay(have.underlay); err != nil {
+			return err
+		}
+		have.underlay = 0
+		rec.note(&rec.rep.Removed, "underlay check detached")
+	}
+	if want == 0 {
+		return nil
+	}
+	if err := d.attachUnderlay(want); err != nil {
+		return err
+	}
+	have.underlay = want
+	rec.note(&rec.rep.Updated, fmt.Sprintf("underlay check attached to #%d (%s)", want, d.attachName()))
 	return nil
 }
 
@@ -533,6 +602,61 @@ func (d *Datapath) convergeRoutes(want *spec.Desired, devIndex int, have *kstate
 		}
 		have.routes[r.Prefix] = r
 		rec.note(&rec.rep.Updated, r.String())
+	}
+	return nil
+}
+
+// convergeHops keeps a managed neighbour entry for every next hop through
+// which this node routes pod networks over the underlay, so the underlay
+// check finds its MAC from the first packet on (see route.NextHops). A
+// permanent entry is left as it is, and so is an entry that is no longer
+// managed.
+func (d *Datapath) convergeHops(want *spec.Desired, have *kstate, rec *recorder) error {
+	wantHops := map[netip.Addr]bool{}
+	if have.underlay != 0 {
+		hops, err := route.NextHops(d.ns.NL, have.underlay, want)
+		if err != nil {
+			return err
+		}
+		wantHops = hops
+	}
+	changed := len(wantHops) != len(have.hops)
+	for h := range wantHops {
+		changed = changed || !have.hops[h]
+	}
+	if !changed {
+		return nil
+	}
+	managed, permanent := map[netip.Addr]bool{}, map[netip.Addr]bool{}
+	if have.underlay != 0 {
+		var err error
+		if managed, permanent, err = route.Neighbours(d.ns.NL, have.underlay); err != nil {
+			return err
+		}
+	}
+	for h := range have.hops {
+		if wantHops[h] && !permanent[h] {
+			continue
+		}
+		if managed[h] {
+			if err := route.DeleteNeigh(d.ns.NL, have.underlay, h); err != nil {
+				return err
+			}
+			rec.note(&rec.rep.Removed, fmt.Sprintf("managed neighbour %s removed", h))
+		}
+		delete(have.hops, h)
+	}
+	for h := range wantHops {
+		if have.hops[h] || permanent[h] || !route.OnUnderlay(d.ns.NL, have.underlay, h) {
+			continue
+		}
+		if !managed[h] {
+			if err := route.SetManaged(d.ns.NL, have.underlay, h); err != nil {
+				return err
+			}
+			rec.note(&rec.rep.Added, fmt.Sprintf("managed neighbour %s", h))
+		}
+		have.hops[h] = true
 	}
 	return nil
 }

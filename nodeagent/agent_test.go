@@ -79,6 +79,7 @@ func newHarness(t testing.TB, agentClient *clientv3.Client, c *clientv3.Client) 
 	}
 	h := &harness{t: t, c: c, log: l, dp: fakedp.New(testUnderlay()), logs: &syncBuf{},
 		subnet: filepath.Join(t.TempDir(), "run", "subnet.env")}
+	h.dp.Pins = "/sys/fs/bpf/weft-test"
 	h.a = h.newAgent(agentClient)
 	return h
 }
@@ -202,7 +203,7 @@ func TestAgentRegistersWaitsConvergesAndReports(t *testing.T) {
 	if len(k.Tunnels) != 1 || k.Tunnels[0].Prefix != pfx("10.244.2.0/24") || k.Overlay.MTU != 1450 {
 		t.Fatalf("kernel = %s", k)
 	}
-	want := "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\nWEFT_BACKEND=vxlan\n"
+	want := "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\nWEFT_BACKEND=vxlan\nWEFT_BPFFS_DIR=/sys/fs/bpf/weft-test\n"
 	eventually(t, "subnet.env", func() (bool, string) {
 		b, err := os.ReadFile(h.subnet)
 		return err == nil && string(b) == want, string(b)
@@ -214,6 +215,7 @@ func TestAgentRegistersWaitsConvergesAndReports(t *testing.T) {
 	h.a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	for _, m := range []string{"weft_agent_applied_seq 3", "weft_agent_lag_events 0", `weft_agent_relists_total{reason="start"} 1`,
 		"weft_agent_sync_duration_seconds_count{op=\"sync\"}", "weft_datapath_tx_packets_total 7", `weft_datapath_drops_total{reason="spoofed"} 1`,
+		`weft_datapath_drop_reasons_total{reason="wrong_endpoint"} 1`, `weft_datapath_drop_reasons_total{reason="no_tunnel"} 0`,
 		"weft_agent_tunnel_entries 1", "weft_agent_degraded 0",
 		// The standard collectors: the agent's RSS must be watchable.
 		"process_resident_memory_bytes ", "go_goroutines ", "go_memstats_heap_alloc_bytes "} {

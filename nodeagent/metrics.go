@@ -106,7 +106,9 @@ var counterDescs = map[string]*prometheus.Desc{
 	"tx_bytes":   prometheus.NewDesc("weft_datapath_tx_bytes_total", "Bytes encapsulated by the egress program.", nil, nil),
 	"rx_packets": prometheus.NewDesc("weft_datapath_rx_packets_total", "Packets accepted by the ingress program.", nil, nil),
 	"rx_bytes":   prometheus.NewDesc("weft_datapath_rx_bytes_total", "Bytes accepted by the ingress program.", nil, nil),
-	"drops":      prometheus.NewDesc("weft_datapath_drops_total", "Packets dropped by the programs, by reason.", []string{"reason"}, nil),
+	"drops":      prometheus.NewDesc("weft_datapath_drops_total", "Packets dropped by the programs, by class (no_tunnel, spoofed, other).", []string{"reason"}, nil),
+	"drop_reasons": prometheus.NewDesc("weft_datapath_drop_reasons_total",
+		"Packets dropped by the programs, by reason (docs/datapath.md lists them).", []string{"reason"}, nil),
 }
 
 func (c counterCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -131,6 +133,9 @@ func (c counterCollector) Collect(ch chan<- prometheus.Metric) {
 	cm("drops", s.DropNoTunnel, "no_tunnel")
 	cm("drops", s.DropSpoofed, "spoofed")
 	cm("drops", s.DropOther, "other")
+	for reason, n := range s.Drops {
+		cm("drop_reasons", n, reason)
+	}
 }
 
 // Handler serves /metrics (Prometheus) and /healthz: 200 "ok", or 503 with

@@ -9,11 +9,20 @@ import (
 	"github.com/weftnet/weft/nodeagent/model"
 )
 
+// PinDirer is implemented by a Datapath with a bpffs pin directory
+// (*bpf.Datapath): weft-cni finds the pod check there, so the agent names
+// it in the subnet file (WEFT_BPFFS_DIR).
+type PinDirer interface {
+	PinDir() string
+}
+
 // subnetEnv renders the node's lease in flannel's subnet.env field names,
 // so tools that read flannel's file (and weft's CNI plugin) work
 // unchanged. FLANNEL_SUBNET is the gateway address (the first address of
 // the pod CIDR) with the pod CIDR's mask, as flannel writes it.
-func subnetEnv(plan model.Plan, backend, clusterV4, clusterV6 string, masq bool) string {
+// WEFT_BPFFS_DIR (when pinDir is set) tells weft-cni where the agent's
+// pod check is pinned.
+func subnetEnv(plan model.Plan, backend, clusterV4, clusterV6 string, masq bool, pinDir string) string {
 	v4, v6 := localPrefixes(plan.Desired)
 	var b strings.Builder
 	if v4.IsValid() {
@@ -27,6 +36,9 @@ func subnetEnv(plan model.Plan, backend, clusterV4, clusterV6 string, masq bool)
 	fmt.Fprintf(&b, "FLANNEL_MTU=%d\n", plan.PodMTU)
 	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%t\n", masq)
 	fmt.Fprintf(&b, "WEFT_BACKEND=%s\n", backend)
+	if pinDir != "" {
+		fmt.Fprintf(&b, "WEFT_BPFFS_DIR=%s\n", pinDir)
+	}
 	return b.String()
 }
 
@@ -38,7 +50,11 @@ func (l *loop) writeSubnetEnv(plan model.Plan) error {
 		return nil
 	}
 	cfg := l.state.Config()
-	content := subnetEnv(plan, cfg.Backend, cfg.ClusterCidr, cfg.ClusterCidrV6, cfg.Masquerade)
+	var pinDir string
+	if p, ok := l.a.dp.(PinDirer); ok {
+		pinDir = p.PinDir()
+	}
+	content := subnetEnv(plan, cfg.Backend, cfg.ClusterCidr, cfg.ClusterCidrV6, cfg.Masquerade, pinDir)
 	if content == l.subnetEnv {
 		return nil
 	}

@@ -113,6 +113,12 @@ type Desired struct {
 	ClusterCIDRs []netip.Prefix
 	// LocalPodCIDRs are the node's own pod CIDRs.
 	LocalPodCIDRs []netip.Prefix
+	// PodNetworks are the cluster's pod networks (at most 4; the cluster
+	// CIDRs, in every mode). The underlay check protects them: a plain
+	// packet from the underlay with a source in them is accepted only the
+	// way this node routes to that source, and in overlay modes one for
+	// them is dropped (docs/datapath.md, "Trust"). Empty: no check.
+	PodNetworks []netip.Prefix
 	// Tunnels is the tunnel map content.
 	Tunnels []Tunnel
 	// Routes are direct (or BGP-learned) routes to remote pod CIDRs.
@@ -125,6 +131,7 @@ type Desired struct {
 func (d *Desired) Normalize() *Desired {
 	slices.SortFunc(d.ClusterCIDRs, comparePrefix)
 	slices.SortFunc(d.LocalPodCIDRs, comparePrefix)
+	slices.SortFunc(d.PodNetworks, comparePrefix)
 	slices.SortFunc(d.Tunnels, func(a, b Tunnel) int { return comparePrefix(a.Prefix, b.Prefix) })
 	slices.SortFunc(d.Routes, func(a, b Route) int { return comparePrefix(a.Prefix, b.Prefix) })
 	if d.Masquerade != nil {
@@ -148,8 +155,8 @@ func (d *Desired) String() string {
 	if d.Overlay != nil {
 		fmt.Fprintf(&b, " overlay=%s/port=%d/vni=%d/mtu=%d", d.Overlay.Kind, d.Overlay.Port, d.Overlay.VNI, d.Overlay.MTU)
 	}
-	fmt.Fprintf(&b, " cluster=%v local=%v tunnels=%d routes=%d masq=%v",
-		d.ClusterCIDRs, d.LocalPodCIDRs, len(d.Tunnels), len(d.Routes), d.Masquerade != nil)
+	fmt.Fprintf(&b, " cluster=%v local=%v pods=%v tunnels=%d routes=%d masq=%v",
+		d.ClusterCIDRs, d.LocalPodCIDRs, d.PodNetworks, len(d.Tunnels), len(d.Routes), d.Masquerade != nil)
 	return b.String()
 }
 
@@ -196,9 +203,12 @@ type Counters struct {
 	// DropNoTunnel counts packets for a destination without a tunnel
 	// entry (Drops["no_tunnel"]).
 	DropNoTunnel uint64
-	// DropSpoofed counts received packets whose outer source, VNI or
-	// inner source does not match the tunnel entry of the inner source
-	// (Drops["unknown_source"], ["wrong_endpoint"], ["wrong_vni"]).
+	// DropSpoofed counts packets dropped for a forged origin: out of the
+	// tunnel with an outer source, VNI or inner source that does not match
+	// the inner source's tunnel entry, from a pod with addresses not its
+	// own, from the underlay passing for pod traffic, or with an
+	// IPv4-mapped IPv6 pod address (the reasons of class "spoofed" in
+	// docs/datapath.md).
 	DropSpoofed uint64
 	// DropOther counts every other drop.
 	DropOther uint64

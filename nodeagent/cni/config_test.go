@@ -69,9 +69,12 @@ func TestParseConfigBad(t *testing.T) {
 }
 
 func TestParseSubnet(t *testing.T) {
-	s, err := ParseSubnet([]byte("# weft\nFLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nWEFT_BACKEND=vxlan\n"))
+	s, err := ParseSubnet([]byte("# weft\nFLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nWEFT_BACKEND=vxlan\nWEFT_BPFFS_DIR=/sys/fs/bpf/weft\n"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.BPFFSDir != "/sys/fs/bpf/weft" {
+		t.Fatalf("WEFT_BPFFS_DIR parsed as %q", s.BPFFSDir)
 	}
 	if s.V4 != netip.MustParsePrefix("10.244.1.0/24") || s.Gateway4 != netip.MustParseAddr("10.244.1.1") || s.MTU != 1450 {
 		t.Fatalf("v4 parsed wrong: %+v", s)
@@ -80,7 +83,7 @@ func TestParseSubnet(t *testing.T) {
 		t.Fatalf("v6 parsed wrong: %+v", s)
 	}
 	s, err = ParseSubnet([]byte("FLANNEL_SUBNET=10.244.2.0/24\nFLANNEL_MTU=1400\n"))
-	if err != nil || s.Gateway4 != netip.MustParseAddr("10.244.2.1") {
+	if err != nil || s.Gateway4 != netip.MustParseAddr("10.244.2.1") || s.BPFFSDir != "" {
 		t.Fatalf("network address form: %+v %v", s, err)
 	}
 	for in, field := range map[string]string{
@@ -91,6 +94,7 @@ func TestParseSubnet(t *testing.T) {
 		"FLANNEL_SUBNET=10.244.1.1\nFLANNEL_MTU=1450\n":                                    "FLANNEL_SUBNET",
 		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\ngarbage\n":                        "garbage",
 		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPV6_SUBNET=10.0.0.1/8\n": "FLANNEL_IPV6_SUBNET",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nWEFT_BPFFS_DIR=sys/fs/bpf\n":      "WEFT_BPFFS_DIR",
 	} {
 		if _, err := ParseSubnet([]byte(in)); err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("ParseSubnet(%q) = %v, want an error naming %s", in, err, field)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -105,8 +106,11 @@ type attachment struct {
 
 // attach creates the veth pair (pod side ifName in podNS, host side
 // hostName in the current netns, enslaved to weft0) and configures the pod
-// side. On failure it deletes the pair again.
-func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Addr) (att attachment, retErr error) {
+// side. guard (if set) runs with the host side's ifindex and the pod's MAC
+// before the host side is up, so the pod check is on before the pod's
+// first frame. On failure it deletes the pair again.
+func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Addr,
+	guard func(hostIndex int, podMAC net.HardwareAddr) error) (att attachment, retErr error) {
 	hostNS, err := ns.GetCurrentNS()
 	if err != nil {
 		return att, fmt.Errorf("open node netns: %w", err)
@@ -117,6 +121,7 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 		return att, err
 	}
 	created := false
+	var podMAC net.HardwareAddr
 	defer func() {
 		if retErr == nil || !created {
 			return
@@ -147,6 +152,7 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 			return fmt.Errorf("find pod interface: %w", err)
 		}
 		att.podMAC = pod.Attrs().HardwareAddr.String()
+		podMAC = pod.Attrs().HardwareAddr
 		return configurePod(ifName, sub, ips)
 	})
 	if err != nil {
@@ -161,6 +167,11 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 		return att, fmt.Errorf("find bridge: %w", err)
 	}
 	att.hostMAC = host.Attrs().HardwareAddr.String()
+	if guard != nil {
+		if err := guard(host.Attrs().Index, podMAC); err != nil {
+			return att, err
+		}
+	}
 	if err := netlink.LinkSetMaster(host, br); err != nil {
 		return att, fmt.Errorf("attach %s to %s: %w", hostName, BridgeName, err)
 	}
@@ -190,6 +201,15 @@ func configurePod(ifName string, sub Subnet, ips []netip.Addr) error {
 					return fmt.Errorf("enable ipv6 on %s: %w", dev, err)
 				}
 			}
+		}
+	}
+	// The pod check accepts the link-local address of the pod's MAC
+	// (EUI-64): make sure the kernel makes that one, whatever the
+	// namespace's default.
+	mode := fmt.Sprintf("net/ipv6/conf/%s/addr_gen_mode", ifName)
+	if _, err := os.Stat(filepath.Join("/proc/sys", mode)); err == nil {
+		if _, err := sysctl.Sysctl(mode, "0"); err != nil {
+			return fmt.Errorf("set eui64 link-local address on %s: %w", ifName, err)
 		}
 	}
 	for _, a := range ips {

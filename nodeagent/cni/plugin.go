@@ -15,6 +15,9 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/bpf/podguard"
 )
 
 // SupportedVersions are the CNI spec versions the plugin speaks.
@@ -124,8 +127,38 @@ func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 	if err := forgetNeighbors(ips); err != nil {
 		return err
 	}
+	guard, err := openGuard(sub, log)
+	if err != nil {
+		return err
+	}
+	if guard != nil {
+		defer guard.Close()
+	}
+	pod := podguard.Pod{}
+	for _, ip := range ips {
+		if ip.Is4() {
+			pod.IPv4 = ip
+		} else {
+			pod.IPv6 = ip
+		}
+	}
+	var check func(int, net.HardwareAddr) error
+	if guard != nil {
+		check = func(hostIndex int, podMAC net.HardwareAddr) error {
+			pod.MAC = podMAC
+			return guard.Attach(hostIndex, pod)
+		}
+		defer func() {
+			// The veth is gone again: so must be its check.
+			if retErr != nil {
+				if _, err := guard.Sweep(); err != nil {
+					log.Warn("remove pod check after failed add", "error", err)
+				}
+			}
+		}()
+	}
 	hostName := HostVethName(args.ContainerID, args.IfName)
-	att, err := attach(podNS, args.IfName, hostName, sub, ips)
+	att, err := attach(podNS, args.IfName, hostName, sub, ips, check)
 	if err != nil {
 		return err
 	}
@@ -148,6 +181,51 @@ func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 	}
 	log.Info("attached pod", "ips", ips)
 	return types.PrintResult(res, conf.CNIVersion)
+}
+
+// openGuard opens the pod check the agent pinned where the subnet file
+// says. An agent that predates it names no directory, and a kernel without
+// tcx cannot link it: the pod is attached without it, with a warning. An
+// agent that has not loaded it yet is "try again later", so no pod starts
+// unchecked on a node that has the check.
+func openGuard(sub Subnet, log hclog.Logger) (*podguard.Guard, error) {
+	if sub.BPFFSDir == "" {
+		log.Warn("the subnet file names no WEFT_BPFFS_DIR (agent without the pod check): pod attached without it, it can send with any address")
+		return nil, nil
+	}
+	g, err := podguard.Open("", sub.BPFFSDir)
+	switch {
+	case err == nil:
+		return g, nil
+	case errors.Is(err, podguard.ErrNoTCX):
+		log.Warn("kernel without tcx (Linux 6.6+): pod attached without the pod check, it can send with any address")
+		return nil, nil
+	case errors.Is(err, podguard.ErrNotLoaded):
+		return nil, types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("weft agent has not loaded the pod check in %s yet (is weft-agent running?)", sub.BPFFSDir), "")
+	}
+	return nil, types.NewError(types.ErrInternal, fmt.Sprintf("open pod check: %v", err), "")
+}
+
+// sweepGuard removes the pod checks of veths that are gone, if the subnet
+// file names the agent's pins. DEL and GC succeed without it: the agent
+// sweeps as well, on every link change.
+func (p *Plugin) sweepGuard(conf *NetConf) {
+	sub, err := ReadSubnetFile(conf.SubnetFile)
+	if err != nil || sub.BPFFSDir == "" {
+		return
+	}
+	g, err := podguard.Open("", sub.BPFFSDir)
+	if err != nil {
+		p.log().Debug("pod check not swept", "error", err)
+		return
+	}
+	defer g.Close()
+	if gone, err := g.Sweep(); err != nil {
+		p.log().Warn("sweep pod checks", "error", err)
+	} else if len(gone) > 0 {
+		p.log().Info("pod checks removed", "ports", gone)
+	}
 }
 
 func defaultRoute(ip netip.Addr) net.IPNet {
@@ -177,6 +255,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 			return err
 		}
 	}
+	p.sweepGuard(conf)
 	// Free the address only after the interface holding it is gone, so it
 	// cannot be handed out while still configured.
 	if _, err := store.Release(args.ContainerID, args.IfName); err != nil {
@@ -237,7 +316,52 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open pod netns %q: %v", args.Netns, err), "")
 	}
 	defer podNS.Close()
-	return verify(podNS, args.IfName, HostVethName(args.ContainerID, args.IfName), sub, want)
+	hostName := HostVethName(args.ContainerID, args.IfName)
+	if err := verify(podNS, args.IfName, hostName, sub, want); err != nil {
+		return err
+	}
+	return checkGuard(sub, prev, args.IfName, hostName, want)
+}
+
+// checkGuard verifies that the pod check is on the host veth with what
+// ADD recorded, when the agent has one.
+func checkGuard(sub Subnet, prev *current.Result, ifName, hostName string, want []netip.Prefix) error {
+	if sub.BPFFSDir == "" {
+		return nil
+	}
+	g, err := podguard.Open("", sub.BPFFSDir)
+	if errors.Is(err, podguard.ErrNoTCX) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check: open pod check: %w", err)
+	}
+	defer g.Close()
+	pod := podguard.Pod{}
+	for _, itf := range prev.Interfaces {
+		if itf.Name == ifName && itf.Sandbox != "" {
+			mac, err := net.ParseMAC(itf.Mac)
+			if err != nil {
+				return fmt.Errorf("check: prevResult interface %s: mac %q: %w", ifName, itf.Mac, err)
+			}
+			pod.MAC = mac
+		}
+	}
+	for _, w := range want {
+		if w.Addr().Is4() {
+			pod.IPv4 = w.Addr()
+		} else {
+			pod.IPv6 = w.Addr()
+		}
+	}
+	host, err := netlink.LinkByName(hostName)
+	if err != nil {
+		return fmt.Errorf("check: host veth %s: %w", hostName, err)
+	}
+	if err := g.Check(host.Attrs().Index, pod); err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	return nil
 }
 
 func containsAddr(ips []netip.Addr, a netip.Addr) bool {
@@ -304,6 +428,9 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 			errs = append(errs, err)
 		}
 		gone[key] = true
+	}
+	if len(gone) > 0 {
+		p.sweepGuard(conf)
 	}
 	freed, err := store.Retain(func(id, ifName string) bool {
 		return !gone[types.GCAttachment{ContainerID: id, IfName: ifName}]

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -27,6 +28,9 @@ type Subnet struct {
 	V6       netip.Prefix
 	Gateway6 netip.Addr
 	MTU      int
+	// BPFFSDir is where the agent pinned its datapath (WEFT_BPFFS_DIR):
+	// the pod check is linked from there. "" when the agent predates it.
+	BPFFSDir string
 }
 
 // ReadSubnetFile reads and parses the agent's subnet file. A missing file
@@ -75,6 +79,12 @@ func ParseSubnet(data []byte) (Subnet, error) {
 	s.MTU, err = strconv.Atoi(mtu)
 	if err != nil || s.MTU < 576 || s.MTU > 65535 {
 		return Subnet{}, fmt.Errorf("FLANNEL_MTU: %q is not an MTU between 576 and 65535", mtu)
+	}
+	if d, ok := env["WEFT_BPFFS_DIR"]; ok {
+		if !filepath.IsAbs(d) {
+			return Subnet{}, fmt.Errorf("WEFT_BPFFS_DIR: %q is not an absolute path", d)
+		}
+		s.BPFFSDir = d
 	}
 	if v6 := env["FLANNEL_IPV6_SUBNET"]; v6 != "" {
 		s.V6, s.Gateway6, err = gatewayPrefix("FLANNEL_IPV6_SUBNET", v6, false)

@@ -36,6 +36,9 @@ var (
 	// Peers reach this node at its pod gateway before any pod is
 	// attached: the datapath makes weft0 as the CNI plugin would.
 	_ nodeagent.PodGateway = (*bpf.Datapath)(nil)
+	// The subnet file names the pin directory, where weft-cni finds the
+	// pod check.
+	_ nodeagent.PinDirer = (*bpf.Datapath)(nil)
 )
 
 // Options are weft-agent's flags.

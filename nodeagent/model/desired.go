@@ -67,6 +67,9 @@ func UnderlayMTU(cfg *weftv1.ClusterConfig, u spec.Underlay) int {
 //   - gateway: no per-node routes or tunnels;
 //   - bgp: no static per-node routes; opts.ExtraRoutes are merged in.
 //
+// In every mode the cluster CIDRs are the pod networks the datapath's
+// underlay check protects.
+//
 // Masquerade follows config.masquerade: the node's pod CIDRs are
 // masqueraded unless the destination is in native_routing_cidr (or the
 // IPv6 cluster CIDR for IPv6 pods).
@@ -110,6 +113,12 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 	direct := mode == spec.ModeHybrid || (mode == spec.ModeNative && cfg.AutoDirectNodeRoutes)
 	cl4, _ := netip.ParsePrefix(cfg.ClusterCidr)
 	cl6, _ := netip.ParsePrefix(cfg.ClusterCidrV6)
+	// The underlay check protects the cluster's pod networks in every mode.
+	for _, p := range []netip.Prefix{cl4, cl6} {
+		if p.IsValid() {
+			d.PodNetworks = append(d.PodNetworks, p.Masked())
+		}
+	}
 	inCluster := func(p netip.Prefix) bool {
 		cl := cl4
 		if p.Addr().Is6() {

@@ -184,6 +184,9 @@ func TestDesiredModes(t *testing.T) {
 		if len(d.ClusterCIDRs) != 1 || d.ClusterCIDRs[0] != pfx("10.244.0.0/16") || len(d.Routes) != 0 {
 			t.Fatalf("desired = %s", d)
 		}
+		if len(d.PodNetworks) != 1 || d.PodNetworks[0] != pfx("10.244.0.0/16") {
+			t.Fatalf("pod networks = %v", d.PodNetworks)
+		}
 		if d.Masquerade == nil || d.Masquerade.PodCIDRs[0] != pfx("10.244.1.0/24") || d.Masquerade.NativeCIDRs[0] != pfx("10.244.0.0/16") {
 			t.Fatalf("masquerade = %+v", d.Masquerade)
 		}
@@ -233,6 +236,13 @@ func TestDesiredModes(t *testing.T) {
 		d := Desired(stateWith(t, c), "self", underlay(), Options{}).Desired
 		if d.Overlay != nil || len(d.Routes)+len(d.Tunnels) != 0 || d.Masquerade != nil || len(d.LocalPodCIDRs) != 1 {
 			t.Fatalf("gateway = %s", d)
+		}
+		// The underlay check protects the pod networks without an overlay
+		// too, both families.
+		c.ClusterCidrV6 = "fd00:244::/48"
+		d = Desired(stateWith(t, c), "self", underlay(), Options{}).Desired
+		if len(d.PodNetworks) != 2 || d.PodNetworks[0] != pfx("10.244.0.0/16") || d.PodNetworks[1] != pfx("fd00:244::/48") {
+			t.Fatalf("gateway pod networks = %v", d.PodNetworks)
 		}
 	})
 	t.Run("bgp", func(t *testing.T) {

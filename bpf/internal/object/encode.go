@@ -1,6 +1,8 @@
 package object
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/weftnet/weft/bpf/spec"
@@ -86,3 +88,90 @@ func LocalValue(p netip.Prefix, bridge int) WeftLocalValue {
 	}
 	return v
 }
+
+// Flags of WeftPodValue (POD_* in lib/maps.h).
+const (
+	PodIPv4 = 1 << 0
+	PodIPv6 = 1 << 1
+)
+
+// LinkLocal is the IPv6 link-local address the kernel gives an interface
+// with mac (addr_gen_mode eui64): fe80::/64 with the modified EUI-64.
+func LinkLocal(mac net.HardwareAddr) netip.Addr {
+	var a [16]byte
+	a[0], a[1] = 0xfe, 0x80
+	if len(mac) == 6 {
+		a[8], a[9], a[10] = mac[0]^0x02, mac[1], mac[2]
+		a[11], a[12] = 0xff, 0xfe
+		a[13], a[14], a[15] = mac[3], mac[4], mac[5]
+	}
+	return netip.AddrFrom16(a)
+}
+
+// PodValue is the weft_pods entry of a pod with mac and the addresses v4
+// and v6 (either may be the zero Addr).
+func PodValue(mac net.HardwareAddr, v4, v6 netip.Addr) (WeftPodValue, error) {
+	var v WeftPodValue
+	if len(mac) != 6 {
+		return v, fmt.Errorf("pod mac %q: not a 6-byte Ethernet address", mac)
+	}
+	copy(v.Mac[:], mac)
+	v.Ipv6Ll = LinkLocal(mac).As16()
+	if v4.IsValid() {
+		if !v4.Unmap().Is4() {
+			return v, fmt.Errorf("pod ipv4 %s: not an IPv4 address", v4)
+		}
+		v.Ipv4 = v4.Unmap().As4()
+		v.Flags |= PodIPv4
+	}
+	if v6.IsValid() {
+		if !v6.Is6() || v6.Is4In6() {
+			return v, fmt.Errorf("pod ipv6 %s: not an IPv6 address", v6)
+		}
+		v.Ipv6 = v6.As16()
+		v.Flags |= PodIPv6
+	}
+	return v, nil
+}
+
+// Flags of WeftGuard (GUARD_* in lib/maps.h).
+const (
+	GuardOn         = 1 << 0
+	GuardTunnelOnly = 1 << 1
+)
+
+// GuardValue is the weft_guard slot for the cluster's pod networks;
+// tunnelOnly drops plain packets for pods (overlay modes). No networks:
+// the check is off.
+func GuardValue(nets []netip.Prefix, tunnelOnly bool) (WeftGuard, error) {
+	var g WeftGuard
+	if len(nets) == 0 {
+		return g, nil
+	}
+	if len(nets) > len(g.Net) {
+		return g, fmt.Errorf("pod networks %v: %d, at most %d", nets, len(nets), len(g.Net))
+	}
+	g.Flags = GuardOn
+	if tunnelOnly {
+		g.Flags |= GuardTunnelOnly
+	}
+	for i, p := range nets {
+		k := TunnelKey(p)
+		g.Net[i].Addr = k.Addr
+		bits := int(k.Prefixlen)
+		for b := range 16 {
+			switch {
+			case bits >= 8:
+				g.Net[i].Mask[b] = 0xff
+			case bits > 0:
+				g.Net[i].Mask[b] = byte(0xff << (8 - bits))
+			}
+			bits = max(bits-8, 0)
+		}
+	}
+	g.Nets = uint32(len(nets))
+	return g, nil
+}
+
+// Flags of WeftConfig (CONFIG_* in lib/maps.h).
+const ConfigPortFast = 1 << 0

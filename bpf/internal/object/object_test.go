@@ -2,6 +2,7 @@ package object
 
 import (
 	"encoding/binary"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -26,10 +27,12 @@ func TestStructSizes(t *testing.T) {
 		{"tunnel_key", binary.Size(WeftTunnelKey{}), 20},
 		{"tunnel_value", binary.Size(WeftTunnelValue{}), 24},
 		{"stats", binary.Size(WeftStats{}), 48},
-		{"config", binary.Size(WeftConfig{}), 8},
+		{"config", binary.Size(WeftConfig{}), 16},
 		{"local_value", binary.Size(WeftLocalValue{}), 56},
 		{"endpoint_key", binary.Size(WeftEndpointKey{}), 16},
 		{"endpoint_value", binary.Size(WeftEndpointValue{}), 16},
+		{"pod_value", binary.Size(WeftPodValue{}), 48},
+		{"guard", binary.Size(WeftGuard{}), 136},
 	} {
 		var st *btf.Struct
 		if err := cs.Types.TypeByName(c.name, &st); err != nil {
@@ -55,6 +58,12 @@ func TestStructSizes(t *testing.T) {
 	}
 	if em := cs.Maps[WeftMapWeftEndpoints]; int(em.KeySize) != binary.Size(WeftEndpointKey{}) || int(em.ValueSize) != binary.Size(WeftEndpointValue{}) {
 		t.Errorf("endpoint map key/value %d/%d bytes", em.KeySize, em.ValueSize)
+	}
+	if pm := cs.Maps[WeftMapWeftPods]; pm.KeySize != 4 || int(pm.ValueSize) != binary.Size(WeftPodValue{}) {
+		t.Errorf("pod map key/value %d/%d bytes, want 4 (ifindex)/%d", pm.KeySize, pm.ValueSize, binary.Size(WeftPodValue{}))
+	}
+	if gm := cs.Maps[WeftMapWeftGuard]; int(gm.ValueSize) != binary.Size(WeftGuard{}) {
+		t.Errorf("guard map value %d bytes", gm.ValueSize)
 	}
 	sm := cs.Maps[WeftMapWeftStats]
 	if int(sm.ValueSize) != binary.Size(WeftStats{}) {
@@ -137,5 +146,68 @@ func TestDropReasonNames(t *testing.T) {
 	}
 	for k, n := range byKey {
 		t.Errorf("DropReasons names %q for %d, which the C enum does not have", n, k)
+	}
+}
+
+func TestPodEncoding(t *testing.T) {
+	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
+	// The kernel's EUI-64 address for this MAC (ip -6 addr on such a link).
+	if got := LinkLocal(mac); got != netip.MustParseAddr("fe80::5054:ff:fe12:3456") {
+		t.Errorf("link-local of %s = %s", mac, got)
+	}
+	v, err := PodValue(mac, netip.MustParseAddr("10.244.1.2"), netip.MustParseAddr("fd00:244:1::2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Flags != PodIPv4|PodIPv6 || v.Ipv4 != [4]byte{10, 244, 1, 2} || netip.AddrFrom16(v.Ipv6) != netip.MustParseAddr("fd00:244:1::2") ||
+		net.HardwareAddr(v.Mac[:]).String() != mac.String() || netip.AddrFrom16(v.Ipv6Ll) != LinkLocal(mac) {
+		t.Errorf("pod value %+v", v)
+	}
+	if v, _ := PodValue(mac, netip.Addr{}, netip.Addr{}); v.Flags != 0 {
+		t.Errorf("no addresses, flags %#x", v.Flags)
+	}
+	for _, bad := range []struct {
+		mac    net.HardwareAddr
+		v4, v6 string
+	}{{mac[:5], "10.0.0.1", ""}, {mac, "fd00::1", ""}, {mac, "", "10.0.0.1"}, {mac, "", "::ffff:10.0.0.1"}} {
+		var v4, v6 netip.Addr
+		if bad.v4 != "" {
+			v4 = netip.MustParseAddr(bad.v4)
+		}
+		if bad.v6 != "" {
+			v6 = netip.MustParseAddr(bad.v6)
+		}
+		if _, err := PodValue(bad.mac, v4, v6); err == nil {
+			t.Errorf("PodValue(%s, %s, %s) accepted", bad.mac, bad.v4, bad.v6)
+		}
+	}
+}
+
+func TestGuardEncoding(t *testing.T) {
+	g, err := GuardValue([]netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/36")}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Flags != GuardOn|GuardTunnelOnly || g.Nets != 2 {
+		t.Fatalf("guard %+v", g)
+	}
+	// 10.244.0.0/16 IPv4-mapped: /112, 14 bytes of mask.
+	want := [16]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	if g.Net[0].Mask != want || netip.AddrFrom16(g.Net[0].Addr) != netip.MustParseAddr("::ffff:10.244.0.0") {
+		t.Errorf("v4 net %+v", g.Net[0])
+	}
+	want = [16]byte{0xff, 0xff, 0xff, 0xff, 0xf0}
+	if g.Net[1].Mask != want {
+		t.Errorf("v6 mask %x", g.Net[1].Mask)
+	}
+	if g, _ := GuardValue(nil, true); g.Flags != 0 {
+		t.Errorf("no networks: flags %#x, want off", g.Flags)
+	}
+	five := make([]netip.Prefix, 5)
+	for i := range five {
+		five[i] = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16)
+	}
+	if _, err := GuardValue(five, false); err == nil || !strings.Contains(err.Error(), "at most 4") {
+		t.Errorf("five networks: %v", err)
 	}
 }

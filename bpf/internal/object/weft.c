@@ -1,9 +1,10 @@
 //go:build ignore
 
-// weft's datapath: four tc programs. The headers in lib/ hold what they
+// weft's datapath: five tc programs. The headers in lib/ hold what they
 // share: the maps (maps.h), statistics and drop reasons (stats.h), packet
-// addresses (addr.h), the tunnel key (tunnel.h) and forwarding past the
-// node's stack (forward.h).
+// addresses (addr.h), the tunnel key (tunnel.h), forwarding past the
+// node's stack (forward.h), the pod check (pod.h) and the underlay check
+// (underlay.h).
 //
 // On the flow-based overlay device:
 //   weft_egress   sets the tunnel key of a packet for a remote pod from the
@@ -15,8 +16,11 @@
 //                 MAC) and hands a packet for a local pod past the stack.
 // The transmit fast path, from local pods straight into the tunnel:
 //   weft_from_pods  on ingress of the pod bridge (weft0);
-//   weft_from_port  on ingress of the host side of each learned pod veth,
-//                   skipping the bridge as well.
+//   weft_from_port  on ingress of the host side of each pod veth (attached
+//                   by weft-cni): drops what the pod sends with addresses
+//                   not its own, then skips the bridge as well.
+// On the underlay interface:
+//   weft_from_underlay  drops plain packets that pass for pod traffic.
 
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -24,6 +28,8 @@
 #include "lib/addr.h"
 #include "lib/tunnel.h"
 #include "lib/forward.h"
+#include "lib/pod.h"
+#include "lib/underlay.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -42,6 +48,8 @@ int weft_egress(struct __sk_buff *skb)
 		break;
 	case ADDR_IPV6_MULTICAST:
 		return drop(DROP_IPV6_MULTICAST);
+	case ADDR_IPV4_MAPPED:
+		return drop(DROP_IPV4_MAPPED);
 	default:
 		return drop(DROP_NOT_IP);
 	}
@@ -62,8 +70,14 @@ int weft_ingress(struct __sk_buff *skb)
 		return drop(DROP_NO_TUNNEL_INFO);
 
 	struct tunnel_key key = {};
-	if (load_addr(skb, &key, ADDR_SRC) != ADDR_OK)
+	switch (load_addr(skb, &key, ADDR_SRC)) {
+	case ADDR_OK:
+		break;
+	case ADDR_IPV4_MAPPED:
+		return drop(DROP_IPV4_MAPPED);
+	default:
 		return drop(DROP_NOT_IP);
+	}
 	struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
 	if (!tv)
 		return drop(DROP_UNKNOWN_SOURCE);
@@ -99,28 +113,31 @@ int weft_from_pods(struct __sk_buff *skb)
 	return to_tunnel(skb, cfg->tunnel_ifindex, tv);
 }
 
-// weft_from_port runs on ingress of a learned endpoint's host-side veth (see
-// weft_endpoints): a frame from that pod (source IP, port and MAC all as
-// learned) to the gateway MAC whose destination has a tunnel entry skips
-// the bridge as well as the node's stack (to_tunnel). Anything else goes on
-// to the bridge unchanged.
+// weft_from_port runs on ingress of each pod's host-side veth, attached by
+// weft-cni with the pod's entry in weft_pods. A frame that is not the
+// pod's own (MAC, addresses, ARP and neighbour discovery; check_pod), or
+// from a port without an entry, is dropped. A packet from the pod to the
+// gateway MAC whose destination has a tunnel entry then skips the bridge as
+// well as the node's stack (to_tunnel); anything else goes on to the
+// bridge.
 SEC("tc")
 int weft_from_port(struct __sk_buff *skb)
 {
-	struct config *cfg = config();
-	if (!cfg || !cfg->tunnel_ifindex)
-		return TC_ACT_OK;
+	__u32 port = skb->ifindex;
+	struct pod_value *pod = bpf_map_lookup_elem(&weft_pods, &port);
+	if (!pod)
+		return drop(DROP_POD_UNKNOWN);
+	enum drop_reason bad = check_pod(skb, pod);
+	if (bad)
+		return drop(bad);
 
-	struct tunnel_key key = {};
-	if (load_addr(skb, &key, ADDR_SRC) != ADDR_OK)
-		return TC_ACT_OK;
-	struct endpoint_value *ep = endpoint(key.addr);
-	if (!ep || ep->ifindex != skb->ifindex)
+	struct config *cfg = config();
+	if (!cfg || !(cfg->flags & CONFIG_PORT_FAST) || !cfg->tunnel_ifindex)
 		return TC_ACT_OK;
 	struct ethhdr *eth = eth_hdr(skb);
-	if (!eth || !mac_eq(eth->h_dest, ep->gw_mac) || !mac_eq(eth->h_source, ep->pod_mac))
+	if (!eth || !mac_eq(eth->h_dest, cfg->gw_mac))
 		return TC_ACT_OK;
-
+	struct tunnel_key key = {};
 	if (load_addr(skb, &key, ADDR_DST) != ADDR_OK)
 		return TC_ACT_OK;
 	struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
@@ -130,4 +147,33 @@ int weft_from_port(struct __sk_buff *skb)
 	if (verdict == TC_ACT_REDIRECT)
 		count_tx_direct();
 	return verdict;
+}
+
+// weft_from_underlay runs on ingress of the underlay interface, where
+// tunnel packets arrive (their outer addresses are the nodes'; they pass
+// untouched) and, in native modes, plain pod traffic. A plain packet with a
+// source in a pod network passes only when it came the way this node
+// routes to that source (check_reverse_path); in overlay modes one for a
+// pod network is dropped as well. Anything else (the node's own traffic,
+// ARP) is not its business.
+SEC("tc")
+int weft_from_underlay(struct __sk_buff *skb)
+{
+	struct guard *g = guard();
+	if (!g || !(g->flags & GUARD_ON))
+		return TC_ACT_OK;
+	struct tunnel_key src = {}, dst = {};
+	enum addr_result rs = load_addr(skb, &src, ADDR_SRC);
+	if (rs != ADDR_OK && rs != ADDR_IPV4_MAPPED)
+		return TC_ACT_OK;
+	enum addr_result rd = load_addr(skb, &dst, ADDR_DST);
+	int src_pod = in_pod_nets(g, src.addr);
+	int dst_pod = in_pod_nets(g, dst.addr);
+	if ((rs == ADDR_IPV4_MAPPED && src_pod) || (rd == ADDR_IPV4_MAPPED && dst_pod))
+		return drop(DROP_IPV4_MAPPED);
+	if (src_pod)
+		return check_reverse_path(skb, &src, &dst);
+	if (dst_pod && (g->flags & GUARD_TUNNEL_ONLY))
+		return drop(DROP_PLAIN_TO_POD);
+	return TC_ACT_OK;
 }

@@ -17,19 +17,31 @@ type WeftConfig struct {
 	_             structs.HostLayout
 	TunnelIfindex uint32
 	Flags         uint32
+	GwMac         [6]uint8
+	Pad           uint16
 }
 
 type WeftDropReason uint32
 
 const (
-	WeftDropReasonDROP_NOT_IP         WeftDropReason = 1
-	WeftDropReasonDROP_IPV6MULTICAST  WeftDropReason = 2
-	WeftDropReasonDROP_NO_TUNNEL      WeftDropReason = 3
-	WeftDropReasonDROP_TUNNEL_KEY     WeftDropReason = 4
-	WeftDropReasonDROP_NO_TUNNEL_INFO WeftDropReason = 5
-	WeftDropReasonDROP_UNKNOWN_SOURCE WeftDropReason = 6
-	WeftDropReasonDROP_WRONG_ENDPOINT WeftDropReason = 7
-	WeftDropReasonDROP_WRONG_VNI      WeftDropReason = 8
+	WeftDropReasonDROP_NOT_IP                  WeftDropReason = 1
+	WeftDropReasonDROP_IPV6MULTICAST           WeftDropReason = 2
+	WeftDropReasonDROP_NO_TUNNEL               WeftDropReason = 3
+	WeftDropReasonDROP_TUNNEL_KEY              WeftDropReason = 4
+	WeftDropReasonDROP_NO_TUNNEL_INFO          WeftDropReason = 5
+	WeftDropReasonDROP_UNKNOWN_SOURCE          WeftDropReason = 6
+	WeftDropReasonDROP_WRONG_ENDPOINT          WeftDropReason = 7
+	WeftDropReasonDROP_WRONG_VNI               WeftDropReason = 8
+	WeftDropReasonDROP_POD_UNKNOWN             WeftDropReason = 9
+	WeftDropReasonDROP_POD_SOURCE              WeftDropReason = 10
+	WeftDropReasonDROP_POD_MAC                 WeftDropReason = 11
+	WeftDropReasonDROP_POD_ARP                 WeftDropReason = 12
+	WeftDropReasonDROP_POD_ND                  WeftDropReason = 13
+	WeftDropReasonDROP_POD_PROTOCOL            WeftDropReason = 14
+	WeftDropReasonDROP_IPV4MAPPED              WeftDropReason = 15
+	WeftDropReasonDROP_PLAIN_TO_POD            WeftDropReason = 16
+	WeftDropReasonDROP_REVERSE_PATH            WeftDropReason = 17
+	WeftDropReasonDROP_REVERSE_PATH_UNRESOLVED WeftDropReason = 18
 )
 
 type WeftEndpointKey struct {
@@ -44,6 +56,13 @@ type WeftEndpointValue struct {
 	GwMac   [6]uint8
 }
 
+type WeftGuard struct {
+	_     structs.HostLayout
+	Flags uint32
+	Nets  uint32
+	Net   [4]WeftPodNet
+}
+
 type WeftLocalValue struct {
 	_             structs.HostLayout
 	BridgeIfindex uint32
@@ -51,6 +70,22 @@ type WeftLocalValue struct {
 	Gateway       [16]uint8
 	Broadcast     [16]uint8
 	Network       [16]uint8
+}
+
+type WeftPodNet struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Mask [16]uint8
+}
+
+type WeftPodValue struct {
+	_        structs.HostLayout
+	Ipv4     [4]uint8
+	Mac      [6]uint8
+	Flags    uint16
+	Ipv6     [16]uint8
+	Ipv6Ll   [16]uint8
+	Reserved uint32
 }
 
 type WeftStats struct {
@@ -80,16 +115,19 @@ type WeftTunnelValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	WeftMapWeftConfig    = "weft_config"
-	WeftMapWeftDrops     = "weft_drops"
-	WeftMapWeftEndpoints = "weft_endpoints"
-	WeftMapWeftLocal     = "weft_local"
-	WeftMapWeftStats     = "weft_stats"
-	WeftMapWeftTunnels   = "weft_tunnels"
-	WeftProgWeftEgress   = "weft_egress"
-	WeftProgWeftFromPods = "weft_from_pods"
-	WeftProgWeftFromPort = "weft_from_port"
-	WeftProgWeftIngress  = "weft_ingress"
+	WeftMapWeftConfig        = "weft_config"
+	WeftMapWeftDrops         = "weft_drops"
+	WeftMapWeftEndpoints     = "weft_endpoints"
+	WeftMapWeftGuard         = "weft_guard"
+	WeftMapWeftLocal         = "weft_local"
+	WeftMapWeftPods          = "weft_pods"
+	WeftMapWeftStats         = "weft_stats"
+	WeftMapWeftTunnels       = "weft_tunnels"
+	WeftProgWeftEgress       = "weft_egress"
+	WeftProgWeftFromPods     = "weft_from_pods"
+	WeftProgWeftFromPort     = "weft_from_port"
+	WeftProgWeftFromUnderlay = "weft_from_underlay"
+	WeftProgWeftIngress      = "weft_ingress"
 )
 
 // LoadWeft returns the embedded CollectionSpec for Weft.
@@ -134,10 +172,11 @@ type WeftSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WeftProgramSpecs struct {
-	WeftEgress   *ebpf.ProgramSpec `ebpf:"weft_egress"`
-	WeftFromPods *ebpf.ProgramSpec `ebpf:"weft_from_pods"`
-	WeftFromPort *ebpf.ProgramSpec `ebpf:"weft_from_port"`
-	WeftIngress  *ebpf.ProgramSpec `ebpf:"weft_ingress"`
+	WeftEgress       *ebpf.ProgramSpec `ebpf:"weft_egress"`
+	WeftFromPods     *ebpf.ProgramSpec `ebpf:"weft_from_pods"`
+	WeftFromPort     *ebpf.ProgramSpec `ebpf:"weft_from_port"`
+	WeftFromUnderlay *ebpf.ProgramSpec `ebpf:"weft_from_underlay"`
+	WeftIngress      *ebpf.ProgramSpec `ebpf:"weft_ingress"`
 }
 
 // WeftMapSpecs contains maps before they are loaded into the kernel.
@@ -147,7 +186,9 @@ type WeftMapSpecs struct {
 	WeftConfig    *ebpf.MapSpec `ebpf:"weft_config"`
 	WeftDrops     *ebpf.MapSpec `ebpf:"weft_drops"`
 	WeftEndpoints *ebpf.MapSpec `ebpf:"weft_endpoints"`
+	WeftGuard     *ebpf.MapSpec `ebpf:"weft_guard"`
 	WeftLocal     *ebpf.MapSpec `ebpf:"weft_local"`
+	WeftPods      *ebpf.MapSpec `ebpf:"weft_pods"`
 	WeftStats     *ebpf.MapSpec `ebpf:"weft_stats"`
 	WeftTunnels   *ebpf.MapSpec `ebpf:"weft_tunnels"`
 }
@@ -181,7 +222,9 @@ type WeftMaps struct {
 	WeftConfig    *ebpf.Map `ebpf:"weft_config"`
 	WeftDrops     *ebpf.Map `ebpf:"weft_drops"`
 	WeftEndpoints *ebpf.Map `ebpf:"weft_endpoints"`
+	WeftGuard     *ebpf.Map `ebpf:"weft_guard"`
 	WeftLocal     *ebpf.Map `ebpf:"weft_local"`
+	WeftPods      *ebpf.Map `ebpf:"weft_pods"`
 	WeftStats     *ebpf.Map `ebpf:"weft_stats"`
 	WeftTunnels   *ebpf.Map `ebpf:"weft_tunnels"`
 }
@@ -191,7 +234,9 @@ func (m *WeftMaps) Close() error {
 		m.WeftConfig,
 		m.WeftDrops,
 		m.WeftEndpoints,
+		m.WeftGuard,
 		m.WeftLocal,
+		m.WeftPods,
 		m.WeftStats,
 		m.WeftTunnels,
 	)
@@ -207,10 +252,11 @@ type WeftVariables struct {
 //
 // It can be passed to LoadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WeftPrograms struct {
-	WeftEgress   *ebpf.Program `ebpf:"weft_egress"`
-	WeftFromPods *ebpf.Program `ebpf:"weft_from_pods"`
-	WeftFromPort *ebpf.Program `ebpf:"weft_from_port"`
-	WeftIngress  *ebpf.Program `ebpf:"weft_ingress"`
+	WeftEgress       *ebpf.Program `ebpf:"weft_egress"`
+	WeftFromPods     *ebpf.Program `ebpf:"weft_from_pods"`
+	WeftFromPort     *ebpf.Program `ebpf:"weft_from_port"`
+	WeftFromUnderlay *ebpf.Program `ebpf:"weft_from_underlay"`
+	WeftIngress      *ebpf.Program `ebpf:"weft_ingress"`
 }
 
 func (p *WeftPrograms) Close() error {
@@ -218,6 +264,7 @@ func (p *WeftPrograms) Close() error {
 		p.WeftEgress,
 		p.WeftFromPods,
 		p.WeftFromPort,
+		p.WeftFromUnderlay,
 		p.WeftIngress,
 	)
 }

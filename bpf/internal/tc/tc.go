@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -37,12 +38,74 @@ var (
 	Bridge = Hook{"link_bridge", ebpf.AttachTCXIngress, uint32(ebpf.AttachTCXIngress), netlink.HANDLE_MIN_INGRESS}
 )
 
-// PortPinPrefix starts the pin name of every pod port's hook.
-const PortPinPrefix = "link_port_"
+// Underlay is the underlay check on ingress of the underlay interface.
+var Underlay = Hook{"link_underlay", ebpf.AttachTCXIngress, uint32(ebpf.AttachTCXIngress), netlink.HANDLE_MIN_INGRESS}
 
-// Port is the transmit fast path on ingress of a pod's host-side veth.
-func Port(ifindex int) Hook {
-	return Hook{fmt.Sprintf("%s%d", PortPinPrefix, ifindex), ebpf.AttachTCXIngress, uint32(ebpf.AttachTCXIngress), netlink.HANDLE_MIN_INGRESS}
+// PodPinPrefix starts the pin name of every pod port's hook.
+const PodPinPrefix = "link_pod_"
+
+// Pod is the pod check (and transmit fast path) on ingress of a pod's
+// host-side veth, attached by weft-cni.
+func Pod(ifindex int) Hook {
+	return Hook{fmt.Sprintf("%s%d", PodPinPrefix, ifindex), ebpf.AttachTCXIngress, uint32(ebpf.AttachTCXIngress), netlink.HANDLE_MIN_INGRESS}
+}
+
+// LegacyPortPinPrefix starts the pin names of the transmit fast path the
+// agent attached to learned pod ports before weft-cni attached the pod
+// check; Open detaches them.
+const LegacyPortPinPrefix = "link_port_"
+
+// Legacy is the hook of a legacy port pin.
+func Legacy(ifindex int) Hook {
+	return Hook{fmt.Sprintf("%s%d", LegacyPortPinPrefix, ifindex), ebpf.AttachTCXIngress, uint32(ebpf.AttachTCXIngress), netlink.HANDLE_MIN_INGRESS}
+}
+
+// PinnedIndexes lists the ifindexes of the hooks pinned in pinDir under
+// prefix (PodPinPrefix, LegacyPortPinPrefix).
+func PinnedIndexes(pinDir, prefix string) ([]int, error) {
+	ents, err := os.ReadDir(pinDir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read pin dir: %w", err)
+	}
+	var out []int
+	for _, e := range ents {
+		n, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok {
+			continue
+		}
+		if i, err := strconv.Atoi(n); err == nil && i > 0 {
+			out = append(out, i)
+		}
+	}
+	return out, nil
+}
+
+// UpdateTCX switches the live tcx link pinned for h to prog (atomically,
+// as AttachTCX does). A link whose device is gone, or no pin, is left
+// alone: false.
+func UpdateTCX(pinDir string, h Hook, prog *ebpf.Program) (bool, error) {
+	l, err := link.LoadPinnedLink(filepath.Join(pinDir, h.Name), nil)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("load pinned link %s: %w", h.Name, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return false, fmt.Errorf("read link info %s: %w", h.Name, err)
+	}
+	if t := info.TCX(); t == nil || t.Ifindex == 0 {
+		return false, nil
+	}
+	if err := l.Update(prog); err != nil {
+		return false, fmt.Errorf("update %s program: %w", h.Name, err)
+	}
+	return true, nil
 }
 
 // TCXSupported probes for tcx by querying the loopback device (ifindex 1
@@ -212,6 +275,29 @@ func AttachTC(nl *netlink.Handle, ifindex int, h Hook, prog *ebpf.Program) error
 	}
 	if err := nl.FilterReplace(f); err != nil {
 		return fmt.Errorf("attach %s with tc: %w", h.Name, err)
+	}
+	return nil
+}
+
+// DetachTC removes weft's filter at h from ifindex (the clsact qdisc
+// stays: others may use it). No such filter, or no device: nothing to do.
+func DetachTC(nl *netlink.Handle, ifindex int, h Hook) error {
+	fs, err := filters(nl, ifindex, h)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return err
+	}
+	for _, f := range fs {
+		bf, ok := f.(*netlink.BpfFilter)
+		if !ok || bf.Name != FilterPrefix+strings.TrimPrefix(h.Name, "link_") {
+			continue
+		}
+		if err := nl.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("detach %s filter: %w", h.Name, err)
+		}
 	}
 	return nil
 }

@@ -23,7 +23,12 @@ type Datapath struct {
 	failNext error
 	// OnSync, when set, is called after each Sync with the spec synced.
 	OnSync func(*spec.Desired)
+	// Pins is what PinDir returns.
+	Pins string
 }
+
+// PinDir returns Pins (the agent writes it into the subnet file).
+func (d *Datapath) PinDir() string { return d.Pins }
 
 // New returns a datapath on underlay u.
 func New(u spec.Underlay) *Datapath { return &Datapath{under: u} }
@@ -94,7 +99,7 @@ func (d *Datapath) Reconcile(ctx context.Context, want *spec.Desired) (spec.Repo
 
 // Counters returns fixed counters.
 func (d *Datapath) Counters() (spec.Counters, error) {
-	return spec.Counters{TxPackets: 7, DropSpoofed: 1}, nil
+	return spec.Counters{TxPackets: 7, DropSpoofed: 1, Drops: map[string]uint64{"wrong_endpoint": 1, "no_tunnel": 0}}, nil
 }
 
 // Kernel returns a copy of what the datapath holds (nil before a Sync).

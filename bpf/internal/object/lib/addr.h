@@ -25,10 +25,21 @@ enum addr_result {
 	ADDR_OK = 0,
 	ADDR_NOT_IP = -1,        /* not IPv4/IPv6, or truncated */
 	ADDR_IPV6_MULTICAST = 1, /* (destination only) an IPv6 multicast address */
+	ADDR_IPV4_MAPPED = 2,    /* an IPv6 packet with an IPv4-mapped address */
 };
 
+/* mapped reports whether a (from an IPv6 header) is IPv4-mapped
+ * (::ffff:0:0/96): the form the maps give IPv4, never a pod's IPv6 address. */
+static __always_inline int mapped(const __u8 a[16])
+{
+	__u32 w[3];
+	__builtin_memcpy(w, a, 12);
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
 /* load_addr fills key with the packet's source or destination address as a
- * full-length prefix (IPv4 as IPv4-mapped IPv6). */
+ * full-length prefix (IPv4 as IPv4-mapped IPv6). An IPv6 packet whose
+ * address is IPv4-mapped would pass for the IPv4 address: ADDR_IPV4_MAPPED. */
 static __always_inline enum addr_result load_addr(struct __sk_buff *skb, struct tunnel_key *key,
 						  enum addr_side side)
 {
@@ -58,6 +69,8 @@ static __always_inline enum addr_result load_addr(struct __sk_buff *skb, struct 
 		else
 			__builtin_memcpy(key->addr, &ip6->daddr, 16);
 		key->prefixlen = 128;
+		if (mapped(key->addr))
+			return ADDR_IPV4_MAPPED;
 		if (side == ADDR_DST && key->addr[0] == 0xff)
 			return ADDR_IPV6_MULTICAST;
 		return ADDR_OK;

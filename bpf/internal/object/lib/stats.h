@@ -36,6 +36,16 @@ enum drop_reason {
 	DROP_UNKNOWN_SOURCE = 6,  /* no tunnel entry for the inner source */
 	DROP_WRONG_ENDPOINT = 7,  /* outer source is not the node owning the inner source */
 	DROP_WRONG_VNI = 8,       /* VNI is not the one of the inner source's entry */
+	DROP_POD_UNKNOWN = 9,     /* from a pod port weft-cni has no entry for */
+	DROP_POD_SOURCE = 10,     /* from a pod with an IP source that is not the pod's */
+	DROP_POD_MAC = 11,        /* from a pod with an Ethernet source that is not the pod's */
+	DROP_POD_ARP = 12,        /* ARP from a pod claiming an address or MAC not the pod's */
+	DROP_POD_ND = 13,         /* neighbour advertisement for another address, RA or redirect from a pod */
+	DROP_POD_PROTOCOL = 14,   /* from a pod: not IPv4, IPv6 or ARP, VLAN tagged, or truncated */
+	DROP_IPV4_MAPPED = 15,    /* IPv6 packet with an IPv4-mapped pod address */
+	DROP_PLAIN_TO_POD = 16,   /* plain packet from the underlay for a pod (overlay modes) */
+	DROP_REVERSE_PATH = 17,   /* pod source from the underlay not via this node's route to it */
+	DROP_REVERSE_PATH_UNRESOLVED = 18, /* the same, next hop's MAC not resolved yet */
 };
 
 /* Slots of weft_drops: room for reasons added later without changing the
