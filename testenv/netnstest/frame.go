@@ -26,6 +26,10 @@ type UDP struct {
 	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16
 	Payload          []byte
+	// TTL is the IPv4 TTL or IPv6 hop limit; 0 means 64.
+	TTL uint8
+	// DontFragment sets IPv4's DF bit.
+	DontFragment bool
 }
 
 // Frame returns the frame's bytes.
@@ -41,7 +45,70 @@ func (u UDP) Frame() []byte {
 		ck = 0xffff
 	}
 	binary.BigEndian.PutUint16(udp[6:], ck)
-	return append(ethernet(u.DstMAC, u.SrcMAC, u.Src), ipHeader(u.Src, u.Dst, unix.IPPROTO_UDP, udp)...)
+	ttl := u.TTL
+	if ttl == 0 {
+		ttl = 64
+	}
+	ip := ipHeader(u.Src, u.Dst, unix.IPPROTO_UDP, udp)
+	if u.Src.Is4() {
+		ip[8] = ttl
+		if u.DontFragment {
+			ip[6] |= 0x40
+		}
+		binary.BigEndian.PutUint16(ip[10:], 0)
+		binary.BigEndian.PutUint16(ip[10:], fold(onesSum(ip[:20])))
+	} else {
+		ip[7] = ttl
+	}
+	return append(ethernet(u.DstMAC, u.SrcMAC, u.Src), ip...)
+}
+
+// IPv6 is an Ethernet frame carrying an IPv6 packet with the given next
+// header and payload (extension headers and upper layer as bytes, see
+// HopByHop and ICMPv6Message), hop limit 255.
+type IPv6 struct {
+	DstMAC, SrcMAC net.HardwareAddr
+	Src, Dst       netip.Addr
+	Next           uint8
+	Payload        []byte
+}
+
+// Frame returns the frame's bytes.
+func (p IPv6) Frame() []byte {
+	return append(ethernet(p.DstMAC, p.SrcMAC, p.Src), ipHeader(p.Src, p.Dst, p.Next, p.Payload)...)
+}
+
+// ICMPv6Message is an ICMPv6 message (type, code 0, body) with its
+// checksum for src → dst.
+func ICMPv6Message(src, dst netip.Addr, typ uint8, body []byte) []byte {
+	msg := append([]byte{typ, 0, 0, 0}, body...)
+	binary.BigEndian.PutUint16(msg[2:], fold(pseudoSum(src, dst, unix.IPPROTO_ICMPV6, len(msg))+onesSum(msg)))
+	return msg
+}
+
+// HopByHop is an 8-byte IPv6 hop-by-hop options header (PadN only)
+// followed by header next.
+func HopByHop(next uint8) []byte {
+	return []byte{next, 0, 1, 4, 0, 0, 0, 0}
+}
+
+// Ethernet is a frame of any type: payload behind an Ethernet header with
+// ethertype typ.
+func Ethernet(dst, src net.HardwareAddr, typ uint16, payload []byte) []byte {
+	h := make([]byte, 14, 14+len(payload))
+	copy(h[0:6], dst)
+	copy(h[6:12], src)
+	binary.BigEndian.PutUint16(h[12:], typ)
+	return append(h, payload...)
+}
+
+// VLAN tags frame (an Ethernet frame) with 802.1Q VLAN id.
+func VLAN(frame []byte, id uint16) []byte {
+	out := make([]byte, 0, len(frame)+4)
+	out = append(out, frame[:12]...)
+	out = binary.BigEndian.AppendUint16(out, unix.ETH_P_8021Q)
+	out = binary.BigEndian.AppendUint16(out, id&0x0fff)
+	return append(out, frame[12:]...)
 }
 
 // ethernet is an Ethernet header for an IP packet of src's family.

@@ -37,8 +37,15 @@ func TestFrames(t *testing.T) {
 	for _, c := range []struct{ src, dst string }{{"10.124.0.99", "10.124.0.2"}, {"fd00:124::99", "fd00:124::2"}} {
 		src := netip.MustParseAddr(c.src)
 		f := UDP{DstMAC: macB, SrcMAC: macA, Src: src, Dst: netip.MustParseAddr(c.dst), SrcPort: 7, DstPort: sink.Port(), Payload: []byte("frame " + c.src)}
-		must(a.SendFrame("v0", f.Frame()))
-		if got, ok := sink.Wait("frame "+c.src, 2*time.Second); !ok || got != src {
+		// Sent again until it arrives: a link just up may still drop
+		// the first IPv6 packets.
+		var got netip.Addr
+		ok := false
+		for end := time.Now().Add(3 * time.Second); !ok && time.Now().Before(end); {
+			must(a.SendFrame("v0", f.Frame()))
+			got, ok = sink.Wait("frame "+c.src, 100*time.Millisecond)
+		}
+		if !ok || got != src {
 			t.Fatalf("UDP frame from %s: arrived %v from %s", src, ok, got)
 		}
 	}
