@@ -32,6 +32,7 @@ type endpointState struct {
 	local  []netip.Prefix // local pod CIDRs
 	tunnel uint32         // overlay device of the transmit fast path; 0: off
 	port   bool           // pods' ports send straight into the tunnel
+	gw     int            // the pod bridge (its MAC goes into the config slot); 0: none
 }
 
 // wantEndpoints returns the endpoint map's content for the recorded pods
@@ -135,6 +136,11 @@ func (d *Datapath) refreshEndpoints() error {
 	if err != nil {
 		return err
 	}
+	if gw == nil && d.eps.gw != 0 {
+		if l, err := d.ns.NL.LinkByIndex(d.eps.gw); err == nil {
+			gw = l.Attrs().HardwareAddr
+		}
+	}
 	if err := d.writeConfig(gw); err != nil {
 		return err
 	}
@@ -173,12 +179,14 @@ func (d *Datapath) refreshEndpoints() error {
 }
 
 // writeConfig writes the config slot for the current endpoint state and
-// bridge MAC gw (nil: the port fast path is off) when it differs.
+// bridge MAC gw (nil: no bridge) when it differs.
 func (d *Datapath) writeConfig(gw net.HardwareAddr) error {
 	cfg := object.WeftConfig{TunnelIfindex: d.eps.tunnel}
-	if d.eps.port && d.eps.tunnel != 0 && len(gw) == 6 {
-		cfg.Flags |= object.ConfigPortFast
+	if len(gw) == 6 {
 		copy(cfg.GwMac[:], gw)
+		if d.eps.port && d.eps.tunnel != 0 {
+			cfg.Flags |= object.ConfigPortFast
+		}
 	}
 	var have object.WeftConfig
 	if err := d.objs.WeftConfig.Lookup(uint32(0), &have); err != nil {

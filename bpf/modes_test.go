@@ -182,6 +182,16 @@ func TestModes(t *testing.T) {
 		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("hybrid: no direct IPv4 path")
 		}
+		// Direct routes carry plain traffic for pods (the peers' own
+		// too): the underlay check does not drop it as tunnel-only.
+		var g object.WeftGuard
+		must(t, a.dp.objs.WeftGuard.Lookup(uint32(0), &g))
+		if g.Flags&object.GuardTunnelOnly != 0 {
+			t.Fatalf("hybrid with direct routes is tunnel-only: %+v", g)
+		}
+		if src := udpSource(t, a.ns, b.pod, b.podIP); src != a.under {
+			t.Fatalf("node 1 to pod 2 over the direct route seen from %s, want %s", src, a.under)
+		}
 		// 50 IPv4 pings may meet a stray packet of an earlier connection in
 		// the tunnel, not 50.
 		c0 := a.counters()

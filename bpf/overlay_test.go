@@ -401,6 +401,19 @@ func TestOverlay(t *testing.T) {
 		if lost := <-done; lost != 0 {
 			t.Fatalf("%d of 200 pings lost across close/reopen", lost)
 		}
+		// Every link now runs the reopened datapath's programs: the
+		// pods' checks and the underlay check too.
+		for _, n := range c.nodes {
+			port, _ := n.podPort(t, "vpod", n.pod)
+			if ok, err := tc.TCXAttached(n.cfg.PinDir, port, tc.Pod(port), n.dp.objs.WeftFromPort); err != nil || !ok {
+				t.Errorf("node %d: pod check not switched to the new program (%v)", n.idx, err)
+			}
+			under, err := n.dp.underlayIndex()
+			must(t, err)
+			if ok, err := n.dp.underlayAttached(under, n.dp.objs.WeftFromUnderlay); err != nil || !ok {
+				t.Errorf("node %d: underlay check not switched to the new program (%v)", n.idx, err)
+			}
+		}
 	})
 }
 

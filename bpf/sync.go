@@ -29,6 +29,7 @@ type kstate struct {
 	hops     map[netip.Addr]bool      // managed neighbour entries on the underlay
 	local    map[netip.Prefix]object.WeftLocalValue
 	tunnels  []spec.Tunnel // sorted by prefix
+	owners   []spec.Tunnel // weft_owners, as tunnels to the owner (sorted)
 	routes   map[netip.Prefix]route.Route
 	masq     []string // rule descriptions; nil: no table
 	masqOn   bool     // the table exists
@@ -105,6 +106,11 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 		return nil, err
 	}
 	s.tunnels = sortedTunnels(tunnels)
+	owners, err := readTrie(d.objs.WeftOwners, "owner map")
+	if err != nil {
+		return nil, err
+	}
+	s.owners = sortedTunnels(owners)
 	if s.routes, err = route.List(nl); err != nil {
 		return nil, err
 	}
@@ -120,18 +126,33 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 }
 
 func (d *Datapath) readTunnels() (map[netip.Prefix]spec.Tunnel, error) {
+	return readTrie(d.objs.WeftTunnels, "tunnel map")
+}
+
+// readTrie reads a trie of tunnel values (weft_tunnels, weft_owners).
+func readTrie(m *ebpf.Map, what string) (map[netip.Prefix]spec.Tunnel, error) {
 	out := make(map[netip.Prefix]spec.Tunnel)
 	var k object.WeftTunnelKey
 	var v object.WeftTunnelValue
-	it := d.objs.WeftTunnels.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		p := object.Prefix(k)
 		out[p] = object.Tunnel(p, v)
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read tunnel map: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	return out, nil
+}
+
+// ownerTunnels is want's PodOwners in weft_owners' form: a tunnel entry
+// whose endpoint is the owner.
+func ownerTunnels(want *spec.Desired) []spec.Tunnel {
+	out := make([]spec.Tunnel, len(want.PodOwners))
+	for i, o := range want.PodOwners {
+		out[i] = spec.Tunnel{Prefix: o.Prefix, Endpoint: o.Node}
+	}
+	return out
 }
 
 // forwardKeys are the sysctls weft turns on: IPv4 forwarding always, IPv6
@@ -185,7 +206,10 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 		return spec.Report{}, errors.New("sync datapath: nil desired state")
 	}
 	want := *in
-	guard, err := object.GuardValue(want.PodNetworks, want.Overlay != nil)
+	// Pods are reached only through the tunnel in overlay modes without
+	// direct routes (vxlan, geneve; hybrid with no adjacent peer): there a
+	// plain packet for a pod is dropped whatever its source.
+	guard, err := object.GuardValue(want.PodNetworks, want.Overlay != nil && len(want.Routes) == 0)
 	if err != nil {
 		return spec.Report{}, fmt.Errorf("sync datapath: PodNetworks: %w", err)
 	}
@@ -226,6 +250,10 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 		return rec.rep, err
 	}
 	if err := d.convergeTunnels(&want, have, rec); err != nil {
+		d.applied = nil
+		return rec.rep, err
+	}
+	if err := d.convergeOwners(&want, have, rec); err != nil {
 		d.applied = nil
 		return rec.rep, err
 	}
@@ -350,18 +378,18 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 	if fast {
 		tunnel = uint32(have.devs[want.Overlay.DeviceName()].Index)
 	}
+	br, err := device.Index(d.ns.NL, d.cfg.Bridge)
+	if err != nil {
+		return err
+	}
 	wantBridge := 0
 	if fast && d.useTCX && !d.cfg.NoBridgeFastPath {
-		br, err := device.Index(d.ns.NL, d.cfg.Bridge)
-		if err != nil {
-			return err
-		}
 		wantBridge = br
 	}
 	if err := d.convergeLocal(want, wantBridge, have, rec); err != nil {
 		return err
 	}
-	d.eps = endpointState{known: true, bridge: wantBridge, local: slices.Clone(want.LocalPodCIDRs), tunnel: tunnel, port: wantBridge != 0}
+	d.eps = endpointState{known: true, bridge: wantBridge, local: slices.Clone(want.LocalPodCIDRs), tunnel: tunnel, port: wantBridge != 0, gw: br}
 	if err := d.refreshEndpoints(); err != nil {
 		return err
 	}
@@ -401,7 +429,7 @@ func (d *Datapath) convergeGuard(guard object.WeftGuard, have *kstate, rec *reco
 			guard.Nets, guard.Flags&object.GuardTunnelOnly != 0))
 	}
 	want := 0
-	if guard.Flags&object.GuardOn != 0 {
+	if guard.Nets != 0 {
 		under, err := d.underlayIndex()
 		if err != nil {
 			return fmt.Errorf("find underlay for its check: %w", err)
@@ -506,10 +534,10 @@ func (d *Datapath) convergeTunnels(want *spec.Desired, have *kstate, rec *record
 		return nil
 	}
 	upserts := append(slices.Clip(diff.Add), diff.Update...)
-	if err := d.putTunnels(upserts); err != nil {
+	if err := d.putEntries(d.objs.WeftTunnels, "tunnel", upserts); err != nil {
 		return err
 	}
-	if err := d.deleteTunnels(diff.Delete); err != nil {
+	if err := d.deleteEntries(d.objs.WeftTunnels, "tunnel", diff.Delete); err != nil {
 		return err
 	}
 	for _, t := range diff.Add {
@@ -525,7 +553,32 @@ func (d *Datapath) convergeTunnels(want *spec.Desired, have *kstate, rec *record
 	return nil
 }
 
-func (d *Datapath) putTunnels(ts []spec.Tunnel) error {
+// convergeOwners writes weft_owners: every remote pod CIDR's owner, in the
+// modes without an overlay (for the underlay check).
+func (d *Datapath) convergeOwners(want *spec.Desired, have *kstate, rec *recorder) error {
+	diff, next := diffTunnels(have.owners, ownerTunnels(want))
+	if diff.empty() {
+		return nil
+	}
+	if err := d.putEntries(d.objs.WeftOwners, "owner", append(slices.Clip(diff.Add), diff.Update...)); err != nil {
+		return err
+	}
+	if err := d.deleteEntries(d.objs.WeftOwners, "owner", diff.Delete); err != nil {
+		return err
+	}
+	for _, t := range slices.Concat(diff.Add, diff.Update) {
+		rec.note(&rec.rep.Updated, fmt.Sprintf("owner of %s is %s", t.Prefix, t.Endpoint))
+	}
+	for _, p := range diff.Delete {
+		rec.note(&rec.rep.Removed, fmt.Sprintf("owner of %s removed", p))
+	}
+	have.owners = next
+	return nil
+}
+
+// putEntries writes tunnel values into m (weft_tunnels, weft_owners; what
+// names it in errors).
+func (d *Datapath) putEntries(m *ebpf.Map, what string, ts []spec.Tunnel) error {
 	if len(ts) == 0 {
 		return nil
 	}
@@ -535,25 +588,26 @@ func (d *Datapath) putTunnels(ts []spec.Tunnel) error {
 		keys[i], vals[i] = object.TunnelKey(t.Prefix), object.TunnelValue(t)
 	}
 	if d.batch {
-		_, err := d.objs.WeftTunnels.BatchUpdate(keys, vals, nil)
+		_, err := m.BatchUpdate(keys, vals, nil)
 		if err == nil {
 			return nil
 		}
 		if !errors.Is(err, ebpf.ErrNotSupported) {
-			return fmt.Errorf("update tunnel map: %w", err)
+			return fmt.Errorf("update %s map: %w", what, err)
 		}
 		d.batch = false
-		d.log.Debug("tunnel map has no batch operations, writing per entry")
+		d.log.Debug("tries have no batch operations, writing per entry")
 	}
 	for i := range keys {
-		if err := d.objs.WeftTunnels.Update(&keys[i], &vals[i], ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("update tunnel %s: %w", ts[i].Prefix, err)
+		if err := m.Update(&keys[i], &vals[i], ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("update %s %s: %w", what, ts[i].Prefix, err)
 		}
 	}
 	return nil
 }
 
-func (d *Datapath) deleteTunnels(ps []netip.Prefix) error {
+// deleteEntries deletes prefixes from m (weft_tunnels, weft_owners).
+func (d *Datapath) deleteEntries(m *ebpf.Map, what string, ps []netip.Prefix) error {
 	if len(ps) == 0 {
 		return nil
 	}
@@ -562,18 +616,18 @@ func (d *Datapath) deleteTunnels(ps []netip.Prefix) error {
 		keys[i] = object.TunnelKey(p)
 	}
 	if d.batch {
-		_, err := d.objs.WeftTunnels.BatchDelete(keys, nil)
+		_, err := m.BatchDelete(keys, nil)
 		if err == nil {
 			return nil
 		}
 		if !errors.Is(err, ebpf.ErrNotSupported) {
-			return fmt.Errorf("delete from tunnel map: %w", err)
+			return fmt.Errorf("delete from %s map: %w", what, err)
 		}
 		d.batch = false
 	}
 	for i := range keys {
-		if err := d.objs.WeftTunnels.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete tunnel %s: %w", ps[i], err)
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete %s %s: %w", what, ps[i], err)
 		}
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -229,6 +230,7 @@ func TestTrustOverlay(t *testing.T) {
 			t.Fatalf("node 2 accepted it out of the tunnel: rx %d -> %d", before.RxPackets, got.RxPackets)
 		}
 	})
+
 }
 
 // A pod answers ARP and neighbour solicitations for its own addresses
@@ -366,6 +368,50 @@ func TestTrustNative(t *testing.T) {
 		dropsOf(t, a, before, "reverse_path")
 	})
 
+	t.Run("next hops stay resolved", func(t *testing.T) {
+		// The peer's next hops are managed neighbour entries: the kernel
+		// keeps them resolved from the first packet on.
+		managed := func() map[string]bool {
+			out := map[string]bool{}
+			a.ns.MustDo(t, func() error {
+				ul, err := netlink.LinkByName("ul0")
+				if err != nil {
+					return err
+				}
+				ns, err := netlink.NeighList(ul.Attrs().Index, netlink.FAMILY_ALL)
+				for _, n := range ns {
+					if n.FlagsExt&netlink.NTF_EXT_MANAGED != 0 {
+						out[n.IP.String()] = true
+					}
+				}
+				return err
+			})
+			return out
+		}
+		if m := managed(); !m[b.under.String()] || !m[b.under6.String()] || m[third.String()] {
+			t.Fatalf("managed neighbours %v, want node 2's addresses and not node 3's static entry", m)
+		}
+		// Without node 3's static entry Reconcile makes it a managed one;
+		// nobody answers for it, so its pods' packets cannot be checked.
+		a.ns.MustDo(t, func() error {
+			ul, err := netlink.LinkByName("ul0")
+			if err != nil {
+				return err
+			}
+			return netlink.NeighDel(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V4, IP: third.AsSlice()})
+		})
+		rep, err := a.dp.Reconcile(t.Context(), w)
+		must(t, err)
+		if !slices.Contains(rep.Repaired, "managed neighbour "+third.String()) || !managed()[third.String()] {
+			t.Fatalf("reconcile repaired %q; managed %v", rep.Repaired, managed())
+		}
+		before := a.counters()
+		if src, ok := send(t, netip.MustParseAddr("10.244.3.5"), a.podIP, refused); ok {
+			t.Fatalf("node 2 sending as node 3's pod reached pod 1 (seen from %s)", src)
+		}
+		dropsOf(t, a, before, "reverse_path_unresolved")
+	})
+
 	t.Run("this node's own pod source", func(t *testing.T) {
 		before := a.counters()
 		if src, ok := send(t, netip.MustParseAddr("10.244.1.3"), a.podIP, refused); ok {
@@ -382,6 +428,87 @@ func TestTrustNative(t *testing.T) {
 				t.Fatalf("plain datagram from %s: arrived %v from %s", src, ok, got)
 			}
 		}
+	})
+}
+
+// Where the network routes pods (gateway mode), a pod source is accepted
+// from the next hop of its route (the router) and, because a node on the
+// same segment answers this node's own address directly, from its owner
+// node; from nobody else.
+func TestTrustGateway(t *testing.T) {
+	c := newTestCluster(t, AttachAuto)
+	c.openAll(t)
+	a, b := c.nodes[0], c.nodes[1]
+	router, routerMAC := netip.MustParseAddr("192.168.50.9"), net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
+	third, thirdMAC := netip.MustParseAddr("192.168.50.3"), net.HardwareAddr{0x02, 0, 0, 0, 0, 0x33}
+	fourth := netip.MustParseAddr("192.168.50.4") // answers nobody: never resolved
+	want := &spec.Desired{
+		Mode:          spec.ModeGateway,
+		LocalPodCIDRs: []netip.Prefix{a.podCIDR},
+		PodNetworks:   []netip.Prefix{clusterCIDR},
+		PodOwners: []spec.PodOwner{
+			{Prefix: b.podCIDR, Node: b.under},
+			{Prefix: pfx("10.244.3.0/24"), Node: third},
+			{Prefix: pfx("10.244.4.0/24"), Node: fourth},
+		},
+	}
+	// The router and node 3 answer nobody here: static neighbours, and
+	// the pod network routed via the router (the operator's route).
+	a.ns.MustDo(t, func() error {
+		ul, err := netlink.LinkByName("ul0")
+		if err != nil {
+			return err
+		}
+		for ip, m := range map[netip.Addr]net.HardwareAddr{router: routerMAC, third: thirdMAC} {
+			if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+				IP: ip.AsSlice(), HardwareAddr: m}); err != nil {
+				return err
+			}
+		}
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: ul.Attrs().Index, Dst: netnstest.IPNet(clusterCIDR), Gw: router.AsSlice()})
+	})
+	a.sync(want.Normalize())
+	var o object.WeftTunnelValue
+	k := object.TunnelKey(b.podCIDR)
+	must(t, a.dp.objs.WeftOwners.Lookup(&k, &o))
+	if got := object.Tunnel(b.podCIDR, o).Endpoint; got != b.under {
+		t.Fatalf("owner of %s recorded as %s", b.podCIDR, got)
+	}
+	sinkA, err := netnstest.NewUDPSink(a.pod, 0)
+	must(t, err)
+	defer sinkA.Close()
+	ulA := mac(t, a.ns, "ul0")
+	send := func(t *testing.T, src netip.Addr, from net.HardwareAddr, wait time.Duration) (netip.Addr, bool) {
+		p := payload(src.String() + " from " + from.String())
+		f := netnstest.UDP{DstMAC: ulA, SrcMAC: from, Src: src, Dst: a.podIP, SrcPort: 4000, DstPort: sinkA.Port(), Payload: []byte(p)}
+		return attack(t, b.ns, "ul0", f.Frame(), sinkA, p, wait)
+	}
+
+	t.Run("from the router", func(t *testing.T) {
+		if got, ok := send(t, b.podIP, routerMAC, delivered); !ok || got != b.podIP {
+			t.Fatalf("pod 2's packet through the router: arrived %v from %s", ok, got)
+		}
+	})
+	t.Run("from the owner directly", func(t *testing.T) {
+		if got, ok := send(t, b.podIP, mac(t, b.ns, "ul0"), delivered); !ok || got != b.podIP {
+			t.Fatalf("pod 2's packet from node 2 itself: arrived %v from %s", ok, got)
+		}
+	})
+	t.Run("from another node", func(t *testing.T) {
+		before := a.counters()
+		if src, ok := send(t, netip.MustParseAddr("10.244.3.5"), mac(t, b.ns, "ul0"), refused); ok {
+			t.Fatalf("node 2 sending as node 3's pod reached pod 1 (seen from %s)", src)
+		}
+		dropsOf(t, a, before, "reverse_path")
+	})
+	t.Run("owner not resolved", func(t *testing.T) {
+		// Not from the router, and node 4's MAC is unknown: the packet
+		// cannot be checked, which is counted apart.
+		before := a.counters()
+		if src, ok := send(t, netip.MustParseAddr("10.244.4.5"), mac(t, b.ns, "ul0"), refused); ok {
+			t.Fatalf("a pod of an unresolved owner reached pod 1 (seen from %s)", src)
+		}
+		dropsOf(t, a, before, "reverse_path_unresolved")
 	})
 }
 

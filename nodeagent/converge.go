@@ -440,7 +440,8 @@ func equalDesired(a, b *spec.Desired) bool {
 		return false
 	}
 	return slices.Equal(a.ClusterCIDRs, b.ClusterCIDRs) && slices.Equal(a.LocalPodCIDRs, b.LocalPodCIDRs) &&
-		slices.Equal(a.Tunnels, b.Tunnels) && slices.Equal(a.Routes, b.Routes)
+		slices.Equal(a.Tunnels, b.Tunnels) && slices.Equal(a.Routes, b.Routes) &&
+		slices.Equal(a.PodNetworks, b.PodNetworks) && slices.Equal(a.PodOwners, b.PodOwners)
 }
 
 // loadNodeInfo asks a NodeInfo datapath for the node's capabilities (once)

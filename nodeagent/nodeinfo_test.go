@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -120,4 +121,35 @@ func TestRegistrationCarriesCapabilitiesAndVTEPMAC(t *testing.T) {
 	dp.setMAC("02:00:00:00:00:02")
 	dp.Mutate(func(d *spec.Desired) { d.Tunnels = nil })
 	waitReg("MAC after a repair", func(r *weftv1.Registration) bool { return r.VtepMac == "02:00:00:00:00:02" })
+}
+
+// TestEqualDesired: a spec differing in any field the datapath holds is a
+// change the agent must sync (the underlay check's pod networks and owners
+// included: a new node in gateway mode changes only its owner entry).
+func TestEqualDesired(t *testing.T) {
+	base := func() *spec.Desired {
+		return (&spec.Desired{
+			Mode:          spec.ModeGateway,
+			LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")},
+			PodNetworks:   []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+			PodOwners:     []spec.PodOwner{{Prefix: netip.MustParsePrefix("10.244.2.0/24"), Node: netip.MustParseAddr("192.168.1.2")}},
+		}).Normalize()
+	}
+	if !equalDesired(base(), base()) {
+		t.Fatal("equal specs compare unequal")
+	}
+	for name, mutate := range map[string]func(d *spec.Desired){
+		"pod networks": func(d *spec.Desired) { d.PodNetworks = append(d.PodNetworks, netip.MustParsePrefix("fd00::/48")) },
+		"pod owners": func(d *spec.Desired) {
+			d.PodOwners = append(d.PodOwners, spec.PodOwner{Prefix: netip.MustParsePrefix("10.244.3.0/24"), Node: netip.MustParseAddr("192.168.1.3")})
+		},
+		"owner moved": func(d *spec.Desired) { d.PodOwners[0].Node = netip.MustParseAddr("192.168.1.9") },
+		"local":       func(d *spec.Desired) { d.LocalPodCIDRs = nil },
+	} {
+		d := base()
+		mutate(d)
+		if equalDesired(base(), d) {
+			t.Errorf("%s: a changed spec compares equal", name)
+		}
+	}
 }

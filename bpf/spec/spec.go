@@ -76,6 +76,12 @@ type Tunnel struct {
 	Flags    uint32
 }
 
+// PodOwner is a remote node's pod CIDR and that node's underlay address.
+type PodOwner struct {
+	Prefix netip.Prefix
+	Node   netip.Addr
+}
+
 // RouteProto says who owns a route.
 type RouteProto int
 
@@ -119,6 +125,12 @@ type Desired struct {
 	// way this node routes to that source, and in overlay modes one for
 	// them is dropped (docs/datapath.md, "Trust"). Empty: no check.
 	PodNetworks []netip.Prefix
+	// PodOwners are every remote node's pod CIDRs with the node's
+	// underlay address, in the modes without an overlay (native, gateway,
+	// bgp): where the network routes pods, a node on the same segment
+	// answers this node's own address directly, so the underlay check
+	// also accepts a pod source from its owner's next hop.
+	PodOwners []PodOwner
 	// Tunnels is the tunnel map content.
 	Tunnels []Tunnel
 	// Routes are direct (or BGP-learned) routes to remote pod CIDRs.
@@ -132,6 +144,7 @@ func (d *Desired) Normalize() *Desired {
 	slices.SortFunc(d.ClusterCIDRs, comparePrefix)
 	slices.SortFunc(d.LocalPodCIDRs, comparePrefix)
 	slices.SortFunc(d.PodNetworks, comparePrefix)
+	slices.SortFunc(d.PodOwners, func(a, b PodOwner) int { return comparePrefix(a.Prefix, b.Prefix) })
 	slices.SortFunc(d.Tunnels, func(a, b Tunnel) int { return comparePrefix(a.Prefix, b.Prefix) })
 	slices.SortFunc(d.Routes, func(a, b Route) int { return comparePrefix(a.Prefix, b.Prefix) })
 	if d.Masquerade != nil {

@@ -68,7 +68,8 @@ func UnderlayMTU(cfg *weftv1.ClusterConfig, u spec.Underlay) int {
 //   - bgp: no static per-node routes; opts.ExtraRoutes are merged in.
 //
 // In every mode the cluster CIDRs are the pod networks the datapath's
-// underlay check protects.
+// underlay check protects; without an overlay every remote pod CIDR is
+// listed with its owner's underlay IP (PodOwners) for it as well.
 //
 // Masquerade follows config.masquerade: the node's pod CIDRs are
 // masqueraded unless the destination is in native_routing_cidr (or the
@@ -150,6 +151,9 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 		}
 		adjacent := direct && u.Adjacent(ip)
 		for _, p := range pn.prefixes {
+			if !overlay {
+				d.PodOwners = append(d.PodOwners, spec.PodOwner{Prefix: p, Node: ip})
+			}
 			switch {
 			case direct && adjacent && p.Addr().Is4() == ip.Is4():
 				d.Routes = append(d.Routes, spec.Route{Prefix: p, Via: ip, Proto: spec.ProtoDirect})

@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -184,8 +185,8 @@ func TestDesiredModes(t *testing.T) {
 		if len(d.ClusterCIDRs) != 1 || d.ClusterCIDRs[0] != pfx("10.244.0.0/16") || len(d.Routes) != 0 {
 			t.Fatalf("desired = %s", d)
 		}
-		if len(d.PodNetworks) != 1 || d.PodNetworks[0] != pfx("10.244.0.0/16") {
-			t.Fatalf("pod networks = %v", d.PodNetworks)
+		if len(d.PodNetworks) != 1 || d.PodNetworks[0] != pfx("10.244.0.0/16") || len(d.PodOwners) != 0 {
+			t.Fatalf("pod networks = %v, owners %v (the tunnel map has them)", d.PodNetworks, d.PodOwners)
 		}
 		if d.Masquerade == nil || d.Masquerade.PodCIDRs[0] != pfx("10.244.1.0/24") || d.Masquerade.NativeCIDRs[0] != pfx("10.244.0.0/16") {
 			t.Fatalf("masquerade = %+v", d.Masquerade)
@@ -243,6 +244,11 @@ func TestDesiredModes(t *testing.T) {
 		d = Desired(stateWith(t, c), "self", underlay(), Options{}).Desired
 		if len(d.PodNetworks) != 2 || d.PodNetworks[0] != pfx("10.244.0.0/16") || d.PodNetworks[1] != pfx("fd00:244::/48") {
 			t.Fatalf("gateway pod networks = %v", d.PodNetworks)
+		}
+		// Every other node's pod CIDR with its owner, adjacent or not.
+		want := []spec.PodOwner{{Prefix: pfx("10.244.2.0/24"), Node: ip("192.168.1.2")}, {Prefix: pfx("10.244.3.0/24"), Node: ip("192.168.7.2")}}
+		if !slices.Equal(d.PodOwners, want) {
+			t.Fatalf("gateway pod owners = %v, want %v", d.PodOwners, want)
 		}
 	})
 	t.Run("bgp", func(t *testing.T) {

@@ -134,15 +134,12 @@ func PodValue(mac net.HardwareAddr, v4, v6 netip.Addr) (WeftPodValue, error) {
 	return v, nil
 }
 
-// Flags of WeftGuard (GUARD_* in lib/maps.h).
-const (
-	GuardOn         = 1 << 0
-	GuardTunnelOnly = 1 << 1
-)
+// GuardTunnelOnly is WeftGuard's flag GUARD_TUNNEL_ONLY (lib/maps.h).
+const GuardTunnelOnly = 1 << 1
 
 // GuardValue is the weft_guard slot for the cluster's pod networks;
 // tunnelOnly drops plain packets for pods (overlay modes). No networks:
-// the check is off.
+// the zero value, nothing to check (the datapath detaches the program).
 func GuardValue(nets []netip.Prefix, tunnelOnly bool) (WeftGuard, error) {
 	var g WeftGuard
 	if len(nets) == 0 {
@@ -151,9 +148,8 @@ func GuardValue(nets []netip.Prefix, tunnelOnly bool) (WeftGuard, error) {
 	if len(nets) > len(g.Net) {
 		return g, fmt.Errorf("pod networks %v: %d, at most %d", nets, len(nets), len(g.Net))
 	}
-	g.Flags = GuardOn
 	if tunnelOnly {
-		g.Flags |= GuardTunnelOnly
+		g.Flags = GuardTunnelOnly
 	}
 	for i, p := range nets {
 		k := TunnelKey(p)

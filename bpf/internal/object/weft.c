@@ -132,7 +132,7 @@ int weft_from_port(struct __sk_buff *skb)
 		return drop(bad);
 
 	struct config *cfg = config();
-	if (!cfg || !(cfg->flags & CONFIG_PORT_FAST) || !cfg->tunnel_ifindex)
+	if (!cfg || !(cfg->flags & CONFIG_PORT_FAST))
 		return TC_ACT_OK;
 	struct ethhdr *eth = eth_hdr(skb);
 	if (!eth || !mac_eq(eth->h_dest, cfg->gw_mac))
@@ -160,12 +160,11 @@ SEC("tc")
 int weft_from_underlay(struct __sk_buff *skb)
 {
 	struct guard *g = guard();
-	if (!g || !(g->flags & GUARD_ON))
+	if (!g)
 		return TC_ACT_OK;
 	struct tunnel_key src = {}, dst = {};
+	/* Not IP (ARP, LLDP): both keys stay zero, in no pod network. */
 	enum addr_result rs = load_addr(skb, &src, ADDR_SRC);
-	if (rs != ADDR_OK && rs != ADDR_IPV4_MAPPED)
-		return TC_ACT_OK;
 	enum addr_result rd = load_addr(skb, &dst, ADDR_DST);
 	int src_pod = in_pod_nets(g, src.addr);
 	int dst_pod = in_pod_nets(g, dst.addr);

@@ -120,6 +120,7 @@ const (
 	WeftMapWeftEndpoints     = "weft_endpoints"
 	WeftMapWeftGuard         = "weft_guard"
 	WeftMapWeftLocal         = "weft_local"
+	WeftMapWeftOwners        = "weft_owners"
 	WeftMapWeftPods          = "weft_pods"
 	WeftMapWeftStats         = "weft_stats"
 	WeftMapWeftTunnels       = "weft_tunnels"
@@ -188,6 +189,7 @@ type WeftMapSpecs struct {
 	WeftEndpoints *ebpf.MapSpec `ebpf:"weft_endpoints"`
 	WeftGuard     *ebpf.MapSpec `ebpf:"weft_guard"`
 	WeftLocal     *ebpf.MapSpec `ebpf:"weft_local"`
+	WeftOwners    *ebpf.MapSpec `ebpf:"weft_owners"`
 	WeftPods      *ebpf.MapSpec `ebpf:"weft_pods"`
 	WeftStats     *ebpf.MapSpec `ebpf:"weft_stats"`
 	WeftTunnels   *ebpf.MapSpec `ebpf:"weft_tunnels"`
@@ -224,6 +226,7 @@ type WeftMaps struct {
 	WeftEndpoints *ebpf.Map `ebpf:"weft_endpoints"`
 	WeftGuard     *ebpf.Map `ebpf:"weft_guard"`
 	WeftLocal     *ebpf.Map `ebpf:"weft_local"`
+	WeftOwners    *ebpf.Map `ebpf:"weft_owners"`
 	WeftPods      *ebpf.Map `ebpf:"weft_pods"`
 	WeftStats     *ebpf.Map `ebpf:"weft_stats"`
 	WeftTunnels   *ebpf.Map `ebpf:"weft_tunnels"`
@@ -236,6 +239,7 @@ func (m *WeftMaps) Close() error {
 		m.WeftEndpoints,
 		m.WeftGuard,
 		m.WeftLocal,
+		m.WeftOwners,
 		m.WeftPods,
 		m.WeftStats,
 		m.WeftTunnels,

@@ -20,13 +20,13 @@ import (
 // (NTF_EXT_MANAGED, Linux 5.16) are kept resolved by the kernel itself.
 // weft treats every managed entry on the underlay interface as its own.
 
-// NextHops returns the next hops on the underlay interface (ifindex)
-// through which this node reaches the pod networks of want: the next hop
-// of each of want's routes and, when the network routes pods (no overlay:
-// native, gateway, bgp modes), the gateway of the route to each pod
-// network. OnUnderlay tells which of them the kernel reaches through
-// ifindex (the caller asks only about new ones: it costs a route lookup
-// each).
+// NextHops returns the neighbours on the underlay interface (ifindex)
+// whose MAC the underlay check needs: the next hop of each of want's
+// routes and, when the network routes pods (no overlay: native, gateway,
+// bgp modes), the gateway of the route to each pod network and every pod
+// CIDR's owner (a node on the same segment answers this node directly).
+// OnUnderlay tells which of them are neighbours on ifindex (the caller
+// asks only about new ones: it costs a route lookup each).
 func NextHops(nl *netlink.Handle, ifindex int, want *spec.Desired) (map[netip.Addr]bool, error) {
 	out := map[netip.Addr]bool{}
 	if len(want.PodNetworks) == 0 {
@@ -36,6 +36,9 @@ func NextHops(nl *netlink.Handle, ifindex int, want *spec.Desired) (map[netip.Ad
 		if r.Via.IsValid() {
 			out[r.Via.Unmap()] = true
 		}
+	}
+	for _, o := range want.PodOwners {
+		out[o.Node.Unmap()] = true
 	}
 	if want.Overlay == nil {
 		for _, p := range want.PodNetworks {
@@ -53,10 +56,11 @@ func NextHops(nl *netlink.Handle, ifindex int, want *spec.Desired) (map[netip.Ad
 	return out, nil
 }
 
-// OnUnderlay reports whether the kernel reaches hop through ifindex.
+// OnUnderlay reports whether hop is a neighbour on ifindex: the kernel
+// reaches it through ifindex without a gateway.
 func OnUnderlay(nl *netlink.Handle, ifindex int, hop netip.Addr) bool {
 	rs, err := nl.RouteGet(hop.AsSlice())
-	return err == nil && len(rs) > 0 && rs[0].LinkIndex == ifindex
+	return err == nil && len(rs) > 0 && rs[0].LinkIndex == ifindex && rs[0].Gw == nil
 }
 
 // Neighbours lists the managed and the permanent (static, never to be

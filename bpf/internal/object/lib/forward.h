@@ -74,8 +74,8 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	if (load_addr(skb, &key, ADDR_DST) != ADDR_OK)
 		return TC_ACT_OK;
 	struct local_value *lv = bpf_map_lookup_elem(&weft_local, &key);
-	if (!lv || !lv->bridge_ifindex)
-		return TC_ACT_OK;
+	if (!lv)
+		return TC_ACT_OK; /* the loader fills the map only with the bridge known */
 	if (addr_eq(key.addr, lv->gateway) || addr_eq(key.addr, lv->broadcast) ||
 	    addr_eq(key.addr, lv->network))
 		return TC_ACT_OK;
@@ -83,7 +83,7 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	struct endpoint_value *ep = endpoint(key.addr);
 	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;
-	if (!ep || !ep->ifindex)
+	if (!ep)
 		return bpf_redirect_neigh(bridge, NULL, 0, 0);
 
 	/* The Ethernet header the bridge would have delivered. */

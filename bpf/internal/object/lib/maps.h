@@ -34,8 +34,22 @@ struct {
 } weft_tunnels SEC(".maps");
 
 /* config.flags: weft_from_port sends a pod's packets for remote pods
- * straight into the tunnel (gw_mac is the bridge's MAC). */
+ * straight into the tunnel (the loader sets it only with tunnel_ifindex and
+ * gw_mac, the bridge's MAC). */
 #define CONFIG_PORT_FAST (1U << 0)
+
+/* Every remote node's pod CIDR → that node's underlay address (endpoint
+ * and flags as in weft_tunnels; vni unused), in every mode: the underlay
+ * check accepts a pod source from its owner's next hop too (see
+ * underlay.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 131072);
+	__type(key, struct tunnel_key);
+	__type(value, struct tunnel_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_owners SEC(".maps");
 
 /* Datapath configuration written by the loader (one array slot). */
 struct config {
@@ -126,13 +140,12 @@ struct pod_net {
 
 #define GUARD_NETS 4
 
-/* guard.flags: the underlay check is on; pods are reached only through
- * the tunnel (overlay modes), so plain packets for them are dropped. */
-#define GUARD_ON (1U << 0)
+/* guard.flags: pods are reached only through the tunnel (overlay modes),
+ * so plain packets for them are dropped. */
 #define GUARD_TUNNEL_ONLY (1U << 1)
 
 /* The underlay check's configuration (one array slot, written by the
- * loader). */
+ * loader; no networks: nothing to check, and the loader detaches it). */
 struct guard {
 	__u32 flags; /* GUARD_* */
 	__u32 nets;  /* entries of net in use */

@@ -46,7 +46,8 @@ static __always_inline int pod_owns6(const struct pod_value *pod, const __u8 a[1
 }
 
 /* check_arp: the sender must be the pod (its MAC, its IPv4 address or
- * 0.0.0.0 as in an ARP probe). */
+ * 0.0.0.0 as in an ARP probe; a pod without IPv4 has 0.0.0.0 recorded, so
+ * only probes pass). */
 static __always_inline enum drop_reason check_arp(struct __sk_buff *skb, const struct pod_value *pod)
 {
 	struct arp_eth arp;
@@ -61,7 +62,7 @@ static __always_inline enum drop_reason check_arp(struct __sk_buff *skb, const s
 	__builtin_memcpy(&own, pod->ipv4, 4);
 	if (spa == 0)
 		return 0;
-	if (!(pod->flags & POD_IPV4) || spa != own)
+	if (spa != own)
 		return DROP_POD_ARP;
 	return 0;
 }

@@ -38,11 +38,44 @@ static __always_inline int in_pod_nets(const struct guard *g, const __u8 a[16])
 	return 0;
 }
 
-/* check_reverse_path accepts a packet with source src (to dst) only when
- * this node would send a packet to src out of the interface it came in on,
- * to the neighbour whose MAC is the frame's source: the owner itself when
- * it is adjacent, the router when the network routes (gateway, BGP). The
- * kernel's rp_filter checks the interface only. */
+/* next_hop_is asks the FIB for the route to dst (16 bytes, IPv4-mapped
+ * when v4) as if forwarding a packet from src that came in on the ingress
+ * interface: 0 when it leaves through that interface to the neighbour
+ * whose MAC is from, DROP_REVERSE_PATH_UNRESOLVED when it does but the
+ * neighbour's MAC is not known, else DROP_REVERSE_PATH. */
+static __always_inline enum drop_reason next_hop_is(struct __sk_buff *skb, const __u8 *dst, const __u8 *src,
+						    int v4, const __u8 *from)
+{
+	struct bpf_fib_lookup fib = {};
+	fib.ifindex = skb->ingress_ifindex;
+	if (v4) {
+		fib.family = AF_INET;
+		__builtin_memcpy(&fib.ipv4_dst, &dst[12], 4);
+		__builtin_memcpy(&fib.ipv4_src, &src[12], 4);
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_dst, dst, 16);
+		__builtin_memcpy(fib.ipv6_src, src, 16);
+	}
+	/* tot_len 0: the helper checks the packet against the MTU of the
+	 * interface it came in on, which it fits. */
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (fib.ifindex != skb->ingress_ifindex)
+		return DROP_REVERSE_PATH;
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return DROP_REVERSE_PATH_UNRESOLVED;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || !mac_eq(fib.dmac, from))
+		return DROP_REVERSE_PATH;
+	return 0;
+}
+
+/* check_reverse_path accepts a packet with a pod source src (to dst) only
+ * from the neighbour this node routes that source through (the owner
+ * itself when adjacent, the router when the network routes: gateway,
+ * BGP), or from the neighbour it routes the source's owner node through:
+ * where the network routes pods, a node on the same segment answers this
+ * node's own address directly (asymmetric, and legitimate). The kernel's
+ * rp_filter checks the interface only. */
 static __always_inline int check_reverse_path(struct __sk_buff *skb, const struct tunnel_key *src,
 					      const struct tunnel_key *dst)
 {
@@ -51,26 +84,21 @@ static __always_inline int check_reverse_path(struct __sk_buff *skb, const struc
 		return drop(DROP_REVERSE_PATH);
 	__u8 from[ETH_ALEN];
 	__builtin_memcpy(from, eth->h_source, ETH_ALEN);
-	struct bpf_fib_lookup fib = {};
-	fib.ifindex = skb->ingress_ifindex;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		fib.family = AF_INET;
-		__builtin_memcpy(&fib.ipv4_dst, &src->addr[12], 4);
-		__builtin_memcpy(&fib.ipv4_src, &dst->addr[12], 4);
-	} else {
-		fib.family = AF_INET6;
-		__builtin_memcpy(fib.ipv6_dst, src->addr, 16);
-		__builtin_memcpy(fib.ipv6_src, dst->addr, 16);
-	}
-	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	/* FRAG_NEEDED: the route and neighbour were found; only this packet
-	 * would not fit as it is, which says nothing about where it came from. */
-	if ((rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) &&
-	    fib.ifindex == skb->ingress_ifindex && mac_eq(fib.dmac, from))
+	int v4 = eth->h_proto == bpf_htons(ETH_P_IP);
+	enum drop_reason bad = next_hop_is(skb, src->addr, dst->addr, v4, from);
+	if (!bad)
 		return TC_ACT_OK;
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH && fib.ifindex == skb->ingress_ifindex)
-		return drop(DROP_REVERSE_PATH_UNRESOLVED);
-	return drop(DROP_REVERSE_PATH);
+	struct tunnel_value *owner = bpf_map_lookup_elem(&weft_owners, src);
+	if (owner) {
+		__u8 none[16] = {};
+		enum drop_reason via_owner =
+			next_hop_is(skb, owner->endpoint, none, !(owner->flags & FLAG_IPV6_ENDPOINT), from);
+		if (!via_owner)
+			return TC_ACT_OK;
+		if (via_owner == DROP_REVERSE_PATH_UNRESOLVED)
+			bad = via_owner;
+	}
+	return drop(bad);
 }
 
 #endif
