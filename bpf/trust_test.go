@@ -231,6 +231,31 @@ func TestTrustOverlay(t *testing.T) {
 		}
 	})
 
+	t.Run("wrong vni", func(t *testing.T) {
+		// Pod 1's genuine packet from node 1's endpoint, in a VXLAN
+		// header with another VNI (issue 12): the tunnel entry's VNI is
+		// 1. The same frame with VNI 1 is the control.
+		inner := func(p string) []byte {
+			return netnstest.UDP{DstMAC: mac(t, b.ns, "weft0"), SrcMAC: mac(t, a.ns, spec.VXLANDevice),
+				Src: a.podIP, Dst: b.podIP, SrcPort: 4000, DstPort: sinkB.Port(), Payload: []byte(p)}.Frame()
+		}
+		p := payload("vni 2")
+		before := b.counters()
+		forgeFrame(t, a, a.under, b.under, inner(p), 2)
+		if src, ok := sinkB.Wait(p, refused); ok {
+			t.Fatalf("a packet with VNI 2 reached pod 2 (seen from %s)", src)
+		}
+		dropsOf(t, b, before, "wrong_vni")
+		if got := b.counters(); got.RxPackets != before.RxPackets || got.DropSpoofed != before.DropSpoofed+1 {
+			t.Fatalf("rx %d -> %d, spoofed drops %d -> %d; want no packet accepted, one spoofed",
+				before.RxPackets, got.RxPackets, before.DropSpoofed, got.DropSpoofed)
+		}
+		p = payload("vni 1")
+		forgeFrame(t, a, a.under, b.under, inner(p), 1)
+		if src, ok := sinkB.Wait(p, delivered); !ok || src != a.podIP {
+			t.Fatalf("the same packet with VNI 1: arrived %v from %s", ok, src)
+		}
+	})
 }
 
 // A pod answers ARP and neighbour solicitations for its own addresses
