@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,7 +79,9 @@ func TestChecks(t *testing.T) {
 		}
 	}
 	// passes sends frame from pod 1, then a sentinel, and fails if node 1
-	// counted any pod drop meanwhile.
+	// counted any pod drop meanwhile (only the pod check's: node 1's own
+	// IPv6 multicast on the fresh overlay device, dropped as
+	// ipv6_multicast, may be counted at any time).
 	passes := func(t *testing.T, frame []byte) {
 		t.Helper()
 		c0 := a.counters()
@@ -86,7 +89,7 @@ func TestChecks(t *testing.T) {
 		sentinel(t, false)
 		c1 := a.counters()
 		for _, r := range object.DropReasons {
-			if c1.Drops[r.Name] != c0.Drops[r.Name] {
+			if strings.HasPrefix(r.Name, "pod_") && c1.Drops[r.Name] != c0.Drops[r.Name] {
 				t.Fatalf("dropped as %s: %d -> %d", r.Name, c0.Drops[r.Name], c1.Drops[r.Name])
 			}
 		}
