@@ -21,8 +21,8 @@ import (
 	"github.com/weftnet/weft/testenv/netnstest"
 )
 
-// The pod-to-pod comparison builds four two-node clusters side by side
-// and measures them in rotation, so machine noise hits all four alike:
+// The pod-to-pod comparison builds five two-node clusters side by side
+// and measures them in rotation, so machine noise hits all five alike:
 //
 //	weft:   weft's flow-based VXLAN device driven by the eBPF tunnel map,
 //	        with the bridge fast path
@@ -31,6 +31,8 @@ import (
 //	kvxlan: flannel's vxlan backend (VXLAN device per node with a route,
 //	        neighbour and FDB entry per remote node)
 //	plain:  routing pod CIDRs via the peer's underlay IP, no encapsulation
+//	weft-native: weft in native mode, the same routes as plain, with the
+//	        pod check and the underlay check (what they cost)
 //
 // Every setup gets identical treatment: same pod MTU rule (1450 with
 // encapsulation, 1500 without), same CPU pinning, same tools, same number
@@ -51,6 +53,25 @@ func setupWeft(b *testing.B, fast bool) *testCluster {
 	for _, n := range c.nodes {
 		w := c.overlayWant(n, spec.ModeVXLAN, netip.Addr{})
 		n.sync(w)
+	}
+	return c
+}
+
+// setupWeftNative is weft in native mode: routes via the peer as plain
+// has them, with the pod check on the pods' veths and the underlay check
+// (a FIB lookup per received pod packet) on the underlay.
+func setupWeftNative(b *testing.B) *testCluster {
+	c := newTestCluster(b, AttachAuto)
+	c.openAll(b)
+	for _, n := range c.nodes {
+		n.sync(c.nativeWant(n, false))
+		n.pod.MustDo(b, func() error {
+			e, err := netlink.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			return netlink.LinkSetMTU(e, 1500)
+		})
 	}
 	return c
 }
@@ -392,6 +413,7 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"weft-nofast", setupWeft(b, false)},
 		{"kvxlan", setupKernelVXLAN(b)},
 		{"plain", setupPlain(b)},
+		{"weft-native", setupWeftNative(b)},
 	}
 	for _, s := range setups {
 		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {
@@ -461,6 +483,8 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"nofast/kvxlan_tput", tput["weft-nofast"], tput["kvxlan"]},
 		{"nofast/kvxlan_rr", lat["weft-nofast"], lat["kvxlan"]},
 		{"weft/nofast_rr", lat["weft"], lat["weft-nofast"]},
+		{"native/plain_tput", tput["weft-native"], tput["plain"]},
+		{"native/plain_rr", lat["weft-native"], lat["plain"]},
 	} {
 		rs := ratios(r.num, r.den)
 		b.Logf("%-18s per-round ratio %s", r.name, spread(rs, 3))
