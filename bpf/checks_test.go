@@ -408,6 +408,31 @@ func TestChecks(t *testing.T) {
 		dropsOf(t, a, before, "reverse_path")
 	})
 
+	t.Run("underlay: a source the node does not route", func(t *testing.T) {
+		// A blackhole route for part of the pod network: the FIB lookup
+		// fails without touching the interface or the MAC it was given
+		// (the ingress interface, zeros), so only its result code tells
+		// a frame from MAC 00:00:00:00:00:00 apart from a routed one.
+		hole := pfx("10.244.9.0/24")
+		a.ns.MustDo(t, func() error {
+			return netlink.RouteAdd(&netlink.Route{Dst: netnstest.IPNet(hole), Type: unix.RTN_BLACKHOLE})
+		})
+		defer a.ns.MustDo(t, func() error {
+			return netlink.RouteDel(&netlink.Route{Dst: netnstest.IPNet(hole), Type: unix.RTN_BLACKHOLE})
+		})
+		sinkA, err := netnstest.NewUDPSink(a.pod, 0)
+		must(t, err)
+		defer sinkA.Close()
+		before := a.counters()
+		p := payload("blackholed source")
+		f := netnstest.UDP{DstMAC: mac(t, a.ns, "ul0"), SrcMAC: net.HardwareAddr{0, 0, 0, 0, 0, 0}, Src: netip.MustParseAddr("10.244.9.5"), Dst: a.podIP,
+			SrcPort: 4000, DstPort: sinkA.Port(), Payload: []byte(p)}
+		if src, ok := attack(t, b.ns, "ul0", f.Frame(), sinkA, p, refused); ok {
+			t.Fatalf("a frame from a blackholed pod source reached pod 1 (seen from %s)", src)
+		}
+		dropsOf(t, a, before, "reverse_path")
+	})
+
 	t.Run("tunnel: an outer IPv6 source that maps an IPv4 endpoint", func(t *testing.T) {
 		// Node 1's IPv4 endpoint as IPv4-mapped IPv6: the address bytes
 		// match the entry, the family does not.
