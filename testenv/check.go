@@ -372,6 +372,9 @@ func (s *Stream) sender() {
 			seq := s.seq
 			s.sent++
 			s.pending[seq] = time.Now()
+			// A reply that came after its request was counted lost must
+			// not count for this request once the seq has wrapped.
+			s.p.Forget(seq)
 			s.mu.Unlock()
 			// A failed send is a lost packet too; it stays pending.
 			_ = s.p.Send(d, seq)
@@ -390,7 +393,7 @@ func (s *Stream) settle(all bool) {
 	for seq, at := range s.pending {
 		r, ok := s.p.Reply(seq)
 		switch {
-		case ok && r.At.Sub(at) <= s.timeout:
+		case ok && !r.At.Before(at) && r.At.Sub(at) <= s.timeout:
 			s.received++
 		case all || now.Sub(at) > s.timeout:
 			s.lost = append(s.lost, fmt.Sprintf("seq %d sent %s", seq, at.Format("15:04:05.000")))

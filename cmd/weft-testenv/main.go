@@ -4,6 +4,7 @@
 //	weft-testenv demo [--keep] [options]   build, bring up 3 nodes × 2 pods, show it works, tear down
 //	weft-testenv up [options]              bring a cluster up and keep it until Ctrl-C
 //	weft-testenv down [--prefix wt]        remove the leftovers of crashed runs
+//	weft-testenv chaos --seed N --duration D   seeded faults under all-pairs pings, invariants checked
 //	weft-testenv etcd-member ...           one member of an external etcd (used by testenv itself)
 package main
 
@@ -42,6 +43,8 @@ func main() {
 		err = up(ctx, os.Args[2:])
 	case "down":
 		err = down(os.Args[2:])
+	case "chaos":
+		err = chaosCmd(ctx, os.Args[2:])
 	case "etcd-member":
 		err = etcdMember(ctx, os.Args[2:])
 	case "-h", "--help", "help":
@@ -65,7 +68,7 @@ func main() {
 type usageError struct{ error }
 
 func usage() {
-	fmt.Fprint(os.Stderr, `usage: weft-testenv demo|up|down|etcd-member [flags]
+	fmt.Fprint(os.Stderr, `usage: weft-testenv demo|up|down|chaos|etcd-member [flags]
   demo         build the binaries, run 3 nodes x 2 pods, print nodes, events,
                convergence and an all-pairs connectivity matrix, tear down;
                exit 1 if any pair failed (--keep leaves it up)
@@ -74,6 +77,10 @@ func usage() {
                weft deployed from deploy/kubernetes/, pods created through
                the API)
   down         remove namespaces, pins, processes and run dirs of crashed runs
+  chaos        --seed N --duration D: a secure 3-node cluster (3 etcd members,
+               2 controllers), every pod pinging every other every 10 ms,
+               faults drawn from the seed; prints the faults and the pings
+               each lost; exit 1 on any invariant violation
   etcd-member  run one embedded etcd member (testenv starts these itself)
 Needs root. Run demo and up from inside the weft source tree (they go build).
 `)

@@ -7,12 +7,14 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 // Pinger sends ICMP echo requests from inside a namespace over a raw
@@ -51,8 +53,58 @@ func NewPinger(n *NS, v6 bool) (*Pinger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open icmp socket in %s: %w", n.Name, err)
 	}
+	if err := p.quiet(); err != nil {
+		p.conn.Close()
+		return nil, fmt.Errorf("open icmp socket in %s: %w", n.Name, err)
+	}
 	go p.read()
 	return p, nil
+}
+
+// quiet makes the raw socket take echo replies only (a raw ICMP socket
+// gets a copy of every ICMP message of the namespace, the echo requests
+// other pingers send to it too) and gives it a 4 MiB receive buffer, so a
+// reader that the scheduler holds back for a moment on a loaded machine
+// loses no reply to a full buffer.
+func (p *Pinger) quiet() error {
+	var inner net.PacketConn
+	if p.v6 {
+		var f ipv6.ICMPFilter
+		f.SetAll(true)
+		f.Accept(ipv6.ICMPTypeEchoReply)
+		pc := p.conn.IPv6PacketConn()
+		if err := pc.SetICMPFilter(&f); err != nil {
+			return fmt.Errorf("set icmpv6 filter: %w", err)
+		}
+		inner = pc.PacketConn
+	} else {
+		var f ipv4.ICMPFilter
+		f.SetAll(true)
+		f.Accept(ipv4.ICMPTypeEchoReply)
+		pc := p.conn.IPv4PacketConn()
+		if err := pc.SetICMPFilter(&f); err != nil {
+			return fmt.Errorf("set icmp filter: %w", err)
+		}
+		inner = pc.PacketConn
+	}
+	sc, ok := inner.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("set receive buffer: %w", serr)
+	}
+	return nil
 }
 
 func (p *Pinger) read() {
