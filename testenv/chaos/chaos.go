@@ -245,7 +245,7 @@ func (r *Report) run(ctx context.Context, c *testenv.Cluster, o Options, plan []
 	r.attribute(lost)
 	for i := range r.Removals {
 		rm := &r.Removals[i]
-		rm.Justified, rm.Why = ev.Judge(rm.Node, rm.At, leaseTTL)
+		rm.Justified, rm.Why = ev.Judge(rm.Node, rm.At, nodeGrace)
 		if !rm.Justified {
 			r.Violations = append(r.Violations, fmt.Sprintf("NodeRemoved %s at +%s (%s): %s", rm.Node, rm.At.Sub(r.Start).Round(100*time.Millisecond), rm.Reason, rm.Why))
 		}

@@ -116,8 +116,8 @@ func TestOutages(t *testing.T) {
 
 // TestJudge: a removal stands only on a recorded absence of the node
 // itself (agent dead or stopped, or cut off from an etcd that answered)
-// of at least the lease TTL, not on an etcd outage, and not long after
-// the agent was back.
+// of at least the grace, not on an etcd outage, and not long after the
+// agent was back.
 func TestJudge(t *testing.T) {
 	t0 := time.Unix(2000, 0)
 	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
@@ -126,12 +126,12 @@ func TestJudge(t *testing.T) {
 	for s := 0.0; s < 40; s += 0.25 {
 		ev.Quorum = append(ev.Quorum, QuorumSample{At: at(s), Up: s < 20 || s >= 30}) // etcd down 20–30 s
 		ev.Nodes["dead"] = append(ev.Nodes["dead"], Sample{At: at(s), Alive: s < 5 || s >= 12, Reach: true})
-		ev.Nodes["cut"] = append(ev.Nodes["cut"], Sample{At: at(s), Alive: true, Reach: s < 5 || s >= 9})
+		ev.Nodes["cut"] = append(ev.Nodes["cut"], Sample{At: at(s), Alive: true, Reach: s < 5 || s >= 12})
 		ev.Nodes["outage"] = append(ev.Nodes["outage"], Sample{At: at(s), Alive: true, Reach: s < 20 || s >= 30})
 		ev.Nodes["blip"] = append(ev.Nodes["blip"], Sample{At: at(s), Alive: s < 5 || s >= 6, Reach: true})
 		ev.Nodes["fine"] = append(ev.Nodes["fine"], Sample{At: at(s), Alive: true, Reach: true})
 	}
-	ttl := 3 * time.Second
+	grace := 6 * time.Second
 	for _, c := range []struct {
 		node string
 		t    float64
@@ -141,14 +141,15 @@ func TestJudge(t *testing.T) {
 		{"dead", 16, true},     // within backSlack of its return
 		{"dead", 18, false},    // back for 6 s already
 		{"dead", 6, false},     // away 1 s so far: the lease cannot have run out
-		{"cut", 10, true},      // cut off from etcd 5–9 s while etcd answered
+		{"dead", 10, false},    // away 5 s so far: the lease ran out, the grace has not
+		{"cut", 13, true},      // cut off from etcd 5–12 s while etcd answered
 		{"outage", 29, false},  // etcd itself was down: not the node's absence
 		{"outage", 31, false},  // just after the outage
 		{"blip", 8, false},     // away 1 s only
 		{"fine", 20, false},    // never away
 		{"missing", 10, false}, // no such node
 	} {
-		got, why := ev.Judge(c.node, at(c.t), ttl)
+		got, why := ev.Judge(c.node, at(c.t), grace)
 		if got != c.want {
 			t.Errorf("%s removed at %gs: justified %v (%s), want %v", c.node, c.t, got, why, c.want)
 		}

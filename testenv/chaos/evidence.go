@@ -177,9 +177,12 @@ type Removal struct {
 const backSlack = 5 * time.Second
 
 // Judge decides whether a node may have been removed at t: only if, before
-// t, it was away on its own account for at least ttl (so its lease could
-// run out) and was not back for longer than backSlack by t.
-func (e Evidence) Judge(node string, t time.Time, ttl time.Duration) (bool, string) {
+// t, it was away on its own account for at least minAway and was not back
+// for longer than backSlack by t. A run passes the node grace period: the
+// controller removes a node a grace period after its lease ran out, and
+// the lease ran out no earlier than the node went away, so a node away
+// for less than the grace was removed on no evidence.
+func (e Evidence) Judge(node string, t time.Time, minAway time.Duration) (bool, string) {
 	if _, ok := e.Nodes[node]; !ok {
 		return false, "no such node in the run"
 	}
@@ -194,9 +197,9 @@ func (e Evidence) Judge(node string, t time.Time, ttl time.Duration) (bool, stri
 		}
 		d := end.Sub(g.From)
 		longest = max(longest, d)
-		if d >= ttl-sampleEvery && (g.To.IsZero() || !t.After(g.To.Add(backSlack))) {
-			return true, fmt.Sprintf("away %s from %s (lease TTL %s)", d.Round(100*time.Millisecond), g.From.Format("15:04:05.0"), ttl)
+		if d >= minAway-sampleEvery && (g.To.IsZero() || !t.After(g.To.Add(backSlack))) {
+			return true, fmt.Sprintf("away %s from %s (at least %s needed)", d.Round(100*time.Millisecond), g.From.Format("15:04:05.0"), minAway)
 		}
 	}
-	return false, fmt.Sprintf("its agent was alive and reached etcd (longest absence before it: %s, lease TTL %s)", longest.Round(100*time.Millisecond), ttl)
+	return false, fmt.Sprintf("its agent was alive and reached etcd (longest absence before it: %s, at least %s needed)", longest.Round(100*time.Millisecond), minAway)
 }
