@@ -117,6 +117,9 @@ type Injected struct {
 	Lease clientv3.LeaseID
 	// old is the value before (nil: the key did not exist).
 	old []byte
+	// rev is the revision of the put: Undo touches the key only while it
+	// still holds the garbage.
+	rev int64
 }
 
 // ErrNotApplicable: the case needs something the store does not hold (a
@@ -153,22 +156,26 @@ func Inject(ctx context.Context, cli *clientv3.Client, k keys.Layout, c Case, t 
 		in.Lease = g.ID
 		opts = append(opts, clientv3.WithLease(g.ID))
 	}
-	if _, err := cli.Put(ctx, key, value, opts...); err != nil {
+	p, err := cli.Put(ctx, key, value, opts...)
+	if err != nil {
 		return nil, fmt.Errorf("inject %s: put %s: %w", c, key, err)
 	}
+	in.rev = p.Header.Revision
 	return in, nil
 }
 
 // Undo puts the old value back (or deletes the key when there was none)
-// and revokes the lease Inject granted.
+// and revokes the lease Inject granted. A key that was written since
+// Inject (a controller repaired it, or appended the event of that seq)
+// keeps what was written: putting the old value back would undo the
+// repair, deleting it would cut the log.
 func (in *Injected) Undo(ctx context.Context, cli *clientv3.Client) error {
-	var err error
+	op := clientv3.OpDelete(in.Key)
 	if in.old != nil {
-		_, err = cli.Put(ctx, in.Key, string(in.old))
-	} else {
-		_, err = cli.Delete(ctx, in.Key)
+		op = clientv3.OpPut(in.Key, string(in.old))
 	}
-	if err != nil {
+	unchanged := clientv3.Compare(clientv3.ModRevision(in.Key), "=", in.rev)
+	if _, err := cli.Txn(ctx).If(unchanged).Then(op).Commit(); err != nil {
 		return fmt.Errorf("undo %s: %w", in.Case, err)
 	}
 	if in.Lease != 0 {

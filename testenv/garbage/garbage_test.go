@@ -313,6 +313,19 @@ func TestInjectUndo(t *testing.T) {
 	if r, _ := c.Get(ctx, k.Head()); string(r.Kvs[0].Value) != "3" {
 		t.Fatalf("head after undo %q", r.Kvs[0].Value)
 	}
+	// A key written since Inject keeps what was written: an event the
+	// controller appended where the garbage was is not deleted.
+	in, err = garbage.Inject(ctx, c, k, garbage.Case{Kind: garbage.Events, Variant: garbage.NotJSON}, garbage.Target{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Put(ctx, in.Key, "the event appended since")
+	if err := in.Undo(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := c.Get(ctx, in.Key); len(r.Kvs) == 0 || string(r.Kvs[0].Value) != "the event appended since" {
+		t.Fatalf("%s after undo: %q, want the value written since Inject", in.Key, r.Kvs)
+	}
 	if _, err := garbage.Inject(ctx, c, k, garbage.Case{Kind: garbage.Nodes, Variant: garbage.NotJSON}, garbage.Target{}); !errors.Is(err, garbage.ErrNotApplicable) {
 		t.Fatalf("nodes garbage without a node: %v", err)
 	}
