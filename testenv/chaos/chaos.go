@@ -30,6 +30,7 @@ import (
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv"
+	"github.com/weftnet/weft/testenv/garbage"
 )
 
 // The cluster's timing: short, so a lease runs out and a grace ends
@@ -491,6 +492,15 @@ func inject(ctx context.Context, c *testenv.Cluster, mesh *Mesh, f Fault, win *W
 		return nodeName(c, f.Node) + " ↔ etcd", c.UnblockEtcd(f.Node)
 	case LeaveRejoin:
 		return nodeName(c, f.Node), leaveRejoin(ctx, c, mesh, f, win)
+	case Garbage:
+		in, err := c.InjectGarbage(ctx, f.Case, garbage.Target{Node: c.Node(f.Node).Name})
+		if err != nil {
+			return "", err
+		}
+		sleep(ctx, f.Hold)
+		// Put back what was there unless a component already replaced
+		// the garbage (Undo compares the key's revision).
+		return fmt.Sprintf("%s (%d bytes)", in.Key, in.Size), c.UndoGarbage(context.WithoutCancel(ctx), in)
 	}
 	return "", fmt.Errorf("unknown fault kind %q", f.Kind)
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weftnet/weft/testenv/garbage"
 )
 
 var testTiming = Timing{LeaseTTL: 3 * time.Second, MaxTTL: 4 * time.Second, Grace: 8 * time.Second, Nodes: 3, Members: 3}
@@ -32,10 +34,14 @@ func TestPlanReplays(t *testing.T) {
 // and the hold bounds the docs promise.
 func TestPlanRules(t *testing.T) {
 	seen := map[Kind]bool{}
+	cases := map[garbage.Case]bool{}
 	for seed := int64(0); seed < 200; seed++ {
 		for _, s := range Plan(seed, 10*time.Minute, testTiming) {
 			for _, f := range s.Faults {
 				seen[f.Kind] = true
+				if f.Kind == Garbage {
+					cases[f.Case] = true
+				}
 				if err := holdOK(f, testTiming); err != "" {
 					t.Fatalf("seed %d: %s: %s", seed, f, err)
 				}
@@ -48,6 +54,11 @@ func TestPlanRules(t *testing.T) {
 	for _, k := range Kinds {
 		if !seen[k] {
 			t.Errorf("no seed of 200 drew %s", k)
+		}
+	}
+	for _, c := range garbage.Cases() {
+		if !cases[c] {
+			t.Errorf("no seed of 200 drew garbage %s", c)
 		}
 	}
 }
@@ -67,9 +78,13 @@ func holdOK(f Fault, tm Timing) string {
 		if f.Hold != EtcdDownHold {
 			return "etcd-down is not 60 s"
 		}
+	case Garbage:
+		if f.Hold < tm.MaxTTL || !slices.Contains(garbage.Cases(), f.Case) {
+			return "garbage shorter than a lease TTL or of no known case"
+		}
 	}
 	switch f.Kind {
-	case AgentKill, AgentStop, AgentConfig, EtcdBlock, LeaveRejoin:
+	case AgentKill, AgentStop, AgentConfig, EtcdBlock, LeaveRejoin, Garbage:
 		if f.Node < 0 || f.Node >= tm.Nodes {
 			return "no node"
 		}
@@ -90,8 +105,8 @@ func overlapOK(s Step) string {
 	switch {
 	case etcd(a) && etcd(b):
 		return "two etcd faults at once"
-	case a == EtcdDown || b == EtcdDown || a == LeaveRejoin || b == LeaveRejoin:
-		return "etcd-down or leave-rejoin not alone"
+	case a == EtcdDown || b == EtcdDown || a == LeaveRejoin || b == LeaveRejoin || a == Garbage || b == Garbage:
+		return "etcd-down, leave-rejoin or garbage not alone"
 	case slices.Contains(controlKinds, a) == slices.Contains(controlKinds, b):
 		return "not one control-plane and one node fault"
 	}

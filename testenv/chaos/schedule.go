@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"time"
+
+	"github.com/weftnet/weft/testenv/garbage"
 )
 
 // Kind is a kind of fault.
@@ -22,10 +24,11 @@ const (
 	EtcdDown       Kind = "etcd-down"        // stop every etcd member for Hold (60 s)
 	EtcdBlock      Kind = "etcd-block"       // drop a node's traffic to and from etcd (nftables) for Hold
 	LeaveRejoin    Kind = "leave-rejoin"     // a node leaves (agent stopped, pods detached), is removed, and rejoins
+	Garbage        Kind = "garbage"          // write a bad value into a key by hand (package garbage) for Hold, then put the old one back
 )
 
 // Kinds lists every kind.
-var Kinds = []Kind{ControllerKill, AgentKill, AgentStop, AgentConfig, EtcdMemberKill, EtcdLeaderKill, EtcdDown, EtcdBlock, LeaveRejoin}
+var Kinds = []Kind{ControllerKill, AgentKill, AgentStop, AgentConfig, EtcdMemberKill, EtcdLeaderKill, EtcdDown, EtcdBlock, LeaveRejoin, Garbage}
 
 // Timing is what the draws need to know about the cluster.
 type Timing struct {
@@ -40,12 +43,13 @@ type Timing struct {
 // leads are found when the fault is injected: the draw names the role.
 type Fault struct {
 	Kind   Kind
-	Node   int           // the node of agent-*, etcd-block and leave-rejoin; -1 otherwise
+	Node   int           // the node of agent-*, etcd-block, leave-rejoin and garbage; -1 otherwise
 	Member int           // etcd-member-kill: the Member-th member (mod the followers) that does not lead
 	Delay  time.Duration // from the start of its step
 	Hold   time.Duration // how long the fault lasts before it is healed
 	Flag   string        // agent-config: the flag changed
 	Value  string        // agent-config: its new value
+	Case   garbage.Case  // garbage: what is written (Node is the node it corrupts or claims from)
 }
 
 func (f Fault) String() string {
@@ -54,6 +58,8 @@ func (f Fault) String() string {
 	switch f.Kind {
 	case AgentKill, AgentStop, EtcdBlock, LeaveRejoin:
 		fmt.Fprintf(&b, " n%d", f.Node)
+	case Garbage:
+		fmt.Fprintf(&b, " %s n%d", f.Case, f.Node)
 	case AgentConfig:
 		fmt.Fprintf(&b, " n%d %s=%s", f.Node, f.Flag, f.Value)
 	case EtcdMemberKill:
@@ -104,14 +110,14 @@ func (s Step) Estimate(t Timing) time.Duration {
 // Weights of the kinds in a draw.
 var weights = map[Kind]int{
 	ControllerKill: 3, AgentKill: 3, AgentStop: 2, AgentConfig: 2,
-	EtcdMemberKill: 2, EtcdLeaderKill: 2, EtcdDown: 1, EtcdBlock: 2, LeaveRejoin: 1,
+	EtcdMemberKill: 2, EtcdLeaderKill: 2, EtcdDown: 1, EtcdBlock: 2, LeaveRejoin: 1, Garbage: 3,
 }
 
 // Overlap rule: a step is one fault, or a control-plane fault
 // (controller-kill, etcd-member-kill, etcd-leader-kill) together with a
 // node fault (agent-kill, agent-stop, agent-config, etcd-block). Never two
 // etcd faults at once (one member down is the most a 3-member etcd loses
-// and keeps quorum), etcd-down and leave-rejoin always alone.
+// and keeps quorum), etcd-down, leave-rejoin and garbage always alone.
 var (
 	controlKinds = []Kind{ControllerKill, EtcdMemberKill, EtcdLeaderKill}
 	nodeKinds    = []Kind{AgentKill, AgentStop, AgentConfig, EtcdBlock}
@@ -229,6 +235,13 @@ func drawFault(rng *rand.Rand, k Kind, t Timing) Fault {
 	case LeaveRejoin:
 		f.Node = rng.IntN(t.Nodes)
 		f.Hold = between(rng, 0, 3*time.Second) // away after the removal, before rejoining
+	case Garbage:
+		cases := garbage.Cases()
+		f.Case = cases[rng.IntN(len(cases))]
+		f.Node = rng.IntN(t.Nodes)
+		// Longer than a lease TTL and the agents' re-reads, so every
+		// component meets the value; the controller may repair it sooner.
+		f.Hold = between(rng, t.MaxTTL, 2*t.MaxTTL)
 	}
 	return f
 }
