@@ -49,8 +49,10 @@ type Options struct {
 	// GraceUnit is the length of one node_grace_seconds unit; default a
 	// second. Tests shorten it.
 	GraceUnit time.Duration
-	// Batch is how long the controller lets changes gather before it
-	// reconciles them; default 20ms.
+	// Batch is how long changes that arrive back to back gather before
+	// the controller reconciles them, so a burst of joins shares
+	// transactions; default 20ms. A change that finds the controller idle
+	// (nothing reconciled for the last Batch) is reconciled at once.
 	Batch time.Duration
 	// TrimInterval is how often the log is trimmed to event_retention;
 	// default 30s.

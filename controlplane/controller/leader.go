@@ -95,6 +95,9 @@ type leader struct {
 	contact *contact
 	lost    map[string]time.Time
 	retryAt time.Time // reconcile again then (after an error, a removal put off)
+	// busyUntil: the source's changes were last served then plus Batch;
+	// a change arriving before it waits for the batch window.
+	busyUntil time.Time
 	// reload: the store must be read again before the next reconcile.
 	reload bool
 	// swept: the problem entries nobody explains were cleared this term.
@@ -183,12 +186,17 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 			l.pending = append(l.pending, d)
 			err = l.step(ctx)
 		case <-in.wake:
-			// Let simultaneous registrations gather into one batch.
-			if !backoff.Sleep(ctx, c.opt.Batch) {
+			// Idle: serve the change at once, a lone join waits for
+			// nothing but its transaction. Under load (changes served
+			// less than Batch ago) let what follows gather into one
+			// batch; what arrives during an append is taken together
+			// with it either way.
+			if time.Now().Before(l.busyUntil) && !backoff.Sleep(ctx, c.opt.Batch) {
 				return ctx.Err()
 			}
 			l.take(in)
 			err = l.step(ctx)
+			l.busyUntil = time.Now().Add(c.opt.Batch)
 		case <-timer.C:
 			err = l.step(ctx)
 		case <-trim.C:
