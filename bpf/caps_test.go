@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -128,5 +129,28 @@ func TestCapabilitiesAndVTEPMAC(t *testing.T) {
 			t.Fatalf("VTEPMAC = %v, device %s has %v", mac1, spec.VXLANDevice, dev)
 		}
 
+		// A spec with a MAC: the device gets it in place, and a MAC
+		// changed behind weft's back is repaired and named.
+		mac := spec.VTEPMAC("n1")
+		want.Overlay.MAC = mac
+		rep, err := d.Sync(t.Context(), want)
+		must(t, err)
+		if dev, _ = ns.MAC(spec.VXLANDevice); !bytes.Equal(dev, mac[:]) || rep.Updated != 1 {
+			t.Fatalf("after a Sync with mac %s: device has %v (report %+v)", mac, dev, rep)
+		}
+		h, err := ns.NL()
+		must(t, err)
+		l, err := h.LinkByName(spec.VXLANDevice)
+		must(t, err)
+		must(t, h.LinkSetHardwareAddr(l, net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}))
+		rep, err = d.Reconcile(t.Context(), want)
+		must(t, err)
+		wantRepair := fmt.Sprintf("device %s mac 02:00:00:00:00:99 -> %s", spec.VXLANDevice, mac)
+		if !slices.Contains(rep.Repaired, wantRepair) {
+			t.Fatalf("repaired %q, want %q", rep.Repaired, wantRepair)
+		}
+		if mac2, err := d.VTEPMAC(); err != nil || !bytes.Equal(mac2, mac[:]) {
+			t.Fatalf("VTEPMAC after the repair = %v, %v; want %s", mac2, err, mac)
+		}
 	})
 }

@@ -61,8 +61,9 @@ type Datapath interface {
 // agent puts both into the registration. The agent asks for Capabilities
 // once at start and for VTEPMAC at start and after each Sync or Reconcile
 // that changed the kernel, so the registration (and through the
-// controller's NodeUpdated, the node in the log) follows a recreated
-// device.
+// controller's NodeUpdated, the node in the log) follows a device whose
+// MAC is not the one the spec asks for (spec.VTEPMAC of the node's name,
+// which the registration carries while there is no device).
 type NodeInfo interface {
 	// Capabilities names what the node supports, e.g. "tcx", "vxlan",
 	// "geneve", "ipv6".
@@ -112,7 +113,8 @@ type Config struct {
 	// again as jitter) before the status is written, so bursts coalesce.
 	StatusMinInterval time.Duration
 	// Capabilities and VTEPMAC go into the registration; when unset they
-	// come from the Datapath if it implements NodeInfo.
+	// come from the Datapath if it implements NodeInfo (the MAC, without
+	// a device or without NodeInfo, is spec.VTEPMAC(NodeName)).
 	Capabilities []string
 	VTEPMAC      string
 	// ExtraRoutes, when set, is asked for routes learned elsewhere (the

@@ -51,7 +51,9 @@ type loop struct {
 	underlay spec.Underlay
 	haveUnd  bool
 	caps     []string // from NodeInfo
-	vtepMAC  string   // from NodeInfo
+	// vtepMAC is the overlay device's MAC (from NodeInfo) or, while there
+	// is no device, the one the datapath will create it with.
+	vtepMAC string
 
 	synced    *spec.Desired
 	plan      model.Plan
@@ -84,7 +86,7 @@ type loop struct {
 }
 
 func newLoop(a *Agent) *loop {
-	l := &loop{a: a, state: model.New()}
+	l := &loop{a: a, state: model.New(), vtepMAC: spec.VTEPMAC(a.cfg.NodeName).String()}
 	l.bgp.fresh = a.fresh
 	return l
 }
@@ -459,7 +461,11 @@ func (l *loop) loadNodeInfo() {
 }
 
 // refreshVTEPMAC reads the overlay device's MAC from a NodeInfo datapath
-// and, when it changed, updates the registration.
+// and, when it changed, updates the registration. Without a device it is
+// the MAC Sync will create the device with (spec.VTEPMAC), so a node that
+// joins registers its MAC before it has a device, and the registration
+// changes only when a device's MAC differs from it (one made by an older
+// agent until Sync sets it, or an address changed behind weft's back).
 func (l *loop) refreshVTEPMAC() {
 	ni, ok := l.a.dp.(NodeInfo)
 	if !ok || l.a.cfg.VTEPMAC != "" {
@@ -470,7 +476,7 @@ func (l *loop) refreshVTEPMAC() {
 		l.a.log.Warn("read overlay device MAC; keeping the last one", "error", err)
 		return
 	}
-	s := ""
+	s := spec.VTEPMAC(l.a.cfg.NodeName).String()
 	if mac != nil {
 		s = mac.String()
 	}

@@ -82,7 +82,7 @@ func (a *Agent) keepLease(ctx context.Context) {
 	// registration is logged (it must not be a backoff step).
 	var etcdBack, failingSince time.Time
 	for ctx.Err() == nil {
-		s, resumed, err := a.register(ctx, last)
+		s, reg, resumed, err := a.register(ctx, last)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -120,7 +120,7 @@ func (a *Agent) keepLease(ctx context.Context) {
 		}
 		etcdBack, failingSince = time.Time{}, time.Time{}
 		a.log.Info("registered", args...)
-		a.serve(ctx, s, w)
+		a.serve(ctx, s, w, reg)
 		s.Orphan() // never revoke: see above
 		if ctx.Err() != nil {
 			return
@@ -152,9 +152,10 @@ func (a *Agent) watchConn(ctx context.Context) {
 
 // register keeps the lease last alive again when etcd still holds it
 // (resumed), else grants a new one, keeps it alive in a session and puts
-// the registration on it. On an error nothing is left running; a
-// granted lease that never carried the registration just expires.
-func (a *Agent) register(ctx context.Context, last clientv3.LeaseID) (s *concurrency.Session, resumed bool, err error) {
+// the registration on it; it returns the registration written. On an
+// error nothing is left running; a granted lease that never carried the
+// registration just expires.
+func (a *Agent) register(ctx context.Context, last clientv3.LeaseID) (s *concurrency.Session, reg *weftv1.Registration, resumed bool, err error) {
 	rctx, cancel := context.WithTimeout(ctx, a.requestTimeout())
 	defer cancel()
 	id := clientv3.NoLease
@@ -163,7 +164,7 @@ func (a *Agent) register(ctx context.Context, last clientv3.LeaseID) (s *concurr
 		case err == nil:
 			id, resumed = last, true
 		case !errors.Is(err, rpctypes.ErrLeaseNotFound):
-			return nil, false, fmt.Errorf("renew lease %x: %w", int64(last), err)
+			return nil, nil, false, fmt.Errorf("renew lease %x: %w", int64(last), err)
 		}
 	}
 	if id == clientv3.NoLease {
@@ -171,34 +172,34 @@ func (a *Agent) register(ctx context.Context, last clientv3.LeaseID) (s *concurr
 		// which would wait for etcd as long as ctx lives.
 		g, err := a.cfg.Client.Grant(rctx, int64(a.cfg.LeaseTTL/time.Second))
 		if err != nil {
-			return nil, false, fmt.Errorf("grant lease: %w", err)
+			return nil, nil, false, fmt.Errorf("grant lease: %w", err)
 		}
 		id = g.ID
 	}
 	s, err = concurrency.NewSession(a.cfg.Client, concurrency.WithLease(id), concurrency.WithContext(ctx))
 	if err != nil {
-		return nil, false, fmt.Errorf("keep lease alive: %w", err)
+		return nil, nil, false, fmt.Errorf("keep lease alive: %w", err)
 	}
-	if err := a.putRegistration(ctx, s.Lease()); err != nil {
+	reg = a.registration(a.view.Load())
+	if err := a.putRegistration(ctx, s.Lease(), reg); err != nil {
 		s.Orphan()
-		return nil, false, err
+		return nil, nil, false, err
 	}
-	return s, resumed, nil
+	return s, reg, resumed, nil
 }
 
-func (a *Agent) putRegistration(ctx context.Context, id clientv3.LeaseID) error {
+func (a *Agent) putRegistration(ctx context.Context, id clientv3.LeaseID, r *weftv1.Registration) error {
 	rctx, cancel := context.WithTimeout(ctx, a.requestTimeout())
 	defer cancel()
-	r := a.registration(a.view.Load())
 	if _, err := a.cfg.Client.Put(rctx, a.k.Registration(r.Name), keys.EncodeString(r), clientv3.WithLease(id)); err != nil {
 		return fmt.Errorf("put registration: %w", err)
 	}
 	return nil
 }
 
-// serve keeps the registration current and writes the status on the
-// session's lease until the session ends or ctx does.
-func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWriter) {
+// serve keeps the registration (last, as written) current and writes the
+// status on the session's lease until the session ends or ctx does.
+func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWriter, last *weftv1.Registration) {
 	w.lease = s.Lease()
 	w.kick() // a new lease carries no status yet
 	defer func() { w.lease = 0 }()
@@ -222,12 +223,20 @@ func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWrit
 		case <-retry:
 		}
 		// A changed underlay IP or overlay MAC: rewrite the registration
-		// until it is in.
+		// until it is in. A poke that changed nothing (one that was
+		// pending while the registration was first written) writes
+		// nothing: every put makes the controller look at the node.
 		retry = nil
-		if err := a.putRegistration(ctx, s.Lease()); err != nil {
+		reg := a.registration(a.view.Load())
+		if proto.Equal(reg, last) {
+			continue
+		}
+		if err := a.putRegistration(ctx, s.Lease(), reg); err != nil {
 			a.log.Warn("update registration", "error", err, "retry_in", regRetry)
 			retry = time.After(regRetry)
+			continue
 		}
+		last = reg
 	}
 }
 

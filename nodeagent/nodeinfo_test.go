@@ -20,8 +20,9 @@ import (
 	"github.com/weftnet/weft/testenv/etcdtest"
 )
 
-// infoDP is the fake datapath with NodeInfo: its "device" has mac once a
-// Sync put an overlay into the kernel.
+// infoDP is the fake datapath with NodeInfo: its "device" exists once a
+// Sync put an overlay into the kernel, with the MAC the spec asked for
+// unless setMAC changed it behind weft's back.
 type infoDP struct {
 	*fakedp.Datapath
 	mu  sync.Mutex
@@ -36,7 +37,11 @@ func (d *infoDP) VTEPMAC() (net.HardwareAddr, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.mac, nil
+	if d.mac != nil {
+		return d.mac, nil
+	}
+	mac := d.Kernel().Overlay.MAC
+	return net.HardwareAddr(mac[:]), nil
 }
 
 func (d *infoDP) setMAC(s string) {
@@ -56,7 +61,6 @@ func TestRegistrationCarriesCapabilitiesAndVTEPMAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	dp := &infoDP{Datapath: fakedp.New(testUnderlay())}
-	dp.setMAC("02:00:00:00:00:01")
 	a, err := New(Config{
 		Client:            c,
 		NodeName:          "n1",
@@ -83,7 +87,7 @@ func TestRegistrationCarriesCapabilitiesAndVTEPMAC(t *testing.T) {
 	go func() { a.Run(rctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	var lease int64
+	var lease, version int64
 	waitReg := func(what string, cond func(*weftv1.Registration) bool) *weftv1.Registration {
 		t.Helper()
 		var reg *weftv1.Registration
@@ -95,29 +99,44 @@ func TestRegistrationCarriesCapabilitiesAndVTEPMAC(t *testing.T) {
 			if lease != 0 && r.Kvs[0].Lease != lease {
 				return false, "on another lease"
 			}
-			lease = r.Kvs[0].Lease
+			lease, version = r.Kvs[0].Lease, r.Kvs[0].Version
 			reg, err = keys.DecodeRegistration(r.Kvs[0].Value)
 			return err == nil && cond(reg), string(r.Kvs[0].Value)
 		})
 		return reg
 	}
 
-	// Before this node's NodeAdded nothing is synced: capabilities, no MAC.
+	// Before this node's NodeAdded nothing is synced and there is no
+	// device, yet the registration carries the MAC the device will have:
+	// the controller's one NodeAdded has it.
+	mac := spec.VTEPMAC("n1").String()
 	reg := waitReg("registration", func(*weftv1.Registration) bool { return true })
-	if !slices.Equal(reg.Capabilities, []string{"tcx", "vxlan", "ipv6"}) || reg.VtepMac != "" || reg.UnderlayIp != "192.168.1.1" {
-		t.Fatalf("first registration = %v", reg)
+	if !slices.Equal(reg.Capabilities, []string{"tcx", "vxlan", "ipv6"}) || reg.VtepMac != mac || reg.UnderlayIp != "192.168.1.1" {
+		t.Fatalf("first registration = %v, want vtep_mac %s", reg, mac)
 	}
 
-	// The first Sync creates the device: the registration gets its MAC,
-	// on the same lease.
+	// The first Sync creates the device with that MAC: the registration
+	// is not written again (a rewrite would be a NodeUpdated per join).
 	appendEv(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
-	reg = waitReg("MAC after the first sync", func(r *weftv1.Registration) bool { return r.VtepMac != "" })
-	if reg.VtepMac != "02:00:00:00:00:01" || !slices.Equal(reg.Capabilities, []string{"tcx", "vxlan", "ipv6"}) {
-		t.Fatalf("registration after sync = %v", reg)
+	eventually(t, "status after the first sync", func() (bool, string) {
+		st := a.Status()
+		return st.TunnelEntries == 1, st.String()
+	})
+	eventually(t, "status written", func() (bool, string) {
+		r, err := c.Get(ctx, keys.New("").Status("n1"))
+		if err != nil || len(r.Kvs) == 0 {
+			return false, "absent"
+		}
+		st, err := keys.DecodeStatus(r.Kvs[0].Value)
+		return err == nil && st.TunnelEntries == 1, string(r.Kvs[0].Value)
+	})
+	reg = waitReg("registration after the first sync", func(*weftv1.Registration) bool { return true })
+	if reg.VtepMac != mac || version != 1 {
+		t.Fatalf("registration after sync = %v at version %d, want %s never rewritten", reg, version, mac)
 	}
 
-	// A device recreated by drift repair has a new MAC; the registration
-	// follows it.
+	// A device whose MAC is not the spec's (changed behind weft's back
+	// and found by a repair) is what the registration follows.
 	dp.setMAC("02:00:00:00:00:02")
 	dp.Mutate(func(d *spec.Desired) { d.Tunnels = nil })
 	waitReg("MAC after a repair", func(r *weftv1.Registration) bool { return r.VtepMac == "02:00:00:00:00:02" })

@@ -6,6 +6,7 @@
 package spec
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -50,6 +51,33 @@ type Overlay struct {
 	VNI uint32
 	// MTU of the device: underlay MTU minus the encapsulation overhead.
 	MTU int
+	// MAC is the device's MAC address (VTEPMAC of the node's name); the
+	// zero MAC leaves the choice to the kernel.
+	MAC MAC
+}
+
+// MAC is an Ethernet address, comparable so an Overlay stays comparable.
+type MAC [6]byte
+
+// IsZero reports whether m is the zero address (no MAC asked for).
+func (m MAC) IsZero() bool { return m == MAC{} }
+
+func (m MAC) String() string {
+	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+// VTEPMAC is the MAC of node's overlay device: derived from the node's
+// name (the first six bytes of a SHA-256 of it), made a locally
+// administered unicast address. The agent registers it before the device
+// exists and the datapath creates the device with it, so a joining node's
+// one NodeAdded carries its MAC (no NodeUpdated once the device is made);
+// it survives a change of the underlay address and a recreated device.
+func VTEPMAC(node string) MAC {
+	sum := sha256.Sum256([]byte("weft vtep mac\x00" + node))
+	var m MAC
+	copy(m[:], sum[:6])
+	m[0] = m[0]&^0x01 | 0x02 // unicast, locally administered
+	return m
 }
 
 // DeviceName is the name of the overlay device for o.Kind.
@@ -167,6 +195,9 @@ func (d *Desired) String() string {
 	fmt.Fprintf(&b, "mode=%s", d.Mode)
 	if d.Overlay != nil {
 		fmt.Fprintf(&b, " overlay=%s/port=%d/vni=%d/mtu=%d", d.Overlay.Kind, d.Overlay.Port, d.Overlay.VNI, d.Overlay.MTU)
+		if !d.Overlay.MAC.IsZero() {
+			fmt.Fprintf(&b, "/mac=%s", d.Overlay.MAC)
+		}
 	}
 	fmt.Fprintf(&b, " cluster=%v local=%v pods=%v tunnels=%d routes=%d masq=%v",
 		d.ClusterCIDRs, d.LocalPodCIDRs, d.PodNetworks, len(d.Tunnels), len(d.Routes), d.Masquerade != nil)

@@ -219,10 +219,16 @@ func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
 	if n := len(tunnelKeys(t, pinDir)); n != 2 {
 		t.Fatalf("tunnel map holds %d entries", n)
 	}
-	// The registration carries the node's capabilities and, once the
-	// first Sync made the device, the device's MAC.
+	// The first Sync made the device with the MAC derived from the
+	// node's name, which the registration carried from the start: it was
+	// written once (a second write would cost a NodeUpdated per join).
 	mac := strings.Fields(sh(t, "ip", "-n", ns, "-br", "link", "show", "weft_vxlan"))[2]
-	checkRegistration(t, c, mac)
+	if want := spec.VTEPMAC("n1").String(); mac != want {
+		t.Fatalf("device MAC %s, want %s", mac, want)
+	}
+	if v := checkRegistration(t, c, mac); v != 1 {
+		t.Fatalf("registration written %d times, want once", v)
+	}
 
 	// Drift 1: the cluster route is deleted behind the agent's back.
 	sh(t, "ip", "-n", ns, "route", "del", "10.244.0.0/16", "dev", "weft_vxlan")
@@ -295,17 +301,63 @@ func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
 }
 
 // checkRegistration waits for n1's registration in etcd to carry mac and
-// the capabilities (at least vxlan, which every supported kernel has).
-func checkRegistration(t *testing.T, c *clientv3.Client, mac string) {
+// the capabilities (at least vxlan, which every supported kernel has) and
+// returns the key's version (how often it was written).
+func checkRegistration(t *testing.T, c *clientv3.Client, mac string) (version int64) {
 	t.Helper()
 	eventually(t, "registration with capabilities and MAC", func() (bool, string) {
 		r, err := c.Get(context.Background(), keys.New("").Registration("n1"))
 		if err != nil || len(r.Kvs) == 0 {
 			return false, fmt.Sprint("no registration ", err)
 		}
+		version = r.Kvs[0].Version
 		reg, err := keys.DecodeRegistration(r.Kvs[0].Value)
 		return err == nil && reg.VtepMac == mac && slices.Contains(reg.Capabilities, "vxlan"), string(r.Kvs[0].Value)
 	})
+	return version
+}
+
+// TestAgentSetsTheDeviceMACOfAnOlderAgent: a node whose overlay device was
+// made by an agent that let the kernel pick its MAC registers that MAC;
+// its first Sync sets the MAC derived from the node's name, and the
+// registration follows (the controller turns that into one NodeUpdated).
+func TestAgentSetsTheDeviceMACOfAnOlderAgent(t *testing.T) {
+	ns, pinDir := newNode(t)
+	ctx := context.Background()
+	_, c := etcdtest.New(t)
+	l, err := logtest.New(ctx, c, "/weft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []*weftv1.Event{
+		logtest.Config(&weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16"}),
+		logtest.Added("n2", "192.168.50.2", "10.244.2.0/24"),
+	} {
+		if _, err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := "02:00:00:00:00:77"
+	sh(t, "ip", "-n", ns, "link", "add", "weft_vxlan", "address", old, "type", "vxlan", "external", "dstport", "8472", "nolearning")
+	dp := openIn(t, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
+	defer dp.Close()
+	a, _ := runAgent(t, c, dp, &syncBuf{})
+	// Not in the log yet: nothing synced, the device's MAC registered.
+	checkRegistration(t, c, old)
+	if _, err := l.Append(ctx, logtest.Added("n1", "192.168.50.1", "10.244.1.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "converged", func() (bool, string) {
+		st := a.Status()
+		return st.TunnelEntries == 1 && !st.Degraded, st.String()
+	})
+	want := spec.VTEPMAC("n1").String()
+	if mac := strings.Fields(sh(t, "ip", "-n", ns, "-br", "link", "show", "weft_vxlan"))[2]; mac != want {
+		t.Fatalf("device MAC %s after the first Sync, want %s", mac, want)
+	}
+	if v := checkRegistration(t, c, want); v != 2 {
+		t.Fatalf("registration written %d times, want twice (old MAC, then the new one)", v)
+	}
 }
 
 // TestAgentLiveConfigChanges drives the real datapath through config

@@ -94,7 +94,7 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 		if u.IP.Is6() && !u.IP.Is4In6() {
 			overhead += spec.IPv6Extra
 		}
-		d.Overlay = &spec.Overlay{Kind: kind, Port: uint16(cfg.UdpPort), VNI: cfg.Vni, MTU: base - overhead}
+		d.Overlay = &spec.Overlay{Kind: kind, Port: uint16(cfg.UdpPort), VNI: cfg.Vni, MTU: base - overhead, MAC: spec.VTEPMAC(self)}
 		plan.PodMTU = d.Overlay.MTU
 		for _, c := range []string{cfg.ClusterCidr, cfg.ClusterCidrV6} {
 			if p, err := netip.ParsePrefix(c); err == nil {

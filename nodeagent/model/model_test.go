@@ -175,8 +175,9 @@ func TestDesiredModes(t *testing.T) {
 		c.Vni, c.UdpPort = 7, 4789
 		p := Desired(stateWith(t, c), "self", underlay(), Options{})
 		d := p.Desired
-		if d.Overlay == nil || d.Overlay.MTU != 1450 || d.Overlay.VNI != 7 || d.Overlay.Port != 4789 || d.Overlay.Kind != spec.ModeVXLAN {
-			t.Fatalf("overlay = %+v", d.Overlay)
+		if d.Overlay == nil || d.Overlay.MTU != 1450 || d.Overlay.VNI != 7 || d.Overlay.Port != 4789 || d.Overlay.Kind != spec.ModeVXLAN ||
+			d.Overlay.MAC != spec.VTEPMAC("self") {
+			t.Fatalf("overlay = %+v, want the MAC %s", d.Overlay, spec.VTEPMAC("self"))
 		}
 		if len(d.Tunnels) != 2 || d.Tunnels[0] != (spec.Tunnel{Prefix: pfx("10.244.2.0/24"), Endpoint: ip("192.168.1.2"), VNI: 7}) ||
 			d.Tunnels[1].Endpoint != ip("192.168.7.2") {

@@ -30,6 +30,7 @@ type State struct {
 	Learning  bool
 	NoARP     bool
 	Up        bool
+	MAC       spec.MAC
 	// Addrs are the device's non-link-local addresses.
 	Addrs map[netip.Prefix]bool
 }
@@ -58,6 +59,7 @@ func Read(nl *netlink.Handle, name string) (*State, error) {
 		NoARP: a.RawFlags&unix.IFF_NOARP != 0,
 		Up:    a.Flags&net.FlagUp != 0,
 	}
+	copy(d.MAC[:], a.HardwareAddr)
 	addrs, err := nl.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s: %w", name, err)
@@ -81,10 +83,14 @@ func Read(nl *netlink.Handle, name string) (*State, error) {
 }
 
 // Create creates the flow-based device for o (deleting old, a stale one
-// of the same name, first) and returns its state.
+// of the same name, first), with o.MAC unless that is zero, and returns
+// its state.
 func Create(nl *netlink.Handle, o *spec.Overlay, old *State) (*State, error) {
 	name := o.DeviceName()
 	attrs := netlink.LinkAttrs{Name: name, MTU: o.MTU}
+	if !o.MAC.IsZero() {
+		attrs.HardwareAddr = net.HardwareAddr(o.MAC[:])
+	}
 	var l netlink.Link
 	switch o.Kind {
 	case spec.ModeVXLAN:
@@ -121,11 +127,13 @@ func Create(nl *netlink.Handle, o *spec.Overlay, old *State) (*State, error) {
 	return Read(nl, name)
 }
 
-// Adjust fixes MTU, ARP and link state of a compatible device and names
-// each change.
+// Adjust fixes MTU, MAC (unless o.MAC is zero), ARP and link state of a
+// compatible device and names each change. The MAC changes in place:
+// weft's programs do not look at inner Ethernet addresses.
 func Adjust(nl *netlink.Handle, d *State, o *spec.Overlay) ([]string, error) {
 	var fixed []string
-	if d.MTU == o.MTU && d.NoARP && d.Up {
+	macOK := o.MAC.IsZero() || d.MAC == o.MAC
+	if d.MTU == o.MTU && macOK && d.NoARP && d.Up {
 		return nil, nil
 	}
 	l, err := nl.LinkByIndex(d.Index)
@@ -138,6 +146,13 @@ func Adjust(nl *netlink.Handle, d *State, o *spec.Overlay) ([]string, error) {
 		}
 		fixed = append(fixed, fmt.Sprintf("device %s mtu %d -> %d", d.Name, d.MTU, o.MTU))
 		d.MTU = o.MTU
+	}
+	if !macOK {
+		if err := nl.LinkSetHardwareAddr(l, net.HardwareAddr(o.MAC[:])); err != nil {
+			return nil, fmt.Errorf("set %s address %s: %w", d.Name, o.MAC, err)
+		}
+		fixed = append(fixed, fmt.Sprintf("device %s mac %s -> %s", d.Name, d.MAC, o.MAC))
+		d.MAC = o.MAC
 	}
 	if !d.NoARP {
 		if err := nl.LinkSetARPOff(l); err != nil {
