@@ -154,3 +154,24 @@ func TestCapabilitiesAndVTEPMAC(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkCapabilities is the probe an agent runs before it registers
+// (the cache cleared each time), in a fresh namespace.
+func BenchmarkCapabilities(b *testing.B) {
+	netnstest.RequireRoot(b)
+	prefix := netnstest.Prefix()
+	ns := netnstest.New(b, prefix+"-capb")
+	pinDir := "/sys/fs/bpf/" + prefix + "-capb"
+	b.Cleanup(func() { os.RemoveAll(pinDir) })
+	d, err := Open(Config{NetNS: ns.Path(), PinDir: pinDir})
+	must(b, err)
+	b.Cleanup(func() { d.Teardown() })
+	for b.Loop() {
+		d.capsMu.Lock()
+		d.caps = nil
+		d.capsMu.Unlock()
+		if !slices.Contains(d.Capabilities(), CapVXLAN) {
+			b.Fatal("no vxlan")
+		}
+	}
+}
