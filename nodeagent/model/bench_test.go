@@ -36,12 +36,16 @@ func BenchmarkDesired1000(b *testing.B) {
 // BenchmarkReset5000 is the cost of folding a 5,000-node projection.
 func BenchmarkReset5000(b *testing.B) {
 	s := benchState(b, 5000)
-	snap := Snapshot{Head: 2, Nodes: map[string][]byte{}}
+	snap := Snapshot{Head: 2, Config: keys.Encode(s.Fold().Config), Nodes: map[string][]byte{}}
 	for _, name := range s.Names() {
 		snap.Nodes[name] = keys.Encode(s.Node(name))
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		New().Reset(snap)
+		r := New()
+		r.Reset(snap)
+		if r.Len() != 5000 {
+			b.Fatalf("%d nodes after Reset; refused %v", r.Len(), r.Refused())
+		}
 	}
 }

@@ -47,8 +47,12 @@ func DecodeEvent(b []byte) (*weftv1.Event, error) {
 	return decode("event", b, &weftv1.Event{})
 }
 
-// DecodeNode decodes a Node value.
+// DecodeNode decodes a Node value. Values as Encode writes them take a
+// fast path; every other value is protojson's to read or refuse.
 func DecodeNode(b []byte) (*weftv1.Node, error) {
+	if n, ok := fastNode(b); ok {
+		return n, nil
+	}
 	return decode("node", b, &weftv1.Node{})
 }
 
