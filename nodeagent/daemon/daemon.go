@@ -155,17 +155,20 @@ func Logger(level string) hclog.Logger {
 }
 
 // Run opens the datapath and, with --teardown, removes it and returns;
-// otherwise it runs the agent until ctx ends. The datapath is closed
+// otherwise it runs the agent until ctx ends. The datapath opens (loads
+// its programs) while the agent already reads the log; a datapath that
+// cannot open stops the agent and is Run's error. The datapath is closed
 // without teardown when Run returns (file descriptors only: the device,
 // routes and pinned maps stay, so the node keeps forwarding while the
 // agent is away), and the agent's lease is not revoked.
 func Run(ctx context.Context, o *Options, log hclog.Logger) error {
-	dp, err := bpf.Open(bpf.Config{PinDir: o.BPFFSDir, Underlay: o.Underlay, Logger: log})
-	if err != nil {
-		return fmt.Errorf("open datapath: %w", err)
-	}
+	dpCfg := bpf.Config{PinDir: o.BPFFSDir, Underlay: o.Underlay, Logger: log}
 	if o.Teardown {
-		err := dp.Teardown()
+		dp, err := bpf.Open(dpCfg)
+		if err != nil {
+			return fmt.Errorf("open datapath: %w", err)
+		}
+		err = dp.Teardown()
 		if rerr := os.Remove(o.SubnetFile); rerr != nil && !os.IsNotExist(rerr) {
 			err = errors.Join(err, rerr)
 		}
@@ -174,7 +177,6 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		}
 		return err
 	}
-	defer dp.Close()
 
 	// The client does not dial yet: an unreachable etcd is retried by the
 	// agent, never fatal.
@@ -189,6 +191,20 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		// gRPC says only "context deadline exceeded" when TLS fails.
 		if err := conn.Diagnose(ctx); err != nil && ctx.Err() == nil {
 			log.Error("etcd does not answer", "error", err)
+		}
+	}()
+
+	dp := openDatapath(dpCfg)
+	defer func() {
+		if d, err := dp.wait(); err == nil {
+			d.Close()
+		}
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		if _, err := dp.wait(); err != nil {
+			cancel()
 		}
 	}()
 
@@ -221,7 +237,11 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		defer srv.Close()
 		log.Info("serving metrics", "addr", ln.Addr().String())
 	}
-	return a.Run(ctx)
+	err = a.Run(ctx)
+	if _, oerr := dp.wait(); oerr != nil {
+		return fmt.Errorf("open datapath: %w", oerr)
+	}
+	return err
 }
 
 // checkIdentity warns when the client certificate is not this node's

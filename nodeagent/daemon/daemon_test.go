@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"strings"
 	"testing"
@@ -78,5 +79,23 @@ func TestCheckIdentity(t *testing.T) {
 		if !strings.Contains(out.String(), tc.want) {
 			t.Errorf("certificate %s: logged %q, want %q", tc.cert, out.String(), tc.want)
 		}
+	}
+}
+
+// TestRunStopsWhenTheDatapathCannotOpen: the datapath opens while the
+// agent already runs; one that cannot open (a pin directory outside
+// bpffs) stops the agent, and Run returns the open's error.
+func TestRunStopsWhenTheDatapathCannotOpen(t *testing.T) {
+	if _, err := os.Stat("/sys/fs/bpf"); err != nil {
+		t.Skipf("needs /sys/fs/bpf: %v", err)
+	}
+	o, err := Parse([]string{"--node-name", "n1", "--bpffs-dir", t.TempDir(), "--etcd-endpoints", "http://127.0.0.1:1",
+		"--metrics-addr", "", "--subnet-file", ""}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Run(context.Background(), o, hclog.NewNullLogger())
+	if err == nil || !strings.Contains(err.Error(), "open datapath") || !strings.Contains(err.Error(), "not on a bpf filesystem") {
+		t.Fatalf("Run = %v, want the open's error", err)
 	}
 }

@@ -132,8 +132,13 @@ func (f *Follower) Run(ctx context.Context, sink Sink) error {
 	reason := ReasonStart
 	bo := backoff.New(f.opts.MinBackoff, f.opts.MaxBackoff)
 	for {
-		snap, err := f.list(ctx)
+		// The watch lives as long as this round: list opens it as soon
+		// as the revision is fixed, so events after the base arrive while
+		// the nodes are still being read.
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		snap, wch, err := f.list(ctx, wctx)
 		if err != nil {
+			cancel()
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -152,7 +157,8 @@ func (f *Follower) Run(ctx context.Context, sink Sink) error {
 		f.log.Debug("listed", "reason", reason, "revision", snap.Revision, "head", snap.Head, "nodes", len(snap.Nodes))
 		f.opts.OnHealth(nil)
 
-		err = f.watch(ctx, sink, snap)
+		err = f.watch(ctx, sink, snap, wch)
+		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -166,15 +172,20 @@ func (f *Follower) Run(ctx context.Context, sink Sink) error {
 	}
 }
 
-// list reads config, head and every node at one revision.
-func (f *Follower) list(ctx context.Context) (model.Snapshot, error) {
+// list reads config, head and every node at one revision R, and opens
+// the watch of the events from R+1 on wctx as soon as R is known: with
+// thousands of nodes the pages take the longest, and an event written
+// meanwhile (this node's own NodeAdded, at a cold start) is then already
+// waiting when the base is in.
+func (f *Follower) list(ctx, wctx context.Context) (model.Snapshot, clientv3.WatchChan, error) {
 	rctx, cancel := context.WithTimeout(ctx, f.opts.RequestTimeout)
 	defer cancel()
 	tr, err := f.c.Txn(rctx).Then(clientv3.OpGet(f.k.Head()), clientv3.OpGet(f.k.Config())).Commit()
 	if err != nil {
-		return model.Snapshot{}, fmt.Errorf("read head and config: %w", err)
+		return model.Snapshot{}, nil, fmt.Errorf("read head and config: %w", err)
 	}
 	snap := model.Snapshot{Revision: tr.Header.Revision, Nodes: map[string][]byte{}}
+	wch := f.c.Watch(wctx, f.k.Events(), clientv3.WithPrefix(), clientv3.WithRev(snap.Revision+1))
 	if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 		if snap.Head, err = keys.ParseHead(kvs[0].Value); err != nil {
 			// A broken head is no reason to stop serving; the events
@@ -193,7 +204,7 @@ func (f *Follower) list(ctx context.Context) (model.Snapshot, error) {
 		r, err := f.c.Get(rctx, from, clientv3.WithRange(end), clientv3.WithRev(snap.Revision),
 			clientv3.WithLimit(f.opts.PageSize), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
 		if err != nil {
-			return model.Snapshot{}, fmt.Errorf("read nodes at revision %d: %w", snap.Revision, err)
+			return model.Snapshot{}, nil, fmt.Errorf("read nodes at revision %d: %w", snap.Revision, err)
 		}
 		for _, kv := range r.Kvs {
 			name, err := keys.NameOf(prefix, string(kv.Key))
@@ -210,10 +221,10 @@ func (f *Follower) list(ctx context.Context) (model.Snapshot, error) {
 	}
 	if config, names := model.Suspects(snap); config || len(names) > 0 {
 		if err := f.fromLog(rctx, &snap, config, names); err != nil {
-			return model.Snapshot{}, err
+			return model.Snapshot{}, nil, err
 		}
 	}
-	return snap, nil
+	return snap, wch, nil
 }
 
 // fromLog reads the retained log at the snapshot's revision and records
@@ -294,12 +305,10 @@ func (f *Follower) changed(ctx context.Context, keys []string, rev int64) (bool,
 	return false, nil
 }
 
-// watch follows events from snap.Revision+1 until it must re-list.
-func (f *Follower) watch(ctx context.Context, sink Sink, snap model.Snapshot) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
+// watch follows the events of wch (from snap.Revision+1) until it must
+// re-list.
+func (f *Follower) watch(ctx context.Context, sink Sink, snap model.Snapshot, wch clientv3.WatchChan) error {
 	applied := snap.Head
-	wch := f.c.Watch(wctx, f.k.Events(), clientv3.WithPrefix(), clientv3.WithRev(snap.Revision+1))
 	recheck := time.NewTicker(f.opts.RecheckInterval)
 	defer recheck.Stop()
 	for {

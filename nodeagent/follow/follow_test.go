@@ -90,7 +90,9 @@ func converged(t *testing.T, ctx context.Context, c *clientv3.Client, k *stateSi
 // projection folds what the controller's projection in etcd says.
 func projection(t *testing.T, ctx context.Context, c *clientv3.Client) *model.State {
 	f := New(c, keys.New("/weft"), Options{})
-	snap, err := f.list(ctx)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	snap, _, err := f.list(ctx, wctx)
 	if err != nil {
 		t.Fatal(err)
 	}
