@@ -378,6 +378,15 @@ func (s *State) Reset(snap Snapshot) {
 		s.bulk = false
 	}()
 	s.claims = claims{}
+	if s.config != nil {
+		// Sized once: every pod CIDR of a family usually has the node
+		// mask's length, and growing a map of thousands costs more than
+		// the claims themselves.
+		s.claims.reserve(int(s.config.NodeMaskSize), len(snap.Nodes))
+		if s.config.ClusterCidrV6 != "" {
+			s.claims.reserve(int(s.config.NodeMaskSizeV6), len(snap.Nodes))
+		}
+	}
 
 	type cand struct {
 		name string
@@ -506,6 +515,13 @@ func parseCIDRs(cidrs []string) ([]netip.Prefix, error) {
 // claims indexes pod CIDRs by prefix length for overlap checks that stay
 // cheap with thousands of nodes (all nodes usually share one length).
 type claims map[int]map[netip.Prefix]string
+
+// reserve makes room for n claims of prefix length bits.
+func (c claims) reserve(bits, n int) {
+	if c[bits] == nil {
+		c[bits] = make(map[netip.Prefix]string, n)
+	}
+}
 
 func (c claims) add(p netip.Prefix, owner string) {
 	m := c[p.Bits()]

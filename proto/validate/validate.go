@@ -337,29 +337,30 @@ func PodCIDRs(c *weftv1.ClusterConfig, cidrs []string) ([]netip.Prefix, error) {
 	}
 	seen4, seen6 := false, false
 	for i, s := range cidrs {
-		f := fmt.Sprintf("pod_cidrs[%d]", i)
+		// Named only on a refusal: this runs for every node of a list.
+		f := func() string { return fmt.Sprintf("pod_cidrs[%d]", i) }
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return nil, fieldErr(f, "%q is not a CIDR", s)
+			return nil, fieldErr(f(), "%q is not a CIDR", s)
 		}
 		if p != p.Masked() {
-			return nil, fieldErr(f, "%q has host bits set", s)
+			return nil, fieldErr(f(), "%q has host bits set", s)
 		}
 		cl := v4
 		if p.Addr().Is6() {
 			cl = v6
 			if seen6 {
-				return nil, fieldErr(f, "a second IPv6 pod CIDR %s", p)
+				return nil, fieldErr(f(), "a second IPv6 pod CIDR %s", p)
 			}
 			seen6 = true
 		} else {
 			if seen4 {
-				return nil, fieldErr(f, "a second IPv4 pod CIDR %s", p)
+				return nil, fieldErr(f(), "a second IPv4 pod CIDR %s", p)
 			}
 			seen4 = true
 		}
 		if !cl.IsValid() || p.Bits() < cl.Bits() || !cl.Contains(p.Addr()) {
-			return nil, fieldErr(f, "%s is outside the cluster CIDR", p)
+			return nil, fieldErr(f(), "%s is outside the cluster CIDR", p)
 		}
 		out = append(out, p)
 	}
