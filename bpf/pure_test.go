@@ -137,3 +137,13 @@ func TestLocalEntries(t *testing.T) {
 		t.Errorf("v6 %+v", v6)
 	}
 }
+
+// sortedTunnels turns a map into the sorted slice diffTunnels works on.
+func sortedTunnels(m map[netip.Prefix]spec.Tunnel) []spec.Tunnel {
+	out := make([]spec.Tunnel, 0, len(m))
+	for _, t := range m {
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b spec.Tunnel) int { return cmpPrefix(a.Prefix, b.Prefix) })
+	return out
+}

@@ -101,16 +101,13 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read local map: %w", err)
 	}
-	tunnels, err := d.readTunnels()
-	if err != nil {
+	var err error
+	if s.tunnels, err = d.readTunnels(); err != nil {
 		return nil, err
 	}
-	s.tunnels = sortedTunnels(tunnels)
-	owners, err := readTrie(d.objs.WeftOwners, "owner map")
-	if err != nil {
+	if s.owners, err = readTrie(d.objs.WeftOwners, "owner map"); err != nil {
 		return nil, err
 	}
-	s.owners = sortedTunnels(owners)
 	if s.routes, err = route.List(nl); err != nil {
 		return nil, err
 	}
@@ -125,23 +122,29 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 	return s, nil
 }
 
-func (d *Datapath) readTunnels() (map[netip.Prefix]spec.Tunnel, error) {
+// readTunnels reads the tunnel map into a slice sorted by prefix, the form
+// diffTunnels works on.
+func (d *Datapath) readTunnels() ([]spec.Tunnel, error) {
 	return readTrie(d.objs.WeftTunnels, "tunnel map")
 }
 
-// readTrie reads a trie of tunnel values (weft_tunnels, weft_owners).
-func readTrie(m *ebpf.Map, what string) (map[netip.Prefix]spec.Tunnel, error) {
-	out := make(map[netip.Prefix]spec.Tunnel)
+// readTrie reads a trie of tunnel values (weft_tunnels, weft_owners) into
+// a slice sorted by prefix. No map in between: Reconcile reads the whole
+// tunnel map every interval, and at 5,000 entries a map was most of the
+// agent's garbage (1.7 MB a read).
+func readTrie(m *ebpf.Map, what string) ([]spec.Tunnel, error) {
+	var out []spec.Tunnel
 	var k object.WeftTunnelKey
 	var v object.WeftTunnelValue
 	it := m.Iterate()
 	for it.Next(&k, &v) {
 		p := object.Prefix(k)
-		out[p] = object.Tunnel(p, v)
+		out = append(out, object.Tunnel(p, v))
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
+	slices.SortFunc(out, func(a, b spec.Tunnel) int { return cmpPrefix(a.Prefix, b.Prefix) })
 	return out, nil
 }
 

@@ -23,16 +23,6 @@ func cmpPrefix(a, b netip.Prefix) int {
 	return a.Bits() - b.Bits()
 }
 
-// sortedTunnels turns a map into the sorted slice diffTunnels works on.
-func sortedTunnels(m map[netip.Prefix]spec.Tunnel) []spec.Tunnel {
-	out := make([]spec.Tunnel, 0, len(m))
-	for _, t := range m {
-		out = append(out, t)
-	}
-	slices.SortFunc(out, func(a, b spec.Tunnel) int { return cmpPrefix(a.Prefix, b.Prefix) })
-	return out
-}
-
 // diffTunnels compares the map content have (sorted by prefix, unique)
 // with want and returns the writes plus the content after them. A later
 // entry for the same prefix in want wins.
