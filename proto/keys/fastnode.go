@@ -2,6 +2,7 @@ package keys
 
 import (
 	"math"
+	"strings"
 
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
@@ -17,11 +18,13 @@ import (
 // ones. FuzzFastNode checks that whatever it accepts protojson decodes to
 // the same message.
 func fastNode(b []byte) (*weftv1.Node, bool) {
-	// One string holds every field's text: one allocation per node, and
-	// the node keeps no bytes of the caller's buffer.
-	p := fastParser{s: string(b)}
-	n := &weftv1.Node{}
+	p := fastParser{b: b}
 	var seen uint8
+	// Each string field as a span of b; repeated ones as spans in order.
+	var name, ip, mac span
+	var cidrBuf, capBuf [4]span
+	cidrs, caps := cidrBuf[:0], capBuf[:0]
+	n := &weftv1.Node{}
 	if !p.consume('{') {
 		return nil, false
 	}
@@ -32,17 +35,22 @@ func fastNode(b []byte) (*weftv1.Node, bool) {
 				return nil, false
 			}
 			var bit uint8
-			switch key {
+			switch string(b[key.from:key.to]) {
 			case "name":
-				bit, ok = 1<<0, p.strInto(&n.Name)
+				bit = 1 << 0
+				name, ok = p.str()
 			case "underlay_ip":
-				bit, ok = 1<<1, p.strInto(&n.UnderlayIp)
+				bit = 1 << 1
+				ip, ok = p.str()
 			case "pod_cidrs":
-				bit, ok = 1<<2, p.strs(&n.PodCidrs)
+				bit = 1 << 2
+				cidrs, ok = p.strs(cidrs)
 			case "vtep_mac":
-				bit, ok = 1<<3, p.strInto(&n.VtepMac)
+				bit = 1 << 3
+				mac, ok = p.str()
 			case "capabilities":
-				bit, ok = 1<<4, p.strs(&n.Capabilities)
+				bit = 1 << 4
+				caps, ok = p.strs(caps)
 			case "asn":
 				var v uint64
 				v, ok = p.uint(false)
@@ -67,18 +75,65 @@ func fastNode(b []byte) (*weftv1.Node, bool) {
 		}
 	}
 	p.ws()
-	return n, p.i == len(p.s)
+	if p.i != len(b) {
+		return nil, false
+	}
+	// The values only, in one string: one allocation per node, no JSON
+	// syntax kept alive, and nothing of the caller's buffer.
+	size := name.len() + ip.len() + mac.len()
+	for _, s := range cidrs {
+		size += s.len()
+	}
+	for _, s := range caps {
+		size += s.len()
+	}
+	var sb strings.Builder
+	sb.Grow(size)
+	for _, s := range [...]span{name, ip, mac} {
+		sb.Write(b[s.from:s.to])
+	}
+	for _, s := range cidrs {
+		sb.Write(b[s.from:s.to])
+	}
+	for _, s := range caps {
+		sb.Write(b[s.from:s.to])
+	}
+	all, off := sb.String(), 0
+	next := func(s span) string {
+		v := all[off : off+s.len()]
+		off += s.len()
+		return v
+	}
+	n.Name, n.UnderlayIp, n.VtepMac = next(name), next(ip), next(mac)
+	if len(cidrs) > 0 {
+		n.PodCidrs = make([]string, len(cidrs))
+		for i, s := range cidrs {
+			n.PodCidrs[i] = next(s)
+		}
+	}
+	if len(caps) > 0 {
+		n.Capabilities = make([]string, len(caps))
+		for i, s := range caps {
+			n.Capabilities[i] = next(s)
+		}
+	}
+	return n, true
 }
 
+// span is a string value's bytes in the parser's input, quotes excluded.
+type span struct{ from, to int }
+
+func (s span) len() int { return s.to - s.from }
+
 type fastParser struct {
-	s string
+	b []byte
 	i int
 }
 
 // ws skips JSON whitespace.
 func (p *fastParser) ws() {
-	for p.i < len(p.s) {
-		switch p.s[p.i] {
+	for p.i < len(p.b) {
+		switch p.b[p.i] {
 		case ' ', '\t', '\n', '\r':
 			p.i++
 		default:
@@ -90,7 +145,7 @@ func (p *fastParser) ws() {
 // consume skips whitespace and then c, reporting whether c was there.
 func (p *fastParser) consume(c byte) bool {
 	p.ws()
-	if p.i < len(p.s) && p.s[p.i] == c {
+	if p.i < len(p.b) && p.b[p.i] == c {
 		p.i++
 		return true
 	}
@@ -98,48 +153,42 @@ func (p *fastParser) consume(c byte) bool {
 }
 
 // str reads a string of printable ASCII without escapes.
-func (p *fastParser) str() (string, bool) {
+func (p *fastParser) str() (span, bool) {
 	if !p.consume('"') {
-		return "", false
+		return span{}, false
 	}
 	start := p.i
-	for ; p.i < len(p.s); p.i++ {
-		switch c := p.s[p.i]; {
+	for ; p.i < len(p.b); p.i++ {
+		switch c := p.b[p.i]; {
 		case c == '"':
 			p.i++
-			return p.s[start : p.i-1], true
+			return span{start, p.i - 1}, true
 		case c < 0x20 || c > 0x7e || c == '\\':
-			return "", false
+			return span{}, false
 		}
 	}
-	return "", false
+	return span{}, false
 }
 
-func (p *fastParser) strInto(dst *string) bool {
-	s, ok := p.str()
-	*dst = s
-	return ok
-}
-
-// strs reads an array of such strings; an empty array leaves *dst nil.
-func (p *fastParser) strs(dst *[]string) bool {
+// strs reads an array of such strings, appended to out.
+func (p *fastParser) strs(out []span) ([]span, bool) {
 	if !p.consume('[') {
-		return false
+		return nil, false
 	}
 	if p.consume(']') {
-		return true
+		return out, true
 	}
 	for {
 		s, ok := p.str()
 		if !ok {
-			return false
+			return nil, false
 		}
-		*dst = append(*dst, s)
+		out = append(out, s)
 		if p.consume(']') {
-			return true
+			return out, true
 		}
 		if !p.consume(',') {
-			return false
+			return nil, false
 		}
 	}
 }
@@ -150,27 +199,27 @@ func (p *fastParser) strs(dst *[]string) bool {
 func (p *fastParser) uint(quoted bool) (uint64, bool) {
 	p.ws()
 	if quoted {
-		if p.i >= len(p.s) || p.s[p.i] != '"' {
+		if p.i >= len(p.b) || p.b[p.i] != '"' {
 			return 0, false
 		}
 		p.i++
 	}
 	start := p.i
 	var v uint64
-	for ; p.i < len(p.s) && p.s[p.i] >= '0' && p.s[p.i] <= '9'; p.i++ {
-		d := uint64(p.s[p.i] - '0')
+	for ; p.i < len(p.b) && p.b[p.i] >= '0' && p.b[p.i] <= '9'; p.i++ {
+		d := uint64(p.b[p.i] - '0')
 		if v > (math.MaxUint64-d)/10 {
 			return 0, false
 		}
 		v = v*10 + d
 	}
 	digits := p.i - start
-	if digits == 0 || digits > 1 && p.s[start] == '0' {
+	if digits == 0 || digits > 1 && p.b[start] == '0' {
 		return 0, false
 	}
 	if quoted {
 		// protojson wants the closing quote right after the digits.
-		if p.i >= len(p.s) || p.s[p.i] != '"' {
+		if p.i >= len(p.b) || p.b[p.i] != '"' {
 			return 0, false
 		}
 		p.i++
