@@ -15,13 +15,16 @@ import (
 var Binaries = []string{"weft-controller", "weft-agent", "weftctl", "weft-testenv", "weft-cni"}
 
 // Build compiles the weft binaries into dir with `go build` (run from
-// inside the weft module).
+// inside the weft module), the way deploy/Containerfile builds what ships
+// (static, CGO_ENABLED=0, -trimpath, -ldflags=-s): the binaries a cluster
+// test or benchmark runs are the ones users run.
 func Build(ctx context.Context, dir string) error {
-	args := []string{"build", "-o", dir + "/"}
+	args := []string{"build", "-trimpath", "-ldflags=-s", "-o", dir + "/"}
 	for _, b := range Binaries {
 		args = append(args, "github.com/weftnet/weft/cmd/"+b)
 	}
 	cmd := exec.CommandContext(ctx, goTool(), args...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out

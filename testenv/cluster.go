@@ -475,6 +475,14 @@ func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
 	return c.addNode(ctx, true)
 }
 
+// StartNode adds one node (namespace, agent) to the running cluster and
+// returns as soon as its agent process is started: it waits neither for
+// the node's lease nor attaches pods. Benchmarks time the join from there
+// (Node.Agent.Started).
+func (c *Cluster) StartNode(ctx context.Context) (*Node, error) {
+	return c.addNode(ctx, false)
+}
+
 func (c *Cluster) addNode(ctx context.Context, withPods bool) (*Node, error) {
 	c.mu.Lock()
 	i := len(c.nodes)

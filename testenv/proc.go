@@ -29,6 +29,7 @@ type Proc struct {
 	mu      sync.Mutex
 	cmd     *exec.Cmd
 	done    chan struct{}
+	started time.Time
 }
 
 // Start runs the process (again, if it ended): see start.
@@ -56,6 +57,7 @@ func (p *Proc) start() error {
 	// testenv then stops its children in order. SIGKILL on our death so a
 	// crashed test leaves no weft process behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	p.started = time.Now()
 	if err := inNSStart(p.NS, cmd); err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", p.Name, err)
@@ -82,6 +84,14 @@ func (p *Proc) exited() bool {
 	default:
 		return false
 	}
+}
+
+// Started is when the current child was started: the moment before the
+// fork, so a benchmark timing a start from it includes the exec.
+func (p *Proc) Started() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.started
 }
 
 // Running reports whether the process is alive.

@@ -4,7 +4,9 @@
 package bpfpin
 
 import (
+	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
@@ -57,4 +59,28 @@ func DropLink(pinDir, name string) error {
 		return fmt.Errorf("unpin link %s: %w", name, err)
 	}
 	return nil
+}
+
+// Map opens the map pinned at pinDir/name; the caller closes it.
+// Benchmarks that poll a map keep it open rather than reopening it.
+func Map(pinDir, name string) (*ebpf.Map, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+	}
+	return m, nil
+}
+
+// TunnelKey is the key of prefix p in weft_tunnels as the datapath writes
+// it: the prefix length then the 16-byte address, an IPv4 prefix as its
+// IPv4-mapped IPv6 form with 96 added to the length (docs/datapath.md).
+func TunnelKey(p netip.Prefix) []byte {
+	p = p.Masked()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	k := binary.NativeEndian.AppendUint32(nil, uint32(bits))
+	a := p.Addr().As16()
+	return append(k, a[:]...)
 }
