@@ -138,6 +138,9 @@ type Config struct {
 	// Follow tunes the log follower (backoff, timeouts); its callbacks
 	// and logger are set by the agent.
 	Follow follow.Options
+	// Converged, when set, is called once, on the converge loop, after
+	// the node's first successful Sync; it must not block.
+	Converged func()
 	// Logger defaults to a null logger.
 	Logger hclog.Logger
 }

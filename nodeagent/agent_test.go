@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -249,6 +250,34 @@ func TestAgentRegistersWaitsConvergesAndReports(t *testing.T) {
 	}
 	if st.PeerProblems[0].Node != "n3" || !strings.Contains(st.PeerProblems[0].Reason, "not on a directly connected network") {
 		t.Fatalf("peer problems = %v", st.PeerProblems)
+	}
+}
+
+func TestAgentConvergedIsCalledOnceAfterTheFirstSync(t *testing.T) {
+	_, c := etcdtest.New(t)
+	h := newHarness(t, c, c)
+	var calls, syncsAtCall atomic.Int64
+	h.a.cfg.Converged = func() {
+		syncsAtCall.Store(int64(h.dp.Syncs()))
+		calls.Add(1)
+	}
+	h.append(logtest.Config(cfg()))
+	h.append(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
+	h.start()
+	h.waitStatus("status while waiting", func(st *weftv1.AgentStatus) bool { return st.AppliedSeq == 2 })
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("Converged called %d times before the node's NodeAdded", n)
+	}
+	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+	h.waitStatus("converged", func(st *weftv1.AgentStatus) bool { return st.AppliedSeq == 3 && st.TunnelEntries == 1 })
+	if n, at := calls.Load(), syncsAtCall.Load(); n != 1 || at != 1 {
+		t.Fatalf("Converged called %d times, the first after %d syncs; want once, after the first", n, at)
+	}
+	// Later syncs do not call it again.
+	h.append(logtest.Added("n3", "192.168.1.3", "10.244.3.0/24"))
+	h.waitStatus("second peer", func(st *weftv1.AgentStatus) bool { return st.AppliedSeq == 4 && st.TunnelEntries == 2 })
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("Converged called %d times after a second sync, want once", n)
 	}
 }
 

@@ -391,6 +391,9 @@ func (l *loop) syncOnce(ctx context.Context) error {
 	}
 	if first {
 		a.log.Info("node converged", "pod_cidrs", plan.Self.PodCidrs, "desired", plan.Desired.String())
+		if a.cfg.Converged != nil {
+			a.cfg.Converged()
+		}
 	} else if rep.Changed() {
 		a.log.Debug("synced", "added", rep.Added, "updated", rep.Updated, "removed", rep.Removed, "desired", plan.Desired.String())
 	}
