@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"net"
 	"net/netip"
@@ -19,17 +20,19 @@ type openingDatapath struct {
 	done chan struct{}
 	dp   *bpf.Datapath
 	err  error
+	pin  string // cfg.PinDir, known before the open
 }
 
 var (
 	_ nodeagent.Datapath   = (*openingDatapath)(nil)
 	_ nodeagent.NodeInfo   = (*openingDatapath)(nil)
 	_ nodeagent.PodGateway = (*openingDatapath)(nil)
+	_ nodeagent.PinDirer   = (*openingDatapath)(nil)
 )
 
 // openDatapath starts bpf.Open(cfg) and returns at once.
 func openDatapath(cfg bpf.Config) *openingDatapath {
-	o := &openingDatapath{done: make(chan struct{})}
+	o := &openingDatapath{done: make(chan struct{}), pin: cmp.Or(cfg.PinDir, bpf.DefaultPinDir)}
 	go func() {
 		defer close(o.done)
 		o.dp, o.err = bpf.Open(cfg)
@@ -98,3 +101,7 @@ func (o *openingDatapath) EnsurePodGateway(podCIDRs []netip.Prefix, mtu int) err
 	}
 	return dp.EnsurePodGateway(podCIDRs, mtu)
 }
+
+// PinDir is the datapath's pin directory (subnet.env names it for
+// weft-cni); it is configuration, so it does not wait for the open.
+func (o *openingDatapath) PinDir() string { return o.pin }
