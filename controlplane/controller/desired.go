@@ -113,27 +113,15 @@ func (l *leader) judge(value []byte) (*weftv1.ClusterConfig, string) {
 		return nil, err.Error()
 	}
 	cfg = validate.WithDefaults(cfg)
-	if err := validate.Config(cfg); err != nil {
-		return nil, err.Error()
-	}
+	// The address plan rule first: a config that removes a family nodes
+	// still hold is refused for that, whatever else is wrong with it.
 	cur := l.st.State().Config
 	nodes := l.st.State().Nodes
-	if cur != nil && len(nodes) > 0 {
-		// Changing the address plan under live nodes would strand their
-		// subnets; weft refuses it and says so.
-		for _, f := range []struct {
-			name     string
-			old, new any
-		}{
-			{"cluster_cidr", cur.ClusterCidr, cfg.ClusterCidr},
-			{"cluster_cidr_v6", cur.ClusterCidrV6, cfg.ClusterCidrV6},
-			{"node_mask_size", cur.NodeMaskSize, cfg.NodeMaskSize},
-			{"node_mask_size_v6", cur.NodeMaskSizeV6, cfg.NodeMaskSizeV6},
-		} {
-			if f.old != f.new {
-				return nil, fmt.Sprintf("%v: %s: cannot change from %v to %v while %d nodes hold subnets (remove them first)", validate.ErrInvalid, f.name, f.old, f.new, len(nodes))
-			}
-		}
+	if reason := planChange(cur, cfg, nodes); reason != "" {
+		return nil, fmt.Sprintf("%v: %s", validate.ErrInvalid, reason)
+	}
+	if err := validate.Config(cfg); err != nil {
+		return nil, err.Error()
 	}
 	var lacking []string
 	for _, name := range sortedNames(nodes) {
@@ -151,12 +139,77 @@ func (l *leader) judge(value []byte) (*weftv1.ClusterConfig, string) {
 			continue
 		}
 		for _, name := range sortedNames(nodes) {
-			if a, err := netip.ParseAddr(nodes[name].UnderlayIp); err == nil && p.Contains(a.Unmap()) {
-				return nil, fmt.Sprintf("%v: %s: %s overlaps the underlay: it contains node %q's address %s", validate.ErrInvalid, f.name, p, name, a)
+			for _, a := range validate.UnderlayAddrs(nodes[name]) {
+				if p.Contains(a) {
+					return nil, fmt.Sprintf("%v: %s: %s overlaps the underlay: it contains node %q's address %s", validate.ErrInvalid, f.name, p, name, a)
+				}
 			}
 		}
 	}
 	return cfg, ""
+}
+
+// planChange applies the rule for address plan changes (docs/DESIGN.md),
+// one family at a time: while any node holds a pod CIDR of a family, that
+// family's cluster CIDR and node mask stay as they are (changing or
+// removing them would strand the addresses pods hold in those subnets);
+// a family no node holds may be added, changed or removed. Adding a family
+// to a running cluster (an IPv6 cluster CIDR beside the IPv4 one) is
+// therefore allowed, and the controller gives every node a pod CIDR of it.
+// It returns the refusal, naming the field, or "".
+func planChange(cur, next *weftv1.ClusterConfig, nodes map[string]*weftv1.Node) string {
+	if cur == nil {
+		return ""
+	}
+	held := [2]int{} // nodes holding an IPv4, an IPv6 pod CIDR
+	for _, n := range nodes {
+		var has [2]bool
+		for _, s := range n.PodCidrs {
+			if p, err := netip.ParsePrefix(s); err == nil {
+				has[b2i(p.Addr().Is6())] = true
+			}
+		}
+		for i := range has {
+			if has[i] {
+				held[i]++
+			}
+		}
+	}
+	for _, f := range []struct {
+		v6               bool
+		cidr, mask       string
+		oldCIDR, newCIDR string
+		oldMask, newMask uint32
+	}{
+		{false, "cluster_cidr", "node_mask_size", cur.ClusterCidr, next.ClusterCidr, cur.NodeMaskSize, next.NodeMaskSize},
+		{true, "cluster_cidr_v6", "node_mask_size_v6", cur.ClusterCidrV6, next.ClusterCidrV6, cur.NodeMaskSizeV6, next.NodeMaskSizeV6},
+	} {
+		n := held[b2i(f.v6)]
+		if n == 0 {
+			continue
+		}
+		fam := "IPv4"
+		if f.v6 {
+			fam = "IPv6"
+		}
+		why := fmt.Sprintf("while %d nodes hold %s pod CIDRs from it (pods hold addresses in them; remove those nodes first)", n, fam)
+		switch {
+		case f.newCIDR == "":
+			return fmt.Sprintf("%s: cannot remove %s %s", f.cidr, f.oldCIDR, why)
+		case f.newCIDR != f.oldCIDR:
+			return fmt.Sprintf("%s: cannot change from %s to %s %s", f.cidr, f.oldCIDR, f.newCIDR, why)
+		case f.newMask != f.oldMask:
+			return fmt.Sprintf("%s: cannot change from %d to %d %s", f.mask, f.oldMask, f.newMask, why)
+		}
+	}
+	return ""
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func sortedNames(m map[string]*weftv1.Node) []string {

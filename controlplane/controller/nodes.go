@@ -87,8 +87,8 @@ func (l *leader) reconcile(ctx context.Context) error {
 		}
 		delete(l.lost, name)
 		n, reason := l.admit(cfg, name, reg, owners)
-		if reason != "" {
-			problems[name] = reason
+		problems[name] = reason
+		if n == nil {
 			continue
 		}
 		switch {
@@ -98,7 +98,6 @@ func (l *leader) reconcile(ctx context.Context) error {
 			events = append(events, &weftv1.Event{Kind: &weftv1.Event_NodeUpdated{NodeUpdated: &weftv1.NodeUpdated{Node: n}}})
 		}
 		owners[n.UnderlayIp] = name
-		problems[name] = ""
 	}
 	clear(l.dirty)
 	refused := false
@@ -152,7 +151,10 @@ func (l *leader) reconcile(ctx context.Context) error {
 // have its underlay address inside a cluster CIDR, nor take the address
 // of another node that is registered (owners: address → node), must have
 // what the backend in force needs, and gets its pod CIDRs. It returns
-// the node, or why not.
+// the node, or nil and why not; a node that keeps the pod CIDRs it holds
+// when a family added to the config has no free subnet for it is
+// returned with the problem that says what it lacks, so its other
+// changes still reach the log.
 func (l *leader) admit(cfg *weftv1.ClusterConfig, name string, reg *weftv1.Registration, owners map[string]string) (*weftv1.Node, string) {
 	if err := overlap(cfg, reg); err != nil {
 		return nil, fmt.Sprintf("registration skipped: %v", err)
@@ -170,8 +172,12 @@ func (l *leader) admit(cfg *weftv1.ClusterConfig, name string, reg *weftv1.Regis
 	}
 	held := l.alloc.Holding(name) != nil
 	cidrs, err := l.alloc.Allocate(name, pins)
+	lack := ""
 	if err != nil {
-		return nil, fmt.Sprintf("no pod CIDR: %v", err)
+		lack = fmt.Sprintf("no pod CIDR: %v", err)
+		if !held || len(cidrs) == 0 {
+			return nil, lack
+		}
 	}
 	n := nodeFrom(reg, cidrs)
 	if err := validate.Node(cfg, n); err != nil {
@@ -180,7 +186,7 @@ func (l *leader) admit(cfg *weftv1.ClusterConfig, name string, reg *weftv1.Regis
 		}
 		return nil, fmt.Sprintf("registration skipped: %v", err)
 	}
-	return n, ""
+	return n, lack
 }
 
 // liveAddresses maps the underlay address of every projected node whose
@@ -337,14 +343,16 @@ func (l *leader) logEvent(e *weftv1.Event) {
 // overlap refuses a node whose underlay address lies inside a cluster
 // CIDR: its tunnel packets would be routed into the overlay itself.
 func overlap(cfg *weftv1.ClusterConfig, r *weftv1.Registration) error {
-	a, err := netip.ParseAddr(r.UnderlayIp)
-	if err != nil {
-		return err
-	}
-	a = a.Unmap()
-	for _, s := range []string{cfg.ClusterCidr, cfg.ClusterCidrV6} {
-		if p, err := netip.ParsePrefix(s); err == nil && p.Contains(a) {
-			return fmt.Errorf("%w: underlay_ip: %s is inside the cluster CIDR %s", validate.ErrInvalid, a, p)
+	for _, f := range []struct{ field, ip string }{{"underlay_ip", r.UnderlayIp}, {"underlay_ip_v6", r.UnderlayIpV6}} {
+		a, err := netip.ParseAddr(f.ip)
+		if err != nil {
+			continue // validated by the source; underlay_ip_v6 may be empty
+		}
+		a = a.Unmap()
+		for _, s := range []string{cfg.ClusterCidr, cfg.ClusterCidrV6} {
+			if p, err := netip.ParsePrefix(s); err == nil && p.Contains(a) {
+				return fmt.Errorf("%w: %s: %s is inside the cluster CIDR %s", validate.ErrInvalid, f.field, a, p)
+			}
 		}
 	}
 	return nil
@@ -357,6 +365,9 @@ func nodeFrom(r *weftv1.Registration, cidrs []netip.Prefix) *weftv1.Node {
 		VtepMac:      r.VtepMac,
 		Capabilities: slices.Clone(r.Capabilities),
 		Asn:          r.Asn,
+	}
+	if a, err := netip.ParseAddr(r.UnderlayIpV6); err == nil {
+		n.UnderlayIpV6 = a.String()
 	}
 	for _, p := range cidrs {
 		n.PodCidrs = append(n.PodCidrs, p.String())

@@ -53,7 +53,8 @@ verbs:
                              cannot reach and why; problems
   config get                 the config in force and the answer to the last desired config
   config set FILE|-          ask for a config (JSON or YAML ClusterConfig) ...
-  config set --mtu 1400 ...  ... or change fields of the config in force
+  config set --mtu 1400 ...  ... or change fields of the config in force (--cluster-cidr-v6 CIDR
+                             adds IPv6 to a running IPv4 cluster)
   check                      verify the store: log contiguous, fold == projection, subnets guarded
   auth setup                 etcd users and roles of the cluster (controller, operator,
                              reader, one per node in the store) and root; turns etcd
@@ -253,7 +254,7 @@ func (x *cli) nodes(ctx context.Context) error {
 			continue
 		}
 		nd := st.Nodes[n]
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", nd.Name, nd.UnderlayIp, strings.Join(nd.PodCidrs, ","), nd.Seq)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", nd.Name, underlay(nd), strings.Join(nd.PodCidrs, ","), nd.Seq)
 	}
 	if err := w.Flush(); err != nil {
 		return err
@@ -278,18 +279,31 @@ func badNodes(k keys.Layout, bad []store.Finding) map[string]string {
 	return out
 }
 
+// underlay is a node's underlay address, with its IPv6 one after a comma
+// on a dual-stack underlay.
+func underlay(n *weftv1.Node) string {
+	if n.GetUnderlayIpV6() != "" {
+		return n.GetUnderlayIp() + "," + n.GetUnderlayIpV6()
+	}
+	return n.GetUnderlayIp()
+}
+
 // Summary is a one-line description of an event.
 func Summary(e *weftv1.Event) (kind, what string) {
 	switch k := e.Kind.(type) {
 	case *weftv1.Event_ConfigChanged:
 		c := k.ConfigChanged.GetConfig()
-		return "ConfigChanged", fmt.Sprintf("cluster_cidr=%s backend=%s vni=%d mtu=%d", c.GetClusterCidr(), c.GetBackend(), c.GetVni(), c.GetMtu())
+		cidrs := "cluster_cidr=" + c.GetClusterCidr()
+		if c.GetClusterCidrV6() != "" {
+			cidrs += " cluster_cidr_v6=" + c.GetClusterCidrV6()
+		}
+		return "ConfigChanged", fmt.Sprintf("%s backend=%s vni=%d mtu=%d", cidrs, c.GetBackend(), c.GetVni(), c.GetMtu())
 	case *weftv1.Event_NodeAdded:
 		n := k.NodeAdded.GetNode()
-		return "NodeAdded", fmt.Sprintf("%s %s %s", n.GetName(), n.GetUnderlayIp(), strings.Join(n.GetPodCidrs(), ","))
+		return "NodeAdded", fmt.Sprintf("%s %s %s", n.GetName(), underlay(n), strings.Join(n.GetPodCidrs(), ","))
 	case *weftv1.Event_NodeUpdated:
 		n := k.NodeUpdated.GetNode()
-		return "NodeUpdated", fmt.Sprintf("%s %s %s", n.GetName(), n.GetUnderlayIp(), strings.Join(n.GetPodCidrs(), ","))
+		return "NodeUpdated", fmt.Sprintf("%s %s %s", n.GetName(), underlay(n), strings.Join(n.GetPodCidrs(), ","))
 	case *weftv1.Event_NodeRemoved:
 		return "NodeRemoved", fmt.Sprintf("%s (%s)", k.NodeRemoved.GetName(), k.NodeRemoved.GetReason())
 	}
@@ -373,6 +387,8 @@ type NodeStatus struct {
 	// BadValue says what is wrong with the node's projected value
 	// (/weft/nodes/<name>) when it does not decode or validate.
 	BadValue string `json:"bad_value,omitempty"`
+	// PodCIDRs are the pod CIDRs the agent applied (one per family).
+	PodCIDRs []string `json:"pod_cidrs,omitempty"`
 	// BGPSessions are the node's BGP sessions (bgp mode only).
 	BGPSessions []BGPSession `json:"bgp_sessions,omitempty"`
 	// ReachablePeers answered the node's last probe; UnreachablePeers do
@@ -482,6 +498,7 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 			ns.Reporting = true
 			ns.AppliedSeq, ns.Degraded, ns.LastError = s.AppliedSeq, s.Degraded, s.LastError
 			ns.ReachablePeers = s.ReachablePeers
+			ns.PodCIDRs = s.PodCidrs
 			for _, u := range s.UnreachablePeers {
 				ns.UnreachablePeers = append(ns.UnreachablePeers, UnreachablePeer{Node: u.Node, Address: u.Address, Reason: u.Reason, Since: u.Since})
 			}
@@ -512,9 +529,9 @@ func (x *cli) status(ctx context.Context) error {
 	// The SESSIONS column appears when some node reports BGP sessions.
 	bgp := slices.ContainsFunc(rep.Nodes, func(n NodeStatus) bool { return len(n.BGPSessions) > 0 })
 	if bgp {
-		fmt.Fprintln(w, "NODE\tAPPLIED\tBEHIND\tSESSIONS\tSTATE")
+		fmt.Fprintln(w, "NODE\tAPPLIED\tBEHIND\tPOD CIDRS\tSESSIONS\tSTATE")
 	} else {
-		fmt.Fprintln(w, "NODE\tAPPLIED\tBEHIND\tSTATE")
+		fmt.Fprintln(w, "NODE\tAPPLIED\tBEHIND\tPOD CIDRS\tSTATE")
 	}
 	for _, n := range rep.Nodes {
 		state := "converged"
@@ -526,7 +543,12 @@ func (x *cli) status(ctx context.Context) error {
 		case n.LastError != "":
 			state = "error: " + n.LastError
 		case len(n.UnreachablePeers) > 0:
-			state = fmt.Sprintf("degraded: %d of %d peers unreachable", len(n.UnreachablePeers), len(n.UnreachablePeers)+int(n.ReachablePeers))
+			// One entry per family a peer fails in; count peers.
+			peers := map[string]bool{}
+			for _, u := range n.UnreachablePeers {
+				peers[u.Node] = true
+			}
+			state = fmt.Sprintf("degraded: %d of %d peers unreachable", len(peers), len(peers)+int(n.ReachablePeers))
 		case n.Degraded:
 			state = "degraded"
 		case n.Behind > 0:
@@ -536,10 +558,14 @@ func (x *cli) status(ctx context.Context) error {
 		if !n.Reporting {
 			applied = "-"
 		}
+		cidrs := strings.Join(n.PodCIDRs, ",")
+		if cidrs == "" {
+			cidrs = "-"
+		}
 		if bgp {
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", n.Name, applied, n.Behind, sessionsSummary(n.BGPSessions), state)
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", n.Name, applied, n.Behind, cidrs, sessionsSummary(n.BGPSessions), state)
 		} else {
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", n.Name, applied, n.Behind, state)
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", n.Name, applied, n.Behind, cidrs, state)
 		}
 	}
 	if err := w.Flush(); err != nil {
@@ -620,7 +646,7 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 	str := map[string]*string{}
 	num := map[string]*uint64{}
 	boo := map[string]*bool{}
-	for _, f := range []string{"cluster-cidr", "cluster-cidr-v6", "backend", "native-routing-cidr"} {
+	for _, f := range []string{"cluster-cidr", "cluster-cidr-v6", "backend", "native-routing-cidr", "native-routing-cidr-v6"} {
 		str[f] = fs.String(f, "", "")
 	}
 	for _, f := range []string{"node-mask-size", "node-mask-size-v6", "vni", "udp-port", "mtu", "node-grace-seconds", "event-retention"} {
@@ -722,13 +748,17 @@ func setField(cfg *weftv1.ClusterConfig, f string, str map[string]*string, num m
 	var err error
 	switch f {
 	case "cluster-cidr":
+		cfg.NativeRoutingCidr = followDefault(cfg.NativeRoutingCidr, cfg.ClusterCidr, str["native-routing-cidr"])
 		cfg.ClusterCidr = *str[f]
 	case "cluster-cidr-v6":
+		cfg.NativeRoutingCidrV6 = followDefault(cfg.NativeRoutingCidrV6, cfg.ClusterCidrV6, str["native-routing-cidr-v6"])
 		cfg.ClusterCidrV6 = *str[f]
 	case "backend":
 		cfg.Backend = *str[f]
 	case "native-routing-cidr":
 		cfg.NativeRoutingCidr = *str[f]
+	case "native-routing-cidr-v6":
+		cfg.NativeRoutingCidrV6 = *str[f]
 	case "node-mask-size":
 		cfg.NodeMaskSize, err = u32()
 	case "node-mask-size-v6":
@@ -749,6 +779,18 @@ func setField(cfg *weftv1.ClusterConfig, f string, str map[string]*string, num m
 		cfg.AutoDirectNodeRoutes = *boo[f]
 	}
 	return err
+}
+
+// followDefault is the native routing CIDR after its family's cluster CIDR
+// changes: one that was the default (equal to the old cluster CIDR) and
+// that the command line does not set itself (explicit "" when unset) is
+// cleared, so the controller defaults it to the new cluster CIDR, or
+// drops it with the family.
+func followDefault(native, oldCluster string, explicit *string) string {
+	if native == oldCluster && (explicit == nil || *explicit == "") {
+		return ""
+	}
+	return native
 }
 
 // waitStatus waits for the controller's answer to desired config

@@ -105,7 +105,7 @@ func TestVerbs(t *testing.T) {
 			break
 		}
 	}
-	for _, want := range []string{"head 4", "node0  4        0       converged", "node1  2        2       behind", "node2  -        4       no status", "broken: registration skipped", "underlay_ip"} {
+	for _, want := range []string{"head 4", "node0  4        0       -          converged", "node1  2        2       -          behind", "node2  -        4       -          no status", "broken: registration skipped", "underlay_ip"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)
 		}
@@ -203,7 +203,7 @@ func TestStatusBGPSessions(t *testing.T) {
 	}}
 	e.c.Put(ctx, k.Status("node1"), keys.EncodeString(st))
 	code, out, _ := e.run("", "status")
-	for _, want := range []string{"SESSIONS", "node0  4        0       1/1 up    converged", "node1  4        0       1/2 up    converged", "node2  -        4       -         no status"} {
+	for _, want := range []string{"SESSIONS", "node0  4        0       -          1/1 up    converged", "node1  4        0       -          1/2 up    converged", "node2  -        4       -          -         no status"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("status lacks %q (exit %d):\n%s", want, code, out)
 		}
@@ -226,15 +226,22 @@ func TestStatusBGPSessions(t *testing.T) {
 func TestStatusUnreachablePeers(t *testing.T) {
 	e := setup(t)
 	ctx := context.Background()
-	e.c.Put(ctx, k.Status("node0"), keys.EncodeString(&weftv1.AgentStatus{Name: "node0", AppliedSeq: 4, HeadSeq: 4, ReachablePeers: 2}))
+	// Dual-stack: the agents applied a pod CIDR of each family, and node1
+	// cannot reach node2 in either (one entry per family, one peer).
+	e.c.Put(ctx, k.Status("node0"), keys.EncodeString(&weftv1.AgentStatus{Name: "node0", AppliedSeq: 4, HeadSeq: 4, ReachablePeers: 2,
+		PodCidrs: []string{"10.244.0.0/24", "fd00::/64"}}))
 	e.c.Put(ctx, k.Status("node1"), keys.EncodeString(&weftv1.AgentStatus{Name: "node1", AppliedSeq: 4, HeadSeq: 4, Degraded: true,
+		PodCidrs:       []string{"10.244.1.0/24", "fd00:0:0:1::/64"},
 		ReachablePeers: 1, UnreachablePeers: []*weftv1.UnreachablePeer{{Node: "node2", Address: "10.244.2.1", Since: "2026-01-02T03:04:05Z",
-			Reason: "no reply from 10.244.2.1 within 1s: direct routes are off (auto_direct_node_routes=false), so the network must route 10.244.2.0/24"}}}))
+			Reason: "no reply from 10.244.2.1 within 1s: direct routes are off (auto_direct_node_routes=false), so the network must route 10.244.2.0/24"},
+			{Node: "node2", Address: "fd00:0:0:2::1", Since: "2026-01-02T03:04:05Z",
+				Reason: "no reply from fd00:0:0:2::1 within 1s: direct routes are off (auto_direct_node_routes=false), so the network must route fd00:0:0:2::/64"}}}))
 	code, out, _ := e.run("", "status")
 	for _, want := range []string{
-		"node0  4        0       converged",
-		"node1  4        0       degraded: 1 of 2 peers unreachable",
+		"node0  4        0       10.244.0.0/24,fd00::/64        converged",
+		"node1  4        0       10.244.1.0/24,fd00:0:0:1::/64  degraded: 1 of 2 peers unreachable",
 		"unreachable peers:\n  node1 -> node2 (10.244.2.1) since 2026-01-02T03:04:05Z: no reply from 10.244.2.1 within 1s: direct routes are off",
+		"  node1 -> node2 (fd00:0:0:2::1) since 2026-01-02T03:04:05Z: no reply from fd00:0:0:2::1 within 1s",
 	} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("status lacks %q (exit %d):\n%s", want, code, out)
@@ -245,7 +252,47 @@ func TestStatusUnreachablePeers(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || len(rep.Nodes) != 3 {
 		t.Fatalf("status json: %d %v %q", code, err, out)
 	}
-	if n := rep.Nodes[1]; n.Converged || n.ReachablePeers != 1 || len(n.UnreachablePeers) != 1 || n.UnreachablePeers[0].Node != "node2" {
+	if n := rep.Nodes[1]; n.Converged || n.ReachablePeers != 1 || len(n.UnreachablePeers) != 2 || n.UnreachablePeers[0].Node != "node2" || len(n.PodCIDRs) != 2 {
 		t.Errorf("node1 in json: %+v", n)
+	}
+}
+
+// TestDualStackVerbs: weftctl config set adds an IPv6 cluster CIDR to the
+// running IPv4 cluster; nodes and events then show both families (and a
+// node's IPv6 underlay address), and removing the IPv6 CIDR is refused
+// while nodes hold IPv6 pod CIDRs.
+func TestDualStackVerbs(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	r := &weftv1.Registration{Name: "node3", UnderlayIp: "192.168.1.4", UnderlayIpV6: "fd99::4"}
+	if _, err := e.c.Put(ctx, k.Registration(r.Name), keys.EncodeString(r)); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := e.run("", "config", "set", "--cluster-cidr-v6", "fd00:10:244::/56")
+	if code != 0 || !strings.Contains(out, "accepted as seq") {
+		t.Fatalf("config set --cluster-cidr-v6: %d %q", code, out)
+	}
+	code, out, _ = e.run("", "config", "get")
+	if code != 0 || !strings.Contains(out, `"cluster_cidr_v6": "fd00:10:244::/56"`) || !strings.Contains(out, `"native_routing_cidr_v6": "fd00:10:244::/56"`) {
+		t.Fatalf("config get: %d %q", code, out)
+	}
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		_, out, _ = e.run("", "nodes")
+		if strings.Count(out, "fd00:10:244:") == 4 || time.Now().After(end) {
+			break
+		}
+	}
+	for _, want := range []string{"192.168.1.4,fd99::4", "10.244.0.0/24,fd00:10:244::/64", "fd00:10:244:3::/64"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nodes lacks %q:\n%s", want, out)
+		}
+	}
+	_, out, _ = e.run("", "events")
+	if !strings.Contains(out, "cluster_cidr=10.244.0.0/16 cluster_cidr_v6=fd00:10:244::/56") || strings.Count(out, "NodeUpdated") != 4 {
+		t.Errorf("events do not show the IPv6 CIDR and a NodeUpdated per earlier node:\n%s", out)
+	}
+	code, out, _ = e.run("", "config", "set", "--cluster-cidr-v6", "")
+	if code != 1 || !strings.Contains(out, "refused: invalid: cluster_cidr_v6: cannot remove fd00:10:244::/56 while 4 nodes hold IPv6 pod CIDRs") {
+		t.Fatalf("config set --cluster-cidr-v6 '': %d %q", code, out)
 	}
 }

@@ -35,28 +35,32 @@ type Allocator struct {
 }
 
 // New returns an empty allocator for cfg (which has had defaults applied
-// and passed validation).
+// and passed validation): a pool for each family the config has a
+// cluster CIDR of.
 func New(cfg *weftv1.ClusterConfig) (*Allocator, error) {
 	a := &Allocator{holds: map[string][]netip.Prefix{}}
-	v4, err := netip.ParsePrefix(cfg.GetClusterCidr())
-	if err != nil {
-		return nil, fmt.Errorf("new allocator: cluster_cidr: %w", err)
-	}
-	p, err := newPool(v4, int(cfg.GetNodeMaskSize()))
-	if err != nil {
-		return nil, fmt.Errorf("new allocator: %w", err)
-	}
-	a.pools = append(a.pools, p)
-	if cfg.GetClusterCidrV6() != "" {
-		v6, err := netip.ParsePrefix(cfg.ClusterCidrV6)
-		if err != nil {
-			return nil, fmt.Errorf("new allocator: cluster_cidr_v6: %w", err)
+	for _, f := range []struct {
+		field, cidr string
+		mask        uint32
+	}{
+		{"cluster_cidr", cfg.GetClusterCidr(), cfg.GetNodeMaskSize()},
+		{"cluster_cidr_v6", cfg.GetClusterCidrV6(), cfg.GetNodeMaskSizeV6()},
+	} {
+		if f.cidr == "" {
+			continue
 		}
-		p, err := newPool(v6, int(cfg.GetNodeMaskSizeV6()))
+		c, err := netip.ParsePrefix(f.cidr)
+		if err != nil {
+			return nil, fmt.Errorf("new allocator: %s: %w", f.field, err)
+		}
+		p, err := newPool(c, int(f.mask))
 		if err != nil {
 			return nil, fmt.Errorf("new allocator: %w", err)
 		}
 		a.pools = append(a.pools, p)
+	}
+	if len(a.pools) == 0 {
+		return nil, errors.New("new allocator: no cluster CIDR")
 	}
 	return a, nil
 }
@@ -118,40 +122,70 @@ func (a *Allocator) hold(name string, ps []netip.Prefix) {
 
 // Allocate returns name's subnets, one per configured family. A node that
 // already holds subnets keeps them (the controller releases a departed
-// node's subnets only when it removes the node, after its grace period). pinned names subnets
-// the operator wants for a node that holds none yet: each must be a
-// subnet of node_mask_size inside the cluster CIDR of its family and free,
-// or Allocate fails with ErrPin; families without a pin are allocated.
-// When a family has no free subnet Allocate fails with ErrExhausted naming
-// the cluster CIDR, and name is left holding nothing.
+// node's subnets only when it removes the node, after its grace period);
+// when it holds none of a family the config gained since (an IPv6 cluster
+// CIDR added to a running IPv4 cluster), it gets one of that family too. pinned names
+// subnets the operator wants for families the node holds none of yet:
+// each must be a subnet of node_mask_size inside the cluster CIDR of its
+// family and free, or Allocate fails with ErrPin; families without a pin
+// are allocated. When a family has no free subnet Allocate fails with
+// ErrExhausted naming the cluster CIDR: a new node is left holding
+// nothing, a node that held subnets keeps exactly those, and they are
+// returned with the error.
 func (a *Allocator) Allocate(name string, pinned []netip.Prefix) ([]netip.Prefix, error) {
-	if h, ok := a.holds[name]; ok {
-		return slices.Clone(h), nil
-	}
-	if err := a.check(name, pinned); err != nil {
-		return nil, fmt.Errorf("allocate for node %q: %w", name, err)
-	}
-	var out []netip.Prefix
+	held := a.holds[name]
+	var missing []*pool
 	for _, p := range a.pools {
+		if !slices.ContainsFunc(held, func(s netip.Prefix) bool { return s.Addr().Is4() == p.cluster.Addr().Is4() }) {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) == 0 {
+		return slices.Clone(held), nil
+	}
+	var pins []netip.Prefix
+	for _, s := range pinned {
+		if !slices.ContainsFunc(held, func(h netip.Prefix) bool { return h.Addr().Is4() == s.Addr().Is4() }) {
+			pins = append(pins, s)
+		}
+	}
+	if err := a.check(name, pins); err != nil {
+		return slices.Clone(held), fmt.Errorf("allocate for node %q: %w", name, err)
+	}
+	var got []netip.Prefix
+	for _, p := range missing {
 		var pin netip.Prefix
-		for _, s := range pinned {
+		for _, s := range pins {
 			if s.Addr().Is4() == p.cluster.Addr().Is4() {
 				if pin.IsValid() {
-					return nil, fmt.Errorf("allocate for node %q: %w: two pins of one family (%s, %s)", name, ErrPin, pin, s)
+					return slices.Clone(held), fmt.Errorf("allocate for node %q: %w: two pins of one family (%s, %s)", name, ErrPin, pin, s)
 				}
 				pin = s
 			}
 		}
 		if pin.IsValid() {
-			out = append(out, pin)
+			got = append(got, pin)
 			continue
 		}
+		// Nothing is marked used before hold below: each pool is asked
+		// once, so a failure here has nothing to undo.
 		s, _, ok := p.take()
 		if !ok {
-			return nil, fmt.Errorf("allocate for node %q: %w: %s has no free /%d", name, ErrExhausted, p.cluster, p.mask)
+			return slices.Clone(held), fmt.Errorf("allocate for node %q: %w: %s has no free /%d", name, ErrExhausted, p.cluster, p.mask)
 		}
-		out = append(out, s)
+		got = append(got, s)
 	}
+	out := append(slices.Clone(held), got...)
+	// IPv4 first, then IPv6, whatever order the families were added in.
+	slices.SortStableFunc(out, func(x, y netip.Prefix) int {
+		switch {
+		case x.Addr().Is4() == y.Addr().Is4():
+			return 0
+		case x.Addr().Is4():
+			return -1
+		}
+		return 1
+	})
 	a.hold(name, out)
 	return slices.Clone(out), nil
 }

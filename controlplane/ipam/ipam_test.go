@@ -159,6 +159,69 @@ func TestDualStackAndPins(t *testing.T) {
 	}
 }
 
+// TestFamilyAdded: a node that holds an IPv4 subnet when the config gains
+// an IPv6 cluster CIDR gets an IPv6 subnet as well and keeps its IPv4 one;
+// when the new family is exhausted it keeps exactly what it had. An
+// IPv6-only allocator hands out IPv6 only.
+func TestFamilyAdded(t *testing.T) {
+	a, err := New(cfg("10.6.0.0/16", 24, "", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := a.Allocate("n1", nil)
+	if err != nil || len(old) != 1 {
+		t.Fatalf("IPv4 allocation: %v, %v", old, err)
+	}
+	// The controller rebuilds the allocator from the projection under the
+	// new config.
+	a, err = New(cfg("10.6.0.0/16", 24, "fd00:6::/63", 64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"n1", "n2"} {
+		if err := a.Restore(n, []string{fmt.Sprintf("10.6.%s.0/24", n[1:])}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := a.Allocate("n1", nil)
+	if err != nil || len(got) != 2 || got[0] != netip.MustParsePrefix("10.6.1.0/24") || !got[1].Addr().Is6() {
+		t.Fatalf("n1 after the IPv6 CIDR was added: %v, %v; want its IPv4 subnet and a new IPv6 one", got, err)
+	}
+	// A pin for the family a node lacks is honoured; one for a family it
+	// holds changes nothing.
+	pin6 := netip.MustParsePrefix("fd00:6:0:1::/64")
+	if got[1] == pin6 {
+		pin6 = netip.MustParsePrefix("fd00:6::/64")
+	}
+	got2, err := a.Allocate("n2", []netip.Prefix{netip.MustParsePrefix("10.6.99.0/24"), pin6})
+	if err != nil || len(got2) != 2 || got2[0] != netip.MustParsePrefix("10.6.2.0/24") || got2[1] != pin6 {
+		t.Fatalf("n2 with pins: %v, %v", got2, err)
+	}
+	// fd00:6::/63 has two /64s, both held now.
+	if err := a.Restore("n3", []string{"10.6.3.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	got3, err := a.Allocate("n3", nil)
+	if !errors.Is(err, ErrExhausted) || !contains(err.Error(), "fd00:6::/63") || !slices.Equal(got3, []netip.Prefix{netip.MustParsePrefix("10.6.3.0/24")}) {
+		t.Fatalf("n3 with the IPv6 pool exhausted: %v, %v; want its IPv4 subnet and ErrExhausted naming fd00:6::/63", got3, err)
+	}
+	if h := a.Holding("n3"); len(h) != 1 {
+		t.Fatalf("n3 holds %v after the failed top-up", h)
+	}
+
+	v6, err := New(cfg("", 0, "fd00:7::/56", 64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = v6.Allocate("x", nil)
+	if err != nil || len(got) != 1 || got[0] != netip.MustParsePrefix("fd00:7::/64") {
+		t.Fatalf("IPv6-only allocation: %v, %v", got, err)
+	}
+	if _, err := New(cfg("", 0, "", 0)); err == nil {
+		t.Fatal("an allocator without any cluster CIDR")
+	}
+}
+
 func TestRestoreRejectsConflicts(t *testing.T) {
 	a, err := New(cfg("10.4.0.0/16", 24, "", 0))
 	if err != nil {

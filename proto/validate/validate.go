@@ -101,7 +101,7 @@ func WithDefaults(c *weftv1.ClusterConfig) *weftv1.ClusterConfig {
 	if c.UdpPort == 0 {
 		c.UdpPort = DefaultUDPPort
 	}
-	if c.NodeMaskSize == 0 {
+	if c.ClusterCidr != "" && c.NodeMaskSize == 0 {
 		c.NodeMaskSize = DefaultNodeMaskV4
 	}
 	if c.ClusterCidrV6 != "" && c.NodeMaskSizeV6 == 0 {
@@ -115,6 +115,9 @@ func WithDefaults(c *weftv1.ClusterConfig) *weftv1.ClusterConfig {
 	}
 	if c.NativeRoutingCidr == "" {
 		c.NativeRoutingCidr = c.ClusterCidr
+	}
+	if c.NativeRoutingCidrV6 == "" {
+		c.NativeRoutingCidrV6 = c.ClusterCidrV6
 	}
 	if !c.DefaultsApplied {
 		c.Masquerade = true
@@ -135,27 +138,34 @@ func WithDefaults(c *weftv1.ClusterConfig) *weftv1.ClusterConfig {
 }
 
 // Config checks a ClusterConfig that has had WithDefaults applied. The
-// error names the first field at fault.
+// error names the first field at fault. A config needs cluster_cidr
+// (IPv4), cluster_cidr_v6 (IPv6) or both (dual-stack).
 func Config(c *weftv1.ClusterConfig) error {
 	if c == nil {
 		return fieldErr("config", "missing")
 	}
-	v4, err := netip.ParsePrefix(c.ClusterCidr)
-	switch {
-	case c.ClusterCidr == "":
-		return fieldErr("cluster_cidr", "required")
-	case err != nil:
-		return fieldErr("cluster_cidr", "%q is not a CIDR: %v", c.ClusterCidr, err)
-	case !v4.Addr().Is4():
-		return fieldErr("cluster_cidr", "%q is not IPv4 (use cluster_cidr_v6 for IPv6)", c.ClusterCidr)
-	case v4 != v4.Masked():
-		return fieldErr("cluster_cidr", "%q has host bits set (did you mean %s?)", c.ClusterCidr, v4.Masked())
+	if c.ClusterCidr == "" && c.ClusterCidrV6 == "" {
+		return fieldErr("cluster_cidr", "required (or cluster_cidr_v6 for an IPv6-only cluster)")
 	}
-	if err := maskOK("node_mask_size", v4, c.NodeMaskSize); err != nil {
-		return err
+	var v4, v6 netip.Prefix
+	if c.ClusterCidr != "" {
+		var err error
+		v4, err = netip.ParsePrefix(c.ClusterCidr)
+		switch {
+		case err != nil:
+			return fieldErr("cluster_cidr", "%q is not a CIDR: %v", c.ClusterCidr, err)
+		case !v4.Addr().Is4():
+			return fieldErr("cluster_cidr", "%q is not IPv4 (use cluster_cidr_v6 for IPv6)", c.ClusterCidr)
+		case v4 != v4.Masked():
+			return fieldErr("cluster_cidr", "%q has host bits set (did you mean %s?)", c.ClusterCidr, v4.Masked())
+		}
+		if err := maskOK("node_mask_size", v4, c.NodeMaskSize); err != nil {
+			return err
+		}
 	}
 	if c.ClusterCidrV6 != "" {
-		v6, err := netip.ParsePrefix(c.ClusterCidrV6)
+		var err error
+		v6, err = netip.ParsePrefix(c.ClusterCidrV6)
 		switch {
 		case err != nil:
 			return fieldErr("cluster_cidr_v6", "%q is not a CIDR: %v", c.ClusterCidrV6, err)
@@ -163,6 +173,11 @@ func Config(c *weftv1.ClusterConfig) error {
 			return fieldErr("cluster_cidr_v6", "%q is not IPv6", c.ClusterCidrV6)
 		case v6 != v6.Masked():
 			return fieldErr("cluster_cidr_v6", "%q has host bits set (did you mean %s?)", c.ClusterCidrV6, v6.Masked())
+		}
+		for _, r := range reservedV6 {
+			if v6.Overlaps(r.prefix) {
+				return fieldErr("cluster_cidr_v6", "%s overlaps %s (%s)", v6, r.prefix, r.why)
+			}
 		}
 		if err := maskOK("node_mask_size_v6", v6, c.NodeMaskSizeV6); err != nil {
 			return err
@@ -183,17 +198,11 @@ func Config(c *weftv1.ClusterConfig) error {
 	if c.Mtu > 65535 {
 		return fieldErr("mtu", "%d is above 65535", c.Mtu)
 	}
-	if c.NativeRoutingCidr != "" {
-		p, err := netip.ParsePrefix(c.NativeRoutingCidr)
-		if err != nil {
-			return fieldErr("native_routing_cidr", "%q is not a CIDR: %v", c.NativeRoutingCidr, err)
-		}
-		if !p.Addr().Is4() {
-			return fieldErr("native_routing_cidr", "%q is not IPv4", c.NativeRoutingCidr)
-		}
-		if p.Bits() > v4.Bits() || !p.Contains(v4.Addr()) {
-			return fieldErr("native_routing_cidr", "%q does not contain cluster_cidr %s", c.NativeRoutingCidr, v4)
-		}
+	if err := nativeCIDR("native_routing_cidr", "cluster_cidr", c.NativeRoutingCidr, v4); err != nil {
+		return err
+	}
+	if err := nativeCIDR("native_routing_cidr_v6", "cluster_cidr_v6", c.NativeRoutingCidrV6, v6); err != nil {
+		return err
 	}
 	if c.Backend == "bgp" {
 		if err := BGP(c.Bgp); err != nil {
@@ -203,20 +212,62 @@ func Config(c *weftv1.ClusterConfig) error {
 	return nil
 }
 
+// reservedV6 are IPv6 ranges a pod network must not touch: the datapath's
+// single tunnel trie stores IPv4 prefixes IPv4-mapped, and link-local and
+// multicast addresses are never routed.
+var reservedV6 = []struct {
+	prefix netip.Prefix
+	why    string
+}{
+	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped addresses, which the datapath uses for IPv4"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local addresses"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast addresses"},
+	{netip.MustParsePrefix("::/128"), "the unspecified address"},
+	{netip.MustParsePrefix("::1/128"), "the loopback address"},
+}
+
+// nativeCIDR checks a native routing CIDR of one family: it must contain
+// the cluster CIDR of that family (cluster, invalid when the family is
+// not configured).
+func nativeCIDR(field, clusterField, s string, cluster netip.Prefix) error {
+	if s == "" {
+		return nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return fieldErr(field, "%q is not a CIDR: %v", s, err)
+	}
+	v6 := clusterField == "cluster_cidr_v6"
+	if p.Addr().Is4() == v6 || p.Addr().Is4In6() {
+		fam := "IPv4"
+		if v6 {
+			fam = "IPv6"
+		}
+		return fieldErr(field, "%q is not %s", s, fam)
+	}
+	if !cluster.IsValid() {
+		return fieldErr(field, "%q is set but %s is empty", s, clusterField)
+	}
+	if p.Bits() > cluster.Bits() || !p.Contains(cluster.Addr()) {
+		return fieldErr(field, "%q does not contain %s %s", s, clusterField, cluster)
+	}
+	return nil
+}
+
 func maskOK(field string, cluster netip.Prefix, mask uint32) error {
 	max := uint32(cluster.Addr().BitLen())
 	if mask > max {
 		return fieldErr(field, "/%d is longer than an address (%d bits)", mask, max)
 	}
-	if mask <= uint32(cluster.Bits()) {
-		return fieldErr(field, "/%d leaves no room for node subnets in %s", mask, cluster)
+	if mask < uint32(cluster.Bits()) {
+		return fieldErr(field, "/%d is shorter than %s: no room for node subnets", mask, cluster)
 	}
 	// Fewer than two subnets is no cluster: one node could never talk to
-	// another. For IPv4 also leave at least 2 host addresses per node.
+	// another. Each node also needs at least 2 pod addresses.
 	if mask == uint32(cluster.Bits()) {
 		return fieldErr(field, "/%d gives fewer than two subnets of %s", mask, cluster)
 	}
-	if cluster.Addr().Is4() && mask > 30 {
+	if cluster.Addr().Is4() && mask > 30 || mask > 126 {
 		return fieldErr(field, "/%d leaves fewer than two pod addresses per node", mask)
 	}
 	return nil
@@ -276,6 +327,41 @@ func UnderlayIP(field, s string) (netip.Addr, error) {
 	return a, nil
 }
 
+// underlayPair checks a node's underlay_ip and underlay_ip_v6: the second
+// is optional, IPv6, and only beside an IPv4 underlay_ip.
+func underlayPair(ip, ip6 string) error {
+	a, err := UnderlayIP("underlay_ip", ip)
+	if err != nil {
+		return err
+	}
+	if ip6 == "" {
+		return nil
+	}
+	b, err := UnderlayIP("underlay_ip_v6", ip6)
+	if err != nil {
+		return err
+	}
+	if !b.Is6() {
+		return fieldErr("underlay_ip_v6", "%s is not IPv6", b)
+	}
+	if a.Is6() {
+		return fieldErr("underlay_ip_v6", "set beside the IPv6 underlay_ip %s (only an IPv4 underlay_ip takes a second, IPv6 address)", a)
+	}
+	return nil
+}
+
+// UnderlayAddrs returns a node's parsed underlay addresses: underlay_ip
+// and, when set and valid, underlay_ip_v6. Invalid values are left out.
+func UnderlayAddrs(n *weftv1.Node) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range []string{n.GetUnderlayIp(), n.GetUnderlayIpV6()} {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
 // Registration checks an agent's registration. Its fields are bounded, so
 // a registration that passes encodes within MaxRegistrationBytes; the
 // stored value's own size is the reader's to check (Size), since unknown
@@ -284,7 +370,7 @@ func Registration(r *weftv1.Registration) error {
 	if err := keys.ValidName(r.Name); err != nil {
 		return fieldErr("name", "%v", err)
 	}
-	if _, err := UnderlayIP("underlay_ip", r.UnderlayIp); err != nil {
+	if err := underlayPair(r.UnderlayIp, r.UnderlayIpV6); err != nil {
 		return err
 	}
 	if len(r.PinnedPodCidrs) > MaxPinnedCIDRs {
@@ -331,7 +417,9 @@ func attributes(mac string, caps []string) error {
 func PodCIDRs(c *weftv1.ClusterConfig, cidrs []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	var v4, v6 netip.Prefix
-	v4, _ = netip.ParsePrefix(c.ClusterCidr)
+	if c.ClusterCidr != "" {
+		v4, _ = netip.ParsePrefix(c.ClusterCidr)
+	}
 	if c.ClusterCidrV6 != "" {
 		v6, _ = netip.ParsePrefix(c.ClusterCidrV6)
 	}
@@ -359,7 +447,10 @@ func PodCIDRs(c *weftv1.ClusterConfig, cidrs []string) ([]netip.Prefix, error) {
 			}
 			seen4 = true
 		}
-		if !cl.IsValid() || p.Bits() < cl.Bits() || !cl.Contains(p.Addr()) {
+		if !cl.IsValid() {
+			return nil, fieldErr(f(), "%s: the cluster has no %s CIDR", p, family(p.Addr()))
+		}
+		if p.Bits() < cl.Bits() || !cl.Contains(p.Addr()) {
 			return nil, fieldErr(f(), "%s is outside the cluster CIDR", p)
 		}
 		out = append(out, p)
@@ -376,7 +467,7 @@ func Node(c *weftv1.ClusterConfig, n *weftv1.Node) error {
 	if err := keys.ValidName(n.Name); err != nil {
 		return fieldErr("name", "%v", err)
 	}
-	if _, err := UnderlayIP("underlay_ip", n.UnderlayIp); err != nil {
+	if err := underlayPair(n.UnderlayIp, n.UnderlayIpV6); err != nil {
 		return err
 	}
 	if len(n.PodCidrs) > 2 {
@@ -425,26 +516,35 @@ func eventKind(cfg *weftv1.ClusterConfig, e *weftv1.Event) error {
 }
 
 // ConfigAgainstNodes checks a config against the nodes that exist: the pod
-// networks must not overlap the underlay, or pod traffic would be routed
-// into the tunnel instead of to the node.
+// networks must not overlap the underlay (either of a node's addresses),
+// or pod traffic would be routed into the tunnel instead of to the node.
 func ConfigAgainstNodes(c *weftv1.ClusterConfig, nodes []*weftv1.Node) error {
-	v4, _ := netip.ParsePrefix(c.ClusterCidr)
-	var v6 netip.Prefix
+	var v4, v6 netip.Prefix
+	if c.ClusterCidr != "" {
+		v4, _ = netip.ParsePrefix(c.ClusterCidr)
+	}
 	if c.ClusterCidrV6 != "" {
 		v6, _ = netip.ParsePrefix(c.ClusterCidrV6)
 	}
 	for _, n := range nodes {
-		a, err := netip.ParseAddr(n.UnderlayIp)
-		if err != nil {
-			continue
-		}
-		a = a.Unmap()
-		if v4.IsValid() && v4.Contains(a) {
-			return fieldErr("cluster_cidr", "%s overlaps node %s's underlay address %s", v4, n.Name, a)
-		}
-		if v6.IsValid() && v6.Contains(a) {
-			return fieldErr("cluster_cidr_v6", "%s overlaps node %s's underlay address %s", v6, n.Name, a)
+		for _, a := range UnderlayAddrs(n) {
+			if v4.IsValid() && v4.Contains(a) {
+				return fieldErr("cluster_cidr", "%s overlaps node %s's underlay address %s", v4, n.Name, a)
+			}
+			if v6.IsValid() && v6.Contains(a) {
+				return fieldErr("cluster_cidr_v6", "%s overlaps node %s's underlay address %s", v6, n.Name, a)
+			}
 		}
 	}
 	return nil
+}
+
+// Family names an address's family: "IPv4" or "IPv6".
+func Family(a netip.Addr) string { return family(a) }
+
+func family(a netip.Addr) string {
+	if a.Is4() || a.Is4In6() {
+		return "IPv4"
+	}
+	return "IPv6"
 }

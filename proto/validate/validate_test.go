@@ -45,6 +45,24 @@ func TestConfigRejections(t *testing.T) {
 		{"node_mask_size", func(c *weftv1.ClusterConfig) { c.NodeMaskSize = 31 }},
 		{"node_mask_size", func(c *weftv1.ClusterConfig) { c.NodeMaskSize = 40 }},
 		{"node_mask_size_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "fd00::/64"; c.NodeMaskSizeV6 = 64 }},
+		{"node_mask_size_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "fd00::/48"; c.NodeMaskSizeV6 = 127 }},
+		{"node_mask_size_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "fd00::/64"; c.NodeMaskSizeV6 = 48 }},
+		{"cluster_cidr_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "::ffff:10.0.0.0/104"; c.NodeMaskSizeV6 = 112 }},
+		{"cluster_cidr_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "::/64"; c.NodeMaskSizeV6 = 80 }},
+		{"cluster_cidr_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "::/8"; c.NodeMaskSizeV6 = 64 }},
+		{"cluster_cidr_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "fe80::/56"; c.NodeMaskSizeV6 = 64 }},
+		{"cluster_cidr_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "ff02::/56"; c.NodeMaskSizeV6 = 64 }},
+		{"cluster_cidr_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6 = "fd00::1/56"; c.NodeMaskSizeV6 = 64 }},
+		{"native_routing_cidr_v6", func(c *weftv1.ClusterConfig) {
+			c.ClusterCidrV6, c.NodeMaskSizeV6, c.NativeRoutingCidrV6 = "fd00:10:244::/56", 64, "fd00:10:245::/56"
+		}},
+		{"native_routing_cidr_v6", func(c *weftv1.ClusterConfig) { c.NativeRoutingCidrV6 = "fd00::/8" }},
+		{"native_routing_cidr_v6", func(c *weftv1.ClusterConfig) {
+			c.ClusterCidrV6, c.NodeMaskSizeV6, c.NativeRoutingCidrV6 = "fd00:10:244::/56", 64, "10.0.0.0/8"
+		}},
+		{"native_routing_cidr", func(c *weftv1.ClusterConfig) {
+			c.ClusterCidr, c.ClusterCidrV6, c.NodeMaskSizeV6 = "", "fd00:10:244::/56", 64
+		}},
 		{"vni", func(c *weftv1.ClusterConfig) { c.Vni = 1 << 24 }},
 		{"udp_port", func(c *weftv1.ClusterConfig) { c.UdpPort = 70000 }},
 		{"backend", func(c *weftv1.ClusterConfig) { c.Backend = "ipip" }},
@@ -96,6 +114,55 @@ func TestDualStackAccepted(t *testing.T) {
 	got, err := PodCIDRs(c, []string{"10.244.3.0/24", "fd00:10:244:3::/64"})
 	if err != nil || len(got) != 2 {
 		t.Fatalf("PodCIDRs = %v, %v", got, err)
+	}
+}
+
+func TestIPv6OnlyAccepted(t *testing.T) {
+	c := WithDefaults(&weftv1.ClusterConfig{ClusterCidrV6: "fd00:10:244::/56"})
+	if err := Config(c); err != nil {
+		t.Fatal(err)
+	}
+	if c.NodeMaskSizeV6 != 64 || c.NodeMaskSize != 0 || c.NativeRoutingCidr != "" || c.NativeRoutingCidrV6 != "fd00:10:244::/56" {
+		t.Errorf("IPv6-only defaults = %v", c)
+	}
+	if _, err := PodCIDRs(c, []string{"fd00:10:244:3::/64"}); err != nil {
+		t.Error(err)
+	}
+	// An IPv4 pod CIDR has no cluster CIDR to live in, and the error
+	// says so.
+	if _, err := PodCIDRs(c, []string{"10.244.3.0/24"}); err == nil || !strings.Contains(err.Error(), "pod_cidrs[0]: 10.244.3.0/24: the cluster has no IPv4 CIDR") {
+		t.Errorf("IPv4 pod CIDR in an IPv6-only cluster: %v", err)
+	}
+}
+
+func TestUnderlayV6(t *testing.T) {
+	for _, tc := range []struct {
+		ip, ip6, err string
+	}{
+		{"10.0.0.1", "", ""},
+		{"10.0.0.1", "fd99::1", ""},
+		{"fd99::1", "", ""},
+		{"fd99::1", "fd99::2", "underlay_ip_v6: set beside the IPv6 underlay_ip"},
+		{"10.0.0.1", "10.0.0.2", "underlay_ip_v6: 10.0.0.2 is not IPv6"},
+		{"10.0.0.1", "::ffff:10.0.0.2", "underlay_ip_v6: 10.0.0.2 is not IPv6"},
+		{"10.0.0.1", "ff02::1", "underlay_ip_v6: ff02::1 cannot be a node address"},
+		{"10.0.0.1", "nope", "underlay_ip_v6: \"nope\" is not an IP address"},
+	} {
+		n := &weftv1.Node{Name: "n1", UnderlayIp: tc.ip, UnderlayIpV6: tc.ip6}
+		r := &weftv1.Registration{Name: "n1", UnderlayIp: tc.ip, UnderlayIpV6: tc.ip6}
+		for what, err := range map[string]error{"node": Node(nil, n), "registration": Registration(r)} {
+			switch {
+			case tc.err == "" && err != nil:
+				t.Errorf("%s %s/%s: %v", what, tc.ip, tc.ip6, err)
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Errorf("%s %s/%s: %v, want %q", what, tc.ip, tc.ip6, err, tc.err)
+			}
+		}
+	}
+	c := WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16", ClusterCidrV6: "fd00:10:244::/56"})
+	nodes := []*weftv1.Node{{Name: "n1", UnderlayIp: "10.0.0.1", UnderlayIpV6: "fd00:10:244:7::1"}}
+	if err := ConfigAgainstNodes(c, nodes); err == nil || !strings.Contains(err.Error(), "cluster_cidr_v6: fd00:10:244::/56 overlaps node n1's underlay address fd00:10:244:7::1") {
+		t.Errorf("IPv6 cluster CIDR over a node's second underlay address: %v", err)
 	}
 }
 

@@ -28,9 +28,12 @@ const (
 // snake_case both accepted).
 type ClusterConfig struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// IPv4 pod network of the whole cluster, e.g. "10.244.0.0/16".
+	// IPv4 pod network of the whole cluster, e.g. "10.244.0.0/16". Empty in
+	// an IPv6-only cluster; at least one of cluster_cidr and cluster_cidr_v6
+	// is set.
 	ClusterCidr string `protobuf:"bytes,1,opt,name=cluster_cidr,json=clusterCidr,proto3" json:"cluster_cidr,omitempty"`
-	// Optional IPv6 pod network, e.g. "fd00:10:244::/56" (dual-stack).
+	// IPv6 pod network, e.g. "fd00:10:244::/56": with cluster_cidr the
+	// cluster is dual-stack, alone it is IPv6-only.
 	ClusterCidrV6 string `protobuf:"bytes,2,opt,name=cluster_cidr_v6,json=clusterCidrV6,proto3" json:"cluster_cidr_v6,omitempty"`
 	// Prefix length of each node's IPv4 pod CIDR (default 24).
 	NodeMaskSize uint32 `protobuf:"varint,3,opt,name=node_mask_size,json=nodeMaskSize,proto3" json:"node_mask_size,omitempty"`
@@ -66,8 +69,12 @@ type ClusterConfig struct {
 	// Set by the controller to true when it filled the defaults; lets agents
 	// tell a defaulted config from a hand-written one.
 	DefaultsApplied bool `protobuf:"varint,15,opt,name=defaults_applied,json=defaultsApplied,proto3" json:"defaults_applied,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// IPv6 destinations inside this CIDR keep the pod's source address;
+	// IPv6 traffic to anything else is masqueraded when masquerade is on.
+	// Default: cluster_cidr_v6.
+	NativeRoutingCidrV6 string `protobuf:"bytes,16,opt,name=native_routing_cidr_v6,json=nativeRoutingCidrV6,proto3" json:"native_routing_cidr_v6,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ClusterConfig) Reset() {
@@ -203,6 +210,13 @@ func (x *ClusterConfig) GetDefaultsApplied() bool {
 		return x.DefaultsApplied
 	}
 	return false
+}
+
+func (x *ClusterConfig) GetNativeRoutingCidrV6() string {
+	if x != nil {
+		return x.NativeRoutingCidrV6
+	}
+	return ""
 }
 
 // BGPConfig configures the agents' embedded BGP speaker.
@@ -475,7 +489,7 @@ var File_weft_v1_config_proto protoreflect.FileDescriptor
 
 const file_weft_v1_config_proto_rawDesc = "" +
 	"\n" +
-	"\x14weft/v1/config.proto\x12\aweft.v1\"\xb3\x04\n" +
+	"\x14weft/v1/config.proto\x12\aweft.v1\"\xe8\x04\n" +
 	"\rClusterConfig\x12!\n" +
 	"\fcluster_cidr\x18\x01 \x01(\tR\vclusterCidr\x12&\n" +
 	"\x0fcluster_cidr_v6\x18\x02 \x01(\tR\rclusterCidrV6\x12$\n" +
@@ -494,7 +508,8 @@ const file_weft_v1_config_proto_rawDesc = "" +
 	"\x12node_grace_seconds\x18\f \x01(\rR\x10nodeGraceSeconds\x12'\n" +
 	"\x0fevent_retention\x18\r \x01(\rR\x0eeventRetention\x12$\n" +
 	"\x03bgp\x18\x0e \x01(\v2\x12.weft.v1.BGPConfigR\x03bgp\x12)\n" +
-	"\x10defaults_applied\x18\x0f \x01(\bR\x0fdefaultsApplied\"\xa0\x02\n" +
+	"\x10defaults_applied\x18\x0f \x01(\bR\x0fdefaultsApplied\x123\n" +
+	"\x16native_routing_cidr_v6\x18\x10 \x01(\tR\x13nativeRoutingCidrV6\"\xa0\x02\n" +
 	"\tBGPConfig\x12\x10\n" +
 	"\x03asn\x18\x01 \x01(\rR\x03asn\x12\x1b\n" +
 	"\tfull_mesh\x18\x02 \x01(\bR\bfullMesh\x12&\n" +

@@ -38,7 +38,13 @@ type Node struct {
 	// BGP AS number of the node when it differs from the cluster's.
 	Asn uint32 `protobuf:"varint,6,opt,name=asn,proto3" json:"asn,omitempty"`
 	// Seq of the event that last changed this node.
-	Seq           uint64 `protobuf:"varint,7,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq uint64 `protobuf:"varint,7,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The node's IPv6 underlay address when underlay_ip is IPv4 and the
+	// underlay is dual-stack; empty otherwise (an IPv6 underlay_ip needs no
+	// second address). Peers route this node's IPv6 pod CIDR via it in the
+	// native modes (an IPv6 route cannot have an IPv4 next hop); the
+	// overlay keeps using underlay_ip.
+	UnderlayIpV6  string `protobuf:"bytes,8,opt,name=underlay_ip_v6,json=underlayIpV6,proto3" json:"underlay_ip_v6,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -122,6 +128,13 @@ func (x *Node) GetSeq() uint64 {
 	return 0
 }
 
+func (x *Node) GetUnderlayIpV6() string {
+	if x != nil {
+		return x.UnderlayIpV6
+	}
+	return ""
+}
+
 // Registration is what an agent writes at /weft/registrations/<name> on its
 // lease. The controller turns it into NodeAdded/NodeUpdated.
 type Registration struct {
@@ -134,8 +147,11 @@ type Registration struct {
 	VtepMac        string   `protobuf:"bytes,4,opt,name=vtep_mac,json=vtepMac,proto3" json:"vtep_mac,omitempty"`
 	Capabilities   []string `protobuf:"bytes,5,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	Asn            uint32   `protobuf:"varint,6,opt,name=asn,proto3" json:"asn,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The node's IPv6 underlay address when underlay_ip is IPv4 (see
+	// Node.underlay_ip_v6).
+	UnderlayIpV6  string `protobuf:"bytes,7,opt,name=underlay_ip_v6,json=underlayIpV6,proto3" json:"underlay_ip_v6,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Registration) Reset() {
@@ -210,6 +226,13 @@ func (x *Registration) GetAsn() uint32 {
 	return 0
 }
 
+func (x *Registration) GetUnderlayIpV6() string {
+	if x != nil {
+		return x.UnderlayIpV6
+	}
+	return ""
+}
+
 // Problem is a refusal the controller records at
 // /weft/problems/<name>, so an operator sees why a node has no CIDR.
 type Problem struct {
@@ -276,7 +299,7 @@ var File_weft_v1_node_proto protoreflect.FileDescriptor
 
 const file_weft_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x12weft/v1/node.proto\x12\aweft.v1\"\xbb\x01\n" +
+	"\x12weft/v1/node.proto\x12\aweft.v1\"\xe1\x01\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vunderlay_ip\x18\x02 \x01(\tR\n" +
@@ -285,7 +308,8 @@ const file_weft_v1_node_proto_rawDesc = "" +
 	"\bvtep_mac\x18\x04 \x01(\tR\avtepMac\x12\"\n" +
 	"\fcapabilities\x18\x05 \x03(\tR\fcapabilities\x12\x10\n" +
 	"\x03asn\x18\x06 \x01(\rR\x03asn\x12\x10\n" +
-	"\x03seq\x18\a \x01(\x04R\x03seq\"\xbe\x01\n" +
+	"\x03seq\x18\a \x01(\x04R\x03seq\x12$\n" +
+	"\x0eunderlay_ip_v6\x18\b \x01(\tR\funderlayIpV6\"\xe4\x01\n" +
 	"\fRegistration\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vunderlay_ip\x18\x02 \x01(\tR\n" +
@@ -293,7 +317,8 @@ const file_weft_v1_node_proto_rawDesc = "" +
 	"\x10pinned_pod_cidrs\x18\x03 \x03(\tR\x0epinnedPodCidrs\x12\x19\n" +
 	"\bvtep_mac\x18\x04 \x01(\tR\avtepMac\x12\"\n" +
 	"\fcapabilities\x18\x05 \x03(\tR\fcapabilities\x12\x10\n" +
-	"\x03asn\x18\x06 \x01(\rR\x03asn\"O\n" +
+	"\x03asn\x18\x06 \x01(\rR\x03asn\x12$\n" +
+	"\x0eunderlay_ip_v6\x18\a \x01(\tR\funderlayIpV6\"O\n" +
 	"\aProblem\x12\x18\n" +
 	"\asubject\x18\x01 \x01(\tR\asubject\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n" +
