@@ -89,8 +89,8 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	fs.StringVar(&o.EtcdServerKey, "etcd-server-key", "", "key of --etcd-server-cert")
 	fs.StringVar(&o.EtcdClientCA, "etcd-client-ca", "", "CA whose client certificates the embedded etcd requires (their CN is the etcd user; see weftctl auth setup)")
 	fs.StringVar(&o.Prefix, "prefix", keys.DefaultPrefix, "etcd key prefix of the cluster")
-	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", "", "IPv4 pod network of the cluster (default 10.244.0.0/16 when neither flag nor file sets it)")
-	fs.StringVar(&o.ClusterCIDRv6, "cluster-cidr-v6", "", "IPv6 pod network of the cluster (dual-stack)")
+	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", "", "IPv4 pod network of the cluster (default 10.244.0.0/16 when neither flag nor file sets a cluster CIDR of either family)")
+	fs.StringVar(&o.ClusterCIDRv6, "cluster-cidr-v6", "", "IPv6 pod network of the cluster (with --cluster-cidr: dual-stack; alone: IPv6-only)")
 	fs.UintVar(&o.NodeMaskSize, "node-mask-size", 0, "prefix length of each node's IPv4 pod CIDR (default 24)")
 	fs.StringVar(&o.Backend, "backend", "", "datapath backend: vxlan, geneve, native, hybrid, gateway or bgp (default vxlan)")
 	fs.StringVar(&o.ConfigFile, "config", "", "ClusterConfig file (JSON or YAML, proto field names); flags override it")
@@ -181,7 +181,7 @@ func (o *Options) ClusterConfig() (*weftv1.ClusterConfig, error) {
 	if o.set["backend"] {
 		cfg.Backend = o.Backend
 	}
-	if cfg.ClusterCidr == "" {
+	if cfg.ClusterCidr == "" && cfg.ClusterCidrV6 == "" {
 		cfg.ClusterCidr = "10.244.0.0/16"
 	}
 	cfg = validate.WithDefaults(cfg)

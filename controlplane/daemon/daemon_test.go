@@ -50,6 +50,25 @@ func TestParseEnvAndFile(t *testing.T) {
 	if _, err := o.ClusterConfig(); err == nil || !strings.Contains(err.Error(), "cluster_cidr") {
 		t.Fatalf("bad cidr: %v", err)
 	}
+	// The IPv4 default only when no cluster CIDR of either family is
+	// given: --cluster-cidr-v6 alone is an IPv6-only cluster.
+	for _, tc := range []struct {
+		args   []string
+		v4, v6 string
+	}{
+		{nil, "10.244.0.0/16", ""},
+		{[]string{"--cluster-cidr-v6=fd00:10:244::/56"}, "", "fd00:10:244::/56"},
+		{[]string{"--cluster-cidr=10.1.0.0/16", "--cluster-cidr-v6=fd00:10:244::/56"}, "10.1.0.0/16", "fd00:10:244::/56"},
+	} {
+		o, err := Parse(tc.args, func(string) string { return "" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := o.ClusterConfig()
+		if err != nil || cfg.ClusterCidr != tc.v4 || cfg.ClusterCidrV6 != tc.v6 {
+			t.Errorf("%v: config %v, %v; want cluster_cidr %q and cluster_cidr_v6 %q", tc.args, cfg, err, tc.v4, tc.v6)
+		}
+	}
 	if _, err := Parse([]string{"extra"}, func(string) string { return "" }); err == nil {
 		t.Fatal("extra argument accepted")
 	}

@@ -1,6 +1,7 @@
 // Package kubesource is the controller's node source for Kubernetes: it
 // watches Node objects with a client-go informer and reports them as
-// source.Changes. A Node's InternalIP is its underlay address and its
+// source.Changes. A Node's InternalIP is its underlay address (on a
+// dual-stack Node the IPv6 one is also kept, as underlay_ip_v6) and its
 // spec.podCIDRs (when the cluster allocates pod CIDRs) are pinned, so weft
 // uses the cluster's allocation; a Node without them gets a CIDR from
 // weft's allocator. A deleted Node is Gone with Immediate set.
@@ -116,11 +117,18 @@ func New(client kubernetes.Interface, opts ...Option) (*Source, error) {
 // Upsert, or Invalid when it has no usable InternalIP, name or pod CIDR.
 func Change(n *corev1.Node) source.Change {
 	reg := &weftv1.Registration{Name: n.Name}
-	var ip string
+	// The first InternalIP is the underlay address (Kubernetes lists the
+	// primary family first); on a dual-stack node the first IPv6 one
+	// beside an IPv4 underlay address is its underlay_ip_v6.
+	var ip, ip6 string
 	for _, a := range n.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP {
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		if ip == "" {
 			ip = a.Address
-			break
+		} else if x, err := netip.ParseAddr(a.Address); err == nil && x.Is6() && !x.Is4In6() && ip6 == "" {
+			ip6 = x.String()
 		}
 	}
 	if v, ok := n.Annotations[UnderlayAnnotation]; ok {
@@ -137,6 +145,9 @@ func Change(n *corev1.Node) source.Change {
 	reg.UnderlayIp = ip
 	if a, err := netip.ParseAddr(ip); err == nil {
 		reg.UnderlayIp = a.Unmap().String()
+		if a.Unmap().Is4() {
+			reg.UnderlayIpV6 = ip6
+		}
 	}
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
@@ -158,6 +169,7 @@ func same(a, b source.Change) bool {
 		return a.Err.Error() == b.Err.Error()
 	case source.Upsert:
 		return a.Registration.UnderlayIp == b.Registration.UnderlayIp &&
+			a.Registration.UnderlayIpV6 == b.Registration.UnderlayIpV6 &&
 			slices.Equal(a.Registration.PinnedPodCidrs, b.Registration.PinnedPodCidrs)
 	}
 	return true

@@ -249,6 +249,25 @@ func TestUnderlayAnnotation(t *testing.T) {
 	}
 }
 
+// TestDualStackNode: a dual-stack Node (two InternalIPs, two pod CIDRs)
+// becomes a registration with its IPv4 underlay address, its IPv6 one as
+// underlay_ip_v6 and both pod CIDRs pinned; an IPv6-only Node has its IPv6
+// address as underlay_ip and no second one.
+func TestDualStackNode(t *testing.T) {
+	n := node("a", "192.168.0.1", []string{"10.244.3.0/24", "fd00:10:244:3::/64"}, nil)
+	n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "fd99::1"})
+	c := kubesource.Change(n)
+	if c.Kind != source.Upsert || c.Registration.UnderlayIp != "192.168.0.1" || c.Registration.UnderlayIpV6 != "fd99::1" ||
+		len(c.Registration.PinnedPodCidrs) != 2 || c.Registration.PinnedPodCidrs[1] != "fd00:10:244:3::/64" {
+		t.Fatalf("dual-stack node: %+v", c.Registration)
+	}
+	n = node("b", "fd99::2", []string{"fd00:10:244:4::/64"}, nil)
+	c = kubesource.Change(n)
+	if c.Kind != source.Upsert || c.Registration.UnderlayIp != "fd99::2" || c.Registration.UnderlayIpV6 != "" {
+		t.Fatalf("IPv6-only node: %+v", c.Registration)
+	}
+}
+
 // An API server that cannot be reached: the source never syncs (so the
 // controller removes nothing), and Health says why. A real client-go
 // clientset against a closed port, not the fake.
