@@ -151,11 +151,13 @@ func TestOverlay(t *testing.T) {
 		for _, name := range []string{"ul0", "192.168.50.1", "fd00:50::1"} {
 			u, err := device.Underlay(a.dp.ns.NL, name)
 			must(t, err)
-			wantIP := a.under
+			// A dual-stack underlay: the IPv4 address with the IPv6 one
+			// beside it; told the IPv6 address, that one alone.
+			wantIP, want6 := a.under, a.under6
 			if name == "fd00:50::1" {
-				wantIP = a.under6
+				wantIP, want6 = a.under6, netip.Addr{}
 			}
-			if u.Interface != "ul0" || u.IP != wantIP || u.MTU != 1500 ||
+			if u.Interface != "ul0" || u.IP != wantIP || u.IPv6 != want6 || u.MTU != 1500 ||
 				!u.Adjacent(b.under) || !u.Adjacent(b.under6) || u.Adjacent(netip.MustParseAddr("192.168.51.1")) {
 				t.Errorf("underlay %q: %+v", name, u)
 			}

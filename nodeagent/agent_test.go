@@ -486,4 +486,16 @@ func TestAgentUnderlayErrorAndChange(t *testing.T) {
 		}
 		return strings.Contains(string(r.Kvs[0].Value), "192.168.1.10"), string(r.Kvs[0].Value)
 	})
+	// The underlay gains an IPv6 address (dual-stack): registered as
+	// underlay_ip_v6 beside the IPv4 one.
+	u.IPv6 = netip.MustParseAddr("fd99::10")
+	h.dp.SetUnderlay(u, nil)
+	eventually(t, "registration with underlay_ip_v6", func() (bool, string) {
+		r, err := c.Get(context.Background(), keys.New("").Registration("n1"))
+		if err != nil || len(r.Kvs) == 0 {
+			return false, "absent"
+		}
+		reg, err := keys.DecodeRegistration(r.Kvs[0].Value)
+		return err == nil && reg.UnderlayIp == "192.168.1.10" && reg.UnderlayIpV6 == "fd99::10", string(r.Kvs[0].Value)
+	})
 }

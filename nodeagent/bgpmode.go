@@ -18,7 +18,7 @@ import (
 // Speaker is what the agent needs of its embedded BGP speaker;
 // *bgp.Speaker implements it (see package bgp for the semantics).
 type Speaker interface {
-	Apply(ctx context.Context, cfg bgp.Config, advertise []netip.Prefix, nexthop netip.Addr) error
+	Apply(ctx context.Context, cfg bgp.Config, advertise []netip.Prefix, nexthops []netip.Addr) error
 	Routes() []spec.Route
 	Changed() <-chan struct{}
 	Sessions() []*weftv1.BGPSession
@@ -54,9 +54,9 @@ type bgpState struct {
 }
 
 type bgpArgs struct {
-	cfg     bgp.Config
-	adv     []netip.Prefix
-	nexthop netip.Addr
+	cfg      bgp.Config
+	adv      []netip.Prefix
+	nexthops []netip.Addr
 }
 
 func (x *bgpArgs) equal(y *bgpArgs) bool {
@@ -67,7 +67,7 @@ func (x *bgpArgs) equal(y *bgpArgs) bool {
 	return c.RouterID == d.RouterID && c.ASN == d.ASN && c.ListenPort == d.ListenPort && c.LocalAddress == d.LocalAddress &&
 		c.GracefulRestart == d.GracefulRestart && c.RestartTime == d.RestartTime && c.HoldTime == d.HoldTime &&
 		c.Keepalive == d.Keepalive && slices.Equal(c.Peers, d.Peers) &&
-		slices.Equal(x.adv, y.adv) && x.nexthop == y.nexthop
+		slices.Equal(x.adv, y.adv) && slices.Equal(x.nexthops, y.nexthops)
 }
 
 // bgpStep runs the speaker for the config in force and returns the routes
@@ -101,7 +101,7 @@ func (l *loop) bgpStep(ctx context.Context) []spec.Route {
 	var skipped []*weftv1.BGPSession
 	if err == nil {
 		bc.Peers, skipped = reachablePeers(bc, l.underlay)
-		args := &bgpArgs{cfg: bc, adv: adv, nexthop: nh}
+		args := &bgpArgs{cfg: bc, adv: adv, nexthops: nh}
 		if !args.equal(l.bgp.args) || l.bgp.err != nil {
 			if err = a.speaker.Apply(ctx, bc, adv, nh); err == nil {
 				a.log.Info("bgp speaker applied", "asn", bc.ASN, "router_id", bc.RouterID, "peers", len(bc.Peers),

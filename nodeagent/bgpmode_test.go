@@ -37,10 +37,10 @@ type fakeSpeaker struct {
 
 func newFakeSpeaker() *fakeSpeaker { return &fakeSpeaker{changed: make(chan struct{}, 1)} }
 
-func (f *fakeSpeaker) Apply(_ context.Context, cfg bgp.Config, adv []netip.Prefix, nh netip.Addr) error {
+func (f *fakeSpeaker) Apply(_ context.Context, cfg bgp.Config, adv []netip.Prefix, nh []netip.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.applies = append(f.applies, bgpArgs{cfg: cfg, adv: adv, nexthop: nh})
+	f.applies = append(f.applies, bgpArgs{cfg: cfg, adv: adv, nexthops: nh})
 	if f.applyErr != nil {
 		return f.applyErr
 	}
@@ -159,9 +159,9 @@ func TestAgentBGPMode(t *testing.T) {
 	for _, p := range a.cfg.Peers {
 		peers = append(peers, p.Address.String())
 	}
-	if a.cfg.ASN != 65101 || a.nexthop != netip.MustParseAddr("192.168.1.1") || !slices.Equal(a.adv, []netip.Prefix{pfx("10.244.1.0/24")}) ||
+	if a.cfg.ASN != 65101 || !slices.Equal(a.nexthops, []netip.Addr{netip.MustParseAddr("192.168.1.1")}) || !slices.Equal(a.adv, []netip.Prefix{pfx("10.244.1.0/24")}) ||
 		!slices.Equal(peers, []string{"192.168.1.254", "10.8.8.8"}) {
-		t.Fatalf("apply: asn %d nexthop %v advertise %v peers %v", a.cfg.ASN, a.nexthop, a.adv, peers)
+		t.Fatalf("apply: asn %d nexthops %v advertise %v peers %v", a.cfg.ASN, a.nexthops, a.adv, peers)
 	}
 
 	// Sessions not up: the first sync waits (the kernel's BGP routes of a

@@ -23,9 +23,10 @@ import (
 type view struct {
 	applied, head uint64
 	// The registration's inputs.
-	underlayIP netip.Addr // invalid until the underlay was read once
-	caps       []string
-	vtepMAC    string
+	underlayIP  netip.Addr // invalid until the underlay was read once
+	underlayIP6 netip.Addr // the underlay's IPv6 address beside an IPv4 underlayIP
+	caps        []string
+	vtepMAC     string
 	// What the converger last achieved.
 	refused []model.Refusal
 	// quarantined are the keys of the projection values the model cannot
@@ -256,7 +257,7 @@ func (l *loop) publish() {
 		bgpErr:     l.bgp.err,
 	}
 	if l.haveUnd {
-		v.underlayIP = l.underlay.IP
+		v.underlayIP, v.underlayIP6 = l.underlay.IP, l.underlay.IPv6
 	}
 	failing := [4]bool{l.followErr != nil, l.storeErr != nil, l.underErr != nil, l.syncErr != nil}
 	switch {
@@ -316,8 +317,8 @@ func (l *loop) refreshUnderlay() error {
 		return err
 	}
 	l.underErr = nil
-	newIP := !l.haveUnd || u.IP != l.underlay.IP
-	changed := !l.haveUnd || u.IP != l.underlay.IP || u.MTU != l.underlay.MTU || !slices.Equal(u.Networks, l.underlay.Networks)
+	newIP := !l.haveUnd || u.IP != l.underlay.IP || u.IPv6 != l.underlay.IPv6
+	changed := newIP || u.MTU != l.underlay.MTU || !slices.Equal(u.Networks, l.underlay.Networks)
 	l.underlay, l.haveUnd = u, true
 	if newIP {
 		l.regChanged = true

@@ -43,6 +43,9 @@ func (a *Agent) registration(v *view) *weftv1.Registration {
 		Capabilities: a.cfg.Capabilities,
 		Asn:          a.cfg.ASN,
 	}
+	if v.underlayIP6.IsValid() {
+		r.UnderlayIpV6 = v.underlayIP6.String()
+	}
 	if r.VtepMac == "" {
 		r.VtepMac = v.vtepMAC
 	}

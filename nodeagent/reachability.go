@@ -38,9 +38,9 @@ func (l *loop) setTargets() {
 		return
 	}
 	peers := make([]reach.Peer, 0, l.state.Len())
-	l.state.EachNode(func(name string, ip netip.Addr, cidrs []netip.Prefix) {
+	l.state.EachNode(func(name string, ip, ip6 netip.Addr, cidrs []netip.Prefix) {
 		if name != a.cfg.NodeName {
-			peers = append(peers, reach.Peer{Node: name, Underlay: ip, PodCIDRs: cidrs})
+			peers = append(peers, reach.Peer{Node: name, Underlay: ip, Underlay6: ip6, PodCIDRs: cidrs})
 		}
 	})
 	a.prober.Set(reach.Targets(d, cfg.AutoDirectNodeRoutes, l.underlay, peers))
@@ -52,7 +52,7 @@ func (l *loop) setTargets() {
 // publish after it asks for a write).
 func (l *loop) reachChanged() {
 	r := l.a.prober.Report()
-	n := len(r.Unreachable)
+	n := r.UnreachablePeers()
 	l.a.metrics.peersUnreachable.Set(float64(n))
 	if n != l.unreachable || r.Err != l.probeErr {
 		l.unreachable, l.probeErr = n, r.Err
@@ -82,7 +82,7 @@ func reachReason(r reach.Report) string {
 	for _, u := range r.Unreachable[:min(show, len(r.Unreachable))] {
 		parts = append(parts, u.Node+": "+u.Reason)
 	}
-	s := fmt.Sprintf("%d of %d peers unreachable: %s", len(r.Unreachable), r.Peers, strings.Join(parts, "; "))
+	s := fmt.Sprintf("%d of %d peers unreachable: %s", r.UnreachablePeers(), r.Peers, strings.Join(parts, "; "))
 	if more := len(r.Unreachable) - show; more > 0 {
 		s += fmt.Sprintf("; and %d more", more)
 	}

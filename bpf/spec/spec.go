@@ -209,12 +209,29 @@ func (d *Desired) String() string {
 type Underlay struct {
 	// Interface is the underlay interface name.
 	Interface string
-	// IP is the node's underlay address.
+	// IP is the node's underlay address: its first IPv4 address, else its
+	// first global IPv6 one (or the address the agent was told to use).
 	IP netip.Addr
+	// IPv6 is the underlay's first global IPv6 address when IP is IPv4
+	// (a dual-stack underlay); invalid otherwise. It is the node's
+	// underlay_ip_v6.
+	IPv6 netip.Addr
 	// MTU of the underlay interface.
 	MTU int
 	// Networks are the directly connected networks of the node.
 	Networks []netip.Prefix
+}
+
+// Addr returns the node's underlay address of addr's family (IP or IPv6),
+// invalid when it has none.
+func (u Underlay) Addr(v6 bool) netip.Addr {
+	switch {
+	case u.IP.Is6() == v6:
+		return u.IP
+	case v6:
+		return u.IPv6
+	}
+	return netip.Addr{}
 }
 
 // Adjacent reports whether addr is on one of u's directly connected networks.

@@ -44,7 +44,7 @@ type request struct {
 	Op        string         `json:"op"` // apply, routes, sessions, wait, stop, exit
 	Config    Config         `json:"config"`
 	Advertise []netip.Prefix `json:"advertise,omitempty"`
-	Nexthop   netip.Addr     `json:"nexthop"`
+	Nexthops  []netip.Addr   `json:"nexthops"`
 	Withdraw  bool           `json:"withdraw,omitempty"`
 	// wait: until every Present route is learned (Via checked when set),
 	// no Absent prefix is, and every Established peer is established.
@@ -88,7 +88,7 @@ func helperMain(mode string) {
 		ctx := context.Background()
 		switch req.Op {
 		case "apply":
-			if err := sp.Apply(ctx, req.Config, req.Advertise, req.Nexthop); err != nil {
+			if err := sp.Apply(ctx, req.Config, req.Advertise, req.Nexthops); err != nil {
 				rep.Err = err.Error()
 			}
 		case "routes":
@@ -357,7 +357,13 @@ func (p *proc) must(req request) reply {
 
 func (p *proc) apply(cfg Config, nexthop netip.Addr, adv ...netip.Prefix) {
 	p.t.Helper()
-	p.must(request{Op: "apply", Config: cfg, Advertise: adv, Nexthop: nexthop})
+	p.must(request{Op: "apply", Config: cfg, Advertise: adv, Nexthops: []netip.Addr{nexthop}})
+}
+
+// applyDual is apply with a next hop per family.
+func (p *proc) applyDual(cfg Config, nexthops []netip.Addr, adv ...netip.Prefix) {
+	p.t.Helper()
+	p.must(request{Op: "apply", Config: cfg, Advertise: adv, Nexthops: nexthops})
 }
 
 func (p *proc) wait(timeout time.Duration, req request) reply {

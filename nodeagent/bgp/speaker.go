@@ -38,7 +38,8 @@ const (
 // Config is the speaker's whole configuration. The agent derives it from
 // ClusterConfig.bgp and the node list.
 type Config struct {
-	// RouterID is the node's underlay IPv4 address.
+	// RouterID is the node's underlay IPv4 address (see FromCluster for
+	// IPv6-only nodes).
 	RouterID netip.Addr
 	// ASN is this node's AS number.
 	ASN uint32
@@ -92,6 +93,17 @@ type Speaker struct {
 type advertised struct {
 	nexthop netip.Addr
 	uuid    []byte
+}
+
+// NextHopFor returns the next hop of p's family among nexthops, invalid
+// when there is none.
+func NextHopFor(p netip.Prefix, nexthops []netip.Addr) netip.Addr {
+	for _, n := range nexthops {
+		if n.Is4() == p.Addr().Is4() {
+			return n
+		}
+	}
+	return netip.Addr{}
 }
 
 // globalKey is the part of Config that needs a new server when it changes.
@@ -152,7 +164,8 @@ func cmp0(v, def uint32) uint32 {
 }
 
 // Apply makes the speaker match cfg and advertise exactly the prefixes in
-// advertise with next hop nexthop, withdrawing any others. It starts the
+// advertise, each with the next hop of its family from nexthops (one per
+// family), withdrawing any others. It starts the
 // server on first use and restarts it (sessions reset) when RouterID, ASN,
 // ListenPort, LocalAddress or graceful-restart settings change; peers are
 // added, removed or (when their settings change) re-created to match.
@@ -162,14 +175,15 @@ func cmp0(v, def uint32) uint32 {
 // wire, or a peer GoBGP refuses) never fail Apply; they show in Sessions.
 // Apply fails for an unusable cfg (ErrInvalidConfig), for IPv6 prefixes
 // without an IPv6 next hop (and vice versa), and when the listening socket
-// cannot be opened.
-func (s *Speaker) Apply(ctx context.Context, cfg Config, advertise []netip.Prefix, nexthop netip.Addr) error {
+// cannot be opened. IPv6 prefixes may be advertised over IPv4 sessions
+// (and the reverse): the next hop travels in MP_REACH_NLRI.
+func (s *Speaker) Apply(ctx context.Context, cfg Config, advertise []netip.Prefix, nexthops []netip.Addr) error {
 	if err := cfg.check(); err != nil {
 		return err
 	}
 	for _, p := range advertise {
-		if !p.IsValid() || p.Addr().Is4() != nexthop.Is4() || !nexthop.IsValid() {
-			return fmt.Errorf("%w: prefix %v with next hop %v", ErrInvalidConfig, p, nexthop)
+		if !p.IsValid() || !NextHopFor(p, nexthops).IsValid() {
+			return fmt.Errorf("%w: prefix %v without a next hop of its family in %v", ErrInvalidConfig, p, nexthops)
 		}
 	}
 	s.mu.Lock()
@@ -188,7 +202,7 @@ func (s *Speaker) Apply(ctx context.Context, cfg Config, advertise []netip.Prefi
 		}
 	}
 	s.syncPeers(ctx, &cfg)
-	return s.syncPaths(ctx, advertise, nexthop)
+	return s.syncPaths(ctx, advertise, nexthops)
 }
 
 func (s *Speaker) startLocked(ctx context.Context, cfg *Config) error {
@@ -275,14 +289,14 @@ func (s *Speaker) passwords(pw string) {
 	}
 }
 
-func (s *Speaker) syncPaths(ctx context.Context, advertise []netip.Prefix, nexthop netip.Addr) error {
+func (s *Speaker) syncPaths(ctx context.Context, advertise []netip.Prefix, nexthops []netip.Addr) error {
 	want := map[netip.Prefix]bool{}
 	for _, p := range advertise {
 		want[p.Masked()] = true
 	}
 	var errs []error
 	for p, a := range s.adv {
-		if want[p] && a.nexthop == nexthop {
+		if want[p] && a.nexthop == NextHopFor(p, nexthops) {
 			continue
 		}
 		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: family(p), Uuid: a.uuid}); err != nil {
@@ -296,6 +310,7 @@ func (s *Speaker) syncPaths(ctx context.Context, advertise []netip.Prefix, nexth
 		if _, ok := s.adv[p]; ok {
 			continue
 		}
+		nexthop := NextHopFor(p, nexthops)
 		resp, err := s.srv.AddPath(ctx, &api.AddPathRequest{Path: newPath(p, nexthop)})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("advertise %v: %w", p, err))
@@ -508,7 +523,7 @@ func (s *Speaker) stopLocked(ctx context.Context, withdraw bool) error {
 	}
 	var errs []error
 	if withdraw {
-		if err := s.syncPaths(ctx, nil, netip.Addr{}); err != nil {
+		if err := s.syncPaths(ctx, nil, nil); err != nil {
 			errs = append(errs, err)
 		}
 	} else {

@@ -34,13 +34,13 @@ func TestApplyRejectsUnusableConfig(t *testing.T) {
 	for name, tc := range map[string]struct {
 		cfg Config
 		adv []netip.Prefix
-		nh  netip.Addr
+		nh  []netip.Addr
 	}{
 		"no router id":    {cfg: Config{ASN: 64512}},
 		"v6 router id":    {cfg: Config{RouterID: ip("fd00::1"), ASN: 64512}},
 		"no asn":          {cfg: Config{RouterID: ip("127.0.0.1")}},
 		"bad port":        {cfg: Config{RouterID: ip("127.0.0.1"), ASN: 1, ListenPort: 70000}},
-		"v6 prefix v4 nh": {cfg: Config{RouterID: ip("127.0.0.1"), ASN: 1, ListenPort: -1}, adv: []netip.Prefix{pfx("fd00:1::/64")}, nh: ip("127.0.0.1")},
+		"v6 prefix v4 nh": {cfg: Config{RouterID: ip("127.0.0.1"), ASN: 1, ListenPort: -1}, adv: []netip.Prefix{pfx("fd00:1::/64")}, nh: []netip.Addr{ip("127.0.0.1")}},
 		"no next hop":     {cfg: Config{RouterID: ip("127.0.0.1"), ASN: 1, ListenPort: -1}, adv: []netip.Prefix{pfx("10.244.0.0/24")}},
 	} {
 		if err := sp.Apply(ctx, tc.cfg, tc.adv, tc.nh); !errors.Is(err, ErrInvalidConfig) {
@@ -112,7 +112,7 @@ func TestSpeakerInProcess(t *testing.T) {
 	}
 	adv := []netip.Prefix{pfx("10.244.1.0/24")}
 	for range 2 {
-		if err := sp.Apply(ctx, cfg, adv, ip("127.0.0.1")); err != nil {
+		if err := sp.Apply(ctx, cfg, adv, []netip.Addr{ip("127.0.0.1")}); err != nil {
 			t.Fatal(err)
 		}
 	}

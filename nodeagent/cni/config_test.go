@@ -86,8 +86,17 @@ func TestParseSubnet(t *testing.T) {
 	if err != nil || s.Gateway4 != netip.MustParseAddr("10.244.2.1") || s.BPFFSDir != "" {
 		t.Fatalf("network address form: %+v %v", s, err)
 	}
+	// An IPv6-only node: FLANNEL_IPV6_SUBNET alone.
+	s, err = ParseSubnet([]byte("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1430\n"))
+	if err != nil || s.V4.IsValid() || s.V6 != netip.MustParsePrefix("fd00:10:244:3::/64") || s.Gateway6 != netip.MustParseAddr("fd00:10:244:3::1") {
+		t.Fatalf("IPv6-only subnet file: %+v %v", s, err)
+	}
+	if ps := pools(s); len(ps) != 1 || ps[0].Prefix != s.V6 {
+		t.Fatalf("IPv6-only pools: %+v", ps)
+	}
 	for in, field := range map[string]string{
-		"FLANNEL_MTU=1450\n":                                                               "FLANNEL_SUBNET",
+		"FLANNEL_MTU=1450\n": "FLANNEL_SUBNET",
+		"FLANNEL_IPV6_SUBNET=10.0.0.1/8\nFLANNEL_MTU=1450\n":                               "FLANNEL_IPV6_SUBNET",
 		"FLANNEL_SUBNET=10.244.1.1/24\n":                                                   "FLANNEL_MTU",
 		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=x\n":                                    "FLANNEL_MTU",
 		"FLANNEL_SUBNET=fd00::1/64\nFLANNEL_MTU=1450\n":                                    "FLANNEL_SUBNET",

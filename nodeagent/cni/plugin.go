@@ -59,7 +59,10 @@ func storeFor(conf *NetConf) (*Store, error) {
 }
 
 func pools(sub Subnet) []Pool {
-	ps := []Pool{{Prefix: sub.V4, Gateway: sub.Gateway4}}
+	var ps []Pool
+	if sub.V4.IsValid() {
+		ps = append(ps, Pool{Prefix: sub.V4, Gateway: sub.Gateway4})
+	}
 	if sub.V6.IsValid() {
 		ps = append(ps, Pool{Prefix: sub.V6, Gateway: sub.Gateway6})
 	}

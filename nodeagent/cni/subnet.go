@@ -21,7 +21,8 @@ var ErrNoSubnetFile = errors.New("cni: subnet file not written yet")
 // the node.
 type Subnet struct {
 	// V4 is the node's IPv4 pod CIDR; Gateway4 the bridge address in it
-	// (FLANNEL_SUBNET's address, normally the first address).
+	// (FLANNEL_SUBNET's address, normally the first address); invalid on
+	// an IPv6-only node.
 	V4       netip.Prefix
 	Gateway4 netip.Addr
 	// V6/Gateway6 come from FLANNEL_IPV6_SUBNET; invalid when absent.
@@ -51,7 +52,8 @@ func ReadSubnetFile(path string) (Subnet, error) {
 }
 
 // ParseSubnet parses subnet.env content (KEY=VALUE lines, # comments).
-// FLANNEL_SUBNET and FLANNEL_MTU are required; errors name the field.
+// FLANNEL_MTU and FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET (or both) are
+// required; errors name the field.
 func ParseSubnet(data []byte) (Subnet, error) {
 	env := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -68,9 +70,12 @@ func ParseSubnet(data []byte) (Subnet, error) {
 	}
 	var s Subnet
 	var err error
-	s.V4, s.Gateway4, err = gatewayPrefix("FLANNEL_SUBNET", env["FLANNEL_SUBNET"], true)
-	if err != nil {
-		return Subnet{}, err
+	// An IPv6-only node has FLANNEL_IPV6_SUBNET alone.
+	if env["FLANNEL_SUBNET"] != "" || env["FLANNEL_IPV6_SUBNET"] == "" {
+		s.V4, s.Gateway4, err = gatewayPrefix("FLANNEL_SUBNET", env["FLANNEL_SUBNET"], true)
+		if err != nil {
+			return Subnet{}, err
+		}
 	}
 	mtu, ok := env["FLANNEL_MTU"]
 	if !ok {

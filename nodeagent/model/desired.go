@@ -40,6 +40,23 @@ type Options struct {
 	ExtraRoutes []spec.Route
 }
 
+// tunnelEndpoint picks where this node tunnels to peer pn: the peer's
+// underlay address of this node's own underlay family (so both ends use
+// one family and each end's outer source is the address the other's
+// tunnel map holds), else the peer's underlay_ip when this node has an
+// address of that family too. When neither works the reason names the
+// fields.
+func tunnelEndpoint(u spec.Underlay, pn *parsedNode) (netip.Addr, string) {
+	if a := pn.addr(u.IP.Is6()); a.IsValid() {
+		return a, ""
+	}
+	if u.Addr(pn.ip.Is6()).IsValid() {
+		return pn.ip, ""
+	}
+	return netip.Addr{}, fmt.Sprintf("no tunnel: the underlay families differ: this node's underlay has only %s (%s), the peer's only %s (%s)",
+		validate.Family(u.IP), u.IP, validate.Family(pn.ip), pn.ip)
+}
+
 // UnderlayMTU is the underlay MTU the config asks for, else the
 // interface's, else 1500.
 func UnderlayMTU(cfg *weftv1.ClusterConfig, u spec.Underlay) int {
@@ -69,11 +86,18 @@ func UnderlayMTU(cfg *weftv1.ClusterConfig, u spec.Underlay) int {
 //
 // In every mode the cluster CIDRs are the pod networks the datapath's
 // underlay check protects; without an overlay every remote pod CIDR is
-// listed with its owner's underlay IP (PodOwners) for it as well.
+// listed with its owner's underlay IP of the prefix's family (PodOwners)
+// for it as well.
+//
+// Tunnel endpoints and next hops per family: a peer's IPv6 pod CIDR is
+// routed via its IPv6 underlay address (underlay_ip, or underlay_ip_v6
+// beside an IPv4 one); a peer without one gets a PeerProblem. Tunnels use
+// the peer's underlay address of this node's own underlay family (see
+// tunnelEndpoint).
 //
 // Masquerade follows config.masquerade: the node's pod CIDRs are
-// masqueraded unless the destination is in native_routing_cidr (or the
-// IPv6 cluster CIDR for IPv6 pods).
+// masqueraded unless the destination is in native_routing_cidr (IPv4) or
+// native_routing_cidr_v6 (IPv6).
 func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 	cfg := s.config
 	plan := Plan{Self: s.log.Nodes[self]}
@@ -87,15 +111,11 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 	plan.PodMTU = base
 	if overlay {
 		kind := spec.ModeVXLAN
-		overhead := spec.VXLANOverhead
 		if mode == spec.ModeGeneve {
-			kind, overhead = spec.ModeGeneve, spec.GeneveOverhead
+			kind = spec.ModeGeneve
 		}
-		if u.IP.Is6() && !u.IP.Is4In6() {
-			overhead += spec.IPv6Extra
-		}
-		d.Overlay = &spec.Overlay{Kind: kind, Port: uint16(cfg.UdpPort), VNI: cfg.Vni, MTU: base - overhead, MAC: spec.VTEPMAC(self)}
-		plan.PodMTU = d.Overlay.MTU
+		// The MTU is set below, once the tunnel endpoints are known.
+		d.Overlay = &spec.Overlay{Kind: kind, Port: uint16(cfg.UdpPort), VNI: cfg.Vni, MAC: spec.VTEPMAC(self)}
 		for _, c := range []string{cfg.ClusterCidr, cfg.ClusterCidrV6} {
 			if p, err := netip.ParsePrefix(c); err == nil {
 				d.ClusterCIDRs = append(d.ClusterCIDRs, p)
@@ -149,29 +169,63 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 			plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("underlay IP %s is this node's own", ip)})
 			continue
 		}
-		adjacent := direct && u.Adjacent(ip)
+		// The tunnel endpoint is computed once per peer, when a prefix
+		// needs it.
+		var endpoint netip.Addr
+		endpointDone := false
 		for _, p := range pn.prefixes {
+			via := pn.addr(p.Addr().Is6())
 			if !overlay {
-				d.PodOwners = append(d.PodOwners, spec.PodOwner{Prefix: p, Node: ip})
+				// The owner's address of the prefix's family, which the
+				// network routes that family's pods via.
+				owner := via
+				if !owner.IsValid() {
+					owner = ip
+				}
+				d.PodOwners = append(d.PodOwners, spec.PodOwner{Prefix: p, Node: owner})
 			}
 			switch {
-			case direct && adjacent && p.Addr().Is4() == ip.Is4():
-				d.Routes = append(d.Routes, spec.Route{Prefix: p, Via: ip, Proto: spec.ProtoDirect})
+			case direct && via.IsValid() && u.Adjacent(via):
+				d.Routes = append(d.Routes, spec.Route{Prefix: p, Via: via, Proto: spec.ProtoDirect})
 			case overlay:
-				t := spec.Tunnel{Prefix: p, Endpoint: ip, VNI: cfg.Vni}
-				if ip.Is6() {
+				if !endpointDone {
+					endpointDone = true
+					var why string
+					if endpoint, why = tunnelEndpoint(u, pn); why != "" {
+						plan.Problems = append(plan.Problems, PeerProblem{name, why})
+					}
+				}
+				if !endpoint.IsValid() {
+					continue
+				}
+				t := spec.Tunnel{Prefix: p, Endpoint: endpoint, VNI: cfg.Vni}
+				if endpoint.Is6() {
 					t.Flags |= spec.FlagIPv6Endpoint
 				}
 				d.Tunnels = append(d.Tunnels, t)
-			case direct && !adjacent:
-				plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("not on a directly connected network: %s via %s", p, ip)})
+			case direct && !via.IsValid():
+				plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("%s cannot be routed: the node has no %s underlay address (an %s route needs a next hop of its family)",
+					p, validate.Family(p.Addr()), validate.Family(p.Addr()))})
 			case direct:
-				plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("%s cannot be routed via %s (address families differ)", p, ip)})
+				plan.Problems = append(plan.Problems, PeerProblem{name, fmt.Sprintf("not on a directly connected network: %s via %s", p, via)})
 			}
 		}
 	}
 	if len(d.Tunnels) == 0 {
 		d.Tunnels = nil
+	}
+	if d.Overlay != nil {
+		overhead := spec.VXLANOverhead
+		if mode == spec.ModeGeneve {
+			overhead = spec.GeneveOverhead
+		}
+		// An IPv6 outer header is 20 bytes longer: on an IPv6 underlay,
+		// or towards any peer reached over IPv6.
+		if u.IP.Is6() || slices.ContainsFunc(d.Tunnels, func(t spec.Tunnel) bool { return t.Endpoint.Is6() }) {
+			overhead += spec.IPv6Extra
+		}
+		d.Overlay.MTU = base - overhead
+		plan.PodMTU = d.Overlay.MTU
 	}
 	if mode == spec.ModeBGP {
 		d.Routes = append(d.Routes, opts.ExtraRoutes...)
@@ -179,7 +233,7 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 
 	if cfg.Masquerade && len(d.LocalPodCIDRs) > 0 {
 		m := &spec.Masquerade{PodCIDRs: append([]netip.Prefix(nil), d.LocalPodCIDRs...)}
-		for _, c := range []string{cfg.NativeRoutingCidr, cfg.ClusterCidrV6} {
+		for _, c := range []string{cfg.NativeRoutingCidr, cfg.NativeRoutingCidrV6} {
 			if p, err := netip.ParsePrefix(c); err == nil {
 				m.NativeCIDRs = append(m.NativeCIDRs, p)
 			}

@@ -353,3 +353,160 @@ func TestResetQuarantinesAndTakesTheLog(t *testing.T) {
 		t.Fatalf("fresh model with a bad config: %s %+v", f, f.Quarantined())
 	}
 }
+
+func addEventV6(seq uint64, name, ip, ip6 string, cidrs ...string) []byte {
+	return keys.Encode(&weftv1.Event{Seq: seq, Kind: &weftv1.Event_NodeAdded{NodeAdded: &weftv1.NodeAdded{
+		Node: &weftv1.Node{Name: name, UnderlayIp: ip, UnderlayIpV6: ip6, PodCidrs: cidrs}}}})
+}
+
+// TestDesiredDualStack: in a dual-stack cluster each family is routed via
+// the peer's underlay address of that family and tunnelled to the peer's
+// address of this node's underlay family; a peer without an address of a
+// family is a problem for that family only, and a peer whose underlay
+// family this node cannot reach at all is a problem for that peer only.
+func TestDesiredDualStack(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	ip := netip.MustParseAddr
+	cfg := func(backend string) *weftv1.ClusterConfig {
+		c := &weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16", ClusterCidrV6: "fd00:10:244::/56", Backend: backend, AutoDirectNodeRoutes: true}
+		if backend == "bgp" {
+			c.Bgp = &weftv1.BGPConfig{Asn: 64512, FullMesh: true}
+		}
+		return c
+	}
+	state := func(c *weftv1.ClusterConfig) *State {
+		s := New()
+		mustApply(t, s, 1, cfgEvent(1, c))
+		mustApply(t, s, 2, addEventV6(2, "self", "192.168.1.1", "fd99::1", "10.244.1.0/24", "fd00:10:244:1::/64"))
+		mustApply(t, s, 3, addEventV6(3, "dual", "192.168.1.2", "fd99::2", "10.244.2.0/24", "fd00:10:244:2::/64"))
+		mustApply(t, s, 4, addEvent(4, "only4", "192.168.1.3", "10.244.3.0/24", "fd00:10:244:3::/64"))
+		mustApply(t, s, 5, addEvent(5, "only6", "fd99::4", "10.244.4.0/24", "fd00:10:244:4::/64"))
+		return s
+	}
+	u := spec.Underlay{Interface: "eth0", IP: ip("192.168.1.1"), IPv6: ip("fd99::1"), MTU: 1500,
+		Networks: []netip.Prefix{pfx("192.168.1.0/24"), pfx("fd99::/64")}}
+
+	t.Run("native", func(t *testing.T) {
+		p := Desired(state(cfg("native")), "self", u, Options{})
+		want := []spec.Route{
+			{Prefix: pfx("10.244.2.0/24"), Via: ip("192.168.1.2")},
+			{Prefix: pfx("10.244.3.0/24"), Via: ip("192.168.1.3")},
+			{Prefix: pfx("fd00:10:244:2::/64"), Via: ip("fd99::2")},
+			{Prefix: pfx("fd00:10:244:4::/64"), Via: ip("fd99::4")},
+		}
+		if !slices.Equal(p.Desired.Routes, want) {
+			t.Errorf("routes %+v\nwant %+v", p.Desired.Routes, want)
+		}
+		wantProblems := []PeerProblem{
+			{"only4", "fd00:10:244:3::/64 cannot be routed: the node has no IPv6 underlay address (an IPv6 route needs a next hop of its family)"},
+			{"only6", "10.244.4.0/24 cannot be routed: the node has no IPv4 underlay address (an IPv4 route needs a next hop of its family)"},
+		}
+		if !slices.Equal(p.Problems, wantProblems) {
+			t.Errorf("problems %+v\nwant %+v", p.Problems, wantProblems)
+		}
+		m := p.Desired.Masquerade
+		if m == nil || !slices.Equal(m.PodCIDRs, []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}) ||
+			!slices.Equal(m.NativeCIDRs, []netip.Prefix{pfx("10.244.0.0/16"), pfx("fd00:10:244::/56")}) {
+			t.Errorf("masquerade %+v", m)
+		}
+	})
+	t.Run("vxlan", func(t *testing.T) {
+		p := Desired(state(cfg("vxlan")), "self", u, Options{})
+		d := p.Desired
+		ends := map[netip.Prefix]netip.Addr{}
+		for _, tn := range d.Tunnels {
+			ends[tn.Prefix] = tn.Endpoint
+			if tn.Endpoint.Is6() != (tn.Flags&spec.FlagIPv6Endpoint != 0) {
+				t.Errorf("tunnel %+v: flag does not match the endpoint", tn)
+			}
+		}
+		// Both families of a peer over one endpoint of this node's
+		// underlay family; the IPv6-only peer over IPv6, which this node
+		// has too.
+		want := map[netip.Prefix]netip.Addr{
+			pfx("10.244.2.0/24"): ip("192.168.1.2"), pfx("fd00:10:244:2::/64"): ip("192.168.1.2"),
+			pfx("10.244.3.0/24"): ip("192.168.1.3"), pfx("fd00:10:244:3::/64"): ip("192.168.1.3"),
+			pfx("10.244.4.0/24"): ip("fd99::4"), pfx("fd00:10:244:4::/64"): ip("fd99::4"),
+		}
+		if len(ends) != len(want) || len(p.Problems) != 0 {
+			t.Fatalf("tunnels %v problems %v, want %v", ends, p.Problems, want)
+		}
+		for k, v := range want {
+			if ends[k] != v {
+				t.Errorf("tunnel %s -> %s, want %s", k, ends[k], v)
+			}
+		}
+		if !slices.Equal(d.ClusterCIDRs, []netip.Prefix{pfx("10.244.0.0/16"), pfx("fd00:10:244::/56")}) {
+			t.Errorf("cluster CIDRs %v", d.ClusterCIDRs)
+		}
+		// A peer reached over IPv6 costs 20 bytes more of outer header.
+		if d.Overlay.MTU != 1500-spec.VXLANOverhead-spec.IPv6Extra || p.PodMTU != d.Overlay.MTU {
+			t.Errorf("overlay MTU %d, pod MTU %d", d.Overlay.MTU, p.PodMTU)
+		}
+	})
+	t.Run("hybrid", func(t *testing.T) {
+		p := Desired(state(cfg("hybrid")), "self", u, Options{})
+		d := p.Desired
+		// only4's IPv6 CIDR cannot be routed directly: the tunnel carries
+		// it.
+		if len(d.Routes) != 4 || len(d.Tunnels) != 2 || len(p.Problems) != 0 {
+			t.Fatalf("routes %+v tunnels %+v problems %+v", d.Routes, d.Tunnels, p.Problems)
+		}
+		for _, tn := range d.Tunnels {
+			if tn.Prefix != pfx("fd00:10:244:3::/64") && tn.Prefix != pfx("10.244.4.0/24") {
+				t.Errorf("tunnel %+v, want only the CIDRs without a next hop of their family", tn)
+			}
+		}
+	})
+	t.Run("ipv6-only-node", func(t *testing.T) {
+		// This node has an IPv6 underlay only: peers with an IPv6
+		// address are tunnelled to it, an IPv4-only peer is a problem of
+		// its own and the rest keep working.
+		u6 := spec.Underlay{Interface: "eth0", IP: ip("fd99::9"), MTU: 1500, Networks: []netip.Prefix{pfx("fd99::/64")}}
+		p := Desired(state(cfg("vxlan")), "self", u6, Options{})
+		wantProblems := []PeerProblem{{"only4", "no tunnel: the underlay families differ: this node's underlay has only IPv6 (fd99::9), the peer's only IPv4 (192.168.1.3)"}}
+		if !slices.Equal(p.Problems, wantProblems) {
+			t.Errorf("problems %+v\nwant %+v", p.Problems, wantProblems)
+		}
+		for _, tn := range p.Desired.Tunnels {
+			if !tn.Endpoint.Is6() || strings.HasPrefix(tn.Prefix.String(), "10.244.3.") || strings.HasPrefix(tn.Prefix.String(), "fd00:10:244:3:") {
+				t.Errorf("tunnel %+v", tn)
+			}
+		}
+		if len(p.Desired.Tunnels) != 4 {
+			t.Errorf("tunnels %+v, want both CIDRs of dual and only6", p.Desired.Tunnels)
+		}
+	})
+}
+
+// TestDesiredIPv6Only: an IPv6-only cluster on an IPv6 underlay tunnels
+// over IPv6 with the IPv6 overhead, routes via IPv6 next hops in native
+// mode and masquerades with the IPv6 native routing CIDR.
+func TestDesiredIPv6Only(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	ip := netip.MustParseAddr
+	for _, backend := range []string{"vxlan", "native"} {
+		s := New()
+		mustApply(t, s, 1, cfgEvent(1, &weftv1.ClusterConfig{ClusterCidrV6: "fd00:10:244::/56", Backend: backend, AutoDirectNodeRoutes: true}))
+		mustApply(t, s, 2, addEvent(2, "self", "fd99::1", "fd00:10:244:1::/64"))
+		mustApply(t, s, 3, addEvent(3, "b", "fd99::2", "fd00:10:244:2::/64"))
+		u := spec.Underlay{Interface: "eth0", IP: ip("fd99::1"), MTU: 1500, Networks: []netip.Prefix{pfx("fd99::/64")}}
+		p := Desired(s, "self", u, Options{})
+		d := p.Desired
+		if len(p.Problems) != 0 || d.Masquerade == nil || !slices.Equal(d.Masquerade.NativeCIDRs, []netip.Prefix{pfx("fd00:10:244::/56")}) {
+			t.Fatalf("%s: problems %v masquerade %+v", backend, p.Problems, d.Masquerade)
+		}
+		switch backend {
+		case "vxlan":
+			want := []spec.Tunnel{{Prefix: pfx("fd00:10:244:2::/64"), Endpoint: ip("fd99::2"), VNI: 1, Flags: spec.FlagIPv6Endpoint}}
+			if !slices.Equal(d.Tunnels, want) || d.Overlay.MTU != 1430 || !slices.Equal(d.ClusterCIDRs, []netip.Prefix{pfx("fd00:10:244::/56")}) {
+				t.Errorf("vxlan: %s %+v", d, d.Tunnels)
+			}
+		case "native":
+			want := []spec.Route{{Prefix: pfx("fd00:10:244:2::/64"), Via: ip("fd99::2")}}
+			if !slices.Equal(d.Routes, want) || p.PodMTU != 1500 {
+				t.Errorf("native: %+v", d.Routes)
+			}
+		}
+	}
+}

@@ -136,10 +136,11 @@ func (s *State) Names() []string {
 }
 
 // EachNode calls fn for every node in name order with its parsed underlay
-// IP and pod CIDRs. fn must not keep or modify podCIDRs.
-func (s *State) EachNode(fn func(name string, underlay netip.Addr, podCIDRs []netip.Prefix)) {
+// IP, its underlay_ip_v6 (invalid when unset) and pod CIDRs. fn must not
+// keep or modify podCIDRs.
+func (s *State) EachNode(fn func(name string, underlay, underlay6 netip.Addr, podCIDRs []netip.Prefix)) {
 	for _, p := range s.sorted {
-		fn(p.name, p.ip, p.prefixes)
+		fn(p.name, p.ip, p.ip6, p.prefixes)
 	}
 }
 
@@ -148,6 +149,7 @@ func (s *State) EachNode(fn func(name string, underlay netip.Addr, podCIDRs []ne
 type parsedNode struct {
 	name     string
 	ip       netip.Addr
+	ip6      netip.Addr // underlay_ip_v6; invalid when unset
 	prefixes []netip.Prefix
 }
 
@@ -160,6 +162,18 @@ func (s *State) Quarantined() []Quarantine {
 		out = append(out, s.quarantined[name])
 	}
 	return out
+}
+
+// addr is the node's underlay address of one family, invalid when it has
+// none.
+func (pn *parsedNode) addr(v6 bool) netip.Addr {
+	switch {
+	case pn.ip.Is6() == v6:
+		return pn.ip
+	case v6:
+		return pn.ip6
+	}
+	return netip.Addr{}
 }
 
 // Refused returns the most recent refusals, oldest first.
@@ -289,7 +303,15 @@ func (s *State) admit(n *weftv1.Node) (parsedNode, error) {
 	if err != nil {
 		return parsedNode{}, fmt.Errorf("%w: underlay_ip: %q is not an IP address", validate.ErrInvalid, n.UnderlayIp)
 	}
-	return parsedNode{name: n.Name, ip: ip.Unmap(), prefixes: prefixes}, nil
+	pn := parsedNode{name: n.Name, ip: ip.Unmap(), prefixes: prefixes}
+	if n.UnderlayIpV6 != "" {
+		ip6, err := netip.ParseAddr(n.UnderlayIpV6)
+		if err != nil {
+			return parsedNode{}, fmt.Errorf("%w: underlay_ip_v6: %q is not an IP address", validate.ErrInvalid, n.UnderlayIpV6)
+		}
+		pn.ip6 = ip6
+	}
+	return pn, nil
 }
 
 // commit makes a change of the shared fold in s and keeps the index (pn,

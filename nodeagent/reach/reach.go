@@ -102,6 +102,14 @@ type Target struct {
 	Needs string
 }
 
+// key identifies a target: a peer is probed once per address family.
+func (t Target) key() string {
+	if t.Addr.Is6() {
+		return t.Node + "/6"
+	}
+	return t.Node + "/4"
+}
+
 // same reports whether a and b probe the same way; a changed target starts
 // over with a new grace.
 func (t Target) same(o Target) bool {
@@ -154,7 +162,8 @@ type Config struct {
 	now func() time.Time
 }
 
-// Unreachable is a peer whose probes fail.
+// Unreachable is a peer whose probes to one of its pod gateways (one per
+// address family) fail.
 type Unreachable struct {
 	Node   string
 	Addr   netip.Addr
@@ -162,13 +171,18 @@ type Unreachable struct {
 	Since  time.Time
 }
 
-// Report is the Prober's verdict now.
+// Report is the Prober's verdict now. A peer is probed once per address
+// family the node has pod CIDRs of; it is reachable when every one of its
+// pod gateways answered its last probe, and unreachable when any of them
+// is.
 type Report struct {
-	// Peers is the number of targets.
+	// Peers is the number of peers (nodes) probed.
 	Peers int
-	// Reachable peers answered their last probe.
+	// Reachable peers answered their last probe in every family.
 	Reachable int
-	// Unreachable peers, sorted by node name.
+	// Unreachable lists each unreachable pod gateway (a peer that fails
+	// in both families appears twice), sorted by node name, then
+	// address.
 	Unreachable []Unreachable
 	// Sent, Answered and Failed count probes since start.
 	Sent, Answered, Failed uint64
@@ -177,9 +191,21 @@ type Report struct {
 	Err string
 }
 
+// UnreachablePeers is the number of peers with an unreachable pod
+// gateway.
+func (r Report) UnreachablePeers() int {
+	n := 0
+	for i, u := range r.Unreachable {
+		if i == 0 || r.Unreachable[i-1].Node != u.Node {
+			n++
+		}
+	}
+	return n
+}
+
 // Pending is the number of peers without a verdict yet (not probed yet,
-// or failing within their grace).
-func (r Report) Pending() int { return r.Peers - r.Reachable - len(r.Unreachable) }
+// or failing within their grace, in some family and unreachable in none).
+func (r Report) Pending() int { return r.Peers - r.Reachable - r.UnreachablePeers() }
 
 type verdict uint8
 
@@ -265,8 +291,8 @@ func New(cfg Config) *Prober {
 func (p *Prober) burst() float64 { return max(1, float64(p.cfg.Rate)/10) }
 
 // Set replaces the targets. A target equal to the current one for its node
-// keeps its state; a new or changed one starts over with a new grace and
-// is probed soon. Targets must have distinct nodes.
+// and family keeps its state; a new or changed one starts over with a new
+// grace and is probed soon. Targets must have distinct nodes per family.
 func (p *Prober) Set(targets []Target) {
 	now := p.cfg.now()
 	p.mu.Lock()
@@ -274,8 +300,8 @@ func (p *Prober) Set(targets []Target) {
 	// New peers are spread over the first second, so a whole cluster
 	// (re)appearing does not probe in one burst beyond the rate.
 	for _, t := range targets {
-		keep[t.Node] = true
-		old := p.peers[t.Node]
+		keep[t.key()] = true
+		old := p.peers[t.key()]
 		if old != nil && old.t.same(t) {
 			old.t = t
 			continue
@@ -284,7 +310,7 @@ func (p *Prober) Set(targets []Target) {
 			p.drop(old)
 		}
 		pr := &peer{t: t, firstSeen: now, due: now.Add(rand.N(time.Second))}
-		p.peers[t.Node] = pr
+		p.peers[t.key()] = pr
 		heap.Push(&p.due, pr)
 		p.changed = true
 	}
@@ -308,28 +334,47 @@ func (p *Prober) drop(pr *peer) {
 		delete(p.inFlight, pr.seq)
 	}
 	heap.Remove(&p.due, pr.idx)
-	delete(p.peers, pr.t.Node)
+	delete(p.peers, pr.t.key())
 }
 
 // Report returns the current verdicts.
 func (p *Prober) Report() Report {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	r := Report{Peers: len(p.peers), Sent: p.sent, Answered: p.answered, Failed: p.failed}
+	r := Report{Sent: p.sent, Answered: p.answered, Failed: p.failed}
 	for _, err := range p.connErr {
 		if err != nil {
 			r.Err = "cannot probe peers: " + err.Error()
 		}
 	}
+	// Per node: every target reachable, or some unreachable.
+	nodes := make(map[string]verdict, len(p.peers))
 	for _, pr := range p.peers {
-		switch pr.state {
-		case reachable:
-			r.Reachable++
-		case unreachable:
+		v, seen := nodes[pr.t.Node]
+		switch {
+		case pr.state == unreachable:
+			v = unreachable
 			r.Unreachable = append(r.Unreachable, Unreachable{Node: pr.t.Node, Addr: pr.t.Addr, Reason: pr.reason, Since: pr.since})
+		case v == unreachable:
+		case pr.state == reachable && (!seen || v == reachable):
+			v = reachable
+		default:
+			v = pending
+		}
+		nodes[pr.t.Node] = v
+	}
+	r.Peers = len(nodes)
+	for _, v := range nodes {
+		if v == reachable {
+			r.Reachable++
 		}
 	}
-	slices.SortFunc(r.Unreachable, func(a, b Unreachable) int { return strings.Compare(a.Node, b.Node) })
+	slices.SortFunc(r.Unreachable, func(a, b Unreachable) int {
+		if c := strings.Compare(a.Node, b.Node); c != 0 {
+			return c
+		}
+		return a.Addr.Compare(b.Addr)
+	})
 	return r
 }
 

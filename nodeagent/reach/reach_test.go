@@ -335,6 +335,68 @@ func TestTargets(t *testing.T) {
 	}
 }
 
+// TestTargetsDualStack: a dual-stack node probes each peer's pod gateway
+// of both families; a native peer without an IPv6 underlay address is
+// named in its IPv6 target's reason.
+func TestTargetsDualStack(t *testing.T) {
+	u := spec.Underlay{IP: addr("10.99.0.1"), IPv6: addr("fd99::1"), Networks: []netip.Prefix{prefix("10.99.0.0/24"), prefix("fd99::/64")}}
+	peers := []Peer{
+		{Node: "dual", Underlay: addr("10.99.0.2"), Underlay6: addr("fd99::2"), PodCIDRs: []netip.Prefix{prefix("10.244.2.0/24"), prefix("fd00:244:2::/64")}},
+		{Node: "only4", Underlay: addr("10.99.0.3"), PodCIDRs: []netip.Prefix{prefix("10.244.3.0/24"), prefix("fd00:244:3::/64")}},
+	}
+	local := []netip.Prefix{prefix("10.244.1.0/24"), prefix("fd00:244:1::/64")}
+	d := &spec.Desired{Mode: spec.ModeNative, LocalPodCIDRs: local, Routes: []spec.Route{
+		{Prefix: prefix("10.244.2.0/24"), Via: addr("10.99.0.2")}, {Prefix: prefix("fd00:244:2::/64"), Via: addr("fd99::2")},
+		{Prefix: prefix("10.244.3.0/24"), Via: addr("10.99.0.3")}}}
+	got := Targets(d, true, u, peers)
+	want := []struct {
+		node, gw, via, needs string
+	}{
+		{"dual", "10.244.2.1", "10.99.0.2", ""},
+		{"dual", "fd00:244:2::1", "fd99::2", ""},
+		{"only4", "10.244.3.1", "10.99.0.3", ""},
+		{"only4", "fd00:244:3::1", "", "the peer has no IPv6 underlay address to route fd00:244:3::/64 via"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("targets %+v, want %d", got, len(want))
+	}
+	for i, w := range want {
+		g := got[i]
+		if g.Node != w.node || g.Addr.String() != w.gw || (w.via != "" && g.Via.String() != w.via) || !strings.Contains(g.Needs, w.needs) || (w.needs == "") != (g.Needs == "") {
+			t.Errorf("target %d: %+v, want %+v", i, g, w)
+		}
+	}
+}
+
+// TestReportPerPeer: with a target per family, a peer is reachable when
+// both answer, unreachable when either is (listed per address), pending
+// otherwise; the counts are of peers.
+func TestReportPerPeer(t *testing.T) {
+	clk, conn, changes := newClock(), newFakeConn(), 0
+	p := newTestProber(t, clk, conn, &changes)
+	tg := func(node, gw string) Target {
+		return Target{Node: node, Addr: addr(gw), Prefix: netip.PrefixFrom(addr(gw), 64).Masked(), Mode: "vxlan", Path: PathTunnel}
+	}
+	p.Set([]Target{tg("a", "10.244.1.1"), tg("a", "fd00:1::1"), tg("b", "10.244.2.1"), tg("b", "fd00:2::1"), tg("c", "10.244.3.1"), tg("c", "fd00:3::1")})
+	up := map[netip.Addr]bool{addr("10.244.1.1"): true, addr("fd00:1::1"): true, addr("10.244.2.1"): true, addr("10.244.3.1"): true}
+	run(p, clk, conn, 2*time.Second, func(a netip.Addr) bool { return up[a] })
+	r := p.Report()
+	if r.Peers != 3 || r.Reachable != 1 || r.UnreachablePeers() != 0 || r.Pending() != 2 {
+		t.Fatalf("within the grace: %+v (pending %d), want 3 peers, a reachable, b and c pending", r, r.Pending())
+	}
+	delete(up, addr("10.244.3.1"))
+	run(p, clk, conn, DefaultGrace+2*DefaultInterval, func(a netip.Addr) bool { return up[a] })
+	r = p.Report()
+	if r.Peers != 3 || r.Reachable != 1 || r.UnreachablePeers() != 2 || r.Pending() != 0 || len(r.Unreachable) != 3 {
+		t.Fatalf("after the grace: %+v, want a reachable, b unreachable over IPv6, c over both", r)
+	}
+	for i, w := range []string{"b fd00:2::1", "c 10.244.3.1", "c fd00:3::1"} {
+		if got := r.Unreachable[i].Node + " " + r.Unreachable[i].Addr.String(); got != w {
+			t.Errorf("unreachable[%d] = %s, want %s", i, got, w)
+		}
+	}
+}
+
 // BenchmarkRound5000 is the prober's CPU for one round over 5,000 peers
 // (5,000 probes sent and answered, 100 s of probing at the default rate).
 func BenchmarkRound5000(b *testing.B) {

@@ -68,6 +68,20 @@ func Underlay(nl *netlink.Handle, name string) (spec.Underlay, error) {
 	if !u.IP.IsValid() {
 		return spec.Underlay{}, fmt.Errorf("find underlay %s: no address", u.Interface)
 	}
+	if u.IP.Is4() {
+		// A dual-stack underlay: the IPv6 address peers route this
+		// node's IPv6 pod CIDR via (deprecated and tentative addresses
+		// are no next hop to hand out).
+		for _, ad := range addrs {
+			a, ok := netip.AddrFromSlice(ad.IP)
+			if !ok || a.Is4In6() || !a.Is6() || !a.IsGlobalUnicast() ||
+				ad.Flags&(unix.IFA_F_DEPRECATED|unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+				continue
+			}
+			u.IPv6 = a
+			break
+		}
+	}
 	return u, nil
 }
 
