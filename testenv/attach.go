@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/testenv/netnstest"
 )
@@ -25,23 +26,50 @@ const BridgeName = "weft0"
 // one in cniattach.go.
 type PodAttacher interface {
 	// Attach wires podNS (an existing named netns) to nodeNS using the
-	// node's lease in subnetFile and returns the pod's IPv4 address.
-	Attach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) (netip.Addr, error)
+	// node's lease in subnetFile and returns the pod's addresses, one per
+	// family the lease has, IPv4 first.
+	Attach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) ([]netip.Addr, error)
 	// Detach undoes Attach; detaching what is not attached is not an error.
 	Detach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) error
 }
 
-// SubnetEnv is the agent's subnet file (flannel's field names).
+// SubnetEnv is the agent's subnet file (flannel's field names). An
+// IPv6-only node's file has no IPv4 fields (Network and Subnet invalid).
 type SubnetEnv struct {
-	Network netip.Prefix // FLANNEL_NETWORK
-	Subnet  netip.Prefix // FLANNEL_SUBNET: gateway address with the pod CIDR's mask
-	MTU     int          // FLANNEL_MTU
-	IPMasq  bool         // FLANNEL_IPMASQ
-	Backend string       // WEFT_BACKEND
-	Raw     map[string]string
+	Network  netip.Prefix // FLANNEL_NETWORK
+	Subnet   netip.Prefix // FLANNEL_SUBNET: gateway address with the pod CIDR's mask
+	Network6 netip.Prefix // FLANNEL_IPV6_NETWORK
+	Subnet6  netip.Prefix // FLANNEL_IPV6_SUBNET: gateway address with the pod CIDR's mask
+	MTU      int          // FLANNEL_MTU
+	IPMasq   bool         // FLANNEL_IPMASQ
+	Backend  string       // WEFT_BACKEND
+	Raw      map[string]string
 }
 
-// ReadSubnetEnv parses a subnet file.
+// PodCIDRs returns the node's pod CIDRs, IPv4 first.
+func (s SubnetEnv) PodCIDRs() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []netip.Prefix{s.Subnet, s.Subnet6} {
+		if p.IsValid() {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
+}
+
+// subnets returns the gateway-with-mask of each family the file has.
+func (s SubnetEnv) subnets() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []netip.Prefix{s.Subnet, s.Subnet6} {
+		if p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ReadSubnetEnv parses a subnet file: FLANNEL_MTU and the fields of at
+// least one family.
 func ReadSubnetEnv(path string) (SubnetEnv, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -61,11 +89,23 @@ func ReadSubnetEnv(path string) (SubnetEnv, error) {
 	if err := sc.Err(); err != nil {
 		return SubnetEnv{}, fmt.Errorf("read subnet file: %w", err)
 	}
-	if s.Network, err = netip.ParsePrefix(s.Raw["FLANNEL_NETWORK"]); err != nil {
-		return SubnetEnv{}, fmt.Errorf("parse FLANNEL_NETWORK in %s: %w", path, err)
+	for _, f := range []struct {
+		key string
+		dst *netip.Prefix
+	}{
+		{"FLANNEL_NETWORK", &s.Network}, {"FLANNEL_SUBNET", &s.Subnet},
+		{"FLANNEL_IPV6_NETWORK", &s.Network6}, {"FLANNEL_IPV6_SUBNET", &s.Subnet6},
+	} {
+		v, ok := s.Raw[f.key]
+		if !ok {
+			continue
+		}
+		if *f.dst, err = netip.ParsePrefix(v); err != nil {
+			return SubnetEnv{}, fmt.Errorf("parse %s in %s: %w", f.key, path, err)
+		}
 	}
-	if s.Subnet, err = netip.ParsePrefix(s.Raw["FLANNEL_SUBNET"]); err != nil {
-		return SubnetEnv{}, fmt.Errorf("parse FLANNEL_SUBNET in %s: %w", path, err)
+	if !s.Subnet.IsValid() && !s.Subnet6.IsValid() {
+		return SubnetEnv{}, fmt.Errorf("parse %s: neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET", path)
 	}
 	if s.MTU, err = strconv.Atoi(s.Raw["FLANNEL_MTU"]); err != nil {
 		return SubnetEnv{}, fmt.Errorf("parse FLANNEL_MTU in %s: %w", path, err)
@@ -78,7 +118,14 @@ func ReadSubnetEnv(path string) (SubnetEnv, error) {
 // WriteSubnetEnv writes s atomically (used by the plain-routing backend,
 // where no agent writes it).
 func WriteSubnetEnv(path string, s SubnetEnv) error {
-	body := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n", s.Network, s.Subnet, s.MTU, s.IPMasq)
+	var body string
+	if s.Subnet.IsValid() {
+		body += fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\n", s.Network, s.Subnet)
+	}
+	if s.Subnet6.IsValid() {
+		body += fmt.Sprintf("FLANNEL_IPV6_NETWORK=%s\nFLANNEL_IPV6_SUBNET=%s\n", s.Network6, s.Subnet6)
+	}
+	body += fmt.Sprintf("FLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n", s.MTU, s.IPMasq)
 	if s.Backend != "" {
 		body += "WEFT_BACKEND=" + s.Backend + "\n"
 	}
@@ -95,8 +142,9 @@ func WriteSubnetEnv(path string, s SubnetEnv) error {
 // NetlinkAttacher attaches pods with netlink directly: bridge weft0 with the
 // gateway address in the node namespace, a veth whose peer is eth0 in the
 // pod, an address from the node's pod CIDR, a default route via the
-// gateway and FLANNEL_MTU on both ends. Addresses are handed out from
-// files in a "pods" directory beside the subnet file (like host-local IPAM).
+// gateway and FLANNEL_MTU on both ends, for each family of the lease.
+// Addresses are handed out from files in a "pods" directory beside the
+// subnet file (like host-local IPAM).
 type NetlinkAttacher struct{}
 
 // hostVeth is the node-side name of a pod's veth: short and unique per
@@ -111,9 +159,10 @@ func hostVeth(podName string) string {
 
 func ipamDir(subnetFile string) string { return filepath.Join(filepath.Dir(subnetFile), "pods") }
 
-// allocate reserves the lowest free address of the pod CIDR for podName
-// (returning the one it already holds, if any).
-func allocate(subnetFile, podName string, s SubnetEnv) (netip.Addr, error) {
+// allocate reserves the lowest free address of the pod CIDR subnet (the
+// gateway with the pod CIDR's mask) for podName (returning the one it
+// already holds there, if any).
+func allocate(subnetFile, podName string, subnet netip.Prefix) (netip.Addr, error) {
 	dir := ipamDir(subnetFile)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return netip.Addr{}, fmt.Errorf("allocate pod address: %w", err)
@@ -121,14 +170,14 @@ func allocate(subnetFile, podName string, s SubnetEnv) (netip.Addr, error) {
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
 		if b, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil && string(b) == podName {
-			if a, err := netip.ParseAddr(e.Name()); err == nil && s.Subnet.Contains(a) {
+			if a, err := netip.ParseAddr(e.Name()); err == nil && subnet.Contains(a) {
 				return a, nil
 			}
 		}
 	}
-	gw := s.Subnet.Addr()
-	for a := s.Subnet.Masked().Addr().Next(); s.Subnet.Contains(a); a = a.Next() {
-		if a == gw || !s.Subnet.Contains(a.Next()) { // skip the gateway and broadcast
+	gw := subnet.Addr()
+	for a := subnet.Masked().Addr().Next(); subnet.Contains(a); a = a.Next() {
+		if a == gw || !subnet.Contains(a.Next()) { // skip the gateway and the last address (IPv4 broadcast)
 			continue
 		}
 		f, err := os.OpenFile(filepath.Join(dir, a.String()), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
@@ -142,7 +191,7 @@ func allocate(subnetFile, podName string, s SubnetEnv) (netip.Addr, error) {
 		f.Close()
 		return a, err
 	}
-	return netip.Addr{}, fmt.Errorf("allocate pod address: %s is full", s.Subnet)
+	return netip.Addr{}, fmt.Errorf("allocate pod address: %s is full", subnet)
 }
 
 func release(subnetFile, podName string) {
@@ -155,7 +204,7 @@ func release(subnetFile, podName string) {
 	}
 }
 
-// ensureBridge makes weft0 exist and hold the gateway address.
+// ensureBridge makes weft0 exist and hold the gateway addresses.
 func ensureBridge(h *netlink.Handle, s SubnetEnv) (netlink.Link, error) {
 	br, err := h.LinkByName(BridgeName)
 	if err != nil {
@@ -168,9 +217,11 @@ func ensureBridge(h *netlink.Handle, s SubnetEnv) (netlink.Link, error) {
 			return nil, fmt.Errorf("find bridge %s: %w", BridgeName, err)
 		}
 	}
-	gw := &netlink.Addr{IPNet: netnstest.IPNet(s.Subnet)}
-	if err := h.AddrReplace(br, gw); err != nil {
-		return nil, fmt.Errorf("set gateway %s on %s: %w", s.Subnet, BridgeName, err)
+	for _, sub := range s.subnets() {
+		gw := &netlink.Addr{IPNet: netnstest.IPNet(sub), Flags: unix.IFA_F_NODAD}
+		if err := h.AddrReplace(br, gw); err != nil {
+			return nil, fmt.Errorf("set gateway %s on %s: %w", sub, BridgeName, err)
+		}
 	}
 	if err := h.LinkSetUp(br); err != nil {
 		return nil, fmt.Errorf("set %s up: %w", BridgeName, err)
@@ -179,14 +230,20 @@ func ensureBridge(h *netlink.Handle, s SubnetEnv) (netlink.Link, error) {
 }
 
 // Attach implements PodAttacher.
-func (NetlinkAttacher) Attach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) (netip.Addr, error) {
+func (NetlinkAttacher) Attach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) ([]netip.Addr, error) {
 	s, err := ReadSubnetEnv(subnetFile)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("attach %s: %w", podName, err)
+		return nil, fmt.Errorf("attach %s: %w", podName, err)
 	}
-	addr, err := allocate(subnetFile, podName, s)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("attach %s: %w", podName, err)
+	var addrs, gws []netip.Addr
+	var prefixes []netip.Prefix
+	for _, sub := range s.subnets() {
+		a, err := allocate(subnetFile, podName, sub)
+		if err != nil {
+			return nil, fmt.Errorf("attach %s: %w", podName, err)
+		}
+		addrs, gws = append(addrs, a), append(gws, sub.Addr())
+		prefixes = append(prefixes, netip.PrefixFrom(a, sub.Bits()))
 	}
 	host := hostVeth(podName)
 	err = withNS(nodeNS, func(node *netnstest.NS) error {
@@ -201,7 +258,7 @@ func (NetlinkAttacher) Attach(ctx context.Context, nodeNS, podNS, podName, subne
 			h.LinkDel(old)
 		}
 		return withNS(podNS, func(pod *netnstest.NS) error {
-			_, err := node.Plug(BridgeName, host, pod, "eth0", s.MTU, []netip.Prefix{netip.PrefixFrom(addr, s.Subnet.Bits())}, s.Subnet.Addr())
+			_, err := node.Plug(BridgeName, host, pod, "eth0", s.MTU, prefixes, gws...)
 			if err != nil {
 				return err
 			}
@@ -209,9 +266,9 @@ func (NetlinkAttacher) Attach(ctx context.Context, nodeNS, podNS, podName, subne
 		})
 	})
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("attach %s: %w", podName, err)
+		return nil, fmt.Errorf("attach %s: %w", podName, err)
 	}
-	return addr, nil
+	return addrs, nil
 }
 
 // Detach implements PodAttacher.

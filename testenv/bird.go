@@ -40,9 +40,12 @@ const (
 func (c *Cluster) defaultBGP() map[string]any {
 	b := map[string]any{"asn": 64512, "hold_time_seconds": 3, "keepalive_seconds": 1}
 	if c.Opts.Segments == 2 {
+		// Sessions over the cluster's first family: in a dual-stack
+		// cluster IPv4 sessions carry both families.
+		v6 := !c.IPv4()
 		b["peers"] = []map[string]any{
-			{"address": routerIP(0).String(), "asn": RouterASN},
-			{"address": routerIP(1).String(), "asn": RouterASN},
+			{"address": routerOf(0, v6).String(), "asn": RouterASN},
+			{"address": routerOf(1, v6).String(), "asn": RouterASN},
 		}
 	} else {
 		b["full_mesh"] = true
@@ -73,12 +76,25 @@ func (c *Cluster) BIRD() *BIRD {
 // birdConf is BIRD's configuration for the router of c: one dynamic BGP
 // protocol per segment (sessions are named s<segment>n<k> as they come),
 // the timers and graceful restart of birdtest.Config, and every BGP route into
-// the router's kernel.
+// the router's kernel. Sessions run over the cluster's first family (the
+// agents dial the router there) with a channel per family the cluster
+// runs: a dual-stack cluster's IPv4 sessions are multiprotocol.
 func (c *Cluster) birdConf(log string) string {
 	conf := birdtest.Config{Log: log, RouterID: routerIP(0), ASN: RouterASN, Kernel: true}
+	if c.IPv4() {
+		conf.Channels = append(conf.Channels, "ipv4")
+	}
+	if c.IPv6() {
+		conf.Channels = append(conf.Channels, "ipv6")
+	}
+	v6 := !c.IPv4()
 	for s := 0; s < c.Opts.Segments; s++ {
-		conf.Peers = append(conf.Peers, birdtest.Peer{Name: fmt.Sprintf("seg%d", s), Local: routerIP(s),
-			Range: segmentNet(s), DynamicName: fmt.Sprintf("s%dn", s)})
+		rng := segmentNet(s)
+		if v6 {
+			rng = segmentNet6(s)
+		}
+		conf.Peers = append(conf.Peers, birdtest.Peer{Name: fmt.Sprintf("seg%d", s), Local: routerOf(s, v6),
+			Range: rng, DynamicName: fmt.Sprintf("s%dn", s)})
 	}
 	return conf.String()
 }

@@ -32,19 +32,20 @@ type Echo struct {
 	wg      sync.WaitGroup
 }
 
-// StartEcho starts an echo server on EchoPort inside the named namespace.
+// StartEcho starts an echo server on EchoPort inside the named namespace,
+// on every address of both families (one dual-stack socket each).
 func StartEcho(ns string) (*Echo, error) {
 	e := &Echo{}
 	err := InNS(ns, func() error {
 		var err error
-		if e.tcp, err = net.Listen("tcp4", fmt.Sprintf(":%d", EchoPort)); err != nil {
+		if e.tcp, err = net.Listen("tcp", fmt.Sprintf(":%d", EchoPort)); err != nil {
 			return fmt.Errorf("listen tcp in %s: %w", ns, err)
 		}
-		if e.udp, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", EchoPort)); err != nil {
+		if e.udp, err = net.ListenPacket("udp", fmt.Sprintf(":%d", EchoPort)); err != nil {
 			e.tcp.Close()
 			return fmt.Errorf("listen udp in %s: %w", ns, err)
 		}
-		if e.discard, err = net.Listen("tcp4", fmt.Sprintf(":%d", DiscardPort)); err != nil {
+		if e.discard, err = net.Listen("tcp", fmt.Sprintf(":%d", DiscardPort)); err != nil {
 			e.tcp.Close()
 			e.udp.Close()
 			return fmt.Errorf("listen tcp in %s: %w", ns, err)
@@ -115,7 +116,7 @@ func dialIn(ctx context.Context, ns, network, addr string) (net.Conn, error) {
 // CheckTCP connects from namespace ns to dst's echo server, sends a payload
 // and expects it back.
 func CheckTCP(ctx context.Context, ns string, dst netip.Addr) error {
-	c, err := dialIn(ctx, ns, "tcp4", netip.AddrPortFrom(dst, EchoPort).String())
+	c, err := dialIn(ctx, ns, "tcp", netip.AddrPortFrom(dst, EchoPort).String())
 	if err != nil {
 		return fmt.Errorf("tcp %s→%s: %w", ns, dst, err)
 	}
@@ -142,7 +143,7 @@ func CheckTCP(ctx context.Context, ns string, dst netip.Addr) error {
 // expects it back, retrying a few times (UDP may be dropped once while
 // neighbours resolve).
 func CheckUDP(ctx context.Context, ns string, dst netip.Addr) error {
-	c, err := dialIn(ctx, ns, "udp4", netip.AddrPortFrom(dst, EchoPort).String())
+	c, err := dialIn(ctx, ns, "udp", netip.AddrPortFrom(dst, EchoPort).String())
 	if err != nil {
 		return fmt.Errorf("udp %s→%s: %w", ns, dst, err)
 	}
@@ -208,12 +209,34 @@ type Target struct {
 	Name string     // printable name (the pod name)
 	NS   string     // namespace the check runs from
 	Addr netip.Addr // address checked when this is the destination
+	// Addrs are the target's addresses, one per family (IPv4 first);
+	// empty means Addr alone.
+	Addrs []netip.Addr
 }
 
-// PairResult is the outcome of the checks from one pod to another; a nil
-// error means that protocol worked.
+// addrOf is t's address of one family, invalid when it has none.
+func (t Target) addrOf(v6 bool) netip.Addr {
+	if len(t.Addrs) == 0 {
+		if t.Addr.Is6() == v6 {
+			return t.Addr
+		}
+		return netip.Addr{}
+	}
+	for _, a := range t.Addrs {
+		if a.Is6() == v6 {
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
+// PairResult is the outcome of the checks from one pod to another over
+// one address family; a nil error means that protocol worked.
 type PairResult struct {
-	From, To  Target
+	From, To Target
+	// Family is "IPv4" or "IPv6": the family of the destination address
+	// checked.
+	Family    string
 	ICMP, TCP error
 	UDP       error
 }
@@ -221,7 +244,8 @@ type PairResult struct {
 // OK reports whether every protocol worked.
 func (r PairResult) OK() bool { return r.ICMP == nil && r.TCP == nil && r.UDP == nil }
 
-// Matrix is the result of an all-pairs check.
+// Matrix is the result of an all-pairs check, over every family the
+// targets share.
 type Matrix struct {
 	Targets []Target
 	Results []PairResult
@@ -238,21 +262,55 @@ func (m Matrix) Failed() []PairResult {
 	return out
 }
 
-// String renders the matrix as a table: rows are sources, columns
-// destinations, each cell "ITU" for the protocols that worked (ICMP, TCP,
-// UDP) and "-" in a failed protocol's place.
+// Families lists the families checked, IPv4 first.
+func (m Matrix) Families() []string {
+	var out []string
+	for _, f := range []string{"IPv4", "IPv6"} {
+		for _, r := range m.Results {
+			if r.Family == f {
+				out = append(out, f)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Count returns how many pairs were checked over family and how many of
+// them failed.
+func (m Matrix) Count(family string) (pairs, failed int) {
+	for _, r := range m.Results {
+		if r.Family == family {
+			pairs++
+			if !r.OK() {
+				failed++
+			}
+		}
+	}
+	return pairs, failed
+}
+
+// Summary is one line per family: "IPv4: 30 pairs, 0 failed".
+func (m Matrix) Summary() string {
+	var b strings.Builder
+	for _, f := range m.Families() {
+		n, failed := m.Count(f)
+		fmt.Fprintf(&b, "%s: %d pairs, %d failed\n", f, n, failed)
+	}
+	return b.String()
+}
+
+// String renders the matrix as one table per family: rows are sources,
+// columns destinations, each cell "ITU" for the protocols that worked
+// (ICMP, TCP, UDP) and "-" in a failed protocol's place; then every
+// failure, naming its family.
 func (m Matrix) String() string {
 	var b strings.Builder
 	w := 6
 	for _, t := range m.Targets {
 		w = max(w, len(t.Name))
 	}
-	fmt.Fprintf(&b, "%-*s", w+2, "from\\to")
-	for _, t := range m.Targets {
-		fmt.Fprintf(&b, " %-*s", w, t.Name)
-	}
-	b.WriteString("\n")
-	cell := map[[2]string]string{}
+	cell := map[[3]string]string{}
 	for _, r := range m.Results {
 		s := []byte("ITU")
 		if r.ICMP != nil {
@@ -264,23 +322,31 @@ func (m Matrix) String() string {
 		if r.UDP != nil {
 			s[2] = '-'
 		}
-		cell[[2]string{r.From.Name, r.To.Name}] = string(s)
+		cell[[3]string{r.Family, r.From.Name, r.To.Name}] = string(s)
 	}
-	for _, f := range m.Targets {
-		fmt.Fprintf(&b, "%-*s", w+2, f.Name)
+	for _, fam := range m.Families() {
+		fmt.Fprintf(&b, "%s:\n", fam)
+		fmt.Fprintf(&b, "%-*s", w+2, "from\\to")
 		for _, t := range m.Targets {
-			c, ok := cell[[2]string{f.Name, t.Name}]
-			if !ok {
-				c = "."
-			}
-			fmt.Fprintf(&b, " %-*s", w, c)
+			fmt.Fprintf(&b, " %-*s", w, t.Name)
 		}
 		b.WriteString("\n")
+		for _, f := range m.Targets {
+			fmt.Fprintf(&b, "%-*s", w+2, f.Name)
+			for _, t := range m.Targets {
+				c, ok := cell[[3]string{fam, f.Name, t.Name}]
+				if !ok {
+					c = "."
+				}
+				fmt.Fprintf(&b, " %-*s", w, c)
+			}
+			b.WriteString("\n")
+		}
 	}
 	for _, r := range m.Failed() {
 		for _, err := range []error{r.ICMP, r.TCP, r.UDP} {
 			if err != nil {
-				fmt.Fprintf(&b, "FAIL %v\n", err)
+				fmt.Fprintf(&b, "FAIL %s %v\n", r.Family, err)
 			}
 		}
 	}
@@ -288,32 +354,36 @@ func (m Matrix) String() string {
 }
 
 // CheckAll runs ICMP, TCP and UDP from every target to every other one
-// (skipping pairs for which skip returns true), a few pairs at a time.
+// (skipping pairs for which skip returns true), over each family both
+// ends have an address of, a few pairs at a time.
 func CheckAll(ctx context.Context, targets []Target, skip func(from, to Target) bool) Matrix {
 	m := Matrix{Targets: targets}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
-	for _, f := range targets {
-		for _, t := range targets {
-			if f.Name == t.Name || (skip != nil && skip(f, t)) {
-				continue
+	for _, v6 := range []bool{false, true} {
+		for _, f := range targets {
+			for _, t := range targets {
+				dst := t.addrOf(v6)
+				if f.Name == t.Name || !dst.IsValid() || !f.addrOf(v6).IsValid() || (skip != nil && skip(f, t)) {
+					continue
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					sem <- struct{}{}
+					defer func() { <-sem }()
+					c, cancel := context.WithTimeout(ctx, 10*time.Second)
+					defer cancel()
+					r := PairResult{From: f, To: t, Family: familyName(v6)}
+					r.ICMP = CheckICMP(c, f.NS, dst)
+					r.TCP = CheckTCP(c, f.NS, dst)
+					r.UDP = CheckUDP(c, f.NS, dst)
+					mu.Lock()
+					m.Results = append(m.Results, r)
+					mu.Unlock()
+				}()
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				sem <- struct{}{}
-				defer func() { <-sem }()
-				c, cancel := context.WithTimeout(ctx, 10*time.Second)
-				defer cancel()
-				r := PairResult{From: f, To: t}
-				r.ICMP = CheckICMP(c, f.NS, t.Addr)
-				r.TCP = CheckTCP(c, f.NS, t.Addr)
-				r.UDP = CheckUDP(c, f.NS, t.Addr)
-				mu.Lock()
-				m.Results = append(m.Results, r)
-				mu.Unlock()
-			}()
 		}
 	}
 	wg.Wait()
@@ -450,7 +520,7 @@ func StartWhoami(ns string) (net.Listener, error) {
 	var l net.Listener
 	err := InNS(ns, func() error {
 		var err error
-		l, err = net.Listen("tcp4", fmt.Sprintf(":%d", WhoamiPort))
+		l, err = net.Listen("tcp", fmt.Sprintf(":%d", WhoamiPort))
 		return err
 	})
 	if err != nil {
@@ -473,7 +543,7 @@ func StartWhoami(ns string) (net.Listener, error) {
 // Whoami connects from namespace ns to dst's whoami server and returns the
 // source address dst saw.
 func Whoami(ctx context.Context, ns string, dst netip.Addr) (netip.Addr, error) {
-	c, err := dialIn(ctx, ns, "tcp4", netip.AddrPortFrom(dst, WhoamiPort).String())
+	c, err := dialIn(ctx, ns, "tcp", netip.AddrPortFrom(dst, WhoamiPort).String())
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("whoami %s→%s: %w", ns, dst, err)
 	}

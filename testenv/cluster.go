@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,25 +64,27 @@ func routerIP(s int) netip.Addr { return netip.AddrFrom4([4]byte{10, 99, byte(s)
 
 // Options describe a cluster. Zero values take the documented defaults.
 type Options struct {
-	Prefix      string        // per-run prefix; default "wt" + 4 random hex digits (interface names are ≤ 15 chars)
-	Nodes       int           // default 3
-	PodsPerNode int           // default 2
-	Backend     string        // vxlan (default), geneve, native, hybrid, gateway, bgp, or BackendKernel
-	Segments    int           // 1 (default): one L2 underlay; 2: two segments joined by a router namespace
-	Etcd        string        // EtcdEmbedded (default) or EtcdExternal
-	EtcdMembers int           // members of the external etcd, default 3
-	Controllers int           // weft-controller processes, 1..3; more than 1 needs EtcdExternal
-	BinDir      string        // directory holding weft-controller, weft-agent, weftctl, weft-testenv
-	ClusterCIDR string        // default 10.244.0.0/16
-	NodeGrace   int           // node_grace_seconds in the cluster config; 0 = controller default
-	LeaseTTL    int           // agent --lease-ttl seconds; 0 = agent default
-	ElectionTTL int           // controller --election-ttl seconds; 0 = controller default
-	Reconcile   string        // agent --reconcile-interval; "" = agent default
-	ProbeGrace  time.Duration // agent --probe-grace; 0 = agent default
-	Config      string        // extra ClusterConfig JSON fields merged into the controller's config file, e.g. `"mtu": 1400`
-	Attacher    PodAttacher   // default: CNIAttacher when BinDir has weft-cni, else NetlinkAttacher
-	LogLevel    string        // weft processes' --log-level, default debug
-	Logger      hclog.Logger
+	Prefix        string        // per-run prefix; default "wt" + 4 random hex digits (interface names are ≤ 15 chars)
+	Nodes         int           // default 3
+	PodsPerNode   int           // default 2
+	Backend       string        // vxlan (default), geneve, native, hybrid, gateway, bgp, or BackendKernel
+	Segments      int           // 1 (default): one L2 underlay; 2: two segments joined by a router namespace
+	Etcd          string        // EtcdEmbedded (default) or EtcdExternal
+	EtcdMembers   int           // members of the external etcd, default 3
+	Controllers   int           // weft-controller processes, 1..3; more than 1 needs EtcdExternal
+	BinDir        string        // directory holding weft-controller, weft-agent, weftctl, weft-testenv
+	IPFamily      string        // FamilyIPv4 (default), FamilyIPv6 or FamilyDual (see family.go)
+	ClusterCIDR   string        // default 10.244.0.0/16 (ipv4 and dual)
+	ClusterCIDRv6 string        // default fd00:10:244::/56 (ipv6 and dual)
+	NodeGrace     int           // node_grace_seconds in the cluster config; 0 = controller default
+	LeaseTTL      int           // agent --lease-ttl seconds; 0 = agent default
+	ElectionTTL   int           // controller --election-ttl seconds; 0 = controller default
+	Reconcile     string        // agent --reconcile-interval; "" = agent default
+	ProbeGrace    time.Duration // agent --probe-grace; 0 = agent default
+	Config        string        // extra ClusterConfig JSON fields merged into the controller's config file, e.g. `"mtu": 1400`
+	Attacher      PodAttacher   // default: CNIAttacher when BinDir has weft-cni, else NetlinkAttacher
+	LogLevel      string        // weft processes' --log-level, default debug
+	Logger        hclog.Logger
 
 	// Bare builds the underlay, the control namespace with the external
 	// etcd, and the node namespaces only: no controller, no agents, no
@@ -133,13 +136,16 @@ type Node struct {
 	Name       string // node name = namespace name, e.g. wt1a2b-n0
 	NS         string
 	Segment    int
-	UnderlayIP netip.Addr
-	Iface      string // underlay interface inside NS
-	BPFDir     string // --bpffs-dir
-	SubnetFile string // --subnet-file
-	Agent      *Proc  // nil with BackendKernel
-	Pods       []*Pod
-	podCIDR    netip.Prefix // routed by the router when the network routes pod CIDRs
+	UnderlayIP netip.Addr // the agent's underlay_ip: IPv4, or IPv6 in an IPv6 cluster
+	// UnderlayIP6 is the node's IPv6 underlay address (dual and IPv6
+	// clusters; in an IPv6 cluster it equals UnderlayIP).
+	UnderlayIP6 netip.Addr
+	Iface       string // underlay interface inside NS
+	BPFDir      string // --bpffs-dir
+	SubnetFile  string // --subnet-file
+	Agent       *Proc  // nil with BackendKernel
+	Pods        []*Pod
+	podCIDRs    []netip.Prefix // routed by the router when the network routes pod CIDRs
 }
 
 // Pod is a pod namespace attached to a node.
@@ -147,12 +153,17 @@ type Pod struct {
 	Name string // = namespace name, e.g. wt1a2b-n0-p1
 	NS   string
 	Node *Node
-	Addr netip.Addr
-	echo *Echo
+	// Addr is the pod's first address (IPv4 unless the cluster is
+	// IPv6-only); Addrs has one per family, IPv4 first.
+	Addr  netip.Addr
+	Addrs []netip.Addr
+	echo  *Echo
 }
 
 // Target returns the pod as a connectivity-check endpoint.
-func (p *Pod) Target() Target { return Target{Name: p.Name, NS: p.NS, Addr: p.Addr} }
+func (p *Pod) Target() Target {
+	return Target{Name: p.Name, NS: p.NS, Addr: p.Addr, Addrs: slices.Clone(p.Addrs)}
+}
 
 // MetricsAddr is where every agent serves metrics and health, inside its
 // node namespace.
@@ -202,8 +213,20 @@ func (o *Options) defaults() error {
 	if o.Controllers > 1 && o.Etcd == EtcdEmbedded {
 		return fmt.Errorf("%d controllers need an external etcd (the embedded one lives in a controller)", o.Controllers)
 	}
+	if o.IPFamily == "" {
+		o.IPFamily = FamilyIPv4
+	}
+	if err := checkFamily(o.IPFamily); err != nil {
+		return err
+	}
 	if o.ClusterCIDR == "" {
 		o.ClusterCIDR = defaultPodNet
+	}
+	if o.ClusterCIDRv6 == "" {
+		o.ClusterCIDRv6 = defaultPodNet6
+	}
+	if o.Bare && o.IPFamily != FamilyIPv4 {
+		return fmt.Errorf("ip family %s: the Kubernetes test cluster (Bare) is IPv4 only", o.IPFamily)
 	}
 	if o.Attacher == nil {
 		// Pods are attached the way a container runtime attaches them: by
@@ -354,12 +377,11 @@ func (c *Cluster) buildUnderlay() error {
 		if err := createNS(c.CtlNS); err != nil {
 			return err
 		}
-		addr := netip.PrefixFrom(netip.MustParseAddr(ctlIP), underlayBits)
-		if err := c.plug(c.CtlNS, c.Prefix+"-c", "eth0", 0, addr); err != nil {
+		if err := c.plug(c.CtlNS, c.Prefix+"-c", "eth0", 0, c.ctlAddrs()...); err != nil {
 			return err
 		}
 		if c.Opts.Segments == 2 {
-			if err := c.routeVia(c.CtlNS, "eth0", routerIP(0)); err != nil {
+			if err := c.routeVia(c.CtlNS, "eth0", 0); err != nil {
 				return err
 			}
 		}
@@ -371,11 +393,11 @@ func (c *Cluster) buildUnderlay() error {
 		}
 		for s := 0; s < c.Opts.Segments; s++ {
 			if err := c.plug(c.RouterNS, fmt.Sprintf("%s-r%d", c.Prefix, s), fmt.Sprintf("eth%d", s), s,
-				netip.PrefixFrom(routerIP(s), underlayBits)); err != nil {
+				c.routerAddrs(s)...); err != nil {
 				return err
 			}
 		}
-		if err := sysctl(c.RouterNS, "net.ipv4.ip_forward", "1"); err != nil {
+		if err := c.forwarding(c.RouterNS); err != nil {
 			return err
 		}
 	}
@@ -384,9 +406,24 @@ func (c *Cluster) buildUnderlay() error {
 
 func (c *Cluster) bridgeName(s int) string { return fmt.Sprintf("%s-b%d", c.Prefix, s) }
 
+// forwarding turns on forwarding in ns for the cluster's families.
+func (c *Cluster) forwarding(ns string) error {
+	if c.IPv4() {
+		if err := sysctl(ns, "net.ipv4.ip_forward", "1"); err != nil {
+			return err
+		}
+	}
+	if c.IPv6() {
+		if err := sysctl(ns, "net.ipv6.conf.all.forwarding", "1"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // plug connects namespace ns to underlay segment seg by a veth (ulName on
-// the bridge side, inName inside ns) and gives the inner end addr.
-func (c *Cluster) plug(ns, ulName, inName string, seg int, addr netip.Prefix) error {
+// the bridge side, inName inside ns) and gives the inner end addrs.
+func (c *Cluster) plug(ns, ulName, inName string, seg int, addrs ...netip.Prefix) error {
 	return withNS(c.UnderlayNS, func(ul *netnstest.NS) error {
 		return withNS(ns, func(n *netnstest.NS) error {
 			if err := ul.Veth(ulName, n, inName); err != nil {
@@ -398,7 +435,7 @@ func (c *Cluster) plug(ns, ulName, inName string, seg int, addr netip.Prefix) er
 			if err := ul.Up(ulName); err != nil {
 				return err
 			}
-			if err := n.Addr(inName, addr); err != nil {
+			if err := n.Addr(inName, addrs...); err != nil {
 				return err
 			}
 			return n.Up(inName)
@@ -406,11 +443,20 @@ func (c *Cluster) plug(ns, ulName, inName string, seg int, addr netip.Prefix) er
 	})
 }
 
-// routeVia routes the whole underlay range (10.99.0.0/16) through the
-// router: with two segments, nodes reach the other segment that way and
-// nothing else (no default route, so nothing leaves the run's namespaces).
-func (c *Cluster) routeVia(ns, dev string, gw netip.Addr) error {
-	return route(ns, dev, netip.MustParsePrefix("10.99.0.0/16"), gw)
+// routeVia routes the whole underlay range (10.99.0.0/16, fd99::/16)
+// through the router on segment seg: with two segments, nodes reach the
+// other segment that way and nothing else (no default route, so nothing
+// leaves the run's namespaces).
+func (c *Cluster) routeVia(ns, dev string, seg int) error {
+	if c.IPv4() {
+		if err := route(ns, dev, underlayNet4, routerIP(seg)); err != nil {
+			return err
+		}
+	}
+	if c.IPv6() {
+		return route(ns, dev, underlayNet6, routerIP6(seg))
+	}
+	return nil
 }
 
 // route routes dst via gw out of dev in the named namespace.
@@ -501,10 +547,21 @@ func (c *Cluster) addNode(ctx context.Context, withPods bool) (*Node, error) {
 		Name:       name,
 		NS:         name,
 		Segment:    seg,
-		UnderlayIP: netip.AddrFrom4([4]byte{10, 99, byte(seg), byte(i + 1)}),
 		Iface:      "eth0",
 		BPFDir:     filepath.Join("/sys/fs/bpf", name),
 		SubnetFile: filepath.Join(c.RunDir, fmt.Sprintf("n%d", i), "subnet.env"),
+	}
+	var addrs []netip.Prefix
+	if c.IPv4() {
+		n.UnderlayIP = netip.AddrFrom4([4]byte{10, 99, byte(seg), byte(i + 1)})
+		addrs = append(addrs, netip.PrefixFrom(n.UnderlayIP, underlayBits))
+	}
+	if c.IPv6() {
+		n.UnderlayIP6 = addr6(seg, i+1)
+		addrs = append(addrs, netip.PrefixFrom(n.UnderlayIP6, underlayBits6))
+		if !c.IPv4() {
+			n.UnderlayIP = n.UnderlayIP6
+		}
 	}
 	if err := os.MkdirAll(filepath.Dir(n.SubnetFile), 0o755); err != nil {
 		return nil, fmt.Errorf("add node %s: %w", name, err)
@@ -515,11 +572,11 @@ func (c *Cluster) addNode(ctx context.Context, withPods bool) (*Node, error) {
 	c.mu.Lock()
 	c.nodes[i] = n
 	c.mu.Unlock()
-	if err := c.plug(n.NS, name, n.Iface, seg, netip.PrefixFrom(n.UnderlayIP, underlayBits)); err != nil {
+	if err := c.plug(n.NS, name, n.Iface, seg, addrs...); err != nil {
 		return nil, err
 	}
 	if c.Opts.Segments == 2 {
-		if err := c.routeVia(n.NS, n.Iface, routerIP(seg)); err != nil {
+		if err := c.routeVia(n.NS, n.Iface, seg); err != nil {
 			return nil, err
 		}
 	}
@@ -530,12 +587,25 @@ func (c *Cluster) addNode(ctx context.Context, withPods bool) (*Node, error) {
 		return n, nil
 	}
 	if c.Opts.Backend == BackendKernel {
-		pod := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 1}), 24)
-		err := WriteSubnetEnv(n.SubnetFile, SubnetEnv{Network: netip.MustParsePrefix(c.Opts.ClusterCIDR), Subnet: pod, MTU: 1500, Backend: BackendKernel})
-		if err != nil {
+		// The subnet file an agent would write: the i+1st /24 of the
+		// IPv4 cluster CIDR and /64 of the IPv6 one.
+		env := SubnetEnv{MTU: 1500, Backend: BackendKernel}
+		if c.IPv4() {
+			net4 := netip.MustParsePrefix(c.Opts.ClusterCIDR)
+			b := net4.Addr().As4()
+			b[2], b[3] = byte(i+1), 1
+			env.Network, env.Subnet = net4, netip.PrefixFrom(netip.AddrFrom4(b), 24)
+		}
+		if c.IPv6() {
+			net6 := netip.MustParsePrefix(c.Opts.ClusterCIDRv6)
+			b := net6.Addr().As16()
+			b[7], b[15] = byte(i+1), 1
+			env.Network6, env.Subnet6 = net6, netip.PrefixFrom(netip.AddrFrom16(b), 64)
+		}
+		if err := WriteSubnetEnv(n.SubnetFile, env); err != nil {
 			return nil, err
 		}
-		if err := sysctl(n.NS, "net.ipv4.ip_forward", "1"); err != nil {
+		if err := c.forwarding(n.NS); err != nil {
 			return nil, err
 		}
 	} else {
@@ -578,11 +648,14 @@ func (c *Cluster) attachPods(ctx context.Context, n *Node) error {
 		}
 		p := &Pod{Name: name, NS: name, Node: n}
 		n.Pods = append(n.Pods, p)
-		addr, err := c.Opts.Attacher.Attach(ctx, n.NS, p.NS, p.Name, n.SubnetFile)
+		addrs, err := c.Opts.Attacher.Attach(ctx, n.NS, p.NS, p.Name, n.SubnetFile)
 		if err != nil {
 			return err
 		}
-		p.Addr = addr
+		if len(addrs) == 0 {
+			return fmt.Errorf("attach %s: no address", p.Name)
+		}
+		p.Addr, p.Addrs = addrs[0], addrs
 		if p.echo, err = StartEcho(p.NS); err != nil {
 			return err
 		}
@@ -613,34 +686,40 @@ func (c *Cluster) WaitSubnetFile(ctx context.Context, n *Node, d time.Duration) 
 }
 
 // kernelRoutes installs plain routes between nodes (BackendKernel): each
-// node routes every other node's pod CIDR via that node's underlay IP, and
-// with two segments via the router, which knows every pod CIDR.
+// node routes every other node's pod CIDRs via that node's underlay
+// address of their family, and with two segments via the router, which
+// knows every pod CIDR.
 func (c *Cluster) kernelRoutes() error {
 	nodes := c.Nodes()
-	lease := map[*Node]netip.Prefix{}
+	lease := map[*Node][]netip.Prefix{}
 	for _, n := range nodes {
 		s, err := ReadSubnetEnv(n.SubnetFile)
 		if err != nil {
 			return err
 		}
-		lease[n] = s.Subnet.Masked()
+		lease[n] = s.PodCIDRs()
 	}
 	for _, n := range nodes {
 		for _, m := range nodes {
 			if n == m {
 				continue
 			}
-			gw := m.UnderlayIP
-			if n.Segment != m.Segment {
-				gw = routerIP(n.Segment)
-			}
-			if err := route(n.NS, n.Iface, lease[m], gw); err != nil {
-				return err
+			for _, p := range lease[m] {
+				v6 := p.Addr().Is6()
+				gw := m.Underlay(v6)
+				if n.Segment != m.Segment {
+					gw = routerOf(n.Segment, v6)
+				}
+				if err := route(n.NS, n.Iface, p, gw); err != nil {
+					return err
+				}
 			}
 		}
 		if c.RouterNS != "" {
-			if err := route(c.RouterNS, fmt.Sprintf("eth%d", n.Segment), lease[n], n.UnderlayIP); err != nil {
-				return err
+			for _, p := range lease[n] {
+				if err := route(c.RouterNS, fmt.Sprintf("eth%d", n.Segment), p, n.Underlay(p.Addr().Is6())); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -679,7 +758,7 @@ func (c *Cluster) destroyNode(ctx context.Context, n *Node) error {
 		if p.echo != nil {
 			p.echo.Close()
 		}
-		if p.Addr.IsValid() {
+		if len(p.Addrs) > 0 {
 			errs = append(errs, c.Opts.Attacher.Detach(ctx, n.NS, p.NS, p.Name, n.SubnetFile))
 		}
 		errs = append(errs, deleteNS(p.NS))

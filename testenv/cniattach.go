@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
@@ -71,11 +72,11 @@ func cniNSName(ns string) string {
 }
 
 // Attach runs CNI ADD for podName (the container ID) with eth0 in podNS
-// and returns the pod's IPv4 address.
-func (a *CNIAttacher) Attach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) (netip.Addr, error) {
+// and returns the pod's addresses, IPv4 first.
+func (a *CNIAttacher) Attach(ctx context.Context, nodeNS, podNS, podName, subnetFile string) ([]netip.Addr, error) {
 	cni, list, err := a.setup(subnetFile)
 	if err != nil {
-		return netip.Addr{}, err
+		return nil, err
 	}
 	rt := &libcni.RuntimeConf{ContainerID: podName, NetNS: cniNSPath(podNS), IfName: "eth0"}
 	var res *current.Result
@@ -89,14 +90,19 @@ func (a *CNIAttacher) Attach(ctx context.Context, nodeNS, podNS, podName, subnet
 		return err
 	})
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("cni add %s: %w", podName, err)
+		return nil, fmt.Errorf("cni add %s: %w", podName, err)
 	}
+	var out []netip.Addr
 	for _, ipc := range res.IPs {
-		if ip, ok := netip.AddrFromSlice(ipc.Address.IP); ok && ip.Unmap().Is4() {
-			return ip.Unmap(), nil
+		if ip, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
+			out = append(out, ip.Unmap())
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("cni add %s: result has no IPv4 address", podName)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("cni add %s: result has no address", podName)
+	}
+	slices.SortStableFunc(out, func(x, y netip.Addr) int { return x.BitLen() - y.BitLen() })
+	return out, nil
 }
 
 // Detach runs CNI DEL for podName; detaching what is not attached, or

@@ -65,7 +65,7 @@ func (c *Cluster) NodeEndpoints() []string {
 	}
 	var out []string
 	for m := 0; m < n; m++ {
-		out = append(out, fmt.Sprintf("%s://%s:%d", scheme, ctlIP, memberClientPort(m)))
+		out = append(out, fmt.Sprintf("%s://%s:%d", scheme, c.ctlEndpointHost(), memberClientPort(m)))
 	}
 	return out
 }
@@ -82,7 +82,13 @@ func (c *Cluster) initialCluster() string {
 
 // configFile writes the controller's ClusterConfig (protojson).
 func (c *Cluster) configFile() (string, error) {
-	cfg := map[string]any{"cluster_cidr": c.Opts.ClusterCIDR, "backend": c.Opts.Backend}
+	cfg := map[string]any{"backend": c.Opts.Backend}
+	if c.IPv4() {
+		cfg["cluster_cidr"] = c.Opts.ClusterCIDR
+	}
+	if c.IPv6() {
+		cfg["cluster_cidr_v6"] = c.Opts.ClusterCIDRv6
+	}
 	if c.Opts.NodeGrace > 0 {
 		cfg["node_grace_seconds"] = c.Opts.NodeGrace
 	}
@@ -125,11 +131,16 @@ func (c *Cluster) startControl(ctx context.Context) error {
 	for k := 0; k < c.Opts.Controllers; k++ {
 		args := []string{c.bin("weft-controller"),
 			"--prefix", weftPrefix,
-			"--cluster-cidr", c.Opts.ClusterCIDR,
 			"--backend", c.Opts.Backend,
 			"--config", cfgPath,
 			"--metrics-addr", fmt.Sprintf("127.0.0.1:%d", 9470+2*k),
 			"--log-level", c.Opts.LogLevel,
+		}
+		if c.IPv4() {
+			args = append(args, "--cluster-cidr", c.Opts.ClusterCIDR)
+		}
+		if c.IPv6() {
+			args = append(args, "--cluster-cidr-v6", c.Opts.ClusterCIDRv6)
 		}
 		if c.Opts.ElectionTTL > 0 {
 			args = append(args, "--election-ttl", fmt.Sprint(c.Opts.ElectionTTL))

@@ -102,17 +102,24 @@ func (c *Cluster) networkRoutes() bool {
 	return c.Opts.Backend == "gateway" || (c.Opts.Backend == "native" && c.Opts.Segments == 2)
 }
 
-// pointAtRouter makes node n send the cluster CIDR to the router of its
-// segment (when the network routes pod CIDRs).
+// pointAtRouter makes node n send the cluster CIDRs to the router of its
+// segment (when the network routes pod CIDRs), each family to the
+// router's address of that family.
 func (c *Cluster) pointAtRouter(n *Node) error {
 	if !c.networkRoutes() {
 		return nil
 	}
-	return route(n.NS, n.Iface, netip.MustParsePrefix(c.Opts.ClusterCIDR), routerIP(n.Segment))
+	for _, v6 := range c.families() {
+		if err := route(n.NS, n.Iface, netip.MustParsePrefix(c.clusterCIDR(v6)), routerOf(n.Segment, v6)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// routeOnRouter gives the router a route to node n's pod CIDR (read from
-// its subnet file) via the node, when the network routes pod CIDRs.
+// routeOnRouter gives the router a route to each of node n's pod CIDRs
+// (read from its subnet file) via the node's underlay address of that
+// family, when the network routes pod CIDRs.
 func (c *Cluster) routeOnRouter(n *Node) error {
 	if !c.networkRoutes() {
 		return nil
@@ -121,16 +128,25 @@ func (c *Cluster) routeOnRouter(n *Node) error {
 	if err != nil {
 		return err
 	}
-	n.podCIDR = s.Subnet.Masked()
-	return AddRoute(c.RouterNS, n.podCIDR, n.UnderlayIP)
+	n.podCIDRs = s.PodCIDRs()
+	for _, p := range n.podCIDRs {
+		if err := AddRoute(c.RouterNS, p, n.Underlay(p.Addr().Is6())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// unrouteOnRouter removes node n's pod CIDR from the router.
+// unrouteOnRouter removes node n's pod CIDRs from the router.
 func (c *Cluster) unrouteOnRouter(n *Node) error {
-	if !c.networkRoutes() || !n.podCIDR.IsValid() || c.RouterNS == "" {
+	if !c.networkRoutes() || c.RouterNS == "" {
 		return nil
 	}
-	return DelRoute(c.RouterNS, n.podCIDR)
+	var errs []error
+	for _, p := range n.podCIDRs {
+		errs = append(errs, DelRoute(c.RouterNS, p))
+	}
+	return errors.Join(errs...)
 }
 
 // nativeDefaults turns auto_direct_node_routes on in a cluster that starts
@@ -147,7 +163,9 @@ func (c *Cluster) Carrier() string {
 	router := func() string {
 		var ips []string
 		for s := 0; s < c.Opts.Segments; s++ {
-			ips = append(ips, routerIP(s).String())
+			for _, a := range c.routerAddrs(s) {
+				ips = append(ips, a.Addr().String())
+			}
 		}
 		return "the router " + strings.Join(ips, "/")
 	}

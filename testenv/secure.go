@@ -48,7 +48,7 @@ func (c *Cluster) makePKI() error {
 	// socket its file name (weft's etcd client names unixs:// servers so)
 	// or its whole path (Debian's etcdctl 3.4 does; x509 matches such a
 	// name exactly).
-	hosts := []string{ctlIP, "127.0.0.1", "localhost"}
+	hosts := []string{ctlIP, ctlIP6().String(), "127.0.0.1", "::1", "localhost"}
 	for m := 0; m < max(1, c.Opts.EtcdMembers); m++ {
 		hosts = append(hosts, filepath.Base(c.EtcdSocket(m)), c.EtcdSocket(m))
 	}

@@ -18,6 +18,9 @@ import (
 // bringKube builds what a Kubernetes cluster needs (weft binaries, the
 // static ones for the image, the cached Kubernetes binaries) and starts it.
 func bringKube(ctx context.Context, f clusterFlags) (*kube.Cluster, func(), error) {
+	if f.ipFamily != testenv.FamilyIPv4 {
+		return nil, nil, usageError{fmt.Errorf("--ip-family %s: the Kubernetes test cluster runs IPv4 only", f.ipFamily)}
+	}
 	if f.backend == testenv.BackendKernel {
 		return nil, nil, usageError{fmt.Errorf("--backend %s: --kubernetes deploys weft", f.backend)}
 	}
@@ -118,7 +121,7 @@ func kubeDemo(ctx context.Context, f clusterFlags, keep bool) error {
 	m := testenv.CheckAll(ctx, c.Targets(), nil)
 	fmt.Print(m)
 	failed := len(m.Failed())
-	fmt.Printf("%d pairs, %d failed\n", len(m.Results), failed)
+	fmt.Print(m.Summary())
 	if keep {
 		printKubeAccess(c)
 		<-ctx.Done()

@@ -89,7 +89,7 @@ Needs root. Run demo and up from inside the weft source tree (they go build).
 // clusterFlags are the options up and demo share.
 type clusterFlags struct {
 	backend, etcd, binDir, prefix, logLevel string
-	attacher                                string
+	attacher, ipFamily                      string
 	nodes, pods, segments, controllers      int
 	grace                                   int
 	kubernetes                              bool
@@ -103,6 +103,7 @@ func (f *clusterFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.binDir, "bin-dir", envOr("BIN_DIR", ""), "use the weft binaries in this directory instead of building them")
 	fs.StringVar(&f.prefix, "prefix", envOr("PREFIX", ""), "run prefix (default: wt + 4 random hex digits)")
 	fs.StringVar(&f.logLevel, "log-level", envOr("LOG_LEVEL", "debug"), "log level of the weft processes (their logs are in the run directory)")
+	fs.StringVar(&f.ipFamily, "ip-family", envOr("IP_FAMILY", testenv.FamilyIPv4), "ipv4, ipv6 (underlay, etcd, pods and tunnels all IPv6) or dual (every pod gets an IPv4 and an IPv6 address; the matrix checks both)")
 	fs.StringVar(&f.attacher, "attacher", envOr("ATTACHER", "cni"), "how pods are attached: cni (the weft-cni plugin through libcni, as a container runtime does) or netlink (testenv's own)")
 	fs.IntVar(&f.nodes, "nodes", 3, "number of nodes")
 	fs.IntVar(&f.pods, "pods-per-node", 2, "pods per node")
@@ -163,7 +164,7 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 	if secure {
 		how = "TLS, client certificates, auth on"
 	}
-	fmt.Printf("starting %d nodes x %d pods, backend %s, etcd %s (%s) ...\n", f.nodes, f.pods, f.backend, f.etcd, how)
+	fmt.Printf("starting %d nodes x %d pods, backend %s, ip family %s, etcd %s (%s) ...\n", f.nodes, f.pods, f.backend, f.ipFamily, f.etcd, how)
 	c, err := testenv.New(ctx, testenv.Options{
 		Prefix:      f.prefix,
 		Nodes:       f.nodes,
@@ -172,6 +173,7 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 		Segments:    f.segments,
 		Etcd:        f.etcd,
 		Controllers: f.controllers,
+		IPFamily:    f.ipFamily,
 		NodeGrace:   f.grace,
 		BinDir:      binDir,
 		Attacher:    att,
@@ -208,13 +210,17 @@ func printAccess(c *testenv.Cluster) {
 	}
 	fmt.Println("enter a namespace:")
 	for _, n := range c.Nodes() {
-		fmt.Printf("  ip netns exec %s ip route    # node %s, underlay %s", n.NS, n.Name, n.UnderlayIP)
+		under := n.UnderlayIP.String()
+		if n.UnderlayIP6.IsValid() && n.UnderlayIP6 != n.UnderlayIP {
+			under += ", " + n.UnderlayIP6.String()
+		}
+		fmt.Printf("  ip netns exec %s ip route    # node %s, underlay %s", n.NS, n.Name, under)
 		if n.Agent != nil {
 			fmt.Printf(", agent log %s", n.Agent.Log)
 		}
 		fmt.Println()
 		for _, p := range n.Pods {
-			fmt.Printf("  ip netns exec %s ping %s    # pod %s\n", p.NS, podPeer(c, p), p.Addr)
+			fmt.Printf("  ip netns exec %s ping %s    # pod %s\n", p.NS, podPeer(c, p), strings.Trim(fmt.Sprint(p.Addrs), "[]"))
 		}
 	}
 	fmt.Printf("remove it: Ctrl-C here (or, after a crash, weft-testenv down --prefix %s)\n", c.Prefix)
@@ -298,11 +304,11 @@ func demo(ctx context.Context, args []string) error {
 			}
 		}
 	}
-	fmt.Println("\nall-pairs connectivity (I = ICMP echo, T = TCP echo, U = UDP echo; - = failed):")
+	fmt.Println("\nall-pairs connectivity (I = ICMP echo, T = TCP echo, U = UDP echo; - = failed), per address family:")
 	m := testenv.CheckAll(ctx, c.Targets(), nil)
 	fmt.Print(m)
 	failed := len(m.Failed())
-	fmt.Printf("%d pairs, %d failed\n", len(m.Results), failed)
+	fmt.Print(m.Summary())
 	if *keep {
 		printAccess(c)
 		<-ctx.Done()

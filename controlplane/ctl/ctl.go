@@ -293,10 +293,14 @@ func Summary(e *weftv1.Event) (kind, what string) {
 	switch k := e.Kind.(type) {
 	case *weftv1.Event_ConfigChanged:
 		c := k.ConfigChanged.GetConfig()
-		cidrs := "cluster_cidr=" + c.GetClusterCidr()
-		if c.GetClusterCidrV6() != "" {
-			cidrs += " cluster_cidr_v6=" + c.GetClusterCidrV6()
+		var parts []string
+		if c.GetClusterCidr() != "" {
+			parts = append(parts, "cluster_cidr="+c.GetClusterCidr())
 		}
+		if c.GetClusterCidrV6() != "" {
+			parts = append(parts, "cluster_cidr_v6="+c.GetClusterCidrV6())
+		}
+		cidrs := strings.Join(parts, " ")
 		return "ConfigChanged", fmt.Sprintf("%s backend=%s vni=%d mtu=%d", cidrs, c.GetBackend(), c.GetVni(), c.GetMtu())
 	case *weftv1.Event_NodeAdded:
 		n := k.NodeAdded.GetNode()

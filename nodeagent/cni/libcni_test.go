@@ -815,10 +815,14 @@ func TestTestenvCNIAttacher(t *testing.T) {
 	for i := range 2 {
 		pod := filepath.Base(newNS(t))
 		pods = append(pods, pod)
-		ip, err := att.Attach(ctx, node, pod, fmt.Sprint("pod-", i), subnetFile)
+		got, err := att.Attach(ctx, node, pod, fmt.Sprint("pod-", i), subnetFile)
 		if err != nil {
 			t.Fatalf("Attach: %v", err)
 		}
+		if len(got) != 1 || !got[0].Is4() {
+			t.Fatalf("Attach on an IPv4 subnet file gave %v", got)
+		}
+		ip := got[0]
 		if err := reachable(nodePath, ip); err != nil {
 			t.Fatal(err)
 		}

@@ -26,7 +26,11 @@ type Config struct {
 	// Kernel exports every BGP route into the router namespace's kernel,
 	// so it forwards what it learned.
 	Kernel bool
-	Peers  []Peer
+	// Channels are the address families of every session, "ipv4" and/or
+	// "ipv6"; empty means IPv4 only. Both: multiprotocol sessions (IPv6
+	// routes over an IPv4 session carry their IPv6 next hop).
+	Channels []string
+	Peers    []Peer
 }
 
 // Peer is one BGP protocol of the router: a fixed neighbour, or with
@@ -55,8 +59,14 @@ type Peer struct {
 func (c Config) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "log %q all;\nrouter id %s;\nprotocol device { scan time 2; }\n", c.Log, c.RouterID)
+	channels := c.Channels
+	if len(channels) == 0 {
+		channels = []string{"ipv4"}
+	}
 	if c.Kernel {
-		b.WriteString("protocol kernel { ipv4 { export where source = RTS_BGP; }; }\n")
+		for _, ch := range channels {
+			fmt.Fprintf(&b, "protocol kernel kernel_%s { %s { export where source = RTS_BGP; }; }\n", ch, ch)
+		}
 	}
 	for _, p := range c.Peers {
 		fmt.Fprintf(&b, "protocol bgp %s {\n", p.Name)
@@ -79,9 +89,11 @@ func (c Config) String() string {
 	connect retry time 2;
 	error wait time 1, 2;
 	graceful restart on;
-	ipv4 { import all; export all; };
-}
 `)
+		for _, ch := range channels {
+			fmt.Fprintf(&b, "\t%s { import all; export all; };\n", ch)
+		}
+		b.WriteString("}\n")
 	}
 	return b.String()
 }

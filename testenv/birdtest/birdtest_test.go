@@ -2,6 +2,7 @@ package birdtest
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -14,7 +15,7 @@ func TestConfigString(t *testing.T) {
 	want := `log "/run/bird.log" all;
 router id 10.99.0.254;
 protocol device { scan time 2; }
-protocol kernel { ipv4 { export where source = RTS_BGP; }; }
+protocol kernel kernel_ipv4 { ipv4 { export where source = RTS_BGP; }; }
 protocol bgp seg0 {
 	local 10.99.0.254 as 65000;
 	neighbor range 10.99.0.0/24 external;
@@ -42,6 +43,18 @@ protocol bgp n1 {
 `
 	if got := c.String(); got != want {
 		t.Errorf("bird.conf:\n%s\nwant:\n%s", got, want)
+	}
+	// Dual-stack: a kernel protocol and a channel per family on every
+	// session.
+	c.Channels = []string{"ipv4", "ipv6"}
+	got := c.String()
+	for _, w := range []string{
+		"protocol kernel kernel_ipv4 { ipv4 { export where source = RTS_BGP; }; }\nprotocol kernel kernel_ipv6 { ipv6 { export where source = RTS_BGP; }; }\n",
+		"\tipv4 { import all; export all; };\n\tipv6 { import all; export all; };\n}\nprotocol bgp n1",
+	} {
+		if !strings.Contains(got, w) {
+			t.Errorf("dual-stack bird.conf lacks %q:\n%s", w, got)
+		}
 	}
 }
 
