@@ -179,13 +179,13 @@ func (b *BIRD) Established(ctx context.Context) ([]netip.Addr, error) {
 	return birdtest.EstablishedNeighbors(text)
 }
 
-// ProtoRoutes lists the IPv4 routes of the main table in ns that carry the
+// ProtoRoutes lists the routes (both families) of the main table in ns that carry the
 // route protocol proto (e.g. 0x58 for weft's BGP routes), as prefix → next
 // hop.
 func ProtoRoutes(ns string, proto int) (map[netip.Prefix]netip.Addr, error) {
 	out := map[netip.Prefix]netip.Addr{}
 	err := withHandle(ns, func(h *netlink.Handle) error {
-		rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: netlink.RouteProtocol(proto), Table: unix.RT_TABLE_MAIN},
+		rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: netlink.RouteProtocol(proto), Table: unix.RT_TABLE_MAIN},
 			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 		if err != nil {
 			return fmt.Errorf("list routes in %s: %w", ns, err)

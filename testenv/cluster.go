@@ -642,25 +642,43 @@ func (c *Cluster) attachPods(ctx context.Context, n *Node) error {
 		return err
 	}
 	for j := 0; j < c.Opts.PodsPerNode; j++ {
-		name := fmt.Sprintf("%s-p%d", n.Name, j)
-		if err := createNS(name); err != nil {
-			return err
-		}
-		p := &Pod{Name: name, NS: name, Node: n}
-		n.Pods = append(n.Pods, p)
-		addrs, err := c.Opts.Attacher.Attach(ctx, n.NS, p.NS, p.Name, n.SubnetFile)
-		if err != nil {
-			return err
-		}
-		if len(addrs) == 0 {
-			return fmt.Errorf("attach %s: no address", p.Name)
-		}
-		p.Addr, p.Addrs = addrs[0], addrs
-		if p.echo, err = StartEcho(p.NS); err != nil {
+		if _, err := c.attachPod(ctx, n); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// AddPod attaches one more pod to node n (its next pod number) with the
+// node's lease as it is now: after an IPv6 cluster CIDR was added, a new
+// pod gets an address of each family. It returns once the pod's echo
+// server runs.
+func (c *Cluster) AddPod(ctx context.Context, n *Node) (*Pod, error) {
+	if _, err := ReadSubnetEnv(n.SubnetFile); err != nil {
+		return nil, err
+	}
+	return c.attachPod(ctx, n)
+}
+
+func (c *Cluster) attachPod(ctx context.Context, n *Node) (*Pod, error) {
+	name := fmt.Sprintf("%s-p%d", n.Name, len(n.Pods))
+	if err := createNS(name); err != nil {
+		return nil, err
+	}
+	p := &Pod{Name: name, NS: name, Node: n}
+	n.Pods = append(n.Pods, p)
+	addrs, err := c.Opts.Attacher.Attach(ctx, n.NS, p.NS, p.Name, n.SubnetFile)
+	if err != nil {
+		return nil, err
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("attach %s: no address", p.Name)
+	}
+	p.Addr, p.Addrs = addrs[0], addrs
+	if p.echo, err = StartEcho(p.NS); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // WaitSubnetFile waits until the node's agent has written its subnet file.

@@ -130,12 +130,12 @@ func Links(ns string) ([]string, error) {
 	return out, err
 }
 
-// Routes lists the IPv4 routes of the main table in namespace ns, as
+// Routes lists the routes (both families) of the main table in namespace ns, as
 // "dst via gw dev" strings.
 func Routes(ns string) ([]string, error) {
 	var out []string
 	err := withHandle(ns, func(h *netlink.Handle) error {
-		rs, err := h.RouteList(nil, netlink.FAMILY_V4)
+		rs, err := h.RouteList(nil, netlink.FAMILY_ALL)
 		if err != nil {
 			return fmt.Errorf("list routes in %s: %w", ns, err)
 		}

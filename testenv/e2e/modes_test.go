@@ -170,3 +170,35 @@ func TestUnreachablePeerReported(t *testing.T) {
 	}
 	requireAllPairs(t, ctx, c)
 }
+
+// TestDemoDualStack runs `weft-testenv demo --ip-family dual` as a user
+// would: it prints an all-pairs matrix per family, both complete, and
+// leaves nothing behind.
+func TestDemoDualStack(t *testing.T) {
+	needCluster(t)
+	prefix := testenv.NewPrefix()
+	prefixesMu.Lock()
+	prefixes = append(prefixes, prefix)
+	prefixesMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	begin := time.Now()
+	out, err := exec.CommandContext(ctx, binDir+"/weft-testenv", "demo", "--bin-dir", binDir, "--prefix", prefix, "--ip-family", "dual").CombinedOutput()
+	defer func() {
+		if left := testenv.Leftovers(prefix); len(left) > 0 {
+			t.Errorf("demo left behind: %v", left)
+		}
+	}()
+	if err != nil {
+		t.Fatalf("demo --ip-family dual: %v\n%s", err, out)
+	}
+	for _, want := range []string{"ip family dual", "\nIPv4:\nfrom\\to", "\nIPv6:\nfrom\\to", "IPv4: 30 pairs, 0 failed", "IPv6: 30 pairs, 0 failed", "fd00:10:244:"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "unreachable") || strings.Contains(string(out), "degraded") {
+		t.Errorf("demo reports unreachable peers:\n%s", out)
+	}
+	t.Logf("dual-stack demo in %v", time.Since(begin).Round(100*time.Millisecond))
+}
