@@ -477,6 +477,20 @@ func TestDesiredDualStack(t *testing.T) {
 			t.Errorf("tunnels %+v, want both CIDRs of dual and only6", p.Desired.Tunnels)
 		}
 	})
+	t.Run("ipv4-only-node", func(t *testing.T) {
+		// The other side: an IPv4-only node cannot tunnel to the
+		// IPv6-only peer; that peer alone is a problem, every other
+		// peer keeps its tunnel over IPv4.
+		u4 := spec.Underlay{Interface: "eth0", IP: ip("192.168.1.1"), MTU: 1500, Networks: []netip.Prefix{pfx("192.168.1.0/24")}}
+		p := Desired(state(cfg("vxlan")), "self", u4, Options{})
+		wantProblems := []PeerProblem{{"only6", "no tunnel: the underlay families differ: this node's underlay has only IPv4 (192.168.1.1), the peer's only IPv6 (fd99::4)"}}
+		if !slices.Equal(p.Problems, wantProblems) {
+			t.Errorf("problems %+v\nwant %+v", p.Problems, wantProblems)
+		}
+		if len(p.Desired.Tunnels) != 4 || p.Desired.Overlay.MTU != 1450 {
+			t.Errorf("tunnels %+v mtu %d, want both CIDRs of dual and only4 over IPv4", p.Desired.Tunnels, p.Desired.Overlay.MTU)
+		}
+	})
 }
 
 // TestDesiredIPv6Only: an IPv6-only cluster on an IPv6 underlay tunnels
