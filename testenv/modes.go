@@ -232,10 +232,13 @@ func (c *Cluster) reachability(ctx context.Context) (unreachable, pending []stri
 			pending = append(pending, n.Name+" has no status")
 			continue
 		}
+		// One entry per family a peer fails in; verdicts count peers.
+		failing := map[string]bool{}
 		for _, u := range st.GetUnreachablePeers() {
 			unreachable = append(unreachable, fmt.Sprintf("%s cannot reach %s (%s): %s", n.Name, u.GetNode(), u.GetAddress(), u.GetReason()))
+			failing[u.GetNode()] = true
 		}
-		verdicts, want := int(st.GetReachablePeers())+len(st.GetUnreachablePeers()), len(nodes)-1
+		verdicts, want := int(st.GetReachablePeers())+len(failing), len(nodes)-1
 		if verdicts < want {
 			pending = append(pending, fmt.Sprintf("%s has a verdict on %d of %d peers so far", n.Name, verdicts, want))
 		}
