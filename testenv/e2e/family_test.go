@@ -14,8 +14,9 @@ import (
 	"github.com/weftnet/weft/testenv"
 )
 
-// TestFamilies runs a dual-stack and an IPv6-only cluster through every
-// backend on one cluster each, switched live: 4 nodes on two segments (n0,
+// TestFamilies runs a dual-stack and an IPv6-only cluster (both secure:
+// etcd with TLS, client certificates and auth) through every backend on
+// one cluster each, switched live: 4 nodes on two segments (n0,
 // n2 on segment 0; n1, n3 on segment 1), one pod each, starting in bgp
 // mode against BIRD in the router namespace, then gateway, native with
 // direct routes (and masquerade), vxlan, hybrid and geneve (skipped with
@@ -33,8 +34,10 @@ func TestFamilies(t *testing.T) {
 
 func familyModes(t *testing.T, family string) {
 	begin := time.Now()
+	// The IPv6-only cluster's agents reach etcd over TLS at an IPv6
+	// address.
 	c := start(t, testenv.Options{Nodes: 4, PodsPerNode: 1, Segments: 2, Backend: "bgp", IPFamily: family,
-		Reconcile: "2s", ProbeGrace: 5 * time.Second})
+		Reconcile: "2s", ProbeGrace: 5 * time.Second, Secure: true})
 	t.Logf("%s cluster up and converged in %v", family, time.Since(begin).Round(100*time.Millisecond))
 	ctx := context.Background()
 	nodes := c.Nodes()
@@ -367,7 +370,7 @@ func famName(v6 bool) string {
 // the IPv6 CIDR is refused after, naming the field; neither changes the
 // log.
 func TestAddIPv6Live(t *testing.T) {
-	c := start(t, testenv.Options{Nodes: 3, PodsPerNode: 1, ProbeGrace: 5 * time.Second})
+	c := start(t, testenv.Options{Nodes: 3, PodsPerNode: 1, ProbeGrace: 5 * time.Second, Secure: true})
 	ctx := context.Background()
 	nodes := c.Nodes()
 
@@ -382,7 +385,7 @@ func TestAddIPv6Live(t *testing.T) {
 
 	// IPv4 traffic across every node pair while the family is added.
 	var streams []*testenv.Stream
-	for i, n := range nodes {
+	for _, n := range nodes {
 		var dsts []netip.Addr
 		for _, p := range nodes {
 			if p != n {
@@ -394,7 +397,6 @@ func TestAddIPv6Live(t *testing.T) {
 			t.Fatal(err)
 		}
 		streams = append(streams, s)
-		_ = i
 	}
 	time.Sleep(500 * time.Millisecond)
 	begin := time.Now()
