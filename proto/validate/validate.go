@@ -320,6 +320,11 @@ func UnderlayIP(field, s string) (netip.Addr, error) {
 	if err != nil {
 		return netip.Addr{}, fieldErr(field, "%q is not an IP address", s)
 	}
+	if a.Zone() != "" {
+		// A zone names an interface of one host: no other node can use
+		// it (and it would leave the field's length unbounded).
+		return netip.Addr{}, fieldErr(field, "%s has a zone", a.WithZone(""))
+	}
 	a = a.Unmap()
 	if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
 		return netip.Addr{}, fieldErr(field, "%s cannot be a node address", a)

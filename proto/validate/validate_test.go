@@ -147,6 +147,8 @@ func TestUnderlayV6(t *testing.T) {
 		{"10.0.0.1", "::ffff:10.0.0.2", "underlay_ip_v6: 10.0.0.2 is not IPv6"},
 		{"10.0.0.1", "ff02::1", "underlay_ip_v6: ff02::1 cannot be a node address"},
 		{"10.0.0.1", "nope", "underlay_ip_v6: \"nope\" is not an IP address"},
+		{"10.0.0.1", "fe80::1%" + strings.Repeat("x", 5000), "underlay_ip_v6: fe80::1 has a zone"},
+		{"fe80::1%eth0", "", "underlay_ip: fe80::1 has a zone"},
 	} {
 		n := &weftv1.Node{Name: "n1", UnderlayIp: tc.ip, UnderlayIpV6: tc.ip6}
 		r := &weftv1.Registration{Name: "n1", UnderlayIp: tc.ip, UnderlayIpV6: tc.ip6}
