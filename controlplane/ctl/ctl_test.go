@@ -265,7 +265,12 @@ func TestDualStackVerbs(t *testing.T) {
 	e := setup(t)
 	ctx := context.Background()
 	r := &weftv1.Registration{Name: "node3", UnderlayIp: "192.168.1.4", UnderlayIpV6: "fd99::4"}
-	if _, err := e.c.Put(ctx, k.Registration(r.Name), keys.EncodeString(r)); err != nil {
+	// On a lease, as an agent registers.
+	g, err := e.c.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Put(ctx, k.Registration(r.Name), keys.EncodeString(r), clientv3.WithLease(g.ID)); err != nil {
 		t.Fatal(err)
 	}
 	code, out, _ := e.run("", "config", "set", "--cluster-cidr-v6", "fd00:10:244::/56")
