@@ -216,6 +216,39 @@ func TestIPv6OnlyThenIPv4(t *testing.T) {
 	mustCheck(t, c)
 }
 
+// TestDuplicateUnderlayV6: a registration whose underlay_ip_v6 is a
+// registered node's address is skipped with a problem naming the field and
+// the owner; the owner keeps its node, and the second node is added once
+// it registers an address of its own.
+func TestDuplicateUnderlayV6(t *testing.T) {
+	_, c := etcdtest.New(t)
+	cfg := baseConfig()
+	cfg.ClusterCidrV6 = "fd00:10:244::/56"
+	start(t, c, cfg, "c1")
+	a, b := reg("a", 1), reg("b", 2)
+	a.UnderlayIpV6, b.UnderlayIpV6 = "fd99::1", "fd99::1"
+	register(t, c, 0, a)
+	eventually(t, "node a", 10*time.Second, func() bool { _, n, _ := load(t, c); return n["a"] != nil })
+	register(t, c, 0, b)
+	eventually(t, "a problem for b", 10*time.Second, func() bool {
+		return strings.Contains(problem(t, c, "b"), `underlay_ip_v6: fd99::1 is node "a"'s, which is registered`)
+	})
+	_, nodes, head := load(t, c)
+	if nodes["b"] != nil || nodes["a"].UnderlayIpV6 != "fd99::1" {
+		t.Fatalf("nodes %v: b added or a changed", nodes)
+	}
+	b.UnderlayIpV6 = "fd99::2"
+	register(t, c, 0, b)
+	eventually(t, "node b with its own address", 10*time.Second, func() bool {
+		_, n, _ := load(t, c)
+		return n["b"] != nil && n["b"].UnderlayIpV6 == "fd99::2" && problem(t, c, "b") == ""
+	})
+	if _, n, h := load(t, c); h != head+1 || n["a"].Seq != nodes["a"].Seq {
+		t.Fatalf("head %d -> %d, a %v: want b's NodeAdded only", head, h, n["a"])
+	}
+	mustCheck(t, c)
+}
+
 func mapsEqual(a, b map[string]string) bool {
 	if len(a) != len(b) {
 		return false

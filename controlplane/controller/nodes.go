@@ -97,7 +97,9 @@ func (l *leader) reconcile(ctx context.Context) error {
 		case !sameNode(proj, n):
 			events = append(events, &weftv1.Event{Kind: &weftv1.Event_NodeUpdated{NodeUpdated: &weftv1.NodeUpdated{Node: n}}})
 		}
-		owners[n.UnderlayIp] = name
+		for _, a := range validate.UnderlayAddrs(n) {
+			owners[a.String()] = name
+		}
 	}
 	clear(l.dirty)
 	refused := false
@@ -159,9 +161,14 @@ func (l *leader) admit(cfg *weftv1.ClusterConfig, name string, reg *weftv1.Regis
 	if err := overlap(cfg, reg); err != nil {
 		return nil, fmt.Sprintf("registration skipped: %v", err)
 	}
-	ip := netip.MustParseAddr(reg.UnderlayIp).Unmap().String() // validated by the source
-	if owner, ok := owners[ip]; ok && owner != name {
-		return nil, fmt.Sprintf("registration skipped: %v: underlay_ip: %s is node %q's, which is registered", validate.ErrInvalid, ip, owner)
+	for _, f := range []struct{ field, ip string }{{"underlay_ip", reg.UnderlayIp}, {"underlay_ip_v6", reg.UnderlayIpV6}} {
+		if f.ip == "" {
+			continue
+		}
+		ip := netip.MustParseAddr(f.ip).Unmap().String() // validated by the source
+		if owner, ok := owners[ip]; ok && owner != name {
+			return nil, fmt.Sprintf("registration skipped: %v: %s: %s is node %q's, which is registered", validate.ErrInvalid, f.field, ip, owner)
+		}
 	}
 	if missing := lacks(cfg.Backend, reg.Capabilities); missing != "" {
 		return nil, fmt.Sprintf("registration skipped: %v: capabilities: %s, which backend %s needs, is not among %v", validate.ErrInvalid, missing, cfg.Backend, reg.Capabilities)
@@ -189,13 +196,15 @@ func (l *leader) admit(cfg *weftv1.ClusterConfig, name string, reg *weftv1.Regis
 	return n, lack
 }
 
-// liveAddresses maps the underlay address of every projected node whose
-// registration is present to its name.
+// liveAddresses maps the underlay addresses (both families) of every
+// projected node whose registration is present to its name.
 func (l *leader) liveAddresses() map[string]string {
 	out := map[string]string{}
 	for name, n := range l.st.State().Nodes {
 		if l.present[name] {
-			out[n.UnderlayIp] = name
+			for _, a := range validate.UnderlayAddrs(n) {
+				out[a.String()] = name
+			}
 		}
 	}
 	return out

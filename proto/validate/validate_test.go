@@ -272,7 +272,7 @@ func TestFieldLimits(t *testing.T) {
 // each; the bad one's error names the key's kind and the field.
 func TestStored(t *testing.T) {
 	k := keys.New("/weft")
-	cfg := good()
+	cfg := WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16", ClusterCidrV6: "fd00:10:244::/56"})
 	huge := strings.Repeat("x", 1<<20)
 	for _, tc := range []struct {
 		key, value string
@@ -293,6 +293,14 @@ func TestStored(t *testing.T) {
 		{k.Node("n1"), `{"name":"n1","underlay_ip":"192.0.2.1","pod_cidrs":["10.244.1.0/24"]}`, 0, KindNode, ""},
 		{k.Node("n1"), `{"name":"n1","underlay_ip":"192.0.2.1","pod_cidrs":["192.0.2.0/24"]}`, 0, KindNode, "pod_cidrs[0]"},
 		{k.Node("n1"), `{"name":"n2","underlay_ip":"192.0.2.1"}`, 0, KindNode, "name:"},
+		// The IPv6 fields of a dual-stack or IPv6-only cluster.
+		{k.Node("n1"), `{"name":"n1","underlay_ip":"192.0.2.1","underlay_ip_v6":"fd99::1","pod_cidrs":["10.244.1.0/24","fd00:10:244:1::/64"]}`, 0, KindNode, ""},
+		{k.Node("n1"), `{"name":"n1","underlay_ip":"fd99::2","underlay_ip_v6":"fd99::1"}`, 0, KindNode, "underlay_ip_v6:"},
+		{k.Node("n1"), `{"name":"n1","underlay_ip":"192.0.2.1","pod_cidrs":["fd00:10:245:1::/64"]}`, 0, KindNode, "pod_cidrs[0]"},
+		{k.Registration("n1"), `{"underlay_ip":"192.0.2.1","underlay_ip_v6":"fe80::1%` + huge + `"}`, 7, KindRegistration, "value:"},
+		{k.Registration("n1"), `{"underlay_ip":"192.0.2.1","underlay_ip_v6":"fe80::1%eth0"}`, 7, KindRegistration, "underlay_ip_v6:"},
+		{k.Event(3), `{"seq":"3","node_added":{"node":{"name":"n1","underlay_ip":"192.0.2.1","underlay_ip_v6":"10.0.0.1"}}}`, 0, KindEvent, "underlay_ip_v6:"},
+		{k.Config(), `{"cluster_cidr":"10.244.0.0/16","cluster_cidr_v6":"fd00:10:244::/64","node_mask_size_v6":64}`, 0, KindConfig, "node_mask_size_v6:"},
 		{k.Subnets() + "10.244.1.0-24", "n1", 0, KindSubnet, ""},
 		{k.Subnets() + "10.244.1.0-24", `{"owner": 5}`, 0, KindSubnet, "value:"},
 		{k.Subnets() + "nope", "n1", 0, KindSubnet, "subnet name"},
