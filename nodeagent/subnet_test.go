@@ -32,7 +32,7 @@ func TestSubnetEnvFamilies(t *testing.T) {
 		{"ipv6 added, node not yet", "10.244.0.0/16", "fd00:10:244::/56", []string{"10.244.1.0/24"},
 			"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\nWEFT_BACKEND=vxlan\n"},
 	} {
-		if got := subnetEnv(plan(tc.cidrs...), "vxlan", tc.v4, tc.v6, true); got != tc.want {
+		if got := subnetEnv(plan(tc.cidrs...), "vxlan", tc.v4, tc.v6, true, ""); got != tc.want {
 			t.Errorf("%s:\n%s\nwant:\n%s", tc.name, got, tc.want)
 		}
 	}
