@@ -216,11 +216,14 @@ func (c *Cluster) Rejoin(ctx context.Context, i int) error {
 		return err
 	}
 	for _, p := range n.Pods {
-		addr, err := c.Opts.Attacher.Attach(ctx, n.NS, p.NS, p.Name, n.SubnetFile)
+		addrs, err := c.Opts.Attacher.Attach(ctx, n.NS, p.NS, p.Name, n.SubnetFile)
 		if err != nil {
 			return fmt.Errorf("rejoin node %s: %w", n.Name, err)
 		}
-		p.Addr = addr
+		if len(addrs) == 0 {
+			return fmt.Errorf("rejoin node %s: pod %s got no address", n.Name, p.Name)
+		}
+		p.Addr, p.Addrs = addrs[0], addrs
 	}
 	return nil
 }
@@ -240,12 +243,15 @@ func (c *Cluster) leaseWritten(ctx context.Context, n *Node) error {
 	if err != nil {
 		return err
 	}
-	for _, s := range sn.GetPodCidrs() {
-		if p, err := netip.ParsePrefix(s); err == nil && p.Masked() == env.Subnet.Masked() {
-			return nil
+	// The file's first pod CIDR (IPv4 unless the cluster is IPv6-only).
+	if file := env.PodCIDRs(); len(file) > 0 {
+		for _, s := range sn.GetPodCidrs() {
+			if p, err := netip.ParsePrefix(s); err == nil && p.Masked() == file[0] {
+				return nil
+			}
 		}
 	}
-	return fmt.Errorf("subnet file has %s, the projection %v", env.Subnet, sn.GetPodCidrs())
+	return fmt.Errorf("subnet file has %v, the projection %v", env.PodCIDRs(), sn.GetPodCidrs())
 }
 
 // Stopped reports whether the process is stopped by a signal (SIGSTOP):
