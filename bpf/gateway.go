@@ -9,6 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/bpf/bridgemac"
 )
 
 // EnsurePodGateway makes the node's pod bridge (Config.Bridge) exist as an
@@ -31,7 +33,11 @@ func (d *Datapath) EnsurePodGateway(podCIDRs []netip.Prefix, mtu int) error {
 	var nf netlink.LinkNotFoundError
 	if errors.As(err, &nf) {
 		attrs := netlink.NewLinkAttrs()
-		attrs.Name, attrs.MTU = name, mtu
+		mac, merr := bridgemac.New()
+		if merr != nil {
+			return merr
+		}
+		attrs.Name, attrs.MTU, attrs.HardwareAddr = name, mtu, mac
 		if err := nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create bridge %s: %w", name, err)
 		}
@@ -43,6 +49,10 @@ func (d *Datapath) EnsurePodGateway(podCIDRs []netip.Prefix, mtu int) error {
 	}
 	if l.Type() != "bridge" {
 		return fmt.Errorf("make pod gateway: %s exists but is a %s, not a bridge", name, l.Type())
+	}
+	// The pods' gateway MAC must not move when a pod's veth goes.
+	if err := bridgemac.Pin(nl, l); err != nil {
+		return err
 	}
 	have, err := nl.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {

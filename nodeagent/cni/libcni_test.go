@@ -849,3 +849,87 @@ func TestTestenvCNIAttacher(t *testing.T) {
 func newExec() invoke.Exec {
 	return &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
 }
+
+// TestGatewayKeptAcrossDel: deleting and re-adding one pod leaves the
+// other pod's path through the gateway (the way off the node) working. A
+// bridge without an address of its own takes its lowest port's MAC: when
+// the deleted pod's veth held it, the bridge's MAC moved and the other
+// pod's neighbour entry for the gateway pointed at a MAC nobody had (pods
+// on the same node still reached each other). Seen in e2e TestKubernetes.
+// Also with a bridge an older weft made without an address.
+func TestGatewayKeptAcrossDel(t *testing.T) {
+	t.Run("new bridge", func(t *testing.T) { testGatewayKept(t, false) })
+	t.Run("older bridge", func(t *testing.T) { testGatewayKept(t, true) })
+}
+
+func testGatewayKept(t *testing.T, older bool) {
+	e := newEnv(t, subnetV4, "1.1.0")
+	if older {
+		if err := inNS(e.nodeNS, func() error {
+			return netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: cni.BridgeName, MTU: 1450}})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gw := netip.MustParseAddr("10.244.1.1")
+	pods := map[string]string{"ctr-a": newNS(t), "ctr-b": newNS(t)}
+	for id, ns := range pods {
+		if _, err := e.add(e.list, id, ns); err != nil {
+			t.Fatalf("ADD %s: %v", id, err)
+		}
+	}
+	bridgeMAC := func() string {
+		var mac string
+		if err := inNS(e.nodeNS, func() error {
+			l, err := netlink.LinkByName(cni.BridgeName)
+			if err == nil {
+				mac = l.Attrs().HardwareAddr.String()
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return mac
+	}
+	hostMAC := func(id string) string {
+		var mac string
+		if err := inNS(e.nodeNS, func() error {
+			l, err := netlink.LinkByName(cni.HostVethName(id, "eth0"))
+			if err == nil {
+				mac = l.Attrs().HardwareAddr.String()
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return mac
+	}
+	// The victim is the pod whose veth holds the bridge's MAC, if one does.
+	victim, survivor := "ctr-a", "ctr-b"
+	if hostMAC(survivor) == bridgeMAC() {
+		victim, survivor = survivor, victim
+	}
+	before := bridgeMAC()
+	// The survivor learns the gateway's MAC.
+	if err := reachable(pods[survivor], gw); err != nil {
+		t.Fatalf("%s to the gateway before: %v", survivor, err)
+	}
+	if err := e.del(victim, pods[victim]); err != nil {
+		t.Fatalf("DEL %s: %v", victim, err)
+	}
+	if after := bridgeMAC(); after != before {
+		t.Errorf("bridge MAC %s after DEL of %s, was %s", after, victim, before)
+	}
+	pods[victim] = newNS(t)
+	if _, err := e.add(e.list, victim, pods[victim]); err != nil {
+		t.Fatalf("ADD %s again: %v", victim, err)
+	}
+	if after := bridgeMAC(); after != before {
+		t.Errorf("bridge MAC %s after re-ADD of %s, was %s", after, victim, before)
+	}
+	for _, id := range []string{survivor, victim} {
+		if err := reachable(pods[id], gw); err != nil {
+			t.Errorf("%s to the gateway after %s was re-added: %v", id, victim, err)
+		}
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/bpf/bridgemac"
 )
 
 func ipNet(p netip.Prefix, a netip.Addr) *net.IPNet {
@@ -45,7 +47,11 @@ func podGone(a Allocation) bool {
 func ensureBridge(sub Subnet) error {
 	link, err := netlink.LinkByName(BridgeName)
 	if isNotFound(err) {
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BridgeName, MTU: sub.MTU}}
+		mac, merr := bridgemac.New()
+		if merr != nil {
+			return merr
+		}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BridgeName, MTU: sub.MTU, HardwareAddr: mac}}
 		err = netlink.LinkAdd(br)
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create bridge: %w", err)
@@ -58,6 +64,10 @@ func ensureBridge(sub Subnet) error {
 	}
 	if link.Type() != "bridge" {
 		return fmt.Errorf("%s exists but is a %s, not a bridge", BridgeName, link.Type())
+	}
+	// The pods' gateway MAC must not move when a pod's veth goes.
+	if err := bridgemac.Pin(&netlink.Handle{}, link); err != nil {
+		return err
 	}
 	if link.Attrs().MTU != sub.MTU {
 		if err := netlink.LinkSetMTU(link, sub.MTU); err != nil {
