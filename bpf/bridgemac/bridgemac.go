@@ -14,6 +14,7 @@ package bridgemac
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 
@@ -40,16 +41,9 @@ func Pin(h *netlink.Handle, br netlink.Link) error {
 	have := br.Attrs().HardwareAddr
 	zero := len(have) != 6 || bytes.Equal(have, make(net.HardwareAddr, 6))
 	if !zero {
-		links, err := h.LinkList()
+		own, err := own(h, br)
 		if err != nil {
-			return fmt.Errorf("list ports of %s: %w", br.Attrs().Name, err)
-		}
-		own := true
-		for _, l := range links {
-			if l.Attrs().MasterIndex == br.Attrs().Index && bytes.Equal(l.Attrs().HardwareAddr, have) {
-				own = false
-				break
-			}
+			return err
 		}
 		if own {
 			return nil
@@ -66,4 +60,26 @@ func Pin(h *netlink.Handle, br netlink.Link) error {
 		return fmt.Errorf("set mac of %s: %w", br.Attrs().Name, err)
 	}
 	return nil
+}
+
+// own reports whether no port of br has br's MAC. A dump that keeps
+// being interrupted (links changing meanwhile) counts as "not own":
+// pinning the current MAC again is harmless.
+func own(h *netlink.Handle, br netlink.Link) (bool, error) {
+	for range 3 {
+		links, err := h.LinkList()
+		if errors.Is(err, netlink.ErrDumpInterrupted) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("list ports of %s: %w", br.Attrs().Name, err)
+		}
+		for _, l := range links {
+			if l.Attrs().MasterIndex == br.Attrs().Index && bytes.Equal(l.Attrs().HardwareAddr, br.Attrs().HardwareAddr) {
+				return false, nil
+			}
+		}
+		return true, nil
+	}
+	return false, nil
 }
