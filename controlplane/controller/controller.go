@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -172,20 +173,63 @@ func (c *Controller) term(ctx context.Context) error {
 		defer cancel()
 		_ = el.Resign(rctx)
 	}()
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-sess.Done():
-			cancel()
-		case <-lctx.Done():
-		}
-	}()
+	// The term ends when etcd says the election lease is gone or a
+	// fenced write fails, never because an answer was slow: the
+	// session's own keepalive is not what decides (see keepLease).
+	lctx, cancel := context.WithCancelCause(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel(nil)
+	wg.Go(func() { cancel(c.keepLease(lctx, sess.Lease(), time.Duration(ttl)*time.Second)) })
 	err = c.lead(lctx, &store.Fence{Key: el.Key(), Rev: el.Rev()})
+	if cause := context.Cause(lctx); errors.Is(cause, errLeaseGone) {
+		err = cause
+	}
 	if errors.Is(err, store.ErrNotLeader) {
 		c.log.Warn("deposed: the election key is no longer ours")
 	}
 	return err
+}
+
+// errLeaseGone: etcd says the election lease no longer exists.
+var errLeaseGone = errors.New("election lease expired")
+
+// keepLease renews the election lease every third of its TTL until ctx
+// ends, and returns errLeaseGone once etcd answers that the lease is
+// gone. Renewals do not wait for each other: one held up by a slow etcd
+// (a huge value being written, a loaded machine) does not hold back the
+// next, and one that fails or times out is only retried. The session's
+// own keepalive is no measure of the lease: it sends again only a third
+// of a TTL after the last answer, on a 500 ms tick, so with a short TTL
+// and answers slower than a sixth of it the lease was renewed about once
+// a TTL and lapsed; and it gives up on a lease etcd still holds when
+// answers are late.
+func (c *Controller) keepLease(ctx context.Context, id clientv3.LeaseID, ttl time.Duration) error {
+	gone := make(chan error, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	tick := time.NewTicker(ttl / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-gone:
+			return err
+		case <-tick.C:
+		}
+		wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, ttl)
+			defer cancel()
+			_, err := c.opt.Client.KeepAliveOnce(rctx, id)
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				select {
+				case gone <- fmt.Errorf("%w: lease %x", errLeaseGone, int64(id)):
+				default:
+				}
+			}
+		})
+	}
 }
 
 // electionSweep is how often a campaigning controller looks for keys
