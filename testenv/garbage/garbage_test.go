@@ -119,7 +119,12 @@ type cluster struct {
 func (cl *cluster) startController(id string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := controller.New(controller.Options{
-		Client: cl.c, Layout: k, ID: id, ElectionTTL: time.Second,
+		// The controller's default election TTL (10 s): with
+		// a 1 s lease, etcd itself revoked the leader's lease while it
+		// stalled reading and writing the 1 MiB values on a loaded
+		// machine (7 of 150 runs beside stress-ng), which no client can
+		// prevent; the handover to c2 is a resign, so it costs no time.
+		Client: cl.c, Layout: k, ID: id, ElectionTTL: 10 * time.Second,
 		Initial:   &weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16", NodeGraceSeconds: 3600},
 		Logger:    hclog.New(&hclog.LoggerOptions{Name: id, Output: cl.logs, Level: hclog.Info}),
 		Batch:     5 * time.Millisecond,
