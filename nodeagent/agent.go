@@ -129,6 +129,9 @@ type Config struct {
 	// ASN is this node's BGP AS number, sent in the registration; 0 means
 	// the cluster's bgp.asn.
 	ASN uint32
+	// HostRouting overrides the cluster config's host_routing on this
+	// node: "bpf", "stack" or "" (follow the config).
+	HostRouting string
 	// Probe, when set, turns on the reachability prober (package reach):
 	// every peer's pod gateway is probed through the datapath, and
 	// unreachable peers make the agent degraded. Its OnChange and Logger

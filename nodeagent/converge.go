@@ -337,7 +337,7 @@ func (l *loop) syncOnce(ctx context.Context) error {
 	if a.cfg.ExtraRoutes != nil {
 		extra = append(extra, a.cfg.ExtraRoutes()...)
 	}
-	plan := model.Desired(l.state, a.cfg.NodeName, l.underlay, model.Options{ExtraRoutes: extra})
+	plan := model.Desired(l.state, a.cfg.NodeName, l.underlay, model.Options{ExtraRoutes: extra, HostRouting: a.cfg.HostRouting})
 	l.plan = plan
 	a.metrics.peerProblems.Set(float64(len(plan.Problems)))
 
@@ -435,7 +435,7 @@ func (l *loop) reconcile(ctx context.Context) {
 // equalDesired compares two normalized specs without reflection (it runs
 // on every event with thousands of tunnels).
 func equalDesired(a, b *spec.Desired) bool {
-	if a.Mode != b.Mode || (a.Overlay == nil) != (b.Overlay == nil) || (a.Masquerade == nil) != (b.Masquerade == nil) {
+	if a.Mode != b.Mode || a.StackRouting != b.StackRouting || (a.Overlay == nil) != (b.Overlay == nil) || (a.Masquerade == nil) != (b.Masquerade == nil) {
 		return false
 	}
 	if a.Overlay != nil && *a.Overlay != *b.Overlay {

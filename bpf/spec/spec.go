@@ -165,6 +165,11 @@ type Desired struct {
 	Routes []Route
 	// Masquerade is nil when masquerade is off.
 	Masquerade *Masquerade
+	// StackRouting sends pod traffic through the node's stack (routing,
+	// netfilter FORWARD, neighbour layer) instead of forwarding it in eBPF
+	// (the config's host_routing "stack"): for NetworkPolicy engines that
+	// filter in the FORWARD chain. See docs/datapath.md, "Host routing".
+	StackRouting bool
 }
 
 // Normalize sorts every slice of d in place and returns d.
@@ -201,6 +206,9 @@ func (d *Desired) String() string {
 	}
 	fmt.Fprintf(&b, " cluster=%v local=%v pods=%v tunnels=%d routes=%d masq=%v",
 		d.ClusterCIDRs, d.LocalPodCIDRs, d.PodNetworks, len(d.Tunnels), len(d.Routes), d.Masquerade != nil)
+	if d.StackRouting {
+		b.WriteString(" host-routing=stack")
+	}
 	return b.String()
 }
 
@@ -281,4 +289,9 @@ type Counters struct {
 	// TxDirect counts packets sent from a pod's veth straight into the
 	// tunnel, skipping the bridge; they are in TxPackets too.
 	TxDirect uint64
+	// RoutedTx counts packets host routing sent from a local pod to a
+	// natively routed remote pod past the node's stack (FIB lookup, then
+	// straight to the egress device); RoutedRx those from such a pod
+	// handed from the underlay straight to a local pod.
+	RoutedTx, RoutedRx uint64
 }

@@ -650,7 +650,7 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 	str := map[string]*string{}
 	num := map[string]*uint64{}
 	boo := map[string]*bool{}
-	for _, f := range []string{"cluster-cidr", "cluster-cidr-v6", "backend", "native-routing-cidr", "native-routing-cidr-v6"} {
+	for _, f := range []string{"cluster-cidr", "cluster-cidr-v6", "backend", "native-routing-cidr", "native-routing-cidr-v6", "host-routing"} {
 		str[f] = fs.String(f, "", "")
 	}
 	for _, f := range []string{"node-mask-size", "node-mask-size-v6", "vni", "udp-port", "mtu", "node-grace-seconds", "event-retention"} {
@@ -763,6 +763,8 @@ func setField(cfg *weftv1.ClusterConfig, f string, str map[string]*string, num m
 		cfg.NativeRoutingCidr = *str[f]
 	case "native-routing-cidr-v6":
 		cfg.NativeRoutingCidrV6 = *str[f]
+	case "host-routing":
+		cfg.HostRouting = *str[f]
 	case "node-mask-size":
 		cfg.NodeMaskSize, err = u32()
 	case "node-mask-size-v6":

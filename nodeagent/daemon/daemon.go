@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/weftnet/weft/nodeagent"
 	"github.com/weftnet/weft/nodeagent/reach"
 	"github.com/weftnet/weft/proto/keys"
+	"github.com/weftnet/weft/proto/validate"
 )
 
 var (
@@ -61,6 +63,7 @@ type Options struct {
 	ReconcileInterval time.Duration
 	LogLevel          string
 	ASN               uint
+	HostRouting       string
 	Probe             bool
 	ProbeGrace        time.Duration
 	Validate          bool
@@ -89,6 +92,7 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	fs.DurationVar(&o.ReconcileInterval, "reconcile-interval", nodeagent.DefaultReconcileInterval, "how often to re-read the kernel and repair drift")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.UintVar(&o.ASN, "asn", 0, "this node's BGP AS number in bgp mode (0: the cluster's bgp.asn)")
+	fs.StringVar(&o.HostRouting, "host-routing", "", `"stack": pod traffic goes through this node's stack, so netfilter FORWARD rules (iptables-based NetworkPolicy) see it; "bpf": forwarded in eBPF past it; "" (default): the cluster config's host_routing`)
 	fs.BoolVar(&o.Probe, "probe", true, "probe every peer's pod gateway through the datapath and report unreachable peers (degraded)")
 	fs.DurationVar(&o.ProbeGrace, "probe-grace", reach.DefaultGrace, "how long a new (or changed) peer may fail probes before it counts as unreachable")
 	fs.BoolVar(&o.Validate, "validate", false, "check the flags and exit (dry run)")
@@ -140,6 +144,9 @@ func (o *Options) Check() error {
 	}
 	if o.ASN > 1<<32-1 || o.ASN == 23456 {
 		return fmt.Errorf("--asn: %d is not a usable AS number", o.ASN)
+	}
+	if o.HostRouting != "" && !slices.Contains(validate.HostRoutings, o.HostRouting) {
+		return fmt.Errorf("--host-routing: unknown host routing %q (want one of %v, or empty for the cluster config's)", o.HostRouting, validate.HostRoutings)
 	}
 	if o.ProbeGrace <= 0 {
 		return fmt.Errorf("--probe-grace: %s is not positive", o.ProbeGrace)
@@ -231,6 +238,7 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		LeaseTTL:          time.Duration(o.LeaseTTL) * time.Second,
 		ReconcileInterval: o.ReconcileInterval,
 		ASN:               uint32(o.ASN),
+		HostRouting:       o.HostRouting,
 		Logger:            log,
 		// A cold start's peak (the list's pages, decoding every node,
 		// loading the programs) is garbage once the node converged;

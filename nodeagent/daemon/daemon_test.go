@@ -20,11 +20,13 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 	t.Setenv("WEFT_ETCD_ENDPOINTS", "http://10.0.0.1:2379,http://10.0.0.2:2379")
 	t.Setenv("WEFT_NODE_NAME", "from-env")
 	t.Setenv("WEFT_RECONCILE_INTERVAL", "3s")
+	t.Setenv("WEFT_HOST_ROUTING", "stack")
 	o, err := Parse([]string{"--node-name", "from-flag", "--underlay", "eth1"}, os.Getenv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.NodeName != "from-flag" || len(o.Endpoints()) != 2 || o.ReconcileInterval != 3*time.Second || o.Underlay != "eth1" {
+	if o.NodeName != "from-flag" || len(o.Endpoints()) != 2 || o.ReconcileInterval != 3*time.Second || o.Underlay != "eth1" ||
+		o.HostRouting != "stack" {
 		t.Fatalf("options = %+v", o)
 	}
 	if err := o.Check(); err != nil {
@@ -37,6 +39,7 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		{"--log-level", "loud"},
 		{"--underlay", "not an interface"},
 		{"--etcd-certfile", "x"},
+		{"--host-routing", "legacy"},
 	} {
 		o, err := Parse(append([]string{"--node-name", "n1"}, bad...), os.Getenv)
 		if err == nil {

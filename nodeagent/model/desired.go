@@ -38,6 +38,21 @@ type Options struct {
 	// ExtraRoutes are routes learned elsewhere (BGP); they are merged into
 	// the spec in bgp mode and ignored in every other mode.
 	ExtraRoutes []spec.Route
+	// HostRouting overrides the config's host_routing for this node
+	// (the agent's --host-routing): "bpf", "stack" or "" (the config's).
+	HostRouting string
+}
+
+// HostRouting is the host routing a node uses: its own override when set,
+// else the config's host_routing, else "bpf".
+func HostRouting(cfg *weftv1.ClusterConfig, override string) string {
+	switch {
+	case override != "":
+		return override
+	case cfg != nil && cfg.HostRouting != "":
+		return cfg.HostRouting
+	}
+	return validate.HostRoutingBPF
 }
 
 // tunnelEndpoint picks where this node tunnels to peer pn: the peer's
@@ -95,6 +110,9 @@ func UnderlayMTU(cfg *weftv1.ClusterConfig, u spec.Underlay) int {
 // the peer's underlay address of this node's own underlay family (see
 // tunnelEndpoint).
 //
+// StackRouting follows config.host_routing unless opts.HostRouting
+// overrides it.
+//
 // Masquerade follows config.masquerade: the node's pod CIDRs are
 // masqueraded unless the destination is in native_routing_cidr (IPv4) or
 // native_routing_cidr_v6 (IPv6).
@@ -106,7 +124,7 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 	}
 	mode := spec.Mode(cfg.Backend)
 	base := UnderlayMTU(cfg, u)
-	d := &spec.Desired{Mode: mode}
+	d := &spec.Desired{Mode: mode, StackRouting: HostRouting(cfg, opts.HostRouting) == validate.HostRoutingStack}
 	overlay := mode == spec.ModeVXLAN || mode == spec.ModeGeneve || mode == spec.ModeHybrid
 	plan.PodMTU = base
 	if overlay {

@@ -232,6 +232,26 @@ func TestDesiredModes(t *testing.T) {
 			t.Fatalf("hybrid = %s %+v %+v %+v", d, d.Routes, d.Tunnels, p.Problems)
 		}
 	})
+	t.Run("host-routing", func(t *testing.T) {
+		for _, tc := range []struct {
+			config, override string
+			stack            bool
+		}{
+			{"", "", false},
+			{"bpf", "", false},
+			{"stack", "", true},
+			{"stack", "bpf", false},
+			{"bpf", "stack", true},
+			{"", "stack", true},
+		} {
+			c := baseConfig()
+			c.HostRouting = tc.config
+			d := Desired(stateWith(t, c), "self", underlay(), Options{HostRouting: tc.override}).Desired
+			if d.StackRouting != tc.stack {
+				t.Errorf("config %q, override %q: stack routing = %v, want %v", tc.config, tc.override, d.StackRouting, tc.stack)
+			}
+		}
+	})
 	t.Run("gateway", func(t *testing.T) {
 		c := baseConfig()
 		c.Backend, c.Masquerade, c.DefaultsApplied = "gateway", false, true

@@ -20,6 +20,17 @@ import (
 // Backends are the datapath modes a ClusterConfig may name.
 var Backends = []string{"vxlan", "geneve", "native", "hybrid", "gateway", "bgp"}
 
+// HostRoutings are the values ClusterConfig.host_routing (and the agent's
+// --host-routing) may take: HostRoutingBPF forwards pod traffic in eBPF
+// past the node's stack, HostRoutingStack through it.
+var HostRoutings = []string{HostRoutingBPF, HostRoutingStack}
+
+// The host routing modes.
+const (
+	HostRoutingBPF   = "bpf"
+	HostRoutingStack = "stack"
+)
+
 // Defaults of ClusterConfig fields left zero.
 const (
 	DefaultBackend        = "vxlan"
@@ -94,6 +105,9 @@ func WithDefaults(c *weftv1.ClusterConfig) *weftv1.ClusterConfig {
 	c = proto.Clone(c).(*weftv1.ClusterConfig)
 	if c.Backend == "" {
 		c.Backend = DefaultBackend
+	}
+	if c.HostRouting == "" {
+		c.HostRouting = HostRoutingBPF
 	}
 	if c.Vni == 0 {
 		c.Vni = DefaultVNI
@@ -185,6 +199,9 @@ func Config(c *weftv1.ClusterConfig) error {
 	}
 	if !slices.Contains(Backends, c.Backend) {
 		return fieldErr("backend", "unknown backend %q (want one of %v)", c.Backend, Backends)
+	}
+	if !slices.Contains(HostRoutings, c.HostRouting) {
+		return fieldErr("host_routing", "unknown host routing %q (want one of %v)", c.HostRouting, HostRoutings)
 	}
 	if c.Vni < 1 || c.Vni > MaxVNI {
 		return fieldErr("vni", "%d is outside 1..%d", c.Vni, MaxVNI)

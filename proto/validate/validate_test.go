@@ -16,7 +16,7 @@ func good() *weftv1.ClusterConfig {
 func TestDefaults(t *testing.T) {
 	c := good()
 	if c.Backend != "vxlan" || c.Vni != 1 || c.UdpPort != 8472 || c.NodeMaskSize != 24 ||
-		!c.Masquerade || c.NativeRoutingCidr != "10.244.0.0/16" || !c.DefaultsApplied {
+		!c.Masquerade || c.NativeRoutingCidr != "10.244.0.0/16" || !c.DefaultsApplied || c.HostRouting != "bpf" {
 		t.Fatalf("defaults = %v", c)
 	}
 	if err := Config(c); err != nil {
@@ -67,6 +67,7 @@ func TestConfigRejections(t *testing.T) {
 		{"udp_port", func(c *weftv1.ClusterConfig) { c.UdpPort = 70000 }},
 		{"backend", func(c *weftv1.ClusterConfig) { c.Backend = "ipip" }},
 		{"mtu", func(c *weftv1.ClusterConfig) { c.Mtu = 1279 }},
+		{"host_routing", func(c *weftv1.ClusterConfig) { c.HostRouting = "legacy" }},
 		{"native_routing_cidr", func(c *weftv1.ClusterConfig) { c.NativeRoutingCidr = "10.245.0.0/16" }},
 		{"bgp", func(c *weftv1.ClusterConfig) { c.Backend = "bgp" }},
 		{"bgp.asn", func(c *weftv1.ClusterConfig) { c.Backend = "bgp"; c.Bgp = &weftv1.BGPConfig{FullMesh: true} }},

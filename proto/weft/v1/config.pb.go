@@ -73,8 +73,16 @@ type ClusterConfig struct {
 	// IPv6 traffic to anything else is masqueraded when masquerade is on.
 	// Default: cluster_cidr_v6.
 	NativeRoutingCidrV6 string `protobuf:"bytes,16,opt,name=native_routing_cidr_v6,json=nativeRoutingCidrV6,proto3" json:"native_routing_cidr_v6,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// How pod traffic is forwarded on each node: "bpf" (default) hands it
+	// between pods, the pod bridge, the overlay device and the underlay in
+	// eBPF (bpf_redirect_peer, bpf_redirect_neigh, bpf_fib_lookup), skipping
+	// the node's IP forwarding and its netfilter FORWARD hooks; "stack" sends
+	// it through the node's stack, so iptables/nftables FORWARD rules (the
+	// NetworkPolicy engines that use them) see every pod packet. An agent's
+	// --host-routing overrides it for its node.
+	HostRouting   string `protobuf:"bytes,17,opt,name=host_routing,json=hostRouting,proto3" json:"host_routing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterConfig) Reset() {
@@ -215,6 +223,13 @@ func (x *ClusterConfig) GetDefaultsApplied() bool {
 func (x *ClusterConfig) GetNativeRoutingCidrV6() string {
 	if x != nil {
 		return x.NativeRoutingCidrV6
+	}
+	return ""
+}
+
+func (x *ClusterConfig) GetHostRouting() string {
+	if x != nil {
+		return x.HostRouting
 	}
 	return ""
 }
@@ -489,7 +504,7 @@ var File_weft_v1_config_proto protoreflect.FileDescriptor
 
 const file_weft_v1_config_proto_rawDesc = "" +
 	"\n" +
-	"\x14weft/v1/config.proto\x12\aweft.v1\"\xe8\x04\n" +
+	"\x14weft/v1/config.proto\x12\aweft.v1\"\x8b\x05\n" +
 	"\rClusterConfig\x12!\n" +
 	"\fcluster_cidr\x18\x01 \x01(\tR\vclusterCidr\x12&\n" +
 	"\x0fcluster_cidr_v6\x18\x02 \x01(\tR\rclusterCidrV6\x12$\n" +
@@ -509,7 +524,8 @@ const file_weft_v1_config_proto_rawDesc = "" +
 	"\x0fevent_retention\x18\r \x01(\rR\x0eeventRetention\x12$\n" +
 	"\x03bgp\x18\x0e \x01(\v2\x12.weft.v1.BGPConfigR\x03bgp\x12)\n" +
 	"\x10defaults_applied\x18\x0f \x01(\bR\x0fdefaultsApplied\x123\n" +
-	"\x16native_routing_cidr_v6\x18\x10 \x01(\tR\x13nativeRoutingCidrV6\"\xa0\x02\n" +
+	"\x16native_routing_cidr_v6\x18\x10 \x01(\tR\x13nativeRoutingCidrV6\x12!\n" +
+	"\fhost_routing\x18\x11 \x01(\tR\vhostRouting\"\xa0\x02\n" +
 	"\tBGPConfig\x12\x10\n" +
 	"\x03asn\x18\x01 \x01(\rR\x03asn\x12\x1b\n" +
 	"\tfull_mesh\x18\x02 \x01(\bR\bfullMesh\x12&\n" +
