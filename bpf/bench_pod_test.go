@@ -31,8 +31,9 @@ import (
 //	kvxlan: flannel's vxlan backend (VXLAN device per node with a route,
 //	        neighbour and FDB entry per remote node)
 //	plain:  routing pod CIDRs via the peer's underlay IP, no encapsulation
-//	weft-native: weft in native mode, the same routes as plain, with the
-//	        pod check and the underlay check (what they cost)
+//	weft-native: weft's native mode (the same direct routes, set by weft)
+//	        with host routing in eBPF (bpf_fib_lookup out, bpf_redirect_peer
+//	        in; lib/hostroute.h), the pod check and the underlay check
 //
 // Every setup gets identical treatment: same pod MTU rule (1450 with
 // encapsulation, 1500 without), same CPU pinning, same tools, same number
@@ -58,22 +59,28 @@ func setupWeft(b *testing.B, fast bool) *testCluster {
 }
 
 // setupWeftNative is weft in native mode: routes via the peer as plain
-// has them, with the pod check on the pods' veths and the underlay check
-// (a FIB lookup per received pod packet) on the underlay.
+// has them, host routing in eBPF, the pod check on the pods' veths and the
+// underlay check (a FIB lookup per received pod packet) on the underlay;
+// pods at the full underlay MTU like plain routing.
 func setupWeftNative(b *testing.B) *testCluster {
 	c := newTestCluster(b, AttachAuto)
 	c.openAll(b)
 	for _, n := range c.nodes {
 		n.sync(c.nativeWant(n, false))
-		n.pod.MustDo(b, func() error {
-			e, err := netlink.LinkByName("eth0")
-			if err != nil {
-				return err
-			}
-			return netlink.LinkSetMTU(e, 1500)
-		})
+		fullMTU(b, n)
 	}
 	return c
+}
+
+// fullMTU gives n's pod the underlay's MTU (no encapsulation).
+func fullMTU(b *testing.B, n *testNode) {
+	n.pod.MustDo(b, func() error {
+		e, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetMTU(e, 1500)
+	})
 }
 
 func setupKernelVXLAN(b *testing.B) *testCluster {
@@ -138,13 +145,7 @@ func setupPlain(b *testing.B) *testCluster {
 			return netlink.RouteAdd(&netlink.Route{Dst: netnstest.IPNet(p.podCIDR), Gw: p.under.AsSlice()})
 		})
 		// No encapsulation: pods get the full underlay MTU.
-		n.pod.MustDo(b, func() error {
-			e, err := netlink.LinkByName("eth0")
-			if err != nil {
-				return err
-			}
-			return netlink.LinkSetMTU(e, 1500)
-		})
+		fullMTU(b, n)
 	}
 	return c
 }
@@ -432,6 +433,8 @@ func BenchmarkPodToPod(b *testing.B) {
 	lat := map[string][]float64{}
 	weft, weft2 := setups[0].c.nodes[0], setups[0].c.nodes[1]
 	c0, c20 := weft.counters(), weft2.counters()
+	native := setups[4].c.nodes
+	n0, n20 := native[0].counters(), native[1].counters()
 	for round := range rounds {
 		// Strict rotation: each round starts one setup later, so every
 		// setup runs in every position about equally often.
@@ -462,6 +465,15 @@ func BenchmarkPodToPod(b *testing.B) {
 		b.Logf("weft node %d: %d of %d received packets delivered directly to the pod, %d of %d sent from the pod's veth",
 			n.node.idx, direct, rx, txDirect, tx)
 	}
+	// Host routing: pod traffic of the native setup went past both
+	// nodes' stacks, out through the FIB lookup and in straight to the pod.
+	n1, n21 := native[0].counters(), native[1].counters()
+	out, in := n1.RoutedTx-n0.RoutedTx, n21.RoutedRx-n20.RoutedRx
+	back, backIn := n21.RoutedTx-n20.RoutedTx, n1.RoutedRx-n0.RoutedRx
+	if out < 1000 || in < 1000 || back < 1000 || backIn < 1000 {
+		b.Fatalf("weft-native: host routing carried %d out / %d in, %d back / %d in: not the eBPF path", out, in, back, backIn)
+	}
+	b.Logf("weft-native: host routing in eBPF carried %d packets node 1 → 2 (%d delivered), %d back (%d delivered)", out, in, back, backIn)
 	b.Logf("%d rounds; iperf3 on CPU %d, RR client CPU %d, server CPU %d; median (min–max) over rounds",
 		rounds, iperfCPU, rrClientCPU, rrServerCPU)
 	for _, s := range setups {

@@ -29,6 +29,14 @@ func (d *Datapath) Counters() (spec.Counters, error) {
 		c.RxDirect += s.RxDirect
 		c.TxDirect += s.TxDirect
 	}
+	var host []object.WeftHostStats
+	if err := d.objs.WeftHostStats.Lookup(uint32(0), &host); err != nil {
+		return spec.Counters{}, fmt.Errorf("read host routing statistics: %w", err)
+	}
+	for _, s := range host {
+		c.RoutedTx += s.TxRouted
+		c.RoutedRx += s.RxRouted
+	}
 	var drops []uint64
 	for _, r := range object.DropReasons {
 		if err := d.objs.WeftDrops.Lookup(uint32(r.Key), &drops); err != nil {

@@ -31,7 +31,7 @@ type endpointState struct {
 	bridge int            // bridge ifindex; 0: fast path off, map empty
 	local  []netip.Prefix // local pod CIDRs
 	tunnel uint32         // overlay device of the transmit fast path; 0: off
-	port   bool           // pods' ports send straight into the tunnel
+	port   bool           // pods' ports send straight into the tunnel or the underlay
 	gw     int            // the pod bridge (its MAC goes into the config slot); 0: none
 }
 
@@ -184,7 +184,9 @@ func (d *Datapath) writeConfig(gw net.HardwareAddr) error {
 	cfg := object.WeftConfig{TunnelIfindex: d.eps.tunnel}
 	if len(gw) == 6 {
 		copy(cfg.GwMac[:], gw)
-		if d.eps.port && d.eps.tunnel != 0 {
+		// The ports' fast path: into the tunnel, or host routing in
+		// native modes (the bridge fast path is on for either).
+		if d.eps.port {
 			cfg.Flags |= object.ConfigPortFast
 		}
 	}

@@ -28,8 +28,9 @@ type kstate struct {
 	underlay int                      // ifindex the underlay check runs on, 0: none
 	hops     map[netip.Addr]bool      // managed neighbour entries on the underlay
 	local    map[netip.Prefix]object.WeftLocalValue
-	tunnels  []spec.Tunnel // sorted by prefix
-	owners   []spec.Tunnel // weft_owners, as tunnels to the owner (sorted)
+	tunnels  []spec.Tunnel         // sorted by prefix
+	owners   []spec.Tunnel         // weft_owners, as tunnels to the owner (sorted)
+	routed   map[netip.Prefix]bool // content of the host routing map
 	routes   map[netip.Prefix]route.Route
 	masq     []string // rule descriptions; nil: no table
 	masqOn   bool     // the table exists
@@ -101,7 +102,11 @@ func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read local map: %w", err)
 	}
-	var err error
+	routed, err := d.readRouted()
+	if err != nil {
+		return nil, err
+	}
+	s.routed = routed
 	if s.tunnels, err = d.readTunnels(); err != nil {
 		return nil, err
 	}
@@ -372,12 +377,13 @@ func (d *Datapath) convergeDevice(want *spec.Desired, have *kstate, rec *recorde
 }
 
 // convergeFastPath points the config map at the overlay device and keeps
-// the bridge program attached in overlay modes (tcx only), and removes both
-// otherwise. The config map's port fields follow the bridge's MAC, so the
-// endpoint refresh writes the map.
+// the bridge program attached in overlay modes and where host routing has
+// natively routed prefixes (tcx only), and removes both otherwise or when
+// the cluster asks for routing through the stack. The config map's port
+// fields follow the bridge's MAC, so the endpoint refresh writes the map.
 func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recorder) error {
 	var tunnel uint32
-	fast := want.Overlay != nil && masqSkipsTunnels(want)
+	fast := want.Overlay != nil && masqSkipsTunnels(want) && !want.StackRouting
 	if fast {
 		tunnel = uint32(have.devs[want.Overlay.DeviceName()].Index)
 	}
@@ -386,10 +392,13 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 		return err
 	}
 	wantBridge := 0
-	if fast && d.useTCX && !d.cfg.NoBridgeFastPath {
+	if (fast || len(routedPrefixes(want)) > 0) && d.useTCX && !d.cfg.NoBridgeFastPath {
 		wantBridge = br
 	}
 	if err := d.convergeLocal(want, wantBridge, have, rec); err != nil {
+		return err
+	}
+	if err := d.convergeRouted(want, wantBridge, have, rec); err != nil {
 		return err
 	}
 	d.eps = endpointState{known: true, bridge: wantBridge, local: slices.Clone(want.LocalPodCIDRs), tunnel: tunnel, port: wantBridge != 0, gw: br}

@@ -21,6 +21,9 @@
 //                   not its own, then skips the bridge as well.
 // On the underlay interface:
 //   weft_from_underlay  drops plain packets that pass for pod traffic.
+// Both also route packets for natively routed remote pods to the underlay
+// in eBPF (host routing, lib/hostroute.h), and weft_from_underlay hands
+// such packets from remote pods that passed its check to local pods.
 
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -30,6 +33,7 @@
 #include "lib/forward.h"
 #include "lib/pod.h"
 #include "lib/underlay.h"
+#include "lib/hostroute.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -92,25 +96,39 @@ int weft_ingress(struct __sk_buff *skb)
 
 // weft_from_pods runs on ingress of the pod bridge, where frames from local
 // pods to the gateway enter the node's stack. A unicast packet whose
-// destination has a tunnel entry goes straight into the tunnel (to_tunnel);
-// anything else goes on to the stack unchanged.
+// destination has a tunnel entry goes straight into the tunnel (to_tunnel),
+// one for a natively routed pod CIDR straight to the underlay
+// (host_route_out); anything else goes on to the stack unchanged.
 SEC("tc")
 int weft_from_pods(struct __sk_buff *skb)
 {
-	struct config *cfg = config();
-	if (!cfg || !cfg->tunnel_ifindex)
-		return TC_ACT_OK;
-
 	struct tunnel_key key = {};
 	if (load_addr(skb, &key, ADDR_DST) != ADDR_OK)
-		return TC_ACT_OK;
-	struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
-	if (!tv)
 		return TC_ACT_OK;
 	struct ethhdr *eth = eth_hdr(skb);
 	if (!eth || (eth->h_dest[0] & 1))
 		return TC_ACT_OK; /* broadcast/multicast frames are not routed here */
-	return to_tunnel(skb, cfg->tunnel_ifindex, tv);
+	/* A pod whose port has the pod check (weft_pods) had its packets
+	 * through weft_from_port, which sent what it could past the stack;
+	 * what reaches the bridge from it (a Service address that
+	 * br_netfilter has DNATed by now, with a conntrack entry that only
+	 * the stack confirms) belongs to the stack. */
+	struct tunnel_key src = {};
+	if (load_addr(skb, &src, ADDR_SRC) != ADDR_OK)
+		return TC_ACT_OK;
+	struct endpoint_value *ep = endpoint(src.addr);
+	if (ep) {
+		__u32 port = ep->ifindex;
+		if (bpf_map_lookup_elem(&weft_pods, &port))
+			return TC_ACT_OK;
+	}
+	struct config *cfg = config();
+	if (cfg && cfg->tunnel_ifindex) {
+		struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
+		if (tv)
+			return to_tunnel(skb, cfg->tunnel_ifindex, tv);
+	}
+	return host_route_out(skb, &key);
 }
 
 // weft_from_port runs on ingress of each pod's host-side veth, attached by
@@ -118,8 +136,8 @@ int weft_from_pods(struct __sk_buff *skb)
 // pod's own (MAC, addresses, ARP and neighbour discovery; check_pod), or
 // from a port without an entry, is dropped. A packet from the pod to the
 // gateway MAC whose destination has a tunnel entry then skips the bridge as
-// well as the node's stack (to_tunnel); anything else goes on to the
-// bridge.
+// well as the node's stack (to_tunnel), one for a natively routed pod CIDR
+// too (host_route_out); anything else goes on to the bridge.
 SEC("tc")
 int weft_from_port(struct __sk_buff *skb)
 {
@@ -140,10 +158,10 @@ int weft_from_port(struct __sk_buff *skb)
 	struct tunnel_key key = {};
 	if (load_addr(skb, &key, ADDR_DST) != ADDR_OK)
 		return TC_ACT_OK;
-	struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
-	if (!tv)
-		return TC_ACT_OK;
-	int verdict = to_tunnel(skb, cfg->tunnel_ifindex, tv);
+	struct tunnel_value *tv = NULL;
+	if (cfg->tunnel_ifindex)
+		tv = bpf_map_lookup_elem(&weft_tunnels, &key);
+	int verdict = tv ? to_tunnel(skb, cfg->tunnel_ifindex, tv) : host_route_out(skb, &key);
 	if (verdict == TC_ACT_REDIRECT)
 		count_tx_direct();
 	return verdict;
@@ -153,9 +171,10 @@ int weft_from_port(struct __sk_buff *skb)
 // tunnel packets arrive (their outer addresses are the nodes'; they pass
 // untouched) and, in native modes, plain pod traffic. A plain packet with a
 // source in a pod network passes only when it came the way this node
-// routes to that source (check_reverse_path); in overlay modes one for a
-// pod network is dropped as well. Anything else (the node's own traffic,
-// ARP) is not its business.
+// routes to that source (check_reverse_path), and then, from a natively
+// routed remote pod CIDR, goes straight to a local pod (host_route_in); in
+// overlay modes one for a pod network is dropped as well. Anything else
+// (the node's own traffic, ARP) is not its business.
 SEC("tc")
 int weft_from_underlay(struct __sk_buff *skb)
 {
@@ -170,8 +189,12 @@ int weft_from_underlay(struct __sk_buff *skb)
 	int dst_pod = in_pod_nets(g, dst.addr);
 	if ((rs == ADDR_IPV4_MAPPED && src_pod) || (rd == ADDR_IPV4_MAPPED && dst_pod))
 		return drop(DROP_IPV4_MAPPED);
-	if (src_pod)
-		return check_reverse_path(skb, &src, &dst);
+	if (src_pod) {
+		int verdict = check_reverse_path(skb, &src, &dst);
+		if (verdict != TC_ACT_OK)
+			return verdict;
+		return host_route_in(skb);
+	}
 	if (dst_pod && (g->flags & GUARD_TUNNEL_ONLY))
 		return drop(DROP_PLAIN_TO_POD);
 	return TC_ACT_OK;

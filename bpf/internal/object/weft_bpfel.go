@@ -63,6 +63,12 @@ type WeftGuard struct {
 	Net   [4]WeftPodNet
 }
 
+type WeftHostStats struct {
+	_        structs.HostLayout
+	TxRouted uint64
+	RxRouted uint64
+}
+
 type WeftLocalValue struct {
 	_             structs.HostLayout
 	BridgeIfindex uint32
@@ -119,9 +125,11 @@ const (
 	WeftMapWeftDrops         = "weft_drops"
 	WeftMapWeftEndpoints     = "weft_endpoints"
 	WeftMapWeftGuard         = "weft_guard"
+	WeftMapWeftHostStats     = "weft_host_stats"
 	WeftMapWeftLocal         = "weft_local"
 	WeftMapWeftOwners        = "weft_owners"
 	WeftMapWeftPods          = "weft_pods"
+	WeftMapWeftRouted        = "weft_routed"
 	WeftMapWeftStats         = "weft_stats"
 	WeftMapWeftTunnels       = "weft_tunnels"
 	WeftProgWeftEgress       = "weft_egress"
@@ -188,9 +196,11 @@ type WeftMapSpecs struct {
 	WeftDrops     *ebpf.MapSpec `ebpf:"weft_drops"`
 	WeftEndpoints *ebpf.MapSpec `ebpf:"weft_endpoints"`
 	WeftGuard     *ebpf.MapSpec `ebpf:"weft_guard"`
+	WeftHostStats *ebpf.MapSpec `ebpf:"weft_host_stats"`
 	WeftLocal     *ebpf.MapSpec `ebpf:"weft_local"`
 	WeftOwners    *ebpf.MapSpec `ebpf:"weft_owners"`
 	WeftPods      *ebpf.MapSpec `ebpf:"weft_pods"`
+	WeftRouted    *ebpf.MapSpec `ebpf:"weft_routed"`
 	WeftStats     *ebpf.MapSpec `ebpf:"weft_stats"`
 	WeftTunnels   *ebpf.MapSpec `ebpf:"weft_tunnels"`
 }
@@ -225,9 +235,11 @@ type WeftMaps struct {
 	WeftDrops     *ebpf.Map `ebpf:"weft_drops"`
 	WeftEndpoints *ebpf.Map `ebpf:"weft_endpoints"`
 	WeftGuard     *ebpf.Map `ebpf:"weft_guard"`
+	WeftHostStats *ebpf.Map `ebpf:"weft_host_stats"`
 	WeftLocal     *ebpf.Map `ebpf:"weft_local"`
 	WeftOwners    *ebpf.Map `ebpf:"weft_owners"`
 	WeftPods      *ebpf.Map `ebpf:"weft_pods"`
+	WeftRouted    *ebpf.Map `ebpf:"weft_routed"`
 	WeftStats     *ebpf.Map `ebpf:"weft_stats"`
 	WeftTunnels   *ebpf.Map `ebpf:"weft_tunnels"`
 }
@@ -238,9 +250,11 @@ func (m *WeftMaps) Close() error {
 		m.WeftDrops,
 		m.WeftEndpoints,
 		m.WeftGuard,
+		m.WeftHostStats,
 		m.WeftLocal,
 		m.WeftOwners,
 		m.WeftPods,
+		m.WeftRouted,
 		m.WeftStats,
 		m.WeftTunnels,
 	)

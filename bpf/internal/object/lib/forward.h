@@ -8,6 +8,7 @@
 #include "maps.h"
 #include "stats.h"
 #include "tunnel.h"
+#include "conntrack.h"
 
 /* dec_ttl decrements the IPv4 TTL or IPv6 hop limit as a router does. It
  * returns -1 when the packet must go to the stack instead (expiry, which
@@ -52,6 +53,8 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, __u32 tunnel_ifindex
 	__u32 mtu_len = 0;
 	if (bpf_check_mtu(skb, tunnel_ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
 		return TC_ACT_OK;
+	if (stack_flow(skb))
+		return TC_ACT_OK;
 	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;
 	/* If the key cannot be set here, the device's egress program looks
@@ -81,6 +84,8 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u32 bridge = lv->bridge_ifindex;
 	struct endpoint_value *ep = endpoint(key.addr);
+	if (stack_flow(skb))
+		return TC_ACT_OK;
 	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;
 	if (!ep)

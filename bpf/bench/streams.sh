@@ -1,0 +1,11 @@
+#!/bin/sh
+# The unpinned multi-stream variant of throughput.sh: iperf3 with 1 and 4
+# parallel streams, client and server left to the scheduler, for weft
+# native with host routing in eBPF, plain routing, weft VXLAN and kernel
+# VXLAN in rotation; 7 rounds, ~120 s. Needs root and iperf3. Results:
+# docs/BENCHMARKS.md.
+set -eu
+cd "$(dirname "$0")/../.."
+echo "# $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+echo "# load: $(cut -d' ' -f1-3 /proc/loadavg)"
+go test -count=1 -run '^$' -bench '^BenchmarkPodToPodStreams$' -benchtime 1x -v ./bpf/ | grep -v '^=== RUN'

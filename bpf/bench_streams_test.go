@@ -1,0 +1,113 @@
+package bpf
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/testenv/netnstest"
+)
+
+// BenchmarkPodToPodStreams is the unpinned multi-stream variant of
+// BenchmarkPodToPod: iperf3 with 1 and 4 parallel streams, client and
+// server left to the scheduler (the way pods run), for weft native with
+// host routing in eBPF, plain routing, weft VXLAN and kernel VXLAN, in
+// rotation. Throughput only; run it with -benchtime=1x (see
+// bpf/bench/throughput.sh).
+func BenchmarkPodToPodStreams(b *testing.B) {
+	netnstest.RequireRoot(b)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("iperf3 not installed")
+	}
+	setups := []podSetup{
+		{"weft-native", setupWeftNative(b)},
+		{"plain", setupPlain(b)},
+		{"weft", setupWeft(b, true)},
+		{"kvxlan", setupKernelVXLAN(b)},
+	}
+	for _, s := range setups {
+		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {
+			b.Fatalf("%s: no pod-to-pod path", s.name)
+		}
+	}
+	rounds := 7
+	if v := os.Getenv("WEFT_BENCH_ROUNDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("WEFT_BENCH_ROUNDS=%q", v)
+		}
+		rounds = n
+	}
+	tput := map[string][]float64{}
+	for round := range rounds {
+		for i := range setups {
+			s := setups[(i+round)%len(setups)]
+			for _, p := range []int{1, 4} {
+				k := s.name + "/P" + strconv.Itoa(p)
+				tput[k] = append(tput[k], iperfStreams(b, s.c, p, 2))
+			}
+		}
+	}
+	b.Logf("%d rounds; iperf3 unpinned, 2 s after 1 s omitted; median (min–max) over rounds", rounds)
+	for _, s := range setups {
+		for _, p := range []string{"P1", "P4"} {
+			k := s.name + "/" + p
+			b.Logf("%-15s Gbit/s %s  rounds %.2f", k, spread(tput[k], 2), tput[k])
+			b.ReportMetric(median(tput[k]), s.name+"_"+p+"_Gbit/s")
+		}
+	}
+	for _, p := range []string{"P1", "P4"} {
+		for _, r := range [][2]string{{"weft-native", "plain"}, {"weft", "plain"}, {"weft", "kvxlan"}} {
+			rs := ratios(tput[r[0]+"/"+p], tput[r[1]+"/"+p])
+			name := r[0] + "/" + r[1] + "_" + p
+			b.Logf("%-22s per-round ratio %s", name, spread(rs, 3))
+			b.ReportMetric(median(rs), name)
+		}
+	}
+}
+
+// iperfStreams runs iperf3 with streams parallel streams from pod 1 to pod
+// 2, unpinned, and returns Gbit/s (repeated up to twice when nothing was
+// received, as iperf does).
+func iperfStreams(b *testing.B, c *testCluster, streams, secs int) float64 {
+	a, z := c.nodes[0], c.nodes[1]
+	for try := range 3 {
+		srv := exec.Command("ip", "netns", "exec", z.pod.Name, "iperf3", "-s", "-1", "-B", z.podIP.String(), "-p", "5203")
+		if err := srv.Start(); err != nil {
+			b.Fatal(err)
+		}
+		var out []byte
+		var err error
+		for range 20 {
+			time.Sleep(100 * time.Millisecond)
+			out, err = exec.Command("ip", "netns", "exec", a.pod.Name, "iperf3", "-c", z.podIP.String(), "-p", "5203",
+				"-P", strconv.Itoa(streams), "-t", strconv.Itoa(secs), "-O", "1", "-J").Output()
+			if err == nil {
+				break
+			}
+		}
+		_ = srv.Process.Kill()
+		_ = srv.Wait()
+		if err != nil {
+			b.Fatalf("iperf3: %v %s", err, out)
+		}
+		var r struct {
+			End struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
+		if err := json.Unmarshal(out, &r); err != nil {
+			b.Fatal(err)
+		}
+		if g := r.End.SumReceived.BitsPerSecond / 1e9; g > 0 {
+			return g
+		}
+		b.Logf("iperf3 run %d received nothing; repeating", try+1)
+	}
+	return 0
+}

@@ -1,0 +1,277 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/bpf/internal/object"
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/testenv/netnstest"
+)
+
+// runNFT runs nft with script on stdin inside n's namespace.
+func runNFT(t testing.TB, n *netnstest.NS, script string) string {
+	t.Helper()
+	cmd := exec.Command("nsenter", "--net="+n.Path(), "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft in %s: %v\n%s\n%s", n.Name, err, script, out)
+	}
+	return string(out)
+}
+
+// forwardDrop puts a DROP rule for traffic between the two pods into the
+// FORWARD hook of n (an nftables chain at filter priority, as an
+// iptables-nft FORWARD rule is) and returns a function reading how many
+// packets it dropped. The table is removed when the test ends.
+func forwardDrop(t *testing.T, n *testNode, a, b *testNode) func() int {
+	t.Helper()
+	table := "weftdrop" + strconv.Itoa(n.idx)
+	runNFT(t, n.ns, fmt.Sprintf(`table inet %[1]s {
+	chain drops {
+		type filter hook forward priority filter; policy accept;
+		ip saddr %[2]s ip daddr %[3]s counter drop
+		ip6 saddr %[4]s ip6 daddr %[5]s counter drop
+	}
+}
+`, table, a.podIP, b.podIP, a.podIP6, b.podIP6))
+	t.Cleanup(func() { runNFT(t, n.ns, "delete table inet "+table+"\n") })
+	re := regexp.MustCompile(`counter packets (\d+)`)
+	return func() int {
+		cmd := exec.Command("nsenter", "--net="+n.ns.Path(), "nft", "list", "chain", "inet", table, "drops")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft list: %v\n%s", err, out)
+		}
+		sum := 0
+		for _, m := range re.FindAllStringSubmatch(string(out), -1) {
+			v, _ := strconv.Atoi(m[1])
+			sum += v
+		}
+		return sum
+	}
+}
+
+// checkTraffic asserts ICMP, TCP and UDP, IPv4 and IPv6, pod to pod both
+// ways (UDP arriving with the sending pod's own address: nothing
+// masqueraded).
+func checkTraffic(t *testing.T, c *testCluster) {
+	t.Helper()
+	a, b := c.nodes[0], c.nodes[1]
+	for _, pair := range [][2]*testNode{{a, b}, {b, a}} {
+		from, to := pair[0], pair[1]
+		for i, dst := range []netip.Addr{to.podIP, to.podIP6} {
+			if !netnstest.Reach(t, from.pod, dst, reachTimeout) {
+				t.Fatalf("pod %d cannot ping %s; counters %+v / %+v", from.idx, dst, from.counters(), to.counters())
+			}
+			tcpEcho(t, from.pod, to.pod, dst, 256<<10)
+			want := []netip.Addr{from.podIP, from.podIP6}[i]
+			if src := udpSource(t, from.pod, to.pod, dst); src != want {
+				t.Fatalf("udp %s -> %s arrived from %s", want, dst, src)
+			}
+		}
+	}
+}
+
+// serviceAddr is a Service address node 1 DNATs to pod 2's port 8080, as
+// kube-proxy does (serviceDNAT).
+var serviceAddr = netip.MustParseAddrPort("10.96.0.10:80")
+
+// serviceDNAT gives node a kube-proxy's part for one Service (a DNAT of
+// serviceAddr to b's pod in a nat prerouting chain; with br_netfilter on,
+// as on this machine and on Kubernetes nodes, it already applies to the
+// pod's frame on the bridge) and runs its backend on b's pod: it answers
+// every connection with "hi".
+func serviceDNAT(t *testing.T, a, b *testNode) {
+	t.Helper()
+	runNFT(t, a.ns, fmt.Sprintf(`table ip weftsvc {
+	chain pre {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr %s tcp dport %d dnat to %s:8080
+	}
+}
+`, serviceAddr.Addr(), serviceAddr.Port(), b.podIP))
+	var ln net.Listener
+	b.pod.MustDo(t, func() error {
+		var err error
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(b.podIP, 8080).String())
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+}
+
+// dialService connects from a's pod to serviceAddr and reads the answer.
+func dialService(t *testing.T, a *testNode) error {
+	t.Helper()
+	var err error
+	a.pod.MustDo(t, func() error {
+		conn, e := net.DialTimeout("tcp", serviceAddr.String(), 3*time.Second)
+		if e != nil {
+			err = e
+			return nil
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 2)
+		if _, e := io.ReadFull(conn, buf); e != nil || string(buf) != "hi" {
+			err = fmt.Errorf("read %q: %v", buf, e)
+		}
+		return nil
+	})
+	return err
+}
+
+// TestHostRouting: in native mode with host routing in eBPF, pod traffic
+// between the nodes is forwarded past both nodes' stacks (FIB lookup and
+// redirect out, redirect_peer in); with StackRouting it goes through
+// them, as in vxlan mode. Each way, every protocol and family works, and a
+// DROP rule in a node's FORWARD hook takes effect exactly when the traffic
+// goes through the stack.
+func TestHostRouting(t *testing.T) {
+	c := newTestCluster(t, AttachTCX)
+	c.openAll(t)
+	a, b := c.nodes[0], c.nodes[1]
+	serviceDNAT(t, a, b)
+	for _, tc := range []struct {
+		mode  spec.Mode
+		stack bool
+	}{
+		{spec.ModeNative, false},
+		{spec.ModeNative, true},
+		{spec.ModeVXLAN, false},
+		{spec.ModeVXLAN, true},
+		{spec.ModeNative, false}, // back from the stack: fast again
+	} {
+		name := fmt.Sprintf("%s/stack=%v", tc.mode, tc.stack)
+		t.Run(name, func(t *testing.T) {
+			for _, n := range c.nodes {
+				var w *spec.Desired
+				if tc.mode == spec.ModeNative {
+					w = c.nativeWant(n, true)
+				} else {
+					w = c.overlayWant(n, tc.mode, netip.Addr{})
+				}
+				w.StackRouting = tc.stack
+				n.sync(w)
+			}
+			ca0, cb0 := a.counters(), b.counters()
+			checkTraffic(t, c)
+			ca, cb := a.counters(), b.counters()
+			// Packets that took the eBPF path, sent and received.
+			fast := func(c0, c1 spec.Counters) (tx, rx uint64) {
+				if tc.mode == spec.ModeNative {
+					return c1.RoutedTx - c0.RoutedTx, c1.RoutedRx - c0.RoutedRx
+				}
+				return c1.TxDirect - c0.TxDirect, c1.RxDirect - c0.RxDirect
+			}
+			atx, arx := fast(ca0, ca)
+			btx, brx := fast(cb0, cb)
+			if tc.stack && atx+arx+btx+brx != 0 {
+				t.Fatalf("stack routing: %d/%d and %d/%d packets took the eBPF path (%+v / %+v)", atx, arx, btx, brx, ca, cb)
+			}
+			if !tc.stack && min(atx, arx, btx, brx) < 40 {
+				t.Fatalf("host routing in eBPF: only %d/%d and %d/%d packets (sent/received) took the eBPF path (%+v / %+v)", atx, arx, btx, brx, ca, cb)
+			}
+			if tc.mode == spec.ModeNative && (ca.TxPackets != ca0.TxPackets || cb.RxPackets != cb0.RxPackets) {
+				t.Fatalf("native mode used the tunnel: %+v / %+v", ca, cb)
+			}
+
+			// A connection to a Service address DNATed on node 1 gets its
+			// replies un-DNATed there: the fast paths leave a flow the
+			// stack tracks to the stack.
+			if err := dialService(t, a); err != nil {
+				t.Fatalf("service %s (DNAT to %s): %v", serviceAddr, b.podIP, err)
+			}
+
+			// The same pings, with a DROP rule in one node's FORWARD hook.
+			for _, side := range []struct {
+				name string
+				n    *testNode
+			}{{"sender", a}, {"receiver", b}} {
+				t.Run("forward drop on "+side.name, func(t *testing.T) {
+					dropped := forwardDrop(t, side.n, a, b)
+					f0 := forwarded(t, side.n)
+					for _, dst := range []netip.Addr{b.podIP, b.podIP6} {
+						lost := netnstest.Lost(t, a.pod, dst, 20, 5*time.Millisecond)
+						if tc.stack && lost != 20 {
+							t.Errorf("stack routing: %d of 20 pings to %s got through the FORWARD drop rule", 20-lost, dst)
+						}
+						if !tc.stack && lost != 0 {
+							t.Errorf("host routing in eBPF: %d of 20 pings to %s lost, want the FORWARD rule bypassed", lost, dst)
+						}
+					}
+					got := dropped()
+					if tc.stack && got < 40 {
+						t.Errorf("stack routing: the FORWARD rule dropped %d packets, want 40", got)
+					}
+					if !tc.stack {
+						if got != 0 {
+							t.Errorf("host routing in eBPF: the FORWARD rule saw %d packets, want none", got)
+						}
+						if df := forwarded(t, side.n) - f0; df >= 10 {
+							t.Errorf("host routing in eBPF: the %s's stack forwarded %d IPv4 packets", side.name, df)
+						}
+					}
+				})
+			}
+		})
+	}
+	t.Run("reconcile repairs the routed map", func(t *testing.T) {
+		w := c.nativeWant(a, true)
+		a.sync(w)
+		k := object.TunnelKey(b.podCIDR)
+		must(t, a.dp.objs.WeftRouted.Delete(&k))
+		rep, err := a.dp.Reconcile(context.Background(), w)
+		must(t, err)
+		want := fmt.Sprintf("host routing %s in eBPF", b.podCIDR)
+		if !slices.Contains(rep.Repaired, want) {
+			t.Fatalf("repairs %q, want %q", rep.Repaired, want)
+		}
+		rs, err := a.dp.readRouted()
+		must(t, err)
+		if !rs[b.podCIDR] || !rs[b.podCIDR6] {
+			t.Fatalf("routed map after reconcile: %v", rs)
+		}
+	})
+	t.Run("masqueraded prefixes stay with the stack", func(t *testing.T) {
+		w := c.nativeWant(a, true)
+		w.Masquerade.NativeCIDRs = nil
+		if got := routedPrefixes(w); len(got) != 0 {
+			t.Fatalf("routed with every prefix masqueraded: %v", got)
+		}
+		a.sync(w)
+		rs, err := a.dp.readRouted()
+		must(t, err)
+		if len(rs) != 0 {
+			t.Fatalf("routed map %v with every prefix masqueraded", rs)
+		}
+		c0 := a.counters()
+		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
+			t.Fatal("masqueraded ping lost")
+		}
+		if c1 := a.counters(); c1.RoutedTx != c0.RoutedTx {
+			t.Fatalf("masqueraded traffic took the eBPF path: %+v", c1)
+		}
+	})
+}
