@@ -81,6 +81,7 @@ type Options struct {
 	ElectionTTL   int           // controller --election-ttl seconds; 0 = controller default
 	Reconcile     string        // agent --reconcile-interval; "" = agent default
 	ProbeGrace    time.Duration // agent --probe-grace; 0 = agent default
+	AgentArgs     []string      // appended to every weft-agent's arguments, e.g. --host-routing=stack
 	Config        string        // extra ClusterConfig JSON fields merged into the controller's config file, e.g. `"mtu": 1400`
 	Attacher      PodAttacher   // default: CNIAttacher when BinDir has weft-cni, else NetlinkAttacher
 	LogLevel      string        // weft processes' --log-level, default debug

@@ -263,7 +263,7 @@ func (c *Cluster) agentArgs(n *Node) []string {
 	if c.Opts.Segments == 2 {
 		args = append(args, "--asn", fmt.Sprint(NodeASN(n.Index)))
 	}
-	return args
+	return append(args, c.Opts.AgentArgs...)
 }
 
 // Client returns an etcd client reaching the cluster's store from the root
@@ -652,7 +652,8 @@ func matches(want, got *weftv1.ClusterConfig) bool {
 		want.GetAutoDirectNodeRoutes() == got.GetAutoDirectNodeRoutes() &&
 		want.GetMasquerade() == got.GetMasquerade() &&
 		want.GetNativeRoutingCidr() == got.GetNativeRoutingCidr() &&
-		want.GetNodeGraceSeconds() == got.GetNodeGraceSeconds()
+		want.GetNodeGraceSeconds() == got.GetNodeGraceSeconds() &&
+		(want.GetHostRouting() == "" || want.GetHostRouting() == got.GetHostRouting())
 }
 
 func (c *Cluster) desiredStatus(ctx context.Context) (*weftv1.ConfigStatus, error) {

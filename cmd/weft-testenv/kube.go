@@ -58,10 +58,7 @@ func bringKube(ctx context.Context, f clusterFlags) (*kube.Cluster, func(), erro
 	if err != nil {
 		return fail(err)
 	}
-	var agentArgs []string
-	if f.agentArgs != "" {
-		agentArgs = strings.Split(f.agentArgs, ",")
-	}
+	agentArgs := splitArgs(f.agentArgs)
 	fmt.Printf("starting Kubernetes: %d nodes x %d pods, backend %s ...\n", f.nodes, f.pods, f.backend)
 	c, err := kube.New(ctx, kube.Options{
 		Prefix: f.prefix, Nodes: f.nodes, PodsPerNode: f.pods, Backend: f.backend,
@@ -165,4 +162,12 @@ func printKubeAccess(c *kube.Cluster) {
 		}
 	}
 	fmt.Printf("remove it: Ctrl-C here (or, after a crash, weft-testenv down --prefix %s)\n", c.Prefix)
+}
+
+// splitArgs splits --agent-args at commas; "" is none.
+func splitArgs(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
 }

@@ -111,7 +111,7 @@ func (f *clusterFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.controllers, "controllers", 1, "controllers (more than 1 needs --etcd=external)")
 	fs.IntVar(&f.grace, "node-grace", 0, "node_grace_seconds in the cluster config (0: controller default)")
 	fs.BoolVar(&f.kubernetes, "kubernetes", false, "real Kubernetes (kube-apiserver, controller-manager, scheduler, a kubelet and containerd per node) with weft deployed from deploy/kubernetes/; see docs/testenv.md")
-	fs.StringVar(&f.agentArgs, "agent-args", envOr("AGENT_ARGS", ""), "with --kubernetes: extra weft-agent arguments, comma-separated, added to the agent DaemonSet")
+	fs.StringVar(&f.agentArgs, "agent-args", envOr("AGENT_ARGS", ""), "extra weft-agent arguments, comma-separated, e.g. --host-routing=stack (with --kubernetes: added to the agent DaemonSet)")
 	fs.BoolVar(&f.secure, "secure", envOr("SECURE", "true") == "true", "etcd with TLS, client certificates and auth on, one certificate per node (--secure=false: plain etcd, anyone who reaches it writes)")
 }
 
@@ -180,6 +180,7 @@ func bring(ctx context.Context, f clusterFlags, log hclog.Logger) (*testenv.Clus
 		LogLevel:    f.logLevel,
 		Logger:      log,
 		Secure:      secure,
+		AgentArgs:   splitArgs(f.agentArgs),
 	})
 	if err != nil {
 		cleanup()
