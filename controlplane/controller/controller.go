@@ -244,8 +244,11 @@ func (c *Controller) campaign(ctx context.Context, el *concurrency.Election) err
 	sctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		for {
-			c.sweepElection(sctx)
+		for sctx.Err() == nil {
+			// The sweep's requests run under ctx, not sctx: a delete
+			// that wins the campaign must still see its answer (and
+			// count it) when the campaign returns at once.
+			c.sweepElection(ctx)
 			if !backoff.Sleep(sctx, electionSweep) {
 				return
 			}
