@@ -208,12 +208,13 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 	}
 	defer client.Close()
 	checkIdentity(o, log)
-	go func() {
+	// ctx is passed, not captured: Run replaces it below.
+	go func(ctx context.Context) {
 		// gRPC says only "context deadline exceeded" when TLS fails.
 		if err := conn.Diagnose(ctx); err != nil && ctx.Err() == nil {
 			log.Error("etcd does not answer", "error", err)
 		}
-	}()
+	}(ctx)
 
 	dp := openDatapath(dpCfg)
 	defer func() {
