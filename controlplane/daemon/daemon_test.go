@@ -96,20 +96,7 @@ func TestRunEmbedded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, o, hclog.NewNullLogger()) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	}()
+	ctx := runDaemon(t, o)
 	var body string
 	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		r, err := http.Get("http://" + metrics + "/healthz")
@@ -211,20 +198,7 @@ func TestRunEmbeddedSecure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, o, hclog.NewNullLogger()) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	}()
+	ctx := runDaemon(t, o)
 	healthy := func() string {
 		var body string
 		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
@@ -283,4 +257,26 @@ func TestRunEmbeddedSecure(t *testing.T) {
 	if _, err := nc.Get(gctx, l.Config()); err == nil {
 		t.Error("a client without a certificate read the config")
 	}
+}
+
+// runDaemon runs the controller daemon with o until the test ends, then
+// stops it and fails the test if it does not stop cleanly within 20 s.
+// The context it returns ends when the daemon is told to stop.
+func runDaemon(t *testing.T, o *Options) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, o, hclog.NewNullLogger()) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("daemon did not stop")
+		}
+	})
+	return ctx
 }

@@ -150,20 +150,7 @@ func TestRunKubernetesSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	o.KubeClient = client
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, o, hclog.NewNullLogger()) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	}()
+	ctx := runDaemon(t, o)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + c1}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
@@ -306,20 +293,7 @@ func TestRunKubernetesSourceSkipsWithReasons(t *testing.T) {
 		t.Fatal(err)
 	}
 	o.KubeClient = client
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, o, hclog.NewNullLogger()) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	}()
+	ctx := runDaemon(t, o)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + c1}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
@@ -396,20 +370,7 @@ func TestRunKubernetesAPIDown(t *testing.T) {
 	if o.KubeClient, err = kubernetes.NewForConfig(&rest.Config{Host: "http://" + closed, Timeout: 2 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, o, hclog.NewNullLogger()) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	}()
+	runDaemon(t, o)
 	var code int
 	var body string
 	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
