@@ -3,12 +3,15 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // Binaries are the commands a weft cluster in testenv runs.
@@ -19,10 +22,29 @@ var Binaries = []string{"weft-controller", "weft-agent", "weftctl", "weft-testen
 // (static, CGO_ENABLED=0, -trimpath, -ldflags=-s): the binaries a cluster
 // test or benchmark runs are the ones users run.
 func Build(ctx context.Context, dir string) error {
-	args := []string{"build", "-trimpath", "-ldflags=-s", "-o", dir + "/"}
-	for _, b := range Binaries {
+	return BuildCommands(ctx, dir, Binaries, "-ldflags=-s")
+}
+
+// BuildCommands compiles the named commands of cmd/ into dir, static and
+// with -trimpath like Build, plus any extra go build flags. Those two
+// settings give this build a compile cache of its own (CGO_ENABLED=0 and
+// -trimpath change every package's cache key), so on a machine whose cache
+// is cold it compiles every dependency: minutes on two cores. Builds from
+// concurrent test binaries take turns (a lock file in the temporary
+// directory), so the second finds the first one's cache instead of
+// compiling the same packages at the same time; .ci/run warms the cache
+// before the tests with the same settings.
+func BuildCommands(ctx context.Context, dir string, commands []string, flags ...string) error {
+	args := append([]string{"build", "-trimpath"}, flags...)
+	args = append(args, "-o", dir+"/")
+	for _, b := range commands {
 		args = append(args, "github.com/weftnet/weft/cmd/"+b)
 	}
+	unlock, err := lockBuild(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	cmd := exec.CommandContext(ctx, goTool(), args...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	var out bytes.Buffer
@@ -32,6 +54,31 @@ func Build(ctx context.Context, dir string) error {
 		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out.String())
 	}
 	return nil
+}
+
+// lockBuild takes the lock every BuildCommands holds while it runs. It
+// waits for ctx, polling, since flock itself cannot be cancelled.
+func lockBuild(ctx context.Context) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "weft-go-build.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open build lock: %w", err)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("wait for another weft build: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // goTool finds the go command: on PATH, or in the GOROOT this binary was

@@ -14,11 +14,16 @@ import (
 // one: the plugin's wiring is what the datapath expects.
 func TestClusterWithWeftCNI(t *testing.T) {
 	newNS(t) // skips without root
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	if err := testenv.Build(ctx, binDir); err != nil {
+	// The build has its own, longer bound: with a cold build cache it
+	// compiles every dependency (testenv.BuildCommands).
+	bctx, bcancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	err := testenv.Build(bctx, binDir)
+	bcancel()
+	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
 	c, err := testenv.New(ctx, testenv.Options{
 		Nodes: 2, PodsPerNode: 2, BinDir: binDir,
 		Attacher: testenv.NewCNIAttacher(binDir),

@@ -40,7 +40,10 @@ func TestMain(m *testing.M) {
 				return 1
 			}
 			defer os.RemoveAll(dir)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			// A hang guard, not a speed limit: with a cold build cache
+			// (a fresh machine) this compiles every dependency once more
+			// (testenv.BuildCommands says why), which takes minutes.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 			buildErr = testenv.Build(ctx, dir)
 			cancel()
 			binDir = dir

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -37,19 +36,10 @@ const (
 )
 
 // BuildStatic compiles the weft binaries that go into the image with
-// CGO_ENABLED=0 (the image has no C library).
+// CGO_ENABLED=0 (the image has no C library), with testenv's build
+// settings so they share its compile cache.
 func BuildStatic(ctx context.Context, dir string) error {
-	args := []string{"build", "-trimpath", "-o", dir + "/"}
-	for _, b := range []string{"weft-controller", "weft-agent", "weftctl", "weft-cni"} {
-		args = append(args, "github.com/weftnet/weft/cmd/"+b)
-	}
-	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return nil
+	return testenv.BuildCommands(ctx, dir, []string{"weft-controller", "weft-agent", "weftctl", "weft-cni"})
 }
 
 // WeftImage reads the image the agent DaemonSet runs (the one image of
