@@ -154,7 +154,7 @@ func (f *Follower) Run(ctx context.Context, sink Sink) error {
 		sink.Reset(snap)
 		f.opts.OnHead(snap.Head)
 		f.opts.OnRelist(reason)
-		f.log.Debug("listed", "reason", reason, "revision", snap.Revision, "head", snap.Head, "nodes", len(snap.Nodes))
+		f.log.Debug("listed", "reason", reason, "revision", snap.Revision, "head", snap.Head, "nodes", snap.Len())
 		f.opts.OnHealth(nil)
 
 		err = f.watch(ctx, sink, snap, wch)
@@ -184,7 +184,7 @@ func (f *Follower) list(ctx, wctx context.Context) (model.Snapshot, clientv3.Wat
 	if err != nil {
 		return model.Snapshot{}, nil, fmt.Errorf("read head and config: %w", err)
 	}
-	snap := model.Snapshot{Revision: tr.Header.Revision, Nodes: map[string][]byte{}}
+	snap := model.Snapshot{Revision: tr.Header.Revision, Decoded: map[string]model.NodeValue{}}
 	wch := f.c.Watch(wctx, f.k.Events(), clientv3.WithPrefix(), clientv3.WithRev(snap.Revision+1))
 	if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 		if snap.Head, err = keys.ParseHead(kvs[0].Value); err != nil {
@@ -197,27 +197,8 @@ func (f *Follower) list(ctx, wctx context.Context) (model.Snapshot, clientv3.Wat
 		snap.Config = kvs[0].Value
 	}
 
-	prefix := f.k.Nodes()
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	from := prefix
-	for {
-		r, err := f.c.Get(rctx, from, clientv3.WithRange(end), clientv3.WithRev(snap.Revision),
-			clientv3.WithLimit(f.opts.PageSize), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-		if err != nil {
-			return model.Snapshot{}, nil, fmt.Errorf("read nodes at revision %d: %w", snap.Revision, err)
-		}
-		for _, kv := range r.Kvs {
-			name, err := keys.NameOf(prefix, string(kv.Key))
-			if err != nil {
-				f.log.Warn("ignoring key under nodes", "error", err)
-				continue
-			}
-			snap.Nodes[name] = kv.Value
-		}
-		if !r.More || len(r.Kvs) == 0 {
-			break
-		}
-		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
+	if err := f.listNodes(rctx, &snap); err != nil {
+		return model.Snapshot{}, nil, err
 	}
 	if config, names := model.Suspects(snap); config || len(names) > 0 {
 		if err := f.fromLog(rctx, &snap, config, names); err != nil {
@@ -225,6 +206,48 @@ func (f *Follower) list(ctx, wctx context.Context) (model.Snapshot, clientv3.Wat
 		}
 	}
 	return snap, wch, nil
+}
+
+// listNodes reads every node at the snapshot's revision into
+// snap.Decoded, a page at a time: each page is decoded while the next is
+// read, and no page's bytes are kept.
+func (f *Follower) listNodes(ctx context.Context, snap *model.Snapshot) error {
+	prefix := f.k.Nodes()
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	type page struct {
+		r   *clientv3.GetResponse
+		err error
+	}
+	read := func(from string) <-chan page {
+		c := make(chan page, 1)
+		go func() {
+			r, err := f.c.Get(ctx, from, clientv3.WithRange(end), clientv3.WithRev(snap.Revision),
+				clientv3.WithLimit(f.opts.PageSize), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+			c <- page{r, err}
+		}()
+		return c
+	}
+	next := read(prefix)
+	for next != nil {
+		p := <-next
+		if p.err != nil {
+			return fmt.Errorf("read nodes at revision %d: %w", snap.Revision, p.err)
+		}
+		kvs := p.r.Kvs
+		next = nil
+		if p.r.More && len(kvs) > 0 {
+			next = read(string(kvs[len(kvs)-1].Key) + "\x00")
+		}
+		for _, kv := range kvs {
+			name, err := keys.NameOf(prefix, string(kv.Key))
+			if err != nil {
+				f.log.Warn("ignoring key under nodes", "error", err)
+				continue
+			}
+			snap.Decoded[name] = model.DecodeNode(kv.Value)
+		}
+	}
+	return nil
 }
 
 // fromLog reads the retained log at the snapshot's revision and records

@@ -374,6 +374,42 @@ func TestResetQuarantinesAndTakesTheLog(t *testing.T) {
 	}
 }
 
+// TestResetTakesDecodedValues: a snapshot whose nodes the lister decoded
+// already (Decoded, as the follower lists) folds to the same state,
+// refusals and quarantine as one holding the stored bytes, and names the
+// same suspects.
+func TestResetTakesDecodedValues(t *testing.T) {
+	cfg := keys.Encode(validate.WithDefaults(baseConfig()))
+	raw := map[string][]byte{
+		"a": keys.Encode(&weftv1.Node{Name: "a", UnderlayIp: "192.168.1.1", PodCidrs: []string{"10.244.1.0/24"}, Seq: 2}),
+		"b": []byte("not json {"),
+		"c": []byte(`{"name":"c","underlay_ip":"nope"}`),
+		"d": keys.Encode(&weftv1.Node{Name: "d", UnderlayIp: "192.168.1.4", PodCidrs: []string{"10.244.4.0/24"}, Seq: 3}),
+	}
+	decoded := map[string]NodeValue{}
+	for name, v := range raw {
+		decoded[name] = DecodeNode(v)
+	}
+	fromBytes := Snapshot{Head: 4, Config: cfg, Nodes: raw}
+	fromDecoded := Snapshot{Head: 4, Config: cfg, Decoded: decoded}
+	c1, s1 := Suspects(fromBytes)
+	c2, s2 := Suspects(fromDecoded)
+	if c1 != c2 || !slices.Equal(s1, s2) || strings.Join(s2, ",") != "b,c" {
+		t.Fatalf("suspects from bytes %v %v, decoded %v %v", c1, s1, c2, s2)
+	}
+	want, got := New(), New()
+	want.Reset(fromBytes)
+	got.Reset(fromDecoded)
+	// Refusals are recorded in map order; compared as sets.
+	byWhat := func(a, b Refusal) int { return strings.Compare(a.What, b.What) }
+	gotRefused, wantRefused := got.Refused(), want.Refused()
+	slices.SortFunc(gotRefused, byWhat)
+	slices.SortFunc(wantRefused, byWhat)
+	if !got.Equal(want) || got.Len() != 2 || !slices.Equal(got.Quarantined(), want.Quarantined()) || !slices.Equal(gotRefused, wantRefused) {
+		t.Fatalf("from decoded values %s %+v %v\nwant %s %+v %v", got, got.Quarantined(), got.Refused(), want, want.Quarantined(), want.Refused())
+	}
+}
+
 func addEventV6(seq uint64, name, ip, ip6 string, cidrs ...string) []byte {
 	return keys.Encode(&weftv1.Event{Seq: seq, Kind: &weftv1.Event_NodeAdded{NodeAdded: &weftv1.NodeAdded{
 		Node: &weftv1.Node{Name: name, UnderlayIp: ip, UnderlayIpV6: ip6, PodCidrs: cidrs}}}})

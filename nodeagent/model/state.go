@@ -48,6 +48,11 @@ type Snapshot struct {
 	Config []byte
 	// Nodes maps node name (the last element of its key) to its value.
 	Nodes map[string][]byte
+	// Decoded maps node name to its value decoded by DecodeNode, for a
+	// lister that decodes each page of nodes while it reads the next
+	// and keeps no bytes (the follower): Reset and Suspects then decode
+	// nothing again. A name is in Nodes or in Decoded, not in both.
+	Decoded map[string]NodeValue
 	// FromLog holds, for projection values the model cannot use
 	// (Suspects), what the retained log says instead: the node of the
 	// last event touching each such node (a nil value: that event
@@ -57,6 +62,42 @@ type Snapshot struct {
 	FromLog   map[string]LogValue
 	LogConfig []byte
 }
+
+// NodeValue is a stored node value decoded once: the node, or why the
+// value does not decode (its size or its syntax). Validation is not
+// part of it: Reset validates against the config in force, which need
+// not be the snapshot's.
+type NodeValue struct {
+	Node *weftv1.Node
+	Err  error
+}
+
+// DecodeNode decodes the stored value of a node.
+func DecodeNode(v []byte) NodeValue {
+	if err := validate.Size("node", len(v), validate.MaxNodeBytes); err != nil {
+		return NodeValue{Err: err}
+	}
+	n, err := keys.DecodeNode(v)
+	return NodeValue{Node: n, Err: err}
+}
+
+// nodes yields every node of the snapshot, decoding the values of Nodes
+// on the way.
+func (snap *Snapshot) nodes(yield func(string, NodeValue) bool) {
+	for name, v := range snap.Nodes {
+		if !yield(name, DecodeNode(v)) {
+			return
+		}
+	}
+	for name, nv := range snap.Decoded {
+		if !yield(name, nv) {
+			return
+		}
+	}
+}
+
+// Len is the number of nodes in the snapshot.
+func (snap *Snapshot) Len() int { return len(snap.Nodes) + len(snap.Decoded) }
 
 // LogValue is a node as the last retained event touching it says: Node
 // is its encoded value (nil when that event removed it), Seq the event's.
@@ -392,8 +433,8 @@ func (s *State) Reset(snap Snapshot) {
 		}
 	}
 	old := s.log.Nodes
-	s.log.Nodes = make(map[string]*weftv1.Node, len(snap.Nodes))
-	s.sorted = make([]parsedNode, 0, len(snap.Nodes))
+	s.log.Nodes = make(map[string]*weftv1.Node, snap.Len())
+	s.sorted = make([]parsedNode, 0, snap.Len())
 	s.bulk = true
 	defer func() {
 		slices.SortFunc(s.sorted, func(a, b parsedNode) int { return cmp.Compare(a.name, b.name) })
@@ -404,9 +445,9 @@ func (s *State) Reset(snap Snapshot) {
 		// Sized once: every pod CIDR of a family usually has the node
 		// mask's length, and growing a map of thousands costs more than
 		// the claims themselves.
-		s.claims.reserve(int(s.config.NodeMaskSize), len(snap.Nodes))
+		s.claims.reserve(int(s.config.NodeMaskSize), snap.Len())
 		if s.config.ClusterCidrV6 != "" {
-			s.claims.reserve(int(s.config.NodeMaskSizeV6), len(snap.Nodes))
+			s.claims.reserve(int(s.config.NodeMaskSizeV6), snap.Len())
 		}
 	}
 
@@ -414,12 +455,11 @@ func (s *State) Reset(snap Snapshot) {
 		name string
 		n    *weftv1.Node
 	}
-	cands := make([]cand, 0, len(snap.Nodes))
-	for name, v := range snap.Nodes {
-		what := "node " + name
-		n, err := s.nodeValue(name, v)
+	cands := make([]cand, 0, snap.Len())
+	for name, nv := range snap.nodes {
+		n, err := s.checkNode(name, nv)
 		if err != nil {
-			s.refuse(what, err)
+			s.refuse("node "+name, err)
 			q := Quarantine{Node: name, Reason: err.Error(), Kept: "nothing"}
 			if prev, ok := old[name]; ok && validate.Node(s.config, prev) == nil {
 				cands = append(cands, cand{name, prev})
@@ -427,7 +467,7 @@ func (s *State) Reset(snap Snapshot) {
 			} else if lv, ok := snap.FromLog[name]; ok {
 				if lv.Node == nil {
 					q.Kept = fmt.Sprintf("nothing: the log's event %d removed it", lv.Seq)
-				} else if ln, lerr := s.nodeValue(name, lv.Node); lerr == nil {
+				} else if ln, lerr := s.checkNode(name, DecodeNode(lv.Node)); lerr == nil {
 					ln.Seq = lv.Seq
 					cands = append(cands, cand{name, ln})
 					q.Kept = fmt.Sprintf("the log's event %d", lv.Seq)
@@ -436,7 +476,9 @@ func (s *State) Reset(snap Snapshot) {
 			s.quarantined[name] = q
 			continue
 		}
-		s.forget(what)
+		if len(s.refused) > 0 {
+			s.forget("node " + name)
+		}
 		cands = append(cands, cand{name, n})
 	}
 	slices.SortFunc(cands, func(a, b cand) int {
@@ -478,13 +520,10 @@ func configValue(v []byte) (*weftv1.ClusterConfig, error) {
 	return raw, nil
 }
 
-// nodeValue decodes and checks the stored value of node name against
-// the config in force.
-func (s *State) nodeValue(name string, v []byte) (*weftv1.Node, error) {
-	if err := validate.Size("node", len(v), validate.MaxNodeBytes); err != nil {
-		return nil, err
-	}
-	n, err := keys.DecodeNode(v)
+// checkNode checks the decoded value of node name against the config
+// in force.
+func (s *State) checkNode(name string, nv NodeValue) (*weftv1.Node, error) {
+	n, err := nv.Node, nv.Err
 	if err == nil && s.config == nil {
 		err = errNoConfig
 	}
@@ -511,8 +550,8 @@ func Suspects(snap Snapshot) (config bool, nodes []string) {
 	if err == nil {
 		probe.config = validate.WithDefaults(cfg)
 	}
-	for name, v := range snap.Nodes {
-		if _, err := probe.nodeValue(name, v); err != nil && !errors.Is(err, errNoConfig) {
+	for name, nv := range snap.nodes {
+		if _, err := probe.checkNode(name, nv); err != nil && !errors.Is(err, errNoConfig) {
 			nodes = append(nodes, name)
 		}
 	}
