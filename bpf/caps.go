@@ -6,8 +6,10 @@ import (
 	"net"
 	"strings"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/vishvananda/netlink"
 
+	"github.com/weftnet/weft/bpf/internal/netns"
 	"github.com/weftnet/weft/bpf/internal/probe"
 	"github.com/weftnet/weft/bpf/internal/tc"
 	"github.com/weftnet/weft/bpf/spec"
@@ -41,28 +43,8 @@ func (d *Datapath) Capabilities() []string {
 		d.log.Warn("probe capabilities", "error", errClosed)
 		return nil
 	}
-	caps := []string{}
-	if tc.TCXSupported() {
-		caps = append(caps, CapTCX)
-	}
-	for _, c := range []struct{ name, kind string }{{CapVXLAN, "vxlan"}, {CapGeneve, "geneve"}} {
-		ok, err := probe.LinkKind(d.ns.NL, c.kind)
-		switch {
-		case ok && err != nil:
-			d.log.Warn("probe capabilities", "error", err)
-		case err != nil:
-			d.log.Debug("kernel lacks a device kind", "kind", c.kind, "error", err)
-		}
-		if ok {
-			caps = append(caps, c.name)
-		}
-	}
-	if probe.IPv6(d.ns) {
-		caps = append(caps, CapIPv6)
-	}
-	d.caps = caps
-	d.log.Info("probed capabilities", "capabilities", strings.Join(caps, ","))
-	return append([]string(nil), caps...)
+	d.caps = probeCapabilities(d.ns, d.log)
+	return append([]string(nil), d.caps...)
 }
 
 // VTEPMAC returns the MAC address of the node's overlay device (weft_vxlan
@@ -75,8 +57,13 @@ func (d *Datapath) VTEPMAC() (net.HardwareAddr, error) {
 	if d.ns == nil {
 		return nil, errClosed
 	}
+	return overlayMAC(d.ns)
+}
+
+// overlayMAC is the MAC of the overlay device in ns, nil without one.
+func overlayMAC(ns *netns.NS) (net.HardwareAddr, error) {
 	for _, name := range []string{spec.VXLANDevice, spec.GeneveDevice} {
-		l, err := d.ns.NL.LinkByName(name)
+		l, err := ns.NL.LinkByName(name)
 		if err != nil {
 			var nf netlink.LinkNotFoundError
 			if errors.As(err, &nf) {
@@ -87,4 +74,30 @@ func (d *Datapath) VTEPMAC() (net.HardwareAddr, error) {
 		return l.Attrs().HardwareAddr, nil
 	}
 	return nil, nil
+}
+
+// probeCapabilities probes what the kernel supports in ns (see
+// Datapath.Capabilities) and logs it.
+func probeCapabilities(ns *netns.NS, log hclog.Logger) []string {
+	caps := []string{}
+	if tc.TCXSupported() {
+		caps = append(caps, CapTCX)
+	}
+	for _, c := range []struct{ name, kind string }{{CapVXLAN, "vxlan"}, {CapGeneve, "geneve"}} {
+		ok, err := probe.LinkKind(ns.NL, c.kind)
+		switch {
+		case ok && err != nil:
+			log.Warn("probe capabilities", "error", err)
+		case err != nil:
+			log.Debug("kernel lacks a device kind", "kind", c.kind, "error", err)
+		}
+		if ok {
+			caps = append(caps, c.name)
+		}
+	}
+	if probe.IPv6(ns) {
+		caps = append(caps, CapIPv6)
+	}
+	log.Info("probed capabilities", "capabilities", strings.Join(caps, ","))
+	return caps
 }

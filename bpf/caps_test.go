@@ -52,6 +52,10 @@ func TestCapabilitiesAndVTEPMAC(t *testing.T) {
 
 	d, err := Open(Config{NetNS: ns.Path(), PinDir: pinDir})
 	must(t, err)
+	// A Host of the same namespace reads the same, with no programs.
+	host, err := OpenHost(Config{NetNS: ns.Path()})
+	must(t, err)
+	t.Cleanup(func() { host.Close() })
 	var before, after string
 	var geneveErr error
 	ns.MustDo(t, func() error { before, err = linkNames(); return err })
@@ -73,6 +77,14 @@ func TestCapabilitiesAndVTEPMAC(t *testing.T) {
 	t.Cleanup(func() { d.Teardown() })
 	t.Logf("capabilities %v; direct geneve LinkAdd: %v", caps, geneveErr)
 
+	if hc := host.Capabilities(); !slices.Equal(hc, caps) {
+		t.Errorf("host capabilities %v, datapath's %v", hc, caps)
+	}
+	du, derr := d.Underlay()
+	hu, herr := host.Underlay()
+	if fmt.Sprint(du, derr) != fmt.Sprint(hu, herr) {
+		t.Errorf("host underlay %v, %v; datapath's %v, %v", hu, herr, du, derr)
+	}
 	if before != after {
 		t.Fatalf("probe left links behind:\nbefore: %s\nafter:  %s", before, after)
 	}
@@ -127,6 +139,9 @@ func TestCapabilitiesAndVTEPMAC(t *testing.T) {
 		}
 		if len(mac1) != 6 || !bytes.Equal(mac1, dev) {
 			t.Fatalf("VTEPMAC = %v, device %s has %v", mac1, spec.VXLANDevice, dev)
+		}
+		if hm, err := host.VTEPMAC(); err != nil || !bytes.Equal(hm, mac1) {
+			t.Fatalf("host VTEPMAC = %v, %v; datapath's %v", hm, err, mac1)
 		}
 
 		// A spec with a MAC: the device gets it in place, and a MAC

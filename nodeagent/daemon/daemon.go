@@ -217,11 +217,7 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 	}(ctx)
 
 	dp := openDatapath(dpCfg)
-	defer func() {
-		if d, err := dp.wait(); err == nil {
-			d.Close()
-		}
-	}()
+	defer dp.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {

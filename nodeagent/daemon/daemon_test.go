@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +12,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"go.uber.org/goleak"
 
+	"github.com/weftnet/weft/bpf"
 	"github.com/weftnet/weft/internal/pki"
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -100,5 +103,38 @@ func TestRunStopsWhenTheDatapathCannotOpen(t *testing.T) {
 	err = Run(context.Background(), o, hclog.NewNullLogger())
 	if err == nil || !strings.Contains(err.Error(), "open datapath") || !strings.Contains(err.Error(), "not on a bpf filesystem") {
 		t.Fatalf("Run = %v, want the open's error", err)
+	}
+}
+
+// TestNodeReadsDoNotWaitForTheOpen: while the programs load, what the
+// registration needs (underlay, capabilities, overlay MAC) comes from the
+// node's bpf.Host, so the agent registers without waiting for the
+// verifier. Here the open never finishes; without the Host every read
+// would wait for it (the guard below turns that hang into a failure).
+func TestNodeReadsDoNotWaitForTheOpen(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, netnstest.Prefix()+"-open")
+	h, err := bpf.OpenHost(bpf.Config{NetNS: ns.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	o := &openingDatapath{host: h, done: make(chan struct{})} // never opens
+	done := make(chan struct{})
+	var caps []string
+	var macErr error
+	go func() {
+		defer close(done)
+		caps = o.Capabilities()
+		_, macErr = o.VTEPMAC()
+		o.Underlay() // no default route in a fresh namespace: an error, but an answer
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("node reads still waiting for the datapath's open after 30 s")
+	}
+	if !slices.Contains(caps, bpf.CapVXLAN) || macErr != nil {
+		t.Fatalf("capabilities %v, VTEPMAC error %v", caps, macErr)
 	}
 }

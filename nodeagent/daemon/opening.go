@@ -13,15 +13,31 @@ import (
 
 // openingDatapath is the node's datapath while bpf.Open loads the programs
 // in the background: the agent starts following the log at once (reading
-// thousands of nodes is the longest step of a cold start) and every method
-// waits for the open, then calls the datapath, or returns the open's
-// error.
+// thousands of nodes is the longest step of a cold start) and registers
+// meanwhile. What the registration needs (the underlay, the capabilities,
+// the overlay device's MAC) is read through a bpf.Host until the open is
+// done, so the registration does not wait for the verifier; every other
+// method waits for the open, then calls the datapath, or returns the
+// open's error.
 type openingDatapath struct {
+	host *bpf.Host // nil when it could not open: then the node reads wait for the open too
 	done chan struct{}
 	dp   *bpf.Datapath
 	err  error
 	pin  string // cfg.PinDir, known before the open
 }
+
+// nodeReader is what bpf.Host and bpf.Datapath both read of the node.
+type nodeReader interface {
+	Underlay() (spec.Underlay, error)
+	Capabilities() []string
+	VTEPMAC() (net.HardwareAddr, error)
+}
+
+var (
+	_ nodeReader = (*bpf.Host)(nil)
+	_ nodeReader = (*bpf.Datapath)(nil)
+)
 
 var (
 	_ nodeagent.Datapath   = (*openingDatapath)(nil)
@@ -30,9 +46,13 @@ var (
 	_ nodeagent.PinDirer   = (*openingDatapath)(nil)
 )
 
-// openDatapath starts bpf.Open(cfg) and returns at once.
+// openDatapath opens the node's bpf.Host, starts bpf.Open(cfg) and
+// returns. Close it when done.
 func openDatapath(cfg bpf.Config) *openingDatapath {
 	o := &openingDatapath{done: make(chan struct{}), pin: cmp.Or(cfg.PinDir, bpf.DefaultPinDir)}
+	if h, err := bpf.OpenHost(cfg); err == nil {
+		o.host = h
+	}
 	go func() {
 		defer close(o.done)
 		o.dp, o.err = bpf.Open(cfg)
@@ -46,12 +66,36 @@ func (o *openingDatapath) wait() (*bpf.Datapath, error) {
 	return o.dp, o.err
 }
 
+// Close waits for the open and closes the datapath (file descriptors
+// only, see bpf.Datapath.Close) and the Host.
+func (o *openingDatapath) Close() {
+	if dp, err := o.wait(); err == nil {
+		dp.Close()
+	}
+	if o.host != nil {
+		o.host.Close()
+	}
+}
+
+// node is what answers the node reads: the datapath once it is open, the
+// Host before (or the open's outcome, without a Host).
+func (o *openingDatapath) node() (nodeReader, error) {
+	select {
+	case <-o.done:
+	default:
+		if o.host != nil {
+			return o.host, nil
+		}
+	}
+	return o.wait()
+}
+
 func (o *openingDatapath) Underlay() (spec.Underlay, error) {
-	dp, err := o.wait()
+	n, err := o.node()
 	if err != nil {
 		return spec.Underlay{}, err
 	}
-	return dp.Underlay()
+	return n.Underlay()
 }
 
 func (o *openingDatapath) Sync(ctx context.Context, want *spec.Desired) (spec.Report, error) {
@@ -79,19 +123,19 @@ func (o *openingDatapath) Counters() (spec.Counters, error) {
 }
 
 func (o *openingDatapath) Capabilities() []string {
-	dp, err := o.wait()
+	n, err := o.node()
 	if err != nil {
 		return nil
 	}
-	return dp.Capabilities()
+	return n.Capabilities()
 }
 
 func (o *openingDatapath) VTEPMAC() (net.HardwareAddr, error) {
-	dp, err := o.wait()
+	n, err := o.node()
 	if err != nil {
 		return nil, err
 	}
-	return dp.VTEPMAC()
+	return n.VTEPMAC()
 }
 
 func (o *openingDatapath) EnsurePodGateway(podCIDRs []netip.Prefix, mtu int) error {
