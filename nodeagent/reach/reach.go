@@ -102,13 +102,14 @@ type Target struct {
 	Needs string
 }
 
-// key identifies a target: a peer is probed once per address family.
-func (t Target) key() string {
-	if t.Addr.Is6() {
-		return t.Node + "/6"
-	}
-	return t.Node + "/4"
+// targetKey identifies a target: a peer is probed once per address
+// family. A struct, not a string, so 5,000 peers cost no key allocations.
+type targetKey struct {
+	node string
+	v6   bool
 }
+
+func (t Target) key() targetKey { return targetKey{t.Node, t.Addr.Is6()} }
 
 // same reports whether a and b probe the same way; a changed target starts
 // over with a new grace.
@@ -238,7 +239,7 @@ type Prober struct {
 	wake chan struct{}
 
 	mu       sync.Mutex
-	peers    map[string]*peer
+	peers    map[targetKey]*peer
 	due      dueHeap
 	inFlight map[uint16]*peer
 	seq      uint16
@@ -281,7 +282,7 @@ func New(cfg Config) *Prober {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		wake:     make(chan struct{}, 1),
-		peers:    map[string]*peer{},
+		peers:    map[targetKey]*peer{},
 		inFlight: map[uint16]*peer{},
 	}
 }
@@ -296,12 +297,13 @@ func (p *Prober) burst() float64 { return max(1, float64(p.cfg.Rate)/10) }
 func (p *Prober) Set(targets []Target) {
 	now := p.cfg.now()
 	p.mu.Lock()
-	keep := make(map[string]bool, len(targets))
+	keep := make(map[targetKey]bool, len(targets))
 	// New peers are spread over the first second, so a whole cluster
 	// (re)appearing does not probe in one burst beyond the rate.
 	for _, t := range targets {
-		keep[t.key()] = true
-		old := p.peers[t.key()]
+		k := t.key()
+		keep[k] = true
+		old := p.peers[k]
 		if old != nil && old.t.same(t) {
 			old.t = t
 			continue
@@ -310,12 +312,12 @@ func (p *Prober) Set(targets []Target) {
 			p.drop(old)
 		}
 		pr := &peer{t: t, firstSeen: now, due: now.Add(rand.N(time.Second))}
-		p.peers[t.key()] = pr
+		p.peers[k] = pr
 		heap.Push(&p.due, pr)
 		p.changed = true
 	}
-	for name, pr := range p.peers {
-		if !keep[name] {
+	for k, pr := range p.peers {
+		if !keep[k] {
 			p.drop(pr)
 			p.changed = true
 		}
