@@ -437,7 +437,12 @@ func attributes(mac string, caps []string) error {
 // PodCIDRs parses a node's pod CIDRs and checks each lies inside the
 // config's cluster CIDR of its family, with the node mask size.
 func PodCIDRs(c *weftv1.ClusterConfig, cidrs []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
+	return appendPodCIDRs(nil, c, cidrs)
+}
+
+// appendPodCIDRs is PodCIDRs appending to out, so a caller that only
+// checks can pass a buffer on its stack.
+func appendPodCIDRs(out []netip.Prefix, c *weftv1.ClusterConfig, cidrs []string) ([]netip.Prefix, error) {
 	var v4, v6 netip.Prefix
 	if c.ClusterCidr != "" {
 		v4, _ = netip.ParsePrefix(c.ClusterCidr)
@@ -496,7 +501,11 @@ func Node(c *weftv1.ClusterConfig, n *weftv1.Node) error {
 		return fieldErr("pod_cidrs", "%d CIDRs, more than one per family", len(n.PodCidrs))
 	}
 	if c != nil {
-		if _, err := PodCIDRs(c, n.PodCidrs); err != nil {
+		// Checked, not kept: at most two CIDRs (above), parsed into a
+		// buffer that does not escape, as Node runs for every node of a
+		// list.
+		var buf [2]netip.Prefix
+		if _, err := appendPodCIDRs(buf[:0], c, n.PodCidrs); err != nil {
 			return err
 		}
 	}
