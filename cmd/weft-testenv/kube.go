@@ -73,7 +73,7 @@ func bringKube(ctx context.Context, f clusterFlags) (*kube.Cluster, func(), erro
 		if err := c.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "teardown:", err)
 		}
-		if left := testenv.Leftovers(c.Prefix); len(left) > 0 {
+		if left := c.Leftovers(); len(left) > 0 {
 			fmt.Fprintln(os.Stderr, "left behind:", strings.Join(left, ", "))
 		}
 	})

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -74,7 +75,10 @@ func startKube(t testing.TB, o kube.Options) *kube.Cluster {
 		if err := c.Close(); err != nil {
 			t.Errorf("close cluster: %v", err)
 		}
-		if left := testenv.Leftovers(c.Prefix); len(left) > 0 {
+		// testenv's leftovers plus the pod sandboxes' network namespaces,
+		// mounts under the run directory and pod logs in the host's
+		// /var/log/pods.
+		if left := c.Leftovers(); len(left) > 0 {
 			t.Errorf("left behind by %s: %v", c.Prefix, left)
 		}
 	})
@@ -208,6 +212,56 @@ func TestKubernetes(t *testing.T) {
 		m := testenv.CheckAll(ctx, c.Targets(), nil)
 		if len(m.Failed()) > 0 || len(m.Results) != 12 {
 			t.Fatalf("connectivity (%d pairs):\n%s", len(m.Results), m)
+		}
+	})
+
+	t.Run("node state stays in the run directory", func(t *testing.T) {
+		// Each pod's network namespace is one containerd keeps under its
+		// own state directory, not in the host's /run/netns (where it
+		// outlived every run), and its logs are in the node's pod logs
+		// directory, not the host's /var/log/pods (nor the links to them
+		// in /var/log/containers).
+		held := map[string]kube.NetNSMount{}
+		for _, n := range nodes {
+			ms, err := n.SandboxNetNS()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The shims' sockets too (their path is fixed under
+			// /run/containerd, which the node has for itself).
+			if socks, _ := os.ReadDir(n.HostPath("/run/containerd/s")); len(socks) == 0 {
+				t.Errorf("%s: no shim socket in the node's /run/containerd/s", n.Name)
+			}
+			for _, m := range ms {
+				held[m.NS] = m
+				if !strings.HasPrefix(m.Path, n.NetNSDir()+"/") {
+					t.Errorf("sandbox netns %s of %s at %s, want under %s", m.NS, n.Name, m.Path, n.NetNSDir())
+				}
+			}
+		}
+		for _, p := range c.Pods() {
+			var st unix.Stat_t
+			if err := unix.Stat(filepath.Join("/run/netns", p.NS), &st); err != nil {
+				t.Fatal(err)
+			}
+			ns := fmt.Sprintf("net:[%d]", st.Ino)
+			if m, ok := held[ns]; !ok || m.Node != p.Node.Name {
+				t.Errorf("pod %s: its netns %s is not one %s's containerd holds (%v)", p.Name, ns, p.Node.Name, held)
+			}
+			logs := "default_" + p.Name + "_" + p.UID
+			if _, err := os.Stat(filepath.Join(p.Node.PodLogsDir(), logs)); err != nil {
+				t.Errorf("pod %s: no logs in its node's pod logs directory: %v", p.Name, err)
+			}
+			if _, err := os.Stat(filepath.Join(kube.HostPodLogsDir, logs)); err == nil {
+				t.Errorf("pod %s: logs in the host's %s", p.Name, kube.HostPodLogsDir)
+			}
+			link := p.Name + "_default_main-*.log"
+			if l, _ := filepath.Glob(filepath.Join(p.Node.HostPath(kube.HostContainerLogsDir), link)); len(l) == 0 {
+				t.Errorf("pod %s: no link to its log in its node's %s", p.Name, kube.HostContainerLogsDir)
+			}
+			if l, _ := filepath.Glob(filepath.Join(kube.HostContainerLogsDir, link)); len(l) > 0 {
+				t.Errorf("pod %s: links in the host's %s: %v", p.Name, kube.HostContainerLogsDir, l)
+			}
 		}
 	})
 

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -75,6 +76,24 @@ type Cluster struct {
 	mu    sync.Mutex
 	nodes []*Node
 	pods  map[string]*Pod // by pod name
+	// What the nodes' containerds held when they were stopped, for
+	// Leftovers: the sandboxes' network namespaces and the sandboxes.
+	netns     []NetNSMount
+	sandboxes []Sandbox
+}
+
+// record adds sandbox namespaces and sandboxes found while stopping a
+// node (a namespace may be seen twice: before and after the sandboxes
+// are removed).
+func (c *Cluster) record(netns []NetNSMount, sandboxes []Sandbox) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range netns {
+		if !slices.Contains(c.netns, m) {
+			c.netns = append(c.netns, m)
+		}
+	}
+	c.sandboxes = append(c.sandboxes, sandboxes...)
 }
 
 // APIServerIP and APIServerPort are where kube-apiserver listens (the
@@ -207,12 +226,12 @@ func (c *Cluster) start(ctx context.Context) error {
 	}
 	for _, tn := range tc.Nodes() {
 		n, err := c.startNode(ctx, tn)
-		if err != nil {
-			return err
-		}
 		c.mu.Lock()
 		c.nodes = append(c.nodes, n)
 		c.mu.Unlock()
+		if err != nil {
+			return err
+		}
 	}
 	if err := c.waitNodesRegistered(ctx, 3*time.Minute); err != nil {
 		return err
@@ -272,9 +291,12 @@ func (c *Cluster) KubeNodes() []*Node {
 	return append([]*Node(nil), c.nodes...)
 }
 
-// Close deletes the pods' namespace handles, stops kubelets, containerd
-// (and through it every container), the control plane and etcd, and
-// removes every namespace, mount and file of the run. Safe to call twice.
+// Close deletes the pods' namespace handles, stops each node (kubelet, its
+// pod sandboxes through the CRI, containerd: see Node.stop), the control
+// plane and etcd, and removes every namespace, mount and file of the run.
+// Network namespaces containerd still held after its sandboxes were
+// removed are released and named in the returned error. Safe to call
+// twice; Leftovers says what is still there afterwards.
 func (c *Cluster) Close() error {
 	var errs []error
 	c.mu.Lock()

@@ -212,11 +212,10 @@ func (c *Cluster) KubectlLine() string {
 }
 
 // ContainerLogs returns the log files of the containers of the pods in
-// namespace whose names begin with prefix, by pod UID (the kubelets of
-// every test cluster write under /var/log/pods, named without the
-// cluster). A pod on a deleted Node is among them while the API still
-// holds it: its log, which the API server no longer serves, is the one
-// that tells why.
+// namespace whose names begin with prefix, found by pod UID in the pod
+// logs directory of the node the pod was bound to (Node.PodLogsDir). A pod
+// on a deleted Node is among them while the API still holds it: its log,
+// which the API server no longer serves, is the one that tells why.
 func (c *Cluster) ContainerLogs(ctx context.Context, namespace, prefix string) ([]string, error) {
 	cs, err := c.Clientset()
 	if err != nil {
@@ -231,8 +230,12 @@ func (c *Cluster) ContainerLogs(ctx context.Context, namespace, prefix string) (
 		if !strings.HasPrefix(p.Name, prefix) {
 			continue
 		}
-		f, _ := filepath.Glob(filepath.Join("/var/log/pods", fmt.Sprintf("%s_%s_%s", namespace, p.Name, p.UID), "*", "*.log"))
-		files = append(files, f...)
+		for _, n := range c.KubeNodes() {
+			if n.Name == p.Spec.NodeName {
+				f, _ := filepath.Glob(filepath.Join(n.PodLogsDir(), fmt.Sprintf("%s_%s_%s", namespace, p.Name, p.UID), "*", "*.log"))
+				files = append(files, f...)
+			}
+		}
 	}
 	return files, nil
 }

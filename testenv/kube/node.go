@@ -41,9 +41,13 @@ type Node struct {
 // node must have for itself: the CNI config and plugin directories (the
 // DaemonSet's install-cni writes them), the CNI state (weft-cni's address
 // store, containerd's result cache), /run/weft (the agent's subnet file,
-// which weft-cni reads) and /etc/weft/etcd (the node's own etcd
-// certificate, which the agent DaemonSet mounts).
-var nodeMounts = []string{"etc/cni/net.d", "opt/cni/bin", "var/lib/cni", "run/weft", "etc/weft/etcd"}
+// which weft-cni reads), /etc/weft/etcd (the node's own etcd
+// certificate, which the agent DaemonSet mounts), /var/log/containers
+// (the kubelet's links to its containers' logs, a path it does not let
+// configure; the logs themselves are in PodLogsDir) and /run/containerd
+// (the shims' sockets, /run/containerd/s/<hash>, whatever containerd's
+// state directory is).
+var nodeMounts = []string{"etc/cni/net.d", "opt/cni/bin", "var/lib/cni", "run/weft", "etc/weft/etcd", "var/log/containers", "run/containerd"}
 
 // UserCNIPlugins are the standard plugins a node gets from the
 // distribution (Debian's containernetworking-plugins in /usr/lib/cni):
@@ -65,28 +69,30 @@ func (n *Node) HostPath(path string) string {
 	return path
 }
 
+// startNode makes node tn a Kubernetes node. It returns the node also when
+// starting it failed halfway, so Close stops what did start.
 func (c *Cluster) startNode(ctx context.Context, tn *testenv.Node) (*Node, error) {
 	n := &Node{Node: tn, c: c, Root: c.path(fmt.Sprintf("n%d", tn.Index), "root")}
 	n.Sock = c.path(fmt.Sprintf("n%d", tn.Index), "containerd.sock")
 	n.SubnetFile = n.HostPath("/run/weft/subnet.env")
 	for _, m := range nodeMounts {
 		if err := os.MkdirAll(filepath.Join(n.Root, m), 0o755); err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+			return n, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
 	if err := os.MkdirAll(n.BPFDir, 0o700); err != nil {
-		return nil, fmt.Errorf("node %s: pin dir: %w", n.Name, err)
+		return n, fmt.Errorf("node %s: pin dir: %w", n.Name, err)
 	}
 	if err := c.provisionEtcdIdentity(n); err != nil {
-		return nil, err
+		return n, err
 	}
 	for _, p := range UserCNIPlugins {
 		if err := copyFile(filepath.Join("/usr/lib/cni", p), filepath.Join(n.Root, "opt/cni/bin", p), 0o755); err != nil {
-			return nil, fmt.Errorf("node %s: install CNI plugin %s: %w", n.Name, p, err)
+			return n, fmt.Errorf("node %s: install CNI plugin %s: %w", n.Name, p, err)
 		}
 	}
 	if err := n.serviceDNAT(ctx); err != nil {
-		return nil, err
+		return n, err
 	}
 	// As kubeadm requires of a node: bridged traffic passes iptables (so a
 	// DNAT back into the bridge needs hairpin on the pod's port).
@@ -94,21 +100,21 @@ func (c *Cluster) startNode(ctx context.Context, tn *testenv.Node) (*Node, error
 		return os.WriteFile("/proc/sys/net/bridge/bridge-nf-call-iptables", []byte("1"), 0o644)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("node %s: bridge-nf-call-iptables: %w", n.Name, err)
+		return n, fmt.Errorf("node %s: bridge-nf-call-iptables: %w", n.Name, err)
 	}
 	if err := n.startHolder(ctx); err != nil {
-		return nil, err
+		return n, err
 	}
 	if err := n.startContainerd(ctx); err != nil {
-		return nil, err
+		return n, err
 	}
 	for _, img := range c.images {
 		if _, err := n.Ctr(ctx, "images", "import", img); err != nil {
-			return nil, fmt.Errorf("node %s: import image: %w", n.Name, err)
+			return n, fmt.Errorf("node %s: import image: %w", n.Name, err)
 		}
 	}
 	if err := n.startKubelet(); err != nil {
-		return nil, err
+		return n, err
 	}
 	c.log.Info("node started", "node", n.Name, "containerd", n.Containerd.PID(), "kubelet", n.Kubelet.PID())
 	return n, nil
@@ -148,6 +154,12 @@ func (n *Node) startHolder(ctx context.Context) error {
 	ready := filepath.Join(n.Root, ".mounted")
 	var script strings.Builder
 	script.WriteString("set -e\n")
+	// The new namespace starts with copies of the host's mounts, among
+	// them every named network namespace on the machine (other tests' and
+	// other runs' too): drop those copies, so the node neither keeps
+	// namespaces alive that their owners delete nor takes them for its
+	// own (SandboxNetNS lists what is bound in the node).
+	script.WriteString(`for m in $(sed -n 's/^\([^ ]* \)\{4\}\([^ ]*\) .* - nsfs .*/\2/p' /proc/self/mountinfo); do umount "$(printf '%b' "$m")"; done` + "\n")
 	for _, m := range nodeMounts {
 		fmt.Fprintf(&script, "mkdir -p /%s\nmount --bind %s /%s\n", m, filepath.Join(n.Root, m), m)
 	}
@@ -199,6 +211,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   disable_apparmor = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -289,12 +302,12 @@ authentication:
     clientCAFile: %s
 authorization:
   mode: AlwaysAllow
-podLogsDirectory: %s
+podLogsDir: %s
 resolvConf: %s
 serializeImagePulls: false
 syncFrequency: 10s
 nodeStatusUpdateFrequency: 5s
-`, n.Sock, n.UnderlayIP, cert.Cert, cert.Key, c.pki.CAFile(), filepath.Join(dir, "pod-logs"), resolv)
+`, n.Sock, n.UnderlayIP, cert.Cert, cert.Key, c.pki.CAFile(), n.PodLogsDir(), resolv)
 	path := filepath.Join(dir, "kubelet.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return err
@@ -319,19 +332,36 @@ func (n *Node) RestartKubelet() error {
 	return n.Kubelet.Start()
 }
 
-// stop ends the node: the kubelet, then every container (through
-// containerd), containerd, whatever is left in the node's mount
-// namespace (the shims), and the namespace's holder.
+// stop ends the node in the order a host would: the kubelet first (so
+// nothing starts sandboxes again), then every pod sandbox through the CRI
+// (StopPodSandbox runs CNI DEL and removes the sandbox's network namespace,
+// RemovePodSandbox its containers), then containerd, then whatever
+// containerd left: network namespace files under its state directory
+// (unmounted and removed, reported as an error), processes in the node's
+// mount namespace (the shims), and the namespace's holder. The sandboxes
+// and their namespaces are recorded for the cluster's Leftovers.
 func (n *Node) stop() error {
 	var errs []error
 	if n.Kubelet != nil {
 		errs = append(errs, n.Kubelet.Stop(10*time.Second))
 	}
+	if n.holder != nil && n.holder.Running() {
+		held, err := n.SandboxNetNS()
+		errs = append(errs, err)
+		n.c.record(held, nil)
+	}
 	if n.Containerd != nil && n.Containerd.Running() {
-		// Best effort: a shim may close while its last task is deleted
-		// ("ttrpc: closed"); whatever is left of it dies with the mount
-		// namespace below, and the callers' leftover checks see the rest.
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		sbs, err := n.removeSandboxes(ctx)
+		n.c.record(nil, sbs)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", n.Name, err))
+		}
+		// Best effort for anything not a pod's (nothing the CRI made is
+		// left once its sandboxes are removed): a shim may close while its
+		// last task is deleted ("ttrpc: closed"); whatever is left of it
+		// dies with the mount namespace below, and the callers' leftover
+		// checks see the rest.
 		if err := n.removeContainers(ctx); err != nil {
 			n.c.log.Info("remove containers", "node", n.Name, "error", err)
 		}
@@ -339,6 +369,10 @@ func (n *Node) stop() error {
 		errs = append(errs, n.Containerd.Stop(10*time.Second))
 	}
 	if n.holder != nil && n.holder.Running() {
+		left, err := n.SandboxNetNS()
+		errs = append(errs, err)
+		n.c.record(left, nil)
+		errs = append(errs, n.releaseNetNS(left))
 		errs = append(errs, n.killMountNS())
 		errs = append(errs, n.holder.Stop(5*time.Second))
 	}
