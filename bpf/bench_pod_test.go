@@ -60,13 +60,18 @@ func setupWeft(b *testing.B, fast bool) *testCluster {
 
 // setupWeftNative is weft in native mode: routes via the peer as plain
 // has them, host routing in eBPF, the pod check on the pods' veths and the
-// underlay check (a FIB lookup per received pod packet) on the underlay;
-// pods at the full underlay MTU like plain routing.
+// underlay check on the underlay; pods at the full underlay MTU like plain
+// routing.
 func setupWeftNative(b *testing.B) *testCluster {
 	c := newTestCluster(b, AttachAuto)
 	c.openAll(b)
 	for _, n := range c.nodes {
-		n.sync(c.nativeWant(n, false))
+		// The owners as the agent lists them in native mode
+		// (nodeagent/model): the peer's pod CIDRs, each with the
+		// peer's address of that family.
+		w, p := c.nativeWant(n, false), c.peer(n)
+		w.PodOwners = []spec.PodOwner{{Prefix: p.podCIDR, Node: p.under}, {Prefix: p.podCIDR6, Node: p.under6}}
+		n.sync(w.Normalize())
 		fullMTU(b, n)
 	}
 	return c

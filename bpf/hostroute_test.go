@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/weftnet/weft/bpf/internal/object"
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/testenv/netnstest"
@@ -255,18 +257,45 @@ func TestHostRouting(t *testing.T) {
 		}
 	})
 	t.Run("masqueraded prefixes stay with the stack", func(t *testing.T) {
+		// A flow host routing carries until the Sync: what the program
+		// remembers about it (weft_routed_pairs, 100 ms) goes with the
+		// Sync, so its next packet, sent at once, is masqueraded.
+		a.sync(c.nativeWant(a, true))
+		c0 := a.counters()
+		must(t, udpSend(a.pod, b.podIP, 9, "routed"))
+		if c1 := a.counters(); c1.RoutedTx == c0.RoutedTx {
+			t.Fatalf("a datagram to pod 2 did not take the eBPF path: %+v", c1)
+		}
+		if n := entries(t, a.dp.objs.WeftRoutedPairs); n == 0 {
+			t.Fatal("host routing remembered no pair")
+		}
+		// What is remembered is the pair: the same pod to node 2's own
+		// address (no pod CIDR) still goes to the stack.
+		c0 = a.counters()
+		must(t, udpSend(a.pod, b.under, 9, "to the node"))
+		if c1 := a.counters(); c1.RoutedTx != c0.RoutedTx {
+			t.Fatalf("a datagram to node 2's address took the eBPF path: %+v", c1)
+		}
 		w := c.nativeWant(a, true)
 		w.Masquerade.NativeCIDRs = nil
 		if got := routedPrefixes(w); len(got) != 0 {
 			t.Fatalf("routed with every prefix masqueraded: %v", got)
 		}
 		a.sync(w)
+		if n := entries(t, a.dp.objs.WeftRoutedPairs); n != 0 {
+			t.Fatalf("%d pairs remembered after the Sync", n)
+		}
+		c0 = a.counters()
+		must(t, udpSend(a.pod, b.podIP, 9, "masqueraded"))
+		if c1 := a.counters(); c1.RoutedTx != c0.RoutedTx {
+			t.Fatalf("the same flow took the eBPF path right after the Sync that masquerades it: %+v", c1)
+		}
 		rs, err := a.dp.readRouted()
 		must(t, err)
 		if len(rs) != 0 {
 			t.Fatalf("routed map %v with every prefix masqueraded", rs)
 		}
-		c0 := a.counters()
+		c0 = a.counters()
 		if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) {
 			t.Fatal("masqueraded ping lost")
 		}
@@ -274,4 +303,18 @@ func TestHostRouting(t *testing.T) {
 			t.Fatalf("masqueraded traffic took the eBPF path: %+v", c1)
 		}
 	})
+}
+
+// entries counts m's entries (the programs' memos: weft_routed_pairs,
+// weft_rp_accepted).
+func entries(t testing.TB, m *ebpf.Map) int {
+	t.Helper()
+	n := 0
+	key, val := make([]byte, m.KeySize()), make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(key, val) {
+		n++
+	}
+	must(t, it.Err())
+	return n
 }

@@ -214,6 +214,10 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 		return spec.Report{}, errors.New("sync datapath: nil desired state")
 	}
 	want := *in
+	// What the programs remember between packets follows the maps, routes
+	// and neighbours a converge sets: forgotten after every Sync and
+	// Reconcile, whatever they changed.
+	defer d.forgetMemos()
 	// Pods are reached only through the tunnel in overlay modes without
 	// direct routes (vxlan, geneve; hybrid with no adjacent peer): there a
 	// plain packet for a pod is dropped whatever its source.
@@ -797,4 +801,31 @@ func hasV6(want *spec.Desired) bool {
 		}
 	}
 	return false
+}
+
+// forgetMemos empties what the programs remember between packets
+// (lib/underlay.h, lib/hostroute.h): the sources the underlay check
+// accepted from which neighbour MAC (weft_rp_accepted) and the pairs host
+// routing forwards (weft_routed_pairs). The next packet of each looks the
+// FIB and the maps up again. A failure is logged; entries expire on their
+// own within 100 ms.
+func (d *Datapath) forgetMemos() {
+	var err error
+	for _, m := range []*ebpf.Map{d.objs.WeftRpAccepted, d.objs.WeftRoutedPairs} {
+		var keys [][]byte
+		key, val := make([]byte, m.KeySize()), make([]byte, m.ValueSize())
+		it := m.Iterate()
+		for it.Next(key, val) {
+			keys = append(keys, slices.Clone(key))
+		}
+		err = errors.Join(err, it.Err())
+		for _, k := range keys {
+			if e := m.Delete(k); e != nil && !errors.Is(e, ebpf.ErrKeyNotExist) {
+				err = errors.Join(err, e)
+			}
+		}
+	}
+	if err != nil {
+		d.log.Warn("forget remembered lookups", "error", err)
+	}
 }

@@ -526,6 +526,67 @@ func TestTrustGateway(t *testing.T) {
 		}
 		dropsOf(t, a, before, "reverse_path")
 	})
+	t.Run("a remembered source from another MAC", func(t *testing.T) {
+		// Pod 2's packet from node 2 was accepted (and remembered) a
+		// moment ago; from another sender on the segment it is not.
+		if got, ok := send(t, b.podIP, mac(t, b.ns, "ul0"), delivered); !ok || got != b.podIP {
+			t.Fatalf("pod 2's packet from node 2 itself: arrived %v from %s", ok, got)
+		}
+		before := a.counters()
+		if src, ok := send(t, b.podIP, net.HardwareAddr{0x02, 0, 0, 0, 0, 0x66}, refused); ok {
+			t.Fatalf("pod 2's packet from a stranger's MAC reached pod 1 (seen from %s)", src)
+		}
+		dropsOf(t, a, before, "reverse_path")
+	})
+	t.Run("the owner's next hop moved", func(t *testing.T) {
+		// The check remembers for at most 100 ms that node 2's MAC may
+		// send pod 2's packets (weft_rp_accepted, filled by the subtest
+		// above and by this one's first packet); after the neighbour
+		// entry moved to another MAC, node 2's MAC no longer speaks for
+		// its pods, and the new one does.
+		if got, ok := send(t, b.podIP, mac(t, b.ns, "ul0"), delivered); !ok || got != b.podIP {
+			t.Fatalf("pod 2's packet from node 2 itself: arrived %v from %s", ok, got)
+		}
+		moved := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x22}
+		a.ns.MustDo(t, func() error {
+			ul, err := netlink.LinkByName("ul0")
+			if err != nil {
+				return err
+			}
+			return netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+				IP: b.under.AsSlice(), HardwareAddr: moved})
+		})
+		time.Sleep(150 * time.Millisecond)
+		before := a.counters()
+		if src, ok := send(t, b.podIP, mac(t, b.ns, "ul0"), refused); ok {
+			t.Fatalf("pod 2's packet from node 2's old MAC reached pod 1 (seen from %s)", src)
+		}
+		dropsOf(t, a, before, "reverse_path")
+		if got, ok := send(t, b.podIP, moved, delivered); !ok || got != b.podIP {
+			t.Fatalf("pod 2's packet from node 2's new MAC: arrived %v from %s", ok, got)
+		}
+		// A Sync forgets at once: back to node 2's own MAC.
+		a.ns.MustDo(t, func() error {
+			ul, err := netlink.LinkByName("ul0")
+			if err != nil {
+				return err
+			}
+			return netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+				IP: b.under.AsSlice(), HardwareAddr: mac(t, b.ns, "ul0")})
+		})
+		if n := entries(t, a.dp.objs.WeftRpAccepted); n == 0 {
+			t.Fatal("the underlay check remembered no acceptance")
+		}
+		a.sync(want.Normalize())
+		if n := entries(t, a.dp.objs.WeftRpAccepted); n != 0 {
+			t.Fatalf("%d acceptances remembered after the Sync", n)
+		}
+		before = a.counters()
+		if src, ok := send(t, b.podIP, moved, refused); ok {
+			t.Fatalf("pod 2's packet from the MAC node 2 left reached pod 1 after a Sync (seen from %s)", src)
+		}
+		dropsOf(t, a, before, "reverse_path")
+	})
 	t.Run("owner not resolved", func(t *testing.T) {
 		// Not from the router, and node 4's MAC is unknown: the packet
 		// cannot be checked, which is counted apart.

@@ -94,6 +94,28 @@ type WeftPodValue struct {
 	Reserved uint32
 }
 
+type WeftRoutedPairKey struct {
+	_   structs.HostLayout
+	Src [16]uint8
+	Dst [16]uint8
+}
+
+type WeftRoutedPairValue struct {
+	_      structs.HostLayout
+	Until  uint64
+	Bridge uint32
+	Pad    uint32
+}
+
+type WeftRpKey struct {
+	_       structs.HostLayout
+	Src     [16]uint8
+	Dst     [16]uint8
+	Ifindex uint32
+	Mac     [6]uint8
+	Pad     uint16
+}
+
 type WeftStats struct {
 	_         structs.HostLayout
 	TxPackets uint64
@@ -130,6 +152,8 @@ const (
 	WeftMapWeftOwners        = "weft_owners"
 	WeftMapWeftPods          = "weft_pods"
 	WeftMapWeftRouted        = "weft_routed"
+	WeftMapWeftRoutedPairs   = "weft_routed_pairs"
+	WeftMapWeftRpAccepted    = "weft_rp_accepted"
 	WeftMapWeftStats         = "weft_stats"
 	WeftMapWeftTunnels       = "weft_tunnels"
 	WeftProgWeftEgress       = "weft_egress"
@@ -192,17 +216,19 @@ type WeftProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WeftMapSpecs struct {
-	WeftConfig    *ebpf.MapSpec `ebpf:"weft_config"`
-	WeftDrops     *ebpf.MapSpec `ebpf:"weft_drops"`
-	WeftEndpoints *ebpf.MapSpec `ebpf:"weft_endpoints"`
-	WeftGuard     *ebpf.MapSpec `ebpf:"weft_guard"`
-	WeftHostStats *ebpf.MapSpec `ebpf:"weft_host_stats"`
-	WeftLocal     *ebpf.MapSpec `ebpf:"weft_local"`
-	WeftOwners    *ebpf.MapSpec `ebpf:"weft_owners"`
-	WeftPods      *ebpf.MapSpec `ebpf:"weft_pods"`
-	WeftRouted    *ebpf.MapSpec `ebpf:"weft_routed"`
-	WeftStats     *ebpf.MapSpec `ebpf:"weft_stats"`
-	WeftTunnels   *ebpf.MapSpec `ebpf:"weft_tunnels"`
+	WeftConfig      *ebpf.MapSpec `ebpf:"weft_config"`
+	WeftDrops       *ebpf.MapSpec `ebpf:"weft_drops"`
+	WeftEndpoints   *ebpf.MapSpec `ebpf:"weft_endpoints"`
+	WeftGuard       *ebpf.MapSpec `ebpf:"weft_guard"`
+	WeftHostStats   *ebpf.MapSpec `ebpf:"weft_host_stats"`
+	WeftLocal       *ebpf.MapSpec `ebpf:"weft_local"`
+	WeftOwners      *ebpf.MapSpec `ebpf:"weft_owners"`
+	WeftPods        *ebpf.MapSpec `ebpf:"weft_pods"`
+	WeftRouted      *ebpf.MapSpec `ebpf:"weft_routed"`
+	WeftRoutedPairs *ebpf.MapSpec `ebpf:"weft_routed_pairs"`
+	WeftRpAccepted  *ebpf.MapSpec `ebpf:"weft_rp_accepted"`
+	WeftStats       *ebpf.MapSpec `ebpf:"weft_stats"`
+	WeftTunnels     *ebpf.MapSpec `ebpf:"weft_tunnels"`
 }
 
 // WeftVariableSpecs contains global variables before they are loaded into the kernel.
@@ -231,17 +257,19 @@ func (o *WeftObjects) Close() error {
 //
 // It can be passed to LoadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WeftMaps struct {
-	WeftConfig    *ebpf.Map `ebpf:"weft_config"`
-	WeftDrops     *ebpf.Map `ebpf:"weft_drops"`
-	WeftEndpoints *ebpf.Map `ebpf:"weft_endpoints"`
-	WeftGuard     *ebpf.Map `ebpf:"weft_guard"`
-	WeftHostStats *ebpf.Map `ebpf:"weft_host_stats"`
-	WeftLocal     *ebpf.Map `ebpf:"weft_local"`
-	WeftOwners    *ebpf.Map `ebpf:"weft_owners"`
-	WeftPods      *ebpf.Map `ebpf:"weft_pods"`
-	WeftRouted    *ebpf.Map `ebpf:"weft_routed"`
-	WeftStats     *ebpf.Map `ebpf:"weft_stats"`
-	WeftTunnels   *ebpf.Map `ebpf:"weft_tunnels"`
+	WeftConfig      *ebpf.Map `ebpf:"weft_config"`
+	WeftDrops       *ebpf.Map `ebpf:"weft_drops"`
+	WeftEndpoints   *ebpf.Map `ebpf:"weft_endpoints"`
+	WeftGuard       *ebpf.Map `ebpf:"weft_guard"`
+	WeftHostStats   *ebpf.Map `ebpf:"weft_host_stats"`
+	WeftLocal       *ebpf.Map `ebpf:"weft_local"`
+	WeftOwners      *ebpf.Map `ebpf:"weft_owners"`
+	WeftPods        *ebpf.Map `ebpf:"weft_pods"`
+	WeftRouted      *ebpf.Map `ebpf:"weft_routed"`
+	WeftRoutedPairs *ebpf.Map `ebpf:"weft_routed_pairs"`
+	WeftRpAccepted  *ebpf.Map `ebpf:"weft_rp_accepted"`
+	WeftStats       *ebpf.Map `ebpf:"weft_stats"`
+	WeftTunnels     *ebpf.Map `ebpf:"weft_tunnels"`
 }
 
 func (m *WeftMaps) Close() error {
@@ -255,6 +283,8 @@ func (m *WeftMaps) Close() error {
 		m.WeftOwners,
 		m.WeftPods,
 		m.WeftRouted,
+		m.WeftRoutedPairs,
+		m.WeftRpAccepted,
 		m.WeftStats,
 		m.WeftTunnels,
 	)

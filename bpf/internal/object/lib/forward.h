@@ -26,10 +26,13 @@ static __always_inline int dec_ttl(struct __sk_buff *skb)
 			return -1;
 		if (ip->ttl <= 1)
 			return -1;
-		__u16 old = *(__u16 *)&ip->ttl;
+		/* The kernel's ip_decrease_ttl: the TTL is the high byte of
+		 * its 16-bit word, so the checksum grows by 0x0100 (RFC 1624),
+		 * without a helper call. */
+		__u32 check = ip->check;
+		check += bpf_htons(0x0100);
+		ip->check = (__u16)(check + (check >= 0xFFFF));
 		ip->ttl--;
-		__u16 new = *(__u16 *)&ip->ttl;
-		bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old, new, 2);
 		return 0;
 	}
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -76,14 +79,21 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	struct tunnel_key key = {};
 	if (load_addr(skb, &key, ADDR_DST) != ADDR_OK)
 		return TC_ACT_OK;
-	struct local_value *lv = bpf_map_lookup_elem(&weft_local, &key);
-	if (!lv)
-		return TC_ACT_OK; /* the loader fills the map only with the bridge known */
-	if (addr_eq(key.addr, lv->gateway) || addr_eq(key.addr, lv->broadcast) ||
-	    addr_eq(key.addr, lv->network))
-		return TC_ACT_OK;
-	__u32 bridge = lv->bridge_ifindex;
+	/* A learned endpoint is a pod address inside a local pod CIDR, never
+	 * its gateway, network or broadcast address (the loader derives the
+	 * endpoints from weft_pods that way, and empties both maps together):
+	 * a hit answers what the trie lookup below would, without it. */
 	struct endpoint_value *ep = endpoint(key.addr);
+	__u32 bridge = 0;
+	if (!ep) {
+		struct local_value *lv = bpf_map_lookup_elem(&weft_local, &key);
+		if (!lv)
+			return TC_ACT_OK; /* the loader fills the map only with the bridge known */
+		if (addr_eq(key.addr, lv->gateway) || addr_eq(key.addr, lv->broadcast) ||
+		    addr_eq(key.addr, lv->network))
+			return TC_ACT_OK;
+		bridge = lv->bridge_ifindex;
+	}
 	if (stack_flow(skb))
 		return TC_ACT_OK;
 	if (dec_ttl(skb) != 0)

@@ -84,6 +84,54 @@ static __always_inline int fib_params(struct __sk_buff *skb, struct bpf_fib_look
 	return -1;
 }
 
+/* A source and destination pair host routing forwards (the destination in
+ * weft_routed, the source in a local pod CIDR behind bridge), remembered so
+ * a flow's packets cost one hash lookup instead of two trie lookups. Both
+ * tries change only in Sync and Reconcile, which empty this map at their
+ * end; an entry is trusted for at most ROUTED_PAIR_TTL_NS all the same, so
+ * a packet that looked the tries up while a Sync changed them is not
+ * remembered longer. Only pairs host routing forwards are remembered. */
+struct routed_pair_key {
+	__u8 src[16]; /* as tunnel_key.addr */
+	__u8 dst[16];
+};
+
+struct routed_pair_value {
+	__u64 until;  /* bpf_ktime_get_coarse_ns() when it expires */
+	__u32 bridge; /* the local pod CIDR's bridge */
+	__u32 pad;
+};
+
+#define ROUTED_PAIR_TTL_NS (100ULL * 1000 * 1000)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct routed_pair_key);
+	__type(value, struct routed_pair_value);
+} weft_routed_pairs SEC(".maps");
+
+/* routed_pair returns the bridge ifindex of src's local pod CIDR when host
+ * routing forwards src to dst (dst in weft_routed), else 0. */
+static __always_inline __u32 routed_pair(const struct tunnel_key *src, const struct tunnel_key *dst)
+{
+	struct routed_pair_key k;
+	__builtin_memcpy(k.src, src->addr, 16);
+	__builtin_memcpy(k.dst, dst->addr, 16);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct routed_pair_value *m = bpf_map_lookup_elem(&weft_routed_pairs, &k);
+	if (m && now < m->until)
+		return m->bridge;
+	if (!bpf_map_lookup_elem(&weft_routed, dst))
+		return 0;
+	struct local_value *lv = bpf_map_lookup_elem(&weft_local, src);
+	if (!lv || !lv->bridge_ifindex)
+		return 0;
+	struct routed_pair_value v = {.until = now + ROUTED_PAIR_TTL_NS, .bridge = lv->bridge_ifindex};
+	bpf_map_update_elem(&weft_routed_pairs, &k, &v, BPF_ANY);
+	return v.bridge;
+}
+
 /* host_route_out forwards a packet from a local pod (source in a local pod
  * CIDR) to a remote pod CIDR in weft_routed (dst, the caller's key) the way
  * the node's routing would, without it: FIB lookup as if the packet had
@@ -94,19 +142,17 @@ static __always_inline int fib_params(struct __sk_buff *skb, struct bpf_fib_look
  * unchanged, which answers with the ICMP error. */
 static __always_inline int host_route_out(struct __sk_buff *skb, const struct tunnel_key *dst)
 {
-	if (!bpf_map_lookup_elem(&weft_routed, dst))
-		return TC_ACT_OK;
 	struct tunnel_key src = {};
 	if (load_addr(skb, &src, ADDR_SRC) != ADDR_OK)
 		return TC_ACT_OK;
-	struct local_value *lv = bpf_map_lookup_elem(&weft_local, &src);
-	if (!lv || !lv->bridge_ifindex)
+	__u32 bridge = routed_pair(&src, dst);
+	if (!bridge)
 		return TC_ACT_OK;
 	if (stack_flow(skb))
 		return TC_ACT_OK;
 
 	struct bpf_fib_lookup fib = {};
-	if (fib_params(skb, &fib, lv->bridge_ifindex) < 0)
+	if (fib_params(skb, &fib, bridge) < 0)
 		return TC_ACT_OK;
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)

@@ -69,36 +69,84 @@ static __always_inline enum drop_reason next_hop_is(struct __sk_buff *skb, const
 	return 0;
 }
 
-/* check_reverse_path accepts a packet with a pod source src (to dst) only
- * from the neighbour this node routes that source through (the owner
- * itself when adjacent, the router when the network routes: gateway,
- * BGP), or from the neighbour it routes the source's owner node through:
- * where the network routes pods, a node on the same segment answers this
- * node's own address directly (asymmetric, and legitimate). The kernel's
+/* What check_reverse_path accepted, remembered: a frame from mac on
+ * ifindex with source src (to dst) passed. The verdict depends on these
+ * and on what only Sync changes (weft_owners) or what the kernel keeps
+ * (routes, neighbours). Not pinned (each load starts empty), emptied by
+ * every Sync and Reconcile, and trusted for at most RP_ACCEPTED_TTL_NS,
+ * which bounds how long a route or neighbour change made by someone else
+ * (a neighbour entry that moved to another MAC) goes unseen. Only
+ * acceptances are remembered: a refusal is looked up again each time. */
+struct rp_key {
+	__u8 src[16];  /* the packet's source, as tunnel_key.addr */
+	__u8 dst[16];  /* its destination: the FIB lookup's source */
+	__u32 ifindex; /* the interface the frame came in on */
+	__u8 mac[6];   /* the frame's source MAC */
+	__u16 pad;
+};
+
+#define RP_ACCEPTED_TTL_NS (100ULL * 1000 * 1000)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct rp_key);
+	__type(value, __u64); /* bpf_ktime_get_coarse_ns() when it expires */
+} weft_rp_accepted SEC(".maps");
+
+/* reverse_path_verdict accepts (0) a packet with a pod source src (to dst)
+ * only from the neighbour this node routes that source through (the owner
+ * itself when adjacent, the router when the network routes: gateway, BGP),
+ * or from the neighbour it routes the source's owner node through: where
+ * the network routes pods, a node on the same segment answers this node's
+ * own address directly (asymmetric, and legitimate). The kernel's
  * rp_filter checks the interface only. */
-static __always_inline int check_reverse_path(struct __sk_buff *skb, const struct tunnel_key *src,
-					      const struct tunnel_key *dst)
+static __always_inline enum drop_reason reverse_path_verdict(struct __sk_buff *skb, const struct tunnel_key *src,
+							     const struct tunnel_key *dst, int v4,
+							     const __u8 *from)
 {
-	struct ethhdr *eth = eth_hdr(skb);
-	if (!eth)
-		return drop(DROP_REVERSE_PATH);
-	__u8 from[ETH_ALEN];
-	__builtin_memcpy(from, eth->h_source, ETH_ALEN);
-	int v4 = eth->h_proto == bpf_htons(ETH_P_IP);
 	enum drop_reason bad = next_hop_is(skb, src->addr, dst->addr, v4, from);
 	if (!bad)
-		return TC_ACT_OK;
+		return 0;
 	struct tunnel_value *owner = bpf_map_lookup_elem(&weft_owners, src);
 	if (owner) {
 		__u8 none[16] = {};
 		enum drop_reason via_owner =
 			next_hop_is(skb, owner->endpoint, none, !(owner->flags & FLAG_IPV6_ENDPOINT), from);
 		if (!via_owner)
-			return TC_ACT_OK;
+			return 0;
 		if (via_owner == DROP_REVERSE_PATH_UNRESOLVED)
 			bad = via_owner;
 	}
-	return drop(bad);
+	return bad;
+}
+
+/* check_reverse_path is the underlay check for a pod source
+ * (reverse_path_verdict), with its acceptances remembered in
+ * weft_rp_accepted: a steady flow costs a hash lookup per packet instead
+ * of a FIB lookup. */
+static __always_inline int check_reverse_path(struct __sk_buff *skb, const struct tunnel_key *src,
+					      const struct tunnel_key *dst)
+{
+	struct ethhdr *eth = eth_hdr(skb);
+	if (!eth)
+		return drop(DROP_REVERSE_PATH);
+	struct rp_key k = {};
+	__builtin_memcpy(k.src, src->addr, 16);
+	__builtin_memcpy(k.dst, dst->addr, 16);
+	__builtin_memcpy(k.mac, eth->h_source, ETH_ALEN);
+	k.ifindex = skb->ingress_ifindex;
+	int v4 = eth->h_proto == bpf_htons(ETH_P_IP);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 *until = bpf_map_lookup_elem(&weft_rp_accepted, &k);
+	if (until && now < *until)
+		return TC_ACT_OK;
+	enum drop_reason bad = reverse_path_verdict(skb, src, dst, v4, k.mac);
+	if (bad)
+		return drop(bad);
+	__u64 exp = now + RP_ACCEPTED_TTL_NS;
+	bpf_map_update_elem(&weft_rp_accepted, &k, &exp, BPF_ANY);
+	return TC_ACT_OK;
 }
 
 #endif
