@@ -202,22 +202,34 @@ func (a *Agent) putRegistration(ctx context.Context, id clientv3.LeaseID, r *wef
 
 // serve keeps the registration (last, as written) current and writes the
 // status on the session's lease until the session ends or ctx does.
+// Every write is bounded by the session's context, and its end is looked
+// at before anything else is done: a write waiting on an etcd that does
+// not answer (a path that drops packets answers nothing for the whole
+// request timeout) must not keep the keeper from seeing that its lease
+// ran out, or it registers again that long after etcd is back, while the
+// controller's grace period runs.
 func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWriter, last *weftv1.Registration) {
 	w.lease = s.Lease()
 	w.kick() // a new lease carries no status yet
 	defer func() { w.lease = 0 }()
+	sctx := s.Ctx() // ends with the session, and with ctx
 	var retry <-chan time.Time
 	for {
+		select {
+		case <-s.Done():
+			return
+		default:
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.Done():
 			return
 		case <-w.due:
-			w.write(ctx, false)
+			w.write(sctx, false)
 			continue
 		case <-w.tick.C:
-			w.write(ctx, true)
+			w.write(sctx, true)
 			continue
 		case <-a.statusKick:
 			w.kick()
@@ -234,7 +246,10 @@ func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWrit
 		if proto.Equal(reg, last) {
 			continue
 		}
-		if err := a.putRegistration(ctx, s.Lease(), reg); err != nil {
+		if err := a.putRegistration(sctx, s.Lease(), reg); err != nil {
+			if sctx.Err() != nil {
+				continue // the session ended: registering again writes reg
+			}
 			a.log.Warn("update registration", "error", err, "retry_in", regRetry)
 			retry = time.After(regRetry)
 			continue

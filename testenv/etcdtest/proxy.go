@@ -1,7 +1,6 @@
 package etcdtest
 
 import (
-	"io"
 	"net"
 	"sync"
 )
@@ -15,6 +14,7 @@ type Proxy struct {
 
 	mu    sync.Mutex
 	down  bool
+	held  chan struct{} // while stalled: closed when released
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 }
@@ -48,10 +48,37 @@ func (p *Proxy) SetDown(down bool) {
 	}
 }
 
+// SetStalled holds (true) or releases (false) every byte between the
+// clients and etcd without closing a connection: the path drops packets,
+// as a firewall rule makes it, and a client learns of it only from its
+// own timeouts. Released, what was held is delivered.
+func (p *Proxy) SetStalled(stalled bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case stalled && p.held == nil:
+		p.held = make(chan struct{})
+	case !stalled && p.held != nil:
+		close(p.held)
+		p.held = nil
+	}
+}
+
+// wait returns when the path is not stalled.
+func (p *Proxy) wait() {
+	p.mu.Lock()
+	held := p.held
+	p.mu.Unlock()
+	if held != nil {
+		<-held
+	}
+}
+
 // Close stops the proxy and closes every connection.
 func (p *Proxy) Close() {
 	p.ln.Close()
 	p.SetDown(true)
+	p.SetStalled(false)
 	p.wg.Wait()
 }
 
@@ -97,12 +124,29 @@ func (p *Proxy) accept() {
 			}
 			defer p.untrack(u)
 			done := make(chan struct{}, 2)
-			go func() { io.Copy(u, c); done <- struct{}{} }()
-			go func() { io.Copy(c, u); done <- struct{}{} }()
+			go func() { p.pipe(u, c); done <- struct{}{} }()
+			go func() { p.pipe(c, u); done <- struct{}{} }()
 			<-done
 			c.Close()
 			u.Close()
 			<-done
 		}()
+	}
+}
+
+// pipe copies src to dst, holding each read while the path is stalled.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.wait()
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
