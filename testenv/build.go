@@ -40,7 +40,7 @@ func BuildCommands(ctx context.Context, dir string, commands []string, flags ...
 	for _, b := range commands {
 		args = append(args, "github.com/weftnet/weft/cmd/"+b)
 	}
-	unlock, err := lockBuild(ctx)
+	unlock, err := lockBuild(ctx, filepath.Join(os.TempDir(), "weft-go-build.lock"))
 	if err != nil {
 		return err
 	}
@@ -56,10 +56,11 @@ func BuildCommands(ctx context.Context, dir string, commands []string, flags ...
 	return nil
 }
 
-// lockBuild takes the lock every BuildCommands holds while it runs. It
-// waits for ctx, polling, since flock itself cannot be cancelled.
-func lockBuild(ctx context.Context) (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(os.TempDir(), "weft-go-build.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+// lockBuild takes the lock file at path, which every BuildCommands holds
+// while it runs. It waits for ctx, polling, since flock itself cannot be
+// cancelled.
+func lockBuild(ctx context.Context, path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open build lock: %w", err)
 	}
