@@ -807,25 +807,52 @@ func hasV6(want *spec.Desired) bool {
 // (lib/underlay.h, lib/hostroute.h): the sources the underlay check
 // accepted from which neighbour MAC (weft_rp_accepted) and the pairs host
 // routing forwards (weft_routed_pairs). The next packet of each looks the
-// FIB and the maps up again. A failure is logged; entries expire on their
-// own within 100 ms.
+// FIB and the maps up again. It runs at the end of every Sync and
+// Reconcile and an LRU map keeps expired entries until they are evicted,
+// so it empties a batch of entries per system call rather than two calls
+// per entry. A failure is logged; entries expire on their own within
+// 100 ms.
 func (d *Datapath) forgetMemos() {
-	var err error
-	for _, m := range []*ebpf.Map{d.objs.WeftRpAccepted, d.objs.WeftRoutedPairs} {
-		var keys [][]byte
-		key, val := make([]byte, m.KeySize()), make([]byte, m.ValueSize())
-		it := m.Iterate()
-		for it.Next(key, val) {
-			keys = append(keys, slices.Clone(key))
-		}
-		err = errors.Join(err, it.Err())
-		for _, k := range keys {
-			if e := m.Delete(k); e != nil && !errors.Is(e, ebpf.ErrKeyNotExist) {
-				err = errors.Join(err, e)
-			}
-		}
-	}
+	err := errors.Join(
+		emptyMap[object.WeftRpKey, uint64](d.objs.WeftRpAccepted),
+		emptyMap[object.WeftRoutedPairKey, object.WeftRoutedPairValue](d.objs.WeftRoutedPairs))
 	if err != nil {
 		d.log.Warn("forget remembered lookups", "error", err)
 	}
+}
+
+// emptyMap deletes every entry of the hash map m (key K, value V): by
+// batch lookup-and-delete where the kernel has it, else key by key.
+func emptyMap[K, V any](m *ebpf.Map) error {
+	keys, vals := make([]K, 512), make([]V, 512)
+	var cursor ebpf.MapBatchCursor
+	for {
+		_, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil // the last batch, deleted too
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("empty %s: %w", m, err)
+		}
+	}
+	var all []K
+	var k K
+	val := make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&k, val) {
+		all = append(all, k)
+	}
+	err := it.Err()
+	for i := range all {
+		if e := m.Delete(&all[i]); e != nil && !errors.Is(e, ebpf.ErrKeyNotExist) {
+			err = errors.Join(err, e)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("empty %s: %w", m, err)
+	}
+	return nil
 }
