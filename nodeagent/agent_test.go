@@ -344,13 +344,7 @@ func TestAgentRefusesBadInputAndKeepsServing(t *testing.T) {
 }
 
 func TestAgentHeadlessAndUnreachableAtStart(t *testing.T) {
-	srv, c := etcdtest.New(t)
-	u, _ := url.Parse(srv.Endpoints[0])
-	p, err := etcdtest.NewProxy(u.Host, true) // etcd unreachable from the start
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, c := etcdBehindProxy(t, true) // etcd unreachable from the start
 	ac, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint()}, DialTimeout: time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
@@ -400,13 +394,7 @@ func TestAgentHeadlessAndUnreachableAtStart(t *testing.T) {
 // load). Once the path is back it registers again on a new lease.
 func TestAgentSeesItsLeaseEndWhileAWriteWaits(t *testing.T) {
 	ctx := context.Background()
-	srv, c := etcdtest.New(t)
-	u, _ := url.Parse(srv.Endpoints[0])
-	p, err := etcdtest.NewProxy(u.Host, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, c := etcdBehindProxy(t, false)
 	ac, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint()}, DialTimeout: time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
@@ -557,4 +545,18 @@ func TestAgentUnderlayErrorAndChange(t *testing.T) {
 		reg, err := keys.DecodeRegistration(r.Kvs[0].Value)
 		return err == nil && reg.UnderlayIp == "192.168.1.10" && reg.UnderlayIpV6 == "fd99::10", string(r.Kvs[0].Value)
 	})
+}
+
+// etcdBehindProxy starts an embedded etcd with a proxy in front of it
+// (down: refusing connections from the start) and returns the proxy, for
+// the agent's client, and a direct client, for the test. Both end with tb.
+func etcdBehindProxy(tb testing.TB, down bool) (*etcdtest.Proxy, *clientv3.Client) {
+	srv, c := etcdtest.New(tb)
+	u, _ := url.Parse(srv.Endpoints[0])
+	p, err := etcdtest.NewProxy(u.Host, down)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	return p, c
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http/httptest"
 	"net/netip"
-	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -99,13 +98,7 @@ func scrape(t testing.TB, a *Agent) map[string]float64 {
 // never disappeared, so the controller never saw the node go.
 func TestAgentKeepsItsLeaseAcrossAnOutage(t *testing.T) {
 	ctx := context.Background()
-	srv, c := etcdtest.New(t)
-	u, _ := url.Parse(srv.Endpoints[0])
-	p, err := etcdtest.NewProxy(u.Host, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, c := etcdBehindProxy(t, false)
 	// The agent's client as weft-agent makes it (its reconnect backoff).
 	pc, err := etcdconn.New(etcdconn.Config{Endpoints: []string{p.Endpoint()}})
 	if err != nil {
@@ -159,13 +152,7 @@ func TestAgentKeepsItsLeaseAcrossAnOutage(t *testing.T) {
 // ms-to-register (per outage).
 func BenchmarkReregisterAfterOutage(b *testing.B) {
 	ctx := context.Background()
-	srv, c := etcdtest.New(b)
-	u, _ := url.Parse(srv.Endpoints[0])
-	p, err := etcdtest.NewProxy(u.Host, false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Close()
+	p, c := etcdBehindProxy(b, false)
 	pc, err := etcdconn.New(etcdconn.Config{Endpoints: []string{p.Endpoint()}})
 	if err != nil {
 		b.Fatal(err)
