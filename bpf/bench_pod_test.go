@@ -214,6 +214,16 @@ func iperfOnce(b *testing.B, c *testCluster, secs int) float64 {
 	if err != nil {
 		b.Fatalf("iperf3: %v %s", err, out)
 	}
+	g, err := iperfGbits(out)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return g
+}
+
+// iperfGbits reads the received rate, in Gbit/s, from iperf3's JSON
+// report (-J).
+func iperfGbits(out []byte) (float64, error) {
 	var r struct {
 		End struct {
 			SumReceived struct {
@@ -222,9 +232,9 @@ func iperfOnce(b *testing.B, c *testCluster, secs int) float64 {
 		} `json:"end"`
 	}
 	if err := json.Unmarshal(out, &r); err != nil {
-		b.Fatal(err)
+		return 0, fmt.Errorf("read iperf3 report: %w", err)
 	}
-	return r.End.SumReceived.BitsPerSecond / 1e9
+	return r.End.SumReceived.BitsPerSecond / 1e9, nil
 }
 
 // The request/response loop runs in two child processes (this test binary

@@ -1,7 +1,6 @@
 package bpf
 
 import (
-	"encoding/json"
 	"os"
 	"os/exec"
 	"strconv"
@@ -94,17 +93,11 @@ func iperfStreams(b *testing.B, c *testCluster, streams, secs int) float64 {
 		if err != nil {
 			b.Fatalf("iperf3: %v %s", err, out)
 		}
-		var r struct {
-			End struct {
-				SumReceived struct {
-					BitsPerSecond float64 `json:"bits_per_second"`
-				} `json:"sum_received"`
-			} `json:"end"`
-		}
-		if err := json.Unmarshal(out, &r); err != nil {
+		g, err := iperfGbits(out)
+		if err != nil {
 			b.Fatal(err)
 		}
-		if g := r.End.SumReceived.BitsPerSecond / 1e9; g > 0 {
+		if g > 0 {
 			return g
 		}
 		b.Logf("iperf3 run %d received nothing; repeating", try+1)
