@@ -5,10 +5,12 @@ package etcdtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,7 +28,7 @@ type Server struct {
 
 // Start starts a single-member etcd on free loopback ports with its data in
 // dir, and returns once it serves. Stop it with Close.
-func Start(dir string) (*Server, error) { return start(dir, nil) }
+func Start(dir string) (*Server, error) { return start(dir, nil, freeURLs) }
 
 // TLS is the server side of a member's client TLS: its serving
 // certificate and the CA whose certificates it requires of clients (the
@@ -37,19 +39,34 @@ type TLS struct {
 
 // StartTLS is Start with TLS and client certificates required on the
 // client URL (https://).
-func StartTLS(dir string, t TLS) (*Server, error) { return start(dir, &t) }
+func StartTLS(dir string, t TLS) (*Server, error) { return start(dir, &t, freeURLs) }
 
-func start(dir string, tlsInfo *TLS) (*Server, error) {
+// startAttempts bounds the retries of start when a port it picked was
+// taken by another process between the pick and etcd's bind.
+const startAttempts = 5
+
+// start starts a member on the client and peer URLs pick returns, and
+// picks again when etcd cannot bind one of them: a free port is only free
+// until somebody else binds it.
+func start(dir string, tlsInfo *TLS, pick func() (client, peer *url.URL, err error)) (*Server, error) {
+	var err error
+	for range startAttempts {
+		var s *Server
+		s, err = startOn(dir, tlsInfo, pick)
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			return s, err
+		}
+	}
+	return nil, err
+}
+
+func startOn(dir string, tlsInfo *TLS, pick func() (client, peer *url.URL, err error)) (*Server, error) {
 	cfg := embed.NewConfig()
 	cfg.Dir = filepath.Join(dir, "etcd")
 	cfg.Logger = "zap"
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, err := freeURL()
-	if err != nil {
-		return nil, err
-	}
-	peer, err := freeURL()
+	client, peer, err := pick()
 	if err != nil {
 		return nil, err
 	}
@@ -124,12 +141,18 @@ func Compact(ctx context.Context, c *clientv3.Client) (int64, error) {
 	return r.Header.Revision, err
 }
 
-func freeURL() (*url.URL, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("find free port: %w", err)
+// freeURLs picks two distinct free loopback ports, holding the first
+// while it asks for the second so the kernel cannot hand out the same
+// port twice.
+func freeURLs() (client, peer *url.URL, err error) {
+	var urls [2]*url.URL
+	for i := range urls {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, fmt.Errorf("find free port: %w", err)
+		}
+		defer l.Close()
+		urls[i] = &url.URL{Scheme: "http", Host: l.Addr().String()}
 	}
-	addr := l.Addr().String()
-	l.Close()
-	return url.Parse("http://" + addr)
+	return urls[0], urls[1], nil
 }
