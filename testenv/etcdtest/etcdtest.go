@@ -23,12 +23,21 @@ import (
 type Server struct {
 	Etcd      *embed.Etcd
 	Endpoints []string
-	dir       string
+	// Alias is the endpoint on StartAlias's second address ("" without).
+	Alias string
+	dir   string
 }
 
 // Start starts a single-member etcd on free loopback ports with its data in
 // dir, and returns once it serves. Stop it with Close.
-func Start(dir string) (*Server, error) { return start(dir, nil, freeURLs) }
+func Start(dir string) (*Server, error) { return start(dir, nil, freeURLs, "") }
+
+// StartAlias is Start with the member also serving clients on host (a
+// loopback address other than 127.0.0.1, such as 127.0.0.2), on the same
+// port, as Alias: a test can do to the path to one address what it does
+// not do to the other (netnstest.DropTCP), and watch from the untouched
+// one.
+func StartAlias(dir, host string) (*Server, error) { return start(dir, nil, freeURLs, host) }
 
 // TLS is the server side of a member's client TLS: its serving
 // certificate and the CA whose certificates it requires of clients (the
@@ -39,7 +48,7 @@ type TLS struct {
 
 // StartTLS is Start with TLS and client certificates required on the
 // client URL (https://).
-func StartTLS(dir string, t TLS) (*Server, error) { return start(dir, &t, freeURLs) }
+func StartTLS(dir string, t TLS) (*Server, error) { return start(dir, &t, freeURLs, "") }
 
 // startAttempts bounds the retries of start when a port it picked was
 // taken by another process between the pick and etcd's bind.
@@ -48,11 +57,11 @@ const startAttempts = 5
 // start starts a member on the client and peer URLs pick returns, and
 // picks again when etcd cannot bind one of them: a free port is only free
 // until somebody else binds it.
-func start(dir string, tlsInfo *TLS, pick func() (client, peer *url.URL, err error)) (*Server, error) {
+func start(dir string, tlsInfo *TLS, pick func() (client, peer *url.URL, err error), alias string) (*Server, error) {
 	var err error
 	for range startAttempts {
 		var s *Server
-		s, err = startOn(dir, tlsInfo, pick)
+		s, err = startOn(dir, tlsInfo, pick, alias)
 		if !errors.Is(err, syscall.EADDRINUSE) {
 			return s, err
 		}
@@ -60,7 +69,7 @@ func start(dir string, tlsInfo *TLS, pick func() (client, peer *url.URL, err err
 	return nil, err
 }
 
-func startOn(dir string, tlsInfo *TLS, pick func() (client, peer *url.URL, err error)) (*Server, error) {
+func startOn(dir string, tlsInfo *TLS, pick func() (client, peer *url.URL, err error), alias string) (*Server, error) {
 	cfg := embed.NewConfig()
 	cfg.Dir = filepath.Join(dir, "etcd")
 	cfg.Logger = "zap"
@@ -78,6 +87,13 @@ func startOn(dir string, tlsInfo *TLS, pick func() (client, peer *url.URL, err e
 		cfg.ClientTLSInfo.ClientCertAuth = true
 	}
 	cfg.ListenClientUrls = []url.URL{*client}
+	var aliasURL *url.URL
+	if alias != "" {
+		a := *client
+		a.Host = net.JoinHostPort(alias, client.Port())
+		aliasURL = &a
+		cfg.ListenClientUrls = append(cfg.ListenClientUrls, a)
+	}
 	cfg.AdvertiseClientUrls = []url.URL{*client}
 	cfg.ListenPeerUrls = []url.URL{*peer}
 	cfg.AdvertisePeerUrls = []url.URL{*peer}
@@ -96,7 +112,11 @@ func startOn(dir string, tlsInfo *TLS, pick func() (client, peer *url.URL, err e
 		e.Close()
 		return nil, fmt.Errorf("start embedded etcd: not ready after 20s")
 	}
-	return &Server{Etcd: e, Endpoints: []string{client.String()}, dir: dir}, nil
+	s := &Server{Etcd: e, Endpoints: []string{client.String()}, dir: dir}
+	if aliasURL != nil {
+		s.Alias = aliasURL.String()
+	}
+	return s, nil
 }
 
 // Client returns a new client of s; the caller closes it.

@@ -55,7 +55,7 @@ func TestStartPicksAgainWhenAPortIsTaken(t *testing.T) {
 		}
 		return client, peer, err
 	}
-	s, err := start(t.TempDir(), nil, pick)
+	s, err := start(t.TempDir(), nil, pick, "")
 	if err != nil {
 		t.Fatalf("start with a taken client port: %v", err)
 	}
