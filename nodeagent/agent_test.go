@@ -72,8 +72,8 @@ type harness struct {
 	subnet string
 	stop   func()
 	// timeout is the agent's etcd request timeout (300 ms unless a test
-	// sets it before newAgent).
-	timeout time.Duration
+	// sets it before newAgent), ttl its lease TTL (2 s unless set).
+	timeout, ttl time.Duration
 }
 
 func newHarness(t testing.TB, agentClient *clientv3.Client, c *clientv3.Client) *harness {
@@ -83,7 +83,7 @@ func newHarness(t testing.TB, agentClient *clientv3.Client, c *clientv3.Client) 
 		t.Fatal(err)
 	}
 	h := &harness{t: t, c: c, log: l, dp: fakedp.New(testUnderlay()), logs: &syncBuf{},
-		subnet: filepath.Join(t.TempDir(), "run", "subnet.env"), timeout: 300 * time.Millisecond}
+		subnet: filepath.Join(t.TempDir(), "run", "subnet.env"), timeout: 300 * time.Millisecond, ttl: 2 * time.Second}
 	h.dp.Pins = "/sys/fs/bpf/weft-test"
 	h.a = h.newAgent(agentClient)
 	return h
@@ -95,7 +95,7 @@ func (h *harness) newAgent(c *clientv3.Client) *Agent {
 		NodeName:          "n1",
 		Datapath:          h.dp,
 		SubnetFile:        h.subnet,
-		LeaseTTL:          2 * time.Second,
+		LeaseTTL:          h.ttl,
 		ReconcileInterval: 100 * time.Millisecond,
 		StatusInterval:    200 * time.Millisecond,
 		StatusMinInterval: 10 * time.Millisecond,
