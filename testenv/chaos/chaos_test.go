@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/internal/etcdconn"
 	"github.com/weftnet/weft/testenv/garbage"
 )
 
@@ -71,8 +72,8 @@ func holdOK(f Fault, tm Timing) string {
 			return "stop not between the lease TTL and TTL + grace - 3 s"
 		}
 	case EtcdBlock:
-		if f.Hold > tm.LeaseTTL+tm.Grace-3*time.Second {
-			return "block reaches the grace"
+		if f.Hold > tm.Grace+2*tm.LeaseTTL/3-etcdconn.RecoveryBound || f.Hold < 2*time.Second {
+			return "block longer than a node is promised to outlive"
 		}
 	case EtcdDown:
 		if f.Hold != EtcdDownHold {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/internal/etcdconn"
 	"github.com/weftnet/weft/testenv/garbage"
 )
 
@@ -37,6 +38,14 @@ type Timing struct {
 	Grace    time.Duration // node grace period
 	Nodes    int
 	Members  int // etcd members
+}
+
+// MaxBlock is the longest etcd-block a node is promised to outlive
+// (docs/DESIGN.md): its lease ends at least two thirds of the smallest TTL
+// into the block, the controller waits the grace from there, and the agent
+// is registered again within etcdconn.RecoveryBound of the path working.
+func (t Timing) MaxBlock() time.Duration {
+	return t.Grace + 2*t.LeaseTTL/3 - etcdconn.RecoveryBound
 }
 
 // Fault is one drawn fault. Which controller leads and which etcd member
@@ -231,7 +240,7 @@ func drawFault(rng *rand.Rand, k Kind, t Timing) Fault {
 		f.Hold = EtcdDownHold
 	case EtcdBlock:
 		f.Node = rng.IntN(t.Nodes)
-		f.Hold = between(rng, 2*time.Second, t.LeaseTTL+t.Grace-3*time.Second)
+		f.Hold = between(rng, 2*time.Second, t.MaxBlock())
 	case LeaveRejoin:
 		f.Node = rng.IntN(t.Nodes)
 		f.Hold = between(rng, 0, 3*time.Second) // away after the removal, before rejoining
