@@ -26,6 +26,7 @@ func Load(pinDir string) (*WeftObjects, []string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("load programs: %w", err)
 	}
+	resolveKfuncs(spec)
 	var replaced []string
 	for name, ms := range spec.Maps {
 		if ms.Pinning != ebpf.PinByName {
