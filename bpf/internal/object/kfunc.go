@@ -1,7 +1,6 @@
 package object
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -129,49 +128,48 @@ const (
 )
 
 // btfFuncIDs returns the type IDs of the functions (BTF_KIND_FUNC) among
-// names in raw, a base BTF blob such as /sys/kernel/btf/vmlinux; names not
-// found are left out. Only the header of each type and the names of
-// functions are read.
+// names in raw, a little-endian base BTF blob such as
+// /sys/kernel/btf/vmlinux (weft's programs are little-endian only); names
+// not found are left out. Only the header of each type is read, and the
+// name of each function compared where it starts.
 func btfFuncIDs(raw []byte, names map[string]bool) (map[string]uint32, error) {
 	const hdrLen = 24
+	le := binary.LittleEndian
 	if len(raw) < hdrLen {
 		return nil, errors.New("btf header: short")
 	}
-	var bo binary.ByteOrder = binary.LittleEndian
-	switch {
-	case binary.LittleEndian.Uint16(raw) == 0xeb9f:
-	case binary.BigEndian.Uint16(raw) == 0xeb9f:
-		bo = binary.BigEndian
-	default:
-		return nil, errors.New("btf header: bad magic")
+	if le.Uint16(raw) != 0xeb9f {
+		return nil, errors.New("btf header: bad magic or not little-endian")
 	}
-	hl := bo.Uint32(raw[4:])
-	typeOff, typeLen := bo.Uint32(raw[8:]), bo.Uint32(raw[12:])
-	strOff, strLen := bo.Uint32(raw[16:]), bo.Uint32(raw[20:])
+	hl := le.Uint32(raw[4:])
+	typeOff, typeLen := le.Uint32(raw[8:]), le.Uint32(raw[12:])
+	strOff, strLen := le.Uint32(raw[16:]), le.Uint32(raw[20:])
 	end := uint64(len(raw))
 	if uint64(hl) < hdrLen || uint64(hl)+uint64(typeOff)+uint64(typeLen) > end || uint64(hl)+uint64(strOff)+uint64(strLen) > end {
 		return nil, errors.New("btf header: sections out of bounds")
 	}
 	types := raw[hl+typeOff : hl+typeOff+typeLen]
 	strs := raw[hl+strOff : hl+strOff+strLen]
+	want := make([]string, 0, len(names))
+	for n := range names {
+		want = append(want, n)
+	}
 	out := make(map[string]uint32, len(names))
 	id := uint32(1) // 0 is void
 	for off := 0; off < len(types); id++ {
 		if len(types)-off < 12 {
 			return nil, fmt.Errorf("btf type %d: short", id)
 		}
-		nameOff, info := bo.Uint32(types[off:]), bo.Uint32(types[off+4:])
+		nameOff, info := le.Uint32(types[off:]), le.Uint32(types[off+4:])
 		kind, vlen := (info>>24)&0x1f, int(info&0xffff)
 		if kind == 0 || kind > btfKindMax {
 			return nil, fmt.Errorf("btf type %d: unknown kind %d", id, kind)
 		}
-		if kind == btfKindFunc && int(nameOff) < len(strs) {
-			name := strs[nameOff:]
-			if n := bytes.IndexByte(name, 0); n >= 0 {
-				name = name[:n]
-			}
-			if names[string(name)] {
-				out[string(name)] = id
+		if kind == btfKindFunc {
+			for _, n := range want {
+				if cstringIs(strs, nameOff, n) {
+					out[n] = id
+				}
 			}
 		}
 		off += 12
@@ -187,4 +185,10 @@ func btfFuncIDs(raw []byte, names map[string]bool) (map[string]uint32, error) {
 		}
 	}
 	return out, nil
+}
+
+// cstringIs reports whether the NUL-terminated string at off in strs is s.
+func cstringIs(strs []byte, off uint32, s string) bool {
+	end := uint64(off) + uint64(len(s))
+	return end < uint64(len(strs)) && strs[end] == 0 && string(strs[off:end]) == s
 }
