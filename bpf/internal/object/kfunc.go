@@ -57,12 +57,13 @@ func resolveKfuncs(cs *ebpf.CollectionSpec) {
 			// A fresh instruction drops the ELF reader's kfunc metadata
 			// and reference, which would send cilium/ebpf to the kernel's
 			// BTF again; the source line and function info stay.
+			// A call keeps its form with offset 0 (vmlinux); a dword
+			// load of the kfunc's address (bpf_ksym_exists) loads the
+			// ID as a constant, non-zero: the kfunc exists.
 			out := asm.Instruction{OpCode: ins.OpCode, Dst: ins.Dst, Constant: int64(ids[name])}
 			if ins.IsKfuncCall() {
-				out.Src = asm.PseudoKfuncCall // offset 0: vmlinux
+				out.Src = asm.PseudoKfuncCall
 			}
-			// A dword load of a kfunc (bpf_ksym_exists) becomes the
-			// constant ID, non-zero: the kfunc exists.
 			if src := ins.Source(); src != nil {
 				out = out.WithSource(src)
 			}
