@@ -216,6 +216,17 @@ const (
 	unreachable
 )
 
+// both is the verdict on a node from those on its two targets.
+func both(a, b verdict) verdict {
+	switch {
+	case a == unreachable || b == unreachable:
+		return unreachable
+	case a == reachable && b == reachable:
+		return reachable
+	}
+	return pending
+}
+
 type peer struct {
 	t         Target
 	firstSeen time.Time
@@ -349,24 +360,22 @@ func (p *Prober) Report() Report {
 			r.Err = "cannot probe peers: " + err.Error()
 		}
 	}
-	// Per node: every target reachable, or some unreachable.
-	nodes := make(map[string]verdict, len(p.peers))
-	for _, pr := range p.peers {
-		v, seen := nodes[pr.t.Node]
-		switch {
-		case pr.state == unreachable:
-			v = unreachable
+	// Per node: every target reachable, or some unreachable. A node is
+	// counted at its IPv4 target when it has one, else at its IPv6 one,
+	// so the report allocates nothing per peer (it runs at every status
+	// write).
+	for k, pr := range p.peers {
+		if pr.state == unreachable {
 			r.Unreachable = append(r.Unreachable, Unreachable{Node: pr.t.Node, Addr: pr.t.Addr, Reason: pr.reason, Since: pr.since})
-		case v == unreachable:
-		case pr.state == reachable && (!seen || v == reachable):
-			v = reachable
-		default:
-			v = pending
 		}
-		nodes[pr.t.Node] = v
-	}
-	r.Peers = len(nodes)
-	for _, v := range nodes {
+		v := pr.state
+		if other := p.peers[targetKey{k.node, !k.v6}]; other != nil {
+			if k.v6 {
+				continue
+			}
+			v = both(v, other.state)
+		}
+		r.Peers++
 		if v == reachable {
 			r.Reachable++
 		}

@@ -451,3 +451,27 @@ func TestCannotProbe(t *testing.T) {
 		t.Fatalf("%+v (changes %d→%d): want probing to start once the socket opens", r, before, changes)
 	}
 }
+
+// TestReportAllocatesNothingPerPeer: the report runs at every status
+// write, so at 5,000 peers (both families for half of them) it allocates
+// nothing while none is unreachable.
+func TestReportAllocatesNothingPerPeer(t *testing.T) {
+	clk, conn, changes := newClock(), newFakeConn(), 0
+	p := newTestProber(t, clk, conn, &changes)
+	var ts []Target
+	for i := range 5000 {
+		name := fmt.Sprintf("n%d", i)
+		ts = append(ts, target(name, netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}).Next().String(), "vxlan"))
+		if i%2 == 0 {
+			ts = append(ts, target(name, fmt.Sprintf("fd00:%x::1", i+1), "vxlan"))
+		}
+	}
+	p.Set(ts)
+	run(p, clk, conn, 2*time.Second, func(netip.Addr) bool { return true })
+	if r := p.Report(); r.Peers != 5000 {
+		t.Fatalf("report counts %d peers, want 5000", r.Peers)
+	}
+	if n := testing.AllocsPerRun(5, func() { p.Report() }); n != 0 {
+		t.Errorf("Report allocates %v times at 5,000 peers, want 0", n)
+	}
+}
