@@ -157,7 +157,10 @@ func (f *Follower) Run(ctx context.Context, sink Sink) error {
 		f.log.Debug("listed", "reason", reason, "revision", snap.Revision, "head", snap.Head, "nodes", snap.Len())
 		f.opts.OnHealth(nil)
 
-		err = f.watch(ctx, sink, snap, wch)
+		// The watch needs the snapshot's revision and head only: passing
+		// those, not snap, lets its decoded nodes (a map of thousands,
+		// now the sink's) go as soon as the sink is done with them.
+		err = f.watch(ctx, sink, snap.Revision, snap.Head, wch)
 		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -328,10 +331,10 @@ func (f *Follower) changed(ctx context.Context, keys []string, rev int64) (bool,
 	return false, nil
 }
 
-// watch follows the events of wch (from snap.Revision+1) until it must
-// re-list.
-func (f *Follower) watch(ctx context.Context, sink Sink, snap model.Snapshot, wch clientv3.WatchChan) error {
-	applied := snap.Head
+// watch follows the events of wch (from the list's revision rev+1, the
+// list's head seq head) until it must re-list.
+func (f *Follower) watch(ctx context.Context, sink Sink, rev int64, head uint64, wch clientv3.WatchChan) error {
+	applied := head
 	recheck := time.NewTicker(f.opts.RecheckInterval)
 	defer recheck.Stop()
 	for {
@@ -342,7 +345,7 @@ func (f *Follower) watch(ctx context.Context, sink Sink, snap model.Snapshot, wc
 			return ctx.Err()
 		case <-recheck.C:
 			if ks := f.opts.Quarantined(); len(ks) > 0 {
-				if changed, err := f.changed(ctx, ks, snap.Revision); err == nil && changed {
+				if changed, err := f.changed(ctx, ks, rev); err == nil && changed {
 					return errRelist{ReasonChanged}
 				}
 			}
