@@ -41,7 +41,7 @@ func weftLeftovers(t *testing.T, n *testNode, wantBridge bool) (devs []string, d
 				devRoutes++
 			}
 		}
-		ts, err := n.dp.readTunnels()
+		ts, err := readTrie(n.dp.objs.WeftTunnels, "tunnel map", 0)
 		if err != nil {
 			return err
 		}
