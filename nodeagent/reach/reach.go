@@ -392,18 +392,21 @@ func (p *Prober) Report() Report {
 // Run probes until ctx ends, then closes its Conns.
 func (p *Prober) Run(ctx context.Context) {
 	defer p.close()
+	// One timer for the prober's life: a new one per step was most of
+	// what an agent at rest allocated after its reconciles (a step runs
+	// for every probe, Rate times a second).
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
 	for {
 		wait := p.step(p.cfg.now())
 		p.notify()
-		t := time.NewTimer(wait)
+		t.Reset(wait)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return
 		case <-p.wake:
 		case <-t.C:
 		}
-		t.Stop()
 	}
 }
 
