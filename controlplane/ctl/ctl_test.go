@@ -74,6 +74,41 @@ func setup(t *testing.T) *env {
 	return e
 }
 
+// waitNode blocks until the controller has projected node name (its
+// NodeAdded is in the log: the event and /weft/nodes/<name> are written in
+// one transaction) and returns the projection's value. It watches the key
+// from the revision it read, so it misses no put and polls nothing.
+func (e *env) waitNode(name string) *weftv1.Node {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := e.c.Get(ctx, k.Node(name))
+	if err != nil {
+		e.t.Fatalf("get node %s: %v", name, err)
+	}
+	val := func() []byte {
+		if len(r.Kvs) > 0 {
+			return r.Kvs[0].Value
+		}
+		for wr := range e.c.Watch(ctx, k.Node(name), clientv3.WithRev(r.Header.Revision+1)) {
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypePut {
+					return ev.Kv.Value
+				}
+			}
+		}
+		return nil
+	}()
+	if val == nil {
+		e.t.Fatalf("node %s was not added: %v", name, ctx.Err())
+	}
+	n, err := keys.DecodeNode(val)
+	if err != nil {
+		e.t.Fatalf("decode node %s: %v", name, err)
+	}
+	return n
+}
+
 func TestVerbs(t *testing.T) {
 	e := setup(t)
 	code, out, _ := e.run("", "nodes")
@@ -272,6 +307,14 @@ func TestDualStackVerbs(t *testing.T) {
 	}
 	if _, err := e.c.Put(ctx, k.Registration(r.Name), keys.EncodeString(r), clientv3.WithLease(g.ID)); err != nil {
 		t.Fatal(err)
+	}
+	// The controller serves registrations and desired configs from two
+	// watches and promises no order between them: a node registered just
+	// before the change may be added after it, with both families at once.
+	// This test is about nodes that hold an IPv4 pod CIDR when the IPv6
+	// CIDR arrives, so node3 must be one before the change.
+	if n := e.waitNode(r.Name); len(n.PodCidrs) != 1 || !strings.HasPrefix(n.PodCidrs[0], "10.244.") {
+		t.Fatalf("node3 before the IPv6 CIDR: pod CIDRs %v, want one IPv4", n.PodCidrs)
 	}
 	code, out, _ := e.run("", "config", "set", "--cluster-cidr-v6", "fd00:10:244::/56")
 	if code != 0 || !strings.Contains(out, "accepted as seq") {
