@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/bpf/internal/object"
 	"github.com/weftnet/weft/bpf/spec"
@@ -254,6 +255,58 @@ func TestHostRouting(t *testing.T) {
 		must(t, err)
 		if !rs[b.podCIDR] || !rs[b.podCIDR6] {
 			t.Fatalf("routed map after reconcile: %v", rs)
+		}
+	})
+	t.Run("the FIB's answer follows a neighbour change", func(t *testing.T) {
+		// With a pair, host routing remembers the FIB's answer for it
+		// (weft_routed_pairs, 100 ms): egress device and neighbour MAC.
+		// After someone else moved node 2's neighbour entry to another
+		// MAC, the pair's next packet past the 100 ms uses the new one;
+		// a Sync forgets at once.
+		a.sync(c.nativeWant(a, true))
+		pk := object.WeftRoutedPairKey{Src: object.EndpointKey(a.podIP).Addr, Dst: object.EndpointKey(b.podIP).Addr}
+		pair := func() object.WeftRoutedPairValue {
+			t.Helper()
+			c0 := a.counters()
+			must(t, udpSend(a.pod, b.podIP, 9, "routed"))
+			if c1 := a.counters(); c1.RoutedTx == c0.RoutedTx {
+				t.Fatalf("a datagram to pod 2 did not take the eBPF path: %+v", c1)
+			}
+			var v object.WeftRoutedPairValue
+			must(t, a.dp.objs.WeftRoutedPairs.Lookup(&pk, &v))
+			return v
+		}
+		var ul int
+		a.ns.MustDo(t, func() error {
+			l, err := netlink.LinkByName("ul0")
+			if err == nil {
+				ul = l.Attrs().Index
+			}
+			return err
+		})
+		setNeigh := func(hw net.HardwareAddr) {
+			a.ns.MustDo(t, func() error {
+				return netlink.NeighSet(&netlink.Neigh{LinkIndex: ul, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+					IP: b.under.AsSlice(), HardwareAddr: hw})
+			})
+		}
+		own := mac(t, b.ns, "ul0")
+		setNeigh(own)
+		time.Sleep(150 * time.Millisecond) // past what an earlier subtest left remembered
+		v := pair()
+		if int(v.Ifindex) != ul || !slices.Equal(v.Dmac[:], own) {
+			t.Fatalf("remembered FIB answer: ifindex %d MAC %s, want %d %s", v.Ifindex, net.HardwareAddr(v.Dmac[:]), ul, own)
+		}
+		moved := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x23}
+		setNeigh(moved)
+		time.Sleep(150 * time.Millisecond)
+		if v := pair(); !slices.Equal(v.Dmac[:], moved) {
+			t.Fatalf("remembered neighbour MAC %s 150 ms after it moved to %s", net.HardwareAddr(v.Dmac[:]), moved)
+		}
+		setNeigh(own)
+		a.sync(c.nativeWant(a, true))
+		if v := pair(); !slices.Equal(v.Dmac[:], own) {
+			t.Fatalf("remembered neighbour MAC %s right after a Sync, want %s", net.HardwareAddr(v.Dmac[:]), own)
 		}
 	})
 	t.Run("masqueraded prefixes stay with the stack", func(t *testing.T) {

@@ -803,15 +803,15 @@ func hasV6(want *spec.Desired) bool {
 // forgetMemos empties what the programs remember between packets
 // (lib/underlay.h, lib/hostroute.h): the sources the underlay check
 // accepted from which neighbour MAC (weft_rp_accepted) and the pairs host
-// routing forwards (weft_routed_pairs). The next packet of each looks the
-// FIB and the maps up again. It runs at the end of every Sync and
+// routing forwards with the FIB's answer for them (weft_routed_pairs). The
+// next packet of each looks the FIB and the maps up again. It runs at the end of every Sync and
 // Reconcile and an LRU map keeps expired entries until they are evicted,
 // so it empties a batch of entries per system call rather than two calls
 // per entry. A failure is logged; entries expire on their own within
 // 100 ms.
 func (d *Datapath) forgetMemos() {
 	err := errors.Join(
-		emptyMap[object.WeftRpKey, uint64](d.objs.WeftRpAccepted),
+		emptyMap[object.WeftRpKey, object.WeftRpValue](d.objs.WeftRpAccepted),
 		emptyMap[object.WeftRoutedPairKey, object.WeftRoutedPairValue](d.objs.WeftRoutedPairs))
 	if err != nil {
 		d.log.Warn("forget remembered lookups", "error", err)

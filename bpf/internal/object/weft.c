@@ -91,7 +91,10 @@ int weft_ingress(struct __sk_buff *skb)
 
 	bpf_skb_change_type(skb, PACKET_HOST);
 	count_rx(skb);
-	return to_local_pod(skb);
+	struct tunnel_key dst = {};
+	if (load_addr(skb, &dst, ADDR_DST) != ADDR_OK)
+		return TC_ACT_OK;
+	return to_local_pod(skb, &dst);
 }
 
 // weft_from_pods runs on ingress of the pod bridge, where frames from local
@@ -128,7 +131,7 @@ int weft_from_pods(struct __sk_buff *skb)
 		if (tv)
 			return to_tunnel(skb, cfg->tunnel_ifindex, tv);
 	}
-	return host_route_out(skb, &key);
+	return host_route_out(skb, &src, &key);
 }
 
 // weft_from_port runs on ingress of each pod's host-side veth, attached by
@@ -161,7 +164,15 @@ int weft_from_port(struct __sk_buff *skb)
 	struct tunnel_value *tv = NULL;
 	if (cfg->tunnel_ifindex)
 		tv = bpf_map_lookup_elem(&weft_tunnels, &key);
-	int verdict = tv ? to_tunnel(skb, cfg->tunnel_ifindex, tv) : host_route_out(skb, &key);
+	int verdict;
+	if (tv) {
+		verdict = to_tunnel(skb, cfg->tunnel_ifindex, tv);
+	} else {
+		struct tunnel_key src = {};
+		if (load_addr(skb, &src, ADDR_SRC) != ADDR_OK)
+			return TC_ACT_OK;
+		verdict = host_route_out(skb, &src, &key);
+	}
 	if (verdict == TC_ACT_REDIRECT)
 		count_tx_direct();
 	return verdict;
@@ -190,10 +201,13 @@ int weft_from_underlay(struct __sk_buff *skb)
 	if ((rs == ADDR_IPV4_MAPPED && src_pod) || (rd == ADDR_IPV4_MAPPED && dst_pod))
 		return drop(DROP_IPV4_MAPPED);
 	if (src_pod) {
-		int verdict = check_reverse_path(skb, &src, &dst);
+		int routed = 0;
+		int verdict = check_reverse_path(skb, &src, &dst, &routed);
 		if (verdict != TC_ACT_OK)
 			return verdict;
-		return host_route_in(skb);
+		if (rs != ADDR_OK || rd != ADDR_OK)
+			return TC_ACT_OK; /* as to_local_pod has always done */
+		return host_route_in(skb, &dst, routed);
 	}
 	if (dst_pod && (g->flags & GUARD_TUNNEL_ONLY))
 		return drop(DROP_PLAIN_TO_POD);

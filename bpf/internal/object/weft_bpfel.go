@@ -101,10 +101,16 @@ type WeftRoutedPairKey struct {
 }
 
 type WeftRoutedPairValue struct {
-	_      structs.HostLayout
-	Until  uint64
-	Bridge uint32
-	Pad    uint32
+	_        structs.HostLayout
+	Until    uint64
+	Bridge   uint32
+	Ifindex  uint32
+	Flowinfo uint32
+	Proto    uint8
+	Pad      [3]uint8
+	Smac     [6]uint8
+	Dmac     [6]uint8
+	Pad2     uint32
 }
 
 type WeftRpKey struct {
@@ -114,6 +120,13 @@ type WeftRpKey struct {
 	Ifindex uint32
 	Mac     [6]uint8
 	Pad     uint16
+}
+
+type WeftRpValue struct {
+	_      structs.HostLayout
+	Until  uint64
+	Routed uint32
+	Pad    uint32
 }
 
 type WeftStats struct {

@@ -68,29 +68,27 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, __u32 tunnel_ifindex
 }
 
 /* to_local_pod hands an accepted, decapsulated packet for a local pod past
- * the node's routing and netfilter: with a learned endpoint it enters the
+ * the node's routing and netfilter (dst: its destination, the caller's key,
+ * loaded with ADDR_OK): with a learned endpoint it enters the
  * pod's namespace directly through the peer of its host-side veth
  * (bpf_redirect_peer, skipping the bridge and the veth backlog), else it
  * goes to the pod bridge (bpf_redirect_neigh resolves the pod's MAC).
  * Anything else, and addresses the node itself answers for, goes to the
  * stack. */
-static __always_inline int to_local_pod(struct __sk_buff *skb)
+static __always_inline int to_local_pod(struct __sk_buff *skb, const struct tunnel_key *dst)
 {
-	struct tunnel_key key = {};
-	if (load_addr(skb, &key, ADDR_DST) != ADDR_OK)
-		return TC_ACT_OK;
 	/* A learned endpoint is a pod address inside a local pod CIDR, never
 	 * its gateway, network or broadcast address (the loader derives the
 	 * endpoints from weft_pods that way, and empties both maps together):
 	 * a hit answers what the trie lookup below would, without it. */
-	struct endpoint_value *ep = endpoint(key.addr);
+	struct endpoint_value *ep = endpoint(dst->addr);
 	__u32 bridge = 0;
 	if (!ep) {
-		struct local_value *lv = bpf_map_lookup_elem(&weft_local, &key);
+		struct local_value *lv = bpf_map_lookup_elem(&weft_local, dst);
 		if (!lv)
 			return TC_ACT_OK; /* the loader fills the map only with the bridge known */
-		if (addr_eq(key.addr, lv->gateway) || addr_eq(key.addr, lv->broadcast) ||
-		    addr_eq(key.addr, lv->network))
+		if (addr_eq(dst->addr, lv->gateway) || addr_eq(dst->addr, lv->broadcast) ||
+		    addr_eq(dst->addr, lv->network))
 			return TC_ACT_OK;
 		bridge = lv->bridge_ifindex;
 	}

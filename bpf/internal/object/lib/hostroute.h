@@ -18,17 +18,6 @@
 #define WEFT_AF_INET 2
 #define WEFT_AF_INET6 10
 
-/* Remote pod CIDRs this node routes without encapsulation, key as in
- * weft_tunnels; the value is reserved (0). Empty: host routing is off. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 131072);
-	__type(key, struct tunnel_key);
-	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} weft_routed SEC(".maps");
-
 /* Per-CPU host routing statistics (one array slot). */
 struct host_stats {
 	__u64 tx_routed; /* from a local pod to the underlay past the stack */
@@ -86,20 +75,32 @@ static __always_inline int fib_params(struct __sk_buff *skb, struct bpf_fib_look
 
 /* A source and destination pair host routing forwards (the destination in
  * weft_routed, the source in a local pod CIDR behind bridge), remembered so
- * a flow's packets cost one hash lookup instead of two trie lookups. Both
- * tries change only in Sync and Reconcile, which empty this map at their
- * end; an entry is trusted for at most ROUTED_PAIR_TTL_NS all the same, so
- * a packet that looked the tries up while a Sync changed them is not
- * remembered longer. Only pairs host routing forwards are remembered. */
+ * a flow's packets cost one hash lookup instead of two trie lookups and a
+ * FIB lookup. Both tries change only in Sync and Reconcile, which empty
+ * this map at their end; an entry is trusted for at most ROUTED_PAIR_TTL_NS
+ * all the same, so a packet that looked the tries up while a Sync changed
+ * them is not remembered longer. With the pair goes the FIB's answer for
+ * it when the FIB knew the neighbour's MAC (ifindex not 0): for the same
+ * TOS (IPv6: flow label and traffic class) and protocol, later packets
+ * use it instead of asking again, so a route or neighbour change weft
+ * does not make is followed within ROUTED_PAIR_TTL_NS (weft's own routes
+ * change in Sync, which forgets). Only pairs host routing forwards are
+ * remembered. */
 struct routed_pair_key {
 	__u8 src[16]; /* as tunnel_key.addr */
 	__u8 dst[16];
 };
 
 struct routed_pair_value {
-	__u64 until;  /* bpf_ktime_get_coarse_ns() when it expires */
-	__u32 bridge; /* the local pod CIDR's bridge */
-	__u32 pad;
+	__u64 until;    /* bpf_ktime_get_coarse_ns() when it expires */
+	__u32 bridge;   /* the local pod CIDR's bridge */
+	__u32 ifindex;  /* the FIB's egress device; 0: no FIB answer remembered */
+	__u32 flowinfo; /* what the FIB was asked with: IPv4 TOS or IPv6 flowinfo */
+	__u8 proto;     /* and the protocol */
+	__u8 pad[3];
+	__u8 smac[6];   /* the FIB's source and neighbour MACs */
+	__u8 dmac[6];
+	__u32 pad2;
 };
 
 #define ROUTED_PAIR_TTL_NS (100ULL * 1000 * 1000)
@@ -111,57 +112,84 @@ struct {
 	__type(value, struct routed_pair_value);
 } weft_routed_pairs SEC(".maps");
 
-/* routed_pair returns the bridge ifindex of src's local pod CIDR when host
- * routing forwards src to dst (dst in weft_routed), else 0. */
-static __always_inline __u32 routed_pair(const struct tunnel_key *src, const struct tunnel_key *dst)
+/* routed_pair fills v with what is remembered about src to dst, or looks
+ * it up and remembers it: 0 when host routing forwards src to dst (dst in
+ * weft_routed, v->bridge the bridge of src's local pod CIDR), -1 when not.
+ * A pair looked up now has no FIB answer yet (v->ifindex 0). */
+static __always_inline int routed_pair(const struct tunnel_key *src, const struct tunnel_key *dst,
+				       struct routed_pair_key *k, struct routed_pair_value *v, __u64 now)
 {
-	struct routed_pair_key k;
-	__builtin_memcpy(k.src, src->addr, 16);
-	__builtin_memcpy(k.dst, dst->addr, 16);
-	__u64 now = bpf_ktime_get_coarse_ns();
-	struct routed_pair_value *m = bpf_map_lookup_elem(&weft_routed_pairs, &k);
-	if (m && now < m->until)
-		return m->bridge;
-	if (!bpf_map_lookup_elem(&weft_routed, dst))
+	__builtin_memcpy(k->src, src->addr, 16);
+	__builtin_memcpy(k->dst, dst->addr, 16);
+	struct routed_pair_value *m = bpf_map_lookup_elem(&weft_routed_pairs, k);
+	if (m && now < m->until) {
+		__builtin_memcpy(v, m, sizeof(*v));
 		return 0;
+	}
+	if (!bpf_map_lookup_elem(&weft_routed, dst))
+		return -1;
 	struct local_value *lv = bpf_map_lookup_elem(&weft_local, src);
 	if (!lv || !lv->bridge_ifindex)
-		return 0;
-	struct routed_pair_value v = {.until = now + ROUTED_PAIR_TTL_NS, .bridge = lv->bridge_ifindex};
-	bpf_map_update_elem(&weft_routed_pairs, &k, &v, BPF_ANY);
-	return v.bridge;
+		return -1;
+	__builtin_memset(v, 0, sizeof(*v));
+	v->until = now + ROUTED_PAIR_TTL_NS;
+	v->bridge = lv->bridge_ifindex;
+	bpf_map_update_elem(&weft_routed_pairs, k, v, BPF_ANY);
+	return 0;
 }
 
-/* host_route_out forwards a packet from a local pod (source in a local pod
- * CIDR) to a remote pod CIDR in weft_routed (dst, the caller's key) the way
- * the node's routing would, without it: FIB lookup as if the packet had
- * arrived on the pod bridge, TTL decremented, then straight to the egress
- * device, with the neighbour's MAC when the FIB knows it, else through
- * bpf_redirect_neigh. Anything else, a lookup that does not forward
- * (unreachable, too big, local) and an expiring TTL go to the stack
- * unchanged, which answers with the ICMP error. */
-static __always_inline int host_route_out(struct __sk_buff *skb, const struct tunnel_key *dst)
+/* host_route_out forwards a packet from a local pod (src, the caller's
+ * key: in a local pod CIDR) to a remote pod CIDR in weft_routed (dst) the
+ * way the node's routing would, without it: FIB lookup as if the packet
+ * had arrived on the pod bridge (or the remembered answer, see
+ * weft_routed_pairs, with the egress device's MTU checked per packet), TTL
+ * decremented, then straight to the egress device, with the neighbour's
+ * MAC when the FIB knows it, else through bpf_redirect_neigh. Anything
+ * else, a lookup that does not forward (unreachable, too big, local) and
+ * an expiring TTL go to the stack unchanged, which answers with the ICMP
+ * error. */
+static __always_inline int host_route_out(struct __sk_buff *skb, const struct tunnel_key *src,
+					  const struct tunnel_key *dst)
 {
-	struct tunnel_key src = {};
-	if (load_addr(skb, &src, ADDR_SRC) != ADDR_OK)
-		return TC_ACT_OK;
-	__u32 bridge = routed_pair(&src, dst);
-	if (!bridge)
+	struct routed_pair_key pk;
+	struct routed_pair_value pv;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (routed_pair(src, dst, &pk, &pv, now) < 0)
 		return TC_ACT_OK;
 	if (stack_flow(skb))
 		return TC_ACT_OK;
 
 	struct bpf_fib_lookup fib = {};
-	if (fib_params(skb, &fib, bridge) < 0)
+	if (fib_params(skb, &fib, pv.bridge) < 0)
 		return TC_ACT_OK;
-	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return TC_ACT_OK;
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		/* The kernel checked the MTU only on success. */
+	__u32 asked = fib.family == WEFT_AF_INET ? fib.tos : fib.flowinfo;
+	long rc;
+	if (pv.ifindex && pv.flowinfo == asked && pv.proto == fib.l4_protocol) {
+		/* The FIB checks the MTU on success; so does this. */
 		__u32 mtu_len = 0;
-		if (bpf_check_mtu(skb, fib.ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+		if (bpf_check_mtu(skb, pv.ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
 			return TC_ACT_OK;
+		rc = BPF_FIB_LKUP_RET_SUCCESS;
+		fib.ifindex = pv.ifindex;
+		__builtin_memcpy(fib.smac, pv.smac, ETH_ALEN);
+		__builtin_memcpy(fib.dmac, pv.dmac, ETH_ALEN);
+	} else {
+		rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+			return TC_ACT_OK;
+		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+			/* The kernel checked the MTU only on success. */
+			__u32 mtu_len = 0;
+			if (bpf_check_mtu(skb, fib.ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+				return TC_ACT_OK;
+		} else {
+			pv.ifindex = fib.ifindex;
+			pv.flowinfo = asked;
+			pv.proto = fib.l4_protocol;
+			__builtin_memcpy(pv.smac, fib.smac, ETH_ALEN);
+			__builtin_memcpy(pv.dmac, fib.dmac, ETH_ALEN);
+			bpf_map_update_elem(&weft_routed_pairs, &pk, &pv, BPF_ANY);
+		}
 	}
 	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;
@@ -184,16 +212,14 @@ static __always_inline int host_route_out(struct __sk_buff *skb, const struct tu
 }
 
 /* host_route_in hands a plain packet that arrived on the underlay from a
- * remote pod CIDR in weft_routed to a local pod past the stack
- * (to_local_pod). Anything else goes to the stack. */
-static __always_inline int host_route_in(struct __sk_buff *skb)
+ * remote pod CIDR in weft_routed (routed: the underlay check's answer,
+ * check_reverse_path) to a local pod past the stack (to_local_pod, dst the
+ * caller's key). Anything else goes to the stack. */
+static __always_inline int host_route_in(struct __sk_buff *skb, const struct tunnel_key *dst, int routed)
 {
-	struct tunnel_key src = {};
-	if (load_addr(skb, &src, ADDR_SRC) != ADDR_OK)
+	if (!routed)
 		return TC_ACT_OK;
-	if (!bpf_map_lookup_elem(&weft_routed, &src))
-		return TC_ACT_OK;
-	int verdict = to_local_pod(skb);
+	int verdict = to_local_pod(skb, dst);
 	if (verdict == TC_ACT_REDIRECT) {
 		struct host_stats *s = host_stats();
 		if (s)

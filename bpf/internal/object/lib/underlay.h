@@ -76,7 +76,9 @@ static __always_inline enum drop_reason next_hop_is(struct __sk_buff *skb, const
  * every Sync and Reconcile, and trusted for at most RP_ACCEPTED_TTL_NS,
  * which bounds how long a route or neighbour change made by someone else
  * (a neighbour entry that moved to another MAC) goes unseen. Only
- * acceptances are remembered: a refusal is looked up again each time. */
+ * acceptances are remembered: a refusal is looked up again each time.
+ * With an acceptance goes whether src is in weft_routed (host routing
+ * hands the packet to the local pod), which also changes only in Sync. */
 struct rp_key {
 	__u8 src[16];  /* the packet's source, as tunnel_key.addr */
 	__u8 dst[16];  /* its destination: the FIB lookup's source */
@@ -85,13 +87,19 @@ struct rp_key {
 	__u16 pad;
 };
 
+struct rp_value {
+	__u64 until;  /* bpf_ktime_get_coarse_ns() when it expires */
+	__u32 routed; /* src is in weft_routed */
+	__u32 pad;
+};
+
 #define RP_ACCEPTED_TTL_NS (100ULL * 1000 * 1000)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct rp_key);
-	__type(value, __u64); /* bpf_ktime_get_coarse_ns() when it expires */
+	__type(value, struct rp_value);
 } weft_rp_accepted SEC(".maps");
 
 /* reverse_path_verdict accepts (0) a packet with a pod source src (to dst)
@@ -124,9 +132,10 @@ static __always_inline enum drop_reason reverse_path_verdict(struct __sk_buff *s
 /* check_reverse_path is the underlay check for a pod source
  * (reverse_path_verdict), with its acceptances remembered in
  * weft_rp_accepted: a steady flow costs a hash lookup per packet instead
- * of a FIB lookup. */
+ * of a FIB lookup, and the trie lookup of weft_routed (*routed) comes with
+ * it. */
 static __always_inline int check_reverse_path(struct __sk_buff *skb, const struct tunnel_key *src,
-					      const struct tunnel_key *dst)
+					      const struct tunnel_key *dst, int *routed)
 {
 	struct ethhdr *eth = eth_hdr(skb);
 	if (!eth)
@@ -138,14 +147,18 @@ static __always_inline int check_reverse_path(struct __sk_buff *skb, const struc
 	k.ifindex = skb->ingress_ifindex;
 	int v4 = eth->h_proto == bpf_htons(ETH_P_IP);
 	__u64 now = bpf_ktime_get_coarse_ns();
-	__u64 *until = bpf_map_lookup_elem(&weft_rp_accepted, &k);
-	if (until && now < *until)
+	struct rp_value *m = bpf_map_lookup_elem(&weft_rp_accepted, &k);
+	if (m && now < m->until) {
+		*routed = m->routed;
 		return TC_ACT_OK;
+	}
 	enum drop_reason bad = reverse_path_verdict(skb, src, dst, v4, k.mac);
 	if (bad)
 		return drop(bad);
-	__u64 exp = now + RP_ACCEPTED_TTL_NS;
-	bpf_map_update_elem(&weft_rp_accepted, &k, &exp, BPF_ANY);
+	struct rp_value v = {.until = now + RP_ACCEPTED_TTL_NS};
+	v.routed = bpf_map_lookup_elem(&weft_routed, src) != NULL;
+	bpf_map_update_elem(&weft_rp_accepted, &k, &v, BPF_ANY);
+	*routed = v.routed;
 	return TC_ACT_OK;
 }
 
