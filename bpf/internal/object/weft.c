@@ -206,7 +206,7 @@ int weft_from_underlay(struct __sk_buff *skb)
 		if (verdict != TC_ACT_OK)
 			return verdict;
 		if (rs != ADDR_OK || rd != ADDR_OK)
-			return TC_ACT_OK; /* as to_local_pod has always done */
+			return TC_ACT_OK; /* e.g. IPv6 multicast: the stack's */
 		return host_route_in(skb, &dst, routed);
 	}
 	if (dst_pod && (g->flags & GUARD_TUNNEL_ONLY))
