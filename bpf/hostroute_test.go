@@ -16,6 +16,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/bpf/internal/object"
 	"github.com/weftnet/weft/bpf/spec"
@@ -297,6 +298,18 @@ func TestHostRouting(t *testing.T) {
 		if int(v.Ifindex) != ul || !slices.Equal(v.Dmac[:], own) {
 			t.Fatalf("remembered FIB answer: ifindex %d MAC %s, want %d %s", v.Ifindex, net.HardwareAddr(v.Dmac[:]), ul, own)
 		}
+		// A packet that differs only in its ECN bits (ECT(0)), which the
+		// FIB ignores, is sent with the same answer.
+		c0 := a.counters()
+		must(t, udpSendTOS(a.pod, b.podIP, 9, 0x02))
+		if c1 := a.counters(); c1.RoutedTx == c0.RoutedTx {
+			t.Fatalf("an ECT(0) datagram to pod 2 did not take the eBPF path: %+v", c1)
+		}
+		var ect object.WeftRoutedPairValue
+		must(t, a.dp.objs.WeftRoutedPairs.Lookup(&pk, &ect))
+		if ect != v {
+			t.Fatalf("remembered after an ECT(0) datagram %+v, want the answer %+v kept", ect, v)
+		}
 		moved := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x23}
 		setNeigh(moved)
 		time.Sleep(150 * time.Millisecond)
@@ -355,6 +368,33 @@ func TestHostRouting(t *testing.T) {
 		if c1 := a.counters(); c1.RoutedTx != c0.RoutedTx {
 			t.Fatalf("masqueraded traffic took the eBPF path: %+v", c1)
 		}
+	})
+}
+
+// udpSendTOS sends a datagram to the IPv4 address dst:port from a UDP
+// socket in ns with the IP TOS byte tos.
+func udpSendTOS(ns *netnstest.NS, dst netip.Addr, port uint16, tos int) error {
+	return ns.Do(func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, port)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := raw.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, tos)
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set IP_TOS: %w", serr)
+		}
+		_, err = c.Write([]byte("tos"))
+		return err
 	})
 }
 

@@ -81,7 +81,7 @@ static __always_inline int fib_params(struct __sk_buff *skb, struct bpf_fib_look
  * all the same, so a packet that looked the tries up while a Sync changed
  * them is not remembered longer. With the pair goes the FIB's answer for
  * it when the FIB knew the neighbour's MAC (ifindex not 0): for the same
- * TOS (IPv6: flow label and traffic class) and protocol, later packets
+ * DSCP (IPv6: flow label and DSCP) and protocol, later packets
  * use it instead of asking again, so a route or neighbour change weft
  * does not make is followed within ROUTED_PAIR_TTL_NS (weft's own routes
  * change in Sync, which forgets). Only pairs host routing forwards are
@@ -95,7 +95,7 @@ struct routed_pair_value {
 	__u64 until;    /* bpf_ktime_get_coarse_ns() when it expires */
 	__u32 bridge;   /* the local pod CIDR's bridge */
 	__u32 ifindex;  /* the FIB's egress device; 0: no FIB answer remembered */
-	__u32 flowinfo; /* what the FIB was asked with: IPv4 TOS or IPv6 flowinfo */
+	__u32 flowinfo; /* what the FIB was asked with: IPv4 TOS or IPv6 flowinfo, ECN bits 0 */
 	__u8 proto;     /* and the protocol */
 	__u8 pad[3];
 	__u8 smac[6];   /* the FIB's source and neighbour MACs */
@@ -162,7 +162,9 @@ static __always_inline int host_route_out(struct __sk_buff *skb, const struct tu
 	struct bpf_fib_lookup fib = {};
 	if (fib_params(skb, &fib, pv.bridge) < 0)
 		return TC_ACT_OK;
-	__u32 asked = fib.family == WEFT_AF_INET ? fib.tos : fib.flowinfo;
+	/* What the FIB is asked with, less the ECN bits, which it ignores (so
+	 * a flow whose packets differ only there keeps one answer). */
+	__u32 asked = fib.family == WEFT_AF_INET ? fib.tos & 0xFC : fib.flowinfo & bpf_htonl(0x0FCFFFFF);
 	long rc;
 	if (pv.ifindex && pv.flowinfo == asked && pv.proto == fib.l4_protocol) {
 		/* The FIB checks the MTU on success; so does this. */
