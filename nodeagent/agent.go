@@ -346,7 +346,7 @@ func (a *Agent) Health() (ok bool, reasons []string) {
 func (a *Agent) healthParts(v *view) (own []string, peers string) {
 	own = slices.Clone(v.health)
 	if a.prober != nil {
-		rep := a.prober.Report()
+		rep := a.prober.ReportFirst(reachShown)
 		if rep.Err != "" {
 			own = append(own, rep.Err)
 		}

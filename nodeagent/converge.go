@@ -78,6 +78,11 @@ type loop struct {
 	unreachable int
 	probeErr    string
 	healthDirty bool
+	// reachLogDue: health was logged for a change of the number of
+	// unreachable peers less than StatusMinInterval ago; reachLogPending:
+	// a later change waits for it (reachChanged).
+	reachLogDue     <-chan time.Time
+	reachLogPending bool
 	// gateway: the pod CIDRs whose gateway EnsurePodGateway made.
 	gateway []netip.Prefix
 
@@ -152,6 +157,8 @@ func (l *loop) run(ctx context.Context) {
 			readUnderlay()
 		case <-l.a.reachKick:
 			l.reachChanged()
+		case <-l.reachLogDue:
+			l.reachLogged()
 		case <-reconcile:
 			if !l.haveUnd {
 				break // underlayRetry reads it

@@ -350,9 +350,9 @@ func (a *Agent) Status() *weftv1.AgentStatus {
 		BgpSessions: a.bgpSessions(v),
 	}
 	if a.prober != nil {
-		reachStatus(st, a.prober.Report())
+		reachStatus(st, a.prober.ReportFirst(statusUnreachable))
 	}
-	st.Degraded = len(own) > 0 || len(st.UnreachablePeers) > 0
+	st.Degraded = len(own) > 0 || st.UnreachableCount > 0
 	// Unreachable peers have their own field; last_error stays for
 	// errors of the agent itself.
 	switch {

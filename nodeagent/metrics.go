@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -153,6 +154,17 @@ func (a *Agent) Handler() http.Handler {
 			return
 		}
 		fmt.Fprintln(w, "ok")
+	})
+	// Every unreachable peer, one line each: the status in etcd lists only
+	// the first (statusUnreachable) so its value stays small.
+	mux.HandleFunc("/unreachable", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if a.prober == nil {
+			return
+		}
+		for _, u := range a.prober.Report().Unreachable {
+			fmt.Fprintf(w, "%s %s since %s: %s\n", u.Node, u.Addr, u.Since.UTC().Format(time.RFC3339), u.Reason)
+		}
 	})
 	return mux
 }

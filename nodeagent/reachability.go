@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/weftnet/weft/nodeagent/model"
 	"github.com/weftnet/weft/nodeagent/reach"
@@ -46,23 +47,56 @@ func (l *loop) setTargets() {
 	a.prober.Set(reach.Targets(d, cfg.AutoDirectNodeRoutes, l.underlay, peers))
 }
 
+// statusUnreachable is how many unreachable gateways the status lists
+// (the first by node name); unreachable_count has them all. A status that
+// listed every one would grow to hundreds of kilobytes when thousands of
+// peers fail at once, and be rewritten at every change.
+const statusUnreachable = 64
+
 // reachChanged runs on the converge loop when the prober's verdicts
-// changed: health is logged again when the number of unreachable peers or
-// the prober's own error changed; the status follows every change (the
-// publish after it asks for a write).
+// changed. The status follows every change (the publish after it asks for
+// a write, and the writer coalesces a burst into one write per
+// StatusMinInterval). Health is logged again at once when the prober's own
+// error changed or when the agent turns degraded by or clears of
+// unreachable peers; a change of their number alone is logged at most once
+// per StatusMinInterval, the last change always (reachLogDue): a wave of
+// thousands of peers failing one after another logs a few summaries, not a
+// line per peer.
 func (l *loop) reachChanged() {
-	r := l.a.prober.Report()
+	r := l.a.prober.ReportFirst(0)
 	n := r.UnreachablePeers()
 	l.a.metrics.peersUnreachable.Set(float64(n))
-	if n != l.unreachable || r.Err != l.probeErr {
-		l.unreachable, l.probeErr = n, r.Err
+	if n == l.unreachable && r.Err == l.probeErr {
+		return
+	}
+	now := r.Err != l.probeErr || (n == 0) != (l.unreachable == 0)
+	l.unreachable, l.probeErr = n, r.Err
+	switch {
+	case now:
 		l.healthDirty = true
+	case l.reachLogDue == nil:
+		l.healthDirty = true
+		l.reachLogDue = time.After(l.a.cfg.StatusMinInterval)
+	default:
+		l.reachLogPending = true
 	}
 }
 
-// reachStatus fills the status's reachability fields.
+// reachLogged runs when the health log's pause after a change of the
+// number of unreachable peers ends: a change held back is logged now.
+func (l *loop) reachLogged() {
+	l.reachLogDue = nil
+	if l.reachLogPending {
+		l.reachLogPending, l.healthDirty = false, true
+		l.reachLogDue = time.After(l.a.cfg.StatusMinInterval)
+	}
+}
+
+// reachStatus fills the status's reachability fields: the counts, and the
+// first statusUnreachable unreachable gateways by node name.
 func reachStatus(st *weftv1.AgentStatus, r reach.Report) {
 	st.ReachablePeers = uint32(r.Reachable)
+	st.UnreachableCount = uint32(r.UnreachablePeers())
 	for _, u := range r.Unreachable {
 		st.UnreachablePeers = append(st.UnreachablePeers, &weftv1.UnreachablePeer{
 			Node: u.Node, Address: u.Addr.String(), Reason: u.Reason,
@@ -71,19 +105,26 @@ func reachStatus(st *weftv1.AgentStatus, r reach.Report) {
 	}
 }
 
+// reachShown is how many unreachable gateways the health reason names.
+const reachShown = 3
+
 // reachReason is the health reason for unreachable peers: how many, and
-// the first few with their reasons.
+// the first few (r lists at most reachShown) with their reasons.
 func reachReason(r reach.Report) string {
-	if len(r.Unreachable) == 0 {
+	n := r.UnreachablePeers()
+	if n == 0 {
 		return ""
 	}
-	const show = 3
 	var parts []string
-	for _, u := range r.Unreachable[:min(show, len(r.Unreachable))] {
+	named := 0
+	for i, u := range r.Unreachable[:min(reachShown, len(r.Unreachable))] {
 		parts = append(parts, u.Node+": "+u.Reason)
+		if i == 0 || r.Unreachable[i-1].Node != u.Node {
+			named++
+		}
 	}
-	s := fmt.Sprintf("%d of %d peers unreachable: %s", r.UnreachablePeers(), r.Peers, strings.Join(parts, "; "))
-	if more := len(r.Unreachable) - show; more > 0 {
+	s := fmt.Sprintf("%d of %d peers unreachable: %s", n, r.Peers, strings.Join(parts, "; "))
+	if more := n - named; more > 0 {
 		s += fmt.Sprintf("; and %d more", more)
 	}
 	return s

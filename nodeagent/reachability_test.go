@@ -1,7 +1,9 @@
 package nodeagent
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"net/netip"
 	"slices"
@@ -13,8 +15,10 @@ import (
 	"github.com/weftnet/weft/nodeagent/internal/fakedp"
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
 	"github.com/weftnet/weft/nodeagent/reach"
+	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // gatewayDP is the fake datapath with a PodGateway that records calls.
@@ -36,6 +40,12 @@ type fakeNet struct {
 func (n *fakeNet) route(a string) {
 	n.mu.Lock()
 	n.routed[netip.MustParseAddr(a)] = true
+	n.mu.Unlock()
+}
+
+func (n *fakeNet) unroute(a string) {
+	n.mu.Lock()
+	delete(n.routed, netip.MustParseAddr(a))
 	n.mu.Unlock()
 }
 
@@ -171,5 +181,127 @@ func TestUnreachablePeersMakeTheAgentDegraded(t *testing.T) {
 	}
 	if m := metrics(); !strings.Contains(m, "weft_agent_peers_unreachable 0") || !strings.Contains(m, "weft_agent_degraded 0") {
 		t.Errorf("metrics still degraded:\n%s", m)
+	}
+}
+
+// TestUnreachableWaveIsCoalesced: peers become unreachable one after
+// another, as when a cluster's nodes go away in a cold-start benchmark.
+// The status is written at most once per StatusMinInterval (plus the
+// periodic writes), not once per peer; the health log says so a few
+// times, not once per peer; the status lists a bounded number of peers
+// with the whole count; and the last state is written exactly.
+func TestUnreachableWaveIsCoalesced(t *testing.T) {
+	const peers = 200
+	const minInterval = 100 * time.Millisecond
+	_, c := etcdtest.New(t)
+	h := newHarness(t, c, c)
+	h.a.cfg.StatusMinInterval = minInterval
+	h.a.cfg.StatusInterval = time.Second
+	net := &fakeNet{routed: map[netip.Addr]bool{}}
+	h.a.cfg.Probe = &reach.Config{Open: net.open, Interval: 100 * time.Millisecond, Timeout: 30 * time.Millisecond,
+		Retry: 10 * time.Millisecond, Grace: 50 * time.Millisecond, Rate: 100000}
+	h.a.newProber()
+
+	native := cfg()
+	native.Backend = "native"
+	h.append(logtest.Config(native))
+	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+	var gws []string
+	for i := range peers {
+		gw := fmt.Sprintf("10.244.%d.1", i+2)
+		net.route(gw)
+		gws = append(gws, gw)
+		h.append(logtest.Added(fmt.Sprintf("p%03d", i), fmt.Sprintf("192.168.1.%d", i+2), fmt.Sprintf("10.244.%d.0/24", i+2)))
+	}
+	h.start()
+	h.waitStatus("every peer reachable", func(st *weftv1.AgentStatus) bool {
+		return st.ReachablePeers == peers && !st.Degraded
+	})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	key := keys.New("").Status("n1")
+	r, err := c.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu     sync.Mutex
+		writes int
+		last   *weftv1.AgentStatus
+	)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		for resp := range c.Watch(ctx, key, clientv3.WithRev(r.Header.Revision+1)) {
+			for _, ev := range resp.Events {
+				if ev.Type != clientv3.EventTypePut {
+					continue
+				}
+				st, err := keys.DecodeStatus(ev.Kv.Value)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				writes, last = writes+1, st
+				mu.Unlock()
+			}
+		}
+	}()
+	logsBefore := strings.Count(h.logs.String(), "degraded")
+
+	// The wave: a peer every 5 ms, each found unreachable by its own probes.
+	start := time.Now()
+	for _, gw := range gws {
+		net.unroute(gw)
+		time.Sleep(5 * time.Millisecond)
+	}
+	final := h.waitStatus("every peer unreachable", func(st *weftv1.AgentStatus) bool {
+		return st.UnreachableCount == peers && st.ReachablePeers == 0
+	})
+	elapsed := time.Since(start)
+	// Whatever the writer still holds lands within a min interval (plus
+	// jitter); nothing changes after, so nothing more is due but the
+	// periodic writes.
+	time.Sleep(3 * minInterval)
+	elapsed += 3 * minInterval
+	cancel()
+	<-watchDone
+
+	mu.Lock()
+	defer mu.Unlock()
+	maxWrites := int(elapsed/minInterval) + int(elapsed/time.Second) + 2
+	if writes > maxWrites {
+		t.Errorf("%d status writes in %v for %d peers going unreachable, want at most %d (one per %v and the periodic ones)",
+			writes, elapsed, peers, maxWrites, minInterval)
+	}
+	lines := strings.Count(h.logs.String(), "degraded") - logsBefore
+	if maxLines := int(elapsed/minInterval) + 2; lines > maxLines || lines == 0 {
+		t.Errorf("%d health lines in %v, want 1 to %d (one per %v)", lines, elapsed, maxLines, minInterval)
+	}
+	if !strings.Contains(h.logs.String(), fmt.Sprintf("%d of %d peers unreachable: p000: ", peers, peers)) {
+		t.Errorf("the health log never says all %d peers are unreachable", peers)
+	}
+	// The last value written is the final state, exactly: every peer
+	// counted, the first statusUnreachable listed by name.
+	for _, st := range []*weftv1.AgentStatus{final, last} {
+		if st == nil || !st.Degraded || st.UnreachableCount != peers || st.ReachablePeers != 0 || len(st.UnreachablePeers) != statusUnreachable {
+			t.Fatalf("status = unreachable_count %d, %d listed, reachable %d; want %d, %d, 0",
+				st.GetUnreachableCount(), len(st.GetUnreachablePeers()), st.GetReachablePeers(), peers, statusUnreachable)
+		}
+		for i, u := range st.UnreachablePeers {
+			if want := fmt.Sprintf("p%03d", i); u.Node != want || u.Address != gws[i] {
+				t.Errorf("listed peer %d = %s at %s, want %s at %s", i, u.Node, u.Address, want, gws[i])
+			}
+		}
+	}
+	t.Logf("%d peers unreachable in %v: %d status writes, %d health lines", peers, elapsed, writes, lines)
+
+	// The agent lists every one of them on its own endpoint.
+	rec := httptest.NewRecorder()
+	h.a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/unreachable", nil))
+	if n := strings.Count(rec.Body.String(), "\n"); n != peers || !strings.HasPrefix(rec.Body.String(), "p000 10.244.2.1 since ") {
+		t.Errorf("/unreachable lists %d lines, want %d from p000:\n%.300s", n, peers, rec.Body.String())
 	}
 }

@@ -461,7 +461,7 @@ func (c *Cluster) Converged(ctx context.Context) (bool, string, error) {
 			return false, fmt.Sprintf("%s applied %d of head %d", n.Name, st.GetAppliedSeq(), head), nil
 		case st.GetDegraded() && len(st.GetUnreachablePeers()) > 0:
 			u := st.GetUnreachablePeers()[0]
-			return false, fmt.Sprintf("%s degraded: %d peers unreachable, e.g. %s: %s", n.Name, len(st.GetUnreachablePeers()), u.GetNode(), u.GetReason()), nil
+			return false, fmt.Sprintf("%s degraded: %d peers unreachable, e.g. %s: %s", n.Name, st.GetUnreachableCount(), u.GetNode(), u.GetReason()), nil
 		case st.GetDegraded():
 			return false, fmt.Sprintf("%s degraded: %s", n.Name, st.GetLastError()), nil
 		}

@@ -399,6 +399,9 @@ type NodeStatus struct {
 	// not answer probes through its datapath (they make it degraded).
 	ReachablePeers   uint32            `json:"reachable_peers"`
 	UnreachablePeers []UnreachablePeer `json:"unreachable_peers,omitempty"`
+	// UnreachableCount is how many peers are unreachable; the agent lists
+	// only the first of them (by node name) in UnreachablePeers.
+	UnreachableCount uint32 `json:"unreachable_count,omitempty"`
 }
 
 // UnreachablePeer is a peer a node cannot reach, as its agent reported it.
@@ -502,6 +505,7 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 			ns.Reporting = true
 			ns.AppliedSeq, ns.Degraded, ns.LastError = s.AppliedSeq, s.Degraded, s.LastError
 			ns.ReachablePeers = s.ReachablePeers
+			ns.UnreachableCount = s.UnreachableCount
 			ns.PodCIDRs = s.PodCidrs
 			for _, u := range s.UnreachablePeers {
 				ns.UnreachablePeers = append(ns.UnreachablePeers, UnreachablePeer{Node: u.Node, Address: u.Address, Reason: u.Reason, Since: u.Since})
@@ -547,12 +551,8 @@ func (x *cli) status(ctx context.Context) error {
 		case n.LastError != "":
 			state = "error: " + n.LastError
 		case len(n.UnreachablePeers) > 0:
-			// One entry per family a peer fails in; count peers.
-			peers := map[string]bool{}
-			for _, u := range n.UnreachablePeers {
-				peers[u.Node] = true
-			}
-			state = fmt.Sprintf("degraded: %d of %d peers unreachable", len(peers), len(peers)+int(n.ReachablePeers))
+			k := unreachableCount(n)
+			state = fmt.Sprintf("degraded: %d of %d peers unreachable", k, k+int(n.ReachablePeers))
 		case n.Degraded:
 			state = "degraded"
 		case n.Behind > 0:
@@ -582,6 +582,9 @@ func (x *cli) status(ctx context.Context) error {
 		for _, n := range rep.Nodes {
 			for _, u := range n.UnreachablePeers {
 				fmt.Fprintf(x.out, "  %s -> %s (%s) since %s: %s\n", n.Name, u.Node, u.Address, u.Since, u.Reason)
+			}
+			if more := unreachableCount(n) - listedPeers(n); more > 0 {
+				fmt.Fprintf(x.out, "  %s -> %d more peers (its status lists the first by name; all on the agent's /unreachable)\n", n.Name, more)
 			}
 		}
 	}
@@ -850,4 +853,20 @@ func (x *cli) check(ctx context.Context) error {
 		return errSilent
 	}
 	return nil
+}
+
+// listedPeers is how many peers n's status lists as unreachable: one
+// entry per family a peer fails in.
+func listedPeers(n NodeStatus) int {
+	peers := map[string]bool{}
+	for _, u := range n.UnreachablePeers {
+		peers[u.Node] = true
+	}
+	return len(peers)
+}
+
+// unreachableCount is how many peers n cannot reach: the status's count,
+// or the listed peers from an agent that reports no count.
+func unreachableCount(n NodeStatus) int {
+	return max(int(n.UnreachableCount), listedPeers(n))
 }

@@ -190,19 +190,13 @@ type Report struct {
 	// Err says why this node cannot probe at all (its socket does not
 	// open, e.g. without CAP_NET_RAW); empty when it can.
 	Err string
+
+	unreachablePeers int
 }
 
 // UnreachablePeers is the number of peers with an unreachable pod
-// gateway.
-func (r Report) UnreachablePeers() int {
-	n := 0
-	for i, u := range r.Unreachable {
-		if i == 0 || r.Unreachable[i-1].Node != u.Node {
-			n++
-		}
-	}
-	return n
-}
+// gateway (also those ReportFirst left out of Unreachable).
+func (r Report) UnreachablePeers() int { return r.unreachablePeers }
 
 // Pending is the number of peers without a verdict yet (not probed yet,
 // or failing within their grace, in some family and unreachable in none).
@@ -350,8 +344,15 @@ func (p *Prober) drop(pr *peer) {
 	delete(p.peers, pr.t.key())
 }
 
-// Report returns the current verdicts.
-func (p *Prober) Report() Report {
+// Report returns the current verdicts, every unreachable gateway listed.
+func (p *Prober) Report() Report { return p.ReportFirst(-1) }
+
+// ReportFirst returns the current verdicts with only the first limit
+// unreachable gateways listed (all when limit < 0); the counts are always
+// whole. The agent calls it on every change of a verdict, so when
+// thousands of peers fail one after another its cost must not grow with
+// the number already failing: it allocates at most limit entries.
+func (p *Prober) ReportFirst(limit int) Report {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r := Report{Sent: p.sent, Answered: p.answered, Failed: p.failed}
@@ -361,12 +362,15 @@ func (p *Prober) Report() Report {
 		}
 	}
 	// Per node: every target reachable, or some unreachable. A node is
-	// counted at its IPv4 target when it has one, else at its IPv6 one,
-	// so the report allocates nothing per peer (it runs at every status
-	// write).
+	// counted at its IPv4 target when it has one, else at its IPv6 one.
 	for k, pr := range p.peers {
 		if pr.state == unreachable {
-			r.Unreachable = append(r.Unreachable, Unreachable{Node: pr.t.Node, Addr: pr.t.Addr, Reason: pr.reason, Since: pr.since})
+			u := Unreachable{Node: pr.t.Node, Addr: pr.t.Addr, Reason: pr.reason, Since: pr.since}
+			if limit < 0 {
+				r.Unreachable = append(r.Unreachable, u)
+			} else {
+				r.Unreachable = keepFirst(r.Unreachable, limit, u)
+			}
 		}
 		v := pr.state
 		if other := p.peers[targetKey{k.node, !k.v6}]; other != nil {
@@ -376,17 +380,37 @@ func (p *Prober) Report() Report {
 			v = both(v, other.state)
 		}
 		r.Peers++
-		if v == reachable {
+		switch v {
+		case reachable:
 			r.Reachable++
+		case unreachable:
+			r.unreachablePeers++
 		}
 	}
-	slices.SortFunc(r.Unreachable, func(a, b Unreachable) int {
-		if c := strings.Compare(a.Node, b.Node); c != 0 {
-			return c
-		}
-		return a.Addr.Compare(b.Addr)
-	})
+	if limit < 0 {
+		slices.SortFunc(r.Unreachable, compareUnreachable)
+	}
 	return r
+}
+
+// keepFirst inserts u into list, kept sorted by node name then address,
+// and drops what falls beyond limit.
+func keepFirst(list []Unreachable, limit int, u Unreachable) []Unreachable {
+	i, _ := slices.BinarySearchFunc(list, u, compareUnreachable)
+	if limit >= 0 && i >= limit {
+		return list
+	}
+	if limit >= 0 && len(list) == limit {
+		list = list[:limit-1]
+	}
+	return slices.Insert(list, i, u)
+}
+
+func compareUnreachable(a, b Unreachable) int {
+	if c := strings.Compare(a.Node, b.Node); c != 0 {
+		return c
+	}
+	return a.Addr.Compare(b.Addr)
 }
 
 // Run probes until ctx ends, then closes its Conns.

@@ -55,8 +55,13 @@ type AgentStatus struct {
 	UnreachablePeers []*UnreachablePeer `protobuf:"bytes,15,rep,name=unreachable_peers,json=unreachablePeers,proto3" json:"unreachable_peers,omitempty"`
 	// Peers whose last probe was answered.
 	ReachablePeers uint32 `protobuf:"varint,16,opt,name=reachable_peers,json=reachablePeers,proto3" json:"reachable_peers,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// How many peers are unreachable. unreachable_peers lists at most the
+	// first 64 of them by node name (so the value stays small when many
+	// peers fail at once); the agent's log and /healthz give the count too,
+	// and its /metrics weft_agent_peers_unreachable.
+	UnreachableCount uint32 `protobuf:"varint,17,opt,name=unreachable_count,json=unreachableCount,proto3" json:"unreachable_count,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AgentStatus) Reset() {
@@ -197,6 +202,13 @@ func (x *AgentStatus) GetUnreachablePeers() []*UnreachablePeer {
 func (x *AgentStatus) GetReachablePeers() uint32 {
 	if x != nil {
 		return x.ReachablePeers
+	}
+	return 0
+}
+
+func (x *AgentStatus) GetUnreachableCount() uint32 {
+	if x != nil {
+		return x.UnreachableCount
 	}
 	return 0
 }
@@ -409,7 +421,7 @@ var File_weft_v1_status_proto protoreflect.FileDescriptor
 
 const file_weft_v1_status_proto_rawDesc = "" +
 	"\n" +
-	"\x14weft/v1/status.proto\x12\aweft.v1\"\xb8\x04\n" +
+	"\x14weft/v1/status.proto\x12\aweft.v1\"\xe5\x04\n" +
 	"\vAgentStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vapplied_seq\x18\x02 \x01(\x04R\n" +
@@ -429,7 +441,8 @@ const file_weft_v1_status_proto_rawDesc = "" +
 	"\tpod_cidrs\x18\r \x03(\tR\bpodCidrs\x12\x10\n" +
 	"\x03mtu\x18\x0e \x01(\rR\x03mtu\x12E\n" +
 	"\x11unreachable_peers\x18\x0f \x03(\v2\x18.weft.v1.UnreachablePeerR\x10unreachablePeers\x12'\n" +
-	"\x0freachable_peers\x18\x10 \x01(\rR\x0ereachablePeers\"m\n" +
+	"\x0freachable_peers\x18\x10 \x01(\rR\x0ereachablePeers\x12+\n" +
+	"\x11unreachable_count\x18\x11 \x01(\rR\x10unreachableCount\"m\n" +
 	"\x0fUnreachablePeer\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
