@@ -74,15 +74,14 @@ type loop struct {
 	// that holds them is out.
 	regChanged bool
 	// The prober's verdicts as last seen (reachChanged); healthDirty: they
-	// changed, so health is logged again at the next publish.
-	unreachable int
-	probeErr    string
-	healthDirty bool
-	// reachLogDue: health was logged for a change of the number of
-	// unreachable peers less than StatusMinInterval ago; reachLogPending:
-	// a later change waits for it (reachChanged).
-	reachLogDue     <-chan time.Time
-	reachLogPending bool
+	// changed, so health is logged again at the next publish. reachDue:
+	// they were last looked at less than StatusMinInterval ago;
+	// reachPending: they changed since.
+	unreachable  int
+	probeErr     string
+	healthDirty  bool
+	reachDue     <-chan time.Time
+	reachPending bool
 	// gateway: the pod CIDRs whose gateway EnsurePodGateway made.
 	gateway []netip.Prefix
 
@@ -157,8 +156,8 @@ func (l *loop) run(ctx context.Context) {
 			readUnderlay()
 		case <-l.a.reachKick:
 			l.reachChanged()
-		case <-l.reachLogDue:
-			l.reachLogged()
+		case <-l.reachDue:
+			l.reachPaused()
 		case <-reconcile:
 			if !l.haveUnd {
 				break // underlayRetry reads it

@@ -54,41 +54,36 @@ func (l *loop) setTargets() {
 const statusUnreachable = 64
 
 // reachChanged runs on the converge loop when the prober's verdicts
-// changed. The status follows every change (the publish after it asks for
-// a write, and the writer coalesces a burst into one write per
-// StatusMinInterval). Health is logged again at once when the prober's own
-// error changed or when the agent turns degraded by or clears of
-// unreachable peers; a change of their number alone is logged at most once
-// per StatusMinInterval, the last change always (reachLogDue): a wave of
-// thousands of peers failing one after another logs a few summaries, not a
-// line per peer.
+// changed. It folds them in (metrics, and health logged again when the
+// number of unreachable peers or the prober's own error changed) at once,
+// then at most once per StatusMinInterval while they keep changing, the
+// last change always (reachDue, reachPending): a wave of thousands of
+// peers failing one after another costs a few reports and log lines, not
+// one per peer. The status and /healthz read the prober when they are
+// asked, so they are not held back by this; the status writer coalesces
+// its writes to one per StatusMinInterval.
 func (l *loop) reachChanged() {
+	if l.reachDue != nil {
+		l.reachPending = true
+		return
+	}
+	l.reachPending = false
+	l.reachDue = time.After(l.a.cfg.StatusMinInterval)
 	r := l.a.prober.ReportFirst(0)
 	n := r.UnreachablePeers()
 	l.a.metrics.peersUnreachable.Set(float64(n))
-	if n == l.unreachable && r.Err == l.probeErr {
-		return
-	}
-	now := r.Err != l.probeErr || (n == 0) != (l.unreachable == 0)
-	l.unreachable, l.probeErr = n, r.Err
-	switch {
-	case now:
+	if n != l.unreachable || r.Err != l.probeErr {
+		l.unreachable, l.probeErr = n, r.Err
 		l.healthDirty = true
-	case l.reachLogDue == nil:
-		l.healthDirty = true
-		l.reachLogDue = time.After(l.a.cfg.StatusMinInterval)
-	default:
-		l.reachLogPending = true
 	}
 }
 
-// reachLogged runs when the health log's pause after a change of the
-// number of unreachable peers ends: a change held back is logged now.
-func (l *loop) reachLogged() {
-	l.reachLogDue = nil
-	if l.reachLogPending {
-		l.reachLogPending, l.healthDirty = false, true
-		l.reachLogDue = time.After(l.a.cfg.StatusMinInterval)
+// reachPaused runs when reachChanged's pause ends: a change that came
+// during it is folded in now.
+func (l *loop) reachPaused() {
+	l.reachDue = nil
+	if l.reachPending {
+		l.reachChanged()
 	}
 }
 

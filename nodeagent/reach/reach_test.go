@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -473,5 +474,72 @@ func TestReportAllocatesNothingPerPeer(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(5, func() { p.Report() }); n != 0 {
 		t.Errorf("Report allocates %v times at 5,000 peers, want 0", n)
+	}
+}
+
+// TestReportFirst: the counts are whole and the list is the first limit
+// entries of the full report.
+func TestReportFirst(t *testing.T) {
+	clk, conn, changes := newClock(), newFakeConn(), 0
+	p := newTestProber(t, clk, conn, &changes)
+	var ts []Target
+	for i := range 10 {
+		ts = append(ts, target(fmt.Sprintf("n%d", 9-i), fmt.Sprintf("10.244.%d.1", i), "vxlan"))
+	}
+	p.Set(ts)
+	run(p, clk, conn, DefaultGrace+2*DefaultInterval, func(a netip.Addr) bool { return a.As4()[2]%3 == 0 })
+	all := p.Report()
+	if all.UnreachablePeers() != 6 || len(all.Unreachable) != 6 {
+		t.Fatalf("report %+v, want 6 unreachable", all)
+	}
+	for _, limit := range []int{0, 1, 3, 6, 20} {
+		r := p.ReportFirst(limit)
+		if r.UnreachablePeers() != 6 || r.Peers != 10 || r.Reachable != 4 {
+			t.Errorf("ReportFirst(%d) counts %d of %d unreachable, %d reachable; want 6 of 10, 4", limit, r.UnreachablePeers(), r.Peers, r.Reachable)
+		}
+		if want := all.Unreachable[:min(limit, 6)]; !slices.Equal(r.Unreachable, want) {
+			t.Errorf("ReportFirst(%d) lists %v, want %v", limit, r.Unreachable, want)
+		}
+	}
+}
+
+// BenchmarkUnreachableWave5000 is what the agent asks of the prober while
+// 5,000 peers turn unreachable one after another: at each change, a
+// report for the counts and one for the health reason. "every" is the
+// full report the agent used to take twice per change (garbage grows with
+// the square of the peers); "first" is ReportFirst as the agent takes it
+// now.
+func BenchmarkUnreachableWave5000(b *testing.B) {
+	for _, c := range []struct {
+		name   string
+		counts func(*Prober) Report
+		reason func(*Prober) Report
+	}{
+		{"every", (*Prober).Report, (*Prober).Report},
+		{"first", func(p *Prober) Report { return p.ReportFirst(0) }, func(p *Prober) Report { return p.ReportFirst(3) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			clk, conn := newClock(), newFakeConn()
+			p := New(Config{Open: func(bool) (Conn, error) { return conn, nil }, now: clk.now})
+			defer p.close()
+			var ts []Target
+			for i := range 5000 {
+				ts = append(ts, target(fmt.Sprintf("n%04d", i), netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}).Next().String(), "vxlan"))
+			}
+			p.Set(ts)
+			n := 0
+			for b.Loop() {
+				for _, pr := range p.peers {
+					pr.state = reachable
+				}
+				for _, pr := range p.peers {
+					pr.state, pr.reason, pr.since = unreachable, "no reply", clk.t
+					n += c.counts(p).UnreachablePeers() + len(c.reason(p).Unreachable)
+				}
+			}
+			if n == 0 {
+				b.Fatal("no report")
+			}
+		})
 	}
 }
