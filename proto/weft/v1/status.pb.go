@@ -55,10 +55,10 @@ type AgentStatus struct {
 	UnreachablePeers []*UnreachablePeer `protobuf:"bytes,15,rep,name=unreachable_peers,json=unreachablePeers,proto3" json:"unreachable_peers,omitempty"`
 	// Peers whose last probe was answered.
 	ReachablePeers uint32 `protobuf:"varint,16,opt,name=reachable_peers,json=reachablePeers,proto3" json:"reachable_peers,omitempty"`
-	// How many peers are unreachable. unreachable_peers lists at most the
-	// first 64 of them by node name (so the value stays small when many
-	// peers fail at once); the agent's log and /healthz give the count too,
-	// and its /metrics weft_agent_peers_unreachable.
+	// How many peers are unreachable. unreachable_peers lists only the
+	// first 64 unreachable gateways by node name (a peer failing in both
+	// families takes two), so the value stays small when many peers fail
+	// at once; the agent's own /unreachable lists every one.
 	UnreachableCount uint32 `protobuf:"varint,17,opt,name=unreachable_count,json=unreachableCount,proto3" json:"unreachable_count,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
