@@ -271,8 +271,13 @@ func TestStatusUnreachablePeers(t *testing.T) {
 			Reason: "no reply from 10.244.2.1 within 1s: direct routes are off (auto_direct_node_routes=false), so the network must route 10.244.2.0/24"},
 			{Node: "node2", Address: "fd00:0:0:2::1", Since: "2026-01-02T03:04:05Z",
 				Reason: "no reply from fd00:0:0:2::1 within 1s: direct routes are off (auto_direct_node_routes=false), so the network must route fd00:0:0:2::/64"}}}))
+	// node2 cannot reach 70 peers; its status lists the first only.
+	e.c.Put(ctx, k.Status("node2"), keys.EncodeString(&weftv1.AgentStatus{Name: "node2", AppliedSeq: 4, HeadSeq: 4, Degraded: true,
+		UnreachableCount: 70, UnreachablePeers: []*weftv1.UnreachablePeer{{Node: "node0", Address: "10.244.0.1", Since: "2026-01-02T03:04:05Z", Reason: "no reply"}}}))
 	code, out, _ := e.run("", "status")
 	for _, want := range []string{
+		"degraded: 70 of 70 peers unreachable",
+		"  node2 -> node0 (10.244.0.1) since 2026-01-02T03:04:05Z: no reply\n  node2 -> 69 more peers (its status lists the first by name; all on the agent's /unreachable)",
 		"node0  4        0       10.244.0.0/24,fd00::/64        converged",
 		"node1  4        0       10.244.1.0/24,fd00:0:0:1::/64  degraded: 1 of 2 peers unreachable",
 		"unreachable peers:\n  node1 -> node2 (10.244.2.1) since 2026-01-02T03:04:05Z: no reply from 10.244.2.1 within 1s: direct routes are off",
@@ -289,6 +294,9 @@ func TestStatusUnreachablePeers(t *testing.T) {
 	}
 	if n := rep.Nodes[1]; n.Converged || n.ReachablePeers != 1 || len(n.UnreachablePeers) != 2 || n.UnreachablePeers[0].Node != "node2" || len(n.PodCIDRs) != 2 {
 		t.Errorf("node1 in json: %+v", n)
+	}
+	if n := rep.Nodes[2]; n.UnreachableCount != 70 || len(n.UnreachablePeers) != 1 {
+		t.Errorf("node2 in json: %+v, want unreachable_count 70 and one listed", n)
 	}
 }
 
