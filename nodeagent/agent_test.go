@@ -109,6 +109,18 @@ func (h *harness) newAgent(c *clientv3.Client) *Agent {
 	return a
 }
 
+// registrationLease is the lease of node's registration as c reads it,
+// NoLease when there is none (or c cannot read it within a second).
+func registrationLease(c *clientv3.Client, node string) clientv3.LeaseID {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	r, err := c.Get(ctx, keys.New("").Registration(node))
+	if err != nil || len(r.Kvs) == 0 {
+		return clientv3.NoLease
+	}
+	return clientv3.LeaseID(r.Kvs[0].Lease)
+}
+
 func (h *harness) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -393,7 +405,6 @@ func TestAgentHeadlessAndUnreachableAtStart(t *testing.T) {
 // was removed that way (weft-testenv chaos, seed 7, etcd-block under
 // load). Once the path is back it registers again on a new lease.
 func TestAgentSeesItsLeaseEndWhileAWriteWaits(t *testing.T) {
-	ctx := context.Background()
 	p, c := etcdBehindProxy(t, false)
 	ac, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint()}, DialTimeout: time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -407,13 +418,7 @@ func TestAgentSeesItsLeaseEndWhileAWriteWaits(t *testing.T) {
 	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
 	h.start()
 	h.waitStatus("converged", func(st *weftv1.AgentStatus) bool { return st.AppliedSeq == 2 })
-	lease := func() clientv3.LeaseID {
-		r, err := c.Get(ctx, keys.New("").Registration("n1"))
-		if err != nil || len(r.Kvs) == 0 {
-			return clientv3.NoLease
-		}
-		return clientv3.LeaseID(r.Kvs[0].Lease)
-	}
+	lease := func() clientv3.LeaseID { return registrationLease(c, "n1") }
 	old := lease()
 	if old == clientv3.NoLease {
 		t.Fatal("not registered")

@@ -1,7 +1,6 @@
 package nodeagent
 
 import (
-	"context"
 	"net/url"
 	"strconv"
 	"testing"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/weftnet/weft/internal/etcdconn"
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
-	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
 	"github.com/weftnet/weft/testenv/netnstest"
@@ -70,15 +68,7 @@ func agentBackAfterDrop(t *testing.T, where netnstest.Where) {
 	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
 	h.start()
 	h.waitStatus("converged", func(st *weftv1.AgentStatus) bool { return st.AppliedSeq == 2 })
-	lease := func() clientv3.LeaseID {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		r, err := c.Get(ctx, keys.New("").Registration("n1"))
-		if err != nil || len(r.Kvs) == 0 {
-			return clientv3.NoLease
-		}
-		return clientv3.LeaseID(r.Kvs[0].Lease)
-	}
+	lease := func() clientv3.LeaseID { return registrationLease(c, "n1") }
 	if lease() == clientv3.NoLease {
 		t.Fatal("not registered")
 	}
