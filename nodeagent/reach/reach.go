@@ -394,13 +394,13 @@ func (p *Prober) ReportFirst(limit int) Report {
 }
 
 // keepFirst inserts u into list, kept sorted by node name then address,
-// and drops what falls beyond limit.
+// and drops what falls beyond limit (limit >= 0).
 func keepFirst(list []Unreachable, limit int, u Unreachable) []Unreachable {
 	i, _ := slices.BinarySearchFunc(list, u, compareUnreachable)
-	if limit >= 0 && i >= limit {
+	if i >= limit {
 		return list
 	}
-	if limit >= 0 && len(list) == limit {
+	if len(list) == limit {
 		list = list[:limit-1]
 	}
 	return slices.Insert(list, i, u)
