@@ -417,6 +417,13 @@ func checkPod(t *testing.T, o *objects, what string, sel *metav1.LabelSelector, 
 			continue
 		}
 		checkFlags(t, what+"/"+c.Name, filepath.Base(c.Command[0]), c)
+		// A binary named in an argument (weft-agent's --bgp-speaker) is
+		// in the image too.
+		for _, arg := range c.Args {
+			if _, v, _ := strings.Cut(arg, "="); strings.HasPrefix(v, "/usr/local/bin/") && !installed[v] {
+				t.Errorf("%s/%s: argument %s names a binary the Containerfile does not install", what, c.Name, arg)
+			}
+		}
 		// Probes hit the metrics address the container listens on.
 		if p := c.LivenessProbe; p != nil && p.HTTPGet != nil {
 			addr := flagValue(&c, "metrics-addr", "")
@@ -662,7 +669,7 @@ func containerfileBinaries(t *testing.T) map[string]bool {
 
 func TestContainerfile(t *testing.T) {
 	got := containerfileBinaries(t)
-	for _, b := range []string{"weft-controller", "weft-agent", "weftctl", "weft-cni"} {
+	for _, b := range []string{"weft-controller", "weft-agent", "weft-bgp", "weftctl", "weft-cni"} {
 		if !got["/usr/local/bin/"+b] {
 			t.Errorf("Containerfile does not install /usr/local/bin/%s", b)
 		}
@@ -722,12 +729,13 @@ func TestSystemdUnits(t *testing.T) {
 	sa, saErr := exec.LookPath("systemd-analyze")
 	binDir := t.TempDir()
 	if saErr == nil {
-		build := exec.Command("go", "build", "-o", binDir+"/", "../cmd/weft-controller", "../cmd/weft-agent")
+		build := exec.Command("go", "build", "-o", binDir+"/", "../cmd/weft-controller", "../cmd/weft-agent", "../cmd/weft-bgp")
 		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("build the binaries the units run: %v\n%s", err, out)
 		}
 	}
 	dir := t.TempDir()
+	installed := containerfileBinaries(t)
 	for _, b := range []string{"weft-controller", "weft-agent"} {
 		name := b + ".service"
 		u := parseUnit(t, filepath.Join("systemd", name))
@@ -744,6 +752,9 @@ func TestSystemdUnits(t *testing.T) {
 			f, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
 			if !have[f] {
 				t.Errorf("%s: %q is not a flag of %s", name, a, b)
+			}
+			if _, v, _ := strings.Cut(a, "="); strings.HasPrefix(v, "/usr/local/bin/") && !installed[v] {
+				t.Errorf("%s: %q names a binary the Containerfile does not install", name, a)
 			}
 		}
 		if !slices.Contains(u["Service"]["EnvironmentFile"], "/etc/weft/weft.env") {

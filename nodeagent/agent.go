@@ -31,7 +31,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weftnet/weft/bpf/spec"
-	"github.com/weftnet/weft/nodeagent/bgp"
+	"github.com/weftnet/weft/nodeagent/bgp/proc"
 	"github.com/weftnet/weft/nodeagent/follow"
 	"github.com/weftnet/weft/nodeagent/model"
 	"github.com/weftnet/weft/nodeagent/reach"
@@ -122,9 +122,9 @@ type Config struct {
 	// in bgp mode. Call Agent.Kick when they change.
 	ExtraRoutes func() []spec.Route
 	// BGP is the speaker run while the config in force has backend "bgp"
-	// (see bgpmode.go); nil means a bgp.New speaker. The speaker opens
-	// sockets from whatever thread runs it, so one agent per process (or
-	// per network namespace) uses it.
+	// (see bgpmode.go); nil means a proc.Client that runs weft-bgp found
+	// by proc.Find. Its child process starts in the agent's network
+	// namespace.
 	BGP Speaker
 	// ASN is this node's BGP AS number, sent in the registration; 0 means
 	// the cluster's bgp.asn.
@@ -213,7 +213,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.StatusMinInterval = DefaultStatusMinInterval
 	}
 	if cfg.BGP == nil {
-		cfg.BGP = bgp.New(cfg.Logger)
+		cfg.BGP = proc.New(proc.Options{Logger: cfg.Logger})
 	}
 	a := &Agent{
 		speaker:    cfg.BGP,

@@ -15,8 +15,9 @@ import (
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
-// Speaker is what the agent needs of its embedded BGP speaker;
-// *bgp.Speaker implements it (see package bgp for the semantics).
+// Speaker is what the agent needs of its BGP speaker; *proc.Client
+// implements it over a weft-bgp child process, which runs the GoBGP
+// speaker of package gobgp (see there for the semantics).
 type Speaker interface {
 	Apply(ctx context.Context, cfg bgp.Config, advertise []netip.Prefix, nexthops []netip.Addr) error
 	Routes() []spec.Route

@@ -22,8 +22,10 @@ import (
 )
 
 // fakeSpeaker stands in for GoBGP at the Speaker boundary; the real
-// speaker against BIRD and in a full mesh is covered by nodeagent/bgp and
-// testenv/e2e (TestBGPRouter, TestBGPFullMesh).
+// speaker against BIRD and in a full mesh is covered by
+// nodeagent/bgp/gobgp, the weft-bgp process behind proc.Client by
+// nodeagent/bgp/proc, and both with real agents by testenv/e2e
+// (TestBGPRouter, TestBGPFullMesh).
 type fakeSpeaker struct {
 	mu       sync.Mutex
 	changed  chan struct{}

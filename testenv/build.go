@@ -15,7 +15,7 @@ import (
 )
 
 // Binaries are the commands a weft cluster in testenv runs.
-var Binaries = []string{"weft-controller", "weft-agent", "weftctl", "weft-testenv", "weft-cni"}
+var Binaries = []string{"weft-controller", "weft-agent", "weft-bgp", "weftctl", "weft-testenv", "weft-cni"}
 
 // Build compiles the weft binaries into dir with `go build` (run from
 // inside the weft module), the way deploy/Containerfile builds what ships

@@ -257,7 +257,8 @@ func (o *Options) defaults() error {
 			return fmt.Errorf("find weft-testenv in BinDir %q: %w", o.BinDir, err)
 		}
 	} else if o.Backend != BackendKernel {
-		for _, b := range []string{"weft-controller", "weft-agent", "weftctl"} {
+		// weft-bgp: the agents find it beside weft-agent.
+		for _, b := range []string{"weft-controller", "weft-agent", "weft-bgp", "weftctl"} {
 			if _, err := os.Stat(filepath.Join(o.BinDir, b)); err != nil {
 				return fmt.Errorf("find %s in BinDir %q: %w", b, o.BinDir, err)
 			}

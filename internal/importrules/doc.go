@@ -13,6 +13,10 @@
 //   - nodeagent/cni is the weft-cni plugin binary's code: only its main
 //     (cmd/weft-cni), the test helpers that run the plugin (testenv) and
 //     the manifest tests (deploy) import it; the agent never does.
+//   - weft-agent's binary does not link GoBGP (github.com/osrg/gobgp):
+//     the BGP speaker is weft-bgp, a process of its own (docs/bgp.md,
+//     "Two processes"), so the agent's memory does not carry it. Checked
+//     on the binary's whole dependency graph (go list -deps).
 //
-// The rule covers a package's tests as well.
+// The rules on imports cover a package's tests as well.
 package importrules

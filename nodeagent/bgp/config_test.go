@@ -3,6 +3,7 @@ package bgp
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"testing"
 
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
@@ -70,3 +71,5 @@ func TestFromClusterDualStack(t *testing.T) {
 		t.Errorf("IPv6-only node: router id %v local %v next hops %v advertise %v peers %v", cfg.RouterID, cfg.LocalAddress, nh, adv, cfg.Peers)
 	}
 }
+
+func ip(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -26,6 +26,7 @@ import (
 	"github.com/weftnet/weft/internal/etcdconn"
 	"github.com/weftnet/weft/internal/pki"
 	"github.com/weftnet/weft/nodeagent"
+	"github.com/weftnet/weft/nodeagent/bgp/proc"
 	"github.com/weftnet/weft/nodeagent/reach"
 	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/proto/validate"
@@ -67,6 +68,7 @@ type Options struct {
 	ReconcileInterval time.Duration
 	LogLevel          string
 	ASN               uint
+	BGPSpeaker        string
 	HostRouting       string
 	Probe             bool
 	ProbeGrace        time.Duration
@@ -96,6 +98,7 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	fs.DurationVar(&o.ReconcileInterval, "reconcile-interval", nodeagent.DefaultReconcileInterval, "how often to re-read the kernel and repair drift")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.UintVar(&o.ASN, "asn", 0, "this node's BGP AS number in bgp mode (0: the cluster's bgp.asn)")
+	fs.StringVar(&o.BGPSpeaker, "bgp-speaker", "", "the weft-bgp binary run in bgp mode (default: weft-bgp beside this binary, else on $PATH)")
 	fs.StringVar(&o.HostRouting, "host-routing", "", `"stack": pod traffic goes through this node's stack, so netfilter FORWARD rules (iptables-based NetworkPolicy) see it; "bpf": forwarded in eBPF past it; "" (default): the cluster config's host_routing`)
 	fs.BoolVar(&o.Probe, "probe", true, "probe every peer's pod gateway through the datapath and report unreachable peers (degraded)")
 	fs.DurationVar(&o.ProbeGrace, "probe-grace", reach.DefaultGrace, "how long a new (or changed) peer may fail probes before it counts as unreachable")
@@ -148,6 +151,11 @@ func (o *Options) Check() error {
 	}
 	if o.ASN > 1<<32-1 || o.ASN == 23456 {
 		return fmt.Errorf("--asn: %d is not a usable AS number", o.ASN)
+	}
+	if o.BGPSpeaker != "" {
+		if _, err := proc.Find(o.BGPSpeaker); err != nil {
+			return fmt.Errorf("--bgp-speaker: %w", errors.Unwrap(err))
+		}
 	}
 	if o.HostRouting != "" && !slices.Contains(validate.HostRoutings, o.HostRouting) {
 		return fmt.Errorf("--host-routing: unknown host routing %q (want one of %v, or empty for the cluster config's)", o.HostRouting, validate.HostRoutings)
@@ -241,7 +249,10 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		ReconcileInterval: o.ReconcileInterval,
 		ASN:               uint32(o.ASN),
 		HostRouting:       o.HostRouting,
-		Logger:            log,
+		// weft-bgp, a process of its own so that this binary does not
+		// carry GoBGP (docs/bgp.md, "Two processes").
+		BGP:    proc.New(proc.Options{Path: o.BGPSpeaker, Logger: log}),
+		Logger: log,
 		// A cold start's peak (the list's pages, decoding every node,
 		// loading the programs) is garbage once the node converged;
 		// return it to the kernel now rather than as the scavenger gets

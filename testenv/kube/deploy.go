@@ -39,7 +39,7 @@ const (
 // CGO_ENABLED=0 (the image has no C library), with testenv's build
 // settings so they share its compile cache.
 func BuildStatic(ctx context.Context, dir string) error {
-	return testenv.BuildCommands(ctx, dir, []string{"weft-controller", "weft-agent", "weftctl", "weft-cni"})
+	return testenv.BuildCommands(ctx, dir, []string{"weft-controller", "weft-agent", "weft-bgp", "weftctl", "weft-cni"})
 }
 
 // WeftImage reads the image the agent DaemonSet runs (the one image of

@@ -78,7 +78,7 @@ func weftLayer(binDir, conflist string) ([]layerFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, b := range []string{"weft-controller", "weft-agent", "weftctl", "weft-cni"} {
+	for _, b := range []string{"weft-controller", "weft-agent", "weft-bgp", "weftctl", "weft-cni"} {
 		data, err := os.ReadFile(filepath.Join(binDir, b))
 		if err != nil {
 			return nil, fmt.Errorf("read %s for the image: %w", b, err)

@@ -1,4 +1,4 @@
-package bgp
+package gobgp
 
 import (
 	"bytes"
@@ -13,6 +13,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 	"go.uber.org/goleak"
+
+	"github.com/weftnet/weft/nodeagent/bgp"
 )
 
 func TestMain(m *testing.M) {
@@ -32,19 +34,19 @@ func TestApplyRejectsUnusableConfig(t *testing.T) {
 	sp := New(nil)
 	ctx := context.Background()
 	for name, tc := range map[string]struct {
-		cfg Config
+		cfg bgp.Config
 		adv []netip.Prefix
 		nh  []netip.Addr
 	}{
-		"no router id":    {cfg: Config{ASN: 64512}},
-		"v6 router id":    {cfg: Config{RouterID: ip("fd00::1"), ASN: 64512}},
-		"no asn":          {cfg: Config{RouterID: ip("127.0.0.1")}},
-		"bad port":        {cfg: Config{RouterID: ip("127.0.0.1"), ASN: 1, ListenPort: 70000}},
-		"v6 prefix v4 nh": {cfg: Config{RouterID: ip("127.0.0.1"), ASN: 1, ListenPort: -1}, adv: []netip.Prefix{pfx("fd00:1::/64")}, nh: []netip.Addr{ip("127.0.0.1")}},
-		"no next hop":     {cfg: Config{RouterID: ip("127.0.0.1"), ASN: 1, ListenPort: -1}, adv: []netip.Prefix{pfx("10.244.0.0/24")}},
+		"no router id":    {cfg: bgp.Config{ASN: 64512}},
+		"v6 router id":    {cfg: bgp.Config{RouterID: ip("fd00::1"), ASN: 64512}},
+		"no asn":          {cfg: bgp.Config{RouterID: ip("127.0.0.1")}},
+		"bad port":        {cfg: bgp.Config{RouterID: ip("127.0.0.1"), ASN: 1, ListenPort: 70000}},
+		"v6 prefix v4 nh": {cfg: bgp.Config{RouterID: ip("127.0.0.1"), ASN: 1, ListenPort: -1}, adv: []netip.Prefix{pfx("fd00:1::/64")}, nh: []netip.Addr{ip("127.0.0.1")}},
+		"no next hop":     {cfg: bgp.Config{RouterID: ip("127.0.0.1"), ASN: 1, ListenPort: -1}, adv: []netip.Prefix{pfx("10.244.0.0/24")}},
 	} {
-		if err := sp.Apply(ctx, tc.cfg, tc.adv, tc.nh); !errors.Is(err, ErrInvalidConfig) {
-			t.Errorf("%s: Apply = %v, want ErrInvalidConfig", name, err)
+		if err := sp.Apply(ctx, tc.cfg, tc.adv, tc.nh); !errors.Is(err, bgp.ErrInvalidConfig) {
+			t.Errorf("%s: Apply = %v, want bgp.ErrInvalidConfig", name, err)
 		}
 	}
 	if sp.Routes() != nil || sp.Sessions() != nil {
@@ -53,13 +55,13 @@ func TestApplyRejectsUnusableConfig(t *testing.T) {
 }
 
 func TestPeerKeyDefaults(t *testing.T) {
-	cfg := &Config{RouterID: ip("10.0.0.1"), ASN: 64512, GracefulRestart: true}
-	k := peerKeyOf(cfg, &Peer{Address: ip("10.0.0.2")})
-	if k.asn != 64512 || k.hold != DefaultHoldTime || k.keepalive != DefaultKeepalive || k.restart != DefaultRestartTime {
+	cfg := &bgp.Config{RouterID: ip("10.0.0.1"), ASN: 64512, GracefulRestart: true}
+	k := peerKeyOf(cfg, &bgp.Peer{Address: ip("10.0.0.2")})
+	if k.asn != 64512 || k.hold != bgp.DefaultHoldTime || k.keepalive != bgp.DefaultKeepalive || k.restart != bgp.DefaultRestartTime {
 		t.Errorf("defaults not applied: %+v", k)
 	}
 	cfg.HoldTime, cfg.Keepalive = 30, 10
-	k = peerKeyOf(cfg, &Peer{Address: ip("10.0.0.2"), ASN: 65000, HoldTime: 3, MultihopTTL: 4})
+	k = peerKeyOf(cfg, &bgp.Peer{Address: ip("10.0.0.2"), ASN: 65000, HoldTime: 3, MultihopTTL: 4})
 	if k.asn != 65000 || k.hold != 3 || k.keepalive != 10 || k.ttl != 4 {
 		t.Errorf("peer settings not used: %+v", k)
 	}
@@ -106,9 +108,9 @@ func TestLogScrubsPasswordAndRecordsReasons(t *testing.T) {
 func TestSpeakerInProcess(t *testing.T) {
 	sp := New(hclog.NewNullLogger())
 	ctx := context.Background()
-	cfg := Config{
+	cfg := bgp.Config{
 		RouterID: ip("127.0.0.1"), ASN: 64512, ListenPort: -1, LocalAddress: ip("127.0.0.1"),
-		Peers: []Peer{{Address: ip("127.0.0.2")}, {Address: ip("127.0.0.1")}},
+		Peers: []bgp.Peer{{Address: ip("127.0.0.2")}, {Address: ip("127.0.0.1")}},
 	}
 	adv := []netip.Prefix{pfx("10.244.1.0/24")}
 	for range 2 {

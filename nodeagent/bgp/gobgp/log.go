@@ -1,4 +1,4 @@
-package bgp
+package gobgp
 
 import (
 	"fmt"
@@ -8,7 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
-	"github.com/osrg/gobgp/v3/pkg/packet/bgp"
+	bgppacket "github.com/osrg/gobgp/v3/pkg/packet/bgp"
 )
 
 // logAdapter turns GoBGP's logger calls into hclog lines (Debug becomes
@@ -88,7 +88,7 @@ func (r *reasons) observe(msg string, f gobgplog.Fields) {
 	case "received notification":
 		code, _ := f["Code"].(uint8)
 		sub, _ := f["Subcode"].(uint8)
-		why = "received notification: " + bgp.NewNotificationErrorCode(code, sub).String()
+		why = "received notification: " + bgppacket.NewNotificationErrorCode(code, sub).String()
 		if c, ok := f["Communicated-Reason"].(string); ok && c != "" {
 			why += " (" + c + ")"
 		}

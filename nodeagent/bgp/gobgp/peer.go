@@ -1,9 +1,11 @@
-package bgp
+package gobgp
 
 import (
 	"net/netip"
 
 	api "github.com/osrg/gobgp/v3/api"
+
+	"github.com/weftnet/weft/nodeagent/bgp"
 )
 
 // peerKey is a peer's effective settings; a peer is re-created when its
@@ -18,15 +20,15 @@ type peerKey struct {
 	restart         uint32
 }
 
-func peerKeyOf(cfg *Config, p *Peer) peerKey {
+func peerKeyOf(cfg *bgp.Config, p *bgp.Peer) peerKey {
 	k := peerKey{
 		addr:      p.Address,
 		local:     cfg.LocalAddress,
 		asn:       p.ASN,
 		localASN:  cfg.ASN,
 		password:  p.Password,
-		hold:      cmp0(p.HoldTime, cmp0(cfg.HoldTime, DefaultHoldTime)),
-		keepalive: cmp0(p.Keepalive, cmp0(cfg.Keepalive, DefaultKeepalive)),
+		hold:      cmp0(p.HoldTime, cmp0(cfg.HoldTime, bgp.DefaultHoldTime)),
+		keepalive: cmp0(p.Keepalive, cmp0(cfg.Keepalive, bgp.DefaultKeepalive)),
 		ttl:       p.MultihopTTL,
 		gr:        cfg.GracefulRestart,
 	}
@@ -34,7 +36,7 @@ func peerKeyOf(cfg *Config, p *Peer) peerKey {
 		k.asn = cfg.ASN // iBGP unless told otherwise
 	}
 	if k.gr {
-		k.restart = cmp0(cfg.RestartTime, DefaultRestartTime)
+		k.restart = cmp0(cfg.RestartTime, bgp.DefaultRestartTime)
 	}
 	return k
 }

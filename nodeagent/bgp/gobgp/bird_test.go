@@ -1,4 +1,4 @@
-package bgp
+package gobgp
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/bgp"
 	"github.com/weftnet/weft/testenv/birdtest"
 )
 
@@ -164,7 +165,7 @@ func TestBIRD(t *testing.T) {
 		addr  netip.Addr
 		seg   string
 		asn   uint32
-		peer  Peer
+		peer  bgp.Peer
 		gr    bool
 		cidr  netip.Prefix
 		ns    string
@@ -173,11 +174,11 @@ func TestBIRD(t *testing.T) {
 	}
 	rA, rB := ip("10.78.1.254"), ip("10.78.2.254")
 	nodes := []*node{
-		{name: "n1", addr: ip("10.78.1.1"), seg: "bra", asn: 65001, peer: Peer{Address: rA, ASN: 65000, Password: "weft-md5-secret"}, gr: true, level: "trace"},
-		{name: "n2", addr: ip("10.78.1.2"), seg: "bra", asn: 65002, peer: Peer{Address: rA, ASN: 65000}},
-		{name: "n3", addr: ip("10.78.2.3"), seg: "brb", asn: 65003, peer: Peer{Address: rB, ASN: 65000}, gr: true},
-		{name: "n4", addr: ip("10.78.2.4"), seg: "brb", asn: 65004, peer: Peer{Address: rB, ASN: 65000, Password: "wrong-one"}, level: "trace"},
-		{name: "n5", addr: ip("10.78.1.5"), seg: "bra", asn: 65005, peer: Peer{Address: rA, ASN: 65099}},
+		{name: "n1", addr: ip("10.78.1.1"), seg: "bra", asn: 65001, peer: bgp.Peer{Address: rA, ASN: 65000, Password: "weft-md5-secret"}, gr: true, level: "trace"},
+		{name: "n2", addr: ip("10.78.1.2"), seg: "bra", asn: 65002, peer: bgp.Peer{Address: rA, ASN: 65000}},
+		{name: "n3", addr: ip("10.78.2.3"), seg: "brb", asn: 65003, peer: bgp.Peer{Address: rB, ASN: 65000}, gr: true},
+		{name: "n4", addr: ip("10.78.2.4"), seg: "brb", asn: 65004, peer: bgp.Peer{Address: rB, ASN: 65000, Password: "wrong-one"}, level: "trace"},
+		{name: "n5", addr: ip("10.78.1.5"), seg: "bra", asn: 65005, peer: bgp.Peer{Address: rA, ASN: 65099}},
 	}
 	for i, n := range nodes {
 		n.ns = l.ns(n.name)
@@ -185,9 +186,9 @@ func TestBIRD(t *testing.T) {
 		l.attach(n.ns, netip.PrefixFrom(n.addr, 24), r, n.seg, "p"+n.name)
 	}
 	bird := startBIRD(l, r, birdConf)
-	cfgOf := func(n *node) Config {
-		return Config{RouterID: n.addr, ASN: n.asn, ListenPort: 179, LocalAddress: n.addr,
-			Peers: []Peer{n.peer}, HoldTime: 3, Keepalive: 1, GracefulRestart: n.gr, RestartTime: 30}
+	cfgOf := func(n *node) bgp.Config {
+		return bgp.Config{RouterID: n.addr, ASN: n.asn, ListenPort: 179, LocalAddress: n.addr,
+			Peers: []bgp.Peer{n.peer}, HoldTime: 3, Keepalive: 1, GracefulRestart: n.gr, RestartTime: 30}
 	}
 	for _, n := range nodes {
 		n.p = l.speaker(n.ns, n.name, n.level)

@@ -1,11 +1,11 @@
-// Package bgp is the agent's embedded BGP speaker (GoBGP): it advertises
+// Package gobgp is weft's BGP speaker (GoBGP), run by cmd/weft-bgp: it advertises
 // the node's pod CIDRs with the node's underlay IP as next hop, and reports
 // the best routes it learns for other nodes' pod CIDRs as spec.Routes with
 // Proto spec.ProtoBGP. It never touches the kernel routing table; the
 // datapath installs what Routes returns.
 //
 // A Speaker is safe for concurrent use.
-package bgp
+package gobgp
 
 import (
 	"context"
@@ -21,58 +21,9 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/bgp"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
-
-// Defaults used when Config and Peer leave a timer at zero.
-const (
-	DefaultHoldTime    = 9
-	DefaultKeepalive   = 3
-	DefaultRestartTime = 120
-	// connectRetry is how often (5-10 s, GoBGP adds jitter) an unreachable
-	// peer is retried; GoBGP's own default of 120 s is too slow to notice
-	// a router coming back.
-	connectRetry = 5
-)
-
-// Config is the speaker's whole configuration. The agent derives it from
-// ClusterConfig.bgp and the node list.
-type Config struct {
-	// RouterID is the node's underlay IPv4 address (see FromCluster for
-	// IPv6-only nodes).
-	RouterID netip.Addr
-	// ASN is this node's AS number.
-	ASN uint32
-	// ListenPort is the TCP port to accept sessions on: 179 in production,
-	// 0 means 179, -1 means do not listen (connect out only).
-	ListenPort int32
-	// LocalAddress is the source address of outgoing sessions and the
-	// address listened on; invalid means any.
-	LocalAddress netip.Addr
-	// Peers are the configured peers plus, in full mesh, every other node.
-	// A peer whose address is RouterID or LocalAddress is ignored, so the
-	// agent may pass the whole node list.
-	Peers []Peer
-	// GracefulRestart makes peers keep this node's routes for RestartTime
-	// seconds (0: DefaultRestartTime) when the agent goes away without
-	// withdrawing, and makes this speaker do the same for its peers.
-	GracefulRestart bool
-	RestartTime     uint32
-	// HoldTime and Keepalive are the session timers in seconds for peers
-	// that do not set their own (0: DefaultHoldTime, DefaultKeepalive).
-	HoldTime, Keepalive uint32
-}
-
-// Peer is one BGP neighbour.
-type Peer struct {
-	Address netip.Addr
-	ASN     uint32
-	// Password is the TCP MD5 (RFC 2385) key; empty means none. Never logged.
-	Password            string
-	HoldTime, Keepalive uint32
-	// MultihopTTL > 0 enables eBGP multihop with this TTL.
-	MultihopTTL uint32
-}
 
 // Speaker runs one GoBGP server. The zero value is not usable; call New.
 type Speaker struct {
@@ -95,16 +46,10 @@ type advertised struct {
 	uuid    []byte
 }
 
-// NextHopFor returns the next hop of p's family among nexthops, invalid
-// when there is none.
-func NextHopFor(p netip.Prefix, nexthops []netip.Addr) netip.Addr {
-	for _, n := range nexthops {
-		if n.Is4() == p.Addr().Is4() {
-			return n
-		}
-	}
-	return netip.Addr{}
-}
+// connectRetry is how often (5-10 s, GoBGP adds jitter) an unreachable
+// peer is retried; GoBGP's own default of 120 s is too slow to notice a
+// router coming back.
+const connectRetry = 5
 
 // globalKey is the part of Config that needs a new server when it changes.
 type globalKey struct {
@@ -129,29 +74,13 @@ func New(logger hclog.Logger) *Speaker {
 	return s
 }
 
-// ErrInvalidConfig wraps every error Apply returns for a config it cannot use.
-var ErrInvalidConfig = errors.New("bgp: invalid config")
-
-func (c *Config) check() error {
-	if !c.RouterID.Is4() {
-		return fmt.Errorf("%w: router id %v is not an IPv4 address", ErrInvalidConfig, c.RouterID)
-	}
-	if c.ASN == 0 {
-		return fmt.Errorf("%w: asn is 0", ErrInvalidConfig)
-	}
-	if c.ListenPort < -1 || c.ListenPort > 65535 {
-		return fmt.Errorf("%w: listen port %d", ErrInvalidConfig, c.ListenPort)
-	}
-	return nil
-}
-
-func (c *Config) key() globalKey {
+func keyOf(c *bgp.Config) globalKey {
 	k := globalKey{routerID: c.RouterID, local: c.LocalAddress, asn: c.ASN, port: c.ListenPort, gr: c.GracefulRestart}
 	if k.port == 0 {
 		k.port = 179
 	}
 	if c.GracefulRestart {
-		k.restart = cmp0(c.RestartTime, DefaultRestartTime)
+		k.restart = cmp0(c.RestartTime, bgp.DefaultRestartTime)
 	}
 	return k
 }
@@ -173,24 +102,24 @@ func cmp0(v, def uint32) uint32 {
 //
 // Problems with a peer (unreachable, wrong ASN or password, garbage on the
 // wire, or a peer GoBGP refuses) never fail Apply; they show in Sessions.
-// Apply fails for an unusable cfg (ErrInvalidConfig), for IPv6 prefixes
+// Apply fails for an unusable cfg (bgp.ErrInvalidConfig), for IPv6 prefixes
 // without an IPv6 next hop (and vice versa), and when the listening socket
 // cannot be opened. IPv6 prefixes may be advertised over IPv4 sessions
 // (and the reverse): the next hop travels in MP_REACH_NLRI.
-func (s *Speaker) Apply(ctx context.Context, cfg Config, advertise []netip.Prefix, nexthops []netip.Addr) error {
-	if err := cfg.check(); err != nil {
+func (s *Speaker) Apply(ctx context.Context, cfg bgp.Config, advertise []netip.Prefix, nexthops []netip.Addr) error {
+	if err := cfg.Check(); err != nil {
 		return err
 	}
 	for _, p := range advertise {
-		if !p.IsValid() || !NextHopFor(p, nexthops).IsValid() {
-			return fmt.Errorf("%w: prefix %v without a next hop of its family in %v", ErrInvalidConfig, p, nexthops)
+		if !p.IsValid() || !bgp.NextHopFor(p, nexthops).IsValid() {
+			return fmt.Errorf("%w: prefix %v without a next hop of its family in %v", bgp.ErrInvalidConfig, p, nexthops)
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer s.notify()
 
-	if s.srv != nil && s.global != cfg.key() {
+	if s.srv != nil && s.global != keyOf(&cfg) {
 		s.log.Info("restarting speaker for changed global settings", "router_id", cfg.RouterID, "asn", cfg.ASN)
 		if err := s.stopLocked(ctx, true); err != nil {
 			return err
@@ -205,7 +134,7 @@ func (s *Speaker) Apply(ctx context.Context, cfg Config, advertise []netip.Prefi
 	return s.syncPaths(ctx, advertise, nexthops)
 }
 
-func (s *Speaker) startLocked(ctx context.Context, cfg *Config) error {
+func (s *Speaker) startLocked(ctx context.Context, cfg *bgp.Config) error {
 	srv := server.NewBgpServer(server.LoggerOption(&logAdapter{log: s.log, reasons: s.reasons}))
 	go srv.Serve()
 	g := &api.Global{
@@ -237,7 +166,7 @@ func (s *Speaker) startLocked(ctx context.Context, cfg *Config) error {
 		srv.Stop()
 		return fmt.Errorf("watch bgp events: %w", err)
 	}
-	s.srv, s.cancel, s.global = srv, cancel, cfg.key()
+	s.srv, s.cancel, s.global = srv, cancel, keyOf(cfg)
 	s.peers = map[netip.Addr]peerKey{}
 	s.bad = map[netip.Addr]string{}
 	s.adv = map[netip.Prefix]advertised{}
@@ -245,7 +174,7 @@ func (s *Speaker) startLocked(ctx context.Context, cfg *Config) error {
 	return nil
 }
 
-func (s *Speaker) syncPeers(ctx context.Context, cfg *Config) {
+func (s *Speaker) syncPeers(ctx context.Context, cfg *bgp.Config) {
 	want := map[netip.Addr]peerKey{}
 	for _, p := range cfg.Peers {
 		if !p.Address.IsValid() || p.Address == cfg.RouterID || p.Address == cfg.LocalAddress {
@@ -296,7 +225,7 @@ func (s *Speaker) syncPaths(ctx context.Context, advertise []netip.Prefix, nexth
 	}
 	var errs []error
 	for p, a := range s.adv {
-		if want[p] && a.nexthop == NextHopFor(p, nexthops) {
+		if want[p] && a.nexthop == bgp.NextHopFor(p, nexthops) {
 			continue
 		}
 		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: family(p), Uuid: a.uuid}); err != nil {
@@ -310,7 +239,7 @@ func (s *Speaker) syncPaths(ctx context.Context, advertise []netip.Prefix, nexth
 		if _, ok := s.adv[p]; ok {
 			continue
 		}
-		nexthop := NextHopFor(p, nexthops)
+		nexthop := bgp.NextHopFor(p, nexthops)
 		resp, err := s.srv.AddPath(ctx, &api.AddPathRequest{Path: newPath(p, nexthop)})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("advertise %v: %w", p, err))

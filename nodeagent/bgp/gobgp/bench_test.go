@@ -1,4 +1,4 @@
-package bgp
+package gobgp
 
 import (
 	"fmt"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/bgp"
 	"github.com/weftnet/weft/testenv/birdtest"
 )
 
@@ -35,7 +36,7 @@ func benchConvergence(b *testing.B, viaBIRD bool) {
 	conf := birdtest.Config{RouterID: routerAddr.Addr(), ASN: 65000}
 	nodes := make([]*proc, benchNodes)
 	addrs := make([]netip.Addr, benchNodes)
-	cfgs := make([]Config, benchNodes)
+	cfgs := make([]bgp.Config, benchNodes)
 	cidrs := make([]netip.Prefix, benchNodes)
 	for i := range benchNodes {
 		ns := l.ns(fmt.Sprintf("n%d", i))
@@ -49,13 +50,13 @@ func benchConvergence(b *testing.B, viaBIRD bool) {
 		startBIRD(l, hub, conf)
 	}
 	for i := range benchNodes {
-		cfgs[i] = Config{RouterID: addrs[i], ASN: 64512, ListenPort: 179, LocalAddress: addrs[i]}
+		cfgs[i] = bgp.Config{RouterID: addrs[i], ASN: 64512, ListenPort: 179, LocalAddress: addrs[i]}
 		if viaBIRD {
 			cfgs[i].ASN = uint32(65101 + i)
-			cfgs[i].Peers = []Peer{{Address: routerAddr.Addr(), ASN: 65000}}
+			cfgs[i].Peers = []bgp.Peer{{Address: routerAddr.Addr(), ASN: 65000}}
 		} else {
 			for j := range benchNodes {
-				cfgs[i].Peers = append(cfgs[i].Peers, Peer{Address: addrs[j]})
+				cfgs[i].Peers = append(cfgs[i].Peers, bgp.Peer{Address: addrs[j]})
 			}
 		}
 		nodes[i].apply(cfgs[i], addrs[i], cidrs[i])

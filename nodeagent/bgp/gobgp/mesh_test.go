@@ -1,4 +1,4 @@
-package bgp
+package gobgp
 
 import (
 	"fmt"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/bgp"
 )
 
 // TestFullMesh: three speakers in three namespaces on one bridge, iBGP full
@@ -41,14 +42,14 @@ func TestFullMesh(t *testing.T) {
 		t.Fatalf("garbage peer did not start")
 	}
 
-	cfgOf := func(i int) Config {
-		cfg := Config{RouterID: addrs[i], ASN: 64512, ListenPort: 179, LocalAddress: addrs[i], HoldTime: 3, Keepalive: 1, GracefulRestart: true, RestartTime: 30}
+	cfgOf := func(i int) bgp.Config {
+		cfg := bgp.Config{RouterID: addrs[i], ASN: 64512, ListenPort: 179, LocalAddress: addrs[i], HoldTime: 3, Keepalive: 1, GracefulRestart: true, RestartTime: 30}
 		for j := range n {
 			// The whole node list, self included: the speaker skips itself.
-			cfg.Peers = append(cfg.Peers, Peer{Address: addrs[j]})
+			cfg.Peers = append(cfg.Peers, bgp.Peer{Address: addrs[j]})
 		}
 		if i == 0 {
-			cfg.Peers = append(cfg.Peers, Peer{Address: ip("10.99.0.1")}, Peer{Address: ip("10.77.0.9")})
+			cfg.Peers = append(cfg.Peers, bgp.Peer{Address: ip("10.99.0.1")}, bgp.Peer{Address: ip("10.77.0.9")})
 		}
 		return cfg
 	}

@@ -1,4 +1,4 @@
-package bgp
+package gobgp
 
 // Test harness: network namespaces built with testenv/netnstest, and one
 // speaker per namespace in a child process.
@@ -34,6 +34,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/bgp"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/netnstest"
 )
@@ -42,7 +43,7 @@ const helperEnv = "WEFT_BGP_TEST_HELPER"
 
 type request struct {
 	Op        string         `json:"op"` // apply, routes, sessions, wait, stop, exit
-	Config    Config         `json:"config"`
+	Config    bgp.Config     `json:"config"`
 	Advertise []netip.Prefix `json:"advertise,omitempty"`
 	Nexthops  []netip.Addr   `json:"nexthops"`
 	Withdraw  bool           `json:"withdraw,omitempty"`
@@ -355,13 +356,13 @@ func (p *proc) must(req request) reply {
 	return rep
 }
 
-func (p *proc) apply(cfg Config, nexthop netip.Addr, adv ...netip.Prefix) {
+func (p *proc) apply(cfg bgp.Config, nexthop netip.Addr, adv ...netip.Prefix) {
 	p.t.Helper()
 	p.must(request{Op: "apply", Config: cfg, Advertise: adv, Nexthops: []netip.Addr{nexthop}})
 }
 
 // applyDual is apply with a next hop per family.
-func (p *proc) applyDual(cfg Config, nexthops []netip.Addr, adv ...netip.Prefix) {
+func (p *proc) applyDual(cfg bgp.Config, nexthops []netip.Addr, adv ...netip.Prefix) {
 	p.t.Helper()
 	p.must(request{Op: "apply", Config: cfg, Advertise: adv, Nexthops: nexthops})
 }

@@ -1,0 +1,270 @@
+package proc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/encoding/protodelim"
+
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/bgp"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+)
+
+func ip(s string) netip.Addr    { return netip.MustParseAddr(s) }
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func route(p, via string) spec.Route {
+	return spec.Route{Prefix: pfx(p), Via: ip(via), Proto: spec.ProtoBGP}
+}
+
+// TestWireRoundTrip: what the client sends is what the speaker applies.
+func TestWireRoundTrip(t *testing.T) {
+	cfg := bgp.Config{RouterID: ip("10.0.0.1"), ASN: 65001, ListenPort: -1, LocalAddress: ip("10.0.0.1"),
+		Peers:           []bgp.Peer{{Address: ip("10.0.0.254"), ASN: 65000, Password: "pw", HoldTime: 3, Keepalive: 1, MultihopTTL: 2}, {Address: ip("fd00::2")}},
+		GracefulRestart: true, RestartTime: 30, HoldTime: 9, Keepalive: 3}
+	adv := []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:244:1::/64")}
+	nh := []netip.Addr{ip("10.0.0.1"), ip("fd99::1")}
+	gotCfg, gotAdv, gotNH, err := applyFromProto(applyToProto(cfg, adv, nh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(gotCfg, gotAdv, gotNH) != fmt.Sprint(cfg, adv, nh) {
+		t.Errorf("round trip\n got %v %v %v\nwant %v %v %v", gotCfg, gotAdv, gotNH, cfg, adv, nh)
+	}
+	// No local address stays no local address (not 0.0.0.0 or "invalid IP").
+	cfg.LocalAddress = netip.Addr{}
+	if c, _, _, err := applyFromProto(applyToProto(cfg, nil, nil)); err != nil || c.LocalAddress.IsValid() {
+		t.Errorf("unset local address came back as %v (%v)", c.LocalAddress, err)
+	}
+	bad := applyToProto(cfg, adv, nh)
+	bad.Config.Peers[1].Address = "nope"
+	if _, _, _, err := applyFromProto(bad); !errors.Is(err, bgp.ErrInvalidConfig) || !strings.Contains(err.Error(), "peers[1].address") {
+		t.Errorf("bad peer address: %v, want ErrInvalidConfig naming peers[1].address", err)
+	}
+	rs := []spec.Route{route("10.244.2.0/24", "10.0.0.2"), route("fd00:244:2::/64", "fd99::2")}
+	if got := routesFromProto(routesToProto(rs)); fmt.Sprint(got) != fmt.Sprint(rs) {
+		t.Errorf("routes round trip: %v, want %v", got, rs)
+	}
+}
+
+// TestForwardLine: the child's JSON lines come out of the agent's logger
+// at their level with their fields; other output as an error.
+func TestForwardLine(t *testing.T) {
+	var buf bytes.Buffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Debug, DisableTime: true})
+	forwardLine(log, []byte(`{"@level":"warn","@message":"peer refused","@module":"weft-bgp.bgp","@timestamp":"x","peer":"10.0.0.9","error":"boom"}`))
+	forwardLine(log, []byte(`{"@level":"trace","@message":"too chatty"}`))
+	forwardLine(log, []byte(`panic: runtime error`))
+	got := buf.String()
+	for _, want := range []string{"[WARN]  peer refused: error=boom peer=10.0.0.9", `[ERROR] weft-bgp output: line="panic: runtime error"`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("log lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "too chatty") || strings.Contains(got, "@module") {
+		t.Errorf("trace line shown at debug, or hclog's own keys forwarded:\n%s", got)
+	}
+}
+
+func TestFind(t *testing.T) {
+	if _, err := Find("/nonexistent/weft-bgp"); err == nil || !strings.Contains(err.Error(), "--bgp-speaker") {
+		t.Errorf("missing explicit path: %v, want an error naming --bgp-speaker", err)
+	}
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "weft-bgp")
+	if err := os.WriteFile(notExec, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Find(notExec); err == nil {
+		t.Errorf("a file without x bits was accepted")
+	}
+	t.Setenv("PATH", dir)
+	if _, err := Find(""); err == nil || !strings.Contains(err.Error(), "--bgp-speaker") {
+		t.Errorf("no weft-bgp anywhere: %v, want an error naming --bgp-speaker", err)
+	}
+	if err := os.Chmod(notExec, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := Find(""); err != nil || p != notExec {
+		t.Errorf("weft-bgp on $PATH: %q, %v; want %s", p, err, notExec)
+	}
+}
+
+// fakeSpeaker records what Serve asks of it. The protocol is under test
+// here; the real speaker behind it is tested in package gobgp and, over
+// this protocol, in TestBinaryAgainstBIRD.
+type fakeSpeaker struct {
+	mu       sync.Mutex
+	applied  []string
+	stops    []bool
+	routes   []spec.Route
+	sessions []*weftv1.BGPSession
+	changed  chan struct{}
+}
+
+func (f *fakeSpeaker) Apply(_ context.Context, cfg bgp.Config, adv []netip.Prefix, nh []netip.Addr) error {
+	if err := cfg.Check(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.applied = append(f.applied, fmt.Sprint(cfg.ASN, adv, nh))
+	f.mu.Unlock()
+	select {
+	case f.changed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+func (f *fakeSpeaker) Routes() []spec.Route { f.mu.Lock(); defer f.mu.Unlock(); return f.routes }
+func (f *fakeSpeaker) Sessions() []*weftv1.BGPSession {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sessions
+}
+func (f *fakeSpeaker) Changed() <-chan struct{} { return f.changed }
+func (f *fakeSpeaker) Stop(_ context.Context, withdraw bool) error {
+	f.mu.Lock()
+	f.stops = append(f.stops, withdraw)
+	f.mu.Unlock()
+	return nil
+}
+
+// TestServe: requests are answered in order with their ids and errors,
+// state is pushed when it changed, and the end of stdin stops the speaker
+// without withdrawing.
+func TestServe(t *testing.T) {
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	sp := &fakeSpeaker{changed: make(chan struct{}, 1),
+		routes:   []spec.Route{route("10.244.2.0/24", "10.0.0.2")},
+		sessions: []*weftv1.BGPSession{{Peer: "10.0.0.2", State: "established", Advertised: 1, Received: 1}}}
+	done := make(chan error, 1)
+	go func() { done <- Serve(inR, outW, sp, nil) }()
+	msgs := make(chan *weftv1.SpeakerMessage, 16)
+	go func() {
+		for {
+			m := &weftv1.SpeakerMessage{}
+			if protodelim.UnmarshalFrom(bufReader{outR}, m) != nil {
+				close(msgs)
+				return
+			}
+			msgs <- m
+		}
+	}()
+	send := func(r *weftv1.SpeakerRequest) {
+		if _, err := protodelim.MarshalTo(inW, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := func() *weftv1.SpeakerMessage {
+		select {
+		case m := <-msgs:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatal("no message from Serve")
+			return nil
+		}
+	}
+	good := applyToProto(bgp.Config{RouterID: ip("10.0.0.1"), ASN: 65001}, []netip.Prefix{pfx("10.244.1.0/24")}, []netip.Addr{ip("10.0.0.1")})
+	send(&weftv1.SpeakerRequest{Id: 7, Op: &weftv1.SpeakerRequest_Apply{Apply: good}})
+	var reply *weftv1.SpeakerReply
+	var state *weftv1.SpeakerState
+	for reply == nil || state == nil {
+		switch m := next().GetMsg().(type) {
+		case *weftv1.SpeakerMessage_Reply:
+			reply = m.Reply
+		case *weftv1.SpeakerMessage_State:
+			state = m.State
+		}
+	}
+	if reply.GetId() != 7 || reply.GetError() != "" {
+		t.Errorf("apply reply %v, want id 7 without error", reply)
+	}
+	if fmt.Sprint(routesFromProto(state.GetRoutes())) != fmt.Sprint(sp.routes) || len(state.GetSessions()) != 1 || state.GetSessions()[0].GetAdvertised() != 1 {
+		t.Errorf("state %v, want the speaker's routes and session", state)
+	}
+	if fmt.Sprint(sp.applied) != "[65001 [10.244.1.0/24] [10.0.0.1]]" {
+		t.Errorf("speaker applied %v", sp.applied)
+	}
+
+	// An unusable config: the error, marked invalid; the same state is not
+	// pushed again.
+	bad := applyToProto(bgp.Config{RouterID: ip("10.0.0.1")}, nil, nil)
+	send(&weftv1.SpeakerRequest{Id: 8, Op: &weftv1.SpeakerRequest_Apply{Apply: bad}})
+	send(&weftv1.SpeakerRequest{Id: 9, Op: &weftv1.SpeakerRequest_Stop{Stop: &weftv1.SpeakerStop{Withdraw: true}}})
+	if r := next().GetReply(); r.GetId() != 8 || !r.GetInvalidConfig() || !strings.Contains(r.GetError(), "asn is 0") {
+		t.Errorf("bad apply reply %v, want id 8, invalid_config and the reason", r)
+	}
+	if r := next().GetReply(); r.GetId() != 9 || r.GetError() != "" {
+		t.Errorf("stop reply %v", r)
+	}
+	inW.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve after stdin ended: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return when stdin ended")
+	}
+	if fmt.Sprint(sp.stops) != "[true false]" {
+		t.Errorf("stops %v, want the requested withdraw and then a stop without withdraw at the end of stdin", sp.stops)
+	}
+}
+
+// bufReader gives a pipe the io.ByteReader protodelim wants, one byte at a
+// time so nothing is read ahead of a message.
+type bufReader struct{ io.Reader }
+
+func (b bufReader) ReadByte() (byte, error) {
+	var p [1]byte
+	_, err := io.ReadFull(b.Reader, p[:])
+	return p[0], err
+}
+
+// TestContinueStopped: a stopped process is seen stopped and continued.
+// (weft-bgp stopping itself while the agent is stopped is asserted with
+// real agents by testenv/e2e TestBGPRouter/HungAgentWithdrawnAfterHold.)
+func TestContinueStopped(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	pid := cmd.Process.Pid
+	if stopped(pid) {
+		t.Fatal("a running sleep is reported stopped")
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !stopped(pid) {
+		if time.Now().After(deadline) {
+			t.Fatal("SIGSTOPped sleep never reported stopped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	done := make(chan struct{})
+	go continueStopped(pid, done)
+	defer close(done)
+	for stopped(pid) {
+		if time.Now().After(deadline) {
+			t.Fatal("stopped sleep not continued")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
