@@ -43,6 +43,8 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		{"--underlay", "not an interface"},
 		{"--etcd-certfile", "x"},
 		{"--host-routing", "legacy"},
+		{"--bgp-speaker", "/nonexistent/weft-bgp"},
+		{"--bgp-speaker", "/"},
 	} {
 		o, err := Parse(append([]string{"--node-name", "n1"}, bad...), os.Getenv)
 		if err == nil {

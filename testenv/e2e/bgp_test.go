@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -185,6 +186,51 @@ func TestBGPRouter(t *testing.T) {
 		if err != nil || !strings.Contains(out, "SESSIONS") || strings.Count(out, "1/1 up") != len(nodes) {
 			t.Errorf("weftctl status (%v):\n%s", err, out)
 		}
+	})
+
+	t.Run("SpeakerProcessKilled", func(t *testing.T) {
+		// The agent's BGP speaker is its child weft-bgp. Killed alone,
+		// the agent's status shows the session down with the reason,
+		// the agent restarts it and the session comes back; the agent
+		// itself and its routes from BIRD (graceful restart is off, so
+		// they go and come back) are otherwise untouched.
+		n := nodes[2]
+		agentPID := n.Agent.PID()
+		old := speakerPID(t, agentPID)
+		t.Logf("%s: weft-agent %s, weft-bgp %s (4 nodes, 1 session each)", n.Name, vmRSS(agentPID), vmRSS(old))
+		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		own := testenv.RouterIP(n.Segment).String()
+		eventually(t, 10*time.Second, "the status shows the session down because weft-bgp died", func() (bool, string) {
+			st, err := c.Status(ctx, n.Name)
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, s := range st.GetBgpSessions() {
+				if s.GetPeer() == own && s.GetState() == "idle" && strings.Contains(s.GetReason(), "weft-bgp exited (signal: killed)") {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprint(st.GetBgpSessions())
+		})
+		eventually(t, 30*time.Second, "a new weft-bgp, its session established", func() (bool, string) {
+			st, err := c.Status(ctx, n.Name)
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, s := range st.GetBgpSessions() {
+				if s.GetPeer() == own && s.GetState() == "established" {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprint(st.GetBgpSessions())
+		})
+		if pid := speakerPID(t, agentPID); pid == old || n.Agent.PID() != agentPID {
+			t.Errorf("speaker %d (was %d), agent %d (was %d): want a new speaker under the same agent", pid, old, n.Agent.PID(), agentPID)
+		}
+		eventually(t, 20*time.Second, "routes everywhere again", func() (bool, string) { return nodesHave(nil) })
+		eventually(t, 20*time.Second, "BIRD has every CIDR again", func() (bool, string) { return birdHas(nil) })
 	})
 
 	t.Run("RestartKeepsRoutes", func(t *testing.T) {
@@ -374,6 +420,41 @@ func TestBGPRouter(t *testing.T) {
 		})
 		requireAllPairs(t, ctx, c)
 	})
+}
+
+// vmRSS is process pid's VmRSS line from /proc/PID/status.
+func vmRSS(pid int) string {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return err.Error()
+	}
+	for _, l := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			return "RSS " + strings.TrimSpace(v)
+		}
+	}
+	return "RSS unknown"
+}
+
+// speakerPID returns the PID of the agent's weft-bgp child (from
+// /proc/PID/task/*/children).
+func speakerPID(t *testing.T, agent int) int {
+	t.Helper()
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", agent))
+	for _, f := range tasks {
+		raw, _ := os.ReadFile(f)
+		for _, field := range strings.Fields(string(raw)) {
+			pid, err := strconv.Atoi(field)
+			if err != nil {
+				continue
+			}
+			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "weft-bgp" {
+				return pid
+			}
+		}
+	}
+	t.Fatalf("agent %d has no weft-bgp child", agent)
+	return 0
 }
 
 func must(s string, err error) string {
