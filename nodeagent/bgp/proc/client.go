@@ -40,9 +40,10 @@ const (
 	// learns a returning peer's routes a few milliseconds after the
 	// session comes up).
 	settle = time.Second
-	// restartApplyTimeout bounds replaying the last Apply to a restarted
-	// child.
-	restartApplyTimeout = 30 * time.Second
+	// DefaultCallTimeout bounds how long Apply and Stop wait for the
+	// child (on top of the caller's ctx): a child that does not answer
+	// is killed, and the agent's converge loop goes on.
+	DefaultCallTimeout = 30 * time.Second
 )
 
 // Options configure a Client.
@@ -64,6 +65,9 @@ type Options struct {
 	// child that died (doubling from RestartMin; a child that lived a
 	// minute starts the count over). Zero means the defaults.
 	RestartMin, RestartMax time.Duration
+	// CallTimeout bounds each wait for the child's answer; zero means
+	// DefaultCallTimeout.
+	CallTimeout time.Duration
 }
 
 // Client is the agent's BGP speaker: it runs weft-bgp as a child process
@@ -95,6 +99,7 @@ type Client struct {
 	// restarted only then.
 	want     bool
 	args     *applyArgs // the last successful Apply, replayed on restart
+	tried    *applyArgs // the last Apply, whose peers show down when none reported
 	routes   []spec.Route
 	sessions []*weftv1.BGPSession
 	// stale are a dead child's routes, kept until staleUntil.
@@ -116,6 +121,9 @@ func New(o Options) *Client {
 	}
 	if o.RestartMin <= 0 {
 		o.RestartMin = DefaultRestartMin
+	}
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = DefaultCallTimeout
 	}
 	if o.RestartMax < o.RestartMin {
 		o.RestartMax = max(DefaultRestartMax, o.RestartMin)
@@ -162,7 +170,8 @@ func executable(path string) error {
 // Apply starts the child if none runs and has it apply the arguments; it
 // returns the child's error (wrapping bgp.ErrInvalidConfig for an
 // unusable config), or why the child could not be started or answered
-// (it died, or ctx ended). See gobgp.Speaker.Apply for the semantics.
+// (it died, or ctx ended, or it did not answer within CallTimeout: then
+// it is killed and restarted). See gobgp.Speaker.Apply for the semantics.
 func (c *Client) Apply(ctx context.Context, cfg bgp.Config, advertise []netip.Prefix, nexthops []netip.Addr) error {
 	if err := cfg.Check(); err != nil {
 		return err
@@ -181,7 +190,13 @@ func (c *Client) Apply(ctx context.Context, cfg bgp.Config, advertise []netip.Pr
 	}
 	args := &applyArgs{cfg: cfg, adv: slices.Clone(advertise), nexthops: slices.Clone(nexthops)}
 	args.cfg.Peers = slices.Clone(cfg.Peers)
-	if err := ch.apply(ctx, args); err != nil {
+	c.mu.Lock()
+	c.tried = args
+	c.mu.Unlock()
+	actx, cancel := context.WithTimeout(ctx, c.o.CallTimeout)
+	defer cancel()
+	if err := ch.apply(actx, args); err != nil {
+		ch.killIfHung(ctx, actx)
 		return err
 	}
 	c.mu.Lock()
@@ -191,8 +206,8 @@ func (c *Client) Apply(ctx context.Context, cfg bgp.Config, advertise []netip.Pr
 }
 
 // Stop has the child stop (withdrawing or not, see gobgp.Speaker.Stop)
-// and waits for it to exit; when ctx ends first the child is killed. A
-// pending restart is cancelled. Stop without a child is a no-op.
+// and waits for it to exit; when ctx ends first, or after CallTimeout,
+// the child is killed. A pending restart is cancelled. Stop without a child is a no-op.
 func (c *Client) Stop(ctx context.Context, withdraw bool) error {
 	c.op.Lock()
 	defer c.op.Unlock()
@@ -202,6 +217,8 @@ func (c *Client) Stop(ctx context.Context, withdraw bool) error {
 	c.mu.Unlock()
 	var err error
 	if ch != nil {
+		ctx, cancel := context.WithTimeout(ctx, c.o.CallTimeout)
+		defer cancel()
 		ch.stopping.Store(true)
 		rep, cerr := ch.call(ctx, &weftv1.SpeakerRequest{Op: &weftv1.SpeakerRequest_Stop{Stop: &weftv1.SpeakerStop{Withdraw: withdraw}}})
 		if cerr != nil {
@@ -220,7 +237,7 @@ func (c *Client) Stop(ctx context.Context, withdraw bool) error {
 		}
 	}
 	c.mu.Lock()
-	c.child, c.args, c.routes, c.sessions, c.stale, c.staleUntil = nil, nil, nil, nil, nil, time.Time{}
+	c.child, c.args, c.tried, c.routes, c.sessions, c.stale, c.staleUntil = nil, nil, nil, nil, nil, nil, time.Time{}
 	c.mu.Unlock()
 	c.notify()
 	return err
@@ -387,6 +404,15 @@ func (ch *child) apply(ctx context.Context, a *applyArgs) error {
 	return nil
 }
 
+// killIfHung kills the child when the call under actx ran out of time
+// while the caller's ctx did not: a child that does not answer is no
+// speaker, and its exit starts a new one.
+func (ch *child) killIfHung(ctx, actx context.Context) {
+	if actx.Err() != nil && ctx.Err() == nil {
+		_ = ch.cmd.Process.Kill()
+	}
+}
+
 // call sends req and waits for its reply, the child's end, or ctx.
 func (ch *child) call(ctx context.Context, req *weftv1.SpeakerRequest) (*weftv1.SpeakerReply, error) {
 	reply := make(chan *weftv1.SpeakerReply, 1)
@@ -515,16 +541,16 @@ func (c *Client) nextBackoff(lived time.Duration) time.Duration {
 	return c.backoff
 }
 
-// downLocked shows every session (the last reported, else the configured
-// peers) idle with reason.
+// downLocked shows every session (the last reported, else the peers of
+// the last Apply) idle with reason.
 func (c *Client) downLocked(reason string) {
 	var out []*weftv1.BGPSession
 	if len(c.sessions) > 0 {
 		for _, s := range c.sessions {
 			out = append(out, &weftv1.BGPSession{Peer: s.GetPeer(), State: "idle", Reason: reason})
 		}
-	} else if c.args != nil {
-		for _, p := range c.args.cfg.Peers {
+	} else if c.tried != nil {
+		for _, p := range c.tried.cfg.Peers {
 			out = append(out, &weftv1.BGPSession{Peer: p.Address.String(), State: "idle", Reason: reason})
 		}
 	}
@@ -546,7 +572,7 @@ func (c *Client) restart() {
 	c.mu.Unlock()
 	ch, err := c.spawn()
 	if err == nil && args != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), restartApplyTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), c.o.CallTimeout)
 		err = ch.apply(ctx, args)
 		cancel()
 		if err != nil {

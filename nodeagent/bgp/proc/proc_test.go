@@ -268,3 +268,47 @@ func TestContinueStopped(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestHungChildIsKilled: a child that never answers fails Apply after
+// CallTimeout, is killed, shows its sessions idle and is started again;
+// the caller is never stuck.
+func TestHungChildIsKilled(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "weft-bgp")
+	// Reads its requests and never answers.
+	if err := os.WriteFile(path, []byte("#!/bin/sh\nexec cat >/dev/null\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := New(Options{Path: path, CallTimeout: 300 * time.Millisecond, RestartMin: 100 * time.Millisecond})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.Stop(ctx, false)
+	})
+	cfg := bgp.Config{RouterID: ip("10.0.0.1"), ASN: 65001, ListenPort: -1, Peers: []bgp.Peer{{Address: ip("10.0.0.254"), ASN: 65000}}}
+	start := time.Now()
+	err := c.Apply(context.Background(), cfg, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "deadline exceeded") {
+		t.Fatalf("Apply to a child that does not answer: %v, want a timeout", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("Apply took %s", d)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s := c.Sessions()
+		if len(s) == 1 && s[0].GetState() == "idle" && strings.Contains(s[0].GetReason(), "weft-bgp exited (signal: killed)") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sessions %v, want 10.0.0.254 idle because the child was killed", s)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for c.Pid() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no new child after the hung one was killed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
