@@ -67,9 +67,9 @@ func TestPlanRules(t *testing.T) {
 func holdOK(f Fault, tm Timing) string {
 	switch f.Kind {
 	case AgentStop:
-		// longer than any lease TTL, shorter than TTL + grace by 3 s
-		if f.Hold <= tm.MaxTTL || f.Hold > tm.LeaseTTL+tm.Grace-3*time.Second {
-			return "stop not between the lease TTL and TTL + grace - 3 s"
+		// longer than any lease TTL, no longer than grace + 2/3 TTL - 3 s
+		if f.Hold <= tm.MaxTTL || f.Hold > tm.Grace+2*tm.LeaseTTL/3-etcdconn.RecoveryBound {
+			return "stop not between the largest lease TTL and the longest absence a node is promised to outlive"
 		}
 	case EtcdBlock:
 		if f.Hold > tm.Grace+2*tm.LeaseTTL/3-etcdconn.RecoveryBound || f.Hold < 2*time.Second {

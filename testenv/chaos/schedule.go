@@ -40,11 +40,14 @@ type Timing struct {
 	Members  int // etcd members
 }
 
-// MaxBlock is the longest etcd-block a node is promised to outlive
-// (docs/DESIGN.md): its lease ends at least two thirds of the smallest TTL
-// into the block, the controller waits the grace from there, and the agent
-// is registered again within etcdconn.RecoveryBound of the path working.
-func (t Timing) MaxBlock() time.Duration {
+// MaxAbsence is the longest absence from etcd a node is promised to
+// outlive (docs/DESIGN.md), and so the longest etcd-block and agent-stop:
+// the agent's lease ends at least two thirds of the smallest TTL into the
+// absence (it is renewed every third of a TTL), the controller waits the
+// grace from there, and the agent is registered again within
+// etcdconn.RecoveryBound of being back (its path to etcd working again,
+// or SIGCONT).
+func (t Timing) MaxAbsence() time.Duration {
 	return t.Grace + 2*t.LeaseTTL/3 - etcdconn.RecoveryBound
 }
 
@@ -224,10 +227,14 @@ func drawFault(rng *rand.Rand, k Kind, t Timing) Fault {
 		f.Node = rng.IntN(t.Nodes)
 		f.Hold = between(rng, 200*time.Millisecond, 3*time.Second)
 	case AgentStop:
-		// Longer than any lease TTL, so the lease runs out; shorter than
-		// the TTL plus the grace by 3 s, so the node is not removed.
+		// Longer than any lease TTL, so the lease runs out; no longer
+		// than a node is promised to outlive, so it is not removed. (TTL
+		// + grace - 3 s, the bound before, counted the grace from a full
+		// TTL into the stop: a lease renewed just before SIGSTOP ends
+		// there, one renewed a third of a TTL earlier 1 s sooner, which
+		// left the agent 2 s after SIGCONT instead of RecoveryBound.)
 		f.Node = rng.IntN(t.Nodes)
-		f.Hold = between(rng, t.MaxTTL+time.Second, t.LeaseTTL+t.Grace-3*time.Second)
+		f.Hold = between(rng, t.MaxTTL+time.Second, t.MaxAbsence())
 	case AgentConfig:
 		f.Node = rng.IntN(t.Nodes)
 		f.Flag, f.Value = drawChange(rng, t)
@@ -240,7 +247,7 @@ func drawFault(rng *rand.Rand, k Kind, t Timing) Fault {
 		f.Hold = EtcdDownHold
 	case EtcdBlock:
 		f.Node = rng.IntN(t.Nodes)
-		f.Hold = between(rng, 2*time.Second, t.MaxBlock())
+		f.Hold = between(rng, 2*time.Second, t.MaxAbsence())
 	case LeaveRejoin:
 		f.Node = rng.IntN(t.Nodes)
 		f.Hold = between(rng, 0, 3*time.Second) // away after the removal, before rejoining
