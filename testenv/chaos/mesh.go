@@ -131,33 +131,50 @@ func (m *Mesh) send(s *source) {
 			seq int
 			r   request
 		}, 0, len(to))
-		now := time.Now()
 		for _, pod := range to {
 			// ICMP sequence numbers are 16 bits; 0 is left out.
 			s.seq = s.seq%0xffff + 1
-			r := request{to: pod, addr: m.addrs[pod], at: now}
-			s.pending[s.seq] = r
 			m.sent++
 			// A late reply to the seq's last use must not count.
 			s.p.Forget(s.seq)
 			reqs = append(reqs, struct {
 				seq int
 				r   request
-			}{s.seq, r})
+			}{s.seq, request{to: pod, addr: m.addrs[pod]}})
 		}
 		m.mu.Unlock()
-		for _, q := range reqs {
+		for i := range reqs {
+			// Stamped just before its own send, not when the tick
+			// began: a sender the scheduler holds back between two
+			// sends does not make the later requests look late.
+			reqs[i].r.at = time.Now()
 			// A failed send is a loss too: it stays pending.
-			_ = s.p.Send(q.r.addr, q.seq)
+			_ = s.p.Send(reqs[i].r.addr, reqs[i].seq)
 		}
+		m.mu.Lock()
+		for _, q := range reqs {
+			s.pending[q.seq] = q.r
+		}
+		m.mu.Unlock()
 		m.settle(s, false)
 	}
 }
 
+// settleLimit is how long after its send a request whose reply has not
+// been read is counted lost whatever its pinger read meanwhile (a pod
+// that gets no reply at all).
+const settleLimit = 10 * time.Second
+
 // settle moves answered requests to received and those past the timeout
-// (all, when final) to the losses.
+// (all, when final) to the losses. A reply counts by when it arrived (the
+// kernel's timestamp, netnstest.Reply), and a request is counted lost
+// only once its pinger has read the replies that arrived up to its
+// timeout: on a loaded machine the scheduler may hold the reader back
+// for seconds while the replies wait in the socket, and that is this
+// checker's delay, not a lost ping.
 func (m *Mesh) settle(s *source, final bool) {
 	now := time.Now()
+	upTo := s.p.ReadUpTo()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for seq, r := range s.pending {
@@ -165,7 +182,7 @@ func (m *Mesh) settle(s *source, final bool) {
 		switch {
 		case ok && rep.From == r.addr && !rep.At.Before(r.at) && rep.At.Sub(r.at) <= replyTimeout:
 			m.received++
-		case final || now.Sub(r.at) > replyTimeout:
+		case final || (now.Sub(r.at) > replyTimeout && upTo.Sub(r.at) > replyTimeout) || now.Sub(r.at) > settleLimit:
 			m.losses = append(m.losses, Loss{Pair: Pair{From: s.pod, To: r.to}, At: r.at})
 		default:
 			continue

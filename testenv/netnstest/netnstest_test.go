@@ -53,3 +53,61 @@ func TestTopologyAndPing(t *testing.T) {
 		t.Fatalf("after Delete: %v", names)
 	}
 }
+
+// TestPingerStampsArrival holds the pinger's reader back (it waits for
+// the lock after reading the first reply, the second waits in the socket)
+// and checks that the second reply is stamped with its arrival, not with
+// the moment the reader got to it: a checker starved by a loaded machine
+// must not count a reply that came in time as late.
+func TestPingerStampsArrival(t *testing.T) {
+	RequireRoot(t)
+	n := New(t, Prefix()+"-s")
+	if err := n.Up("lo"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPinger(n, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	lo := netip.MustParseAddr("127.0.0.1")
+	// The kernel turns its receive timestamps on a moment after the
+	// first socket asks (a deferred static key): until a reply carries
+	// one, At is the read time.
+	for seq := 100; ; seq++ {
+		if seq == 150 {
+			t.Fatal("no reply carries the kernel's receive timestamp")
+		}
+		if err := p.Ping(lo, seq, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if r, _ := p.Reply(seq); !r.At.Equal(r.Read) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	const hold = 300 * time.Millisecond
+	p.mu.Lock()
+	sent := time.Now()
+	for seq := 1; seq <= 2; seq++ {
+		if err := p.Send(lo, seq); err != nil {
+			p.mu.Unlock()
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(hold)
+	p.mu.Unlock()
+	if err := p.Wait(2, lo, time.Now().Add(3*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := p.Reply(2)
+	if r.Read.Sub(sent) < hold {
+		t.Fatalf("read %v after the send: the reader was not held back", r.Read.Sub(sent))
+	}
+	if d := r.At.Sub(sent); d < 0 || d > hold/2 {
+		t.Fatalf("reply stamped %v after the send, read %v after: At is not the arrival", d, r.Read.Sub(sent))
+	}
+	if up := p.ReadUpTo(); up.Before(r.At) {
+		t.Fatalf("ReadUpTo %v is before the arrival %v of a reply read", up, r.At)
+	}
+}

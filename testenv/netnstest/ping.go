@@ -7,9 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
@@ -22,6 +22,7 @@ import (
 // sequence number.
 type Pinger struct {
 	conn *icmp.PacketConn
+	ip   *net.IPConn // conn's socket, read with its control messages
 	v6   bool
 	id   int
 	done chan struct{}
@@ -29,12 +30,20 @@ type Pinger struct {
 	mu      sync.Mutex
 	replies map[int]Reply
 	notify  chan struct{} // closed and replaced on every reply
+	// upTo is the latest arrival (At) of a reply read: every reply that
+	// arrived before it has been read.
+	upTo time.Time
 }
 
 // Reply is a received echo reply.
 type Reply struct {
 	From netip.Addr
-	At   time.Time
+	// At is when the reply arrived: the kernel's receive timestamp
+	// (SO_TIMESTAMPNS), so a reader the scheduler held back does not make
+	// a reply late; the time it was read when the kernel gave none.
+	At time.Time
+	// Read is when the pinger read it.
+	Read time.Time
 }
 
 // NewPinger opens an ICMP (v6: ICMPv6) socket in n. Close it.
@@ -63,9 +72,10 @@ func NewPinger(n *NS, v6 bool) (*Pinger, error) {
 
 // quiet makes the raw socket take echo replies only (a raw ICMP socket
 // gets a copy of every ICMP message of the namespace, the echo requests
-// other pingers send to it too) and gives it a 4 MiB receive buffer, so a
+// other pingers send to it too), gives it a 4 MiB receive buffer, so a
 // reader that the scheduler holds back for a moment on a loaded machine
-// loses no reply to a full buffer.
+// loses no reply to a full buffer, and has the kernel stamp each reply
+// with its arrival, so such a reader does not take it for a late one.
 func (p *Pinger) quiet() error {
 	var inner net.PacketConn
 	if p.v6 {
@@ -87,39 +97,72 @@ func (p *Pinger) quiet() error {
 		}
 		inner = pc.PacketConn
 	}
-	sc, ok := inner.(syscall.Conn)
+	ip, ok := inner.(*net.IPConn)
 	if !ok {
-		return nil
+		return fmt.Errorf("icmp socket is a %T, not an IP socket", inner)
 	}
-	raw, err := sc.SyscallConn()
+	p.ip = ip
+	raw, err := ip.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
+		if serr != nil {
+			serr = fmt.Errorf("set receive buffer: %w", serr)
+			return
+		}
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); serr != nil {
+			serr = fmt.Errorf("turn on receive timestamps: %w", serr)
+		}
 	}); err != nil {
 		return err
 	}
-	if serr != nil {
-		return fmt.Errorf("set receive buffer: %w", serr)
+	return serr
+}
+
+// arrival returns the kernel's receive timestamp among the control
+// messages oob, or read when there is none.
+func arrival(oob []byte, read time.Time) time.Time {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return read
 	}
-	return nil
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})) {
+			ts := *(*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
+			return time.Unix(ts.Unix())
+		}
+	}
+	return read
 }
 
 func (p *Pinger) read() {
 	defer close(p.done)
 	buf := make([]byte, 1500)
+	oob := make([]byte, 128)
 	proto := 1
 	if p.v6 {
 		proto = 58
 	}
 	for {
-		n, from, err := p.conn.ReadFrom(buf)
+		n, oobn, _, from, err := p.ip.ReadMsgIP(buf, oob)
 		if err != nil {
 			return
 		}
-		m, err := icmp.ParseMessage(proto, buf[:n])
+		read := time.Now()
+		at := arrival(oob[:oobn], read)
+		b := buf[:n]
+		if !p.v6 {
+			// A raw IPv4 socket reads the IP header too (ReadFrom
+			// strips it, ReadMsgIP does not).
+			if len(b) < 20 || b[0]>>4 != 4 || len(b) < int(b[0]&0x0f)*4 {
+				continue
+			}
+			b = b[int(b[0]&0x0f)*4:]
+		}
+		m, err := icmp.ParseMessage(proto, b)
 		if err != nil {
 			continue
 		}
@@ -128,13 +171,16 @@ func (p *Pinger) read() {
 			continue
 		}
 		src := netip.Addr{}
-		if ia, ok := from.(*net.IPAddr); ok {
-			src, _ = netip.AddrFromSlice(ia.IP)
+		if from != nil {
+			src, _ = netip.AddrFromSlice(from.IP)
 			src = src.Unmap()
 		}
 		p.mu.Lock()
 		if _, seen := p.replies[e.Seq]; !seen {
-			p.replies[e.Seq] = Reply{From: src, At: time.Now()}
+			p.replies[e.Seq] = Reply{From: src, At: at, Read: read}
+		}
+		if at.After(p.upTo) {
+			p.upTo = at
 		}
 		close(p.notify)
 		p.notify = make(chan struct{})
@@ -162,6 +208,15 @@ func (p *Pinger) Reply(seq int) (Reply, bool) {
 	defer p.mu.Unlock()
 	r, ok := p.replies[seq&0xffff]
 	return r, ok
+}
+
+// ReadUpTo returns the arrival of the latest reply read: a reply that
+// arrived before it has been read (the socket's queue is in arrival
+// order), so one not among the replies by then did not arrive by then.
+func (p *Pinger) ReadUpTo() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.upTo
 }
 
 // Forget drops what is known about seq, so the sequence number can be
