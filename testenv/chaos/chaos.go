@@ -308,11 +308,33 @@ func (r *Report) attribute(lost []Loss) {
 			for _, l := range charged {
 				pairs[l.Pair] = true
 			}
-			first := Outages(charged, r.Interval, 5*r.Interval)[0]
-			w.Violations = append(w.Violations, fmt.Sprintf("%d pings lost on %d pairs beyond the bound (%s), first %s from +%s for %s",
-				len(charged), len(pairs), w.bound(), first.Pair, first.From.Sub(r.Start).Round(10*time.Millisecond), first.Len().Round(10*time.Millisecond)))
+			outs := Outages(charged, r.Interval, 5*r.Interval)
+			first := outs[0]
+			w.Violations = append(w.Violations, fmt.Sprintf("%d pings lost on %d pairs beyond the bound (%s), first %s from +%s for %s; %s",
+				len(charged), len(pairs), w.bound(), first.Pair, first.From.Sub(r.Start).Round(10*time.Millisecond), first.Len().Round(10*time.Millisecond),
+				r.outageList(outs)))
 		}
 	}
+}
+
+// maxListed is how many outages a violation lists.
+const maxListed = 24
+
+// outageList names the outages (in time order, at most maxListed), so a
+// report shows which pairs lost pings when: whether pods on one node lost
+// pings between themselves too, for instance, tells a datapath's state
+// for other nodes from anything that hits every pod.
+func (r *Report) outageList(outs []Outage) string {
+	var b strings.Builder
+	b.WriteString("outages:")
+	for i, o := range outs {
+		if i == maxListed {
+			fmt.Fprintf(&b, " and %d more", len(outs)-i)
+			break
+		}
+		fmt.Fprintf(&b, " %s %d from +%s for %s;", o.Pair, o.Lost, o.From.Sub(r.Start).Round(time.Millisecond), o.Len().Round(time.Millisecond))
+	}
+	return strings.TrimSuffix(b.String(), ";")
 }
 
 // allows reports whether a lost ping is within the window's bound: only a

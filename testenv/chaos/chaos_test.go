@@ -203,6 +203,13 @@ func TestAttribute(t *testing.T) {
 	if len(r.Steps[0].Violations) != 0 || len(r.Steps[1].Violations) != 1 || len(r.Baseline.Violations) != 1 {
 		t.Fatalf("violations: baseline %v, step 0 %v, step 1 %v", r.Baseline.Violations, r.Steps[0].Violations, r.Steps[1].Violations)
 	}
+	// The violation names every charged outage, not only the first.
+	v := r.Steps[1].Violations[0]
+	for _, want := range []string{"p1→p2 1 from +26s for 10ms", "p1→p4 1 from +36s for 10ms"} {
+		if !strings.Contains(v, want) {
+			t.Errorf("step 1's violation does not list %q: %s", want, v)
+		}
+	}
 }
 
 func TestSetFlag(t *testing.T) {
