@@ -26,6 +26,13 @@ type Speaker interface {
 	Stop(ctx context.Context, withdraw bool) error
 }
 
+// speakerExits is implemented by a speaker that runs in a process of its
+// own (proc.Client, the weft-bgp child): only such a speaker can die and
+// be restarted under a running agent, and Exits counts those deaths.
+type speakerExits interface {
+	Exits() uint64
+}
+
 const (
 	// bgpSettle is how long every session must have been established
 	// before a restarted agent's first Sync: GoBGP drops a returning
@@ -216,11 +223,12 @@ func (a *Agent) bgpSessions(v *view) []*weftv1.BGPSession {
 // bgpCollector exports the speaker's sessions and prefixes at scrape time.
 type bgpCollector struct{ a *Agent }
 
-var bgpDescs = struct{ up, total, adv, recv *prometheus.Desc }{
+var bgpDescs = struct{ up, total, adv, recv, exits *prometheus.Desc }{
 	prometheus.NewDesc("weft_agent_bgp_sessions_up", "BGP sessions established.", nil, nil),
 	prometheus.NewDesc("weft_agent_bgp_sessions", "BGP sessions configured (peers skipped as unreachable excluded).", nil, nil),
 	prometheus.NewDesc("weft_agent_bgp_prefixes_advertised", "Prefixes advertised, summed over established sessions.", nil, nil),
 	prometheus.NewDesc("weft_agent_bgp_prefixes_received", "Prefixes received, summed over sessions.", nil, nil),
+	prometheus.NewDesc("weft_agent_bgp_speaker_exits_total", "BGP speaker processes (weft-bgp) that ended without the agent asking; each is restarted.", nil, nil),
 }
 
 func (c bgpCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -228,6 +236,7 @@ func (c bgpCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- bgpDescs.total
 	ch <- bgpDescs.adv
 	ch <- bgpDescs.recv
+	ch <- bgpDescs.exits
 }
 
 func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
@@ -250,4 +259,7 @@ func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
 	g(bgpDescs.total, total)
 	g(bgpDescs.adv, adv)
 	g(bgpDescs.recv, recv)
+	if e, ok := c.a.speaker.(speakerExits); ok {
+		ch <- prometheus.MustNewConstMetric(bgpDescs.exits, prometheus.CounterValue, float64(e.Exits()))
+	}
 }

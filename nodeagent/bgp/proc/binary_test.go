@@ -194,6 +194,9 @@ func TestBinaryAgainstBIRD(t *testing.T) {
 	})
 	stopWatch()
 	<-watched
+	if n := c1.Exits(); n != 1 {
+		t.Errorf("n1's Exits() = %d after one kill, want 1", n)
+	}
 	if syscall.Kill(old, 0) == nil {
 		t.Errorf("the killed child %d still exists", old)
 	}

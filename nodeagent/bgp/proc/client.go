@@ -106,6 +106,8 @@ type Client struct {
 	stale      []spec.Route
 	staleUntil time.Time
 	backoff    time.Duration
+	// exits counts children that ended without Stop.
+	exits uint64
 }
 
 type applyArgs struct {
@@ -509,6 +511,7 @@ func (c *Client) exited(ch *child, err error) {
 		return
 	}
 	c.child = nil
+	c.exits++
 	why := fmt.Sprintf("%s exited (%v)", Binary, err)
 	if c.args != nil && c.args.cfg.GracefulRestart && len(c.routes) > 0 {
 		c.stale = c.routes
@@ -528,6 +531,17 @@ func cmp0(v, def uint32) uint32 {
 		return def
 	}
 	return v
+}
+
+// Exits is how many children have ended without Stop asking them to
+// (killed, crashed, or killed by the client for not answering). Sessions
+// show a dead child only until its successor is up, a second or so; the
+// count keeps the event visible afterwards (the agent exports it as
+// weft_agent_bgp_speaker_exits_total).
+func (c *Client) Exits() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.exits
 }
 
 // nextBackoff doubles the backoff, starting over after a child that

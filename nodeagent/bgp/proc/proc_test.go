@@ -311,4 +311,19 @@ func TestHungChildIsKilled(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// The kill stays counted once the successor runs; Stop is not a death.
+	if n := c.Exits(); n == 0 {
+		t.Errorf("Exits() = 0 after the hung child was killed")
+	}
+	before := c.Exits()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// This child never answers either: Stop times out and kills it.
+	_ = c.Stop(ctx, false)
+	if c.Pid() != 0 {
+		t.Fatalf("child %d still runs after Stop", c.Pid())
+	}
+	if n := c.Exits(); n != before {
+		t.Errorf("Exits() = %d after Stop, want %d: a child Stop ended is not a death", n, before)
+	}
 }
