@@ -2,6 +2,7 @@ package proc
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -609,14 +610,38 @@ func (c *Client) restart() {
 	c.log.Info("speaker process restarted", "pid", ch.cmd.Process.Pid)
 }
 
+// maxLogLine bounds one forwarded line of the child's log; the rest of a
+// longer line is dropped.
+const maxLogLine = 1 << 20
+
 // forwardLogs turns the child's JSON log lines into lines of log, at
 // their level, with their fields; a line that is not JSON (a panic) is
-// forwarded as an error.
+// forwarded as an error. It reads r to its end whatever it holds: a child
+// whose stderr is not read blocks in its next log line.
 func forwardLogs(log hclog.Logger, r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		forwardLine(log, sc.Bytes())
+	br := bufio.NewReaderSize(r, 64<<10)
+	var line []byte
+	cut := false
+	for {
+		frag, err := br.ReadSlice('\n')
+		if room := maxLogLine - len(line); len(frag) > room {
+			frag, cut = frag[:room], true
+		}
+		line = append(line, frag...)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if line = bytes.TrimSuffix(line, []byte("\n")); len(line) > 0 {
+			if cut {
+				log.Error(Binary+" output cut", "bytes", maxLogLine, "line", string(line))
+			} else {
+				forwardLine(log, line)
+			}
+		}
+		line, cut = line[:0], false
+		if err != nil {
+			return
+		}
 	}
 }
 

@@ -327,3 +327,39 @@ func TestHungChildIsKilled(t *testing.T) {
 		t.Errorf("Exits() = %d after Stop, want %d: a child Stop ended is not a death", n, before)
 	}
 }
+
+// TestLongLogLineForwarded: a log line longer than the forwarder takes is
+// cut, and the child's later lines still come through (its stderr is read
+// on, so it never blocks in a log line).
+func TestLongLogLineForwarded(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "weft-bgp")
+	script := "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x >&2\necho >&2\n" +
+		`echo '{"@level":"info","@message":"after the long line"}' >&2` + "\nexec cat >/dev/null\n"
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	c := New(Options{Path: path, Logger: hclog.New(&hclog.LoggerOptions{Output: &out, Level: hclog.Info})})
+	c.op.Lock()
+	_, err := c.spawn()
+	c.op.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = c.Stop(ctx, false)
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), "after the long line") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the line after a 3 MB log line was never forwarded; log holds %d bytes", len(out.String()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := out.String(); !strings.Contains(got, "weft-bgp output cut") || len(got) > 2*maxLogLine {
+		t.Errorf("the long line was not forwarded cut to %d bytes (log holds %d bytes)", maxLogLine, len(got))
+	}
+}
