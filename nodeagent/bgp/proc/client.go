@@ -303,8 +303,11 @@ func (c *Client) Pid() int {
 
 // child is one weft-bgp process.
 type child struct {
-	cmd     *exec.Cmd
-	in      io.WriteCloser
+	cmd *exec.Cmd
+	// in is the write end of the child's stdin, a pipe of our own so that
+	// a write can be given up (SetWriteDeadline) when the child does not
+	// read.
+	in      *os.File
 	started time.Time
 	// stopping: Stop asked it to end, so its exit is not a failure.
 	stopping atomic.Bool
@@ -331,16 +334,19 @@ func (c *Client) spawn() (*child, error) {
 	// parent, its sessions end as the agent's own did when it ran the
 	// speaker in-process (the kernel closes the sockets).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	in, err := cmd.StdinPipe()
+	inR, in, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", Binary, err)
 	}
+	cmd.Stdin = inR
 	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", Binary, err)
+	var errOut io.ReadCloser
+	if err == nil {
+		errOut, err = cmd.StderrPipe()
 	}
-	errOut, err := cmd.StderrPipe()
 	if err != nil {
+		inR.Close()
+		in.Close()
 		return nil, fmt.Errorf("start %s: %w", Binary, err)
 	}
 	ch := &child{cmd: cmd, in: in, pending: map[uint64]chan *weftv1.SpeakerReply{}, done: make(chan struct{})}
@@ -355,7 +361,10 @@ func (c *Client) spawn() (*child, error) {
 		// goroutine that exits locked takes its thread with it, after
 		// the child is gone.
 		runtime.LockOSThread()
-		if err := start(cmd); err != nil {
+		err := start(cmd)
+		inR.Close() // the child's end, which it holds now
+		if err != nil {
+			in.Close()
 			started <- err
 			return
 		}
@@ -371,7 +380,8 @@ func (c *Client) spawn() (*child, error) {
 		started <- nil
 		// Wait closes the pipes, so the readers finish first.
 		readers.Wait()
-		err := cmd.Wait()
+		err = cmd.Wait()
+		in.Close()
 		ch.err = err
 		close(ch.done)
 		c.exited(ch, err)
@@ -430,13 +440,17 @@ func (ch *child) call(ctx context.Context, req *weftv1.SpeakerRequest) (*weftv1.
 		ch.mu.Unlock()
 	}()
 	ch.wmu.Lock()
-	_, err := protodelim.MarshalTo(ch.in, req)
+	n, err := ch.send(ctx, req)
 	ch.wmu.Unlock()
 	if err != nil {
 		select {
 		case <-ch.done:
 			return nil, fmt.Errorf("%s exited: %v", Binary, ch.err)
 		default:
+		}
+		if n > 0 {
+			// Part of a request is in the pipe: the stream cannot go on.
+			_ = ch.cmd.Process.Kill()
 		}
 		return nil, fmt.Errorf("send to %s: %w", Binary, err)
 	}
@@ -448,6 +462,26 @@ func (ch *child) call(ctx context.Context, req *weftv1.SpeakerRequest) (*weftv1.
 	case <-ctx.Done():
 		return nil, fmt.Errorf("wait for %s: %w", Binary, ctx.Err())
 	}
+}
+
+// send writes req to the child, giving up when ctx ends (a child that does
+// not read its stdin would block the write for ever once the pipe is
+// full). It returns how many bytes went. The caller holds wmu.
+func (ch *child) send(ctx context.Context, req *weftv1.SpeakerRequest) (int, error) {
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = ch.in.SetWriteDeadline(time.Unix(1, 0))
+		close(fired)
+	})
+	n, err := protodelim.MarshalTo(ch.in, req)
+	if !stop() {
+		<-fired
+		_ = ch.in.SetWriteDeadline(time.Time{})
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = ctx.Err()
+		}
+	}
+	return n, err
 }
 
 // readMessages reads the child's stdout until it ends.

@@ -363,3 +363,58 @@ func TestLongLogLineForwarded(t *testing.T) {
 		t.Errorf("the long line was not forwarded cut to %d bytes (log holds %d bytes)", maxLogLine, len(got))
 	}
 }
+
+// manyPrefixes is an advertise list whose Apply is larger than a pipe
+// holds (64 KiB), so writing it blocks while the child does not read.
+func manyPrefixes() []netip.Prefix {
+	var adv []netip.Prefix
+	for i := range 20000 {
+		adv = append(adv, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24))
+	}
+	return adv
+}
+
+// applyReturns runs Apply and fails the test when it has not returned
+// within 20 s; then it kills the child so that the stuck Apply ends.
+func applyReturns(t *testing.T, c *Client, cfg bgp.Config, adv []netip.Prefix) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- c.Apply(context.Background(), cfg, adv, nil) }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(20 * time.Second):
+		if pid := c.Pid(); pid != 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		<-done
+		t.Fatal("Apply did not return within 20 s (CallTimeout is 300 ms)")
+		return nil
+	}
+}
+
+// TestChildNotReadingIsKilled: a child that does not read its requests
+// fails Apply after CallTimeout even when the request does not fit in the
+// pipe, and is killed (a request written in part cannot be taken back).
+func TestChildNotReadingIsKilled(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "weft-bgp")
+	if err := os.WriteFile(path, []byte("#!/bin/sh\nexec sleep 1000\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := New(Options{Path: path, CallTimeout: 300 * time.Millisecond, RestartMin: time.Hour})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.Stop(ctx, false)
+	})
+	cfg := bgp.Config{RouterID: ip("10.0.0.1"), ASN: 65001, ListenPort: -1, Peers: []bgp.Peer{{Address: ip("10.0.0.254"), ASN: 65000}}}
+	err := applyReturns(t, c, cfg, manyPrefixes())
+	if err == nil || !strings.Contains(err.Error(), "deadline exceeded") {
+		t.Fatalf("Apply to a child that does not read: %v, want a timeout", err)
+	}
+	eventually(t, 10*time.Second, "child killed", func() (bool, string) {
+		s := c.Sessions()
+		return len(s) == 1 && strings.Contains(s[0].GetReason(), "signal: killed"), fmt.Sprint(s)
+	})
+}
