@@ -500,8 +500,11 @@ func (c *Client) readMessages(ch *child, out io.Reader) {
 		}
 		switch x := m.GetMsg().(type) {
 		case *weftv1.SpeakerMessage_Reply:
+			// Each pending call takes one reply (its channel holds one); a
+			// second with the same id is dropped, never waited on.
 			ch.mu.Lock()
 			if p, ok := ch.pending[x.Reply.GetId()]; ok {
+				delete(ch.pending, x.Reply.GetId())
 				p <- x.Reply
 			}
 			ch.mu.Unlock()

@@ -387,8 +387,12 @@ func applyReturns(t *testing.T, c *Client, cfg bgp.Config, adv []netip.Prefix) e
 		if pid := c.Pid(); pid != 0 {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
-		<-done
-		t.Fatal("Apply did not return within 20 s (CallTimeout is 300 ms)")
+		select {
+		case <-done:
+			t.Fatal("Apply did not return within 20 s (CallTimeout is 300 ms)")
+		case <-time.After(5 * time.Second):
+			t.Fatal("Apply did not return within 20 s (CallTimeout is 300 ms), nor when its child was killed")
+		}
 		return nil
 	}
 }
@@ -417,4 +421,46 @@ func TestChildNotReadingIsKilled(t *testing.T) {
 		s := c.Sessions()
 		return len(s) == 1 && strings.Contains(s[0].GetReason(), "signal: killed"), fmt.Sprint(s)
 	})
+}
+
+// TestRepeatedReplyIgnored: a child that answers one request twice does
+// not wedge the client (the reader once blocked on the second reply while
+// holding the lock the caller needed to finish).
+func TestRepeatedReplyIgnored(t *testing.T) {
+	dir := t.TempDir()
+	var replies bytes.Buffer
+	for range 2 {
+		if _, err := protodelim.MarshalTo(&replies, &weftv1.SpeakerMessage{Msg: &weftv1.SpeakerMessage_Reply{Reply: &weftv1.SpeakerReply{Id: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "replies"), replies.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "weft-bgp")
+	// Answers twice as soon as the request begins, then reads no more of
+	// it, so the caller is still writing when both replies are in.
+	script := fmt.Sprintf("#!/bin/sh\nhead -c 1 >/dev/null\ncat %s/replies\nexec sleep 1000\n", dir)
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := New(Options{Path: path, CallTimeout: 300 * time.Millisecond, RestartMin: time.Hour})
+	t.Cleanup(func() {
+		stopped := make(chan struct{})
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = c.Stop(ctx, false)
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			t.Error("Stop did not return")
+		}
+	})
+	cfg := bgp.Config{RouterID: ip("10.0.0.1"), ASN: 65001, ListenPort: -1}
+	if err := applyReturns(t, c, cfg, manyPrefixes()); err == nil {
+		t.Fatal("Apply to a child that did not read the request succeeded")
+	}
 }
