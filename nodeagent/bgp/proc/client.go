@@ -553,7 +553,11 @@ func (c *Client) exited(ch *child, err error) {
 	why := fmt.Sprintf("%s exited (%v)", Binary, err)
 	if c.args != nil && c.args.cfg.GracefulRestart && len(c.routes) > 0 {
 		c.stale = c.routes
-		c.staleUntil = time.Now().Add(time.Duration(cmp0(c.args.cfg.RestartTime, bgp.DefaultRestartTime)) * time.Second)
+		keep := time.Duration(cmp0(c.args.cfg.RestartTime, bgp.DefaultRestartTime)) * time.Second
+		c.staleUntil = time.Now().Add(keep)
+		// Routes drops them then; the agent must hear of it even when
+		// no new child reports by then.
+		time.AfterFunc(keep, c.notify)
 	}
 	c.routes = nil
 	d := c.nextBackoff(time.Since(ch.started))

@@ -464,3 +464,63 @@ func TestRepeatedReplyIgnored(t *testing.T) {
 		t.Fatal("Apply to a child that did not read the request succeeded")
 	}
 }
+
+// TestKeptRoutesExpiryNotified: the routes kept from a dead child (graceful
+// restart) are dropped when the restart time has passed, and Changed says
+// so, so the agent removes them then even while no new child runs.
+func TestKeptRoutesExpiryNotified(t *testing.T) {
+	dir := t.TempDir()
+	var msgs bytes.Buffer
+	for _, m := range []*weftv1.SpeakerMessage{
+		{Msg: &weftv1.SpeakerMessage_Reply{Reply: &weftv1.SpeakerReply{Id: 1}}},
+		{Msg: &weftv1.SpeakerMessage_State{State: &weftv1.SpeakerState{
+			Routes:   routesToProto([]spec.Route{route("10.244.2.0/24", "10.0.0.2")}),
+			Sessions: []*weftv1.BGPSession{{Peer: "10.0.0.254", State: "established"}}}}},
+	} {
+		if _, err := protodelim.MarshalTo(&msgs, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "msgs"), msgs.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "weft-bgp")
+	script := fmt.Sprintf("#!/bin/sh\nhead -c 1 >/dev/null\ncat %s/msgs\nexec cat >/dev/null\n", dir)
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := New(Options{Path: path, RestartMin: time.Hour})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.Stop(ctx, false)
+	})
+	cfg := bgp.Config{RouterID: ip("10.0.0.1"), ASN: 65001, ListenPort: -1, GracefulRestart: true, RestartTime: 1,
+		Peers: []bgp.Peer{{Address: ip("10.0.0.254"), ASN: 65000}}}
+	if err := c.Apply(context.Background(), cfg, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the child's route", func() (bool, string) {
+		return len(c.Routes()) == 1, fmt.Sprint(c.Routes())
+	})
+	if err := syscall.Kill(c.Pid(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "sessions idle", func() (bool, string) {
+		s := c.Sessions()
+		return len(s) == 1 && s[0].GetState() == "idle", fmt.Sprint(s)
+	})
+	// The death itself signals too (maybe not yet seen): wait for a signal
+	// after which the kept routes are gone.
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case <-c.Changed():
+			if len(c.Routes()) == 0 {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no Changed when the kept routes expired; Routes() is %v", c.Routes())
+		}
+	}
+}
