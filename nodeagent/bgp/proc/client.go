@@ -632,8 +632,9 @@ func (c *Client) restart() {
 		err = ch.apply(ctx, args)
 		cancel()
 		if err != nil {
-			err = fmt.Errorf("apply to restarted %s: %w", Binary, err)
-			// A child that does not take the config is no speaker.
+			// A child that does not take the config is no speaker. Its
+			// exit's reason will only say it was killed, so say why here.
+			c.log.Error("restarted speaker process refused the last apply; killing it", "pid", ch.cmd.Process.Pid, "error", err)
 			_ = ch.cmd.Process.Kill()
 			return // its exit schedules the next try
 		}

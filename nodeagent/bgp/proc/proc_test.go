@@ -524,3 +524,43 @@ func TestKeptRoutesExpiryNotified(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartApplyErrorLogged: when the restarted child refuses the
+// replayed Apply, its error is logged (the child is killed for it, and the
+// sessions' reason only says so).
+func TestRestartApplyErrorLogged(t *testing.T) {
+	dir := t.TempDir()
+	for name, rep := range map[string]*weftv1.SpeakerReply{"ok": {Id: 1}, "refuse": {Id: 1, Error: "speaker refuses the replay"}} {
+		var b bytes.Buffer
+		if _, err := protodelim.MarshalTo(&b, &weftv1.SpeakerMessage{Msg: &weftv1.SpeakerMessage_Reply{Reply: rep}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(dir, "weft-bgp")
+	// The first run takes the Apply, later runs refuse it.
+	script := fmt.Sprintf("#!/bin/sh\ncd %s\nhead -c 1 >/dev/null\nif [ -e ran ]; then cat refuse; else touch ran; cat ok; fi\nexec cat >/dev/null\n", dir)
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	c := New(Options{Path: path, Logger: hclog.New(&hclog.LoggerOptions{Output: &out, Level: hclog.Info}),
+		RestartMin: 50 * time.Millisecond, RestartMax: time.Hour})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.Stop(ctx, false)
+	})
+	cfg := bgp.Config{RouterID: ip("10.0.0.1"), ASN: 65001, ListenPort: -1}
+	if err := c.Apply(context.Background(), cfg, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(c.Pid(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the refused replay in the log", func() (bool, string) {
+		return strings.Contains(out.String(), "speaker refuses the replay"), out.String()
+	})
+}
