@@ -564,3 +564,44 @@ func TestRestartApplyErrorLogged(t *testing.T) {
 		return strings.Contains(out.String(), "speaker refuses the replay"), out.String()
 	})
 }
+
+// TestUnreadableOutputKillsChild: a child whose stdout is not a stream of
+// messages (here a length over maxMessage, then one that does not parse)
+// is logged, killed and shows its sessions idle; nothing of that size is
+// allocated.
+func TestUnreadableOutputKillsChild(t *testing.T) {
+	for name, out := range map[string]string{
+		"oversized": `\377\377\377\377\017`, // varint 4 GiB - 1
+		"garbage":   `\003\377\377\377`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "weft-bgp")
+			script := fmt.Sprintf("#!/bin/sh\nhead -c 1 >/dev/null\nprintf '%s'\nexec cat >/dev/null\n", out)
+			if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			var log syncBuffer
+			// No CallTimeout kill: the read error alone must end the child.
+			c := New(Options{Path: path, RestartMin: time.Hour, CallTimeout: time.Hour, Logger: hclog.New(&hclog.LoggerOptions{Output: &log, Level: hclog.Info})})
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = c.Stop(ctx, false)
+			})
+			cfg := bgp.Config{RouterID: ip("10.0.0.1"), ASN: 65001, ListenPort: -1, Peers: []bgp.Peer{{Address: ip("10.0.0.254"), ASN: 65000}}}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := c.Apply(ctx, cfg, nil, nil); err == nil || ctx.Err() != nil {
+				t.Fatalf("Apply answered by an unreadable stream: %v, want the child's exit within 20 s", err)
+			}
+			eventually(t, 10*time.Second, "child killed", func() (bool, string) {
+				s := c.Sessions()
+				return len(s) == 1 && strings.Contains(s[0].GetReason(), "signal: killed"), fmt.Sprint(s)
+			})
+			if !strings.Contains(log.String(), "read from speaker process") {
+				t.Errorf("the unreadable stream was not logged:\n%s", log.String())
+			}
+		})
+	}
+}
