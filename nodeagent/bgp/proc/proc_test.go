@@ -605,3 +605,44 @@ func TestUnreadableOutputKillsChild(t *testing.T) {
 		})
 	}
 }
+
+// TestNoFDLeakPerRestart: a child that dies and is replaced leaves none of
+// its pipes open in the agent.
+func TestNoFDLeakPerRestart(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "weft-bgp")
+	if err := os.WriteFile(path, []byte("#!/bin/sh\nexec cat >/dev/null\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := New(Options{Path: path, CallTimeout: 200 * time.Millisecond, RestartMin: 10 * time.Millisecond, RestartMax: 10 * time.Millisecond})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.Stop(ctx, false)
+	})
+	// Unanswered, so the child is killed and restarted from here on.
+	_ = c.Apply(context.Background(), bgp.Config{RouterID: ip("10.0.0.1"), ASN: 65001, ListenPort: -1}, nil, nil)
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	running := func() int {
+		var pid int
+		eventually(t, 10*time.Second, "a child running", func() (bool, string) { pid = c.Pid(); return pid != 0, "" })
+		return pid
+	}
+	pid := running()
+	before := fds()
+	for range 10 {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		eventually(t, 10*time.Second, "a new child", func() (bool, string) { p := c.Pid(); return p != 0 && p != pid, "" })
+		pid = running()
+	}
+	eventually(t, 10*time.Second, "no more fds than before the restarts", func() (bool, string) {
+		n := fds()
+		return n <= before, fmt.Sprintf("%d open, %d before", n, before)
+	})
+}
