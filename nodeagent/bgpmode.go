@@ -15,16 +15,9 @@ import (
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
-// Speaker is what the agent needs of its BGP speaker; *proc.Client
-// implements it over a weft-bgp child process, which runs the GoBGP
-// speaker of package gobgp (see there for the semantics).
-type Speaker interface {
-	Apply(ctx context.Context, cfg bgp.Config, advertise []netip.Prefix, nexthops []netip.Addr) error
-	Routes() []spec.Route
-	Changed() <-chan struct{}
-	Sessions() []*weftv1.BGPSession
-	Stop(ctx context.Context, withdraw bool) error
-}
+// Speaker is what the agent needs of its BGP speaker (bgp.Speaker; the
+// agent's is a proc.Client running weft-bgp).
+type Speaker = bgp.Speaker
 
 // speakerExits is implemented by a speaker that runs in a process of its
 // own (proc.Client, the weft-bgp child): only such a speaker can die and

@@ -72,7 +72,7 @@ type Options struct {
 }
 
 // Client is the agent's BGP speaker: it runs weft-bgp as a child process
-// and implements the agent's Speaker interface over it. The first Apply
+// and implements bgp.Speaker over it. The first Apply
 // starts the child; Stop ends it. Routes and Sessions are served from the
 // state the child last sent; Changed fires on each one.
 //

@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -27,19 +26,9 @@ import (
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/nodeagent/bgp"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
-
-// Speaker is what Serve drives; *gobgp.Speaker implements it.
-type Speaker interface {
-	Apply(ctx context.Context, cfg bgp.Config, advertise []netip.Prefix, nexthops []netip.Addr) error
-	Routes() []spec.Route
-	Changed() <-chan struct{}
-	Sessions() []*weftv1.BGPSession
-	Stop(ctx context.Context, withdraw bool) error
-}
 
 // maxMessage bounds one message on the pipe (a state with every route and
 // session of a large mesh fits many times over).
@@ -54,7 +43,7 @@ const stopTimeout = 5 * time.Second
 // is gone) it stops the speaker without withdrawing, as if the process
 // had died: peers with graceful restart keep this node's routes. It
 // returns nil then, or the error that ended reading or writing.
-func Serve(in io.Reader, out io.Writer, sp Speaker, log hclog.Logger) error {
+func Serve(in io.Reader, out io.Writer, sp bgp.Speaker, log hclog.Logger) error {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
@@ -73,7 +62,7 @@ func Serve(in io.Reader, out io.Writer, sp Speaker, log hclog.Logger) error {
 	return err
 }
 
-func readRequests(in io.Reader, w *writer, sp Speaker, log hclog.Logger) error {
+func readRequests(in io.Reader, w *writer, sp bgp.Speaker, log hclog.Logger) error {
 	r := bufio.NewReader(in)
 	for {
 		req := &weftv1.SpeakerRequest{}
@@ -114,7 +103,7 @@ func setError(rep *weftv1.SpeakerReply, err error) {
 
 // pushState writes the speaker's state whenever it signals a change and
 // the state differs from the last one written.
-func pushState(ctx context.Context, w *writer, sp Speaker) {
+func pushState(ctx context.Context, w *writer, sp bgp.Speaker) {
 	var last *weftv1.SpeakerState
 	for {
 		select {
