@@ -165,6 +165,9 @@ type Agent struct {
 	// converged this node since boot (/run is a tmpfs) and there are no
 	// kernel routes of a predecessor to keep (see bgpHold).
 	fresh bool
+	// previous: the pod CIDRs the subnet file named when the agent
+	// started, which the registration asks for again (previousCIDRs).
+	previous []string
 
 	// inbox carries the log and health reports to the converge loop.
 	inbox chan message
@@ -234,6 +237,14 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.SubnetFile != "" {
 		_, err := os.Stat(cfg.SubnetFile)
 		a.fresh = errors.Is(err, fs.ErrNotExist)
+		prev, err := previousCIDRs(cfg.SubnetFile)
+		if err != nil {
+			// A hint only: the controller allocates as for a new node.
+			a.log.Warn("previous pod CIDRs not asked for", "error", err)
+		}
+		for _, p := range prev {
+			a.previous = append(a.previous, p.String())
+		}
 	}
 	return a, nil
 }

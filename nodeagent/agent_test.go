@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -564,4 +565,48 @@ func etcdBehindProxy(tb testing.TB, down bool) (*etcdtest.Proxy, *clientv3.Clien
 	}
 	tb.Cleanup(func() { p.Close() })
 	return p, c
+}
+
+// TestAgentAsksForItsPreviousCIDR: an agent that finds an earlier agent's
+// subnet file registers asking for the pod CIDRs it names, so a node the
+// controller removed comes back with the subnet its pods have addresses
+// from; a subnet file it cannot read is logged naming the field, and the
+// agent registers asking for nothing.
+func TestAgentAsksForItsPreviousCIDR(t *testing.T) {
+	for _, tc := range []struct {
+		name, file, log string
+		want            []string
+	}{
+		{"good", "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.9.1/24\nFLANNEL_MTU=1450\n", "", []string{"10.244.9.0/24"}},
+		{"bad", "FLANNEL_SUBNET=10.244.9.1/240\n", "FLANNEL_SUBNET", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, c := etcdtest.New(t)
+			h := newHarness(t, c, c)
+			if err := os.MkdirAll(filepath.Dir(h.subnet), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(h.subnet, []byte(tc.file), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			h.a = h.newAgent(c)
+			h.append(logtest.Config(cfg()))
+			h.start()
+			var reg *weftv1.Registration
+			eventually(t, "registration", func() (bool, string) {
+				r, err := c.Get(context.Background(), keys.New("").Registration("n1"))
+				if err != nil || len(r.Kvs) == 0 {
+					return false, "absent"
+				}
+				reg, err = keys.DecodeRegistration(r.Kvs[0].Value)
+				return err == nil, fmt.Sprint(err)
+			})
+			if !slices.Equal(reg.PreviousPodCidrs, tc.want) {
+				t.Fatalf("previous_pod_cidrs %v, want %v", reg.PreviousPodCidrs, tc.want)
+			}
+			if tc.log != "" && !strings.Contains(h.logs.String(), tc.log) {
+				t.Fatalf("log does not name %s:\n%s", tc.log, h.logs.String())
+			}
+		})
+	}
 }

@@ -42,6 +42,8 @@ func (a *Agent) registration(v *view) *weftv1.Registration {
 		VtepMac:      a.cfg.VTEPMAC,
 		Capabilities: a.cfg.Capabilities,
 		Asn:          a.cfg.ASN,
+		// The same slice every time: the registration is only read.
+		PreviousPodCidrs: a.previous,
 	}
 	if v.underlayIP6.IsValid() {
 		r.UnderlayIpV6 = v.underlayIP6.String()

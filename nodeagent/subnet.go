@@ -1,7 +1,11 @@
 package nodeagent
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,6 +44,57 @@ func subnetEnv(plan model.Plan, backend, clusterV4, clusterV6 string, masq bool,
 		fmt.Fprintf(&b, "WEFT_BPFFS_DIR=%s\n", pinDir)
 	}
 	return b.String()
+}
+
+// maxSubnetFileBytes bounds what previousCIDRs reads: the file the agent
+// writes is a few hundred bytes.
+const maxSubnetFileBytes = 64 << 10
+
+// previousCIDRs reads the pod CIDRs an earlier agent on this node wrote
+// to the subnet file at path (FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET, each
+// a gateway address with the CIDR's mask), so the agent can ask for them
+// again (Registration.previous_pod_cidrs). No file is no CIDRs and no
+// error; a field that does not parse is an error naming it, and the file
+// counts as holding nothing.
+func previousCIDRs(path string) ([]netip.Prefix, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read subnet file: %w", err)
+	}
+	defer f.Close()
+	buf := make([]byte, maxSubnetFileBytes+1)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("read subnet file %s: %w", path, err)
+	}
+	if n > maxSubnetFileBytes {
+		return nil, fmt.Errorf("read subnet file %s: more than %d bytes", path, maxSubnetFileBytes)
+	}
+	var out []netip.Prefix
+	seen := map[string]bool{}
+	for line := range strings.Lines(string(buf[:n])) {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok || (k != "FLANNEL_SUBNET" && k != "FLANNEL_IPV6_SUBNET") {
+			continue
+		}
+		if seen[k] {
+			return nil, fmt.Errorf("read subnet file %s: %s: set twice", path, k)
+		}
+		seen[k] = true
+		family := "IPv6"
+		if k == "FLANNEL_SUBNET" {
+			family = "IPv4"
+		}
+		p, err := netip.ParsePrefix(v)
+		if err != nil || p.Addr().Is4() != (family == "IPv4") {
+			return nil, fmt.Errorf("read subnet file %s: %s: %q is not an %s address with a mask", path, k, v, family)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // writeSubnetEnv writes the subnet file when its content changed, through

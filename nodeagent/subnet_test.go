@@ -2,6 +2,10 @@ package nodeagent
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/weftnet/weft/bpf/spec"
@@ -34,6 +38,41 @@ func TestSubnetEnvFamilies(t *testing.T) {
 	} {
 		if got := subnetEnv(plan(tc.cidrs...), "vxlan", tc.v4, tc.v6, true, ""); got != tc.want {
 			t.Errorf("%s:\n%s\nwant:\n%s", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestPreviousCIDRs: the subnet file the agent writes reads back as its
+// pod CIDRs; no file is none; a file that names a subnet badly, twice or
+// is too large is an error naming the field or the size, and none.
+func TestPreviousCIDRs(t *testing.T) {
+	dir := t.TempDir()
+	write := func(content string) string {
+		p := filepath.Join(dir, "subnet.env")
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	d := &spec.Desired{LocalPodCIDRs: []netip.Prefix{pfx("10.244.7.0/24"), pfx("fd00:10:244:7::/64")}}
+	env := subnetEnv(model.Plan{Desired: d, PodMTU: 1450}, "vxlan", "10.244.0.0/16", "fd00:10:244::/56", true, "/sys/fs/bpf/weft")
+	got, err := previousCIDRs(write(env))
+	if err != nil || !slices.Equal(got, d.LocalPodCIDRs) {
+		t.Fatalf("the agent's own file: %v, %v; want %v", got, err, d.LocalPodCIDRs)
+	}
+	if got, err := previousCIDRs(filepath.Join(dir, "absent")); got != nil || err != nil {
+		t.Fatalf("no file: %v, %v", got, err)
+	}
+	for content, want := range map[string]string{
+		"FLANNEL_SUBNET=10.244.7.1\n":                              "FLANNEL_SUBNET",
+		"FLANNEL_SUBNET=fd00::1/64\n":                              "FLANNEL_SUBNET",
+		"FLANNEL_IPV6_SUBNET=10.244.7.1/24\n":                      "FLANNEL_IPV6_SUBNET",
+		"FLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_SUBNET=10.1.1.1/24": "set twice",
+		strings.Repeat("#", maxSubnetFileBytes+1):                  "bytes",
+	} {
+		got, err := previousCIDRs(write(content))
+		if got != nil || err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%.40q: %v, %v; want an error naming %s", content, got, err, want)
 		}
 	}
 }

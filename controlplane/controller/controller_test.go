@@ -69,6 +69,47 @@ func TestJoinLeaveRejoinWithinGrace(t *testing.T) {
 	mustCheck(t, c)
 }
 
+// TestRejoinWithPreviousCIDR: a node removed after its grace period that
+// registers again asking for its previous pod CIDR (its agent's subnet
+// file) gets it back, although the allocator's scan has moved on; a node
+// asking for a CIDR another node holds gets a free one instead, and
+// neither is refused.
+func TestRejoinWithPreviousCIDR(t *testing.T) {
+	_, c := etcdtest.New(t)
+	cfg := baseConfig()
+	cfg.NodeGraceSeconds = 10 // 0.1s
+	start(t, c, cfg, "c1")
+	la := grant(t, c)
+	register(t, c, la, reg("a", 1))
+	var nodes map[string]*weftv1.Node
+	eventually(t, "a added", 10*time.Second, func() bool { _, nodes, _ = load(t, c); return nodes["a"] != nil })
+	aCIDR := nodes["a"].PodCidrs
+	if _, err := c.Revoke(context.Background(), la); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a removed", 10*time.Second, func() bool { _, nodes, _ = load(t, c); return nodes["a"] == nil })
+	register(t, c, 0, reg("b", 2))
+	eventually(t, "b added", 10*time.Second, func() bool { _, nodes, _ = load(t, c); return nodes["b"] != nil })
+	if nodes["b"].PodCidrs[0] == aCIDR[0] {
+		t.Fatalf("b got a's old %v straight away: the scan would give a it too, the test shows nothing", aCIDR)
+	}
+	back := reg("a", 1)
+	back.PreviousPodCidrs = aCIDR
+	register(t, c, 0, back)
+	eventually(t, "a back", 10*time.Second, func() bool { _, nodes, _ = load(t, c); return nodes["a"] != nil })
+	if got := nodes["a"].PodCidrs; len(got) != len(aCIDR) || got[0] != aCIDR[0] {
+		t.Fatalf("a back with previous %v got %v", aCIDR, got)
+	}
+	greedy := reg("c", 3)
+	greedy.PreviousPodCidrs = nodes["b"].PodCidrs
+	register(t, c, 0, greedy)
+	eventually(t, "c added", 10*time.Second, func() bool { _, nodes, _ = load(t, c); return nodes["c"] != nil })
+	if got := nodes["c"].PodCidrs[0]; got == nodes["b"].PodCidrs[0] || got == aCIDR[0] {
+		t.Fatalf("c asking for b's %v got %v", nodes["b"].PodCidrs, got)
+	}
+	mustCheck(t, c)
+}
+
 func TestInvalidRegistrationSkipped(t *testing.T) {
 	_, c := etcdtest.New(t)
 	ctx := context.Background()

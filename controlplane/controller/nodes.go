@@ -173,12 +173,15 @@ func (l *leader) admit(cfg *weftv1.ClusterConfig, name string, reg *weftv1.Regis
 	if missing := lacks(cfg.Backend, reg.Capabilities); missing != "" {
 		return nil, fmt.Sprintf("registration skipped: %v: capabilities: %s, which backend %s needs, is not among %v", validate.ErrInvalid, missing, cfg.Backend, reg.Capabilities)
 	}
-	var pins []netip.Prefix
+	var pins, previous []netip.Prefix
 	for _, s := range reg.PinnedPodCidrs {
 		pins = append(pins, netip.MustParsePrefix(s)) // validated by the source
 	}
+	for _, s := range reg.PreviousPodCidrs {
+		previous = append(previous, netip.MustParsePrefix(s)) // validated by the source
+	}
 	held := l.alloc.Holding(name) != nil
-	cidrs, err := l.alloc.Allocate(name, pins)
+	cidrs, err := l.alloc.Allocate(name, pins, previous)
 	lack := ""
 	if err != nil {
 		lack = fmt.Sprintf("no pod CIDR: %v", err)

@@ -132,7 +132,13 @@ func (a *Allocator) hold(name string, ps []netip.Prefix) {
 // ErrExhausted naming the cluster CIDR: a new node is left holding
 // nothing, a node that held subnets keeps exactly those, and they are
 // returned with the error.
-func (a *Allocator) Allocate(name string, pinned []netip.Prefix) ([]netip.Prefix, error) {
+//
+// previous names subnets the node had before (a hint, from its agent's
+// subnet file): for a family with no pin, the node gets its previous
+// subnet again when that is a subnet of node_mask_size inside the
+// cluster CIDR and free; otherwise the family is allocated as if there
+// were no hint. A hint never fails an allocation.
+func (a *Allocator) Allocate(name string, pinned, previous []netip.Prefix) ([]netip.Prefix, error) {
 	held := a.holds[name]
 	var missing []*pool
 	for _, p := range a.pools {
@@ -167,6 +173,10 @@ func (a *Allocator) Allocate(name string, pinned []netip.Prefix) ([]netip.Prefix
 			got = append(got, pin)
 			continue
 		}
+		if prev, ok := a.usable(name, p, previous); ok {
+			got = append(got, prev)
+			continue
+		}
 		// Nothing is marked used before hold below: each pool is asked
 		// once, so a failure here has nothing to undo.
 		s, _, ok := p.take()
@@ -188,6 +198,26 @@ func (a *Allocator) Allocate(name string, pinned []netip.Prefix) ([]netip.Prefix
 	})
 	a.hold(name, out)
 	return slices.Clone(out), nil
+}
+
+// usable returns the first of hints that is of p's family and could be
+// leased to name: a subnet of p's size inside its cluster CIDR that no
+// other node holds.
+func (a *Allocator) usable(name string, p *pool, hints []netip.Prefix) (netip.Prefix, bool) {
+	for _, s := range hints {
+		if s.Addr().Is4() != p.cluster.Addr().Is4() {
+			continue
+		}
+		i, ok := p.index(s)
+		if !ok {
+			continue
+		}
+		if o, used := p.used[i]; used && o != name {
+			continue
+		}
+		return s, true
+	}
+	return netip.Prefix{}, false
 }
 
 // Holding returns the subnets name holds, or nil.

@@ -42,7 +42,7 @@ func TestAllocatorProperties(t *testing.T) {
 			name := rapid.SampledFrom(everyName).Draw(t, fmt.Sprintf("name%d", step))
 			switch rapid.IntRange(0, 3).Draw(t, fmt.Sprintf("op%d", step)) {
 			case 0, 1: // join or re-join
-				got, err := a.Allocate(name, nil)
+				got, err := a.Allocate(name, nil, nil)
 				if errors.Is(err, ErrExhausted) {
 					if _, ok := held[name]; ok {
 						t.Fatalf("node %s holding subnets got ErrExhausted", name)
@@ -105,11 +105,11 @@ func TestExhaustionNamesCIDR(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"a", "b"} {
-		if _, err := a.Allocate(n, nil); err != nil {
+		if _, err := a.Allocate(n, nil, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err = a.Allocate("c", nil)
+	_, err = a.Allocate("c", nil, nil)
 	if !errors.Is(err, ErrExhausted) {
 		t.Fatalf("third allocation: %v, want ErrExhausted", err)
 	}
@@ -120,7 +120,7 @@ func TestExhaustionNamesCIDR(t *testing.T) {
 		t.Fatal("failed node holds subnets")
 	}
 	a.Release("a")
-	got, err := a.Allocate("c", nil)
+	got, err := a.Allocate("c", nil, nil)
 	if err != nil || got[0] != netip.MustParsePrefix("10.1.0.0/30") {
 		t.Fatalf("after release got %v, %v; want the freed 10.1.0.0/30", got, err)
 	}
@@ -132,7 +132,7 @@ func TestDualStackAndPins(t *testing.T) {
 		t.Fatal(err)
 	}
 	pin4 := netip.MustParsePrefix("10.2.77.0/24")
-	got, err := a.Allocate("pinned", []netip.Prefix{pin4})
+	got, err := a.Allocate("pinned", []netip.Prefix{pin4}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,13 +140,13 @@ func TestDualStackAndPins(t *testing.T) {
 		t.Fatalf("pinned node got %v", got)
 	}
 	for _, bad := range []string{"10.3.0.0/24", "10.2.77.0/24", "10.2.5.0/25", "10.2.5.1/24", "fd00:3::/64"} {
-		if _, err := a.Allocate("other-"+bad, []netip.Prefix{netip.MustParsePrefix(bad)}); !errors.Is(err, ErrPin) {
+		if _, err := a.Allocate("other-"+bad, []netip.Prefix{netip.MustParsePrefix(bad)}, nil); !errors.Is(err, ErrPin) {
 			t.Errorf("pin %s: %v, want ErrPin", bad, err)
 		}
 	}
 	// 10.2.77.0/24 is never handed out by the scan.
 	for i := range 255 {
-		got, err := a.Allocate(fmt.Sprintf("n%d", i), nil)
+		got, err := a.Allocate(fmt.Sprintf("n%d", i), nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,7 +154,7 @@ func TestDualStackAndPins(t *testing.T) {
 			t.Fatalf("pinned subnet handed to n%d", i)
 		}
 	}
-	if _, err := a.Allocate("one-too-many", nil); !errors.Is(err, ErrExhausted) {
+	if _, err := a.Allocate("one-too-many", nil, nil); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("257th v4 subnet: %v", err)
 	}
 }
@@ -168,7 +168,7 @@ func TestFamilyAdded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old, err := a.Allocate("n1", nil)
+	old, err := a.Allocate("n1", nil, nil)
 	if err != nil || len(old) != 1 {
 		t.Fatalf("IPv4 allocation: %v, %v", old, err)
 	}
@@ -183,7 +183,7 @@ func TestFamilyAdded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, err := a.Allocate("n1", nil)
+	got, err := a.Allocate("n1", nil, nil)
 	if err != nil || len(got) != 2 || got[0] != netip.MustParsePrefix("10.6.1.0/24") || !got[1].Addr().Is6() {
 		t.Fatalf("n1 after the IPv6 CIDR was added: %v, %v; want its IPv4 subnet and a new IPv6 one", got, err)
 	}
@@ -193,7 +193,7 @@ func TestFamilyAdded(t *testing.T) {
 	if got[1] == pin6 {
 		pin6 = netip.MustParsePrefix("fd00:6::/64")
 	}
-	got2, err := a.Allocate("n2", []netip.Prefix{netip.MustParsePrefix("10.6.99.0/24"), pin6})
+	got2, err := a.Allocate("n2", []netip.Prefix{netip.MustParsePrefix("10.6.99.0/24"), pin6}, nil)
 	if err != nil || len(got2) != 2 || got2[0] != netip.MustParsePrefix("10.6.2.0/24") || got2[1] != pin6 {
 		t.Fatalf("n2 with pins: %v, %v", got2, err)
 	}
@@ -201,7 +201,7 @@ func TestFamilyAdded(t *testing.T) {
 	if err := a.Restore("n3", []string{"10.6.3.0/24"}); err != nil {
 		t.Fatal(err)
 	}
-	got3, err := a.Allocate("n3", nil)
+	got3, err := a.Allocate("n3", nil, nil)
 	if !errors.Is(err, ErrExhausted) || !contains(err.Error(), "fd00:6::/63") || !slices.Equal(got3, []netip.Prefix{netip.MustParsePrefix("10.6.3.0/24")}) {
 		t.Fatalf("n3 with the IPv6 pool exhausted: %v, %v; want its IPv4 subnet and ErrExhausted naming fd00:6::/63", got3, err)
 	}
@@ -213,7 +213,7 @@ func TestFamilyAdded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err = v6.Allocate("x", nil)
+	got, err = v6.Allocate("x", nil, nil)
 	if err != nil || len(got) != 1 || got[0] != netip.MustParsePrefix("fd00:7::/64") {
 		t.Fatalf("IPv6-only allocation: %v, %v", got, err)
 	}
@@ -236,7 +236,7 @@ func TestRestoreRejectsConflicts(t *testing.T) {
 	if err := a.Restore("c", []string{"10.5.1.0/24"}); err == nil {
 		t.Fatal("restore outside the cluster CIDR succeeded")
 	}
-	got, _ := a.Allocate("d", nil)
+	got, _ := a.Allocate("d", nil, nil)
 	if got[0] == netip.MustParsePrefix("10.4.1.0/24") {
 		t.Fatal("restored subnet handed out again")
 	}
@@ -247,7 +247,7 @@ func TestHugeV6Pool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := a.Allocate("x", nil)
+	got, err := a.Allocate("x", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,6 +256,66 @@ func TestHugeV6Pool(t *testing.T) {
 	}
 	if o, ok := a.Owner(got[1]); !ok || o != "x" {
 		t.Fatalf("owner %q %v", o, ok)
+	}
+}
+
+// TestPrevious: a node released and allocated again with its previous
+// subnets as the hint gets them back while they are free, even though the
+// scan has moved on; a hint that is taken, outside the cluster CIDR, of
+// the wrong size or not a network address is passed over without an
+// error; a pin wins over a hint, and subnets the node holds win over both.
+func TestPrevious(t *testing.T) {
+	a, err := New(cfg("10.8.0.0/16", 24, "fd00:8::/56", 64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := a.Allocate("n1", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Release("n1")
+	for _, n := range []string{"n2", "n3"} {
+		if _, err := a.Allocate(n, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := a.Allocate("n1", nil, first)
+	if err != nil || !slices.Equal(got, first) {
+		t.Fatalf("n1 back with its previous %v: got %v, %v", first, got, err)
+	}
+	// Without the hint the scan would have given it a new subnet.
+	a.Release("n1")
+	if got, _ := a.Allocate("n1", nil, nil); slices.Equal(got, first) {
+		t.Fatalf("n1 without a hint got %v again: the test shows nothing", got)
+	}
+	a.Release("n1")
+
+	n2 := a.Holding("n2")
+	for _, hint := range [][]netip.Prefix{
+		n2,                                       // held by another node
+		{netip.MustParsePrefix("10.9.1.0/24")},   // outside the cluster CIDR
+		{netip.MustParsePrefix("10.8.200.0/25")}, // wrong size
+		{netip.MustParsePrefix("10.8.200.1/24")}, // not a network address
+	} {
+		got, err := a.Allocate("h", nil, hint)
+		if err != nil || len(got) != 2 || slices.Contains(hint, got[0]) || slices.Contains(hint, got[1]) {
+			t.Fatalf("hint %v: got %v, %v; want a fresh allocation and no error", hint, got, err)
+		}
+		if o, _ := a.Owner(n2[0]); o != "n2" {
+			t.Fatalf("hint %v moved n2's subnet to %q", hint, o)
+		}
+		a.Release("h")
+	}
+
+	free4 := netip.MustParsePrefix("10.8.250.0/24")
+	pin4 := netip.MustParsePrefix("10.8.251.0/24")
+	got, err = a.Allocate("p", []netip.Prefix{pin4}, []netip.Prefix{free4})
+	if err != nil || got[0] != pin4 {
+		t.Fatalf("pin %s and hint %s: got %v, %v; want the pin", pin4, free4, got, err)
+	}
+	got, err = a.Allocate("p", nil, []netip.Prefix{free4})
+	if err != nil || got[0] != pin4 {
+		t.Fatalf("held %s and hint %s: got %v, %v; want what it holds", pin4, free4, got, err)
 	}
 }
 
@@ -270,7 +330,7 @@ func BenchmarkAllocate5000(b *testing.B) {
 	for b.Loop() {
 		a, _ := New(cfg("10.0.0.0/12", 28, "fd00::/48", 64))
 		for _, n := range names {
-			if _, err := a.Allocate(n, nil); err != nil {
+			if _, err := a.Allocate(n, nil, nil); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -57,7 +57,7 @@ func FuzzDecodeConfig(f *testing.F) {
 		if err != nil {
 			t.Fatalf("valid config %v: allocator: %v", c, err)
 		}
-		got, err := a.Allocate("n", nil)
+		got, err := a.Allocate("n", nil, nil)
 		if err != nil {
 			t.Fatalf("valid config %v: first allocation: %v", c, err)
 		}
@@ -93,6 +93,7 @@ func FuzzDecodeNode(f *testing.F) {
 
 func FuzzDecodeRegistration(f *testing.F) {
 	f.Add([]byte(`{"name":"a","underlay_ip":"192.168.0.1","pinned_pod_cidrs":["10.244.9.0/24"]}`))
+	f.Add([]byte(`{"name":"a","underlay_ip":"192.168.0.1","previous_pod_cidrs":["10.244.9.0/24","fd00::/64"]}`))
 	f.Add([]byte(`{"name":"","underlay_ip":"not-an-ip"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := keys.DecodeRegistration(b)
@@ -103,11 +104,17 @@ func FuzzDecodeRegistration(f *testing.F) {
 			return
 		}
 		a, _ := ipam.New(validate.WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16", ClusterCidrV6: "fd00::/56"}))
-		var pins []netip.Prefix
+		var pins, previous []netip.Prefix
 		for _, s := range r.PinnedPodCidrs {
 			pins = append(pins, netip.MustParsePrefix(s)) // validated above
 		}
-		_, _ = a.Allocate(r.Name, pins)
+		for _, s := range r.PreviousPodCidrs {
+			previous = append(previous, netip.MustParsePrefix(s)) // validated above
+		}
+		got, err := a.Allocate(r.Name, pins, previous)
+		if err == nil && len(got) != 2 {
+			t.Fatalf("allocated %v for %v", got, r)
+		}
 	})
 }
 

@@ -73,7 +73,8 @@ const (
 	// MaxCapabilities and MaxCapabilityLen bound a node's capabilities.
 	MaxCapabilities  = 32
 	MaxCapabilityLen = 64
-	// MaxPinnedCIDRs bounds pinned_pod_cidrs (one per family).
+	// MaxPinnedCIDRs bounds pinned_pod_cidrs and previous_pod_cidrs (one
+	// per family).
 	MaxPinnedCIDRs = 2
 	// MaxReasonLen bounds a NodeRemoved reason.
 	MaxReasonLen = 1024
@@ -401,6 +402,14 @@ func Registration(r *weftv1.Registration) error {
 	for i, s := range r.PinnedPodCidrs {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			return fieldErr(fmt.Sprintf("pinned_pod_cidrs[%d]", i), "%q is not a CIDR", s)
+		}
+	}
+	if len(r.PreviousPodCidrs) > MaxPinnedCIDRs {
+		return fieldErr("previous_pod_cidrs", "%d CIDRs, more than one per family", len(r.PreviousPodCidrs))
+	}
+	for i, s := range r.PreviousPodCidrs {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			return fieldErr(fmt.Sprintf("previous_pod_cidrs[%d]", i), "%q is not a CIDR", s)
 		}
 	}
 	return attributes(r.VtepMac, r.Capabilities)

@@ -206,6 +206,9 @@ func TestNodeAndRegistration(t *testing.T) {
 	if err := Registration(&weftv1.Registration{Name: "n1", UnderlayIp: "192.0.2.1", PinnedPodCidrs: []string{"x"}}); err == nil || !strings.Contains(err.Error(), "pinned_pod_cidrs[0]") {
 		t.Errorf("bad pin: %v", err)
 	}
+	if err := Registration(&weftv1.Registration{Name: "n1", UnderlayIp: "192.0.2.1", PreviousPodCidrs: []string{"10.0.0.0/24", "10.0.1.0"}}); err == nil || !strings.Contains(err.Error(), "previous_pod_cidrs[1]") {
+		t.Errorf("bad previous CIDR: %v", err)
+	}
 }
 
 func TestEvent(t *testing.T) {
@@ -243,18 +246,19 @@ func TestFieldLimits(t *testing.T) {
 		many[i] = "c"
 	}
 	for field, r := range map[string]*weftv1.Registration{
-		"capabilities[0]":  {Capabilities: []string{long}},
-		"capabilities":     {Capabilities: many},
-		"capabilities[1]":  {Capabilities: []string{"tcx", "Bad Cap"}},
-		"vtep_mac":         {VtepMac: "not a mac"},
-		"pinned_pod_cidrs": {PinnedPodCidrs: []string{"10.0.0.0/24", "10.0.1.0/24", "fd00::/64"}},
+		"capabilities[0]":    {Capabilities: []string{long}},
+		"capabilities":       {Capabilities: many},
+		"capabilities[1]":    {Capabilities: []string{"tcx", "Bad Cap"}},
+		"vtep_mac":           {VtepMac: "not a mac"},
+		"pinned_pod_cidrs":   {PinnedPodCidrs: []string{"10.0.0.0/24", "10.0.1.0/24", "fd00::/64"}},
+		"previous_pod_cidrs": {PreviousPodCidrs: []string{"10.0.0.0/24", "10.0.1.0/24", "fd00::/64"}},
 	} {
 		r.Name, r.UnderlayIp = "n1", "192.0.2.1"
 		if err := Registration(r); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), field+":") {
 			t.Errorf("%s: %v", field, err)
 		}
 		n := &weftv1.Node{Name: "n1", UnderlayIp: "192.0.2.1", Capabilities: r.Capabilities, VtepMac: r.VtepMac}
-		if field != "pinned_pod_cidrs" {
+		if field != "pinned_pod_cidrs" && field != "previous_pod_cidrs" {
 			if err := Node(nil, n); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), field+":") {
 				t.Errorf("node %s: %v", field, err)
 			}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -297,6 +298,52 @@ func TestOverlay(t *testing.T) {
 				t.Errorf("stream %d lost packets across the agent restart: %+v", i+1, st)
 			}
 		}
+	})
+
+	// An agent stopped for longer than its lease TTL and the grace: the
+	// controller removes the node, every peer forgets it, and the node's
+	// pods (still running, never re-attached) are cut off. The restarted
+	// agent asks for the pod CIDR its subnet file names, gets it back,
+	// and the same pods, with the same addresses, are reached again.
+	t.Run("AgentAwayPastGraceKeepsItsCIDR", func(t *testing.T) {
+		victim := c.Node(0)
+		before, err := c.StoreNodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cidrs := before[victim.Name].GetPodCidrs()
+		if err := c.Kill(0, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		took := eventually(t, time.Duration(leaseTTL+grace+20)*time.Second, "node removed by the controller", func() (bool, string) {
+			nodes, err := c.StoreNodes(ctx)
+			if err != nil {
+				return false, err.Error()
+			}
+			return nodes[victim.Name] == nil, fmt.Sprint(nodes[victim.Name])
+		})
+		t.Logf("%s removed %v after its agent stopped", victim.Name, took)
+		if err := c.RestartAgent(0); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "node back", func() (bool, string) {
+			nodes, err := c.StoreNodes(ctx)
+			if err != nil {
+				return false, err.Error()
+			}
+			return nodes[victim.Name] != nil, "absent"
+		})
+		after, err := c.StoreNodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := after[victim.Name].GetPodCidrs(); !slices.Equal(got, cidrs) {
+			t.Fatalf("%s came back with %v, had %v", victim.Name, got, cidrs)
+		}
+		if err := c.WaitConverged(ctx, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		requireAllPairs(t, ctx, c)
 	})
 
 	t.Run("EtcdDown30s", func(t *testing.T) {

@@ -149,9 +149,17 @@ type Registration struct {
 	Asn            uint32   `protobuf:"varint,6,opt,name=asn,proto3" json:"asn,omitempty"`
 	// The node's IPv6 underlay address when underlay_ip is IPv4 (see
 	// Node.underlay_ip_v6).
-	UnderlayIpV6  string `protobuf:"bytes,7,opt,name=underlay_ip_v6,json=underlayIpV6,proto3" json:"underlay_ip_v6,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UnderlayIpV6 string `protobuf:"bytes,7,opt,name=underlay_ip_v6,json=underlayIpV6,proto3" json:"underlay_ip_v6,omitempty"`
+	// Pod CIDRs the node had before (the agent reads them from its subnet
+	// file, as flannel does), at most one per family. Unlike a pin, a hint:
+	// the controller leases one again only to a node that holds none of its
+	// family, when it is inside the cluster CIDR, of node_mask_size and
+	// free; otherwise it allocates as if there were none. A node removed
+	// after its grace period thus comes back with the subnet its running
+	// pods have addresses from.
+	PreviousPodCidrs []string `protobuf:"bytes,8,rep,name=previous_pod_cidrs,json=previousPodCidrs,proto3" json:"previous_pod_cidrs,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Registration) Reset() {
@@ -233,6 +241,13 @@ func (x *Registration) GetUnderlayIpV6() string {
 	return ""
 }
 
+func (x *Registration) GetPreviousPodCidrs() []string {
+	if x != nil {
+		return x.PreviousPodCidrs
+	}
+	return nil
+}
+
 // Problem is a refusal the controller records at
 // /weft/problems/<name>, so an operator sees why a node has no CIDR.
 type Problem struct {
@@ -309,7 +324,7 @@ const file_weft_v1_node_proto_rawDesc = "" +
 	"\fcapabilities\x18\x05 \x03(\tR\fcapabilities\x12\x10\n" +
 	"\x03asn\x18\x06 \x01(\rR\x03asn\x12\x10\n" +
 	"\x03seq\x18\a \x01(\x04R\x03seq\x12$\n" +
-	"\x0eunderlay_ip_v6\x18\b \x01(\tR\funderlayIpV6\"\xe4\x01\n" +
+	"\x0eunderlay_ip_v6\x18\b \x01(\tR\funderlayIpV6\"\x92\x02\n" +
 	"\fRegistration\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vunderlay_ip\x18\x02 \x01(\tR\n" +
@@ -318,7 +333,8 @@ const file_weft_v1_node_proto_rawDesc = "" +
 	"\bvtep_mac\x18\x04 \x01(\tR\avtepMac\x12\"\n" +
 	"\fcapabilities\x18\x05 \x03(\tR\fcapabilities\x12\x10\n" +
 	"\x03asn\x18\x06 \x01(\rR\x03asn\x12$\n" +
-	"\x0eunderlay_ip_v6\x18\a \x01(\tR\funderlayIpV6\"O\n" +
+	"\x0eunderlay_ip_v6\x18\a \x01(\tR\funderlayIpV6\x12,\n" +
+	"\x12previous_pod_cidrs\x18\b \x03(\tR\x10previousPodCidrs\"O\n" +
 	"\aProblem\x12\x18\n" +
 	"\asubject\x18\x01 \x01(\tR\asubject\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n" +
