@@ -203,7 +203,7 @@ func (f *Follower) list(ctx, wctx context.Context) (model.Snapshot, clientv3.Wat
 	if err := f.listNodes(rctx, &snap); err != nil {
 		return model.Snapshot{}, nil, err
 	}
-	if config, names := model.Suspects(snap); config || len(names) > 0 {
+	if config, names := model.Suspects(&snap); config || len(names) > 0 {
 		if err := f.fromLog(rctx, &snap, config, names); err != nil {
 			return model.Snapshot{}, nil, err
 		}

@@ -49,3 +49,27 @@ func BenchmarkReset5000(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkList5000 is what the agent does with a list of 5,000 decoded
+// nodes: Suspects, then Reset of a fresh state.
+func BenchmarkList5000(b *testing.B) {
+	s := benchState(b, 5000)
+	cfg := keys.Encode(s.Fold().Config)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		snap := Snapshot{Head: 2, Config: cfg, Decoded: map[string]NodeValue{}}
+		for _, name := range s.Names() {
+			snap.Decoded[name] = NodeValue{Node: s.Node(name)}
+		}
+		b.StartTimer()
+		if config, names := Suspects(&snap); config || len(names) > 0 {
+			b.Fatalf("suspects %v %v", config, names)
+		}
+		r := New()
+		r.Reset(snap)
+		if r.Len() != 5000 {
+			b.Fatalf("%d nodes after Reset; refused %v", r.Len(), r.Refused())
+		}
+	}
+}

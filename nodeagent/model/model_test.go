@@ -335,7 +335,7 @@ func TestResetQuarantinesAndTakesTheLog(t *testing.T) {
 		"c": []byte(`{"name":"c","underlay_ip":"nope"}`),
 		"d": []byte("{"),
 	}}
-	cfgBad, suspects := Suspects(snap)
+	cfgBad, suspects := Suspects(&snap)
 	if cfgBad || strings.Join(suspects, ",") != "b,c,d" {
 		t.Fatalf("suspects %v %v", cfgBad, suspects)
 	}
@@ -392,8 +392,8 @@ func TestResetTakesDecodedValues(t *testing.T) {
 	}
 	fromBytes := Snapshot{Head: 4, Config: cfg, Nodes: raw}
 	fromDecoded := Snapshot{Head: 4, Config: cfg, Decoded: decoded}
-	c1, s1 := Suspects(fromBytes)
-	c2, s2 := Suspects(fromDecoded)
+	c1, s1 := Suspects(&fromBytes)
+	c2, s2 := Suspects(&fromDecoded)
 	if c1 != c2 || !slices.Equal(s1, s2) || strings.Join(s2, ",") != "b,c" {
 		t.Fatalf("suspects from bytes %v %v, decoded %v %v", c1, s1, c2, s2)
 	}
@@ -407,6 +407,56 @@ func TestResetTakesDecodedValues(t *testing.T) {
 	slices.SortFunc(wantRefused, byWhat)
 	if !got.Equal(want) || got.Len() != 2 || !slices.Equal(got.Quarantined(), want.Quarantined()) || !slices.Equal(gotRefused, wantRefused) {
 		t.Fatalf("from decoded values %s %+v %v\nwant %s %+v %v", got, got.Quarantined(), got.Refused(), want, want.Quarantined(), want.Refused())
+	}
+}
+
+// TestListValidatesEachNodeOnce: Suspects marks the decoded nodes it
+// found good against the snapshot's config, and Reset, putting that
+// config in force, takes them without validating them again; a node
+// Suspects found bad (a VTEP MAC only validation refuses) stays refused,
+// and marks made under one config value do not hold under another.
+func TestListValidatesEachNodeOnce(t *testing.T) {
+	node := func(name, ip, cidr, mac string) NodeValue {
+		return DecodeNode(keys.Encode(&weftv1.Node{Name: name, UnderlayIp: ip, PodCidrs: []string{cidr}, VtepMac: mac, Seq: 2}))
+	}
+	decoded := map[string]NodeValue{
+		"a": node("a", "192.168.1.1", "10.244.1.0/24", ""),
+		"m": node("m", "192.168.1.3", "10.244.3.0/24", "zz"),
+	}
+	snap := Snapshot{Head: 4, Config: keys.Encode(validate.WithDefaults(baseConfig())), Decoded: decoded}
+	if cfgBad, suspects := Suspects(&snap); cfgBad || !slices.Equal(suspects, []string{"m"}) {
+		t.Fatalf("suspects %v %v", cfgBad, suspects)
+	}
+	if !snap.Decoded["a"].valid || snap.Decoded["m"].valid {
+		t.Fatalf("marks: a %v, m %v", snap.Decoded["a"].valid, snap.Decoded["m"].valid)
+	}
+	s := New()
+	s.Reset(snap)
+	if s.Node("a") == nil || s.Node("m") != nil || len(s.Quarantined()) != 1 {
+		t.Fatalf("state %s, quarantine %+v", s, s.Quarantined())
+	}
+
+	// Once: a value marked good is not looked at again. (Only Suspects
+	// sets the mark; forged here to see that Reset trusts it.)
+	forged := snap
+	forged.Decoded = map[string]NodeValue{"a": decoded["a"], "m": decoded["m"]}
+	nv := forged.Decoded["m"]
+	nv.valid = true
+	forged.Decoded["m"] = nv
+	s = New()
+	s.Reset(forged)
+	if s.Node("m") == nil {
+		t.Fatalf("a marked value was validated again: %s %+v", s, s.Quarantined())
+	}
+
+	// Another config value, whose cluster CIDR a's pod CIDR is outside
+	// of: the marks made under the first do not hold.
+	other := snap
+	other.Config = keys.Encode(validate.WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "10.96.0.0/16"}))
+	s = New()
+	s.Reset(other)
+	if s.Node("a") != nil || len(s.Quarantined()) != 2 {
+		t.Fatalf("under another config: %s %+v", s, s.Quarantined())
 	}
 }
 

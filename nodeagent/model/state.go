@@ -13,6 +13,7 @@
 package model
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -61,6 +62,10 @@ type Snapshot struct {
 	// Empty when the follower found nothing suspect.
 	FromLog   map[string]LogValue
 	LogConfig []byte
+	// checked is the config value Suspects validated the values of
+	// Decoded against (NodeValue.valid); Reset trusts those marks only
+	// while Config is still that value.
+	checked []byte
 }
 
 // NodeValue is a stored node value decoded once: the node, or why the
@@ -70,6 +75,10 @@ type Snapshot struct {
 type NodeValue struct {
 	Node *weftv1.Node
 	Err  error
+	// valid is set by Suspects only, on a node it found good against the
+	// snapshot's config: Reset, when it puts that config in force, does
+	// not validate the node a second time.
+	valid bool
 }
 
 // DecodeNode decodes the stored value of a node.
@@ -414,6 +423,7 @@ func (s *State) delNode(name string) {
 // of two overlapping claims the earlier wins, as in Apply.
 func (s *State) Reset(snap Snapshot) {
 	s.quarantined = map[string]Quarantine{}
+	checked := false
 	if snap.Config != nil {
 		if _, err := configValue(snap.Config); err != nil {
 			s.refuse("config", err)
@@ -430,6 +440,9 @@ func (s *State) Reset(snap Snapshot) {
 			raw, _ := configValue(snap.Config)
 			s.log.Config, s.config = raw, validate.WithDefaults(raw)
 			s.forget("config")
+			// In force now: the config Suspects checked the nodes
+			// against, unless the value changed since.
+			checked = snap.checked != nil && bytes.Equal(snap.checked, snap.Config)
 		}
 	}
 	old := s.log.Nodes
@@ -457,7 +470,7 @@ func (s *State) Reset(snap Snapshot) {
 	}
 	cands := make([]cand, 0, snap.Len())
 	for name, nv := range snap.nodes {
-		n, err := s.checkNode(name, nv)
+		n, err := s.checkNode(name, nv, checked)
 		if err != nil {
 			s.refuse("node "+name, err)
 			q := Quarantine{Node: name, Reason: err.Error(), Kept: "nothing"}
@@ -467,7 +480,7 @@ func (s *State) Reset(snap Snapshot) {
 			} else if lv, ok := snap.FromLog[name]; ok {
 				if lv.Node == nil {
 					q.Kept = fmt.Sprintf("nothing: the log's event %d removed it", lv.Seq)
-				} else if ln, lerr := s.checkNode(name, DecodeNode(lv.Node)); lerr == nil {
+				} else if ln, lerr := s.checkNode(name, DecodeNode(lv.Node), false); lerr == nil {
 					ln.Seq = lv.Seq
 					cands = append(cands, cand{name, ln})
 					q.Kept = fmt.Sprintf("the log's event %d", lv.Seq)
@@ -521,13 +534,15 @@ func configValue(v []byte) (*weftv1.ClusterConfig, error) {
 }
 
 // checkNode checks the decoded value of node name against the config
-// in force.
-func (s *State) checkNode(name string, nv NodeValue) (*weftv1.Node, error) {
+// in force. With checked (the config in force is the one Suspects
+// checked the snapshot's nodes against), a value Suspects found good is
+// not validated again.
+func (s *State) checkNode(name string, nv NodeValue, checked bool) (*weftv1.Node, error) {
 	n, err := nv.Node, nv.Err
 	if err == nil && s.config == nil {
 		err = errNoConfig
 	}
-	if err == nil {
+	if err == nil && !(checked && nv.valid) {
 		err = validate.Node(s.config, n)
 	}
 	if err == nil && n.Name != name {
@@ -541,7 +556,12 @@ func (s *State) checkNode(name string, nv NodeValue) (*weftv1.Node, error) {
 // decode or validate against the snapshot's config. The follower reads
 // the retained log for them (Snapshot.FromLog), so an agent that starts
 // while a value is bad still holds what the log says.
-func Suspects(snap Snapshot) (config bool, nodes []string) {
+//
+// Each value of snap.Decoded it found good is marked so: a Reset of snap
+// that puts the snapshot's config in force takes it without validating
+// it again, so a list validates each node once. Values in snap.Nodes
+// (bytes) are decoded here and in Reset, and validated by both.
+func Suspects(snap *Snapshot) (config bool, nodes []string) {
 	probe := New()
 	cfg, err := configValue(snap.Config)
 	if snap.Config != nil && err != nil {
@@ -549,9 +569,20 @@ func Suspects(snap Snapshot) (config bool, nodes []string) {
 	}
 	if err == nil {
 		probe.config = validate.WithDefaults(cfg)
+		snap.checked = bytes.Clone(snap.Config)
 	}
-	for name, nv := range snap.nodes {
-		if _, err := probe.checkNode(name, nv); err != nil && !errors.Is(err, errNoConfig) {
+	for name, nv := range snap.Nodes {
+		if _, err := probe.checkNode(name, DecodeNode(nv), false); err != nil && !errors.Is(err, errNoConfig) {
+			nodes = append(nodes, name)
+		}
+	}
+	for name, nv := range snap.Decoded {
+		_, err := probe.checkNode(name, nv, false)
+		switch {
+		case err == nil:
+			nv.valid = true
+			snap.Decoded[name] = nv
+		case !errors.Is(err, errNoConfig):
 			nodes = append(nodes, name)
 		}
 	}
