@@ -430,13 +430,14 @@ func attributes(mac string, caps []string) error {
 		return fieldErr("capabilities", "%d entries, more than %d", len(caps), MaxCapabilities)
 	}
 	for i, c := range caps {
-		f := fmt.Sprintf("capabilities[%d]", i)
+		// Named only on a refusal: this runs for every node of a list.
+		f := func() string { return fmt.Sprintf("capabilities[%d]", i) }
 		if len(c) == 0 || len(c) > MaxCapabilityLen {
-			return fieldErr(f, "%d characters, want 1..%d", len(c), MaxCapabilityLen)
+			return fieldErr(f(), "%d characters, want 1..%d", len(c), MaxCapabilityLen)
 		}
 		for _, r := range c {
 			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-				return fieldErr(f, "%q contains %q", c, r)
+				return fieldErr(f(), "%q contains %q", c, r)
 			}
 		}
 	}
