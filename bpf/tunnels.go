@@ -77,6 +77,9 @@ func diffTunnels(have, want []spec.Tunnel) (tunnelDiff, []spec.Tunnel) {
 		out = append(out, w[i])
 	}
 	w = out
+	// Sized for what is new at once: at a cold start that is every
+	// tunnel, thousands of them.
+	d.Add = make([]spec.Tunnel, 0, max(len(w)-len(have), 0))
 	i, j := 0, 0
 	for i < len(have) || j < len(w) {
 		switch {
