@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -43,13 +42,6 @@ var (
 	// The subnet file names the pin directory, where weft-cni finds the
 	// pod check.
 	_ nodeagent.PinDirer = (*bpf.Datapath)(nil)
-)
-
-// gcPercent is weft-agent's GOGC unless the environment sets one;
-// restGCPercent replaces it once the node has converged.
-const (
-	gcPercent     = 50
-	restGCPercent = 20
 )
 
 // Options are weft-agent's flags.
@@ -201,16 +193,9 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		return err
 	}
 
-	ownGC := os.Getenv("GOGC") == ""
-	if ownGC {
-		// Most of the agent's heap is the log's nodes, which live as long
-		// as it does, and it allocates little once converged. A GC goal
-		// of half the live heap above it instead of all of it lowers a
-		// cold start's peak at 5,000 peers by about 1.5 MB (VmHWM 32.9–
-		// 34.8 MB against 34.8–36.5 MB, no measurable CPU;
-		// BenchmarkColdStartBinary5000, docs/bench/agent.md).
-		debug.SetGCPercent(gcPercent)
-	}
+	// A higher GC goal while the agent starts, the rest's once the node
+	// converged (gc.go).
+	gcRest := startGC(os.Getenv("GOGC") == "", startGCPercent, restGCPercent, startGCWindow)
 
 	// The client does not dial yet: an unreachable etcd is retried by the
 	// agent, never fatal.
@@ -253,24 +238,9 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		// carry GoBGP (docs/bgp.md, "Two processes").
 		BGP:    proc.New(proc.Options{Path: o.BGPSpeaker, Logger: log}),
 		Logger: log,
-		// A cold start's peak (the list's pages, decoding every node,
-		// loading the programs) is garbage once the node converged;
-		// return it to the kernel now rather than as the scavenger gets
-		// to it. From then on the heap is almost all the log's nodes,
-		// which live as long as the agent, and the agent at rest
-		// allocates little (about 0.1 MB/s at 5,000 peers, most of it
-		// the reconcile's read of the kernel's maps): a GC goal of a
-		// fifth of the live heap above it instead of half keeps its
-		// RSS from creeping up by ~2 MB over its first minute (5,000
-		// peers, 100 s at rest: 33.4 → 33.9 MB against 33.4 → 35.3 MB)
-		// for 70 instead of 23 ms of GC CPU per 100 s (docs/agent.md,
-		// "Memory").
-		Converged: func() {
-			if ownGC {
-				debug.SetGCPercent(restGCPercent)
-			}
-			go debug.FreeOSMemory()
-		},
+		// The cold start's garbage goes back to the kernel and the GC
+		// goal to the rest's.
+		Converged: gcRest,
 	}
 	if o.Probe {
 		// The agent runs in the node's namespace, so the probe sockets do.
