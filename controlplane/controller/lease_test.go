@@ -53,7 +53,7 @@ func TestSlowLeaseAnswersKeepTheTerm(t *testing.T) {
 	}
 	defer c.Close()
 	m, metric := newMetrics(t)
-	r := startWith(t, controller.Options{Client: c, ID: "c1", Initial: baseConfig(), Metrics: m})
+	r := startWith(t, controller.Options{Client: c, ID: "c1", Initial: baseConfig(), Metrics: m, ElectionTTL: time.Second})
 	eventually(t, "c1 leads", 10*time.Second, r.c.IsLeader)
 	for end := time.Now().Add(6 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		if !r.c.IsLeader() || metric("weft_controller_terms_ended_total") > 0 {
