@@ -644,6 +644,14 @@ func TestNoFDLeakPerRestart(t *testing.T) {
 		eventually(t, 10*time.Second, "a child running", func() (bool, string) { pid = c.Pid(); return pid != 0, "" })
 		return pid
 	}
+	// The count to compare with is taken with a child running whose
+	// predecessor's end is handled (Exits counts it after its pipes are
+	// closed). Taken while Apply's killed child was being torn down, as
+	// it was, it caught that child with some of its pipes closed and the
+	// steady count looked like a leak (CI: 14 descriptors against 12).
+	eventually(t, 10*time.Second, "Apply's child replaced", func() (bool, string) {
+		return c.Exits() == 1 && c.Pid() != 0, fmt.Sprintf("exits %d, pid %d", c.Exits(), c.Pid())
+	})
 	pid := running()
 	before := pipes()
 	for range 10 {
