@@ -4,9 +4,10 @@
 // the agent forwards into its own log. It is not run by hand. It ignores
 // SIGINT, SIGTERM and SIGHUP, which a terminal or a service manager sends
 // to the agent's whole group: it ends when the agent says so, closes its
-// stdin, or dies (the agent sets a parent death signal). Keeping GoBGP
-// out of weft-agent's binary saves the agent its share of memory on every
-// node that does not run BGP (docs/bgp.md, "Two processes").
+// stdin, or dies (the agent sets a parent death signal, and weft-bgp exits
+// once its parent is no longer the process that started it). Keeping
+// GoBGP out of weft-agent's binary saves the agent its share of memory on
+// every node that does not run BGP (docs/bgp.md, "Two processes").
 package main
 
 import (
@@ -47,6 +48,9 @@ func parse(args []string) (*options, error) {
 }
 
 func main() {
+	// The agent that started this process, read before anything else: a
+	// parent that changes later is an agent gone (see proc.FollowParent).
+	parent := os.Getppid()
 	o, err := parse(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -60,10 +64,17 @@ func main() {
 		return
 	}
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	// A stopped agent stops its speaker too, as when they were one
-	// process: peers see the sessions' hold timers expire.
-	go proc.FollowParentStops(context.Background())
 	log := hclog.New(&hclog.LoggerOptions{Name: "weft-bgp", Level: hclog.LevelFromString(o.logLevel), Output: os.Stderr, JSONFormat: true})
+	// A stopped agent stops its speaker too, as when they were one
+	// process: peers see the sessions' hold timers expire. An agent gone
+	// ends it, as the parent death signal would have: the kernel closes
+	// the sessions.
+	go func() {
+		if err := proc.FollowParent(context.Background(), parent); err != nil {
+			log.Error("exiting: the agent that started weft-bgp is gone", "error", err)
+			os.Exit(1)
+		}
+	}()
 	if err := proc.Serve(os.Stdin, os.Stdout, gobgp.New(log), log); err != nil {
 		log.Error("exiting", "error", err)
 		os.Exit(1)
