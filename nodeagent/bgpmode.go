@@ -12,6 +12,7 @@ import (
 
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/nodeagent/bgp"
+	"github.com/weftnet/weft/nodeagent/bgp/proc"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
@@ -25,6 +26,20 @@ type Speaker = bgp.Speaker
 type speakerExits interface {
 	Exits() uint64
 }
+
+// speakerDrops is implemented by a speaker whose learned routes cross a
+// process boundary (proc.Client): DroppedRoutes counts those that did not
+// parse.
+type speakerDrops interface {
+	DroppedRoutes() uint64
+}
+
+// The agent's speaker has both counts; a renamed method would drop its
+// metric without a word.
+var _ interface {
+	speakerExits
+	speakerDrops
+} = (*proc.Client)(nil)
 
 const (
 	// bgpSettle is how long every session must have been established
@@ -216,12 +231,13 @@ func (a *Agent) bgpSessions(v *view) []*weftv1.BGPSession {
 // bgpCollector exports the speaker's sessions and prefixes at scrape time.
 type bgpCollector struct{ a *Agent }
 
-var bgpDescs = struct{ up, total, adv, recv, exits *prometheus.Desc }{
+var bgpDescs = struct{ up, total, adv, recv, exits, dropped *prometheus.Desc }{
 	prometheus.NewDesc("weft_agent_bgp_sessions_up", "BGP sessions established.", nil, nil),
 	prometheus.NewDesc("weft_agent_bgp_sessions", "BGP sessions configured (peers skipped as unreachable excluded).", nil, nil),
 	prometheus.NewDesc("weft_agent_bgp_prefixes_advertised", "Prefixes advertised, summed over established sessions.", nil, nil),
 	prometheus.NewDesc("weft_agent_bgp_prefixes_received", "Prefixes received, summed over sessions.", nil, nil),
 	prometheus.NewDesc("weft_agent_bgp_speaker_exits_total", "BGP speaker processes (weft-bgp) that ended without the agent asking; each is restarted.", nil, nil),
+	prometheus.NewDesc("weft_agent_bgp_routes_dropped_total", "Learned routes from the BGP speaker process (weft-bgp) that did not parse and were left out; each is logged.", nil, nil),
 }
 
 func (c bgpCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -230,6 +246,7 @@ func (c bgpCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- bgpDescs.adv
 	ch <- bgpDescs.recv
 	ch <- bgpDescs.exits
+	ch <- bgpDescs.dropped
 }
 
 func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
@@ -254,5 +271,8 @@ func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
 	g(bgpDescs.recv, recv)
 	if e, ok := c.a.speaker.(speakerExits); ok {
 		ch <- prometheus.MustNewConstMetric(bgpDescs.exits, prometheus.CounterValue, float64(e.Exits()))
+	}
+	if d, ok := c.a.speaker.(speakerDrops); ok {
+		ch <- prometheus.MustNewConstMetric(bgpDescs.dropped, prometheus.CounterValue, float64(d.DroppedRoutes()))
 	}
 }

@@ -109,6 +109,10 @@ type Client struct {
 	backoff    time.Duration
 	// exits counts children that ended without Stop.
 	exits uint64
+	// badRoutes are the routes in the last state that did not parse;
+	// dropped counts each when it first appears.
+	badRoutes map[string]bool
+	dropped   uint64
 }
 
 type applyArgs struct {
@@ -520,7 +524,19 @@ func (c *Client) onState(ch *child, st *weftv1.SpeakerState) {
 		c.mu.Unlock()
 		return
 	}
-	c.routes, c.sessions = routesFromProto(st.GetRoutes()), st.GetSessions()
+	routes, bad := routesFromProto(st.GetRoutes())
+	c.routes, c.sessions = routes, st.GetSessions()
+	// A route that stays bad is logged and counted once, not with every
+	// state that repeats it.
+	was := c.badRoutes
+	c.badRoutes = map[string]bool{}
+	for _, b := range bad {
+		c.badRoutes[b] = true
+		if !was[b] {
+			c.dropped++
+			c.log.Error("route from the speaker process dropped", "pid", ch.cmd.Process.Pid, "problem", b)
+		}
+	}
 	if c.stale != nil && allEstablished(c.sessions) {
 		if until := time.Now().Add(settle); until.Before(c.staleUntil) {
 			c.staleUntil = until
@@ -584,6 +600,17 @@ func (c *Client) Exits() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.exits
+}
+
+// DroppedRoutes is how many learned routes the child reported that the
+// client could not parse and left out of Routes (each counted once while
+// the child keeps reporting it; the agent exports it as
+// weft_agent_bgp_routes_dropped_total). Each is logged at error level,
+// naming the route and the field.
+func (c *Client) DroppedRoutes() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dropped
 }
 
 // nextBackoff doubles the backoff, starting over after a child that

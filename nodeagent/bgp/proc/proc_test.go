@@ -55,8 +55,8 @@ func TestWireRoundTrip(t *testing.T) {
 		t.Errorf("bad peer address: %v, want ErrInvalidConfig naming peers[1].address", err)
 	}
 	rs := []spec.Route{route("10.244.2.0/24", "10.0.0.2"), route("fd00:244:2::/64", "fd99::2")}
-	if got := routesFromProto(routesToProto(rs)); fmt.Sprint(got) != fmt.Sprint(rs) {
-		t.Errorf("routes round trip: %v, want %v", got, rs)
+	if got, bad := routesFromProto(routesToProto(rs)); fmt.Sprint(got) != fmt.Sprint(rs) || bad != nil {
+		t.Errorf("routes round trip: %v (bad %q), want %v", got, bad, rs)
 	}
 }
 
@@ -193,7 +193,7 @@ func TestServe(t *testing.T) {
 	if reply.GetId() != 7 || reply.GetError() != "" {
 		t.Errorf("apply reply %v, want id 7 without error", reply)
 	}
-	if fmt.Sprint(routesFromProto(state.GetRoutes())) != fmt.Sprint(sp.routes) || len(state.GetSessions()) != 1 || state.GetSessions()[0].GetAdvertised() != 1 {
+	if got, _ := routesFromProto(state.GetRoutes()); fmt.Sprint(got) != fmt.Sprint(sp.routes) || len(state.GetSessions()) != 1 || state.GetSessions()[0].GetAdvertised() != 1 {
 		t.Errorf("state %v, want the speaker's routes and session", state)
 	}
 	if fmt.Sprint(sp.applied) != "[65001 [10.244.1.0/24] [10.0.0.1]]" {
@@ -663,4 +663,59 @@ func TestNoFDLeakPerRestart(t *testing.T) {
 		now := pipes()
 		return len(now) <= len(before), fmt.Sprintf("%d open %v, %d before %v", len(now), now, len(before), before)
 	})
+}
+
+// TestUnparsableRoutesCountedAndLogged: routes in the child's state that
+// do not parse are left out of Routes, counted once however often the
+// child repeats them, and logged naming the route and the field; the
+// good route beside them is kept.
+func TestUnparsableRoutesCountedAndLogged(t *testing.T) {
+	dir := t.TempDir()
+	var msgs bytes.Buffer
+	state := &weftv1.SpeakerState{Routes: []*weftv1.SpeakerRoute{
+		{Prefix: "10.244.2.0/24", Via: "10.0.0.2"},
+		{Prefix: "10.244.3.0/33", Via: "10.0.0.3"},
+		{Prefix: "10.244.4.0/24", Via: "node-4"},
+	}}
+	for _, m := range []*weftv1.SpeakerMessage{
+		{Msg: &weftv1.SpeakerMessage_State{State: state}},
+		{Msg: &weftv1.SpeakerMessage_State{State: state}},
+		{Msg: &weftv1.SpeakerMessage_Reply{Reply: &weftv1.SpeakerReply{Id: 1}}},
+	} {
+		if _, err := protodelim.MarshalTo(&msgs, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "msgs"), msgs.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "weft-bgp")
+	// Sends once the first request has begun (so its reply finds the
+	// call waiting), then reads on until stdin ends.
+	script := fmt.Sprintf("#!/bin/sh\nhead -c 1 >/dev/null\ncat %s/msgs\nexec cat >/dev/null\n", dir)
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	c := New(Options{Path: path, Logger: hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug}), RestartMin: time.Hour})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.Stop(ctx, false)
+	})
+	if err := c.Apply(context.Background(), bgp.Config{RouterID: ip("10.0.0.1"), ASN: 65001, ListenPort: -1}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The reply came after both states, on the same stream.
+	if got := fmt.Sprint(c.Routes()); got != fmt.Sprint([]spec.Route{route("10.244.2.0/24", "10.0.0.2")}) {
+		t.Errorf("routes %s, want only the one that parses", got)
+	}
+	if n := c.DroppedRoutes(); n != 2 {
+		t.Errorf("DroppedRoutes() = %d, want 2 (two bad routes, each counted once)", n)
+	}
+	for _, want := range []string{`route \"10.244.3.0/33\" via \"10.0.0.3\": prefix is not a prefix`, `route \"10.244.4.0/24\" via \"node-4\": via is not an IP address`} {
+		if n := strings.Count(logs.String(), want); n != 1 {
+			t.Errorf("logged %d times: %s\nlog:\n%s", n, want, logs)
+		}
+	}
 }

@@ -95,20 +95,23 @@ func routesToProto(rs []spec.Route) []*weftv1.SpeakerRoute {
 	return out
 }
 
-// routesFromProto decodes the learned routes; a route that does not parse
-// is left out (the speaker only sends what it parsed itself).
-func routesFromProto(rs []*weftv1.SpeakerRoute) []spec.Route {
-	var out []spec.Route
+// routesFromProto decodes the learned routes. A route that does not
+// parse is left out and described in bad, naming the route and the field
+// (the child sends only what it parsed itself, so such a route is a bug,
+// or a child of another version).
+func routesFromProto(rs []*weftv1.SpeakerRoute) (out []spec.Route, bad []string) {
 	for _, r := range rs {
 		p, err := netip.ParsePrefix(r.GetPrefix())
 		if err != nil {
+			bad = append(bad, fmt.Sprintf("route %q via %q: prefix is not a prefix", r.GetPrefix(), r.GetVia()))
 			continue
 		}
 		via, err := netip.ParseAddr(r.GetVia())
 		if err != nil {
+			bad = append(bad, fmt.Sprintf("route %q via %q: via is not an IP address", r.GetPrefix(), r.GetVia()))
 			continue
 		}
 		out = append(out, spec.Route{Prefix: p, Via: via, Proto: spec.ProtoBGP})
 	}
-	return out
+	return out, bad
 }
