@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -118,6 +119,10 @@ type Window struct {
 	Recovered  time.Duration // from the end of the faults to converged
 	Lost       int           // pings lost beyond the bound
 	Allowed    int           // pings lost within a bound (leave-rejoin)
+	// Unsent are pings whose request reached the pod and whose echo reply
+	// the pod's kernel could not send (its ICMP OutErrors, Mesh.ReplyErrors):
+	// not lost by a datapath, so not charged.
+	Unsent     int
 	Longest    time.Duration // longest outage of one pair
 	Removed    []string
 	Check      string // "ok" or what weftctl check said
@@ -125,6 +130,9 @@ type Window struct {
 
 	rejoin   time.Time // leave-rejoin: when the node's pods were back
 	rejoined []string  // leave-rejoin: its pods
+	// unsentBy is how many echo replies each pod's kernel could not send
+	// during the window; nil when they could not be read.
+	unsentBy map[string]uint64
 }
 
 // OK reports whether the run found no violation.
@@ -183,11 +191,31 @@ func (r *Report) run(ctx context.Context, c *testenv.Cluster, o Options, plan []
 	if err != nil {
 		return err
 	}
+	replyErrors, err := mesh.ReplyErrors()
+	if err != nil {
+		mesh.Stop()
+		return err
+	}
+	// unsent records in win the replies each pod's kernel could not send
+	// since the last window.
+	unsent := func(win *Window) {
+		now, err := mesh.ReplyErrors()
+		if err != nil {
+			win.Violations = append(win.Violations, err.Error())
+			return
+		}
+		win.unsentBy = map[string]uint64{}
+		for pod, n := range now {
+			win.unsentBy[pod] = n - min(n, replyErrors[pod])
+		}
+		replyErrors = now
+	}
 	w := watch(c)
 	r.Start = time.Now()
 	r.Baseline = Window{Index: -1, Start: r.Start}
 	sleep(ctx, 3*time.Second)
 	r.Baseline.End = time.Now()
+	unsent(&r.Baseline)
 
 	var stepErr error
 	for i := 0; ; i++ {
@@ -208,6 +236,7 @@ func (r *Report) run(ctx context.Context, c *testenv.Cluster, o Options, plan []
 			break
 		}
 		win := r.runStep(ctx, c, mesh, i, step)
+		unsent(&win)
 		var removed []*weftv1.Event
 		removed, lastSeq, err = removals(ctx, c, lastSeq)
 		if err != nil {
@@ -240,6 +269,7 @@ func (r *Report) run(ctx context.Context, c *testenv.Cluster, o Options, plan []
 	r.Sent, r.Received, lost = mesh.Stop()
 	r.Lost = len(lost)
 	r.Tail.End = time.Now()
+	unsent(&r.Tail)
 	ev := w.Stop()
 	r.Elapsed = time.Since(r.Start)
 
@@ -291,14 +321,32 @@ func (r *Report) attribute(lost []Loss) {
 		per[k] = append(per[k], l)
 	}
 	for i, w := range wins {
+		// Each reply a pod's kernel could not send is one lost ping to
+		// that pod that no datapath lost. Which of the pod's lost pings
+		// they were cannot be told, so the allowed ones take them first
+		// and only the rest go uncharged.
+		left := maps.Clone(w.unsentBy)
 		var charged []Loss
 		for _, l := range per[i] {
 			if w.allows(l) {
 				w.Allowed++
+				if left[l.To] > 0 {
+					left[l.To]--
+				}
 			} else {
 				charged = append(charged, l)
 			}
 		}
+		kept := charged[:0]
+		for _, l := range charged {
+			if left[l.To] > 0 {
+				left[l.To]--
+				w.Unsent++
+				continue
+			}
+			kept = append(kept, l)
+		}
+		charged = kept
 		w.Lost = len(charged)
 		for _, o := range Outages(per[i], r.Interval, 5*r.Interval) {
 			w.Longest = max(w.Longest, o.Len())
@@ -313,6 +361,9 @@ func (r *Report) attribute(lost []Loss) {
 			w.Violations = append(w.Violations, fmt.Sprintf("%d pings lost on %d pairs beyond the bound (%s), first %s from +%s for %s; %s",
 				len(charged), len(pairs), w.bound(), first.Pair, first.From.Sub(r.Start).Round(10*time.Millisecond), first.Len().Round(10*time.Millisecond),
 				r.outageList(outs)))
+			if w.Unsent > 0 {
+				w.Violations[len(w.Violations)-1] += fmt.Sprintf("; %d more reached their pod, whose kernel could not send the reply (ICMP OutErrors), and are not charged", w.Unsent)
+			}
 		}
 	}
 }

@@ -44,6 +44,7 @@ type Mesh struct {
 
 type source struct {
 	pod string
+	ns  string // the pod's namespace
 	p   *netnstest.Pinger
 	seq int
 	// pending: seq → request, guarded by Mesh.mu.
@@ -69,7 +70,7 @@ func StartMesh(pods []testenv.Target, interval time.Duration) (*Mesh, error) {
 			m.Stop()
 			return nil, fmt.Errorf("start mesh: %w", err)
 		}
-		m.srcs = append(m.srcs, &source{pod: t.Name, p: p, pending: map[int]request{}})
+		m.srcs = append(m.srcs, &source{pod: t.Name, ns: t.NS, p: p, pending: map[int]request{}})
 	}
 	for _, s := range m.srcs {
 		m.wg.Add(1)
@@ -224,6 +225,36 @@ func (m *Mesh) Stop() (sent, received int, losses []Loss) {
 	}
 	_ = errors.Join(errs...) // a socket that fails to close lost nothing
 	return m.Counts()
+}
+
+// ReplyErrors returns each pod's ICMP OutErrors so far: echo requests
+// that reached the pod and whose reply its kernel could not send.
+//
+// Every namespace's echo replies are sent through the kernel's per-CPU
+// ICMP socket, one for the whole machine (net/ipv4/icmp.c), whose send
+// buffer (two 64 KiB packets' worth) holds the replies until they leave.
+// A namespace whose replies wait behind a neighbour that does not
+// resolve (a pod whose first ARP request went out before its veth had a
+// qdisc, and that retries after a second) fills that buffer, and every
+// other namespace's replies on that CPU fail until the queue drains:
+// pings lost between pods that have nothing to do with it, and with no
+// drop anywhere in a datapath. OutErrors of the pod that did not answer
+// counts each such reply.
+func (m *Mesh) ReplyErrors() (map[string]uint64, error) {
+	out := map[string]uint64{}
+	for _, s := range m.srcs {
+		n, err := netnstest.Open(s.ns)
+		if err != nil {
+			return nil, err
+		}
+		c, err := n.ICMP()
+		n.Close()
+		if err != nil {
+			return nil, err
+		}
+		out[s.pod] = c.OutErrors
+	}
+	return out, nil
 }
 
 // Outage is a run of consecutive lost requests of one pair.

@@ -16,7 +16,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "\nchaos run: seed %d, %s planned, %s run, %d pod pairs pinging every %s\n",
 		r.Seed, r.Duration, r.Elapsed.Round(time.Second), r.Pairs, r.Interval)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "#\tat\tfaults\thit\tlost\tallowed\tlongest\trecovered\tcheck\tremoved")
+	fmt.Fprintln(tw, "#\tat\tfaults\thit\tlost\tallowed\tunsent\tlongest\trecovered\tcheck\tremoved")
 	rows := append(append([]Window{r.Baseline}, r.Steps...), r.Tail)
 	for _, s := range rows {
 		idx, faults := fmt.Sprint(s.Index), s.Step.String()
@@ -37,16 +37,16 @@ func (r *Report) WriteTable(w io.Writer) {
 		if len(check) > 40 {
 			check = check[:40] + "…"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", idx, rel(s.Start), faults, strings.Join(s.Targets, "; "),
-			s.Lost, s.Allowed, s.Longest.Round(10*time.Millisecond), s.Recovered.Round(100*time.Millisecond), check, removed)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", idx, rel(s.Start), faults, strings.Join(s.Targets, "; "),
+			s.Lost, s.Allowed, s.Unsent, s.Longest.Round(10*time.Millisecond), s.Recovered.Round(100*time.Millisecond), check, removed)
 	}
 	tw.Flush()
 
 	fmt.Fprintln(w, "\nby kind (a step of two faults counts for both):")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "kind\tfaults\tpings lost\tallowed\tlongest outage\tbound\tviolations")
+	fmt.Fprintln(tw, "kind\tfaults\tpings lost\tallowed\tunsent\tlongest outage\tbound\tviolations")
 	for _, k := range Kinds {
-		n, lost, allowed, viol := 0, 0, 0, 0
+		n, lost, allowed, unsent, viol := 0, 0, 0, 0, 0
 		var longest time.Duration
 		for _, s := range r.Steps {
 			if !s.has(k) {
@@ -55,6 +55,7 @@ func (r *Report) WriteTable(w io.Writer) {
 			n++
 			lost += s.Lost
 			allowed += s.Allowed
+			unsent += s.Unsent
 			longest = max(longest, s.Longest)
 			viol += len(s.Violations)
 		}
@@ -62,11 +63,12 @@ func (r *Report) WriteTable(w io.Writer) {
 		if k == LeaveRejoin {
 			bound = fmt.Sprintf("0 lost; its pods: back within %s", RejoinBound)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%d\n", k, n, lost, allowed, longest.Round(10*time.Millisecond), bound, viol)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\t%d\n", k, n, lost, allowed, unsent, longest.Round(10*time.Millisecond), bound, viol)
 	}
 	tw.Flush()
 
-	fmt.Fprintf(w, "\npings: %d sent, %d answered, %d lost (%d beyond a bound)\n", r.Sent, r.Received, r.Lost, r.charged())
+	fmt.Fprintf(w, "\npings: %d sent, %d answered, %d lost (%d beyond a bound; %d reached their pod, whose kernel could not send the reply)\n",
+		r.Sent, r.Received, r.Lost, r.charged(), r.unsent())
 	if len(r.Removals) == 0 {
 		fmt.Fprintln(w, "NodeRemoved: none")
 	}
@@ -94,6 +96,14 @@ func (w Window) has(k Kind) bool {
 		}
 	}
 	return false
+}
+
+func (r *Report) unsent() int {
+	n := r.Baseline.Unsent + r.Tail.Unsent
+	for _, s := range r.Steps {
+		n += s.Unsent
+	}
+	return n
 }
 
 func (r *Report) charged() int {
