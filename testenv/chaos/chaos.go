@@ -323,16 +323,14 @@ func (r *Report) attribute(lost []Loss) {
 	for i, w := range wins {
 		// Each reply a pod's kernel could not send is one lost ping to
 		// that pod that no datapath lost. Which of the pod's lost pings
-		// they were cannot be told, so the allowed ones take them first
-		// and only the rest go uncharged.
+		// they were cannot be told: as many of those beyond the bound go
+		// uncharged, never more (a rejoined pod whose gateway entry is
+		// unresolved sends no request to take them).
 		left := maps.Clone(w.unsentBy)
 		var charged []Loss
 		for _, l := range per[i] {
 			if w.allows(l) {
 				w.Allowed++
-				if left[l.To] > 0 {
-					left[l.To]--
-				}
 			} else {
 				charged = append(charged, l)
 			}

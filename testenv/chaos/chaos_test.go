@@ -213,9 +213,8 @@ func TestAttribute(t *testing.T) {
 }
 
 // TestAttributeUnsent: a pod whose kernel could not send some echo
-// replies (its ICMP OutErrors) loses that many pings to it without a
-// charge; the rest are charged, and the allowed losses of a leave-rejoin
-// take the pod's unsent replies first.
+// replies (its ICMP OutErrors) loses that many pings to it beyond the
+// bound without a charge, never more; the rest are charged.
 func TestAttributeUnsent(t *testing.T) {
 	t0 := time.Unix(3000, 0)
 	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
@@ -230,10 +229,10 @@ func TestAttributeUnsent(t *testing.T) {
 	lost := []Loss{
 		// baseline: three pings to p2, which did not send five replies
 		{Pair{"p1", "p2"}, at(1)}, {Pair{"p3", "p2"}, at(1.01)}, {Pair{"p1", "p2"}, at(1.02)},
-		// step 0: p3 came back at 25; its ping to p1 is allowed and
-		// takes one of p1's two unsent replies
+		// step 0: p3 came back at 25; its ping to p1 is allowed
 		{Pair{"p3", "p1"}, at(26)},
-		{Pair{"p2", "p1"}, at(27)}, // p1's second unsent reply: not charged
+		{Pair{"p2", "p1"}, at(27)}, // p1's two unsent replies: not charged
+		{Pair{"p4", "p1"}, at(27.5)},
 		{Pair{"p2", "p1"}, at(28)}, // beyond p1's unsent replies: charged
 		{Pair{"p1", "p4"}, at(29)}, // p4 sent every reply: charged
 		{Pair{"p4", "p2"}, at(30)}, // p2's one unsent reply
@@ -242,13 +241,13 @@ func TestAttributeUnsent(t *testing.T) {
 	}
 	r.attribute(lost)
 	got := []int{r.Baseline.Lost, r.Baseline.Unsent, r.Steps[0].Lost, r.Steps[0].Allowed, r.Steps[0].Unsent, r.Tail.Lost, r.Tail.Unsent}
-	if want := []int{0, 3, 2, 1, 2, 1, 0}; !reflect.DeepEqual(got, want) {
+	if want := []int{0, 3, 2, 1, 3, 1, 0}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("baseline (lost, unsent), step 0 (lost, allowed, unsent), tail (lost, unsent): got %v, want %v", got, want)
 	}
 	if len(r.Baseline.Violations) != 0 || len(r.Steps[0].Violations) != 1 || len(r.Tail.Violations) != 1 {
 		t.Fatalf("violations: baseline %v, step 0 %v, tail %v", r.Baseline.Violations, r.Steps[0].Violations, r.Tail.Violations)
 	}
-	if v := r.Steps[0].Violations[0]; !strings.Contains(v, "2 pings lost on 2 pairs") || !strings.Contains(v, "2 more reached their pod") {
+	if v := r.Steps[0].Violations[0]; !strings.Contains(v, "2 pings lost on 2 pairs") || !strings.Contains(v, "3 more reached their pod") {
 		t.Fatalf("step 0's violation: %s", v)
 	}
 }
