@@ -194,22 +194,20 @@ int weft_from_underlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	struct tunnel_key src = {}, dst = {};
 	/* Not IP (ARP, LLDP): both keys stay zero, in no pod network. */
-	enum addr_result rs = load_addr(skb, &src, ADDR_SRC);
-	enum addr_result rd = load_addr(skb, &dst, ADDR_DST);
-	int src_pod = in_pod_nets(g, src.addr);
-	int dst_pod = in_pod_nets(g, dst.addr);
-	if ((rs == ADDR_IPV4_MAPPED && src_pod) || (rd == ADDR_IPV4_MAPPED && dst_pod))
+	int s = pod_addr(skb, g, &src, ADDR_SRC);
+	int d = pod_addr(skb, g, &dst, ADDR_DST);
+	if ((s | d) & POD_ADDR_MAPPED)
 		return drop(DROP_IPV4_MAPPED);
-	if (src_pod) {
+	if (s & POD_ADDR_POD) {
 		int routed = 0;
 		int verdict = check_reverse_path(skb, &src, &dst, &routed);
 		if (verdict != TC_ACT_OK)
 			return verdict;
-		if (rs != ADDR_OK || rd != ADDR_OK)
+		if (!(s & d & POD_ADDR_OK))
 			return TC_ACT_OK; /* e.g. IPv6 multicast: the stack's */
 		return host_route_in(skb, &dst, routed);
 	}
-	if (dst_pod && (g->flags & GUARD_TUNNEL_ONLY))
+	if ((d & POD_ADDR_POD) && (g->flags & GUARD_TUNNEL_ONLY))
 		return drop(DROP_PLAIN_TO_POD);
 	return TC_ACT_OK;
 }

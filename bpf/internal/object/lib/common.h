@@ -16,6 +16,20 @@
 /* tunnel_value.flags: the endpoint is an IPv6 underlay address. */
 #define FLAG_IPV6_ENDPOINT (1U << 0)
 
+/* Global functions. Most helpers here are inlined (static
+ * __always_inline): the verifier then walks their code once per path into
+ * them, with that path's state. A few are global BPF subprograms instead
+ * (__noinline, not static): the verifier checks each once per program, for
+ * any arguments of its types, and the caller learns only that it returned
+ * some int and may have written the memory it was handed. That keeps the
+ * verifier's states from multiplying where a caller would keep several
+ * values of several ranges live across them (the underlay check's
+ * addresses, pod_addr; the conntrack lookup behind every fast path,
+ * stack_flow). The price: a BPF-to-BPF call per packet, and the
+ * verifier's rules for them: arguments are the context, scalars or
+ * pointers to a struct (or int), which may be NULL as far as it knows, so
+ * the function checks them; never packet pointers; an int back. */
+
 /* TTL (hop limit) of the outer header. */
 #define TUNNEL_TTL 64
 

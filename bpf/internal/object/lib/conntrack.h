@@ -48,8 +48,10 @@ extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
 /* stack_flow reports whether conntrack has an entry for the packet's TCP
  * or UDP flow (either direction), in which case the caller hands the
  * packet to the stack. IPv4 options and IPv6 extension headers are not
- * parsed (such packets are looked up by no flow and stay fast). */
-static __always_inline int stack_flow(struct __sk_buff *skb)
+ * parsed (such packets are looked up by no flow and stay fast). A global
+ * function (common.h): each fast path verifies it once, not once per
+ * family and path that reaches it. */
+__noinline int stack_flow(struct __sk_buff *skb)
 {
 	if (!weft_ksym_exists(bpf_skb_ct_lookup))
 		return 0;
