@@ -194,8 +194,8 @@ int weft_from_underlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	struct tunnel_key src = {}, dst = {};
 	/* Not IP (ARP, LLDP): both keys stay zero, in no pod network. */
-	int s = pod_addr(skb, g, &src, ADDR_SRC);
-	int d = pod_addr(skb, g, &dst, ADDR_DST);
+	int both = pod_addrs(skb, g, &src, &dst);
+	int s = both & ((1 << POD_ADDR_DST_SHIFT) - 1), d = both >> POD_ADDR_DST_SHIFT;
 	if ((s | d) & POD_ADDR_MAPPED)
 		return drop(DROP_IPV4_MAPPED);
 	if (s & POD_ADDR_POD) {
