@@ -28,12 +28,15 @@ enum addr_result {
 	ADDR_IPV4_MAPPED = 2,    /* an IPv6 packet with an IPv4-mapped address */
 };
 
-/* mapped reports whether a (from an IPv6 header) is IPv4-mapped
- * (::ffff:0:0/96): the form the maps give IPv4, never a pod's IPv6 address. */
-static __always_inline int mapped(const __u8 a[16])
+/* mapped reports whether key's address (from an IPv6 header) is
+ * IPv4-mapped (::ffff:0:0/96): the form the maps give IPv4, never a pod's
+ * IPv6 address. It takes the key, not its bytes, so the compiler knows the
+ * address is 4-byte aligned and reads it in words where key is a pointer
+ * (pod_addrs), not byte by byte. */
+static __always_inline int mapped(const struct tunnel_key *key)
 {
 	__u32 w[3];
-	__builtin_memcpy(w, a, 12);
+	__builtin_memcpy(w, key->addr, 12);
 	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
 }
 
@@ -69,7 +72,7 @@ static __always_inline enum addr_result load_addr(struct __sk_buff *skb, struct 
 		else
 			__builtin_memcpy(key->addr, &ip6->daddr, 16);
 		key->prefixlen = 128;
-		if (mapped(key->addr))
+		if (mapped(key))
 			return ADDR_IPV4_MAPPED;
 		if (side == ADDR_DST && key->addr[0] == 0xff)
 			return ADDR_IPV6_MULTICAST;

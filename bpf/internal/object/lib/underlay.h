@@ -18,12 +18,12 @@
 #define AF_INET6 10
 #endif
 
-/* in_pod_nets reports whether a (IPv4 as IPv4-mapped) lies in one of g's
- * pod networks. */
-static __always_inline int in_pod_nets(const struct guard *g, const __u8 a[16])
+/* in_pod_nets reports whether key's address (IPv4 as IPv4-mapped) lies in
+ * one of g's pod networks (the key, not its bytes: see mapped). */
+static __always_inline int in_pod_nets(const struct guard *g, const struct tunnel_key *key)
 {
 	__u32 x[4];
-	__builtin_memcpy(x, a, 16);
+	__builtin_memcpy(x, key->addr, 16);
 #pragma unroll
 	for (int i = 0; i < GUARD_NETS; i++) {
 		if (i >= g->nets)
@@ -176,7 +176,7 @@ static __always_inline int pod_addr(struct __sk_buff *skb, const struct guard *g
 {
 	enum addr_result r = load_addr(skb, key, side);
 	int bits = r == ADDR_OK ? POD_ADDR_OK : 0;
-	if (in_pod_nets(g, key->addr))
+	if (in_pod_nets(g, key))
 		bits |= r == ADDR_IPV4_MAPPED ? POD_ADDR_MAPPED : POD_ADDR_POD;
 	return bits;
 }
@@ -187,8 +187,8 @@ static __always_inline int pod_addr(struct __sk_buff *skb, const struct guard *g
  * results and both pod-network answers, each one of a few constants,
  * stayed live across the reverse path check and host routing, and the
  * verifier walked weft_from_underlay's 27,501 instructions instead of
- * about 2,400. One function for both addresses, not one per address: a
- * call less per packet, for about 800 instructions more to verify. */
+ * about 2,000. One function for both addresses, not one per address: a
+ * call less per packet, for a few hundred instructions more to verify. */
 __noinline int pod_addrs(struct __sk_buff *skb, const struct guard *g, struct tunnel_key *src, struct tunnel_key *dst)
 {
 	if (!g || !src || !dst)
