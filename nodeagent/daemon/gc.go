@@ -48,16 +48,19 @@ func startGC(own bool, start, restPercent int, window time.Duration) (rest func(
 		debug.SetGCPercent(start)
 	}
 	var once sync.Once
-	var timer *time.Timer
-	rest = func() {
+	toRest := func() {
+		if own {
+			debug.SetGCPercent(restPercent)
+		}
+		go debug.FreeOSMemory()
+	}
+	// The timer's function does not touch the timer: it may run before
+	// AfterFunc's result is stored.
+	timer := time.AfterFunc(window, func() { once.Do(toRest) })
+	return func() {
 		once.Do(func() {
 			timer.Stop()
-			if own {
-				debug.SetGCPercent(restPercent)
-			}
-			go debug.FreeOSMemory()
+			toRest()
 		})
 	}
-	timer = time.AfterFunc(window, rest)
-	return rest
 }
