@@ -173,6 +173,24 @@ func (h *harness) waitStatus(what string, cond func(st *weftv1.AgentStatus) bool
 	return st
 }
 
+// waitRegistration waits for n1's registration on a lease and returns it.
+func (h *harness) waitRegistration() *weftv1.Registration {
+	h.t.Helper()
+	var reg *weftv1.Registration
+	eventually(h.t, "registration", func() (bool, string) {
+		r, err := h.c.Get(context.Background(), keys.New("").Registration("n1"))
+		if err != nil || len(r.Kvs) == 0 {
+			return false, "absent"
+		}
+		if r.Kvs[0].Lease == 0 {
+			return false, "not on a lease"
+		}
+		reg, err = keys.DecodeRegistration(r.Kvs[0].Value)
+		return err == nil, string(r.Kvs[0].Value)
+	})
+	return reg
+}
+
 func (h *harness) healthz() (int, string) {
 	rec := httptest.NewRecorder()
 	h.a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
@@ -191,18 +209,7 @@ func TestAgentRegistersWaitsConvergesAndReports(t *testing.T) {
 	h.start()
 
 	// Registration on a lease, with the underlay IP from the datapath.
-	var reg *weftv1.Registration
-	eventually(t, "registration", func() (bool, string) {
-		r, err := c.Get(context.Background(), keys.New("").Registration("n1"))
-		if err != nil || len(r.Kvs) == 0 {
-			return false, "absent"
-		}
-		if r.Kvs[0].Lease == 0 {
-			return false, "not on a lease"
-		}
-		reg, err = keys.DecodeRegistration(r.Kvs[0].Value)
-		return err == nil, string(r.Kvs[0].Value)
-	})
+	reg := h.waitRegistration()
 	if reg.UnderlayIp != "192.168.1.1" || reg.Capabilities[0] != "tcx" {
 		t.Fatalf("registration = %v", reg)
 	}
@@ -592,15 +599,7 @@ func TestAgentAsksForItsPreviousCIDR(t *testing.T) {
 			h.a = h.newAgent(c)
 			h.append(logtest.Config(cfg()))
 			h.start()
-			var reg *weftv1.Registration
-			eventually(t, "registration", func() (bool, string) {
-				r, err := c.Get(context.Background(), keys.New("").Registration("n1"))
-				if err != nil || len(r.Kvs) == 0 {
-					return false, "absent"
-				}
-				reg, err = keys.DecodeRegistration(r.Kvs[0].Value)
-				return err == nil, fmt.Sprint(err)
-			})
+			reg := h.waitRegistration()
 			if !slices.Equal(reg.PreviousPodCidrs, tc.want) {
 				t.Fatalf("previous_pod_cidrs %v, want %v", reg.PreviousPodCidrs, tc.want)
 			}

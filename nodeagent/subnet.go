@@ -65,17 +65,16 @@ func previousCIDRs(path string) ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("read subnet file: %w", err)
 	}
 	defer f.Close()
-	buf := make([]byte, maxSubnetFileBytes+1)
-	n, err := io.ReadFull(f, buf)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+	buf, err := io.ReadAll(io.LimitReader(f, maxSubnetFileBytes+1))
+	if err != nil {
 		return nil, fmt.Errorf("read subnet file %s: %w", path, err)
 	}
-	if n > maxSubnetFileBytes {
+	if len(buf) > maxSubnetFileBytes {
 		return nil, fmt.Errorf("read subnet file %s: more than %d bytes", path, maxSubnetFileBytes)
 	}
 	var out []netip.Prefix
 	seen := map[string]bool{}
-	for line := range strings.Lines(string(buf[:n])) {
+	for line := range strings.Lines(string(buf)) {
 		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
 		if !ok || (k != "FLANNEL_SUBNET" && k != "FLANNEL_IPV6_SUBNET") {
 			continue

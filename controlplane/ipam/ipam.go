@@ -201,21 +201,13 @@ func (a *Allocator) Allocate(name string, pinned, previous []netip.Prefix) ([]ne
 }
 
 // usable returns the first of hints that is of p's family and could be
-// leased to name: a subnet of p's size inside its cluster CIDR that no
-// other node holds.
+// leased to name (check: a subnet of p's size inside its cluster CIDR
+// that no other node holds).
 func (a *Allocator) usable(name string, p *pool, hints []netip.Prefix) (netip.Prefix, bool) {
 	for _, s := range hints {
-		if s.Addr().Is4() != p.cluster.Addr().Is4() {
-			continue
+		if s.Addr().Is4() == p.cluster.Addr().Is4() && a.check(name, []netip.Prefix{s}) == nil {
+			return s, true
 		}
-		i, ok := p.index(s)
-		if !ok {
-			continue
-		}
-		if o, used := p.used[i]; used && o != name {
-			continue
-		}
-		return s, true
 	}
 	return netip.Prefix{}, false
 }

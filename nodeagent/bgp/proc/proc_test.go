@@ -469,26 +469,12 @@ func TestRepeatedReplyIgnored(t *testing.T) {
 // restart) are dropped when the restart time has passed, and Changed says
 // so, so the agent removes them then even while no new child runs.
 func TestKeptRoutesExpiryNotified(t *testing.T) {
-	dir := t.TempDir()
-	var msgs bytes.Buffer
-	for _, m := range []*weftv1.SpeakerMessage{
-		{Msg: &weftv1.SpeakerMessage_Reply{Reply: &weftv1.SpeakerReply{Id: 1}}},
-		{Msg: &weftv1.SpeakerMessage_State{State: &weftv1.SpeakerState{
+	path := scriptedSpeaker(t,
+		&weftv1.SpeakerMessage{Msg: &weftv1.SpeakerMessage_Reply{Reply: &weftv1.SpeakerReply{Id: 1}}},
+		&weftv1.SpeakerMessage{Msg: &weftv1.SpeakerMessage_State{State: &weftv1.SpeakerState{
 			Routes:   routesToProto([]spec.Route{route("10.244.2.0/24", "10.0.0.2")}),
 			Sessions: []*weftv1.BGPSession{{Peer: "10.0.0.254", State: "established"}}}}},
-	} {
-		if _, err := protodelim.MarshalTo(&msgs, m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "msgs"), msgs.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "weft-bgp")
-	script := fmt.Sprintf("#!/bin/sh\nhead -c 1 >/dev/null\ncat %s/msgs\nexec cat >/dev/null\n", dir)
-	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	)
 	c := New(Options{Path: path, RestartMin: time.Hour})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -670,32 +656,16 @@ func TestNoFDLeakPerRestart(t *testing.T) {
 // child repeats them, and logged naming the route and the field; the
 // good route beside them is kept.
 func TestUnparsableRoutesCountedAndLogged(t *testing.T) {
-	dir := t.TempDir()
-	var msgs bytes.Buffer
 	state := &weftv1.SpeakerState{Routes: []*weftv1.SpeakerRoute{
 		{Prefix: "10.244.2.0/24", Via: "10.0.0.2"},
 		{Prefix: "10.244.3.0/33", Via: "10.0.0.3"},
 		{Prefix: "10.244.4.0/24", Via: "node-4"},
 	}}
-	for _, m := range []*weftv1.SpeakerMessage{
-		{Msg: &weftv1.SpeakerMessage_State{State: state}},
-		{Msg: &weftv1.SpeakerMessage_State{State: state}},
-		{Msg: &weftv1.SpeakerMessage_Reply{Reply: &weftv1.SpeakerReply{Id: 1}}},
-	} {
-		if _, err := protodelim.MarshalTo(&msgs, m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "msgs"), msgs.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "weft-bgp")
-	// Sends once the first request has begun (so its reply finds the
-	// call waiting), then reads on until stdin ends.
-	script := fmt.Sprintf("#!/bin/sh\nhead -c 1 >/dev/null\ncat %s/msgs\nexec cat >/dev/null\n", dir)
-	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	path := scriptedSpeaker(t,
+		&weftv1.SpeakerMessage{Msg: &weftv1.SpeakerMessage_State{State: state}},
+		&weftv1.SpeakerMessage{Msg: &weftv1.SpeakerMessage_State{State: state}},
+		&weftv1.SpeakerMessage{Msg: &weftv1.SpeakerMessage_Reply{Reply: &weftv1.SpeakerReply{Id: 1}}},
+	)
 	logs := &syncBuffer{}
 	c := New(Options{Path: path, Logger: hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug}), RestartMin: time.Hour})
 	t.Cleanup(func() {
@@ -718,4 +688,27 @@ func TestUnparsableRoutesCountedAndLogged(t *testing.T) {
 			t.Errorf("logged %d times: %s\nlog:\n%s", n, want, logs)
 		}
 	}
+}
+
+// scriptedSpeaker writes a stand-in weft-bgp that sends msgs once the
+// first request has begun (so a reply among them finds its call
+// waiting), then reads on until stdin ends, and returns its path.
+func scriptedSpeaker(t *testing.T, msgs ...*weftv1.SpeakerMessage) string {
+	t.Helper()
+	dir := t.TempDir()
+	var b bytes.Buffer
+	for _, m := range msgs {
+		if _, err := protodelim.MarshalTo(&b, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "msgs"), b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "weft-bgp")
+	script := fmt.Sprintf("#!/bin/sh\nhead -c 1 >/dev/null\ncat %s/msgs\nexec cat >/dev/null\n", dir)
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
