@@ -111,6 +111,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		fmt.Fprintf(stderr, "weftctl: -o %q: want table or json\n", *output)
 		return ExitUsage
 	}
+	if err := etcdconn.CheckEndpoints(etcdconn.Split(*endpoints)); err != nil {
+		fmt.Fprintf(stderr, "weftctl: --etcd-endpoints: %v\n", err)
+		return ExitUsage
+	}
 	if *timeout <= 0 {
 		fmt.Fprintf(stderr, "weftctl: --timeout %s: want a positive duration\n", *timeout)
 		return ExitUsage

@@ -213,7 +213,8 @@ func TestFollowAndUsage(t *testing.T) {
 	if code := <-done; code != 0 {
 		t.Fatalf("follow exit %d", code)
 	}
-	for _, args := range [][]string{{}, {"frobnicate"}, {"config"}, {"config", "set"}, {"-o", "yaml", "nodes"}, {"events", "--bogus"}, {"nodes", "extra"}} {
+	for _, args := range [][]string{{}, {"frobnicate"}, {"config"}, {"config", "set"}, {"-o", "yaml", "nodes"}, {"events", "--bogus"}, {"nodes", "extra"},
+		{"--etcd-endpoints", "ftp://127.0.0.1:1", "nodes"}, {"--etcd-endpoints", "127.0.0.1", "nodes"}} {
 		if code, _, _ := e.run("", args...); code != 2 {
 			t.Errorf("weftctl %v: exit %d, want 2", args, code)
 		}

@@ -112,6 +112,11 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 		return nil, err
 	}
 	o.set = set
+	if o.EtcdEndpoints != "" {
+		if err := etcdconn.CheckEndpoints(etcdconn.Split(o.EtcdEndpoints)); err != nil {
+			return nil, fmt.Errorf("--etcd-endpoints: %w", err)
+		}
+	}
 	if o.ElectionTTL < 1 {
 		return nil, errors.New("--election-ttl must be at least 1")
 	}

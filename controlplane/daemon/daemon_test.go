@@ -154,6 +154,7 @@ func TestEtcdTLSFlags(t *testing.T) {
 		{[]string{"--etcd-server-cert", "s.crt", "--etcd-server-key", "s.key", "--etcd-listen-client", "https://127.0.0.1:2379",
 			"--etcd-cafile", "ca.crt", "--etcd-client-ca", "ca.crt"}, "--etcd-certfile and --etcd-keyfile"},
 		{[]string{"--etcd-endpoints", "https://e:2379", "--etcd-client-ca", "ca.crt"}, "are for the embedded etcd"},
+		{[]string{"--etcd-endpoints", "grpc://e:2379"}, `--etcd-endpoints: endpoint "grpc://e:2379": scheme "grpc"`},
 	} {
 		_, err := Parse(tc.args, func(string) string { return "" })
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

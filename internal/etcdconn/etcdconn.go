@@ -98,6 +98,25 @@ func Split(s string) []string {
 	return out
 }
 
+// CheckEndpoints refuses an endpoint list the etcd client could not dial:
+// empty, a scheme other than http, https, unix or unixs, a URL without a
+// host, or a bare address without a port. The error names the endpoint.
+func CheckEndpoints(eps []string) error {
+	if len(eps) == 0 {
+		return errors.New("no endpoints")
+	}
+	for _, ep := range eps {
+		_, addr, _, _, err := interpret(ep, false)
+		if err != nil {
+			return err
+		}
+		if addr == "" {
+			return fmt.Errorf("endpoint %q: no host", ep)
+		}
+	}
+	return nil
+}
+
 // TLS returns the client's TLS config: nil without CA, Cert and Key (plain
 // connections), else TLS 1.2 or newer with the CA as the only roots (the
 // system's when CA is empty) and the client certificate when given.
@@ -130,8 +149,8 @@ func (c Config) TLS() (*tls.Config, error) {
 // TLS material but does not dial: an unreachable etcd is not an error
 // here, every request retries it.
 func New(c Config) (*clientv3.Client, error) {
-	if len(c.Endpoints) == 0 {
-		return nil, errors.New("connect etcd: no endpoints")
+	if err := CheckEndpoints(c.Endpoints); err != nil {
+		return nil, fmt.Errorf("connect etcd: %w", err)
 	}
 	t, err := c.TLS()
 	if err != nil {

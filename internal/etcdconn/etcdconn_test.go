@@ -14,6 +14,26 @@ func TestSplit(t *testing.T) {
 	}
 }
 
+func TestCheckEndpoints(t *testing.T) {
+	if err := CheckEndpoints([]string{"http://127.0.0.1:2379", "https://e.example:2379", "unix:///run/etcd.sock", "unixs://s", "10.0.0.1:2379"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		eps  []string
+		want string
+	}{
+		{nil, "no endpoints"},
+		{[]string{"http://127.0.0.1:2379", "ftp://127.0.0.1:2379"}, `endpoint "ftp://127.0.0.1:2379": scheme "ftp"`},
+		{[]string{"http://"}, `endpoint "http://": no host`},
+		{[]string{"10.0.0.1"}, `endpoint "10.0.0.1": address 10.0.0.1: missing port`},
+		{[]string{"http://[::1"}, `endpoint "http://[::1"`},
+	} {
+		if err := CheckEndpoints(tc.eps); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.eps, err, tc.want)
+		}
+	}
+}
+
 func TestBadTLSMaterial(t *testing.T) {
 	dir := t.TempDir()
 	junk := filepath.Join(dir, "junk.pem")

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -114,13 +113,8 @@ func (o *Options) Check() error {
 	if err := keys.ValidName(o.NodeName); err != nil {
 		return fmt.Errorf("--node-name: %w", err)
 	}
-	for _, e := range o.Endpoints() {
-		if u, err := url.Parse(e); err != nil || u.Host == "" {
-			return fmt.Errorf("--etcd-endpoints: %q is not a URL", e)
-		}
-	}
-	if len(o.Endpoints()) == 0 {
-		return errors.New("--etcd-endpoints: empty")
+	if err := etcdconn.CheckEndpoints(o.Endpoints()); err != nil {
+		return fmt.Errorf("--etcd-endpoints: %w", err)
 	}
 	if o.LeaseTTL < 2 {
 		return fmt.Errorf("--lease-ttl: %d is below 2 seconds", o.LeaseTTL)

@@ -39,6 +39,8 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		{"--node-name", "a/b"},
 		{"--lease-ttl", "1"},
 		{"--etcd-endpoints", ","},
+		{"--etcd-endpoints", "ftp://10.0.0.1:2379"},
+		{"--etcd-endpoints", "http://10.0.0.1:2379,10.0.0.2"},
 		{"--log-level", "loud"},
 		{"--underlay", "not an interface"},
 		{"--etcd-certfile", "x"},
