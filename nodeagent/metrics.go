@@ -110,6 +110,12 @@ var counterDescs = map[string]*prometheus.Desc{
 	"drops":      prometheus.NewDesc("weft_datapath_drops_total", "Packets dropped by the programs, by class (no_tunnel, spoofed, other).", []string{"reason"}, nil),
 	"drop_reasons": prometheus.NewDesc("weft_datapath_drop_reasons_total",
 		"Packets dropped by the programs, by reason (docs/datapath.md lists them).", []string{"reason"}, nil),
+	"direct": prometheus.NewDesc("weft_datapath_direct_packets_total",
+		"Overlay packets that skipped the pod bridge: rx entered a local pod straight from the tunnel, tx went from a pod's veth straight into it (counted in rx/tx_packets too).",
+		[]string{"direction"}, nil),
+	"routed": prometheus.NewDesc("weft_datapath_routed_packets_total",
+		"Packets host routing forwarded in eBPF past the node's stack between a local pod and a natively routed remote pod, by direction (tx: out to the underlay, rx: into the pod).",
+		[]string{"direction"}, nil),
 }
 
 func (c counterCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -134,6 +140,10 @@ func (c counterCollector) Collect(ch chan<- prometheus.Metric) {
 	cm("drops", s.DropNoTunnel, "no_tunnel")
 	cm("drops", s.DropSpoofed, "spoofed")
 	cm("drops", s.DropOther, "other")
+	cm("direct", s.RxDirect, "rx")
+	cm("direct", s.TxDirect, "tx")
+	cm("routed", s.RoutedRx, "rx")
+	cm("routed", s.RoutedTx, "tx")
 	for reason, n := range s.Drops {
 		cm("drop_reasons", n, reason)
 	}

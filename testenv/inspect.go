@@ -177,21 +177,33 @@ func LogTail(p *Proc, n int) string {
 // ControllerMetrics scrapes controller k (its metrics address is on the
 // control namespace's loopback).
 func (c *Cluster) ControllerMetrics(ctx context.Context, k int) (map[string]float64, error) {
-	url := fmt.Sprintf("http://127.0.0.1:%d/metrics", 9470+2*k)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	body, err := c.ControllerMetricsText(ctx, k)
 	if err != nil {
 		return nil, err
 	}
+	return ParseMetrics(body), nil
+}
+
+// ControllerMetricsText is controller k's /metrics as served.
+func (c *Cluster) ControllerMetricsText(ctx context.Context, k int) (string, error) {
+	url := fmt.Sprintf("http://127.0.0.1:%d/metrics", 9470+2*k)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
 	resp, err := httpIn(c.CtlNS).Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("metrics of controller %d: %w", k, err)
+		return "", fmt.Errorf("metrics of controller %d: %w", k, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, fmt.Errorf("metrics of controller %d: %w", k, err)
+		return "", fmt.Errorf("metrics of controller %d: %w", k, err)
 	}
-	return ParseMetrics(string(b)), nil
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("metrics of controller %d: HTTP %d", k, resp.StatusCode)
+	}
+	return string(b), nil
 }
 
 // Leader returns the index of the controller that reports itself leader

@@ -101,6 +101,10 @@ func TestNativeRouting(t *testing.T) {
 	t.Run("Native", func(t *testing.T) {
 		switchTo(t, "native", func(cfg *weftv1.ClusterConfig) { cfg.AutoDirectNodeRoutes = true })
 		before := vxlanTx(t)
+		routedBefore := map[string][2]float64{}
+		for _, n := range nodes {
+			routedBefore[n.Name] = routed(t, ctx, c, n)
+		}
 		var same []testenv.Target
 		for _, n := range nodes {
 			same = append(same, pod(n).Target())
@@ -114,9 +118,33 @@ func TestNativeRouting(t *testing.T) {
 			t.Fatalf("same-segment pairs in native mode:\n%s", m)
 		}
 		after := vxlanTx(t)
+		body, err := c.ControllerMetricsText(ctx, 0)
+		if err == nil {
+			err = testenv.LintMetrics(ctx, body)
+		}
+		if err != nil {
+			t.Errorf("metrics of the controller: %v", err)
+		}
 		for _, n := range nodes {
 			if after[n.Name] != before[n.Name] {
 				t.Errorf("%s: overlay tx counter moved %v→%v in native mode", n.Name, before[n.Name], after[n.Name])
+			}
+			// Host routing (the default) carried the pings both ways
+			// past each node's stack, and /metrics says so.
+			if r0, r1 := routedBefore[n.Name], routed(t, ctx, c, n); r1[0] <= r0[0] || r1[1] <= r0[1] {
+				t.Errorf("%s: weft_datapath_routed_packets_total{tx,rx} %v → %v: host routing did not carry the same-segment pings", n.Name, r0, r1)
+			}
+			// Prometheus's own linter on what the real agent serves, every
+			// collector (the BPF counters too) filled in.
+			code, body, err := c.AgentGet(ctx, n, "/metrics")
+			if err == nil && code != 200 {
+				err = fmt.Errorf("HTTP %d", code)
+			}
+			if err == nil {
+				err = testenv.LintMetrics(ctx, body)
+			}
+			if err != nil {
+				t.Errorf("metrics of %s's agent: %v", n.Name, err)
 			}
 			rs := routes(t, n)
 			for _, peer := range nodes {
@@ -333,4 +361,14 @@ func TestNativeRouting(t *testing.T) {
 		}
 		requireAllPairs(t, ctx, c)
 	})
+}
+
+// routed is node n's weft_datapath_routed_packets_total, tx and rx.
+func routed(t *testing.T, ctx context.Context, c *testenv.Cluster, n *testenv.Node) [2]float64 {
+	t.Helper()
+	m, err := c.Metrics(ctx, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return [2]float64{m[`weft_datapath_routed_packets_total{direction="tx"}`], m[`weft_datapath_routed_packets_total{direction="rx"}`]}
 }
