@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -120,6 +121,9 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	if o.ElectionTTL < 1 {
 		return nil, errors.New("--election-ttl must be at least 1")
 	}
+	if err := o.checkFlags(); err != nil {
+		return nil, err
+	}
 	if err := o.checkSource(); err != nil {
 		return nil, err
 	}
@@ -127,6 +131,62 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 		return nil, err
 	}
 	return o, nil
+}
+
+// checkFlags checks the flags that are not the config's and not TLS: a
+// wrong one is a usage error at start, naming it, rather than a default
+// taken silently (an unknown log level) or a failure later (a metrics
+// address or an embedded etcd's URL that cannot be listened on).
+func (o *Options) checkFlags() error {
+	if hclog.LevelFromString(o.LogLevel) == hclog.NoLevel {
+		return fmt.Errorf("--log-level: unknown level %q", o.LogLevel)
+	}
+	if o.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(o.MetricsAddr); err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+	}
+	if o.EtcdEndpoints != "" {
+		return nil
+	}
+	if o.DataDir == "" {
+		return errors.New("--data-dir: empty (the embedded etcd keeps its data there)")
+	}
+	clients := etcdconn.Split(o.EtcdListenClient)
+	if len(clients) == 0 {
+		return errors.New("--etcd-listen-client: empty")
+	}
+	for _, s := range clients {
+		if err := listenURL(s, "http", "https", "unix", "unixs"); err != nil {
+			return fmt.Errorf("--etcd-listen-client: %w", err)
+		}
+	}
+	if err := listenURL(o.EtcdListenPeer, "http", "https"); err != nil {
+		return fmt.Errorf("--etcd-listen-peer: %w", err)
+	}
+	return nil
+}
+
+// listenURL checks a URL the embedded etcd is to listen on: one of
+// schemes, and a host:port (a path for unix sockets).
+func listenURL(s string, schemes ...string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%q: %w", s, err)
+	}
+	if !slices.Contains(schemes, u.Scheme) {
+		return fmt.Errorf("%q: scheme %q is none of %s", s, u.Scheme, strings.Join(schemes, ", "))
+	}
+	if strings.HasPrefix(u.Scheme, "unix") {
+		if u.Host == "" && u.Path == "" {
+			return fmt.Errorf("%q: no socket path", s)
+		}
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(u.Host); err != nil {
+		return fmt.Errorf("%q: %w", s, err)
+	}
+	return nil
 }
 
 // checkEtcdTLS checks the embedded etcd's TLS flags against its client

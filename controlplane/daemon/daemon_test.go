@@ -129,16 +129,29 @@ func TestRunEmbedded(t *testing.T) {
 			t.Fatalf("config via %s: %v %v", ep, r, err)
 		}
 	}
-	r, err := http.Get("http://" + metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(r.Body)
-	r.Body.Close()
-	for _, m := range []string{"weft_controller_leader 1", "weft_controller_head_seq 1", "weft_controller_events_appended_total 1"} {
-		if !strings.Contains(string(b), m) {
-			t.Errorf("metrics lack %q", m)
+	// The gauges follow the append a moment after its write is visible
+	// in etcd (the controller sets them when the transaction returns).
+	want := []string{"weft_controller_leader 1", "weft_controller_head_seq 1", "weft_controller_events_appended_total 1"}
+	var missing []string
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		missing = missing[:0]
+		r, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			t.Fatal(err)
 		}
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		for _, m := range want {
+			if !strings.Contains(string(b), m) {
+				missing = append(missing, m)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(end) {
+			break
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("metrics lack %q", missing)
 	}
 }
 
@@ -155,6 +168,13 @@ func TestEtcdTLSFlags(t *testing.T) {
 			"--etcd-cafile", "ca.crt", "--etcd-client-ca", "ca.crt"}, "--etcd-certfile and --etcd-keyfile"},
 		{[]string{"--etcd-endpoints", "https://e:2379", "--etcd-client-ca", "ca.crt"}, "are for the embedded etcd"},
 		{[]string{"--etcd-endpoints", "grpc://e:2379"}, `--etcd-endpoints: endpoint "grpc://e:2379": scheme "grpc"`},
+		{[]string{"--log-level", "loud"}, `--log-level: unknown level "loud"`},
+		{[]string{"--metrics-addr", "x"}, "--metrics-addr: address x: missing port"},
+		{[]string{"--data-dir", ""}, "--data-dir: empty"},
+		{[]string{"--etcd-listen-client", "ftp://127.0.0.1:2379"}, `--etcd-listen-client: "ftp://127.0.0.1:2379": scheme "ftp" is none of http, https, unix, unixs`},
+		{[]string{"--etcd-listen-client", "http://127.0.0.1"}, `--etcd-listen-client: "http://127.0.0.1": address 127.0.0.1: missing port`},
+		{[]string{"--etcd-listen-client", " , "}, "--etcd-listen-client: empty"},
+		{[]string{"--etcd-listen-peer", "unix:///run/p"}, `--etcd-listen-peer: "unix:///run/p": scheme "unix" is none of http, https`},
 	} {
 		_, err := Parse(tc.args, func(string) string { return "" })
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
