@@ -246,6 +246,10 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 		d.applied = nil
 		return rec.rep, err
 	}
+	if err := d.convergeBigTCP(&want, rec); err != nil {
+		d.applied = nil
+		return rec.rep, err
+	}
 	if err := d.convergeFastPath(&want, have, rec); err != nil {
 		d.applied = nil
 		return rec.rep, err

@@ -88,6 +88,8 @@ type loop struct {
 	waitLogged  bool
 	selfApplied bool
 	bgp         bgpState
+	// bigTCPNotes are the plan's BigTCPNotes as last logged.
+	bigTCPNotes []string
 }
 
 func newLoop(a *Agent) *loop {
@@ -346,6 +348,7 @@ func (l *loop) syncOnce(ctx context.Context) error {
 	plan := model.Desired(l.state, a.cfg.NodeName, l.underlay, model.Options{ExtraRoutes: extra, HostRouting: a.cfg.HostRouting})
 	l.plan = plan
 	a.metrics.peerProblems.Set(float64(len(plan.Problems)))
+	l.logBigTCPNotes(plan)
 
 	if plan.Desired == nil || plan.Self == nil {
 		// Until the controller's NodeAdded gives this node its pod CIDRs
@@ -441,7 +444,7 @@ func (l *loop) reconcile(ctx context.Context) {
 // equalDesired compares two normalized specs without reflection (it runs
 // on every event with thousands of tunnels).
 func equalDesired(a, b *spec.Desired) bool {
-	if a.Mode != b.Mode || a.StackRouting != b.StackRouting || (a.Overlay == nil) != (b.Overlay == nil) || (a.Masquerade == nil) != (b.Masquerade == nil) {
+	if a.Mode != b.Mode || a.StackRouting != b.StackRouting || a.BigTCP != b.BigTCP || (a.Overlay == nil) != (b.Overlay == nil) || (a.Masquerade == nil) != (b.Masquerade == nil) {
 		return false
 	}
 	if a.Overlay != nil && *a.Overlay != *b.Overlay {

@@ -25,7 +25,10 @@ type PinDirer interface {
 // unchanged. FLANNEL_SUBNET is the gateway address (the first address of
 // the pod CIDR) with the pod CIDR's mask, as flannel writes it.
 // WEFT_BPFFS_DIR (when pinDir is set) tells weft-cni where the agent's
-// pod check is pinned.
+// pod check is pinned. WEFT_GSO_IPV4_MAX_SIZE and WEFT_GSO_IPV6_MAX_SIZE
+// (BIG TCP, when on and usable) are the GSO/GRO sizes weft-cni gives both
+// ends of a new pod's veth; the agent writes the file after the Sync that
+// raised the underlay to them.
 func subnetEnv(plan model.Plan, backend, clusterV4, clusterV6 string, masq bool, pinDir string) string {
 	v4, v6 := localPrefixes(plan.Desired)
 	var b strings.Builder
@@ -42,6 +45,12 @@ func subnetEnv(plan model.Plan, backend, clusterV4, clusterV6 string, masq bool,
 	fmt.Fprintf(&b, "WEFT_BACKEND=%s\n", backend)
 	if pinDir != "" {
 		fmt.Fprintf(&b, "WEFT_BPFFS_DIR=%s\n", pinDir)
+	}
+	if d := plan.Desired; d != nil && d.BigTCP.IPv4 > 0 {
+		fmt.Fprintf(&b, "WEFT_GSO_IPV4_MAX_SIZE=%d\n", d.BigTCP.IPv4)
+	}
+	if d := plan.Desired; d != nil && d.BigTCP.IPv6 > 0 {
+		fmt.Fprintf(&b, "WEFT_GSO_IPV6_MAX_SIZE=%d\n", d.BigTCP.IPv6)
 	}
 	return b.String()
 }

@@ -76,3 +76,22 @@ func TestPreviousCIDRs(t *testing.T) {
 		}
 	}
 }
+
+// TestSubnetEnvBigTCP: the sizes BIG TCP gives the pods' veths reach
+// weft-cni through the subnet file, per family, and only when set.
+func TestSubnetEnvBigTCP(t *testing.T) {
+	d := &spec.Desired{LocalPodCIDRs: []netip.Prefix{pfx("10.244.7.0/24")}, BigTCP: spec.BigTCP{IPv4: 196608}}
+	env := subnetEnv(model.Plan{Desired: d, PodMTU: 1500}, "native", "10.244.0.0/16", "", true, "")
+	if !strings.Contains(env, "\nWEFT_GSO_IPV4_MAX_SIZE=196608\n") || strings.Contains(env, "WEFT_GSO_IPV6") {
+		t.Fatalf("IPv4 only:\n%s", env)
+	}
+	d.BigTCP = spec.BigTCP{IPv6: 131072}
+	env = subnetEnv(model.Plan{Desired: d, PodMTU: 1500}, "native", "10.244.0.0/16", "", true, "")
+	if !strings.Contains(env, "\nWEFT_GSO_IPV6_MAX_SIZE=131072\n") || strings.Contains(env, "WEFT_GSO_IPV4") {
+		t.Fatalf("IPv6 only:\n%s", env)
+	}
+	d.BigTCP = spec.BigTCP{}
+	if env = subnetEnv(model.Plan{Desired: d, PodMTU: 1500}, "native", "10.244.0.0/16", "", true, ""); strings.Contains(env, "WEFT_GSO") {
+		t.Fatalf("off:\n%s", env)
+	}
+}

@@ -170,6 +170,16 @@ type Desired struct {
 	// (the config's host_routing "stack"): for NetworkPolicy engines that
 	// filter in the FORWARD chain. See docs/datapath.md, "Host routing".
 	StackRouting bool
+	// BigTCP is the GSO/GRO size (BIG TCP) of the node's underlay and pod
+	// bridge per family; zero sizes leave the devices as they are.
+	BigTCP BigTCP
+}
+
+// BigTCP holds GSO/GRO maximum sizes in bytes per family, for the
+// devices of the pods' path (docs/datapath.md, "BIG TCP"). Zero is "not
+// raised": the kernel's 64 KiB.
+type BigTCP struct {
+	IPv4, IPv6 int
 }
 
 // Normalize sorts every slice of d in place and returns d.
@@ -209,6 +219,9 @@ func (d *Desired) String() string {
 	if d.StackRouting {
 		b.WriteString(" host-routing=stack")
 	}
+	if d.BigTCP != (BigTCP{}) {
+		fmt.Fprintf(&b, " big-tcp=%d/%d", d.BigTCP.IPv4, d.BigTCP.IPv6)
+	}
 	return b.String()
 }
 
@@ -226,6 +239,13 @@ type Underlay struct {
 	IPv6 netip.Addr
 	// MTU of the underlay interface.
 	MTU int
+	// TSOMaxSize is the largest GSO packet the underlay interface can
+	// segment (IFLA_TSO_MAX_SIZE, Linux >= 5.19's BIG TCP for IPv6); 0
+	// when the kernel does not report it.
+	TSOMaxSize int
+	// BigTCPv4 is set when the kernel has IPv4 BIG TCP (Linux >= 6.3: it
+	// reports IFLA_GSO_IPV4_MAX_SIZE).
+	BigTCPv4 bool
 	// Networks are the directly connected networks of the node.
 	Networks []netip.Prefix
 }

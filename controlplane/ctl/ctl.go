@@ -54,7 +54,8 @@ verbs:
   config get                 the config in force and the answer to the last desired config
   config set FILE|-          ask for a config (JSON or YAML ClusterConfig) ...
   config set --mtu 1400 ...  ... or change fields of the config in force (--cluster-cidr-v6 CIDR
-                             adds IPv6 to a running IPv4 cluster)
+                             adds IPv6 to a running IPv4 cluster; --big-tcp, --big-tcp-v6
+                             in native, gateway and bgp mode)
   check                      verify the store: log contiguous, fold == projection, subnets guarded
   auth setup                 etcd users and roles of the cluster (controller, operator,
                              reader, one per node in the store) and root; turns etcd
@@ -663,7 +664,7 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 	for _, f := range []string{"node-mask-size", "node-mask-size-v6", "vni", "udp-port", "mtu", "node-grace-seconds", "event-retention"} {
 		num[f] = fs.Uint64(f, 0, "")
 	}
-	for _, f := range []string{"masquerade", "auto-direct-node-routes"} {
+	for _, f := range []string{"masquerade", "auto-direct-node-routes", "big-tcp", "big-tcp-v6"} {
 		boo[f] = fs.Bool(f, false, "")
 	}
 	if err := fs.Parse(args); err != nil {
@@ -790,6 +791,10 @@ func setField(cfg *weftv1.ClusterConfig, f string, str map[string]*string, num m
 		cfg.Masquerade = *boo[f]
 	case "auto-direct-node-routes":
 		cfg.AutoDirectNodeRoutes = *boo[f]
+	case "big-tcp":
+		cfg.BigTcp = *boo[f]
+	case "big-tcp-v6":
+		cfg.BigTcpV6 = *boo[f]
 	}
 	return err
 }

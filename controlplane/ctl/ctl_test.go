@@ -167,6 +167,10 @@ func TestVerbs(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "refused") || !strings.Contains(out, "udp_port") {
 		t.Fatalf("config set --udp-port 0: %d %q", code, out)
 	}
+	code, out, _ = e.run("", "config", "set", "--big-tcp")
+	if code != 1 || !strings.Contains(out, "refused") || !strings.Contains(out, "big_tcp:") {
+		t.Fatalf("config set --big-tcp over vxlan: %d %q", code, out)
+	}
 	code, out, _ = e.run("cluster_cidr: 10.244.0.0/16\nbackend: carrier-pigeon\n", "config", "set", "-")
 	if code != 1 || !strings.Contains(out, "backend") {
 		t.Fatalf("config set - bad backend: %d %q", code, out)

@@ -76,6 +76,9 @@ func TestParseSubnet(t *testing.T) {
 	if s.BPFFSDir != "/sys/fs/bpf/weft" {
 		t.Fatalf("WEFT_BPFFS_DIR parsed as %q", s.BPFFSDir)
 	}
+	if s.GSOIPv4MaxSize != 0 || s.GSOIPv6MaxSize != 0 {
+		t.Fatalf("no BIG TCP asked, parsed %d/%d", s.GSOIPv4MaxSize, s.GSOIPv6MaxSize)
+	}
 	if s.V4 != netip.MustParsePrefix("10.244.1.0/24") || s.Gateway4 != netip.MustParseAddr("10.244.1.1") || s.MTU != 1450 {
 		t.Fatalf("v4 parsed wrong: %+v", s)
 	}
@@ -94,7 +97,14 @@ func TestParseSubnet(t *testing.T) {
 	if ps := pools(s); len(ps) != 1 || ps[0].Prefix != s.V6 {
 		t.Fatalf("IPv6-only pools: %+v", ps)
 	}
+	s, err = ParseSubnet([]byte("FLANNEL_SUBNET=10.244.2.0/24\nFLANNEL_MTU=1500\nWEFT_GSO_IPV4_MAX_SIZE=196608\nWEFT_GSO_IPV6_MAX_SIZE=131072\n"))
+	if err != nil || s.GSOIPv4MaxSize != 196608 || s.GSOIPv6MaxSize != 131072 {
+		t.Fatalf("BIG TCP sizes: %+v %v", s, err)
+	}
 	for in, field := range map[string]string{
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nWEFT_GSO_IPV4_MAX_SIZE=big\n":   "WEFT_GSO_IPV4_MAX_SIZE",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nWEFT_GSO_IPV6_MAX_SIZE=1000\n":  "WEFT_GSO_IPV6_MAX_SIZE",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nWEFT_GSO_IPV4_MAX_SIZE=1<<30\n": "WEFT_GSO_IPV4_MAX_SIZE",
 		"FLANNEL_MTU=1450\n": "FLANNEL_SUBNET",
 		"FLANNEL_IPV6_SUBNET=10.0.0.1/8\nFLANNEL_MTU=1450\n":                               "FLANNEL_IPV6_SUBNET",
 		"FLANNEL_SUBNET=10.244.1.1/24\n":                                                   "FLANNEL_MTU",

@@ -163,6 +163,9 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 		}
 		att.podMAC = pod.Attrs().HardwareAddr.String()
 		podMAC = pod.Attrs().HardwareAddr
+		if err := raiseGSO(sub, ifName); err != nil {
+			return err
+		}
 		return configurePod(ifName, sub, ips)
 	})
 	if err != nil {
@@ -184,6 +187,9 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 	}
 	if err := netlink.LinkSetMaster(host, br); err != nil {
 		return att, fmt.Errorf("attach %s to %s: %w", hostName, BridgeName, err)
+	}
+	if err := raiseGSO(sub, hostName, BridgeName); err != nil {
+		return att, err
 	}
 	// Hairpin, as flannel's bridge delegate sets it: a pod that reaches
 	// its own hostPort or service address is DNATed back to itself, and

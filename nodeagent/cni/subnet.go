@@ -32,6 +32,10 @@ type Subnet struct {
 	// BPFFSDir is where the agent pinned its datapath (WEFT_BPFFS_DIR):
 	// the pod check is linked from there. "" when the agent predates it.
 	BPFFSDir string
+	// GSOIPv4MaxSize and GSOIPv6MaxSize are BIG TCP's GSO/GRO sizes for
+	// both ends of a pod's veth (WEFT_GSO_IPV4_MAX_SIZE,
+	// WEFT_GSO_IPV6_MAX_SIZE); 0 leaves the kernel's 64 KiB.
+	GSOIPv4MaxSize, GSOIPv6MaxSize int
 }
 
 // ReadSubnetFile reads and parses the agent's subnet file. A missing file
@@ -91,6 +95,20 @@ func ParseSubnet(data []byte) (Subnet, error) {
 		}
 		s.BPFFSDir = d
 	}
+	for _, f := range []struct {
+		key string
+		to  *int
+	}{{"WEFT_GSO_IPV4_MAX_SIZE", &s.GSOIPv4MaxSize}, {"WEFT_GSO_IPV6_MAX_SIZE", &s.GSOIPv6MaxSize}} {
+		v, ok := env[f.key]
+		if !ok {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1<<16 || n > maxGSOSize {
+			return Subnet{}, fmt.Errorf("%s: %q is not a size between 65536 and %d", f.key, v, maxGSOSize)
+		}
+		*f.to = n
+	}
 	if v6 := env["FLANNEL_IPV6_SUBNET"]; v6 != "" {
 		s.V6, s.Gateway6, err = gatewayPrefix("FLANNEL_IPV6_SUBNET", v6, false)
 		if err != nil {
@@ -99,6 +117,9 @@ func ParseSubnet(data []byte) (Subnet, error) {
 	}
 	return s, nil
 }
+
+// maxGSOSize is the kernel's largest GSO size (GSO_MAX_SIZE, 512 KiB).
+const maxGSOSize = 512 << 10
 
 // gatewayPrefix parses "10.244.1.1/24" into (10.244.1.0/24, 10.244.1.1);
 // a bare network address means its first address is the gateway.

@@ -31,6 +31,9 @@ type Plan struct {
 	Self *weftv1.Node
 	// PodMTU is the MTU pods on this node should use (FLANNEL_MTU).
 	PodMTU int
+	// BigTCPNotes say why a family the config asks BIG TCP for keeps
+	// 64 KiB on this node (kernel, underlay), one line each.
+	BigTCPNotes []string
 }
 
 // Options tune Desired.
@@ -127,6 +130,9 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 	d := &spec.Desired{Mode: mode, StackRouting: HostRouting(cfg, opts.HostRouting) == validate.HostRoutingStack}
 	overlay := mode == spec.ModeVXLAN || mode == spec.ModeGeneve || mode == spec.ModeHybrid
 	plan.PodMTU = base
+	if !overlay {
+		d.BigTCP, plan.BigTCPNotes = bigTCP(cfg, u)
+	}
 	if overlay {
 		kind := spec.ModeVXLAN
 		if mode == spec.ModeGeneve {

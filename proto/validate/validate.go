@@ -216,6 +216,9 @@ func Config(c *weftv1.ClusterConfig) error {
 	if c.Mtu > 65535 {
 		return fieldErr("mtu", "%d is above 65535", c.Mtu)
 	}
+	if err := bigTCP(c); err != nil {
+		return err
+	}
 	if err := nativeCIDR("native_routing_cidr", "cluster_cidr", c.NativeRoutingCidr, v4); err != nil {
 		return err
 	}
@@ -228,6 +231,36 @@ func Config(c *weftv1.ClusterConfig) error {
 		}
 	}
 	return nil
+}
+
+// bigTCP refuses BIG TCP for a family the cluster does not have and over
+// encapsulation: on Linux 6.18 a pod's packet over 64 KiB sent into a
+// VXLAN device is segmented in software before the underlay (weft's
+// device) or all but lost (a kernel VXLAN device): 0.5–0.8× and 0.04× the
+// throughput without it (docs/bench/overlay-profile.md, "BIG TCP").
+func bigTCP(c *weftv1.ClusterConfig) error {
+	for _, f := range []struct {
+		on           bool
+		field, cidr  string
+		clusterField string
+	}{{c.BigTcp, "big_tcp", c.ClusterCidr, "cluster_cidr"}, {c.BigTcpV6, "big_tcp_v6", c.ClusterCidrV6, "cluster_cidr_v6"}} {
+		if !f.on {
+			continue
+		}
+		if f.cidr == "" {
+			return fieldErr(f.field, "on, but the cluster has no pod network of that family (%s is empty)", f.clusterField)
+		}
+		if Encapsulates(c.Backend) {
+			return fieldErr(f.field, "on with backend %q: BIG TCP needs a backend without encapsulation (native, gateway, bgp); packets over 64 KiB into a tunnel device are segmented in software or lost", c.Backend)
+		}
+	}
+	return nil
+}
+
+// Encapsulates reports whether backend carries (some) pod traffic in a
+// tunnel: vxlan, geneve and hybrid do.
+func Encapsulates(backend string) bool {
+	return backend == "vxlan" || backend == "geneve" || backend == "hybrid"
 }
 
 // reservedV6 are IPv6 ranges a pod network must not touch: the datapath's

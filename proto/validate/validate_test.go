@@ -69,6 +69,10 @@ func TestConfigRejections(t *testing.T) {
 		{"mtu", func(c *weftv1.ClusterConfig) { c.Mtu = 1279 }},
 		{"host_routing", func(c *weftv1.ClusterConfig) { c.HostRouting = "legacy" }},
 		{"native_routing_cidr", func(c *weftv1.ClusterConfig) { c.NativeRoutingCidr = "10.245.0.0/16" }},
+		{"big_tcp", func(c *weftv1.ClusterConfig) { c.BigTcp = true }}, // over vxlan
+		{"big_tcp", func(c *weftv1.ClusterConfig) { c.Backend, c.BigTcp = "hybrid", true }},
+		{"big_tcp_v6", func(c *weftv1.ClusterConfig) { c.Backend, c.BigTcpV6 = "geneve", true }},
+		{"big_tcp_v6", func(c *weftv1.ClusterConfig) { c.Backend, c.BigTcpV6 = "native", true }}, // no IPv6 pod network
 		{"bgp", func(c *weftv1.ClusterConfig) { c.Backend = "bgp" }},
 		{"bgp.asn", func(c *weftv1.ClusterConfig) { c.Backend = "bgp"; c.Bgp = &weftv1.BGPConfig{FullMesh: true} }},
 		{"bgp.peers", func(c *weftv1.ClusterConfig) { c.Backend = "bgp"; c.Bgp = &weftv1.BGPConfig{Asn: 65000} }},
@@ -101,6 +105,16 @@ func TestConfigRejections(t *testing.T) {
 	c.Vni = 0
 	if err := Config(c); err == nil || !strings.Contains(err.Error(), "vni") {
 		t.Errorf("vni 0: %v", err)
+	}
+}
+
+func TestBigTCPAccepted(t *testing.T) {
+	for _, backend := range []string{"native", "gateway", "bgp"} {
+		c := WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16", ClusterCidrV6: "fd00:10:244::/56",
+			Backend: backend, BigTcp: true, BigTcpV6: true, Bgp: &weftv1.BGPConfig{Asn: 65000, FullMesh: true}})
+		if err := Config(c); err != nil {
+			t.Errorf("%s: %v", backend, err)
+		}
 	}
 }
 

@@ -47,7 +47,8 @@ func Underlay(nl *netlink.Handle, name string) (spec.Underlay, error) {
 		}
 	}
 	fixedIP := ip.IsValid()
-	u := spec.Underlay{Interface: link.Attrs().Name, MTU: link.Attrs().MTU, IP: ip}
+	a := link.Attrs()
+	u := spec.Underlay{Interface: a.Name, MTU: a.MTU, IP: ip, TSOMaxSize: int(a.TSOMaxSize), BigTCPv4: a.GSOIPv4MaxSize != 0}
 	addrs, err := nl.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		return spec.Underlay{}, fmt.Errorf("list addresses of %s: %w", u.Interface, err)

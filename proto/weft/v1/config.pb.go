@@ -80,7 +80,18 @@ type ClusterConfig struct {
 	// it through the node's stack, so iptables/nftables FORWARD rules (the
 	// NetworkPolicy engines that use them) see every pod packet. An agent's
 	// --host-routing overrides it for its node.
-	HostRouting   string `protobuf:"bytes,17,opt,name=host_routing,json=hostRouting,proto3" json:"host_routing,omitempty"`
+	HostRouting string `protobuf:"bytes,17,opt,name=host_routing,json=hostRouting,proto3" json:"host_routing,omitempty"`
+	// BIG TCP for IPv4 (Linux >= 6.3): each node raises the GSO and GRO
+	// limits of its underlay interface, its pod bridge and both ends of
+	// every new pod veth from 64 KiB to 192 KiB, capped by what the underlay
+	// interface can segment (its tso_max_size), so pods send ~3 times fewer,
+	// larger packets through the node. Only for backends without
+	// encapsulation (native, gateway, bgp); every device on the path between
+	// nodes must take packets of that size. Default off. docs/datapath.md,
+	// "BIG TCP".
+	BigTcp bool `protobuf:"varint,18,opt,name=big_tcp,json=bigTcp,proto3" json:"big_tcp,omitempty"`
+	// BIG TCP for IPv6 (Linux >= 5.19), as big_tcp.
+	BigTcpV6      bool `protobuf:"varint,19,opt,name=big_tcp_v6,json=bigTcpV6,proto3" json:"big_tcp_v6,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -232,6 +243,20 @@ func (x *ClusterConfig) GetHostRouting() string {
 		return x.HostRouting
 	}
 	return ""
+}
+
+func (x *ClusterConfig) GetBigTcp() bool {
+	if x != nil {
+		return x.BigTcp
+	}
+	return false
+}
+
+func (x *ClusterConfig) GetBigTcpV6() bool {
+	if x != nil {
+		return x.BigTcpV6
+	}
+	return false
 }
 
 // BGPConfig configures the agents' embedded BGP speaker.
@@ -504,7 +529,7 @@ var File_weft_v1_config_proto protoreflect.FileDescriptor
 
 const file_weft_v1_config_proto_rawDesc = "" +
 	"\n" +
-	"\x14weft/v1/config.proto\x12\aweft.v1\"\x8b\x05\n" +
+	"\x14weft/v1/config.proto\x12\aweft.v1\"\xc2\x05\n" +
 	"\rClusterConfig\x12!\n" +
 	"\fcluster_cidr\x18\x01 \x01(\tR\vclusterCidr\x12&\n" +
 	"\x0fcluster_cidr_v6\x18\x02 \x01(\tR\rclusterCidrV6\x12$\n" +
@@ -525,7 +550,10 @@ const file_weft_v1_config_proto_rawDesc = "" +
 	"\x03bgp\x18\x0e \x01(\v2\x12.weft.v1.BGPConfigR\x03bgp\x12)\n" +
 	"\x10defaults_applied\x18\x0f \x01(\bR\x0fdefaultsApplied\x123\n" +
 	"\x16native_routing_cidr_v6\x18\x10 \x01(\tR\x13nativeRoutingCidrV6\x12!\n" +
-	"\fhost_routing\x18\x11 \x01(\tR\vhostRouting\"\xa0\x02\n" +
+	"\fhost_routing\x18\x11 \x01(\tR\vhostRouting\x12\x17\n" +
+	"\abig_tcp\x18\x12 \x01(\bR\x06bigTcp\x12\x1c\n" +
+	"\n" +
+	"big_tcp_v6\x18\x13 \x01(\bR\bbigTcpV6\"\xa0\x02\n" +
 	"\tBGPConfig\x12\x10\n" +
 	"\x03asn\x18\x01 \x01(\rR\x03asn\x12\x1b\n" +
 	"\tfull_mesh\x18\x02 \x01(\bR\bfullMesh\x12&\n" +
