@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/bpf/gsosize"
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/testenv/netnstest"
 )
@@ -34,6 +35,11 @@ import (
 //	weft-native: weft's native mode (the same direct routes, set by weft)
 //	        with host routing in eBPF (bpf_fib_lookup out, bpf_redirect_peer
 //	        in; lib/hostroute.h), the pod check and the underlay check
+//	weft-native-big: weft-native with BIG TCP on (the config's big_tcp
+//	        and big_tcp_v6), as the agent and weft-cni set it
+//	plain-big: plain with the same GSO/GRO limits set by hand on the
+//	        same devices, for the fair comparison (docs/datapath.md, "BIG
+//	        TCP": it is the kernel's packet size, not weft's datapath)
 //
 // Every setup gets identical treatment: same pod MTU rule (1450 with
 // encapsulation, 1500 without), same CPU pinning, same tools, same number
@@ -75,6 +81,77 @@ func setupWeftNative(b *testing.B) *testCluster {
 		fullMTU(b, n)
 	}
 	return c
+}
+
+// setupWeftNativeBig is weft-native with BIG TCP on, the way a user gets
+// it from the config's big_tcp and big_tcp_v6: the agent's size (192 KiB
+// capped by the underlay's tso_max_size, nodeagent/model) in the desired
+// state, so Sync raises the underlay and the bridge, and both ends of the
+// pod's veth raised as weft-cni does at ADD.
+func setupWeftNativeBig(b *testing.B) *testCluster {
+	c := newTestCluster(b, AttachAuto)
+	c.openAll(b)
+	for _, n := range c.nodes {
+		u, err := n.dp.Underlay()
+		must(b, err)
+		size := min(192<<10, u.TSOMaxSize)
+		if size <= 64<<10 || !u.BigTCPv4 {
+			b.Fatalf("node %d: underlay %+v cannot have BIG TCP", n.idx, u)
+		}
+		w, p := c.nativeWant(n, false), c.peer(n)
+		w.PodOwners = []spec.PodOwner{{Prefix: p.podCIDR, Node: p.under}, {Prefix: p.podCIDR6, Node: p.under6}}
+		w.BigTCP = spec.BigTCP{IPv4: size, IPv6: size}
+		n.sync(w.Normalize())
+		raiseGSO(b, n.ns, "vpod", w.BigTCP)
+		raiseGSO(b, n.pod, "eth0", w.BigTCP)
+		fullMTU(b, n)
+	}
+	return c
+}
+
+// setupPlainBig is plain routing with BIG TCP's limits set by hand on the
+// same devices weft-native-big has them on.
+func setupPlainBig(b *testing.B) *testCluster {
+	c := setupPlain(b)
+	big := spec.BigTCP{IPv4: 192 << 10, IPv6: 192 << 10}
+	for _, n := range c.nodes {
+		for _, dev := range []string{"ul0", "weft0", "vpod"} {
+			raiseGSO(b, n.ns, dev, big)
+		}
+		raiseGSO(b, n.pod, "eth0", big)
+	}
+	return c
+}
+
+// raiseGSO raises dev's GSO/GRO limits in ns to big (gsosize.Raise).
+func raiseGSO(b *testing.B, ns *netnstest.NS, dev string, big spec.BigTCP) {
+	ns.MustDo(b, func() error {
+		nl, err := netlink.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer nl.Close()
+		l, err := nl.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		_, err = gsosize.Raise(nl, l, big)
+		return err
+	})
+}
+
+// underlayTx reads node 1's underlay transmit counters: packets per byte
+// show the size of the packets each setup sends between the nodes.
+func underlayTx(b *testing.B, c *testCluster) (pkts, bytes uint64) {
+	c.nodes[0].ns.MustDo(b, func() error {
+		l, err := netlink.LinkByName("ul0")
+		if err != nil {
+			return err
+		}
+		pkts, bytes = l.Attrs().Statistics.TxPackets, l.Attrs().Statistics.TxBytes
+		return nil
+	})
+	return pkts, bytes
 }
 
 // fullMTU gives n's pod the underlay's MTU (no encapsulation).
@@ -430,6 +507,8 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"kvxlan", setupKernelVXLAN(b)},
 		{"plain", setupPlain(b)},
 		{"weft-native", setupWeftNative(b)},
+		{"weft-native-big", setupWeftNativeBig(b)},
+		{"plain-big", setupPlainBig(b)},
 	}
 	for _, s := range setups {
 		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {
@@ -446,6 +525,7 @@ func BenchmarkPodToPod(b *testing.B) {
 	}
 	tput := map[string][]float64{}
 	lat := map[string][]float64{}
+	pktBytes := map[string][]float64{} // bytes per packet on the underlay, per iperf3 run
 	weft, weft2 := setups[0].c.nodes[0], setups[0].c.nodes[1]
 	c0, c20 := weft.counters(), weft2.counters()
 	native := setups[4].c.nodes
@@ -455,7 +535,10 @@ func BenchmarkPodToPod(b *testing.B) {
 		// setup runs in every position about equally often.
 		for i := range setups {
 			s := setups[(i+round)%len(setups)]
+			p0, y0 := underlayTx(b, s.c)
 			tput[s.name] = append(tput[s.name], iperf(b, s.c, secs))
+			p1, y1 := underlayTx(b, s.c)
+			pktBytes[s.name] = append(pktBytes[s.name], float64(y1-y0)/float64(max(p1-p0, 1)))
 			lat[s.name] = append(lat[s.name], rr(b, s.c, rrs))
 		}
 	}
@@ -492,9 +575,9 @@ func BenchmarkPodToPod(b *testing.B) {
 	b.Logf("%d rounds; iperf3 on CPU %d, RR client CPU %d, server CPU %d; median (min–max) over rounds",
 		rounds, iperfCPU, rrClientCPU, rrServerCPU)
 	for _, s := range setups {
-		b.Logf("%-11s Gbit/s %s  RR µs %s", s.name, spread(tput[s.name], 2), spread(lat[s.name], 1))
-		b.Logf("%-11s rounds Gbit/s %.2f", s.name, tput[s.name])
-		b.Logf("%-11s rounds RR µs  %.1f", s.name, lat[s.name])
+		b.Logf("%-15s Gbit/s %s  RR µs %s  bytes per underlay packet %s", s.name, spread(tput[s.name], 2), spread(lat[s.name], 1), spread(pktBytes[s.name], 0))
+		b.Logf("%-15s rounds Gbit/s %.2f", s.name, tput[s.name])
+		b.Logf("%-15s rounds RR µs  %.1f", s.name, lat[s.name])
 		b.ReportMetric(median(tput[s.name]), s.name+"_Gbit/s")
 		b.ReportMetric(median(lat[s.name]), s.name+"_rr_us")
 	}
@@ -512,9 +595,14 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"weft/nofast_rr", lat["weft"], lat["weft-nofast"]},
 		{"native/plain_tput", tput["weft-native"], tput["plain"]},
 		{"native/plain_rr", lat["weft-native"], lat["plain"]},
+		{"nativebig/plain_tput", tput["weft-native-big"], tput["plain"]},
+		{"nativebig/plainbig_tput", tput["weft-native-big"], tput["plain-big"]},
+		{"nativebig/native_tput", tput["weft-native-big"], tput["weft-native"]},
+		{"plainbig/plain_tput", tput["plain-big"], tput["plain"]},
+		{"nativebig/plain_rr", lat["weft-native-big"], lat["plain"]},
 	} {
 		rs := ratios(r.num, r.den)
-		b.Logf("%-18s per-round ratio %s", r.name, spread(rs, 3))
+		b.Logf("%-23s per-round ratio %s", r.name, spread(rs, 3))
 		b.ReportMetric(median(rs), r.name)
 	}
 }

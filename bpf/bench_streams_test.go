@@ -23,7 +23,9 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 	}
 	setups := []podSetup{
 		{"weft-native", setupWeftNative(b)},
+		{"weft-native-big", setupWeftNativeBig(b)},
 		{"plain", setupPlain(b)},
+		{"plain-big", setupPlainBig(b)},
 		{"weft", setupWeft(b, true)},
 		{"kvxlan", setupKernelVXLAN(b)},
 	}
@@ -59,7 +61,7 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 		}
 	}
 	for _, p := range []string{"P1", "P4"} {
-		for _, r := range [][2]string{{"weft-native", "plain"}, {"weft", "plain"}, {"weft", "kvxlan"}} {
+		for _, r := range [][2]string{{"weft-native", "plain"}, {"weft-native-big", "plain"}, {"weft-native-big", "plain-big"}, {"weft", "plain"}, {"weft", "kvxlan"}} {
 			rs := ratios(tput[r[0]+"/"+p], tput[r[1]+"/"+p])
 			name := r[0] + "/" + r[1] + "_" + p
 			b.Logf("%-22s per-round ratio %s", name, spread(rs, 3))

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The unpinned multi-stream variant of throughput.sh: iperf3 with 1 and 4
 # parallel streams, client and server left to the scheduler, for weft
-# native with host routing in eBPF, plain routing, weft VXLAN and kernel
-# VXLAN in rotation; 7 rounds, ~120 s. Needs root and iperf3. Results:
+# native with host routing in eBPF (without and with BIG TCP), plain
+# routing (without and with the same GSO/GRO limits), weft VXLAN and kernel
+# VXLAN in rotation; 7 rounds, ~200 s. Needs root and iperf3. Results:
 # docs/BENCHMARKS.md.
 set -eu
 cd "$(dirname "$0")/../.."

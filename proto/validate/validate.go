@@ -236,7 +236,7 @@ func Config(c *weftv1.ClusterConfig) error {
 // bigTCP refuses BIG TCP for a family the cluster does not have and over
 // encapsulation: on Linux 6.18 a pod's packet over 64 KiB sent into a
 // VXLAN device is segmented in software before the underlay (weft's
-// device) or all but lost (a kernel VXLAN device): 0.5–0.8× and 0.04× the
+// device) or all but lost (a kernel VXLAN device): 0.61× and 0.03× the
 // throughput without it (docs/bench/overlay-profile.md, "BIG TCP").
 func bigTCP(c *weftv1.ClusterConfig) error {
 	for _, f := range []struct {
