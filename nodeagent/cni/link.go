@@ -118,7 +118,9 @@ type attachment struct {
 // hostName in the current netns, enslaved to weft0) and configures the pod
 // side. guard (if set) runs with the host side's ifindex and the pod's MAC
 // before the host side is up, so the pod check is on before the pod's
-// first frame. On failure it deletes the pair again.
+// first frame. It returns once the pod can talk (see readiness), or
+// with an error naming the link that is not ready after readyTimeout.
+// On failure it deletes the pair again.
 func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Addr,
 	guard func(hostIndex int, podMAC net.HardwareAddr) error) (att attachment, retErr error) {
 	hostNS, err := ns.GetCurrentNS()
@@ -132,6 +134,7 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 	}
 	created := false
 	var podMAC net.HardwareAddr
+	podIndex := 0
 	defer func() {
 		if retErr == nil || !created {
 			return
@@ -163,6 +166,7 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 		}
 		att.podMAC = pod.Attrs().HardwareAddr.String()
 		podMAC = pod.Attrs().HardwareAddr
+		podIndex = pod.Attrs().Index
 		if err := raiseGSO(sub, ifName); err != nil {
 			return err
 		}
@@ -197,10 +201,30 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 	if err := netlink.LinkSetHairpin(host, true); err != nil {
 		return att, fmt.Errorf("set hairpin on %s: %w", hostName, err)
 	}
+	// Both veth ends get their carrier when the second one goes up: watch
+	// from before that, and return only once the pod can talk.
+	ready, err := watchReady(podNS)
+	if err != nil {
+		return att, err
+	}
+	defer ready.Close()
+	podH, err := ready.handle(podNS)
+	if err != nil {
+		return att, err
+	}
+	hostH, err := ready.handle(nil)
+	if err != nil {
+		return att, err
+	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return att, fmt.Errorf("set %s up: %w", hostName, err)
 	}
-	return att, nil
+	err = ready.wait([]readyLink{
+		{h: podH, index: podIndex, what: fmt.Sprintf("pod interface %s in %s", ifName, podNS.Path()), ips: ips},
+		{h: hostH, index: host.Attrs().Index, what: "host veth " + hostName},
+		{h: hostH, index: br.Attrs().Index, what: "bridge " + BridgeName},
+	}, readyTimeout)
+	return att, err
 }
 
 // configurePod runs inside the pod netns: addresses, link up, default

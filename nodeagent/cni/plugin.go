@@ -81,8 +81,10 @@ func subnetError(path string, err error) error {
 }
 
 // Add attaches the pod: address from the store, veth into the pod netns,
-// host side on weft0, default route via the gateway. On any failure
-// everything this call made is removed again.
+// host side on weft0, default route via the gateway. It returns once the
+// pod's first packet goes through: both veth ends and the bridge
+// operationally up, the pod's addresses local (bounded by readyTimeout).
+// On any failure everything this call made is removed again.
 func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
