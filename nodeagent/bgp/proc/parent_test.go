@@ -20,7 +20,7 @@ const helperEnv = "WEFT_PROC_TEST_HELPER"
 
 // TestFollowParentHelper is no test of its own: run with helperEnv set,
 // it is the agent that dies ("middle") or the speaker below it
-// ("follower").
+// ("follower"), or scriptedSpeaker's stand-in weft-bgp ("scripted").
 func TestFollowParentHelper(t *testing.T) {
 	out := os.Getenv("WEFT_PROC_TEST_OUT")
 	switch os.Getenv(helperEnv) {
@@ -42,6 +42,12 @@ func TestFollowParentHelper(t *testing.T) {
 			os.Exit(1)
 		}
 		fmt.Println(cmd.Process.Pid)
+		os.Exit(0)
+	case "scripted":
+		if err := runScripted(); err != nil {
+			fmt.Fprintln(os.Stderr, "scripted weft-bgp:", err)
+			os.Exit(1)
+		}
 		os.Exit(0)
 	case "follower":
 		parent := os.Getppid()

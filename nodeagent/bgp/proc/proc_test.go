@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -691,8 +692,10 @@ func TestUnparsableRoutesCountedAndLogged(t *testing.T) {
 }
 
 // scriptedSpeaker writes a stand-in weft-bgp that sends msgs once the
-// first request has begun (so a reply among them finds its call
-// waiting), then reads on until stdin ends, and returns its path.
+// first request has arrived (so a reply among them finds its call
+// waiting), answers a Stop as weft-bgp does, ignores other requests and
+// exits at the end of stdin, and returns its path. The stand-in is this
+// test binary as TestFollowParentHelper's "scripted" helper.
 func scriptedSpeaker(t *testing.T, msgs ...*weftv1.SpeakerMessage) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -705,10 +708,42 @@ func scriptedSpeaker(t *testing.T, msgs ...*weftv1.SpeakerMessage) string {
 	if err := os.WriteFile(filepath.Join(dir, "msgs"), b.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
 	path := filepath.Join(dir, "weft-bgp")
-	script := fmt.Sprintf("#!/bin/sh\nhead -c 1 >/dev/null\ncat %s/msgs\nexec cat >/dev/null\n", dir)
+	script := fmt.Sprintf("#!/bin/sh\n%s=scripted WEFT_PROC_TEST_MSGS=%s/msgs exec %s -test.run='^TestFollowParentHelper$'\n", helperEnv, dir, self)
 	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// runScripted is scriptedSpeaker's stand-in: see there.
+func runScripted() error {
+	msgs, err := os.ReadFile(os.Getenv("WEFT_PROC_TEST_MSGS"))
+	if err != nil {
+		return err
+	}
+	in := bufio.NewReader(os.Stdin)
+	for first := true; ; first = false {
+		req := &weftv1.SpeakerRequest{}
+		if err := protodelim.UnmarshalFrom(in, req); errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if first {
+			if _, err := os.Stdout.Write(msgs); err != nil {
+				return err
+			}
+		}
+		if req.GetStop() != nil {
+			rep := &weftv1.SpeakerMessage{Msg: &weftv1.SpeakerMessage_Reply{Reply: &weftv1.SpeakerReply{Id: req.GetId()}}}
+			if _, err := protodelim.MarshalTo(os.Stdout, rep); err != nil {
+				return err
+			}
+		}
+	}
 }
