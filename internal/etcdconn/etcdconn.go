@@ -41,6 +41,19 @@ var ReconnectParams = grpc.ConnectParams{
 	MinConnectTimeout: 5 * time.Second,
 }
 
+// Window is the client's HTTP/2 flow-control window, per stream and per
+// connection: how much of a reply etcd may send before the client grants
+// more. gRPC's default starts at 64 KB and grows by its own bandwidth
+// estimate, which a reply of a few hundred KB on a fresh connection never
+// reaches: such a reply waits on window updates, each a round trip
+// between two processes that share the node's CPUs. An agent's list
+// reads 5,000 nodes, about 1 MB, in one reply (follow.DefaultPageSize),
+// and that list is the longest step of its cold start
+// (docs/BENCHMARKS.md, "The cold start's critical path"). A set window
+// turns gRPC's estimate off; it is an allowance, not a buffer: memory is
+// used only for what is actually in flight.
+const Window = 2 << 20
+
 // KeepAliveTime and KeepAliveTimeout are the client's gRPC keepalive: a
 // connection that has read nothing for KeepAliveTime is pinged, and one
 // whose ping gets no answer within KeepAliveTimeout is closed. Set, gRPC
@@ -161,7 +174,8 @@ func New(c Config) (*clientv3.Client, error) {
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints, DialTimeout: c.DialTimeout, TLS: t, Logger: zap.NewNop(),
 		DialKeepAliveTime: KeepAliveTime, DialKeepAliveTimeout: KeepAliveTimeout,
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(ReconnectParams)}})
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(ReconnectParams),
+			grpc.WithInitialWindowSize(Window), grpc.WithInitialConnWindowSize(Window)}})
 	if err != nil {
 		return nil, fmt.Errorf("connect etcd: %w", err)
 	}
