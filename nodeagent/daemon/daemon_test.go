@@ -123,7 +123,8 @@ func TestNodeReadsDoNotWaitForTheOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	o := &openingDatapath{host: h, done: make(chan struct{})} // never opens
+	o := &openingDatapath{host: h, hostDone: make(chan struct{}), done: make(chan struct{})} // never opens
+	close(o.hostDone)
 	done := make(chan struct{})
 	var caps []string
 	var macErr error

@@ -20,11 +20,14 @@ import (
 // method waits for the open, then calls the datapath, or returns the
 // open's error.
 type openingDatapath struct {
-	host *bpf.Host // nil when it could not open: then the node reads wait for the open too
-	done chan struct{}
-	dp   *bpf.Datapath
-	err  error
-	pin  string // cfg.PinDir, known before the open
+	// host is set before hostDone closes; nil when it could not open:
+	// then the node reads wait for the open too.
+	host     *bpf.Host
+	hostDone chan struct{}
+	done     chan struct{}
+	dp       *bpf.Datapath
+	err      error
+	pin      string // cfg.PinDir, known before the open
 }
 
 // nodeReader is what bpf.Host and bpf.Datapath both read of the node.
@@ -46,13 +49,18 @@ var (
 	_ nodeagent.PinDirer   = (*openingDatapath)(nil)
 )
 
-// openDatapath opens the node's bpf.Host, starts bpf.Open(cfg) and
-// returns. Close it when done.
+// openDatapath starts opening the node's bpf.Host and bpf.Open(cfg), each
+// on its own goroutine, and returns at once: the agent's list of the log
+// starts without waiting for either (the Host's netlink handle is a few
+// ms). Close it when done.
 func openDatapath(cfg bpf.Config) *openingDatapath {
-	o := &openingDatapath{done: make(chan struct{}), pin: cmp.Or(cfg.PinDir, bpf.DefaultPinDir)}
-	if h, err := bpf.OpenHost(cfg); err == nil {
-		o.host = h
-	}
+	o := &openingDatapath{hostDone: make(chan struct{}), done: make(chan struct{}), pin: cmp.Or(cfg.PinDir, bpf.DefaultPinDir)}
+	go func() {
+		defer close(o.hostDone)
+		if h, err := bpf.OpenHost(cfg); err == nil {
+			o.host = h
+		}
+	}()
 	go func() {
 		defer close(o.done)
 		o.dp, o.err = bpf.Open(cfg)
@@ -72,6 +80,7 @@ func (o *openingDatapath) Close() {
 	if dp, err := o.wait(); err == nil {
 		dp.Close()
 	}
+	<-o.hostDone
 	if o.host != nil {
 		o.host.Close()
 	}
@@ -80,6 +89,7 @@ func (o *openingDatapath) Close() {
 // node is what answers the node reads: the datapath once it is open, the
 // Host before (or the open's outcome, without a Host).
 func (o *openingDatapath) node() (nodeReader, error) {
+	<-o.hostDone
 	select {
 	case <-o.done:
 	default:
