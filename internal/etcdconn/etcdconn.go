@@ -50,8 +50,11 @@ var ReconnectParams = grpc.ConnectParams{
 // reads 5,000 nodes, about 1 MB, in one reply (follow.DefaultPageSize),
 // and that list is the longest step of its cold start
 // (docs/BENCHMARKS.md, "The cold start's critical path"). A set window
-// turns gRPC's estimate off; it is an allowance, not a buffer: memory is
-// used only for what is actually in flight.
+// turns gRPC's estimate off (which could grow the window to 16 MB). It is
+// an allowance, not a buffer: memory holds only what is in flight or
+// received and not yet read, at most the window per stream (a watch
+// whose reader stalls, e.g. the agent's during a long Sync, may hold up
+// to 2 MB of events).
 const Window = 2 << 20
 
 // KeepAliveTime and KeepAliveTimeout are the client's gRPC keepalive: a
