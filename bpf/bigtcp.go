@@ -12,14 +12,16 @@ import (
 )
 
 // convergeBigTCP raises the GSO/GRO limits of the underlay and the pod
-// bridge to want.BigTCP (docs/datapath.md, "BIG TCP"). The pods' veths
+// bridge to want.BigTCP (docs/datapath.md, "BIG TCP"), unless have says
+// they are there already: a Sync then reads no device, a Reconcile (which
+// reads the kernel afresh) checks them again. The pods' veths
 // are weft-cni's: it reads the sizes from the subnet file the agent writes
 // after this Sync. Limits are only ever raised: a device whose limit is
 // higher than the pods' packets costs nothing, and lowering the underlay
 // under a running pod's packets would have the kernel segment them in
 // software.
-func (d *Datapath) convergeBigTCP(want *spec.Desired, rec *recorder) error {
-	if want.BigTCP == (spec.BigTCP{}) {
+func (d *Datapath) convergeBigTCP(want *spec.Desired, have *kstate, rec *recorder) error {
+	if want.BigTCP == (spec.BigTCP{}) || want.BigTCP == have.bigTCP {
 		return nil
 	}
 	nl := d.ns.NL
@@ -27,11 +29,13 @@ func (d *Datapath) convergeBigTCP(want *spec.Desired, rec *recorder) error {
 	if err != nil {
 		return fmt.Errorf("big tcp: %w", err)
 	}
+	done := true
 	for _, name := range []string{u.Interface, d.cfg.Bridge} {
 		l, err := nl.LinkByName(name)
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) && name == d.cfg.Bridge {
-			continue // weft-cni raises it too, at every ADD
+			done = false // weft-cni raises it too, at every ADD
+			continue
 		}
 		if err != nil {
 			return fmt.Errorf("big tcp: find %s: %w", name, err)
@@ -43,6 +47,9 @@ func (d *Datapath) convergeBigTCP(want *spec.Desired, rec *recorder) error {
 		if err != nil {
 			return fmt.Errorf("big tcp: %w", err)
 		}
+	}
+	if done {
+		have.bigTCP = want.BigTCP
 	}
 	return nil
 }

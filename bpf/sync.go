@@ -35,6 +35,10 @@ type kstate struct {
 	masq     []string // rule descriptions; nil: no table
 	masqOn   bool     // the table exists
 	forward  map[string]bool
+	// bigTCP are the GSO/GRO sizes the underlay and the bridge were
+	// raised to; zero after a read of the kernel, so a Reconcile checks
+	// the devices again.
+	bigTCP spec.BigTCP
 }
 
 func (d *Datapath) readKernel(want *spec.Desired) (*kstate, error) {
@@ -246,7 +250,7 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 		d.applied = nil
 		return rec.rep, err
 	}
-	if err := d.convergeBigTCP(&want, rec); err != nil {
+	if err := d.convergeBigTCP(&want, have, rec); err != nil {
 		d.applied = nil
 		return rec.rep, err
 	}
