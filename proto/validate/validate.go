@@ -250,16 +250,16 @@ func bigTCP(c *weftv1.ClusterConfig) error {
 		if f.cidr == "" {
 			return fieldErr(f.field, "on, but the cluster has no pod network of that family (%s is empty)", f.clusterField)
 		}
-		if Encapsulates(c.Backend) {
+		if encapsulates(c.Backend) {
 			return fieldErr(f.field, "on with backend %q: BIG TCP needs a backend without encapsulation (native, gateway, bgp); packets over 64 KiB into a tunnel device are segmented in software or lost", c.Backend)
 		}
 	}
 	return nil
 }
 
-// Encapsulates reports whether backend carries (some) pod traffic in a
+// encapsulates reports whether backend carries (some) pod traffic in a
 // tunnel: vxlan, geneve and hybrid do.
-func Encapsulates(backend string) bool {
+func encapsulates(backend string) bool {
 	return backend == "vxlan" || backend == "geneve" || backend == "hybrid"
 }
 

@@ -24,7 +24,7 @@
  * some int and may have written the memory it was handed. That keeps the
  * verifier's states from multiplying where a caller would keep several
  * values of several ranges live across them (the underlay check's
- * addresses, pod_addr; the conntrack lookup behind every fast path,
+ * addresses, pod_addrs; the conntrack lookup behind every fast path,
  * stack_flow). The price: a BPF-to-BPF call per packet, and the
  * verifier's rules for them: arguments are the context, scalars or
  * pointers to a struct (or int), which may be NULL as far as it knows, so
