@@ -310,7 +310,7 @@ func New(ctx context.Context, o Options) (*Cluster, error) {
 			return nil, fmt.Errorf("make run dir: %w", err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(c.RunDir, ownerFile), []byte(ownerRecord(os.Getpid())), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(c.RunDir, ownerFile), []byte(procIDOf(os.Getpid()).String()), 0o644); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("make run dir: %w", err)
 	}
@@ -902,9 +902,9 @@ func Leftovers(prefix string) []string {
 		}
 	}
 	dir := RunDirOf(prefix)
-	for file, pid := range pidfilesIn(filepath.Join(dir, "pids")) {
-		if cl := cmdlineOf(pid); cl != "" && strings.Contains(cl, prefix) {
-			out = append(out, fmt.Sprintf("process %d (%s): %s", pid, file, cl))
+	for file, id := range pidfilesIn(filepath.Join(dir, "pids")) {
+		if id.alive() {
+			out = append(out, fmt.Sprintf("process %d (%s): %s", id.pid, file, cmdlineOf(id.pid)))
 		}
 	}
 	if _, err := os.Stat(dir); err == nil {
@@ -913,30 +913,25 @@ func Leftovers(prefix string) []string {
 	return out
 }
 
-// ownerFile in a run directory records the process that owns the run.
+// ownerFile in a run directory records the process that owns the run
+// (a procID).
 const ownerFile = "owner"
 
-func ownerRecord(pid int) string { return fmt.Sprintf("%d %s", pid, cmdlineOf(pid)) }
-
 // ownerAlive reports whether the run in dir belongs to another process
-// that is still running (the same PID with the same command line).
+// that is still running (the same PID with the same start time).
 func ownerAlive(dir string) bool {
 	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
 	if err != nil {
 		return false
 	}
-	pidStr, _, _ := strings.Cut(string(b), " ")
-	pid, err := strconv.Atoi(pidStr)
-	if err != nil || pid == os.Getpid() {
-		return false
-	}
-	return ownerRecord(pid) == string(b)
+	id, ok := parseProcID(string(b))
+	return ok && id.pid != os.Getpid() && id.alive()
 }
 
 // Down removes the leftovers of runs whose prefix starts with pattern
 // (e.g. "wt" for every run, "wt1a2b" for one): processes recorded in their
-// pidfiles (only if their command line still carries the prefix, so a
-// recycled PID is never touched), named namespaces, bpffs pins and run
+// pidfiles (only if PID and start time still match, so a recycled PID is
+// never touched), named namespaces, bpffs pins and run
 // directories. It never matches processes by name, and it leaves alone
 // runs whose owning process is still alive (another test or `weft-testenv
 // up` using them); use DownForce for those.
@@ -975,10 +970,10 @@ func down(pattern string, force bool) error {
 		if !force && ownerAlive(dir) {
 			continue
 		}
-		for _, pid := range pidfilesIn(filepath.Join(dir, "pids")) {
-			if cl := cmdlineOf(pid); cl != "" && strings.Contains(cl, prefix) {
-				if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
-					waitGone(pid, 10*time.Second)
+		for _, id := range pidfilesIn(filepath.Join(dir, "pids")) {
+			if id.alive() {
+				if err := syscall.Kill(id.pid, syscall.SIGKILL); err == nil {
+					waitGone(id, 10*time.Second)
 				}
 			}
 		}
@@ -1041,10 +1036,10 @@ func isNum(s string) bool {
 	return s != "" && err == nil
 }
 
-func waitGone(pid int, d time.Duration) {
+func waitGone(id procID, d time.Duration) {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+		if !id.alive() {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -16,8 +16,8 @@ import (
 
 // Proc is one process testenv started: a weft binary or an etcd member,
 // running inside a network namespace, with its output in a log file of the
-// run directory and its PID in a pidfile there (so Down finds it after a
-// crash without matching process names).
+// run directory and its PID and start time in a pidfile there (so Down
+// finds it after a crash without matching process names).
 type Proc struct {
 	Name string   // unique within the run, e.g. "agent-n0"
 	NS   string   // network namespace it runs in
@@ -63,8 +63,17 @@ func (p *Proc) start() error {
 		return fmt.Errorf("start %s: %w", p.Name, err)
 	}
 	logf.Close()
-	if err := os.WriteFile(p.pidfile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+	// The child is not reaped before cmd.Wait below, so its /proc entry
+	// (a zombie's included) is there to read the start time from.
+	id := procIDOf(cmd.Process.Pid)
+	if id.start == "" {
 		cmd.Process.Kill()
+		cmd.Wait()
+		return fmt.Errorf("write pidfile of %s: no start time for pid %d", p.Name, id.pid)
+	}
+	if err := os.WriteFile(p.pidfile, []byte(id.String()+"\n"), 0o644); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
 		return fmt.Errorf("write pidfile of %s: %w", p.Name, err)
 	}
 	done := make(chan struct{})
@@ -177,9 +186,65 @@ func inNSStart(name string, cmd *exec.Cmd) error {
 	return InNS(name, cmd.Start)
 }
 
-// pidfilesIn lists the PIDs recorded in dir/*.pid.
-func pidfilesIn(dir string) map[string]int {
-	out := map[string]int{}
+// procID names one process for the whole boot: its PID and its start time
+// (field 22 of /proc/<pid>/stat, in clock ticks since boot). A later
+// process that gets the same PID has another start time, so a recycled PID
+// is never taken for the process recorded.
+//
+// The start time is set at fork and kept across exec, so it can be read as
+// soon as cmd.Start returns. The command line cannot: Start returns when
+// the child's exec has passed the point of no return, before the kernel has
+// laid out the new program's arguments, and until then
+// /proc/<pid>/cmdline reads empty (seen right after 1 start in 6 on an idle
+// machine).
+type procID struct {
+	pid   int
+	start string
+}
+
+// procIDOf reads pid's start time; start is "" if there is no such process.
+func procIDOf(pid int) procID { return procID{pid: pid, start: procStart(pid)} }
+
+// String is the form kept in pidfiles and owner files: "<pid> <start>".
+func (id procID) String() string { return fmt.Sprintf("%d %s", id.pid, id.start) }
+
+// parseProcID reads the form String writes.
+func parseProcID(s string) (procID, bool) {
+	pidStr, start, _ := strings.Cut(strings.TrimSpace(s), " ")
+	pid, err := strconv.Atoi(pidStr)
+	if err != nil || pid <= 1 || start == "" {
+		return procID{}, false
+	}
+	return procID{pid: pid, start: start}, true
+}
+
+// alive reports whether the process id names is still running (or a
+// zombie not yet reaped).
+func (id procID) alive() bool { return id.start != "" && procStart(id.pid) == id.start }
+
+// procStart returns field 22 of /proc/<pid>/stat, "" if pid is gone.
+func procStart(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	// Field 2 is the command name in parentheses and may hold spaces
+	// and parentheses itself: count fields from the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(string(b[i+1:]))
+	const startField = 22 - 3 // fields after ')' begin with field 3
+	if len(f) <= startField {
+		return ""
+	}
+	return f[startField]
+}
+
+// pidfilesIn lists the processes recorded in dir/*.pid.
+func pidfilesIn(dir string) map[string]procID {
+	out := map[string]procID{}
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
 		if !strings.HasSuffix(e.Name(), ".pid") {
@@ -189,11 +254,9 @@ func pidfilesIn(dir string) map[string]int {
 		if err != nil {
 			continue
 		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid <= 1 {
-			continue
+		if id, ok := parseProcID(string(b)); ok {
+			out[filepath.Join(dir, e.Name())] = id
 		}
-		out[filepath.Join(dir, e.Name())] = pid
 	}
 	return out
 }

@@ -2,9 +2,11 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +90,19 @@ func TestKernelOneSegment(t *testing.T) {
 	}
 }
 
+// procState is field 3 of /proc/<pid>/stat ("" if pid is gone).
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
+}
+
 func containsAny(list []string, sub string) bool {
 	for _, s := range list {
 		if strings.Contains(s, sub) {
@@ -169,22 +184,41 @@ func TestDownRemovesCrashedRun(t *testing.T) {
 	if err := os.MkdirAll(n.BPFDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// A process started the way agents are, carrying the prefix in argv.
-	p := c.newProc("sleeper", n.NS, []string{"/bin/sh", "-c", "sleep 300 # " + prefix})
+	// A process started the way agents are. Its pidfile names it by PID
+	// and start time, so it is found however far its exec has got when
+	// Leftovers looks (the command line reads empty for a while after
+	// Start returns) and whatever its argv says: here nothing of the
+	// prefix.
+	p := c.newProc("sleeper", n.NS, []string{"/bin/sleep", "300"})
 	p.Env = nil
 	if err := p.start(); err != nil {
 		t.Fatal(err)
 	}
 	pid := p.PID()
 	left := Leftovers(prefix)
-	for _, want := range []string{"netns " + prefix + "-ul", "netns " + n.NS, "netns " + n.Pods[0].NS, "bpffs " + n.BPFDir, "process", "dir "} {
+	for _, want := range []string{"netns " + prefix + "-ul", "netns " + n.NS, "netns " + n.Pods[0].NS, "bpffs " + n.BPFDir, fmt.Sprintf("process %d ", pid), "dir "} {
 		if !containsAny(left, want) {
 			t.Errorf("leftovers %v miss %q", left, want)
 		}
 	}
+	// A pidfile whose PID is now another process (same PID, other start
+	// time: a recycled PID) names nothing: not listed, not killed.
+	other := exec.Command("/bin/sleep", "300")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
+	recycled := procIDOf(other.Process.Pid)
+	recycled.start += "0"
+	if err := os.WriteFile(RunDirOf(prefix)+"/pids/recycled.pid", []byte(recycled.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if left := Leftovers(prefix); containsAny(left, fmt.Sprintf("process %d ", other.Process.Pid)) {
+		t.Errorf("leftovers %v list pid %d, which is not the process recorded", left, other.Process.Pid)
+	}
 	// A run whose owner is alive is not a leftover: Down from another
 	// process leaves it alone (simulated by recording the sleeper as owner).
-	if err := os.WriteFile(RunDirOf(prefix)+"/"+ownerFile, []byte(ownerRecord(pid)), 0o644); err != nil {
+	if err := os.WriteFile(RunDirOf(prefix)+"/"+ownerFile, []byte(procIDOf(pid).String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := Down(prefix); err != nil {
@@ -206,6 +240,11 @@ func TestDownRemovesCrashedRun(t *testing.T) {
 	}
 	if !p.Wait(5 * time.Second) {
 		t.Fatalf("process %d still running after down", pid)
+	}
+	// Nothing reaps other before the cleanup, so a kill would leave a
+	// zombie (state Z) behind.
+	if st := procState(other.Process.Pid); st == "" || st == "Z" {
+		t.Fatalf("down killed pid %d, recorded with another start time (state %q)", other.Process.Pid, st)
 	}
 	// A second Down finds nothing and does not fail, and neither does
 	// closing the abandoned cluster object (which stops its echo servers).
@@ -298,4 +337,25 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// TestProcID checks the identity pidfiles and owner files hold: this
+// process is alive under its own PID and start time and not under another
+// start time, and the recorded form reads back.
+func TestProcID(t *testing.T) {
+	me := procIDOf(os.Getpid())
+	if me.start == "" || !me.alive() {
+		t.Fatalf("own process %v not alive", me)
+	}
+	if got, ok := parseProcID(me.String() + "\n"); !ok || got != me {
+		t.Fatalf("parse %q = %v, %v; want %v", me.String(), got, ok, me)
+	}
+	if (procID{pid: me.pid, start: me.start + "0"}).alive() {
+		t.Fatalf("pid %d alive under another start time", me.pid)
+	}
+	for _, bad := range []string{"", "12", "x 5", "1 5", "0 5", "-3 5"} {
+		if id, ok := parseProcID(bad); ok {
+			t.Errorf("parse %q = %v, want rejected", bad, id)
+		}
+	}
 }
