@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -293,6 +296,96 @@ func TestManifests(t *testing.T) {
 	} else if err := validate.Config(validate.WithDefaults(cfg)); err != nil {
 		t.Errorf("cluster-config.json: %v", err)
 	}
+}
+
+// TestConfigMapBigTCP: the ConfigMap's cluster config shows big_tcp and
+// big_tcp_v6 with their defaults, and the comment above it names, as
+// refused, exactly the backends validate refuses each of them with.
+func TestConfigMapBigTCP(t *testing.T) {
+	o := load(t)
+	cm := o.configMaps["weft-config"]
+	if cm == nil {
+		t.Fatal("no ConfigMap weft-config")
+	}
+	raw := cm.Data["cluster-config.json"]
+	shown := map[string]any{}
+	cfg := &weftv1.ClusterConfig{}
+	if err := json.Unmarshal([]byte(raw), &shown); err != nil {
+		t.Fatalf("cluster-config.json: %v", err)
+	}
+	if err := protojson.Unmarshal([]byte(raw), cfg); err != nil {
+		t.Fatalf("cluster-config.json: %v", err)
+	}
+	comment := configComment(t)
+	m := regexp.MustCompile(`refused with ([^.:]*)`).FindStringSubmatch(comment)
+	if m == nil {
+		t.Fatalf("the comment above cluster-config.json says nothing \"refused with\": %q", comment)
+	}
+	for _, f := range []struct {
+		name string
+		set  func(*weftv1.ClusterConfig)
+	}{
+		{"big_tcp", func(c *weftv1.ClusterConfig) { c.BigTcp = true }},
+		{"big_tcp_v6", func(c *weftv1.ClusterConfig) { c.ClusterCidrV6, c.BigTcpV6 = "fd00:10:244::/56", true }},
+	} {
+		fd := cfg.ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(f.name))
+		if fd == nil {
+			t.Fatalf("ClusterConfig has no field %s", f.name)
+		}
+		unset := proto.Clone(cfg).(*weftv1.ClusterConfig)
+		unset.ProtoReflect().Clear(fd)
+		def := validate.WithDefaults(unset).ProtoReflect().Get(fd).Interface()
+		if v, ok := shown[f.name]; !ok {
+			t.Errorf("cluster-config.json does not show %s", f.name)
+		} else if v != def {
+			t.Errorf("cluster-config.json shows %s: %v, its default is %v", f.name, v, def)
+		}
+		if !regexp.MustCompile(`\b` + f.name + `\b`).MatchString(comment) {
+			t.Errorf("the comment above cluster-config.json does not name %s", f.name)
+		}
+		for _, b := range validate.Backends {
+			c := proto.Clone(cfg).(*weftv1.ClusterConfig)
+			c.Backend, c.BigTcp, c.BigTcpV6 = b, false, false
+			if b == "bgp" {
+				c.Bgp = &weftv1.BGPConfig{Asn: 64512, FullMesh: true}
+			}
+			f.set(c)
+			off := proto.Clone(c).(*weftv1.ClusterConfig)
+			off.ProtoReflect().Clear(fd)
+			if err := validate.Config(validate.WithDefaults(off)); err != nil {
+				t.Fatalf("backend %s without %s: %v", b, f.name, err)
+			}
+			err := validate.Config(validate.WithDefaults(c))
+			refused := errors.Is(err, validate.ErrInvalid) && strings.Contains(err.Error(), f.name+":")
+			named := regexp.MustCompile(`\b` + b + `\b`).MatchString(m[1])
+			if refused != named {
+				t.Errorf("%s with backend %s: refused %v (%v), but the comment's %q names it %v", f.name, b, refused, err, m[0], named)
+			}
+		}
+	}
+}
+
+// configComment returns the comment lines right above cluster-config.json
+// in configmap.yaml, joined by spaces.
+func configComment(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("kubernetes/configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(data), "\n")
+	for i, l := range lines {
+		if strings.TrimSpace(l) != "cluster-config.json: |" {
+			continue
+		}
+		var c []string
+		for j := i - 1; j >= 0 && strings.HasPrefix(strings.TrimSpace(lines[j]), "#"); j-- {
+			c = append([]string{strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(lines[j]), "#"))}, c...)
+		}
+		return strings.Join(c, " ")
+	}
+	t.Fatal("configmap.yaml has no cluster-config.json key")
+	return ""
 }
 
 func jsonEqual(a, b string) bool {
