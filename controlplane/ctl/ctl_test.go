@@ -10,7 +10,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 
 	"github.com/weftnet/weft/controlplane/controller"
 	"github.com/weftnet/weft/controlplane/ctl"
@@ -19,12 +18,7 @@ import (
 	"github.com/weftnet/weft/testenv/etcdtest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-	)
-}
+func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
 
 var k = keys.New("/weft")
 

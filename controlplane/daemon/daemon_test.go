@@ -13,21 +13,16 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"github.com/weftnet/weft/internal/etcdauth"
 	"github.com/weftnet/weft/internal/etcdconn"
 	"github.com/weftnet/weft/internal/pki"
 	"github.com/weftnet/weft/proto/keys"
+	"github.com/weftnet/weft/testenv/etcdtest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-	)
-}
+func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
 
 func TestParseEnvAndFile(t *testing.T) {
 	dir := t.TempDir()

@@ -10,7 +10,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
-	"go.uber.org/goleak"
 
 	"github.com/weftnet/weft/controlplane/store"
 	"github.com/weftnet/weft/proto/keys"
@@ -18,14 +17,7 @@ import (
 	"github.com/weftnet/weft/testenv/etcdtest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// etcd's embedded server and grpc keep a few background goroutines
-		// that outlive Close by design.
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-	)
-}
+func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
 
 var k = keys.New("/weft")
 

@@ -14,7 +14,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/controlplane/controller"
@@ -28,12 +27,7 @@ import (
 	"github.com/weftnet/weft/testenv/garbage"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-	)
-}
+func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
 
 var k = keys.New("/weft")
 
