@@ -1,7 +1,6 @@
 package nodeagent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,28 +28,12 @@ import (
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
+	"github.com/weftnet/weft/testenv/syncbuf"
 )
 
 func TestMain(m *testing.M) {
 	logtest.MaybeRunEtcdChild()
 	goleak.VerifyTestMain(m)
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func testUnderlay() spec.Underlay {
@@ -69,7 +51,7 @@ type harness struct {
 	log    *logtest.Log
 	dp     *fakedp.Datapath
 	a      *Agent
-	logs   *syncBuf
+	logs   *syncbuf.Buffer
 	subnet string
 	stop   func()
 	// timeout is the agent's etcd request timeout (300 ms unless a test
@@ -83,7 +65,7 @@ func newHarness(t testing.TB, agentClient *clientv3.Client, c *clientv3.Client) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, c: c, log: l, dp: fakedp.New(testUnderlay()), logs: &syncBuf{},
+	h := &harness{t: t, c: c, log: l, dp: fakedp.New(testUnderlay()), logs: &syncbuf.Buffer{},
 		subnet: filepath.Join(t.TempDir(), "run", "subnet.env"), timeout: 300 * time.Millisecond, ttl: 2 * time.Second}
 	h.dp.Pins = "/sys/fs/bpf/weft-test"
 	h.a = h.newAgent(agentClient)

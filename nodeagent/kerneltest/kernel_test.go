@@ -4,7 +4,6 @@
 package kerneltest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
@@ -29,6 +28,7 @@ import (
 	"github.com/weftnet/weft/testenv/bpfpin"
 	"github.com/weftnet/weft/testenv/etcdtest"
 	"github.com/weftnet/weft/testenv/netnstest"
+	"github.com/weftnet/weft/testenv/syncbuf"
 )
 
 func TestMain(m *testing.M) {
@@ -116,24 +116,7 @@ func (w *recDatapath) reports() []spec.Report {
 	return append([]spec.Report(nil), w.reps...)
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func runAgent(t testing.TB, c *clientv3.Client, dp nodeagent.Datapath, logs *syncBuf) (*nodeagent.Agent, func()) {
+func runAgent(t testing.TB, c *clientv3.Client, dp nodeagent.Datapath, logs *syncbuf.Buffer) (*nodeagent.Agent, func()) {
 	a, err := nodeagent.New(nodeagent.Config{
 		Client:            c,
 		NodeName:          "n1",
@@ -203,7 +186,7 @@ func TestAgentRepairsDriftAndRestartsWithoutFlush(t *testing.T) {
 		}
 	}
 	dp := openIn(t, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
-	logs := &syncBuf{}
+	logs := &syncbuf.Buffer{}
 	a, stop := runAgent(t, c, dp, logs)
 	eventually(t, "converged", func() (bool, string) {
 		st := a.Status()
@@ -341,7 +324,7 @@ func TestAgentSetsTheDeviceMACOfAnOlderAgent(t *testing.T) {
 	sh(t, "ip", "-n", ns, "link", "add", "weft_vxlan", "address", old, "type", "vxlan", "external", "dstport", "8472", "nolearning")
 	dp := openIn(t, ns, bpf.Config{PinDir: pinDir, Underlay: "ul0"})
 	defer dp.Close()
-	a, _ := runAgent(t, c, dp, &syncBuf{})
+	a, _ := runAgent(t, c, dp, &syncbuf.Buffer{})
 	// Not in the log yet: nothing synced, the device's MAC registered.
 	checkRegistration(t, c, old)
 	if _, err := l.Append(ctx, logtest.Added("n1", "192.168.50.1", "10.244.1.0/24")); err != nil {
@@ -388,7 +371,7 @@ func TestAgentLiveConfigChanges(t *testing.T) {
 	// Closed after the agent stops (cleanups run last-registered first): a
 	// reconcile of a still-running agent must not find it closed.
 	t.Cleanup(func() { dp.Close() })
-	a, _ := runAgent(t, c, dp, &syncBuf{})
+	a, _ := runAgent(t, c, dp, &syncbuf.Buffer{})
 	waitApplied := func(seq uint64, mode string) *weftv1.AgentStatus {
 		t.Helper()
 		var st *weftv1.AgentStatus

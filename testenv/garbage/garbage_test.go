@@ -25,6 +25,7 @@ import (
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
 	"github.com/weftnet/weft/testenv/garbage"
+	"github.com/weftnet/weft/testenv/syncbuf"
 )
 
 func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
@@ -70,24 +71,6 @@ func (d *datapath) tunnels() []string {
 	return out
 }
 
-// syncBuf is a log both components write to.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
 	var why string
@@ -104,7 +87,7 @@ func eventually(t *testing.T, what string, cond func() (bool, string)) {
 type cluster struct {
 	t    *testing.T
 	c    *clientv3.Client
-	logs *syncBuf
+	logs *syncbuf.Buffer
 	ctl  func() // stops the controller
 	dps  map[string]*datapath
 	ips  map[string]string // underlay address by node name
@@ -137,7 +120,7 @@ func (cl *cluster) startController(id string) {
 
 func newCluster(t *testing.T) *cluster {
 	_, c := etcdtest.New(t)
-	cl := &cluster{t: t, c: c, logs: &syncBuf{}, dps: map[string]*datapath{}, ips: map[string]string{}}
+	cl := &cluster{t: t, c: c, logs: &syncbuf.Buffer{}, dps: map[string]*datapath{}, ips: map[string]string{}}
 	cl.startController("c1")
 	t.Cleanup(func() { cl.ctl() })
 	for i, name := range []string{"n1", "n2"} {

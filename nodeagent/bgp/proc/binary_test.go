@@ -1,7 +1,6 @@
 package proc
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
@@ -23,6 +22,7 @@ import (
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/birdtest"
 	"github.com/weftnet/weft/testenv/netnstest"
+	"github.com/weftnet/weft/testenv/syncbuf"
 )
 
 // buildSpeaker compiles cmd/weft-bgp into a temporary directory.
@@ -34,24 +34,6 @@ func buildSpeaker(t *testing.T) string {
 		t.Fatalf("build weft-bgp: %v\n%s", err, out)
 	}
 	return filepath.Join(dir, Binary)
-}
-
-// syncBuffer is a log sink the child's forwarded lines and the test read.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // eventually polls cond every 50 ms for up to d.
@@ -117,7 +99,7 @@ func TestBinaryAgainstBIRD(t *testing.T) {
 		return fmt.Sprint(birdtest.Routes(out))
 	}
 
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	clients := make([]*Client, len(nodes))
 	for i, n := range nodes {
 		log := hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("n%d", i+1), Output: logs, Level: hclog.Debug})

@@ -23,6 +23,7 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/nodeagent/bgp"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
+	"github.com/weftnet/weft/testenv/syncbuf"
 )
 
 func ip(s string) netip.Addr    { return netip.MustParseAddr(s) }
@@ -340,7 +341,7 @@ func TestLongLogLineForwarded(t *testing.T) {
 	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
+	var out syncbuf.Buffer
 	c := New(Options{Path: path, Logger: hclog.New(&hclog.LoggerOptions{Output: &out, Level: hclog.Info})})
 	c.op.Lock()
 	_, err := c.spawn()
@@ -532,7 +533,7 @@ func TestRestartApplyErrorLogged(t *testing.T) {
 	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
+	var out syncbuf.Buffer
 	c := New(Options{Path: path, Logger: hclog.New(&hclog.LoggerOptions{Output: &out, Level: hclog.Info}),
 		RestartMin: 50 * time.Millisecond, RestartMax: time.Hour})
 	t.Cleanup(func() {
@@ -568,7 +569,7 @@ func TestUnreadableOutputKillsChild(t *testing.T) {
 			if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
 				t.Fatal(err)
 			}
-			var log syncBuffer
+			var log syncbuf.Buffer
 			// No CallTimeout kill: the read error alone must end the child.
 			c := New(Options{Path: path, RestartMin: time.Hour, CallTimeout: time.Hour, Logger: hclog.New(&hclog.LoggerOptions{Output: &log, Level: hclog.Info})})
 			t.Cleanup(func() {
@@ -667,7 +668,7 @@ func TestUnparsableRoutesCountedAndLogged(t *testing.T) {
 		&weftv1.SpeakerMessage{Msg: &weftv1.SpeakerMessage_State{State: state}},
 		&weftv1.SpeakerMessage{Msg: &weftv1.SpeakerMessage_Reply{Reply: &weftv1.SpeakerReply{Id: 1}}},
 	)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	c := New(Options{Path: path, Logger: hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug}), RestartMin: time.Hour})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
