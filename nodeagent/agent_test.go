@@ -28,6 +28,7 @@ import (
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
+	"github.com/weftnet/weft/testenv/poll"
 	"github.com/weftnet/weft/testenv/syncbuf"
 )
 
@@ -123,14 +124,7 @@ func (h *harness) append(e *weftv1.Event) uint64 {
 
 func eventually(t testing.TB, what string, cond func() (bool, string)) {
 	t.Helper()
-	var last string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		var ok bool
-		if ok, last = cond(); ok {
-			return
-		}
-	}
-	t.Fatalf("%s: not reached; last: %s", what, last)
+	poll.Eventually(t, 10*time.Second, 10*time.Millisecond, what, cond)
 }
 
 func (h *harness) status() *weftv1.AgentStatus {

@@ -16,6 +16,7 @@ import (
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
+	"github.com/weftnet/weft/testenv/poll"
 )
 
 func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
@@ -92,13 +93,7 @@ func grant(t testing.TB, c *clientv3.Client) clientv3.LeaseID {
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	end := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Eventually(t, d, 10*time.Millisecond, what, func() (bool, string) { return cond(), "still false" })
 }
 
 func load(t testing.TB, c *clientv3.Client) (cfg *weftv1.ClusterConfig, nodes map[string]*weftv1.Node, head uint64) {

@@ -28,6 +28,7 @@ import (
 	"github.com/weftnet/weft/testenv/bpfpin"
 	"github.com/weftnet/weft/testenv/etcdtest"
 	"github.com/weftnet/weft/testenv/netnstest"
+	"github.com/weftnet/weft/testenv/poll"
 	"github.com/weftnet/weft/testenv/syncbuf"
 )
 
@@ -146,14 +147,7 @@ func runAgent(t testing.TB, c *clientv3.Client, dp nodeagent.Datapath, logs *syn
 
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	var last string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		var ok bool
-		if ok, last = cond(); ok {
-			return
-		}
-	}
-	t.Fatalf("%s: not reached; last: %s", what, last)
+	poll.Eventually(t, 10*time.Second, 20*time.Millisecond, what, cond)
 }
 
 // tunnelKeys reads the keys of the node's pinned tunnel map, independent

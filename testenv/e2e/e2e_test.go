@@ -21,6 +21,7 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/testenv"
+	"github.com/weftnet/weft/testenv/poll"
 )
 
 var (
@@ -168,19 +169,7 @@ func clusterLogs(c *testenv.Cluster) string { return logTails(c.Prefix) }
 // how long it took.
 func eventually(t *testing.T, d time.Duration, what string, f func() (bool, string)) time.Duration {
 	t.Helper()
-	start := time.Now()
-	var why string
-	for {
-		ok, reason := f()
-		if ok {
-			return time.Since(start)
-		}
-		why = reason
-		if time.Since(start) > d {
-			t.Fatalf("%s: not within %v: %s", what, d, why)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return poll.Eventually(t, d, 200*time.Millisecond, what, f)
 }
 
 func requireAllPairs(t *testing.T, ctx context.Context, c *testenv.Cluster) testenv.Matrix {

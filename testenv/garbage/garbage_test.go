@@ -25,6 +25,7 @@ import (
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
 	"github.com/weftnet/weft/testenv/garbage"
+	"github.com/weftnet/weft/testenv/poll"
 	"github.com/weftnet/weft/testenv/syncbuf"
 )
 
@@ -73,14 +74,7 @@ func (d *datapath) tunnels() []string {
 
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	var why string
-	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		var ok bool
-		if ok, why = cond(); ok {
-			return
-		}
-	}
-	t.Fatalf("%s: not reached: %s", what, why)
+	poll.Eventually(t, 15*time.Second, 20*time.Millisecond, what, cond)
 }
 
 // cluster is a controller and two agents on one embedded etcd.

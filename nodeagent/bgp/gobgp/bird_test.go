@@ -16,6 +16,7 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/nodeagent/bgp"
 	"github.com/weftnet/weft/testenv/birdtest"
+	"github.com/weftnet/weft/testenv/poll"
 )
 
 // birdRouter is a BIRD 2 daemon in a namespace of the lab.
@@ -116,17 +117,7 @@ func (b *birdRouter) established(name string) bool {
 // eventually polls cond every 100 ms for up to d.
 func eventually(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %s", what, d, detail)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	poll.Eventually(t, d, 100*time.Millisecond, what, cond)
 }
 
 // birdConf is the router of TestBIRD: AS 65000, one session per node

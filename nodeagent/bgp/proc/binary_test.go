@@ -22,6 +22,7 @@ import (
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/birdtest"
 	"github.com/weftnet/weft/testenv/netnstest"
+	"github.com/weftnet/weft/testenv/poll"
 	"github.com/weftnet/weft/testenv/syncbuf"
 )
 
@@ -39,17 +40,7 @@ func buildSpeaker(t *testing.T) string {
 // eventually polls cond every 50 ms for up to d.
 func eventually(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s; last: %s", what, d, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Eventually(t, d, 50*time.Millisecond, what, cond)
 }
 
 // TestBinaryAgainstBIRD runs the real weft-bgp, built by the test, through
