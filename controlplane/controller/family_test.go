@@ -2,6 +2,7 @@ package controller_test
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -76,7 +77,7 @@ func TestAddIPv6ToRunningCluster(t *testing.T) {
 		_, after, _ = load(t, c)
 		return len(familyCIDRs(after, true)) == 2
 	})
-	if got := familyCIDRs(after, false); !mapsEqual(got, v4) {
+	if got := familyCIDRs(after, false); !maps.Equal(got, v4) {
 		t.Fatalf("IPv4 pod CIDRs changed: %v, were %v", got, v4)
 	}
 	evs := events(t, c)
@@ -247,16 +248,4 @@ func TestDuplicateUnderlayV6(t *testing.T) {
 		t.Fatalf("head %d -> %d, a %v: want b's NodeAdded only", head, h, n["a"])
 	}
 	mustCheck(t, c)
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }

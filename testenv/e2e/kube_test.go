@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -368,7 +369,7 @@ func TestKubernetes(t *testing.T) {
 		if st.Lost > 0 || st.Received == 0 {
 			t.Errorf("pings to %s's pods across the kubelet restart: %+v", n0.Name, st)
 		}
-		if after := podUIDs(t, ctx, c); !maps2Equal(uids, after) {
+		if after := podUIDs(t, ctx, c); !maps.Equal(uids, after) {
 			t.Errorf("pods changed across the kubelet restart: %v → %v", uids, after)
 		}
 	})
@@ -567,18 +568,6 @@ func podUIDs(t *testing.T, ctx context.Context, c *kube.Cluster) map[string]stri
 		out[p.Namespace+"/"+p.Name] = fmt.Sprintf("%s restarts=%d", p.UID, restarts)
 	}
 	return out
-}
-
-func maps2Equal(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 func nodeReady(ctx context.Context, c *kube.Cluster, name string) (bool, string) {
