@@ -20,6 +20,7 @@ import (
 
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/proto/keys"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv"
 	"github.com/weftnet/weft/testenv/poll"
 )
@@ -170,6 +171,39 @@ func clusterLogs(c *testenv.Cluster) string { return logTails(c.Prefix) }
 func eventually(t *testing.T, d time.Duration, what string, f func() (bool, string)) time.Duration {
 	t.Helper()
 	return poll.Eventually(t, d, 200*time.Millisecond, what, f)
+}
+
+// switchMode sets the cluster config's backend to mode (and whatever
+// mutate changes) as an operator does, and waits until every node of nodes
+// runs mode, has applied the new head and reports no error. Peers the mode
+// cannot reach on this underlay may be reported (and make a node
+// degraded) meanwhile.
+func switchMode(t *testing.T, ctx context.Context, c *testenv.Cluster, nodes []*testenv.Node, mode string, mutate func(*weftv1.ClusterConfig)) {
+	t.Helper()
+	begin := time.Now()
+	err := c.SetConfig(ctx, func(cfg *weftv1.ClusterConfig) {
+		cfg.Backend = mode
+		if mutate != nil {
+			mutate(cfg)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, err := c.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "every node in mode "+mode, func() (bool, string) {
+		for _, n := range nodes {
+			st, err := c.Status(ctx, n.Name)
+			if err != nil || st == nil || st.GetMode() != mode || st.GetAppliedSeq() < head || st.GetLastError() != "" {
+				return false, fmt.Sprintf("%s: %v, err %v", n.Name, st, err)
+			}
+		}
+		return true, ""
+	})
+	t.Logf("switched to %s: every node converged %v after config set", mode, time.Since(begin).Round(100*time.Millisecond))
 }
 
 func requireAllPairs(t *testing.T, ctx context.Context, c *testenv.Cluster) testenv.Matrix {

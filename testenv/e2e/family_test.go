@@ -89,30 +89,7 @@ func familyModes(t *testing.T, family string) {
 	}
 	switchTo := func(t *testing.T, mode string, mutate func(*weftv1.ClusterConfig)) {
 		t.Helper()
-		begin := time.Now()
-		err := c.SetConfig(ctx, func(cfg *weftv1.ClusterConfig) {
-			cfg.Backend = mode
-			if mutate != nil {
-				mutate(cfg)
-			}
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		head, err := c.Head(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, 30*time.Second, "every node in mode "+mode, func() (bool, string) {
-			for _, n := range nodes {
-				st, err := c.Status(ctx, n.Name)
-				if err != nil || st == nil || st.GetMode() != mode || st.GetAppliedSeq() < head || st.GetLastError() != "" {
-					return false, fmt.Sprintf("%s: %v, err %v", n.Name, st, err)
-				}
-			}
-			return true, ""
-		})
-		t.Logf("switched to %s in %v", mode, time.Since(begin).Round(100*time.Millisecond))
+		switchMode(t, ctx, c, nodes, mode, mutate)
 	}
 	// via is the next hop n uses for peer's pod CIDR of one family when
 	// the network (BIRD, the router) routes between segments.

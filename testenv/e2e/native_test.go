@@ -35,32 +35,7 @@ func TestNativeRouting(t *testing.T) {
 	}
 	switchTo := func(t *testing.T, mode string, mutate func(*weftv1.ClusterConfig)) {
 		t.Helper()
-		begin := time.Now()
-		err := c.SetConfig(ctx, func(cfg *weftv1.ClusterConfig) {
-			cfg.Backend = mode
-			if mutate != nil {
-				mutate(cfg)
-			}
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Applied and synced; peers the mode cannot reach on this
-		// underlay may be reported (and make a node degraded) meanwhile.
-		head, err := c.Head(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, 30*time.Second, "every node in mode "+mode, func() (bool, string) {
-			for _, n := range nodes {
-				st, err := c.Status(ctx, n.Name)
-				if err != nil || st == nil || st.GetMode() != mode || st.GetAppliedSeq() < head || st.GetLastError() != "" {
-					return false, fmt.Sprintf("%s: %v, err %v", n.Name, st, err)
-				}
-			}
-			return true, ""
-		})
-		t.Logf("switched to %s: every node converged %v after config set", mode, time.Since(begin))
+		switchMode(t, ctx, c, nodes, mode, mutate)
 	}
 	vxlanTx := func(t *testing.T) map[string]float64 {
 		out := map[string]float64{}
