@@ -113,6 +113,18 @@ func (h *harness) start() {
 	h.t.Cleanup(func() { h.stop() })
 }
 
+// startWithPeer logs the config, this node (n1) and a peer (n2), starts
+// the agent and waits until it has applied all three and has the peer's
+// tunnel.
+func (h *harness) startWithPeer() {
+	h.t.Helper()
+	h.append(logtest.Config(cfg()))
+	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+	h.append(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
+	h.start()
+	h.waitStatus("converged", func(st *weftv1.AgentStatus) bool { return st.AppliedSeq == 3 && st.TunnelEntries == 1 })
+}
+
 func (h *harness) append(e *weftv1.Event) uint64 {
 	h.t.Helper()
 	seq, err := h.log.Append(context.Background(), e)
@@ -287,11 +299,7 @@ func TestAgentRefusesBadInputAndKeepsServing(t *testing.T) {
 	ctx := context.Background()
 	_, c := etcdtest.New(t)
 	h := newHarness(t, c, c)
-	h.append(logtest.Config(cfg()))
-	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
-	h.append(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
-	h.start()
-	h.waitStatus("converged", func(st *weftv1.AgentStatus) bool { return st.AppliedSeq == 3 && st.TunnelEntries == 1 })
+	h.startWithPeer()
 
 	// An undecodable event, a prefix outside the cluster CIDR, a bad
 	// endpoint, and another node claiming this node's subnet.
@@ -427,11 +435,7 @@ func TestAgentLeaseLossRestartAndDriftRepair(t *testing.T) {
 	ctx := context.Background()
 	_, c := etcdtest.New(t)
 	h := newHarness(t, c, c)
-	h.append(logtest.Config(cfg()))
-	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
-	h.append(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
-	h.start()
-	h.waitStatus("converged", func(st *weftv1.AgentStatus) bool { return st.AppliedSeq == 3 && st.TunnelEntries == 1 })
+	h.startWithPeer()
 
 	// Drift: the tunnel entry disappears; Reconcile puts it back and says so.
 	h.dp.Mutate(func(d *spec.Desired) { d.Tunnels = nil })

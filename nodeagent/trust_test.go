@@ -28,11 +28,7 @@ func TestAgentRestartWithBadNodeValueKeepsTheTunnel(t *testing.T) {
 	ctx := context.Background()
 	_, c := etcdtest.New(t)
 	h := newHarness(t, c, c)
-	h.append(logtest.Config(cfg()))
-	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
-	h.append(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
-	h.start()
-	h.waitStatus("converged", func(st *weftv1.AgentStatus) bool { return st.AppliedSeq == 3 && st.TunnelEntries == 1 })
+	h.startWithPeer()
 	h.stop()
 	h.stop = func() {}
 
