@@ -24,6 +24,26 @@ import (
 
 func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
 
+// waitHealthz polls the daemon's /healthz on the metrics address every
+// 50 ms until done accepts the answer or 30 s pass, and returns the last
+// answer (0 and "" if none came).
+func waitHealthz(metrics string, done func(code int, body string) bool) (int, string) {
+	var code int
+	var body string
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		r, err := http.Get("http://" + metrics + "/healthz")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		if code, body = r.StatusCode, string(b); done(code, body) {
+			break
+		}
+	}
+	return code, body
+}
+
 func TestParseEnvAndFile(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "c.yaml")
@@ -92,18 +112,7 @@ func TestRunEmbedded(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := runDaemon(t, o)
-	var body string
-	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		r, err := http.Get("http://" + metrics + "/healthz")
-		if err != nil {
-			continue
-		}
-		b, _ := io.ReadAll(r.Body)
-		r.Body.Close()
-		if body = string(b); strings.Contains(body, "leader") {
-			break
-		}
-	}
+	_, body := waitHealthz(metrics, func(_ int, body string) bool { return strings.Contains(body, "leader") })
 	if !strings.Contains(body, "ok leader") {
 		t.Fatalf("healthz: %q", body)
 	}
@@ -216,18 +225,7 @@ func TestRunEmbeddedSecure(t *testing.T) {
 	}
 	ctx := runDaemon(t, o)
 	healthy := func() string {
-		var body string
-		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-			r, err := http.Get("http://" + metrics + "/healthz")
-			if err != nil {
-				continue
-			}
-			b, _ := io.ReadAll(r.Body)
-			r.Body.Close()
-			if body = string(b); r.StatusCode == 200 && strings.Contains(body, "leader") {
-				break
-			}
-		}
+		_, body := waitHealthz(metrics, func(code int, body string) bool { return code == 200 && strings.Contains(body, "leader") })
 		return body
 	}
 	if body := healthy(); !strings.Contains(body, "ok leader") {

@@ -10,7 +10,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -371,19 +370,7 @@ func TestRunKubernetesAPIDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	runDaemon(t, o)
-	var code int
-	var body string
-	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		r, err := http.Get("http://" + metrics + "/healthz")
-		if err != nil {
-			continue
-		}
-		b, _ := io.ReadAll(r.Body)
-		r.Body.Close()
-		if code, body = r.StatusCode, string(b); strings.Contains(body, "kubernetes API unreachable") {
-			break
-		}
-	}
+	code, body := waitHealthz(metrics, func(_ int, body string) bool { return strings.Contains(body, "kubernetes API unreachable") })
 	if code != http.StatusOK || !strings.Contains(body, "degraded leader: node source: kubernetes API unreachable") {
 		t.Fatalf("healthz with the API down: %d %q", code, body)
 	}
