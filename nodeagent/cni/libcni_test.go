@@ -364,6 +364,35 @@ func TestDelAfterNetnsGone(t *testing.T) {
 	}
 }
 
+// TestDelLeavesLinksItDidNotMake: DEL of a container weft never attached,
+// or one naming another pod's netns, deletes nothing there (the runtime's
+// netns and ifname are not proof that a link is weft's).
+func TestDelLeavesLinksItDidNotMake(t *testing.T) {
+	e := newEnv(t, subnetV4, "1.1.0")
+	foreign := newNS(t)
+	if err := inNS(foreign, func() error {
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "peer0"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.del("never-added", foreign); err != nil {
+		t.Fatalf("DEL of an unknown container: %v", err)
+	}
+	if !linkExists(t, foreign, "eth0") {
+		t.Fatal("DEL of an unknown container deleted the netns's eth0, which weft did not make")
+	}
+	pod := newNS(t)
+	if _, err := e.add(e.list, "ctr-live", pod); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.del("ctr-other", pod); err != nil {
+		t.Fatalf("DEL of another container: %v", err)
+	}
+	if err := e.check("ctr-live", pod); err != nil {
+		t.Fatalf("the live pod after a DEL of another container naming its netns: %v", err)
+	}
+}
+
 // failingPlugin writes a CNI plugin that fails ADD and DEL (as Debian's
 // portmap 1.1.1 does with a cniVersion it does not speak) and returns its
 // directory.

@@ -285,32 +285,13 @@ func prefixFor(sub Subnet, a netip.Addr) (netip.Prefix, netip.Addr) {
 	return sub.V6, sub.Gateway6
 }
 
-// detach deletes the pod interface (which takes its veth peer with it) and
-// the host veth if it is still there. A missing netns or link is fine.
-func detach(netnsPath, ifName, hostName string) error {
-	if netnsPath != "" {
-		podNS, err := ns.GetNS(netnsPath)
-		if err == nil {
-			err = podNS.Do(func(ns.NetNS) error {
-				l, err := netlink.LinkByName(ifName)
-				if isNotFound(err) {
-					return nil
-				}
-				if err != nil {
-					return fmt.Errorf("find pod interface: %w", err)
-				}
-				if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
-					return fmt.Errorf("delete pod interface: %w", err)
-				}
-				return nil
-			})
-			podNS.Close()
-			if err != nil {
-				return err
-			}
-		}
-		// Any other error: the netns is gone, and with it the pod side.
-	}
+// detach deletes the host veth of an attachment, which takes its pod end
+// with it. It never deletes a link by the pod's interface name: DEL of a
+// container weft never attached (or a runtime that names the wrong
+// netns) would otherwise delete whatever link has that name there, such
+// as another pod's eth0 or a node's underlay veth. A missing link is
+// fine.
+func detach(hostName string) error {
 	return deleteHostVeth(hostName)
 }
 
@@ -321,6 +302,9 @@ func deleteHostVeth(name string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("find host veth %s: %w", name, err)
+	}
+	if l.Type() != "veth" {
+		return fmt.Errorf("delete host veth %s: it is a %s, not a veth weft made", name, l.Type())
 	}
 	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("delete host veth %s: %w", name, err)

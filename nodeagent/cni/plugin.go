@@ -248,7 +248,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := detach(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName)); err != nil {
+	if err := detach(HostVethName(args.ContainerID, args.IfName)); err != nil {
 		return err
 	}
 	store, err := storeFor(conf)
