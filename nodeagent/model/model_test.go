@@ -630,3 +630,54 @@ func TestDesiredIPv6Only(t *testing.T) {
 		}
 	}
 }
+
+// TestUnderlayInsideThePodNetworkIsRefused: a node whose underlay
+// address (tunnel endpoint) is a pod address, and a config whose cluster
+// CIDR swallows the nodes' underlay, are refused naming the field, by
+// event and by list, and the tunnels the agent had stay.
+func TestUnderlayInsideThePodNetworkIsRefused(t *testing.T) {
+	wantTunnels := "10.244.2.0/24->192.168.1.2,10.244.3.0/24->192.168.7.2"
+	tunnels := func(s *State) string {
+		var out []string
+		for _, tu := range Desired(s, "self", underlay(), Options{}).Desired.Tunnels {
+			out = append(out, tu.Prefix.String()+"->"+tu.Endpoint.String())
+		}
+		return strings.Join(out, ",")
+	}
+	for _, tc := range []struct {
+		name  string
+		event []byte
+		want  string
+	}{
+		{"node at a pod address", addEvent(5, "bad", "10.244.9.5", "10.244.5.0/24"), "underlay_ip: 10.244.9.5 is inside the cluster CIDR 10.244.0.0/16"},
+		{"node at an IPv4-mapped pod address", addEvent(5, "bad", "::ffff:10.244.9.5", "10.244.5.0/24"), "underlay_ip: 10.244.9.5 is inside the cluster CIDR"},
+		{"node at a link-local address", addEvent(5, "bad", "169.254.1.1", "10.244.5.0/24"), "underlay_ip: 169.254.1.1 is link-local"},
+		{"node at the broadcast address", addEvent(5, "bad", "255.255.255.255", "10.244.5.0/24"), "underlay_ip: 255.255.255.255 cannot be a node address"},
+		{"config over the underlay", cfgEvent(5, &weftv1.ClusterConfig{ClusterCidr: "0.0.0.0/0", NodeMaskSize: 24}), "cluster_cidr: 0.0.0.0/0 overlaps node far's underlay address 192.168.7.2"},
+	} {
+		s := stateWith(t, baseConfig())
+		refused, err := s.Apply(5, tc.event)
+		if err != nil || refused == nil || !strings.Contains(refused.Error(), tc.want) {
+			t.Errorf("%s: refused = %v, err = %v, want %q", tc.name, refused, err, tc.want)
+		}
+		if got := tunnels(s); got != wantTunnels || s.Config().ClusterCidr != "10.244.0.0/16" {
+			t.Errorf("%s: tunnels %s, config %s; want %s under 10.244.0.0/16", tc.name, got, s.Config().ClusterCidr, wantTunnels)
+		}
+	}
+
+	// The same config in the projection, at a list: the last good config
+	// stays and the projection's value is quarantined.
+	s := stateWith(t, baseConfig())
+	snap := Snapshot{Head: 5, Config: keys.Encode(validate.WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "0.0.0.0/0", NodeMaskSize: 24})), Nodes: map[string][]byte{}}
+	for _, name := range []string{"self", "near", "far"} {
+		snap.Nodes[name] = keys.Encode(s.Node(name))
+	}
+	s.Reset(snap)
+	q := s.Quarantined()
+	if len(q) != 1 || q[0].Node != "" || q[0].Kept != "its last good value" || !strings.Contains(q[0].Reason, "cluster_cidr: 0.0.0.0/0 overlaps node far's underlay") {
+		t.Fatalf("quarantine %+v", q)
+	}
+	if got := tunnels(s); got != wantTunnels {
+		t.Fatalf("after the list: tunnels %s, want %s", got, wantTunnels)
+	}
+}

@@ -305,6 +305,11 @@ func (s *State) applyEvent(seq uint64, e *weftv1.Event) error {
 	if err := validate.Event(s.config, e); err != nil {
 		return err
 	}
+	if cc, ok := e.Kind.(*weftv1.Event_ConfigChanged); ok {
+		if err := s.configFits(cc.ConfigChanged.Config); err != nil {
+			return err
+		}
+	}
 	if _, isConfig := e.Kind.(*weftv1.Event_ConfigChanged); !isConfig && s.config == nil {
 		// Without a cluster CIDR a node's pod CIDRs cannot be checked; the
 		// controller always writes the config first.
@@ -425,7 +430,11 @@ func (s *State) Reset(snap Snapshot) {
 	s.quarantined = map[string]Quarantine{}
 	checked := false
 	if snap.Config != nil {
-		if _, err := configValue(snap.Config); err != nil {
+		raw, err := configValue(snap.Config)
+		if err == nil {
+			err = s.configFits(raw)
+		}
+		if err != nil {
 			s.refuse("config", err)
 			q := Quarantine{Reason: err.Error(), Kept: "nothing"}
 			switch raw, lerr := configValue(snap.LogConfig); {
@@ -437,7 +446,6 @@ func (s *State) Reset(snap Snapshot) {
 			}
 			s.quarantined[""] = q
 		} else {
-			raw, _ := configValue(snap.Config)
 			s.log.Config, s.config = raw, validate.WithDefaults(raw)
 			s.forget("config")
 			// In force now: the config Suspects checked the nodes
@@ -513,6 +521,24 @@ func (s *State) Reset(snap Snapshot) {
 		s.index(pn)
 	}
 	s.log.Head = snap.Head
+}
+
+// configFits refuses a config (valid by itself) whose cluster CIDRs
+// contain the underlay address of a node the model holds: the agent
+// would route that node's tunnel endpoint, or its own underlay, into
+// the overlay. The controller refuses such a config; one that reaches
+// the agent was written by hand, and the last good config stays.
+func (s *State) configFits(raw *weftv1.ClusterConfig) error {
+	cfg := validate.WithDefaults(raw)
+	if s.config != nil && cfg.ClusterCidr == s.config.ClusterCidr && cfg.ClusterCidrV6 == s.config.ClusterCidrV6 {
+		// The nodes held were admitted against these cluster CIDRs.
+		return nil
+	}
+	nodes := make([]*weftv1.Node, 0, len(s.log.Nodes))
+	for _, name := range slices.Sorted(maps.Keys(s.log.Nodes)) {
+		nodes = append(nodes, s.log.Nodes[name])
+	}
+	return validate.ConfigAgainstNodes(cfg, nodes)
 }
 
 // configValue decodes and checks a stored config value.

@@ -377,11 +377,18 @@ func UnderlayIP(field, s string) (netip.Addr, error) {
 		return netip.Addr{}, fieldErr(field, "%s has a zone", a.WithZone(""))
 	}
 	a = a.Unmap()
-	if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+	switch {
+	case a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a == limitedBroadcast:
 		return netip.Addr{}, fieldErr(field, "%s cannot be a node address", a)
+	case a.IsLinkLocalUnicast():
+		// Not routed beyond one link (an IPv6 one needs a zone, which
+		// is refused above): peers on another link could not reach it.
+		return netip.Addr{}, fieldErr(field, "%s is link-local, which cannot be a node address", a)
 	}
 	return a, nil
 }
+
+var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
 // underlayPair checks a node's underlay_ip and underlay_ip_v6: the second
 // is optional, IPv6, and only beside an IPv4 underlay_ip.
@@ -551,8 +558,37 @@ func Node(c *weftv1.ClusterConfig, n *weftv1.Node) error {
 		if _, err := appendPodCIDRs(buf[:0], c, n.PodCidrs); err != nil {
 			return err
 		}
+		if err := underlayOutsidePods(c, n); err != nil {
+			return err
+		}
 	}
 	return attributes(n.VtepMac, n.Capabilities)
+}
+
+// underlayOutsidePods refuses a node whose underlay address lies inside a
+// cluster CIDR of c: it is a tunnel endpoint and a route's next hop, and
+// a pod address there would send the node's traffic into the pod network
+// (the overlay device, which routes the cluster CIDR) instead of to it.
+func underlayOutsidePods(c *weftv1.ClusterConfig, n *weftv1.Node) error {
+	for _, f := range [2]struct{ field, ip string }{{"underlay_ip", n.UnderlayIp}, {"underlay_ip_v6", n.UnderlayIpV6}} {
+		if f.ip == "" {
+			continue // underlay_ip_v6 is optional; parsing "" would allocate its error
+		}
+		a, err := netip.ParseAddr(f.ip)
+		if err != nil {
+			continue // refused by underlayPair
+		}
+		a = a.Unmap()
+		for _, s := range [2]string{c.ClusterCidr, c.ClusterCidrV6} {
+			if s == "" {
+				continue
+			}
+			if p, err := netip.ParsePrefix(s); err == nil && p.Contains(a) {
+				return fieldErr(f.field, "%s is inside the cluster CIDR %s", a, p)
+			}
+		}
+	}
+	return nil
 }
 
 // Event checks the shape of an event: exactly one kind, and the payload the
