@@ -116,6 +116,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		fmt.Fprintf(stderr, "weftctl: --etcd-endpoints: %v\n", err)
 		return ExitUsage
 	}
+	if err := keys.ValidPrefix(*prefix); err != nil {
+		fmt.Fprintf(stderr, "weftctl: --prefix: %v\n", err)
+		return ExitUsage
+	}
 	if *timeout <= 0 {
 		fmt.Fprintf(stderr, "weftctl: --timeout %s: want a positive duration\n", *timeout)
 		return ExitUsage

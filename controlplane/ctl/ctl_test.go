@@ -212,7 +212,7 @@ func TestFollowAndUsage(t *testing.T) {
 		t.Fatalf("follow exit %d", code)
 	}
 	for _, args := range [][]string{{}, {"frobnicate"}, {"config"}, {"config", "set"}, {"-o", "yaml", "nodes"}, {"events", "--bogus"}, {"nodes", "extra"},
-		{"--etcd-endpoints", "ftp://127.0.0.1:1", "nodes"}, {"--etcd-endpoints", "127.0.0.1", "nodes"}} {
+		{"--etcd-endpoints", "ftp://127.0.0.1:1", "nodes"}, {"--etcd-endpoints", "127.0.0.1", "nodes"}, {"--prefix", "/", "nodes"}} {
 		if code, _, _ := e.run("", args...); code != 2 {
 			t.Errorf("weftctl %v: exit %d, want 2", args, code)
 		}

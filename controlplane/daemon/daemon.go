@@ -138,11 +138,18 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 // taken silently (an unknown log level) or a failure later (a metrics
 // address or an embedded etcd's URL that cannot be listened on).
 func (o *Options) checkFlags() error {
+	if err := keys.ValidPrefix(o.Prefix); err != nil {
+		return fmt.Errorf("--prefix: %w", err)
+	}
 	if hclog.LevelFromString(o.LogLevel) == hclog.NoLevel {
 		return fmt.Errorf("--log-level: unknown level %q", o.LogLevel)
 	}
 	if o.MetricsAddr != "" {
-		if _, _, err := net.SplitHostPort(o.MetricsAddr); err != nil {
+		_, port, err := net.SplitHostPort(o.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		if _, err := net.LookupPort("tcp", port); err != nil {
 			return fmt.Errorf("--metrics-addr: %w", err)
 		}
 	}

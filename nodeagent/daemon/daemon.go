@@ -113,6 +113,9 @@ func (o *Options) Check() error {
 	if err := keys.ValidName(o.NodeName); err != nil {
 		return fmt.Errorf("--node-name: %w", err)
 	}
+	if err := keys.ValidPrefix(o.Prefix); err != nil {
+		return fmt.Errorf("--prefix: %w", err)
+	}
 	if err := etcdconn.CheckEndpoints(o.Endpoints()); err != nil {
 		return fmt.Errorf("--etcd-endpoints: %w", err)
 	}
@@ -128,7 +131,11 @@ func (o *Options) Check() error {
 		}
 	}
 	if o.MetricsAddr != "" {
-		if _, _, err := net.SplitHostPort(o.MetricsAddr); err != nil {
+		_, port, err := net.SplitHostPort(o.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		if _, err := net.LookupPort("tcp", port); err != nil {
 			return fmt.Errorf("--metrics-addr: %w", err)
 		}
 	}

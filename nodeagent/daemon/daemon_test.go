@@ -47,6 +47,9 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		{"--host-routing", "legacy"},
 		{"--bgp-speaker", "/nonexistent/weft-bgp"},
 		{"--bgp-speaker", "/"},
+		{"--prefix", "/"},
+		{"--prefix", "/weft cluster"},
+		{"--metrics-addr", "127.0.0.1:70000"},
 	} {
 		o, err := Parse(append([]string{"--node-name", "n1"}, bad...), os.Getenv)
 		if err == nil {

@@ -165,6 +165,36 @@ func ValidName(name string) error {
 	return nil
 }
 
+// ValidPrefix checks a cluster's key prefix as an operator gives it
+// (--prefix): "/"-separated segments of letters, digits, '-', '.' and
+// '_', none of them empty, "." or "..", with the leading "/" optional
+// and one trailing "/" allowed (New adds the one and drops the other). A
+// prefix New would silently turn into another cluster's is refused: ""
+// and "/" would be DefaultPrefix, "/a//b" would be a prefix no other
+// component spells the same way.
+func ValidPrefix(prefix string) error {
+	p := strings.TrimSuffix(strings.TrimPrefix(prefix, "/"), "/")
+	if p == "" {
+		return fmt.Errorf("prefix %q names no key prefix (the default is %s)", prefix, DefaultPrefix)
+	}
+	if len(prefix) > 128 {
+		return fmt.Errorf("prefix %q is longer than 128 characters", prefix)
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return fmt.Errorf("prefix %q has an empty, \".\" or \"..\" segment", prefix)
+		}
+		for _, r := range seg {
+			switch {
+			case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '.', r == '_':
+			default:
+				return fmt.Errorf("prefix %q contains %q", prefix, r)
+			}
+		}
+	}
+	return nil
+}
+
 // FormatHead renders a head value.
 func FormatHead(seq uint64) string { return strconv.FormatUint(seq, 10) }
 

@@ -189,3 +189,25 @@ func FuzzParseKeys(f *testing.F) {
 		ParseHead([]byte(head))
 	})
 }
+
+func TestValidPrefix(t *testing.T) {
+	for _, ok := range []string{"/weft", "weft", "/weft/", "/a/b-c.d_e", "/Weft2"} {
+		if err := ValidPrefix(ok); err != nil {
+			t.Errorf("ValidPrefix(%q) = %v", ok, err)
+		}
+	}
+	for bad, want := range map[string]string{
+		"":                             "names no key prefix",
+		"/":                            "names no key prefix",
+		"//":                           "names no key prefix",
+		"/a//b":                        "empty",
+		"/a/../b":                      `".."`,
+		"/a b":                         "contains ' '",
+		"/a\nb":                        `contains '\n'`,
+		"/" + strings.Repeat("a", 128): "longer than 128",
+	} {
+		if err := ValidPrefix(bad); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ValidPrefix(%q) = %v, want an error with %q", bad, err, want)
+		}
+	}
+}
