@@ -75,12 +75,24 @@ func Check(ctx context.Context, c *clientv3.Client, k keys.Layout) (*Report, err
 			rep.add("%s: %.400s", f.Key, f.Problem)
 		}
 	}
+	rep.Head, rep.Nodes = proj.State.Head, len(proj.State.Nodes)
 	if len(rep.Problems) > 0 {
 		// The projection is not what the log says, or cannot be read:
-		// the comparisons below would only repeat it.
+		// the comparisons below would only repeat it. The counts are
+		// still what the store holds, so the summary does not say the
+		// log is empty when one key is bad.
+		for _, kv := range r.Responses[0].GetResponseRange().Kvs {
+			if seq, err := k.EventSeq(string(kv.Key)); err == nil {
+				if rep.Events == 0 {
+					rep.First = seq
+				}
+				rep.Events++
+			}
+		}
+		rep.Subnets = len(r.Responses[1].GetResponseRange().Kvs)
+		rep.Trimmed = rep.First > 1
 		return rep, nil
 	}
-	rep.Head, rep.Nodes = proj.State.Head, len(proj.State.Nodes)
 	st := proj.State
 
 	var events []*weftv1.Event

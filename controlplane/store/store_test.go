@@ -306,6 +306,10 @@ func TestCheckFindsDamage(t *testing.T) {
 		"unguarded":  func() error { _, err := c.Delete(ctx, k.Subnet(mustPrefix("10.244.1.0/24"))); return err },
 		"projection": func() error { _, err := c.Delete(ctx, k.Node("b")); return err },
 		"head":       func() error { _, err := c.Put(ctx, k.Head(), "7"); return err },
+		"outside the layout": func() error {
+			_, err := c.Put(ctx, k.Root()+"zzz", "x")
+			return err
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			snap, _ := c.Get(ctx, k.Root(), clientv3.WithPrefix())
@@ -318,6 +322,11 @@ func TestCheckFindsDamage(t *testing.T) {
 			}
 			if rep.OK() {
 				t.Fatalf("check passed after %s damage", name)
+			}
+			// A stray key leaves the log and projection whole: the
+			// summary still counts them.
+			if name == "outside the layout" && (rep.Head != 3 || rep.Events != 3 || rep.First != 1 || rep.Nodes != 2 || rep.Subnets != 2) {
+				t.Fatalf("report %+v, want head 3, 3 events from seq 1, 2 nodes, 2 subnets", rep)
 			}
 			// Restore for the next case.
 			if _, err := c.Delete(ctx, k.Root(), clientv3.WithPrefix()); err != nil {
