@@ -184,6 +184,16 @@ func (o *Options) defaults() error {
 	if len(o.Prefix) > 7 {
 		return fmt.Errorf("prefix %q is longer than 7 characters (interface names must stay within 15)", o.Prefix)
 	}
+	// A negative count would build an empty cluster whose checks all
+	// pass (nothing to reach): refused, naming the option.
+	for _, f := range []struct {
+		name string
+		n    int
+	}{{"nodes", o.Nodes}, {"pods per node", o.PodsPerNode}, {"segments", o.Segments}, {"controllers", o.Controllers}, {"etcd members", o.EtcdMembers}} {
+		if f.n < 0 {
+			return fmt.Errorf("%s %d: negative", f.name, f.n)
+		}
+	}
 	if o.Nodes == 0 {
 		o.Nodes = 3
 	}

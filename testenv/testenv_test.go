@@ -359,3 +359,11 @@ func TestProcID(t *testing.T) {
 		}
 	}
 }
+
+func TestOptionsRefuseNegativeCounts(t *testing.T) {
+	for _, o := range []Options{{Nodes: -3}, {PodsPerNode: -1}, {Segments: -1}, {Controllers: -2}, {EtcdMembers: -1}} {
+		if err := o.defaults(); err == nil || !strings.Contains(err.Error(), "negative") {
+			t.Errorf("%+v: %v, want a refusal naming the negative count", o, err)
+		}
+	}
+}
