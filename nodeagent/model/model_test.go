@@ -82,7 +82,8 @@ func TestApplyRefusesBadInputAndKeepsState(t *testing.T) {
 		{addEvent(4, "c", "192.168.1.3", "10.99.0.0/24"), "outside the cluster CIDR"},
 		{addEvent(4, "c", "not-an-ip", "10.244.3.0/24"), "underlay_ip"},
 		{addEvent(4, "c", "192.168.1.3", "10.244.1.0/24"), `overlaps node "self"`},
-		{addEvent(4, "b", "192.168.1.2", "10.244.1.128/25"), `overlaps node "self"`},
+		{addEvent(4, "b", "192.168.1.2", "10.244.1.0/24"), `overlaps node "self"`},
+		{addEvent(4, "c", "192.168.1.3", "10.244.0.0/16"), "is not a /24, the node mask"},
 		{addEvent(99, "c", "192.168.1.3", "10.244.3.0/24"), "does not match"},
 		{cfgEvent(4, &weftv1.ClusterConfig{ClusterCidr: "10.244.0.1/16"}), "cluster_cidr"},
 		{keys.Encode(&weftv1.Event{Seq: 4}), "no kind"},
@@ -679,5 +680,30 @@ func TestUnderlayInsideThePodNetworkIsRefused(t *testing.T) {
 	}
 	if got := tunnels(s); got != wantTunnels {
 		t.Fatalf("after the list: tunnels %s, want %s", got, wantTunnels)
+	}
+}
+
+// TestOversizedPodCIDRKeepsTheOthers: a node value holding more than the
+// node mask (here the whole cluster CIDR, with an early seq so it would
+// claim first at a list) is refused naming the field; the agent keeps its
+// last good value and every other node, its own included.
+func TestOversizedPodCIDRKeepsTheOthers(t *testing.T) {
+	s := stateWith(t, baseConfig())
+	snap := Snapshot{Head: 4, Config: keys.Encode(validate.WithDefaults(baseConfig())), Nodes: map[string][]byte{}}
+	for _, name := range []string{"self", "near", "far"} {
+		snap.Nodes[name] = keys.Encode(s.Node(name))
+	}
+	snap.Nodes["near"] = keys.Encode(&weftv1.Node{Name: "near", UnderlayIp: "192.168.1.2", PodCidrs: []string{"10.244.0.0/16"}, Seq: 1})
+	s.Reset(snap)
+	q := s.Quarantined()
+	if len(q) != 1 || q[0].Node != "near" || !strings.Contains(q[0].Reason, "pod_cidrs[0]: 10.244.0.0/16 is not a /24") || q[0].Kept != "its last good value (seq 3)" {
+		t.Fatalf("quarantine %+v", q)
+	}
+	var got []string
+	for _, tu := range Desired(s, "self", underlay(), Options{}).Desired.Tunnels {
+		got = append(got, tu.Prefix.String()+"->"+tu.Endpoint.String())
+	}
+	if want := "10.244.2.0/24->192.168.1.2,10.244.3.0/24->192.168.7.2"; strings.Join(got, ",") != want || s.Node("self") == nil {
+		t.Fatalf("tunnels %v (self held: %v), want %s", got, s.Node("self") != nil, want)
 	}
 }

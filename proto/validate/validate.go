@@ -530,9 +530,28 @@ func appendPodCIDRs(out []netip.Prefix, c *weftv1.ClusterConfig, cidrs []string)
 		if p.Bits() < cl.Bits() || !cl.Contains(p.Addr()) {
 			return nil, fieldErr(f(), "%s is outside the cluster CIDR", p)
 		}
+		// Every pod CIDR weft hands out (or takes as a pin) has the node
+		// mask: a larger one would claim other nodes' subnets, a smaller
+		// one addresses pods hold elsewhere.
+		if mask := nodeMask(c, p.Addr().Is6()); p.Bits() != mask {
+			return nil, fieldErr(f(), "%s is not a /%d, the node mask of its family", p, mask)
+		}
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// nodeMask is the config's node mask of a family, defaulted when unset.
+func nodeMask(c *weftv1.ClusterConfig, v6 bool) int {
+	switch {
+	case v6 && c.NodeMaskSizeV6 != 0:
+		return int(c.NodeMaskSizeV6)
+	case v6:
+		return DefaultNodeMaskV6
+	case c.NodeMaskSize != 0:
+		return int(c.NodeMaskSize)
+	}
+	return DefaultNodeMaskV4
 }
 
 // Node checks a node value against the config in force. Its fields are
