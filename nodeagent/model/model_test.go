@@ -654,7 +654,7 @@ func TestUnderlayInsideThePodNetworkIsRefused(t *testing.T) {
 		{"node at an IPv4-mapped pod address", addEvent(5, "bad", "::ffff:10.244.9.5", "10.244.5.0/24"), "underlay_ip: 10.244.9.5 is inside the cluster CIDR"},
 		{"node at a link-local address", addEvent(5, "bad", "169.254.1.1", "10.244.5.0/24"), "underlay_ip: 169.254.1.1 is link-local"},
 		{"node at the broadcast address", addEvent(5, "bad", "255.255.255.255", "10.244.5.0/24"), "underlay_ip: 255.255.255.255 cannot be a node address"},
-		{"config over the underlay", cfgEvent(5, &weftv1.ClusterConfig{ClusterCidr: "0.0.0.0/0", NodeMaskSize: 24}), "cluster_cidr: 0.0.0.0/0 overlaps node far's underlay address 192.168.7.2"},
+		{"config over the underlay", cfgEvent(5, &weftv1.ClusterConfig{ClusterCidr: "192.168.0.0/16", NodeMaskSize: 24}), "cluster_cidr: 192.168.0.0/16 overlaps node far's underlay address 192.168.7.2"},
 	} {
 		s := stateWith(t, baseConfig())
 		refused, err := s.Apply(5, tc.event)
@@ -669,13 +669,13 @@ func TestUnderlayInsideThePodNetworkIsRefused(t *testing.T) {
 	// The same config in the projection, at a list: the last good config
 	// stays and the projection's value is quarantined.
 	s := stateWith(t, baseConfig())
-	snap := Snapshot{Head: 5, Config: keys.Encode(validate.WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "0.0.0.0/0", NodeMaskSize: 24})), Nodes: map[string][]byte{}}
+	snap := Snapshot{Head: 5, Config: keys.Encode(validate.WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "192.168.0.0/16", NodeMaskSize: 24})), Nodes: map[string][]byte{}}
 	for _, name := range []string{"self", "near", "far"} {
 		snap.Nodes[name] = keys.Encode(s.Node(name))
 	}
 	s.Reset(snap)
 	q := s.Quarantined()
-	if len(q) != 1 || q[0].Node != "" || q[0].Kept != "its last good value" || !strings.Contains(q[0].Reason, "cluster_cidr: 0.0.0.0/0 overlaps node far's underlay") {
+	if len(q) != 1 || q[0].Node != "" || q[0].Kept != "its last good value" || !strings.Contains(q[0].Reason, "cluster_cidr: 192.168.0.0/16 overlaps node far's underlay") {
 		t.Fatalf("quarantine %+v", q)
 	}
 	if got := tunnels(s); got != wantTunnels {

@@ -174,6 +174,11 @@ func Config(c *weftv1.ClusterConfig) error {
 		case v4 != v4.Masked():
 			return fieldErr("cluster_cidr", "%q has host bits set (did you mean %s?)", c.ClusterCidr, v4.Masked())
 		}
+		for _, r := range reservedV4 {
+			if v4.Overlaps(r.prefix) {
+				return fieldErr("cluster_cidr", "%s overlaps %s (%s)", v4, r.prefix, r.why)
+			}
+		}
 		if err := maskOK("node_mask_size", v4, c.NodeMaskSize); err != nil {
 			return err
 		}
@@ -261,6 +266,22 @@ func bigTCP(c *weftv1.ClusterConfig) error {
 // tunnel: vxlan, geneve and hybrid do.
 func encapsulates(backend string) bool {
 	return backend == "vxlan" || backend == "geneve" || backend == "hybrid"
+}
+
+// reservedV4 are IPv4 ranges a pod network must not touch: never routed
+// between hosts, so a pod address there is unreachable (or, for a
+// cluster CIDR of 0.0.0.0/0, every destination would go into the
+// tunnel). 240.0.0.0/4 apart from the broadcast address is allowed: some
+// clusters use it for pods.
+var reservedV4 = []struct {
+	prefix netip.Prefix
+	why    string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "\"this network\" addresses"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback addresses"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local addresses"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast addresses"},
+	{netip.MustParsePrefix("255.255.255.255/32"), "the broadcast address"},
 }
 
 // reservedV6 are IPv6 ranges a pod network must not touch: the datapath's
