@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -215,7 +216,11 @@ func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWrit
 	w.kick() // a new lease carries no status yet
 	defer func() { w.lease = 0 }()
 	sctx := s.Ctx() // ends with the session, and with ctx
-	var retry <-chan time.Time
+	var retry, rewatch <-chan time.Time
+	// The registration is the agent's: one deleted or overwritten by
+	// hand while the lease lives would otherwise stay so, and the
+	// controller would remove a working node after the grace period.
+	regs := a.watchRegistration(sctx)
 	for {
 		select {
 		case <-s.Done():
@@ -235,6 +240,20 @@ func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWrit
 			continue
 		case <-a.statusKick:
 			w.kick()
+			continue
+		case v, ok := <-regs:
+			if !ok {
+				regs, rewatch = nil, time.After(regRetry)
+				continue
+			}
+			if v != nil && proto.Equal(v, last) {
+				continue
+			}
+			a.log.Warn("own registration deleted or changed by another writer; writing it again", "key", a.k.Registration(a.cfg.NodeName))
+			last = nil
+		case <-rewatch:
+			rewatch = nil
+			regs = a.watchRegistration(sctx)
 			continue
 		case <-a.regKick:
 		case <-retry:
@@ -258,6 +277,65 @@ func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWrit
 		}
 		last = reg
 	}
+}
+
+// watchRegistration sends the agent's registration as etcd holds it:
+// first its value when the watch starts (so a change between the put and
+// the watch is seen), then after every change; nil for a deleted or
+// undecodable one. The channel closes when ctx ends or the watch fails.
+func (a *Agent) watchRegistration(ctx context.Context) <-chan *weftv1.Registration {
+	out := make(chan *weftv1.Registration, 1)
+	key := a.k.Registration(a.cfg.NodeName)
+	go func() {
+		defer close(out)
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		defer cancel()
+		wch := a.cfg.Client.Watch(wctx, key, clientv3.WithCreatedNotify())
+		created, ok := <-wch
+		if !ok || created.Err() != nil {
+			return
+		}
+		rctx, rcancel := context.WithTimeout(ctx, a.requestTimeout())
+		r, err := a.cfg.Client.Get(rctx, key)
+		rcancel()
+		if err != nil {
+			return
+		}
+		send := func(value []byte) bool {
+			var reg *weftv1.Registration
+			if value != nil {
+				reg, _ = keys.DecodeRegistration(value)
+			}
+			select {
+			case out <- reg:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		var first []byte
+		if len(r.Kvs) > 0 {
+			first = r.Kvs[0].Value
+		}
+		if !send(first) {
+			return
+		}
+		for resp := range wch {
+			if resp.Err() != nil {
+				return
+			}
+			for _, ev := range resp.Events {
+				var v []byte
+				if ev.Type == mvccpb.PUT {
+					v = ev.Kv.Value
+				}
+				if !send(v) {
+					return
+				}
+			}
+		}
+	}()
+	return out
 }
 
 // statusWriter writes /weft/status/<node> on the lease StatusMinInterval

@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"fmt"
 	"net/http/httptest"
 	"net/netip"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/weftnet/weft/internal/etcdconn"
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
@@ -196,5 +198,50 @@ func BenchmarkReregisterAfterOutage(b *testing.B) {
 		if strings.Contains(l, "after_etcd_answered") {
 			b.Log(l)
 		}
+	}
+}
+
+// TestAgentRestoresItsRegistration: the registration is the agent's. One
+// deleted by hand while the lease lives (the controller would remove the
+// working node after the grace period), or overwritten with another
+// address, is written again as the agent has it, on its lease.
+func TestAgentRestoresItsRegistration(t *testing.T) {
+	ctx := context.Background()
+	_, c := etcdtest.New(t)
+	h := newHarness(t, c, c)
+	h.append(logtest.Config(cfg()))
+	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+	h.start()
+	want := h.waitRegistration()
+	key := keys.New("").Registration("n1")
+	r, err := c.Get(ctx, key)
+	if err != nil || len(r.Kvs) == 0 {
+		t.Fatal("no registration", err)
+	}
+	lease := r.Kvs[0].Lease
+	for _, damage := range []struct {
+		what string
+		do   func() error
+	}{
+		{"deleted", func() error { _, err := c.Delete(ctx, key); return err }},
+		{"overwritten", func() error {
+			_, err := c.Put(ctx, key, `{"name":"n1","underlay_ip":"192.168.1.99"}`)
+			return err
+		}},
+	} {
+		if err := damage.do(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "registration restored after it was "+damage.what, func() (bool, string) {
+			r, err := c.Get(ctx, key)
+			if err != nil || len(r.Kvs) == 0 {
+				return false, "absent"
+			}
+			got, err := keys.DecodeRegistration(r.Kvs[0].Value)
+			return err == nil && proto.Equal(got, want) && r.Kvs[0].Lease == lease, fmt.Sprintf("%s on lease %x", r.Kvs[0].Value, r.Kvs[0].Lease)
+		})
+	}
+	if !strings.Contains(h.logs.String(), "own registration deleted or changed by another writer") {
+		t.Errorf("the repair was not logged:\n%s", h.logs.String())
 	}
 }
