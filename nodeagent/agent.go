@@ -186,6 +186,10 @@ type Agent struct {
 	etcdUp chan struct{}
 	// view is what the converge loop last published.
 	view atomic.Pointer[view]
+	// regHeld is set while the agent's registration key is held on a
+	// lease not its own (another agent with this node name): the status
+	// says so and the agent does not write over it (lease.go).
+	regHeld atomic.Pointer[string]
 
 	// onApplied, when set (benchmarks), is called on the converge loop
 	// after each event folded.

@@ -246,9 +246,27 @@ func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWrit
 				regs, rewatch = nil, time.After(regRetry)
 				continue
 			}
-			if v != nil && proto.Equal(v, last) {
+			switch {
+			case v.present && v.lease == s.Lease():
+				// The agent's own write (events of earlier puts may
+				// arrive after a later one: the lease, not the value,
+				// says whose it is).
+				a.setRegHeld("")
+				continue
+			case v.present && v.lease != clientv3.NoLease:
+				// Held on another lease: another agent with this node
+				// name. Two agents writing over each other would make
+				// an event of every write; this one stands back and
+				// says so in its status.
+				msg := fmt.Sprintf("registration %s is held on lease %x, not this agent's %x: is a second agent running with node name %q?",
+					a.k.Registration(a.cfg.NodeName), int64(v.lease), int64(s.Lease()), a.cfg.NodeName)
+				if a.setRegHeld(msg) {
+					a.log.Error("own registration held by another lease; not writing over it", "key", a.k.Registration(a.cfg.NodeName), "lease", fmt.Sprintf("%x", int64(v.lease)))
+				}
 				continue
 			}
+			// Deleted, or written by hand without a lease.
+			a.setRegHeld("")
 			a.log.Warn("own registration deleted or changed by another writer; writing it again", "key", a.k.Registration(a.cfg.NodeName))
 			last = nil
 		case <-rewatch:
@@ -279,12 +297,19 @@ func (a *Agent) serve(ctx context.Context, s *concurrency.Session, w *statusWrit
 	}
 }
 
-// watchRegistration sends the agent's registration as etcd holds it:
-// first its value when the watch starts (so a change between the put and
-// the watch is seen), then after every change; nil for a deleted or
-// undecodable one. The channel closes when ctx ends or the watch fails.
-func (a *Agent) watchRegistration(ctx context.Context) <-chan *weftv1.Registration {
-	out := make(chan *weftv1.Registration, 1)
+// regSeen is the agent's registration key as etcd holds it: present or
+// not, and the lease it is on.
+type regSeen struct {
+	present bool
+	lease   clientv3.LeaseID
+}
+
+// watchRegistration sends the agent's registration key as etcd holds it:
+// first when the watch starts (so a change between the put and the watch
+// is seen), then after every change. The channel closes when ctx ends or
+// the watch fails.
+func (a *Agent) watchRegistration(ctx context.Context) <-chan regSeen {
+	out := make(chan regSeen, 1)
 	key := a.k.Registration(a.cfg.NodeName)
 	go func() {
 		defer close(out)
@@ -301,21 +326,17 @@ func (a *Agent) watchRegistration(ctx context.Context) <-chan *weftv1.Registrati
 		if err != nil {
 			return
 		}
-		send := func(value []byte) bool {
-			var reg *weftv1.Registration
-			if value != nil {
-				reg, _ = keys.DecodeRegistration(value)
-			}
+		send := func(v regSeen) bool {
 			select {
-			case out <- reg:
+			case out <- v:
 				return true
 			case <-ctx.Done():
 				return false
 			}
 		}
-		var first []byte
+		var first regSeen
 		if len(r.Kvs) > 0 {
-			first = r.Kvs[0].Value
+			first = regSeen{present: true, lease: clientv3.LeaseID(r.Kvs[0].Lease)}
 		}
 		if !send(first) {
 			return
@@ -325,9 +346,9 @@ func (a *Agent) watchRegistration(ctx context.Context) <-chan *weftv1.Registrati
 				return
 			}
 			for _, ev := range resp.Events {
-				var v []byte
+				var v regSeen
 				if ev.Type == mvccpb.PUT {
-					v = ev.Kv.Value
+					v = regSeen{present: true, lease: clientv3.LeaseID(ev.Kv.Lease)}
 				}
 				if !send(v) {
 					return
@@ -336,6 +357,23 @@ func (a *Agent) watchRegistration(ctx context.Context) <-chan *weftv1.Registrati
 		}
 	}()
 	return out
+}
+
+// setRegHeld records why the registration is not the agent's ("" when it
+// is) and asks for a status write when that changed; it reports whether
+// it did.
+func (a *Agent) setRegHeld(msg string) bool {
+	old := a.regHeld.Load()
+	if (old == nil && msg == "") || (old != nil && *old == msg) {
+		return false
+	}
+	if msg == "" {
+		a.regHeld.Store(nil)
+	} else {
+		a.regHeld.Store(&msg)
+	}
+	poke(a.statusKick)
+	return true
 }
 
 // statusWriter writes /weft/status/<node> on the lease StatusMinInterval
@@ -432,10 +470,13 @@ func (a *Agent) Status() *weftv1.AgentStatus {
 	if a.prober != nil {
 		reachStatus(st, a.prober.ReportFirst(statusUnreachable))
 	}
-	st.Degraded = len(own) > 0 || st.UnreachableCount > 0
+	held := a.regHeld.Load()
+	st.Degraded = len(own) > 0 || st.UnreachableCount > 0 || held != nil
 	// Unreachable peers have their own field; last_error stays for
 	// errors of the agent itself.
 	switch {
+	case held != nil:
+		st.LastError = *held
 	case v.syncErr != nil:
 		st.LastError = v.syncErr.Error()
 	case len(own) > 0:

@@ -244,4 +244,38 @@ func TestAgentRestoresItsRegistration(t *testing.T) {
 	if !strings.Contains(h.logs.String(), "own registration deleted or changed by another writer") {
 		t.Errorf("the repair was not logged:\n%s", h.logs.String())
 	}
+
+	// Held on another live lease: a second agent named n1. The agent
+	// does not write over it (two agents doing so would make an event
+	// of every write) and says so in its status; once that lease ends
+	// the key is deleted and the agent registers again.
+	other, err := c.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const theirs = `{"name":"n1","underlay_ip":"192.168.1.98"}`
+	if _, err := c.Put(ctx, key, theirs, clientv3.WithLease(other.ID)); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStatus("status names the second agent", func(st *weftv1.AgentStatus) bool {
+		return st.Degraded && strings.Contains(st.LastError, "second agent")
+	})
+	r, err = c.Get(ctx, key)
+	if err != nil || len(r.Kvs) == 0 || string(r.Kvs[0].Value) != theirs || r.Kvs[0].Lease != int64(other.ID) {
+		t.Fatalf("the agent wrote over a registration held on another lease: %v %v", r, err)
+	}
+	if _, err := c.Revoke(ctx, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "registration back on the agent's lease after the other lease ended", func() (bool, string) {
+		r, err := c.Get(ctx, key)
+		if err != nil || len(r.Kvs) == 0 {
+			return false, "absent"
+		}
+		got, err := keys.DecodeRegistration(r.Kvs[0].Value)
+		return err == nil && proto.Equal(got, want) && r.Kvs[0].Lease == lease, fmt.Sprintf("%s on lease %x", r.Kvs[0].Value, r.Kvs[0].Lease)
+	})
+	h.waitStatus("status clear again", func(st *weftv1.AgentStatus) bool {
+		return !strings.Contains(st.LastError, "second agent")
+	})
 }
