@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"github.com/weftnet/weft/internal/pki"
@@ -45,6 +47,46 @@ func (c Config) Diagnose(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Unreachable is Diagnose for a client that is already connecting: it
+// waits up to ProbeTimeout for cc, the client's connection
+// (clientv3.Client.ActiveConnection), to come up, and only when it does
+// not (it failed, or nothing answered in time) asks every endpoint with
+// Diagnose why. With one endpoint a connection that comes up is the
+// answer and etcd is asked nothing more, so a process that starts does
+// not pay a second connection and request for it; with several, the
+// client needs only one of them, so the others are still asked. nil when
+// every endpoint answers, or ctx ended.
+func (c Config) Unreachable(ctx context.Context, cc *grpc.ClientConn) error {
+	if connected(ctx, cc) && len(c.Endpoints) == 1 {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return c.Diagnose(ctx)
+}
+
+// connected reports whether cc is up within ProbeTimeout, and false as
+// soon as it fails instead.
+func connected(ctx context.Context, cc *grpc.ClientConn) bool {
+	ctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
+	defer cancel()
+	for {
+		s := cc.GetState()
+		switch s {
+		case connectivity.Ready:
+			return true
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			return false
+		case connectivity.Idle:
+			cc.Connect()
+		}
+		if !cc.WaitForStateChange(ctx, s) {
+			return false
+		}
+	}
 }
 
 // probe asks ep for /version. Schemes follow the etcd client: https and

@@ -3,8 +3,10 @@ package etcdconn_test
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -158,4 +160,93 @@ func tlsListener(t *testing.T, host string) string {
 		}
 	}()
 	return l.Addr().String()
+}
+
+// TestUnreachable: a client whose connection comes up is not probed
+// again (one endpoint: no second connection to etcd); one whose
+// connection fails gets Diagnose's words; with several endpoints, one
+// that does not answer is named although the client is connected.
+func TestUnreachable(t *testing.T) {
+	plain, _ := etcdtest.New(t)
+	target := strings.TrimPrefix(plain.Endpoints[0], "http://")
+	counted, accepts := countingProxy(t, target)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	unreachable := func(c etcdconn.Config) string {
+		t.Helper()
+		cl, err := etcdconn.New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		// The agent's first request, beside the check as in the agent.
+		go cl.Get(ctx, "/weft/head")
+		if err := c.Unreachable(ctx, cl.ActiveConnection()); err != nil {
+			return err.Error()
+		}
+		return ""
+	}
+
+	if d := unreachable(etcdconn.Config{Endpoints: []string{"http://" + counted}}); d != "" {
+		t.Fatalf("a client that connects: %s", d)
+	}
+	if n := accepts(); n != 1 {
+		t.Errorf("a client that connects made %d connections to etcd, want 1 (its own, no probe)", n)
+	}
+
+	s := etcdtest.NewSecure(t)
+	other := etcdtest.NewSecure(t)
+	good := s.Identity(t, "weft-node-n1")
+	bad := etcdconn.Config{Endpoints: s.Endpoints, CA: other.CAFile, Cert: good.Cert, Key: good.Key}
+	if d := unreachable(bad); !strings.Contains(d, "signed by an unknown authority") || !strings.Contains(d, s.Endpoints[0]) {
+		t.Errorf("a client that cannot connect: %q, want the TLS failure named with its endpoint", d)
+	}
+
+	closed := "http://" + freeAddr(t)
+	if d := unreachable(etcdconn.Config{Endpoints: []string{plain.Endpoints[0], closed}}); !strings.Contains(d, closed) || !strings.Contains(d, "cannot connect") || strings.Contains(d, plain.Endpoints[0]) {
+		t.Errorf("one of two endpoints closed: %q, want only %s named", d, closed)
+	}
+}
+
+// countingProxy forwards TCP connections to target and counts them.
+func countingProxy(t *testing.T, target string) (addr string, accepts func() int) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	n := 0
+	var conns []net.Conn
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			n++
+			conns = append(conns, c, u)
+			mu.Unlock()
+			go func() { io.Copy(u, c); u.Close() }()
+			go func() { io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return l.Addr().String(), func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return n
+	}
 }

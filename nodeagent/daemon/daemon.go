@@ -209,8 +209,9 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 	checkIdentity(o, log)
 	// ctx is passed, not captured: Run replaces it below.
 	go func(ctx context.Context) {
-		// gRPC says only "context deadline exceeded" when TLS fails.
-		if err := conn.Diagnose(ctx); err != nil && ctx.Err() == nil {
+		// gRPC says only "context deadline exceeded" when TLS fails. A
+		// connection that comes up needs no probe of its own.
+		if err := conn.Unreachable(ctx, client.ActiveConnection()); err != nil && ctx.Err() == nil {
 			log.Error("etcd does not answer", "error", err)
 		}
 	}(ctx)
