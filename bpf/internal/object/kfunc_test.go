@@ -2,6 +2,7 @@ package object
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"os"
 	"testing"
@@ -64,6 +65,34 @@ func TestBTFFuncIDs(t *testing.T) {
 	}
 	if len(got) != len(want) || got["first_fn"] != want["first_fn"] || got["last_fn"] != want["last_fn"] {
 		t.Fatalf("btfFuncIDs = %v, want %v (the struct and the missing name left out)", got, want)
+	}
+
+	// The pass ends once every name has its first function: a later
+	// function of the same name does not count, and what follows is not
+	// read. first_fn is the first type (ID 1, at the section's start);
+	// the second is made unreadable.
+	b, err = btf.NewBuilder(append(types, &btf.Func{Name: "first_fn", Type: proto, Linkage: btf.GlobalFunc}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup, err := b.Marshal(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := btfFuncIDs(dup, map[string]bool{"first_fn": true}); err != nil || got["first_fn"] != want["first_fn"] {
+		t.Errorf("first_fn twice: %v %v, want the first, %d", got, err, want["first_fn"])
+	}
+	if want["first_fn"] != 1 {
+		t.Fatalf("first_fn is type %d, want 1", want["first_fn"])
+	}
+	cut := bytes.Clone(raw)
+	types0 := le32(cut[4:]) + le32(cut[8:])
+	cut[types0+12+7] = 0x1f // type 2's kind: unknown
+	if got, err := btfFuncIDs(cut, map[string]bool{"first_fn": true}); err != nil || got["first_fn"] != 1 {
+		t.Errorf("found before an unreadable type: %v %v, want first_fn at 1 and no error", got, err)
+	}
+	if _, err := btfFuncIDs(cut, map[string]bool{"first_fn": true, "last_fn": true}); err == nil {
+		t.Errorf("a name not found before an unreadable type: no error")
 	}
 
 	for name, bad := range map[string][]byte{
@@ -167,3 +196,5 @@ func TestResolveKfuncs(t *testing.T) {
 		t.Errorf("resolved %d calls and %d existence checks of %v", calls, loads, ids)
 	}
 }
+
+func le32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
