@@ -194,9 +194,9 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		return err
 	}
 
-	// A higher GC goal while the agent starts, the rest's once the node
-	// converged (gc.go).
-	gcRest := startGC(os.Getenv("GOGC") == "", startGCPercent, restGCPercent, startGCWindow)
+	// A higher GC goal while the agent starts, and its heap in huge
+	// pages; the rest's once the node converged (gc.go).
+	gcRest := startGC(os.Getenv("GOGC") == "", startGCPercent, restGCPercent, startHugeBytes, startGCWindow)
 
 	// The client does not dial yet: an unreachable etcd is retried by the
 	// agent, never fatal.
