@@ -108,11 +108,24 @@ func (c *Cluster) Leftovers() []string {
 	sandboxes := append([]Sandbox(nil), c.sandboxes...)
 	c.mu.Unlock()
 
+	host, hostErr := readMountinfo(os.Getpid())
+	if hostErr != nil {
+		out = append(out, hostErr.Error())
+	}
+	// A namespace's inode number is unique only among live namespaces:
+	// once a sandbox's is freed the kernel gives its number to the next
+	// namespace made, often another test's. One bound under another
+	// run's name in /run/netns is that run's (testenv makes those afresh
+	// and never binds an existing namespace), so it is not this
+	// cluster's sandbox.
+	reused := otherRunsNetNS(host, c.Prefix)
 	want := map[string]NetNSMount{}
 	for _, m := range netns {
-		want[m.NS] = m
 		if _, err := os.Lstat(m.Path); err == nil {
 			out = append(out, fmt.Sprintf("netns file %s (sandbox of %s)", m.Path, m.Node))
+		}
+		if !reused[m.NS] {
+			want[m.NS] = m
 		}
 	}
 	wants := map[string]bool{}
@@ -130,14 +143,10 @@ func (c *Cluster) Leftovers() []string {
 	// handle, or a sandbox namespace under the old /run/netns. Copies in
 	// the mount namespaces of other tests' nodes, made while this run was
 	// up by code that does not drop them (startHolder does), are theirs.
-	if host, err := readMountinfo(os.Getpid()); err == nil {
-		for _, m := range host {
-			if m.fstype == "nsfs" && want[m.root].NS != "" {
-				out = append(out, fmt.Sprintf("sandbox netns %s of %s mounted at %s", m.root, want[m.root].Node, m.point))
-			}
+	for _, m := range host {
+		if m.fstype == "nsfs" && want[m.root].NS != "" {
+			out = append(out, fmt.Sprintf("sandbox netns %s of %s mounted at %s", m.root, want[m.root].Node, m.point))
 		}
-	} else {
-		out = append(out, err.Error())
 	}
 	run := testenv.RunDirOf(c.Prefix)
 	for pid, ms := range mountNamespaces() {
@@ -170,6 +179,30 @@ func (c *Cluster) Leftovers() []string {
 	}
 	sort.Strings(out)
 	return slices.Compact(out)
+}
+
+// otherRunsNetNS returns the namespaces bound in mounts (the host's) as
+// another testenv run's named namespaces: /run/netns/<p>-… where p is not
+// prefix and has a run directory.
+func otherRunsNetNS(mounts []mountEntry, prefix string) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range mounts {
+		if m.fstype != "nsfs" {
+			continue
+		}
+		dir, name := filepath.Split(m.point)
+		if dir != "/run/netns/" && dir != "/var/run/netns/" {
+			continue
+		}
+		p, _, ok := strings.Cut(name, "-")
+		if !ok || p == prefix || p == "" {
+			continue
+		}
+		if st, err := os.Stat(testenv.RunDirOf(p)); err == nil && st.IsDir() {
+			out[m.root] = true
+		}
+	}
+	return out
 }
 
 // HostPodLogsDir is where a kubelet writes container logs by default, and
