@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -107,6 +108,11 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	return o, nil
 }
 
+// maxLeaseTTL is etcd's longest lease (its server's MaxLeaseTTL, 9e9 s):
+// it refuses a longer one at every grant, and the agent would retry that
+// forever; the seconds also no longer fit a time.Duration beyond ~9.2e9.
+const maxLeaseTTL = 9_000_000_000
+
 // Check validates the options without touching etcd or the kernel; the
 // error names the flag at fault.
 func (o *Options) Check() error {
@@ -121,6 +127,15 @@ func (o *Options) Check() error {
 	}
 	if o.LeaseTTL < 2 {
 		return fmt.Errorf("--lease-ttl: %d is below 2 seconds", o.LeaseTTL)
+	}
+	if o.LeaseTTL > maxLeaseTTL {
+		return fmt.Errorf("--lease-ttl: %d is above %d seconds, the longest lease etcd grants", o.LeaseTTL, maxLeaseTTL)
+	}
+	if o.SubnetFile != "" && !filepath.IsAbs(o.SubnetFile) {
+		// weft-cni reads the file by the absolute path in its CNI
+		// config; a relative one would be written wherever the agent
+		// happened to be started.
+		return fmt.Errorf("--subnet-file: %q is not an absolute path", o.SubnetFile)
 	}
 	if o.ReconcileInterval < 0 {
 		return fmt.Errorf("--reconcile-interval: %s is negative", o.ReconcileInterval)

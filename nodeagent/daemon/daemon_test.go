@@ -38,6 +38,8 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 	for _, bad := range [][]string{
 		{"--node-name", "a/b"},
 		{"--lease-ttl", "1"},
+		{"--lease-ttl", "9000000001"},
+		{"--subnet-file", "run/weft/subnet.env"},
 		{"--etcd-endpoints", ","},
 		{"--etcd-endpoints", "ftp://10.0.0.1:2379"},
 		{"--etcd-endpoints", "http://10.0.0.1:2379,10.0.0.2"},
