@@ -305,27 +305,13 @@ type regSeen struct {
 }
 
 // watchRegistration sends the agent's registration key as etcd holds it:
-// first when the watch starts (so a change between the put and the watch
-// is seen), then after every change. The channel closes when ctx ends or
-// the watch fails.
+// first as read when the watch starts, then after every change from that
+// read's revision on. The channel closes when ctx ends or the watch fails.
 func (a *Agent) watchRegistration(ctx context.Context) <-chan regSeen {
 	out := make(chan regSeen, 1)
 	key := a.k.Registration(a.cfg.NodeName)
 	go func() {
 		defer close(out)
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		defer cancel()
-		wch := a.cfg.Client.Watch(wctx, key, clientv3.WithCreatedNotify())
-		created, ok := <-wch
-		if !ok || created.Err() != nil {
-			return
-		}
-		rctx, rcancel := context.WithTimeout(ctx, a.requestTimeout())
-		r, err := a.cfg.Client.Get(rctx, key)
-		rcancel()
-		if err != nil {
-			return
-		}
 		send := func(v regSeen) bool {
 			select {
 			case out <- v:
@@ -334,6 +320,12 @@ func (a *Agent) watchRegistration(ctx context.Context) <-chan regSeen {
 				return false
 			}
 		}
+		rctx, rcancel := context.WithTimeout(ctx, a.requestTimeout())
+		r, err := a.cfg.Client.Get(rctx, key)
+		rcancel()
+		if err != nil {
+			return
+		}
 		var first regSeen
 		if len(r.Kvs) > 0 {
 			first = regSeen{present: true, lease: clientv3.LeaseID(r.Kvs[0].Lease)}
@@ -341,7 +333,9 @@ func (a *Agent) watchRegistration(ctx context.Context) <-chan regSeen {
 		if !send(first) {
 			return
 		}
-		for resp := range wch {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		defer cancel()
+		for resp := range a.cfg.Client.Watch(wctx, key, clientv3.WithRev(r.Header.Revision+1)) {
 			if resp.Err() != nil {
 				return
 			}

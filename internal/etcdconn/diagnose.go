@@ -59,7 +59,7 @@ func (c Config) Diagnose(ctx context.Context) error {
 // client needs only one of them, so the others are still asked. nil when
 // every endpoint answers, or ctx ended.
 func (c Config) Unreachable(ctx context.Context, cc *grpc.ClientConn) error {
-	if connected(ctx, cc) && len(c.Endpoints) == 1 {
+	if len(c.Endpoints) == 1 && connected(ctx, cc) {
 		return nil
 	}
 	if ctx.Err() != nil {

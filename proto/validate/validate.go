@@ -174,10 +174,8 @@ func Config(c *weftv1.ClusterConfig) error {
 		case v4 != v4.Masked():
 			return fieldErr("cluster_cidr", "%q has host bits set (did you mean %s?)", c.ClusterCidr, v4.Masked())
 		}
-		for _, r := range reservedV4 {
-			if v4.Overlaps(r.prefix) {
-				return fieldErr("cluster_cidr", "%s overlaps %s (%s)", v4, r.prefix, r.why)
-			}
+		if err := outsideReserved("cluster_cidr", v4, reservedV4); err != nil {
+			return err
 		}
 		if err := maskOK("node_mask_size", v4, c.NodeMaskSize); err != nil {
 			return err
@@ -194,10 +192,8 @@ func Config(c *weftv1.ClusterConfig) error {
 		case v6 != v6.Masked():
 			return fieldErr("cluster_cidr_v6", "%q has host bits set (did you mean %s?)", c.ClusterCidrV6, v6.Masked())
 		}
-		for _, r := range reservedV6 {
-			if v6.Overlaps(r.prefix) {
-				return fieldErr("cluster_cidr_v6", "%s overlaps %s (%s)", v6, r.prefix, r.why)
-			}
+		if err := outsideReserved("cluster_cidr_v6", v6, reservedV6); err != nil {
+			return err
 		}
 		if err := maskOK("node_mask_size_v6", v6, c.NodeMaskSizeV6); err != nil {
 			return err
@@ -268,15 +264,29 @@ func encapsulates(backend string) bool {
 	return backend == "vxlan" || backend == "geneve" || backend == "hybrid"
 }
 
+// reservedRange is a range a cluster CIDR must not overlap, and why.
+type reservedRange struct {
+	prefix netip.Prefix
+	why    string
+}
+
+// outsideReserved refuses p, the value of field, when it overlaps one of
+// rs.
+func outsideReserved(field string, p netip.Prefix, rs []reservedRange) error {
+	for _, r := range rs {
+		if p.Overlaps(r.prefix) {
+			return fieldErr(field, "%s overlaps %s (%s)", p, r.prefix, r.why)
+		}
+	}
+	return nil
+}
+
 // reservedV4 are IPv4 ranges a pod network must not touch: never routed
 // between hosts, so a pod address there is unreachable (or, for a
 // cluster CIDR of 0.0.0.0/0, every destination would go into the
 // tunnel). 240.0.0.0/4 apart from the broadcast address is allowed: some
 // clusters use it for pods.
-var reservedV4 = []struct {
-	prefix netip.Prefix
-	why    string
-}{
+var reservedV4 = []reservedRange{
 	{netip.MustParsePrefix("0.0.0.0/8"), "\"this network\" addresses"},
 	{netip.MustParsePrefix("127.0.0.0/8"), "loopback addresses"},
 	{netip.MustParsePrefix("169.254.0.0/16"), "link-local addresses"},
@@ -287,10 +297,7 @@ var reservedV4 = []struct {
 // reservedV6 are IPv6 ranges a pod network must not touch: the datapath's
 // single tunnel trie stores IPv4 prefixes IPv4-mapped, and link-local and
 // multicast addresses are never routed.
-var reservedV6 = []struct {
-	prefix netip.Prefix
-	why    string
-}{
+var reservedV6 = []reservedRange{
 	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped addresses, which the datapath uses for IPv4"},
 	{netip.MustParsePrefix("fe80::/10"), "link-local addresses"},
 	{netip.MustParsePrefix("ff00::/8"), "multicast addresses"},
