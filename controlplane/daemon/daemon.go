@@ -24,6 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/controlplane/controller"
@@ -304,7 +305,7 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		return err
 	}
 	defer cli.Close()
-	go diagnose(ctx, conn, log)
+	go diagnose(ctx, conn, cli.ActiveConnection(), log)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -451,8 +452,11 @@ func EmbeddedEndpoints(e *embed.Etcd) []string {
 
 // diagnose logs, once at start, why etcd does not answer when it does
 // not: gRPC's own error is "context deadline exceeded" whatever the cause.
-func diagnose(ctx context.Context, c etcdconn.Config, log hclog.Logger) {
-	if err := c.Diagnose(ctx); err != nil && ctx.Err() == nil {
+// cc is the client's connection: one that comes up needs no probe of its
+// own (etcdconn.Unreachable), so a controller that starts does not pay a
+// second connection and request for it.
+func diagnose(ctx context.Context, c etcdconn.Config, cc *grpc.ClientConn, log hclog.Logger) {
+	if err := c.Unreachable(ctx, cc); err != nil && ctx.Err() == nil {
 		log.Error("etcd does not answer", "error", err)
 	}
 }

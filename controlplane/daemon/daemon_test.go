@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/weftnet/weft/internal/pki"
 	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/testenv/etcdtest"
+	"github.com/weftnet/weft/testenv/syncbuf"
 )
 
 func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
@@ -296,4 +298,88 @@ func runDaemon(t *testing.T, o *Options) context.Context {
 		}
 	})
 	return ctx
+}
+
+// countingForward listens on loopback, forwards each connection to target
+// and counts the connections it accepted.
+func countingForward(t *testing.T, target string) (addr string, accepted func() int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var mu sync.Mutex
+	n := 0
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			n++
+			mu.Unlock()
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				go io.Copy(u, c)
+				io.Copy(c, u)
+			}()
+		}
+	}()
+	return ln.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+// TestDiagnose: the controller says why etcd does not answer, naming the
+// endpoint, when its client cannot connect; when the client connects, etcd
+// is asked nothing more (one connection, the client's own).
+func TestDiagnose(t *testing.T) {
+	srv, _ := etcdtest.New(t)
+	target := strings.TrimPrefix(srv.Endpoints[0], "http://")
+	addr, accepted := countingForward(t, target)
+	dead := freePort(t)
+	for _, tc := range []struct {
+		endpoint string
+		want     []string // in the log; none for nothing logged
+		conns    int    // connections through the forward; -1: not counted
+	}{
+		{"http://" + addr, nil, 1},
+		{"http://" + dead, []string{"etcd does not answer", "etcd http://" + dead + ": cannot connect"}, -1},
+	} {
+		var buf syncbuf.Buffer
+		log := hclog.New(&hclog.LoggerOptions{Output: &buf})
+		conn := etcdconn.Config{Endpoints: []string{tc.endpoint}}
+		cli, err := etcdconn.New(conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		diagnose(ctx, conn, cli.ActiveConnection(), log)
+		if tc.conns >= 0 {
+			// The client's own connection, whether or not
+			// diagnose waited for it.
+			if _, err := cli.Get(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cancel()
+		cli.Close()
+		got := buf.String()
+		if len(tc.want) == 0 && got != "" {
+			t.Errorf("%s: logged %q, want nothing", tc.endpoint, got)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: logged %q, want %q in it", tc.endpoint, got, w)
+			}
+		}
+		if tc.conns >= 0 && accepted() != tc.conns {
+			t.Errorf("%s: %d connections to etcd, want %d (the client's only)", tc.endpoint, accepted(), tc.conns)
+		}
+	}
 }
