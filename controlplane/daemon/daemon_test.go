@@ -346,7 +346,7 @@ func TestDiagnose(t *testing.T) {
 	for _, tc := range []struct {
 		endpoint string
 		want     []string // in the log; none for nothing logged
-		conns    int    // connections through the forward; -1: not counted
+		conns    int      // connections through the forward; -1: not counted
 	}{
 		{"http://" + addr, nil, 1},
 		{"http://" + dead, []string{"etcd does not answer", "etcd http://" + dead + ": cannot connect"}, -1},
