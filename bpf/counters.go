@@ -37,6 +37,14 @@ func (d *Datapath) Counters() (spec.Counters, error) {
 		c.RoutedTx += s.TxRouted
 		c.RoutedRx += s.RxRouted
 	}
+	var decap []object.WeftDecapStats
+	if err := d.objs.WeftDecapStats.Lookup(uint32(0), &decap); err != nil {
+		return spec.Counters{}, fmt.Errorf("read vxlan receive statistics: %w", err)
+	}
+	for _, s := range decap {
+		c.RxDecap += s.RxDecap
+		c.RxDecapBytes += s.RxDecapBytes
+	}
 	var drops []uint64
 	for _, r := range object.DropReasons {
 		if err := d.objs.WeftDrops.Lookup(uint32(r.Key), &drops); err != nil {

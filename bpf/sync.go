@@ -234,6 +234,9 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 			ov.Port = 8472
 		}
 		want.Overlay = &ov
+		if guard, err = d.decapGuard(guard, &want); err != nil {
+			return spec.Report{}, fmt.Errorf("sync datapath: %w", err)
+		}
 	}
 	if d.applied == nil {
 		s, err := d.readKernel(&want)
@@ -437,6 +440,22 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 	return nil
 }
 
+// decapGuard is guard with the in-program VXLAN receive (lib/decap.h) on
+// when want asks for it (Overlay.InProgram, VXLAN, not StackRouting): the
+// underlay program then needs this node's underlay addresses and the
+// overlay port.
+func (d *Datapath) decapGuard(guard object.WeftGuard, want *spec.Desired) (object.WeftGuard, error) {
+	ov := want.Overlay
+	if !ov.InProgram || ov.Kind != spec.ModeVXLAN || want.StackRouting || guard.Nets == 0 {
+		return guard, nil
+	}
+	u, err := device.Underlay(d.ns.NL, d.cfg.Underlay)
+	if err != nil {
+		return guard, fmt.Errorf("underlay for the in-program vxlan receive: %w", err)
+	}
+	return object.WithDecap(guard, u.Addr(false), u.Addr(true), ov.Port)
+}
+
 // convergeGuard writes the underlay check's configuration and keeps its
 // program on the underlay interface while there are pod networks to
 // protect (every mode), and off otherwise.
@@ -446,8 +465,8 @@ func (d *Datapath) convergeGuard(guard object.WeftGuard, have *kstate, rec *reco
 			return fmt.Errorf("write guard map: %w", err)
 		}
 		have.guard = guard
-		rec.note(&rec.rep.Updated, fmt.Sprintf("underlay check: %d pod networks, tunnel only %t",
-			guard.Nets, guard.Flags&object.GuardTunnelOnly != 0))
+		rec.note(&rec.rep.Updated, fmt.Sprintf("underlay check: %d pod networks, tunnel only %t, vxlan receive in program %t",
+			guard.Nets, guard.Flags&object.GuardTunnelOnly != 0, guard.Flags&object.GuardDecap != 0))
 	}
 	want := 0
 	if guard.Nets != 0 {

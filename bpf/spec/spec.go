@@ -54,6 +54,10 @@ type Overlay struct {
 	// MAC is the device's MAC address (VTEPMAC of the node's name); the
 	// zero MAC leaves the choice to the kernel.
 	MAC MAC
+	// InProgram: the tc programs encapsulate and decapsulate VXLAN
+	// themselves (docs/datapath.md). Off when Desired.StackRouting is
+	// set, and for Geneve (which keeps the device).
+	InProgram bool
 }
 
 // MAC is an Ethernet address, comparable so an Overlay stays comparable.
@@ -314,4 +318,8 @@ type Counters struct {
 	// straight to the egress device); RoutedRx those from such a pod
 	// handed from the underlay straight to a local pod.
 	RoutedTx, RoutedRx uint64
+	// RxDecap counts VXLAN packets the underlay program took out of the
+	// tunnel itself (Overlay.InProgram) and RxDecapBytes their length on
+	// the underlay; they are in RxPackets and RxDirect too.
+	RxDecap, RxDecapBytes uint64
 }

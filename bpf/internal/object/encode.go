@@ -169,5 +169,40 @@ func GuardValue(nets []netip.Prefix, tunnelOnly bool) (WeftGuard, error) {
 	return g, nil
 }
 
+// GuardDecap is WeftGuard's flag GUARD_DECAP (lib/maps.h).
+const GuardDecap = 1 << 2
+
+// WithDecap is g (GuardValue's, with networks) with the in-program VXLAN
+// receive on (lib/decap.h): VXLAN packets to port at this node's underlay
+// address v4 or v6 (either may be the zero Addr: none of that family).
+// A guard without networks stays the zero value: the program is detached
+// then, and nothing could decapsulate.
+func WithDecap(g WeftGuard, v4, v6 netip.Addr, port uint16) (WeftGuard, error) {
+	if g.Nets == 0 {
+		return g, nil
+	}
+	if port == 0 {
+		return g, fmt.Errorf("in-program vxlan receive: no port")
+	}
+	if v4 = v4.Unmap(); v4.IsValid() {
+		if !v4.Is4() {
+			return g, fmt.Errorf("in-program vxlan receive: underlay %s is not IPv4", v4)
+		}
+		g.Under4 = v4.As4()
+	}
+	if v6.IsValid() {
+		if !v6.Is6() || v6.Is4In6() {
+			return g, fmt.Errorf("in-program vxlan receive: underlay %s is not IPv6", v6)
+		}
+		g.Under6 = v6.As16()
+	}
+	if !v4.IsValid() && !v6.IsValid() {
+		return g, fmt.Errorf("in-program vxlan receive: no underlay address")
+	}
+	g.Flags |= GuardDecap
+	g.Port = port
+	return g, nil
+}
+
 // Flags of WeftConfig (CONFIG_* in lib/maps.h).
 const ConfigPortFast = 1 << 0

@@ -32,7 +32,8 @@ func TestStructSizes(t *testing.T) {
 		{"endpoint_key", binary.Size(WeftEndpointKey{}), 16},
 		{"endpoint_value", binary.Size(WeftEndpointValue{}), 16},
 		{"pod_value", binary.Size(WeftPodValue{}), 48},
-		{"guard", binary.Size(WeftGuard{}), 136},
+		{"guard", binary.Size(WeftGuard{}), 160},
+		{"decap_stats", binary.Size(WeftDecapStats{}), 16},
 	} {
 		var st *btf.Struct
 		if err := cs.Types.TypeByName(c.name, &st); err != nil {
@@ -209,5 +210,41 @@ func TestGuardEncoding(t *testing.T) {
 	}
 	if _, err := GuardValue(five, false); err == nil || !strings.Contains(err.Error(), "at most 4") {
 		t.Errorf("five networks: %v", err)
+	}
+
+	// The in-program VXLAN receive: the node's underlay addresses and the
+	// port, with GUARD_DECAP beside the other flags.
+	v4, v6 := netip.MustParseAddr("192.168.50.2"), netip.MustParseAddr("fd00:50::2")
+	d, err := WithDecap(g, v4, v6, 8472)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Flags != GuardTunnelOnly|GuardDecap || d.Port != 8472 || netip.AddrFrom4(d.Under4) != v4 ||
+		netip.AddrFrom16(d.Under6) != v6 || d.Net != g.Net || d.Nets != g.Nets {
+		t.Errorf("with decap: %+v", d)
+	}
+	if d, err := WithDecap(g, netip.AddrFrom16(v4.As16()), netip.Addr{}, 4789); err != nil || netip.AddrFrom4(d.Under4) != v4 ||
+		d.Under6 != [16]byte{} || d.Port != 4789 {
+		t.Errorf("IPv4-mapped underlay alone: %+v, %v", d, err)
+	}
+	if d, err := WithDecap(g, netip.Addr{}, v6, 8472); err != nil || d.Under4 != [4]byte{} || netip.AddrFrom16(d.Under6) != v6 {
+		t.Errorf("IPv6 underlay alone: %+v, %v", d, err)
+	}
+	if d, err := WithDecap(WeftGuard{}, v4, v6, 8472); err != nil || d != (WeftGuard{}) {
+		t.Errorf("no networks: %+v, %v; want the zero value (nothing attached)", d, err)
+	}
+	for _, bad := range []struct {
+		v4, v6 netip.Addr
+		port   uint16
+	}{
+		{v4, v6, 0},
+		{netip.Addr{}, netip.Addr{}, 8472},
+		{v6, netip.Addr{}, 8472},
+		{netip.Addr{}, v4, 8472},
+		{netip.Addr{}, netip.AddrFrom16(v4.As16()), 8472},
+	} {
+		if d, err := WithDecap(g, bad.v4, bad.v6, bad.port); err == nil {
+			t.Errorf("WithDecap(%s, %s, %d) = %+v, want an error", bad.v4, bad.v6, bad.port, d)
+		}
 	}
 }

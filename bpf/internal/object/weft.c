@@ -20,7 +20,9 @@
 //                   by weft-cni): drops what the pod sends with addresses
 //                   not its own, then skips the bridge as well.
 // On the underlay interface:
-//   weft_from_underlay  drops plain packets that pass for pod traffic.
+//   weft_from_underlay  drops plain packets that pass for pod traffic and,
+//                       with the in-program receive on, decapsulates VXLAN
+//                       packets for local pods itself (lib/decap.h).
 // Both also route packets for natively routed remote pods to the underlay
 // in eBPF (host routing, lib/hostroute.h), and weft_from_underlay hands
 // such packets from remote pods that passed its check to local pods.
@@ -34,6 +36,7 @@
 #include "lib/pod.h"
 #include "lib/underlay.h"
 #include "lib/hostroute.h"
+#include "lib/decap.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -184,8 +187,10 @@ int weft_from_port(struct __sk_buff *skb)
 // source in a pod network passes only when it came the way this node
 // routes to that source (check_reverse_path), and then, from a natively
 // routed remote pod CIDR, goes straight to a local pod (host_route_in); in
-// overlay modes one for a pod network is dropped as well. Anything else
-// (the node's own traffic, ARP) is not its business.
+// overlay modes one for a pod network is dropped as well. With
+// GUARD_DECAP, a VXLAN packet for a local pod that weft_ingress would
+// accept is taken out of the tunnel here (decap_vxlan, lib/decap.h).
+// Anything else (the node's own traffic, ARP) is not its business.
 SEC("tc")
 int weft_from_underlay(struct __sk_buff *skb)
 {
@@ -209,5 +214,7 @@ int weft_from_underlay(struct __sk_buff *skb)
 	}
 	if ((d & POD_ADDR_POD) && (g->flags & GUARD_TUNNEL_ONLY))
 		return drop(DROP_PLAIN_TO_POD);
+	if (g->flags & GUARD_DECAP)
+		return decap_vxlan(skb, g);
 	return TC_ACT_OK;
 }

@@ -21,6 +21,12 @@ type WeftConfig struct {
 	Pad           uint16
 }
 
+type WeftDecapStats struct {
+	_            structs.HostLayout
+	RxDecap      uint64
+	RxDecapBytes uint64
+}
+
 type WeftDropReason uint32
 
 const (
@@ -57,10 +63,14 @@ type WeftEndpointValue struct {
 }
 
 type WeftGuard struct {
-	_     structs.HostLayout
-	Flags uint32
-	Nets  uint32
-	Net   [4]WeftPodNet
+	_      structs.HostLayout
+	Flags  uint32
+	Nets   uint32
+	Net    [4]WeftPodNet
+	Under6 [16]uint8
+	Under4 [4]uint8
+	Port   uint16
+	Pad    uint16
 }
 
 type WeftHostStats struct {
@@ -157,6 +167,7 @@ type WeftTunnelValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	WeftMapWeftConfig        = "weft_config"
+	WeftMapWeftDecapStats    = "weft_decap_stats"
 	WeftMapWeftDrops         = "weft_drops"
 	WeftMapWeftEndpoints     = "weft_endpoints"
 	WeftMapWeftGuard         = "weft_guard"
@@ -230,6 +241,7 @@ type WeftProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type WeftMapSpecs struct {
 	WeftConfig      *ebpf.MapSpec `ebpf:"weft_config"`
+	WeftDecapStats  *ebpf.MapSpec `ebpf:"weft_decap_stats"`
 	WeftDrops       *ebpf.MapSpec `ebpf:"weft_drops"`
 	WeftEndpoints   *ebpf.MapSpec `ebpf:"weft_endpoints"`
 	WeftGuard       *ebpf.MapSpec `ebpf:"weft_guard"`
@@ -271,6 +283,7 @@ func (o *WeftObjects) Close() error {
 // It can be passed to LoadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WeftMaps struct {
 	WeftConfig      *ebpf.Map `ebpf:"weft_config"`
+	WeftDecapStats  *ebpf.Map `ebpf:"weft_decap_stats"`
 	WeftDrops       *ebpf.Map `ebpf:"weft_drops"`
 	WeftEndpoints   *ebpf.Map `ebpf:"weft_endpoints"`
 	WeftGuard       *ebpf.Map `ebpf:"weft_guard"`
@@ -288,6 +301,7 @@ type WeftMaps struct {
 func (m *WeftMaps) Close() error {
 	return _WeftClose(
 		m.WeftConfig,
+		m.WeftDecapStats,
 		m.WeftDrops,
 		m.WeftEndpoints,
 		m.WeftGuard,

@@ -14,6 +14,10 @@
 #define WEFT_IPPROTO_UDP 17
 #define WEFT_CURRENT_NETNS (-1)
 
+/* The furthest Ethernet header stack_flow looks at: past an IPv6 VXLAN
+ * packet's outer headers (decap.h). */
+#define STACK_FLOW_MAX_OFF 0xff
+
 /* The kernel's struct bpf_ct_opts (net/netfilter/nf_conntrack_bpf.c). */
 struct bpf_ct_opts {
 	__s32 netns_id;
@@ -45,19 +49,22 @@ extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
 		!!sym;                                                                           \
 	})
 
-/* stack_flow reports whether conntrack has an entry for the packet's TCP
- * or UDP flow (either direction), in which case the caller hands the
- * packet to the stack. IPv4 options and IPv6 extension headers are not
+/* stack_flow reports whether conntrack has an entry for the TCP or UDP
+ * flow (either direction) of the packet whose Ethernet header is at off
+ * (0, or past the outer headers of a tunnel packet, decap.h), in which
+ * case the caller hands the packet to the stack. IPv4 options and IPv6 extension headers are not
  * parsed (such packets are looked up by no flow and stay fast). A global
  * function (common.h): each fast path verifies it once, not once per
  * family and path that reaches it. */
-__noinline int stack_flow(struct __sk_buff *skb)
+__noinline int stack_flow(struct __sk_buff *skb, __u32 off)
 {
 	if (!weft_ksym_exists(bpf_skb_ct_lookup))
 		return 0;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = eth_hdr(skb);
-	if (!eth)
+	/* The mask bounds the offset for the verifier (callers pass at most
+	 * STACK_FLOW_MAX_OFF, which it keeps whole). */
+	struct ethhdr *eth = (void *)(long)skb->data + (off & STACK_FLOW_MAX_OFF);
+	if ((void *)(eth + 1) > data_end)
 		return 0;
 	struct bpf_sock_tuple t = {};
 	struct bpf_ct_opts opts = {.netns_id = WEFT_CURRENT_NETNS};

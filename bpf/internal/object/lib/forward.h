@@ -56,7 +56,7 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, __u32 tunnel_ifindex
 	__u32 mtu_len = 0;
 	if (bpf_check_mtu(skb, tunnel_ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
 		return TC_ACT_OK;
-	if (stack_flow(skb))
+	if (stack_flow(skb, 0))
 		return TC_ACT_OK;
 	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;
@@ -92,7 +92,7 @@ static __always_inline int to_local_pod(struct __sk_buff *skb, const struct tunn
 			return TC_ACT_OK;
 		bridge = lv->bridge_ifindex;
 	}
-	if (stack_flow(skb))
+	if (stack_flow(skb, 0))
 		return TC_ACT_OK;
 	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;

@@ -156,7 +156,7 @@ static __always_inline int host_route_out(struct __sk_buff *skb, const struct tu
 	__u64 now = bpf_ktime_get_coarse_ns();
 	if (routed_pair(src, dst, &pk, &pv, now) < 0)
 		return TC_ACT_OK;
-	if (stack_flow(skb))
+	if (stack_flow(skb, 0))
 		return TC_ACT_OK;
 
 	struct bpf_fib_lookup fib = {};

@@ -157,12 +157,23 @@ struct pod_net {
  * so plain packets for them are dropped. */
 #define GUARD_TUNNEL_ONLY (1U << 1)
 
+/* guard.flags: weft_from_underlay takes VXLAN packets for local pods out
+ * of the tunnel itself (spec.Overlay.InProgram, decap.h); the loader sets
+ * it with the fields below. */
+#define GUARD_DECAP (1U << 2)
+
 /* The underlay check's configuration (one array slot, written by the
  * loader; no networks: nothing to check, and the loader detaches it). */
 struct guard {
 	__u32 flags; /* GUARD_* */
 	__u32 nets;  /* entries of net in use */
 	struct pod_net net[GUARD_NETS];
+	/* With GUARD_DECAP: this node's underlay addresses (zero: none of
+	 * that family) and the overlay's UDP port (host order). */
+	__u8 under6[16];
+	__u8 under4[4];
+	__u16 port;
+	__u16 pad;
 };
 
 struct {

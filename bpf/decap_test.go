@@ -1,0 +1,321 @@
+package bpf
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+
+	"github.com/weftnet/weft/bpf/internal/object"
+	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/testenv/netnstest"
+)
+
+// decapWant is n's overlay state with the in-program VXLAN receive on
+// (endpoint ep as in overlayWant).
+func (c *testCluster) decapWant(n *testNode, ep netip.Addr) *spec.Desired {
+	w := c.overlayWant(n, spec.ModeVXLAN, ep)
+	w.Overlay.InProgram = true
+	if ep.Is6() {
+		w.Overlay.MTU = 1430
+	}
+	return w
+}
+
+// deviceRx is the number of packets n's weft_vxlan device received: what
+// took the device path.
+func deviceRx(t *testing.T, n *testNode) uint64 {
+	t.Helper()
+	var rx uint64
+	n.ns.MustDo(t, func() error {
+		l, err := netlink.LinkByName(spec.VXLANDevice)
+		if err != nil {
+			return err
+		}
+		rx = l.Attrs().Statistics.RxPackets
+		return nil
+	})
+	return rx
+}
+
+// bigPing sends one ICMP echo request of size bytes on the wire (IP header
+// included, so the pods' MTU is 1450 at most) from ns to dst with DF (IPv4)
+// and reports whether the reply came back.
+func bigPing(t *testing.T, ns *netnstest.NS, dst netip.Addr, size int) bool {
+	t.Helper()
+	network, typ, hdr, proto := "ip4:icmp", icmp.Type(ipv4.ICMPTypeEcho), 20, 1
+	if dst.Is6() {
+		network, typ, hdr, proto = "ip6:ipv6-icmp", ipv6.ICMPTypeEchoRequest, 40, 58
+	}
+	var c *icmp.PacketConn
+	ns.MustDo(t, func() error {
+		var err error
+		c, err = icmp.ListenPacket(network, "")
+		return err
+	})
+	defer c.Close()
+	if dst.Is4() {
+		must(t, c.IPv4PacketConn().SetTOS(0))
+	}
+	body := make([]byte, size-hdr-8)
+	for i := range body {
+		body[i] = byte(i)
+	}
+	msg, err := (&icmp.Message{Type: typ, Body: &icmp.Echo{ID: os.Getpid() & 0xffff, Seq: 7, Data: body}}).Marshal(nil)
+	must(t, err)
+	for range 10 {
+		if _, err := c.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+			t.Fatalf("echo of %d bytes to %s: %v", size, dst, err)
+		}
+		buf := make([]byte, 2*size)
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		for {
+			n, from, err := c.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			m, err := icmp.ParseMessage(proto, buf[:n])
+			if err != nil || from.String() != dst.String() {
+				continue
+			}
+			if e, ok := m.Body.(*icmp.Echo); ok && (m.Type == ipv4.ICMPTypeEchoReply || m.Type == ipv6.ICMPTypeEchoReply) &&
+				len(e.Data) == len(body) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestDecapInProgram: with Overlay.InProgram the receiving node's underlay
+// program takes VXLAN packets for its pods out of the tunnel itself. The
+// senders here still encapsulate in weft_vxlan (the device path), so
+// every exchange is also the interoperation of the two.
+func TestDecapInProgram(t *testing.T) {
+	c := newTestCluster(t, AttachAuto)
+	c.openAll(t)
+	a, b := c.nodes[0], c.nodes[1]
+	for _, n := range c.nodes {
+		n.sync(c.decapWant(n, netip.Addr{}))
+		if rep := n.sync(c.decapWant(n, netip.Addr{})); rep.Changed() {
+			t.Fatalf("second identical sync wrote: %+v", rep)
+		}
+		var g object.WeftGuard
+		must(t, n.dp.objs.WeftGuard.Lookup(uint32(0), &g))
+		if g.Flags&object.GuardDecap == 0 || g.Port != 8472 || netip.AddrFrom4(g.Under4) != n.under ||
+			netip.AddrFrom16(g.Under6) != n.under6 {
+			t.Fatalf("node %d guard %+v", n.idx, g)
+		}
+	}
+	// The first packets of a pod may go through the device, before its
+	// endpoint is learned.
+	checkPath(t, c)
+
+	// taken runs traffic and checks that it was taken out of the tunnel in
+	// the program on both nodes, never by the device.
+	taken := func(t *testing.T, what string, traffic func()) (da, db spec.Counters) {
+		t.Helper()
+		ca, cb := a.counters(), b.counters()
+		ra, rb := deviceRx(t, a), deviceRx(t, b)
+		traffic()
+		ca1, cb1 := a.counters(), b.counters()
+		for _, x := range []struct {
+			n        *testNode
+			c0, c1   spec.Counters
+			rx0, rx1 uint64
+		}{{a, ca, ca1, ra, deviceRx(t, a)}, {b, cb, cb1, rb, deviceRx(t, b)}} {
+			if x.c1.RxDecap <= x.c0.RxDecap {
+				t.Errorf("%s: node %d decapsulated nothing in the program: %+v -> %+v", what, x.n.idx, x.c0, x.c1)
+			}
+			if x.rx1 != x.rx0 {
+				t.Errorf("%s: node %d's %s received %d packets", what, x.n.idx, spec.VXLANDevice, x.rx1-x.rx0)
+			}
+			if d := x.c1.RxDecap - x.c0.RxDecap; x.c1.RxDirect-x.c0.RxDirect < d || x.c1.RxPackets-x.c0.RxPackets < d {
+				t.Errorf("%s: node %d: %d decapsulated, rx %d, rx direct %d", what, x.n.idx, d,
+					x.c1.RxPackets-x.c0.RxPackets, x.c1.RxDirect-x.c0.RxDirect)
+			}
+		}
+		return diff(ca, ca1), diff(cb, cb1)
+	}
+
+	t.Run("icmp tcp udp, both families", func(t *testing.T) {
+		taken(t, "pod to pod", func() { checkPath(t, c) })
+		taken(t, "udp", func() {
+			for _, pair := range [][2]*testNode{{a, b}, {b, a}} {
+				for _, dst := range []netip.Addr{pair[1].podIP, pair[1].podIP6} {
+					want := a.podIP
+					if pair[0] == b {
+						want = b.podIP
+					}
+					if dst.Is6() {
+						want = pair[0].podIP6
+					}
+					if got := udpSource(t, pair[0].pod, pair[1].pod, dst); got != want {
+						t.Errorf("udp to %s seen from %s, want %s", dst, got, want)
+					}
+				}
+			}
+		})
+	})
+
+	t.Run("mtu-sized packets", func(t *testing.T) {
+		taken(t, "ping of 1450 bytes", func() {
+			for _, pair := range [][2]*testNode{{a, b}, {b, a}} {
+				for _, dst := range []netip.Addr{pair[1].podIP, pair[1].podIP6} {
+					if !bigPing(t, pair[0].pod, dst, 1450) {
+						t.Errorf("pod %d: no reply to a 1450-byte echo to %s", pair[0].idx, dst)
+					}
+				}
+			}
+		})
+	})
+
+	t.Run("large tcp transfers", func(t *testing.T) {
+		// 8 MiB each way: the senders' TSO packets cross the veth
+		// underlay as UDP tunnel GSO packets and are decapsulated whole.
+		da, db := taken(t, "8 MiB of tcp", func() {
+			tcpEcho(t, a.pod, b.pod, b.podIP, 8<<20)
+			tcpEcho(t, b.pod, a.pod, a.podIP6, 8<<20)
+		})
+		for _, d := range []spec.Counters{da, db} {
+			if d.RxDecapBytes < 8<<20 || d.RxDecapBytes/d.RxDecap <= 1500 {
+				t.Errorf("decapsulated %d packets of %d bytes: not the transfer's aggregates", d.RxDecap, d.RxDecapBytes)
+			}
+		}
+	})
+
+	t.Run("ipv6 underlay", func(t *testing.T) {
+		for _, n := range c.nodes {
+			n.sync(c.decapWant(n, c.peer(n).under6))
+		}
+		defer func() {
+			for _, n := range c.nodes {
+				n.sync(c.decapWant(n, netip.Addr{}))
+			}
+		}()
+		checkPath(t, c) // the endpoints are learned already; conntrack has nothing
+		taken(t, "over an ipv6 underlay", func() {
+			checkPath(t, c)
+			tcpEcho(t, a.pod, b.pod, b.podIP6, 4<<20)
+		})
+	})
+
+	t.Run("switch off", func(t *testing.T) {
+		for _, n := range c.nodes {
+			n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{}))
+			var g object.WeftGuard
+			must(t, n.dp.objs.WeftGuard.Lookup(uint32(0), &g))
+			if g.Flags&object.GuardDecap != 0 {
+				t.Fatalf("node %d: in-program receive still on: %+v", n.idx, g)
+			}
+		}
+		ca, ra := a.counters(), deviceRx(t, a)
+		checkPath(t, c)
+		if d := a.counters().RxDecap - ca.RxDecap; d != 0 {
+			t.Errorf("switched off, node 1 decapsulated %d packets in the program", d)
+		}
+		if deviceRx(t, a) == ra {
+			t.Errorf("switched off, nothing went through node 1's %s", spec.VXLANDevice)
+		}
+		for _, n := range c.nodes {
+			n.sync(c.decapWant(n, netip.Addr{}))
+		}
+		taken(t, "switched on again", func() { checkPath(t, c) })
+	})
+}
+
+// diff is c1 - c0 for the counters the tests here look at.
+func diff(c0, c1 spec.Counters) spec.Counters {
+	return spec.Counters{RxPackets: c1.RxPackets - c0.RxPackets, RxDirect: c1.RxDirect - c0.RxDirect,
+		RxDecap: c1.RxDecap - c0.RxDecap, RxDecapBytes: c1.RxDecapBytes - c0.RxDecapBytes}
+}
+
+// TestDecapTrust: what the program does not accept it leaves to the
+// device, whose weft_ingress drops and counts it as before: forged VXLAN
+// packets never reach the pod, and only the genuine one is decapsulated
+// in the program.
+func TestDecapTrust(t *testing.T) {
+	c := newTestCluster(t, AttachAuto)
+	c.openAll(t)
+	a, b := c.nodes[0], c.nodes[1]
+	for _, n := range c.nodes {
+		n.sync(c.decapWant(n, netip.Addr{}))
+	}
+	checkPath(t, c)
+	sink, err := netnstest.NewUDPSink(b.pod, 0)
+	must(t, err)
+	defer sink.Close()
+	forged := netip.MustParseAddr("192.168.50.3")
+	must(t, a.ns.Addr("ul0", netip.PrefixFrom(forged, 24)))
+
+	inner := func(src, dst netip.Addr, p string) []byte {
+		return netnstest.UDP{DstMAC: mac(t, b.ns, "weft0"), SrcMAC: mac(t, a.ns, spec.VXLANDevice),
+			Src: src, Dst: dst, SrcPort: 4000, DstPort: sink.Port(), Payload: []byte(p)}.Frame()
+	}
+	for _, x := range []struct {
+		name     string
+		from     netip.Addr // outer source
+		src, dst netip.Addr // inner
+		vni      uint32
+		reason   string
+	}{
+		{"outer source not the endpoint", forged, a.podIP, b.podIP, 1, "wrong_endpoint"},
+		{"outer source not the endpoint v6", forged, a.podIP6, b.podIP6, 1, "wrong_endpoint"},
+		{"wrong vni", a.under, a.podIP, b.podIP, 2, "wrong_vni"},
+		{"unknown inner source", a.under, netip.MustParseAddr("10.250.0.1"), b.podIP, 1, "unknown_source"},
+		{"ipv4-mapped inner source", a.under, netip.MustParseAddr("::ffff:10.244.1.2"), b.podIP6, 1, "ipv4_mapped"},
+		{"another node's pod as inner source", a.under, netip.MustParseAddr("10.244.2.3"), b.podIP, 1, "unknown_source"},
+	} {
+		t.Run(x.name, func(t *testing.T) {
+			p := payload(x.name)
+			before := b.counters()
+			forgeFrame(t, a, x.from, b.under, inner(x.src, x.dst, p), x.vni)
+			if src, ok := sink.Wait(p, refused); ok {
+				t.Fatalf("forged packet reached pod 2 (seen from %s)", src)
+			}
+			// Dropped by weft_ingress: it went to the device, untouched
+			// by the program (which hands what it takes to the pod).
+			dropsOf(t, b, before, x.reason)
+		})
+	}
+
+	t.Run("genuine packets are decapsulated in the program", func(t *testing.T) {
+		for _, src := range []netip.Addr{a.podIP, a.podIP6} {
+			dst := b.podIP
+			if src.Is6() {
+				dst = b.podIP6
+			}
+			p := payload("genuine")
+			before, rx := b.counters(), deviceRx(t, b)
+			forgeFrame(t, a, a.under, b.under, inner(src, dst, p), 1)
+			if got, ok := sink.Wait(p, delivered); !ok || got != src {
+				t.Fatalf("genuine packet from %s: arrived %v from %s", src, ok, got)
+			}
+			if d := b.counters().RxDecap - before.RxDecap; d == 0 {
+				t.Errorf("from %s: not decapsulated in the program", src)
+			}
+			if d := deviceRx(t, b) - rx; d != 0 {
+				t.Errorf("from %s: the device received %d", src, d)
+			}
+		}
+	})
+
+	t.Run("for the node itself: the device's", func(t *testing.T) {
+		// The inner destination is node 2's gateway address, not a pod:
+		// the program leaves it to the device, which accepts it.
+		before, rx := b.counters(), deviceRx(t, b)
+		forgeVXLAN(t, a, a.under, b.under, a.podIP, b.podCIDR.Addr().Next())
+		if !waitFor(delivered, func() bool { return deviceRx(t, b) > rx }) {
+			t.Fatalf("the device received nothing")
+		}
+		if after := b.counters(); after.RxDecap != before.RxDecap || after.RxPackets == before.RxPackets {
+			t.Fatalf("decap %d -> %d, rx %d -> %d", before.RxDecap, after.RxDecap, before.RxPackets, after.RxPackets)
+		}
+	})
+}

@@ -1,0 +1,204 @@
+/* In-program VXLAN receive (spec.Overlay.InProgram): weft_from_underlay
+ * takes a VXLAN packet for a local pod out of the tunnel itself, with the
+ * checks weft_ingress makes, and hands it straight into the pod, so the
+ * packet skips the UDP socket lookup, the VXLAN driver and its GRO cell.
+ * Whatever it does not fully accept, or cannot hand to a learned local
+ * pod, it leaves untouched for the weft_vxlan device, whose weft_ingress
+ * judges and counts it as without the switch. */
+#ifndef WEFT_DECAP_H
+#define WEFT_DECAP_H
+
+#include <linux/udp.h>
+
+#include "common.h"
+#include "addr.h"
+#include "maps.h"
+#include "stats.h"
+#include "tunnel.h"
+#include "forward.h"
+#include "conntrack.h"
+
+/* Debian's uapi headers predate these (Linux 6.3). */
+#ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4
+#define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+#define BPF_F_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
+#endif
+
+/* A VXLAN header (RFC 7348): flags (I, the VNI is valid) and the VNI in
+ * the upper 24 bits of the second word. */
+struct vxlan_hdr {
+	__be32 flags;
+	__be32 vni;
+};
+
+#define VXLAN_FLAGS_VNI 0x08000000
+
+/* The outer headers decap_vxlan strips: IP, UDP, VXLAN and the inner
+ * Ethernet header (the outer Ethernet header stays, rewritten). */
+#define DECAP_LEN_V4 (sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlan_hdr) + ETH_HLEN)
+#define DECAP_LEN_V6 (sizeof(struct ipv6hdr) + sizeof(struct udphdr) + sizeof(struct vxlan_hdr) + ETH_HLEN)
+
+/* Per-CPU statistics of the in-program receive (one array slot). */
+struct decap_stats {
+	__u64 rx_decap;       /* VXLAN packets decapsulated in weft_from_underlay */
+	__u64 rx_decap_bytes; /* their length on the underlay, outer headers included */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct decap_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_decap_stats SEC(".maps");
+
+static __always_inline void count_decap(__u32 len)
+{
+	__u32 zero = 0;
+	struct decap_stats *s = bpf_map_lookup_elem(&weft_decap_stats, &zero);
+	if (s) {
+		s->rx_decap++;
+		s->rx_decap_bytes += len;
+	}
+}
+
+/* decap_vxlan takes a VXLAN packet for this node's underlay address (g's,
+ * of the outer header's family) and the overlay port out of the tunnel
+ * when weft_ingress would accept it and to_local_pod would hand it into a
+ * learned local pod directly: outer IPv4 without options or fragments (or
+ * IPv6 with UDP right after the fixed header), the VXLAN I flag alone,
+ * reserved bits zero, no congestion mark (ECN CE: the driver's decapsulation
+ * rules apply), an inner IPv4 or IPv6 packet whose source's tunnel entry
+ * names the outer source and the VNI (check_outer), and whose destination
+ * is a learned endpoint, with a TTL to spare and a flow the stack does not
+ * track (stack_flow). Then outer IP, UDP, VXLAN and inner Ethernet go
+ * (bpf_skb_adjust_room; the MSS of a GSO packet stays, the checksum level
+ * drops by one as the UDP receive path's does), the remaining Ethernet
+ * header gets the inner protocol and the pod's MACs, the TTL is
+ * decremented and the packet enters the pod (bpf_redirect_peer). Anything
+ * else: TC_ACT_OK, untouched, for the device path.
+ *
+ * Linux 6.18 has no flag to clear a GSO packet's UDP tunnel type on
+ * decapsulation (BPF_F_ADJ_ROOM_DECAP_L4_UDP is newer): an aggregate that
+ * arrived as one UDP tunnel GSO packet (a veth underlay) keeps
+ * SKB_GSO_UDP_TUNNEL. The pod's stack receives it whole, which that type
+ * does not affect; see docs/datapath.md ("In-program VXLAN receive").
+ *
+ * A global function (common.h): verified once, for any guard. */
+__noinline int decap_vxlan(struct __sk_buff *skb, const struct guard *g)
+{
+	if (!g)
+		return TC_ACT_OK;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = (void *)(long)skb->data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+
+	struct outer o = {};
+	struct udphdr *udp;
+	__u8 ecn;
+	__s32 strip;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return TC_ACT_OK;
+		__u32 self;
+		__builtin_memcpy(&self, g->under4, 4);
+		/* IHL 5 and version 4 in one byte; no MF, no fragment offset. */
+		if (*(__u8 *)ip != 0x45 || ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(0x3FFF)) ||
+		    !self || ip->daddr != self)
+			return TC_ACT_OK;
+		o.src[10] = 0xff;
+		o.src[11] = 0xff;
+		__builtin_memcpy(&o.src[12], &ip->saddr, 4);
+		ecn = ip->tos & 3;
+		udp = (void *)(ip + 1);
+		strip = DECAP_LEN_V4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return TC_ACT_OK;
+		__u32 w[4];
+		__builtin_memcpy(w, g->under6, 16);
+		if (ip6->nexthdr != IPPROTO_UDP || (w[0] | w[1] | w[2] | w[3]) == 0 ||
+		    !addr_eq((const __u8 *)&ip6->daddr, g->under6))
+			return TC_ACT_OK;
+		__builtin_memcpy(o.src, &ip6->saddr, 16);
+		o.v6 = 1;
+		ecn = (ip6->flow_lbl[0] >> 4) & 3;
+		udp = (void *)(ip6 + 1);
+		strip = DECAP_LEN_V6;
+	} else {
+		return TC_ACT_OK;
+	}
+	struct vxlan_hdr *vx = (void *)(udp + 1);
+	struct ethhdr *ieth = (void *)(vx + 1);
+	if ((void *)(ieth + 1) > data_end)
+		return TC_ACT_OK;
+	if (udp->dest != bpf_htons(g->port) || vx->flags != bpf_htonl(VXLAN_FLAGS_VNI) ||
+	    (vx->vni & bpf_htonl(0xff)) || ecn == 3)
+		return TC_ACT_OK;
+	o.vni = bpf_ntohl(vx->vni) >> 8;
+
+	/* The inner packet's addresses, as load_addr gives them. */
+	struct tunnel_key src = {.prefixlen = 128}, dst = {.prefixlen = 128};
+	__be16 proto = ieth->h_proto;
+	__u8 ttl;
+	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iip = (void *)(ieth + 1);
+		if ((void *)(iip + 1) > data_end)
+			return TC_ACT_OK;
+		src.addr[10] = 0xff;
+		src.addr[11] = 0xff;
+		dst.addr[10] = 0xff;
+		dst.addr[11] = 0xff;
+		__builtin_memcpy(&src.addr[12], &iip->saddr, 4);
+		__builtin_memcpy(&dst.addr[12], &iip->daddr, 4);
+		ttl = iip->ttl;
+		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *iip6 = (void *)(ieth + 1);
+		if ((void *)(iip6 + 1) > data_end)
+			return TC_ACT_OK;
+		__builtin_memcpy(src.addr, &iip6->saddr, 16);
+		__builtin_memcpy(dst.addr, &iip6->daddr, 16);
+		/* weft_ingress drops a mapped source (ipv4_mapped); a mapped
+		 * or multicast destination is the stack's. */
+		if (mapped(&src) || mapped(&dst) || dst.addr[0] == 0xff)
+			return TC_ACT_OK;
+		ttl = iip6->hop_limit;
+		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
+	} else {
+		return TC_ACT_OK;
+	}
+
+	struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &src);
+	if (!tv || check_outer(&o, tv))
+		return TC_ACT_OK;
+	struct endpoint_value *ep = endpoint(dst.addr);
+	if (!ep || ttl <= 1)
+		return TC_ACT_OK;
+	if (stack_flow(skb, ETH_HLEN + strip))
+		return TC_ACT_OK;
+
+	__u32 len = skb->len;
+	if (bpf_skb_adjust_room(skb, -strip, BPF_ADJ_ROOM_MAC, flags))
+		return TC_ACT_OK; /* refused before it changed the packet */
+	/* From here on the packet is the inner one: to the pod or dropped. */
+	bpf_csum_level(skb, BPF_CSUM_LEVEL_DEC);
+	eth = eth_hdr(skb);
+	if (!eth)
+		return drop(DROP_NOT_IP);
+	eth->h_proto = proto;
+	__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ep->gw_mac, ETH_ALEN);
+	if (dec_ttl(skb) != 0)
+		return drop(DROP_NOT_IP);
+	count_rx(skb);
+	count_rx_direct();
+	count_decap(len);
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+#endif
