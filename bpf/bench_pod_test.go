@@ -27,6 +27,9 @@ import (
 //
 //	weft:   weft's flow-based VXLAN device driven by the eBPF tunnel map,
 //	        with the bridge fast path
+//	weft-rx: weft with the receive side in the program (Overlay.InProgram:
+//	        weft_from_underlay decapsulates, lib/decap.h); the senders
+//	        still encapsulate in weft_vxlan
 //	weft-nofast: the same without the bridge fast path (pod traffic is
 //	        routed by the node's stack to the overlay device)
 //	kvxlan: flannel's vxlan backend (VXLAN device per node with a route,
@@ -59,6 +62,18 @@ func setupWeft(b *testing.B, fast bool) *testCluster {
 	c.openAll(b)
 	for _, n := range c.nodes {
 		w := c.overlayWant(n, spec.ModeVXLAN, netip.Addr{})
+		n.sync(w)
+	}
+	return c
+}
+
+// setupWeftRx is weft with the in-program VXLAN receive on both nodes.
+func setupWeftRx(b *testing.B) *testCluster {
+	c := newTestCluster(b, AttachAuto)
+	c.openAll(b)
+	for _, n := range c.nodes {
+		w := c.overlayWant(n, spec.ModeVXLAN, netip.Addr{})
+		w.Overlay.InProgram = true
 		n.sync(w)
 	}
 	return c
@@ -509,6 +524,7 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"weft-native", setupWeftNative(b)},
 		{"weft-native-big", setupWeftNativeBig(b)},
 		{"plain-big", setupPlainBig(b)},
+		{"weft-rx", setupWeftRx(b)},
 	}
 	for _, s := range setups {
 		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {
@@ -530,6 +546,8 @@ func BenchmarkPodToPod(b *testing.B) {
 	c0, c20 := weft.counters(), weft2.counters()
 	native := setups[4].c.nodes
 	n0, n20 := native[0].counters(), native[1].counters()
+	rxs := setups[7].c.nodes
+	r0, r20 := rxs[0].counters(), rxs[1].counters()
 	for round := range rounds {
 		// Strict rotation: each round starts one setup later, so every
 		// setup runs in every position about equally often.
@@ -572,6 +590,20 @@ func BenchmarkPodToPod(b *testing.B) {
 		b.Fatalf("weft-native: host routing carried %d out / %d in, %d back / %d in: not the eBPF path", out, in, back, backIn)
 	}
 	b.Logf("weft-native: host routing in eBPF carried %d packets node 1 → 2 (%d delivered), %d back (%d delivered)", out, in, back, backIn)
+	// The in-program receive: (nearly) every packet weft-rx's nodes
+	// accepted out of the tunnel was decapsulated by weft_from_underlay.
+	for _, n := range []struct {
+		node   *testNode
+		before spec.Counters
+	}{{rxs[0], r0}, {rxs[1], r20}} {
+		c1 := n.node.counters()
+		rx, decap := c1.RxPackets-n.before.RxPackets, c1.RxDecap-n.before.RxDecap
+		if decap == 0 || decap*10 < rx*9 {
+			b.Fatalf("weft-rx node %d: %d of %d received packets decapsulated in the program", n.node.idx, decap, rx)
+		}
+		b.Logf("weft-rx node %d: %d of %d received packets decapsulated in the program, %.0f bytes each on the underlay",
+			n.node.idx, decap, rx, float64(c1.RxDecapBytes-n.before.RxDecapBytes)/float64(decap))
+	}
 	b.Logf("%d rounds; iperf3 on CPU %d, RR client CPU %d, server CPU %d; median (min–max) over rounds",
 		rounds, iperfCPU, rrClientCPU, rrServerCPU)
 	for _, s := range setups {
@@ -599,6 +631,11 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"nativebig/plainbig_tput", tput["weft-native-big"], tput["plain-big"]},
 		{"nativebig/native_tput", tput["weft-native-big"], tput["weft-native"]},
 		{"plainbig/plain_tput", tput["plain-big"], tput["plain"]},
+		{"rx/kvxlan_tput", tput["weft-rx"], tput["kvxlan"]},
+		{"rx/plain_tput", tput["weft-rx"], tput["plain"]},
+		{"rx/weft_tput", tput["weft-rx"], tput["weft"]},
+		{"rx/kvxlan_rr", lat["weft-rx"], lat["kvxlan"]},
+		{"rx/weft_rr", lat["weft-rx"], lat["weft"]},
 		{"nativebig/plain_rr", lat["weft-native-big"], lat["plain"]},
 	} {
 		rs := ratios(r.num, r.den)

@@ -3,8 +3,8 @@
 # parallel streams and 4 iperf3 pairs of one stream each (4 sending
 # threads), client and server left to the scheduler, for weft
 # native with host routing in eBPF (without and with BIG TCP), plain
-# routing (without and with the same GSO/GRO limits), weft VXLAN and kernel
-# VXLAN in rotation; 7 rounds, ~400 s. Needs root and iperf3. Results:
+# routing (without and with the same GSO/GRO limits), weft VXLAN (device,
+# and weft-rx: receive side in the program) and kernel VXLAN in rotation; 7 rounds, ~400 s. Needs root and iperf3. Results:
 # docs/BENCHMARKS.md.
 set -eu
 cd "$(dirname "$0")/../.."

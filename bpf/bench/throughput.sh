@@ -1,13 +1,14 @@
 #!/bin/sh
 # Pod-to-pod TCP throughput (iperf3) and request/response latency across two
 # node namespaces, measured side by side in one run for weft's eBPF VXLAN
-# (with and without the bridge fast path), flannel-style kernel VXLAN,
+# (with and without the bridge fast path, and with the receive side
+# decapsulated in the program: weft-rx), flannel-style kernel VXLAN,
 # plain routing and weft's native mode (plain's routes with host routing in
 # eBPF and weft's pod and underlay checks), and native mode with BIG TCP on
 # beside plain routing with the same GSO/GRO limits set by hand. iperf3
 # client and server are pinned to CPU 0, the request/response client and
 # server (busy-polling) to CPUs 0 and 1, the same for every setup; 11
-# rounds in rotation, ~210 s.
+# rounds in rotation, ~240 s.
 # Needs root, iperf3, taskset and 2 CPUs. Results: docs/bench/datapath.md.
 set -eu
 cd "$(dirname "$0")/../.."
