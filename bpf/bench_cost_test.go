@@ -14,14 +14,14 @@ import (
 // BenchmarkProgramCost measures what each of weft's programs costs per
 // packet, in nanoseconds of the kernel's own run-time statistics
 // (kernel.bpf_stats_enabled, turned on for the run through BPF_ENABLE_STATS
-// and off again after it): the weft VXLAN setup and the weft native setup
-// of BenchmarkPodToPod, each carrying WEFT_BENCH_RTS (default 20,000)
-// one-byte request/response round trips, busy-polling as there. A round
-// trip runs every program on its path twice (once per direction), so these
-// costs are the datapath's own share of BenchmarkPodToPod's latency,
-// without the noise of the rest of the machine (a program runs with
-// preemption off; an interrupt inside it is counted, so the spread is
-// upwards). Run with -benchtime 1x.
+// and off again after it): the weft VXLAN, weft native and weft-rx (VXLAN
+// with the receive side in the program) setups of BenchmarkPodToPod, each
+// carrying WEFT_BENCH_RTS (default 20,000) one-byte request/response round
+// trips, busy-polling as there. A round trip runs every program on its path
+// twice (once per direction), so these costs are the datapath's own share
+// of BenchmarkPodToPod's latency, without the noise of the rest of the
+// machine (a program runs with preemption off; an interrupt inside it is
+// counted, so the spread is upwards). Run with -benchtime 1x.
 func BenchmarkProgramCost(b *testing.B) {
 	netnstest.RequireRoot(b)
 	count := 20000
@@ -35,6 +35,7 @@ func BenchmarkProgramCost(b *testing.B) {
 	setups := []podSetup{
 		{"weft", setupWeft(b, true)},
 		{"weft-native", setupWeftNative(b)},
+		{"weft-rx", setupWeftRx(b)},
 	}
 	for _, s := range setups {
 		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {

@@ -44,6 +44,22 @@ func deviceRx(t *testing.T, n *testNode) uint64 {
 	return rx
 }
 
+// deviceRxErrors is the number of receive errors of n's weft_vxlan (the
+// driver counts a packet it refuses, e.g. for its ECN, there).
+func deviceRxErrors(t *testing.T, n *testNode) uint64 {
+	t.Helper()
+	var e uint64
+	n.ns.MustDo(t, func() error {
+		l, err := netlink.LinkByName(spec.VXLANDevice)
+		if err != nil {
+			return err
+		}
+		e = l.Attrs().Statistics.RxErrors
+		return nil
+	})
+	return e
+}
+
 // bigPing sends one ICMP echo request of size bytes on the wire (IP header
 // included, so the pods' MTU is 1450 at most) from ns to dst with DF (IPv4)
 // and reports whether the reply came back.
@@ -206,6 +222,24 @@ func TestDecapInProgram(t *testing.T) {
 		})
 	})
 
+	t.Run("mixed pair", func(t *testing.T) {
+		// Node 2 back on the device path, node 1 still in the program.
+		b.sync(c.overlayWant(b, spec.ModeVXLAN, netip.Addr{}))
+		defer b.sync(c.decapWant(b, netip.Addr{}))
+		ca, cb, rb := a.counters(), b.counters(), deviceRx(t, b)
+		checkPath(t, c)
+		tcpEcho(t, b.pod, a.pod, a.podIP, 1<<20)
+		if d := a.counters().RxDecap - ca.RxDecap; d == 0 {
+			t.Errorf("node 1 decapsulated nothing in the program")
+		}
+		if d := b.counters().RxDecap - cb.RxDecap; d != 0 {
+			t.Errorf("node 2, switched off, decapsulated %d packets in the program", d)
+		}
+		if deviceRx(t, b) == rb {
+			t.Errorf("nothing went through node 2's %s", spec.VXLANDevice)
+		}
+	})
+
 	t.Run("switch off", func(t *testing.T) {
 		for _, n := range c.nodes {
 			n.sync(c.overlayWant(n, spec.ModeVXLAN, netip.Addr{}))
@@ -303,6 +337,35 @@ func TestDecapTrust(t *testing.T) {
 			if d := deviceRx(t, b) - rx; d != 0 {
 				t.Errorf("from %s: the device received %d", src, d)
 			}
+		}
+	})
+
+	t.Run("congestion mark: the device's", func(t *testing.T) {
+		// Outer ECN CE over a not-ECT inner packet: RFC 6040 drops it,
+		// which the driver does; the program leaves marked packets alone.
+		p := payload("ce")
+		before, errs := b.counters(), deviceRxErrors(t, b)
+		frame := append([]byte{0x08, 0, 0, 0, 0, 0, 1, 0}, inner(a.podIP, b.podIP, p)...)
+		a.ns.MustDo(t, func() error {
+			c, err := net.DialUDP("udp", &net.UDPAddr{IP: a.under.AsSlice()}, &net.UDPAddr{IP: b.under.AsSlice(), Port: 8472})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if err := ipv4.NewConn(c).SetTOS(3); err != nil {
+				return err
+			}
+			_, err = c.Write(frame)
+			return err
+		})
+		if src, ok := sink.Wait(p, refused); ok {
+			t.Fatalf("a CE-marked packet over a not-ECT one reached pod 2 (seen from %s)", src)
+		}
+		if !waitFor(delivered, func() bool { return deviceRxErrors(t, b) > errs }) {
+			t.Fatalf("the device did not judge it: rx errors %d", errs)
+		}
+		if d := b.counters().RxDecap - before.RxDecap; d != 0 {
+			t.Fatalf("%d decapsulated in the program", d)
 		}
 	})
 
