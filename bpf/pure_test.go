@@ -147,3 +147,24 @@ func sortedTunnels(m map[netip.Prefix]spec.Tunnel) []spec.Tunnel {
 	slices.SortFunc(out, func(a, b spec.Tunnel) int { return cmpPrefix(a.Prefix, b.Prefix) })
 	return out
 }
+
+func TestInProgramRx(t *testing.T) {
+	on := func() *spec.Desired {
+		return &spec.Desired{Mode: spec.ModeVXLAN, Overlay: &spec.Overlay{Kind: spec.ModeVXLAN, Port: 8472, InProgram: true}}
+	}
+	if !inProgramRx(on()) {
+		t.Errorf("vxlan with InProgram: off")
+	}
+	for name, w := range map[string]func(*spec.Desired){
+		"switch off":    func(d *spec.Desired) { d.Overlay.InProgram = false },
+		"geneve":        func(d *spec.Desired) { d.Mode, d.Overlay.Kind = spec.ModeGeneve, spec.ModeGeneve },
+		"stack routing": func(d *spec.Desired) { d.StackRouting = true },
+		"no overlay":    func(d *spec.Desired) { d.Mode, d.Overlay = spec.ModeNative, nil },
+	} {
+		d := on()
+		w(d)
+		if inProgramRx(d) {
+			t.Errorf("%s: in-program receive on", name)
+		}
+	}
+}

@@ -445,15 +445,22 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 // underlay program then needs this node's underlay addresses and the
 // overlay port.
 func (d *Datapath) decapGuard(guard object.WeftGuard, want *spec.Desired) (object.WeftGuard, error) {
-	ov := want.Overlay
-	if !ov.InProgram || ov.Kind != spec.ModeVXLAN || want.StackRouting || guard.Nets == 0 {
+	if !inProgramRx(want) || guard.Nets == 0 {
 		return guard, nil
 	}
 	u, err := device.Underlay(d.ns.NL, d.cfg.Underlay)
 	if err != nil {
 		return guard, fmt.Errorf("underlay for the in-program vxlan receive: %w", err)
 	}
-	return object.WithDecap(guard, u.Addr(false), u.Addr(true), ov.Port)
+	return object.WithDecap(guard, u.Addr(false), u.Addr(true), want.Overlay.Port)
+}
+
+// inProgramRx reports whether want has the underlay program decapsulate
+// VXLAN itself: Overlay.InProgram, for VXLAN (Geneve keeps the device),
+// and not where the cluster asks for routing through the stack.
+func inProgramRx(want *spec.Desired) bool {
+	ov := want.Overlay
+	return ov != nil && ov.InProgram && ov.Kind == spec.ModeVXLAN && !want.StackRouting
 }
 
 // convergeGuard writes the underlay check's configuration and keeps its
