@@ -11,6 +11,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/bpf/internal/object"
 	"github.com/weftnet/weft/bpf/spec"
@@ -369,6 +370,46 @@ func TestDecapTrust(t *testing.T) {
 		}
 		if d := b.counters().RxDecap - before.RxDecap; d != 0 {
 			t.Fatalf("%d decapsulated in the program", d)
+		}
+	})
+
+	t.Run("outer ip options: the device's", func(t *testing.T) {
+		// A genuine packet whose outer IPv4 header carries options (four
+		// NOPs' worth: IHL 6) is not parsed by the program; the device
+		// takes it and delivers it.
+		p := payload("options")
+		before, rx := b.counters(), deviceRx(t, b)
+		frame := append([]byte{0x08, 0, 0, 0, 0, 0, 1, 0}, inner(a.podIP, b.podIP, p)...)
+		a.ns.MustDo(t, func() error {
+			c, err := net.DialUDP("udp", &net.UDPAddr{IP: a.under.AsSlice()}, &net.UDPAddr{IP: b.under.AsSlice(), Port: 8472})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			rc, err := c.SyscallConn()
+			if err != nil {
+				return err
+			}
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IP, unix.IP_OPTIONS, "\x01\x01\x01\x01")
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return serr
+			}
+			_, err = c.Write(frame)
+			return err
+		})
+		if got, ok := sink.Wait(p, delivered); !ok || got != a.podIP {
+			t.Fatalf("arrived %v from %s", ok, got)
+		}
+		if deviceRx(t, b) == rx {
+			t.Errorf("the device received nothing")
+		}
+		if d := b.counters().RxDecap - before.RxDecap; d != 0 {
+			t.Errorf("%d decapsulated in the program", d)
 		}
 	})
 
