@@ -52,10 +52,10 @@ extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
 /* stack_flow reports whether conntrack has an entry for the TCP or UDP
  * flow (either direction) of the packet whose Ethernet header is at off
  * (0, or past the outer headers of a tunnel packet, decap.h), in which
- * case the caller hands the packet to the stack. IPv4 options and IPv6 extension headers are not
- * parsed (such packets are looked up by no flow and stay fast). A global
- * function (common.h): each fast path verifies it once, not once per
- * family and path that reaches it. */
+ * case the caller hands the packet to the stack. IPv4 options and IPv6
+ * extension headers are not parsed (such packets are looked up by no flow
+ * and stay fast). A global function (common.h): each fast path verifies
+ * it once, not once per family and path that reaches it. */
 __noinline int stack_flow(struct __sk_buff *skb, __u32 off)
 {
 	if (!weft_ksym_exists(bpf_skb_ct_lookup))
