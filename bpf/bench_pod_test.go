@@ -27,9 +27,10 @@ import (
 //
 //	weft:   weft's flow-based VXLAN device driven by the eBPF tunnel map,
 //	        with the bridge fast path
-//	weft-rx: weft with the receive side in the program (Overlay.InProgram:
-//	        weft_from_underlay decapsulates, lib/decap.h); the senders
-//	        still encapsulate in weft_vxlan
+//	weft-rx: weft with VXLAN in the programs (Overlay.InProgram):
+//	        weft_from_port encapsulates and sends out of the underlay
+//	        (lib/encap.h), weft_from_underlay decapsulates (lib/decap.h);
+//	        the device is not in the pods' path
 //	weft-nofast: the same without the bridge fast path (pod traffic is
 //	        routed by the node's stack to the overlay device)
 //	kvxlan: flannel's vxlan backend (VXLAN device per node with a route,
@@ -67,7 +68,8 @@ func setupWeft(b *testing.B, fast bool) *testCluster {
 	return c
 }
 
-// setupWeftRx is weft with the in-program VXLAN receive on both nodes.
+// setupWeftRx is weft with VXLAN in the programs (transmit and receive) on
+// both nodes.
 func setupWeftRx(b *testing.B) *testCluster {
 	c := newTestCluster(b, AttachAuto)
 	c.openAll(b)
@@ -77,6 +79,19 @@ func setupWeftRx(b *testing.B) *testCluster {
 		n.sync(w)
 	}
 	return c
+}
+
+// requireEncap fails b unless at least 90 % of what each node of c sent
+// into the tunnel since before the programs encapsulated themselves.
+func requireEncap(b *testing.B, c *testCluster, before [2]spec.Counters) {
+	for i, n := range c.nodes {
+		c1 := n.counters()
+		tx, encap := c1.TxPackets-before[i].TxPackets, c1.TxEncap-before[i].TxEncap
+		if encap == 0 || encap*10 < tx*9 {
+			b.Fatalf("node %d: %d of %d packets into the tunnel encapsulated in the program", n.idx, encap, tx)
+		}
+		b.Logf("node %d: %d of %d packets into the tunnel encapsulated in the program", n.idx, encap, tx)
+	}
 }
 
 // setupWeftNative is weft in native mode: routes via the peer as plain
@@ -589,6 +604,7 @@ func BenchmarkPodToPod(b *testing.B) {
 	if out < 1000 || in < 1000 || back < 1000 || backIn < 1000 {
 		b.Fatalf("weft-native: host routing carried %d out / %d in, %d back / %d in: not the eBPF path", out, in, back, backIn)
 	}
+	requireEncap(b, setups[7].c, [2]spec.Counters{r0, r20})
 	b.Logf("weft-native: host routing in eBPF carried %d packets node 1 → 2 (%d delivered), %d back (%d delivered)", out, in, back, backIn)
 	// The in-program receive: (nearly) every packet weft-rx's nodes
 	// accepted out of the tunnel was decapsulated by weft_from_underlay.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/testenv/netnstest"
 )
 
@@ -15,8 +16,8 @@ import (
 // BenchmarkPodToPod: iperf3 with 1 and 4 parallel streams (P1, P4) and 4
 // iperf3 pairs of one stream each (P4x), client and server left to the
 // scheduler (the way pods run), for weft native with host routing in eBPF,
-// plain routing, weft VXLAN (device; and weft-rx, the receive side in the
-// program) and kernel VXLAN, in rotation. iperf3 before
+// plain routing, weft VXLAN (device; and weft-rx, VXLAN in the programs,
+// both sides) and kernel VXLAN, in rotation. iperf3 before
 // 3.16 runs every stream of a -P run in one thread, and on this test bed
 // the whole path's softirq work (both nodes, every veth and the VXLAN
 // receive) runs on the sending thread's CPU: P4 is one sending thread, P4x
@@ -60,6 +61,13 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 		{"P4x", func(c *testCluster) float64 { return iperfPairs(b, c, 4, 2) }},
 	}
 	tput := map[string][]float64{}
+	var rx *testCluster
+	for _, s := range setups {
+		if s.name == "weft-rx" {
+			rx = s.c
+		}
+	}
+	rx0 := [2]spec.Counters{rx.nodes[0].counters(), rx.nodes[1].counters()}
 	for round := range rounds {
 		for i := range setups {
 			s := setups[(i+round)%len(setups)]
@@ -69,6 +77,7 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 			}
 		}
 	}
+	requireEncap(b, rx, rx0)
 	b.Logf("%d rounds; iperf3 unpinned, 2 s after 1 s omitted; median (min–max) over rounds", rounds)
 	for _, s := range setups {
 		for _, p := range []string{"P1", "P4", "P4x"} {

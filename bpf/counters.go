@@ -28,6 +28,7 @@ func (d *Datapath) Counters() (spec.Counters, error) {
 		c.RxBytes += s.RxBytes
 		c.RxDirect += s.RxDirect
 		c.TxDirect += s.TxDirect
+		c.TxEncap += s.TxEncap
 	}
 	var host []object.WeftHostStats
 	if err := d.objs.WeftHostStats.Lookup(uint32(0), &host); err != nil {

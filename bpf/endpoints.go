@@ -33,6 +33,16 @@ type endpointState struct {
 	tunnel uint32         // overlay device of the transmit fast path; 0: off
 	port   bool           // pods' ports send straight into the tunnel or the underlay
 	gw     int            // the pod bridge (its MAC goes into the config slot); 0: none
+	encap  encapState     // in-program VXLAN encapsulation; zero: off
+}
+
+// encapState is what the programs write into the outer headers when they
+// encapsulate VXLAN themselves (CONFIG_ENCAP, lib/encap.h).
+type encapState struct {
+	underlay int     // ifindex of the underlay interface; 0: off
+	src      [4]byte // this node's IPv4 underlay address (outer source)
+	mac      [6]byte // the overlay device's MAC (inner source)
+	port     uint16  // UDP destination port
 }
 
 // wantEndpoints returns the endpoint map's content for the recorded pods
@@ -190,6 +200,14 @@ func (d *Datapath) writeConfig(gw net.HardwareAddr) error {
 			cfg.Flags |= object.ConfigPortFast
 		}
 	}
+	if e := d.eps.encap; e.underlay != 0 && cfg.TunnelIfindex != 0 {
+		cfg.Flags |= object.ConfigEncap
+		cfg.UnderlayIfindex = uint32(e.underlay)
+		cfg.UnderlayIpv4 = e.src
+		cfg.VtepMac = e.mac
+		// The programs compare and write it in network order.
+		cfg.Port = e.port<<8 | e.port>>8
+	}
 	var have object.WeftConfig
 	if err := d.objs.WeftConfig.Lookup(uint32(0), &have); err != nil {
 		return fmt.Errorf("read config map: %w", err)
@@ -201,7 +219,8 @@ func (d *Datapath) writeConfig(gw net.HardwareAddr) error {
 		return fmt.Errorf("write config map: %w", err)
 	}
 	d.log.Debug("config written", "tunnel", cfg.TunnelIfindex, "port_fast", cfg.Flags&object.ConfigPortFast != 0,
-		"gateway_mac", net.HardwareAddr(cfg.GwMac[:]))
+		"gateway_mac", net.HardwareAddr(cfg.GwMac[:]), "encap", cfg.Flags&object.ConfigEncap != 0,
+		"underlay", cfg.UnderlayIfindex)
 	return nil
 }
 

@@ -413,13 +413,27 @@ func (d *Datapath) convergeFastPath(want *spec.Desired, have *kstate, rec *recor
 	if err := d.convergeRouted(want, wantBridge, have, rec); err != nil {
 		return err
 	}
-	d.eps = endpointState{known: true, bridge: wantBridge, local: slices.Clone(want.LocalPodCIDRs), tunnel: tunnel, port: wantBridge != 0, gw: br}
+	enc, err := d.wantEncap(want, fast, have)
+	if err != nil {
+		return err
+	}
+	d.eps = endpointState{known: true, bridge: wantBridge, local: slices.Clone(want.LocalPodCIDRs), tunnel: tunnel, port: wantBridge != 0, gw: br, encap: enc}
 	if err := d.refreshEndpoints(); err != nil {
 		return err
 	}
 	if tunnel != have.cfg.TunnelIfindex {
 		have.cfg.TunnelIfindex = tunnel
 		rec.note(&rec.rep.Updated, fmt.Sprintf("config tunnel device #%d", tunnel))
+	}
+	if on := enc.underlay != 0 && tunnel != 0; on != (have.cfg.Flags&object.ConfigEncap != 0) ||
+		on && (have.cfg.UnderlayIfindex != uint32(enc.underlay) || have.cfg.UnderlayIpv4 != enc.src) {
+		have.cfg.Flags &^= object.ConfigEncap
+		if on {
+			have.cfg.Flags |= object.ConfigEncap
+		}
+		have.cfg.UnderlayIfindex, have.cfg.UnderlayIpv4 = uint32(enc.underlay), enc.src
+		rec.note(&rec.rep.Updated, fmt.Sprintf("config in-program encapsulation %t (underlay #%d, %s)",
+			on, enc.underlay, netip.AddrFrom4(enc.src)))
 	}
 	if wantBridge == have.bridge {
 		return nil
@@ -461,6 +475,33 @@ func (d *Datapath) decapGuard(guard object.WeftGuard, want *spec.Desired) (objec
 func inProgramRx(want *spec.Desired) bool {
 	ov := want.Overlay
 	return ov != nil && ov.InProgram && ov.Kind == spec.ModeVXLAN && !want.StackRouting
+}
+
+// wantEncap is the in-program encapsulation's configuration: on for a
+// VXLAN overlay with InProgram whose transmit fast path is on (fast), from
+// the underlay interface and its IPv4 address (an underlay without one
+// leaves every endpoint to the device: the programs encapsulate only
+// towards IPv4 endpoints) and the device's MAC.
+func (d *Datapath) wantEncap(want *spec.Desired, fast bool, have *kstate) (encapState, error) {
+	ov := want.Overlay
+	if !fast || !ov.InProgram || ov.Kind != spec.ModeVXLAN {
+		return encapState{}, nil
+	}
+	u, err := device.Underlay(d.ns.NL, d.cfg.Underlay)
+	if err != nil {
+		return encapState{}, fmt.Errorf("find underlay for encapsulation: %w", err)
+	}
+	if !u.IP.Is4() {
+		return encapState{}, nil
+	}
+	idx, err := device.Index(d.ns.NL, u.Interface)
+	if err != nil {
+		return encapState{}, fmt.Errorf("find underlay %s for encapsulation: %w", u.Interface, err)
+	}
+	if idx == 0 {
+		return encapState{}, fmt.Errorf("find underlay %s for encapsulation: gone", u.Interface)
+	}
+	return encapState{underlay: idx, src: u.IP.As4(), mac: have.devs[ov.DeviceName()].MAC, port: ov.Port}, nil
 }
 
 // convergeGuard writes the underlay check's configuration and keeps its

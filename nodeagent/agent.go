@@ -132,6 +132,9 @@ type Config struct {
 	// HostRouting overrides the cluster config's host_routing on this
 	// node: "bpf", "stack" or "" (follow the config).
 	HostRouting string
+	// TunnelDatapath overrides the cluster config's tunnel_datapath on
+	// this node: "device", "bpf" or "" (follow the config).
+	TunnelDatapath string
 	// Probe, when set, turns on the reachability prober (package reach):
 	// every peer's pod gateway is probed through the datapath, and
 	// unreachable peers make the agent degraded. Its OnChange and Logger

@@ -345,7 +345,7 @@ func (l *loop) syncOnce(ctx context.Context) error {
 	if a.cfg.ExtraRoutes != nil {
 		extra = append(extra, a.cfg.ExtraRoutes()...)
 	}
-	plan := model.Desired(l.state, a.cfg.NodeName, l.underlay, model.Options{ExtraRoutes: extra, HostRouting: a.cfg.HostRouting})
+	plan := model.Desired(l.state, a.cfg.NodeName, l.underlay, model.Options{ExtraRoutes: extra, HostRouting: a.cfg.HostRouting, TunnelDatapath: a.cfg.TunnelDatapath})
 	l.plan = plan
 	a.metrics.peerProblems.Set(float64(len(plan.Problems)))
 	l.logBigTCPNotes(plan)

@@ -55,7 +55,8 @@ type Overlay struct {
 	// zero MAC leaves the choice to the kernel.
 	MAC MAC
 	// InProgram: the tc programs encapsulate and decapsulate VXLAN
-	// themselves (docs/datapath.md). Off when Desired.StackRouting is
+	// themselves (docs/datapath.md, "VXLAN in the programs"); the device
+	// stays for what they leave to it. Off when Desired.StackRouting is
 	// set, and for Geneve (which keeps the device).
 	InProgram bool
 }
@@ -217,6 +218,9 @@ func (d *Desired) String() string {
 		if !d.Overlay.MAC.IsZero() {
 			fmt.Fprintf(&b, "/mac=%s", d.Overlay.MAC)
 		}
+		if d.Overlay.InProgram {
+			b.WriteString("/in-program")
+		}
 	}
 	fmt.Fprintf(&b, " cluster=%v local=%v pods=%v tunnels=%d routes=%d masq=%v",
 		d.ClusterCIDRs, d.LocalPodCIDRs, d.PodNetworks, len(d.Tunnels), len(d.Routes), d.Masquerade != nil)
@@ -313,6 +317,10 @@ type Counters struct {
 	// TxDirect counts packets sent from a pod's veth straight into the
 	// tunnel, skipping the bridge; they are in TxPackets too.
 	TxDirect uint64
+	// TxEncap counts packets the programs encapsulated themselves and
+	// sent out of the underlay (Overlay.InProgram), skipping the overlay
+	// device; they are in TxPackets too.
+	TxEncap uint64
 	// RoutedTx counts packets host routing sent from a local pod to a
 	// natively routed remote pod past the node's stack (FIB lookup, then
 	// straight to the egress device); RoutedRx those from such a pod

@@ -55,7 +55,8 @@ verbs:
   config set FILE|-          ask for a config (JSON or YAML ClusterConfig) ...
   config set --mtu 1400 ...  ... or change fields of the config in force (--cluster-cidr-v6 CIDR
                              adds IPv6 to a running IPv4 cluster; --big-tcp, --big-tcp-v6
-                             in native, gateway and bgp mode)
+                             in native, gateway and bgp mode; --tunnel-datapath bpf: the
+                             programs encapsulate VXLAN themselves)
   check                      verify the store: log contiguous, fold == projection, subnets guarded
   auth setup                 etcd users and roles of the cluster (controller, operator,
                              reader, one per node in the store) and root; turns etcd
@@ -662,7 +663,7 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 	str := map[string]*string{}
 	num := map[string]*uint64{}
 	boo := map[string]*bool{}
-	for _, f := range []string{"cluster-cidr", "cluster-cidr-v6", "backend", "native-routing-cidr", "native-routing-cidr-v6", "host-routing"} {
+	for _, f := range []string{"cluster-cidr", "cluster-cidr-v6", "backend", "native-routing-cidr", "native-routing-cidr-v6", "host-routing", "tunnel-datapath"} {
 		str[f] = fs.String(f, "", "")
 	}
 	for _, f := range []string{"node-mask-size", "node-mask-size-v6", "vni", "udp-port", "mtu", "node-grace-seconds", "event-retention"} {
@@ -777,6 +778,8 @@ func setField(cfg *weftv1.ClusterConfig, f string, str map[string]*string, num m
 		cfg.NativeRoutingCidrV6 = *str[f]
 	case "host-routing":
 		cfg.HostRouting = *str[f]
+	case "tunnel-datapath":
+		cfg.TunnelDatapath = *str[f]
 	case "node-mask-size":
 		cfg.NodeMaskSize, err = u32()
 	case "node-mask-size-v6":

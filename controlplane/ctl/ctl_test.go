@@ -161,6 +161,10 @@ func TestVerbs(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "refused") || !strings.Contains(out, "udp_port") {
 		t.Fatalf("config set --udp-port 0: %d %q", code, out)
 	}
+	code, out, _ = e.run("", "config", "set", "--tunnel-datapath", "xdp")
+	if code != 1 || !strings.Contains(out, "refused") || !strings.Contains(out, "tunnel_datapath:") {
+		t.Fatalf("config set --tunnel-datapath xdp: %d %q", code, out)
+	}
 	code, out, _ = e.run("", "config", "set", "--big-tcp")
 	if code != 1 || !strings.Contains(out, "refused") || !strings.Contains(out, "big_tcp:") {
 		t.Fatalf("config set --big-tcp over vxlan: %d %q", code, out)

@@ -62,6 +62,7 @@ type Options struct {
 	ASN               uint
 	BGPSpeaker        string
 	HostRouting       string
+	TunnelDatapath    string
 	Probe             bool
 	ProbeGrace        time.Duration
 	Validate          bool
@@ -92,6 +93,7 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	fs.UintVar(&o.ASN, "asn", 0, "this node's BGP AS number in bgp mode (0: the cluster's bgp.asn)")
 	fs.StringVar(&o.BGPSpeaker, "bgp-speaker", "", "the weft-bgp binary run in bgp mode (default: weft-bgp beside this binary, else on $PATH)")
 	fs.StringVar(&o.HostRouting, "host-routing", "", `"stack": pod traffic goes through this node's stack, so netfilter FORWARD rules (iptables-based NetworkPolicy) see it; "bpf": forwarded in eBPF past it; "" (default): the cluster config's host_routing`)
+	fs.StringVar(&o.TunnelDatapath, "tunnel-datapath", "", `"bpf": weft's tc programs encapsulate VXLAN themselves and send pod packets straight out of the underlay; "device": the kernel's VXLAN device does; "" (default): the cluster config's tunnel_datapath`)
 	fs.BoolVar(&o.Probe, "probe", true, "probe every peer's pod gateway through the datapath and report unreachable peers (degraded)")
 	fs.DurationVar(&o.ProbeGrace, "probe-grace", reach.DefaultGrace, "how long a new (or changed) peer may fail probes before it counts as unreachable")
 	fs.BoolVar(&o.Validate, "validate", false, "check the flags and exit (dry run)")
@@ -167,6 +169,9 @@ func (o *Options) Check() error {
 	}
 	if o.HostRouting != "" && !slices.Contains(validate.HostRoutings, o.HostRouting) {
 		return fmt.Errorf("--host-routing: unknown host routing %q (want one of %v, or empty for the cluster config's)", o.HostRouting, validate.HostRoutings)
+	}
+	if o.TunnelDatapath != "" && !slices.Contains(validate.TunnelDatapaths, o.TunnelDatapath) {
+		return fmt.Errorf("--tunnel-datapath: unknown tunnel datapath %q (want one of %v, or empty for the cluster config's)", o.TunnelDatapath, validate.TunnelDatapaths)
 	}
 	if o.ProbeGrace <= 0 {
 		return fmt.Errorf("--probe-grace: %s is not positive", o.ProbeGrace)
@@ -251,6 +256,7 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 		ReconcileInterval: o.ReconcileInterval,
 		ASN:               uint32(o.ASN),
 		HostRouting:       o.HostRouting,
+		TunnelDatapath:    o.TunnelDatapath,
 		// weft-bgp, a process of its own so that this binary does not
 		// carry GoBGP (docs/bgp.md, "Two processes").
 		BGP:    proc.New(proc.Options{Path: o.BGPSpeaker, Logger: log}),

@@ -24,12 +24,13 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 	t.Setenv("WEFT_NODE_NAME", "from-env")
 	t.Setenv("WEFT_RECONCILE_INTERVAL", "3s")
 	t.Setenv("WEFT_HOST_ROUTING", "stack")
+	t.Setenv("WEFT_TUNNEL_DATAPATH", "bpf")
 	o, err := Parse([]string{"--node-name", "from-flag", "--underlay", "eth1"}, os.Getenv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if o.NodeName != "from-flag" || len(o.Endpoints()) != 2 || o.ReconcileInterval != 3*time.Second || o.Underlay != "eth1" ||
-		o.HostRouting != "stack" {
+		o.HostRouting != "stack" || o.TunnelDatapath != "bpf" {
 		t.Fatalf("options = %+v", o)
 	}
 	if err := o.Check(); err != nil {
@@ -47,6 +48,7 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		{"--underlay", "not an interface"},
 		{"--etcd-certfile", "x"},
 		{"--host-routing", "legacy"},
+		{"--tunnel-datapath", "xdp"},
 		{"--bgp-speaker", "/nonexistent/weft-bgp"},
 		{"--bgp-speaker", "/"},
 		{"--prefix", "/"},

@@ -44,6 +44,22 @@ type Options struct {
 	// HostRouting overrides the config's host_routing for this node
 	// (the agent's --host-routing): "bpf", "stack" or "" (the config's).
 	HostRouting string
+	// TunnelDatapath overrides the config's tunnel_datapath for this node
+	// (the agent's --tunnel-datapath): "device", "bpf" or "" (the
+	// config's).
+	TunnelDatapath string
+}
+
+// TunnelDatapath is who encapsulates on a node: its own override when
+// set, else the config's tunnel_datapath, else "device".
+func TunnelDatapath(cfg *weftv1.ClusterConfig, override string) string {
+	switch {
+	case override != "":
+		return override
+	case cfg != nil && cfg.TunnelDatapath != "":
+		return cfg.TunnelDatapath
+	}
+	return validate.TunnelDatapathDevice
 }
 
 // HostRouting is the host routing a node uses: its own override when set,
@@ -114,7 +130,9 @@ func UnderlayMTU(cfg *weftv1.ClusterConfig, u spec.Underlay) int {
 // tunnelEndpoint).
 //
 // StackRouting follows config.host_routing unless opts.HostRouting
-// overrides it.
+// overrides it. Overlay.InProgram follows config.tunnel_datapath unless
+// opts.TunnelDatapath overrides it, for a VXLAN overlay (vxlan, hybrid)
+// without StackRouting.
 //
 // Masquerade follows config.masquerade: the node's pod CIDRs are
 // masqueraded unless the destination is in native_routing_cidr (IPv4) or
@@ -140,6 +158,10 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 		}
 		// The MTU is set below, once the tunnel endpoints are known.
 		d.Overlay = &spec.Overlay{Kind: kind, Port: uint16(cfg.UdpPort), VNI: cfg.Vni, MAC: spec.VTEPMAC(self)}
+		// The programs encapsulate only VXLAN, and only on their eBPF
+		// forwarding paths, which stack routing turns off.
+		d.Overlay.InProgram = kind == spec.ModeVXLAN && !d.StackRouting &&
+			TunnelDatapath(cfg, opts.TunnelDatapath) == validate.TunnelDatapathBPF
 		for _, c := range []string{cfg.ClusterCidr, cfg.ClusterCidrV6} {
 			if p, err := netip.ParsePrefix(c); err == nil {
 				d.ClusterCIDRs = append(d.ClusterCIDRs, p)

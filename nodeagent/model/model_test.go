@@ -253,6 +253,34 @@ func TestDesiredModes(t *testing.T) {
 			}
 		}
 	})
+	t.Run("tunnel-datapath", func(t *testing.T) {
+		for _, tc := range []struct {
+			backend, config, override, hostRouting string
+			inProgram                              bool
+		}{
+			{"vxlan", "", "", "", false},
+			{"vxlan", "device", "", "", false},
+			{"vxlan", "bpf", "", "", true},
+			{"vxlan", "bpf", "device", "", false},
+			{"vxlan", "device", "bpf", "", true},
+			{"vxlan", "", "bpf", "", true},
+			{"hybrid", "bpf", "", "", true},
+			{"geneve", "bpf", "", "", false},     // the programs encapsulate VXLAN only
+			{"vxlan", "bpf", "", "stack", false}, // no eBPF forwarding at all
+		} {
+			c := baseConfig()
+			c.Backend, c.TunnelDatapath, c.HostRouting = tc.backend, tc.config, tc.hostRouting
+			d := Desired(stateWith(t, c), "self", underlay(), Options{TunnelDatapath: tc.override}).Desired
+			if d.Overlay == nil || d.Overlay.InProgram != tc.inProgram {
+				t.Errorf("%+v: overlay %+v, want in program %v", tc, d.Overlay, tc.inProgram)
+			}
+		}
+		c := baseConfig()
+		c.Backend, c.TunnelDatapath = "native", "bpf"
+		if d := Desired(stateWith(t, c), "self", underlay(), Options{}).Desired; d.Overlay != nil {
+			t.Errorf("native with tunnel_datapath bpf: overlay %+v", d.Overlay)
+		}
+	})
 	t.Run("gateway", func(t *testing.T) {
 		c := baseConfig()
 		c.Backend, c.Masquerade, c.DefaultsApplied = "gateway", false, true

@@ -31,6 +31,17 @@ const (
 	HostRoutingStack = "stack"
 )
 
+// TunnelDatapaths are the values ClusterConfig.tunnel_datapath (and the
+// agent's --tunnel-datapath) may take: TunnelDatapathDevice encapsulates in
+// the kernel's VXLAN device, TunnelDatapathBPF in weft's tc programs.
+var TunnelDatapaths = []string{TunnelDatapathDevice, TunnelDatapathBPF}
+
+// The tunnel datapaths.
+const (
+	TunnelDatapathDevice = "device"
+	TunnelDatapathBPF    = "bpf"
+)
+
 // Defaults of ClusterConfig fields left zero.
 const (
 	DefaultBackend        = "vxlan"
@@ -109,6 +120,9 @@ func WithDefaults(c *weftv1.ClusterConfig) *weftv1.ClusterConfig {
 	}
 	if c.HostRouting == "" {
 		c.HostRouting = HostRoutingBPF
+	}
+	if c.TunnelDatapath == "" {
+		c.TunnelDatapath = TunnelDatapathDevice
 	}
 	if c.Vni == 0 {
 		c.Vni = DefaultVNI
@@ -204,6 +218,9 @@ func Config(c *weftv1.ClusterConfig) error {
 	}
 	if !slices.Contains(HostRoutings, c.HostRouting) {
 		return fieldErr("host_routing", "unknown host routing %q (want one of %v)", c.HostRouting, HostRoutings)
+	}
+	if !slices.Contains(TunnelDatapaths, c.TunnelDatapath) {
+		return fieldErr("tunnel_datapath", "unknown tunnel datapath %q (want one of %v)", c.TunnelDatapath, TunnelDatapaths)
 	}
 	if c.Vni < 1 || c.Vni > MaxVNI {
 		return fieldErr("vni", "%d is outside 1..%d", c.Vni, MaxVNI)

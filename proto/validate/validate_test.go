@@ -16,7 +16,7 @@ func good() *weftv1.ClusterConfig {
 func TestDefaults(t *testing.T) {
 	c := good()
 	if c.Backend != "vxlan" || c.Vni != 1 || c.UdpPort != 8472 || c.NodeMaskSize != 24 ||
-		!c.Masquerade || c.NativeRoutingCidr != "10.244.0.0/16" || !c.DefaultsApplied || c.HostRouting != "bpf" {
+		!c.Masquerade || c.NativeRoutingCidr != "10.244.0.0/16" || !c.DefaultsApplied || c.HostRouting != "bpf" || c.TunnelDatapath != "device" {
 		t.Fatalf("defaults = %v", c)
 	}
 	if err := Config(c); err != nil {
@@ -72,6 +72,8 @@ func TestConfigRejections(t *testing.T) {
 		{"backend", func(c *weftv1.ClusterConfig) { c.Backend = "ipip" }},
 		{"mtu", func(c *weftv1.ClusterConfig) { c.Mtu = 1279 }},
 		{"host_routing", func(c *weftv1.ClusterConfig) { c.HostRouting = "legacy" }},
+		{"tunnel_datapath", func(c *weftv1.ClusterConfig) { c.TunnelDatapath = "xdp" }},
+		{"tunnel_datapath", func(c *weftv1.ClusterConfig) { c.TunnelDatapath = "BPF" }},
 		{"native_routing_cidr", func(c *weftv1.ClusterConfig) { c.NativeRoutingCidr = "10.245.0.0/16" }},
 		{"big_tcp", func(c *weftv1.ClusterConfig) { c.BigTcp = true }}, // over vxlan
 		{"big_tcp", func(c *weftv1.ClusterConfig) { c.Backend, c.BigTcp = "hybrid", true }},

@@ -205,4 +205,7 @@ func WithDecap(g WeftGuard, v4, v6 netip.Addr, port uint16) (WeftGuard, error) {
 }
 
 // Flags of WeftConfig (CONFIG_* in lib/maps.h).
-const ConfigPortFast = 1 << 0
+const (
+	ConfigPortFast = 1 << 0
+	ConfigEncap    = 1 << 1
+)

@@ -26,8 +26,8 @@ func TestStructSizes(t *testing.T) {
 	}{
 		{"tunnel_key", binary.Size(WeftTunnelKey{}), 20},
 		{"tunnel_value", binary.Size(WeftTunnelValue{}), 24},
-		{"stats", binary.Size(WeftStats{}), 48},
-		{"config", binary.Size(WeftConfig{}), 16},
+		{"stats", binary.Size(WeftStats{}), 56},
+		{"config", binary.Size(WeftConfig{}), 32},
 		{"local_value", binary.Size(WeftLocalValue{}), 56},
 		{"endpoint_key", binary.Size(WeftEndpointKey{}), 16},
 		{"endpoint_value", binary.Size(WeftEndpointValue{}), 16},

@@ -4,7 +4,8 @@
 // share: the maps (maps.h), statistics and drop reasons (stats.h), packet
 // addresses (addr.h), the tunnel key (tunnel.h), forwarding past the
 // node's stack (forward.h), the pod check (pod.h) and the underlay check
-// (underlay.h).
+// (underlay.h); the transmit fast paths encapsulate VXLAN themselves with
+// CONFIG_ENCAP (encap.h).
 //
 // On the flow-based overlay device:
 //   weft_egress   sets the tunnel key of a packet for a remote pod from the
@@ -132,7 +133,7 @@ int weft_from_pods(struct __sk_buff *skb)
 	if (cfg && cfg->tunnel_ifindex) {
 		struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
 		if (tv)
-			return to_tunnel(skb, cfg->tunnel_ifindex, tv);
+			return to_tunnel(skb, cfg, tv);
 	}
 	return host_route_out(skb, &src, &key);
 }
@@ -169,7 +170,7 @@ int weft_from_port(struct __sk_buff *skb)
 		tv = bpf_map_lookup_elem(&weft_tunnels, &key);
 	int verdict;
 	if (tv) {
-		verdict = to_tunnel(skb, cfg->tunnel_ifindex, tv);
+		verdict = to_tunnel(skb, cfg, tv);
 	} else {
 		struct tunnel_key src = {};
 		if (load_addr(skb, &src, ADDR_SRC) != ADDR_OK)

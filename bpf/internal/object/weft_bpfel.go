@@ -14,11 +14,15 @@ import (
 )
 
 type WeftConfig struct {
-	_             structs.HostLayout
-	TunnelIfindex uint32
-	Flags         uint32
-	GwMac         [6]uint8
-	Pad           uint16
+	_               structs.HostLayout
+	TunnelIfindex   uint32
+	Flags           uint32
+	GwMac           [6]uint8
+	Pad             uint16
+	UnderlayIfindex uint32
+	UnderlayIpv4    [4]uint8
+	VtepMac         [6]uint8
+	Port            uint16
 }
 
 type WeftDecapStats struct {
@@ -147,6 +151,7 @@ type WeftStats struct {
 	RxBytes   uint64
 	RxDirect  uint64
 	TxDirect  uint64
+	TxEncap   uint64
 }
 
 type WeftTunnelKey struct {

@@ -91,9 +91,18 @@ type ClusterConfig struct {
 	// "BIG TCP".
 	BigTcp bool `protobuf:"varint,18,opt,name=big_tcp,json=bigTcp,proto3" json:"big_tcp,omitempty"`
 	// BIG TCP for IPv6 (Linux >= 5.19), as big_tcp.
-	BigTcpV6      bool `protobuf:"varint,19,opt,name=big_tcp_v6,json=bigTcpV6,proto3" json:"big_tcp_v6,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	BigTcpV6 bool `protobuf:"varint,19,opt,name=big_tcp_v6,json=bigTcpV6,proto3" json:"big_tcp_v6,omitempty"`
+	// Who encapsulates VXLAN (backends vxlan and hybrid): "device" (default)
+	// the kernel's VXLAN device, as kernel VXLAN does; "bpf" weft's tc
+	// programs themselves, which write the outer headers and send a pod's
+	// packet straight out of the underlay interface (towards IPv4 underlay
+	// endpoints; IPv6 endpoints keep the device). Wire-compatible: nodes of
+	// either setting talk to each other. Ignored with host_routing "stack"
+	// and for geneve. An agent's --tunnel-datapath overrides it for its node.
+	// docs/datapath.md, "VXLAN in the programs".
+	TunnelDatapath string `protobuf:"bytes,20,opt,name=tunnel_datapath,json=tunnelDatapath,proto3" json:"tunnel_datapath,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ClusterConfig) Reset() {
@@ -257,6 +266,13 @@ func (x *ClusterConfig) GetBigTcpV6() bool {
 		return x.BigTcpV6
 	}
 	return false
+}
+
+func (x *ClusterConfig) GetTunnelDatapath() string {
+	if x != nil {
+		return x.TunnelDatapath
+	}
+	return ""
 }
 
 // BGPConfig configures the agents' embedded BGP speaker.
@@ -529,7 +545,7 @@ var File_weft_v1_config_proto protoreflect.FileDescriptor
 
 const file_weft_v1_config_proto_rawDesc = "" +
 	"\n" +
-	"\x14weft/v1/config.proto\x12\aweft.v1\"\xc2\x05\n" +
+	"\x14weft/v1/config.proto\x12\aweft.v1\"\xeb\x05\n" +
 	"\rClusterConfig\x12!\n" +
 	"\fcluster_cidr\x18\x01 \x01(\tR\vclusterCidr\x12&\n" +
 	"\x0fcluster_cidr_v6\x18\x02 \x01(\tR\rclusterCidrV6\x12$\n" +
@@ -553,7 +569,8 @@ const file_weft_v1_config_proto_rawDesc = "" +
 	"\fhost_routing\x18\x11 \x01(\tR\vhostRouting\x12\x17\n" +
 	"\abig_tcp\x18\x12 \x01(\bR\x06bigTcp\x12\x1c\n" +
 	"\n" +
-	"big_tcp_v6\x18\x13 \x01(\bR\bbigTcpV6\"\xa0\x02\n" +
+	"big_tcp_v6\x18\x13 \x01(\bR\bbigTcpV6\x12'\n" +
+	"\x0ftunnel_datapath\x18\x14 \x01(\tR\x0etunnelDatapath\"\xa0\x02\n" +
 	"\tBGPConfig\x12\x10\n" +
 	"\x03asn\x18\x01 \x01(\rR\x03asn\x12\x1b\n" +
 	"\tfull_mesh\x18\x02 \x01(\bR\bfullMesh\x12&\n" +

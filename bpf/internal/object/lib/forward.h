@@ -9,6 +9,7 @@
 #include "stats.h"
 #include "tunnel.h"
 #include "conntrack.h"
+#include "encap.h"
 
 /* dec_ttl decrements the IPv4 TTL or IPv6 hop limit as a router does. It
  * returns -1 when the packet must go to the stack instead (expiry, which
@@ -46,13 +47,16 @@ static __always_inline int dec_ttl(struct __sk_buff *skb)
 
 /* to_tunnel is the tail of both transmit fast paths: a packet for a remote
  * pod (tv, the caller's one lookup) that fits the overlay device
- * (tunnel_ifindex) gets its TTL decremented and its tunnel key set and goes
- * straight to the device, skipping the node's routing, netfilter and
- * neighbour layers. Too big (bpf_check_mtu, GSO aware) or TTL expiring: to
+ * (cfg->tunnel_ifindex) gets its TTL decremented and goes into the tunnel,
+ * skipping the node's routing, netfilter and neighbour layers: with
+ * CONFIG_ENCAP towards an IPv4 endpoint encapsulated here and straight out
+ * of the underlay (encap_vxlan4), else with its tunnel key set to the
+ * overlay device. Too big (bpf_check_mtu, GSO aware) or TTL expiring: to
  * the stack unchanged, which answers with an ICMP error. */
-static __always_inline int to_tunnel(struct __sk_buff *skb, __u32 tunnel_ifindex,
+static __always_inline int to_tunnel(struct __sk_buff *skb, const struct config *cfg,
 				     const struct tunnel_value *tv)
 {
+	__u32 tunnel_ifindex = cfg->tunnel_ifindex;
 	__u32 mtu_len = 0;
 	if (bpf_check_mtu(skb, tunnel_ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
 		return TC_ACT_OK;
@@ -60,6 +64,13 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, __u32 tunnel_ifindex
 		return TC_ACT_OK;
 	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;
+	/* IPv6 endpoints keep the device, which computes the outer UDP
+	 * checksum IPv6 asks for (encap.h writes none). */
+	if ((cfg->flags & CONFIG_ENCAP) && !(tv->flags & FLAG_IPV6_ENDPOINT)) {
+		int verdict = encap_vxlan4(skb, cfg, tv);
+		if (verdict >= 0)
+			return verdict;
+	}
 	/* If the key cannot be set here, the device's egress program looks
 	 * the destination up itself (and drops with DROP_TUNNEL_KEY if the
 	 * kernel refuses again). */

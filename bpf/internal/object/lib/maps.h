@@ -38,6 +38,10 @@ struct {
  * straight into the tunnel (the loader sets it only with tunnel_ifindex and
  * gw_mac, the bridge's MAC). */
 #define CONFIG_PORT_FAST (1U << 0)
+/* config.flags: the transmit fast paths encapsulate VXLAN themselves
+ * towards IPv4 endpoints and send the packet out of the underlay
+ * (encap.h); the loader sets it with the underlay fields below. */
+#define CONFIG_ENCAP (1U << 1)
 
 /* Every remote node's pod CIDR → that node's underlay address (endpoint
  * and flags as in weft_tunnels; vni unused), in every mode: the underlay
@@ -70,6 +74,11 @@ struct config {
 	__u32 flags;          /* CONFIG_* */
 	__u8 gw_mac[6];       /* the pod bridge (the pods' gateway) */
 	__u16 pad;
+	/* With CONFIG_ENCAP: */
+	__u32 underlay_ifindex; /* where encapsulated packets leave */
+	__u8 underlay_ipv4[4];  /* this node's underlay address: the outer source */
+	__u8 vtep_mac[6];       /* the overlay device's MAC: the inner source */
+	__be16 port;            /* the overlay's UDP destination port */
 };
 
 struct {

@@ -7,12 +7,13 @@
 
 /* Per-CPU traffic statistics (one array slot). */
 struct stats {
-	__u64 tx_packets; /* sent into the tunnel (counted at the overlay device) */
+	__u64 tx_packets; /* sent into the tunnel (at the overlay device, or tx_encap) */
 	__u64 tx_bytes;
 	__u64 rx_packets; /* accepted out of the tunnel */
 	__u64 rx_bytes;
 	__u64 rx_direct; /* of rx: delivered straight into a local pod (redirect_peer) */
 	__u64 tx_direct; /* of tx: sent from a pod's veth straight into the tunnel */
+	__u64 tx_encap;  /* of tx: encapsulated by the program itself (encap.h), not the device */
 };
 
 struct {
