@@ -15,7 +15,7 @@ import (
 // packet, in nanoseconds of the kernel's own run-time statistics
 // (kernel.bpf_stats_enabled, turned on for the run through BPF_ENABLE_STATS
 // and off again after it): the weft VXLAN, weft native and weft-rx (VXLAN
-// with the receive side in the program) setups of BenchmarkPodToPod, each
+// in the programs, both sides) setups of BenchmarkPodToPod, each
 // carrying WEFT_BENCH_RTS (default 20,000) one-byte request/response round
 // trips, busy-polling as there. A round trip runs every program on its path
 // twice (once per direction), so these costs are the datapath's own share

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -60,6 +61,17 @@ func measure(t *testing.T, n *testNode, fn func()) encapDelta {
 // it arrives whole.
 func udpDF(t *testing.T, from, to *netnstest.NS, dst netip.Addr, size int) {
 	t.Helper()
+	if err := udpDFOnce(t, from, to, dst, size, 20, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// udpDFOnce is udpDF's attempt: up to tries sends, each waited for; an
+// error says what went wrong (a send refused, nothing arrived). probe
+// (IPv4) sends at the interface's MTU whatever path MTU the pod learned
+// (IP_PMTUDISC_PROBE: DF set, no local refusal).
+func udpDFOnce(t *testing.T, from, to *netnstest.NS, dst netip.Addr, size, tries int, probe bool) error {
+	t.Helper()
 	var pc net.PacketConn
 	to.MustDo(t, func() error {
 		var err error
@@ -84,7 +96,11 @@ func udpDF(t *testing.T, from, to *netnstest.NS, dst netip.Addr, size int) {
 		var serr error
 		err = raw.Control(func(fd uintptr) {
 			if dst.Is4() {
-				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
+				mode := unix.IP_PMTUDISC_DO
+				if probe {
+					mode = unix.IP_PMTUDISC_PROBE
+				}
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, mode)
 			} else {
 				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_DONTFRAG, 1)
 			}
@@ -97,20 +113,20 @@ func udpDF(t *testing.T, from, to *netnstest.NS, dst netip.Addr, size int) {
 	defer c.Close()
 	msg := bytes.Repeat([]byte{0xa5}, size)
 	buf := make([]byte, size+100)
-	for range 20 {
+	for range tries {
 		if _, err := c.Write(msg); err != nil {
-			t.Fatalf("send %d bytes to %s with DF: %v", size, dst, err)
+			return fmt.Errorf("send %d bytes to %s with DF: %w", size, dst, err)
 		}
 		_ = pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 		n, _, err := pc.ReadFrom(buf)
 		if err == nil {
 			if n != size {
-				t.Fatalf("udp to %s: %d bytes arrived, sent %d", dst, n, size)
+				return fmt.Errorf("udp to %s: %d bytes arrived, sent %d", dst, n, size)
 			}
-			return
+			return nil
 		}
 	}
-	t.Fatalf("udp of %d bytes with DF to %s: nothing arrived", size, dst)
+	return fmt.Errorf("udp of %d bytes with DF to %s: nothing arrived", size, dst)
 }
 
 // capture reads VXLAN frames (UDP to port 8472) arriving on n's underlay
@@ -261,6 +277,19 @@ func TestInProgramEncap(t *testing.T) {
 		})
 	})
 
+	t.Run("from the bridge: a pod without the pod check", func(t *testing.T) {
+		// Its frames reach the bridge, where weft_from_pods takes the
+		// same tail into the tunnel.
+		both(t, true, false)
+		pod2, _ := c.addPod(t, a, "vpod2", netip.MustParseAddr("10.244.1.3"))
+		check(t, a, true, 3, func() {
+			if !netnstest.Reach(t, pod2, b.podIP, reachTimeout) {
+				t.Fatal("pod without the pod check cannot reach the remote pod")
+			}
+			tcpEcho(t, pod2, b.pod, b.podIP, 64<<10)
+		})
+	})
+
 	t.Run("IPv6 underlay endpoints keep the device", func(t *testing.T) {
 		// An IPv6 underlay costs 20 more bytes of overhead: MTU 1430.
 		for _, n := range c.nodes {
@@ -347,5 +376,32 @@ func TestInProgramEncap(t *testing.T) {
 			t.Errorf("inner packets differ:\ndevice  % x\nprogram % x", dev[in:], prog[in:])
 		}
 		t.Logf("device  % x\nprogram % x", dev[:64], prog[:64])
+	})
+
+	t.Run("too big for the overlay goes to the stack", func(t *testing.T) {
+		// An overlay MTU below the pods' 1450: the MTU check before the
+		// encapsulation sends a full-sized datagram to the stack, which
+		// answers "fragmentation needed"; it is never encapsulated.
+		for _, n := range c.nodes {
+			w := c.encapWant(n, true, netip.Addr{})
+			w.Overlay.MTU = 1400
+			n.sync(w)
+		}
+		// Sent once at the pod's MTU whatever path MTU it learned
+		// before: it reaches node 1, whose stack refuses it (FragFails)
+		// and answers with the ICMP error.
+		f0 := ipStat(t, a, "FragFails")
+		d := measure(t, a, func() {
+			if err := udpDFOnce(t, a.pod, b.pod, b.podIP, 1450-28, 1, true); err == nil {
+				t.Error("a 1450-byte datagram with DF crossed an overlay of MTU 1400")
+			}
+		})
+		if d.encap != 0 || d.device != 0 {
+			t.Fatalf("%d packets bigger than the overlay MTU were encapsulated in the program, %d sent by the device", d.encap, d.device)
+		}
+		if f := ipStat(t, a, "FragFails") - f0; f != 1 {
+			t.Fatalf("node 1's stack refused %d datagrams as too big, want the one sent", f)
+		}
+		check(t, a, true, 1, func() { udpDF(t, a.pod, b.pod, b.podIP, 1400-28) })
 	})
 }

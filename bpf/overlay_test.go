@@ -435,6 +435,13 @@ func indexOf(s, sub string) int {
 // forwarded reads Ip ForwDatagrams of n's namespace.
 func forwarded(t *testing.T, n *testNode) int {
 	t.Helper()
+	return ipStat(t, n, "ForwDatagrams")
+}
+
+// ipStat is the IPv4 statistic key (an Ip field of /proc/net/snmp) of n's
+// namespace.
+func ipStat(t *testing.T, n *testNode, key string) int {
+	t.Helper()
 	var v int
 	n.ns.MustDo(t, func() error {
 		b, err := os.ReadFile("/proc/thread-self/net/snmp")
@@ -448,13 +455,13 @@ func forwarded(t *testing.T, n *testNode) int {
 			}
 			keys, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
 			for j, k := range keys {
-				if k == "ForwDatagrams" {
+				if k == key {
 					v, err = strconv.Atoi(vals[j])
 					return err
 				}
 			}
 		}
-		return errors.New("no ForwDatagrams in snmp")
+		return errors.New("no " + key + " in snmp")
 	})
 	return v
 }
