@@ -44,16 +44,16 @@ func deviceTx(t testing.TB, n *testNode) uint64 {
 }
 
 // encapDelta is what one node sent between two reads: packets the programs
-// encapsulated themselves, all packets into the tunnel, and packets the
-// overlay device transmitted.
-type encapDelta struct{ encap, tx, device uint64 }
+// encapsulated themselves, all packets (and their bytes) into the tunnel,
+// and packets the overlay device transmitted.
+type encapDelta struct{ encap, tx, bytes, device uint64 }
 
 func measure(t *testing.T, n *testNode, fn func()) encapDelta {
 	t.Helper()
 	c0, d0 := n.counters(), deviceTx(t, n)
 	fn()
 	c1, d1 := n.counters(), deviceTx(t, n)
-	return encapDelta{encap: c1.TxEncap - c0.TxEncap, tx: c1.TxPackets - c0.TxPackets, device: d1 - d0}
+	return encapDelta{encap: c1.TxEncap - c0.TxEncap, tx: c1.TxPackets - c0.TxPackets, bytes: c1.TxBytes - c0.TxBytes, device: d1 - d0}
 }
 
 // udpDF sends one UDP datagram of size bytes of payload from pod `from` to
@@ -277,19 +277,6 @@ func TestInProgramEncap(t *testing.T) {
 		})
 	})
 
-	t.Run("from the bridge: a pod without the pod check", func(t *testing.T) {
-		// Its frames reach the bridge, where weft_from_pods takes the
-		// same tail into the tunnel.
-		both(t, true, false)
-		pod2, _ := c.addPod(t, a, "vpod2", netip.MustParseAddr("10.244.1.3"))
-		check(t, a, true, 3, func() {
-			if !netnstest.Reach(t, pod2, b.podIP, reachTimeout) {
-				t.Fatal("pod without the pod check cannot reach the remote pod")
-			}
-			tcpEcho(t, pod2, b.pod, b.podIP, 64<<10)
-		})
-	})
-
 	t.Run("IPv6 underlay endpoints keep the device", func(t *testing.T) {
 		// An IPv6 underlay costs 20 more bytes of overhead: MTU 1430.
 		for _, n := range c.nodes {
@@ -396,12 +383,32 @@ func TestInProgramEncap(t *testing.T) {
 				t.Error("a 1450-byte datagram with DF crossed an overlay of MTU 1400")
 			}
 		})
-		if d.encap != 0 || d.device != 0 {
-			t.Fatalf("%d packets bigger than the overlay MTU were encapsulated in the program, %d sent by the device", d.encap, d.device)
+		// Small packets of earlier connections may still go out; the
+		// datagram's frame alone would be 1464 bytes.
+		if bytes := d.bytes; bytes >= 1450 {
+			t.Fatalf("%d bytes in %d packets encapsulated in the program, %d packets sent by the device: the too-big datagram went into the tunnel", bytes, d.encap, d.device)
 		}
 		if f := ipStat(t, a, "FragFails") - f0; f != 1 {
 			t.Fatalf("node 1's stack refused %d datagrams as too big, want the one sent", f)
 		}
 		check(t, a, true, 1, func() { udpDF(t, a.pod, b.pod, b.podIP, 1400-28) })
+	})
+
+	t.Run("from the bridge: a pod without the pod check", func(t *testing.T) {
+		// Its frames reach the bridge, where weft_from_pods takes the
+		// same tail into the tunnel. Last: the test bridge takes its
+		// lowest port's MAC (weft's own bridge has a fixed one), so the
+		// new port and its removal at the subtest's end may change the
+		// gateway's MAC; pod 1 then sends to the MAC it cached, which no
+		// port has any more, until ARP learns the new one (seconds:
+		// later subtests failed "no path" when this one came before them).
+		both(t, true, false)
+		pod2, _ := c.addPod(t, a, "vpod2", netip.MustParseAddr("10.244.1.3"))
+		check(t, a, true, 3, func() {
+			if !netnstest.Reach(t, pod2, b.podIP, reachTimeout) {
+				t.Fatal("pod without the pod check cannot reach the remote pod")
+			}
+			tcpEcho(t, pod2, b.pod, b.podIP, 64<<10)
+		})
 	})
 }

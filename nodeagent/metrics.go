@@ -103,8 +103,8 @@ func (m *metrics) entries(d *spec.Desired) {
 type counterCollector struct{ dp Datapath }
 
 var counterDescs = map[string]*prometheus.Desc{
-	"tx_packets": prometheus.NewDesc("weft_datapath_tx_packets_total", "Packets encapsulated by the egress program.", nil, nil),
-	"tx_bytes":   prometheus.NewDesc("weft_datapath_tx_bytes_total", "Bytes encapsulated by the egress program.", nil, nil),
+	"tx_packets": prometheus.NewDesc("weft_datapath_tx_packets_total", "Packets sent into the tunnel (by the egress program, or encapsulated in the programs).", nil, nil),
+	"tx_bytes":   prometheus.NewDesc("weft_datapath_tx_bytes_total", "Bytes sent into the tunnel (inner frames).", nil, nil),
 	"rx_packets": prometheus.NewDesc("weft_datapath_rx_packets_total", "Packets accepted by the ingress program.", nil, nil),
 	"rx_bytes":   prometheus.NewDesc("weft_datapath_rx_bytes_total", "Bytes accepted by the ingress program.", nil, nil),
 	"drops":      prometheus.NewDesc("weft_datapath_drops_total", "Packets dropped by the programs, by class (no_tunnel, spoofed, other).", []string{"reason"}, nil),
@@ -113,6 +113,9 @@ var counterDescs = map[string]*prometheus.Desc{
 	"direct": prometheus.NewDesc("weft_datapath_direct_packets_total",
 		"Overlay packets that skipped the pod bridge: rx entered a local pod straight from the tunnel, tx went from a pod's veth straight into it (counted in rx/tx_packets too).",
 		[]string{"direction"}, nil),
+	"encap": prometheus.NewDesc("weft_datapath_encap_packets_total",
+		"Packets the programs encapsulated in VXLAN themselves and sent out of the underlay, skipping the overlay device (tunnel_datapath bpf; counted in tx_packets too).",
+		nil, nil),
 	"routed": prometheus.NewDesc("weft_datapath_routed_packets_total",
 		"Packets host routing forwarded in eBPF past the node's stack between a local pod and a natively routed remote pod, by direction (tx: out to the underlay, rx: into the pod).",
 		[]string{"direction"}, nil),
@@ -142,6 +145,7 @@ func (c counterCollector) Collect(ch chan<- prometheus.Metric) {
 	cm("drops", s.DropOther, "other")
 	cm("direct", s.RxDirect, "rx")
 	cm("direct", s.TxDirect, "tx")
+	cm("encap", s.TxEncap)
 	cm("routed", s.RoutedRx, "rx")
 	cm("routed", s.RoutedTx, "tx")
 	for reason, n := range s.Drops {
