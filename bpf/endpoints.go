@@ -165,12 +165,23 @@ func (d *Datapath) refreshEndpoints() error {
 		return fmt.Errorf("read endpoint map: %w", err)
 	}
 	wantKeys := map[object.WeftEndpointKey]bool{}
+	changed := false
+	// The underlay check remembers the endpoint of a flow it accepted
+	// (weft_rp_accepted, lib/underlay.h): a changed or removed endpoint
+	// empties the memories, so the next packet for the pod takes the new
+	// one, not the one remembered for up to 100 ms.
+	defer func() {
+		if changed {
+			d.forgetMemos()
+		}
+	}()
 	for ip, v := range want {
 		k := object.EndpointKey(ip)
 		wantKeys[k] = true
 		if old, ok := have[k]; ok && old == v {
 			continue
 		}
+		changed = true
 		if err := d.objs.WeftEndpoints.Update(&k, &v, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("write endpoint %s: %w", ip, err)
 		}
@@ -180,6 +191,7 @@ func (d *Datapath) refreshEndpoints() error {
 		if wantKeys[k] {
 			continue
 		}
+		changed = true
 		if err := d.objs.WeftEndpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete endpoint: %w", err)
 		}

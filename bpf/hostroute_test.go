@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -411,3 +412,197 @@ func entries(t testing.TB, m *ebpf.Map) int {
 	must(t, it.Err())
 	return n
 }
+
+// TestHostRoutingFlowMemories: what host routing and the underlay check
+// remember per flow (lib/conntrack.h, "flow_ports"; weft_rp_accepted and
+// weft_routed_pairs) is given up where it could be wrong: a changed
+// endpoint empties the underlay check's memories at once, and the first
+// packet of a TCP connection asks conntrack even when its ports are
+// remembered as a flow conntrack did not know.
+func TestHostRoutingFlowMemories(t *testing.T) {
+	c := newTestCluster(t, AttachTCX)
+	c.openAll(t)
+	a, b := c.nodes[0], c.nodes[1]
+	serviceDNAT(t, a, b)
+	for _, n := range c.nodes {
+		n.sync(c.nativeWant(n, true))
+	}
+	if !netnstest.Reach(t, a.pod, b.podIP, reachTimeout) || !netnstest.Reach(t, b.pod, a.podIP, reachTimeout) {
+		t.Fatal("no pod-to-pod path")
+	}
+
+	t.Run("a changed endpoint is not remembered", func(t *testing.T) {
+		// Node 1's endpoint for its pod pointed somewhere else (the
+		// loopback device) when pod 2's datagram was accepted: the
+		// acceptance remembers it. The loader's refresh puts the
+		// endpoint right and forgets every acceptance, so the very
+		// next datagram reaches the pod.
+		a.sync(c.nativeWant(a, true))
+		k := object.EndpointKey(a.podIP)
+		var ep object.WeftEndpointValue
+		must(t, a.dp.objs.WeftEndpoints.Lookup(&k, &ep))
+		wrong := ep
+		wrong.Ifindex = 1
+		must(t, a.dp.objs.WeftEndpoints.Put(&k, &wrong))
+		must(t, udpSend(b.pod, a.podIP, 9, "to the wrong endpoint"))
+		remembered := false
+		var rk object.WeftRpKey
+		var rv object.WeftRpValue
+		it := a.dp.objs.WeftRpAccepted.Iterate()
+		for it.Next(&rk, &rv) {
+			remembered = remembered || (rk.Dst == k.Addr && rv.EpIfindex == 1)
+		}
+		must(t, it.Err())
+		if !remembered {
+			t.Fatal("the underlay check remembered no acceptance with the endpoint")
+		}
+		must(t, a.dp.RefreshEndpoints())
+		if n := entries(t, a.dp.objs.WeftRpAccepted); n != 0 {
+			t.Fatalf("%d acceptances remembered after the endpoint changed", n)
+		}
+		var pc net.PacketConn
+		a.pod.MustDo(t, func() error {
+			var err error
+			pc, err = net.ListenPacket("udp", netip.AddrPortFrom(a.podIP, 0).String())
+			return err
+		})
+		defer pc.Close()
+		c0 := a.counters()
+		must(t, udpSend(b.pod, a.podIP, uint16(pc.LocalAddr().(*net.UDPAddr).Port), "first"))
+		_ = pc.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 16)
+		if n, _, err := pc.ReadFrom(buf); err != nil || string(buf[:n]) != "first" {
+			t.Fatalf("the first datagram after the refresh: %q %v", buf[:n], err)
+		}
+		if c1 := a.counters(); c1.RoutedRx == c0.RoutedRx {
+			t.Fatalf("the datagram did not take the eBPF path: %+v", c1)
+		}
+	})
+
+	t.Run("a connection's first packet asks conntrack", func(t *testing.T) {
+		// Pod 1 connects to pod 2 directly from port 40123 (and closes
+		// first, so the TIME_WAIT is its own): node 1 remembers pod 2's
+		// side of the flow (8081 to 40123) as one conntrack has no entry
+		// for. Right after, pod 1 connects from the same port to a
+		// Service address node 1 DNATs to the same pod and port: the
+		// backend's SYN-ACK has the remembered ports, and must go to
+		// node 1's stack to be un-DNATed, not straight to the pod (which
+		// would reset the connection). Repeated when the two connections
+		// took longer than the memory's 100 ms (a loaded machine), where
+		// the memory could not have answered.
+		svc := netip.MustParseAddrPort("10.96.0.11:80")
+		runNFT(t, a.ns, fmt.Sprintf(`table ip weftsvc2 {
+	chain pre {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr %s tcp dport %d dnat to %s:8081
+	}
+}
+`, svc.Addr(), svc.Port(), b.podIP))
+		var ln net.Listener
+		b.pod.MustDo(t, func() error {
+			var err error
+			ln, err = net.Listen("tcp", netip.AddrPortFrom(b.podIP, 8081).String())
+			return err
+		})
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = c.Write([]byte("hi"))
+				_, _ = io.Copy(io.Discard, c) // until the client closes
+				c.Close()
+			}
+		}()
+		const port = 40123
+		dial := func(to netip.AddrPort) (time.Time, error) {
+			var err error
+			var done time.Time
+			a.pod.MustDo(t, func() error {
+				d := net.Dialer{
+					Timeout:   3 * time.Second,
+					LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(a.podIP, port)),
+					Control: func(_, _ string, rc syscall.RawConn) error {
+						var serr error
+						if err := rc.Control(func(fd uintptr) {
+							serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+						}); err != nil {
+							return err
+						}
+						return serr
+					},
+				}
+				conn, e := d.Dial("tcp", to.String())
+				if e != nil {
+					err = e
+					return nil
+				}
+				defer conn.Close()
+				_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+				buf := make([]byte, 2)
+				if _, e := io.ReadFull(conn, buf); e != nil || string(buf) != "hi" {
+					err = fmt.Errorf("read %q: %v", buf, e)
+				}
+				done = time.Now()
+				return nil
+			})
+			return done, err
+		}
+		backend := netip.AddrPortFrom(b.podIP, 8081)
+		for try := 0; ; try++ {
+			a.sync(c.nativeWant(a, true))
+			direct, err := dial(backend)
+			if err != nil {
+				t.Fatalf("direct to %s: %v", backend, err)
+			}
+			// The direct connection's last ACK may still be on its way.
+			c0 := a.counters()
+			for {
+				time.Sleep(10 * time.Millisecond)
+				c1 := a.counters()
+				if c1.RoutedRx == c0.RoutedRx {
+					break
+				}
+				c0 = c1
+			}
+			if _, err := dial(svc); err != nil {
+				t.Fatalf("service %s from port %d right after a direct connection: %v", svc, port, err)
+			}
+			if c1 := a.counters(); c1.RoutedRx != c0.RoutedRx {
+				t.Fatalf("%d packets of the DNATed connection went straight to the pod", c1.RoutedRx-c0.RoutedRx)
+			}
+			if time.Since(direct) < 80*time.Millisecond {
+				break
+			}
+			if try == 5 {
+				t.Fatal("the two connections never within 80 ms of each other")
+			}
+		}
+		// What the service connection's SYN-ACK left: the flow is the
+		// stack's.
+		found := false
+		var rk object.WeftRpKey
+		var rv object.WeftRpValue
+		it := a.dp.objs.WeftRpAccepted.Iterate()
+		for it.Next(&rk, &rv) {
+			if rk.Src == object.EndpointKey(b.podIP).Addr && rk.Sport == htons(8081) && rk.Dport == htons(port) {
+				found = true
+				if rv.Ct != flowCTStack {
+					t.Fatalf("remembered conntrack answer %d for the DNATed flow, want %d", rv.Ct, flowCTStack)
+				}
+			}
+		}
+		must(t, it.Err())
+		if !found {
+			t.Fatal("no acceptance remembered for the flow")
+		}
+	})
+}
+
+// flowCTStack is lib/conntrack.h's FLOW_CT_STACK.
+const flowCTStack = 2
+
+// htons is a port as the programs' keys hold it (network order).
+func htons(p uint16) uint16 { return p>>8 | p<<8 }

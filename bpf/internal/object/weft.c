@@ -205,13 +205,13 @@ int weft_from_underlay(struct __sk_buff *skb)
 	if ((s | d) & POD_ADDR_MAPPED)
 		return drop(DROP_IPV4_MAPPED);
 	if (s & POD_ADDR_POD) {
-		int routed = 0;
-		int verdict = check_reverse_path(skb, &src, &dst, &routed);
+		struct rp_memo r = {};
+		int verdict = check_reverse_path(skb, &src, &dst, &r);
 		if (verdict != TC_ACT_OK)
 			return verdict;
 		if (!(s & d & POD_ADDR_OK))
 			return TC_ACT_OK; /* e.g. IPv6 multicast: the stack's */
-		return host_route_in(skb, &dst, routed);
+		return host_route_in(skb, &dst, &r);
 	}
 	if ((d & POD_ADDR_POD) && (g->flags & GUARD_TUNNEL_ONLY))
 		return drop(DROP_PLAIN_TO_POD);

@@ -109,9 +109,11 @@ type WeftPodValue struct {
 }
 
 type WeftRoutedPairKey struct {
-	_   structs.HostLayout
-	Src [16]uint8
-	Dst [16]uint8
+	_     structs.HostLayout
+	Src   [16]uint8
+	Dst   [16]uint8
+	Sport uint16
+	Dport uint16
 }
 
 type WeftRoutedPairValue struct {
@@ -121,7 +123,8 @@ type WeftRoutedPairValue struct {
 	Ifindex  uint32
 	Flowinfo uint32
 	Proto    uint8
-	Pad      [3]uint8
+	Ct       uint8
+	Pad      [2]uint8
 	Smac     [6]uint8
 	Dmac     [6]uint8
 	Pad2     uint32
@@ -133,14 +136,20 @@ type WeftRpKey struct {
 	Dst     [16]uint8
 	Ifindex uint32
 	Mac     [6]uint8
+	Sport   uint16
+	Dport   uint16
 	Pad     uint16
 }
 
 type WeftRpValue struct {
-	_      structs.HostLayout
-	Until  uint64
-	Routed uint32
-	Pad    uint32
+	_         structs.HostLayout
+	Until     uint64
+	Routed    uint32
+	EpIfindex uint32
+	PodMac    [6]uint8
+	GwMac     [6]uint8
+	Ct        uint8
+	Pad       [3]uint8
 }
 
 type WeftStats struct {

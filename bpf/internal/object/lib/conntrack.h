@@ -109,4 +109,86 @@ __noinline int stack_flow(struct __sk_buff *skb, __u32 off)
 	return 1;
 }
 
+/* What the fast paths' per-flow memories (host routing's pairs,
+ * hostroute.h; the underlay check's acceptances, underlay.h) key a TCP
+ * packet by beside its addresses, and whether conntrack's answer for the
+ * flow (stack_flow) may be taken from them. Conntrack gives a flow its
+ * entry when the stack sees the flow's first packet, the SYN (a Service's
+ * DNAT, a hostPort, the node's own connections), and a flow that has none
+ * then gets none while it runs: a NAT rule added later applies to new
+ * connections only. So a TCP packet without SYN or RST (steady) may take
+ * the answer remembered for its flow, for the memory's 100 ms at most, and
+ * a SYN or SYN-ACK, the first packet each way of a connection, or a reset
+ * (a refused connection's answer), is always looked up: a connection that
+ * reuses a remembered flow's ports (a client's port reused towards a
+ * Service address that DNATs to the same backend) has its own answer
+ * from its first packet on. (A bare ACK that answers a SYN, from a
+ * TIME_WAIT socket holding the same ports, may go either way: the client
+ * resets and sends its SYN again, through the stack or not.) Only TCP: UDP
+ * (no first packet to tell) and everything else keep the lookup per
+ * packet and are remembered per address pair (ports 0), as before. */
+struct flow_ports {
+	__be16 sport; /* 0: not a TCP packet stack_flow would look up */
+	__be16 dport;
+	__u32 steady; /* TCP without SYN or RST: a remembered answer stands */
+};
+
+/* Remembered answers of stack_flow (a memory's ct byte). */
+#define FLOW_CT_UNKNOWN 0
+#define FLOW_CT_NONE 1  /* conntrack had no entry: the fast path */
+#define FLOW_CT_STACK 2 /* it had one: to the stack */
+
+/* TCP header flags (byte 13). */
+#define WEFT_TCP_SYN 0x02
+#define WEFT_TCP_RST 0x04
+
+/* flow_ports fills f (zero on entry) for a TCP packet with the headers
+ * stack_flow parses (IPv4 without options or fragments, IPv6 without
+ * extension headers), else leaves it zero. A global function (common.h).
+ * Always returns 0. */
+__noinline int flow_ports(struct __sk_buff *skb, struct flow_ports *f)
+{
+	if (!f)
+		return 0;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = eth_hdr(skb);
+	if (!eth)
+		return 0;
+	__u8 *l4;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x1FFF)) ||
+		    ip->protocol != WEFT_IPPROTO_TCP)
+			return 0;
+		l4 = (void *)(ip + 1);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != WEFT_IPPROTO_TCP)
+			return 0;
+		l4 = (void *)(ip6 + 1);
+	} else {
+		return 0;
+	}
+	if ((void *)(l4 + 14) > data_end)
+		return 0;
+	__builtin_memcpy(&f->sport, l4, 2);
+	__builtin_memcpy(&f->dport, l4 + 2, 2);
+	f->steady = !(l4[13] & (WEFT_TCP_SYN | WEFT_TCP_RST));
+	return 0;
+}
+
+/* remembered_stack_flow is stack_flow for a packet whose flow's memory
+ * holds *ct (in the map, written in place, or in the entry about to be
+ * written): a steady TCP packet takes a remembered answer, any other
+ * packet is looked up, and for TCP the answer is remembered. */
+static __always_inline int remembered_stack_flow(struct __sk_buff *skb, const struct flow_ports *f, __u8 *ct)
+{
+	if (f->steady && *ct != FLOW_CT_UNKNOWN)
+		return *ct == FLOW_CT_STACK;
+	int s = stack_flow(skb, 0);
+	if (f->sport)
+		*ct = s ? FLOW_CT_STACK : FLOW_CT_NONE;
+	return s;
+}
+
 #endif

@@ -14,6 +14,7 @@
 #include "addr.h"
 #include "maps.h"
 #include "forward.h"
+#include "underlay.h"
 
 #define WEFT_AF_INET 2
 #define WEFT_AF_INET6 10
@@ -84,11 +85,16 @@ static __always_inline int fib_params(struct __sk_buff *skb, struct bpf_fib_look
  * DSCP (IPv6: flow label and DSCP) and protocol, later packets
  * use it instead of asking again, so a route or neighbour change weft
  * does not make is followed within ROUTED_PAIR_TTL_NS (weft's own routes
- * change in Sync, which forgets). Only pairs host routing forwards are
+ * change in Sync, which forgets). A TCP packet's pair is its flow (the
+ * ports in the key, conntrack.h's flow_ports) and carries conntrack's
+ * answer for it (ct; remembered_stack_flow); anything else is remembered
+ * per address pair (ports 0). Only pairs host routing forwards are
  * remembered. */
 struct routed_pair_key {
 	__u8 src[16]; /* as tunnel_key.addr */
 	__u8 dst[16];
+	__be16 sport; /* TCP only (flow_ports), else 0 */
+	__be16 dport;
 };
 
 struct routed_pair_value {
@@ -97,7 +103,8 @@ struct routed_pair_value {
 	__u32 ifindex;  /* the FIB's egress device; 0: no FIB answer remembered */
 	__u32 flowinfo; /* what the FIB was asked with: IPv4 TOS or IPv6 flowinfo, ECN bits 0 */
 	__u8 proto;     /* and the protocol */
-	__u8 pad[3];
+	__u8 ct;        /* FLOW_CT_*: conntrack's answer for the TCP flow */
+	__u8 pad[2];
 	__u8 smac[6];   /* the FIB's source and neighbour MACs */
 	__u8 dmac[6];
 	__u32 pad2;
@@ -112,30 +119,35 @@ struct {
 	__type(value, struct routed_pair_value);
 } weft_routed_pairs SEC(".maps");
 
-/* routed_pair fills v with what is remembered about src to dst, or looks
- * it up and remembers it: 0 when host routing forwards src to dst (dst in
- * weft_routed, v->bridge the bridge of src's local pod CIDR), -1 when not.
- * A pair looked up now has no FIB answer yet (v->ifindex 0). */
-static __always_inline int routed_pair(const struct tunnel_key *src, const struct tunnel_key *dst,
-				       struct routed_pair_key *k, struct routed_pair_value *v, __u64 now)
+/* routed_pair finds what is remembered about src to dst (k's ports filled
+ * by the caller), or looks it up and remembers it: the remembered entry
+ * (in the map: the caller may write its ct in place) when host routing
+ * forwards src to dst, else NULL, with v filled in either case (v->bridge
+ * the bridge of src's local pod CIDR). A pair looked up now has no FIB
+ * answer yet (v->ifindex 0) nor conntrack's (v->ct); it is remembered, and
+ * returned as v alone (*fresh set). */
+static __always_inline struct routed_pair_value *routed_pair(const struct tunnel_key *src, const struct tunnel_key *dst,
+							     struct routed_pair_key *k, struct routed_pair_value *v,
+							     __u64 now, int *fresh)
 {
 	__builtin_memcpy(k->src, src->addr, 16);
 	__builtin_memcpy(k->dst, dst->addr, 16);
 	struct routed_pair_value *m = bpf_map_lookup_elem(&weft_routed_pairs, k);
 	if (m && now < m->until) {
 		__builtin_memcpy(v, m, sizeof(*v));
-		return 0;
+		return m;
 	}
 	if (!bpf_map_lookup_elem(&weft_routed, dst))
-		return -1;
+		return NULL;
 	struct local_value *lv = bpf_map_lookup_elem(&weft_local, src);
 	if (!lv || !lv->bridge_ifindex)
-		return -1;
+		return NULL;
 	__builtin_memset(v, 0, sizeof(*v));
 	v->until = now + ROUTED_PAIR_TTL_NS;
 	v->bridge = lv->bridge_ifindex;
 	bpf_map_update_elem(&weft_routed_pairs, k, v, BPF_ANY);
-	return 0;
+	*fresh = 1;
+	return v;
 }
 
 /* host_route_out forwards a packet from a local pod (src, the caller's
@@ -151,12 +163,18 @@ static __always_inline int routed_pair(const struct tunnel_key *src, const struc
 static __always_inline int host_route_out(struct __sk_buff *skb, const struct tunnel_key *src,
 					  const struct tunnel_key *dst)
 {
-	struct routed_pair_key pk;
+	struct flow_ports fp = {};
+	flow_ports(skb, &fp);
+	struct routed_pair_key pk = {.sport = fp.sport, .dport = fp.dport};
 	struct routed_pair_value pv;
 	__u64 now = bpf_ktime_get_coarse_ns();
-	if (routed_pair(src, dst, &pk, &pv, now) < 0)
+	int fresh = 0;
+	struct routed_pair_value *m = routed_pair(src, dst, &pk, &pv, now, &fresh);
+	if (!m)
 		return TC_ACT_OK;
-	if (stack_flow(skb, 0))
+	/* In place in the remembered entry; in pv for a pair just looked
+	 * up, which the FIB's answer below writes back. */
+	if (remembered_stack_flow(skb, &fp, fresh ? &pv.ct : &m->ct))
 		return TC_ACT_OK;
 
 	struct bpf_fib_lookup fib = {};
@@ -185,6 +203,8 @@ static __always_inline int host_route_out(struct __sk_buff *skb, const struct tu
 			if (bpf_check_mtu(skb, fib.ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
 				return TC_ACT_OK;
 		} else {
+			if (!fresh)
+				pv.ct = m->ct; /* as remembered_stack_flow left it */
 			pv.ifindex = fib.ifindex;
 			pv.flowinfo = asked;
 			pv.proto = fib.l4_protocol;
@@ -213,15 +233,41 @@ static __always_inline int host_route_out(struct __sk_buff *skb, const struct tu
 	return bpf_redirect(fib.ifindex, 0);
 }
 
-/* host_route_in hands a plain packet that arrived on the underlay from a
- * remote pod CIDR in weft_routed (routed: the underlay check's answer,
- * check_reverse_path) to a local pod past the stack (to_local_pod, dst the
- * caller's key). Anything else goes to the stack. */
-static __always_inline int host_route_in(struct __sk_buff *skb, const struct tunnel_key *dst, int routed)
+/* to_remembered_pod is to_local_pod for a packet whose acceptance the
+ * underlay check remembered with its destination's endpoint (m, in the
+ * map): the same steps (conntrack, TTL, the MACs the bridge would have
+ * written, bpf_redirect_peer into the pod), without the endpoint lookup,
+ * and with conntrack's answer remembered for a steady TCP flow (fp). */
+static __always_inline int to_remembered_pod(struct __sk_buff *skb, struct rp_value *m, const struct flow_ports *fp)
 {
-	if (!routed)
+	if (remembered_stack_flow(skb, fp, &m->ct))
 		return TC_ACT_OK;
-	int verdict = to_local_pod(skb, dst);
+	if (dec_ttl(skb) != 0)
+		return TC_ACT_OK;
+	struct ethhdr *eth = eth_hdr(skb);
+	if (!eth)
+		return drop(DROP_NOT_IP);
+	__builtin_memcpy(eth->h_dest, m->pod_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, m->gw_mac, ETH_ALEN);
+	count_rx_direct();
+	return bpf_redirect_peer(m->ep_ifindex, 0);
+}
+
+/* host_route_in hands a plain packet that arrived on the underlay from a
+ * remote pod CIDR in weft_routed (r->routed: the underlay check's answer,
+ * check_reverse_path) to a local pod past the stack (to_remembered_pod
+ * with a remembered endpoint, else to_local_pod, dst the caller's key).
+ * Anything else goes to the stack. */
+static __always_inline int host_route_in(struct __sk_buff *skb, const struct tunnel_key *dst, struct rp_memo *r)
+{
+	if (!r->routed)
+		return TC_ACT_OK;
+	struct rp_value *m = r->m;
+	int verdict;
+	if (m && m->ep_ifindex)
+		verdict = to_remembered_pod(skb, m, &r->fp);
+	else
+		verdict = to_local_pod(skb, dst);
 	if (verdict == TC_ACT_REDIRECT) {
 		struct host_stats *s = host_stats();
 		if (s)

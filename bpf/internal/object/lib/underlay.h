@@ -10,6 +10,7 @@
 #include "addr.h"
 #include "maps.h"
 #include "stats.h"
+#include "conntrack.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -78,19 +79,30 @@ static __always_inline enum drop_reason next_hop_is(struct __sk_buff *skb, const
  * (a neighbour entry that moved to another MAC) goes unseen. Only
  * acceptances are remembered: a refusal is looked up again each time.
  * With an acceptance goes whether src is in weft_routed (host routing
- * hands the packet to the local pod), which also changes only in Sync. */
+ * hands the packet to the local pod), which also changes only in Sync,
+ * and then dst's endpoint (weft_endpoints), which the loader changes
+ * only with the pods, emptying this map when it does (refreshEndpoints).
+ * A TCP packet is remembered by its flow (the ports in the key,
+ * conntrack.h's flow_ports), with conntrack's answer for it (ct;
+ * remembered_stack_flow); anything else per address pair (ports 0). */
 struct rp_key {
 	__u8 src[16];  /* the packet's source, as tunnel_key.addr */
 	__u8 dst[16];  /* its destination: the FIB lookup's source */
 	__u32 ifindex; /* the interface the frame came in on */
 	__u8 mac[6];   /* the frame's source MAC */
+	__be16 sport;  /* TCP only (flow_ports), else 0 */
+	__be16 dport;
 	__u16 pad;
 };
 
 struct rp_value {
-	__u64 until;  /* bpf_ktime_get_coarse_ns() when it expires */
-	__u32 routed; /* src is in weft_routed */
-	__u32 pad;
+	__u64 until;       /* bpf_ktime_get_coarse_ns() when it expires */
+	__u32 routed;      /* src is in weft_routed */
+	__u32 ep_ifindex;  /* with routed: dst's endpoint (as endpoint_value), 0: none */
+	__u8 pod_mac[6];
+	__u8 gw_mac[6];
+	__u8 ct;           /* FLOW_CT_*: conntrack's answer for the TCP flow */
+	__u8 pad[3];
 };
 
 #define RP_ACCEPTED_TTL_NS (100ULL * 1000 * 1000)
@@ -129,13 +141,21 @@ static __always_inline enum drop_reason reverse_path_verdict(struct __sk_buff *s
 	return bad;
 }
 
+/* What check_reverse_path found out about a packet it accepted, for
+ * host routing (host_route_in). */
+struct rp_memo {
+	struct flow_ports fp; /* the packet's flow (flow_ports) */
+	struct rp_value *m;   /* the remembered acceptance; NULL: made now */
+	int routed;           /* src is in weft_routed */
+};
+
 /* check_reverse_path is the underlay check for a pod source
  * (reverse_path_verdict), with its acceptances remembered in
  * weft_rp_accepted: a steady flow costs a hash lookup per packet instead
- * of a FIB lookup, and the trie lookup of weft_routed (*routed) comes with
- * it. */
+ * of a FIB lookup, and the trie lookup of weft_routed (r->routed), the
+ * destination's endpoint and conntrack's answer come with it (r->m). */
 static __always_inline int check_reverse_path(struct __sk_buff *skb, const struct tunnel_key *src,
-					      const struct tunnel_key *dst, int *routed)
+					      const struct tunnel_key *dst, struct rp_memo *r)
 {
 	struct ethhdr *eth = eth_hdr(skb);
 	if (!eth)
@@ -146,10 +166,14 @@ static __always_inline int check_reverse_path(struct __sk_buff *skb, const struc
 	__builtin_memcpy(k.mac, eth->h_source, ETH_ALEN);
 	k.ifindex = skb->ingress_ifindex;
 	int v4 = eth->h_proto == bpf_htons(ETH_P_IP);
+	flow_ports(skb, &r->fp);
+	k.sport = r->fp.sport;
+	k.dport = r->fp.dport;
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct rp_value *m = bpf_map_lookup_elem(&weft_rp_accepted, &k);
 	if (m && now < m->until) {
-		*routed = m->routed;
+		r->routed = m->routed;
+		r->m = m;
 		return TC_ACT_OK;
 	}
 	enum drop_reason bad = reverse_path_verdict(skb, src, dst, v4, k.mac);
@@ -157,8 +181,17 @@ static __always_inline int check_reverse_path(struct __sk_buff *skb, const struc
 		return drop(bad);
 	struct rp_value v = {.until = now + RP_ACCEPTED_TTL_NS};
 	v.routed = bpf_map_lookup_elem(&weft_routed, src) != NULL;
+	if (v.routed) {
+		struct endpoint_value *ep = endpoint(dst->addr);
+		if (ep) {
+			v.ep_ifindex = ep->ifindex;
+			__builtin_memcpy(v.pod_mac, ep->pod_mac, ETH_ALEN);
+			__builtin_memcpy(v.gw_mac, ep->gw_mac, ETH_ALEN);
+		}
+	}
 	bpf_map_update_elem(&weft_rp_accepted, &k, &v, BPF_ANY);
-	*routed = v.routed;
+	r->routed = v.routed;
+	r->m = NULL;
 	return TC_ACT_OK;
 }
 
