@@ -587,7 +587,7 @@ func TestHostRoutingFlowMemories(t *testing.T) {
 		var rv object.WeftRpValue
 		it := a.dp.objs.WeftRpAccepted.Iterate()
 		for it.Next(&rk, &rv) {
-			if rk.Src == object.EndpointKey(b.podIP).Addr && rk.Sport == htons(8081) && rk.Dport == htons(port) {
+			if rk.Src == object.EndpointKey(b.podIP).Addr && rk.Sport == htons(8081) && rk.Dport == htons(port) /* network order, as the keys hold them */ {
 				found = true
 				if rv.Ct != flowCTStack {
 					t.Fatalf("remembered conntrack answer %d for the DNATed flow, want %d", rv.Ct, flowCTStack)
@@ -603,6 +603,3 @@ func TestHostRoutingFlowMemories(t *testing.T) {
 
 // flowCTStack is lib/conntrack.h's FLOW_CT_STACK.
 const flowCTStack = 2
-
-// htons is a port as the programs' keys hold it (network order).
-func htons(p uint16) uint16 { return p>>8 | p<<8 }
