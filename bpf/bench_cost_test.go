@@ -14,7 +14,7 @@ import (
 // BenchmarkProgramCost measures what each of weft's programs costs per
 // packet, in nanoseconds of the kernel's own run-time statistics
 // (kernel.bpf_stats_enabled, turned on for the run through BPF_ENABLE_STATS
-// and off again after it): the weft VXLAN, weft native and weft-rx (VXLAN
+// and off again after it): the weft VXLAN, weft native and weft-bpf (VXLAN
 // in the programs, both sides) setups of BenchmarkPodToPod, each
 // carrying WEFT_BENCH_RTS (default 20,000) one-byte request/response round
 // trips, busy-polling as there. A round trip runs every program on its path
@@ -35,7 +35,7 @@ func BenchmarkProgramCost(b *testing.B) {
 	setups := []podSetup{
 		{"weft", setupWeft(b, true)},
 		{"weft-native", setupWeftNative(b)},
-		{"weft-rx", setupWeftRx(b)},
+		{"weft-bpf", setupWeftBPF(b)},
 	}
 	for _, s := range setups {
 		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {

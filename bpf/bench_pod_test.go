@@ -27,7 +27,7 @@ import (
 //
 //	weft:   weft's flow-based VXLAN device driven by the eBPF tunnel map,
 //	        with the bridge fast path
-//	weft-rx: weft with VXLAN in the programs (Overlay.InProgram):
+//	weft-bpf: weft with VXLAN in the programs (Overlay.InProgram):
 //	        weft_from_port encapsulates and sends out of the underlay
 //	        (lib/encap.h), weft_from_underlay decapsulates (lib/decap.h);
 //	        the device is not in the pods' path
@@ -68,9 +68,9 @@ func setupWeft(b *testing.B, fast bool) *testCluster {
 	return c
 }
 
-// setupWeftRx is weft with VXLAN in the programs (transmit and receive) on
+// setupWeftBPF is weft with VXLAN in the programs (transmit and receive) on
 // both nodes.
-func setupWeftRx(b *testing.B) *testCluster {
+func setupWeftBPF(b *testing.B) *testCluster {
 	c := newTestCluster(b, AttachAuto)
 	c.openAll(b)
 	for _, n := range c.nodes {
@@ -539,7 +539,7 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"weft-native", setupWeftNative(b)},
 		{"weft-native-big", setupWeftNativeBig(b)},
 		{"plain-big", setupPlainBig(b)},
-		{"weft-rx", setupWeftRx(b)},
+		{"weft-bpf", setupWeftBPF(b)},
 	}
 	for _, s := range setups {
 		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {
@@ -606,7 +606,7 @@ func BenchmarkPodToPod(b *testing.B) {
 	}
 	requireEncap(b, setups[7].c, [2]spec.Counters{r0, r20})
 	b.Logf("weft-native: host routing in eBPF carried %d packets node 1 → 2 (%d delivered), %d back (%d delivered)", out, in, back, backIn)
-	// The in-program receive: (nearly) every packet weft-rx's nodes
+	// The in-program receive: (nearly) every packet weft-bpf's nodes
 	// accepted out of the tunnel was decapsulated by weft_from_underlay.
 	for _, n := range []struct {
 		node   *testNode
@@ -615,9 +615,9 @@ func BenchmarkPodToPod(b *testing.B) {
 		c1 := n.node.counters()
 		rx, decap := c1.RxPackets-n.before.RxPackets, c1.RxDecap-n.before.RxDecap
 		if decap == 0 || decap*10 < rx*9 {
-			b.Fatalf("weft-rx node %d: %d of %d received packets decapsulated in the program", n.node.idx, decap, rx)
+			b.Fatalf("weft-bpf node %d: %d of %d received packets decapsulated in the program", n.node.idx, decap, rx)
 		}
-		b.Logf("weft-rx node %d: %d of %d received packets decapsulated in the program, %.0f bytes each on the underlay",
+		b.Logf("weft-bpf node %d: %d of %d received packets decapsulated in the program, %.0f bytes each on the underlay",
 			n.node.idx, decap, rx, float64(c1.RxDecapBytes-n.before.RxDecapBytes)/float64(decap))
 	}
 	b.Logf("%d rounds; iperf3 on CPU %d, RR client CPU %d, server CPU %d; median (min–max) over rounds",
@@ -647,11 +647,11 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"nativebig/plainbig_tput", tput["weft-native-big"], tput["plain-big"]},
 		{"nativebig/native_tput", tput["weft-native-big"], tput["weft-native"]},
 		{"plainbig/plain_tput", tput["plain-big"], tput["plain"]},
-		{"rx/kvxlan_tput", tput["weft-rx"], tput["kvxlan"]},
-		{"rx/plain_tput", tput["weft-rx"], tput["plain"]},
-		{"rx/weft_tput", tput["weft-rx"], tput["weft"]},
-		{"rx/kvxlan_rr", lat["weft-rx"], lat["kvxlan"]},
-		{"rx/weft_rr", lat["weft-rx"], lat["weft"]},
+		{"bpf/kvxlan_tput", tput["weft-bpf"], tput["kvxlan"]},
+		{"bpf/plain_tput", tput["weft-bpf"], tput["plain"]},
+		{"bpf/weft_tput", tput["weft-bpf"], tput["weft"]},
+		{"bpf/kvxlan_rr", lat["weft-bpf"], lat["kvxlan"]},
+		{"bpf/weft_rr", lat["weft-bpf"], lat["weft"]},
 		{"nativebig/plain_rr", lat["weft-native-big"], lat["plain"]},
 	} {
 		rs := ratios(r.num, r.den)

@@ -16,7 +16,7 @@ import (
 // BenchmarkPodToPod: iperf3 with 1 and 4 parallel streams (P1, P4) and 4
 // iperf3 pairs of one stream each (P4x), client and server left to the
 // scheduler (the way pods run), for weft native with host routing in eBPF,
-// plain routing, weft VXLAN (device; and weft-rx, VXLAN in the programs,
+// plain routing, weft VXLAN (device; and weft-bpf, VXLAN in the programs,
 // both sides) and kernel VXLAN, in rotation. iperf3 before
 // 3.16 runs every stream of a -P run in one thread, and on this test bed
 // the whole path's softirq work (both nodes, every veth and the VXLAN
@@ -37,7 +37,7 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 		{"plain-big", setupPlainBig(b)},
 		{"weft", setupWeft(b, true)},
 		{"kvxlan", setupKernelVXLAN(b)},
-		{"weft-rx", setupWeftRx(b)},
+		{"weft-bpf", setupWeftBPF(b)},
 	}
 	for _, s := range setups {
 		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {
@@ -63,7 +63,7 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 	tput := map[string][]float64{}
 	var rx *testCluster
 	for _, s := range setups {
-		if s.name == "weft-rx" {
+		if s.name == "weft-bpf" {
 			rx = s.c
 		}
 	}
@@ -87,7 +87,7 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 		}
 	}
 	for _, p := range []string{"P1", "P4", "P4x"} {
-		for _, r := range [][2]string{{"weft-native", "plain"}, {"weft-native-big", "plain"}, {"weft-native-big", "plain-big"}, {"weft", "plain"}, {"weft", "kvxlan"}, {"weft-rx", "plain"}, {"weft-rx", "kvxlan"}, {"weft-rx", "weft"}} {
+		for _, r := range [][2]string{{"weft-native", "plain"}, {"weft-native-big", "plain"}, {"weft-native-big", "plain-big"}, {"weft", "plain"}, {"weft", "kvxlan"}, {"weft-bpf", "plain"}, {"weft-bpf", "kvxlan"}, {"weft-bpf", "weft"}} {
 			rs := ratios(tput[r[0]+"/"+p], tput[r[1]+"/"+p])
 			name := r[0] + "/" + r[1] + "_" + p
 			b.Logf("%-22s per-round ratio %s", name, spread(rs, 3))

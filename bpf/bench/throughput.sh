@@ -2,7 +2,7 @@
 # Pod-to-pod TCP throughput (iperf3) and request/response latency across two
 # node namespaces, measured side by side in one run for weft's eBPF VXLAN
 # (with and without the bridge fast path, and with VXLAN encapsulated and
-# decapsulated in the programs: weft-rx), flannel-style kernel VXLAN,
+# decapsulated in the programs: weft-bpf), flannel-style kernel VXLAN,
 # plain routing and weft's native mode (plain's routes with host routing in
 # eBPF and weft's pod and underlay checks), and native mode with BIG TCP on
 # beside plain routing with the same GSO/GRO limits set by hand. iperf3
