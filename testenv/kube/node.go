@@ -164,7 +164,15 @@ func (n *Node) startHolder(ctx context.Context) error {
 	// umount's failure is not the script's; the check after the loop is:
 	// the namespace is private, so no new copies arrive after unshare.
 	script.WriteString(`for m in $(sed -n 's/^\([^ ]* \)\{4\}\([^ ]*\) .* - nsfs .*/\2/p' /proc/self/mountinfo); do umount "$(printf '%b' "$m")" 2>/dev/null || true; done` + "\n")
-	script.WriteString(`if grep ' - nsfs ' /proc/self/mountinfo >&2; then echo "network namespace copies left in the node's mount namespace" >&2; exit 1; fi` + "\n")
+	// A copy whose path no longer resolves to it (stat shows the file
+	// under it, not nsfs) cannot be named to umount (EINVAL, "not
+	// mounted") in any namespace, the host's included: such mounts were
+	// seen on a shared machine after runs whose processes had exited.
+	// Nothing in the node can reach it by path, and SandboxNetNS skips
+	// what the host holds too, so it is named and left; a reachable copy
+	// fails the start.
+	script.WriteString(`left=0; for m in $(sed -n 's/^\([^ ]* \)\{4\}\([^ ]*\) .* - nsfs .*/\2/p' /proc/self/mountinfo); do p="$(printf '%b' "$m")"; if [ "$(stat -f -c %T "$p" 2>/dev/null)" = nsfs ]; then echo "copy of $p" >&2; left=1; else echo "unreachable network namespace mount at $p left (its path resolves to another file system)" >&2; fi; done` + "\n")
+	script.WriteString(`if [ "$left" != 0 ]; then echo "network namespace copies left in the node's mount namespace" >&2; exit 1; fi` + "\n")
 	for _, m := range nodeMounts {
 		fmt.Fprintf(&script, "mkdir -p /%s\nmount --bind %s /%s\n", m, filepath.Join(n.Root, m), m)
 	}
