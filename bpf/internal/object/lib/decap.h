@@ -24,15 +24,6 @@
 #define BPF_F_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
 #endif
 
-/* A VXLAN header (RFC 7348): flags (I, the VNI is valid) and the VNI in
- * the upper 24 bits of the second word. */
-struct vxlan_hdr {
-	__be32 flags;
-	__be32 vni;
-};
-
-#define VXLAN_FLAGS_VNI 0x08000000
-
 /* The outer headers decap_vxlan strips: IP, UDP, VXLAN and the inner
  * Ethernet header (the outer Ethernet header stays, rewritten). */
 #define DECAP_LEN_V4 (sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlan_hdr) + ETH_HLEN)

@@ -15,21 +15,13 @@
 #include "addr.h"
 #include "maps.h"
 #include "stats.h"
-
-/* The VXLAN header (RFC 7348): flags (I: the VNI is valid), then the VNI
- * in the upper 24 bits of the second word. */
-struct weft_vxlanhdr {
-	__be32 flags;
-	__be32 vni;
-};
-
-#define WEFT_VXLAN_I 0x08000000
+#include "tunnel.h"
 
 /* What goes between the outer Ethernet header and the inner IP header. */
 struct encap4_hdr {
 	struct iphdr ip;
 	struct udphdr udp;
-	struct weft_vxlanhdr vx;
+	struct vxlan_hdr vx;
 	struct ethhdr inner;
 } __attribute__((packed));
 
@@ -146,7 +138,7 @@ static __always_inline int encap_vxlan4(struct __sk_buff *skb, const struct conf
 	o.h.udp.dest = cfg->port;
 	o.h.udp.len = bpf_htons(inner_len - ETH_HLEN + sizeof(struct encap4_hdr) - sizeof(struct iphdr));
 
-	o.h.vx.flags = bpf_htonl(WEFT_VXLAN_I);
+	o.h.vx.flags = bpf_htonl(VXLAN_FLAGS_VNI);
 	o.h.vx.vni = bpf_htonl(tv->vni << 8);
 
 	/* The inner frame: the pod's destination (the gateway MAC; the

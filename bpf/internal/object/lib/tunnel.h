@@ -8,6 +8,16 @@
 #include "maps.h"
 #include "stats.h"
 
+/* The VXLAN header (RFC 7348): flags (I, the VNI is valid), then the VNI
+ * in the upper 24 bits of the second word. The in-program transmit
+ * (encap.h) writes it, the in-program receive (decap.h) reads it. */
+struct vxlan_hdr {
+	__be32 flags;
+	__be32 vni;
+};
+
+#define VXLAN_FLAGS_VNI 0x08000000 /* the I flag, alone */
+
 /* set_tunnel sets the tunnel key of skb towards tv's endpoint with tv's
  * VNI: outer TTL TUNNEL_TTL and, on IPv4, no outer UDP checksum, as the
  * kernel's VXLAN driver does by default (the inner packet carries its own
