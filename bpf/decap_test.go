@@ -29,37 +29,28 @@ func (c *testCluster) decapWant(n *testNode, ep netip.Addr) *spec.Desired {
 	return w
 }
 
-// deviceRx is the number of packets n's weft_vxlan device received: what
-// took the device path.
-func deviceRx(t *testing.T, n *testNode) uint64 {
+// deviceStats are n's weft_vxlan device's counters: what took the
+// device path.
+func deviceStats(t testing.TB, n *testNode) netlink.LinkStatistics {
 	t.Helper()
-	var rx uint64
+	var st netlink.LinkStatistics
 	n.ns.MustDo(t, func() error {
 		l, err := netlink.LinkByName(spec.VXLANDevice)
 		if err != nil {
 			return err
 		}
-		rx = l.Attrs().Statistics.RxPackets
+		st = *l.Attrs().Statistics
 		return nil
 	})
-	return rx
+	return st
 }
+
+// deviceRx is the number of packets n's weft_vxlan device received.
+func deviceRx(t testing.TB, n *testNode) uint64 { return deviceStats(t, n).RxPackets }
 
 // deviceRxErrors is the number of receive errors of n's weft_vxlan (the
 // driver counts a packet it refuses, e.g. for its ECN, there).
-func deviceRxErrors(t *testing.T, n *testNode) uint64 {
-	t.Helper()
-	var e uint64
-	n.ns.MustDo(t, func() error {
-		l, err := netlink.LinkByName(spec.VXLANDevice)
-		if err != nil {
-			return err
-		}
-		e = l.Attrs().Statistics.RxErrors
-		return nil
-	})
-	return e
-}
+func deviceRxErrors(t testing.TB, n *testNode) uint64 { return deviceStats(t, n).RxErrors }
 
 // bigPing sends one ICMP echo request of size bytes on the wire (IP header
 // included, so the pods' MTU is 1450 at most) from ns to dst with DF (IPv4)

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/bpf/internal/object"
@@ -29,19 +28,7 @@ func (c *testCluster) encapWant(n *testNode, on bool, ep netip.Addr) *spec.Desir
 }
 
 // deviceTx is the transmit packet counter of n's overlay device.
-func deviceTx(t testing.TB, n *testNode) uint64 {
-	t.Helper()
-	var pkts uint64
-	n.ns.MustDo(t, func() error {
-		l, err := netlink.LinkByName(spec.VXLANDevice)
-		if err != nil {
-			return err
-		}
-		pkts = l.Attrs().Statistics.TxPackets
-		return nil
-	})
-	return pkts
-}
+func deviceTx(t testing.TB, n *testNode) uint64 { return deviceStats(t, n).TxPackets }
 
 // encapDelta is what one node sent between two reads: packets the programs
 // encapsulated themselves, all packets (and their bytes) into the tunnel,
