@@ -175,6 +175,25 @@ func TestDecapInProgram(t *testing.T) {
 		})
 	})
 
+	t.Run("service replies go through the stack", func(t *testing.T) {
+		// Node 1 DNATs a Service address to pod 2 (kube-proxy's part). Pod
+		// 2's replies carry pod 2's address until node 1's conntrack
+		// reverses the DNAT, so node 1's receive in the program must
+		// leave them to the device and the stack (stack_flow on the inner
+		// headers); taken to the pod, they reach a client that never
+		// spoke to pod 2, which resets the connection.
+		serviceDNAT(t, a, b)
+		ra := deviceRx(t, a)
+		for range 3 {
+			if err := dialService(t, a); err != nil {
+				t.Fatalf("service %s (DNAT to %s): %v", serviceAddr, b.podIP, err)
+			}
+		}
+		if deviceRx(t, a) == ra {
+			t.Errorf("node 1's %s received none of the service's replies", spec.VXLANDevice)
+		}
+	})
+
 	t.Run("mtu-sized packets", func(t *testing.T) {
 		taken(t, "ping of 1450 bytes", func() {
 			for _, pair := range [][2]*testNode{{a, b}, {b, a}} {

@@ -170,7 +170,9 @@ __noinline int decap_vxlan(struct __sk_buff *skb, const struct guard *g)
 	struct endpoint_value *ep = endpoint(dst.addr);
 	if (!ep || ttl <= 1)
 		return TC_ACT_OK;
-	if (stack_flow(skb, ETH_HLEN + strip))
+	/* The inner Ethernet header is at strip: the outer Ethernet header
+	 * plus strip less the inner Ethernet header it counts. */
+	if (stack_flow(skb, strip))
 		return TC_ACT_OK;
 
 	__u32 len = skb->len;
