@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -192,6 +193,25 @@ func TestDecapInProgram(t *testing.T) {
 		if deviceRx(t, a) == ra {
 			t.Errorf("node 1's %s received none of the service's replies", spec.VXLANDevice)
 		}
+		// The replies' flows are remembered as the stack's (RP_DECAP,
+		// conntrack's answer for the SYN-ACK), so their later packets
+		// take the device without asking again.
+		found := false
+		var k object.WeftRpKey
+		var v object.WeftRpValue
+		it := a.dp.objs.WeftRpAccepted.Iterate()
+		for it.Next(&k, &v) {
+			if k.Kind == rpDecap && k.Src == object.EndpointKey(b.podIP).Addr && k.Sport == htons(serviceBackendPort) {
+				found = true
+				if v.Ct != flowCTStack {
+					t.Fatalf("remembered conntrack answer %d for a DNATed flow, want %d", v.Ct, flowCTStack)
+				}
+			}
+		}
+		must(t, it.Err())
+		if !found {
+			t.Fatal("node 1 remembers no inner flow from the backend")
+		}
 	})
 
 	t.Run("mtu-sized packets", func(t *testing.T) {
@@ -278,6 +298,31 @@ func TestDecapInProgram(t *testing.T) {
 	})
 }
 
+// rpDecap is lib/underlay.h's RP_DECAP: the in-program receive's inner
+// flows in weft_rp_accepted.
+const rpDecap = 1
+
+// keepDecapFlow finds what n's in-program receive remembers about the
+// inner flow src to dst (UDP: ports 0) and makes it outlive the test (an
+// expiry far ahead), so the packets that follow find it whatever the
+// machine's load.
+func keepDecapFlow(t *testing.T, n *testNode, src, dst netip.Addr) {
+	t.Helper()
+	var k object.WeftRpKey
+	var v object.WeftRpValue
+	it := n.dp.objs.WeftRpAccepted.Iterate()
+	for it.Next(&k, &v) {
+		if k.Kind == rpDecap && k.Src == object.EndpointKey(src).Addr && k.Dst == object.EndpointKey(dst).Addr {
+			must(t, it.Err())
+			v.Until = math.MaxUint64
+			must(t, n.dp.objs.WeftRpAccepted.Put(&k, &v))
+			return
+		}
+	}
+	must(t, it.Err())
+	t.Fatalf("node %d remembers no inner flow %s -> %s", n.idx, src, dst)
+}
+
 // diff is c1 - c0 for the counters the tests here look at.
 func diff(c0, c1 spec.Counters) spec.Counters {
 	return spec.Counters{RxPackets: c1.RxPackets - c0.RxPackets, RxDirect: c1.RxDirect - c0.RxDirect,
@@ -350,6 +395,40 @@ func TestDecapTrust(t *testing.T) {
 			}
 			if d := deviceRx(t, b) - rx; d != 0 {
 				t.Errorf("from %s: the device received %d", src, d)
+			}
+		}
+	})
+
+	t.Run("a remembered flow is checked on every packet", func(t *testing.T) {
+		// A genuine datagram leaves its inner flow remembered
+		// (weft_rp_accepted, RP_DECAP: the endpoint and conntrack's
+		// answer), made here to outlive the packets that follow. Packets
+		// of the same inner flow with a forged outer source or another
+		// VNI still meet check_outer: the program leaves them to the
+		// device, whose weft_ingress drops them.
+		for _, src := range []netip.Addr{a.podIP, a.podIP6} {
+			dst := b.podIP
+			if src.Is6() {
+				dst = b.podIP6
+			}
+			p := payload("remembered")
+			forgeFrame(t, a, a.under, b.under, inner(src, dst, p), 1)
+			if got, ok := sink.Wait(p, delivered); !ok || got != src {
+				t.Fatalf("genuine packet from %s: arrived %v from %s", src, ok, got)
+			}
+			keepDecapFlow(t, b, src, dst)
+			for _, f := range []struct {
+				from   netip.Addr
+				vni    uint32
+				reason string
+			}{{forged, 1, "wrong_endpoint"}, {a.under, 2, "wrong_vni"}} {
+				p := payload(f.reason)
+				before := b.counters()
+				forgeFrame(t, a, f.from, b.under, inner(src, dst, p), f.vni)
+				if got, ok := sink.Wait(p, refused); ok {
+					t.Fatalf("%s: a packet of a remembered flow reached pod 2 (seen from %s)", f.reason, got)
+				}
+				dropsOf(t, b, before, f.reason)
 			}
 		}
 	})

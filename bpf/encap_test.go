@@ -159,6 +159,9 @@ func capture(t *testing.T, n *testNode, fn func(), stop func([]byte) bool) [][]b
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
+// pairTunnel is lib/pairs.h's PAIR_TUNNEL.
+const pairTunnel = 1
+
 // innerUDP reports whether VXLAN frame f carries a UDP datagram with
 // payload p.
 func innerUDP(f []byte, p []byte) bool {
@@ -379,6 +382,47 @@ func TestInProgramEncap(t *testing.T) {
 			t.Fatalf("node 1's stack refused %d datagrams as too big, want the one sent", f)
 		}
 		check(t, a, true, 1, func() { udpDF(t, a.pod, b.pod, b.podIP, 1400-28) })
+	})
+
+	t.Run("the outer header's FIB answer follows a neighbour change", func(t *testing.T) {
+		// The flow's memory (weft_routed_pairs, PAIR_TUNNEL, 100 ms)
+		// keeps the FIB's answer for the outer header: the underlay and
+		// node 2's MAC, which later packets are sent to without asking
+		// (bpf_redirect). After someone else moved node 2's neighbour
+		// entry to another MAC, the flow's next packet past the 100 ms
+		// takes the new one; a Sync forgets at once.
+		both(t, true, true)
+		pk := object.WeftRoutedPairKey{Src: object.EndpointKey(a.podIP).Addr, Dst: object.EndpointKey(b.podIP).Addr, Kind: pairTunnel}
+		pair := func() object.WeftRoutedPairValue {
+			t.Helper()
+			check(t, a, true, 1, func() { must(t, udpSend(a.pod, b.podIP, 9, "tunnel")) })
+			var v object.WeftRoutedPairValue
+			must(t, a.dp.objs.WeftRoutedPairs.Lookup(&pk, &v))
+			return v
+		}
+		ul := linkIndex(t, a.ns, "ul0")
+		own := mac(t, b.ns, "ul0")
+		setUnderlayNeigh(t, a, b, own)
+		time.Sleep(150 * time.Millisecond) // past what an earlier subtest left remembered
+		if v := pair(); int(v.Ifindex) != ul || !slices.Equal(v.Dmac[:], own) || v.Bridge != 0 {
+			t.Fatalf("remembered %+v: want the FIB's answer ifindex %d MAC %s", v, ul, own)
+		}
+		c0 := b.counters()
+		must(t, udpSend(a.pod, b.podIP, 9, "sent to the remembered MAC"))
+		if !waitFor(delivered, func() bool { return b.counters().RxDecap > c0.RxDecap }) {
+			t.Fatal("node 2 received nothing sent with the remembered answer")
+		}
+		moved := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x24}
+		setUnderlayNeigh(t, a, b, moved)
+		time.Sleep(150 * time.Millisecond)
+		if v := pair(); !slices.Equal(v.Dmac[:], moved) {
+			t.Fatalf("remembered neighbour MAC %s 150 ms after it moved to %s", net.HardwareAddr(v.Dmac[:]), moved)
+		}
+		setUnderlayNeigh(t, a, b, own)
+		a.sync(c.encapWant(a, true, netip.Addr{}))
+		if v := pair(); !slices.Equal(v.Dmac[:], own) {
+			t.Fatalf("remembered neighbour MAC %s right after a Sync, want %s", net.HardwareAddr(v.Dmac[:]), own)
+		}
 	})
 
 	t.Run("from the bridge: a pod without the pod check", func(t *testing.T) {

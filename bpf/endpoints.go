@@ -166,10 +166,11 @@ func (d *Datapath) refreshEndpoints() error {
 	}
 	wantKeys := map[object.WeftEndpointKey]bool{}
 	changed := false
-	// The underlay check remembers the endpoint of a flow it accepted
-	// (weft_rp_accepted, lib/underlay.h): a changed or removed endpoint
-	// empties the memories, so the next packet for the pod takes the new
-	// one, not the one remembered for up to 100 ms.
+	// The underlay check and the in-program VXLAN receive remember the
+	// endpoint of a flow (weft_rp_accepted, lib/underlay.h, lib/decap.h):
+	// a changed or removed endpoint empties the memories, so the next
+	// packet for the pod takes the new one, not the one remembered for up
+	// to 100 ms.
 	defer func() {
 		if changed {
 			d.forgetMemos()

@@ -93,6 +93,9 @@ func checkTraffic(t *testing.T, c *testCluster) {
 // kube-proxy does (serviceDNAT).
 var serviceAddr = netip.MustParseAddrPort("10.96.0.10:80")
 
+// serviceBackendPort is the port serviceDNAT sends serviceAddr to on pod 2.
+const serviceBackendPort = 8080
+
 // serviceDNAT gives node a kube-proxy's part for one Service (a DNAT of
 // serviceAddr to b's pod in a nat prerouting chain; with br_netfilter on,
 // as on this machine and on Kubernetes nodes, it already applies to the
@@ -103,14 +106,14 @@ func serviceDNAT(t *testing.T, a, b *testNode) {
 	runNFT(t, a.ns, fmt.Sprintf(`table ip weftsvc {
 	chain pre {
 		type nat hook prerouting priority dstnat; policy accept;
-		ip daddr %s tcp dport %d dnat to %s:8080
+		ip daddr %s tcp dport %d dnat to %s:%d
 	}
 }
-`, serviceAddr.Addr(), serviceAddr.Port(), b.podIP))
+`, serviceAddr.Addr(), serviceAddr.Port(), b.podIP, serviceBackendPort))
 	var ln net.Listener
 	b.pod.MustDo(t, func() error {
 		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(b.podIP, 8080).String())
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(b.podIP, serviceBackendPort).String())
 		return err
 	})
 	t.Cleanup(func() { ln.Close() })
@@ -278,20 +281,8 @@ func TestHostRouting(t *testing.T) {
 			must(t, a.dp.objs.WeftRoutedPairs.Lookup(&pk, &v))
 			return v
 		}
-		var ul int
-		a.ns.MustDo(t, func() error {
-			l, err := netlink.LinkByName("ul0")
-			if err == nil {
-				ul = l.Attrs().Index
-			}
-			return err
-		})
-		setNeigh := func(hw net.HardwareAddr) {
-			a.ns.MustDo(t, func() error {
-				return netlink.NeighSet(&netlink.Neigh{LinkIndex: ul, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
-					IP: b.under.AsSlice(), HardwareAddr: hw})
-			})
-		}
+		ul := linkIndex(t, a.ns, "ul0")
+		setNeigh := func(hw net.HardwareAddr) { setUnderlayNeigh(t, a, b, hw) }
 		own := mac(t, b.ns, "ul0")
 		setNeigh(own)
 		time.Sleep(150 * time.Millisecond) // past what an earlier subtest left remembered
@@ -396,6 +387,31 @@ func udpSendTOS(ns *netnstest.NS, dst netip.Addr, port uint16, tos int) error {
 		}
 		_, err = c.Write([]byte("tos"))
 		return err
+	})
+}
+
+// linkIndex is the index of the link called name in ns.
+func linkIndex(t testing.TB, ns *netnstest.NS, name string) int {
+	t.Helper()
+	var ix int
+	ns.MustDo(t, func() error {
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			ix = l.Attrs().Index
+		}
+		return err
+	})
+	return ix
+}
+
+// setUnderlayNeigh makes n's neighbour entry for peer's underlay address
+// say hw, as someone else than weft would (a permanent entry).
+func setUnderlayNeigh(t testing.TB, n, peer *testNode, hw net.HardwareAddr) {
+	t.Helper()
+	ul := linkIndex(t, n.ns, "ul0")
+	n.ns.MustDo(t, func() error {
+		return netlink.NeighSet(&netlink.Neigh{LinkIndex: ul, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			IP: peer.under.AsSlice(), HardwareAddr: hw})
 	})
 }
 

@@ -876,9 +876,10 @@ func hasV6(want *spec.Desired) bool {
 }
 
 // forgetMemos empties what the programs remember between packets
-// (lib/underlay.h, lib/hostroute.h): the sources the underlay check
-// accepted from which neighbour MAC (weft_rp_accepted) and the pairs host
-// routing forwards with the FIB's answer for them (weft_routed_pairs). The
+// (lib/underlay.h, lib/pairs.h): the sources the underlay check accepted
+// from which neighbour MAC and the in-program VXLAN receive's inner flows
+// (weft_rp_accepted), and the pairs host routing forwards and the flows
+// sent into the tunnel, with the FIB's answer for them (weft_routed_pairs). The
 // next packet of each looks the FIB and the maps up again. It runs at the end of every Sync and
 // Reconcile and an LRU map keeps expired entries until they are evicted,
 // so it empties a batch of entries per system call rather than two calls

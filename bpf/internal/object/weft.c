@@ -5,7 +5,7 @@
 // addresses (addr.h), the tunnel key (tunnel.h), forwarding past the
 // node's stack (forward.h), the pod check (pod.h) and the underlay check
 // (underlay.h); the transmit fast paths encapsulate VXLAN themselves with
-// CONFIG_ENCAP (encap.h).
+// CONFIG_ENCAP (encap.h) and remember per flow what they asked (pairs.h).
 //
 // On the flow-based overlay device:
 //   weft_egress   sets the tunnel key of a packet for a remote pod from the
@@ -133,7 +133,7 @@ int weft_from_pods(struct __sk_buff *skb)
 	if (cfg && cfg->tunnel_ifindex) {
 		struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
 		if (tv)
-			return to_tunnel(skb, cfg, tv);
+			return to_tunnel(skb, cfg, &src, &key, tv);
 	}
 	return host_route_out(skb, &src, &key);
 }
@@ -165,18 +165,17 @@ int weft_from_port(struct __sk_buff *skb)
 	struct tunnel_key key = {};
 	if (load_addr(skb, &key, ADDR_DST) != ADDR_OK)
 		return TC_ACT_OK;
+	struct tunnel_key src = {};
+	if (load_addr(skb, &src, ADDR_SRC) != ADDR_OK)
+		return TC_ACT_OK;
 	struct tunnel_value *tv = NULL;
 	if (cfg->tunnel_ifindex)
 		tv = bpf_map_lookup_elem(&weft_tunnels, &key);
 	int verdict;
-	if (tv) {
-		verdict = to_tunnel(skb, cfg, tv);
-	} else {
-		struct tunnel_key src = {};
-		if (load_addr(skb, &src, ADDR_SRC) != ADDR_OK)
-			return TC_ACT_OK;
+	if (tv)
+		verdict = to_tunnel(skb, cfg, &src, &key, tv);
+	else
 		verdict = host_route_out(skb, &src, &key);
-	}
 	if (verdict == TC_ACT_REDIRECT)
 		count_tx_direct();
 	return verdict;

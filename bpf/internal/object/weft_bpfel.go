@@ -114,6 +114,7 @@ type WeftRoutedPairKey struct {
 	Dst   [16]uint8
 	Sport uint16
 	Dport uint16
+	Kind  uint32
 }
 
 type WeftRoutedPairValue struct {
@@ -138,7 +139,7 @@ type WeftRpKey struct {
 	Mac     [6]uint8
 	Sport   uint16
 	Dport   uint16
-	Pad     uint16
+	Kind    uint16
 }
 
 type WeftRpValue struct {

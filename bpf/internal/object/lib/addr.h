@@ -33,11 +33,16 @@ enum addr_result {
  * IPv6 address. It takes the key, not its bytes, so the compiler knows the
  * address is 4-byte aligned and reads it in words where key is a pointer
  * (pod_addrs), not byte by byte. */
-static __always_inline int mapped(const struct tunnel_key *key)
+static __always_inline int mapped_addr(const __u8 addr[16])
 {
 	__u32 w[3];
-	__builtin_memcpy(w, key->addr, 12);
+	__builtin_memcpy(w, addr, 12);
 	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int mapped(const struct tunnel_key *key)
+{
+	return mapped_addr(key->addr);
 }
 
 /* load_addr fills key with the packet's source or destination address as a

@@ -144,15 +144,16 @@ struct flow_ports {
 
 /* flow_ports fills f (zero on entry) for a TCP packet with the headers
  * stack_flow parses (IPv4 without options or fragments, IPv6 without
- * extension headers), else leaves it zero. A global function (common.h).
- * Always returns 0. */
-__noinline int flow_ports(struct __sk_buff *skb, struct flow_ports *f)
+ * extension headers), its Ethernet header at off as for stack_flow (0, or
+ * the inner one of a VXLAN packet, decap.h), else leaves it zero. A global
+ * function (common.h). Always returns 0. */
+__noinline int flow_ports(struct __sk_buff *skb, __u32 off, struct flow_ports *f)
 {
 	if (!f)
 		return 0;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = eth_hdr(skb);
-	if (!eth)
+	struct ethhdr *eth = (void *)(long)skb->data + (off & STACK_FLOW_MAX_OFF);
+	if ((void *)(eth + 1) > data_end)
 		return 0;
 	__u8 *l4;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
@@ -177,15 +178,17 @@ __noinline int flow_ports(struct __sk_buff *skb, struct flow_ports *f)
 	return 0;
 }
 
-/* remembered_stack_flow is stack_flow for a packet whose flow's memory
- * holds *ct (in the map, written in place, or in the entry about to be
- * written): a steady TCP packet takes a remembered answer, any other
- * packet is looked up, and for TCP the answer is remembered. */
-static __always_inline int remembered_stack_flow(struct __sk_buff *skb, const struct flow_ports *f, __u8 *ct)
+/* remembered_stack_flow is stack_flow (Ethernet header at off) for a
+ * packet whose flow's memory holds *ct (in the map, written in place, or
+ * in the entry about to be written): a steady TCP packet takes a
+ * remembered answer, any other packet is looked up, and for TCP the
+ * answer is remembered. */
+static __always_inline int remembered_stack_flow(struct __sk_buff *skb, __u32 off, const struct flow_ports *f,
+						 __u8 *ct)
 {
 	if (f->steady && *ct != FLOW_CT_UNKNOWN)
 		return *ct == FLOW_CT_STACK;
-	int s = stack_flow(skb, 0);
+	int s = stack_flow(skb, off);
 	if (f->sport)
 		*ct = s ? FLOW_CT_STACK : FLOW_CT_NONE;
 	return s;

@@ -17,6 +17,7 @@
 #include "tunnel.h"
 #include "forward.h"
 #include "conntrack.h"
+#include "underlay.h"
 
 /* Debian's uapi headers predate these (Linux 6.3). */
 #ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4
@@ -62,7 +63,10 @@ static __always_inline void count_decap(__u32 len)
  * rules apply), an inner IPv4 or IPv6 packet whose source's tunnel entry
  * names the outer source and the VNI (check_outer), and whose destination
  * is a learned endpoint, with a TTL to spare and a flow the stack does not
- * track (stack_flow). Then outer IP, UDP, VXLAN and inner Ethernet go
+ * track (stack_flow). Those two answers are remembered per inner flow
+ * (weft_rp_accepted, RP_DECAP; underlay.h), as host routing's receive
+ * remembers them; everything before them, check_outer included, runs for
+ * every packet. Then outer IP, UDP, VXLAN and inner Ethernet go
  * (bpf_skb_adjust_room; the MSS of a GSO packet stays, the checksum level
  * drops by one as the UDP receive path's does), the remaining Ethernet
  * header gets the inner protocol and the pod's MACs, the TTL is
@@ -85,94 +89,119 @@ __noinline int decap_vxlan(struct __sk_buff *skb, const struct guard *g)
 	if ((void *)(eth + 1) > data_end)
 		return TC_ACT_OK;
 
-	struct outer o = {};
-	struct udphdr *udp;
-	__u8 ecn;
+	/* The outer and inner headers, each checked, in a scope of their own:
+	 * what is left of them is the inner flow's key (k), and the stack
+	 * they took is free for the memory's, conntrack's lookup's (the
+	 * three calls' frames must fit 512 bytes). */
+	struct rp_key k = {.kind = RP_DECAP};
+	__be16 proto;
 	__s32 strip;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end)
-			return TC_ACT_OK;
-		__u32 self;
-		__builtin_memcpy(&self, g->under4, 4);
-		/* IHL 5 and version 4 in one byte; no MF, no fragment offset. */
-		if (*(__u8 *)ip != 0x45 || ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(0x3FFF)) ||
-		    !self || ip->daddr != self)
-			return TC_ACT_OK;
-		o.src[10] = 0xff;
-		o.src[11] = 0xff;
-		__builtin_memcpy(&o.src[12], &ip->saddr, 4);
-		ecn = ip->tos & 3;
-		udp = (void *)(ip + 1);
-		strip = DECAP_LEN_V4;
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		if ((void *)(ip6 + 1) > data_end)
-			return TC_ACT_OK;
-		__u32 w[4];
-		__builtin_memcpy(w, g->under6, 16);
-		if (ip6->nexthdr != IPPROTO_UDP || (w[0] | w[1] | w[2] | w[3]) == 0 ||
-		    !addr_eq((const __u8 *)&ip6->daddr, g->under6))
-			return TC_ACT_OK;
-		__builtin_memcpy(o.src, &ip6->saddr, 16);
-		o.v6 = 1;
-		ecn = (ip6->flow_lbl[0] >> 4) & 3;
-		udp = (void *)(ip6 + 1);
-		strip = DECAP_LEN_V6;
-	} else {
-		return TC_ACT_OK;
-	}
-	struct vxlan_hdr *vx = (void *)(udp + 1);
-	struct ethhdr *ieth = (void *)(vx + 1);
-	if ((void *)(ieth + 1) > data_end)
-		return TC_ACT_OK;
-	if (udp->dest != bpf_htons(g->port) || vx->flags != bpf_htonl(VXLAN_FLAGS_VNI) ||
-	    (vx->vni & bpf_htonl(0xff)) || ecn == 3)
-		return TC_ACT_OK;
-	o.vni = bpf_ntohl(vx->vni) >> 8;
-
-	/* The inner packet's addresses, as load_addr gives them. */
-	struct tunnel_key src = {.prefixlen = 128}, dst = {.prefixlen = 128};
-	__be16 proto = ieth->h_proto;
-	__u8 ttl;
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET;
-	if (proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *iip = (void *)(ieth + 1);
-		if ((void *)(iip + 1) > data_end)
+	{
+		struct outer o = {};
+		struct udphdr *udp;
+		__u8 ecn;
+		if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+			struct iphdr *ip = (void *)(eth + 1);
+			if ((void *)(ip + 1) > data_end)
+				return TC_ACT_OK;
+			__u32 self;
+			__builtin_memcpy(&self, g->under4, 4);
+			/* IHL 5 and version 4 in one byte; no MF, no fragment offset. */
+			if (*(__u8 *)ip != 0x45 || ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(0x3FFF)) ||
+			    !self || ip->daddr != self)
+				return TC_ACT_OK;
+			o.src[10] = 0xff;
+			o.src[11] = 0xff;
+			__builtin_memcpy(&o.src[12], &ip->saddr, 4);
+			ecn = ip->tos & 3;
+			udp = (void *)(ip + 1);
+			strip = DECAP_LEN_V4;
+		} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+			struct ipv6hdr *ip6 = (void *)(eth + 1);
+			if ((void *)(ip6 + 1) > data_end)
+				return TC_ACT_OK;
+			__u32 w[4];
+			__builtin_memcpy(w, g->under6, 16);
+			if (ip6->nexthdr != IPPROTO_UDP || (w[0] | w[1] | w[2] | w[3]) == 0 ||
+			    !addr_eq((const __u8 *)&ip6->daddr, g->under6))
+				return TC_ACT_OK;
+			__builtin_memcpy(o.src, &ip6->saddr, 16);
+			o.v6 = 1;
+			ecn = (ip6->flow_lbl[0] >> 4) & 3;
+			udp = (void *)(ip6 + 1);
+			strip = DECAP_LEN_V6;
+		} else {
 			return TC_ACT_OK;
-		src.addr[10] = 0xff;
-		src.addr[11] = 0xff;
-		dst.addr[10] = 0xff;
-		dst.addr[11] = 0xff;
-		__builtin_memcpy(&src.addr[12], &iip->saddr, 4);
-		__builtin_memcpy(&dst.addr[12], &iip->daddr, 4);
-		ttl = iip->ttl;
-		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *iip6 = (void *)(ieth + 1);
-		if ((void *)(iip6 + 1) > data_end)
+		}
+		struct vxlan_hdr *vx = (void *)(udp + 1);
+		struct ethhdr *ieth = (void *)(vx + 1);
+		if ((void *)(ieth + 1) > data_end)
 			return TC_ACT_OK;
-		__builtin_memcpy(src.addr, &iip6->saddr, 16);
-		__builtin_memcpy(dst.addr, &iip6->daddr, 16);
-		/* weft_ingress drops a mapped source (ipv4_mapped); a mapped
-		 * or multicast destination is the stack's. */
-		if (mapped(&src) || mapped(&dst) || dst.addr[0] == 0xff)
+		if (udp->dest != bpf_htons(g->port) || vx->flags != bpf_htonl(VXLAN_FLAGS_VNI) ||
+		    (vx->vni & bpf_htonl(0xff)) || ecn == 3)
 			return TC_ACT_OK;
-		ttl = iip6->hop_limit;
-		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
-	} else {
-		return TC_ACT_OK;
+		o.vni = bpf_ntohl(vx->vni) >> 8;
+
+		/* The inner packet's addresses, as load_addr gives them, into
+		 * the flow's key. */
+		proto = ieth->h_proto;
+		__u8 ttl;
+		if (proto == bpf_htons(ETH_P_IP)) {
+			struct iphdr *iip = (void *)(ieth + 1);
+			if ((void *)(iip + 1) > data_end)
+				return TC_ACT_OK;
+			k.src[10] = 0xff;
+			k.src[11] = 0xff;
+			k.dst[10] = 0xff;
+			k.dst[11] = 0xff;
+			__builtin_memcpy(&k.src[12], &iip->saddr, 4);
+			__builtin_memcpy(&k.dst[12], &iip->daddr, 4);
+			ttl = iip->ttl;
+			flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
+		} else if (proto == bpf_htons(ETH_P_IPV6)) {
+			struct ipv6hdr *iip6 = (void *)(ieth + 1);
+			if ((void *)(iip6 + 1) > data_end)
+				return TC_ACT_OK;
+			__builtin_memcpy(k.src, &iip6->saddr, 16);
+			__builtin_memcpy(k.dst, &iip6->daddr, 16);
+			/* weft_ingress drops a mapped source (ipv4_mapped); a mapped
+			 * or multicast destination is the stack's. */
+			if (mapped_addr(k.src) || mapped_addr(k.dst) || k.dst[0] == 0xff)
+				return TC_ACT_OK;
+			ttl = iip6->hop_limit;
+			flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
+		} else {
+			return TC_ACT_OK;
+		}
+
+		/* Every packet, remembered flow or not. */
+		struct tunnel_key src = {.prefixlen = 128};
+		__builtin_memcpy(src.addr, k.src, 16);
+		struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &src);
+		if (!tv || check_outer(&o, tv) || ttl <= 1)
+			return TC_ACT_OK;
 	}
 
-	struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &src);
-	if (!tv || check_outer(&o, tv))
+	/* Then the inner flow's memory (weft_rp_accepted, RP_DECAP): the
+	 * destination's endpoint and conntrack's answer, as host routing's
+	 * receive remembers them. The inner Ethernet header is at strip. */
+	struct flow_ports fp = {};
+	flow_ports(skb, strip, &fp);
+	k.sport = fp.sport;
+	k.dport = fp.dport;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct rp_value v = {.until = now + RP_ACCEPTED_TTL_NS};
+	struct rp_value *m = rp_remembered(&k, now);
+	if (m)
+		__builtin_memcpy(&v, m, sizeof(v));
+	else if (!rp_endpoint(&v, k.dst))
 		return TC_ACT_OK;
-	struct endpoint_value *ep = endpoint(dst.addr);
-	if (!ep || ttl <= 1)
-		return TC_ACT_OK;
-	/* The inner Ethernet header is at strip: the outer Ethernet header
-	 * plus strip less the inner Ethernet header it counts. */
-	if (stack_flow(skb, strip))
+	/* In place in the remembered entry; in v for one made now. */
+	int stack = remembered_stack_flow(skb, strip, &fp, m ? &m->ct : &v.ct);
+	if (!m)
+		bpf_map_update_elem(&weft_rp_accepted, &k, &v, BPF_ANY);
+	if (stack)
 		return TC_ACT_OK;
 
 	__u32 len = skb->len;
@@ -184,14 +213,14 @@ __noinline int decap_vxlan(struct __sk_buff *skb, const struct guard *g)
 	if (!eth)
 		return drop(DROP_NOT_IP);
 	eth->h_proto = proto;
-	__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, ep->gw_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, v.pod_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, v.gw_mac, ETH_ALEN);
 	if (dec_ttl(skb) != 0)
 		return drop(DROP_NOT_IP);
 	count_rx(skb);
 	count_rx_direct();
 	count_decap(len);
-	return bpf_redirect_peer(ep->ifindex, 0);
+	return bpf_redirect_peer(v.ep_ifindex, 0);
 }
 
 #endif

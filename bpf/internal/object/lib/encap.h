@@ -67,10 +67,12 @@ static __always_inline __u16 ip_csum(const struct iphdr *ip)
 
 /* encap_vxlan4 encapsulates the frame in skb (an IPv4 or IPv6 packet from
  * a pod, checked, TTL decremented) in VXLAN towards tv's IPv4 endpoint and
- * sends it out of the underlay interface (cfg's CONFIG_ENCAP fields). It
- * returns the verdict, or -1 when it did not touch the packet (a GSO
- * packet the kernel cannot grow, a packet too large for an outer IPv4
- * header): the caller then hands it to the overlay device.
+ * leaves it for the caller to send out of the underlay interface (cfg's
+ * CONFIG_ENCAP fields; forward.h's tunnel_out). It returns 0 when it
+ * encapsulated the packet, a verdict (> 0) when it must be dropped, or -1
+ * when it did not touch the packet (a GSO packet the kernel cannot grow,
+ * a packet too large for an outer IPv4 header): the caller then hands it
+ * to the overlay device.
  *
  * bpf_skb_adjust_room at the MAC layer with the ENCAP flags inserts the
  * room between the frame's Ethernet header (which becomes the outer one)
@@ -156,10 +158,7 @@ static __always_inline int encap_vxlan4(struct __sk_buff *skb, const struct conf
 		s->tx_bytes += inner_len;
 		s->tx_encap++;
 	}
-	/* The kernel routes the outer destination out of the underlay
-	 * interface and resolves the next hop's MAC (a peer on the segment,
-	 * or the gateway towards it). */
-	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
+	return 0;
 }
 
 #endif

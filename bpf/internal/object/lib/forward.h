@@ -10,6 +10,7 @@
 #include "tunnel.h"
 #include "conntrack.h"
 #include "encap.h"
+#include "pairs.h"
 
 /* dec_ttl decrements the IPv4 TTL or IPv6 hop limit as a router does. It
  * returns -1 when the packet must go to the stack instead (expiry, which
@@ -45,22 +46,67 @@ static __always_inline int dec_ttl(struct __sk_buff *skb)
 	return 0;
 }
 
-/* to_tunnel is the tail of both transmit fast paths: a packet for a remote
- * pod (tv, the caller's one lookup) that fits the overlay device
- * (cfg->tunnel_ifindex) gets its TTL decremented and goes into the tunnel,
- * skipping the node's routing, netfilter and neighbour layers: with
- * CONFIG_ENCAP towards an IPv4 endpoint encapsulated here and straight out
- * of the underlay (encap_vxlan4), else with its tunnel key set to the
- * overlay device. Too big (bpf_check_mtu, GSO aware) or TTL expiring: to
- * the stack unchanged, which answers with an ICMP error. */
-static __always_inline int to_tunnel(struct __sk_buff *skb, const struct config *cfg,
-				     const struct tunnel_value *tv)
+/* tunnel_out sends a packet encap_vxlan4 encapsulated out of the underlay
+ * interface: with the FIB's answer for its outer header (fib_answer: an
+ * output lookup restricted to the underlay interface, remembered with the
+ * flow, pk and pv, m its entry if it had one) straight to the next hop's
+ * MAC (bpf_redirect); without one (the neighbour not resolved, any other
+ * answer) through bpf_redirect_neigh, where the kernel routes the outer
+ * destination out of the underlay and resolves the next hop's MAC (a peer
+ * on the segment, or the gateway towards it). */
+static __always_inline int tunnel_out(struct __sk_buff *skb, const struct config *cfg, struct routed_pair_key *pk,
+				      struct routed_pair_value *pv, const struct routed_pair_value *m)
+{
+	__u32 underlay = cfg->underlay_ifindex;
+	struct bpf_fib_lookup fib = {};
+	if (fib_params(skb, &fib, underlay) == 0) {
+		int learned = 0;
+		long rc = fib_answer(skb, &fib, pv, BPF_FIB_LOOKUP_OUTPUT, &learned);
+		struct ethhdr *eth = eth_hdr(skb);
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS && fib.ifindex == underlay && eth) {
+			if (learned) {
+				if (m)
+					pv->ct = m->ct; /* as remembered_stack_flow left it */
+				bpf_map_update_elem(&weft_routed_pairs, pk, pv, BPF_ANY);
+			}
+			__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+			__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+			return bpf_redirect(underlay, 0);
+		}
+	}
+	return bpf_redirect_neigh(underlay, NULL, 0, 0);
+}
+
+/* to_tunnel is the tail of both transmit fast paths: a packet from src to
+ * a remote pod dst (tv, the caller's one lookup) that fits the overlay
+ * device (cfg->tunnel_ifindex) gets its TTL decremented and goes into the
+ * tunnel, skipping the node's routing, netfilter and neighbour layers:
+ * with CONFIG_ENCAP towards an IPv4 endpoint encapsulated here and
+ * straight out of the underlay (encap_vxlan4, tunnel_out), else with its
+ * tunnel key set to the overlay device. Too big (bpf_check_mtu, GSO aware)
+ * or TTL expiring: to the stack unchanged, which answers with an ICMP
+ * error. Conntrack's answer is remembered per TCP flow as host routing's
+ * is (weft_routed_pairs, PAIR_TUNNEL; remembered_stack_flow). */
+static __always_inline int to_tunnel(struct __sk_buff *skb, const struct config *cfg, const struct tunnel_key *src,
+				     const struct tunnel_key *dst, const struct tunnel_value *tv)
 {
 	__u32 tunnel_ifindex = cfg->tunnel_ifindex;
 	__u32 mtu_len = 0;
 	if (bpf_check_mtu(skb, tunnel_ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
 		return TC_ACT_OK;
-	if (stack_flow(skb, 0))
+	struct flow_ports fp = {};
+	flow_ports(skb, 0, &fp);
+	struct routed_pair_key pk = {.sport = fp.sport, .dport = fp.dport, .kind = PAIR_TUNNEL};
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct routed_pair_value pv = {.until = now + ROUTED_PAIR_TTL_NS};
+	struct routed_pair_value *m = pair_remembered(&pk, src, dst, now);
+	if (m)
+		__builtin_memcpy(&pv, m, sizeof(pv));
+	/* In place in the remembered entry; in pv for one made now. */
+	int stack = remembered_stack_flow(skb, 0, &fp, m ? &m->ct : &pv.ct);
+	if (!m)
+		bpf_map_update_elem(&weft_routed_pairs, &pk, &pv, BPF_ANY);
+	if (stack)
 		return TC_ACT_OK;
 	if (dec_ttl(skb) != 0)
 		return TC_ACT_OK;
@@ -68,7 +114,9 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, const struct config 
 	 * checksum IPv6 asks for (encap.h writes none). */
 	if ((cfg->flags & CONFIG_ENCAP) && !(tv->flags & FLAG_IPV6_ENDPOINT)) {
 		int verdict = encap_vxlan4(skb, cfg, tv);
-		if (verdict >= 0)
+		if (verdict == 0)
+			return tunnel_out(skb, cfg, &pk, &pv, m);
+		if (verdict > 0)
 			return verdict;
 	}
 	/* If the key cannot be set here, the device's egress program looks

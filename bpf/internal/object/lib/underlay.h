@@ -84,16 +84,26 @@ static __always_inline enum drop_reason next_hop_is(struct __sk_buff *skb, const
  * only with the pods, emptying this map when it does (refreshEndpoints).
  * A TCP packet is remembered by its flow (the ports in the key,
  * conntrack.h's flow_ports), with conntrack's answer for it (ct;
- * remembered_stack_flow); anything else per address pair (ports 0). */
+ * remembered_stack_flow); anything else per address pair (ports 0).
+ * The in-program VXLAN receive (decap.h) keeps its inner flows here too,
+ * under their own kind (RP_DECAP): the same endpoint and conntrack answer,
+ * the same expiry and emptying, and no acceptance: what it checks about a
+ * tunnel packet (check_outer) it checks on every packet, and a plain
+ * packet never finds an RP_DECAP entry (check_reverse_path asks for
+ * RP_PLAIN). */
 struct rp_key {
 	__u8 src[16];  /* the packet's source, as tunnel_key.addr */
 	__u8 dst[16];  /* its destination: the FIB lookup's source */
 	__u32 ifindex; /* the interface the frame came in on */
-	__u8 mac[6];   /* the frame's source MAC */
+	__u8 mac[6];   /* the frame's source MAC (RP_DECAP: zero) */
 	__be16 sport;  /* TCP only (flow_ports), else 0 */
 	__be16 dport;
-	__u16 pad;
+	__u16 kind;    /* RP_* */
 };
+
+/* rp_key.kind */
+#define RP_PLAIN 0 /* a plain packet's acceptance by the underlay check */
+#define RP_DECAP 1 /* a VXLAN packet's inner flow (decap.h): endpoint and ct only */
 
 struct rp_value {
 	__u64 until;       /* bpf_ktime_get_coarse_ns() when it expires */
@@ -113,6 +123,30 @@ struct {
 	__type(key, struct rp_key);
 	__type(value, struct rp_value);
 } weft_rp_accepted SEC(".maps");
+
+/* rp_remembered is the live entry of weft_rp_accepted for k (now: the
+ * packet's bpf_ktime_get_coarse_ns()), NULL when there is none or it
+ * expired. */
+static __always_inline struct rp_value *rp_remembered(const struct rp_key *k, __u64 now)
+{
+	struct rp_value *m = bpf_map_lookup_elem(&weft_rp_accepted, k);
+	if (m && now < m->until)
+		return m;
+	return NULL;
+}
+
+/* rp_endpoint writes dst's endpoint (weft_endpoints) into v; 0 when there
+ * is none (v's endpoint stays as it was). */
+static __always_inline int rp_endpoint(struct rp_value *v, const __u8 dst[16])
+{
+	struct endpoint_value *ep = endpoint(dst);
+	if (!ep)
+		return 0;
+	v->ep_ifindex = ep->ifindex;
+	__builtin_memcpy(v->pod_mac, ep->pod_mac, ETH_ALEN);
+	__builtin_memcpy(v->gw_mac, ep->gw_mac, ETH_ALEN);
+	return 1;
+}
 
 /* reverse_path_verdict accepts (0) a packet with a pod source src (to dst)
  * only from the neighbour this node routes that source through (the owner
@@ -166,12 +200,12 @@ static __always_inline int check_reverse_path(struct __sk_buff *skb, const struc
 	__builtin_memcpy(k.mac, eth->h_source, ETH_ALEN);
 	k.ifindex = skb->ingress_ifindex;
 	int v4 = eth->h_proto == bpf_htons(ETH_P_IP);
-	flow_ports(skb, &r->fp);
+	flow_ports(skb, 0, &r->fp);
 	k.sport = r->fp.sport;
 	k.dport = r->fp.dport;
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct rp_value *m = bpf_map_lookup_elem(&weft_rp_accepted, &k);
-	if (m && now < m->until) {
+	struct rp_value *m = rp_remembered(&k, now);
+	if (m) {
 		r->routed = m->routed;
 		r->m = m;
 		return TC_ACT_OK;
@@ -181,14 +215,8 @@ static __always_inline int check_reverse_path(struct __sk_buff *skb, const struc
 		return drop(bad);
 	struct rp_value v = {.until = now + RP_ACCEPTED_TTL_NS};
 	v.routed = bpf_map_lookup_elem(&weft_routed, src) != NULL;
-	if (v.routed) {
-		struct endpoint_value *ep = endpoint(dst->addr);
-		if (ep) {
-			v.ep_ifindex = ep->ifindex;
-			__builtin_memcpy(v.pod_mac, ep->pod_mac, ETH_ALEN);
-			__builtin_memcpy(v.gw_mac, ep->gw_mac, ETH_ALEN);
-		}
-	}
+	if (v.routed)
+		rp_endpoint(&v, dst->addr);
 	bpf_map_update_elem(&weft_rp_accepted, &k, &v, BPF_ANY);
 	r->routed = v.routed;
 	r->m = NULL;
