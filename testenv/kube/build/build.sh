@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes components the Kubernetes test cluster runs
-# (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
-# kubectl from k8s.io/kubernetes, and runc with
-# seccomp) into a cache directory outside the repository, keyed by the
-# Kubernetes version and a hash of this module. A second run with the same
-# inputs finds the stamp and does nothing.
+# (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+# kube-proxy and kubectl from k8s.io/kubernetes, and runc with seccomp)
+# into a cache directory outside the repository, keyed by the Kubernetes
+# version and a hash of this module (go.mod, go.sum and this script, so a
+# set built by an older script, e.g. one without kube-proxy, is never
+# taken for this one's). A second run with the same inputs finds the stamp
+# and does nothing.
 #
 # Usage: build.sh [CACHE_ROOT]     (default /var/cache/weft-kube)
 # Prints the directory holding the binaries as its last line.
@@ -45,7 +47,7 @@ ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$kube_version"
 start=$SECONDS
 # One go build for all of them: they share most packages, and one build
 # compiles each package once.
-cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 echo "building ${cmds[*]} $kube_version" >&2
 (cd "$here" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${cmds[@]/#/k8s.io/kubernetes/cmd/}")
 
