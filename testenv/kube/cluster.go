@@ -2,16 +2,17 @@
 // bare testenv cluster and deploys weft into it the way deploy/kubernetes/
 // says: kube-apiserver, kube-controller-manager and kube-scheduler in the
 // control namespace on the run's etcd (TLS), and in every node namespace a
-// real containerd and kubelet. weft's image is assembled locally (busybox
-// plus the static weft binaries), imported into each containerd, and the
-// manifests are applied with kubectl: the agent DaemonSet runs on every
-// kubelet, the controller Deployment elects one leader, and pods created
-// through the API are attached by weft-cni through containerd.
+// real containerd, kubelet and kube-proxy (nftables mode). weft's image is
+// assembled locally (busybox plus the static weft binaries), imported into
+// each containerd, and the manifests are applied with kubectl: the agent
+// DaemonSet runs on every kubelet, the controller Deployment elects one
+// leader, and pods created through the API are attached by weft-cni
+// through containerd.
 //
 // It needs root, the binaries testenv/kube/build/build.sh builds (kube-*,
-// kubelet, kubectl, runc), Debian's containerd, busybox-static and
-// containernetworking-plugins. Every process it starts is stopped by PID in
-// Close, also when New fails halfway.
+// kubelet, kube-proxy, kubectl, runc), Debian's containerd, busybox-static
+// and containernetworking-plugins. Every process it starts is stopped by
+// PID in Close, also when New fails halfway.
 package kube
 
 import (
@@ -43,7 +44,7 @@ type Options struct {
 	Backend     string // the ClusterConfig backend written into the weft-config ConfigMap, default vxlan
 	BinDir      string // weft binaries (testenv.Build), for weftctl and weft-testenv etcd-member
 	ImageBinDir string // static weft binaries for the image (BuildStatic)
-	KubeBinDir  string // kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, runc
+	KubeBinDir  string // kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl, runc
 	DeployDir   string // the repository's deploy/ directory
 	// AgentArgs are appended to the agent DaemonSet's container args after
 	// the manifests are applied (e.g. a datapath switch under test).
@@ -56,12 +57,17 @@ type Cluster struct {
 	*testenv.Cluster
 	Opts Options
 
-	pki        *pki
-	adminKC    string // admin kubeconfig (system:masters)
-	apiserver  *testenv.Proc
-	kcm        *testenv.Proc
-	scheduler  *testenv.Proc
-	etcdClient pair // the controller's etcd client certificate (the weft-etcd Secret's)
+	pki       *pki
+	adminKC   string // admin kubeconfig (system:masters)
+	apiserver *testenv.Proc
+	kcm       *testenv.Proc
+	scheduler *testenv.Proc
+	// kubeProxyKC is the nodes' kube-proxy kubeconfig (system:kube-proxy),
+	// clusterCIDR the weft ConfigMap's cluster_cidr, kube-proxy's
+	// --cluster-cidr.
+	kubeProxyKC string
+	clusterCIDR string
+	etcdClient  pair // the controller's etcd client certificate (the weft-etcd Secret's)
 	// apiserverEtcd is the API server's etcd client certificate.
 	apiserverEtcd pair
 	images        []string
@@ -98,13 +104,15 @@ func (c *Cluster) record(netns []NetNSMount, sandboxes []Sandbox) {
 
 // APIServerIP and APIServerPort are where kube-apiserver listens (the
 // control namespace's underlay address). ServiceIP is the `kubernetes`
-// Service's ClusterIP; each node namespace DNATs it to the API server, the
-// one Service rule kube-proxy would have written.
+// Service's ClusterIP; each node's kube-proxy DNATs it to the API server.
+// KubeProxyHealthPort is kube-proxy's health server on each node's
+// loopback.
 const (
-	APIServerIP   = "10.99.0.250"
-	APIServerPort = 6443
-	ServiceCIDR   = "10.96.0.0/16"
-	ServiceIP     = "10.96.0.1"
+	APIServerIP         = "10.99.0.250"
+	APIServerPort       = 6443
+	ServiceCIDR         = "10.96.0.0/16"
+	ServiceIP           = "10.96.0.1"
+	KubeProxyHealthPort = 10256
 )
 
 func (o *Options) defaults() error {
@@ -120,7 +128,7 @@ func (o *Options) defaults() error {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
-	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl", "runc"} {
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "runc"} {
 		if _, err := os.Stat(filepath.Join(o.KubeBinDir, b)); err != nil {
 			return fmt.Errorf("find %s in KubeBinDir %q (run testenv/kube/build/build.sh): %w", b, o.KubeBinDir, err)
 		}
@@ -224,6 +232,9 @@ func (c *Cluster) start(ctx context.Context) error {
 	if err := c.importImagesPrepare(); err != nil {
 		return err
 	}
+	if c.clusterCIDR, err = ClusterCIDR(c.Opts.DeployDir); err != nil {
+		return err
+	}
 	for _, tn := range tc.Nodes() {
 		n, err := c.startNode(ctx, tn)
 		c.mu.Lock()
@@ -234,6 +245,14 @@ func (c *Cluster) start(ctx context.Context) error {
 		}
 	}
 	if err := c.waitNodesRegistered(ctx, 3*time.Minute); err != nil {
+		return err
+	}
+	// The weft controller's in-cluster config dials the `kubernetes`
+	// Service, which kube-proxy serves: wait for it on every node before
+	// weft is deployed (kube-proxy needs no pod network, it reaches the
+	// API server over the underlay), so a controller replica never starts
+	// on a node that cannot reach the API yet.
+	if err := c.waitKubernetesService(ctx, 3*time.Minute); err != nil {
 		return err
 	}
 	if err := c.deployWeft(ctx); err != nil {

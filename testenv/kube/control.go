@@ -52,6 +52,10 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		{"admin", "weft-testenv-admin", "system:masters"},
 		{"controller-manager", "system:kube-controller-manager", ""},
 		{"scheduler", "system:kube-scheduler", ""},
+		// Every node's kube-proxy, as kubeadm's kube-proxy ServiceAccount
+		// on every node: the bootstrap ClusterRoleBinding
+		// system:node-proxier grants this user what kube-proxy reads.
+		{"kube-proxy", "system:kube-proxy", ""},
 	} {
 		var orgs []string
 		if u.org != "" {
@@ -66,6 +70,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		}
 	}
 	c.adminKC = c.path("admin.kubeconfig")
+	c.kubeProxyKC = c.path("kube-proxy.kubeconfig")
 
 	c.apiserver = c.NewProc("kube-apiserver", c.CtlNS, []string{c.kbin("kube-apiserver"),
 		"--etcd-servers=" + strings.Join(c.NodeEndpoints(), ","),

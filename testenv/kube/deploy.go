@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,6 +58,31 @@ func WeftImage(deployDir string) (string, error) {
 		return "", fmt.Errorf("agent manifest has no container")
 	}
 	return ds.Spec.Template.Spec.Containers[0].Image, nil
+}
+
+// ClusterCIDR reads the cluster_cidr of the ClusterConfig that
+// deploy/kubernetes/configmap.yaml ships: the range of every pod address
+// weft hands out, kube-proxy's --cluster-cidr (its traffic to a Service
+// from outside that range is masqueraded).
+func ClusterCIDR(deployDir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(deployDir, "kubernetes", "configmap.yaml"))
+	if err != nil {
+		return "", fmt.Errorf("read weft-config: %w", err)
+	}
+	var cm corev1.ConfigMap
+	if err := yaml.Unmarshal(b, &cm); err != nil {
+		return "", fmt.Errorf("decode weft-config: %w", err)
+	}
+	var cfg struct {
+		ClusterCIDR string `json:"cluster_cidr"`
+	}
+	if err := json.Unmarshal([]byte(cm.Data["cluster-config.json"]), &cfg); err != nil {
+		return "", fmt.Errorf("decode weft-config cluster-config.json: %w", err)
+	}
+	if _, err := netip.ParsePrefix(cfg.ClusterCIDR); err != nil {
+		return "", fmt.Errorf("weft-config cluster_cidr: %w", err)
+	}
+	return cfg.ClusterCIDR, nil
 }
 
 // importImagesPrepare writes the two image archives every node imports:
@@ -270,6 +296,35 @@ func HTTPGet(ctx context.Context, ns, url string) (int, string, error) {
 	var b bytes.Buffer
 	_, err = io.Copy(&b, resp.Body)
 	return resp.StatusCode, b.String(), err
+}
+
+// waitKubernetesService waits until a TCP connection from every node
+// namespace to the `kubernetes` Service (ServiceIP:443) is made: the
+// node's kube-proxy has DNATed it to the API server.
+func (c *Cluster) waitKubernetesService(ctx context.Context, d time.Duration) error {
+	addr := net.JoinHostPort(ServiceIP, "443")
+	for _, n := range c.KubeNodes() {
+		err := waitFor(ctx, d, "kube-proxy of "+n.Name+" to serve the kubernetes Service", func() (bool, error) {
+			if !n.KubeProxy.Running() {
+				return false, fmt.Errorf("kube-proxy exited (log %s)", n.KubeProxy.Log)
+			}
+			var conn net.Conn
+			err := testenv.InNS(n.NS, func() error {
+				var err error
+				conn, err = net.DialTimeout("tcp", addr, 2*time.Second)
+				return err
+			})
+			if err != nil {
+				return false, nil
+			}
+			conn.Close()
+			return true, nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // waitNodesRegistered waits until every kubelet has registered its Node.

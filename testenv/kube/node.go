@@ -22,7 +22,7 @@ import (
 // Node is one Kubernetes node: a testenv node namespace plus a mount
 // namespace of its own (a real node has its own filesystem: the hostPath
 // directories the manifests use must not be shared between nodes), with
-// containerd and a kubelet running in both.
+// containerd, a kubelet and kube-proxy running in both.
 type Node struct {
 	*testenv.Node
 	c *Cluster
@@ -35,6 +35,7 @@ type Node struct {
 	holder     *testenv.Proc
 	Containerd *testenv.Proc
 	Kubelet    *testenv.Proc
+	KubeProxy  *testenv.Proc
 }
 
 // nodeMounts are the host paths the manifests and the runtime use that a
@@ -91,7 +92,7 @@ func (c *Cluster) startNode(ctx context.Context, tn *testenv.Node) (*Node, error
 			return n, fmt.Errorf("node %s: install CNI plugin %s: %w", n.Name, p, err)
 		}
 	}
-	if err := n.serviceDNAT(ctx); err != nil {
+	if err := n.serviceRoute(ctx); err != nil {
 		return n, err
 	}
 	// As kubeadm requires of a node: bridged traffic passes iptables (so a
@@ -116,34 +117,70 @@ func (c *Cluster) startNode(ctx context.Context, tn *testenv.Node) (*Node, error
 	if err := n.startKubelet(); err != nil {
 		return n, err
 	}
-	c.log.Info("node started", "node", n.Name, "containerd", n.Containerd.PID(), "kubelet", n.Kubelet.PID())
+	if err := n.startKubeProxy(); err != nil {
+		return n, err
+	}
+	c.log.Info("node started", "node", n.Name, "containerd", n.Containerd.PID(), "kubelet", n.Kubelet.PID(), "kube-proxy", n.KubeProxy.PID())
 	return n, nil
 }
 
-// serviceDNAT sends the `kubernetes` Service's ClusterIP to the API
-// server, as kube-proxy would (there is no kube-proxy here): the
-// controller's in-cluster config dials KUBERNETES_SERVICE_HOST.
-func (n *Node) serviceDNAT(ctx context.Context) error {
-	rules := fmt.Sprintf(`table ip weft_testenv_svc {
-	chain output {
-		type nat hook output priority -100; policy accept;
-		ip daddr %s tcp dport 443 dnat to %s:%d
-	}
-}
-`, ServiceIP, APIServerIP, APIServerPort)
-	f := filepath.Join(filepath.Dir(n.Root), "service.nft")
-	if err := os.WriteFile(f, []byte(rules), 0o644); err != nil {
-		return err
-	}
-	if _, err := runIn(ctx, n.NS, "nft", "-f", f); err != nil {
-		return fmt.Errorf("node %s: service rule: %w", n.Name, err)
-	}
-	// A route for the Service range, or the connect fails (no route)
-	// before the nat hook runs; the DNAT then reroutes to the API server.
+// serviceRoute routes the Service range out of the node's underlay
+// interface, as a host's default route would: a node's own connection to
+// a ClusterIP (the weft controller's in-cluster config dials the
+// `kubernetes` Service) is routed before kube-proxy's nat output hook
+// DNATs it, and fails for lack of a route without one. Pods' connections
+// need no route here: they are DNATed in prerouting.
+func (n *Node) serviceRoute(ctx context.Context) error {
 	if _, err := runIn(ctx, n.NS, "ip", "route", "replace", ServiceCIDR, "dev", n.Iface); err != nil {
 		return fmt.Errorf("node %s: service route: %w", n.Name, err)
 	}
 	return nil
+}
+
+// startKubeProxy runs the real kube-proxy of the node in nftables mode,
+// in the node's network and mount namespaces (as the kubelet), with the
+// identity kubeadm gives it: the API server's bootstrap RBAC binds the
+// ClusterRole system:node-proxier to the user system:kube-proxy, the
+// common name of its client certificate (Cluster.kubeProxyKC). It serves
+// every Service on the node, the `kubernetes` one the weft controller
+// dials included.
+//
+// It touches only the node's network namespace: its conntrack table size
+// is left alone (maxPerCore 0 and min 0: nf_conntrack_max goes with the
+// nf_conntrack module's hashsize, which is the machine's, not the
+// namespace's), its per-namespace conntrack timeouts are written in the
+// node's /proc/sys/net, and its health and metrics servers listen on the
+// node's loopback. oomScoreAdj 0: a test's process is not to outlive the
+// machine's others under memory pressure.
+func (n *Node) startKubeProxy() error {
+	c := n.c
+	dir := filepath.Dir(n.Root)
+	cfg := fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: %s
+hostnameOverride: %s
+bindAddress: %s
+healthzBindAddress: 127.0.0.1:%d
+metricsBindAddress: 127.0.0.1:10249
+mode: nftables
+clusterCIDR: %s
+detectLocalMode: ClusterCIDR
+nodePortAddresses: [%s/32]
+oomScoreAdj: 0
+conntrack:
+  maxPerCore: 0
+  min: 0
+`, c.kubeProxyKC, n.Name, n.UnderlayIP, KubeProxyHealthPort, c.clusterCIDR, n.UnderlayIP)
+	path := filepath.Join(dir, "kube-proxy.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	n.KubeProxy = c.NewProc(fmt.Sprintf("kube-proxy-%d", n.Index), n.NS, n.inNode(c.kbin("kube-proxy"),
+		"--config="+path,
+		"--v=1",
+	))
+	return n.KubeProxy.Start()
 }
 
 // startHolder starts the process that owns the node's mount namespace:
@@ -345,16 +382,20 @@ func (n *Node) RestartKubelet() error {
 	return n.Kubelet.Start()
 }
 
-// stop ends the node in the order a host would: the kubelet first (so
-// nothing starts sandboxes again), then every pod sandbox through the CRI
-// (StopPodSandbox runs CNI DEL and removes the sandbox's network namespace,
-// RemovePodSandbox its containers), then containerd, then whatever
+// stop ends the node in the order a host would: kube-proxy, then the
+// kubelet (so nothing starts sandboxes again), then every pod sandbox
+// through the CRI (StopPodSandbox runs CNI DEL and removes the sandbox's
+// network namespace, RemovePodSandbox its containers), then containerd,
+// then whatever
 // containerd left: network namespace files under its state directory
 // (unmounted and removed, reported as an error), processes in the node's
 // mount namespace (the shims), and the namespace's holder. The sandboxes
 // and their namespaces are recorded for the cluster's Leftovers.
 func (n *Node) stop() error {
 	var errs []error
+	if n.KubeProxy != nil {
+		errs = append(errs, n.KubeProxy.Stop(10*time.Second))
+	}
 	if n.Kubelet != nil {
 		errs = append(errs, n.Kubelet.Stop(10*time.Second))
 	}
