@@ -101,6 +101,132 @@ func (e *Echo) Close() {
 	e.wg.Wait()
 }
 
+// WhoPort is the TCP and UDP port of the name server StartWho runs in a
+// pod (a Service's backends answer with who they are).
+const WhoPort = 7780
+
+// Who answers every TCP connection and every UDP datagram on WhoPort with
+// its name and a newline: a Service's client learns which backend it
+// reached.
+type Who struct {
+	tcp net.Listener
+	udp net.PacketConn
+	wg  sync.WaitGroup
+}
+
+// StartWho starts a Who server named name inside namespace ns.
+func StartWho(ns, name string) (*Who, error) {
+	w := &Who{}
+	err := InNS(ns, func() error {
+		var err error
+		if w.tcp, err = net.Listen("tcp", fmt.Sprintf(":%d", WhoPort)); err != nil {
+			return fmt.Errorf("listen tcp in %s: %w", ns, err)
+		}
+		if w.udp, err = net.ListenPacket("udp", fmt.Sprintf(":%d", WhoPort)); err != nil {
+			w.tcp.Close()
+			return fmt.Errorf("listen udp in %s: %w", ns, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	answer := []byte(name + "\n")
+	w.wg.Add(2)
+	go func() {
+		defer w.wg.Done()
+		for {
+			c, err := w.tcp.Accept()
+			if err != nil {
+				return
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Write(answer)
+			c.Close()
+		}
+	}()
+	go func() {
+		defer w.wg.Done()
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := w.udp.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			w.udp.WriteTo(answer, from)
+		}
+	}()
+	return w, nil
+}
+
+// Close stops the server and waits for its goroutines.
+func (w *Who) Close() {
+	w.tcp.Close()
+	w.udp.Close()
+	w.wg.Wait()
+}
+
+// AskWho asks the Who server behind dst (a pod's, or a Service's address
+// that leads to one) from namespace ns over network ("tcp" or "udp") and
+// returns the name it answered with and the address the answer came
+// from. A TCP answer comes from dst by construction (a connected socket
+// takes no SYN-ACK from another address, so an established connection
+// proves the reverse NAT); a UDP question is sent from an unconnected
+// socket, which takes an answer from any address and says which.
+func AskWho(ctx context.Context, ns, network string, dst netip.AddrPort) (string, netip.AddrPort, error) {
+	deadline := time.Now().Add(3 * time.Second)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	buf := make([]byte, 256)
+	switch network {
+	case "tcp":
+		dctx, cancel := context.WithDeadline(ctx, deadline)
+		defer cancel()
+		c, err := dialIn(dctx, ns, "tcp", dst.String())
+		if err != nil {
+			return "", netip.AddrPort{}, err
+		}
+		defer c.Close()
+		c.SetDeadline(deadline)
+		var got []byte
+		for {
+			n, err := c.Read(buf)
+			got = append(got, buf[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return "", netip.AddrPort{}, fmt.Errorf("tcp %s→%s: read: %w", ns, dst, err)
+			}
+		}
+		from, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+		return strings.TrimSpace(string(got)), from, nil
+	case "udp":
+		var pc net.PacketConn
+		err := InNS(ns, func() error {
+			var err error
+			pc, err = net.ListenPacket("udp", ":0")
+			return err
+		})
+		if err != nil {
+			return "", netip.AddrPort{}, fmt.Errorf("udp socket in %s: %w", ns, err)
+		}
+		defer pc.Close()
+		pc.SetDeadline(deadline)
+		if _, err := pc.WriteTo([]byte("who\n"), net.UDPAddrFromAddrPort(dst)); err != nil {
+			return "", netip.AddrPort{}, fmt.Errorf("udp %s→%s: %w", ns, dst, err)
+		}
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return "", netip.AddrPort{}, fmt.Errorf("udp %s→%s: %w", ns, dst, err)
+		}
+		src := from.(*net.UDPAddr).AddrPort()
+		return strings.TrimSpace(string(buf[:n])), netip.AddrPortFrom(src.Addr().Unmap(), src.Port()), nil
+	}
+	return "", netip.AddrPort{}, fmt.Errorf("ask who: network %q", network)
+}
+
 // dialIn dials from inside the named namespace.
 func dialIn(ctx context.Context, ns, network, addr string) (net.Conn, error) {
 	var c net.Conn

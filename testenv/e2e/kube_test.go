@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/weftnet/weft/nodeagent/cni"
 	"github.com/weftnet/weft/testenv"
@@ -466,6 +467,87 @@ func TestKubernetes(t *testing.T) {
 			_, body := health()
 			return strings.HasPrefix(body, "ok leader"), body
 		})
+	})
+
+	// Before the Node deletion below, which takes node 1 out of weft.
+	t.Run("Service across nodes through kube-proxy", func(t *testing.T) {
+		// Every demo pod, on both nodes, answers on WhoPort with its name.
+		backends := map[string]bool{}
+		backendNodes := map[string]bool{}
+		for _, p := range c.Pods() {
+			w, err := testenv.StartWho(p.NS, p.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			backends[p.Name] = true
+			backendNodes[p.Node.Name] = true
+		}
+		if len(backendNodes) != len(nodes) {
+			t.Fatalf("backends on %v, want on each of %v", backendNodes, nodeNames(nodes))
+		}
+		svc := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "weft-who", Namespace: corev1.NamespaceDefault},
+			Spec: corev1.ServiceSpec{
+				Type:     corev1.ServiceTypeNodePort,
+				Selector: map[string]string{"app": "weft-testenv"},
+				Ports: []corev1.ServicePort{
+					{Name: "tcp", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(testenv.WhoPort)},
+					{Name: "udp", Protocol: corev1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(testenv.WhoPort)},
+				},
+			},
+		}
+		svc, err := cs.CoreV1().Services(corev1.NamespaceDefault).Create(ctx, svc, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cs.CoreV1().Services(corev1.NamespaceDefault).Delete(ctx, svc.Name, metav1.DeleteOptions{})
+		cip, err := netip.ParseAddr(svc.Spec.ClusterIP)
+		if err != nil {
+			t.Fatalf("ClusterIP %q: %v", svc.Spec.ClusterIP, err)
+		}
+		nodePort := map[string]uint16{}
+		for _, sp := range svc.Spec.Ports {
+			nodePort[strings.ToLower(string(sp.Protocol))] = uint16(sp.NodePort)
+		}
+		// Asks from ns until every backend has answered at dst; every
+		// answer must come from dst (the reverse NAT of the node that
+		// DNATed the question).
+		allAnswer := func(t *testing.T, from, ns, network string, dst netip.AddrPort) {
+			t.Helper()
+			seen := map[string]int{}
+			var last error
+			eventually(t, 3*time.Minute, fmt.Sprintf("every backend answers %s %s from %s", network, dst, from), func() (bool, string) {
+				name, src, err := testenv.AskWho(ctx, ns, network, dst)
+				if err != nil {
+					last = err
+				} else {
+					if src != dst {
+						t.Fatalf("%s answered %s %s from %s through %s: the reply is not reverse-NATed", name, network, from, src, dst)
+					}
+					if !backends[name] {
+						t.Fatalf("%s %s from %s: answer %q from no backend", network, dst, from, name)
+					}
+					seen[name]++
+				}
+				return len(seen) == len(backends), fmt.Sprintf("answered %v of %d backends; last error %v", seen, len(backends), last)
+			})
+			t.Logf("%s %s from %s: %v", network, dst, from, seen)
+		}
+		for _, n := range nodes {
+			client := podOn(c, n)
+			for _, network := range []string{"tcp", "udp"} {
+				allAnswer(t, client.Name, client.NS, network, netip.AddrPortFrom(cip, 80))
+			}
+		}
+		// The NodePort of each node, from outside the cluster (the control
+		// namespace): kube-proxy DNATs and masquerades, and half the
+		// backends are on the other node.
+		for _, n := range nodes {
+			for _, network := range []string{"tcp", "udp"} {
+				allAnswer(t, "the control namespace", c.CtlNS, network, netip.AddrPortFrom(n.UnderlayIP, nodePort[network]))
+			}
+		}
 	})
 
 	t.Run("Node deleted from the API", func(t *testing.T) {
