@@ -523,7 +523,7 @@ func TestKubernetes(t *testing.T) {
 					last = err
 				} else {
 					if src != dst {
-						t.Fatalf("%s answered %s %s from %s through %s: the reply is not reverse-NATed", name, network, from, src, dst)
+						t.Fatalf("%s %s from %s: %s answered from %s: the reply is not reverse-NATed", network, dst, from, name, src)
 					}
 					if !backends[name] {
 						t.Fatalf("%s %s from %s: answer %q from no backend", network, dst, from, name)
