@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/weftnet/weft/nodeagent/cni"
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv"
 	"github.com/weftnet/weft/testenv/kube"
 )
@@ -534,12 +535,15 @@ func TestKubernetes(t *testing.T) {
 			})
 			t.Logf("%s %s from %s: %v", network, dst, from, seen)
 		}
-		for _, n := range nodes {
-			client := podOn(c, n)
-			for _, network := range []string{"tcp", "udp"} {
-				allAnswer(t, client.Name, client.NS, network, netip.AddrPortFrom(cip, 80))
+		clusterIP := func(t *testing.T) {
+			for _, n := range nodes {
+				client := podOn(c, n)
+				for _, network := range []string{"tcp", "udp"} {
+					allAnswer(t, client.Name, client.NS, network, netip.AddrPortFrom(cip, 80))
+				}
 			}
 		}
+		clusterIP(t)
 		// The NodePort of each node, from outside the cluster (the control
 		// namespace): kube-proxy DNATs and masquerades, and half the
 		// backends are on the other node.
@@ -547,6 +551,32 @@ func TestKubernetes(t *testing.T) {
 			for _, network := range []string{"tcp", "udp"} {
 				allAnswer(t, "the control namespace", c.CtlNS, network, netip.AddrPortFrom(n.UnderlayIP, nodePort[network]))
 			}
+		}
+		// The same with VXLAN written and stripped by weft's programs
+		// (tunnel_datapath bpf, set as an operator does): the receive in
+		// the program must leave the replies of a DNATed flow to the
+		// stack (bpf/decap_test.go, "service replies go through the
+		// stack").
+		var tnodes []*testenv.Node
+		for _, n := range nodes {
+			tnodes = append(tnodes, n.Node)
+		}
+		encap := func() (sum float64) {
+			for _, n := range nodes {
+				_, body, err := c.AgentGet(ctx, n, "/metrics")
+				if err != nil {
+					t.Fatal(err)
+				}
+				sum += testenv.SumMetric(testenv.ParseMetrics(body), "weft_datapath_encap_packets_total")
+			}
+			return sum
+		}
+		switchMode(t, ctx, c.Cluster, tnodes, "vxlan", func(cfg *weftv1.ClusterConfig) { cfg.TunnelDatapath = "bpf" })
+		defer switchMode(t, ctx, c.Cluster, tnodes, "vxlan", func(cfg *weftv1.ClusterConfig) { cfg.TunnelDatapath = "" })
+		before := encap()
+		clusterIP(t)
+		if after := encap(); after <= before {
+			t.Errorf("with tunnel_datapath bpf, no packet was encapsulated in the programs (%v -> %v)", before, after)
 		}
 	})
 
