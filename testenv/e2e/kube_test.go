@@ -464,7 +464,12 @@ func TestKubernetes(t *testing.T) {
 		if err := c.WaitAPI(ctx, 2*time.Minute); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, time.Minute, "leader healthy again", func() (bool, string) {
+		// The API server removed its own endpoint of the kubernetes
+		// Service as it stopped, so each node's kube-proxy rejects the
+		// controller's connections until its watch is back and it has
+		// seen the endpoint again (10-15 s longer than the static DNAT
+		// that stood for kube-proxy before, at load 3-6).
+		eventually(t, 2*time.Minute, "leader healthy again", func() (bool, string) {
 			_, body := health()
 			return strings.HasPrefix(body, "ok leader"), body
 		})
