@@ -154,7 +154,7 @@ func printKubeAccess(c *kube.Cluster) {
 	fmt.Printf("  %s get pods -A -o wide\n", c.KubectlLine())
 	fmt.Printf("  %s nodes | events | status\n", c.WeftctlLine())
 	for _, n := range c.KubeNodes() {
-		fmt.Printf("  node %s (%s): kubelet log %s, containerd log %s\n", n.Name, n.UnderlayIP, n.Kubelet.Log, n.Containerd.Log)
+		fmt.Printf("  node %s (%s): kubelet log %s, containerd log %s, kube-proxy log %s\n", n.Name, n.UnderlayIP, n.Kubelet.Log, n.Containerd.Log, n.KubeProxy.Log)
 	}
 	for _, p := range c.Pods() {
 		if p.NS != "" {

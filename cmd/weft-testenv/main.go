@@ -110,7 +110,7 @@ func (f *clusterFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.segments, "segments", 1, "underlay segments: 1, or 2 joined by a router namespace")
 	fs.IntVar(&f.controllers, "controllers", 1, "controllers (more than 1 needs --etcd=external)")
 	fs.IntVar(&f.grace, "node-grace", 0, "node_grace_seconds in the cluster config (0: controller default)")
-	fs.BoolVar(&f.kubernetes, "kubernetes", false, "real Kubernetes (kube-apiserver, controller-manager, scheduler, a kubelet and containerd per node) with weft deployed from deploy/kubernetes/; see docs/testenv.md")
+	fs.BoolVar(&f.kubernetes, "kubernetes", false, "real Kubernetes (kube-apiserver, controller-manager, scheduler, a kubelet, containerd and kube-proxy per node) with weft deployed from deploy/kubernetes/; see docs/testenv.md")
 	fs.StringVar(&f.agentArgs, "agent-args", envOr("AGENT_ARGS", ""), "extra weft-agent arguments, comma-separated, e.g. --host-routing=stack (with --kubernetes: added to the agent DaemonSet)")
 	fs.BoolVar(&f.secure, "secure", envOr("SECURE", "true") == "true", "etcd with TLS, client certificates and auth on, one certificate per node (--secure=false: plain etcd, anyone who reaches it writes)")
 }
