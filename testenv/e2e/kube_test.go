@@ -198,25 +198,7 @@ func TestKubernetes(t *testing.T) {
 		}
 	})
 
-	t.Run("pods reach each other", func(t *testing.T) {
-		for _, p := range c.Pods() {
-			got, err := cs.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			sub, err := testenv.ReadSubnetEnv(p.Node.SubnetFile)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got.Spec.NodeName != p.Node.Name || !sub.Subnet.Masked().Contains(p.IP) {
-				t.Errorf("pod %s on %s with %s, want on %s inside %s", p.Name, got.Spec.NodeName, p.IP, p.Node.Name, sub.Subnet.Masked())
-			}
-		}
-		m := testenv.CheckAll(ctx, c.Targets(), nil)
-		if len(m.Failed()) > 0 || len(m.Results) != 12 {
-			t.Fatalf("connectivity (%d pairs):\n%s", len(m.Results), m)
-		}
-	})
+	t.Run("pods reach each other", func(t *testing.T) { podsReachEachOther(t, ctx, c) })
 
 	t.Run("node state stays in the run directory", func(t *testing.T) {
 		// Each pod's network namespace is one containerd keeps under its
@@ -477,95 +459,13 @@ func TestKubernetes(t *testing.T) {
 
 	// Before the Node deletion below, which takes node 1 out of weft.
 	t.Run("Service across nodes through kube-proxy", func(t *testing.T) {
-		// Every demo pod, on both nodes, answers on WhoPort with its name.
-		backends := map[string]bool{}
-		backendNodes := map[string]bool{}
-		for _, p := range c.Pods() {
-			w, err := testenv.StartWho(p.NS, p.Name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer w.Close()
-			backends[p.Name] = true
-			backendNodes[p.Node.Name] = true
-		}
-		if len(backendNodes) != len(nodes) {
-			t.Fatalf("backends on %v, want on each of %v", backendNodes, nodeNames(nodes))
-		}
-		svc := &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: "weft-who", Namespace: corev1.NamespaceDefault},
-			Spec: corev1.ServiceSpec{
-				Type:     corev1.ServiceTypeNodePort,
-				Selector: map[string]string{"app": "weft-testenv"},
-				Ports: []corev1.ServicePort{
-					{Name: "tcp", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(testenv.WhoPort)},
-					{Name: "udp", Protocol: corev1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(testenv.WhoPort)},
-				},
-			},
-		}
-		svc, err := cs.CoreV1().Services(corev1.NamespaceDefault).Create(ctx, svc, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cs.CoreV1().Services(corev1.NamespaceDefault).Delete(ctx, svc.Name, metav1.DeleteOptions{})
-		cip, err := netip.ParseAddr(svc.Spec.ClusterIP)
-		if err != nil {
-			t.Fatalf("ClusterIP %q: %v", svc.Spec.ClusterIP, err)
-		}
-		nodePort := map[string]uint16{}
-		for _, sp := range svc.Spec.Ports {
-			nodePort[strings.ToLower(string(sp.Protocol))] = uint16(sp.NodePort)
-		}
-		// Asks from ns until every backend has answered at dst; every
-		// answer must come from dst (the reverse NAT of the node that
-		// DNATed the question).
-		allAnswer := func(t *testing.T, from, ns, network string, dst netip.AddrPort) {
-			t.Helper()
-			seen := map[string]int{}
-			var last error
-			eventually(t, 3*time.Minute, fmt.Sprintf("every backend answers %s %s from %s", network, dst, from), func() (bool, string) {
-				name, src, err := testenv.AskWho(ctx, ns, network, dst)
-				if err != nil {
-					last = err
-				} else {
-					if src != dst {
-						t.Fatalf("%s %s from %s: %s answered from %s: the reply is not reverse-NATed", network, dst, from, name, src)
-					}
-					if !backends[name] {
-						t.Fatalf("%s %s from %s: answer %q from no backend", network, dst, from, name)
-					}
-					seen[name]++
-				}
-				return len(seen) == len(backends), fmt.Sprintf("answered %v of %d backends; last error %v", seen, len(backends), last)
-			})
-			t.Logf("%s %s from %s: %v", network, dst, from, seen)
-		}
-		clusterIP := func(t *testing.T) {
-			for _, n := range nodes {
-				client := podOn(c, n)
-				for _, network := range []string{"tcp", "udp"} {
-					allAnswer(t, client.Name, client.NS, network, netip.AddrPortFrom(cip, 80))
-				}
-			}
-		}
-		clusterIP(t)
-		// The NodePort of each node, from outside the cluster (the control
-		// namespace): kube-proxy DNATs and masquerades, and half the
-		// backends are on the other node.
-		for _, n := range nodes {
-			for _, network := range []string{"tcp", "udp"} {
-				allAnswer(t, "the control namespace", c.CtlNS, network, netip.AddrPortFrom(n.UnderlayIP, nodePort[network]))
-			}
-		}
+		clusterIP := checkService(t, ctx, c)
 		// The same with VXLAN written and stripped by weft's programs
 		// (tunnel_datapath bpf, set as an operator does): the receive in
 		// the program must leave the replies of a DNATed flow to the
 		// stack (bpf/decap_test.go, "service replies go through the
 		// stack").
-		var tnodes []*testenv.Node
-		for _, n := range nodes {
-			tnodes = append(tnodes, n.Node)
-		}
+		tnodes := testNodes(nodes)
 		encap := func() (sum float64) {
 			for _, n := range nodes {
 				_, body, err := c.AgentGet(ctx, n, "/metrics")
@@ -608,6 +508,143 @@ func TestKubernetes(t *testing.T) {
 			return !strings.Contains(s, cidr) && !strings.Contains(s, n1.Name), s
 		})
 	})
+}
+
+// podsReachEachOther checks that every demo pod runs on its node with an
+// address from the node's subnet and that every pod reaches every other.
+func podsReachEachOther(t *testing.T, ctx context.Context, c *kube.Cluster) {
+	t.Helper()
+	cs, err := c.Clientset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range c.Pods() {
+		got, err := cs.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub, err := testenv.ReadSubnetEnv(p.Node.SubnetFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Spec.NodeName != p.Node.Name || !sub.Subnet.Masked().Contains(p.IP) {
+			t.Errorf("pod %s on %s with %s, want on %s inside %s", p.Name, got.Spec.NodeName, p.IP, p.Node.Name, sub.Subnet.Masked())
+		}
+	}
+	m := testenv.CheckAll(ctx, c.Targets(), nil)
+	if len(m.Failed()) > 0 || len(m.Results) != 12 {
+		t.Fatalf("connectivity (%d pairs):\n%s", len(m.Results), m)
+	}
+}
+
+// checkService starts the who server in every demo pod and creates a
+// NodePort Service (TCP and UDP) selecting them all, then checks it through
+// the real kube-proxy: the ClusterIP from a pod on each node and each
+// node's NodePort from outside the cluster, every backend answering and
+// every answer coming from the address asked (reverse NAT). It returns the
+// ClusterIP check, for repeating it after a datapath switch. The servers
+// and the Service go when t ends.
+func checkService(t *testing.T, ctx context.Context, c *kube.Cluster) (clusterIP func(t *testing.T)) {
+	t.Helper()
+	cs, err := c.Clientset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := c.KubeNodes()
+	// Every demo pod, on both nodes, answers on WhoPort with its name.
+	backends := map[string]bool{}
+	backendNodes := map[string]bool{}
+	for _, p := range c.Pods() {
+		w, err := testenv.StartWho(p.NS, p.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { w.Close() })
+		backends[p.Name] = true
+		backendNodes[p.Node.Name] = true
+	}
+	if len(backendNodes) != len(nodes) {
+		t.Fatalf("backends on %v, want on each of %v", backendNodes, nodeNames(nodes))
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "weft-who", Namespace: corev1.NamespaceDefault},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeNodePort,
+			Selector: map[string]string{"app": "weft-testenv"},
+			Ports: []corev1.ServicePort{
+				{Name: "tcp", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(testenv.WhoPort)},
+				{Name: "udp", Protocol: corev1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(testenv.WhoPort)},
+			},
+		},
+	}
+	svc, err = cs.CoreV1().Services(corev1.NamespaceDefault).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cs.CoreV1().Services(corev1.NamespaceDefault).Delete(ctx, svc.Name, metav1.DeleteOptions{}); err != nil {
+			t.Errorf("delete Service %s: %v", svc.Name, err)
+		}
+	})
+	cip, err := netip.ParseAddr(svc.Spec.ClusterIP)
+	if err != nil {
+		t.Fatalf("ClusterIP %q: %v", svc.Spec.ClusterIP, err)
+	}
+	nodePort := map[string]uint16{}
+	for _, sp := range svc.Spec.Ports {
+		nodePort[strings.ToLower(string(sp.Protocol))] = uint16(sp.NodePort)
+	}
+	// Asks from ns until every backend has answered at dst; every
+	// answer must come from dst (the reverse NAT of the node that
+	// DNATed the question).
+	allAnswer := func(t *testing.T, from, ns, network string, dst netip.AddrPort) {
+		t.Helper()
+		seen := map[string]int{}
+		var last error
+		eventually(t, 3*time.Minute, fmt.Sprintf("every backend answers %s %s from %s", network, dst, from), func() (bool, string) {
+			name, src, err := testenv.AskWho(ctx, ns, network, dst)
+			if err != nil {
+				last = err
+			} else {
+				if src != dst {
+					t.Fatalf("%s %s from %s: %s answered from %s: the reply is not reverse-NATed", network, dst, from, name, src)
+				}
+				if !backends[name] {
+					t.Fatalf("%s %s from %s: answer %q from no backend", network, dst, from, name)
+				}
+				seen[name]++
+			}
+			return len(seen) == len(backends), fmt.Sprintf("answered %v of %d backends; last error %v", seen, len(backends), last)
+		})
+		t.Logf("%s %s from %s: %v", network, dst, from, seen)
+	}
+	clusterIP = func(t *testing.T) {
+		for _, n := range nodes {
+			client := podOn(c, n)
+			for _, network := range []string{"tcp", "udp"} {
+				allAnswer(t, client.Name, client.NS, network, netip.AddrPortFrom(cip, 80))
+			}
+		}
+	}
+	clusterIP(t)
+	// The NodePort of each node, from outside the cluster (the control
+	// namespace): kube-proxy DNATs and masquerades, and half the
+	// backends are on the other node.
+	for _, n := range nodes {
+		for _, network := range []string{"tcp", "udp"} {
+			allAnswer(t, "the control namespace", c.CtlNS, network, netip.AddrPortFrom(n.UnderlayIP, nodePort[network]))
+		}
+	}
+	return clusterIP
+}
+
+// testNodes returns the testenv nodes under the Kubernetes nodes.
+func testNodes(nodes []*kube.Node) []*testenv.Node {
+	var tn []*testenv.Node
+	for _, n := range nodes {
+		tn = append(tn, n.Node)
+	}
+	return tn
 }
 
 func nodeNames(nodes []*kube.Node) []string {

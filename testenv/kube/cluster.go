@@ -41,7 +41,7 @@ type Options struct {
 	Prefix      string // testenv run prefix; default fresh
 	Nodes       int    // default 2
 	PodsPerNode int    // demo pods per node, default 2
-	Backend     string // the ClusterConfig backend written into the weft-config ConfigMap, default vxlan
+	Backend     string // the ClusterConfig backend written into the weft-config ConfigMap (native with auto_direct_node_routes), default vxlan
 	BinDir      string // weft binaries (testenv.Build), for weftctl and weft-testenv etcd-member
 	ImageBinDir string // static weft binaries for the image (BuildStatic)
 	KubeBinDir  string // kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl, runc

@@ -179,7 +179,9 @@ func (c *Cluster) deployWeft(ctx context.Context) error {
 }
 
 // setBackend writes Options.Backend into the ConfigMap's ClusterConfig
-// (deploy/ ships vxlan) before the controller starts.
+// (deploy/ ships vxlan) before the controller starts; with native also
+// auto_direct_node_routes, as testenv does (every node is on one segment,
+// and nothing else routes the pod CIDRs).
 func (c *Cluster) setBackend(ctx context.Context) error {
 	cs, err := c.Clientset()
 	if err != nil {
@@ -197,6 +199,9 @@ func (c *Cluster) setBackend(ctx context.Context) error {
 		return nil
 	}
 	cfg["backend"] = c.Opts.Backend
+	if _, set := cfg["auto_direct_node_routes"]; !set && c.Opts.Backend == "native" {
+		cfg["auto_direct_node_routes"] = true
+	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
 	cm.Data["cluster-config.json"] = string(b)
 	if _, err := cs.CoreV1().ConfigMaps(Namespace).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
