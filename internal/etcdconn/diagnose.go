@@ -1,6 +1,7 @@
 package etcdconn
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -105,18 +106,32 @@ func (c Config) probe(ctx context.Context, ep string, base *tls.Config) error {
 		tc = base.Clone()
 		tc.ServerName = serverName
 	}
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		},
-		TLSClientConfig:   tc,
-		DisableKeepAlives: true,
-		ForceAttemptHTTP2: false,
-	}
-	defer tr.CloseIdleConnections()
 	pctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
 	defer cancel()
+	// One connection, driven in order by this goroutine: dial, handshake,
+	// request, answer. (http.Transport reads and writes on goroutines of
+	// its own: when etcd refuses the client's certificate, the refusal
+	// arrives on the read side, and a write that lost the race to it
+	// reported only that the connection was closed.)
+	var d net.Dialer
+	conn, err := d.DialContext(pctx, network, addr)
+	if err != nil {
+		return c.explainDial(err, secure, serverName)
+	}
+	defer conn.Close()
+	if dl, ok := pctx.Deadline(); ok {
+		if err := conn.SetDeadline(dl); err != nil {
+			return fmt.Errorf("probe: %w", err)
+		}
+	}
+	rw := conn
+	if secure {
+		tconn := tls.Client(conn, tc)
+		if err := tconn.HandshakeContext(pctx); err != nil {
+			return c.explainDial(err, secure, serverName)
+		}
+		rw = tconn
+	}
 	scheme := "http"
 	if secure {
 		scheme = "https"
@@ -125,9 +140,18 @@ func (c Config) probe(ctx context.Context, ep string, base *tls.Config) error {
 	if err != nil {
 		return fmt.Errorf("probe: %w", err)
 	}
-	resp, err := tr.RoundTrip(req)
+	req.Close = true
+	// A TLS 1.3 server judges the client's certificate after the
+	// handshake; its refusal is the first thing read, so the answer is
+	// read even when the write failed, and its error says more.
+	werr := req.Write(rw)
+	resp, err := http.ReadResponse(bufio.NewReader(rw), req)
 	if err != nil {
 		return c.explainDial(err, secure, serverName)
+	}
+	if werr != nil {
+		resp.Body.Close()
+		return c.explainDial(werr, secure, serverName)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
@@ -201,13 +225,13 @@ func (c Config) explainDial(err error, secure bool, serverName string) error {
 	case strings.Contains(msg, "remote error: tls: "):
 		// The peer's alert; crypto/tls exports no type for it.
 		return c.explainAlert(msg[strings.Index(msg, "remote error: tls: ")+len("remote error: tls: "):])
-	case secure && (errors.As(err, &rec) || errors.Is(err, io.EOF) || strings.Contains(msg, "connection reset")):
+	case secure && (errors.As(err, &rec) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(msg, "connection reset")):
 		return errors.New("TLS: the endpoint does not speak TLS (it closed the handshake; plain HTTP?): use http://, or turn TLS on in etcd")
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &op) && op.Timeout():
 		return fmt.Errorf("no answer within %s", ProbeTimeout)
 	case errors.As(err, &op) && op.Op == "dial":
 		return fmt.Errorf("cannot connect: %v", op.Err)
-	case !secure && (errors.Is(err, io.EOF) || strings.Contains(msg, "malformed HTTP response") || strings.Contains(msg, "connection reset")):
+	case !secure && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(msg, "malformed HTTP response") || strings.Contains(msg, "connection reset")):
 		return errors.New("no HTTP answer to plain HTTP: etcd probably serves TLS here: use https:// (or unixs://) with --etcd-cafile")
 	}
 	return err
