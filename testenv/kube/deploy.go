@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/weftnet/weft/proto/configfile"
 	"github.com/weftnet/weft/testenv"
 )
 
@@ -61,7 +62,8 @@ func WeftImage(deployDir string) (string, error) {
 }
 
 // ClusterCIDR reads the cluster_cidr of the ClusterConfig that
-// deploy/kubernetes/configmap.yaml ships: the range of every pod address
+// deploy/kubernetes/configmap.yaml ships (decoded as the controller's
+// --config reads it, configfile.Decode): the range of every pod address
 // weft hands out, kube-proxy's --cluster-cidr (its traffic to a Service
 // from outside that range is masqueraded).
 func ClusterCIDR(deployDir string) (string, error) {
@@ -73,16 +75,14 @@ func ClusterCIDR(deployDir string) (string, error) {
 	if err := yaml.Unmarshal(b, &cm); err != nil {
 		return "", fmt.Errorf("decode weft-config: %w", err)
 	}
-	var cfg struct {
-		ClusterCIDR string `json:"cluster_cidr"`
-	}
-	if err := json.Unmarshal([]byte(cm.Data["cluster-config.json"]), &cfg); err != nil {
+	cfg, err := configfile.Decode([]byte(cm.Data["cluster-config.json"]))
+	if err != nil {
 		return "", fmt.Errorf("decode weft-config cluster-config.json: %w", err)
 	}
-	if _, err := netip.ParsePrefix(cfg.ClusterCIDR); err != nil {
+	if _, err := netip.ParsePrefix(cfg.GetClusterCidr()); err != nil {
 		return "", fmt.Errorf("weft-config cluster_cidr: %w", err)
 	}
-	return cfg.ClusterCIDR, nil
+	return cfg.GetClusterCidr(), nil
 }
 
 // importImagesPrepare writes the two image archives every node imports:
