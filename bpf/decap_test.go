@@ -196,21 +196,16 @@ func TestDecapInProgram(t *testing.T) {
 		// The replies' flows are remembered as the stack's (RP_DECAP,
 		// conntrack's answer for the SYN-ACK), so their later packets
 		// take the device without asking again.
-		found := false
-		var k object.WeftRpKey
-		var v object.WeftRpValue
-		it := a.dp.objs.WeftRpAccepted.Iterate()
-		for it.Next(&k, &v) {
-			if k.Kind == rpDecap && k.Src == object.EndpointKey(b.podIP).Addr && k.Sport == htons(serviceBackendPort) {
-				found = true
-				if v.Ct != flowCTStack {
-					t.Fatalf("remembered conntrack answer %d for a DNATed flow, want %d", v.Ct, flowCTStack)
-				}
-			}
-		}
-		must(t, it.Err())
-		if !found {
+		es := rpAccepted(t, a, func(k object.WeftRpKey, _ object.WeftRpValue) bool {
+			return k.Kind == rpDecap && k.Src == object.EndpointKey(b.podIP).Addr && k.Sport == htons(serviceBackendPort)
+		})
+		if len(es) == 0 {
 			t.Fatal("node 1 remembers no inner flow from the backend")
+		}
+		for _, e := range es {
+			if e.v.Ct != flowCTStack {
+				t.Fatalf("remembered conntrack answer %d for a DNATed flow, want %d", e.v.Ct, flowCTStack)
+			}
 		}
 	})
 
@@ -308,19 +303,38 @@ const rpDecap = 1
 // machine's load.
 func keepDecapFlow(t *testing.T, n *testNode, src, dst netip.Addr) {
 	t.Helper()
-	var k object.WeftRpKey
-	var v object.WeftRpValue
+	es := rpAccepted(t, n, func(k object.WeftRpKey, _ object.WeftRpValue) bool {
+		return k.Kind == rpDecap && k.Src == object.EndpointKey(src).Addr && k.Dst == object.EndpointKey(dst).Addr
+	})
+	if len(es) == 0 {
+		t.Fatalf("node %d remembers no inner flow %s -> %s", n.idx, src, dst)
+	}
+	e := es[0]
+	e.v.Until = math.MaxUint64
+	must(t, n.dp.objs.WeftRpAccepted.Put(&e.k, &e.v))
+}
+
+// rpEntry is one entry of weft_rp_accepted.
+type rpEntry struct {
+	k object.WeftRpKey
+	v object.WeftRpValue
+}
+
+// rpAccepted returns the entries of n's weft_rp_accepted (the underlay
+// check's acceptances and the in-program receive's inner flows) that match
+// takes.
+func rpAccepted(t testing.TB, n *testNode, match func(object.WeftRpKey, object.WeftRpValue) bool) []rpEntry {
+	t.Helper()
+	var es []rpEntry
+	var e rpEntry
 	it := n.dp.objs.WeftRpAccepted.Iterate()
-	for it.Next(&k, &v) {
-		if k.Kind == rpDecap && k.Src == object.EndpointKey(src).Addr && k.Dst == object.EndpointKey(dst).Addr {
-			must(t, it.Err())
-			v.Until = math.MaxUint64
-			must(t, n.dp.objs.WeftRpAccepted.Put(&k, &v))
-			return
+	for it.Next(&e.k, &e.v) {
+		if match(e.k, e.v) {
+			es = append(es, e)
 		}
 	}
 	must(t, it.Err())
-	t.Fatalf("node %d remembers no inner flow %s -> %s", n.idx, src, dst)
+	return es
 }
 
 // diff is c1 - c0 for the counters the tests here look at.
@@ -378,18 +392,25 @@ func TestDecapTrust(t *testing.T) {
 		})
 	}
 
+	// genuine sends a genuine datagram from pod 1's src to pod 2 of the
+	// same family, which must arrive; it returns that destination.
+	genuine := func(t *testing.T, src netip.Addr, p string) netip.Addr {
+		t.Helper()
+		dst := b.podIP
+		if src.Is6() {
+			dst = b.podIP6
+		}
+		forgeFrame(t, a, a.under, b.under, inner(src, dst, p), 1)
+		if got, ok := sink.Wait(p, delivered); !ok || got != src {
+			t.Fatalf("genuine packet from %s: arrived %v from %s", src, ok, got)
+		}
+		return dst
+	}
+
 	t.Run("genuine packets are decapsulated in the program", func(t *testing.T) {
 		for _, src := range []netip.Addr{a.podIP, a.podIP6} {
-			dst := b.podIP
-			if src.Is6() {
-				dst = b.podIP6
-			}
-			p := payload("genuine")
 			before, rx := b.counters(), deviceRx(t, b)
-			forgeFrame(t, a, a.under, b.under, inner(src, dst, p), 1)
-			if got, ok := sink.Wait(p, delivered); !ok || got != src {
-				t.Fatalf("genuine packet from %s: arrived %v from %s", src, ok, got)
-			}
+			genuine(t, src, payload("genuine"))
 			if d := b.counters().RxDecap - before.RxDecap; d == 0 {
 				t.Errorf("from %s: not decapsulated in the program", src)
 			}
@@ -407,15 +428,7 @@ func TestDecapTrust(t *testing.T) {
 		// VNI still meet check_outer: the program leaves them to the
 		// device, whose weft_ingress drops them.
 		for _, src := range []netip.Addr{a.podIP, a.podIP6} {
-			dst := b.podIP
-			if src.Is6() {
-				dst = b.podIP6
-			}
-			p := payload("remembered")
-			forgeFrame(t, a, a.under, b.under, inner(src, dst, p), 1)
-			if got, ok := sink.Wait(p, delivered); !ok || got != src {
-				t.Fatalf("genuine packet from %s: arrived %v from %s", src, ok, got)
-			}
+			dst := genuine(t, src, payload("remembered"))
 			keepDecapFlow(t, b, src, dst)
 			for _, f := range []struct {
 				from   netip.Addr

@@ -461,15 +461,9 @@ func TestHostRoutingFlowMemories(t *testing.T) {
 		wrong.Ifindex = 1
 		must(t, a.dp.objs.WeftEndpoints.Put(&k, &wrong))
 		must(t, udpSend(b.pod, a.podIP, 9, "to the wrong endpoint"))
-		remembered := false
-		var rk object.WeftRpKey
-		var rv object.WeftRpValue
-		it := a.dp.objs.WeftRpAccepted.Iterate()
-		for it.Next(&rk, &rv) {
-			remembered = remembered || (rk.Dst == k.Addr && rv.EpIfindex == 1)
-		}
-		must(t, it.Err())
-		if !remembered {
+		if len(rpAccepted(t, a, func(rk object.WeftRpKey, rv object.WeftRpValue) bool {
+			return rk.Dst == k.Addr && rv.EpIfindex == 1
+		})) == 0 {
 			t.Fatal("the underlay check remembered no acceptance with the endpoint")
 		}
 		must(t, a.dp.RefreshEndpoints())
@@ -598,21 +592,17 @@ func TestHostRoutingFlowMemories(t *testing.T) {
 		}
 		// What the service connection's SYN-ACK left: the flow is the
 		// stack's.
-		found := false
-		var rk object.WeftRpKey
-		var rv object.WeftRpValue
-		it := a.dp.objs.WeftRpAccepted.Iterate()
-		for it.Next(&rk, &rv) {
-			if rk.Src == object.EndpointKey(b.podIP).Addr && rk.Sport == htons(8081) && rk.Dport == htons(port) /* network order, as the keys hold them */ {
-				found = true
-				if rv.Ct != flowCTStack {
-					t.Fatalf("remembered conntrack answer %d for the DNATed flow, want %d", rv.Ct, flowCTStack)
-				}
-			}
-		}
-		must(t, it.Err())
-		if !found {
+		es := rpAccepted(t, a, func(rk object.WeftRpKey, _ object.WeftRpValue) bool {
+			// Ports in network order, as the keys hold them.
+			return rk.Src == object.EndpointKey(b.podIP).Addr && rk.Sport == htons(8081) && rk.Dport == htons(port)
+		})
+		if len(es) == 0 {
 			t.Fatal("no acceptance remembered for the flow")
+		}
+		for _, e := range es {
+			if e.v.Ct != flowCTStack {
+				t.Fatalf("remembered conntrack answer %d for the DNATed flow, want %d", e.v.Ct, flowCTStack)
+			}
 		}
 	})
 }
