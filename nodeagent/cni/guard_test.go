@@ -150,6 +150,48 @@ func TestPodCheck(t *testing.T) {
 		}
 	})
 
+	// A repeated ADD keeps the pair (same port) and records and links
+	// the check again: here it brings back a record that went missing.
+	t.Run("add again", func(t *testing.T) {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "weft_pods"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		var v, again [48]byte
+		if err := m.Lookup(uint32(port), &v); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Delete(uint32(port)); err != nil {
+			t.Fatal(err)
+		}
+		res2, err := e.add(e.list, "ctr-1", pod)
+		if err != nil {
+			t.Fatalf("second ADD: %v", err)
+		}
+		if podIP(t, res2, true) != v4 || podIP(t, res2, false) != v6 {
+			t.Fatalf("second ADD gave %v, the first %v", res2.IPs, res.IPs)
+		}
+		e.inNode(t, func() error {
+			l, err := netlink.LinkByName(host)
+			if err == nil && l.Attrs().Index != port {
+				err = fmt.Errorf("host veth is #%d after the second ADD, was #%d (recreated)", l.Attrs().Index, port)
+			}
+			return err
+		})
+		if err := m.Lookup(uint32(port), &again); err != nil || again != v {
+			t.Fatalf("record of port #%d after the second ADD: %x (%v), want %x", port, again, err, v)
+		}
+		if err := e.check("ctr-1", pod); err != nil {
+			t.Fatalf("CHECK after the second ADD: %v", err)
+		}
+		for _, a := range []netip.Addr{v4, v6} {
+			if err := reachable(e.nodeNS, a); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
 	t.Run("del", func(t *testing.T) {
 		if err := e.del("ctr-1", pod); err != nil {
 			t.Fatalf("DEL: %v", err)

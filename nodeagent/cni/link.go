@@ -116,11 +116,13 @@ type attachment struct {
 
 // attach creates the veth pair (pod side ifName in podNS, host side
 // hostName in the current netns, enslaved to weft0) and configures the pod
-// side. guard (if set) runs with the host side's ifindex and the pod's MAC
-// before the host side is up, so the pod check is on before the pod's
-// first frame. It returns once the pod can talk (see readiness), or
+// side. The caller has removed any earlier host veth hostName (examine
+// says when). guard (if set) runs with the host side's ifindex and the
+// pod's MAC before the host side is up, so the pod check is on before the
+// pod's first frame. It returns once the pod can talk (see readiness), or
 // with an error naming the link that is not ready after readyTimeout.
-// On failure it deletes the pair again.
+// On failure it deletes the pair again. An ifName already in podNS is an
+// error naming it, and stays.
 func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Addr,
 	guard func(hostIndex int, podMAC net.HardwareAddr) error) (att attachment, retErr error) {
 	hostNS, err := ns.GetCurrentNS()
@@ -128,10 +130,6 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 		return att, fmt.Errorf("open node netns: %w", err)
 	}
 	defer hostNS.Close()
-	// A host veth of this very attachment left by a crashed ADD is stale.
-	if err := deleteHostVeth(hostName); err != nil {
-		return att, err
-	}
 	created := false
 	var podMAC net.HardwareAddr
 	podIndex := 0
@@ -149,7 +147,7 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 	}()
 	err = podNS.Do(func(ns.NetNS) error {
 		if _, err := netlink.LinkByName(ifName); err == nil {
-			return fmt.Errorf("interface %s already exists in pod netns %s", ifName, podNS.Path())
+			return fmt.Errorf("interface %s already exists in pod netns %s and is not weft's (no host veth %s is its peer)", ifName, podNS.Path(), hostName)
 		}
 		veth := &netlink.Veth{
 			LinkAttrs:     netlink.LinkAttrs{Name: ifName, MTU: sub.MTU},
@@ -203,28 +201,69 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 	}
 	// Both veth ends get their carrier when the second one goes up: watch
 	// from before that, and return only once the pod can talk.
+	err = settle(podNS, ifName, hostName, ips, podIndex, host.Attrs().Index, br.Attrs().Index, func() error {
+		if err := netlink.LinkSetUp(host); err != nil {
+			return fmt.Errorf("set %s up: %w", hostName, err)
+		}
+		return nil
+	})
+	return att, err
+}
+
+// keep is ADD for an attachment that examine found complete (a runtime
+// repeating ADD after a timeout or a restart): the pair stays as it is,
+// with its MACs and ifindexes, never down. It makes sure of what does
+// not change the links: the pod check (guard, if set: recorded and linked
+// again, which replaces what is there), the BIG TCP sizes, and that the
+// pod can talk.
+func keep(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Addr, live pair,
+	guard func(hostIndex int, podMAC net.HardwareAddr) error) (attachment, error) {
+	att := attachment{hostMAC: live.hostMAC.String(), podMAC: live.podMAC.String()}
+	if guard != nil {
+		if err := guard(live.hostIndex, live.podMAC); err != nil {
+			return att, err
+		}
+	}
+	if err := podNS.Do(func(ns.NetNS) error { return raiseGSO(sub, ifName) }); err != nil {
+		return att, err
+	}
+	if err := raiseGSO(sub, hostName, BridgeName); err != nil {
+		return att, err
+	}
+	br, err := netlink.LinkByName(BridgeName)
+	if err != nil {
+		return att, fmt.Errorf("find bridge: %w", err)
+	}
+	return att, settle(podNS, ifName, hostName, ips, live.podIndex, live.hostIndex, br.Attrs().Index, nil)
+}
+
+// settle runs up (if set) once it watches the links' notifications, then
+// waits until the pod side, the host side and the bridge can carry the
+// pod's traffic (readiness), for at most readyTimeout.
+func settle(podNS ns.NetNS, ifName, hostName string, ips []netip.Addr, podIndex, hostIndex, brIndex int, up func() error) error {
 	ready, err := watchReady(podNS)
 	if err != nil {
-		return att, err
+		return err
 	}
 	defer ready.Close()
 	podH, err := ready.handle(podNS)
 	if err != nil {
-		return att, err
+		return err
 	}
 	hostH, err := ready.handle(nil)
 	if err != nil {
-		return att, err
+		return err
 	}
-	if err := netlink.LinkSetUp(host); err != nil {
-		return att, fmt.Errorf("set %s up: %w", hostName, err)
+	if up != nil {
+		if err := up(); err != nil {
+			return err
+		}
 	}
-	err = ready.wait([]readyLink{
+	return ready.wait([]readyLink{
 		{h: podH, index: podIndex, what: fmt.Sprintf("pod interface %s in %s", ifName, podNS.Path()), ips: ips},
-		{h: hostH, index: host.Attrs().Index, what: "host veth " + hostName},
-		{h: hostH, index: br.Attrs().Index, what: "bridge " + BridgeName},
+		{h: hostH, index: hostIndex, what: "host veth " + hostName},
+		{h: hostH, index: brIndex, what: "bridge " + BridgeName},
 	}, readyTimeout)
-	return att, err
 }
 
 // configurePod runs inside the pod netns: addresses, link up, default
@@ -312,29 +351,106 @@ func deleteHostVeth(name string) error {
 	return nil
 }
 
-// verify checks the attachment Add made (for CHECK).
-func verify(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.Prefix) error {
-	err := podNS.Do(func(ns.NetNS) error {
+// errNoHostVeth means an attachment's host veth does not exist: nothing
+// of it is left in the node netns (its pod side dies with it).
+var errNoHostVeth = errors.New("cni: host veth not found")
+
+// mismatch says why a live attachment is not the one ADD makes: ADD
+// replaces it, CHECK fails with it.
+type mismatch struct{ msg string }
+
+func (m *mismatch) Error() string { return m.msg }
+
+func mismatchf(format string, args ...any) error {
+	return &mismatch{msg: fmt.Sprintf(format, args...)}
+}
+
+// pair is a complete attachment's live veth pair.
+type pair struct {
+	hostIndex, podIndex int
+	hostMAC, podMAC     net.HardwareAddr
+}
+
+// leased is what ADD configures on the pod interface for ips: each
+// address with its pod CIDR's mask.
+func leased(sub Subnet, ips []netip.Addr) []netip.Prefix {
+	want := make([]netip.Prefix, 0, len(ips))
+	for _, a := range ips {
+		p, _ := prefixFor(sub, a)
+		want = append(want, netip.PrefixFrom(a, p.Bits()))
+	}
+	return want
+}
+
+// examine reads the attachment whose host side is hostName (in the
+// current netns) and whose pod side is ifName in podNS, and returns its
+// pair when it is complete as ADD makes it: the host side is a veth on
+// weft0, up, in hairpin mode; its peer is ifName in podNS (by ifindex
+// and netns id, so another plugin's ifName never passes); that one is
+// up, has MTU sub.MTU, every address of want and a default route via the
+// gateway of each one's family. Otherwise the error wraps errNoHostVeth
+// when there is no hostName, is a *mismatch naming the first difference
+// (such as what an ADD that crashed half-way leaves), or says what could
+// not be read. ADD (to keep a repeated ADD's pair) and CHECK use it.
+func examine(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.Prefix) (pair, error) {
+	var live pair
+	host, err := netlink.LinkByName(hostName)
+	if isNotFound(err) {
+		return live, fmt.Errorf("%w: %s", errNoHostVeth, hostName)
+	}
+	if err != nil {
+		return live, fmt.Errorf("find host veth %s: %w", hostName, err)
+	}
+	ha := host.Attrs()
+	if host.Type() != "veth" {
+		return live, mismatchf("host veth %s is a %s, not a veth", hostName, host.Type())
+	}
+	br, err := netlink.LinkByName(BridgeName)
+	if err != nil {
+		return live, fmt.Errorf("find bridge %s: %w", BridgeName, err)
+	}
+	if ha.MasterIndex != br.Attrs().Index {
+		return live, mismatchf("host veth %s is not attached to %s", hostName, BridgeName)
+	}
+	if hairpin, err := Hairpin(hostName); err != nil {
+		return live, err
+	} else if !hairpin {
+		return live, mismatchf("host veth %s has hairpin mode off", hostName)
+	}
+	if ha.Flags&net.FlagUp == 0 {
+		return live, mismatchf("host veth %s is down", hostName)
+	}
+	// The id the node netns gives the pod netns: a link's peer netns is
+	// reported as one (the dump of host above has allocated it).
+	podNSID, err := netlink.GetNetNsIdByFd(int(podNS.Fd()))
+	if err != nil {
+		return live, fmt.Errorf("read the id of pod netns %s: %w", podNS.Path(), err)
+	}
+	err = podNS.Do(func(ns.NetNS) error {
 		link, err := netlink.LinkByName(ifName)
+		if isNotFound(err) {
+			return mismatchf("host veth %s has no pod interface %s in %s", hostName, ifName, podNS.Path())
+		}
 		if err != nil {
-			return fmt.Errorf("check: pod interface %s: %w", ifName, err)
+			return fmt.Errorf("find pod interface %s: %w", ifName, err)
 		}
-		if link.Type() != "veth" {
-			return fmt.Errorf("check: pod interface %s is a %s, want veth", ifName, link.Type())
+		a := link.Attrs()
+		if link.Type() != "veth" || ha.NetNsID != podNSID || ha.ParentIndex != a.Index {
+			return mismatchf("pod interface %s in %s (a %s) is not the peer of host veth %s", ifName, podNS.Path(), link.Type(), hostName)
 		}
-		if link.Attrs().MTU != sub.MTU {
-			return fmt.Errorf("check: pod interface %s has mtu %d, want %d", ifName, link.Attrs().MTU, sub.MTU)
+		if a.MTU != sub.MTU {
+			return mismatchf("pod interface %s has mtu %d, want %d", ifName, a.MTU, sub.MTU)
 		}
-		if link.Attrs().Flags&net.FlagUp == 0 {
-			return fmt.Errorf("check: pod interface %s is down", ifName)
+		if a.Flags&net.FlagUp == 0 {
+			return mismatchf("pod interface %s is down", ifName)
 		}
 		addrs, err := addrList(link, netlink.FAMILY_ALL)
 		if err != nil {
-			return fmt.Errorf("check: list addresses: %w", err)
+			return fmt.Errorf("list addresses of %s: %w", ifName, err)
 		}
 		for _, w := range want {
 			if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IPNet.String() == ipNet(w, w.Addr()).String() }) {
-				return fmt.Errorf("check: pod interface %s lacks address %s", ifName, w)
+				return mismatchf("pod interface %s lacks address %s", ifName, w)
 			}
 			_, gw := prefixFor(sub, w.Addr())
 			fam := netlink.FAMILY_V4
@@ -343,7 +459,7 @@ func verify(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.Pr
 			}
 			routes, err := routeList(link, fam)
 			if err != nil {
-				return fmt.Errorf("check: list routes: %w", err)
+				return fmt.Errorf("list routes of %s: %w", ifName, err)
 			}
 			if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
 				ones := 0
@@ -352,29 +468,19 @@ func verify(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.Pr
 				}
 				return ones == 0 && r.Gw.Equal(gw.AsSlice())
 			}) {
-				return fmt.Errorf("check: pod interface %s has no default route via %s", ifName, gw)
+				return mismatchf("pod interface %s has no default route via %s", ifName, gw)
 			}
 		}
+		live = pair{hostIndex: ha.Index, podIndex: a.Index, hostMAC: ha.HardwareAddr, podMAC: a.HardwareAddr}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	host, err := netlink.LinkByName(hostName)
-	if err != nil {
-		return fmt.Errorf("check: host veth %s: %w", hostName, err)
-	}
-	br, err := netlink.LinkByName(BridgeName)
-	if err != nil {
-		return fmt.Errorf("check: bridge %s: %w", BridgeName, err)
-	}
-	if host.Attrs().MasterIndex != br.Attrs().Index {
-		return fmt.Errorf("check: host veth %s is not attached to %s", hostName, BridgeName)
-	}
-	if hairpin, err := Hairpin(hostName); err != nil {
+	return live, err
+}
+
+// verify checks the attachment Add made (for CHECK): see examine.
+func verify(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.Prefix) error {
+	if _, err := examine(podNS, ifName, hostName, sub, want); err != nil {
 		return fmt.Errorf("check: %w", err)
-	} else if !hairpin {
-		return fmt.Errorf("check: host veth %s has hairpin mode off", hostName)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -40,9 +41,11 @@ func (p *Plugin) Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status}
 }
 
-// Main runs the plugin as a process (the body of cmd/weft-cni).
+// Main runs the plugin as a process (the body of cmd/weft-cni). It logs
+// to stderr, which runtimes pass on to their own log (libcni's default
+// executor does); stdout carries only the result.
 func Main(about string) {
-	p := &Plugin{}
+	p := &Plugin{Logger: hclog.New(&hclog.LoggerOptions{Name: "weft-cni", Output: os.Stderr, Level: hclog.Info})}
 	skel.PluginMainFuncs(p.Funcs(), SupportedVersions, about)
 }
 
@@ -85,6 +88,11 @@ func subnetError(path string, err error) error {
 // pod's first packet goes through: both veth ends and the bridge
 // operationally up, the pod's addresses local (bounded by readyTimeout).
 // On any failure everything this call made is removed again.
+//
+// A repeated ADD of a complete attachment (what CHECK accepts) keeps the
+// veth pair as it is and prints the same result; an incomplete one (an
+// ADD that crashed half-way) is deleted and made again, and an ifName in
+// the pod netns that is not the host veth's peer is an error naming it.
 func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
@@ -129,9 +137,6 @@ func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 	if err := ensureBridge(sub); err != nil {
 		return fmt.Errorf("ensure bridge %s: %w", BridgeName, err)
 	}
-	if err := forgetNeighbors(ips); err != nil {
-		return err
-	}
 	guard, err := openGuard(sub, log)
 	if err != nil {
 		return err
@@ -163,8 +168,35 @@ func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 		}()
 	}
 	hostName := HostVethName(args.ContainerID, args.IfName)
-	att, err := attach(podNS, args.IfName, hostName, sub, ips, check)
-	if err != nil {
+	var att attachment
+	live, err := examine(podNS, args.IfName, hostName, sub, leased(sub, ips))
+	var mis *mismatch
+	switch {
+	case err == nil:
+		// A repeated ADD (the runtime timed out or restarted): the pod
+		// keeps its link, MACs and neighbours.
+		if att, err = keep(podNS, args.IfName, hostName, sub, ips, live, check); err != nil {
+			return err
+		}
+		log.Info("pod already attached: kept its veth pair", "host_veth", hostName, "ips", ips)
+	case errors.Is(err, errNoHostVeth), errors.As(err, &mis):
+		if mis != nil {
+			// What an ADD that crashed or failed half-way left (or a
+			// pair that no longer matches the lease or the subnet file).
+			log.Info("replacing an incomplete attachment", "host_veth", hostName, "reason", mis.Error())
+			if err := deleteHostVeth(hostName); err != nil {
+				return err
+			}
+		}
+		// The address may have belonged to a pod with another MAC.
+		if err := forgetNeighbors(ips); err != nil {
+			return err
+		}
+		if att, err = attach(podNS, args.IfName, hostName, sub, ips, check); err != nil {
+			return err
+		}
+		log.Info("attached pod", "ips", ips)
+	default:
 		return err
 	}
 	res := &current.Result{
@@ -184,7 +216,6 @@ func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 		})
 		res.Routes = append(res.Routes, &types.Route{Dst: defaultRoute(ip), GW: pool.Gateway.AsSlice()})
 	}
-	log.Info("attached pod", "ips", ips)
 	return types.PrintResult(res, conf.CNIVersion)
 }
 
