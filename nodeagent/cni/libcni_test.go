@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -959,6 +960,72 @@ func testGatewayKept(t *testing.T, older bool) {
 	for _, id := range []string{survivor, victim} {
 		if err := reachable(pods[id], gw); err != nil {
 			t.Errorf("%s to the gateway after %s was re-added: %v", id, victim, err)
+		}
+	}
+}
+
+// TestSameAttachmentAtOnce runs two ADDs of one attachment at the same
+// time, as a runtime that retries while its first call still runs does,
+// then DEL and ADD at once. Whatever the order, the pod ends with one
+// working pair, one lease, and the answers agree: an ADD that succeeded
+// names the addresses the pod has, and a lease is held exactly while its
+// pair exists. Without a lock per attachment the two ADDs each found no
+// pair, and one deleted the pair the other was still configuring, or
+// failed and released the lease the other had printed.
+func TestSameAttachmentAtOnce(t *testing.T) {
+	e := newEnv(t, subnetDual, "1.1.0")
+	for round := range 8 {
+		pod := newNS(t)
+		id := fmt.Sprint("ctr-", round)
+		var wg sync.WaitGroup
+		res := make([]*current.Result, 2)
+		errs := make([]error, 2)
+		for i := range 2 {
+			wg.Go(func() { res[i], errs[i] = e.add(e.list, id, pod) })
+		}
+		wg.Wait()
+		for i := range 2 {
+			if errs[i] != nil {
+				t.Fatalf("round %d: ADD %d of the same attachment: %v", round, i, errs[i])
+			}
+		}
+		if d := sameResult(res[0], res[1]); d != "" {
+			t.Fatalf("round %d: the two ADDs disagree: %s", round, d)
+		}
+		if links := podLinks(t, pod); !slices.Equal(links, []string{"eth0"}) {
+			t.Fatalf("round %d: pod links %v, want eth0", round, links)
+		}
+		for _, v4 := range []bool{true, false} {
+			if err := reachable(e.nodeNS, podIP(t, res[0], v4)); err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		if err := e.check(id, pod); err != nil {
+			t.Fatalf("round %d: CHECK: %v", round, err)
+		}
+		if a := e.allocations(); len(a) != 1 {
+			t.Fatalf("round %d: store holds %d allocations, want 1", round, len(a))
+		}
+
+		// DEL and a repeated ADD at once: whichever runs last decides,
+		// and the lease goes with the pair (a pair without its lease
+		// would have its address handed out again).
+		var addErr, delErr error
+		wg.Go(func() { _, addErr = e.add(e.list, id, pod) })
+		wg.Go(func() { delErr = e.del(id, pod) })
+		wg.Wait()
+		if addErr != nil || delErr != nil {
+			t.Fatalf("round %d: ADD and DEL at once: %v, %v", round, addErr, delErr)
+		}
+		leases, links := len(e.allocations()), podLinks(t, pod)
+		if (leases == 1) != slices.Equal(links, []string{"eth0"}) || leases > 1 {
+			t.Fatalf("round %d: after ADD and DEL at once: %d leases, pod links %v", round, leases, links)
+		}
+		if err := e.del(id, pod); err != nil {
+			t.Fatalf("round %d: DEL: %v", round, err)
+		}
+		if a, links := e.allocations(), podLinks(t, pod); len(a) != 0 || len(links) != 0 {
+			t.Fatalf("round %d: after DEL: leases %v, pod links %v", round, a, links)
 		}
 	}
 }

@@ -111,6 +111,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
+	unlock, err := store.LockAttachment(args.ContainerID, args.IfName)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer unlock()
 	ps := pools(sub)
 	ips, fresh, freed, err := store.ReserveIn(args.ContainerID, args.IfName, args.Netns, ps, podGone)
 	if errors.Is(err, ErrExhausted) {
@@ -279,12 +284,17 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := detach(HostVethName(args.ContainerID, args.IfName)); err != nil {
-		return err
-	}
 	store, err := storeFor(conf)
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	unlock, err := store.LockAttachment(args.ContainerID, args.IfName)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer unlock()
+	if err := detach(HostVethName(args.ContainerID, args.IfName)); err != nil {
+		return err
 	}
 	if alloc, ok, err := store.Get(args.ContainerID, args.IfName); err == nil && ok {
 		if err := forgetNeighbors(alloc.IPs); err != nil {
@@ -327,6 +337,11 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
+	unlock, err := store.LockAttachment(args.ContainerID, args.IfName)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer unlock()
 	alloc, ok, err := store.Get(args.ContainerID, args.IfName)
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -61,6 +62,47 @@ func OpenStore(dir string) (*Store, error) {
 	return &Store{dir: dir}, nil
 }
 
+// attachmentStripes is how many lock files LockAttachment spreads the
+// attachments over. Files are never removed (removing a lock file another
+// process waits on would let a third lock a new one), so their number is
+// fixed; two attachments that share a stripe only take turns.
+const attachmentStripes = 64
+
+// LockAttachment takes the lock of one attachment (container ID and
+// interface name) and returns its release. ADD, DEL and CHECK of one
+// attachment hold it from start to end, so a runtime that repeats a call
+// while the first still runs (after its own timeout) waits for it instead
+// of finding a half-made pair. Other attachments go on in parallel (up to
+// the stripe they share); the store's own lock is taken inside it, never
+// around it.
+func (s *Store) LockAttachment(id, ifName string) (unlock func(), err error) {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	h.Write([]byte{0})
+	h.Write([]byte(ifName))
+	name := filepath.Join(s.dir, fmt.Sprintf("attach-%02d.lock", h.Sum32()%attachmentStripes))
+	lf, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open attachment lock: %w", err)
+	}
+	if err := flock(lf); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("lock attachment %s/%s: %w", id, ifName, err)
+	}
+	// Closing the file releases the lock.
+	return func() { lf.Close() }, nil
+}
+
+// flock takes f's exclusive lock, waiting for it.
+func flock(f *os.File) error {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
 func (s *Store) path() string { return filepath.Join(s.dir, "state.json") }
 
 // locked runs fn with the store's exclusive lock held, passing the current
@@ -71,13 +113,7 @@ func (s *Store) locked(fn func(st *storeState) (write bool, err error)) error {
 		return fmt.Errorf("open store lock: %w", err)
 	}
 	defer lf.Close()
-	for {
-		err = unix.Flock(int(lf.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
+	if err := flock(lf); err != nil {
 		return fmt.Errorf("lock store: %w", err)
 	}
 	// Closing the file releases the lock.
