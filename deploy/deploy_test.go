@@ -298,6 +298,38 @@ func TestManifests(t *testing.T) {
 	}
 }
 
+// TestProbes: the kubelet restarts a weft daemon only when its /livez
+// fails (the agent's converge loop is stuck), and takes it out of Ready
+// while its /healthz fails (degraded: etcd or peers unreachable). With
+// liveness on /healthz the kubelet restarted agents whose etcd or peers
+// were away for a minute, which a restart cannot bring back.
+func TestProbes(t *testing.T) {
+	o := load(t)
+	if t.Failed() {
+		return
+	}
+	agent, ctl := o.daemonSets["weft-agent"], o.deployments["weft-controller"]
+	if agent == nil || ctl == nil {
+		t.Fatal("missing the weft-agent DaemonSet or the weft-controller Deployment")
+	}
+	for what, c := range map[string]*corev1.Container{
+		"DaemonSet weft-agent":       container(t, agent.Spec.Template.Spec.Containers, "agent"),
+		"Deployment weft-controller": container(t, ctl.Spec.Template.Spec.Containers, "controller"),
+	} {
+		for _, p := range []struct {
+			kind, path string
+			probe      *corev1.Probe
+		}{{"liveness", "/livez", c.LivenessProbe}, {"readiness", "/healthz", c.ReadinessProbe}} {
+			switch {
+			case p.probe == nil || p.probe.HTTPGet == nil:
+				t.Errorf("%s: no HTTP %s probe, want one on %s", what, p.kind, p.path)
+			case p.probe.HTTPGet.Path != p.path:
+				t.Errorf("%s: %s probe on %s, want %s", what, p.kind, p.probe.HTTPGet.Path, p.path)
+			}
+		}
+	}
+}
+
 // TestConfigMapBigTCP: the ConfigMap's cluster config shows big_tcp and
 // big_tcp_v6 with their defaults, and the comment above it names, as
 // refused, exactly the backends validate refuses each of them with.
@@ -518,11 +550,14 @@ func checkPod(t *testing.T, o *objects, what string, sel *metav1.LabelSelector, 
 			}
 		}
 		// Probes hit the metrics address the container listens on.
-		if p := c.LivenessProbe; p != nil && p.HTTPGet != nil {
+		for kind, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+			if p == nil || p.HTTPGet == nil {
+				continue
+			}
 			addr := flagValue(&c, "metrics-addr", "")
 			want := fmt.Sprintf("%s:%d", p.HTTPGet.Host, p.HTTPGet.Port.IntValue())
 			if addr != want {
-				t.Errorf("%s/%s: liveness probe %s, but metrics listen on %q", what, c.Name, want, addr)
+				t.Errorf("%s/%s: %s probe %s, but metrics listen on %q", what, c.Name, kind, want, addr)
 			}
 		}
 	}

@@ -11,7 +11,8 @@
 // messages; the lease keeper (lease.go), the BGP watcher and the prober
 // poke it; after
 // every change it publishes an immutable view that status, health,
-// metrics and the registration read. Nothing else is shared.
+// metrics and the registration read, and while it waits it stamps the
+// heartbeat /livez reads (liveness.go). Nothing else is shared.
 package nodeagent
 
 import (
@@ -87,6 +88,10 @@ const (
 	DefaultReconcileInterval = 10 * time.Second
 	DefaultStatusInterval    = 5 * time.Second
 	DefaultStatusMinInterval = time.Second
+	// DefaultStuckAfter: a Sync of 5,000 peers takes well under a second
+	// (docs/BENCHMARKS.md), so a converge loop away from its wait for a
+	// minute is stuck, not busy.
+	DefaultStuckAfter = time.Minute
 )
 
 // Config configures an Agent.
@@ -144,6 +149,10 @@ type Config struct {
 	// Follow tunes the log follower (backoff, timeouts); its callbacks
 	// and logger are set by the agent.
 	Follow follow.Options
+	// StuckAfter is how long the converge loop may stay away from its
+	// wait (in one Sync, reconcile, BGP call or batch of events) before
+	// /livez calls it stuck and answers 503; default DefaultStuckAfter.
+	StuckAfter time.Duration
 	// Converged, when set, is called once, on the converge loop, after
 	// the node's first successful Sync; it must not block.
 	Converged func()
@@ -189,6 +198,9 @@ type Agent struct {
 	etcdUp chan struct{}
 	// view is what the converge loop last published.
 	view atomic.Pointer[view]
+	// beat is when the converge loop was last back at its wait (unix
+	// ns); /livez reads it (liveness.go).
+	beat atomic.Int64
 	// regHeld is set while the agent's registration key is held on a
 	// lease not its own (another agent with this node name): the status
 	// says so and the agent does not write over it (lease.go).
@@ -222,6 +234,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.StatusMinInterval <= 0 {
 		cfg.StatusMinInterval = DefaultStatusMinInterval
 	}
+	if cfg.StuckAfter <= 0 {
+		cfg.StuckAfter = DefaultStuckAfter
+	}
 	if cfg.BGP == nil {
 		cfg.BGP = proc.New(proc.Options{Logger: cfg.Logger})
 	}
@@ -239,6 +254,7 @@ func New(cfg Config) (*Agent, error) {
 		reachKick:  make(chan struct{}, 1),
 	}
 	a.view.Store(&view{})
+	a.beat.Store(time.Now().UnixNano())
 	a.metrics = newMetrics(a)
 	a.newProber()
 	if cfg.SubnetFile != "" {

@@ -132,6 +132,11 @@ func (l *loop) run(ctx context.Context) {
 		underlayBO.Reset()
 		underlayRetry = nil
 	}
+	// The heartbeat: a tick taken whenever the loop is back at its wait,
+	// four times per StuckAfter (liveness.go).
+	beat := time.NewTicker(l.a.cfg.StuckAfter / 4)
+	defer beat.Stop()
+	l.a.beat.Store(time.Now().UnixNano())
 	readUnderlay()
 	l.publish()
 	for {
@@ -139,6 +144,12 @@ func (l *loop) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-beat.C:
+			// The time the tick is taken, not the one it carries: a tick
+			// that waited in the channel while the loop was busy was sent
+			// before the loop came back.
+			l.a.beat.Store(time.Now().UnixNano())
+			continue
 		case m := <-l.a.inbox:
 			converge = l.handle(m)
 			// Fold everything already queued before syncing once.

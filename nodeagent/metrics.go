@@ -153,14 +153,22 @@ func (c counterCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// Handler serves /metrics (Prometheus) and /healthz: 200 "ok", or 503 with
-// the reasons while etcd is unreachable, the datapath does not converge or
-// peers are unreachable.
+// Handler serves /metrics (Prometheus); /healthz (readiness): 200 "ok",
+// or 503 with the reasons while etcd is unreachable, the datapath does not
+// converge, peers are unreachable or the converge loop is stuck; and
+// /livez (liveness): 200 "ok" unless the converge loop is stuck (see
+// Liveness).
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/livez", a.serveLivez)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		ok, reasons := a.Health()
+		// A stuck converge loop publishes no view: the last one would
+		// still say ok.
+		if live, why := a.Liveness(); !live {
+			ok, reasons = false, append(reasons, why)
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if !ok {
 			w.WriteHeader(http.StatusServiceUnavailable)

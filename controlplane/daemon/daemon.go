@@ -96,7 +96,7 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	fs.UintVar(&o.NodeMaskSize, "node-mask-size", 0, "prefix length of each node's IPv4 pod CIDR (default 24)")
 	fs.StringVar(&o.Backend, "backend", "", "datapath backend: vxlan, geneve, native, hybrid, gateway or bgp (default vxlan)")
 	fs.StringVar(&o.ConfigFile, "config", "", "ClusterConfig file (JSON or YAML, proto field names); flags override it")
-	fs.StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:9470", "address of /metrics and /healthz (empty: off)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:9470", "address of /metrics, /healthz and /livez (empty: off)")
 	fs.IntVar(&o.ElectionTTL, "election-ttl", 10, "leader election session TTL in seconds")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.BoolVar(&o.Validate, "validate", false, "validate the config, print it with defaults and exit (dry run)")
@@ -334,14 +334,24 @@ func Run(ctx context.Context, o *Options, log hclog.Logger) error {
 // with what they follow (kubesource: the Kubernetes API).
 type sourceHealth interface{ Health() error }
 
-// serveMetrics serves /metrics and /healthz: 503 when etcd does not
-// answer; else 200 "ok <role>", or 200 "degraded <role>: node source: ..."
-// when the node source cannot reach what it follows. That stays 200 so a
-// liveness probe does not restart a controller whose API server is away:
-// a restart cannot bring it back, and the log is kept as it is meanwhile.
+// serveMetrics serves /metrics, /healthz and /livez. /healthz (the
+// readiness probe's): 503 when etcd does not answer; else 200 "ok <role>",
+// or 200 "degraded <role>: node source: ..." when the node source cannot
+// reach what it follows (a follower cannot take over without the node
+// source either, but it is not the one to be taken out of service for
+// it). /livez (the liveness probe's): 200 "ok" whenever the process
+// serves. Everything the controller does waits on etcd or the node
+// source, so no loop of it is stuck that a restart would cure: etcd or
+// the API server being away is not (a restart brings neither back, and
+// the log is kept as it is meanwhile), and a term that etcd ends is
+// campaigned again by Run itself.
 func serveMetrics(addr string, reg *prometheus.Registry, cli *clientv3.Client, layout keys.Layout, ctl *controller.Controller, src source.Source, log hclog.Logger) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()

@@ -100,6 +100,45 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// get fetches path from the daemon's metrics address.
+func get(t *testing.T, metrics, path string) (int, string) {
+	t.Helper()
+	r, err := http.Get("http://" + metrics + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return r.StatusCode, string(b)
+}
+
+// TestRunEtcdStopped: the controller's external etcd stops. /healthz (the
+// readiness probe's) answers 503 naming it, /livez (the liveness probe's)
+// 200: a restart cannot bring etcd back.
+func TestRunEtcdStopped(t *testing.T) {
+	srv, _ := etcdtest.New(t)
+	metrics := freePort(t)
+	o, err := Parse([]string{"--etcd-endpoints", srv.Endpoints[0], "--metrics-addr", metrics, "--election-ttl", "2",
+		"--cluster-cidr", "10.64.0.0/16"}, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runDaemon(t, o)
+	if code, body := waitHealthz(metrics, func(code int, body string) bool { return code == 200 && strings.Contains(body, "ok leader") }); code != 200 {
+		t.Fatalf("healthz with etcd up: %d %q", code, body)
+	}
+	if code, body := get(t, metrics, "/livez"); code != 200 || body != "ok\n" {
+		t.Fatalf("livez with etcd up: %d %q", code, body)
+	}
+	srv.Close()
+	if code, body := waitHealthz(metrics, func(code int, _ string) bool { return code == http.StatusServiceUnavailable }); code != http.StatusServiceUnavailable || !strings.Contains(body, "etcd unreachable") {
+		t.Fatalf("healthz with etcd stopped: %d %q", code, body)
+	}
+	if code, body := get(t, metrics, "/livez"); code != 200 || body != "ok\n" {
+		t.Fatalf("livez with etcd stopped: %d %q", code, body)
+	}
+}
+
 // TestRunEmbedded starts the whole daemon with its embedded etcd on two
 // client URLs, sees it lead and write the initial config, serve health
 // and metrics, and stop cleanly when its context ends.

@@ -1,5 +1,5 @@
 // Package daemon wires weft-agent together: flags and environment, the
-// datapath, the etcd client, the agent, and /metrics and /healthz.
+// datapath, the etcd client, the agent, and /metrics, /healthz and /livez.
 // cmd/weft-agent only parses, handles signals and calls Run.
 package daemon
 
@@ -86,7 +86,7 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	fs.StringVar(&o.Underlay, "underlay", "", "underlay interface name or IP (default: the default route's interface)")
 	fs.StringVar(&o.BPFFSDir, "bpffs-dir", bpf.DefaultPinDir, "bpffs directory for this node's pinned maps and links")
 	fs.StringVar(&o.SubnetFile, "subnet-file", "/run/weft/subnet.env", "where to write the node's lease in flannel's subnet.env format")
-	fs.StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:9471", "address of /metrics and /healthz (empty: off)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:9471", "address of /metrics, /healthz and /livez (empty: off)")
 	fs.IntVar(&o.LeaseTTL, "lease-ttl", 10, "TTL in seconds of the registration and status lease")
 	fs.DurationVar(&o.ReconcileInterval, "reconcile-interval", nodeagent.DefaultReconcileInterval, "how often to re-read the kernel and repair drift")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "trace, debug, info, warn or error")

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +27,7 @@ type Server struct {
 	// Alias is the endpoint on StartAlias's second address ("" without).
 	Alias string
 	dir   string
+	close sync.Once
 }
 
 // Start starts a single-member etcd on free loopback ports with its data in
@@ -128,9 +130,10 @@ func (s *Server) Client() (*clientv3.Client, error) {
 	})
 }
 
-// Close stops the member.
+// Close stops the member; later calls do nothing (a test may stop the
+// member New's cleanup stops again).
 func (s *Server) Close() {
-	s.Etcd.Close()
+	s.close.Do(s.Etcd.Close)
 }
 
 // New starts a member for t and a client of it; both are closed when t
