@@ -46,10 +46,17 @@ type Options struct {
 	ImageBinDir string // static weft binaries for the image (BuildStatic)
 	KubeBinDir  string // kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl, runc
 	DeployDir   string // the repository's deploy/ directory
-	// AgentArgs are appended to the agent DaemonSet's container args after
-	// the manifests are applied (e.g. a datapath switch under test).
+	// AgentArgs are appended to the agent DaemonSet's container args in
+	// the DaemonSet as first applied (e.g. a datapath switch under test).
 	AgentArgs []string
-	Logger    hclog.Logger
+	// FastProbes has the kubelet ask the agent DaemonSet's probes every
+	// second, giving each 2 s to answer; liveness fails after 3 failures
+	// and readiness after 2 (deploy/ ships every 10 s, 6 and 3 failures).
+	// The paths stay the shipped ones. A test then sees in seconds what
+	// the kubelet makes of them. Like AgentArgs it is in the DaemonSet as
+	// first applied.
+	FastProbes bool
+	Logger     hclog.Logger
 }
 
 // Cluster is a running Kubernetes test cluster with weft deployed.

@@ -164,18 +164,53 @@ func (c *Cluster) deployWeft(ctx context.Context) error {
 		"--from-file="+filepath.Join(pemDir, "tls.key")); err != nil {
 		return err
 	}
-	for _, m := range []string{"agent-daemonset.yaml", "controller-deployment.yaml"} {
-		if _, err := c.Kubectl(ctx, "apply", "-f", file(m)); err != nil {
-			return err
-		}
+	agent, err := c.agentManifest(file("agent-daemonset.yaml"))
+	if err != nil {
+		return err
 	}
-	for _, a := range c.Opts.AgentArgs {
-		patch, _ := json.Marshal([]map[string]any{{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": a}})
-		if _, err := c.Kubectl(ctx, "-n", Namespace, "patch", "daemonset", "weft-agent", "--type=json", "-p", string(patch)); err != nil {
+	for _, m := range []string{agent, file("controller-deployment.yaml")} {
+		if _, err := c.Kubectl(ctx, "apply", "-f", m); err != nil {
 			return err
 		}
 	}
 	return c.WaitWeft(ctx, 4*time.Minute)
+}
+
+// agentManifest returns the agent DaemonSet's manifest to apply: the
+// shipped file, or with AgentArgs or FastProbes a copy in the run
+// directory that has them, so the DaemonSet's first version has them and
+// no rollout of the agents follows.
+func (c *Cluster) agentManifest(shipped string) (string, error) {
+	if len(c.Opts.AgentArgs) == 0 && !c.Opts.FastProbes {
+		return shipped, nil
+	}
+	b, err := os.ReadFile(shipped)
+	if err != nil {
+		return "", err
+	}
+	var ds appsv1.DaemonSet
+	if err := yaml.UnmarshalStrict(b, &ds); err != nil {
+		return "", fmt.Errorf("decode %s: %w", shipped, err)
+	}
+	if len(ds.Spec.Template.Spec.Containers) == 0 {
+		return "", fmt.Errorf("%s: no container", shipped)
+	}
+	ct := &ds.Spec.Template.Spec.Containers[0]
+	ct.Args = append(ct.Args, c.Opts.AgentArgs...)
+	if c.Opts.FastProbes {
+		if ct.LivenessProbe == nil || ct.ReadinessProbe == nil {
+			return "", fmt.Errorf("%s: the agent has no liveness or readiness probe to speed up", shipped)
+		}
+		for p, failures := range map[*corev1.Probe]int32{ct.LivenessProbe: 3, ct.ReadinessProbe: 2} {
+			p.PeriodSeconds, p.TimeoutSeconds, p.FailureThreshold = 1, 2, failures
+		}
+	}
+	out, err := yaml.Marshal(&ds)
+	if err != nil {
+		return "", err
+	}
+	path := c.path("agent-daemonset.yaml")
+	return path, os.WriteFile(path, out, 0o644)
 }
 
 // setBackend writes Options.Backend into the ConfigMap's ClusterConfig
