@@ -28,8 +28,10 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/weftnet/weft/nodeagent/cni"
@@ -328,6 +330,64 @@ func TestProbes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRolloutWithinAntiAffinity: a Deployment whose replicas may not share
+// a node (required podAntiAffinity on kubernetes.io/hostname against its
+// own pods) rolls out without a surge pod (maxSurge 0) and replaces one
+// replica at a time (maxUnavailable at least 1). With the default
+// (maxSurge 25%, rounded up: one pod) the surge pod of weft-controller
+// finds no node on a cluster with as many nodes as replicas, and every
+// rollout stalls for ever (TestKubernetes, "controller rollout").
+func TestRolloutWithinAntiAffinity(t *testing.T) {
+	o := load(t)
+	if t.Failed() {
+		return
+	}
+	if o.deployments["weft-controller"] == nil {
+		t.Fatal("no Deployment weft-controller")
+	}
+	for name, d := range o.deployments {
+		if !ownHostAntiAffinity(d) {
+			continue
+		}
+		replicas := 1
+		if d.Spec.Replicas != nil {
+			replicas = int(*d.Spec.Replicas)
+		}
+		ru := d.Spec.Strategy.RollingUpdate
+		if d.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType || ru == nil || ru.MaxSurge == nil || ru.MaxUnavailable == nil {
+			t.Errorf("Deployment %s: strategy %+v, want RollingUpdate with maxSurge 0 and maxUnavailable 1 set", name, d.Spec.Strategy)
+			continue
+		}
+		surge, err := intstr.GetScaledValueFromIntOrPercent(ru.MaxSurge, replicas, true)
+		if err != nil || surge != 0 {
+			t.Errorf("Deployment %s: maxSurge %s is %d pods of %d (%v), want 0: one replica per node leaves no node for a surge pod", name, ru.MaxSurge.String(), surge, replicas, err)
+		}
+		unavailable, err := intstr.GetScaledValueFromIntOrPercent(ru.MaxUnavailable, replicas, false)
+		if err != nil || unavailable < 1 {
+			t.Errorf("Deployment %s: maxUnavailable %s is %d pods of %d (%v), want at least 1 with maxSurge 0", name, ru.MaxUnavailable.String(), unavailable, replicas, err)
+		}
+	}
+	if !ownHostAntiAffinity(o.deployments["weft-controller"]) {
+		t.Error("Deployment weft-controller: no required anti-affinity per host against its own pods (its replicas must not share a node)")
+	}
+}
+
+// ownHostAntiAffinity says whether d's pods are required not to share a
+// node with one another.
+func ownHostAntiAffinity(d *appsv1.Deployment) bool {
+	a := d.Spec.Template.Spec.Affinity
+	if a == nil || a.PodAntiAffinity == nil {
+		return false
+	}
+	for _, term := range a.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution {
+		sel, err := metav1.LabelSelectorAsSelector(term.LabelSelector)
+		if err == nil && term.TopologyKey == corev1.LabelHostname && !sel.Empty() && sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+			return true
+		}
+	}
+	return false
 }
 
 // TestConfigMapBigTCP: the ConfigMap's cluster config shows big_tcp and

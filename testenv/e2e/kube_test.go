@@ -485,6 +485,10 @@ func TestKubernetes(t *testing.T) {
 		}
 	})
 
+	// Before the Node deletion below: its NodeRemoved is the new
+	// leader's, so it proves the controller works after the rollout.
+	t.Run("controller rollout on as many nodes as replicas", func(t *testing.T) { controllerRollout(t, ctx, c) })
+
 	t.Run("Node deleted from the API", func(t *testing.T) {
 		n1 := nodes[1]
 		sub, err := testenv.ReadSubnetEnv(n1.SubnetFile)
@@ -507,6 +511,81 @@ func TestKubernetes(t *testing.T) {
 			s := fmt.Sprint(st)
 			return !strings.Contains(s, cidr) && !strings.Contains(s, n1.Name), s
 		})
+	})
+}
+
+// controllerRollout restarts the weft-controller Deployment as an operator
+// does (`kubectl rollout restart`) on a cluster with as many nodes as
+// replicas, whose required anti-affinity leaves no node for a surge pod:
+// the rollout must complete (`kubectl rollout status`, bounded at 3
+// minutes, far above the tens of seconds it takes), both replicas must be
+// new pods on different nodes, and one of them must lead again with
+// /healthz "ok leader". With the default strategy (maxSurge 25%: one surge
+// pod) the surge pod stays Pending and the rollout never completes.
+func controllerRollout(t *testing.T, ctx context.Context, c *kube.Cluster) {
+	cs, err := c.Clientset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sel = "app.kubernetes.io/name=weft-controller"
+	controllers := func() ([]corev1.Pod, error) {
+		l, err := cs.CoreV1().Pods(kube.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			return nil, err
+		}
+		return l.Items, nil
+	}
+	before, err := controllers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := map[string]bool{}
+	for _, p := range before {
+		old[string(p.UID)] = true
+	}
+	if len(old) != 2 {
+		t.Fatalf("%d controller pods before the rollout, want 2", len(old))
+	}
+	if out, err := c.Kubectl(ctx, "-n", kube.Namespace, "rollout", "restart", "deployment/weft-controller"); err != nil {
+		t.Fatalf("rollout restart: %v\n%s", err, out)
+	}
+	start := time.Now()
+	out, err := c.Kubectl(ctx, "-n", kube.Namespace, "rollout", "status", "deployment/weft-controller", "--timeout=3m")
+	if err != nil {
+		pods, _ := c.Kubectl(ctx, "-n", kube.Namespace, "get", "pods", "-l", sel, "-o", "wide")
+		t.Fatalf("rollout of weft-controller did not complete in %v: %v\n%s\n%s", time.Since(start).Round(time.Second), err, out, pods)
+	}
+	t.Logf("rollout completed in %v", time.Since(start).Round(time.Second))
+	after, err := controllers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	on := map[string]bool{}
+	for _, p := range after {
+		if p.DeletionTimestamp != nil {
+			continue // an old pod on its way out
+		}
+		if old[string(p.UID)] {
+			t.Errorf("controller pod %s on %s was not replaced", p.Name, p.Spec.NodeName)
+		}
+		on[p.Spec.NodeName] = true
+	}
+	if len(on) != 2 {
+		t.Errorf("new controller pods on %v, want one on each of 2 nodes", slices.Sorted(maps.Keys(on)))
+	}
+	// The new replicas elect a leader, which answers "ok leader".
+	eventually(t, 2*time.Minute, "one leader among the new replicas, healthy", func() (bool, string) {
+		running, leaders, _ := c.ControllerLeaders(ctx)
+		why := fmt.Sprintf("running on %v, %d leaders", running, leaders)
+		if len(running) != 2 || leaders != 1 {
+			return false, why
+		}
+		for _, n := range c.KubeNodes() {
+			if _, body, err := c.ControllerGet(ctx, n, "/healthz"); err == nil && strings.HasPrefix(body, "ok leader") {
+				return true, ""
+			}
+		}
+		return false, why + "; no /healthz says ok leader"
 	})
 }
 
