@@ -253,7 +253,7 @@ func New(cfg Config) (*Agent, error) {
 		etcdUp:     make(chan struct{}, 1),
 		reachKick:  make(chan struct{}, 1),
 	}
-	a.view.Store(&view{})
+	a.view.Store(&view{unconverged: "not converged yet: converge loop not started"})
 	a.beat.Store(time.Now().UnixNano())
 	a.metrics = newMetrics(a)
 	a.newProber()
@@ -373,6 +373,20 @@ func (a *Agent) Health() (ok bool, reasons []string) {
 		own = append(own, peers)
 	}
 	return len(own) == 0, own
+}
+
+// readiness is what /healthz (the readiness probe) answers: what the
+// node's first convergence (the first successful Sync of the datapath)
+// still waits for, "" once it happened, and the reasons the agent is
+// degraded: Health's, and the converge loop stuck (Liveness: a stuck loop
+// publishes no view, and the last one would still say ok).
+func (a *Agent) readiness() (unconverged string, degraded []string) {
+	unconverged = a.view.Load().unconverged
+	_, degraded = a.Health()
+	if live, why := a.Liveness(); !live {
+		degraded = append(degraded, why)
+	}
+	return unconverged, degraded
 }
 
 // healthParts returns the agent's own reasons to be degraded (v's and the

@@ -36,6 +36,10 @@ type view struct {
 	synced      *spec.Desired // the spec last synced, nil before
 	syncErr     error
 	health      []string // degraded reasons, empty when healthy
+	// unconverged names what the node's first convergence (the first
+	// successful Sync) still waits for; "" once it happened. Readiness
+	// (/healthz) fails while it is set.
+	unconverged string
 	// BGP.
 	bgpOn      bool
 	bgpSkipped []*weftv1.BGPSession
@@ -87,7 +91,11 @@ type loop struct {
 
 	waitLogged  bool
 	selfApplied bool
-	bgp         bgpState
+	// listed: the follower's first list arrived. firstWait: why the last
+	// syncOnce before the first successful Sync did not sync (notConverged).
+	listed    bool
+	firstWait string
+	bgp       bgpState
 	// bigTCPNotes are the plan's BigTCPNotes as last logged.
 	bigTCPNotes []string
 }
@@ -206,6 +214,7 @@ func (l *loop) handle(m message) bool {
 	a := l.a
 	switch m := m.(type) {
 	case listed:
+		l.listed = true
 		before := len(l.state.Refused())
 		l.state.Reset(m.snap)
 		for _, x := range l.state.Refused()[min(before, len(l.state.Refused())):] {
@@ -263,17 +272,18 @@ func (l *loop) seen(seq uint64) {
 // health and asks for a status write.
 func (l *loop) publish() {
 	v := &view{
-		applied:    l.state.Applied(),
-		head:       l.head,
-		caps:       l.caps,
-		vtepMAC:    l.vtepMAC,
-		refused:    l.state.Refused(),
-		plan:       l.plan,
-		synced:     l.synced,
-		syncErr:    l.syncErr,
-		bgpOn:      l.bgp.on,
-		bgpSkipped: l.bgp.skipped,
-		bgpErr:     l.bgp.err,
+		applied:     l.state.Applied(),
+		head:        l.head,
+		caps:        l.caps,
+		vtepMAC:     l.vtepMAC,
+		refused:     l.state.Refused(),
+		plan:        l.plan,
+		synced:      l.synced,
+		syncErr:     l.syncErr,
+		bgpOn:       l.bgp.on,
+		bgpSkipped:  l.bgp.skipped,
+		bgpErr:      l.bgp.err,
+		unconverged: l.notConverged(),
 	}
 	if l.haveUnd {
 		v.underlayIP, v.underlayIP6 = l.underlay.IP, l.underlay.IPv6
@@ -324,6 +334,38 @@ func (l *loop) publish() {
 	poke(l.a.statusKick)
 }
 
+// notConverged names what the node's first convergence waits for, ""
+// once the first Sync succeeded: the underlay, the log's first list, the
+// cluster config, this node's NodeAdded (its pod CIDRs, from the
+// controller), the BGP sessions a first sync in bgp mode waits for, or the
+// first Sync itself (failed: the health reasons say why).
+func (l *loop) notConverged() string {
+	var what string
+	switch {
+	case l.selfApplied:
+		return ""
+	case !l.haveUnd:
+		what = "underlay not read"
+	case !l.listed:
+		what = "log not listed from etcd"
+	case l.firstWait != "":
+		what = l.firstWait
+	default:
+		what = "first sync of the datapath pending"
+	}
+	return "not converged yet: " + what
+}
+
+// markFirstSync publishes, before the node's first Sync, a view that says
+// the Sync runs (the loop publishes none until it returns). It is the
+// last view but for that reason, so it asks for no status write.
+func (l *loop) markFirstSync() {
+	l.firstWait = "first sync of the datapath running"
+	v := *l.a.view.Load()
+	v.unconverged = l.notConverged()
+	l.a.view.Store(&v)
+}
+
 // refreshUnderlay asks the datapath for the underlay once. A new address
 // updates the registration; any change re-converges (adjacency, MTU).
 func (l *loop) refreshUnderlay() error {
@@ -366,6 +408,12 @@ func (l *loop) syncOnce(ctx context.Context) error {
 		// (or after a NodeRemoved of this node) the datapath is left as
 		// it is: a restarted agent must not touch pinned state before it
 		// knows what it should be.
+		switch {
+		case plan.Desired == nil:
+			l.firstWait = "no cluster config in the log"
+		default:
+			l.firstWait = fmt.Sprintf("no NodeAdded of %s in the log (the controller has not given it pod CIDRs)", a.cfg.NodeName)
+		}
 		if !l.waitLogged {
 			l.waitLogged = true
 			if l.selfApplied {
@@ -383,6 +431,7 @@ func (l *loop) syncOnce(ctx context.Context) error {
 		return nil
 	}
 	if plan.Desired.Mode == spec.ModeBGP && l.bgpHold(a.speaker.Sessions()) {
+		l.firstWait = "first sync in bgp mode waits for the BGP sessions"
 		if !l.bgp.held {
 			l.bgp.held = true
 			a.log.Info("first sync in bgp mode waits for the sessions; the kernel's BGP routes stay meanwhile", "at_most", bgpHoldMax)
@@ -390,11 +439,15 @@ func (l *loop) syncOnce(ctx context.Context) error {
 		return errBGPHold
 	}
 	l.ensurePodGateway(plan, false)
+	if !l.selfApplied {
+		l.markFirstSync()
+	}
 	start := time.Now()
 	rep, err := a.dp.Sync(ctx, plan.Desired)
 	a.metrics.syncDuration.WithLabelValues("sync").Observe(time.Since(start).Seconds())
 	l.syncErr = err
 	if err != nil {
+		l.firstWait = "first sync of the datapath failed"
 		return fmt.Errorf("sync datapath: %w", err)
 	}
 	l.synced = plan.Desired

@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -120,4 +121,57 @@ func TestStuckLoopIsNotAlive(t *testing.T) {
 		code, body := h.get("/healthz")
 		return code == 200, body
 	})
+}
+
+// TestNotReadyUntilConverged: /healthz, the readiness probe, is 503 until
+// the node's first convergence (its first Sync returned), naming what it
+// waits for: the converge loop before Run, this node's NodeAdded, then
+// the first Sync while it runs; /livez is 200 meanwhile (the Sync is held
+// for less than StuckAfter, so the loop is not stuck). Once the first
+// Sync returns, /healthz is 200 "ok".
+func TestNotReadyUntilConverged(t *testing.T) {
+	_, c := etcdtest.New(t)
+	h := newHarness(t, c, c)
+	h.a.cfg.StuckAfter = 4 * time.Second
+	release := make(chan struct{})
+	h.dp.OnSync = func(*spec.Desired) { <-release }
+	notReady := func(what, reason string) {
+		t.Helper()
+		eventually(t, "not ready: "+what, func() (bool, string) {
+			code, body := h.get("/healthz")
+			return code == 503 && body == "not ready: not converged yet: "+reason+"\n", fmt.Sprintf("%d %q", code, body)
+		})
+		if code, body := h.get("/livez"); code != 200 || body != "ok\n" {
+			t.Fatalf("livez while %s = %d %q", what, code, body)
+		}
+	}
+	notReady("before Run", "converge loop not started")
+
+	h.append(logtest.Config(cfg()))
+	h.append(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
+	h.start()
+	// Registered after the harness's stop, so it runs first: a test that
+	// fails while the Sync is held still stops the agent.
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	h.waitStatus("status without this node's NodeAdded", func(st *weftv1.AgentStatus) bool { return st.AppliedSeq == 2 })
+	notReady("without this node's NodeAdded", "no NodeAdded of n1 in the log (the controller has not given it pod CIDRs)")
+
+	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+	eventually(t, "first Sync called", func() (bool, string) { return h.dp.Syncs() == 1, fmt.Sprint(h.dp.Syncs()) })
+	notReady("the first Sync runs", "first sync of the datapath running")
+	// Held for a second (five status intervals), well short of
+	// StuckAfter: still not ready, still alive.
+	time.Sleep(time.Second)
+	notReady("the first Sync is held", "first sync of the datapath running")
+
+	unblock()
+	eventually(t, "ready once the first Sync returned", func() (bool, string) {
+		code, body := h.get("/healthz")
+		return code == 200 && body == "ok\n", fmt.Sprintf("%d %q", code, body)
+	})
+	if code, body := h.get("/livez"); code != 200 {
+		t.Fatalf("livez after the first Sync = %d %q", code, body)
+	}
 }

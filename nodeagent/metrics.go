@@ -153,29 +153,32 @@ func (c counterCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// Handler serves /metrics (Prometheus); /healthz (readiness): 200 "ok",
-// or 503 with the reasons while etcd is unreachable, the datapath does not
-// converge, peers are unreachable or the converge loop is stuck; and
-// /livez (liveness): 200 "ok" unless the converge loop is stuck (see
-// Liveness).
+// Handler serves /metrics (Prometheus); /healthz (readiness): 200
+// "ok", 503 "not ready: not converged yet: <what>" before the node's
+// first convergence, 503 "degraded: <reasons>" while etcd is unreachable,
+// the datapath does not converge, peers are unreachable or the converge
+// loop is stuck; and /livez (liveness): 200 "ok" unless the converge loop
+// is stuck (see Liveness).
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/livez", a.serveLivez)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		ok, reasons := a.Health()
-		// A stuck converge loop publishes no view: the last one would
-		// still say ok.
-		if live, why := a.Liveness(); !live {
-			ok, reasons = false, append(reasons, why)
-		}
+		unconverged, degraded := a.readiness()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !ok {
+		switch {
+		case len(degraded) > 0:
+			if unconverged != "" {
+				degraded = append(degraded, unconverged)
+			}
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "degraded: "+strings.Join(reasons, "; "))
-			return
+			fmt.Fprintln(w, "degraded: "+strings.Join(degraded, "; "))
+		case unconverged != "":
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "not ready: "+unconverged)
+		default:
+			fmt.Fprintln(w, "ok")
 		}
-		fmt.Fprintln(w, "ok")
 	})
 	// Every unreachable peer, one line each: the status in etcd lists only
 	// the first (statusUnreachable) so its value stays small.
