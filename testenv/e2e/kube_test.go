@@ -555,7 +555,7 @@ func controllerRollout(t *testing.T, ctx context.Context, c *kube.Cluster) {
 		pods, _ := c.Kubectl(ctx, "-n", kube.Namespace, "get", "pods", "-l", sel, "-o", "wide")
 		t.Fatalf("rollout of weft-controller did not complete in %v: %v\n%s\n%s", time.Since(start).Round(time.Second), err, out, pods)
 	}
-	t.Logf("rollout completed in %v", time.Since(start).Round(time.Second))
+	t.Logf("rollout completed in %v:\n%s", time.Since(start).Round(time.Second), strings.TrimSpace(out))
 	after, err := controllers()
 	if err != nil {
 		t.Fatal(err)
@@ -567,6 +567,11 @@ func controllerRollout(t *testing.T, ctx context.Context, c *kube.Cluster) {
 		}
 		if old[string(p.UID)] {
 			t.Errorf("controller pod %s on %s was not replaced", p.Name, p.Spec.NodeName)
+		}
+		// Started once: not beside its predecessor on the same node
+		// (both would want the node's loopback metrics port).
+		if r := podRestarts(&p); r != 0 {
+			t.Errorf("new controller pod %s on %s restarted %d times", p.Name, p.Spec.NodeName, r)
 		}
 		on[p.Spec.NodeName] = true
 	}
