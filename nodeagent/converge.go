@@ -408,11 +408,9 @@ func (l *loop) syncOnce(ctx context.Context) error {
 		// (or after a NodeRemoved of this node) the datapath is left as
 		// it is: a restarted agent must not touch pinned state before it
 		// knows what it should be.
-		switch {
-		case plan.Desired == nil:
+		l.firstWait = fmt.Sprintf("no NodeAdded of %s in the log (the controller has not given it pod CIDRs)", a.cfg.NodeName)
+		if plan.Desired == nil {
 			l.firstWait = "no cluster config in the log"
-		default:
-			l.firstWait = fmt.Sprintf("no NodeAdded of %s in the log (the controller has not given it pod CIDRs)", a.cfg.NodeName)
 		}
 		if !l.waitLogged {
 			l.waitLogged = true
