@@ -2,9 +2,11 @@
 # veth-napi-runner.py ROUNDS SETUP[,SETUP...] VARIANT[,VARIANT...] MEAS[,MEAS...]
 # veth-napi-runner.py gro DEV [on|off|-] [tso on|off]   (in a namespace: ip netns exec NS ...)
 #
-# The trial of docs/bench/overlay-profile.md, "NAPI on the pod veths".
-# Setups from /tmp/napi/setups (veth-napi-trial.patch: BenchmarkNapiHold);
-# the XDP_PASS tool of the same patch built as /tmp/napi/xdppass.
+# The trials of docs/bench/overlay-profile.md, "NAPI on the pod veths" and
+# "RPS on the pod veths".
+# Setups from $WEFT_NAPI_DIR/setups (veth-napi-trial.patch: BenchmarkNapiHold);
+# the XDP_PASS tool of the same patch built as $WEFT_NAPI_DIR/xdppass, the bpf
+# package's test binary as $WEFT_NAPI_DIR/bpf.test (the RR client and server).
 # Combinations (setup, variant) rotate per round; before each measurement
 # it waits until both CPUs are >= 90 % idle for 0.5 s (at most 60 s:
 # "waited -1.0s" is a run that never saw a quiet window).
@@ -19,6 +21,12 @@
 #   hostnttso  the same, NAPI not threaded
 #   xdp        an XDP_PASS program (frags-aware) on vpod + threaded (veth NAPI for
 #              every packet; the kernel takes GSO off the pod's eth0 meanwhile)
+#   rps        RPS on vpod: rps_cpus 3 (either CPU, by the flow's hash) on rx-0
+#              (overlay-profile.md, "RPS on the pod veths")
+#   rfs        the same + RFS: rps_flow_cnt 4096 on vpod's rx-0 and the host's
+#              net.core.rps_sock_flow_entries 32768 (global; put back after)
+#   rpsall     rps on vpod and on the pods' eth0
+# The directory of setups and tools: $WEFT_NAPI_DIR (default /tmp/napi).
 # MEAS: p1 | p4 | p4x (4 pairs) unpinned iperf3 3 s (1 s omitted); pin: P1 with
 #   client and server on CPU 0; rr: the busy-polled request/response of
 #   BenchmarkPodToPod (median of 5,000, client CPU 0, server CPU 1).
@@ -43,7 +51,12 @@ def gro(argv):
 if __name__=='__main__' and sys.argv[1]=='gro':
     gro(sys.argv[2:]); sys.exit(0)
 SELF=os.path.abspath(sys.argv[0])
-setups={l.split()[0]:l.split() for l in open('/tmp/napi/setups')}
+D=os.environ.get('WEFT_NAPI_DIR','/tmp/napi')
+setups={l.split()[0]:l.split() for l in open(D+'/setups')}
+SFE='/proc/sys/net/core/rps_sock_flow_entries'
+sfe0=open(SFE).read().strip()
+def setrps(ns,dev,cpus,flows):
+    nsx(ns,'echo %x > /sys/class/net/%s/queues/rx-0/rps_cpus; echo %d > /sys/class/net/%s/queues/rx-0/rps_flow_cnt'%(cpus,dev,flows,dev))
 def stat():
     r={}
     for l in open('/proc/stat'):
@@ -74,13 +87,17 @@ def apply(name,v):
     _,n1,p1,n2,p2,ip=setups[name]
     host=v in('host','hostnt','both','hosttso','hostnttso'); pod=v in('pod','both'); thr='nt' not in v
     tsooff=v in('tso','hosttso','hostnttso'); q=v in('hosttso','hostnttso')
+    rps=v in('rps','rfs','rpsall')
+    open(SFE,'w').write('32768\n' if v=='rfs' else sfe0+'\n')
+    for n in (n1,n2): setrps(n,'vpod',3 if rps else 0,4096 if v=='rfs' else 0)
+    for p in (p1,p2): setrps(p,'eth0',3 if v=='rpsall' else 0,0)
     for n in (n1,n2):
         if v=='xdp':
-            subprocess.run(['ip','netns','exec',n,'/tmp/napi/xdppass','vpod','attach'],check=True,capture_output=True)
+            subprocess.run(['ip','netns','exec',n,D+'/xdppass','vpod','attach'],check=True,capture_output=True)
             nsx(n,'echo 1 > /sys/class/net/vpod/threaded')
         else:
             subprocess.run(['ip','netns','exec',n,'sh','-c','echo 0 > /sys/class/net/vpod/threaded'],stderr=subprocess.DEVNULL)
-            subprocess.run(['ip','netns','exec',n,'/tmp/napi/xdppass','vpod','detach'],check=True,capture_output=True)
+            subprocess.run(['ip','netns','exec',n,D+'/xdppass','vpod','detach'],check=True,capture_output=True)
             setveth(n,'vpod',host,thr)
     for p in (p1,p2):
         setveth(p,'eth0',pod,thr)
@@ -113,9 +130,9 @@ def iperf(name,P,pin=False,procs=False,secs=3):
 def rr(name,count=5000):
     _,n1,p1,n2,p2,ip=setups[name]
     env=dict(os.environ, WEFT_BENCH_RR_ADDR=ip+':5202', WEFT_BENCH_RR_COUNT=str(count))
-    srv=subprocess.Popen(['ip','netns','exec',p2,'taskset','-c','1','/tmp/napi/bpf.test'],env=dict(env,WEFT_BENCH_RR='server'),stdout=subprocess.PIPE)
+    srv=subprocess.Popen(['ip','netns','exec',p2,'taskset','-c','1',D+'/bpf.test'],env=dict(env,WEFT_BENCH_RR='server'),stdout=subprocess.PIPE)
     assert srv.stdout.readline()==b'ready\n'
-    out=subprocess.run(['ip','netns','exec',p1,'taskset','-c','0','/tmp/napi/bpf.test'],env=dict(env,WEFT_BENCH_RR='client'),capture_output=True,check=True).stdout
+    out=subprocess.run(['ip','netns','exec',p1,'taskset','-c','0',D+'/bpf.test'],env=dict(env,WEFT_BENCH_RR='client'),capture_output=True,check=True).stdout
     srv.wait()
     s=sorted(json.loads(out)); return dict(us=s[len(s)//2])
 rounds=int(sys.argv[1]); sl=sys.argv[2].split(','); vl=sys.argv[3].split(','); ml=sys.argv[4].split(',')
@@ -132,3 +149,4 @@ for r in range(rounds):
             x=iperf(s,4 if m in('p4','p4x') else 1,pin=(m=='pin'),procs=(m=='p4x'))
             print("r%d %s %-11s %-6s %-4s %6.2f Gbit/s retr %6d idle %3.0f%% %3.0f%% busy %.2f CPU ours %.2f Gbit/CPU-s %5.2f load %s waited %.1fs"%(r,t,s,v,m,x['g'],x['retr'],x['idle'][0],x['idle'][1],x['busy'],x['ours'],x['g']/max(x['busy'],0.01),load,w),flush=True)
     for s in sl: apply(s,'off')
+open(SFE,'w').write(sfe0+'\n')
