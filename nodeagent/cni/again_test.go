@@ -5,7 +5,6 @@ package cni_test
 // incomplete one is made again, another plugin's interface is refused.
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -17,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,33 +28,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/nodeagent/cni"
+	"github.com/weftnet/weft/testenv"
+	"github.com/weftnet/weft/testenv/syncbuf"
 )
-
-// pluginLog collects what the plugins write to stderr (weft-cni's log).
-type pluginLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *pluginLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// take returns what was logged since the last take.
-func (l *pluginLog) take() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := l.buf.String()
-	l.buf.Reset()
-	return s
-}
 
 // logTo points e's libcni at the plugins in dirs (binDir first), with
 // their stderr going to the returned log.
-func (e *env) logTo(t *testing.T, dirs ...string) *pluginLog {
-	l := &pluginLog{}
+func (e *env) logTo(t *testing.T, dirs ...string) *syncbuf.Buffer {
+	l := &syncbuf.Buffer{}
 	ex := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: l}, PluginDecoder: version.PluginDecoder{}}
 	e.cni = libcni.NewCNIConfigWithCacheDir(append([]string{binDir}, dirs...), filepath.Join(t.TempDir(), "cache"), ex)
 	return l
@@ -281,7 +260,7 @@ func TestAddAgainKeepsAttachment(t *testing.T) {
 				rtc = func(id, pod string) *libcni.RuntimeConf {
 					r := rt(id, pod)
 					r.CapabilityArgs = map[string]any{"portMappings": []map[string]any{
-						{"hostPort": hostPort, "containerPort": 80, "protocol": "tcp"},
+						{"hostPort": hostPort, "containerPort": testenv.WhoPort, "protocol": "tcp"},
 					}}
 					return r
 				}
@@ -305,9 +284,9 @@ func TestAddAgainKeepsAttachment(t *testing.T) {
 			}
 			first, err := add(rtc("ctr-1", pod))
 			if err != nil {
-				t.Fatalf("ADD: %v\n%s", err, log.take())
+				t.Fatalf("ADD: %v\n%s", err, log.Take())
 			}
-			if l := log.take(); !strings.Contains(l, "attached pod") {
+			if l := log.Take(); !strings.Contains(l, "attached pod") {
 				t.Fatalf("weft-cni logged %q for the first ADD, want 'attached pod'", l)
 			}
 			v4, v6 := podIP(t, first, true), podIP(t, first, false)
@@ -322,8 +301,11 @@ func TestAddAgainKeepsAttachment(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.shipped {
-				stopWho := serveWho(t, pod, "ctr-1")
-				defer stopWho()
+				w, err := testenv.StartWho(filepath.Base(pod), "ctr-1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer w.Close()
 				if err := who(e.nodeNS, "ctr-1", hostPort); err != nil {
 					t.Fatalf("hostPort after the first ADD: %v", err)
 				}
@@ -336,9 +318,9 @@ func TestAddAgainKeepsAttachment(t *testing.T) {
 
 			second, err := add(rtc("ctr-1", pod))
 			if err != nil {
-				t.Fatalf("second ADD: %v\n%s", err, log.take())
+				t.Fatalf("second ADD: %v\n%s", err, log.Take())
 			}
-			if l := log.take(); !strings.Contains(l, "pod already attached: kept its veth pair") {
+			if l := log.Take(); !strings.Contains(l, "pod already attached: kept its veth pair") {
 				t.Errorf("weft-cni logged %q for the second ADD, want that it kept the pair", l)
 			}
 			if d := sameResult(first, second); d != "" {
@@ -400,50 +382,20 @@ func TestAddAgainKeepsAttachment(t *testing.T) {
 	}
 }
 
-// serveWho answers every TCP connection to port 80 in the pod netns with
-// name, until stopped.
-func serveWho(t *testing.T, pod, name string) (stop func()) {
-	t.Helper()
-	var ln net.Listener
-	if err := inNS(pod, func() error {
-		var err error
-		ln, err = net.Listen("tcp", ":80")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, name)
-			c.Close()
-		}
-	}()
-	return func() { ln.Close() }
-}
-
-// who connects from the node netns to the gateway's hostPort (portmap's
-// DNAT to the pod's port 80) and wants name as the answer.
+// who asks, from the node netns, the gateway's hostPort (portmap's DNAT to
+// the pod's testenv.WhoPort) and wants name as the answer.
 func who(nodeNS, name string, hostPort int) error {
-	return inNS(nodeNS, func() error {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("10.244.1.1:%d", hostPort), 3*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		b, err := io.ReadAll(c)
-		if err != nil {
-			return err
-		}
-		if string(b) != name {
-			return fmt.Errorf("hostPort %d answered %q, want %q", hostPort, b, name)
-		}
-		return nil
-	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dst := netip.AddrPortFrom(netip.MustParseAddr("10.244.1.1"), uint16(hostPort))
+	got, _, err := testenv.AskWho(ctx, filepath.Base(nodeNS), "tcp", dst)
+	if err != nil {
+		return err
+	}
+	if got != name {
+		return fmt.Errorf("hostPort %d answered %q, want %q", hostPort, got, name)
+	}
+	return nil
 }
 
 // TestAddAgainReplacesIncomplete: a second ADD of an attachment that is not
@@ -501,12 +453,12 @@ func TestAddAgainReplacesIncomplete(t *testing.T) {
 			host := cni.HostVethName("ctr-1", "eth0")
 			before := readLink(t, e.nodeNS, host)
 			tc.breakIt(t, e, pod, host, v4)
-			log.take()
+			log.Take()
 			second, err := e.add(e.list, "ctr-1", pod)
 			if err != nil {
-				t.Fatalf("ADD again: %v\n%s", err, log.take())
+				t.Fatalf("ADD again: %v\n%s", err, log.Take())
 			}
-			if l := log.take(); !strings.Contains(l, "replacing an incomplete attachment") || !strings.Contains(l, tc.reason) {
+			if l := log.Take(); !strings.Contains(l, "replacing an incomplete attachment") || !strings.Contains(l, tc.reason) {
 				t.Errorf("weft-cni logged %q, want that it replaced the attachment because it %s", l, tc.reason)
 			}
 			if after := readLink(t, e.nodeNS, host); after.index == before.index {

@@ -30,3 +30,20 @@ func TestConcurrentWrites(t *testing.T) {
 		t.Fatalf("%d whole lines in %d bytes, want %d lines", n, len(got), writers*lines)
 	}
 }
+
+// TestTake: Take returns what came since the last Take, once.
+func TestTake(t *testing.T) {
+	var b Buffer
+	b.Write([]byte("one "))
+	b.Write([]byte("two"))
+	if got := b.Take(); got != "one two" {
+		t.Fatalf("first Take %q, want %q", got, "one two")
+	}
+	if got := b.Take(); got != "" {
+		t.Fatalf("second Take %q, want nothing", got)
+	}
+	b.Write([]byte("three"))
+	if got, s := b.Take(), b.String(); got != "three" || s != "" {
+		t.Fatalf("Take %q then String %q, want %q then nothing", got, s, "three")
+	}
+}
