@@ -253,7 +253,7 @@ func New(cfg Config) (*Agent, error) {
 		etcdUp:     make(chan struct{}, 1),
 		reachKick:  make(chan struct{}, 1),
 	}
-	a.view.Store(&view{unconverged: "not converged yet: converge loop not started"})
+	a.view.Store(&view{unconverged: "converge loop not started"})
 	a.beat.Store(time.Now().UnixNano())
 	a.metrics = newMetrics(a)
 	a.newProber()
@@ -381,7 +381,9 @@ func (a *Agent) Health() (ok bool, reasons []string) {
 // degraded: Health's, and the converge loop stuck (Liveness: a stuck loop
 // publishes no view, and the last one would still say ok).
 func (a *Agent) readiness() (unconverged string, degraded []string) {
-	unconverged = a.view.Load().unconverged
+	if why := a.view.Load().unconverged; why != "" {
+		unconverged = "not converged yet: " + why
+	}
 	_, degraded = a.Health()
 	if live, why := a.Liveness(); !live {
 		degraded = append(degraded, why)

@@ -38,7 +38,8 @@ type view struct {
 	health      []string // degraded reasons, empty when healthy
 	// unconverged names what the node's first convergence (the first
 	// successful Sync) still waits for; "" once it happened. Readiness
-	// (/healthz) fails while it is set.
+	// (/healthz) fails while it is set, and the status carries it
+	// (not_converged).
 	unconverged string
 	// BGP.
 	bgpOn      bool
@@ -340,30 +341,31 @@ func (l *loop) publish() {
 // controller), the BGP sessions a first sync in bgp mode waits for, or the
 // first Sync itself (failed: the health reasons say why).
 func (l *loop) notConverged() string {
-	var what string
 	switch {
 	case l.selfApplied:
 		return ""
 	case !l.haveUnd:
-		what = "underlay not read"
+		return "underlay not read"
 	case !l.listed:
-		what = "log not listed from etcd"
+		return "log not listed from etcd"
 	case l.firstWait != "":
-		what = l.firstWait
+		return l.firstWait
 	default:
-		what = "first sync of the datapath pending"
+		return "first sync of the datapath pending"
 	}
-	return "not converged yet: " + what
 }
 
 // markFirstSync publishes, before the node's first Sync, a view that says
-// the Sync runs (the loop publishes none until it returns). It is the
-// last view but for that reason, so it asks for no status write.
+// the Sync runs (the loop publishes none until it returns), and asks for
+// a status write: the write comes after the debounce, so a Sync shorter
+// than that costs no extra write (the one after it carries the converged
+// status), and a longer one shows in the status as running.
 func (l *loop) markFirstSync() {
 	l.firstWait = "first sync of the datapath running"
 	v := *l.a.view.Load()
 	v.unconverged = l.notConverged()
 	l.a.view.Store(&v)
+	poke(l.a.statusKick)
 }
 
 // refreshUnderlay asks the datapath for the underlay once. A new address

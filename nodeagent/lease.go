@@ -460,6 +460,8 @@ func (a *Agent) Status() *weftv1.AgentStatus {
 		AppliedSeq:  v.applied,
 		HeadSeq:     max(v.head, v.applied),
 		BgpSessions: a.bgpSessions(v),
+		// Not degraded: waiting for the NodeAdded is no fault.
+		NotConverged: v.unconverged,
 	}
 	if a.prober != nil {
 		reachStatus(st, a.prober.ReportFirst(statusUnreachable))

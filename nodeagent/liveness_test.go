@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"context"
 	"fmt"
 	"net/http/httptest"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/nodeagent/internal/logtest"
 	"github.com/weftnet/weft/nodeagent/reach"
+	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv/etcdtest"
 )
@@ -174,4 +176,67 @@ func TestNotReadyUntilConverged(t *testing.T) {
 	if code, body := h.get("/livez"); code != 200 {
 		t.Fatalf("livez after the first Sync = %d %q", code, body)
 	}
+}
+
+// TestStatusSaysNotConverged: the status in etcd says what the node's
+// first convergence waits for, as /healthz does, while nothing else in it
+// is wrong (applied at the head, not degraded): no cluster config, then no
+// NodeAdded of this node (no controller gives it one here), then the first
+// Sync while it is held; once the Sync returned the field is gone from
+// the value. The periodic rewrite is an hour away, so every one of these
+// values is written because it changed.
+func TestStatusSaysNotConverged(t *testing.T) {
+	_, c := etcdtest.New(t)
+	h := newHarness(t, c, c)
+	h.a.cfg.StatusInterval = time.Hour
+	release := make(chan struct{})
+	h.dp.OnSync = func(*spec.Desired) { <-release }
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	h.start()
+	// Registered after the harness's stop, so it runs first.
+	t.Cleanup(unblock)
+	waiting := func(what, reason string, applied uint64) {
+		t.Helper()
+		st := h.waitStatus(what, func(st *weftv1.AgentStatus) bool {
+			return st.NotConverged == reason && st.AppliedSeq == applied
+		})
+		if st.Degraded || st.LastError != "" || st.HeadSeq != applied {
+			t.Fatalf("status while %s: %v", what, st)
+		}
+		// As etcdctl shows it.
+		if raw := h.rawStatus(); !strings.Contains(raw, `"not_converged":"`+reason+`"`) {
+			t.Fatalf("status value while %s: %s", what, raw)
+		}
+	}
+	waiting("the log is empty", "no cluster config in the log", 0)
+	h.waitRegistration()
+
+	h.append(logtest.Config(cfg()))
+	h.append(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
+	waiting("without this node's NodeAdded", "no NodeAdded of n1 in the log (the controller has not given it pod CIDRs)", 2)
+
+	// The view of the running Sync is the last one published but for the
+	// reason: seq 3 shows once the Sync returned.
+	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+	waiting("the first Sync runs", "first sync of the datapath running", 2)
+
+	unblock()
+	st := h.waitStatus("converged", func(st *weftv1.AgentStatus) bool { return st.NotConverged == "" && st.TunnelEntries == 1 })
+	if st.AppliedSeq != 3 || st.Degraded {
+		t.Fatalf("status once converged: %v", st)
+	}
+	if raw := h.rawStatus(); strings.Contains(raw, "not_converged") {
+		t.Fatalf("status value once converged: %s", raw)
+	}
+}
+
+// rawStatus is n1's status value as etcd holds it.
+func (h *harness) rawStatus() string {
+	h.t.Helper()
+	r, err := h.c.Get(context.Background(), keys.New("").Status("n1"))
+	if err != nil || len(r.Kvs) == 0 {
+		h.t.Fatalf("status: %v, %d values", err, len(r.Kvs))
+	}
+	return string(r.Kvs[0].Value)
 }

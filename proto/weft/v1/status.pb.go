@@ -60,8 +60,15 @@ type AgentStatus struct {
 	// families takes two), so the value stays small when many peers fail
 	// at once; the agent's own /unreachable lists every one.
 	UnreachableCount uint32 `protobuf:"varint,17,opt,name=unreachable_count,json=unreachableCount,proto3" json:"unreachable_count,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// What the node's first convergence (the agent's first successful Sync
+	// of the datapath) still waits for, as /healthz names it ("no NodeAdded
+	// of <node> in the log (...)", "first sync of the datapath failed", ...);
+	// empty once it happened, also after a later NodeRemoved of the node.
+	// Not degraded: a node waiting for its NodeAdded while the controller is
+	// away has nothing wrong, but it is not converged.
+	NotConverged  string `protobuf:"bytes,18,opt,name=not_converged,json=notConverged,proto3" json:"not_converged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AgentStatus) Reset() {
@@ -211,6 +218,13 @@ func (x *AgentStatus) GetUnreachableCount() uint32 {
 		return x.UnreachableCount
 	}
 	return 0
+}
+
+func (x *AgentStatus) GetNotConverged() string {
+	if x != nil {
+		return x.NotConverged
+	}
+	return ""
 }
 
 // UnreachablePeer is a remote node whose pod gateway does not answer
@@ -421,7 +435,7 @@ var File_weft_v1_status_proto protoreflect.FileDescriptor
 
 const file_weft_v1_status_proto_rawDesc = "" +
 	"\n" +
-	"\x14weft/v1/status.proto\x12\aweft.v1\"\xe5\x04\n" +
+	"\x14weft/v1/status.proto\x12\aweft.v1\"\x8a\x05\n" +
 	"\vAgentStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vapplied_seq\x18\x02 \x01(\x04R\n" +
@@ -442,7 +456,8 @@ const file_weft_v1_status_proto_rawDesc = "" +
 	"\x03mtu\x18\x0e \x01(\rR\x03mtu\x12E\n" +
 	"\x11unreachable_peers\x18\x0f \x03(\v2\x18.weft.v1.UnreachablePeerR\x10unreachablePeers\x12'\n" +
 	"\x0freachable_peers\x18\x10 \x01(\rR\x0ereachablePeers\x12+\n" +
-	"\x11unreachable_count\x18\x11 \x01(\rR\x10unreachableCount\"m\n" +
+	"\x11unreachable_count\x18\x11 \x01(\rR\x10unreachableCount\x12#\n" +
+	"\rnot_converged\x18\x12 \x01(\tR\fnotConverged\"m\n" +
 	"\x0fUnreachablePeer\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
