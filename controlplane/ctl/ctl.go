@@ -397,7 +397,10 @@ type NodeStatus struct {
 	Reporting  bool   `json:"reporting"`
 	Degraded   bool   `json:"degraded"`
 	LastError  string `json:"last_error,omitempty"`
-	Converged  bool   `json:"converged"`
+	// NotConverged is what the node's first convergence still waits for,
+	// as its agent reported it (AgentStatus.not_converged).
+	NotConverged string `json:"not_converged,omitempty"`
+	Converged    bool   `json:"converged"`
 	// BadValue says what is wrong with the node's projected value
 	// (/weft/nodes/<name>) when it does not decode or validate.
 	BadValue string `json:"bad_value,omitempty"`
@@ -461,7 +464,9 @@ type StatusReport struct {
 }
 
 // Status reads each projected node's applied seq against the head, and
-// the controller's recorded problems.
+// the controller's recorded problems. A node whose agent reports that its
+// first convergence waits (for its NodeAdded, say, while the controller is
+// away) is listed too, projected or not.
 func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusReport, error) {
 	p, err := store.Read(ctx, c, k)
 	if err != nil {
@@ -508,12 +513,20 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 	for name := range bad {
 		names = append(names, name)
 	}
+	for name, s := range statuses {
+		_, projected := st.Nodes[name]
+		_, isBad := bad[name]
+		if !projected && !isBad && s.NotConverged != "" {
+			names = append(names, name)
+		}
+	}
 	slices.Sort(names)
 	for _, name := range names {
 		ns := NodeStatus{Name: name, BadValue: bad[name]}
 		if s, ok := statuses[name]; ok {
 			ns.Reporting = true
 			ns.AppliedSeq, ns.Degraded, ns.LastError = s.AppliedSeq, s.Degraded, s.LastError
+			ns.NotConverged = s.NotConverged
 			ns.ReachablePeers = s.ReachablePeers
 			ns.UnreachableCount = s.UnreachableCount
 			ns.PodCIDRs = s.PodCidrs
@@ -528,7 +541,7 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 		if ns.AppliedSeq < st.Head {
 			ns.Behind = st.Head - ns.AppliedSeq
 		}
-		ns.Converged = ns.Reporting && ns.Behind == 0 && !ns.Degraded && ns.LastError == "" && ns.BadValue == ""
+		ns.Converged = ns.Reporting && ns.Behind == 0 && !ns.Degraded && ns.LastError == "" && ns.BadValue == "" && ns.NotConverged == ""
 		rep.Nodes = append(rep.Nodes, ns)
 	}
 	return rep, nil
@@ -565,6 +578,8 @@ func (x *cli) status(ctx context.Context) error {
 			state = fmt.Sprintf("degraded: %d of %d peers unreachable", k, k+int(n.ReachablePeers))
 		case n.Degraded:
 			state = "degraded"
+		case n.NotConverged != "":
+			state = "converging: " + n.NotConverged
 		case n.Behind > 0:
 			state = "behind"
 		}

@@ -355,3 +355,43 @@ func TestDualStackVerbs(t *testing.T) {
 		t.Fatalf("config set --cluster-cidr-v6 '': %d %q", code, out)
 	}
 }
+
+// TestStatusConverging: a node whose agent reports that its first
+// convergence waits is not converged and says for what, though it applied
+// the head and nothing is wrong: node0 (projected) waits for its BGP
+// sessions, node9 for its NodeAdded (as an agent that registered while
+// the controller was away: only its status is written here) and is listed
+// although the log does not know it.
+func TestStatusConverging(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	e.c.Put(ctx, k.Status("node0"), keys.EncodeString(&weftv1.AgentStatus{Name: "node0", AppliedSeq: 4, HeadSeq: 4,
+		NotConverged: "first sync in bgp mode waits for the BGP sessions"}))
+	e.c.Put(ctx, k.Status("node1"), keys.EncodeString(&weftv1.AgentStatus{Name: "node1", AppliedSeq: 4, HeadSeq: 4}))
+	e.c.Put(ctx, k.Status("node9"), keys.EncodeString(&weftv1.AgentStatus{Name: "node9", AppliedSeq: 4, HeadSeq: 4,
+		NotConverged: "no NodeAdded of node9 in the log (the controller has not given it pod CIDRs)"}))
+	code, out, _ := e.run("", "status")
+	for _, want := range []string{
+		"node0  4        0       -          converging: first sync in bgp mode waits for the BGP sessions\n",
+		"node1  4        0       -          converged\n",
+		"node9  4        0       -          converging: no NodeAdded of node9 in the log (the controller has not given it pod CIDRs)\n",
+	} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("status lacks %q (exit %d):\n%s", want, code, out)
+		}
+	}
+	code, out, _ = e.run("", "-o", "json", "status")
+	var rep ctl.StatusReport
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || len(rep.Nodes) != 4 {
+		t.Fatalf("status json: %d %v %q", code, err, out)
+	}
+	for i, want := range map[int]string{0: "first sync in bgp mode waits for the BGP sessions", 1: "",
+		3: "no NodeAdded of node9 in the log (the controller has not given it pod CIDRs)"} {
+		if n := rep.Nodes[i]; n.NotConverged != want || n.Converged != (want == "") || !n.Reporting || n.Behind != 0 || n.Degraded {
+			t.Errorf("node %d in json: %+v, want not_converged %q", i, n, want)
+		}
+	}
+	if !strings.Contains(out, `"not_converged": "no NodeAdded of node9`) {
+		t.Errorf("json lacks not_converged:\n%s", out)
+	}
+}
