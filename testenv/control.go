@@ -438,8 +438,9 @@ func (c *Cluster) Head(ctx context.Context) (uint64, error) {
 }
 
 // Converged reports whether every node whose agent runs has a status that
-// has applied the current head and is not degraded; the reason names the
-// first node that is not.
+// has applied the current head, is not degraded and does not say that the
+// node's first convergence still waits (not_converged: for its NodeAdded,
+// say); the reason names the first node that is not.
 func (c *Cluster) Converged(ctx context.Context) (bool, string, error) {
 	head, err := c.Head(ctx)
 	if err != nil {
@@ -454,19 +455,30 @@ func (c *Cluster) Converged(ctx context.Context) (bool, string, error) {
 		if err != nil {
 			return false, "", err
 		}
-		switch {
-		case st == nil:
-			return false, n.Name + " has no status", nil
-		case st.GetAppliedSeq() < head:
-			return false, fmt.Sprintf("%s applied %d of head %d", n.Name, st.GetAppliedSeq(), head), nil
-		case st.GetDegraded() && len(st.GetUnreachablePeers()) > 0:
-			u := st.GetUnreachablePeers()[0]
-			return false, fmt.Sprintf("%s degraded: %d peers unreachable, e.g. %s: %s", n.Name, st.GetUnreachableCount(), u.GetNode(), u.GetReason()), nil
-		case st.GetDegraded():
-			return false, fmt.Sprintf("%s degraded: %s", n.Name, st.GetLastError()), nil
+		if why := notConverged(n.Name, st, head); why != "" {
+			return false, why, nil
 		}
 	}
 	return true, "", nil
+}
+
+// notConverged says why node's status st (nil when there is none) is not
+// converged at head, "" when it is.
+func notConverged(node string, st *weftv1.AgentStatus, head uint64) string {
+	switch {
+	case st == nil:
+		return node + " has no status"
+	case st.GetAppliedSeq() < head:
+		return fmt.Sprintf("%s applied %d of head %d", node, st.GetAppliedSeq(), head)
+	case st.GetDegraded() && len(st.GetUnreachablePeers()) > 0:
+		u := st.GetUnreachablePeers()[0]
+		return fmt.Sprintf("%s degraded: %d peers unreachable, e.g. %s: %s", node, st.GetUnreachableCount(), u.GetNode(), u.GetReason())
+	case st.GetDegraded():
+		return fmt.Sprintf("%s degraded: %s", node, st.GetLastError())
+	case st.GetNotConverged() != "":
+		return fmt.Sprintf("%s converging: %s", node, st.GetNotConverged())
+	}
+	return ""
 }
 
 // WaitConverged polls Converged until it holds or d passes.

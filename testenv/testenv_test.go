@@ -12,6 +12,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
 // These tests prove the framework itself with plain kernel routing between
@@ -364,6 +366,28 @@ func TestOptionsRefuseNegativeCounts(t *testing.T) {
 	for _, o := range []Options{{Nodes: -3}, {PodsPerNode: -1}, {Segments: -1}, {Controllers: -2}, {EtcdMembers: -1}} {
 		if err := o.defaults(); err == nil || !strings.Contains(err.Error(), "negative") {
 			t.Errorf("%+v: %v, want a refusal naming the negative count", o, err)
+		}
+	}
+}
+
+// TestNotConverged: Cluster.Converged's verdict on one node's status. A
+// node that applied the head and is not degraded is still not converged
+// while its agent says its first convergence waits (for its NodeAdded,
+// while the controller is away), and the reason says for what.
+func TestNotConverged(t *testing.T) {
+	waiting := "no NodeAdded of n3 in the log (the controller has not given it pod CIDRs)"
+	for _, tc := range []struct {
+		st   *weftv1.AgentStatus
+		want string
+	}{
+		{nil, "n3 has no status"},
+		{&weftv1.AgentStatus{AppliedSeq: 3}, "n3 applied 3 of head 4"},
+		{&weftv1.AgentStatus{AppliedSeq: 4, Degraded: true, LastError: "etcd unreachable"}, "n3 degraded: etcd unreachable"},
+		{&weftv1.AgentStatus{AppliedSeq: 4, NotConverged: waiting}, "n3 converging: " + waiting},
+		{&weftv1.AgentStatus{AppliedSeq: 4}, ""},
+	} {
+		if got := notConverged("n3", tc.st, 4); got != tc.want {
+			t.Errorf("notConverged(%v) = %q, want %q", tc.st, got, tc.want)
 		}
 	}
 }
