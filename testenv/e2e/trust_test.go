@@ -563,6 +563,48 @@ func trustValues(t *testing.T) {
 		}
 	})
 
+	// A node that joins while the controller is away waits for its
+	// NodeAdded: it applied the head and is not degraded, but its status
+	// says what it waits for, weftctl status shows it converging (it has
+	// no row of the log's yet) and Converged is false naming it. The
+	// controller back, it converges and the field is gone.
+	t.Run("JoinWhileControllerDown", func(t *testing.T) {
+		if err := c.KillController(0); err != nil {
+			t.Fatal(err)
+		}
+		n, err := c.StartNode(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "no NodeAdded of " + n.Name + " in the log (the controller has not given it pod CIDRs)"
+		var st *weftv1.AgentStatus
+		eventually(t, 30*time.Second, n.Name+"'s status names its missing NodeAdded", func() (bool, string) {
+			st, err = c.Status(ctx, n.Name)
+			return err == nil && st.GetNotConverged() == want, fmt.Sprint(st, err)
+		})
+		head, err := c.Head(ctx)
+		if err != nil || st.GetAppliedSeq() != head || st.GetDegraded() {
+			t.Errorf("%s waiting: status %v, head %d (%v): want the head applied and not degraded", n.Name, st, head, err)
+		}
+		if ok, why, err := c.Converged(ctx); ok || err != nil || why != n.Name+" converging: "+want {
+			t.Errorf("Converged with %s waiting = %v %q %v", n.Name, ok, why, err)
+		}
+		out, err := c.Weftctl(ctx, "status")
+		t.Logf("weftctl status with %s waiting:\n%s", n.Name, out)
+		if err != nil || !strings.Contains(out, "converging: "+want) {
+			t.Errorf("weftctl status does not show %s converging: %v", n.Name, err)
+		}
+		if err := c.StartController(0); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitConverged(ctx, 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := c.Status(ctx, n.Name); err != nil || st.GetNotConverged() != "" || len(st.GetPodCidrs()) == 0 {
+			t.Errorf("%s after the controller came back: %v %v", n.Name, st, err)
+		}
+	})
+
 	t.Run("LogConsistent", func(t *testing.T) {
 		if out, err := c.Weftctl(ctx, "check"); err != nil {
 			t.Fatalf("weftctl check: %v\n%s", err, out)
