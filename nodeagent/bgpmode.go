@@ -58,7 +58,11 @@ var errBGPHold = errors.New("bgp: first sync held until sessions are up")
 
 // bgpState is the converge loop's view of its speaker.
 type bgpState struct {
-	on      bool // the speaker has been applied and not stopped
+	on bool // the speaker has been applied and not stopped
+	// tried: Apply was called since the last Stop. A speaker whose Apply
+	// failed may run all the same (weft-bgp answers the error and keeps
+	// running), so leaving bgp mode and shutdown stop it too.
+	tried   bool
 	since   time.Time
 	allUpAt time.Time // when every session was first seen established
 	args    *bgpArgs  // last successful Apply
@@ -99,12 +103,13 @@ func (l *loop) bgpStep(ctx context.Context) []spec.Route {
 	}
 	// Outside bgp mode, or this node removed from the log (its CIDR may go
 	// to another node): withdraw and stop.
+	// An error of bgp mode goes with it.
 	if cfg.Backend != string(spec.ModeBGP) || self == nil {
-		if l.bgp.on {
+		if l.bgp.on || l.bgp.tried {
 			err := a.speaker.Stop(ctx, true)
-			l.bgp = bgpState{fresh: l.bgp.fresh}
 			a.log.Info("speaker stopped, prefixes withdrawn", "backend", cfg.Backend, "node_in_log", self != nil, "error", err)
 		}
+		l.bgp = bgpState{fresh: l.bgp.fresh}
 		return nil
 	}
 	var nodes []*weftv1.Node
@@ -119,6 +124,7 @@ func (l *loop) bgpStep(ctx context.Context) []spec.Route {
 		bc.Peers, skipped = reachablePeers(bc, l.underlay)
 		args := &bgpArgs{cfg: bc, adv: adv, nexthops: nh}
 		if !args.equal(l.bgp.args) || l.bgp.err != nil {
+			l.bgp.tried = true
 			if err = a.speaker.Apply(ctx, bc, adv, nh); err == nil {
 				a.log.Info("bgp speaker applied", "asn", bc.ASN, "router_id", bc.RouterID, "peers", len(bc.Peers),
 					"skipped", len(skipped), "advertise", adv)
@@ -207,7 +213,7 @@ func (a *Agent) watchBGP(ctx context.Context) {
 // keeps theirs) until the next agent is back. Run calls it after the loop
 // ended.
 func (l *loop) stopBGP() {
-	if !l.bgp.on {
+	if !l.bgp.on && !l.bgp.tried {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

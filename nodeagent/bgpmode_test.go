@@ -282,3 +282,30 @@ func TestAgentBGPFreshStartDoesNotWait(t *testing.T) {
 		t.Fatal("no sync")
 	}
 }
+
+// TestAgentBGPNeverStartedLeftCleanly: a speaker that never applied (on
+// Kubernetes it was "bind: permission denied" on port 179, the agent
+// lacking CAP_NET_BIND_SERVICE) is still stopped when the cluster leaves
+// bgp mode, and its error leaves last_error with it: the child may run
+// although its Apply failed, and the error is of a mode no longer in
+// force.
+func TestAgentBGPNeverStartedLeftCleanly(t *testing.T) {
+	_, c := etcdtest.New(t)
+	h := newHarness(t, c, c)
+	sp := newFakeSpeaker()
+	sp.applyErr = fmt.Errorf("start bgp on port 179: listen tcp4 192.168.1.1:179: bind: permission denied")
+	h.a.speaker, h.a.cfg.BGP = sp, sp
+	h.append(logtest.Config(bgpCfg()))
+	h.append(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+	h.start()
+	h.waitStatus("the speaker's error in last_error", func(st *weftv1.AgentStatus) bool {
+		return st.Mode == "bgp" && strings.Contains(st.LastError, "configure bgp speaker: start bgp on port 179")
+	})
+	h.append(logtest.Config(cfg()))
+	h.waitStatus("vxlan without the bgp error", func(st *weftv1.AgentStatus) bool {
+		return st.Mode == "vxlan" && st.AppliedSeq == 3 && st.LastError == "" && len(st.BgpSessions) == 0
+	})
+	if _, _, stops := sp.last(); !slices.Equal(stops, []bool{true}) {
+		t.Fatalf("stops (withdraw flags) = %v, want [true]: the speaker that failed to apply was not stopped", stops)
+	}
+}
