@@ -23,8 +23,13 @@ import (
 // receive) runs on the sending thread's CPU: P4 is one sending thread, P4x
 // four, as several pods or a multi-threaded server have
 // (docs/bench/overlay-profile.md, "Why the overlay does not scale with
-// four streams"). Throughput only; run it with -benchtime=1x (see
-// bpf/bench/streams.sh).
+// four streams"). P4 also depends on iperf3's 128 KiB writes against the
+// pods' MSS: at MTU 1450 each write ends in a two-segment packet that
+// caps one thread's four streams, at 1500 it does not, encapsulated or
+// not (same page, "One sending thread: why native scales and the overlay
+// does not"), so P4 between setups of different pod MTU is not a
+// comparison of their datapaths. Throughput only; run it with
+// -benchtime=1x (see bpf/bench/streams.sh).
 func BenchmarkPodToPodStreams(b *testing.B) {
 	netnstest.RequireRoot(b)
 	if _, err := exec.LookPath("iperf3"); err != nil {
