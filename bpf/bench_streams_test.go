@@ -13,9 +13,10 @@ import (
 )
 
 // BenchmarkPodToPodStreams is the unpinned multi-stream variant of
-// BenchmarkPodToPod: iperf3 with 1 and 4 parallel streams (P1, P4) and 4
-// iperf3 pairs of one stream each (P4x), client and server left to the
-// scheduler (the way pods run), for weft native with host routing in eBPF,
+// BenchmarkPodToPod: iperf3 with 1 and 4 parallel streams (P1, P4), the
+// same 4 streams writing 64 KiB at a time (P4w) and 4 iperf3 pairs of one
+// stream each (P4x), client and server left to the scheduler (the way pods
+// run), for weft native with host routing in eBPF,
 // plain routing, weft VXLAN (device; and weft-bpf, VXLAN in the programs,
 // both sides) and kernel VXLAN, in rotation. iperf3 before
 // 3.16 runs every stream of a -P run in one thread, and on this test bed
@@ -28,7 +29,8 @@ import (
 // caps one thread's four streams, at 1500 it does not, encapsulated or
 // not (same page, "One sending thread: why native scales and the overlay
 // does not"), so P4 between setups of different pod MTU is not a
-// comparison of their datapaths. Throughput only; run it with
+// comparison of their datapaths; P4w is (64 KiB leaves less than one
+// segment at either MSS). Throughput only; run it with
 // -benchtime=1x (see bpf/bench/streams.sh).
 func BenchmarkPodToPodStreams(b *testing.B) {
 	netnstest.RequireRoot(b)
@@ -61,8 +63,13 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 		name string
 		run  func(*testCluster) float64
 	}{
-		{"P1", func(c *testCluster) float64 { return iperfStreams(b, c, 1, 2) }},
-		{"P4", func(c *testCluster) float64 { return iperfStreams(b, c, 4, 2) }},
+		{"P1", func(c *testCluster) float64 { return iperfStreams(b, c, 1, 2, "") }},
+		{"P4", func(c *testCluster) float64 { return iperfStreams(b, c, 4, 2, "") }},
+		// P4 with 64 KiB writes: a write's tail is shorter than one
+		// segment at both pod MTUs (MSS 1398 and 1448), so the
+		// setups' one sending thread is compared without the
+		// two-segment tail that 128 KiB writes leave at MTU 1450.
+		{"P4w", func(c *testCluster) float64 { return iperfStreams(b, c, 4, 2, "64K") }},
 		{"P4x", func(c *testCluster) float64 { return iperfPairs(b, c, 4, 2) }},
 	}
 	tput := map[string][]float64{}
@@ -85,13 +92,13 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 	requireEncap(b, rx, rx0)
 	b.Logf("%d rounds; iperf3 unpinned, 2 s after 1 s omitted; median (min–max) over rounds", rounds)
 	for _, s := range setups {
-		for _, p := range []string{"P1", "P4", "P4x"} {
+		for _, p := range []string{"P1", "P4", "P4w", "P4x"} {
 			k := s.name + "/" + p
 			b.Logf("%-15s Gbit/s %s  rounds %.2f", k, spread(tput[k], 2), tput[k])
 			b.ReportMetric(median(tput[k]), s.name+"_"+p+"_Gbit/s")
 		}
 	}
-	for _, p := range []string{"P1", "P4", "P4x"} {
+	for _, p := range []string{"P1", "P4", "P4w", "P4x"} {
 		for _, r := range [][2]string{{"weft-native", "plain"}, {"weft-native-big", "plain"}, {"weft-native-big", "plain-big"}, {"weft", "plain"}, {"weft", "kvxlan"}, {"weft-bpf", "plain"}, {"weft-bpf", "kvxlan"}, {"weft-bpf", "weft"},
 			// The overlay's ceiling (native: the same programs, no
 			// encapsulation) and what the encapsulation costs.
@@ -105,9 +112,10 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 }
 
 // iperfStreams runs iperf3 with streams parallel streams from pod 1 to pod
-// 2, unpinned, and returns Gbit/s (repeated up to twice when nothing was
-// received, as iperf does).
-func iperfStreams(b *testing.B, c *testCluster, streams, secs int) float64 {
+// 2, unpinned, writing write bytes at a time (iperf3's -l; "" for its
+// default, 128 KiB), and returns Gbit/s (repeated up to twice when nothing
+// was received, as iperf does).
+func iperfStreams(b *testing.B, c *testCluster, streams, secs int, write string) float64 {
 	a, z := c.nodes[0], c.nodes[1]
 	for try := range 3 {
 		srv := exec.Command("ip", "netns", "exec", z.pod.Name, "iperf3", "-s", "-1", "-B", z.podIP.String(), "-p", "5203")
@@ -118,8 +126,12 @@ func iperfStreams(b *testing.B, c *testCluster, streams, secs int) float64 {
 		var err error
 		for range 20 {
 			time.Sleep(100 * time.Millisecond)
-			out, err = exec.Command("ip", "netns", "exec", a.pod.Name, "iperf3", "-c", z.podIP.String(), "-p", "5203",
-				"-P", strconv.Itoa(streams), "-t", strconv.Itoa(secs), "-O", "1", "-J").Output()
+			args := []string{"netns", "exec", a.pod.Name, "iperf3", "-c", z.podIP.String(), "-p", "5203",
+				"-P", strconv.Itoa(streams), "-t", strconv.Itoa(secs), "-O", "1", "-J"}
+			if write != "" {
+				args = append(args, "-l", write)
+			}
+			out, err = exec.Command("ip", args...).Output()
 			if err == nil {
 				break
 			}

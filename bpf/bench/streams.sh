@@ -1,10 +1,10 @@
 #!/bin/sh
 # The unpinned multi-stream variant of throughput.sh: iperf3 with 1 and 4
-# parallel streams and 4 iperf3 pairs of one stream each (4 sending
-# threads), client and server left to the scheduler, for weft
+# parallel streams (and 4 writing 64 KiB at a time) and 4 iperf3 pairs of
+# one stream each (4 sending threads), client and server left to the scheduler, for weft
 # native with host routing in eBPF (without and with BIG TCP), plain
 # routing (without and with the same GSO/GRO limits), weft VXLAN (device,
-# and weft-bpf: VXLAN in the programs, both sides) and kernel VXLAN in rotation; 7 rounds, ~400 s. Needs root and iperf3. Results:
+# and weft-bpf: VXLAN in the programs, both sides) and kernel VXLAN in rotation; 7 rounds, ~500 s. Needs root and iperf3. Results:
 # docs/BENCHMARKS.md.
 set -eu
 cd "$(dirname "$0")/../.."
