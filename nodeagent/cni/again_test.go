@@ -399,21 +399,40 @@ func who(nodeNS, name string, hostPort int) error {
 }
 
 // TestAddAgainReplacesIncomplete: a second ADD of an attachment that is not
-// complete (as an ADD that crashed half-way leaves it, or one changed by
-// hand) deletes the pair and makes it again, logs why, and the pod works
-// with the same lease.
+// as ADD makes it in a way no repair in place undoes (as an ADD that
+// crashed half-way leaves it, or one changed by hand) deletes the pair
+// and makes it again, logs why, and the pod works with the same lease.
+// TestAddAgainRepairsInPlace has the differences repaired in place.
 func TestAddAgainReplacesIncomplete(t *testing.T) {
 	for _, tc := range []struct {
 		name, reason string
 		breakIt      func(t *testing.T, e *env, pod, host string, v4 netip.Addr)
 	}{
-		{"pod address removed", "lacks address", func(t *testing.T, e *env, pod, host string, v4 netip.Addr) {
+		// The store lost the lease and gave the pod another address:
+		// adding it beside the old one would leave the pod sending as
+		// whoever gets the old one next.
+		{"pod address not the lease", "not its lease", func(t *testing.T, e *env, pod, host string, v4 netip.Addr) {
 			if err := inNS(pod, func() error {
 				l, err := netlink.LinkByName("eth0")
 				if err != nil {
 					return err
 				}
-				return netlink.AddrDel(l, &netlink.Addr{IPNet: &net.IPNet{IP: v4.AsSlice(), Mask: net.CIDRMask(24, 32)}})
+				if err := netlink.AddrDel(l, &netlink.Addr{IPNet: &net.IPNet{IP: v4.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+					return err
+				}
+				return netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("10.244.1.200"), Mask: net.CIDRMask(24, 32)}})
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"default route via another gateway", "has a default route via 10.244.1.9", func(t *testing.T, e *env, pod, host string, v4 netip.Addr) {
+			if err := inNS(pod, func() error {
+				l, err := netlink.LinkByName("eth0")
+				if err != nil {
+					return err
+				}
+				dst := net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+				return netlink.RouteReplace(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &dst, Gw: net.ParseIP("10.244.1.9")})
 			}); err != nil {
 				t.Fatal(err)
 			}
@@ -425,17 +444,6 @@ func TestAddAgainReplacesIncomplete(t *testing.T) {
 					return err
 				}
 				return netlink.LinkSetNoMaster(l)
-			}); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"host veth down", "is down", func(t *testing.T, e *env, pod, host string, v4 netip.Addr) {
-			if err := inNS(e.nodeNS, func() error {
-				l, err := netlink.LinkByName(host)
-				if err != nil {
-					return err
-				}
-				return netlink.LinkSetDown(l)
 			}); err != nil {
 				t.Fatal(err)
 			}

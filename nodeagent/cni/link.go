@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
@@ -210,12 +211,12 @@ func attach(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Add
 	return att, err
 }
 
-// keep is ADD for an attachment that examine found complete (a runtime
-// repeating ADD after a timeout or a restart): the pair stays as it is,
-// with its MACs and ifindexes, never down. It makes sure of what does
-// not change the links: the pod check (guard, if set: recorded and linked
-// again, which replaces what is there), the BIG TCP sizes, and that the
-// pod can talk.
+// keep is ADD for an attachment that examine found complete, or that
+// repair set right (a runtime repeating ADD after a timeout or a
+// restart): the pair stays as it is, with its MACs and ifindexes. It
+// makes sure of what does not change the links: the pod check (guard, if
+// set: recorded and linked again, which replaces what is there), the BIG
+// TCP sizes, and that the pod can talk.
 func keep(podNS ns.NetNS, ifName, hostName string, sub Subnet, ips []netip.Addr, live pair,
 	guard func(hostIndex int, podMAC net.HardwareAddr) error) (attachment, error) {
 	att := attachment{hostMAC: live.hostMAC.String(), podMAC: live.podMAC.String()}
@@ -292,13 +293,7 @@ func configurePod(ifName string, sub Subnet, ips []netip.Addr) error {
 		}
 	}
 	for _, a := range ips {
-		p, _ := prefixFor(sub, a)
-		addr := &netlink.Addr{IPNet: ipNet(p, a)}
-		if a.Is6() {
-			// The address is ours alone (the store says so): skip DAD so
-			// the pod can talk at once.
-			addr.Flags = unix.IFA_F_NODAD
-		}
+		addr := podAddr(sub, a)
 		if err := netlink.AddrAdd(link, addr); err != nil {
 			return fmt.Errorf("add address %s: %w", addr.IPNet, err)
 		}
@@ -308,13 +303,29 @@ func configurePod(ifName string, sub Subnet, ips []netip.Addr) error {
 	}
 	for _, a := range ips {
 		_, gw := prefixFor(sub, a)
-		dst := defaultRoute(a)
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &dst, Gw: gw.AsSlice()}
-		if err := netlink.RouteAdd(r); err != nil {
+		if err := netlink.RouteAdd(podRoute(link, gw)); err != nil {
 			return fmt.Errorf("add default route via %s: %w", gw, err)
 		}
 	}
 	return nil
+}
+
+// podAddr is leased address a as ADD puts it on the pod interface.
+func podAddr(sub Subnet, a netip.Addr) *netlink.Addr {
+	p, _ := prefixFor(sub, a)
+	addr := &netlink.Addr{IPNet: ipNet(p, a)}
+	if a.Is6() {
+		// The address is ours alone (the store says so): skip DAD so
+		// the pod can talk at once.
+		addr.Flags = unix.IFA_F_NODAD
+	}
+	return addr
+}
+
+// podRoute is the pod's default route via gateway gw on link.
+func podRoute(link netlink.Link, gw netip.Addr) *netlink.Route {
+	dst := defaultRoute(gw)
+	return &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &dst, Gw: gw.AsSlice()}
 }
 
 func prefixFor(sub Subnet, a netip.Addr) (netip.Prefix, netip.Addr) {
@@ -355,8 +366,8 @@ func deleteHostVeth(name string) error {
 // of it is left in the node netns (its pod side dies with it).
 var errNoHostVeth = errors.New("cni: host veth not found")
 
-// mismatch says why a live attachment is not the one ADD makes: ADD
-// replaces it, CHECK fails with it.
+// mismatch says why a live attachment is not the one ADD makes, in a way
+// only a new pair undoes: ADD replaces it, CHECK fails with it.
 type mismatch struct{ msg string }
 
 func (m *mismatch) Error() string { return m.msg }
@@ -365,10 +376,12 @@ func mismatchf(format string, args ...any) error {
 	return &mismatch{msg: fmt.Sprintf(format, args...)}
 }
 
-// pair is a complete attachment's live veth pair.
+// pair is an attachment's live veth pair, and how it drifted from what
+// ADD makes.
 type pair struct {
 	hostIndex, podIndex int
 	hostMAC, podMAC     net.HardwareAddr
+	drift               drift
 }
 
 // leased is what ADD configures on the pod interface for ips: each
@@ -382,16 +395,44 @@ func leased(sub Subnet, ips []netip.Addr) []netip.Prefix {
 	return want
 }
 
+// drift is how a live pair differs from what ADD makes in ways ADD undoes
+// in place (repair), keeping both links with their ifindexes and MACs and
+// so the pod's connections: plain data, made by examine. CHECK reports it
+// as an error; it never repairs.
+type drift struct {
+	// reasons names each difference, in the order examine found them.
+	reasons           []string
+	hostMTU, podMTU   bool // not sub.MTU
+	hostDown, podDown bool
+	hairpinOff        bool
+	addrs             []netip.Prefix // leased, missing on the pod interface
+	gateways          []netip.Addr   // without the pod's default route via them
+}
+
+func (d *drift) add(format string, args ...any) {
+	d.reasons = append(d.reasons, fmt.Sprintf(format, args...))
+}
+
+// String is the differences for a log or an error, "" for none.
+func (d drift) String() string { return strings.Join(d.reasons, "; ") }
+
 // examine reads the attachment whose host side is hostName (in the
-// current netns) and whose pod side is ifName in podNS, and returns its
-// pair when it is complete as ADD makes it: the host side is a veth on
-// weft0, up, in hairpin mode; its peer is ifName in podNS (by ifindex
-// and netns id, so another plugin's ifName never passes); that one is
-// up, has MTU sub.MTU, every address of want and a default route via the
-// gateway of each one's family. Otherwise the error wraps errNoHostVeth
-// when there is no hostName, is a *mismatch naming the first difference
-// (such as what an ADD that crashed half-way leaves), or says what could
-// not be read. ADD (to keep a repeated ADD's pair) and CHECK use it.
+// current netns) and whose pod side is ifName in podNS, as ADD makes it:
+// the host side is a veth on weft0, up, in hairpin mode, with MTU
+// sub.MTU; its peer is ifName in podNS (by ifindex and netns id, so
+// another plugin's ifName never passes); that one is up, has MTU
+// sub.MTU, every address of want and a default route via the gateway of
+// each one's family.
+//
+// It returns the pair when the links are the attachment's, with in
+// pair.drift what repair can set right in place (empty when complete):
+// an MTU, a link down, hairpin off, a leased address or a default route
+// missing. Otherwise the error wraps errNoHostVeth when there is no
+// hostName, is a *mismatch naming the first difference that only a new
+// pair undoes (not a veth, not on weft0, not the peer, an address of the
+// pod CIDR that is not the lease, a default route via another gateway),
+// or says what could not be read. ADD (to keep or repair a repeated
+// ADD's pair) and CHECK (which fails on any drift) use it.
 func examine(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.Prefix) (pair, error) {
 	var live pair
 	host, err := netlink.LinkByName(hostName)
@@ -412,13 +453,20 @@ func examine(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.P
 	if ha.MasterIndex != br.Attrs().Index {
 		return live, mismatchf("host veth %s is not attached to %s", hostName, BridgeName)
 	}
+	var d drift
 	if hairpin, err := Hairpin(hostName); err != nil {
 		return live, err
 	} else if !hairpin {
-		return live, mismatchf("host veth %s has hairpin mode off", hostName)
+		d.hairpinOff = true
+		d.add("host veth %s has hairpin mode off", hostName)
+	}
+	if ha.MTU != sub.MTU {
+		d.hostMTU = true
+		d.add("host veth %s has mtu %d, want %d", hostName, ha.MTU, sub.MTU)
 	}
 	if ha.Flags&net.FlagUp == 0 {
-		return live, mismatchf("host veth %s is down", hostName)
+		d.hostDown = true
+		d.add("host veth %s is down", hostName)
 	}
 	// The id the node netns gives the pod netns: a link's peer netns is
 	// reported as one (the dump of host above has allocated it).
@@ -439,20 +487,31 @@ func examine(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.P
 			return mismatchf("pod interface %s in %s (a %s) is not the peer of host veth %s", ifName, podNS.Path(), link.Type(), hostName)
 		}
 		if a.MTU != sub.MTU {
-			return mismatchf("pod interface %s has mtu %d, want %d", ifName, a.MTU, sub.MTU)
+			d.podMTU = true
+			d.add("pod interface %s has mtu %d, want %d", ifName, a.MTU, sub.MTU)
 		}
 		if a.Flags&net.FlagUp == 0 {
-			return mismatchf("pod interface %s is down", ifName)
+			d.podDown = true
+			d.add("pod interface %s is down", ifName)
 		}
 		addrs, err := addrList(link, netlink.FAMILY_ALL)
 		if err != nil {
 			return fmt.Errorf("list addresses of %s: %w", ifName, err)
 		}
 		for _, w := range want {
+			p, gw := prefixFor(sub, w.Addr())
 			if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IPNet.String() == ipNet(w, w.Addr()).String() }) {
-				return mismatchf("pod interface %s lacks address %s", ifName, w)
+				// Another address of the pod CIDR is a lease this pod no
+				// longer has (the store was lost): adding this one beside
+				// it would leave the pod sending as someone else.
+				for _, have := range addrs {
+					if h, ok := netip.AddrFromSlice(have.IP); ok && p.Contains(h.Unmap()) {
+						return mismatchf("pod interface %s has address %s, not its lease %s", ifName, have.IPNet, w)
+					}
+				}
+				d.addrs = append(d.addrs, w)
+				d.add("pod interface %s lacks address %s", ifName, w)
 			}
-			_, gw := prefixFor(sub, w.Addr())
 			fam := netlink.FAMILY_V4
 			if w.Addr().Is6() {
 				fam = netlink.FAMILY_V6
@@ -461,26 +520,103 @@ func examine(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.P
 			if err != nil {
 				return fmt.Errorf("list routes of %s: %w", ifName, err)
 			}
-			if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+			var other net.IP
+			found := false
+			for _, r := range routes {
 				ones := 0
 				if r.Dst != nil {
 					ones, _ = r.Dst.Mask.Size()
 				}
-				return ones == 0 && r.Gw.Equal(gw.AsSlice())
-			}) {
-				return mismatchf("pod interface %s has no default route via %s", ifName, gw)
+				if ones != 0 {
+					continue
+				}
+				if r.Gw.Equal(gw.AsSlice()) {
+					found = true
+				} else {
+					other = r.Gw
+				}
+			}
+			if !found {
+				// Adding ours beside another default route would fail or
+				// leave two.
+				if other != nil {
+					return mismatchf("pod interface %s has a default route via %s, not via %s", ifName, other, gw)
+				}
+				d.gateways = append(d.gateways, gw)
+				d.add("pod interface %s has no default route via %s", ifName, gw)
 			}
 		}
-		live = pair{hostIndex: ha.Index, podIndex: a.Index, hostMAC: ha.HardwareAddr, podMAC: a.HardwareAddr}
+		live = pair{hostIndex: ha.Index, podIndex: a.Index, hostMAC: ha.HardwareAddr, podMAC: a.HardwareAddr, drift: d}
 		return nil
 	})
 	return live, err
 }
 
-// verify checks the attachment Add made (for CHECK): see examine.
+// repair sets right in place what examine found drifted on live: the
+// MTUs, hairpin mode, the links up, then the pod's missing addresses and
+// default routes (the kernel drops a link's routes, and IPv6 addresses,
+// when it goes down). The links keep their ifindexes and MACs. It is
+// ADD's step, never CHECK's.
+func repair(podNS ns.NetNS, ifName, hostName string, sub Subnet, live pair) error {
+	d := live.drift
+	host, err := netlink.LinkByIndex(live.hostIndex)
+	if err != nil {
+		return fmt.Errorf("find host veth %s: %w", hostName, err)
+	}
+	if d.hostMTU {
+		if err := netlink.LinkSetMTU(host, sub.MTU); err != nil {
+			return fmt.Errorf("set mtu of %s: %w", hostName, err)
+		}
+	}
+	if d.hairpinOff {
+		if err := netlink.LinkSetHairpin(host, true); err != nil {
+			return fmt.Errorf("set hairpin on %s: %w", hostName, err)
+		}
+	}
+	if d.hostDown {
+		if err := netlink.LinkSetUp(host); err != nil {
+			return fmt.Errorf("set %s up: %w", hostName, err)
+		}
+	}
+	return podNS.Do(func(ns.NetNS) error {
+		pod, err := netlink.LinkByIndex(live.podIndex)
+		if err != nil {
+			return fmt.Errorf("find pod interface %s: %w", ifName, err)
+		}
+		if d.podMTU {
+			if err := netlink.LinkSetMTU(pod, sub.MTU); err != nil {
+				return fmt.Errorf("set mtu of %s: %w", ifName, err)
+			}
+		}
+		if d.podDown {
+			if err := netlink.LinkSetUp(pod); err != nil {
+				return fmt.Errorf("set %s up: %w", ifName, err)
+			}
+		}
+		for _, w := range d.addrs {
+			addr := podAddr(sub, w.Addr())
+			if err := netlink.AddrAdd(pod, addr); err != nil {
+				return fmt.Errorf("add address %s: %w", addr.IPNet, err)
+			}
+		}
+		for _, gw := range d.gateways {
+			if err := netlink.RouteAdd(podRoute(pod, gw)); err != nil {
+				return fmt.Errorf("add default route via %s: %w", gw, err)
+			}
+		}
+		return nil
+	})
+}
+
+// verify checks the attachment Add made (for CHECK): see examine. Drift
+// ADD would repair is an error naming each difference.
 func verify(podNS ns.NetNS, ifName, hostName string, sub Subnet, want []netip.Prefix) error {
-	if _, err := examine(podNS, ifName, hostName, sub, want); err != nil {
+	live, err := examine(podNS, ifName, hostName, sub, want)
+	if err != nil {
 		return fmt.Errorf("check: %w", err)
+	}
+	if len(live.drift.reasons) > 0 {
+		return fmt.Errorf("check: %s", live.drift)
 	}
 	return nil
 }

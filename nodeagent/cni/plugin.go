@@ -90,9 +90,13 @@ func subnetError(path string, err error) error {
 // On any failure everything this call made is removed again.
 //
 // A repeated ADD of a complete attachment (what CHECK accepts) keeps the
-// veth pair as it is and prints the same result; an incomplete one (an
-// ADD that crashed half-way) is deleted and made again, and an ifName in
-// the pod netns that is not the host veth's peer is an error naming it.
+// veth pair as it is and prints the same result; one that only drifted
+// (a link down, hairpin off, an MTU, a leased address or default route
+// missing: see examine) is repaired in place, keeping its ifindexes and
+// MACs; one whose links are not what ADD makes (an ADD that crashed
+// half-way, a host veth off weft0) is deleted and made again, and an
+// ifName in the pod netns that is not the host veth's peer is an error
+// naming it.
 func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
@@ -179,7 +183,14 @@ func (p *Plugin) Add(args *skel.CmdArgs) (retErr error) {
 	switch {
 	case err == nil:
 		// A repeated ADD (the runtime timed out or restarted): the pod
-		// keeps its link, MACs and neighbours.
+		// keeps its link, MACs and neighbours, set right in place where
+		// it drifted.
+		if d := live.drift.String(); d != "" {
+			if err := repair(podNS, args.IfName, hostName, sub, live); err != nil {
+				return fmt.Errorf("repair the attachment in place: %w", err)
+			}
+			log.Info("pod already attached: repaired its veth pair in place", "host_veth", hostName, "repaired", d)
+		}
 		if att, err = keep(podNS, args.IfName, hostName, sub, ips, live, check); err != nil {
 			return err
 		}
@@ -313,7 +324,8 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 
 // Check verifies what Add made against prevResult: the lease in the store,
 // the pod interface with its addresses, MTU and default routes, and the
-// host side on weft0.
+// host side on weft0 (see examine). It reports what a repeated ADD would
+// repair in place as an error naming each difference; it never repairs.
 func (p *Plugin) Check(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
