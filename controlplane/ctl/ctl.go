@@ -260,18 +260,18 @@ func (x *cli) nodes(ctx context.Context) error {
 	fmt.Fprintln(w, "NAME\tUNDERLAY\tPOD CIDRS\tSEQ")
 	for _, n := range slices.Sorted(slices.Values(append(names, slices.Collect(maps.Keys(bad))...))) {
 		if why, ok := bad[n]; ok {
-			fmt.Fprintf(w, "%s\t<bad value: %.200s>\t\t\n", n, why)
+			fmt.Fprintf(w, "%s\t<bad value: %.200s>\t\t\n", text(n), text(why))
 			continue
 		}
 		nd := st.Nodes[n]
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", nd.Name, underlay(nd), strings.Join(nd.PodCidrs, ","), nd.Seq)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", text(nd.Name), text(underlay(nd)), text(strings.Join(nd.PodCidrs, ",")), nd.Seq)
 	}
 	if err := w.Flush(); err != nil {
 		return err
 	}
 	for _, f := range p.Bad {
 		if !strings.HasPrefix(f.Key, x.k.Nodes()) {
-			fmt.Fprintf(x.out, "%s: <bad value: %.200s>\n", f.Key, f.Problem)
+			fmt.Fprintf(x.out, "%s: <bad value: %.200s>\n", text(f.Key), text(f.Problem))
 		}
 	}
 	return nil
@@ -348,7 +348,7 @@ func (x *cli) events(ctx context.Context, args []string) error {
 				_, err := fmt.Fprintln(x.out, string(b))
 				return err
 			}
-			_, err = fmt.Fprintf(x.out, "%-8s %-30s %-14s <bad value: %.200s>\n", strings.TrimPrefix(key, x.k.Events()), "", "?", err)
+			_, err = fmt.Fprintf(x.out, "%-8s %-30s %-14s <bad value: %.200s>\n", text(strings.TrimPrefix(key, x.k.Events())), "", "?", text(err.Error()))
 			return err
 		}
 		if x.json {
@@ -356,7 +356,7 @@ func (x *cli) events(ctx context.Context, args []string) error {
 			return err
 		}
 		kind, what := Summary(e)
-		_, err = fmt.Fprintf(x.out, "%-8d %-30s %-14s %s\n", e.Seq, e.Time, kind, what)
+		_, err = fmt.Fprintf(x.out, "%-8d %-30s %-14s %s\n", e.Seq, text(e.Time), kind, text(what))
 		return err
 	}
 	if !x.json {
@@ -568,18 +568,18 @@ func (x *cli) status(ctx context.Context) error {
 		state := "converged"
 		switch {
 		case n.BadValue != "":
-			state = fmt.Sprintf("<bad value: %.200s>", n.BadValue)
+			state = fmt.Sprintf("<bad value: %.200s>", text(n.BadValue))
 		case !n.Reporting:
 			state = "no status"
 		case n.LastError != "":
-			state = "error: " + n.LastError
+			state = "error: " + text(n.LastError)
 		case len(n.UnreachablePeers) > 0:
 			k := unreachableCount(n)
 			state = fmt.Sprintf("degraded: %d of %d peers unreachable", k, k+int(n.ReachablePeers))
 		case n.Degraded:
 			state = "degraded"
 		case n.NotConverged != "":
-			state = "converging: " + n.NotConverged
+			state = "converging: " + text(n.NotConverged)
 		case n.Behind > 0:
 			state = "behind"
 		}
@@ -587,14 +587,14 @@ func (x *cli) status(ctx context.Context) error {
 		if !n.Reporting {
 			applied = "-"
 		}
-		cidrs := strings.Join(n.PodCIDRs, ",")
+		cidrs := text(strings.Join(n.PodCIDRs, ","))
 		if cidrs == "" {
 			cidrs = "-"
 		}
 		if bgp {
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", n.Name, applied, n.Behind, cidrs, sessionsSummary(n.BGPSessions), state)
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", text(n.Name), applied, n.Behind, cidrs, sessionsSummary(n.BGPSessions), state)
 		} else {
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", n.Name, applied, n.Behind, cidrs, state)
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", text(n.Name), applied, n.Behind, cidrs, state)
 		}
 	}
 	if err := w.Flush(); err != nil {
@@ -606,7 +606,7 @@ func (x *cli) status(ctx context.Context) error {
 		fmt.Fprintln(x.out, "\nunreachable peers:")
 		for _, n := range rep.Nodes {
 			for _, u := range n.UnreachablePeers {
-				fmt.Fprintf(x.out, "  %s -> %s (%s) since %s: %s\n", n.Name, u.Node, u.Address, u.Since, u.Reason)
+				fmt.Fprintf(x.out, "  %s -> %s (%s) since %s: %s\n", text(n.Name), text(u.Node), text(u.Address), text(u.Since), text(u.Reason))
 			}
 			if more := unreachableCount(n) - listedPeers(n); more > 0 {
 				fmt.Fprintf(x.out, "  %s -> %d more peers (its status lists the first by name; all on the agent's /unreachable)\n", n.Name, more)
@@ -616,13 +616,13 @@ func (x *cli) status(ctx context.Context) error {
 	if len(rep.BadValues) > 0 {
 		fmt.Fprintln(x.out, "\nbad values:")
 		for _, key := range slices.Sorted(maps.Keys(rep.BadValues)) {
-			fmt.Fprintf(x.out, "  %s: %.300s\n", key, rep.BadValues[key])
+			fmt.Fprintf(x.out, "  %s: %.300s\n", text(key), text(rep.BadValues[key]))
 		}
 	}
 	if len(rep.Problems) > 0 {
 		fmt.Fprintln(x.out, "\nproblems:")
 		for _, name := range slices.Sorted(maps.Keys(rep.Problems)) {
-			fmt.Fprintf(x.out, "  %s: %s\n", name, rep.Problems[name])
+			fmt.Fprintf(x.out, "  %s: %s\n", text(name), text(rep.Problems[name]))
 		}
 	}
 	return nil
@@ -666,9 +666,9 @@ func verdict(s *weftv1.ConfigStatus) string {
 		if s.Seq != 0 {
 			return fmt.Sprintf("accepted as seq %d", s.Seq)
 		}
-		return "accepted: " + s.Reason
+		return "accepted: " + text(s.Reason)
 	}
-	return "refused: " + s.Reason
+	return "refused: " + text(s.Reason)
 }
 
 func (x *cli) configSet(ctx context.Context, args []string) error {
@@ -874,7 +874,7 @@ func (x *cli) check(ctx context.Context) error {
 		fmt.Fprintf(x.out, "head %d, %d events retained from seq %d (%s), %d nodes, %d subnet guards\n",
 			rep.Head, rep.Events, rep.First, trim, rep.Nodes, rep.Subnets)
 		for _, p := range rep.Problems {
-			fmt.Fprintln(x.out, "FAIL:", p)
+			fmt.Fprintln(x.out, "FAIL:", text(p))
 		}
 		if rep.OK() {
 			fmt.Fprintln(x.out, "ok")

@@ -395,3 +395,45 @@ func TestStatusConverging(t *testing.T) {
 		t.Errorf("json lacks not_converged:\n%s", out)
 	}
 }
+
+// TestStatusShowsNodeTextEscaped: a node writes its own status, so its
+// text reaches the operator's terminal through weftctl status. Control
+// characters in it (a terminal escape, a newline forging a line about
+// another node, a bidirectional override) are printed as Go escapes: the
+// table keeps one line per node and its columns, and nothing the node
+// wrote drives the terminal.
+func TestStatusShowsNodeTextEscaped(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	forged := "\nnode2  4        0       10.244.2.0/24  converged"
+	e.c.Put(ctx, k.Status("node0"), keys.EncodeString(&weftv1.AgentStatus{Name: "node0", AppliedSeq: 4, HeadSeq: 4,
+		LastError: "\x1b[2J\x1b[1;32mall good\x1b[0m" + forged}))
+	e.c.Put(ctx, k.Status("node1"), keys.EncodeString(&weftv1.AgentStatus{Name: "node1", AppliedSeq: 4, HeadSeq: 4, Degraded: true,
+		PodCidrs: []string{"10.244.1.0/24"}, ReachablePeers: 1,
+		UnreachablePeers: []*weftv1.UnreachablePeer{{Node: "node2", Address: "10.244.2.1", Since: "\u202etoday\a", Reason: "no\treply\r\u009b2K"}}}))
+	e.c.Put(ctx, k.Status("node2"), keys.EncodeString(&weftv1.AgentStatus{Name: "node2", AppliedSeq: 4, HeadSeq: 4,
+		NotConverged: "waits\x1b]52;c;aGk=\x07"}))
+	code, out, _ := e.run("", "status")
+	if code != 0 {
+		t.Fatalf("status exits %d:\n%s", code, out)
+	}
+	for _, want := range []string{
+		`error: \x1b[2J\x1b[1;32mall good\x1b[0m\nnode2  4        0       10.244.2.0/24  converged` + "\n",
+		"10.244.1.0/24  degraded: 1 of 2 peers unreachable\n",
+		`  node1 -> node2 (10.244.2.1) since \u202etoday\a: no\treply\r\u009b2K` + "\n",
+		`converging: waits\x1b]52;c;aGk=\a` + "\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	for _, raw := range []string{"\x1b", "\r", "\a", "\t", "\u202e", "\u009b"} {
+		if strings.Contains(out, raw) {
+			t.Errorf("status prints %q raw:\n%q", raw, out)
+		}
+	}
+	// One header, one line per node, then the unreachable peers.
+	if lines := strings.Split(strings.SplitN(out, "\n\n", 2)[0], "\n"); len(lines) != 5 {
+		t.Errorf("the table has %d lines, want head, header and 3 nodes:\n%s", len(lines), out)
+	}
+}
