@@ -30,6 +30,7 @@ import (
 	"github.com/weftnet/weft/internal/etcdconn"
 	"github.com/weftnet/weft/proto/configfile"
 	"github.com/weftnet/weft/proto/keys"
+	"github.com/weftnet/weft/proto/validate"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
@@ -404,6 +405,11 @@ type NodeStatus struct {
 	// BadValue says what is wrong with the node's projected value
 	// (/weft/nodes/<name>) when it does not decode or validate.
 	BadValue string `json:"bad_value,omitempty"`
+	// BadStatus says what is wrong with the node's status
+	// (/weft/status/<name>, key and field) when it does not validate or
+	// claims an applied seq beyond the head; such a status is not
+	// believed (the node is neither reporting nor converged).
+	BadStatus string `json:"bad_status,omitempty"`
 	// PodCIDRs are the pod CIDRs the agent applied (one per family).
 	PodCIDRs []string `json:"pod_cidrs,omitempty"`
 	// BGPSessions are the node's BGP sessions (bgp mode only).
@@ -482,6 +488,9 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 		return nil, fmt.Errorf("read status: %w", err)
 	}
 	statuses := map[string]*weftv1.AgentStatus{}
+	// A status that does not validate, or contradicts the store, is not
+	// believed: key and field name what is wrong with it.
+	badStatus := map[string]string{}
 	for _, kv := range r.Responses[0].GetResponseRange().Kvs {
 		name, err := keys.NameOf(k.Statuses(), string(kv.Key))
 		if err != nil {
@@ -490,6 +499,14 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 		s, err := keys.DecodeStatus(kv.Value)
 		if err != nil {
 			s = &weftv1.AgentStatus{LastError: "undecodable status: " + err.Error(), Degraded: true}
+		} else if err := validate.Status(name, s); err != nil {
+			badStatus[name] = fmt.Sprintf("%s: %v", kv.Key, err)
+			continue
+		} else if s.AppliedSeq > st.Head {
+			// Statuses are read at the projection's revision: no agent
+			// applied an event the log did not hold yet.
+			badStatus[name] = fmt.Sprintf("%s: applied_seq: %d is beyond the head %d", kv.Key, s.AppliedSeq, st.Head)
+			continue
 		}
 		statuses[name] = s
 	}
@@ -522,7 +539,7 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		ns := NodeStatus{Name: name, BadValue: bad[name]}
+		ns := NodeStatus{Name: name, BadValue: bad[name], BadStatus: badStatus[name]}
 		if s, ok := statuses[name]; ok {
 			ns.Reporting = true
 			ns.AppliedSeq, ns.Degraded, ns.LastError = s.AppliedSeq, s.Degraded, s.LastError
@@ -541,7 +558,7 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 		if ns.AppliedSeq < st.Head {
 			ns.Behind = st.Head - ns.AppliedSeq
 		}
-		ns.Converged = ns.Reporting && ns.Behind == 0 && !ns.Degraded && ns.LastError == "" && ns.BadValue == "" && ns.NotConverged == ""
+		ns.Converged = ns.Reporting && ns.Behind == 0 && !ns.Degraded && ns.LastError == "" && ns.BadValue == "" && ns.BadStatus == "" && ns.NotConverged == ""
 		rep.Nodes = append(rep.Nodes, ns)
 	}
 	return rep, nil
@@ -569,6 +586,8 @@ func (x *cli) status(ctx context.Context) error {
 		switch {
 		case n.BadValue != "":
 			state = fmt.Sprintf("<bad value: %.200s>", text(n.BadValue))
+		case n.BadStatus != "":
+			state = fmt.Sprintf("<bad status: %.200s>", text(n.BadStatus))
 		case !n.Reporting:
 			state = "no status"
 		case n.LastError != "":

@@ -437,3 +437,53 @@ func TestStatusShowsNodeTextEscaped(t *testing.T) {
 		t.Errorf("the table has %d lines, want head, header and 3 nodes:\n%s", len(lines), out)
 	}
 }
+
+// TestStatusNotBelievedWhenBad: a status that claims to be another
+// node's, reports what is no CIDR, or says it applied events beyond the
+// head is not believed: weftctl status shows the node as a bad status
+// naming the key and field, not as converged, in the table and in JSON;
+// weftctl check names the key of one that does not validate; a good
+// status put back makes the node converged again.
+func TestStatusNotBelievedWhenBad(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	e.c.Put(ctx, k.Status("node0"), keys.EncodeString(&weftv1.AgentStatus{Name: "node1", AppliedSeq: 4, HeadSeq: 4}))
+	e.c.Put(ctx, k.Status("node1"), keys.EncodeString(&weftv1.AgentStatus{Name: "node1", AppliedSeq: 999, HeadSeq: 999}))
+	e.c.Put(ctx, k.Status("node2"), keys.EncodeString(&weftv1.AgentStatus{Name: "node2", AppliedSeq: 4, HeadSeq: 4,
+		PodCidrs: []string{"10.244.2.0/24  converged"}}))
+	code, out, _ := e.run("", "status")
+	for _, want := range []string{
+		`node0  -        4       -          <bad status: /weft/status/node0: invalid: name: "node1" reported under key of "node0">`,
+		`node1  -        4       -          <bad status: /weft/status/node1: applied_seq: 999 is beyond the head 4>`,
+		`node2  -        4       -          <bad status: /weft/status/node2: invalid: pod_cidrs[0]: "10.244.2.0/24  converged" is not a CIDR>`,
+	} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("status lacks %q (exit %d):\n%s", want, code, out)
+		}
+	}
+	if strings.Contains(out, "converged\n") {
+		t.Errorf("a node with a bad status shown converged:\n%s", out)
+	}
+	code, out, _ = e.run("", "-o", "json", "status")
+	var rep ctl.StatusReport
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || len(rep.Nodes) != 3 {
+		t.Fatalf("status json: %d %v %q", code, err, out)
+	}
+	for _, n := range rep.Nodes {
+		if n.Converged || n.Reporting || n.BadStatus == "" || n.AppliedSeq != 0 {
+			t.Errorf("%s in json: %+v, want a bad status, not reporting or converged", n.Name, n)
+		}
+	}
+	if code, out, _ := e.run("", "check"); code != 1 || !strings.Contains(out, "/weft/status/node0: invalid: name:") ||
+		!strings.Contains(out, "/weft/status/node2: invalid: pod_cidrs[0]:") {
+		t.Errorf("check exits %d, want it to name both invalid statuses:\n%s", code, out)
+	}
+	for i := range 3 {
+		name := fmt.Sprintf("node%d", i)
+		e.c.Put(ctx, k.Status(name), keys.EncodeString(&weftv1.AgentStatus{Name: name, AppliedSeq: 4, HeadSeq: 4}))
+	}
+	code, out, _ = e.run("", "status")
+	if code != 0 || strings.Count(out, "converged\n") != 3 || strings.Contains(out, "bad status") {
+		t.Errorf("good statuses put back, want 3 nodes converged (exit %d):\n%s", code, out)
+	}
+}

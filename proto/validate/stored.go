@@ -128,15 +128,18 @@ func stored(k keys.Layout, key string, value []byte, lease int64, cfg *weftv1.Cl
 		}
 		return KindRegistration, StoredRegistration(name, value, lease)
 	}
-	if _, ok, err := under(k.Statuses()); ok {
+	if name, ok, err := under(k.Statuses()); ok {
 		if err != nil {
 			return KindStatus, err
 		}
 		if err := Size("status", len(value), MaxStatusBytes); err != nil {
 			return KindStatus, err
 		}
-		_, err := keys.DecodeStatus(value)
-		return KindStatus, err
+		s, err := keys.DecodeStatus(value)
+		if err != nil {
+			return KindStatus, err
+		}
+		return KindStatus, Status(name, s)
 	}
 	if _, ok, err := under(k.Problems()); ok {
 		if err != nil {

@@ -500,6 +500,34 @@ func Registration(r *weftv1.Registration) error {
 	return attributes(r.VtepMac, r.Capabilities)
 }
 
+// Status checks an agent's status as stored at the key of node name: it
+// names that node (an empty name means the key's), and the pod CIDRs,
+// peer names and peer addresses it reports are CIDRs, names and addresses. A node writes its
+// own status, so weftctl believes none that fails. Free text (errors,
+// reasons) is the printer's to escape.
+func Status(name string, s *weftv1.AgentStatus) error {
+	if s.Name != "" && s.Name != name {
+		return fieldErr("name", "%q reported under key of %q", s.Name, name)
+	}
+	if len(s.PodCidrs) > 2 {
+		return fieldErr("pod_cidrs", "%d CIDRs, more than one per family", len(s.PodCidrs))
+	}
+	for i, c := range s.PodCidrs {
+		if _, err := netip.ParsePrefix(c); err != nil {
+			return fieldErr(fmt.Sprintf("pod_cidrs[%d]", i), "%q is not a CIDR", c)
+		}
+	}
+	for i, u := range s.UnreachablePeers {
+		if err := keys.ValidName(u.Node); err != nil {
+			return fieldErr(fmt.Sprintf("unreachable_peers[%d].node", i), "%v", err)
+		}
+		if _, err := netip.ParseAddr(u.Address); u.Address != "" && err != nil {
+			return fieldErr(fmt.Sprintf("unreachable_peers[%d].address", i), "%q is not an IP address", u.Address)
+		}
+	}
+	return nil
+}
+
 // attributes checks the fields a node and its registration share besides
 // name and addresses: the overlay device's MAC and the capabilities.
 func attributes(mac string, caps []string) error {

@@ -334,6 +334,14 @@ func TestStored(t *testing.T) {
 		{k.Registration("n1"), `{"underlay_ip":"192.0.2.1","capabilities":["` + huge + `"]}`, 7, KindRegistration, "value:"},
 		{k.Status("n1"), `{"applied_seq":"3"}`, 7, KindStatus, ""},
 		{k.Status("n1"), `{"applied_seq":"all"}`, 7, KindStatus, "appliedSeq"},
+		// A node writes its own status: it must be of that node, and
+		// what it reports be names, CIDRs and addresses.
+		{k.Status("n1"), `{"name":"n1","pod_cidrs":["10.244.1.0/24","fd00::/64"],"unreachable_peers":[{"node":"n2","address":"10.244.2.1","reason":"\u001b[2J"}]}`, 7, KindStatus, ""},
+		{k.Status("n1"), `{"name":"n2","applied_seq":"3"}`, 7, KindStatus, "name:"},
+		{k.Status("n1"), `{"pod_cidrs":["10.244.1.0/24\tconverged"]}`, 7, KindStatus, "pod_cidrs[0]:"},
+		{k.Status("n1"), `{"pod_cidrs":["10.244.1.0/24","fd00::/64","10.244.2.0/24"]}`, 7, KindStatus, "pod_cidrs:"},
+		{k.Status("n1"), `{"unreachable_peers":[{"node":"n2"},{"node":"n2\nn3"}]}`, 7, KindStatus, "unreachable_peers[1].node:"},
+		{k.Status("n1"), `{"unreachable_peers":[{"node":"n2","address":"10.244.2.1 (ok)"}]}`, 7, KindStatus, "unreachable_peers[0].address:"},
 		{k.Problem("n1"), `{"reason":"x"}`, 0, KindProblem, ""},
 		{k.Problem("n1"), `{"reason":5}`, 0, KindProblem, "reason"},
 		{k.Election() + "/694d", `{"controller":"host/1"}`, 7, KindElection, ""},
