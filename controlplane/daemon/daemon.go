@@ -122,6 +122,12 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	if o.ElectionTTL < 1 {
 		return nil, errors.New("--election-ttl must be at least 1")
 	}
+	if o.ElectionTTL > etcdconn.MaxLeaseTTL {
+		// etcd refuses the session's lease at every campaign (the
+		// controller would never lead), and beyond ~9.2e9 the seconds
+		// wrap in a time.Duration into another TTL than the one asked.
+		return nil, fmt.Errorf("--election-ttl: %d is above %d seconds, the longest lease etcd grants", o.ElectionTTL, etcdconn.MaxLeaseTTL)
+	}
 	if err := o.checkFlags(); err != nil {
 		return nil, err
 	}

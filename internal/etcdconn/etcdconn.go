@@ -89,6 +89,13 @@ const (
 // the agent to this bound). docs/DESIGN.md states it.
 const RecoveryBound = 3 * time.Second
 
+// MaxLeaseTTL is etcd's longest lease in seconds (its server's
+// MaxLeaseTTL, 9e9 s): it refuses a longer one at every grant ("too large
+// lease TTL"), and beyond about 9.2e9 the seconds no longer fit a
+// time.Duration. The agent's --lease-ttl and the controller's
+// --election-ttl are bounded by it.
+const MaxLeaseTTL = 9_000_000_000
+
 // Config names the etcd cluster and the TLS material to reach it.
 type Config struct {
 	// Endpoints are the client URLs; at least one.

@@ -110,11 +110,6 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	return o, nil
 }
 
-// maxLeaseTTL is etcd's longest lease (its server's MaxLeaseTTL, 9e9 s):
-// it refuses a longer one at every grant, and the agent would retry that
-// forever; the seconds also no longer fit a time.Duration beyond ~9.2e9.
-const maxLeaseTTL = 9_000_000_000
-
 // Check validates the options without touching etcd or the kernel; the
 // error names the flag at fault.
 func (o *Options) Check() error {
@@ -130,8 +125,10 @@ func (o *Options) Check() error {
 	if o.LeaseTTL < 2 {
 		return fmt.Errorf("--lease-ttl: %d is below 2 seconds", o.LeaseTTL)
 	}
-	if o.LeaseTTL > maxLeaseTTL {
-		return fmt.Errorf("--lease-ttl: %d is above %d seconds, the longest lease etcd grants", o.LeaseTTL, maxLeaseTTL)
+	if o.LeaseTTL > etcdconn.MaxLeaseTTL {
+		// etcd would refuse it at every grant, and the agent retry that
+		// forever.
+		return fmt.Errorf("--lease-ttl: %d is above %d seconds, the longest lease etcd grants", o.LeaseTTL, etcdconn.MaxLeaseTTL)
 	}
 	if o.SubnetFile != "" && !filepath.IsAbs(o.SubnetFile) {
 		// weft-cni reads the file by the absolute path in its CNI
