@@ -149,6 +149,11 @@ func (x *cli) certSubject(pos []string, hosts string) (cn, file string, hostList
 		if len(hostList) == 0 {
 			return "", "", nil, fmt.Errorf("%w: certs issue server needs --hosts (the IPs and names clients dial)", errUsage)
 		}
+		for _, h := range hostList {
+			if err := pki.CheckHost(h); err != nil {
+				return "", "", nil, fmt.Errorf("%w: --hosts: %v", errUsage, err)
+			}
+		}
 		return name, filepath.Base(name), hostList, nil
 	default:
 		return "", "", nil, fmt.Errorf("%w: certs issue %q: want controller, operator, reader, root, node or server", errUsage, who)

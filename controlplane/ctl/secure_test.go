@@ -3,6 +3,7 @@ package ctl_test
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -74,8 +75,20 @@ func TestCertsIssue(t *testing.T) {
 			t.Errorf("%v: exit %d %q", bad, code, errOut)
 		}
 	}
-	code, out, errOut := weftctl("certs", "issue", "--dir", dir, "--hosts", "10.0.0.10,etcd-0", "server", "etcd-0")
-	if code != 0 || !strings.Contains(out, "serving certificate for 10.0.0.10, etcd-0") {
+	// A --hosts entry that is neither an IP address nor a DNS name would
+	// be a DNS name no client dials: refused naming the flag, nothing
+	// written.
+	for _, h := range []string{"10.0.0.300", "10.0.0.10,etcd 0", "10.0.0.0/24", "fe80::1%eth0", "etcd..0", "-etcd", "1.2.3"} {
+		code, out, errOut := weftctl("certs", "issue", "--dir", dir, "--hosts", h, "server", "bad")
+		if code != ctl.ExitUsage || !strings.Contains(errOut, "--hosts: ") || out != "" {
+			t.Errorf("--hosts %q: exit %d, out %q, err %.200q; want a usage error naming --hosts", h, code, out, errOut)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bad.crt")); !os.IsNotExist(err) {
+		t.Errorf("a refused --hosts wrote bad.crt: %v", err)
+	}
+	code, out, errOut := weftctl("certs", "issue", "--dir", dir, "--hosts", "10.0.0.10,etcd-0,fd00::10,*.etcd.example.com,etcd_1.local.", "server", "etcd-0")
+	if code != 0 || !strings.Contains(out, "serving certificate for 10.0.0.10, etcd-0, fd00::10, *.etcd.example.com, etcd_1.local.") {
 		t.Errorf("server: %d %q %q", code, out, errOut)
 	}
 }

@@ -22,8 +22,10 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -128,6 +130,49 @@ type Request struct {
 // Pair is an issued certificate and its private key, PEM encoded.
 type Pair struct {
 	Cert, Key []byte
+}
+
+// CheckHost checks a name a serving certificate is issued for: an IP
+// address (without a zone) or a DNS name (labels of letters, digits, '-'
+// and '_' of 1..63 characters, not beginning or ending with '-', at most
+// 253 characters; the first label may be the wildcard '*'). Anything else
+// (a mistyped address such as 10.0.0.300, a CIDR, a name with a space)
+// would be written into the certificate as a DNS name no client dials,
+// and the mistake would show only later, as a TLS "wrong name".
+func CheckHost(h string) error {
+	if a, err := netip.ParseAddr(h); err == nil {
+		if a.Zone() != "" {
+			return fmt.Errorf("%q has a zone, which no certificate names", h)
+		}
+		return nil
+	}
+	if h == "" || len(h) > 253 {
+		return fmt.Errorf("%q: a DNS name has 1..253 characters", h)
+	}
+	labels := strings.Split(strings.TrimSuffix(h, "."), ".")
+	numeric := true
+	for i, l := range labels {
+		if l == "*" && i == 0 && len(labels) > 1 {
+			numeric = false
+			continue
+		}
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return fmt.Errorf("%q is neither an IP address nor a DNS name (label %q)", h, l)
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("%q is neither an IP address nor a DNS name (it contains %q)", h, r)
+			}
+			if r < '0' || r > '9' {
+				numeric = false
+			}
+		}
+	}
+	if numeric {
+		// All digits and dots: an address typed wrong, not a name.
+		return fmt.Errorf("%q is not an IP address", h)
+	}
+	return nil
 }
 
 // Issue signs a new key pair for r.
