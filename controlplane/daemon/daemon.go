@@ -206,6 +206,15 @@ func listenURL(s string, schemes ...string) error {
 // checkEtcdTLS checks the embedded etcd's TLS flags against its client
 // URLs and the controller's own client certificate.
 func (o *Options) checkEtcdTLS() error {
+	if o.EtcdEndpoints != "" {
+		// Given with an external etcd they would be ignored: the
+		// operator who set them expects an etcd listening there.
+		for _, f := range []string{"etcd-listen-client", "etcd-listen-peer"} {
+			if o.set[f] {
+				return fmt.Errorf("--%s is for the embedded etcd; with --etcd-endpoints the controller runs none", f)
+			}
+		}
+	}
 	server := o.EtcdServerCert != "" || o.EtcdServerKey != "" || o.EtcdClientCA != ""
 	if !server {
 		for _, s := range etcdconn.Split(o.EtcdListenClient) {

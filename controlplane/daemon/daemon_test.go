@@ -212,6 +212,8 @@ func TestEtcdTLSFlags(t *testing.T) {
 		{[]string{"--etcd-server-cert", "s.crt", "--etcd-server-key", "s.key", "--etcd-listen-client", "https://127.0.0.1:2379",
 			"--etcd-cafile", "ca.crt", "--etcd-client-ca", "ca.crt"}, "--etcd-certfile and --etcd-keyfile"},
 		{[]string{"--etcd-endpoints", "https://e:2379", "--etcd-client-ca", "ca.crt"}, "are for the embedded etcd"},
+		{[]string{"--etcd-endpoints", "https://e:2379", "--etcd-listen-client", "http://127.0.0.1:5555"}, "--etcd-listen-client is for the embedded etcd"},
+		{[]string{"--etcd-endpoints", "https://e:2379", "--etcd-listen-peer", "http://127.0.0.1:5556"}, "--etcd-listen-peer is for the embedded etcd"},
 		{[]string{"--etcd-endpoints", "grpc://e:2379"}, `--etcd-endpoints: endpoint "grpc://e:2379": scheme "grpc"`},
 		{[]string{"--log-level", "loud"}, `--log-level: unknown level "loud"`},
 		{[]string{"--election-ttl", "0"}, "--election-ttl must be at least 1"},
@@ -231,6 +233,15 @@ func TestEtcdTLSFlags(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
 		}
+	}
+	// The same from the environment; the defaults with an external etcd
+	// are no conflict.
+	env := map[string]string{"WEFT_ETCD_ENDPOINTS": "https://e:2379", "WEFT_ETCD_LISTEN_CLIENT": "http://127.0.0.1:5555"}
+	if _, err := Parse(nil, func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "--etcd-listen-client is for the embedded etcd") {
+		t.Errorf("WEFT_ETCD_LISTEN_CLIENT beside WEFT_ETCD_ENDPOINTS: %v", err)
+	}
+	if _, err := Parse([]string{"--etcd-endpoints", "https://e:2379"}, func(string) string { return "" }); err != nil {
+		t.Errorf("--etcd-endpoints alone: %v", err)
 	}
 }
 
