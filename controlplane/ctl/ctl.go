@@ -709,6 +709,11 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: config set: %v", errUsage, err)
 	}
+	if *timeout <= 0 {
+		// Refused before anything is written: the controller would
+		// apply the config while weftctl said it got no answer.
+		return fmt.Errorf("%w: config set --timeout %s: want a positive duration", errUsage, *timeout)
+	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	delete(set, "timeout")

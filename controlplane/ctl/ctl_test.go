@@ -221,6 +221,18 @@ func TestFollowAndUsage(t *testing.T) {
 			t.Errorf("weftctl %v: exit %d, want 2", args, code)
 		}
 	}
+	// config set with a timeout that cannot wait for the answer is
+	// refused before it writes: the controller would otherwise apply a
+	// config weftctl reported as unanswered.
+	for _, d := range []string{"0s", "-1s"} {
+		code, _, errOut := e.run("", "config", "set", "--mtu", "1400", "--timeout", d)
+		if code != 2 || !strings.Contains(errOut, "config set --timeout "+d+": want a positive duration") {
+			t.Errorf("config set --timeout %s: exit %d, %q", d, code, errOut)
+		}
+	}
+	if r, err := e.c.Get(context.Background(), k.DesiredConfig()); err != nil || len(r.Kvs) != 0 {
+		t.Errorf("config set with a bad --timeout wrote %s (%v)", k.DesiredConfig(), err)
+	}
 }
 
 func TestStatusBGPSessions(t *testing.T) {
