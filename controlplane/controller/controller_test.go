@@ -315,6 +315,9 @@ func TestDesiredConfig(t *testing.T) {
 		{"small mtu", strings.Replace(good, `"backend"`, `"mtu":1279,"backend"`, 1), "mtu"},
 		{"cidr change with nodes", strings.Replace(good, "10.244.0.0/16", "10.245.0.0/16", 1), "cluster_cidr"},
 		{"not json", `{"cluster_cidr":`, "decode"},
+		// A misspelt field would otherwise be dropped and the config
+		// accepted without the change asked for.
+		{"unknown field", strings.Replace(good, `"backend"`, `"mut":1400,"backend"`, 1), `unknown field "mut"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := askConfig(t, c, tc.value)

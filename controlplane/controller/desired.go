@@ -105,11 +105,8 @@ func (l *leader) configRequest(ctx context.Context, d desired) error {
 // judge decodes, defaults and validates a desired config; reason names
 // the field at fault when it is refused.
 func (l *leader) judge(value []byte) (*weftv1.ClusterConfig, string) {
-	cfg, err := keys.DecodeConfig(value)
+	cfg, err := configfile.DecodeJSON(value)
 	if err != nil {
-		return nil, err.Error()
-	}
-	if err := configfile.ExplicitZero(value); err != nil {
 		return nil, err.Error()
 	}
 	cfg = validate.WithDefaults(cfg)

@@ -9,9 +9,9 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
-	"github.com/weftnet/weft/proto/keys"
 	"github.com/weftnet/weft/proto/validate"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
@@ -40,14 +40,31 @@ func ExplicitZero(j []byte) error {
 }
 
 // Decode decodes a ClusterConfig written as protojson or as
-// YAML with the same field names, refusing explicit zeros (ExplicitZero).
+// YAML with the same field names (DecodeJSON).
 func Decode(b []byte) (*weftv1.ClusterConfig, error) {
 	j, err := yaml.YAMLToJSON(b)
 	if err != nil {
 		return nil, fmt.Errorf("decode config file: %w", err)
 	}
+	return DecodeJSON(j)
+}
+
+// strict refuses fields the schema does not have: an operator's
+// "node_grace_second: 120" or "mut: 1400" would otherwise be dropped and
+// the config accepted without the change asked for (keys.DecodeConfig, for
+// the values weft itself wrote, discards them).
+var strict = protojson.UnmarshalOptions{}
+
+// DecodeJSON decodes a ClusterConfig an operator wrote as protojson (a
+// desired config, a converted file), refusing explicit zeros
+// (ExplicitZero) and fields the schema does not have, naming them.
+func DecodeJSON(j []byte) (*weftv1.ClusterConfig, error) {
 	if err := ExplicitZero(j); err != nil {
 		return nil, err
 	}
-	return keys.DecodeConfig(j)
+	cfg := &weftv1.ClusterConfig{}
+	if err := strict.Unmarshal(j, cfg); err != nil {
+		return nil, fmt.Errorf("decode cluster config: %w", err)
+	}
+	return cfg, nil
 }
