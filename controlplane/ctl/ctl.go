@@ -658,16 +658,24 @@ func (x *cli) configGet(ctx context.Context) error {
 	}
 	cfg, err := keys.DecodeConfig(kvs[0].Value)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", x.k.Config(), err)
 	}
 	var status *weftv1.ConfigStatus
+	// badStatus: the answer to the last desired config does not decode
+	// (a hand edit); said, not hidden.
+	var badStatus string
 	if s := r.Responses[1].GetResponseRange().Kvs; len(s) > 0 {
-		status, _ = keys.DecodeConfigStatus(s[0].Value)
+		if status, err = keys.DecodeConfigStatus(s[0].Value); err != nil {
+			badStatus = fmt.Sprintf("%s: %v", x.k.DesiredStatus(), err)
+		}
 	}
 	if x.json {
 		out := map[string]json.RawMessage{"config": keys.Encode(cfg)}
 		if status != nil {
 			out["desired_status"] = keys.Encode(status)
+		}
+		if badStatus != "" {
+			out["bad_desired_status"], _ = json.Marshal(badStatus)
 		}
 		return x.writeJSON(out)
 	}
@@ -676,6 +684,9 @@ func (x *cli) configGet(ctx context.Context) error {
 	fmt.Fprintln(x.out, pretty.String())
 	if status != nil {
 		fmt.Fprintf(x.out, "last desired config (revision %d): %s\n", status.DesiredRevision, verdict(status))
+	}
+	if badStatus != "" {
+		fmt.Fprintf(x.out, "last desired config: <bad value: %.300s>\n", text(badStatus))
 	}
 	return nil
 }

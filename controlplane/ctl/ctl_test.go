@@ -499,3 +499,37 @@ func TestStatusNotBelievedWhenBad(t *testing.T) {
 		t.Errorf("good statuses put back, want 3 nodes converged (exit %d):\n%s", code, out)
 	}
 }
+
+// TestConfigGetNamesBadValues: config get says which key holds a value
+// that does not decode: an undecodable answer to the last desired config
+// is shown as a bad value (table and JSON) beside the config in force,
+// not dropped; an undecodable config in force fails naming its key.
+func TestConfigGetNamesBadValues(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	if _, err := e.c.Put(ctx, k.DesiredStatus(), "garbage{"); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := e.run("", "config", "get")
+	if code != 0 || !strings.Contains(out, `"cluster_cidr": "10.244.0.0/16"`) ||
+		!strings.Contains(out, "last desired config: <bad value: /weft/desired/status: decode config status: ") {
+		t.Errorf("config get with a bad desired status: exit %d:\n%s", code, out)
+	}
+	code, out, _ = e.run("", "-o", "json", "config", "get")
+	var got map[string]any
+	if err := json.Unmarshal([]byte(out), &got); code != 0 || err != nil || got["config"] == nil ||
+		!strings.HasPrefix(fmt.Sprint(got["bad_desired_status"]), "/weft/desired/status: decode config status: ") {
+		t.Errorf("config get json with a bad desired status: exit %d %v:\n%s", code, err, out)
+	}
+
+	// No controller here to repair the config in force.
+	srv, c := etcdtest.New(t)
+	if _, err := c.Put(ctx, k.Config(), `{"vni":"many"}`); err != nil {
+		t.Fatal(err)
+	}
+	var o, eo bytes.Buffer
+	code = ctl.Main(ctx, []string{"--etcd-endpoints", srv.Endpoints[0], "config", "get"}, strings.NewReader(""), &o, &eo, func(string) string { return "" })
+	if code != 1 || !strings.Contains(eo.String(), "weftctl: /weft/config: decode cluster config: ") {
+		t.Errorf("config get with a bad config in force: exit %d, %q", code, eo.String())
+	}
+}
