@@ -6,6 +6,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -137,7 +139,37 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	if err := o.checkEtcdTLS(); err != nil {
 		return nil, err
 	}
+	if err := o.loadEtcdTLS(); err != nil {
+		return nil, err
+	}
 	return o, nil
+}
+
+// loadEtcdTLS reads the TLS files the flags name, so a missing or
+// unreadable one fails --validate and the start alike, naming its flag,
+// rather than when the client is made or the embedded etcd starts.
+func (o *Options) loadEtcdTLS() error {
+	if (o.EtcdCertFile == "") != (o.EtcdKeyFile == "") {
+		return errors.New("--etcd-certfile and --etcd-keyfile go together")
+	}
+	if _, err := (etcdconn.Config{CA: o.EtcdCAFile, Cert: o.EtcdCertFile, Key: o.EtcdKeyFile}).TLS(); err != nil {
+		return err
+	}
+	if o.EtcdServerCert != "" {
+		if _, err := tls.LoadX509KeyPair(o.EtcdServerCert, o.EtcdServerKey); err != nil {
+			return fmt.Errorf("--etcd-server-cert/--etcd-server-key: %w", err)
+		}
+	}
+	if o.EtcdClientCA != "" {
+		b, err := os.ReadFile(o.EtcdClientCA)
+		if err != nil {
+			return fmt.Errorf("--etcd-client-ca: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			return fmt.Errorf("--etcd-client-ca: %s holds no certificate", o.EtcdClientCA)
+		}
+	}
+	return nil
 }
 
 // checkFlags checks the flags that are not the config's and not TLS: a

@@ -234,6 +234,45 @@ func TestEtcdTLSFlags(t *testing.T) {
 			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
 		}
 	}
+	// The TLS files the flags name are read at Parse, so --validate and
+	// the start fail alike, naming the flag.
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caf := pki.FilesIn(dir, "ca")
+	if err := ca.Write(caf, false); err != nil {
+		t.Fatal(err)
+	}
+	caFile := caf.Cert
+	p, err := ca.Issue(pki.Request{CommonName: "etcd", Hosts: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := pki.FilesIn(dir, "etcd")
+	if err := p.Write(srv, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--etcd-endpoints", "https://e:2379", "--etcd-cafile", "/nonexistent/ca.crt"}, "--etcd-cafile: read etcd CA: open /nonexistent/ca.crt"},
+		{[]string{"--etcd-endpoints", "https://e:2379", "--etcd-cafile", "/dev/null"}, "--etcd-cafile: read etcd CA /dev/null: no certificate"},
+		{[]string{"--etcd-endpoints", "https://e:2379", "--etcd-certfile", "/nonexistent/c.crt", "--etcd-keyfile", "/nonexistent/c.key"}, "--etcd-certfile/--etcd-keyfile: load etcd client certificate"},
+		{[]string{"--etcd-server-cert", "/nonexistent/s.crt", "--etcd-server-key", "/nonexistent/s.key", "--etcd-listen-client", "https://127.0.0.1:2379",
+			"--etcd-cafile", "/dev/null"}, "--etcd-cafile: read etcd CA /dev/null"},
+		{[]string{"--etcd-server-cert", "/nonexistent/s.crt", "--etcd-server-key", "/nonexistent/s.key", "--etcd-listen-client", "https://127.0.0.1:2379",
+			"--etcd-cafile", caFile}, "--etcd-server-cert/--etcd-server-key: open /nonexistent/s.crt"},
+		{[]string{"--etcd-server-cert", srv.Cert, "--etcd-server-key", srv.Key, "--etcd-listen-client", "https://127.0.0.1:2379",
+			"--etcd-cafile", caFile, "--etcd-client-ca", "/nonexistent/ca.crt", "--etcd-certfile", srv.Cert, "--etcd-keyfile", srv.Key}, "--etcd-client-ca: open /nonexistent/ca.crt"},
+	} {
+		_, err := Parse(tc.args, func(string) string { return "" })
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
 	// The same from the environment; the defaults with an external etcd
 	// are no conflict.
 	env := map[string]string{"WEFT_ETCD_ENDPOINTS": "https://e:2379", "WEFT_ETCD_LISTEN_CLIENT": "http://127.0.0.1:5555"}

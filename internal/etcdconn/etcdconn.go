@@ -142,7 +142,10 @@ func CheckEndpoints(eps []string) error {
 
 // TLS returns the client's TLS config: nil without CA, Cert and Key (plain
 // connections), else TLS 1.2 or newer with the CA as the only roots (the
-// system's when CA is empty) and the client certificate when given.
+// system's when CA is empty) and the client certificate when given. Its
+// errors name the flags every weft binary reads the files from
+// (--etcd-cafile, --etcd-certfile, --etcd-keyfile); the binaries call it
+// when they check their flags, so --validate and the start fail alike.
 func (c Config) TLS() (*tls.Config, error) {
 	if c.CA == "" && c.Cert == "" && c.Key == "" {
 		return nil, nil
@@ -151,17 +154,17 @@ func (c Config) TLS() (*tls.Config, error) {
 	if c.CA != "" {
 		pem, err := os.ReadFile(c.CA)
 		if err != nil {
-			return nil, fmt.Errorf("read etcd CA: %w", err)
+			return nil, fmt.Errorf("--etcd-cafile: read etcd CA: %w", err)
 		}
 		t.RootCAs = x509.NewCertPool()
 		if !t.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("read etcd CA %s: no certificate", c.CA)
+			return nil, fmt.Errorf("--etcd-cafile: read etcd CA %s: no certificate", c.CA)
 		}
 	}
 	if c.Cert != "" || c.Key != "" {
 		cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
 		if err != nil {
-			return nil, fmt.Errorf("load etcd client certificate: %w", err)
+			return nil, fmt.Errorf("--etcd-certfile/--etcd-keyfile: load etcd client certificate: %w", err)
 		}
 		t.Certificates = []tls.Certificate{cert}
 	}

@@ -43,9 +43,9 @@ func TestBadTLSMaterial(t *testing.T) {
 		want string
 	}{
 		{Config{}, "no endpoints"},
-		{Config{Endpoints: []string{"https://127.0.0.1:1"}, CA: filepath.Join(dir, "missing")}, "read etcd CA"},
-		{Config{Endpoints: []string{"https://127.0.0.1:1"}, CA: junk}, "no certificate"},
-		{Config{Endpoints: []string{"https://127.0.0.1:1"}, Cert: junk, Key: junk}, "client certificate"},
+		{Config{Endpoints: []string{"https://127.0.0.1:1"}, CA: filepath.Join(dir, "missing")}, "--etcd-cafile: read etcd CA"},
+		{Config{Endpoints: []string{"https://127.0.0.1:1"}, CA: junk}, "--etcd-cafile: read etcd CA " + junk + ": no certificate"},
+		{Config{Endpoints: []string{"https://127.0.0.1:1"}, Cert: junk, Key: junk}, "--etcd-certfile/--etcd-keyfile: load etcd client certificate"},
 	} {
 		if _, err := New(tc.c); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.c, err, tc.want)

@@ -156,6 +156,11 @@ func (o *Options) Check() error {
 	if (o.EtcdCertFile == "") != (o.EtcdKeyFile == "") {
 		return errors.New("--etcd-certfile and --etcd-keyfile go together")
 	}
+	// The TLS files are read now, not only when the client is made, so
+	// --validate fails on a missing or unreadable one as the start does.
+	if _, err := (etcdconn.Config{CA: o.EtcdCAFile, Cert: o.EtcdCertFile, Key: o.EtcdKeyFile}).TLS(); err != nil {
+		return err
+	}
 	if o.ASN > 1<<32-1 || o.ASN == 23456 {
 		return fmt.Errorf("--asn: %d is not a usable AS number", o.ASN)
 	}

@@ -54,6 +54,10 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		{"--prefix", "/"},
 		{"--prefix", "/weft cluster"},
 		{"--metrics-addr", "127.0.0.1:70000"},
+		// The TLS files are read by Check (and so by --validate).
+		{"--etcd-cafile", "/nonexistent/ca.crt"},
+		{"--etcd-cafile", "/dev/null"},
+		{"--etcd-certfile", "/nonexistent/agent.crt", "--etcd-keyfile", "/nonexistent/agent.key"},
 	} {
 		o, err := Parse(append([]string{"--node-name", "n1"}, bad...), os.Getenv)
 		if err == nil {
