@@ -110,6 +110,10 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	return o, nil
 }
 
+// minReconcileInterval is the shortest --reconcile-interval: each
+// reconcile reads the node's datapath maps, devices and routes back.
+const minReconcileInterval = time.Second
+
 // Check validates the options without touching etcd or the kernel; the
 // error names the flag at fault.
 func (o *Options) Check() error {
@@ -136,8 +140,10 @@ func (o *Options) Check() error {
 		// happened to be started.
 		return fmt.Errorf("--subnet-file: %q is not an absolute path", o.SubnetFile)
 	}
-	if o.ReconcileInterval < 0 {
-		return fmt.Errorf("--reconcile-interval: %s is negative", o.ReconcileInterval)
+	if o.ReconcileInterval < minReconcileInterval {
+		// 0 would silently be the default (10s), and a few milliseconds
+		// re-read the kernel's maps and routes in a hot loop.
+		return fmt.Errorf("--reconcile-interval: %s is below %s", o.ReconcileInterval, minReconcileInterval)
 	}
 	if o.Underlay != "" {
 		if _, err := netip.ParseAddr(o.Underlay); err != nil && (len(o.Underlay) > 15 || strings.ContainsAny(o.Underlay, "/ ")) {

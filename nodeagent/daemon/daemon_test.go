@@ -54,6 +54,9 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		{"--prefix", "/"},
 		{"--prefix", "/weft cluster"},
 		{"--metrics-addr", "127.0.0.1:70000"},
+		{"--reconcile-interval", "0"},
+		{"--reconcile-interval", "1ms"},
+		{"--reconcile-interval", "-1s"},
 		// The TLS files are read by Check (and so by --validate).
 		{"--etcd-cafile", "/nonexistent/ca.crt"},
 		{"--etcd-cafile", "/dev/null"},
