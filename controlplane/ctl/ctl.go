@@ -57,7 +57,8 @@ verbs:
   config set --mtu 1400 ...  ... or change fields of the config in force (--cluster-cidr-v6 CIDR
                              adds IPv6 to a running IPv4 cluster; --big-tcp, --big-tcp-v6
                              in native, gateway and bgp mode; --tunnel-datapath bpf: the
-                             programs encapsulate VXLAN themselves)
+                             programs encapsulate VXLAN themselves; config set --help
+                             lists every field flag)
   check                      verify the store: log contiguous, fold == projection, subnets guarded
   auth setup                 etcd users and roles of the cluster (controller, operator,
                              reader, one per node in the store) and root; turns etcd
@@ -718,6 +719,10 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 		boo[f] = fs.Bool(f, false, "")
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			configSetUsage(x.out, str, num, boo)
+			return nil
+		}
 		return fmt.Errorf("%w: config set: %v", errUsage, err)
 	}
 	if *timeout <= 0 {
@@ -802,6 +807,32 @@ func (x *cli) configSet(ctx context.Context, args []string) error {
 		return errSilent
 	}
 	return nil
+}
+
+// configSetUsage is config set --help: the field flags it takes, from
+// the flag sets themselves.
+func configSetUsage(w io.Writer, str map[string]*string, num map[string]*uint64, boo map[string]*bool) {
+	fmt.Fprint(w, `usage: weftctl config set [--timeout D] FILE|-
+         ask for this whole config (JSON or YAML ClusterConfig, proto field names)
+       weftctl config set [--timeout D] --FIELD VALUE ...
+         change these fields of the config in force (each flag is the
+         ClusterConfig field of that name, '-' for '_')
+--timeout D waits that long for the controller's answer (default 5s).
+fields:
+`)
+	for _, group := range []struct {
+		what  string
+		names []string
+	}{
+		{"a string (CIDR, name)", slices.Sorted(maps.Keys(str))},
+		{"a number", slices.Sorted(maps.Keys(num))},
+		{"on, or =false for off", slices.Sorted(maps.Keys(boo))},
+	} {
+		fmt.Fprintf(w, "  %s:\n", group.what)
+		for _, n := range group.names {
+			fmt.Fprintf(w, "    --%s\n", n)
+		}
+	}
 }
 
 func setField(cfg *weftv1.ClusterConfig, f string, str map[string]*string, num map[string]*uint64, boo map[string]*bool) error {

@@ -533,3 +533,25 @@ func TestConfigGetNamesBadValues(t *testing.T) {
 		t.Errorf("config get with a bad config in force: exit %d, %q", code, eo.String())
 	}
 }
+
+// TestConfigSetHelp: config set --help exits 0 and lists a flag for every
+// plain field of ClusterConfig (a message such as bgp goes in a file;
+// defaults_applied is the controller's), each of which config set takes.
+func TestConfigSetHelp(t *testing.T) {
+	e := setup(t)
+	code, out, errOut := e.run("", "config", "set", "--help")
+	if code != 0 || errOut != "" {
+		t.Fatalf("config set --help: exit %d, %q", code, errOut)
+	}
+	fields := (&weftv1.ClusterConfig{}).ProtoReflect().Descriptor().Fields()
+	for i := range fields.Len() {
+		f := fields.Get(i)
+		if f.Message() != nil || f.Name() == "defaults_applied" {
+			continue
+		}
+		flag := "--" + strings.ReplaceAll(string(f.Name()), "_", "-")
+		if !strings.Contains(out, "    "+flag+"\n") {
+			t.Errorf("config set --help does not list %s:\n%s", flag, out)
+		}
+	}
+}
