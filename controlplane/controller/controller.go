@@ -5,7 +5,9 @@
 // Reconciling is level-triggered: the controller keeps the registrations
 // the source reports, compares them with the projection and appends
 // NodeAdded, NodeUpdated and NodeRemoved; registrations that arrive
-// together are appended together in few transactions.
+// together are appended together in few transactions. A node whose
+// registration keeps changing has its NodeUpdated held and coalesced
+// (holdoff.go), so no node decides how fast the log grows.
 package controller
 
 import (
@@ -67,6 +69,9 @@ type Options struct {
 	// (the removal rule counts a node's grace from the last time contact
 	// came back); each check times out after it. Default 1s.
 	ContactInterval time.Duration
+	// Clock is what the per-node update hold-off (holdoff.go) counts
+	// in; default the wall clock.
+	Clock Clock
 }
 
 // Controller is one candidate leader. Run it with Run.
@@ -112,6 +117,9 @@ func New(opt Options) *Controller {
 	}
 	if opt.ContactInterval <= 0 {
 		opt.ContactInterval = time.Second
+	}
+	if opt.Clock == nil {
+		opt.Clock = wallClock{}
 	}
 	return &Controller{opt: opt, log: opt.Logger.Named("controller"), m: opt.Metrics}
 }

@@ -102,6 +102,11 @@ type leader struct {
 	reload bool
 	// swept: the problem entries nobody explains were cleared this term.
 	swept bool
+	// hold is the per-node update hold-off (holdoff.go); holdC fires at
+	// holdAt, when the earliest hold ends.
+	hold   *holdoff
+	holdAt time.Time
+	holdC  <-chan time.Time
 }
 
 func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
@@ -133,7 +138,7 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 		invalid: map[string]string{}, goneNow: map[string]bool{}, goneWhy: map[string]string{},
 		problems: map[string]string{}, keyProblems: map[string]string{}, refused: map[string]string{},
 		dirty: map[string]bool{}, lost: map[string]time.Time{},
-		contact: newContact(time.Now()),
+		contact: newContact(time.Now()), hold: newHoldoff(),
 	}
 	if err := l.loadProblems(ctx); err != nil {
 		return err
@@ -178,6 +183,7 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 	bo := backoff.New(50*time.Millisecond, 5*time.Second)
 	for {
 		timer.Reset(l.untilDeadline())
+		l.armHold()
 		var err error
 		select {
 		case <-ctx.Done():
@@ -198,6 +204,13 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 			err = l.step(ctx)
 			l.busyUntil = time.Now().Add(c.opt.Batch)
 		case <-timer.C:
+			err = l.step(ctx)
+		case <-l.holdC:
+			l.holdAt, l.holdC = time.Time{}, nil
+			for _, name := range l.hold.due(l.opt.Clock.Now()) {
+				l.hold.release(name)
+				l.dirty[name] = true
+			}
 			err = l.step(ctx)
 		case <-trim.C:
 			if cfg := l.st.State().Config; cfg != nil {
@@ -221,6 +234,18 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 			l.retryAt = time.Now().Add(d)
 		}
 		l.metrics()
+	}
+}
+
+// armHold sets holdC to fire when the earliest hold ends.
+func (l *leader) armHold() {
+	at := l.hold.next()
+	if at.Equal(l.holdAt) {
+		return
+	}
+	l.holdAt, l.holdC = at, nil
+	if !at.IsZero() {
+		l.holdC = l.opt.Clock.After(at.Sub(l.opt.Clock.Now()))
 	}
 }
 
@@ -270,6 +295,7 @@ func (l *leader) metrics() {
 	l.m.Nodes.Set(float64(len(l.st.State().Nodes)))
 	l.m.Problems.Set(float64(len(l.problems)))
 	l.m.Quarantined.Set(float64(len(l.keyProblems)))
+	l.m.NodesHeld.Set(float64(l.hold.held()))
 }
 
 // keyKind is the first path element of key below the prefix: "config",

@@ -21,6 +21,9 @@ type Metrics struct {
 	Refused         prometheus.Counter
 	StepDowns       prometheus.Counter
 	ElectionGarbage prometheus.Counter
+	// The per-node update hold-off (holdoff.go).
+	UpdatesHeld prometheus.Counter
+	NodesHeld   prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them with reg (when not nil).
@@ -44,10 +47,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Leadership terms that ended (each is followed by a backoff before campaigning again)."}),
 		ElectionGarbage: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_controller_election_garbage_removed_total",
 			Help: "Keys under the election prefix that were no controller's candidacy, deleted."}),
+		UpdatesHeld: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_controller_node_updates_held_total",
+			Help: "Times a node's changed registration was not appended because the node's registration changes too often; its last value is appended when the hold ends."}),
+		NodesHeld: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_controller_nodes_held",
+			Help: "Nodes whose NodeUpdated is held now because their registration changes too often; each has a /weft/problems/<node> entry."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.EventsAppended, m.Head, m.Leader, m.AppendSeconds, m.Nodes, m.Problems, m.ConfigRefusals,
-			m.Repairs, m.Quarantined, m.Refused, m.StepDowns, m.ElectionGarbage)
+			m.Repairs, m.Quarantined, m.Refused, m.StepDowns, m.ElectionGarbage, m.UpdatesHeld, m.NodesHeld)
 	}
 	return m
 }

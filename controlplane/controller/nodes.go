@@ -49,11 +49,14 @@ func (l *leader) reconcile(ctx context.Context) error {
 	cfg := l.st.State().Config
 	nodes := l.st.State().Nodes
 	now := time.Now()
+	clock := l.opt.Clock.Now() // the hold-off's time
 	var events []*weftv1.Event
 	problems := map[string]string{} // changes to l.problems: "" clears
 	owners := l.liveAddresses()
 	for _, name := range slices.Sorted(maps.Keys(l.dirty)) {
 		proj := nodes[name]
+		// Judged again now: held again below if its update must wait.
+		l.hold.release(name)
 		if reason, ok := l.invalid[name]; ok {
 			problems[name] = reason
 			continue
@@ -95,6 +98,16 @@ func (l *leader) reconcile(ctx context.Context) error {
 		case proj == nil:
 			events = append(events, &weftv1.Event{Kind: &weftv1.Event_NodeAdded{NodeAdded: &weftv1.NodeAdded{Node: n}}})
 		case !sameNode(proj, n):
+			if ok, until := l.hold.allow(name, clock); !ok {
+				// Its new addresses are not its own until they are in
+				// the log: another node may take them meanwhile.
+				l.m.UpdatesHeld.Inc()
+				problems[name] = heldReason(name, until)
+				if reason != "" {
+					problems[name] += "; " + reason
+				}
+				continue
+			}
 			events = append(events, &weftv1.Event{Kind: &weftv1.Event_NodeUpdated{NodeUpdated: &weftv1.NodeUpdated{Node: n}}})
 		}
 		for _, a := range validate.UnderlayAddrs(n) {
@@ -106,6 +119,7 @@ func (l *leader) reconcile(ctx context.Context) error {
 	if len(events) > 0 {
 		done, err := l.commit(ctx, events)
 		refused = len(done) < len(events)
+		l.refundUnwritten(events, done)
 		if err != nil {
 			return err
 		}
@@ -271,6 +285,7 @@ func (l *leader) removeDeparted(ctx context.Context, now time.Time) (int, error)
 		l.alloc.Release(name)
 		delete(l.goneNow, name)
 		delete(l.lost, name)
+		l.hold.forget(name)
 	}
 	return len(done), err
 }
@@ -311,6 +326,23 @@ func (l *leader) commit(ctx context.Context, events []*weftv1.Event) ([]*weftv1.
 		l.log.Warn("append failed", "committed", len(done), "of", len(events), "error", err)
 	}
 	return done, err
+}
+
+// refundUnwritten gives back the hold-off tokens of the NodeUpdated
+// events among events that are not in done: the node is tried again.
+func (l *leader) refundUnwritten(events, done []*weftv1.Event) {
+	if len(done) == len(events) {
+		return
+	}
+	written := map[*weftv1.Event]bool{}
+	for _, e := range done {
+		written[e] = true
+	}
+	for _, e := range events {
+		if u := e.GetNodeUpdated(); u != nil && !written[e] {
+			l.hold.refund(u.GetNode().GetName())
+		}
+	}
 }
 
 // dataError reports whether etcd refused a request for what it holds
