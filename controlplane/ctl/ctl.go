@@ -331,8 +331,11 @@ func (x *cli) events(ctx context.Context, args []string) error {
 	fs.SetOutput(io.Discard)
 	since := fs.Uint64("since", 0, "first seq to show")
 	follow := fs.Bool("follow", false, "keep printing new events")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		return fmt.Errorf("%w: events [--since N] [--follow]", errUsage)
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: events: %v; usage: events [--since N] [--follow]", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: events: unexpected argument %q; usage: events [--since N] [--follow]", errUsage, fs.Arg(0))
 	}
 	rctx, cancel := x.bounded(ctx)
 	defer cancel()

@@ -221,6 +221,18 @@ func TestFollowAndUsage(t *testing.T) {
 			t.Errorf("weftctl %v: exit %d, want 2", args, code)
 		}
 	}
+	// events says what is wrong with its arguments, not only the usage.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"events", "--since", "abc"}, `events: invalid value "abc" for flag -since`},
+		{[]string{"events", "extra"}, `events: unexpected argument "extra"`},
+	} {
+		if code, _, errOut := e.run("", tc.args...); code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("weftctl %v: exit %d, %q, want %q", tc.args, code, errOut, tc.want)
+		}
+	}
 	// config set with a timeout that cannot wait for the answer is
 	// refused before it writes: the controller would otherwise apply a
 	// config weftctl reported as unanswered.
