@@ -1,13 +1,12 @@
 package testenv
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
+
+	"github.com/weftnet/weft/testenv/netnstest"
 )
 
 // RoutePodsByRouter makes the network route the pod CIDRs of a running
@@ -92,39 +91,18 @@ func (c *Cluster) RoutePodsByRouter() (remove func() error, err error) {
 // Forwarded returns how many IPv4 packets namespace ns has forwarded
 // (ForwDatagrams in its /proc/net/snmp), e.g. the router's.
 func Forwarded(ns string) (uint64, error) {
-	var n uint64
+	var b []byte
 	err := InNS(ns, func() error {
+		var err error
 		// thread-self: /proc/self/net is the view of the process's
 		// first thread, which is not in ns.
-		f, err := os.Open("/proc/thread-self/net/snmp")
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		var names []string
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) == 0 || fields[0] != "Ip:" {
-				continue
-			}
-			if names == nil {
-				names = fields
-				continue
-			}
-			for i, name := range names {
-				if name == "ForwDatagrams" && i < len(fields) {
-					n, err = strconv.ParseUint(fields[i], 10, 64)
-					return err
-				}
-			}
-			return errors.New("no ForwDatagrams in /proc/net/snmp")
-		}
-		if err := sc.Err(); err != nil {
-			return err
-		}
-		return errors.New("no Ip: lines in /proc/net/snmp")
+		b, err = os.ReadFile("/proc/thread-self/net/snmp")
+		return err
 	})
+	if err != nil {
+		return 0, fmt.Errorf("forwarded packets in %s: %w", ns, err)
+	}
+	n, err := netnstest.SNMP(string(b), "Ip", "ForwDatagrams")
 	if err != nil {
 		return 0, fmt.Errorf("forwarded packets in %s: %w", ns, err)
 	}

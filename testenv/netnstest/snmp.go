@@ -1,7 +1,6 @@
 package netnstest
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -37,45 +36,48 @@ func (n *NS) ICMP() (ICMP, error) {
 
 // parseICMP reads the Icmp header and value lines of /proc/net/snmp.
 func parseICMP(snmp string) (ICMP, error) {
-	var names, values []string
+	var out ICMP
+	for _, f := range []struct {
+		name string
+		p    *uint64
+	}{{"InEchos", &out.InEchos}, {"OutEchoReps", &out.OutEchoReps}, {"OutErrors", &out.OutErrors}} {
+		v, err := SNMP(snmp, "Icmp", f.name)
+		if err != nil {
+			return ICMP{}, err
+		}
+		*f.p = v
+	}
+	return out, nil
+}
+
+// SNMP returns the statistic key of section ("Ip", "Icmp", ...) in snmp,
+// the text of a /proc/net/snmp: the section's header line names the
+// fields, the line after it holds their values.
+func SNMP(snmp, section, key string) (uint64, error) {
+	var names []string
 	for _, line := range strings.Split(snmp, "\n") {
 		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Icmp:" {
+		if len(f) == 0 || f[0] != section+":" {
 			continue
 		}
 		if names == nil {
 			names = f[1:]
 			continue
 		}
-		values = f[1:]
-		break
-	}
-	if names == nil || len(values) != len(names) {
-		return ICMP{}, errors.New("parse snmp: no Icmp header and values")
-	}
-	var out ICMP
-	found := 0
-	for i, name := range names {
-		var p *uint64
-		switch name {
-		case "InEchos":
-			p = &out.InEchos
-		case "OutEchoReps":
-			p = &out.OutEchoReps
-		case "OutErrors":
-			p = &out.OutErrors
-		default:
-			continue
+		values := f[1:]
+		if len(values) != len(names) {
+			return 0, fmt.Errorf("parse snmp: %s has %d names and %d values", section, len(names), len(values))
 		}
-		v, err := strconv.ParseUint(values[i], 10, 64)
-		if err != nil {
-			return ICMP{}, fmt.Errorf("parse snmp: Icmp %s: %w", name, err)
+		for i, name := range names {
+			if name == key {
+				v, err := strconv.ParseUint(values[i], 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("parse snmp: %s %s: %w", section, key, err)
+				}
+				return v, nil
+			}
 		}
-		*p = v
-		found++
+		return 0, fmt.Errorf("parse snmp: %s has no %s", section, key)
 	}
-	if found != 3 {
-		return ICMP{}, errors.New("parse snmp: Icmp lacks InEchos, OutEchoReps or OutErrors")
-	}
-	return out, nil
+	return 0, fmt.Errorf("parse snmp: no %s header and values", section)
 }

@@ -27,6 +27,13 @@ func TestParseICMP(t *testing.T) {
 			t.Errorf("parsed %q", bad)
 		}
 	}
+	// Another section's field, the router check's ForwDatagrams.
+	if v, err := SNMP("Ip: Forwarding ForwDatagrams DefaultTTL\nIp: 1 42 64\nIcmp: InMsgs\nIcmp: 9\n", "Ip", "ForwDatagrams"); err != nil || v != 42 {
+		t.Errorf("Ip ForwDatagrams: %d, %v; want 42", v, err)
+	}
+	if _, err := SNMP("Ip: Forwarding\nIp: 1\n", "Ip", "ForwDatagrams"); err == nil {
+		t.Error("found a missing ForwDatagrams")
+	}
 }
 
 // TestICMPCounters pings d from c and reads d's statistics: every request
