@@ -2,11 +2,9 @@ package bpf
 
 import (
 	"encoding/binary"
-	"errors"
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -356,7 +354,7 @@ func TestOverlay(t *testing.T) {
 		for _, sub := range []string{"route 10.244.0.0/16", "tunnel fd00:244:2::/64", "mtu 1500 -> 1450", "programs attached"} {
 			found := false
 			for _, r := range rep.Repaired {
-				found = found || contains(r, sub)
+				found = found || strings.Contains(r, sub)
 			}
 			if !found {
 				t.Errorf("repair %q not reported in %q", sub, rep.Repaired)
@@ -419,19 +417,6 @@ func TestOverlay(t *testing.T) {
 	})
 }
 
-func contains(s, sub string) bool {
-	return len(sub) <= len(s) && (s == sub || indexOf(s, sub) >= 0)
-}
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
-}
-
 // forwarded reads Ip ForwDatagrams of n's namespace.
 func forwarded(t *testing.T, n *testNode) int {
 	t.Helper()
@@ -442,26 +427,14 @@ func forwarded(t *testing.T, n *testNode) int {
 // namespace.
 func ipStat(t *testing.T, n *testNode, key string) int {
 	t.Helper()
-	var v int
+	var v uint64
 	n.ns.MustDo(t, func() error {
 		b, err := os.ReadFile("/proc/thread-self/net/snmp")
 		if err != nil {
 			return err
 		}
-		lines := strings.Split(string(b), "\n")
-		for i := 0; i+1 < len(lines); i++ {
-			if !strings.HasPrefix(lines[i], "Ip: ") || !strings.HasPrefix(lines[i+1], "Ip: ") {
-				continue
-			}
-			keys, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-			for j, k := range keys {
-				if k == key {
-					v, err = strconv.Atoi(vals[j])
-					return err
-				}
-			}
-		}
-		return errors.New("no " + key + " in snmp")
+		v, err = netnstest.SNMP(string(b), "Ip", key)
+		return err
 	})
-	return v
+	return int(v)
 }
