@@ -428,3 +428,72 @@ func TestConfigChangeKeepsGraceClock(t *testing.T) {
 		t.Fatalf("a removed at %v, %v after it went: the config change at +%v restarted its grace", at.Format(time.StampMilli), at.Sub(gone), changed.Sub(gone))
 	}
 }
+
+// TestRegistrationASN: a registration with an AS number no BGP speaker
+// can use (0 is the cluster's, RFC 7607; AS_TRANS; the reserved last of
+// each space) is refused with a problem naming the field, while the other
+// nodes join; a node that rewrites its registration with one keeps the
+// node the log has, and its fixed registration reaches the log.
+func TestRegistrationASN(t *testing.T) {
+	_, c := etcdtest.New(t)
+	startWith(t, controller.Options{Client: c, ID: "c1", Initial: baseConfig()})
+	withASN := func(r *weftv1.Registration, asn uint32) *weftv1.Registration { r.Asn = asn; return r }
+	la := grant(t, c)
+	register(t, c, la, withASN(reg("a", 1), 64512))
+	register(t, c, 0, reg("zero", 2))
+	bad := map[string]uint32{"trans": 23456, "max16": 65535, "max32": 4294967295}
+	i := 10
+	for name, asn := range bad {
+		register(t, c, 0, withASN(reg(name, i), asn))
+		i++
+	}
+	register(t, c, 0, withASN(reg("b", 3), 65536))
+	eventually(t, "a, zero and b joined, the others refused", 10*time.Second, func() bool {
+		_, n, _ := load(t, c)
+		for name := range bad {
+			if problem(t, c, name) == "" {
+				return false
+			}
+		}
+		return n["a"] != nil && n["zero"] != nil && n["b"] != nil
+	})
+	_, n, _ := load(t, c)
+	if len(n) != 3 || n["a"].Asn != 64512 || n["zero"].Asn != 0 || n["b"].Asn != 65536 {
+		t.Fatalf("nodes %v", n)
+	}
+	for name, asn := range bad {
+		want := fmt.Sprintf("asn: %d is not a usable AS number", asn)
+		if p := problem(t, c, name); !strings.Contains(p, want) {
+			t.Errorf("problem of %s = %q, want %q", name, p, want)
+		}
+	}
+
+	head := func() uint64 { _, _, h := load(t, c); return h }
+	before := head()
+	register(t, c, la, withASN(reg("a", 20), 65535))
+	eventually(t, "a's bad rewrite refused", 10*time.Second, func() bool {
+		return strings.Contains(problem(t, c, "a"), "asn: 65535 is not a usable AS number")
+	})
+	if _, n, h := load(t, c); h != before || n["a"].Asn != 64512 || n["a"].UnderlayIp != reg("a", 1).UnderlayIp {
+		t.Fatalf("after a's bad rewrite: head %d (was %d), a %v", h, before, n["a"])
+	}
+	fixed := withASN(reg("a", 20), 64513)
+	register(t, c, la, fixed)
+	projected(t, c, fixed)
+	eventually(t, "a's problem cleared", 10*time.Second, func() bool { return problem(t, c, "a") == "" })
+	if _, n, _ := load(t, c); n["a"].Asn != 64513 {
+		t.Fatalf("a after the fix: %v", n["a"])
+	}
+	// weftctl check names the refused registrations too.
+	rep, err := store.Check(context.Background(), c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range bad {
+		if !strings.Contains(strings.Join(rep.Problems, "\n"), k.Registration(name)+": invalid: asn: ") {
+			t.Errorf("check does not name %s: %v", k.Registration(name), rep.Problems)
+		}
+		c.Delete(context.Background(), k.Registration(name))
+	}
+	mustCheck(t, c)
+}

@@ -167,8 +167,9 @@ func (o *Options) Check() error {
 	if _, err := (etcdconn.Config{CA: o.EtcdCAFile, Cert: o.EtcdCertFile, Key: o.EtcdKeyFile}).TLS(); err != nil {
 		return err
 	}
-	if o.ASN > 1<<32-1 || o.ASN == 23456 {
-		return fmt.Errorf("--asn: %d is not a usable AS number", o.ASN)
+	// 0 is no AS of the node's own: it speaks with the cluster's bgp.asn.
+	if o.ASN > 1<<32-1 || o.ASN != 0 && validate.ASN("asn", uint32(o.ASN)) != nil {
+		return fmt.Errorf("--asn: %d is not a usable AS number (0, 23456, 65535 and 4294967295 are reserved)", o.ASN)
 	}
 	if o.BGPSpeaker != "" {
 		if _, err := proc.Find(o.BGPSpeaker); err != nil {

@@ -57,6 +57,11 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		{"--reconcile-interval", "0"},
 		{"--reconcile-interval", "1ms"},
 		{"--reconcile-interval", "-1s"},
+		// AS numbers no BGP speaker can use (0 is the cluster's: fine).
+		{"--asn", "23456"},
+		{"--asn", "65535"},
+		{"--asn", "4294967295"},
+		{"--asn", "4294967296"},
 		// The TLS files are read by Check (and so by --validate).
 		{"--etcd-cafile", "/nonexistent/ca.crt"},
 		{"--etcd-cafile", "/dev/null"},
@@ -68,6 +73,15 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		}
 		if err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(bad[0], "-")) {
 			t.Errorf("%v: err = %v", bad, err)
+		}
+	}
+	for _, asn := range []string{"0", "64512", "65536", "4294967294"} {
+		o, err := Parse([]string{"--node-name", "n1", "--asn", asn}, os.Getenv)
+		if err == nil {
+			err = o.Check()
+		}
+		if err != nil {
+			t.Errorf("--asn %s: %v", asn, err)
 		}
 	}
 	t.Setenv("WEFT_LEASE_TTL", "ten")

@@ -374,8 +374,8 @@ func BGP(b *weftv1.BGPConfig) error {
 	if b == nil {
 		return fieldErr("bgp", "required when backend is \"bgp\"")
 	}
-	if b.Asn == 0 || b.Asn == 23456 {
-		return fieldErr("bgp.asn", "%d is not a usable AS number", b.Asn)
+	if err := ASN("bgp.asn", b.Asn); err != nil {
+		return err
 	}
 	if !b.FullMesh && len(b.Peers) == 0 {
 		return fieldErr("bgp.peers", "empty and full_mesh is off: nodes would learn no routes")
@@ -397,12 +397,25 @@ func BGP(b *weftv1.BGPConfig) error {
 		if _, err := netip.ParseAddr(p.Address); err != nil {
 			return fieldErr(f+".address", "%q is not an IP address", p.Address)
 		}
-		if p.Asn == 0 {
-			return fieldErr(f+".asn", "required")
+		if err := ASN(f+".asn", p.Asn); err != nil {
+			return err
 		}
 		if p.MultihopTtl > 255 {
 			return fieldErr(f+".multihop_ttl", "%d is above 255", p.MultihopTtl)
 		}
+	}
+	return nil
+}
+
+// ASN checks that asn can be a BGP speaker's AS number, naming field when
+// it cannot: 0 (RFC 7607), AS_TRANS 23456 (RFC 6793: it stands for a
+// 4-byte AS towards a 2-byte speaker), 65535 and 4294967295 (RFC 7300:
+// reserved, the last of each space). A speaker may be configured with
+// one of them, but its peers refuse the session.
+func ASN(field string, asn uint32) error {
+	switch asn {
+	case 0, 23456, 65535, 4294967295:
+		return fieldErr(field, "%d is not a usable AS number", asn)
 	}
 	return nil
 }
@@ -495,6 +508,12 @@ func Registration(r *weftv1.Registration) error {
 	for i, s := range r.PreviousPodCidrs {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			return fieldErr(fmt.Sprintf("previous_pod_cidrs[%d]", i), "%q is not a CIDR", s)
+		}
+	}
+	// 0 is no AS of the node's own: it speaks with the cluster's bgp.asn.
+	if r.Asn != 0 {
+		if err := ASN("asn", r.Asn); err != nil {
+			return err
 		}
 	}
 	return attributes(r.VtepMac, r.Capabilities)

@@ -231,6 +231,44 @@ func TestNodeAndRegistration(t *testing.T) {
 	}
 }
 
+// TestASN: the AS numbers no BGP speaker can use are refused in a
+// registration (where 0 means the cluster's bgp.asn and is accepted), in
+// bgp.asn and in every peer's asn, each naming its field; the numbers next
+// to them are accepted.
+func TestASN(t *testing.T) {
+	bgp := func(asn, peer uint32) *weftv1.ClusterConfig {
+		c := good()
+		c.Backend = "bgp"
+		c.Bgp = &weftv1.BGPConfig{Asn: asn, FullMesh: true, Peers: []*weftv1.BGPPeer{{Address: "192.0.2.9", Asn: peer}}}
+		return c
+	}
+	for _, asn := range []uint32{0, 23456, 65535, 4294967295} {
+		if asn != 0 {
+			r := &weftv1.Registration{Name: "n1", UnderlayIp: "192.0.2.1", Asn: asn}
+			if err := Registration(r); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "asn: ") {
+				t.Errorf("registration asn %d: %v, want a refusal naming asn", asn, err)
+			}
+		}
+		if err := Config(bgp(asn, 65001)); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "bgp.asn: ") {
+			t.Errorf("bgp.asn %d: %v, want a refusal naming bgp.asn", asn, err)
+		}
+		if err := Config(bgp(65000, asn)); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "bgp.peers[0].asn: ") {
+			t.Errorf("peer asn %d: %v, want a refusal naming bgp.peers[0].asn", asn, err)
+		}
+	}
+	for _, asn := range []uint32{1, 23455, 23457, 64512, 65534, 65536, 4294967294} {
+		if err := Registration(&weftv1.Registration{Name: "n1", UnderlayIp: "192.0.2.1", Asn: asn}); err != nil {
+			t.Errorf("registration asn %d: %v", asn, err)
+		}
+		if err := Config(bgp(asn, asn)); err != nil {
+			t.Errorf("bgp asn %d: %v", asn, err)
+		}
+	}
+	if err := Registration(&weftv1.Registration{Name: "n1", UnderlayIp: "192.0.2.1"}); err != nil {
+		t.Errorf("registration asn 0 (the cluster's): %v", err)
+	}
+}
+
 func TestEvent(t *testing.T) {
 	c := good()
 	if err := Event(c, &weftv1.Event{Seq: 1}); err == nil || !strings.Contains(err.Error(), "kind") {
