@@ -166,7 +166,7 @@ func (c *Controller) term(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("election session: %w", err)
 	}
-	defer sess.Close() // revokes the lease: the next leader need not wait the TTL
+	defer c.revoke(sess, ttl)
 	el := concurrency.NewElection(sess, c.opt.Layout.Election())
 	if err := c.campaign(ctx, el); err != nil {
 		return fmt.Errorf("campaign: %w", err)
@@ -177,9 +177,6 @@ func (c *Controller) term(ctx context.Context) error {
 	defer func() {
 		c.leader.Store(false)
 		c.m.Leader.Set(0)
-		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = el.Resign(rctx)
 	}()
 	// The term ends when etcd says the election lease is gone or a
 	// fenced write fails, never because an answer was slow: the
@@ -197,6 +194,25 @@ func (c *Controller) term(ctx context.Context) error {
 		c.log.Warn("deposed: the election key is no longer ours")
 	}
 	return err
+}
+
+// revokeTimeout bounds the revoke of the election lease when a term ends.
+const revokeTimeout = 5 * time.Second
+
+// revoke ends a term's session: it revokes the election lease, which
+// deletes the candidacy or leadership key with it, so the next controller
+// leads at once instead of after the TTL. It runs when ctx has ended (a
+// normal stop), so the request has a context of its own, bounded by
+// revokeTimeout or the TTL, whichever is shorter: after the TTL etcd has
+// dropped the lease anyway. Session.Close would revoke under the
+// session's context, the cancelled ctx, and so never reach etcd.
+func (c *Controller) revoke(sess *concurrency.Session, ttl int) {
+	sess.Orphan() // stops the session's keepalive
+	rctx, cancel := context.WithTimeout(context.Background(), min(revokeTimeout, time.Duration(ttl)*time.Second))
+	defer cancel()
+	if _, err := c.opt.Client.Revoke(rctx, sess.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		c.log.Warn("revoke election lease; the next leader waits for its TTL", "lease", fmt.Sprintf("%x", int64(sess.Lease())), "ttl", ttl, "error", err)
+	}
 }
 
 // errLeaseGone: etcd says the election lease no longer exists.

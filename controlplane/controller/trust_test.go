@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
@@ -31,8 +32,8 @@ import (
 // starved so long that no renewal was answered within a second (a
 // one-key transaction took up to 1.4 s); etcd revoked the lease, and the
 // controller rightly stepped down, in 21 of 90 runs of
-// TestEtcdRefusedBatch. Stopping a controller resigns and revokes its
-// lease, so no test waits for the TTL.
+// TestEtcdRefusedBatch. Stopping a controller revokes its lease, so no
+// test waits for the TTL (TestStopRevokesElectionLease).
 func startWith(t testing.TB, opt controller.Options) *running {
 	t.Helper()
 	opt.Layout, opt.Logger = k, logger(t)
@@ -496,4 +497,41 @@ func TestRegistrationASN(t *testing.T) {
 		c.Delete(context.Background(), k.Registration(name))
 	}
 	mustCheck(t, c)
+}
+
+// TestStopRevokesElectionLease: a controller stopped normally revokes its
+// election lease, so a waiting controller leads at once. The TTL is an
+// hour: within the test's deadlines the lease could only go by a revoke,
+// and a successor that leads could only do so because it went.
+func TestStopRevokesElectionLease(t *testing.T) {
+	_, c := etcdtest.New(t)
+	ctx := context.Background()
+	first := startWith(t, controller.Options{Client: c, ID: "c1", Initial: baseConfig(), ElectionTTL: time.Hour})
+	eventually(t, "c1 leads", 10*time.Second, first.c.IsLeader)
+	candidacies := func() []*mvccpb.KeyValue {
+		r, err := c.Get(ctx, k.Election()+"/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Kvs
+	}
+	lease := clientv3.LeaseID(candidacies()[0].Lease)
+	second := startWith(t, controller.Options{Client: c, ID: "c2", ElectionTTL: time.Hour})
+	eventually(t, "c2 campaigns", 10*time.Second, func() bool { return len(candidacies()) == 2 })
+	if ttl, err := c.TimeToLive(ctx, lease); err != nil || ttl.TTL <= 0 {
+		t.Fatalf("c1's election lease before the stop: %v, %v", ttl, err)
+	}
+
+	first.stop()
+	ttl, err := c.TimeToLive(ctx, lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl.TTL != -1 {
+		t.Fatalf("c1's election lease %x after a normal stop: %d s left of %d, want it revoked", int64(lease), ttl.TTL, ttl.GrantedTTL)
+	}
+	eventually(t, "c2 leads", 10*time.Second, second.c.IsLeader)
+	if kvs := candidacies(); len(kvs) != 1 || !strings.Contains(string(kvs[0].Value), `"c2"`) {
+		t.Fatalf("election keys after the stop: %v", kvs)
+	}
 }
