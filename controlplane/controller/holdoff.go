@@ -13,7 +13,11 @@ import (
 // is reconciled again when the hold ends and whatever its registration
 // says then is appended, so the last value always reaches the log and
 // the changes between are coalesced. Only NodeUpdated is held: NodeAdded
-// and NodeRemoved, and every other node, go on at once.
+// and NodeRemoved, and every other node, go on at once. Only an update
+// the node's registration caused takes a token: one the controller makes
+// of its own, with the registration unchanged (a pod CIDR of a family
+// added to the config, a subnet freed for a node that lacked one), is
+// bounded by the operator, not the node, and goes on at once.
 //
 // With the defaults a node whose registration flaps forever adds 0.1
 // events a second to the log: at the default event_retention of 10,000
@@ -21,8 +25,7 @@ import (
 // window over.
 const (
 	// updateBurst: a node's first updates in a while reach the log at
-	// once (a MAC fixed at the first Sync, an IPv6 address that came up,
-	// a pod CIDR of a family added to the config).
+	// once (a MAC fixed at the first Sync, an IPv6 address that came up).
 	updateBurst = 3
 	// updateEvery: after the burst, at most one NodeUpdated per node this
 	// often; an idle node earns its burst back in updateBurst times it.

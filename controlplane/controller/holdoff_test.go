@@ -252,3 +252,43 @@ func TestHoldOffRefundsUnwritten(t *testing.T) {
 	}
 	mustCheck(t, c)
 }
+
+// TestHoldOffSparesControllerUpdates: a node whose burst is spent gets
+// the IPv6 pod CIDR of a family the operator adds at once, with the
+// hold-off's clock frozen, since its registration did not change; the
+// update takes no token, so its next registration change is still held
+// exactly until the one token the frozen clock owes it.
+func TestHoldOffSparesControllerUpdates(t *testing.T) {
+	c, clk, la, value := heldSetup(t)
+	start := clk.Now()
+	inForce, _, _ := load(t, c)
+	v6 := strings.Replace(keys.EncodeString(inForce), `"cluster_cidr":"10.244.0.0/16"`,
+		`"cluster_cidr":"10.244.0.0/16","cluster_cidr_v6":"fd00:10:244::/56"`, 1)
+	if s := askConfig(t, c, v6); !s.Accepted {
+		t.Fatalf("adding cluster_cidr_v6: %v", s)
+	}
+	eventually(t, "a and b get IPv6 pod CIDRs", 10*time.Second, func() bool {
+		_, n, _ := load(t, c)
+		return len(n["a"].GetPodCidrs()) == 2 && len(n["b"].GetPodCidrs()) == 2
+	})
+	if ups := updatesOf(t, c, "a"); len(ups) != controller.UpdateBurst+1 {
+		t.Fatalf("%d NodeUpdated of a, want the burst of %d and the IPv6 one", len(ups), controller.UpdateBurst)
+	}
+	if p := problem(t, c, "a"); p != "" {
+		t.Fatalf("problem of a after the controller's update: %q", p)
+	}
+	if v := value("weft_controller_node_updates_held_total"); v != 0 {
+		t.Fatalf("updates held: %v", v)
+	}
+	held := reg("a", 30)
+	register(t, c, la, held)
+	want := fmt.Sprintf("registration of a changing too often: updates held, last value applied at %s",
+		start.Add(controller.UpdateEvery).UTC().Format("2006-01-02T15:04:05.000Z07:00"))
+	eventually(t, "a's own change held", 10*time.Second, func() bool { return strings.HasPrefix(problem(t, c, "a"), want) })
+	clk.Advance(controller.UpdateEvery)
+	projected(t, c, held)
+	if _, n, _ := load(t, c); len(n["a"].PodCidrs) != 2 {
+		t.Fatalf("a after its held change: %v", n["a"])
+	}
+	mustCheck(t, c)
+}

@@ -107,6 +107,12 @@ type leader struct {
 	hold   *holdoff
 	holdAt time.Time
 	holdC  <-chan time.Time
+	// judged: the registration each projected node was last found to
+	// agree with, or had its event appended from. An update of a node
+	// whose registration is still that one is the controller's own (a
+	// family added to the config, a subnet freed) and takes no token of
+	// the hold-off.
+	judged map[string]*weftv1.Registration
 }
 
 func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
@@ -138,7 +144,7 @@ func (c *Controller) lead(ctx context.Context, fence *store.Fence) error {
 		invalid: map[string]string{}, goneNow: map[string]bool{}, goneWhy: map[string]string{},
 		problems: map[string]string{}, keyProblems: map[string]string{}, refused: map[string]string{},
 		dirty: map[string]bool{}, lost: map[string]time.Time{},
-		contact: newContact(time.Now()), hold: newHoldoff(),
+		contact: newContact(time.Now()), hold: newHoldoff(), judged: map[string]*weftv1.Registration{},
 	}
 	if err := l.loadProblems(ctx); err != nil {
 		return err

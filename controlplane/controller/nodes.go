@@ -51,6 +51,8 @@ func (l *leader) reconcile(ctx context.Context) error {
 	now := time.Now()
 	clock := l.opt.Clock.Now() // the hold-off's time
 	var events []*weftv1.Event
+	// charged: the NodeUpdated events that took a hold-off token.
+	charged := map[*weftv1.Event]bool{}
 	problems := map[string]string{} // changes to l.problems: "" clears
 	owners := l.liveAddresses()
 	for _, name := range slices.Sorted(maps.Keys(l.dirty)) {
@@ -98,17 +100,27 @@ func (l *leader) reconcile(ctx context.Context) error {
 		case proj == nil:
 			events = append(events, &weftv1.Event{Kind: &weftv1.Event_NodeAdded{NodeAdded: &weftv1.NodeAdded{Node: n}}})
 		case !sameNode(proj, n):
-			if ok, until := l.hold.allow(name, clock); !ok {
-				// Its new addresses are not its own until they are in
-				// the log: another node may take them meanwhile.
-				l.m.UpdatesHeld.Inc()
-				problems[name] = heldReason(name, until)
-				if reason != "" {
-					problems[name] += "; " + reason
+			e := &weftv1.Event{Kind: &weftv1.Event_NodeUpdated{NodeUpdated: &weftv1.NodeUpdated{Node: n}}}
+			// Only a change the node's registration made is held: one
+			// the controller makes of its own (its registration is the
+			// one the projection was judged or appended from) is
+			// bounded by the operator's config changes, not the node.
+			if !proto.Equal(l.judged[name], reg) {
+				if ok, until := l.hold.allow(name, clock); !ok {
+					// Its new addresses are not its own until they are in
+					// the log: another node may take them meanwhile.
+					l.m.UpdatesHeld.Inc()
+					problems[name] = heldReason(name, until)
+					if reason != "" {
+						problems[name] += "; " + reason
+					}
+					continue
 				}
-				continue
+				charged[e] = true
 			}
-			events = append(events, &weftv1.Event{Kind: &weftv1.Event_NodeUpdated{NodeUpdated: &weftv1.NodeUpdated{Node: n}}})
+			events = append(events, e)
+		default:
+			l.judged[name] = reg
 		}
 		for _, a := range validate.UnderlayAddrs(n) {
 			owners[a.String()] = name
@@ -119,7 +131,12 @@ func (l *leader) reconcile(ctx context.Context) error {
 	if len(events) > 0 {
 		done, err := l.commit(ctx, events)
 		refused = len(done) < len(events)
-		l.refundUnwritten(events, done)
+		l.refundUnwritten(events, done, charged)
+		for _, e := range done {
+			if name := eventNodeName(e); l.wanted[name] != nil {
+				l.judged[name] = l.wanted[name]
+			}
+		}
 		if err != nil {
 			return err
 		}
@@ -286,6 +303,7 @@ func (l *leader) removeDeparted(ctx context.Context, now time.Time) (int, error)
 		delete(l.goneNow, name)
 		delete(l.lost, name)
 		l.hold.forget(name)
+		delete(l.judged, name)
 	}
 	return len(done), err
 }
@@ -328,9 +346,10 @@ func (l *leader) commit(ctx context.Context, events []*weftv1.Event) ([]*weftv1.
 	return done, err
 }
 
-// refundUnwritten gives back the hold-off tokens of the NodeUpdated
-// events among events that are not in done: the node is tried again.
-func (l *leader) refundUnwritten(events, done []*weftv1.Event) {
+// refundUnwritten gives back the hold-off tokens of the charged
+// NodeUpdated events among events that are not in done: the node is
+// tried again.
+func (l *leader) refundUnwritten(events, done []*weftv1.Event, charged map[*weftv1.Event]bool) {
 	if len(done) == len(events) {
 		return
 	}
@@ -339,7 +358,7 @@ func (l *leader) refundUnwritten(events, done []*weftv1.Event) {
 		written[e] = true
 	}
 	for _, e := range events {
-		if u := e.GetNodeUpdated(); u != nil && !written[e] {
+		if u := e.GetNodeUpdated(); u != nil && charged[e] && !written[e] {
 			l.hold.refund(u.GetNode().GetName())
 		}
 	}
