@@ -2,6 +2,7 @@ package cni
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -114,9 +115,50 @@ func TestParseSubnet(t *testing.T) {
 		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\ngarbage\n":                        "garbage",
 		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPV6_SUBNET=10.0.0.1/8\n": "FLANNEL_IPV6_SUBNET",
 		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nWEFT_BPFFS_DIR=sys/fs/bpf\n":      "WEFT_BPFFS_DIR",
+		// Pools weft never hands out: no room for gateway and pod (the
+		// /32's gateway was outside it), the whole address space on
+		// weft0, special ranges, the broadcast address as the gateway,
+		// IPv6 below its least MTU.
+		"FLANNEL_SUBNET=10.244.1.0/32\nFLANNEL_MTU=1450\n":                                "FLANNEL_SUBNET: 10.244.1.0/32 is longer than /30",
+		"FLANNEL_SUBNET=10.244.1.0/31\nFLANNEL_MTU=1450\n":                                "FLANNEL_SUBNET: 10.244.1.0/31 is longer than /30",
+		"FLANNEL_IPV6_SUBNET=fd00::/127\nFLANNEL_MTU=1450\n":                              "FLANNEL_IPV6_SUBNET: fd00::/127 is longer than /126",
+		"FLANNEL_SUBNET=0.0.0.0/0\nFLANNEL_MTU=1450\n":                                    "FLANNEL_SUBNET: 0.0.0.0/0 cannot be a pod CIDR",
+		"FLANNEL_SUBNET=127.0.0.1/24\nFLANNEL_MTU=1450\n":                                 "FLANNEL_SUBNET: 127.0.0.0/24 cannot be a pod CIDR",
+		"FLANNEL_SUBNET=224.0.0.1/24\nFLANNEL_MTU=1450\n":                                 "FLANNEL_SUBNET: 224.0.0.0/24 cannot be a pod CIDR",
+		"FLANNEL_SUBNET=169.254.1.1/24\nFLANNEL_MTU=1450\n":                               "FLANNEL_SUBNET: 169.254.1.0/24 cannot be a pod CIDR",
+		"FLANNEL_IPV6_SUBNET=::/0\nFLANNEL_MTU=1450\n":                                    "FLANNEL_IPV6_SUBNET: ::/0 cannot be a pod CIDR",
+		"FLANNEL_IPV6_SUBNET=fe80::1/64\nFLANNEL_MTU=1450\n":                              "FLANNEL_IPV6_SUBNET: fe80::/64 cannot be a pod CIDR",
+		"FLANNEL_SUBNET=10.244.1.255/24\nFLANNEL_MTU=1450\n":                              "FLANNEL_SUBNET: gateway 10.244.1.255 is the broadcast address",
+		"FLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nFLANNEL_MTU=1279\n":                     "FLANNEL_MTU: 1279 is below 1280",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_SUBNET=fd00::1/64\nFLANNEL_MTU=600\n": "FLANNEL_MTU: 600 is below 1280",
 	} {
 		if _, err := ParseSubnet([]byte(in)); err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("ParseSubnet(%q) = %v, want an error naming %s", in, err, field)
+		}
+	}
+}
+
+// TestParseSubnetEdges: the smallest pools weft hands out and the MTU
+// floor of each family are accepted.
+func TestParseSubnetEdges(t *testing.T) {
+	for in, want := range map[string]string{
+		"FLANNEL_SUBNET=10.244.1.0/30\nFLANNEL_MTU=576\n":        "10.244.1.0/30 10.244.1.1",
+		"FLANNEL_SUBNET=10.244.1.2/30\nFLANNEL_MTU=1450\n":       "10.244.1.0/30 10.244.1.2",
+		"FLANNEL_IPV6_SUBNET=fd00::/126\nFLANNEL_MTU=1280\n":     "fd00::/126 fd00::1",
+		"FLANNEL_IPV6_SUBNET=fd00::ffff/112\nFLANNEL_MTU=1280\n": "fd00::/112 fd00::ffff",
+		"FLANNEL_SUBNET=10.0.0.1/8\nFLANNEL_MTU=9000\n":          "10.0.0.0/8 10.0.0.1",
+	} {
+		s, err := ParseSubnet([]byte(in))
+		if err != nil {
+			t.Errorf("ParseSubnet(%q): %v", in, err)
+			continue
+		}
+		got := fmt.Sprint(s.V4, " ", s.Gateway4)
+		if s.V6.IsValid() {
+			got = fmt.Sprint(s.V6, " ", s.Gateway6)
+		}
+		if got != want {
+			t.Errorf("ParseSubnet(%q) = %s, want %s", in, got, want)
 		}
 	}
 }

@@ -114,6 +114,11 @@ func ParseSubnet(data []byte) (Subnet, error) {
 		if err != nil {
 			return Subnet{}, err
 		}
+		// The kernel turns IPv6 off on a link below 1280: the pod's
+		// address would not be added, or vanish with the MTU set.
+		if s.MTU < 1280 {
+			return Subnet{}, fmt.Errorf("FLANNEL_MTU: %d is below 1280, the least IPv6 allows, and FLANNEL_IPV6_SUBNET is set", s.MTU)
+		}
 	}
 	return s, nil
 }
@@ -122,7 +127,13 @@ func ParseSubnet(data []byte) (Subnet, error) {
 const maxGSOSize = 512 << 10
 
 // gatewayPrefix parses "10.244.1.1/24" into (10.244.1.0/24, 10.244.1.1);
-// a bare network address means its first address is the gateway.
+// a bare network address means its first address is the gateway. The
+// prefix must be a pod CIDR as weft hands them out (validate.Config's
+// node masks): room for the gateway and a pod (IPv4 /30, IPv6 /126 at
+// most), and no special range (unspecified, as 0.0.0.0/0 is, loopback,
+// multicast, link-local), since weft0 routes it; the gateway must be an
+// address of it other than its network address and, for IPv4, its
+// broadcast address.
 func gatewayPrefix(field, s string, v4 bool) (netip.Prefix, netip.Addr, error) {
 	if s == "" {
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%s: missing", field)
@@ -135,9 +146,29 @@ func gatewayPrefix(field, s string, v4 bool) (netip.Prefix, netip.Addr, error) {
 		}
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%s: %q is not an %s CIDR", field, s, fam)
 	}
+	if max := p.Addr().BitLen() - 2; p.Bits() > max {
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%s: %s is longer than /%d: no room for a gateway and a pod", field, s, max)
+	}
+	cidr := p.Masked()
+	if a := cidr.Addr(); a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() {
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%s: %s cannot be a pod CIDR", field, cidr)
+	}
 	gw := p.Addr()
-	if gw == p.Masked().Addr() {
+	if gw == cidr.Addr() {
 		gw = gw.Next()
 	}
-	return p.Masked(), gw, nil
+	if v4 && gw == lastAddr(cidr) {
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%s: gateway %s is the broadcast address of %s", field, gw, cidr)
+	}
+	return cidr, gw, nil
+}
+
+// lastAddr is the last address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(a)*8; i++ {
+		a[i/8] |= 0x80 >> (i % 8)
+	}
+	out, _ := netip.AddrFromSlice(a)
+	return out
 }
