@@ -146,9 +146,23 @@ func (o *Options) Check() error {
 		return fmt.Errorf("--reconcile-interval: %s is below %s", o.ReconcileInterval, minReconcileInterval)
 	}
 	if o.Underlay != "" {
-		if _, err := netip.ParseAddr(o.Underlay); err != nil && (len(o.Underlay) > 15 || strings.ContainsAny(o.Underlay, "/ ")) {
+		_, err := netip.ParseAddr(o.Underlay)
+		if err != nil && (len(o.Underlay) > 15 || strings.ContainsAny(o.Underlay, "/ ")) {
 			return fmt.Errorf("--underlay: %q is neither an IP nor an interface name", o.Underlay)
 		}
+		// An address the controller refuses as a node's (loopback,
+		// unspecified, multicast, link-local, with a zone) would leave
+		// the agent running, registered and never added.
+		if err == nil {
+			if _, err := validate.UnderlayIP("underlay", o.Underlay); err != nil {
+				return fmt.Errorf("--underlay: %s", strings.TrimPrefix(err.Error(), validate.ErrInvalid.Error()+": underlay: "))
+			}
+		}
+	}
+	if o.BPFFSDir != "" && !filepath.IsAbs(o.BPFFSDir) {
+		// It goes into the subnet file as WEFT_BPFFS_DIR, which
+		// weft-cni refuses unless absolute: no pod could be attached.
+		return fmt.Errorf("--bpffs-dir: %q is not an absolute path", o.BPFFSDir)
 	}
 	if o.MetricsAddr != "" {
 		_, port, err := net.SplitHostPort(o.MetricsAddr)

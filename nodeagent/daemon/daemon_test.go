@@ -46,6 +46,13 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		{"--etcd-endpoints", "http://10.0.0.1:2379,10.0.0.2"},
 		{"--log-level", "loud"},
 		{"--underlay", "not an interface"},
+		{"--underlay", "127.0.0.1"},
+		{"--underlay", "0.0.0.0"},
+		{"--underlay", "::"},
+		{"--underlay", "224.0.0.1"},
+		{"--underlay", "169.254.0.9"},
+		{"--underlay", "fe80::1%eth0"},
+		{"--bpffs-dir", "sys/fs/bpf/weft"},
 		{"--etcd-certfile", "x"},
 		{"--host-routing", "legacy"},
 		{"--tunnel-datapath", "xdp"},
@@ -73,6 +80,15 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		}
 		if err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(bad[0], "-")) {
 			t.Errorf("%v: err = %v", bad, err)
+		}
+	}
+	for _, ok := range [][]string{{"--underlay", "192.0.2.7"}, {"--underlay", "2001:db8::7"}, {"--underlay", "eth1"}, {"--bpffs-dir", ""}, {"--bpffs-dir", "/sys/fs/bpf/n1"}} {
+		o, err := Parse(append([]string{"--node-name", "n1"}, ok...), os.Getenv)
+		if err == nil {
+			err = o.Check()
+		}
+		if err != nil {
+			t.Errorf("%v: %v", ok, err)
 		}
 	}
 	for _, asn := range []string{"0", "64512", "65536", "4294967294"} {
