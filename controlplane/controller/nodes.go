@@ -54,7 +54,7 @@ func (l *leader) reconcile(ctx context.Context) error {
 	// charged: the NodeUpdated events that took a hold-off token.
 	charged := map[*weftv1.Event]bool{}
 	problems := map[string]string{} // changes to l.problems: "" clears
-	owners := l.liveAddresses()
+	owners := l.ownedAddresses()
 	for _, name := range slices.Sorted(maps.Keys(l.dirty)) {
 		proj := nodes[name]
 		// Judged again now: held again below if its update must wait.
@@ -182,7 +182,7 @@ func (l *leader) reconcile(ctx context.Context) error {
 
 // admit decides the node a valid registration asks for: it must not
 // have its underlay address inside a cluster CIDR, nor take the address
-// of another node that is registered (owners: address → node), must have
+// of another node in the projection (owners: address → node), must have
 // what the backend in force needs, and gets its pod CIDRs. It returns
 // the node, or nil and why not; a node that keeps the pod CIDRs it holds
 // when a family added to the config has no free subnet for it is
@@ -198,7 +198,11 @@ func (l *leader) admit(cfg *weftv1.ClusterConfig, name string, reg *weftv1.Regis
 		}
 		ip := netip.MustParseAddr(f.ip).Unmap().String() // validated by the source
 		if owner, ok := owners[ip]; ok && owner != name {
-			return nil, fmt.Sprintf("registration skipped: %v: %s: %s is node %q's, which is registered", validate.ErrInvalid, f.field, ip, owner)
+			why := "which is registered"
+			if !l.present[owner] {
+				why = "which keeps it until it is removed (its registration is gone; the grace period runs)"
+			}
+			return nil, fmt.Sprintf("registration skipped: %v: %s: %s is node %q's, %s", validate.ErrInvalid, f.field, ip, owner, why)
 		}
 	}
 	if missing := lacks(cfg.Backend, reg.Capabilities); missing != "" {
@@ -230,15 +234,18 @@ func (l *leader) admit(cfg *weftv1.ClusterConfig, name string, reg *weftv1.Regis
 	return n, lack
 }
 
-// liveAddresses maps the underlay addresses (both families) of every
-// projected node whose registration is present to its name.
-func (l *leader) liveAddresses() map[string]string {
+// ownedAddresses maps the underlay addresses (both families) of every
+// projected node to its name. A node owns its addresses until its
+// NodeRemoved is in the log, also while its registration is gone and its
+// grace period runs: its peers still send its pods' traffic there, and
+// another node that took them meanwhile (one node's credentials are
+// enough to write a registration) would have it, and lock the node out
+// when it came back.
+func (l *leader) ownedAddresses() map[string]string {
 	out := map[string]string{}
 	for name, n := range l.st.State().Nodes {
-		if l.present[name] {
-			for _, a := range validate.UnderlayAddrs(n) {
-				out[a.String()] = name
-			}
+		for _, a := range validate.UnderlayAddrs(n) {
+			out[a.String()] = name
 		}
 	}
 	return out

@@ -535,3 +535,63 @@ func TestStopRevokesElectionLease(t *testing.T) {
 		t.Fatalf("election keys after the stop: %v", kvs)
 	}
 }
+
+// TestAddressKeptThroughGrace: node b's registration is gone (an agent
+// rebooting) and its grace period runs. Node a, whose credentials an
+// attacker holds, rewrites its registration with b's underlay address,
+// and a new node c registers with it: both are refused naming b, and a
+// keeps its own address. When b comes back it gets its node as it was,
+// with no problem; once b is removed after a later grace, its address is
+// free for c.
+func TestAddressKeptThroughGrace(t *testing.T) {
+	_, c := etcdtest.New(t)
+	ctx := context.Background()
+	cfg := baseConfig()
+	cfg.NodeGraceSeconds = 100000 // 1000 s at the tests' graceUnit: b stays in its grace
+	startWith(t, controller.Options{Client: c, ID: "c1", Initial: cfg})
+	la := grant(t, c)
+	register(t, c, la, reg("a", 1))
+	register(t, c, 0, reg("b", 2))
+	eventually(t, "a and b", 10*time.Second, func() bool { _, n, _ := load(t, c); return n["a"] != nil && n["b"] != nil })
+	if _, err := c.Delete(ctx, k.Registration("b")); err != nil {
+		t.Fatal(err)
+	}
+	_, _, head := load(t, c)
+	squat := reg("a", 2)
+	register(t, c, la, squat)
+	register(t, c, 0, reg("c", 2))
+	want := fmt.Sprintf(`underlay_ip: %s is node "b"'s, which keeps it until it is removed`, squat.UnderlayIp)
+	eventually(t, "a and c refused", 10*time.Second, func() bool {
+		return strings.Contains(problem(t, c, "a"), want) && strings.Contains(problem(t, c, "c"), want)
+	})
+	if _, n, h := load(t, c); h != head || n["a"].UnderlayIp != reg("a", 1).UnderlayIp || n["c"] != nil {
+		t.Fatalf("head %d (was %d), nodes %v", h, head, n)
+	}
+	register(t, c, 0, reg("b", 2))
+	eventually(t, "b back without a problem", 10*time.Second, func() bool { return problem(t, c, "b") == "" })
+	if _, n, h := load(t, c); h != head || n["b"].UnderlayIp != reg("b", 2).UnderlayIp {
+		t.Fatalf("b back: head %d (was %d), b %v", h, head, n["b"])
+	}
+
+	// a gives up; once b is removed, its address is free: c joins with it.
+	register(t, c, la, reg("a", 1))
+	eventually(t, "a's problem cleared", 10*time.Second, func() bool { return problem(t, c, "a") == "" })
+	shorter := strings.Replace(keys.EncodeString(cfgInForce(t, c)), `"node_grace_seconds":100000`, `"node_grace_seconds":1`, 1)
+	if s := askConfig(t, c, shorter); !s.Accepted {
+		t.Fatalf("shorter grace %s: %v", shorter, s)
+	}
+	if _, err := c.Delete(ctx, k.Registration("b")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b removed and c joined with its address", 10*time.Second, func() bool {
+		_, n, _ := load(t, c)
+		return n["b"] == nil && n["c"].GetUnderlayIp() == reg("c", 2).UnderlayIp
+	})
+	mustCheck(t, c)
+}
+
+func cfgInForce(t testing.TB, c *clientv3.Client) *weftv1.ClusterConfig {
+	t.Helper()
+	cfg, _, _ := load(t, c)
+	return cfg
+}
