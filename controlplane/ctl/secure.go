@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -145,6 +144,11 @@ func (x *cli) certSubject(pos []string, hosts string) (cn, file string, hostList
 		if err != nil {
 			return "", "", nil, err
 		}
+		// NAME is the CN and the files' name in --dir: "a/b" was
+		// written as b.crt, "/" and ".." as the hidden .crt and ...crt.
+		if err := keys.ValidName(name); err != nil || strings.HasPrefix(name, ".") {
+			return "", "", nil, fmt.Errorf("%w: certs issue server %q: want a name of letters, digits, '-', '_' and '.', not starting with '.' (it names the files in --dir)", errUsage, name)
+		}
 		hostList = etcdconn.Split(hosts)
 		if len(hostList) == 0 {
 			return "", "", nil, fmt.Errorf("%w: certs issue server needs --hosts (the IPs and names clients dial)", errUsage)
@@ -154,7 +158,7 @@ func (x *cli) certSubject(pos []string, hosts string) (cn, file string, hostList
 				return "", "", nil, fmt.Errorf("%w: --hosts: %v", errUsage, err)
 			}
 		}
-		return name, filepath.Base(name), hostList, nil
+		return name, name, hostList, nil
 	default:
 		return "", "", nil, fmt.Errorf("%w: certs issue %q: want controller, operator, reader, root, node or server", errUsage, who)
 	}

@@ -3,6 +3,7 @@ package ctl_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,6 +87,20 @@ func TestCertsIssue(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "bad.crt")); !os.IsNotExist(err) {
 		t.Errorf("a refused --hosts wrote bad.crt: %v", err)
+	}
+	// The server NAME names the files: one that is no plain name (a
+	// path, ".", "..", a hidden file) is a usage error, nothing written.
+	for _, name := range []string{"a/b", "/", ".", "..", ".etcd", "etcd 0", "../etcd"} {
+		code, out, errOut := weftctl("certs", "issue", "--dir", dir, "--hosts", "10.0.0.10", "server", name)
+		if code != ctl.ExitUsage || !strings.Contains(errOut, fmt.Sprintf("certs issue server %q", name)) || out != "" {
+			t.Errorf("server %q: exit %d, out %q, err %.200q; want a usage error naming it", name, code, out, errOut)
+		}
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, ".*")); len(files) > 0 {
+		t.Errorf("refused server names wrote %v", files)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "b.crt")); !os.IsNotExist(err) {
+		t.Errorf("server a/b wrote b.crt: %v", err)
 	}
 	code, out, errOut := weftctl("certs", "issue", "--dir", dir, "--hosts", "10.0.0.10,etcd-0,fd00::10,*.etcd.example.com,etcd_1.local.", "server", "etcd-0")
 	if code != 0 || !strings.Contains(out, "serving certificate for 10.0.0.10, etcd-0, fd00::10, *.etcd.example.com, etcd_1.local.") {
