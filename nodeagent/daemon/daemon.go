@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -110,6 +111,44 @@ func Parse(args []string, getenv func(string) string) (*Options, error) {
 	return o, nil
 }
 
+// checkSubnetFile refuses a path that holds something other than a
+// subnet file: the agent replaces the file at its first convergence and
+// --teardown deletes it, so a slip (--subnet-file /etc/hosts) would lose
+// that file. A missing or empty file is fine; one that is a subnet file
+// has a FLANNEL_ or WEFT_ line among its first 64 KiB.
+func checkSubnetFile(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is a %s, not a file", path, fi.Mode().Type())
+	}
+	buf := make([]byte, 64<<10)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	for line := range strings.Lines(string(buf[:n])) {
+		k, _, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if ok && (strings.HasPrefix(k, "FLANNEL_") || strings.HasPrefix(k, "WEFT_")) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s exists and is no subnet file (no FLANNEL_ or WEFT_ line): the agent would replace it, and --teardown delete it", path)
+}
+
 // minReconcileInterval is the shortest --reconcile-interval: each
 // reconcile reads the node's datapath maps, devices and routes back.
 const minReconcileInterval = time.Second
@@ -139,6 +178,11 @@ func (o *Options) Check() error {
 		// config; a relative one would be written wherever the agent
 		// happened to be started.
 		return fmt.Errorf("--subnet-file: %q is not an absolute path", o.SubnetFile)
+	}
+	if o.SubnetFile != "" {
+		if err := checkSubnetFile(o.SubnetFile); err != nil {
+			return fmt.Errorf("--subnet-file: %w", err)
+		}
 	}
 	if o.ReconcileInterval < minReconcileInterval {
 		// 0 would silently be the default (10s), and a few milliseconds

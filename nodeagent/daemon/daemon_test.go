@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -98,6 +99,36 @@ func TestFlagsEnvAndValidate(t *testing.T) {
 		}
 		if err != nil {
 			t.Errorf("--asn %s: %v", asn, err)
+		}
+	}
+	// --subnet-file names a file the agent replaces and --teardown
+	// deletes: one that is something else is refused.
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, path := range []string{write("hosts", "127.0.0.1 localhost\n# FLANNEL_SUBNET=10.0.0.1/24\n"), dir} {
+		o, err := Parse([]string{"--node-name", "n1", "--subnet-file", path}, os.Getenv)
+		if err == nil {
+			err = o.Check()
+		}
+		if err == nil || !strings.HasPrefix(err.Error(), "--subnet-file: "+path) {
+			t.Errorf("--subnet-file %s: %v", path, err)
+		}
+	}
+	for _, path := range []string{filepath.Join(dir, "absent.env"), write("empty.env", ""),
+		write("subnet.env", "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n"),
+		write("v6.env", "# weft\nFLANNEL_IPV6_SUBNET=fd00::1/64\n")} {
+		o, err := Parse([]string{"--node-name", "n1", "--subnet-file", path}, os.Getenv)
+		if err == nil {
+			err = o.Check()
+		}
+		if err != nil {
+			t.Errorf("--subnet-file %s: %v", path, err)
 		}
 	}
 	t.Setenv("WEFT_LEASE_TTL", "ten")
