@@ -115,6 +115,9 @@ func TestParseSubnet(t *testing.T) {
 		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\ngarbage\n":                        "garbage",
 		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPV6_SUBNET=10.0.0.1/8\n": "FLANNEL_IPV6_SUBNET",
 		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nWEFT_BPFFS_DIR=sys/fs/bpf\n":      "WEFT_BPFFS_DIR",
+		// A key twice: which one counts would be a guess.
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_MTU=9000\n":             "FLANNEL_MTU: set twice",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_SUBNET=10.244.2.1/24\n": "FLANNEL_SUBNET: set twice",
 		// Pools weft never hands out: no room for gateway and pod (the
 		// /32's gateway was outside it), the whole address space on
 		// weft0, special ranges, the broadcast address as the gateway,

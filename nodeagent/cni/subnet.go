@@ -55,9 +55,9 @@ func ReadSubnetFile(path string) (Subnet, error) {
 	return s, nil
 }
 
-// ParseSubnet parses subnet.env content (KEY=VALUE lines, # comments).
-// FLANNEL_MTU and FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET (or both) are
-// required; errors name the field.
+// ParseSubnet parses subnet.env content (KEY=VALUE lines, # comments,
+// each key once). FLANNEL_MTU and FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET
+// (or both) are required; errors name the field.
 func ParseSubnet(data []byte) (Subnet, error) {
 	env := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -70,7 +70,13 @@ func ParseSubnet(data []byte) (Subnet, error) {
 		if !ok {
 			return Subnet{}, fmt.Errorf("line %q is not KEY=VALUE", line)
 		}
-		env[strings.TrimSpace(k)] = strings.Trim(strings.TrimSpace(v), `"`)
+		k = strings.TrimSpace(k)
+		if _, dup := env[k]; dup {
+			// Which one counts would be the reader's guess (the agent's
+			// own reader of the file refuses it too).
+			return Subnet{}, fmt.Errorf("%s: set twice", k)
+		}
+		env[k] = strings.Trim(strings.TrimSpace(v), `"`)
 	}
 	var s Subnet
 	var err error
