@@ -758,7 +758,9 @@ func (c *Cluster) kernelRoutes() error {
 
 // RemoveNode takes node i out of the cluster the hard way, as a machine
 // that goes away: its agent is killed, its pods and namespace deleted and
-// its pins removed. The controller notices after the lease and grace.
+// its pins removed. The controller notices after the lease and grace;
+// with auth on, `weftctl auth remove-node` deletes its registration at
+// once and only the grace is left.
 func (c *Cluster) RemoveNode(ctx context.Context, i int) error {
 	c.mu.Lock()
 	if i < 0 || i >= len(c.nodes) || c.nodes[i] == nil {

@@ -210,7 +210,7 @@ func (x *cli) auth(ctx context.Context, args []string) error {
 	case !rep.Changed():
 		fmt.Fprintln(x.out, "nothing changed: etcd already had all of it")
 	case args[0] == "remove-node":
-		fmt.Fprintf(x.out, "node %s's registration and status expire with its lease; the controller removes it after the grace period\n", args[1])
+		fmt.Fprintf(x.out, "node %s can no longer write to etcd and its registration is gone; the controller removes it after the grace period (node_grace_seconds)\n", args[1])
 	}
 	return nil
 }

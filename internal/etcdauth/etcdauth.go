@@ -242,10 +242,13 @@ func AddNode(ctx context.Context, c *clientv3.Client, l keys.Layout, name string
 	return append(rep, ch), nil
 }
 
-// RemoveNode deletes node name's user and role. The node's certificate
-// then authenticates as nobody: every request of it is refused, including
-// renewing its lease, so its registration and status expire with the
-// lease's TTL.
+// RemoveNode deletes node name's user and role, then its registration
+// and status keys. The node's certificate then authenticates as nobody:
+// every request of it is refused, so it cannot write them again, and the
+// controller starts the node's grace period at once instead of when the
+// keys' lease would have expired (a lease's TTL is the agent's choice and
+// may be as long as etcd grants). The keys are deleted, not their lease
+// revoked: a node may attach its keys to any lease, another's too.
 func RemoveNode(ctx context.Context, c *clientv3.Client, l keys.Layout, name string) (Report, error) {
 	if err := keys.ValidName(name); err != nil {
 		return nil, fmt.Errorf("node name %q: %w", name, err)
@@ -267,6 +270,17 @@ func RemoveNode(ctx context.Context, c *clientv3.Client, l keys.Layout, name str
 		return rep, fmt.Errorf("delete role %s: %w", n, err)
 	default:
 		rep = append(rep, Change{"role " + n, "deleted", true})
+	}
+	for _, k := range []string{l.Registration(name), l.Status(name)} {
+		r, err := c.Delete(ctx, k)
+		switch {
+		case err != nil:
+			return rep, fmt.Errorf("delete %s: %w", k, err)
+		case r.Deleted == 0:
+			rep = append(rep, Change{"key " + k, "absent already", false})
+		default:
+			rep = append(rep, Change{"key " + k, "deleted", true})
+		}
 	}
 	return rep, nil
 }

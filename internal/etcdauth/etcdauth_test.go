@@ -3,6 +3,7 @@ package etcdauth_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -279,23 +280,49 @@ func TestRemoveNode(t *testing.T) {
 	root := setup(t, s, l, "n1")
 	ctx := etcdtest.Ctx(t)
 	n1 := s.ClientAs(t, n.Node("n1"))
-	lease, err := n1.Grant(ctx, 30)
+	// A lease as long as the agent may ask for: the keys must not wait
+	// for it.
+	lease, err := n1.Grant(ctx, 3600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n1.Put(ctx, l.Status("n1"), "v", clientv3.WithLease(lease.ID)); err != nil {
+	if _, err := n1.Put(ctx, l.Registration("n1"), "reg", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	// Its status on a lease that is not its own (a node may attach its
+	// keys to any lease): removing the node must not revoke it.
+	other, err := root.Grant(ctx, 3600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n1.Put(ctx, l.Status("n1"), "v", clientv3.WithLease(other.ID)); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := etcdauth.RemoveNode(ctx, root, l, "n1")
 	if err != nil || !rep.Changed() {
 		t.Fatalf("remove: %v\n%v", err, rep)
 	}
+	for _, k := range []string{l.Registration("n1"), l.Status("n1")} {
+		if r, err := root.Get(ctx, k); err != nil || len(r.Kvs) != 0 {
+			t.Errorf("%s after remove-node: %v %v", k, err, r.Kvs)
+		}
+		if !strings.Contains(fmt.Sprint(rep), "key "+k+": deleted") {
+			t.Errorf("report does not name %s deleted:\n%v", k, rep)
+		}
+	}
+	if ttl, err := root.TimeToLive(ctx, other.ID); err != nil || ttl.TTL <= 0 {
+		t.Errorf("the other lease was revoked with the node's keys: %v %v", err, ttl)
+	}
 	if _, err := n1.Put(ctx, l.Status("n1"), "v"); !denied(err) {
 		t.Errorf("removed node writes its status: %v", err)
 	}
-	// It cannot keep its lease either: its keys go with the TTL.
-	if _, err := n1.KeepAliveOnce(ctx, lease.ID); !denied(err) {
-		t.Errorf("removed node keeps its lease: %v", err)
+	if _, err := n1.Put(ctx, l.Registration("n1"), "reg", clientv3.WithLease(lease.ID)); !denied(err) {
+		t.Errorf("removed node registers again: %v", err)
+	}
+	// Its lease holds no key any more: renewing it (etcd checks a
+	// renewal against the lease's keys) keeps nothing alive.
+	if ttl, err := root.TimeToLive(ctx, lease.ID, clientv3.WithAttachedKeys()); err != nil || len(ttl.Keys) != 0 {
+		t.Errorf("the node's lease still holds keys: %v %v", err, ttl)
 	}
 	rep, err = etcdauth.RemoveNode(ctx, root, l, "n1")
 	if err != nil || rep.Changed() {
