@@ -51,8 +51,10 @@ func (l *leader) reconcile(ctx context.Context) error {
 	now := time.Now()
 	clock := l.opt.Clock.Now() // the hold-off's time
 	var events []*weftv1.Event
-	// charged: the NodeUpdated events that took a hold-off token.
-	charged := map[*weftv1.Event]bool{}
+	// charged: the NodeUpdated events that took a hold-off token;
+	// releasing: those that give up an underlay address another node
+	// may be waiting for.
+	charged, releasing := map[*weftv1.Event]bool{}, map[*weftv1.Event]bool{}
 	problems := map[string]string{} // changes to l.problems: "" clears
 	owners := l.ownedAddresses()
 	for _, name := range slices.Sorted(maps.Keys(l.dirty)) {
@@ -118,6 +120,7 @@ func (l *leader) reconcile(ctx context.Context) error {
 				}
 				charged[e] = true
 			}
+			releasing[e] = releases(proj, n)
 			events = append(events, e)
 		default:
 			l.judged[name] = reg
@@ -127,7 +130,7 @@ func (l *leader) reconcile(ctx context.Context) error {
 		}
 	}
 	clear(l.dirty)
-	refused := false
+	refused, released := false, false
 	if len(events) > 0 {
 		done, err := l.commit(ctx, events)
 		refused = len(done) < len(events)
@@ -136,6 +139,7 @@ func (l *leader) reconcile(ctx context.Context) error {
 			if name := eventNodeName(e); l.wanted[name] != nil {
 				l.judged[name] = l.wanted[name]
 			}
+			released = released || releasing[e]
 		}
 		if err != nil {
 			return err
@@ -165,8 +169,9 @@ func (l *leader) reconcile(ctx context.Context) error {
 			return err
 		}
 	}
-	if removed > 0 || refused {
-		// Freed subnets: try again the nodes that are waiting for one.
+	if removed > 0 || refused || released {
+		// Freed subnets or underlay addresses: try again the nodes that
+		// are waiting for one.
 		retry := false
 		for name := range l.problems {
 			if l.wanted[name] != nil && l.refused[name] == "" {
@@ -232,6 +237,13 @@ func (l *leader) admit(cfg *weftv1.ClusterConfig, name string, reg *weftv1.Regis
 		return nil, fmt.Sprintf("registration skipped: %v", err)
 	}
 	return n, lack
+}
+
+// releases reports whether node n, replacing was, gives up one of was's
+// underlay addresses.
+func releases(was, n *weftv1.Node) bool {
+	now := validate.UnderlayAddrs(n)
+	return slices.ContainsFunc(validate.UnderlayAddrs(was), func(a netip.Addr) bool { return !slices.Contains(now, a) })
 }
 
 // ownedAddresses maps the underlay addresses (both families) of every

@@ -595,3 +595,27 @@ func cfgInForce(t testing.TB, c *clientv3.Client) *weftv1.ClusterConfig {
 	cfg, _, _ := load(t, c)
 	return cfg
 }
+
+// TestAddressFreedByMove: a node refused for an address another node
+// holds is added as soon as that node moves to another address, without
+// a change of its own (before, only a removal or its own next change
+// tried it again).
+func TestAddressFreedByMove(t *testing.T) {
+	_, c := etcdtest.New(t)
+	startWith(t, controller.Options{Client: c, ID: "c1", Initial: baseConfig()})
+	la := grant(t, c)
+	register(t, c, la, reg("a", 1))
+	eventually(t, "a", 10*time.Second, func() bool { _, n, _ := load(t, c); return n["a"] != nil })
+	register(t, c, 0, reg("b", 1))
+	want := fmt.Sprintf(`underlay_ip: %s is node "a"'s, which is registered`, reg("a", 1).UnderlayIp)
+	eventually(t, "b refused", 10*time.Second, func() bool { return strings.Contains(problem(t, c, "b"), want) })
+	register(t, c, la, reg("a", 2))
+	eventually(t, "a moved and b added with a's old address", 10*time.Second, func() bool {
+		_, n, _ := load(t, c)
+		return n["a"].GetUnderlayIp() == reg("a", 2).UnderlayIp && n["b"].GetUnderlayIp() == reg("b", 1).UnderlayIp
+	})
+	if p := problem(t, c, "b"); p != "" {
+		t.Errorf("b added but its problem stays: %q", p)
+	}
+	mustCheck(t, c)
+}
