@@ -13,6 +13,7 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/nodeagent/bgp"
 	"github.com/weftnet/weft/nodeagent/bgp/proc"
+	"github.com/weftnet/weft/nodeagent/model"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
@@ -147,6 +148,44 @@ func (l *loop) bgpStep(ctx context.Context) []spec.Route {
 		a.log.Error("bgp speaker not configured; the rest of the datapath goes on", "error", err)
 	}
 	return a.speaker.Routes()
+}
+
+// maxRefusedLogged bounds the refusals logged one by one per converge: a
+// router that sends a full table must not flood the log.
+const maxRefusedLogged = 64
+
+// noteRefused logs and counts each learned route the model refused, once
+// while it is announced (keyed by route and why: a route refused for a
+// new reason is logged again).
+func (l *loop) noteRefused(rs []model.RefusedRoute) {
+	if len(rs) == 0 && len(l.refusedRoutes) == 0 {
+		return
+	}
+	was := l.refusedRoutes
+	l.refusedRoutes = make(map[string]bool, len(rs))
+	logged, more := 0, 0
+	for _, r := range rs {
+		k := r.String()
+		if l.refusedRoutes[k] {
+			continue
+		}
+		l.refusedRoutes[k] = true
+		if was[k] {
+			continue
+		}
+		l.a.metrics.bgpRefused.WithLabelValues(r.Reason).Inc()
+		if logged == maxRefusedLogged {
+			more++
+			continue
+		}
+		logged++
+		l.a.log.Warn("learned BGP route refused, not installed", "prefix", r.Route.Prefix, "next_hop", r.Route.Via,
+			"reason", r.Reason, "why", r.Detail)
+	}
+	if more > 0 {
+		l.a.log.Warn("more learned BGP routes refused, not installed (not logged one by one)", "count", more)
+	}
+	l.a.metrics.bgpRefusedNow.Set(float64(len(l.refusedRoutes)))
 }
 
 // reachablePeers drops configured eBGP peers without multihop_ttl that are

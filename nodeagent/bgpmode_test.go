@@ -120,7 +120,8 @@ func hasProtoBGP(d *spec.Desired) bool {
 // TestAgentBGPMode drives the agent's BGP wiring: the speaker's config from
 // the cluster (own ASN from the registration, unreachable eBGP peers
 // skipped), the first sync held until the sessions are up, learned routes
-// into the datapath as ProtoBGP, sessions in status and metrics, a speaker
+// into the datapath as ProtoBGP (those the log does not allow refused,
+// logged, counted and listed in the status), sessions in status and metrics, a speaker
 // error kept in last_error while the rest goes on, leaving bgp mode
 // withdrawing, and shutdown stopping without a withdraw.
 func TestAgentBGPMode(t *testing.T) {
@@ -142,6 +143,7 @@ func TestAgentBGPMode(t *testing.T) {
 	self.GetNodeAdded().Node.Asn = 65101 // what the controller copies from the registration
 	h.append(self)
 	h.append(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
+	h.append(logtest.Added("n3", "192.168.1.3", "10.244.3.0/24"))
 	h.start()
 
 	eventually(t, "registration carries the ASN", func() (bool, string) {
@@ -205,6 +207,47 @@ func TestAgentBGPMode(t *testing.T) {
 		return slices.Contains(k.Routes, other), k.String()
 	})
 
+	// Routes the log does not allow never reach the datapath; the others
+	// of the same set do. Each is logged and counted once while it is
+	// announced, and listed in the status.
+	rogue := []spec.Route{
+		{Prefix: pfx("0.0.0.0/0"), Via: netip.MustParseAddr("192.168.1.2"), Proto: spec.ProtoBGP},
+		{Prefix: pfx("10.244.1.0/24"), Via: netip.MustParseAddr("192.168.1.2"), Proto: spec.ProtoBGP},
+		{Prefix: pfx("10.244.2.128/25"), Via: netip.MustParseAddr("192.168.1.3"), Proto: spec.ProtoBGP},
+	}
+	honest := []spec.Route{learned, other}
+	sp.set(func(f *fakeSpeaker) { f.routes = append(slices.Clone(honest), rogue...) })
+	st = h.waitStatus("refused routes in status", func(st *weftv1.AgentStatus) bool { return st.BgpRefusedCount == 3 })
+	want := []string{
+		`0.0.0.0/0 via 192.168.1.2: outside the cluster's pod network 10.244.0.0/16`,
+		`10.244.1.0/24 via 192.168.1.2: overlaps this node's own pod CIDR 10.244.1.0/24`,
+		`10.244.2.128/25 via 192.168.1.3: next hop is node "n3"'s underlay address, but 10.244.2.0/24 is node "n2"'s (a node announces only its own pod CIDRs)`,
+	}
+	if !slices.Equal(st.BgpRefusedRoutes, want) || st.Degraded {
+		t.Fatalf("status refused routes = %q (degraded %v), want %q", st.BgpRefusedRoutes, st.Degraded, want)
+	}
+	sp.set(func(f *fakeSpeaker) {}) // the same routes again
+	h.waitStatus("status again", func(st *weftv1.AgentStatus) bool { return st.BgpRefusedCount == 3 })
+	if k := h.dp.Kernel(); !slices.Equal(k.Routes, honest) {
+		t.Fatalf("kernel routes %v, want only %v", k.Routes, honest)
+	}
+	rec = httptest.NewRecorder()
+	h.a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, m := range []string{"weft_agent_bgp_routes_refused 3", `weft_agent_bgp_routes_refused_total{reason="outside_pod_networks"} 1`,
+		`weft_agent_bgp_routes_refused_total{reason="own_pod_cidr"} 1`, `weft_agent_bgp_routes_refused_total{reason="wrong_next_hop"} 1`,
+		`weft_agent_bgp_routes_refused_total{reason="unassigned"} 0`} {
+		if !strings.Contains(rec.Body.String(), m) {
+			t.Errorf("metrics lack %q", m)
+		}
+	}
+	logs := h.logs.String()
+	if n := strings.Count(logs, "learned BGP route refused"); n != 3 ||
+		!strings.Contains(logs, `prefix=10.244.2.128/25 next_hop=192.168.1.3 reason=wrong_next_hop why="next hop is node \"n3\"'s`) {
+		t.Fatalf("%d refusals logged, want 3 naming prefix, next hop, reason:\n%s", n, logs)
+	}
+	sp.set(func(f *fakeSpeaker) { f.routes = slices.Clone(honest) })
+	h.waitStatus("no refused routes once withdrawn", func(st *weftv1.AgentStatus) bool { return st.BgpRefusedCount == 0 && len(st.BgpRefusedRoutes) == 0 })
+
 	// A speaker error (config it cannot use) shows as last_error; the
 	// datapath keeps converging (a masquerade change goes through).
 	sp.set(func(f *fakeSpeaker) { f.applyErr = fmt.Errorf("%w: asn is 0", bgp.ErrInvalidConfig) })
@@ -212,7 +255,7 @@ func TestAgentBGPMode(t *testing.T) {
 	c2.Bgp.HoldTimeSeconds, c2.Masquerade = 12, true
 	h.append(logtest.Config(c2))
 	h.waitStatus("speaker error in last_error", func(st *weftv1.AgentStatus) bool {
-		return strings.Contains(st.LastError, "configure bgp speaker") && st.AppliedSeq == 4
+		return strings.Contains(st.LastError, "configure bgp speaker") && st.AppliedSeq == 5
 	})
 	eventually(t, "datapath still converges", func() (bool, string) {
 		k := h.dp.Kernel()
@@ -220,7 +263,7 @@ func TestAgentBGPMode(t *testing.T) {
 	})
 	sp.set(func(f *fakeSpeaker) { f.applyErr = nil })
 	h.append(logtest.Config(bgpCfg()))
-	h.waitStatus("error cleared", func(st *weftv1.AgentStatus) bool { return st.LastError == "" && st.AppliedSeq == 5 })
+	h.waitStatus("error cleared", func(st *weftv1.AgentStatus) bool { return st.LastError == "" && st.AppliedSeq == 6 })
 
 	// Leaving bgp mode withdraws and leaves no BGP route or session.
 	h.append(logtest.Config(cfg()))

@@ -97,6 +97,9 @@ type loop struct {
 	listed    bool
 	firstWait string
 	bgp       bgpState
+	// refusedRoutes are the learned routes refused at the last plan (by
+	// RefusedRoute.String), each logged and counted once.
+	refusedRoutes map[string]bool
 	// bigTCPNotes are the plan's BigTCPNotes as last logged.
 	bigTCPNotes []string
 }
@@ -402,6 +405,7 @@ func (l *loop) syncOnce(ctx context.Context) error {
 	}
 	plan := model.Desired(l.state, a.cfg.NodeName, l.underlay, model.Options{ExtraRoutes: extra, HostRouting: a.cfg.HostRouting, TunnelDatapath: a.cfg.TunnelDatapath})
 	l.plan = plan
+	l.noteRefused(plan.RefusedRoutes)
 	a.metrics.peerProblems.Set(float64(len(plan.Problems)))
 	l.logBigTCPNotes(plan)
 

@@ -451,6 +451,9 @@ func errText(err error) string {
 	return err.Error()
 }
 
+// statusRefusedRoutes is how many refused BGP routes the status lists.
+const statusRefusedRoutes = 64
+
 // Status returns the agent's status as it would be reported now.
 func (a *Agent) Status() *weftv1.AgentStatus {
 	v := a.view.Load()
@@ -482,6 +485,12 @@ func (a *Agent) Status() *weftv1.AgentStatus {
 	}
 	for _, r := range v.refused {
 		st.Refused = append(st.Refused, r.String())
+	}
+	// Refused BGP routes: the first few in words, all in the count (a
+	// router may send a full table).
+	st.BgpRefusedCount = uint32(len(v.plan.RefusedRoutes))
+	for _, r := range v.plan.RefusedRoutes[:min(len(v.plan.RefusedRoutes), statusRefusedRoutes)] {
+		st.BgpRefusedRoutes = append(st.BgpRefusedRoutes, r.String())
 	}
 	for _, p := range v.plan.Problems {
 		st.PeerProblems = append(st.PeerProblems, &weftv1.PeerProblem{Node: p.Node, Reason: p.Reason})

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/nodeagent/model"
 )
 
 // metrics are the agent's Prometheus metrics, in a registry of its own so
@@ -32,6 +33,10 @@ type metrics struct {
 	peersUnreachable prometheus.Gauge
 	// quarantined counts the projection values the agent cannot use.
 	quarantined prometheus.Gauge
+	// bgpRefused counts learned BGP routes refused, once per route while
+	// it is announced; bgpRefusedNow is how many are refused now.
+	bgpRefused    *prometheus.CounterVec
+	bgpRefusedNow prometheus.Gauge
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -56,6 +61,13 @@ func newMetrics(a *Agent) *metrics {
 			Help: "Peers whose pod gateway does not answer probes through the datapath (past their grace)."}),
 		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_quarantined_keys",
 			Help: "Projection values (/weft/config, /weft/nodes/<name>) the agent cannot use; it holds their last good value and is degraded."}),
+		bgpRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weft_agent_bgp_routes_refused_total",
+			Help: "Learned BGP routes the agent refused to install, by reason, each counted (and logged) once while it is announced."}, []string{"reason"}),
+		bgpRefusedNow: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_agent_bgp_routes_refused",
+			Help: "Learned BGP routes refused now (not installed)."}),
+	}
+	for _, r := range model.RefuseReasons {
+		m.bgpRefused.WithLabelValues(r)
 	}
 	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_agent_lag_events", Help: "Events between the head seen and the applied seq."}, func() float64 {
 		st := a.Status()
@@ -66,7 +78,7 @@ func newMetrics(a *Agent) *metrics {
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(m.applied, m.head, m.eventsApplied, m.refused, m.relists, m.syncDuration, m.repairs,
 		m.degraded, m.peerProblems, m.tunnels, m.routes, lag, counterCollector{a.dp}, bgpCollector{a},
-		m.peersUnreachable, reachCollector{a}, m.quarantined)
+		m.peersUnreachable, reachCollector{a}, m.quarantined, m.bgpRefused, m.bgpRefusedNow)
 	return m
 }
 

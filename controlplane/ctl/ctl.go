@@ -418,6 +418,11 @@ type NodeStatus struct {
 	PodCIDRs []string `json:"pod_cidrs,omitempty"`
 	// BGPSessions are the node's BGP sessions (bgp mode only).
 	BGPSessions []BGPSession `json:"bgp_sessions,omitempty"`
+	// BGPRefusedRoutes are learned BGP routes the agent refused to
+	// install ("<prefix> via <next hop>: <why>", the first 64);
+	// BGPRefusedCount is how many it refuses.
+	BGPRefusedRoutes []string `json:"bgp_refused_routes,omitempty"`
+	BGPRefusedCount  uint32   `json:"bgp_refused_count,omitempty"`
 	// ReachablePeers answered the node's last probe; UnreachablePeers do
 	// not answer probes through its datapath (they make it degraded).
 	ReachablePeers   uint32            `json:"reachable_peers"`
@@ -554,6 +559,7 @@ func Status(ctx context.Context, c *clientv3.Client, k keys.Layout) (*StatusRepo
 			for _, u := range s.UnreachablePeers {
 				ns.UnreachablePeers = append(ns.UnreachablePeers, UnreachablePeer{Node: u.Node, Address: u.Address, Reason: u.Reason, Since: u.Since})
 			}
+			ns.BGPRefusedRoutes, ns.BGPRefusedCount = s.BgpRefusedRoutes, s.BgpRefusedCount
 			for _, b := range s.BgpSessions {
 				ns.BGPSessions = append(ns.BGPSessions, BGPSession{Peer: b.Peer, State: b.State, Reason: b.Reason,
 					Advertised: b.Advertised, Received: b.Received})
@@ -615,7 +621,11 @@ func (x *cli) status(ctx context.Context) error {
 			cidrs = "-"
 		}
 		if bgp {
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", text(n.Name), applied, n.Behind, cidrs, sessionsSummary(n.BGPSessions), state)
+			sessions := sessionsSummary(n.BGPSessions)
+			if n.BGPRefusedCount > 0 {
+				sessions += fmt.Sprintf(", %d refused", n.BGPRefusedCount)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", text(n.Name), applied, n.Behind, cidrs, sessions, state)
 		} else {
 			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", text(n.Name), applied, n.Behind, cidrs, state)
 		}
@@ -633,6 +643,18 @@ func (x *cli) status(ctx context.Context) error {
 			}
 			if more := unreachableCount(n) - listedPeers(n); more > 0 {
 				fmt.Fprintf(x.out, "  %s -> %d more peers (its status lists the first by name; all on the agent's /unreachable)\n", n.Name, more)
+			}
+		}
+	}
+	// Learned BGP routes each node refused to install, and why.
+	if slices.ContainsFunc(rep.Nodes, func(n NodeStatus) bool { return n.BGPRefusedCount > 0 }) {
+		fmt.Fprintln(x.out, "\nrefused bgp routes:")
+		for _, n := range rep.Nodes {
+			for _, r := range n.BGPRefusedRoutes {
+				fmt.Fprintf(x.out, "  %s: %s\n", text(n.Name), text(r))
+			}
+			if more := int(n.BGPRefusedCount) - len(n.BGPRefusedRoutes); more > 0 {
+				fmt.Fprintf(x.out, "  %s: %d more (its status lists the first %d)\n", text(n.Name), more, len(n.BGPRefusedRoutes))
 			}
 		}
 	}

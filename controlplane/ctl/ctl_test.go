@@ -283,6 +283,29 @@ func TestStatusBGPSessions(t *testing.T) {
 	if len(rep.Nodes[2].BGPSessions) != 0 || !strings.Contains(out, `"bgp_sessions"`) {
 		t.Errorf("json: node2 has sessions or none are shown: %s", out)
 	}
+
+	// Learned routes the agent refused: counted in the SESSIONS cell,
+	// the listed ones under "refused bgp routes:", the rest counted.
+	st.BgpRefusedCount = 3
+	st.BgpRefusedRoutes = []string{"0.0.0.0/0 via 10.99.0.2: outside the cluster's pod network 10.244.0.0/16",
+		`10.244.2.128/25 via 10.99.0.3: next hop is node "node0"'s underlay address, but 10.244.2.0/24 is node "node2"'s`}
+	e.c.Put(ctx, k.Status("node1"), keys.EncodeString(st))
+	code, out, _ = e.run("", "status")
+	for _, want := range []string{"1/2 up, 3 refused  converged", "\nrefused bgp routes:\n" +
+		"  node1: 0.0.0.0/0 via 10.99.0.2: outside the cluster's pod network 10.244.0.0/16\n" +
+		`  node1: 10.244.2.128/25 via 10.99.0.3: next hop is node "node0"'s underlay address, but 10.244.2.0/24 is node "node2"'s` + "\n" +
+		"  node1: 1 more (its status lists the first 2)\n"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("status lacks %q (exit %d):\n%s", want, code, out)
+		}
+	}
+	if strings.Contains(out, "node0: ") {
+		t.Errorf("node0 refuses nothing:\n%s", out)
+	}
+	_, out, _ = e.run("", "-o", "json", "status")
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Nodes[1].BGPRefusedCount != 3 || len(rep.Nodes[1].BGPRefusedRoutes) != 2 {
+		t.Errorf("json refused routes: %v %s", err, out)
+	}
 }
 
 func TestStatusUnreachablePeers(t *testing.T) {

@@ -31,6 +31,9 @@ type Plan struct {
 	Self *weftv1.Node
 	// PodMTU is the MTU pods on this node should use (FLANNEL_MTU).
 	PodMTU int
+	// RefusedRoutes are the learned routes (Options.ExtraRoutes, bgp
+	// mode) left out of Desired, in the order given (see filterLearned).
+	RefusedRoutes []RefusedRoute
 	// BigTCPNotes say why a family the config asks BIG TCP for keeps
 	// 64 KiB on this node (kernel, underlay), one line each.
 	BigTCPNotes []string
@@ -38,8 +41,9 @@ type Plan struct {
 
 // Options tune Desired.
 type Options struct {
-	// ExtraRoutes are routes learned elsewhere (BGP); they are merged into
-	// the spec in bgp mode and ignored in every other mode.
+	// ExtraRoutes are routes learned elsewhere (BGP); in bgp mode those
+	// the log allows (filterLearned) are merged into the spec and the
+	// others listed in Plan.RefusedRoutes; every other mode ignores them.
 	ExtraRoutes []spec.Route
 	// HostRouting overrides the config's host_routing for this node
 	// (the agent's --host-routing): "bpf", "stack" or "" (the config's).
@@ -116,7 +120,10 @@ func UnderlayMTU(cfg *weftv1.ClusterConfig, u spec.Underlay) int {
 //   - hybrid: the overlay device, direct routes for adjacent peers and
 //     tunnel entries for the others;
 //   - gateway: no per-node routes or tunnels;
-//   - bgp: no static per-node routes; opts.ExtraRoutes are merged in.
+//   - bgp: no static per-node routes; opts.ExtraRoutes are merged in,
+//     except those the log does not allow (Plan.RefusedRoutes: outside
+//     the pod networks, this node's own CIDRs, another node's CIDR via
+//     the wrong node; see filterLearned).
 //
 // In every mode the cluster CIDRs are the pod networks the datapath's
 // underlay check protects; without an overlay every remote pod CIDR is
@@ -274,7 +281,9 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 		plan.PodMTU = d.Overlay.MTU
 	}
 	if mode == spec.ModeBGP {
-		d.Routes = append(d.Routes, opts.ExtraRoutes...)
+		keep, refused := filterLearned(s, self, u, cfg, opts.ExtraRoutes)
+		d.Routes = append(d.Routes, keep...)
+		plan.RefusedRoutes = refused
 	}
 
 	if cfg.Masquerade && len(d.LocalPodCIDRs) > 0 {

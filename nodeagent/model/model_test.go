@@ -304,7 +304,9 @@ func TestDesiredModes(t *testing.T) {
 	t.Run("bgp", func(t *testing.T) {
 		c := baseConfig()
 		c.Backend = "bgp"
-		c.Bgp = &weftv1.BGPConfig{Asn: 64512, FullMesh: true}
+		// A router's route (bgp.peers) to another node's pod CIDR; see
+		// TestLearnedRoutesFiltered for the routes refused.
+		c.Bgp = &weftv1.BGPConfig{Asn: 64512, FullMesh: true, Peers: []*weftv1.BGPPeer{{Address: "192.168.1.254", Asn: 65000}}}
 		learned := spec.Route{Prefix: pfx("10.244.3.0/24"), Via: ip("192.168.1.254"), Proto: spec.ProtoBGP}
 		d := Desired(stateWith(t, c), "self", underlay(), Options{ExtraRoutes: []spec.Route{learned}}).Desired
 		if d.Overlay != nil || len(d.Tunnels) != 0 || len(d.Routes) != 1 || d.Routes[0] != learned {

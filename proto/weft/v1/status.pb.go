@@ -66,9 +66,18 @@ type AgentStatus struct {
 	// empty once it happened, also after a later NodeRemoved of the node.
 	// Not degraded: a node waiting for its NodeAdded while the controller is
 	// away has nothing wrong, but it is not converged.
-	NotConverged  string `protobuf:"bytes,18,opt,name=not_converged,json=notConverged,proto3" json:"not_converged,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NotConverged string `protobuf:"bytes,18,opt,name=not_converged,json=notConverged,proto3" json:"not_converged,omitempty"`
+	// Learned BGP routes the agent refused to install (bgp mode; outside
+	// the pod networks, this node's own pod CIDRs, another node's pod CIDR
+	// via the wrong next hop: docs/bgp.md), each as "<prefix> via <next
+	// hop>: <why>", the first 64 in the order the speaker gave them.
+	// Reporting only: the agent is not degraded for them.
+	BgpRefusedRoutes []string `protobuf:"bytes,19,rep,name=bgp_refused_routes,json=bgpRefusedRoutes,proto3" json:"bgp_refused_routes,omitempty"`
+	// How many learned BGP routes are refused (bgp_refused_routes lists at
+	// most 64).
+	BgpRefusedCount uint32 `protobuf:"varint,20,opt,name=bgp_refused_count,json=bgpRefusedCount,proto3" json:"bgp_refused_count,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AgentStatus) Reset() {
@@ -225,6 +234,20 @@ func (x *AgentStatus) GetNotConverged() string {
 		return x.NotConverged
 	}
 	return ""
+}
+
+func (x *AgentStatus) GetBgpRefusedRoutes() []string {
+	if x != nil {
+		return x.BgpRefusedRoutes
+	}
+	return nil
+}
+
+func (x *AgentStatus) GetBgpRefusedCount() uint32 {
+	if x != nil {
+		return x.BgpRefusedCount
+	}
+	return 0
 }
 
 // UnreachablePeer is a remote node whose pod gateway does not answer
@@ -435,7 +458,7 @@ var File_weft_v1_status_proto protoreflect.FileDescriptor
 
 const file_weft_v1_status_proto_rawDesc = "" +
 	"\n" +
-	"\x14weft/v1/status.proto\x12\aweft.v1\"\x8a\x05\n" +
+	"\x14weft/v1/status.proto\x12\aweft.v1\"\xe4\x05\n" +
 	"\vAgentStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vapplied_seq\x18\x02 \x01(\x04R\n" +
@@ -457,7 +480,9 @@ const file_weft_v1_status_proto_rawDesc = "" +
 	"\x11unreachable_peers\x18\x0f \x03(\v2\x18.weft.v1.UnreachablePeerR\x10unreachablePeers\x12'\n" +
 	"\x0freachable_peers\x18\x10 \x01(\rR\x0ereachablePeers\x12+\n" +
 	"\x11unreachable_count\x18\x11 \x01(\rR\x10unreachableCount\x12#\n" +
-	"\rnot_converged\x18\x12 \x01(\tR\fnotConverged\"m\n" +
+	"\rnot_converged\x18\x12 \x01(\tR\fnotConverged\x12,\n" +
+	"\x12bgp_refused_routes\x18\x13 \x03(\tR\x10bgpRefusedRoutes\x12*\n" +
+	"\x11bgp_refused_count\x18\x14 \x01(\rR\x0fbgpRefusedCount\"m\n" +
 	"\x0fUnreachablePeer\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
