@@ -1070,6 +1070,17 @@ func AddRoute(ns string, dst netip.Prefix, gw netip.Addr) error {
 	})
 }
 
+// AddBlackhole adds (replaces) a blackhole route to dst in namespace ns:
+// a host that swallows what it is sent for dst. DelRoute removes it.
+func AddBlackhole(ns string, dst netip.Prefix) error {
+	return withHandle(ns, func(h *netlink.Handle) error {
+		if err := h.RouteReplace(&netlink.Route{Dst: netnstest.IPNet(dst), Type: syscall.RTN_BLACKHOLE}); err != nil {
+			return fmt.Errorf("blackhole route %s in %s: %w", dst, ns, err)
+		}
+		return nil
+	})
+}
+
 // DelRoute removes the route to dst in namespace ns (missing is fine).
 func DelRoute(ns string, dst netip.Prefix) error {
 	return withHandle(ns, func(h *netlink.Handle) error {

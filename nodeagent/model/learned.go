@@ -62,6 +62,10 @@ func (r RefusedRoute) String() string {
 //     next hop). A next hop that is another node's (or this node's) is
 //     refused: a node announces only its own pod CIDRs.
 //
+// A speaker lists every path of a prefix, its best first: the first path
+// allowed is kept, so an honest path stays when a refused one won the
+// speaker's selection.
+//
 // Peers are not known here (a learned route carries its prefix and next
 // hop only), so a configured peer that is a router is trusted to route
 // other nodes' pod CIDRs; it cannot take this node's own CIDRs, a node's
@@ -96,6 +100,9 @@ func filterLearned(s *State, self string, u spec.Underlay, cfg *weftv1.ClusterCo
 			nodeAt[pn.ip6] = pn.name
 		}
 	}
+	// One route per prefix: the first allowed path (the speaker lists a
+	// prefix's best path first).
+	kept := make(map[netip.Prefix]bool, len(routes))
 	routers := cfg.GetBgp() != nil && len(cfg.GetBgp().GetPeers()) > 0
 	refuse := func(r spec.Route, reason, format string, args ...any) {
 		refused = append(refused, RefusedRoute{Route: r, Reason: reason, Detail: fmt.Sprintf(format, args...)})
@@ -149,6 +156,10 @@ func filterLearned(s *State, self string, u spec.Underlay, cfg *weftv1.ClusterCo
 			refuse(r, RefuseUnknownNextHop, "next hop is no node's underlay address and no router is configured (bgp.peers is empty); %s is node %q's", ownerCIDR, owner)
 			continue
 		}
+		if kept[p] {
+			continue
+		}
+		kept[p] = true
 		keep = append(keep, r)
 	}
 	return keep, refused

@@ -85,7 +85,7 @@ func TestLearnedRoutesFiltered(t *testing.T) {
 		{name: "v6 unknown next hop, mesh only", route: bgpRoute("fd00:10:244:3::/64", "fd99::fe"), noPeers: true, reason: RefuseUnknownNextHop},
 	}
 	// One honest route rides along with each case and must stay.
-	honest := bgpRoute("10.244.3.0/24", "192.168.1.3")
+	honest := bgpRoute("10.244.3.128/25", "192.168.1.3")
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			p := Desired(state(cfg(!tc.noPeers)), "self", u, Options{ExtraRoutes: []spec.Route{honest, tc.route}})
@@ -114,6 +114,23 @@ func TestLearnedRoutesFiltered(t *testing.T) {
 			}
 		})
 	}
+
+	// Several paths of one prefix: the first allowed one is installed,
+	// also when a refused one came first (the speaker's best: an eBGP
+	// rogue beats the owner's iBGP path).
+	t.Run("first allowed path of a prefix", func(t *testing.T) {
+		rogue := bgpRoute("10.244.2.0/24", "192.168.1.3")
+		owner := bgpRoute("10.244.2.0/24", "192.168.1.2")
+		router := bgpRoute("10.244.2.0/24", "192.168.1.254")
+		p := Desired(state(cfg(true)), "self", u, Options{ExtraRoutes: []spec.Route{rogue, owner, router}})
+		if !slices.Equal(p.Desired.Routes, []spec.Route{owner}) || len(p.RefusedRoutes) != 1 || p.RefusedRoutes[0].Route != rogue {
+			t.Fatalf("routes %v, refused %v; want %v alone, %v refused", p.Desired.Routes, p.RefusedRoutes, owner, rogue)
+		}
+		p = Desired(state(cfg(true)), "self", u, Options{ExtraRoutes: []spec.Route{router, owner}})
+		if !slices.Equal(p.Desired.Routes, []spec.Route{router}) || len(p.RefusedRoutes) != 0 {
+			t.Fatalf("routes %v, refused %v; want %v alone", p.Desired.Routes, p.RefusedRoutes, router)
+		}
+	})
 
 	t.Run("whole set", func(t *testing.T) {
 		var all []spec.Route

@@ -49,13 +49,17 @@ type Peer struct {
 	DynamicName string
 	// Password turns on TCP MD5 for the session.
 	Password string
+	// Export is the session's export filter ("where source = RTS_STATIC");
+	// "" exports every route.
+	Export string
 }
 
 // String renders bird.conf. Every session has hold 3 s and keepalive 1 s
 // (the speakers' timers win when smaller), a session that failed is
 // accepted again after 1–2 s (BIRD's default error wait is 60–300 s),
 // graceful restart on (BIRD keeps the routes of peers that negotiated it)
-// and imports and exports every route.
+// and imports every route and exports every route (or what Peer.Export
+// lets through).
 func (c Config) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "log %q all;\nrouter id %s;\nprotocol device { scan time 2; }\n", c.Log, c.RouterID)
@@ -90,8 +94,12 @@ func (c Config) String() string {
 	error wait time 1, 2;
 	graceful restart on;
 `)
+		export := "all"
+		if p.Export != "" {
+			export = p.Export
+		}
 		for _, ch := range channels {
-			fmt.Fprintf(&b, "\t%s { import all; export all; };\n", ch)
+			fmt.Fprintf(&b, "\t%s { import all; export %s; };\n", ch, export)
 		}
 		b.WriteString("}\n")
 	}

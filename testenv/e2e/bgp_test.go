@@ -18,6 +18,7 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 	"github.com/weftnet/weft/testenv"
+	"github.com/weftnet/weft/testenv/birdtest"
 )
 
 // protoBGP is the route protocol of the routes weft's speaker learned.
@@ -482,7 +483,8 @@ func must(s string, err error) string {
 // peers with the two others, holds a proto 0x58 route to each other pod
 // CIDR via its node, has no overlay device, and all pairs reach each other;
 // a configured peer nobody answers stays down with a reason while the rest
-// works. Back in vxlan nothing of bgp mode is left: no proto 0x58 route,
+// works; a rogue configured peer's hijack, default and non-pod routes
+// never reach a node's kernel (RogueRoutesRefused). Back in vxlan nothing of bgp mode is left: no proto 0x58 route,
 // no session in the status, the speaker's port closed.
 func TestBGPFullMesh(t *testing.T) {
 	c := start(t, testenv.Options{Nodes: 3, PodsPerNode: 1, Backend: "vxlan", Reconcile: "2s"})
@@ -547,6 +549,205 @@ func TestBGPFullMesh(t *testing.T) {
 		}
 		st, _ := c.Status(ctx, nodes[0].Name)
 		t.Logf("n0 sessions: %v", st.GetBgpSessions())
+	})
+
+	// A rogue peer: BIRD in the control namespace (an underlay host that
+	// is no node), configured as an iBGP peer, announces a hijack of n1's pods
+	// and n0's whole CIDR with n2 as next hop (a node announcing what is
+	// not its own), a default route, a non-pod prefix, an unassigned part
+	// of the pod network and the cluster aggregate. n2 swallows what it
+	// is sent for the hijacked range (a blackhole route), so a node that
+	// took the hijack would lose its pods' traffic to n1's pod. No node's
+	// kernel may hold any of them, sampled every 20 ms throughout; the
+	// honest routes stay; n0 and n1's pods still reach each other. The
+	// rogue is iBGP with LOCAL_PREF 200, so its paths win GoBGP's
+	// selection: the honest route stays only because the speaker hands
+	// over every path and refuses paths for the node's own prefixes
+	// (without either, n1 loses n0's CIDR: checked by hand).
+	t.Run("RogueRoutesRefused", func(t *testing.T) {
+		if _, err := os.Stat(testenv.BIRDPath); err != nil {
+			t.Skipf("needs BIRD 2 (Debian package bird2) at %s: %v", testenv.BIRDPath, err)
+		}
+		cfg, err := c.Config(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cluster := netip.MustParsePrefix(cfg.GetClusterCidr())
+		n0, n1, n2 := nodes[0], nodes[1], nodes[2]
+		victimPod := n1.Pods[0].Addr
+		hijack := netip.PrefixFrom(victimPod, cidr[n1.Name].Bits()+1).Masked()
+		// The last block of the cluster CIDR of the nodes' size: no
+		// node's (the controller hands out from the start).
+		last := cluster.Addr().As4()
+		for i := cluster.Bits() / 8; i < 4; i++ {
+			last[i] |= 0xff >> max(0, cluster.Bits()-8*i)
+		}
+		unassigned := netip.PrefixFrom(netip.AddrFrom4(last), cidr[n0.Name].Bits()).Masked()
+		for _, p := range cidr {
+			if p.Overlaps(unassigned) {
+				t.Fatalf("%s is assigned (%v)", unassigned, cidr)
+			}
+		}
+		rogueIP := testenv.CtlIP()
+		elsewhere := netip.MustParseAddr("10.99.0.251") // on the segment, no node's
+		announced := []struct {
+			prefix netip.Prefix
+			via    netip.Addr
+		}{
+			{hijack, n2.UnderlayIP},
+			{cidr[n0.Name], n2.UnderlayIP},
+			{netip.MustParsePrefix("0.0.0.0/0"), elsewhere},
+			{netip.MustParsePrefix("192.0.2.0/24"), elsewhere},
+			{unassigned, elsewhere},
+			{cluster, elsewhere},
+		}
+		// What each node refuses: its speaker drops paths of its own
+		// prefix (n0: its CIDR) and via itself (n2: the first two) before
+		// the agent sees them.
+		wantRefused := map[string]int{n0.Name: 5, n1.Name: 6, n2.Name: 4}
+
+		// Honest routes only, at every sample.
+		honest := func(n *testenv.Node) map[netip.Prefix]netip.Addr {
+			out := map[netip.Prefix]netip.Addr{}
+			for _, peer := range nodes {
+				if peer != n {
+					out[cidr[peer.Name]] = peer.UnderlayIP
+				}
+			}
+			return out
+		}
+		var bad atomic.Value
+		var samples atomic.Int64
+		stop := make(chan struct{})
+		sampled := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			for {
+				for _, n := range nodes {
+					rs, err := testenv.ProtoRoutes(n.NS, protoBGP)
+					if err == nil && !maps.Equal(rs, honest(n)) && bad.Load() == nil {
+						bad.Store(fmt.Sprintf("%s: proto 0x58 routes %v", n.Name, rs))
+					}
+				}
+				samples.Add(1)
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}()
+		defer func() {
+			close(stop)
+			<-sampled
+		}()
+
+		if err := testenv.AddBlackhole(n2.NS, hijack); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := testenv.DelRoute(n2.NS, hijack); err != nil {
+				t.Error(err)
+			}
+		})
+		dir := filepath.Join(c.RunDir, "rogue")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		// iBGP in the cluster's AS with LOCAL_PREF 200: its paths win
+		// GoBGP's selection over the nodes' own (100), so a node keeps
+		// an honest route only if the speaker hands over every path.
+		conf := birdtest.Config{Log: filepath.Join(dir, "bird.log"), RouterID: rogueIP, ASN: 64512}
+		for _, n := range nodes {
+			conf.Peers = append(conf.Peers, birdtest.Peer{Name: fmt.Sprintf("node%d", n.Index), Local: rogueIP, Neighbor: n.UnderlayIP, NeighborASN: 64512,
+				Export: "filter { if source != RTS_STATIC then reject; bgp_local_pref = 200; accept; }"})
+		}
+		var static strings.Builder
+		static.WriteString("protocol static rogue {\n\tipv4;\n")
+		for _, a := range announced {
+			fmt.Fprintf(&static, "\troute %s via %s;\n", a.prefix, a.via)
+		}
+		static.WriteString("}\n")
+		confPath, sock := filepath.Join(dir, "bird.conf"), filepath.Join(dir, "bird.ctl")
+		if err := os.WriteFile(confPath, []byte(conf.String()+static.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		rogue := c.NewProc("rogue-bird", c.CtlNS, []string{testenv.BIRDPath, "-f", "-c", confPath, "-s", sock, "-P", filepath.Join(dir, "bird.pid")})
+		if err := rogue.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := rogue.Stop(5 * time.Second); err != nil {
+				t.Error(err)
+			}
+		})
+		switchTo(t, func(cfg *weftv1.ClusterConfig) {
+			cfg.Bgp.Peers = append(cfg.Bgp.Peers, &weftv1.BGPPeer{Address: rogueIP.String(), Asn: 64512})
+		})
+		eventually(t, 30*time.Second, "every node has a session with the rogue, its routes refused", func() (bool, string) {
+			for _, n := range nodes {
+				st, err := c.Status(ctx, n.Name)
+				if err != nil {
+					return false, err.Error()
+				}
+				i := slices.IndexFunc(st.GetBgpSessions(), func(s *weftv1.BGPSession) bool { return s.GetPeer() == rogueIP.String() })
+				if i < 0 || st.GetBgpSessions()[i].GetState() != "established" || (n != n2 && st.GetBgpSessions()[i].GetReceived() != uint32(len(announced))) {
+					return false, fmt.Sprintf("%s: sessions %v", n.Name, st.GetBgpSessions())
+				}
+				if int(st.GetBgpRefusedCount()) != wantRefused[n.Name] || st.GetDegraded() {
+					return false, fmt.Sprintf("%s: refused %d %q, degraded %v", n.Name, st.GetBgpRefusedCount(), st.GetBgpRefusedRoutes(), st.GetDegraded())
+				}
+			}
+			return true, ""
+		})
+		st, _ := c.Status(ctx, n0.Name)
+		t.Logf("n0 refuses %q", st.GetBgpRefusedRoutes())
+		st1, _ := c.Status(ctx, n1.Name)
+		t.Logf("n1 refuses %q", st1.GetBgpRefusedRoutes())
+		wantHijack := fmt.Sprintf("%s via %s: next hop is node %q's underlay address, but %s is node %q's", hijack, n2.UnderlayIP, n2.Name, cidr[n1.Name], n1.Name)
+		if !slices.ContainsFunc(st.GetBgpRefusedRoutes(), func(r string) bool { return strings.HasPrefix(r, wantHijack) }) {
+			t.Errorf("n0's status lacks %q", wantHijack)
+		}
+		for _, n := range nodes {
+			m, err := c.Metrics(ctx, n)
+			if err != nil || m["weft_agent_bgp_routes_refused"] != float64(wantRefused[n.Name]) {
+				t.Errorf("%s: weft_agent_bgp_routes_refused %v (%v), want %d", n.Name, m["weft_agent_bgp_routes_refused"], err, wantRefused[n.Name])
+			}
+		}
+		out, err := c.Weftctl(ctx, "status")
+		if err != nil || !strings.Contains(out, "3/4 up, 6 refused") || !strings.Contains(out, "refused bgp routes:") {
+			t.Errorf("weftctl status (%v):\n%s", err, out)
+		}
+		// n0's and n1's pods reach each other (n2, swallowing the hijacked
+		// range, is left out), over routes sampled for a while longer.
+		skip := func(from, to testenv.Target) bool {
+			for _, p := range n2.Pods {
+				if from.NS == p.NS || to.NS == p.NS {
+					return true
+				}
+			}
+			return c.CrossNode()(from, to)
+		}
+		if m := testenv.CheckAll(ctx, c.Targets(), skip); len(m.Failed()) > 0 || len(m.Results) == 0 {
+			t.Errorf("n0 ↔ n1 pods:\n%s", m)
+		}
+		if b := bad.Load(); b != nil {
+			t.Fatalf("a node's kernel BGP routes were not exactly the honest ones (a refused route, or an honest one missing): %v", b)
+		}
+		t.Logf("kernel routes sampled %d times (3 nodes each), only honest ones", samples.Load())
+		// The rogue goes; the config names the ghost alone again.
+		switchTo(t, func(cfg *weftv1.ClusterConfig) {
+			cfg.Bgp.Peers = slices.DeleteFunc(cfg.Bgp.Peers, func(p *weftv1.BGPPeer) bool { return p.Address == rogueIP.String() })
+		})
+		eventually(t, 30*time.Second, "nothing refused once the rogue is no peer", func() (bool, string) {
+			for _, n := range nodes {
+				st, err := c.Status(ctx, n.Name)
+				if err != nil || st.GetBgpRefusedCount() != 0 || len(st.GetBgpSessions()) != 3 {
+					return false, fmt.Sprintf("%s: %v %v", n.Name, st, err)
+				}
+			}
+			return true, ""
+		})
 	})
 
 	t.Run("BackToVXLAN", func(t *testing.T) {

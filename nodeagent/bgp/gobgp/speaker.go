@@ -39,6 +39,9 @@ type Speaker struct {
 	// bad holds peers GoBGP refused to add, with the error.
 	bad map[netip.Addr]string
 	adv map[netip.Prefix]advertised
+	// own are the prefixes the import policy "weft-not-own" refuses from
+	// peers (the ones advertised, as last set by syncOwn).
+	own []netip.Prefix
 }
 
 type advertised struct {
@@ -130,8 +133,89 @@ func (s *Speaker) Apply(ctx context.Context, cfg bgp.Config, advertise []netip.P
 			return err
 		}
 	}
+	// Before the peers: no path for an own prefix may enter the RIB.
+	if err := s.syncOwn(ctx, advertise); err != nil {
+		return err
+	}
 	s.syncPeers(ctx, &cfg)
 	return s.syncPaths(ctx, advertise, nexthops)
+}
+
+// Names of the import policy that refuses a node's own prefixes.
+const (
+	ownPolicy = "weft-not-own"
+	ownSet4   = "weft-own-v4"
+	ownSet6   = "weft-own-v6"
+)
+
+// syncOwn makes the import policy "weft-not-own" refuse exactly the
+// prefixes this node advertises, from every peer. Without it an iBGP
+// peer's path for one of them with a higher LOCAL_PREF wins GoBGP's best
+// path selection over the local one (LOCAL_PREF is compared before local
+// origin), and the export policy, which passes only local paths, then
+// withdraws the node's own CIDR from every peer. Paths already received
+// are re-evaluated (soft reset in) when the prefixes change.
+func (s *Speaker) syncOwn(ctx context.Context, advertise []netip.Prefix) error {
+	own := make([]netip.Prefix, 0, len(advertise))
+	for _, p := range advertise {
+		own = append(own, p.Masked())
+	}
+	slices.SortFunc(own, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	own = slices.Compact(own)
+	if s.own != nil && slices.Equal(own, s.own) {
+		return nil
+	}
+	// A set never empty (GoBGP cannot tell an empty set's family): a
+	// host route to the unspecified address, which nothing announces.
+	sets := map[string][]*api.Prefix{
+		ownSet4: {{IpPrefix: "0.0.0.0/32", MaskLengthMin: 32, MaskLengthMax: 32}},
+		ownSet6: {{IpPrefix: "::/128", MaskLengthMin: 128, MaskLengthMax: 128}},
+	}
+	for _, p := range own {
+		name := ownSet4
+		if p.Addr().Is6() {
+			name = ownSet6
+		}
+		sets[name] = append(sets[name], &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: uint32(p.Bits())})
+	}
+	for _, name := range []string{ownSet4, ownSet6} {
+		ds := &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name, Prefixes: sets[name]}
+		if err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds, Replace: true}); err != nil {
+			return fmt.Errorf("set import policy's prefix set %s: %w", name, err)
+		}
+	}
+	if s.own == nil {
+		// The global import policy sees local paths too (AddPath): only
+		// paths from peers, internal and external, are refused.
+		reject := &api.Actions{RouteAction: api.RouteAction_REJECT}
+		pol := &api.Policy{Name: ownPolicy}
+		for _, set := range []string{ownSet4, ownSet6} {
+			for _, rt := range []api.Conditions_RouteType{api.Conditions_ROUTE_TYPE_INTERNAL, api.Conditions_ROUTE_TYPE_EXTERNAL} {
+				pol.Statements = append(pol.Statements, &api.Statement{Name: fmt.Sprintf("%s-%s-%d", ownPolicy, set, rt),
+					Conditions: &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: set}, RouteType: rt}, Actions: reject})
+			}
+		}
+		if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: pol}); err != nil {
+			return fmt.Errorf("add import policy: %w", err)
+		}
+		err := s.srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+			Name: "global", Direction: api.PolicyDirection_IMPORT, Policies: []*api.Policy{{Name: ownPolicy}}, DefaultAction: api.RouteAction_ACCEPT,
+		}})
+		if err != nil {
+			return fmt.Errorf("assign import policy: %w", err)
+		}
+	} else if len(s.peers) > 0 {
+		if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Soft: true, Direction: api.ResetPeerRequest_IN}); err != nil {
+			s.log.Warn("re-evaluate received paths for the new own prefixes", "error", err)
+		}
+	}
+	s.own = own
+	return nil
 }
 
 func (s *Speaker) startLocked(ctx context.Context, cfg *bgp.Config) error {
@@ -270,9 +354,12 @@ func newPath(p netip.Prefix, nexthop netip.Addr) *api.Path {
 	return &api.Path{Family: family(p), Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}
 }
 
-// Routes returns the best learned path for every prefix some peer
-// advertises, excluding this speaker's own prefixes and paths whose next
-// hop is this node, sorted by prefix. Paths a restarting peer left behind
+// Routes returns every learned path of every prefix some peer advertises,
+// excluding this speaker's own prefixes and paths whose next hop is this
+// node, sorted by prefix, GoBGP's best path of a prefix first. Not only
+// the best: the agent refuses routes the log does not allow, and an
+// honest path must stay when a rogue peer's wins GoBGP's selection (an
+// eBGP path beats an iBGP one). Paths a restarting peer left behind
 // (graceful restart, marked stale in GoBGP) are included until they expire.
 // It returns nil when the speaker is stopped.
 func (s *Speaker) Routes() []spec.Route {
@@ -284,12 +371,17 @@ func (s *Speaker) Routes() []spec.Route {
 	var out []spec.Route
 	for _, f := range []*api.Family{family(netip.MustParsePrefix("0.0.0.0/0")), family(netip.MustParsePrefix("::/0"))} {
 		err := s.srv.ListPath(context.Background(), &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: f}, func(d *api.Destination) {
-			for _, p := range d.Paths {
-				if !p.Best || p.IsWithdraw {
-					continue
-				}
-				if r, ok := s.learned(p); ok {
-					out = append(out, r)
+			// The best path first, then the others in GoBGP's order; two
+			// peers' paths with one next hop are one route.
+			start := len(out)
+			for _, best := range []bool{true, false} {
+				for _, p := range d.Paths {
+					if p.Best != best || p.IsWithdraw {
+						continue
+					}
+					if r, ok := s.learned(p); ok && !slices.Contains(out[start:], r) {
+						out = append(out, r)
+					}
 				}
 			}
 		})
@@ -297,7 +389,7 @@ func (s *Speaker) Routes() []spec.Route {
 			s.log.Warn("list paths failed", "error", err)
 		}
 	}
-	slices.SortFunc(out, func(a, b spec.Route) int {
+	slices.SortStableFunc(out, func(a, b spec.Route) int {
 		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
 			return c
 		}
@@ -471,7 +563,7 @@ func (s *Speaker) stopLocked(ctx context.Context, withdraw bool) error {
 	s.srv.Stop()
 	s.cancel()
 	s.srv, s.cancel = nil, nil
-	s.peers, s.bad, s.adv = nil, nil, nil
+	s.peers, s.bad, s.adv, s.own = nil, nil, nil, nil
 	s.reasons.reset()
 	s.log.Info("speaker stopped", "withdraw", withdraw)
 	return errors.Join(errs...)

@@ -265,7 +265,8 @@ func (c *Client) Routes() []spec.Route {
 			out = append(out, r)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
+	// Stable: a prefix's paths keep the child's order (its best first).
+	sort.SliceStable(out, func(i, j int) bool {
 		a, b := out[i].Prefix, out[j].Prefix
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
 			return c < 0
