@@ -83,22 +83,31 @@ func filterLearned(s *State, self string, u spec.Underlay, cfg *weftv1.ClusterCo
 			selfAddrs = append(selfAddrs, a)
 		}
 	}
-	// Every node's underlay addresses, and by name for the owner's.
-	nodeAt := make(map[netip.Addr]string, 2*len(s.sorted))
-	for i := range s.sorted {
+	if i, ok := slices.BinarySearchFunc(s.sorted, self, byName); ok {
 		pn := &s.sorted[i]
-		if pn.name == self {
-			own = pn.prefixes
-			selfAddrs = append(selfAddrs, pn.ip)
-			if pn.ip6.IsValid() {
-				selfAddrs = append(selfAddrs, pn.ip6)
-			}
-			continue
-		}
-		nodeAt[pn.ip] = pn.name
+		own = pn.prefixes
+		selfAddrs = append(selfAddrs, pn.ip)
 		if pn.ip6.IsValid() {
-			nodeAt[pn.ip6] = pn.name
+			selfAddrs = append(selfAddrs, pn.ip6)
 		}
+	}
+	// Every other node's underlay addresses, built on the first next hop
+	// that is not the owner's (an honest full mesh never needs it).
+	var nodeAt map[netip.Addr]string
+	nodeOf := func(a netip.Addr) (string, bool) {
+		if nodeAt == nil {
+			nodeAt = make(map[netip.Addr]string, 2*len(s.sorted))
+			for i := range s.sorted {
+				if pn := &s.sorted[i]; pn.name != self {
+					nodeAt[pn.ip] = pn.name
+					if pn.ip6.IsValid() {
+						nodeAt[pn.ip6] = pn.name
+					}
+				}
+			}
+		}
+		name, ok := nodeAt[a]
+		return name, ok
 	}
 	// One route per prefix: the first allowed path (the speaker lists a
 	// prefix's best path first).
@@ -144,23 +153,23 @@ func filterLearned(s *State, self string, u spec.Underlay, cfg *weftv1.ClusterCo
 			refuse(r, RefuseWrongNextHop, "next hop is this node's own address; %s is node %q's", ownerCIDR, owner)
 			continue
 		}
-		at, isNode := nodeAt[via]
-		switch {
-		case isNode && at == owner:
-		case isNode && ownsAddr(s, owner, via):
-			// Two nodes share the address; the owner is one of them.
-		case isNode:
-			refuse(r, RefuseWrongNextHop, "next hop is node %q's underlay address, but %s is node %q's (a node announces only its own pod CIDRs)", at, ownerCIDR, owner)
-			continue
-		case !routers:
-			refuse(r, RefuseUnknownNextHop, "next hop is no node's underlay address and no router is configured (bgp.peers is empty); %s is node %q's", ownerCIDR, owner)
-			continue
+		// Not the owner's address (a node sharing it with the owner
+		// counts as the owner): another node's is refused; no node's at
+		// all is a router's, allowed when routers are configured.
+		if !ownsAddr(s, owner, via) {
+			if at, isNode := nodeOf(via); isNode {
+				refuse(r, RefuseWrongNextHop, "next hop is node %q's underlay address, but %s is node %q's (a node announces only its own pod CIDRs)", at, ownerCIDR, owner)
+				continue
+			}
+			if !routers {
+				refuse(r, RefuseUnknownNextHop, "next hop is no node's underlay address and no router is configured (bgp.peers is empty); %s is node %q's", ownerCIDR, owner)
+				continue
+			}
 		}
-		if kept[p] {
-			continue
+		if !kept[p] {
+			kept[p] = true
+			keep = append(keep, r)
 		}
-		kept[p] = true
-		keep = append(keep, r)
 	}
 	return keep, refused
 }
