@@ -44,6 +44,12 @@ import (
 //	plain-big: plain with the same GSO/GRO limits set by hand on the
 //	        same devices, for the fair comparison (docs/datapath.md, "BIG
 //	        TCP": it is the kernel's packet size, not weft's datapath)
+//	weft-bpf-big: weft-bpf with BIG TCP on, as the agent asks for it over
+//	        VXLAN in the programs (the size in the desired state, pod
+//	        veths raised as weft-cni does, FlagBigDecap on the tunnels to
+//	        the peer that registered spec.CapBigDecap): packets over
+//	        64 KiB cross the underlay whole (docs/datapath.md, "BIG TCP
+//	        over VXLAN in the programs"); plain-big is its fair match
 //
 // Every setup gets identical treatment: same pod MTU rule (1450 with
 // encapsulation, 1500 without), same CPU pinning, same tools, same number
@@ -79,6 +85,50 @@ func setupWeftBPF(b *testing.B) *testCluster {
 		n.sync(w)
 	}
 	return c
+}
+
+// setupWeftBPFBig is weft-bpf with BIG TCP on, the way a user gets it
+// from big_tcp and big_tcp_v6 with tunnel_datapath "bpf": the agent's size
+// in the desired state (Sync raises the underlay and the bridge),
+// FlagBigDecap on the IPv4 tunnels (the peer registered spec.CapBigDecap)
+// and both ends of the pod's veth raised as weft-cni does at ADD. The pods
+// keep the overlay's MTU.
+func setupWeftBPFBig(b *testing.B) *testCluster {
+	c := newTestCluster(b, AttachAuto)
+	c.openAll(b)
+	for _, n := range c.nodes {
+		u, err := n.dp.Underlay()
+		must(b, err)
+		size := min(192<<10, u.TSOMaxSize)
+		if size <= 64<<10 || !u.BigTCPv4 {
+			b.Fatalf("node %d: underlay %+v cannot have BIG TCP", n.idx, u)
+		}
+		w := c.overlayWant(n, spec.ModeVXLAN, netip.Addr{})
+		w.Overlay.InProgram = true
+		w.BigTCP = spec.BigTCP{IPv4: size, IPv6: size}
+		for i := range w.Tunnels {
+			if w.Tunnels[i].Flags&spec.FlagIPv6Endpoint == 0 {
+				w.Tunnels[i].Flags |= spec.FlagBigDecap
+			}
+		}
+		n.sync(w)
+		raiseGSO(b, n.ns, "vpod", w.BigTCP)
+		raiseGSO(b, n.pod, "eth0", w.BigTCP)
+	}
+	return c
+}
+
+// requireBigEncap fails b unless c's sending node (node 1: iperf3's
+// client) sent BIG packets encapsulated in the program and the receiving
+// node took every one out of the tunnel itself since before.
+func requireBigEncap(b *testing.B, c *testCluster, before [2]spec.Counters) {
+	tx, rx := c.nodes[0].counters(), c.nodes[1].counters()
+	big, got := tx.TxEncapBig-before[0].TxEncapBig, rx.RxDecapBig-before[1].RxDecapBig
+	if big == 0 || got < big {
+		b.Fatalf("%d BIG packets encapsulated in the program by node 1, %d decapsulated by node 2", big, got)
+	}
+	b.Logf("%d BIG packets encapsulated in the program by node 1 (of %d), %d decapsulated by node 2",
+		big, tx.TxEncap-before[0].TxEncap, got)
 }
 
 // requireEncap fails b unless at least 90 % of what each node of c sent
@@ -154,7 +204,7 @@ func setupPlainBig(b *testing.B) *testCluster {
 }
 
 // raiseGSO raises dev's GSO/GRO limits in ns to big (gsosize.Raise).
-func raiseGSO(b *testing.B, ns *netnstest.NS, dev string, big spec.BigTCP) {
+func raiseGSO(b testing.TB, ns *netnstest.NS, dev string, big spec.BigTCP) {
 	ns.MustDo(b, func() error {
 		nl, err := netlink.NewHandle()
 		if err != nil {
@@ -540,6 +590,7 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"weft-native-big", setupWeftNativeBig(b)},
 		{"plain-big", setupPlainBig(b)},
 		{"weft-bpf", setupWeftBPF(b)},
+		{"weft-bpf-big", setupWeftBPFBig(b)},
 	}
 	for _, s := range setups {
 		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {
@@ -563,6 +614,8 @@ func BenchmarkPodToPod(b *testing.B) {
 	n0, n20 := native[0].counters(), native[1].counters()
 	rxs := setups[7].c.nodes
 	r0, r20 := rxs[0].counters(), rxs[1].counters()
+	bigs := setups[8].c
+	g0 := [2]spec.Counters{bigs.nodes[0].counters(), bigs.nodes[1].counters()}
 	for round := range rounds {
 		// Strict rotation: each round starts one setup later, so every
 		// setup runs in every position about equally often.
@@ -605,6 +658,7 @@ func BenchmarkPodToPod(b *testing.B) {
 		b.Fatalf("weft-native: host routing carried %d out / %d in, %d back / %d in: not the eBPF path", out, in, back, backIn)
 	}
 	requireEncap(b, setups[7].c, [2]spec.Counters{r0, r20})
+	requireBigEncap(b, bigs, g0)
 	b.Logf("weft-native: host routing in eBPF carried %d packets node 1 → 2 (%d delivered), %d back (%d delivered)", out, in, back, backIn)
 	// The in-program receive: (nearly) every packet weft-bpf's nodes
 	// accepted out of the tunnel was decapsulated by weft_from_underlay.
@@ -658,6 +712,14 @@ func BenchmarkPodToPod(b *testing.B) {
 		{"bpf/kvxlan_rr", lat["weft-bpf"], lat["kvxlan"]},
 		{"bpf/weft_rr", lat["weft-bpf"], lat["weft"]},
 		{"nativebig/plain_rr", lat["weft-native-big"], lat["plain"]},
+		// BIG TCP over VXLAN in the programs; plain-big is the fair
+		// comparison (the same packet size without encapsulation).
+		{"bpfbig/kvxlan_tput", tput["weft-bpf-big"], tput["kvxlan"]},
+		{"bpfbig/plain_tput", tput["weft-bpf-big"], tput["plain"]},
+		{"bpfbig/plainbig_tput", tput["weft-bpf-big"], tput["plain-big"]},
+		{"bpfbig/bpf_tput", tput["weft-bpf-big"], tput["weft-bpf"]},
+		{"bpfbig/nativebig_tput", tput["weft-bpf-big"], tput["weft-native-big"]},
+		{"bpfbig/plain_rr", lat["weft-bpf-big"], lat["plain"]},
 	} {
 		rs := ratios(r.num, r.den)
 		b.Logf("%-23s per-round ratio %s", r.name, spread(rs, 3))

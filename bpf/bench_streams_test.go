@@ -18,7 +18,8 @@ import (
 // stream each (P4x), client and server left to the scheduler (the way pods
 // run), for weft native with host routing in eBPF,
 // plain routing, weft VXLAN (device; and weft-bpf, VXLAN in the programs,
-// both sides) and kernel VXLAN, in rotation. iperf3 before
+// both sides; weft-bpf-big, the same with BIG TCP) and kernel VXLAN, in
+// rotation. iperf3 before
 // 3.16 runs every stream of a -P run in one thread, and on this test bed
 // the whole path's softirq work (both nodes, every veth and the VXLAN
 // receive) runs on the sending thread's CPU: P4 is one sending thread, P4x
@@ -45,6 +46,7 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 		{"weft", setupWeft(b, true)},
 		{"kvxlan", setupKernelVXLAN(b)},
 		{"weft-bpf", setupWeftBPF(b)},
+		{"weft-bpf-big", setupWeftBPFBig(b)},
 	}
 	for _, s := range setups {
 		if !netnstest.Reach(b, s.c.nodes[0].pod, s.c.nodes[1].podIP, reachTimeout) {
@@ -73,13 +75,17 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 		{"P4x", func(c *testCluster) float64 { return iperfPairs(b, c, 4, 2) }},
 	}
 	tput := map[string][]float64{}
-	var rx *testCluster
+	var rx, big *testCluster
 	for _, s := range setups {
-		if s.name == "weft-bpf" {
+		switch s.name {
+		case "weft-bpf":
 			rx = s.c
+		case "weft-bpf-big":
+			big = s.c
 		}
 	}
 	rx0 := [2]spec.Counters{rx.nodes[0].counters(), rx.nodes[1].counters()}
+	big0 := [2]spec.Counters{big.nodes[0].counters(), big.nodes[1].counters()}
 	for round := range rounds {
 		for i := range setups {
 			s := setups[(i+round)%len(setups)]
@@ -90,6 +96,7 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 		}
 	}
 	requireEncap(b, rx, rx0)
+	requireBigEncap(b, big, big0)
 	b.Logf("%d rounds; iperf3 unpinned, 2 s after 1 s omitted; median (min–max) over rounds", rounds)
 	for _, s := range setups {
 		for _, p := range []string{"P1", "P4", "P4w", "P4x"} {
@@ -102,7 +109,10 @@ func BenchmarkPodToPodStreams(b *testing.B) {
 		for _, r := range [][2]string{{"weft-native", "plain"}, {"weft-native-big", "plain"}, {"weft-native-big", "plain-big"}, {"weft", "plain"}, {"weft", "kvxlan"}, {"weft-bpf", "plain"}, {"weft-bpf", "kvxlan"}, {"weft-bpf", "weft"},
 			// The overlay's ceiling (native: the same programs, no
 			// encapsulation) and what the encapsulation costs.
-			{"weft-native", "kvxlan"}, {"weft-bpf", "weft-native"}} {
+			{"weft-native", "kvxlan"}, {"weft-bpf", "weft-native"},
+			// BIG TCP over VXLAN in the programs: plain-big is the fair
+			// comparison.
+			{"weft-bpf-big", "kvxlan"}, {"weft-bpf-big", "plain"}, {"weft-bpf-big", "plain-big"}, {"weft-bpf-big", "weft-bpf"}} {
 			rs := ratios(tput[r[0]+"/"+p], tput[r[1]+"/"+p])
 			name := r[0] + "/" + r[1] + "_" + p
 			b.Logf("%-22s per-round ratio %s", name, spread(rs, 3))

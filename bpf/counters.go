@@ -29,6 +29,7 @@ func (d *Datapath) Counters() (spec.Counters, error) {
 		c.RxDirect += s.RxDirect
 		c.TxDirect += s.TxDirect
 		c.TxEncap += s.TxEncap
+		c.TxEncapBig += s.TxEncapBig
 	}
 	var host []object.WeftHostStats
 	if err := d.objs.WeftHostStats.Lookup(uint32(0), &host); err != nil {
@@ -45,6 +46,8 @@ func (d *Datapath) Counters() (spec.Counters, error) {
 	for _, s := range decap {
 		c.RxDecap += s.RxDecap
 		c.RxDecapBytes += s.RxDecapBytes
+		c.RxDecapBig += s.RxDecapBig
+		c.RxDecapStack += s.RxDecapStack
 	}
 	var drops []uint64
 	for _, r := range object.DropReasons {

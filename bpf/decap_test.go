@@ -340,7 +340,9 @@ func rpAccepted(t testing.TB, n *testNode, match func(object.WeftRpKey, object.W
 // diff is c1 - c0 for the counters the tests here look at.
 func diff(c0, c1 spec.Counters) spec.Counters {
 	return spec.Counters{RxPackets: c1.RxPackets - c0.RxPackets, RxDirect: c1.RxDirect - c0.RxDirect,
-		RxDecap: c1.RxDecap - c0.RxDecap, RxDecapBytes: c1.RxDecapBytes - c0.RxDecapBytes}
+		RxDecap: c1.RxDecap - c0.RxDecap, RxDecapBytes: c1.RxDecapBytes - c0.RxDecapBytes,
+		TxEncap: c1.TxEncap - c0.TxEncap, TxEncapBig: c1.TxEncapBig - c0.TxEncapBig,
+		RxDecapBig: c1.RxDecapBig - c0.RxDecapBig, RxDecapStack: c1.RxDecapStack - c0.RxDecapStack}
 }
 
 // TestDecapTrust: what the program does not accept it leaves to the

@@ -261,6 +261,11 @@ func (d *Datapath) converge(ctx context.Context, in *spec.Desired, repair bool) 
 		d.applied = nil
 		return rec.rep, err
 	}
+	if guard.Flags&object.GuardDecap != 0 {
+		// BIG packets the underlay program cannot hand to a local pod
+		// go to the device's receive (lib/decap.h).
+		guard.TunnelIfindex = uint32(have.devs[want.Overlay.DeviceName()].Index)
+	}
 	if err := d.convergeGuard(guard, have, rec); err != nil {
 		d.applied = nil
 		return rec.rep, err

@@ -230,6 +230,8 @@ func TestAgentRegistersWaitsConvergesAndReports(t *testing.T) {
 		"weft_agent_sync_duration_seconds_count{op=\"sync\"}", "weft_datapath_tx_packets_total 7", `weft_datapath_drops_total{reason="spoofed"} 1`,
 		`weft_datapath_drop_reasons_total{reason="wrong_endpoint"} 1`, `weft_datapath_drop_reasons_total{reason="no_tunnel"} 0`,
 		`weft_datapath_direct_packets_total{direction="rx"} 5`, `weft_datapath_direct_packets_total{direction="tx"} 4`, "weft_datapath_encap_packets_total 6",
+		`weft_datapath_big_packets_total{direction="tx"} 8`, `weft_datapath_big_packets_total{direction="rx"} 9`,
+		`weft_datapath_big_packets_total{direction="rx_stack"} 1`,
 		`weft_datapath_routed_packets_total{direction="rx"} 3`, `weft_datapath_routed_packets_total{direction="tx"} 2`,
 		"weft_agent_tunnel_entries 1", "weft_agent_degraded 0",
 		// The standard collectors: the agent's RSS must be watchable.

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/internal/backoff"
 	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
@@ -54,6 +55,13 @@ func (a *Agent) registration(v *view) *weftv1.Registration {
 	}
 	if r.Capabilities == nil {
 		r.Capabilities = slices.Clone(v.caps)
+	}
+	// Peers send BIG packets to this node in their programs only while
+	// it says its programs take them (model.Desired, FlagBigDecap). Not
+	// into an empty list: a node that reports no capabilities is not
+	// judged by the controller, one that reports only this one would be.
+	if v.bigDecap && len(r.Capabilities) > 0 && !slices.Contains(r.Capabilities, spec.CapBigDecap) {
+		r.Capabilities = append(slices.Clone(r.Capabilities), spec.CapBigDecap)
 	}
 	return r
 }

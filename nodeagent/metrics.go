@@ -128,6 +128,9 @@ var counterDescs = map[string]*prometheus.Desc{
 	"encap": prometheus.NewDesc("weft_datapath_encap_packets_total",
 		"Packets the programs encapsulated in VXLAN themselves and sent out of the underlay, skipping the overlay device (tunnel_datapath bpf; counted in tx_packets too).",
 		nil, nil),
+	"big": prometheus.NewDesc("weft_datapath_big_packets_total",
+		"BIG packets (BIG TCP: outer IPv4 longer than 65,535) the programs sent and took out of the VXLAN tunnel themselves, by direction (tx: encapsulated, counted in encap too; rx: decapsulated; rx_stack: of rx, handed to the overlay device's receive because no local pod could take them).",
+		[]string{"direction"}, nil),
 	"routed": prometheus.NewDesc("weft_datapath_routed_packets_total",
 		"Packets host routing forwarded in eBPF past the node's stack between a local pod and a natively routed remote pod, by direction (tx: out to the underlay, rx: into the pod).",
 		[]string{"direction"}, nil),
@@ -158,6 +161,9 @@ func (c counterCollector) Collect(ch chan<- prometheus.Metric) {
 	cm("direct", s.RxDirect, "rx")
 	cm("direct", s.TxDirect, "tx")
 	cm("encap", s.TxEncap)
+	cm("big", s.TxEncapBig, "tx")
+	cm("big", s.RxDecapBig, "rx")
+	cm("big", s.RxDecapStack, "rx_stack")
 	cm("routed", s.RoutedRx, "rx")
 	cm("routed", s.RoutedTx, "tx")
 	for reason, n := range s.Drops {

@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -170,5 +171,89 @@ func TestEqualDesired(t *testing.T) {
 		if equalDesired(base(), d) {
 			t.Errorf("%s: a changed spec compares equal", name)
 		}
+	}
+}
+
+// TestRegistrationCarriesBigDecap: while the node's programs decapsulate
+// VXLAN themselves (tunnel_datapath "bpf", synced) its registration adds
+// spec.CapBigDecap, so peers send it BIG packets in their programs; a
+// config that turns the in-program VXLAN off takes it away again, and an
+// agent overriding --tunnel-datapath=device never registers it.
+func TestRegistrationCarriesBigDecap(t *testing.T) {
+	for _, override := range []string{"", "device"} {
+		t.Run("override="+override, func(t *testing.T) {
+			_, c := etcdtest.New(t)
+			ctx := context.Background()
+			l, err := logtest.New(ctx, c, "/weft")
+			if err != nil {
+				t.Fatal(err)
+			}
+			dp := &infoDP{Datapath: fakedp.New(testUnderlay())}
+			a, err := New(Config{
+				Client:            c,
+				NodeName:          "n1",
+				Datapath:          dp,
+				TunnelDatapath:    override,
+				LeaseTTL:          2 * time.Second,
+				ReconcileInterval: 50 * time.Millisecond,
+				StatusMinInterval: 10 * time.Millisecond,
+				Follow:            follow.Options{RequestTimeout: 300 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
+				Logger:            hclog.NewNullLogger(),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			appendEv := func(e *weftv1.Event) {
+				t.Helper()
+				if _, err := l.Append(ctx, e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			bpfCfg := cfg()
+			bpfCfg.TunnelDatapath = "bpf"
+			appendEv(logtest.Config(bpfCfg))
+			appendEv(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+			appendEv(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
+			rctx, cancel := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() { a.Run(rctx); close(done) }()
+			t.Cleanup(func() { cancel(); <-done })
+
+			regCaps := func() []string {
+				r, err := c.Get(ctx, keys.New("").Registration("n1"))
+				if err != nil || len(r.Kvs) == 0 {
+					return nil
+				}
+				reg, err := keys.DecodeRegistration(r.Kvs[0].Value)
+				if err != nil {
+					return nil
+				}
+				return reg.Capabilities
+			}
+			synced := func(inProgram bool) func() (bool, string) {
+				return func() (bool, string) {
+					k := dp.Kernel()
+					return k != nil && k.Overlay != nil && k.Overlay.InProgram == inProgram, fmt.Sprint(k)
+				}
+			}
+			eventually(t, "in-program sync", synced(override == ""))
+			want := []string{"tcx", "vxlan", "ipv6"}
+			if override == "" {
+				want = append(want, spec.CapBigDecap)
+			}
+			eventually(t, "registration", func() (bool, string) {
+				got := regCaps()
+				return slices.Equal(got, want), fmt.Sprint(got)
+			})
+			if override != "" {
+				return
+			}
+			appendEv(logtest.Config(cfg())) // tunnel_datapath "device"
+			eventually(t, "device sync", synced(false))
+			eventually(t, "registration without the capability", func() (bool, string) {
+				got := regCaps()
+				return slices.Equal(got, []string{"tcx", "vxlan", "ipv6"}), fmt.Sprint(got)
+			})
+		})
 	}
 }

@@ -4,7 +4,8 @@
 # one stream each (4 sending threads), client and server left to the scheduler, for weft
 # native with host routing in eBPF (without and with BIG TCP), plain
 # routing (without and with the same GSO/GRO limits), weft VXLAN (device,
-# and weft-bpf: VXLAN in the programs, both sides) and kernel VXLAN in rotation; 7 rounds, ~500 s. Needs root and iperf3. Results:
+# and weft-bpf: VXLAN in the programs, both sides, without and with BIG
+# TCP: weft-bpf-big) and kernel VXLAN in rotation; 7 rounds, ~570 s. Needs root and iperf3. Results:
 # docs/BENCHMARKS.md.
 set -eu
 cd "$(dirname "$0")/../.."

@@ -93,10 +93,23 @@ func (o Overlay) DeviceName() string {
 	return VXLANDevice
 }
 
+// CapBigDecap is the node capability an agent registers while its
+// programs decapsulate VXLAN themselves (Overlay.InProgram) and so take
+// BIG packets out of the tunnel for every destination; peers set
+// FlagBigDecap on their tunnels to it (nodeagent/model, docs/DESIGN.md).
+const CapBigDecap = "vxlan-big-decap"
+
 // Tunnel flags carried in the tunnel map value.
 const (
 	// FlagIPv6Endpoint: the endpoint is an IPv6 underlay address.
 	FlagIPv6Endpoint uint32 = 1 << 0
+	// FlagBigDecap: the endpoint's programs take BIG VXLAN packets (BIG
+	// TCP: outer IPv4 longer than 65,535, both length fields 0) out of
+	// the tunnel themselves, whatever their destination; with
+	// Overlay.InProgram this node's programs then send such packets
+	// encapsulated straight out of the underlay, else through the device,
+	// which segments them first (docs/datapath.md, "BIG TCP").
+	FlagBigDecap uint32 = 1 << 1
 )
 
 // Tunnel is one entry of the eBPF tunnel map: traffic to Prefix is
@@ -330,4 +343,10 @@ type Counters struct {
 	// tunnel itself (Overlay.InProgram) and RxDecapBytes their length on
 	// the underlay; they are in RxPackets and RxDirect too.
 	RxDecap, RxDecapBytes uint64
+	// TxEncapBig counts the BIG packets among TxEncap (outer IPv4 longer
+	// than 65,535; FlagBigDecap); RxDecapBig those among RxDecap, and
+	// RxDecapStack those of RxDecapBig handed to the overlay device's
+	// receive (and the stack) because no learned local pod could take
+	// them (docs/datapath.md, "BIG TCP").
+	TxEncapBig, RxDecapBig, RxDecapStack uint64
 }

@@ -19,7 +19,8 @@ const legacyGSOMax = 64 << 10
 // segment (its tso_max_size): pods never build a packet the underlay
 // would have to cut up in software, or a NIC without BIG TCP be handed.
 // A family that stays at 64 KiB gets a note saying why. Callers leave
-// encapsulating modes out: the config refuses BIG TCP there.
+// encapsulating modes out unless the programs encapsulate VXLAN
+// (Overlay.InProgram): the config refuses BIG TCP elsewhere.
 func bigTCP(cfg *weftv1.ClusterConfig, u spec.Underlay) (spec.BigTCP, []string) {
 	var out spec.BigTCP
 	var notes []string

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/bpf/spec"
+	"github.com/weftnet/weft/proto/keys"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
@@ -59,5 +60,42 @@ func TestBigTCP(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBigTCPInProgram: over VXLAN in the programs a node asks for BIG TCP
+// and marks its tunnels to peers that registered spec.CapBigDecap
+// (FlagBigDecap), and only those; a node encapsulating in the device
+// (--tunnel-datapath=device) asks for none and marks none.
+func TestBigTCPInProgram(t *testing.T) {
+	c := baseConfig()
+	c.Backend, c.TunnelDatapath, c.BigTcp, c.BigTcpV6 = "vxlan", "bpf", true, true
+	c.ClusterCidrV6 = "fd00:10:244::/56"
+	s := stateWith(t, c)
+	// "near" registered the capability, "far" did not.
+	mustApply(t, s, 5, keys.Encode(&weftv1.Event{Seq: 5, Kind: &weftv1.Event_NodeUpdated{NodeUpdated: &weftv1.NodeUpdated{
+		Node: &weftv1.Node{Name: "near", UnderlayIp: "192.168.1.2", PodCidrs: []string{"10.244.2.0/24"}, Capabilities: []string{"tcx", "vxlan", spec.CapBigDecap}}}}}))
+	u := underlay()
+	u.TSOMaxSize, u.BigTCPv4 = 524280, true
+	flags := func(d *spec.Desired) map[string]uint32 {
+		out := map[string]uint32{}
+		for _, tn := range d.Tunnels {
+			out[tn.Endpoint.String()] = tn.Flags
+		}
+		return out
+	}
+	p := Desired(s, "self", u, Options{})
+	if got, want := p.Desired.BigTCP, (spec.BigTCP{IPv4: BigTCPSize, IPv6: BigTCPSize}); got != want || len(p.BigTCPNotes) != 0 {
+		t.Errorf("in program: BigTCP = %+v (notes %q), want %+v", got, p.BigTCPNotes, want)
+	}
+	if f := flags(p.Desired); f["192.168.1.2"] != spec.FlagBigDecap || f["192.168.7.2"] != 0 {
+		t.Errorf("in program: tunnel flags %v, want FlagBigDecap for 192.168.1.2 only", f)
+	}
+	p = Desired(s, "self", u, Options{TunnelDatapath: "device"})
+	if p.Desired.BigTCP != (spec.BigTCP{}) || len(p.BigTCPNotes) != 1 || !strings.Contains(p.BigTCPNotes[0], "keep 64 KiB") {
+		t.Errorf("device: BigTCP = %+v, notes %q: want none, and a note", p.Desired.BigTCP, p.BigTCPNotes)
+	}
+	if f := flags(p.Desired); f["192.168.1.2"] != 0 || f["192.168.7.2"] != 0 {
+		t.Errorf("device: tunnel flags %v, want none", f)
 	}
 }

@@ -155,9 +155,6 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 	d := &spec.Desired{Mode: mode, StackRouting: HostRouting(cfg, opts.HostRouting) == validate.HostRoutingStack}
 	overlay := mode == spec.ModeVXLAN || mode == spec.ModeGeneve || mode == spec.ModeHybrid
 	plan.PodMTU = base
-	if !overlay {
-		d.BigTCP, plan.BigTCPNotes = bigTCP(cfg, u)
-	}
 	if overlay {
 		kind := spec.ModeVXLAN
 		if mode == spec.ModeGeneve {
@@ -174,6 +171,14 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 				d.ClusterCIDRs = append(d.ClusterCIDRs, p)
 			}
 		}
+	}
+	// BIG TCP without encapsulation, or with VXLAN in the programs
+	// (which send BIG packets whole to peers that take them, else
+	// through the device; the config allows it only there).
+	if !overlay || d.Overlay.InProgram {
+		d.BigTCP, plan.BigTCPNotes = bigTCP(cfg, u)
+	} else if cfg.BigTcp || cfg.BigTcpV6 {
+		plan.BigTCPNotes = append(plan.BigTCPNotes, "big_tcp: this node encapsulates in the VXLAN device (--tunnel-datapath device or host_routing stack), which would segment packets over 64 KiB in software; its pods keep 64 KiB")
 	}
 
 	if plan.Self != nil {
@@ -252,8 +257,12 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 					continue
 				}
 				t := spec.Tunnel{Prefix: p, Endpoint: endpoint, VNI: cfg.Vni}
-				if endpoint.Is6() {
+				switch {
+				case endpoint.Is6():
 					t.Flags |= spec.FlagIPv6Endpoint
+				case d.Overlay.InProgram && slices.Contains(s.log.Nodes[name].GetCapabilities(), spec.CapBigDecap):
+					// BIG packets to it in the programs (lib/encap.h).
+					t.Flags |= spec.FlagBigDecap
 				}
 				d.Tunnels = append(d.Tunnels, t)
 			case direct && !via.IsValid():

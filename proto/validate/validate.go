@@ -252,10 +252,13 @@ func Config(c *weftv1.ClusterConfig) error {
 }
 
 // bigTCP refuses BIG TCP for a family the cluster does not have and over
-// encapsulation: on Linux 6.18 a pod's packet over 64 KiB sent into a
-// VXLAN device is segmented in software before the underlay (weft's
+// encapsulation in a device: on Linux 6.18 a pod's packet over 64 KiB sent
+// into a VXLAN device is segmented in software before the underlay (weft's
 // device) or all but lost (a kernel VXLAN device): 0.61× and 0.03× the
-// throughput without it (docs/bench/overlay-profile.md, "BIG TCP").
+// throughput without it (docs/bench/overlay-profile.md, "BIG TCP"). VXLAN
+// encapsulated in weft's programs (tunnel_datapath "bpf", which host_routing
+// "stack" turns off) sends such packets whole (docs/datapath.md, "BIG
+// TCP"); Geneve is always the device's.
 func bigTCP(c *weftv1.ClusterConfig) error {
 	for _, f := range []struct {
 		on           bool
@@ -268,8 +271,9 @@ func bigTCP(c *weftv1.ClusterConfig) error {
 		if f.cidr == "" {
 			return fieldErr(f.field, "on, but the cluster has no pod network of that family (%s is empty)", f.clusterField)
 		}
-		if encapsulates(c.Backend) {
-			return fieldErr(f.field, "on with backend %q: BIG TCP needs a backend without encapsulation (native, gateway, bgp); packets over 64 KiB into a tunnel device are segmented in software or lost", c.Backend)
+		inProgram := (c.Backend == "vxlan" || c.Backend == "hybrid") && c.TunnelDatapath == TunnelDatapathBPF && c.HostRouting != HostRoutingStack
+		if encapsulates(c.Backend) && !inProgram {
+			return fieldErr(f.field, "on with backend %q, tunnel_datapath %q, host_routing %q: BIG TCP needs a backend without encapsulation (native, gateway, bgp) or VXLAN encapsulated in weft's programs (backend vxlan or hybrid with tunnel_datapath \"bpf\" and host_routing not \"stack\"); packets over 64 KiB into a tunnel device are segmented in software or lost", c.Backend, c.TunnelDatapath, c.HostRouting)
 		}
 	}
 	return nil

@@ -78,6 +78,11 @@ func TestConfigRejections(t *testing.T) {
 		{"big_tcp", func(c *weftv1.ClusterConfig) { c.BigTcp = true }}, // over vxlan
 		{"big_tcp", func(c *weftv1.ClusterConfig) { c.Backend, c.BigTcp = "hybrid", true }},
 		{"big_tcp_v6", func(c *weftv1.ClusterConfig) { c.Backend, c.BigTcpV6 = "geneve", true }},
+		// The programs encapsulate VXLAN only: Geneve stays with the device.
+		{"big_tcp", func(c *weftv1.ClusterConfig) { c.Backend, c.TunnelDatapath, c.BigTcp = "geneve", "bpf", true }},
+		// Routing through the stack turns the in-program VXLAN off.
+		{"big_tcp", func(c *weftv1.ClusterConfig) { c.TunnelDatapath, c.HostRouting, c.BigTcp = "bpf", "stack", true }},
+		{"big_tcp", func(c *weftv1.ClusterConfig) { c.TunnelDatapath, c.BigTcp = "device", true }},
 		{"big_tcp_v6", func(c *weftv1.ClusterConfig) { c.Backend, c.BigTcpV6 = "native", true }}, // no IPv6 pod network
 		{"bgp", func(c *weftv1.ClusterConfig) { c.Backend = "bgp" }},
 		{"bgp.asn", func(c *weftv1.ClusterConfig) { c.Backend = "bgp"; c.Bgp = &weftv1.BGPConfig{FullMesh: true} }},
@@ -120,6 +125,15 @@ func TestBigTCPAccepted(t *testing.T) {
 			Backend: backend, BigTcp: true, BigTcpV6: true, Bgp: &weftv1.BGPConfig{Asn: 65000, FullMesh: true}})
 		if err := Config(c); err != nil {
 			t.Errorf("%s: %v", backend, err)
+		}
+	}
+	// VXLAN encapsulated in the programs sends BIG packets whole
+	// (docs/datapath.md, "BIG TCP").
+	for _, backend := range []string{"vxlan", "hybrid"} {
+		c := WithDefaults(&weftv1.ClusterConfig{ClusterCidr: "10.244.0.0/16", ClusterCidrV6: "fd00:10:244::/56",
+			Backend: backend, TunnelDatapath: TunnelDatapathBPF, BigTcp: true, BigTcpV6: true})
+		if err := Config(c); err != nil {
+			t.Errorf("%s with tunnel_datapath bpf: %v", backend, err)
 		}
 	}
 }

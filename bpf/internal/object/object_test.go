@@ -26,14 +26,14 @@ func TestStructSizes(t *testing.T) {
 	}{
 		{"tunnel_key", binary.Size(WeftTunnelKey{}), 20},
 		{"tunnel_value", binary.Size(WeftTunnelValue{}), 24},
-		{"stats", binary.Size(WeftStats{}), 56},
+		{"stats", binary.Size(WeftStats{}), 64},
 		{"config", binary.Size(WeftConfig{}), 32},
 		{"local_value", binary.Size(WeftLocalValue{}), 56},
 		{"endpoint_key", binary.Size(WeftEndpointKey{}), 16},
 		{"endpoint_value", binary.Size(WeftEndpointValue{}), 16},
 		{"pod_value", binary.Size(WeftPodValue{}), 48},
-		{"guard", binary.Size(WeftGuard{}), 160},
-		{"decap_stats", binary.Size(WeftDecapStats{}), 16},
+		{"guard", binary.Size(WeftGuard{}), 164},
+		{"decap_stats", binary.Size(WeftDecapStats{}), 32},
 	} {
 		var st *btf.Struct
 		if err := cs.Types.TypeByName(c.name, &st); err != nil {

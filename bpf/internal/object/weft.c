@@ -14,7 +14,9 @@
 //   weft_ingress  accepts a decapsulated packet only when its outer source
 //                 is the endpoint that owns the inner source's prefix, marks
 //                 it PACKET_HOST (its destination MAC is the sender's device
-//                 MAC) and hands a packet for a local pod past the stack.
+//                 MAC) and hands a packet for a local pod past the stack;
+//                 also a BIG packet weft_from_underlay decapsulated and
+//                 marked (MARK_BIG_DECAP, lib/decap.h).
 // The transmit fast path, from local pods straight into the tunnel:
 //   weft_from_pods  on ingress of the pod bridge (weft0);
 //   weft_from_port  on ingress of the host side of each pod veth (attached
@@ -23,7 +25,8 @@
 // On the underlay interface:
 //   weft_from_underlay  drops plain packets that pass for pod traffic and,
 //                       with the in-program receive on, decapsulates VXLAN
-//                       packets for local pods itself (lib/decap.h).
+//                       packets for local pods itself, and BIG ones for
+//                       any destination (lib/decap.h).
 // Both also route packets for natively routed remote pods to the underlay
 // in eBPF (host routing, lib/hostroute.h), and weft_from_underlay hands
 // such packets from remote pods that passed its check to local pods.
@@ -74,24 +77,30 @@ SEC("tc")
 int weft_ingress(struct __sk_buff *skb)
 {
 	struct outer o = {};
-	if (read_outer(skb, &o) < 0)
-		return drop(DROP_NO_TUNNEL_INFO);
-
-	struct tunnel_key key = {};
-	switch (load_addr(skb, &key, ADDR_SRC)) {
-	case ADDR_OK:
-		break;
-	case ADDR_IPV4_MAPPED:
-		return drop(DROP_IPV4_MAPPED);
-	default:
-		return drop(DROP_NOT_IP);
+	if (read_outer(skb, &o) < 0) {
+		/* A BIG packet weft_from_underlay decapsulated, its outer
+		 * header checked (lib/decap.h), for a destination it could
+		 * not hand to a local pod itself. */
+		if (skb->mark != MARK_BIG_DECAP)
+			return drop(DROP_NO_TUNNEL_INFO);
+		skb->mark = 0;
+	} else {
+		struct tunnel_key key = {};
+		switch (load_addr(skb, &key, ADDR_SRC)) {
+		case ADDR_OK:
+			break;
+		case ADDR_IPV4_MAPPED:
+			return drop(DROP_IPV4_MAPPED);
+		default:
+			return drop(DROP_NOT_IP);
+		}
+		struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
+		if (!tv)
+			return drop(DROP_UNKNOWN_SOURCE);
+		enum drop_reason bad = check_outer(&o, tv);
+		if (bad)
+			return drop(bad);
 	}
-	struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &key);
-	if (!tv)
-		return drop(DROP_UNKNOWN_SOURCE);
-	enum drop_reason bad = check_outer(&o, tv);
-	if (bad)
-		return drop(bad);
 
 	bpf_skb_change_type(skb, PACKET_HOST);
 	count_rx(skb);

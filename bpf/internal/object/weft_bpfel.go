@@ -29,6 +29,8 @@ type WeftDecapStats struct {
 	_            structs.HostLayout
 	RxDecap      uint64
 	RxDecapBytes uint64
+	RxDecapBig   uint64
+	RxDecapStack uint64
 }
 
 type WeftDropReason uint32
@@ -67,14 +69,15 @@ type WeftEndpointValue struct {
 }
 
 type WeftGuard struct {
-	_      structs.HostLayout
-	Flags  uint32
-	Nets   uint32
-	Net    [4]WeftPodNet
-	Under6 [16]uint8
-	Under4 [4]uint8
-	Port   uint16
-	Pad    uint16
+	_             structs.HostLayout
+	Flags         uint32
+	Nets          uint32
+	Net           [4]WeftPodNet
+	Under6        [16]uint8
+	Under4        [4]uint8
+	Port          uint16
+	Pad           uint16
+	TunnelIfindex uint32
 }
 
 type WeftHostStats struct {
@@ -154,14 +157,15 @@ type WeftRpValue struct {
 }
 
 type WeftStats struct {
-	_         structs.HostLayout
-	TxPackets uint64
-	TxBytes   uint64
-	RxPackets uint64
-	RxBytes   uint64
-	RxDirect  uint64
-	TxDirect  uint64
-	TxEncap   uint64
+	_          structs.HostLayout
+	TxPackets  uint64
+	TxBytes    uint64
+	RxPackets  uint64
+	RxBytes    uint64
+	RxDirect   uint64
+	TxDirect   uint64
+	TxEncap    uint64
+	TxEncapBig uint64
 }
 
 type WeftTunnelKey struct {

@@ -99,7 +99,7 @@ func (d *Datapath) Reconcile(ctx context.Context, want *spec.Desired) (spec.Repo
 
 // Counters returns fixed counters.
 func (d *Datapath) Counters() (spec.Counters, error) {
-	return spec.Counters{TxPackets: 7, DropSpoofed: 1, RxDirect: 5, TxDirect: 4, TxEncap: 6, RoutedRx: 3, RoutedTx: 2, Drops: map[string]uint64{"wrong_endpoint": 1, "no_tunnel": 0}}, nil
+	return spec.Counters{TxPackets: 7, DropSpoofed: 1, RxDirect: 5, TxDirect: 4, TxEncap: 6, TxEncapBig: 8, RxDecapBig: 9, RxDecapStack: 1, RoutedRx: 3, RoutedTx: 2, Drops: map[string]uint64{"wrong_endpoint": 1, "no_tunnel": 0}}, nil
 }
 
 // Kernel returns a copy of what the datapath holds (nil before a Sync).

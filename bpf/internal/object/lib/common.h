@@ -15,6 +15,11 @@
 
 /* tunnel_value.flags: the endpoint is an IPv6 underlay address. */
 #define FLAG_IPV6_ENDPOINT (1U << 0)
+/* tunnel_value.flags: the endpoint's programs take BIG VXLAN packets (outer
+ * IPv4 longer than 65,535, both length fields 0) out of the tunnel
+ * themselves, for every destination (decap.h); encap.h sends such packets
+ * in the program only to such an endpoint. */
+#define FLAG_BIG_DECAP (1U << 1)
 
 /* Global functions. Most helpers here are inlined (static
  * __always_inline): the verifier then walks their code once per path into

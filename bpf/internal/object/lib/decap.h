@@ -4,7 +4,8 @@
  * packet skips the UDP socket lookup, the VXLAN driver and its GRO cell.
  * Whatever it does not fully accept, or cannot hand to a learned local
  * pod, it leaves untouched for the weft_vxlan device, whose weft_ingress
- * judges and counts it as without the switch. */
+ * judges and counts it as without the switch; except BIG packets (BIG
+ * TCP), which the device path's UDP receive would drop: see decap_vxlan. */
 #ifndef WEFT_DECAP_H
 #define WEFT_DECAP_H
 
@@ -34,7 +35,16 @@
 struct decap_stats {
 	__u64 rx_decap;       /* VXLAN packets decapsulated in weft_from_underlay */
 	__u64 rx_decap_bytes; /* their length on the underlay, outer headers included */
+	__u64 rx_decap_big;   /* of rx_decap: BIG packets (outer IPv4 lengths 0) */
+	__u64 rx_decap_stack; /* of rx_decap_big: handed to the overlay device's receive */
 };
+
+/* skb->mark of a BIG packet decap_vxlan decapsulated and hands to the
+ * overlay device's receive (bpf_redirect ingress), where weft_ingress
+ * finds no tunnel metadata (the redirect drops it): the mark says
+ * weft_from_underlay checked the outer header already. weft_ingress
+ * clears it before the stack sees the packet. */
+#define MARK_BIG_DECAP 0x57EF0B16
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -44,14 +54,63 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_decap_stats SEC(".maps");
 
-static __always_inline void count_decap(__u32 len)
+static __always_inline void count_decap(__u32 len, int big, int stack)
 {
 	__u32 zero = 0;
 	struct decap_stats *s = bpf_map_lookup_elem(&weft_decap_stats, &zero);
 	if (s) {
 		s->rx_decap++;
 		s->rx_decap_bytes += len;
+		s->rx_decap_big += big;
+		s->rx_decap_stack += stack;
 	}
+}
+
+/* decap_vxlan's state bits: a BIG packet, outer ECN CE, for the overlay
+ * device's receive rather than a pod. */
+#define DECAP_BIG (1U << 0)
+#define DECAP_CE (1U << 1)
+#define DECAP_STACK (1U << 2)
+
+/* decap_device is the overlay device (the guard's tunnel_ifindex), 0
+ * without one; looked up again where needed rather than kept on the
+ * stack across decap_vxlan's calls. */
+static __always_inline __u32 decap_device(void)
+{
+	struct guard *g = guard();
+	return g ? g->tunnel_ifindex : 0;
+}
+
+/* mark_ce marks the inner packet at ETH_HLEN Congestion Experienced, as
+ * the VXLAN driver's decapsulation does when the outer header says so
+ * (INET_ECN_decapsulate, RFC 6040): 0 when marked (or marked already),
+ * < 0 when the inner packet is not ECN-capable (to be dropped). */
+static __always_inline int mark_ce(struct __sk_buff *skb, __be16 proto)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = (void *)(long)skb->data;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		__u8 tos = ip->tos;
+		if ((tos & 3) == 0)
+			return -1;
+		if ((tos & 3) == 3)
+			return 0;
+		__be16 old = *(__be16 *)ip;
+		ip->tos = tos | 3;
+		__be16 now = *(__be16 *)ip;
+		return bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, now, 2) < 0 ? -1 : 0;
+	}
+	__u8 *w = (void *)(eth + 1);
+	if ((void *)(w + 2) > data_end)
+		return -1;
+	/* The traffic class's ECN bits are bits 4-5 of the second byte. */
+	if ((w[1] & 0x30) == 0)
+		return -1;
+	w[1] |= 0x30;
+	return 0;
 }
 
 /* decap_vxlan takes a VXLAN packet for this node's underlay address (g's,
@@ -72,6 +131,19 @@ static __always_inline void count_decap(__u32 len)
  * header gets the inner protocol and the pod's MACs, the TTL is
  * decremented and the packet enters the pod (bpf_redirect_peer). Anything
  * else: TC_ACT_OK, untouched, for the device path.
+ *
+ * BIG packets (BIG TCP; encap.h sends them only to a node whose programs
+ * take them, FLAG_BIG_DECAP): a GSO packet longer than 65,535 with outer
+ * IPv4 total length and UDP length 0, as encap.h writes them; 0 is
+ * accepted for nothing else. The kernel's UDP receive would drop such a
+ * packet (UDP length 0), so none may go to the device untouched: one that
+ * fails the tunnel entry's check is dropped and counted here as
+ * weft_ingress would; one that passes but cannot go to a learned local
+ * pod (another destination, e.g. the gateway address on the pod bridge;
+ * a flow the stack tracks; a TTL about to expire) is decapsulated all the
+ * same and handed to the overlay device's receive (bpf_redirect ingress,
+ * MARK_BIG_DECAP), where weft_ingress and the stack take it as from the
+ * device. Outer ECN CE is carried to the inner header (mark_ce).
  *
  * Linux 6.18 has no flag to clear a GSO packet's UDP tunnel type on
  * decapsulation (BPF_F_ADJ_ROOM_DECAP_L4_UDP is newer): an aggregate that
@@ -96,6 +168,7 @@ __noinline int decap_vxlan(struct __sk_buff *skb, const struct guard *g)
 	struct rp_key k = {.kind = RP_DECAP};
 	__be16 proto;
 	__s32 strip;
+	__u32 st = 0; /* DECAP_BIG, DECAP_CE, DECAP_STACK */
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET;
 	{
 		struct outer o = {};
@@ -117,6 +190,8 @@ __noinline int decap_vxlan(struct __sk_buff *skb, const struct guard *g)
 			ecn = ip->tos & 3;
 			udp = (void *)(ip + 1);
 			strip = DECAP_LEN_V4;
+			if (ip->tot_len == 0)
+				st = DECAP_BIG;
 		} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 			struct ipv6hdr *ip6 = (void *)(eth + 1);
 			if ((void *)(ip6 + 1) > data_end)
@@ -138,9 +213,13 @@ __noinline int decap_vxlan(struct __sk_buff *skb, const struct guard *g)
 		struct ethhdr *ieth = (void *)(vx + 1);
 		if ((void *)(ieth + 1) > data_end)
 			return TC_ACT_OK;
-		if (udp->dest != bpf_htons(g->port) || vx->flags != bpf_htonl(VXLAN_FLAGS_VNI) ||
-		    (vx->vni & bpf_htonl(0xff)) || ecn == 3)
+		if ((st & DECAP_BIG) && (udp->len || !skb->gso_size || skb->len - ETH_HLEN <= 0xFFFF))
 			return TC_ACT_OK;
+		if (udp->dest != bpf_htons(g->port) || vx->flags != bpf_htonl(VXLAN_FLAGS_VNI) ||
+		    (vx->vni & bpf_htonl(0xff)) || (ecn == 3 && !(st & DECAP_BIG)))
+			return TC_ACT_OK;
+		if (ecn == 3)
+			st |= DECAP_CE;
 		o.vni = bpf_ntohl(vx->vni) >> 8;
 
 		/* The inner packet's addresses, as load_addr gives them, into
@@ -179,47 +258,75 @@ __noinline int decap_vxlan(struct __sk_buff *skb, const struct guard *g)
 		struct tunnel_key src = {.prefixlen = 128};
 		__builtin_memcpy(src.addr, k.src, 16);
 		struct tunnel_value *tv = bpf_map_lookup_elem(&weft_tunnels, &src);
-		if (!tv || check_outer(&o, tv) || ttl <= 1)
-			return TC_ACT_OK;
+		if (!tv)
+			return (st & DECAP_BIG) ? drop(DROP_UNKNOWN_SOURCE) : TC_ACT_OK;
+		enum drop_reason bad = check_outer(&o, tv);
+		if (bad)
+			return (st & DECAP_BIG) ? drop(bad) : TC_ACT_OK;
+		if (ttl <= 1) {
+			if (!(st & DECAP_BIG) || !g->tunnel_ifindex)
+				return TC_ACT_OK;
+			st |= DECAP_STACK;
+		}
 	}
 
 	/* Then the inner flow's memory (weft_rp_accepted, RP_DECAP): the
 	 * destination's endpoint and conntrack's answer, as host routing's
 	 * receive remembers them. The inner Ethernet header is at strip. */
-	struct flow_ports fp = {};
-	flow_ports(skb, strip, &fp);
-	k.sport = fp.sport;
-	k.dport = fp.dport;
-	__u64 now = bpf_ktime_get_coarse_ns();
-	struct rp_value v = {.until = now + RP_ACCEPTED_TTL_NS};
-	struct rp_value *m = rp_remembered(&k, now);
-	if (m)
-		__builtin_memcpy(&v, m, sizeof(v));
-	else if (!rp_endpoint(&v, k.dst))
-		return TC_ACT_OK;
-	/* In place in the remembered entry; in v for one made now. */
-	int stack = remembered_stack_flow(skb, strip, &fp, m ? &m->ct : &v.ct);
-	if (!m)
-		bpf_map_update_elem(&weft_rp_accepted, &k, &v, BPF_ANY);
-	if (stack)
-		return TC_ACT_OK;
+	struct rp_value v = {};
+	if (!(st & DECAP_STACK)) {
+		struct flow_ports fp = {};
+		flow_ports(skb, strip, &fp);
+		k.sport = fp.sport;
+		k.dport = fp.dport;
+		__u64 now = bpf_ktime_get_coarse_ns();
+		v.until = now + RP_ACCEPTED_TTL_NS;
+		struct rp_value *m = rp_remembered(&k, now);
+		if (m)
+			__builtin_memcpy(&v, m, sizeof(v));
+		else if (!rp_endpoint(&v, k.dst))
+			st |= DECAP_STACK;
+		if (!(st & DECAP_STACK)) {
+			/* In place in the remembered entry; in v for one made now. */
+			int stack = remembered_stack_flow(skb, strip, &fp, m ? &m->ct : &v.ct);
+			if (!m)
+				bpf_map_update_elem(&weft_rp_accepted, &k, &v, BPF_ANY);
+			if (stack)
+				st |= DECAP_STACK;
+		}
+		if ((st & DECAP_STACK) && (!(st & DECAP_BIG) || !decap_device()))
+			return TC_ACT_OK;
+	}
 
 	__u32 len = skb->len;
 	if (bpf_skb_adjust_room(skb, -strip, BPF_ADJ_ROOM_MAC, flags))
-		return TC_ACT_OK; /* refused before it changed the packet */
-	/* From here on the packet is the inner one: to the pod or dropped. */
+		return (st & DECAP_BIG) ? drop(DROP_NOT_IP) : TC_ACT_OK; /* refused before it changed the packet */
+	/* From here on the packet is the inner one: to the pod, to the
+	 * overlay device or dropped. */
 	bpf_csum_level(skb, BPF_CSUM_LEVEL_DEC);
 	eth = eth_hdr(skb);
 	if (!eth)
 		return drop(DROP_NOT_IP);
 	eth->h_proto = proto;
+	if ((st & DECAP_CE) && mark_ce(skb, proto) < 0)
+		return drop(DROP_NOT_IP);
+	if (st & DECAP_STACK) {
+		/* The outer Ethernet header's addresses stay: weft_ingress
+		 * marks the packet for this host as it does the device's. */
+		skb->mark = MARK_BIG_DECAP;
+		count_decap(len, 1, 1);
+		return bpf_redirect(decap_device(), BPF_F_INGRESS);
+	}
+	eth = eth_hdr(skb);
+	if (!eth)
+		return drop(DROP_NOT_IP);
 	__builtin_memcpy(eth->h_dest, v.pod_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, v.gw_mac, ETH_ALEN);
 	if (dec_ttl(skb) != 0)
 		return drop(DROP_NOT_IP);
 	count_rx(skb);
 	count_rx_direct();
-	count_decap(len);
+	count_decap(len, (st & DECAP_BIG) != 0, 0);
 	return bpf_redirect_peer(v.ep_ifindex, 0);
 }
 

@@ -71,8 +71,8 @@ static __always_inline __u16 ip_csum(const struct iphdr *ip)
  * CONFIG_ENCAP fields; forward.h's tunnel_out). It returns 0 when it
  * encapsulated the packet, a verdict (> 0) when it must be dropped, or -1
  * when it did not touch the packet (a GSO packet the kernel cannot grow,
- * a packet too large for an outer IPv4 header): the caller then hands it
- * to the overlay device.
+ * a BIG packet for an endpoint that cannot take it): the caller then
+ * hands it to the overlay device.
  *
  * bpf_skb_adjust_room at the MAC layer with the ENCAP flags inserts the
  * room between the frame's Ethernet header (which becomes the outer one)
@@ -103,9 +103,9 @@ static __always_inline int encap_vxlan4(struct __sk_buff *skb, const struct conf
 		ecn = (bpf_ntohs(*(__be16 *)ip6) >> 4) & INET_ECN_MASK_WEFT;
 	}
 	__u32 inner_len = skb->len;
-	/* The outer IPv4 length field; BIG TCP packets larger than that stay
-	 * with the device, which segments them first. */
-	if (inner_len - ETH_HLEN + sizeof(struct encap4_hdr) > 0xFFFF)
+	__u32 outer_len = inner_len - ETH_HLEN + sizeof(struct encap4_hdr);
+	int big = outer_len > 0xFFFF;
+	if (big && (!skb->gso_size || !(tv->flags & FLAG_BIG_DECAP)))
 		return -1;
 	struct ethhdr orig;
 	__builtin_memcpy(&orig, eth, sizeof(orig));
@@ -127,7 +127,7 @@ static __always_inline int encap_vxlan4(struct __sk_buff *skb, const struct conf
 	ip.version = 4;
 	ip.ihl = 5;
 	ip.tos = ecn == INET_ECN_CE_WEFT ? INET_ECN_ECT0_WEFT : ecn;
-	ip.tot_len = bpf_htons(inner_len - ETH_HLEN + sizeof(struct encap4_hdr));
+	ip.tot_len = big ? 0 : bpf_htons(outer_len);
 	ip.id = (__u16)bpf_get_prandom_u32();
 	ip.ttl = TUNNEL_TTL;
 	ip.protocol = IPPROTO_UDP;
@@ -138,7 +138,7 @@ static __always_inline int encap_vxlan4(struct __sk_buff *skb, const struct conf
 
 	o.h.udp.source = sport;
 	o.h.udp.dest = cfg->port;
-	o.h.udp.len = bpf_htons(inner_len - ETH_HLEN + sizeof(struct encap4_hdr) - sizeof(struct iphdr));
+	o.h.udp.len = big ? 0 : bpf_htons(outer_len - sizeof(struct iphdr));
 
 	o.h.vx.flags = bpf_htonl(VXLAN_FLAGS_VNI);
 	o.h.vx.vni = bpf_htonl(tv->vni << 8);
@@ -157,6 +157,7 @@ static __always_inline int encap_vxlan4(struct __sk_buff *skb, const struct conf
 		s->tx_packets++;
 		s->tx_bytes += inner_len;
 		s->tx_encap++;
+		s->tx_encap_big += big;
 	}
 	return 0;
 }

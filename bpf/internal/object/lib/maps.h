@@ -183,6 +183,10 @@ struct guard {
 	__u8 under4[4];
 	__u16 port;
 	__u16 pad;
+	/* With GUARD_DECAP: the overlay device, whose receive path
+	 * (weft_ingress, then the stack) gets the BIG packets decap.h
+	 * decapsulates but cannot hand to a local pod. */
+	__u32 tunnel_ifindex;
 };
 
 struct {

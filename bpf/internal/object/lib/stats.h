@@ -14,6 +14,7 @@ struct stats {
 	__u64 rx_direct; /* of rx: delivered straight into a local pod (redirect_peer) */
 	__u64 tx_direct; /* of tx: sent from a pod's veth straight into the tunnel */
 	__u64 tx_encap;  /* of tx: encapsulated by the program itself (encap.h), not the device */
+	__u64 tx_encap_big; /* of tx_encap: BIG packets (outer IPv4 longer than 65,535) */
 };
 
 struct {
