@@ -27,7 +27,6 @@ type view struct {
 	underlayIP6 netip.Addr // the underlay's IPv6 address beside an IPv4 underlayIP
 	caps        []string
 	vtepMAC     string
-	bigDecap    bool // the registration adds spec.CapBigDecap (loop.bigDecap)
 	// What the converger last achieved.
 	refused []model.Refusal
 	// quarantined are the keys of the projection values the model cannot
@@ -61,11 +60,6 @@ type loop struct {
 	// vtepMAC is the overlay device's MAC (from NodeInfo) or, while there
 	// is no device, the one the datapath will create it with.
 	vtepMAC string
-	// bigDecap: this node's programs decapsulate VXLAN themselves
-	// (Overlay.InProgram, synced), so peers may send them BIG packets
-	// (spec.CapBigDecap). On only after a Sync that turned it on, off as
-	// soon as a plan turns it off, before that Sync.
-	bigDecap bool
 
 	synced    *spec.Desired
 	plan      model.Plan
@@ -286,7 +280,6 @@ func (l *loop) publish() {
 		head:        l.head,
 		caps:        l.caps,
 		vtepMAC:     l.vtepMAC,
-		bigDecap:    l.bigDecap,
 		refused:     l.state.Refused(),
 		plan:        l.plan,
 		synced:      l.synced,
@@ -450,10 +443,6 @@ func (l *loop) syncOnce(ctx context.Context) error {
 		return errBGPHold
 	}
 	l.ensurePodGateway(plan, false)
-	inProgram := plan.Desired.Overlay != nil && plan.Desired.Overlay.InProgram
-	if !inProgram {
-		l.setBigDecap(false)
-	}
 	if !l.selfApplied {
 		l.markFirstSync()
 	}
@@ -466,7 +455,6 @@ func (l *loop) syncOnce(ctx context.Context) error {
 		return fmt.Errorf("sync datapath: %w", err)
 	}
 	l.synced = plan.Desired
-	l.setBigDecap(inProgram)
 	first := !l.selfApplied
 	l.selfApplied = true
 	a.metrics.entries(plan.Desired)
@@ -537,16 +525,6 @@ func equalDesired(a, b *spec.Desired) bool {
 	return slices.Equal(a.ClusterCIDRs, b.ClusterCIDRs) && slices.Equal(a.LocalPodCIDRs, b.LocalPodCIDRs) &&
 		slices.Equal(a.Tunnels, b.Tunnels) && slices.Equal(a.Routes, b.Routes) &&
 		slices.Equal(a.PodNetworks, b.PodNetworks) && slices.Equal(a.PodOwners, b.PodOwners)
-}
-
-// setBigDecap records whether the node's programs take BIG VXLAN packets
-// out of the tunnel and, when that changed, updates the registration.
-func (l *loop) setBigDecap(on bool) {
-	if on != l.bigDecap {
-		l.bigDecap = on
-		l.a.log.Info("in-program vxlan receive changed; updating the registration", "capability", spec.CapBigDecap, "on", on)
-		l.regChanged = true
-	}
 }
 
 // loadNodeInfo asks a NodeInfo datapath for the node's capabilities (once)

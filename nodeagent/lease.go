@@ -18,6 +18,7 @@ import (
 	"github.com/weftnet/weft/bpf/spec"
 	"github.com/weftnet/weft/internal/backoff"
 	"github.com/weftnet/weft/proto/keys"
+	"github.com/weftnet/weft/proto/validate"
 	weftv1 "github.com/weftnet/weft/proto/weft/v1"
 )
 
@@ -56,14 +57,26 @@ func (a *Agent) registration(v *view) *weftv1.Registration {
 	if r.Capabilities == nil {
 		r.Capabilities = slices.Clone(v.caps)
 	}
-	// Peers send BIG packets to this node in their programs only while
-	// it says its programs take them (model.Desired, FlagBigDecap). Not
+	// Peers send BIG packets to this node in their programs only if it
+	// says its programs take them (model.Desired, FlagBigDecap). Not
 	// into an empty list: a node that reports no capabilities is not
 	// judged by the controller, one that reports only this one would be.
-	if v.bigDecap && len(r.Capabilities) > 0 && !slices.Contains(r.Capabilities, spec.CapBigDecap) {
+	if a.followsTunnelDatapath() && len(r.Capabilities) > 0 && !slices.Contains(r.Capabilities, spec.CapBigDecap) {
 		r.Capabilities = append(slices.Clone(r.Capabilities), spec.CapBigDecap)
 	}
 	return r
+}
+
+// followsTunnelDatapath reports whether this node's in-program VXLAN is
+// the cluster config's to decide: no --tunnel-datapath=device and no
+// --host-routing=stack turns it off whatever the config says. Such a
+// node registers spec.CapBigDecap from its first registration on (no
+// second write once it has synced, so a join stays one event): its
+// programs take BIG packets out of the tunnel whenever the config has
+// them decapsulate (tunnel_datapath "bpf", host_routing not "stack"),
+// which is what peers check beside the capability.
+func (a *Agent) followsTunnelDatapath() bool {
+	return a.cfg.TunnelDatapath != validate.TunnelDatapathDevice && a.cfg.HostRouting != validate.HostRoutingStack
 }
 
 // keepLease keeps the registration and the status on one lease (a

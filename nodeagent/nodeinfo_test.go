@@ -112,7 +112,9 @@ func TestRegistrationCarriesCapabilitiesAndVTEPMAC(t *testing.T) {
 	// the controller's one NodeAdded has it.
 	mac := spec.VTEPMAC("n1").String()
 	reg := waitReg("registration", func(*weftv1.Registration) bool { return true })
-	if !slices.Equal(reg.Capabilities, []string{"tcx", "vxlan", "ipv6"}) || reg.VtepMac != mac || reg.UnderlayIp != "192.168.1.1" {
+	// The datapath's capabilities, and spec.CapBigDecap: no override
+	// keeps this agent's VXLAN out of its programs.
+	if !slices.Equal(reg.Capabilities, []string{"tcx", "vxlan", "ipv6", spec.CapBigDecap}) || reg.VtepMac != mac || reg.UnderlayIp != "192.168.1.1" {
 		t.Fatalf("first registration = %v, want vtep_mac %s", reg, mac)
 	}
 
@@ -174,14 +176,17 @@ func TestEqualDesired(t *testing.T) {
 	}
 }
 
-// TestRegistrationCarriesBigDecap: while the node's programs decapsulate
-// VXLAN themselves (tunnel_datapath "bpf", synced) its registration adds
-// spec.CapBigDecap, so peers send it BIG packets in their programs; a
-// config that turns the in-program VXLAN off takes it away again, and an
-// agent overriding --tunnel-datapath=device never registers it.
+// TestRegistrationCarriesBigDecap: an agent whose in-program VXLAN is the
+// cluster config's to decide registers spec.CapBigDecap in its first
+// registration, which its first Sync does not rewrite (a join stays one
+// event); one that overrides --tunnel-datapath=device or
+// --host-routing=stack never registers it.
 func TestRegistrationCarriesBigDecap(t *testing.T) {
-	for _, override := range []string{"", "device"} {
-		t.Run("override="+override, func(t *testing.T) {
+	for _, tc := range []struct {
+		tunnel, hostRouting string
+		want                bool
+	}{{"", "", true}, {"bpf", "", true}, {"device", "", false}, {"", "stack", false}} {
+		t.Run(fmt.Sprintf("tunnel=%q,host=%q", tc.tunnel, tc.hostRouting), func(t *testing.T) {
 			_, c := etcdtest.New(t)
 			ctx := context.Background()
 			l, err := logtest.New(ctx, c, "/weft")
@@ -193,7 +198,8 @@ func TestRegistrationCarriesBigDecap(t *testing.T) {
 				Client:            c,
 				NodeName:          "n1",
 				Datapath:          dp,
-				TunnelDatapath:    override,
+				TunnelDatapath:    tc.tunnel,
+				HostRouting:       tc.hostRouting,
 				LeaseTTL:          2 * time.Second,
 				ReconcileInterval: 50 * time.Millisecond,
 				StatusMinInterval: 10 * time.Millisecond,
@@ -212,48 +218,36 @@ func TestRegistrationCarriesBigDecap(t *testing.T) {
 			bpfCfg := cfg()
 			bpfCfg.TunnelDatapath = "bpf"
 			appendEv(logtest.Config(bpfCfg))
-			appendEv(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
 			appendEv(logtest.Added("n2", "192.168.1.2", "10.244.2.0/24"))
 			rctx, cancel := context.WithCancel(ctx)
 			done := make(chan struct{})
 			go func() { a.Run(rctx); close(done) }()
 			t.Cleanup(func() { cancel(); <-done })
 
-			regCaps := func() []string {
-				r, err := c.Get(ctx, keys.New("").Registration("n1"))
-				if err != nil || len(r.Kvs) == 0 {
-					return nil
-				}
-				reg, err := keys.DecodeRegistration(r.Kvs[0].Value)
-				if err != nil {
-					return nil
-				}
-				return reg.Capabilities
-			}
-			synced := func(inProgram bool) func() (bool, string) {
-				return func() (bool, string) {
-					k := dp.Kernel()
-					return k != nil && k.Overlay != nil && k.Overlay.InProgram == inProgram, fmt.Sprint(k)
-				}
-			}
-			eventually(t, "in-program sync", synced(override == ""))
 			want := []string{"tcx", "vxlan", "ipv6"}
-			if override == "" {
+			if tc.want {
 				want = append(want, spec.CapBigDecap)
 			}
-			eventually(t, "registration", func() (bool, string) {
-				got := regCaps()
-				return slices.Equal(got, want), fmt.Sprint(got)
-			})
-			if override != "" {
-				return
+			var version int64
+			reg := func() (bool, string) {
+				r, err := c.Get(ctx, keys.New("").Registration("n1"))
+				if err != nil || len(r.Kvs) == 0 {
+					return false, "absent"
+				}
+				version = r.Kvs[0].Version
+				reg, err := keys.DecodeRegistration(r.Kvs[0].Value)
+				return err == nil && slices.Equal(reg.Capabilities, want), string(r.Kvs[0].Value)
 			}
-			appendEv(logtest.Config(cfg())) // tunnel_datapath "device"
-			eventually(t, "device sync", synced(false))
-			eventually(t, "registration without the capability", func() (bool, string) {
-				got := regCaps()
-				return slices.Equal(got, []string{"tcx", "vxlan", "ipv6"}), fmt.Sprint(got)
+			eventually(t, "first registration", reg)
+			appendEv(logtest.Added("n1", "192.168.1.1", "10.244.1.0/24"))
+			eventually(t, "first sync", func() (bool, string) {
+				k := dp.Kernel()
+				return k != nil && k.Overlay != nil, fmt.Sprint(k)
 			})
+			eventually(t, "registration after the first sync", reg)
+			if version != 1 {
+				t.Errorf("registration at version %d after the first sync: want it written once", version)
+			}
 		})
 	}
 }

@@ -93,10 +93,12 @@ func (o Overlay) DeviceName() string {
 	return VXLANDevice
 }
 
-// CapBigDecap is the node capability an agent registers while its
-// programs decapsulate VXLAN themselves (Overlay.InProgram) and so take
-// BIG packets out of the tunnel for every destination; peers set
-// FlagBigDecap on their tunnels to it (nodeagent/model, docs/DESIGN.md).
+// CapBigDecap is the node capability an agent registers unless its own
+// flags keep its VXLAN out of its programs (--tunnel-datapath=device,
+// --host-routing=stack): its programs take BIG packets out of the tunnel,
+// for every destination, whenever the cluster config has them
+// decapsulate. Peers set FlagBigDecap on their tunnels to it when the
+// config says so (nodeagent/model, docs/DESIGN.md).
 const CapBigDecap = "vxlan-big-decap"
 
 // Tunnel flags carried in the tunnel map value.

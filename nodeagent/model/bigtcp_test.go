@@ -91,6 +91,17 @@ func TestBigTCPInProgram(t *testing.T) {
 	if f := flags(p.Desired); f["192.168.1.2"] != spec.FlagBigDecap || f["192.168.7.2"] != 0 {
 		t.Errorf("in program: tunnel flags %v, want FlagBigDecap for 192.168.1.2 only", f)
 	}
+	// A config that keeps the device, this node overriding it: its own
+	// programs encapsulate, but the peers' follow the config and do not
+	// decapsulate, so no BIG packet to them in the programs.
+	cd := baseConfig()
+	cd.Backend, cd.TunnelDatapath = "vxlan", "device"
+	sd := stateWith(t, cd)
+	mustApply(t, sd, 5, keys.Encode(&weftv1.Event{Seq: 5, Kind: &weftv1.Event_NodeUpdated{NodeUpdated: &weftv1.NodeUpdated{
+		Node: &weftv1.Node{Name: "near", UnderlayIp: "192.168.1.2", PodCidrs: []string{"10.244.2.0/24"}, Capabilities: []string{"tcx", "vxlan", spec.CapBigDecap}}}}}))
+	if p := Desired(sd, "self", u, Options{TunnelDatapath: "bpf"}); !p.Desired.Overlay.InProgram || flags(p.Desired)["192.168.1.2"] != 0 {
+		t.Errorf("config device, this node bpf: in program %v, tunnel flags %v, want no FlagBigDecap", p.Desired.Overlay.InProgram, flags(p.Desired))
+	}
 	p = Desired(s, "self", u, Options{TunnelDatapath: "device"})
 	if p.Desired.BigTCP != (spec.BigTCP{}) || len(p.BigTCPNotes) != 1 || !strings.Contains(p.BigTCPNotes[0], "keep 64 KiB") {
 		t.Errorf("device: BigTCP = %+v, notes %q: want none, and a note", p.Desired.BigTCP, p.BigTCPNotes)

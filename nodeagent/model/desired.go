@@ -154,6 +154,7 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 	base := UnderlayMTU(cfg, u)
 	d := &spec.Desired{Mode: mode, StackRouting: HostRouting(cfg, opts.HostRouting) == validate.HostRoutingStack}
 	overlay := mode == spec.ModeVXLAN || mode == spec.ModeGeneve || mode == spec.ModeHybrid
+	bigPeers := false
 	plan.PodMTU = base
 	if overlay {
 		kind := spec.ModeVXLAN
@@ -166,6 +167,12 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 		// forwarding paths, which stack routing turns off.
 		d.Overlay.InProgram = kind == spec.ModeVXLAN && !d.StackRouting &&
 			TunnelDatapath(cfg, opts.TunnelDatapath) == validate.TunnelDatapathBPF
+		// BIG packets in the programs to peers that take them: those
+		// that register spec.CapBigDecap decapsulate in their programs
+		// whenever the config says so (no override of theirs turns it
+		// off).
+		bigPeers = d.Overlay.InProgram &&
+			TunnelDatapath(cfg, "") == validate.TunnelDatapathBPF && HostRouting(cfg, "") != validate.HostRoutingStack
 		for _, c := range []string{cfg.ClusterCidr, cfg.ClusterCidrV6} {
 			if p, err := netip.ParsePrefix(c); err == nil {
 				d.ClusterCIDRs = append(d.ClusterCIDRs, p)
@@ -260,7 +267,7 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 				switch {
 				case endpoint.Is6():
 					t.Flags |= spec.FlagIPv6Endpoint
-				case d.Overlay.InProgram && slices.Contains(s.log.Nodes[name].GetCapabilities(), spec.CapBigDecap):
+				case bigPeers && slices.Contains(s.log.Nodes[name].GetCapabilities(), spec.CapBigDecap):
 					// BIG packets to it in the programs (lib/encap.h).
 					t.Flags |= spec.FlagBigDecap
 				}
