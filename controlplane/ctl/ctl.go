@@ -56,8 +56,8 @@ verbs:
   config set FILE|-          ask for a config (JSON or YAML ClusterConfig) ...
   config set --mtu 1400 ...  ... or change fields of the config in force (--cluster-cidr-v6 CIDR
                              adds IPv6 to a running IPv4 cluster; --big-tcp, --big-tcp-v6
-                             in native, gateway and bgp mode, and over VXLAN with
-                             --tunnel-datapath bpf: the programs encapsulate VXLAN
+                             in native, gateway and bgp mode, --big-tcp also over VXLAN
+                             with --tunnel-datapath bpf: the programs encapsulate VXLAN
                              themselves; config set --help
                              lists every field flag)
   check                      verify the store: log contiguous, fold == projection, subnets guarded

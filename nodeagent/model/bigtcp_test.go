@@ -69,7 +69,7 @@ func TestBigTCP(t *testing.T) {
 // (--tunnel-datapath=device) asks for none and marks none.
 func TestBigTCPInProgram(t *testing.T) {
 	c := baseConfig()
-	c.Backend, c.TunnelDatapath, c.BigTcp, c.BigTcpV6 = "vxlan", "bpf", true, true
+	c.Backend, c.TunnelDatapath, c.BigTcp = "vxlan", "bpf", true
 	c.ClusterCidrV6 = "fd00:10:244::/56"
 	s := stateWith(t, c)
 	// "near" registered the capability, "far" did not.
@@ -85,7 +85,7 @@ func TestBigTCPInProgram(t *testing.T) {
 		return out
 	}
 	p := Desired(s, "self", u, Options{})
-	if got, want := p.Desired.BigTCP, (spec.BigTCP{IPv4: BigTCPSize, IPv6: BigTCPSize}); got != want || len(p.BigTCPNotes) != 0 {
+	if got, want := p.Desired.BigTCP, (spec.BigTCP{IPv4: BigTCPSize}); got != want || len(p.BigTCPNotes) != 0 {
 		t.Errorf("in program: BigTCP = %+v (notes %q), want %+v", got, p.BigTCPNotes, want)
 	}
 	if f := flags(p.Desired); f["192.168.1.2"] != spec.FlagBigDecap || f["192.168.7.2"] != 0 {

@@ -181,7 +181,8 @@ func Desired(s *State, self string, u spec.Underlay, opts Options) Plan {
 	}
 	// BIG TCP without encapsulation, or with VXLAN in the programs
 	// (which send BIG packets whole to peers that take them, else
-	// through the device; the config allows it only there).
+	// through the device; the config allows it only there, and IPv4
+	// only).
 	if !overlay || d.Overlay.InProgram {
 		d.BigTCP, plan.BigTCPNotes = bigTCP(cfg, u)
 	} else if cfg.BigTcp || cfg.BigTcpV6 {

@@ -257,8 +257,9 @@ func Config(c *weftv1.ClusterConfig) error {
 // device) or all but lost (a kernel VXLAN device): 0.61× and 0.03× the
 // throughput without it (docs/bench/overlay-profile.md, "BIG TCP"). VXLAN
 // encapsulated in weft's programs (tunnel_datapath "bpf", which host_routing
-// "stack" turns off) sends such packets whole (docs/datapath.md, "BIG
-// TCP"); Geneve is always the device's.
+// "stack" turns off) sends IPv4 ones whole (docs/datapath.md, "BIG TCP");
+// not IPv6 ones: inside a VXLAN tunnel they come out of software
+// segmentation broken. Geneve is always the device's.
 func bigTCP(c *weftv1.ClusterConfig) error {
 	for _, f := range []struct {
 		on           bool
@@ -270,6 +271,9 @@ func bigTCP(c *weftv1.ClusterConfig) error {
 		}
 		if f.cidr == "" {
 			return fieldErr(f.field, "on, but the cluster has no pod network of that family (%s is empty)", f.clusterField)
+		}
+		if encapsulates(c.Backend) && f.field == "big_tcp_v6" {
+			return fieldErr(f.field, "on with backend %q: IPv6 BIG TCP needs a backend without encapsulation (native, gateway, bgp); an IPv6 packet over 64 KiB inside a VXLAN tunnel comes out broken wherever the path segments it in software, and a tunnel device segments it before the underlay", c.Backend)
 		}
 		inProgram := (c.Backend == "vxlan" || c.Backend == "hybrid") && c.TunnelDatapath == TunnelDatapathBPF && c.HostRouting != HostRoutingStack
 		if encapsulates(c.Backend) && !inProgram {

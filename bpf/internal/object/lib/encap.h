@@ -74,6 +74,21 @@ static __always_inline __u16 ip_csum(const struct iphdr *ip)
  * a BIG packet for an endpoint that cannot take it): the caller then
  * hands it to the overlay device.
  *
+ * BIG TCP: a GSO packet whose outer IPv4 length would pass 65,535 is
+ * encapsulated here only towards an endpoint whose programs take such
+ * packets out of the tunnel themselves (FLAG_BIG_DECAP, decap.h), with the
+ * outer IPv4 total length and UDP length 0: the kernel's convention for
+ * IPv4 BIG TCP (iph_totlen: skb->len is the length), and segmentation
+ * (inet_gso_segment, the UDP tunnel segmentation) writes both lengths into
+ * each segment anyway. Towards any other endpoint it stays with the
+ * device, which segments it in software first: the kernel's UDP receive
+ * drops a datagram whose length field is 0. Only an inner IPv4 packet:
+ * an IPv6 BIG TCP packet that something on the path segments in software
+ * as a UDP tunnel packet (a bridge or NIC whose limit is 64 KiB) comes
+ * out broken on Linux 6.18 (48 MiB took 14.5 s instead of 62 ms; the
+ * inner hop-by-hop jumbo header is the likely cause), so it goes to the
+ * device, which segments it before encapsulating.
+ *
  * bpf_skb_adjust_room at the MAC layer with the ENCAP flags inserts the
  * room between the frame's Ethernet header (which becomes the outer one)
  * and its IP header, switches skb->protocol to IPv4, marks the skb
@@ -105,7 +120,7 @@ static __always_inline int encap_vxlan4(struct __sk_buff *skb, const struct conf
 	__u32 inner_len = skb->len;
 	__u32 outer_len = inner_len - ETH_HLEN + sizeof(struct encap4_hdr);
 	int big = outer_len > 0xFFFF;
-	if (big && (!skb->gso_size || !(tv->flags & FLAG_BIG_DECAP)))
+	if (big && (!skb->gso_size || !(tv->flags & FLAG_BIG_DECAP) || proto != bpf_htons(ETH_P_IP)))
 		return -1;
 	struct ethhdr orig;
 	__builtin_memcpy(&orig, eth, sizeof(orig));
