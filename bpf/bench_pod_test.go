@@ -220,20 +220,6 @@ func raiseGSO(b testing.TB, ns *netnstest.NS, dev string, big spec.BigTCP) {
 	})
 }
 
-// underlayTx reads node 1's underlay transmit counters: packets per byte
-// show the size of the packets each setup sends between the nodes.
-func underlayTx(b *testing.B, c *testCluster) (pkts, bytes uint64) {
-	c.nodes[0].ns.MustDo(b, func() error {
-		l, err := netlink.LinkByName("ul0")
-		if err != nil {
-			return err
-		}
-		pkts, bytes = l.Attrs().Statistics.TxPackets, l.Attrs().Statistics.TxBytes
-		return nil
-	})
-	return pkts, bytes
-}
-
 // fullMTU gives n's pod the underlay's MTU (no encapsulation).
 func fullMTU(b *testing.B, n *testNode) {
 	n.pod.MustDo(b, func() error {
@@ -621,9 +607,9 @@ func BenchmarkPodToPod(b *testing.B) {
 		// setup runs in every position about equally often.
 		for i := range setups {
 			s := setups[(i+round)%len(setups)]
-			p0, y0 := underlayTx(b, s.c)
+			p0, y0 := ulTx(b, s.c.nodes[0])
 			tput[s.name] = append(tput[s.name], iperf(b, s.c, secs))
-			p1, y1 := underlayTx(b, s.c)
+			p1, y1 := ulTx(b, s.c.nodes[0])
 			pktBytes[s.name] = append(pktBytes[s.name], float64(y1-y0)/float64(max(p1-p0, 1)))
 			lat[s.name] = append(lat[s.name], rr(b, s.c, rrs))
 		}

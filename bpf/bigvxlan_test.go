@@ -42,7 +42,8 @@ func (c *testCluster) bigWant(t testing.TB, n *testNode, peerBig bool) *spec.Des
 	return w
 }
 
-// ulTx reads n's underlay transmit counters.
+// ulTx reads n's underlay transmit counters: packets per byte show the
+// size of the packets a setup sends between the nodes.
 func ulTx(t testing.TB, n *testNode) (pkts, bytes uint64) {
 	n.ns.MustDo(t, func() error {
 		l, err := netlink.LinkByName("ul0")
