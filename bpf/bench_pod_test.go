@@ -97,12 +97,7 @@ func setupWeftBPFBig(b *testing.B) *testCluster {
 	c := newTestCluster(b, AttachAuto)
 	c.openAll(b)
 	for _, n := range c.nodes {
-		u, err := n.dp.Underlay()
-		must(b, err)
-		size := min(192<<10, u.TSOMaxSize)
-		if size <= 64<<10 || !u.BigTCPv4 {
-			b.Fatalf("node %d: underlay %+v cannot have BIG TCP", n.idx, u)
-		}
+		size := bigTCPSize(b, n)
 		w := c.overlayWant(n, spec.ModeVXLAN, netip.Addr{})
 		w.Overlay.InProgram = true
 		w.BigTCP = spec.BigTCP{IPv4: size} // IPv4 only over the tunnel
@@ -172,12 +167,7 @@ func setupWeftNativeBig(b *testing.B) *testCluster {
 	c := newTestCluster(b, AttachAuto)
 	c.openAll(b)
 	for _, n := range c.nodes {
-		u, err := n.dp.Underlay()
-		must(b, err)
-		size := min(192<<10, u.TSOMaxSize)
-		if size <= 64<<10 || !u.BigTCPv4 {
-			b.Fatalf("node %d: underlay %+v cannot have BIG TCP", n.idx, u)
-		}
+		size := bigTCPSize(b, n)
 		w, p := c.nativeWant(n, false), c.peer(n)
 		w.PodOwners = []spec.PodOwner{{Prefix: p.podCIDR, Node: p.under}, {Prefix: p.podCIDR6, Node: p.under6}}
 		w.BigTCP = spec.BigTCP{IPv4: size, IPv6: size}
@@ -201,6 +191,19 @@ func setupPlainBig(b *testing.B) *testCluster {
 		raiseGSO(b, n.pod, "eth0", big)
 	}
 	return c
+}
+
+// bigTCPSize is the BIG TCP size the agent asks for on n (192 KiB capped
+// by the underlay's tso_max_size, nodeagent/model); b fails when n's
+// underlay cannot have BIG TCP at all.
+func bigTCPSize(b *testing.B, n *testNode) int {
+	u, err := n.dp.Underlay()
+	must(b, err)
+	size := min(192<<10, u.TSOMaxSize)
+	if size <= 64<<10 || !u.BigTCPv4 {
+		b.Fatalf("node %d: underlay %+v cannot have BIG TCP", n.idx, u)
+	}
+	return size
 }
 
 // raiseGSO raises dev's GSO/GRO limits in ns to big (gsosize.Raise).
